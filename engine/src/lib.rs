@@ -1,0 +1,1 @@
+//! secureclaw engine

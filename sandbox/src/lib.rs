@@ -1,0 +1,61 @@
+//! The `Sandbox` contract every step execution goes through, and its backends.
+//!
+//! The engine hands a backend an [`ExecSpec`] (argv, workspace, env, limits, network policy) and
+//! gets back an [`ExecOutcome`] that always carries an [`EnforcementReport`] saying which
+//! isolation layers were really in force. Backends never decide policy; they enforce it or refuse.
+
+mod capture;
+mod host;
+mod spec;
+
+pub use capture::{CappedOutput, read_capped};
+pub use host::HostSandbox;
+pub use spec::{
+    EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, Limits, NetworkPolicy,
+};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+/// Errors a backend reports instead of an outcome: the step never ran (or its result is unknown).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox backend `{backend}` is not available: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error(
+        "sandbox backend `{backend}` refused to run: missing isolation layers {missing:?} (accept degraded mode explicitly to run anyway)"
+    )]
+    Degraded {
+        backend: String,
+        missing: Vec<String>,
+        report: Box<EnforcementReport>,
+    },
+    #[error("sandbox backend `{backend}` does not support {feature}")]
+    Unsupported { backend: String, feature: String },
+    #[error("failed to start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One execution backend. Implementations must kill the whole process tree on timeout or
+/// cancellation before returning.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// Short stable name used in workflow files and run records (`host`, `native`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Whether this backend isolates the step at all (`host` does not).
+    fn isolated(&self) -> bool;
+
+    /// Run one command to completion (or until timeout/cancellation).
+    async fn run(
+        &self,
+        spec: &ExecSpec,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError>;
+}

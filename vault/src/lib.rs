@@ -1,0 +1,1 @@
+//! Vault: keys, sealed store, blobs, ledger. (Under construction in issue 6.)
