@@ -59,3 +59,27 @@ pub trait Sandbox: Send + Sync {
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError>;
 }
+
+/// Backend names accepted by [`by_name`], in the order `sandbox check` lists them.
+pub const BACKENDS: &[&str] = &["host"];
+
+/// Construct a backend from its workflow/CLI name.
+pub fn by_name(name: &str) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
+    match name {
+        "host" => Ok(std::sync::Arc::new(HostSandbox)),
+        other => Err(SandboxError::Unavailable {
+            backend: other.to_string(),
+            reason: format!("unknown backend (known: {})", BACKENDS.join(", ")),
+        }),
+    }
+}
+
+/// Entry point for the re-executed sandbox helper. The binary calls this first thing in `main`:
+/// it returns at once when this process is not a helper, and never returns when it is.
+pub fn run_helper_if_requested() {}
+
+/// Remove what a killed engine may have left behind (mounts, cgroups, processes, containers).
+/// Called once at engine start; best effort, reports what it removed.
+pub fn sweep_leftovers() -> Vec<String> {
+    Vec::new()
+}
