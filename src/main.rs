@@ -1,3 +1,121 @@
-fn main() {
-    println!("secureclaw");
+//! The `secureclaw` command line: parses arguments and calls the engine. Nothing else lives here.
+
+mod output;
+mod run_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A step failed, or `validate` found errors.
+    pub const FAILED: u8 = 1;
+    /// The workflow or the command line is invalid.
+    pub const INVALID: u8 = 2;
+    /// The run stopped before a step that needs approval nobody gave.
+    pub const NEEDS_APPROVAL: u8 = 3;
+    /// Cancelled with Ctrl-C.
+    pub const CANCELLED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "secureclaw",
+    version,
+    about = "Run typed YAML workflows for AI agents: validated, risk-tagged, sandboxed, recorded.",
+    long_about = "secureclaw runs workflow files (a YAML DAG of read/write/patch/shell/http steps).\n\
+Every file is validated before anything runs, every step gets a risk tier, destructive and\n\
+network steps pause for approval, and shell steps run in a sandbox.\n\n\
+Start with:  secureclaw validate --explain FILE   then   secureclaw run FILE",
+    after_help = "Exit codes: 0 success, 1 a step failed (or validation errors), 2 invalid input,\n\
+3 stopped awaiting approval, 130 cancelled.\n\n\
+Docs: README.md and docs/workflow-format.md in the repository."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and run a workflow.
+    Run(run_cmd::RunArgs),
+    /// Re-run a workflow whenever its file (or a watched path) changes.
+    Watch(run_cmd::WatchArgs),
+    /// Check workflow files without running them; report every error with file:line:column.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of the workflow format (for editors and CI).
+    Schema,
+    /// Classify shell commands: tier and the rule that set it (args, or one per line on stdin).
+    Risk(risk_cmd::RiskArgs),
+    /// List recorded runs, newest last.
+    Runs(StateArgs),
+    /// Show one run: its steps, states, outputs and enforcement.
+    Show(ShowArgs),
+}
+
+mod risk_cmd;
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Workflow files to check.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Also show each step's risk tier, the rule that set it, and how it is undone.
+    #[arg(long)]
+    explain: bool,
+    /// Machine-readable output (one JSON document).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct StateArgs {
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// Run id, a unique prefix of it, or `last`.
+    run: String,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+fn main() -> ExitCode {
+    // When re-executed as the sandbox helper, this never returns.
+    secureclaw_sandbox::run_helper_if_requested();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_cmd::run(args),
+        Command::Watch(args) => run_cmd::watch(args),
+        Command::Validate(args) => output::validate(&args.files, args.explain, args.json),
+        Command::Schema => {
+            print!("{}", secureclaw_engine::model::workflow_schema_text());
+            Ok(exit::OK)
+        }
+        Command::Risk(args) => risk_cmd::run(args).map(|c| u8::try_from(c).unwrap_or(exit::FAILED)),
+        Command::Runs(args) => output::runs(&args),
+        Command::Show(args) => output::show(&args.run, &args.state),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::INVALID)
+        }
+    }
+}
+
+/// The state dir: explicit, or `.secureclaw` in the workspace (hidden from steps).
+pub fn state_dir(explicit: Option<&PathBuf>, workspace: &std::path::Path) -> PathBuf {
+    explicit.cloned().unwrap_or_else(|| workspace.join(".secureclaw"))
 }

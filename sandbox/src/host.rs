@@ -54,12 +54,7 @@ impl Sandbox for HostSandbox {
         spec: &ExecSpec,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        if matches!(spec.network, crate::NetworkPolicy::Domains(_)) {
-            return Err(SandboxError::Unsupported {
-                backend: "host".into(),
-                feature: "network allowlists (the host backend cannot restrict egress)".into(),
-            });
-        }
+        // `host` restricts nothing, the network included: that is what choosing it means.
         let Some((program, args)) = spec.argv.split_first() else {
             return Err(SandboxError::Spawn {
                 program: String::new(),

@@ -52,6 +52,10 @@ pub struct ExecSpec {
     pub allow_degraded: bool,
     /// Container image, for backends that use one.
     pub image: Option<String>,
+    /// Host paths inside the workspace the step must not see at all (the engine's state dir).
+    /// Isolated backends mount an empty read-only directory over each.
+    #[serde(default)]
+    pub masked: Vec<PathBuf>,
 }
 
 impl ExecSpec {
@@ -64,6 +68,7 @@ impl ExecSpec {
             network: NetworkPolicy::None,
             allow_degraded: false,
             image: None,
+            masked: Vec::new(),
         }
     }
 }

@@ -1,0 +1,460 @@
+//! The workflow file format, version 1. These types are the source of the JSON Schema checked in
+//! at `schemas/workflow.schema.json`; doc comments become the schema's descriptions, which is
+//! what editors show on hover.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use secureclaw_risk::Tier;
+
+use crate::units::{DurationText, SizeText};
+
+/// Pattern for step ids and input/env names: short, greppable, safe in templates and paths.
+pub const ID_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$";
+pub const ENV_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
+
+/// A secureclaw workflow: a DAG of steps, each run under policy in a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "secureclaw workflow (version 1)")]
+pub struct Workflow {
+    /// Format version. Always `1`.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: u32,
+    /// Name of the workflow, used in run records and triggers.
+    #[schemars(extend("pattern" = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"))]
+    pub name: String,
+    /// What the workflow does, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Typed parameters, set with `--input name=value`. Inputs without a default are required.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// Environment variables given to every step (values are templates). Only these names are
+    /// visible to templates as `env.NAME`; nothing is inherited from the engine's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": ENV_NAME_PATTERN}))]
+    pub env: BTreeMap<String, String>,
+    /// Sandbox backend and limits for every step (steps may override limits).
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
+    /// The steps. Order in the file does not matter: `needs` defines the graph.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<Step>,
+}
+
+/// Declared type of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Array,
+    Object,
+}
+
+impl InputType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Integer => "integer",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::Array => "array",
+            InputType::Object => "object",
+        }
+    }
+
+    pub fn accepts(self, v: &Value) -> bool {
+        match self {
+            InputType::String => v.is_string(),
+            InputType::Integer => v.is_i64() || v.is_u64(),
+            InputType::Number => v.is_number(),
+            InputType::Boolean => v.is_boolean(),
+            InputType::Array => v.is_array(),
+            InputType::Object => v.is_object(),
+        }
+    }
+}
+
+/// One input parameter.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The value's type; `--input` values are parsed to it.
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    /// Value used when the input is not given. Without a default the input is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Sandbox backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// No isolation at all: a plain child process. Must be chosen explicitly.
+    Host,
+    /// Linux namespaces + seccomp + Landlock + cgroups (the default).
+    Native,
+    /// An ephemeral hardened Docker container per step.
+    Docker,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Host => "host",
+            Backend::Native => "native",
+            Backend::Docker => "docker",
+        }
+    }
+}
+
+/// Sandbox settings. At workflow level they apply to every step; a step's own `sandbox`
+/// overrides individual limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Backend to run steps in (default `native`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    /// Memory limit (default `512Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SizeText>,
+    /// CPU limit in cores (default `1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 1024.0))]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes (default `128`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub pids: Option<u32>,
+    /// Wall-clock limit per step (default `300s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationText>,
+    /// Bytes of stdout and of stderr kept per step (default `1Mi`); the rest is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap: Option<SizeText>,
+    /// Container image for the `docker` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Run even if the kernel cannot provide every isolation layer (recorded in the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_degraded: Option<bool>,
+}
+
+/// One step. Exactly one of `read`, `write`, `patch`, `shell`, `http` must be present.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["read"]},
+    {"required": ["write"]},
+    {"required": ["patch"]},
+    {"required": ["shell"]},
+    {"required": ["http"]}
+]))]
+pub struct Step {
+    /// Unique id; other steps refer to it in `needs` and templates (`steps.ID.output`, or
+    /// `steps['my-id'].output` when it contains `-`).
+    #[schemars(extend("pattern" = ID_PATTERN))]
+    pub id: String,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Steps that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Condition (a template expression such as `inputs.days > 3`); the step is skipped when false.
+    #[serde(default, rename = "if", skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Extra environment variables for this step (values are templates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": ENV_NAME_PATTERN}))]
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock limit for this step (overrides `sandbox.timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationText>,
+    /// Retry on failure: a number of attempts, or `{attempts, backoff}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Raise the risk tier (it can never be lowered below what the classifier computes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Tier>,
+    /// Always pause for approval before this step, whatever its tier.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve: bool,
+    /// Domains this step may reach (tier `network_egress`, approval required).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+    /// The action that undoes this step's external effect (for `http` steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Compensate>,
+    /// Keep the step's workspace changes even if it fails (default: roll them back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_on_failure: bool,
+    /// Per-step limit overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSettings>,
+
+    /// Read a file or the list of files matching a glob (output: the content or the paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadAction>,
+    /// Write a file in the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<WriteAction>,
+    /// Apply a unified diff to a file in the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchAction>,
+    /// Run a shell command (`/bin/sh -c`) in the sandbox, with the workspace as working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Make an HTTP request (tier `network_egress`; its host must be listed in `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAction>,
+}
+
+/// `retry: 3` or `retry: {attempts: 3, backoff: 2s}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetrySpec {
+    Attempts(#[schemars(range(min = 1, max = 20))] u32),
+    Detailed(Retry),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total attempts, including the first.
+    #[schemars(range(min = 1, max = 20))]
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<DurationText>,
+    /// Upper bound for the delay (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<DurationText>,
+}
+
+/// Read a single file (`path`) or list files (`glob`). Paths are relative to the workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["path"]}, {"required": ["glob"]}]))]
+pub struct ReadAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+    /// Refuse files larger than this (default `16Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<SizeText>,
+}
+
+/// Write `content` to `path` (relative to the workspace; parent directories are created).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteAction {
+    pub path: String,
+    pub content: String,
+    /// Append instead of replacing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
+    /// File mode as an octal string, e.g. `"0644"` or `"0755"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = "^0?[0-7]{3,4}$"))]
+    pub mode: Option<String>,
+}
+
+/// Apply a unified diff (as produced by `diff -u` or `git diff`) to one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAction {
+    pub path: String,
+    pub diff: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Head => "HEAD",
+        }
+    }
+}
+
+/// An HTTP request made by the engine (URL, headers and body are templates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAction {
+    #[serde(default)]
+    pub method: HttpMethod,
+    #[schemars(extend("pattern" = "^(https?://|\\{\\{)"))]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Raw request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// JSON request body (string values are templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+    /// Request timeout (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationText>,
+    /// Largest response body accepted (default `4Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response: Option<SizeText>,
+    /// Status codes that count as success (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<u16>,
+}
+
+/// How to undo a step's external effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["http"]}, {"required": ["shell"]}]))]
+pub struct Compensate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+}
+
+/// A step's action, resolved from the five optional fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Read,
+    Write,
+    Patch,
+    Shell,
+    Http,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 5] = [
+        ActionKind::Read,
+        ActionKind::Write,
+        ActionKind::Patch,
+        ActionKind::Shell,
+        ActionKind::Http,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Read => "read",
+            ActionKind::Write => "write",
+            ActionKind::Patch => "patch",
+            ActionKind::Shell => "shell",
+            ActionKind::Http => "http",
+        }
+    }
+
+    /// Whether a step of this kind may change the workspace (and so is serialised and snapshotted).
+    pub fn may_write(self) -> bool {
+        matches!(self, ActionKind::Write | ActionKind::Patch | ActionKind::Shell)
+    }
+}
+
+impl Step {
+    /// The actions present on this step (exactly one in a valid workflow).
+    pub fn actions(&self) -> Vec<ActionKind> {
+        let mut out = Vec::new();
+        if self.read.is_some() {
+            out.push(ActionKind::Read);
+        }
+        if self.write.is_some() {
+            out.push(ActionKind::Write);
+        }
+        if self.patch.is_some() {
+            out.push(ActionKind::Patch);
+        }
+        if self.shell.is_some() {
+            out.push(ActionKind::Shell);
+        }
+        if self.http.is_some() {
+            out.push(ActionKind::Http);
+        }
+        out
+    }
+
+    /// The step's single action kind. Validation guarantees there is exactly one.
+    pub fn kind(&self) -> ActionKind {
+        self.actions().first().copied().unwrap_or(ActionKind::Shell)
+    }
+}
+
+/// The JSON Schema of the workflow format, as checked in at `schemas/workflow.schema.json`.
+pub fn workflow_schema() -> Value {
+    // `timeout:` left empty in YAML is a mistake worth reporting, not a silent default, so
+    // optional keys are "may be absent", never "may be null".
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(drop_null_from_options))
+        .into_generator()
+        .into_root_schema_for::<Workflow>();
+    let mut v = schema.to_value();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "$id".into(),
+            Value::String(
+                "https://secureclaw.dev/schemas/workflow.schema.json".into(),
+            ),
+        );
+    }
+    v
+}
+
+/// The schema as pretty JSON with a trailing newline (the checked-in form).
+pub fn workflow_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&workflow_schema()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn drop_null_from_options(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(types)) = obj.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types.remove(0);
+            obj.insert("type".into(), only);
+        }
+    }
+    let is_null = |v: &Value| v.get("type").and_then(Value::as_str) == Some("null");
+    if let Some(Value::Array(branches)) = obj.get("anyOf") {
+        if branches.len() == 2 && branches.iter().any(is_null) {
+            let keep = branches.iter().find(|b| !is_null(b)).cloned();
+            obj.remove("anyOf");
+            if let Some(Value::Object(inner)) = keep {
+                for (k, v) in inner {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}

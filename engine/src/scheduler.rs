@@ -1,0 +1,717 @@
+//! The scheduler: runs a validated workflow's DAG on tokio with bounded concurrency.
+//!
+//! - at most `jobs` steps at once; steps that may write the workspace never overlap;
+//! - `if` conditions, per-step timeout, retry with exponential backoff;
+//! - a failed step skips its dependents while independent branches finish (`fail_fast`
+//!   cancels everything instead);
+//! - a step needing approval that nobody gives stops the run: nothing starts after it;
+//! - cancellation (Ctrl-C) kills running steps and marks the run cancelled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use minijinja::value::{Object, Value as JinjaValue};
+use secureclaw_sandbox::{ExecSpec, Limits, NetworkPolicy, Sandbox};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions;
+use crate::events::{EventSink, RunEvent};
+use crate::model::{ActionKind, RetrySpec, SandboxSettings, Step, Tier};
+use crate::policy::{ApprovalRequest, Approver, Decision, Policy};
+use crate::record::{ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id, now_rfc3339};
+use crate::template::{StepView, Templates};
+use crate::validate::{NodeRisk, Validated};
+
+/// The environment every step starts from; nothing is inherited from the engine.
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_READ_LIMIT: u64 = 16 * 1024 * 1024;
+const DEFAULT_HTTP_LIMIT: u64 = 4 * 1024 * 1024;
+const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Run records are rewritten at most this often while a run is in progress.
+const SAVE_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] crate::record::StoreError),
+    #[error("{0}")]
+    Policy(String),
+    #[error("workspace {path}: {message}")]
+    Workspace { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub workspace: PathBuf,
+    /// State dir; hidden from steps when it lies inside the workspace.
+    pub state_dir: PathBuf,
+    pub inputs: BTreeMap<String, Value>,
+    pub jobs: usize,
+    pub fail_fast: bool,
+}
+
+pub struct Engine {
+    pub sandbox: Arc<dyn Sandbox>,
+    pub approver: Arc<dyn Approver>,
+    pub policy: Policy,
+    pub events: EventSink,
+    pub store: RunStore,
+}
+
+/// Results of finished steps, as templates see them.
+#[derive(Debug, Default)]
+struct Results(RwLock<HashMap<String, StepView>>);
+
+impl Object for Results {
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        let map = self.0.read().ok()?;
+        map.get(key.as_str()?).map(JinjaValue::from_serialize)
+    }
+}
+
+/// What a step task reports back.
+struct Finished {
+    index: usize,
+    state: StepState,
+    view: StepView,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    enforcement: Option<secureclaw_sandbox::EnforcementReport>,
+    attempts: u32,
+    duration: Duration,
+}
+
+/// Everything a step task needs, owned.
+struct StepJob {
+    index: usize,
+    step: Step,
+    rendered: Rendered,
+    limits: Limits,
+    allow_degraded: bool,
+    image: Option<String>,
+    workspace: PathBuf,
+    state_dir: PathBuf,
+    sandbox: Arc<dyn Sandbox>,
+    events: EventSink,
+    cancel: CancellationToken,
+}
+
+/// A step's action after templating.
+#[derive(Debug, Clone)]
+enum Rendered {
+    Read { path: Option<String>, glob: Option<String>, limit: u64 },
+    Write { path: String, content: String, append: bool, mode: Option<String> },
+    Patch { path: String, diff: String },
+    Shell { command: String, env: BTreeMap<String, String> },
+    Http { url: String, headers: Vec<(String, String)>, body: Option<String>, json: Option<Value>, timeout: Duration, limit: u64 },
+}
+
+impl Rendered {
+    fn summary(&self) -> String {
+        match self {
+            Rendered::Read { path: Some(p), .. } => format!("read {p}"),
+            Rendered::Read { glob, .. } => format!("read glob {}", glob.as_deref().unwrap_or_default()),
+            Rendered::Write { path, append, .. } => format!("{} {path}", if *append { "append to" } else { "write" }),
+            Rendered::Patch { path, .. } => format!("patch {path}"),
+            Rendered::Shell { command, .. } => command.clone(),
+            Rendered::Http { url, .. } => format!("HTTP {url}"),
+        }
+    }
+
+    fn to_json(&self, step: &Step) -> Value {
+        match self {
+            Rendered::Read { path, glob, .. } => json!({"read": {"path": path, "glob": glob}}),
+            Rendered::Write { path, content, append, mode } => json!({"write": {"path": path, "bytes": content.len(), "append": append, "mode": mode}}),
+            Rendered::Patch { path, diff } => json!({"patch": {"path": path, "diff": diff}}),
+            Rendered::Shell { command, .. } => json!({"shell": command}),
+            Rendered::Http { url, .. } => json!({"http": {"method": step.http.as_ref().map(|h| h.method.as_str()), "url": url}}),
+        }
+    }
+}
+
+fn merged_limits(wf: &SandboxSettings, step: &Step) -> (Limits, bool, Option<String>) {
+    let mut limits = Limits::default();
+    let mut allow_degraded = false;
+    let mut image = None;
+    for s in std::iter::once(wf).chain(step.sandbox.as_ref()) {
+        if let Some(m) = s.memory.as_ref().and_then(|m| m.parse().ok()) {
+            limits.memory_bytes = m;
+        }
+        if let Some(c) = s.cpus {
+            limits.cpus = c;
+        }
+        if let Some(p) = s.pids {
+            limits.pids = p;
+        }
+        if let Some(t) = s.timeout.as_ref().and_then(|t| t.parse().ok()) {
+            limits.timeout = t;
+        }
+        if let Some(o) = s.output_cap.as_ref().and_then(|o| o.parse().ok()) {
+            limits.output_cap = usize::try_from(o).unwrap_or(usize::MAX);
+        }
+        if let Some(a) = s.allow_degraded {
+            allow_degraded = a;
+        }
+        if let Some(i) = &s.image {
+            image = Some(i.clone());
+        }
+    }
+    if let Some(t) = step.timeout.as_ref().and_then(|t| t.parse().ok()) {
+        limits.timeout = t;
+    }
+    (limits, allow_degraded, image)
+}
+
+fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
+    match &step.retry {
+        None => (1, Duration::from_secs(1), Duration::from_secs(30)),
+        Some(RetrySpec::Attempts(n)) => ((*n).max(1), Duration::from_secs(1), Duration::from_secs(30)),
+        Some(RetrySpec::Detailed(r)) => (
+            r.attempts.max(1),
+            r.backoff.as_ref().and_then(|b| b.parse().ok()).unwrap_or(Duration::from_secs(1)),
+            r.max_backoff.as_ref().and_then(|b| b.parse().ok()).unwrap_or(Duration::from_secs(30)),
+        ),
+    }
+}
+
+impl Engine {
+    /// Run a validated workflow to completion (or stop, or cancellation).
+    pub async fn run(&self, wf: &Validated, opts: RunOptions, cancel: CancellationToken) -> Result<RunRecord, EngineError> {
+        let workspace = opts.workspace.canonicalize().map_err(|e| EngineError::Workspace { path: opts.workspace.clone(), message: e.to_string() })?;
+        if !self.sandbox.isolated() && !self.policy.allow_host {
+            return Err(EngineError::Policy("policy forbids the unisolated `host` backend".into()));
+        }
+        self.preflight(wf)?;
+        let templates = Arc::new(Templates::new());
+        let n = wf.workflow.steps.len();
+        let source = std::fs::read(&wf.file).unwrap_or_default();
+        let mut record = RunRecord {
+            run_id: new_run_id(),
+            workflow: wf.workflow.name.clone(),
+            workflow_file: wf.file.clone(),
+            workflow_sha256: sha256_hex(&source),
+            workspace: workspace.clone(),
+            backend: self.sandbox.name().to_string(),
+            isolated: self.sandbox.isolated(),
+            started_at: now_rfc3339(),
+            finished_at: None,
+            state: RunState::Running,
+            message: None,
+            pid: std::process::id(),
+            inputs: opts.inputs.clone(),
+            approval: self.plan_approval(wf),
+            steps: wf
+                .workflow
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepRecord {
+                    id: s.id.clone(),
+                    kind: s.kind(),
+                    state: StepState::Pending,
+                    tier: wf.risk[i].tier,
+                    rule: wf.risk[i].rule.clone(),
+                    inverse: wf.inverse[i],
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    duration_ms: None,
+                    rendered: None,
+                    output: String::new(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    exit_code: None,
+                    reason: None,
+                    enforcement: None,
+                    approval: None,
+                })
+                .collect(),
+        };
+        self.store.save(&record)?;
+        (self.events)(&RunEvent::RunStarted {
+            run_id: record.run_id.clone(),
+            workflow: record.workflow.clone(),
+            steps: n,
+            backend: record.backend.clone(),
+            isolated: record.isolated,
+        });
+        if !record.isolated {
+            (self.events)(&RunEvent::Warning { message: "running on the `host` backend: steps are NOT isolated from this machine".into() });
+        }
+
+        let inputs = JinjaValue::from_serialize(&opts.inputs);
+        let results = Arc::new(Results::default());
+        let steps_value = JinjaValue::from_dyn_object(results.clone());
+        // Workflow env may use inputs only; render it once.
+        let base_ctx = minijinja::context! { inputs => inputs.clone() };
+        let mut wf_env = BTreeMap::new();
+        for (k, v) in &wf.workflow.env {
+            match templates.render(v, &base_ctx) {
+                Ok(r) => {
+                    wf_env.insert(k.clone(), r);
+                }
+                Err(e) => {
+                    record.state = RunState::Failed;
+                    record.message = Some(format!("workflow env `{k}`: {e}"));
+                    return self.finish(record);
+                }
+            }
+        }
+
+        let mut remaining_deps: Vec<usize> = wf.deps.iter().map(Vec::len).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, ds) in wf.deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let position: Vec<usize> = {
+            let mut p = vec![0; n];
+            for (k, &i) in wf.order.iter().enumerate() {
+                p[i] = k;
+            }
+            p
+        };
+        let mut ready: Vec<usize> = (0..n).filter(|&i| remaining_deps[i] == 0).collect();
+        let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+        let writer = Arc::new(Mutex::new(()));
+        let run_cancel = cancel.child_token();
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut stop: Option<(RunState, String)> = None;
+        let mut failed_any = false;
+        let mut last_save = Instant::now();
+
+        loop {
+            // Start everything that is ready, in topological order, unless the run is stopping.
+            ready.sort_by_key(|&i| std::cmp::Reverse(position[i]));
+            while stop.is_none() && !run_cancel.is_cancelled() {
+                let Some(i) = ready.pop() else { break };
+                let step = &wf.workflow.steps[i];
+                // Dependencies that did not succeed skip this step.
+                if let Some(blocker) = wf.deps[i].iter().find(|&&d| record.steps[d].state != StepState::Succeeded) {
+                    let b = &record.steps[*blocker];
+                    let why = match b.state {
+                        StepState::Skipped => format!("needs `{}`, which was skipped", b.id),
+                        StepState::Cancelled => format!("needs `{}`, which was cancelled", b.id),
+                        _ => format!("needs `{}`, which failed", b.id),
+                    };
+                    self.skip(&mut record, i, why, &mut ready, &mut remaining_deps, &dependents);
+                    continue;
+                }
+                let ctx = minijinja::context! {
+                    inputs => inputs.clone(),
+                    steps => steps_value.clone(),
+                    env => JinjaValue::from_serialize(env_for(&wf_env, step, &templates, &inputs, &steps_value).unwrap_or_default()),
+                };
+                if let Some(cond) = &step.condition {
+                    match templates.eval_condition(cond, &ctx) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.skip(&mut record, i, format!("condition `{cond}` is false"), &mut ready, &mut remaining_deps, &dependents);
+                            continue;
+                        }
+                        Err(e) => {
+                            failed_any = true;
+                            self.fail_now(&mut record, i, format!("`if` condition: {e}"), &mut ready, &mut remaining_deps, &dependents);
+                            continue;
+                        }
+                    }
+                }
+                let rendered = match render_step(step, &templates, &ctx, &wf_env, &inputs, &steps_value) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failed_any = true;
+                        self.fail_now(&mut record, i, format!("template error in step `{}`: {e}", step.id), &mut ready, &mut remaining_deps, &dependents);
+                        if opts.fail_fast {
+                            stop = Some((RunState::Failed, format!("step `{}` failed (--fail-fast)", step.id)));
+                        }
+                        continue;
+                    }
+                };
+                record.steps[i].rendered = Some(rendered.to_json(step));
+                // The tier of what will really run: templating can make a command more dangerous.
+                let risk = effective_risk(&wf.risk[i], &rendered);
+                record.steps[i].tier = risk.tier;
+                record.steps[i].rule = risk.rule.clone();
+                if risk.needs_approval() {
+                    match self.approve(&record, i, &risk, step, &rendered).await {
+                        Ok(by) => record.steps[i].approval = Some(by),
+                        Err((state, why)) => {
+                            record.steps[i].state = state;
+                            record.steps[i].reason = Some(why.clone());
+                            stop = Some((RunState::AwaitingApproval, why));
+                            break;
+                        }
+                    }
+                }
+                let (limits, allow_degraded, image) = merged_limits(&wf.workflow.sandbox, step);
+                record.steps[i].state = StepState::Running;
+                record.steps[i].started_at = Some(now_rfc3339());
+                (self.events)(&RunEvent::StepStarted { step: step.id.clone(), attempt: 1, tier: risk.tier, summary: rendered.summary() });
+                let job = StepJob {
+                    index: i,
+                    step: step.clone(),
+                    rendered,
+                    limits,
+                    allow_degraded,
+                    image,
+                    workspace: workspace.clone(),
+                    state_dir: opts.state_dir.clone(),
+                    sandbox: self.sandbox.clone(),
+                    events: self.events.clone(),
+                    cancel: run_cancel.child_token(),
+                };
+                let (jobs, writer) = (jobs.clone(), writer.clone());
+                running.spawn(async move {
+                    let _permit = jobs.acquire_owned().await;
+                    let _write_guard = if job.step.kind().may_write() { Some(writer.lock_owned().await) } else { None };
+                    execute(job).await
+                });
+            }
+            if last_save.elapsed() >= SAVE_INTERVAL {
+                self.store.save(&record)?;
+                last_save = Instant::now();
+            }
+            if running.is_empty() {
+                break;
+            }
+            let done = tokio::select! {
+                d = running.join_next() => d,
+                _ = cancel.cancelled(), if !run_cancel.is_cancelled() => {
+                    run_cancel.cancel();
+                    stop.get_or_insert((RunState::Cancelled, "cancelled".into()));
+                    continue;
+                }
+            };
+            let Some(Ok(f)) = done else { continue };
+            let i = f.index;
+            let rec = &mut record.steps[i];
+            rec.state = f.state;
+            rec.finished_at = Some(now_rfc3339());
+            rec.duration_ms = Some(f.duration.as_millis() as u64);
+            rec.output = f.view.output.clone();
+            rec.stdout = f.view.stdout.clone();
+            rec.stderr = f.view.stderr.clone();
+            rec.exit_code = f.exit_code;
+            rec.reason = f.reason.clone();
+            rec.enforcement = f.enforcement;
+            rec.attempts = f.attempts;
+            (self.events)(&RunEvent::StepFinished { step: rec.id.clone(), state: f.state, duration_ms: f.duration.as_millis() as u64, exit_code: f.exit_code, reason: f.reason });
+            if f.state == StepState::Succeeded {
+                if let Ok(mut m) = results.0.write() {
+                    m.insert(rec.id.clone(), f.view);
+                }
+            } else if f.state == StepState::Failed {
+                failed_any = true;
+                if opts.fail_fast && stop.is_none() {
+                    stop = Some((RunState::Failed, format!("step `{}` failed (--fail-fast)", rec.id)));
+                    run_cancel.cancel();
+                }
+            }
+            for &d in &dependents[i] {
+                remaining_deps[d] -= 1;
+                if remaining_deps[d] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+
+        // Whatever never started stays pending under an approval stop, and is cancelled otherwise.
+        let (state, message) = match stop {
+            Some((RunState::AwaitingApproval, m)) => (RunState::AwaitingApproval, Some(m)),
+            Some((s, m)) => {
+                for rec in record.steps.iter_mut().filter(|r| r.state == StepState::Pending) {
+                    rec.state = StepState::Cancelled;
+                }
+                (s, Some(m))
+            }
+            None if failed_any => (RunState::Failed, None),
+            None => (RunState::Succeeded, None),
+        };
+        record.state = state;
+        record.message = message;
+        self.finish(record)
+    }
+
+    fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
+        record.finished_at = Some(now_rfc3339());
+        self.store.save(&record)?;
+        (self.events)(&RunEvent::RunFinished { run_id: record.run_id.clone(), state: record.state, message: record.message.clone() });
+        Ok(record)
+    }
+
+    /// Checks that depend on the chosen backend, before anything runs.
+    fn preflight(&self, wf: &Validated) -> Result<(), EngineError> {
+        if self.sandbox.isolated() {
+            for step in &wf.workflow.steps {
+                if step.kind() == ActionKind::Shell && !step.network.is_empty() {
+                    return Err(EngineError::Policy(format!(
+                        "step `{}` asks for network access ({}), but the `{}` backend has no egress proxy yet: shell steps get loopback only. Remove `network` from the step, or make the request with an `http` step",
+                        step.id,
+                        step.network.join(", "),
+                        self.sandbox.name()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The up-front approval: exactly the nodes the pre-approved tiers cover.
+    fn plan_approval(&self, wf: &Validated) -> PlanApproval {
+        let tiers: Vec<Tier> = self.policy.pre_approved.iter().copied().filter(|t| t.needs_approval()).collect();
+        let nodes = wf
+            .workflow
+            .steps
+            .iter()
+            .zip(&wf.risk)
+            .filter(|(_, r)| r.needs_approval() && self.policy.covers(r.tier, r.forced_approval))
+            .map(|(s, r)| ApprovedNode { id: s.id.clone(), tier: r.tier, domains: s.network.clone() })
+            .collect::<Vec<_>>();
+        PlanApproval {
+            by: if nodes.is_empty() { String::new() } else { "command line (--approve/--yes)".into() },
+            tiers,
+            nodes,
+        }
+    }
+
+    async fn approve(&self, record: &RunRecord, i: usize, risk: &NodeRisk, step: &Step, rendered: &Rendered) -> Result<String, (StepState, String)> {
+        let covered = record.approval.nodes.iter().any(|n| n.id == step.id && n.tier >= risk.tier);
+        if covered {
+            return Ok(record.approval.by.clone());
+        }
+        let request = ApprovalRequest {
+            step: step.id.clone(),
+            tier: risk.tier,
+            rule: risk.rule.clone(),
+            reason: if risk.forced_approval && !risk.tier.needs_approval() { "the step is marked `approve: true`".into() } else { risk.reason.clone() },
+            summary: rendered.summary(),
+            network: step.network.clone(),
+        };
+        (self.events)(&RunEvent::ApprovalNeeded { step: request.step.clone(), tier: request.tier, rule: request.rule.clone(), reason: request.reason.clone(), summary: request.summary.clone() });
+        let _ = i;
+        match self.approver.decide(&request).await {
+            Decision::Approved { by } => Ok(by),
+            Decision::Denied { by } => Err((StepState::Skipped, format!("approval for step `{}` ({}) was denied by {by}; the run stopped here", step.id, risk.tier))),
+            Decision::Unavailable => Err((
+                StepState::WaitingApproval,
+                format!(
+                    "step `{}` is {} ({}: {}) and needs approval; no terminal to ask. Re-run with --approve {} (or --yes) to allow it",
+                    step.id,
+                    risk.tier,
+                    risk.rule,
+                    risk.reason,
+                    if risk.tier.needs_approval() { risk.tier.as_str() } else { "<tier> --yes" }
+                ),
+            )),
+        }
+    }
+
+    fn skip(&self, record: &mut RunRecord, i: usize, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
+        self.settle(record, i, StepState::Skipped, why, ready, remaining, dependents);
+    }
+
+    fn fail_now(&self, record: &mut RunRecord, i: usize, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
+        self.settle(record, i, StepState::Failed, why, ready, remaining, dependents);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settle(&self, record: &mut RunRecord, i: usize, state: StepState, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
+        let rec = &mut record.steps[i];
+        rec.state = state;
+        rec.reason = Some(why.clone());
+        (self.events)(&RunEvent::StepFinished { step: rec.id.clone(), state, duration_ms: 0, exit_code: None, reason: Some(why) });
+        for &d in &dependents[i] {
+            remaining[d] -= 1;
+            if remaining[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+}
+
+fn env_for(wf_env: &BTreeMap<String, String>, step: &Step, templates: &Templates, inputs: &JinjaValue, steps: &JinjaValue) -> Result<BTreeMap<String, String>, crate::template::TemplateError> {
+    let mut env = wf_env.clone();
+    let ctx = minijinja::context! { inputs => inputs.clone(), steps => steps.clone(), env => JinjaValue::from_serialize(wf_env) };
+    for (k, v) in &step.env {
+        env.insert(k.clone(), templates.render(v, &ctx)?);
+    }
+    Ok(env)
+}
+
+fn render_step(step: &Step, t: &Templates, ctx: &JinjaValue, wf_env: &BTreeMap<String, String>, inputs: &JinjaValue, steps: &JinjaValue) -> Result<Rendered, crate::template::TemplateError> {
+    let r = |s: &str| t.render(s, ctx);
+    Ok(if let Some(a) = &step.read {
+        Rendered::Read {
+            path: a.path.as_deref().map(r).transpose()?,
+            glob: a.glob.as_deref().map(r).transpose()?,
+            limit: a.max_bytes.as_ref().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_READ_LIMIT),
+        }
+    } else if let Some(a) = &step.write {
+        Rendered::Write { path: r(&a.path)?, content: r(&a.content)?, append: a.append, mode: a.mode.clone() }
+    } else if let Some(a) = &step.patch {
+        Rendered::Patch { path: r(&a.path)?, diff: r(&a.diff)? }
+    } else if let Some(a) = &step.http {
+        Rendered::Http {
+            url: r(&a.url)?,
+            headers: a.headers.iter().map(|(k, v)| Ok((k.clone(), r(v)?))).collect::<Result<_, crate::template::TemplateError>>()?,
+            body: a.body.as_deref().map(r).transpose()?,
+            json: a.json.as_ref().map(|j| render_json(j, t, ctx)).transpose()?,
+            timeout: a.timeout.as_ref().and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_HTTP_TIMEOUT),
+            limit: a.max_response.as_ref().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_HTTP_LIMIT),
+        }
+    } else {
+        Rendered::Shell { command: r(step.shell.as_deref().unwrap_or_default())?, env: env_for(wf_env, step, t, inputs, steps)? }
+    })
+}
+
+fn render_json(v: &Value, t: &Templates, ctx: &JinjaValue) -> Result<Value, crate::template::TemplateError> {
+    Ok(match v {
+        Value::String(s) => Value::String(t.render(s, ctx)?),
+        Value::Array(a) => Value::Array(a.iter().map(|x| render_json(x, t, ctx)).collect::<Result<_, _>>()?),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| Ok((k.clone(), render_json(x, t, ctx)?))).collect::<Result<_, crate::template::TemplateError>>()?),
+        other => other.clone(),
+    })
+}
+
+fn effective_risk(static_risk: &NodeRisk, rendered: &Rendered) -> NodeRisk {
+    if let Rendered::Shell { command, .. } = rendered {
+        let a = secureclaw_risk::classify_shell(command);
+        if a.tier > static_risk.tier {
+            return NodeRisk { tier: a.tier, rule: a.rule, reason: format!("{} (after templating)", a.reason), forced_approval: static_risk.forced_approval };
+        }
+    }
+    static_risk.clone()
+}
+
+async fn execute(job: StepJob) -> Finished {
+    let start = Instant::now();
+    let (attempts, mut delay, max_delay) = retry_plan(&job.step);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut f = attempt_once(&job).await;
+        f.attempts = attempt;
+        let retryable = f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
+        if !retryable {
+            f.duration = start.elapsed();
+            return f;
+        }
+        (job.events)(&RunEvent::StepRetrying {
+            step: job.step.id.clone(),
+            attempt: attempt + 1,
+            delay_ms: delay.as_millis() as u64,
+            reason: f.reason.clone().unwrap_or_default(),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = job.cancel.cancelled() => {
+                f.state = StepState::Cancelled;
+                f.duration = start.elapsed();
+                return f;
+            }
+        }
+        delay = (delay * 2).min(max_delay);
+    }
+}
+
+fn finished(job: &StepJob, state: StepState, view: StepView, exit_code: Option<i32>, reason: Option<String>) -> Finished {
+    Finished { index: job.index, state, view, exit_code, reason, enforcement: None, attempts: 0, duration: Duration::ZERO }
+}
+
+async fn attempt_once(job: &StepJob) -> Finished {
+    let ws = job.workspace.clone();
+    let timeout = job.limits.timeout;
+    let engine_side = async {
+        match &job.rendered {
+            Rendered::Read { path: Some(p), limit, .. } => actions::read_file(&ws, p, *limit),
+            Rendered::Read { glob, .. } => actions::glob(&ws, glob.as_deref().unwrap_or("**"), Some(&job.state_dir)).map(|v| v.join("\n")),
+            Rendered::Write { path, content, append, mode } => actions::write_file(&ws, path, content, *append, mode.as_deref()).map(|_| path.clone()),
+            Rendered::Patch { path, diff } => actions::patch_file(&ws, path, diff).map(|_| path.clone()),
+            Rendered::Http { url, headers, body, json, timeout, limit } => {
+                let Some(action) = job.step.http.as_ref() else {
+                    return Err(actions::ActionError::Invalid { what: "step", message: "not an http step".into() });
+                };
+                actions::http(action, url, headers, body.clone(), json.clone(), &job.step.network, *timeout, *limit).await.map(|r| r.body)
+            }
+            Rendered::Shell { .. } => Ok(String::new()),
+        }
+    };
+    if let Rendered::Shell { command, env } = &job.rendered {
+        return run_shell(job, command, env).await;
+    }
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, engine_side) => r,
+        _ = job.cancel.cancelled() => return finished(job, StepState::Cancelled, StepView::default(), None, Some("cancelled".into())),
+    };
+    match result {
+        Ok(Ok(output)) => finished(job, StepState::Succeeded, StepView { stdout: output.clone(), output, stderr: String::new(), exit_code: 0 }, Some(0), None),
+        Ok(Err(e)) => {
+            let body = match &e {
+                actions::ActionError::Status { body, .. } => body.clone(),
+                _ => String::new(),
+            };
+            finished(job, StepState::Failed, StepView { output: body, stdout: String::new(), stderr: e.to_string(), exit_code: 1 }, Some(1), Some(e.to_string()))
+        }
+        Err(_) => finished(job, StepState::Failed, StepView::default(), None, Some(format!("timed out after {}", humantime::format_duration(timeout)))),
+    }
+}
+
+async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>) -> Finished {
+    let mut spec = ExecSpec::shell(command, job.workspace.clone());
+    spec.env.insert("PATH".into(), BASE_PATH.into());
+    spec.env.insert("LANG".into(), "C.UTF-8".into());
+    spec.env.insert("HOME".into(), if job.sandbox.isolated() { "/workspace".into() } else { job.workspace.display().to_string() });
+    spec.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    spec.limits = job.limits.clone();
+    spec.allow_degraded = job.allow_degraded;
+    spec.image = job.image.clone();
+    spec.network = if job.step.network.is_empty() { NetworkPolicy::None } else { NetworkPolicy::Domains(job.step.network.clone()) };
+    if job.state_dir.starts_with(&job.workspace) {
+        spec.masked.push(job.state_dir.clone());
+    }
+    match job.sandbox.run(&spec, job.cancel.clone()).await {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let output = stdout.strip_suffix('\n').unwrap_or(&stdout).to_string();
+            let code = out.exit.code();
+            let state = if out.exit == secureclaw_sandbox::ExitReason::Cancelled {
+                StepState::Cancelled
+            } else if out.exit.success() {
+                StepState::Succeeded
+            } else {
+                StepState::Failed
+            };
+            let mut reason = (state != StepState::Succeeded).then(|| out.exit.describe());
+            if out.stdout_total > out.stdout.len() as u64 || out.stderr_total > out.stderr.len() as u64 {
+                let note = format!("output truncated: kept {} of {} stdout bytes, {} of {} stderr bytes", out.stdout.len(), out.stdout_total, out.stderr.len(), out.stderr_total);
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+            }
+            Finished {
+                index: job.index,
+                state,
+                view: StepView { output, stdout, stderr, exit_code: code },
+                exit_code: Some(code),
+                reason,
+                enforcement: Some(out.enforcement),
+                attempts: 0,
+                duration: out.duration,
+            }
+        }
+        Err(e) => finished(job, StepState::Failed, StepView::default(), None, Some(e.to_string())),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

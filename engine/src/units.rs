@@ -1,0 +1,205 @@
+//! Durations (`300s`, `1m30s`, `250ms`) and sizes (`512Mi`, `64m`, `1G`) as they appear in
+//! workflow files: kept as the author's text in the model, parsed with a precise error.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// The schema pattern for durations; semantic validation gives the friendly error.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(ns|us|ms|s|m|h|d)\s*)+$";
+/// The schema pattern for sizes.
+pub const SIZE_PATTERN: &str = r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgGtT]i?[bB]?|[bB])?\s*$";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DurationText(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SizeText(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a duration")]
+    Duration(String),
+    #[error("`{0}` is not a size")]
+    Size(String),
+    #[error("`{0}` is too large")]
+    Overflow(String),
+}
+
+impl UnitError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            UnitError::Duration(_) => "write a number with a unit: `250ms`, `30s`, `5m`, `1h30m`",
+            UnitError::Size(_) => "write a number with a unit: `64Mi`, `512Mi`, `1Gi` (or `64m`, `1G`, bytes without unit)",
+            UnitError::Overflow(_) => "use a smaller value",
+        }
+    }
+}
+
+impl DurationText {
+    pub fn parse(&self) -> Result<Duration, UnitError> {
+        parse_duration(&self.0)
+    }
+}
+
+impl SizeText {
+    pub fn parse(&self) -> Result<u64, UnitError> {
+        parse_size(&self.0)
+    }
+}
+
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for SizeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.is_empty() || compact.starts_with(|c: char| !c.is_ascii_digit()) {
+        return Err(UnitError::Duration(text.to_string()));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = compact.as_str();
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| UnitError::Duration(text.to_string()))?;
+        let (num, tail) = rest.split_at(num_len);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let value: f64 = num.parse().map_err(|_| UnitError::Duration(text.to_string()))?;
+        let seconds = match unit {
+            "ns" => value / 1e9,
+            "us" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            "d" => value * 86400.0,
+            _ => return Err(UnitError::Duration(text.to_string())),
+        };
+        let part = Duration::try_from_secs_f64(seconds)
+            .map_err(|_| UnitError::Overflow(text.to_string()))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| UnitError::Overflow(text.to_string()))?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| UnitError::Size(text.to_string()))?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix(['b', 'B'])
+        .filter(|u| !u.is_empty())
+        .unwrap_or(unit);
+    let multiplier: f64 = match unit {
+        "" | "b" | "B" => 1.0,
+        "k" | "K" => 1e3,
+        "Ki" | "ki" => 1024.0,
+        "m" | "M" => 1e6,
+        "Mi" | "mi" => 1024.0 * 1024.0,
+        "g" | "G" => 1e9,
+        "Gi" | "gi" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "T" => 1e12,
+        "Ti" | "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(UnitError::Size(text.to_string())),
+    };
+    let bytes = value * multiplier;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(UnitError::Overflow(text.to_string()));
+    }
+    Ok(bytes as u64)
+}
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A duration: a number with a unit (ms, s, m, h, d), e.g. `30s`, `5m`, `1h30m`.",
+            "examples": ["30s", "5m", "1h30m"]
+        })
+    }
+}
+
+impl JsonSchema for SizeText {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": SIZE_PATTERN,
+            "description": "A size in bytes with an optional unit: `64Mi`, `512Mi`, `1Gi` (binary) or `64M`, `1G` (decimal).",
+            "examples": ["64Mi", "512Mi", "1Gi"]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "s", "5", "5 minutes", "-1s", "1x", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512Mi").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_size("64m").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "Mi", "12 parsecs", "1e999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patterns_agree_with_parsers() {
+        let d = regex_lite(DURATION_PATTERN);
+        let s = regex_lite(SIZE_PATTERN);
+        for ok in ["300s", "1m30s", "250ms"] {
+            assert!(d(ok) && parse_duration(ok).is_ok(), "{ok}");
+        }
+        for ok in ["512Mi", "64m", "1GiB", "4096"] {
+            assert!(s(ok) && parse_size(ok).is_ok(), "{ok}");
+        }
+    }
+
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+        let schema = serde_json::json!({"type": "string", "pattern": pattern});
+        let v = jsonschema::validator_for(&schema).unwrap();
+        move |s: &str| v.is_valid(&serde_json::json!(s))
+    }
+}

@@ -1,0 +1,638 @@
+//! Validation in layers: input → YAML syntax → JSON Schema → semantics. Every layer reports all
+//! of its problems (a later layer runs only when the earlier ones passed, since its input would
+//! be meaningless), each located at file:line:column with a hint.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use fixedbitset::FixedBitSet;
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::DiGraph;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, Diagnostics, Layer, Location, did_you_mean, pointer_segment};
+use crate::model::{ActionKind, Step, Tier, Workflow};
+use crate::template::{CheckScope, Templates};
+use crate::units::{DurationText, SizeText};
+use crate::workspace;
+use crate::yaml::{self, SourceMap, YamlLimits};
+
+/// How a step's effect is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InverseClass {
+    /// Nothing to undo (`read`).
+    None,
+    /// Restored from recorded pre-images (`write`, `patch`, `shell`).
+    Restore,
+    /// Undone by its declared `compensate` action.
+    Compensate,
+    /// Irreversible: revert flags it for manual review.
+    Pivot,
+}
+
+/// A node's risk tier and the rule that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRisk {
+    pub tier: Tier,
+    pub rule: String,
+    pub reason: String,
+    /// `approve: true`: pause whatever the tier.
+    pub forced_approval: bool,
+}
+
+impl NodeRisk {
+    pub fn needs_approval(&self) -> bool {
+        self.forced_approval || self.tier.needs_approval()
+    }
+}
+
+/// A workflow that passed every layer, with its graph and per-node risk.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub file: PathBuf,
+    pub workflow: Workflow,
+    pub map: SourceMap,
+    pub index: HashMap<String, usize>,
+    /// `needs` of each step, as indices.
+    pub deps: Vec<Vec<usize>>,
+    /// A topological order of the steps.
+    pub order: Vec<usize>,
+    pub risk: Vec<NodeRisk>,
+    pub inverse: Vec<InverseClass>,
+}
+
+/// Read and validate a workflow file.
+pub fn validate_file(path: &Path) -> Result<Validated, Diagnostics> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let mut d = Diagnostics::default();
+        d.push(
+            Diagnostic::new(path, Location { line: 1, column: 1 }, Layer::Input, "", format!("cannot read file: {e}"))
+                .with_hint("check the path and permissions"),
+        );
+        d
+    })?;
+    validate_bytes(path, &bytes)
+}
+
+/// Validate workflow text already in memory; `file` is used in diagnostics.
+pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let from_yaml = |errs: Vec<yaml::YamlError>| {
+        let mut d = Diagnostics::default();
+        for e in errs {
+            let mut diag = Diagnostic::new(file, e.location, Layer::Syntax, "", e.message);
+            if let Some(h) = e.hint {
+                diag = diag.with_hint(h);
+            }
+            d.push(diag);
+        }
+        d
+    };
+    let text = yaml::decode_utf8(bytes).map_err(|e| from_yaml(vec![e]))?;
+    let doc = yaml::parse(text, YamlLimits::default()).map_err(from_yaml)?;
+    if !doc.value.is_object() {
+        diags.push(
+            Diagnostic::new(file, Location { line: 1, column: 1 }, Layer::Schema, "", "a workflow file must be a YAML mapping")
+                .with_hint("start with `version: 1`, `name: ...` and `steps:`"),
+        );
+        return Err(diags);
+    }
+    crate::schema::check(&doc.value, &doc.map, file, &mut diags);
+    if !diags.is_empty() {
+        diags.sort();
+        return Err(diags);
+    }
+    let workflow: Workflow = match serde_json::from_value(doc.value.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            diags.push(Diagnostic::new(file, Location { line: 1, column: 1 }, Layer::Schema, "", format!("{e}")));
+            return Err(diags);
+        }
+    };
+    let v = Semantics::new(file, &workflow, &doc.map).run(&mut diags);
+    diags.sort();
+    match v {
+        Some((index, deps, order, risk, inverse)) if diags.is_empty() => Ok(Validated {
+            file: file.to_path_buf(),
+            workflow,
+            map: doc.map,
+            index,
+            deps,
+            order,
+            risk,
+            inverse,
+        }),
+        _ => Err(diags),
+    }
+}
+
+type Analysis = (
+    HashMap<String, usize>,
+    Vec<Vec<usize>>,
+    Vec<usize>,
+    Vec<NodeRisk>,
+    Vec<InverseClass>,
+);
+
+struct Semantics<'a> {
+    file: &'a Path,
+    wf: &'a Workflow,
+    map: &'a SourceMap,
+    templates: Templates,
+}
+
+impl<'a> Semantics<'a> {
+    fn new(file: &'a Path, wf: &'a Workflow, map: &'a SourceMap) -> Self {
+        Semantics { file, wf, map, templates: Templates::new() }
+    }
+
+    fn at(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(self.file, self.map.value(pointer), Layer::Semantic, pointer, message)
+    }
+
+    fn run(&self, diags: &mut Diagnostics) -> Option<Analysis> {
+        let index = self.ids(diags);
+        let deps = self.needs(&index, diags);
+        let order = self.acyclic_order(&deps, diags);
+        self.inputs(diags);
+        self.units(diags);
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            self.step_paths(i, step, diags);
+            self.step_network(i, step, diags);
+        }
+        let risk: Vec<NodeRisk> = self.wf.steps.iter().enumerate().map(|(i, s)| self.risk(i, s, diags)).collect();
+        let inverse = self.wf.steps.iter().map(inverse_class).collect();
+        let order = order?;
+        self.templates(&index, &deps, &order, diags);
+        Some((index, deps, order, risk, inverse))
+    }
+
+    fn ids(&self, diags: &mut Diagnostics) -> HashMap<String, usize> {
+        let mut index = HashMap::new();
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            if let Some(first) = index.insert(step.id.clone(), i) {
+                index.insert(step.id.clone(), first);
+                let first_loc = self.map.value(&format!("/steps/{first}/id"));
+                diags.push(
+                    self.at(&format!("/steps/{i}/id"), format!("duplicate step id `{}` (first used at line {})", step.id, first_loc.line))
+                        .with_hint("step ids must be unique; rename one of them"),
+                );
+            }
+        }
+        index
+    }
+
+    fn needs(&self, index: &HashMap<String, usize>, diags: &mut Diagnostics) -> Vec<Vec<usize>> {
+        let ids: Vec<&str> = self.wf.steps.iter().map(|s| s.id.as_str()).collect();
+        self.wf
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let mut seen = BTreeSet::new();
+                let mut out = Vec::new();
+                for (j, need) in step.needs.iter().enumerate() {
+                    let pointer = format!("/steps/{i}/needs/{j}");
+                    if !seen.insert(need) {
+                        diags.push(self.at(&pointer, format!("`{need}` is listed twice in `needs`")).with_hint("remove the duplicate"));
+                        continue;
+                    }
+                    match index.get(need) {
+                        Some(&k) if k == i => diags.push(
+                            self.at(&pointer, format!("step `{need}` needs itself")).with_hint("remove it from its own `needs`"),
+                        ),
+                        Some(&k) => out.push(k),
+                        None => {
+                            let d = self.at(&pointer, format!("step `{}` needs unknown step `{need}`", step.id));
+                            diags.push(match did_you_mean(need, ids.iter().copied()) {
+                                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                                None => d.with_hint(format!("known steps: {}", abbreviate(&ids))),
+                            });
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// A topological order, or a diagnostic per cycle with the cycle's path.
+    fn acyclic_order(&self, deps: &[Vec<usize>], diags: &mut Diagnostics) -> Option<Vec<usize>> {
+        let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(deps.len(), 0);
+        let nodes: Vec<_> = (0..deps.len()).map(|i| g.add_node(i)).collect();
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                g.add_edge(nodes[d], nodes[i], ());
+            }
+        }
+        let mut cyclic = false;
+        for scc in tarjan_scc(&g) {
+            if scc.len() < 2 {
+                continue;
+            }
+            cyclic = true;
+            let members: BTreeSet<usize> = scc.iter().map(|n| g[*n]).collect();
+            let path = cycle_path(deps, &members);
+            let start = path[0];
+            let names: Vec<&str> = path.iter().chain(std::iter::once(&start)).map(|&i| self.wf.steps[i].id.as_str()).collect();
+            diags.push(
+                self.at(&format!("/steps/{start}/needs"), format!("dependency cycle: {}", names.join(" → ")))
+                    .with_hint("a workflow is a DAG; remove one of these `needs` entries to break the cycle"),
+            );
+        }
+        if cyclic {
+            return None;
+        }
+        petgraph::algo::toposort(&g, None).ok().map(|o| o.into_iter().map(|n| g[n]).collect())
+    }
+
+    fn inputs(&self, diags: &mut Diagnostics) {
+        for (name, spec) in &self.wf.inputs {
+            let pointer = format!("/inputs/{}", pointer_segment(name));
+            if let Some(default) = &spec.default {
+                if !spec.kind.accepts(default) {
+                    diags.push(
+                        self.at(&format!("{pointer}/default"), format!("default of input `{name}` is not of type {}", spec.kind.as_str()))
+                            .with_hint(format!("write a {} value, or change `type`", spec.kind.as_str())),
+                    );
+                }
+            }
+            if !crate::model::ENV_NAME_PATTERN.is_empty() && !valid_name(name) {
+                diags.push(
+                    Diagnostic::new(self.file, self.map.key(&pointer), Layer::Semantic, pointer.clone(), format!("`{name}` is not a valid input name"))
+                        .with_hint("use letters, digits and `_` so templates can write `inputs.NAME`"),
+                );
+            }
+        }
+    }
+
+    fn units(&self, diags: &mut Diagnostics) {
+        let mut durations: Vec<(String, &DurationText)> = Vec::new();
+        let mut sizes: Vec<(String, &SizeText)> = Vec::new();
+        let sb = |prefix: String, s: &'a crate::model::SandboxSettings, d: &mut Vec<(String, &'a DurationText)>, z: &mut Vec<(String, &'a SizeText)>| {
+            if let Some(t) = &s.timeout {
+                d.push((format!("{prefix}/timeout"), t));
+            }
+            if let Some(m) = &s.memory {
+                z.push((format!("{prefix}/memory"), m));
+            }
+            if let Some(m) = &s.output_cap {
+                z.push((format!("{prefix}/output_cap"), m));
+            }
+        };
+        sb("/sandbox".into(), &self.wf.sandbox, &mut durations, &mut sizes);
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            if let Some(s) = &step.sandbox {
+                sb(format!("/steps/{i}/sandbox"), s, &mut durations, &mut sizes);
+            }
+            if let Some(t) = &step.timeout {
+                durations.push((format!("/steps/{i}/timeout"), t));
+            }
+            if let Some(crate::model::RetrySpec::Detailed(r)) = &step.retry {
+                if let Some(b) = &r.backoff {
+                    durations.push((format!("/steps/{i}/retry/backoff"), b));
+                }
+                if let Some(b) = &r.max_backoff {
+                    durations.push((format!("/steps/{i}/retry/max_backoff"), b));
+                }
+            }
+            if let Some(h) = &step.http {
+                if let Some(t) = &h.timeout {
+                    durations.push((format!("/steps/{i}/http/timeout"), t));
+                }
+                if let Some(m) = &h.max_response {
+                    sizes.push((format!("/steps/{i}/http/max_response"), m));
+                }
+            }
+            if let Some(m) = step.read.as_ref().and_then(|r| r.max_bytes.as_ref()) {
+                sizes.push((format!("/steps/{i}/read/max_bytes"), m));
+            }
+        }
+        for (pointer, d) in durations {
+            match d.parse() {
+                Err(e) => diags.push(self.at(&pointer, e.to_string()).with_hint(e.hint())),
+                Ok(v) if v.is_zero() && pointer.ends_with("timeout") => {
+                    diags.push(self.at(&pointer, "a timeout of zero would kill every step at once").with_hint("use a positive duration, e.g. `30s`"))
+                }
+                Ok(_) => {}
+            }
+        }
+        for (pointer, s) in sizes {
+            match s.parse() {
+                Err(e) => diags.push(self.at(&pointer, e.to_string()).with_hint(e.hint())),
+                Ok(0) => diags.push(self.at(&pointer, format!("`{s}` is zero")).with_hint("use a positive size, e.g. `64Mi`")),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn step_paths(&self, i: usize, step: &Step, diags: &mut Diagnostics) {
+        let mut paths: Vec<(String, &str)> = Vec::new();
+        if let Some(r) = &step.read {
+            if let Some(p) = &r.path {
+                paths.push((format!("/steps/{i}/read/path"), p));
+            }
+        }
+        if let Some(w) = &step.write {
+            paths.push((format!("/steps/{i}/write/path"), &w.path));
+        }
+        if let Some(p) = &step.patch {
+            paths.push((format!("/steps/{i}/patch/path"), &p.path));
+            if !Templates::is_template(&p.diff) {
+                if let Err(e) = diffy::Patch::from_str(&p.diff) {
+                    diags.push(
+                        self.at(&format!("/steps/{i}/patch/diff"), format!("`diff` is not a valid unified diff: {e}"))
+                            .with_hint("produce it with `diff -u old new` or `git diff`"),
+                    );
+                }
+            }
+        }
+        for (pointer, p) in paths {
+            if Templates::is_template(p) {
+                continue;
+            }
+            // Reading `.git` is harmless; writing it is not.
+            let allow_git = pointer.ends_with("/read/path");
+            match workspace::lexical(p) {
+                Err(workspace::PathError::GitDir(_)) if allow_git => {}
+                Err(e) => diags.push(self.at(&pointer, e.to_string()).with_hint(e.hint())),
+                Ok(_) => {}
+            }
+        }
+        if let Some(g) = step.read.as_ref().and_then(|r| r.glob.as_ref()) {
+            if g.starts_with('/') || g.split('/').any(|c| c == "..") {
+                diags.push(self.at(&format!("/steps/{i}/read/glob"), format!("glob `{g}` reaches outside the workspace")).with_hint("globs are relative to the workspace"));
+            } else if let Err(e) = globset::Glob::new(g) {
+                diags.push(self.at(&format!("/steps/{i}/read/glob"), format!("invalid glob `{g}`: {e}")));
+            }
+        }
+    }
+
+    fn step_network(&self, i: usize, step: &Step, diags: &mut Diagnostics) {
+        for (j, domain) in step.network.iter().enumerate() {
+            if let Err(why) = check_domain(domain) {
+                diags.push(
+                    self.at(&format!("/steps/{i}/network/{j}"), format!("`{domain}` is not an allowed network destination: {why}"))
+                        .with_hint("list plain DNS names such as `api.github.com` (optionally `:port`); IP literals and non-ASCII names are refused"),
+                );
+            }
+        }
+        let mut urls: Vec<(String, &str)> = Vec::new();
+        if let Some(h) = &step.http {
+            urls.push((format!("/steps/{i}/http/url"), &h.url));
+        }
+        if let Some(h) = step.compensate.as_ref().and_then(|c| c.http.as_ref()) {
+            urls.push((format!("/steps/{i}/compensate/http/url"), &h.url));
+        }
+        for (pointer, url) in urls {
+            if Templates::is_template(url) {
+                if step.network.is_empty() {
+                    diags.push(self.at(&pointer, "an `http` step must list the hosts it may reach in `network`").with_hint("add `network: [host.example.com]`"));
+                }
+                continue;
+            }
+            match reqwest::Url::parse(url) {
+                Err(e) => diags.push(self.at(&pointer, format!("invalid URL `{url}`: {e}")).with_hint("write a full URL such as `https://api.example.com/path`")),
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    diags.push(self.at(&pointer, format!("URL scheme `{}` is not allowed", u.scheme())).with_hint("use http or https"))
+                }
+                Ok(u) => {
+                    let host = u.host_str().unwrap_or_default();
+                    let with_port = u.port().map(|p| format!("{host}:{p}"));
+                    let allowed = step.network.iter().any(|d| d == host || Some(d) == with_port.as_ref());
+                    if !allowed {
+                        diags.push(
+                            self.at(&pointer, format!("host `{host}` is not in this step's `network` allowlist"))
+                                .with_hint(format!("add `{}` to `network`", with_port.as_deref().unwrap_or(host))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn risk(&self, i: usize, step: &Step, diags: &mut Diagnostics) -> NodeRisk {
+        let kind = step.kind();
+        let mut risk = match kind {
+            ActionKind::Read => NodeRisk { tier: Tier::ReadOnly, rule: "action:read".into(), reason: "reads files in the workspace".into(), forced_approval: false },
+            ActionKind::Write => NodeRisk { tier: Tier::LowWrite, rule: "action:write".into(), reason: "writes a file in the workspace".into(), forced_approval: false },
+            ActionKind::Patch => NodeRisk { tier: Tier::LowWrite, rule: "action:patch".into(), reason: "patches a file in the workspace".into(), forced_approval: false },
+            ActionKind::Http => NodeRisk { tier: Tier::NetworkEgress, rule: "action:http".into(), reason: "makes a network request".into(), forced_approval: false },
+            ActionKind::Shell => {
+                let a = secureclaw_risk::classify_shell(step.shell.as_deref().unwrap_or_default());
+                NodeRisk { tier: a.tier, rule: a.rule, reason: a.reason, forced_approval: false }
+            }
+        };
+        if !step.network.is_empty() && risk.tier < Tier::NetworkEgress {
+            risk = NodeRisk {
+                tier: Tier::NetworkEgress,
+                rule: "network-allowlist".into(),
+                reason: format!("may reach {}", step.network.join(", ")),
+                forced_approval: false,
+            };
+        }
+        if let Some(declared) = step.risk {
+            if declared > risk.tier {
+                risk = NodeRisk { tier: declared, rule: "author:risk".into(), reason: "raised by the workflow author".into(), forced_approval: false };
+            } else if declared < risk.tier {
+                diags.push(
+                    self.at(&format!("/steps/{i}/risk"), format!("`risk: {declared}` is lower than the computed tier `{}` (rule `{}`: {})", risk.tier, risk.rule, risk.reason))
+                        .with_hint("`risk` can only raise a step's tier; remove it or set it to the computed tier or higher"),
+                );
+            }
+        }
+        risk.forced_approval = step.approve;
+        risk
+    }
+
+    fn templates(&self, index: &HashMap<String, usize>, deps: &[Vec<usize>], order: &[usize], diags: &mut Diagnostics) {
+        let n = self.wf.steps.len();
+        // Ancestor sets in topological order: anc[v] = ∪ (anc[p] ∪ {p}) over parents p.
+        let mut anc: Vec<Option<FixedBitSet>> = vec![None; n];
+        let needs_templates: Vec<bool> = self.wf.steps.iter().map(|s| template_fields(s).iter().any(|(_, t, e)| *e || Templates::is_template(t))).collect();
+        let all_steps: BTreeSet<String> = index.keys().cloned().collect();
+        let workflow_env: BTreeSet<String> = self.wf.env.keys().cloned().collect();
+        for &v in order {
+            let mut set = FixedBitSet::with_capacity(n);
+            for &p in &deps[v] {
+                set.insert(p);
+                if let Some(a) = &anc[p] {
+                    set.union_with(a);
+                }
+            }
+            anc[v] = Some(set);
+        }
+        // Workflow-level env values may use inputs only.
+        let wf_scope = CheckScope { inputs: &self.wf.inputs, env_names: BTreeSet::new(), all_steps: &all_steps, upstream: BTreeSet::new(), this_step: "(workflow env)" };
+        for (name, value) in &self.wf.env {
+            for (msg, hint) in self.templates.check(value, false, &wf_scope) {
+                diags.push(self.at(&format!("/env/{}", pointer_segment(name)), msg).with_hint(hint));
+            }
+        }
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            if !needs_templates[i] {
+                continue;
+            }
+            let upstream: BTreeSet<String> = anc[i].as_ref().map(|s| s.ones().map(|k| self.wf.steps[k].id.clone()).collect()).unwrap_or_default();
+            let mut env_names = workflow_env.clone();
+            env_names.extend(step.env.keys().cloned());
+            let scope = CheckScope { inputs: &self.wf.inputs, env_names, all_steps: &all_steps, upstream, this_step: &step.id };
+            for (pointer, text, is_expr) in template_fields(step) {
+                for (msg, hint) in self.templates.check(text, is_expr, &scope) {
+                    diags.push(self.at(&format!("/steps/{i}{pointer}"), msg).with_hint(hint));
+                }
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn abbreviate(ids: &[&str]) -> String {
+    if ids.len() <= 8 {
+        ids.join(", ")
+    } else {
+        format!("{}, … ({} in all)", ids[..8].join(", "), ids.len())
+    }
+}
+
+/// Every template-bearing string of a step: (pointer relative to the step, text, is_expression).
+pub fn template_fields(step: &Step) -> Vec<(String, &str, bool)> {
+    let mut out: Vec<(String, &str, bool)> = Vec::new();
+    if let Some(c) = &step.condition {
+        out.push(("/if".into(), c, true));
+    }
+    for (k, v) in &step.env {
+        out.push((format!("/env/{}", pointer_segment(k)), v, false));
+    }
+    if let Some(s) = &step.shell {
+        out.push(("/shell".into(), s, false));
+    }
+    if let Some(r) = &step.read {
+        if let Some(p) = &r.path {
+            out.push(("/read/path".into(), p, false));
+        }
+        if let Some(g) = &r.glob {
+            out.push(("/read/glob".into(), g, false));
+        }
+    }
+    if let Some(w) = &step.write {
+        out.push(("/write/path".into(), &w.path, false));
+        out.push(("/write/content".into(), &w.content, false));
+    }
+    if let Some(p) = &step.patch {
+        out.push(("/patch/path".into(), &p.path, false));
+        out.push(("/patch/diff".into(), &p.diff, false));
+    }
+    if let Some(h) = &step.http {
+        http_fields("/http", h, &mut out);
+    }
+    if let Some(c) = &step.compensate {
+        if let Some(h) = &c.http {
+            http_fields("/compensate/http", h, &mut out);
+        }
+        if let Some(s) = &c.shell {
+            out.push(("/compensate/shell".into(), s, false));
+        }
+    }
+    out
+}
+
+fn http_fields<'s>(prefix: &str, h: &'s crate::model::HttpAction, out: &mut Vec<(String, &'s str, bool)>) {
+    out.push((format!("{prefix}/url"), &h.url, false));
+    for (k, v) in &h.headers {
+        out.push((format!("{prefix}/headers/{}", pointer_segment(k)), v, false));
+    }
+    if let Some(b) = &h.body {
+        out.push((format!("{prefix}/body"), b, false));
+    }
+    if let Some(j) = &h.json {
+        json_strings(&format!("{prefix}/json"), j, out);
+    }
+}
+
+fn json_strings<'s>(pointer: &str, v: &'s Value, out: &mut Vec<(String, &'s str, bool)>) {
+    match v {
+        Value::String(s) => out.push((pointer.to_string(), s, false)),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| json_strings(&format!("{pointer}/{i}"), x, out)),
+        Value::Object(o) => o.iter().for_each(|(k, x)| json_strings(&format!("{pointer}/{}", pointer_segment(k)), x, out)),
+        _ => {}
+    }
+}
+
+pub fn inverse_class(step: &Step) -> InverseClass {
+    match step.kind() {
+        ActionKind::Read => InverseClass::None,
+        ActionKind::Write | ActionKind::Patch | ActionKind::Shell => InverseClass::Restore,
+        ActionKind::Http if step.compensate.is_some() => InverseClass::Compensate,
+        ActionKind::Http => InverseClass::Pivot,
+    }
+}
+
+/// A cycle through `members` (one strongly connected component), as a list of step indices.
+fn cycle_path(deps: &[Vec<usize>], members: &BTreeSet<usize>) -> Vec<usize> {
+    let Some(&start) = members.iter().next() else {
+        return Vec::new();
+    };
+    // Walk `needs` edges inside the component until a node repeats; the repeat closes a cycle.
+    let mut path = vec![start];
+    let mut pos: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+    let mut cur = start;
+    loop {
+        let Some(&next) = deps[cur].iter().find(|d| members.contains(d)) else {
+            return path;
+        };
+        if let Some(&p) = pos.get(&next) {
+            let mut cycle = path.split_off(p);
+            // Present it in execution order (dependency first).
+            cycle.reverse();
+            return cycle;
+        }
+        pos.insert(next, path.len());
+        path.push(next);
+        cur = next;
+    }
+}
+
+/// A network allowlist entry: an ASCII DNS name, optionally with a port.
+pub fn check_domain(entry: &str) -> Result<(), &'static str> {
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (entry, None),
+    };
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err("the port is not a number between 1 and 65535");
+        }
+    }
+    if host.is_empty() || host.len() > 253 {
+        return Err("empty or too long");
+    }
+    if !host.is_ascii() {
+        return Err("non-ASCII names are refused (write the punycode `xn--` form if you really mean it)");
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Err("IP literals are refused; name the host");
+    }
+    if host.contains("://") || host.contains('/') {
+        return Err("write the host name only, without scheme or path");
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() < 2 && host != "localhost" {
+        return Err("a single-label name is not a public domain");
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err("each label must be lowercase letters, digits or `-`");
+        }
+    }
+    if labels.last().is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("a numeric top-level label looks like an IP address");
+    }
+    Ok(())
+}
