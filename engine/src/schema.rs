@@ -34,9 +34,54 @@ pub fn check(doc: &Value, map: &SourceMap, file: &Path, out: &mut Diagnostics) {
             return;
         }
     };
+    let mut found = Diagnostics::default();
     for err in validator.iter_errors(doc) {
-        describe(&err, doc, map, file, out);
+        describe(&err, doc, map, file, &mut found);
     }
+    // "needs exactly one action; found none" is noise when the same step has an unknown key:
+    // that key is almost always the misspelled action, and it has its own error.
+    let unknown_parents: Vec<String> = found
+        .iter()
+        .filter(|d| d.message.starts_with("unknown key"))
+        .filter_map(|d| d.path.rsplit_once('/').map(|(parent, _)| parent.to_string()))
+        .collect();
+    for d in found.0 {
+        if d.message.contains("; found none") && unknown_parents.contains(&d.path) {
+            continue;
+        }
+        out.push(d);
+    }
+}
+
+fn type_words(t: &str) -> &'static str {
+    match t {
+        "array" => "a list",
+        "object" => "a mapping",
+        "boolean" => "true or false",
+        "integer" => "an integer",
+        "number" => "a number",
+        "string" => "a string",
+        "null" => "empty",
+        _ => "another type",
+    }
+}
+
+/// `const` values of a `oneOf` (how documented enums are generated).
+fn one_of_consts(pointer: &str) -> Vec<String> {
+    schema_for_instance(pointer)
+        .and_then(|n| n.get("oneOf").or_else(|| n.get("anyOf")))
+        .and_then(Value::as_array)
+        .map(|alts| {
+            alts.iter()
+                .flat_map(|a| {
+                    a.get("const")
+                        .into_iter()
+                        .chain(a.get("enum").and_then(Value::as_array).into_iter().flatten())
+                })
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -177,6 +222,15 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
                     .with_hint(format!("add `{name}:`")),
             );
         }
+        ValidationErrorKind::OneOfNotValid { .. } if !one_of_consts(&pointer).is_empty() => {
+            let opts = one_of_consts(&pointer);
+            let text = instance.as_str().unwrap_or_default();
+            let mut d = diag(format!("{} is {}; expected one of: {}", what(&pointer), snippet(instance), opts.join(", ")));
+            if let Some(s) = did_you_mean(text, opts.iter().map(String::as_str)) {
+                d = d.with_hint(format!("did you mean `{s}`?"));
+            }
+            out.push(d);
+        }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::OneOfMultipleValid { .. } => {
             let alternatives = one_of_alternatives(&pointer);
             let present: Vec<&String> = alternatives
@@ -206,8 +260,8 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
-                TypeKind::Single(t) => t.to_string(),
-                TypeKind::Multiple(ts) => ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" or "),
+                TypeKind::Single(t) => type_words(&t.to_string()).to_string(),
+                TypeKind::Multiple(ts) => ts.iter().map(|t| type_words(&t.to_string())).collect::<Vec<_>>().join(" or "),
             };
             out.push(
                 diag(format!(
@@ -218,7 +272,7 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
                 ))
                 .with_hint(if instance.is_null() {
                     "give it a value or remove the key".to_string()
-                } else if expected == "string" {
+                } else if expected == "a string" {
                     "quote the value to make it a string".to_string()
                 } else {
                     format!("write {expected} here")

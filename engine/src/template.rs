@@ -51,6 +51,13 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_keep_trailing_newline(true);
+        // Workflows feed shells and YAML-minded humans: `false`, not Python's `False`.
+        env.set_formatter(|out, state, value| {
+            if value.kind() == minijinja::value::ValueKind::Bool {
+                return out.write_str(if value.is_true() { "true" } else { "false" }).map_err(minijinja::Error::from);
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         Templates { env }
     }
 

@@ -236,9 +236,13 @@ impl<'a> Semantics<'a> {
             let members: BTreeSet<usize> = scc.iter().map(|n| g[*n]).collect();
             let path = cycle_path(deps, &members);
             let start = path[0];
-            let names: Vec<&str> = path.iter().chain(std::iter::once(&start)).map(|&i| self.wf.steps[i].id.as_str()).collect();
+            let chain: Vec<String> = path
+                .iter()
+                .zip(path.iter().skip(1).chain(std::iter::once(&start)))
+                .map(|(&a, &b)| format!("`{}` needs `{}`", self.wf.steps[a].id, self.wf.steps[b].id))
+                .collect();
             diags.push(
-                self.at(&format!("/steps/{start}/needs"), format!("dependency cycle: {}", names.join(" → ")))
+                self.at(&format!("/steps/{start}/needs"), format!("dependency cycle: {}", chain.join(", ")))
                     .with_hint("a workflow is a DAG; remove one of these `needs` entries to break the cycle"),
             );
         }
@@ -421,7 +425,7 @@ impl<'a> Semantics<'a> {
             ActionKind::Patch => NodeRisk { tier: Tier::LowWrite, rule: "action:patch".into(), reason: "patches a file in the workspace".into(), forced_approval: false },
             ActionKind::Http => NodeRisk { tier: Tier::NetworkEgress, rule: "action:http".into(), reason: "makes a network request".into(), forced_approval: false },
             ActionKind::Shell => {
-                let a = secureclaw_risk::classify_shell(step.shell.as_deref().unwrap_or_default());
+                let a = secureclaw_risk::classify_shell(&untemplated(step.shell.as_deref().unwrap_or_default()));
                 NodeRisk { tier: a.tier, rule: a.rule, reason: a.reason, forced_approval: false }
             }
         };
@@ -486,6 +490,42 @@ impl<'a> Semantics<'a> {
             }
         }
     }
+}
+
+/// The command with each `{{ … }}` replaced by one plain word and `{% … %}`/`{# … #}` removed, so
+/// the classifier can parse a templated command before it is rendered. The rendered command is
+/// classified again at run time and the higher tier wins.
+pub fn untemplated(command: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut rest = command;
+    while let Some(start) = rest.find(['{']) {
+        let (before, tail) = rest.split_at(start);
+        out.push_str(before);
+        let close = match tail.get(..2) {
+            Some("{{") => "}}",
+            Some("{%") => "%}",
+            Some("{#") => "#}",
+            _ => {
+                out.push('{');
+                rest = &tail[1..];
+                continue;
+            }
+        };
+        match tail.find(close) {
+            Some(end) => {
+                if close == "}}" {
+                    out.push_str("TEMPLATE_VALUE");
+                }
+                rest = &tail[end + 2..];
+            }
+            None => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn valid_name(name: &str) -> bool {
@@ -588,10 +628,7 @@ fn cycle_path(deps: &[Vec<usize>], members: &BTreeSet<usize>) -> Vec<usize> {
             return path;
         };
         if let Some(&p) = pos.get(&next) {
-            let mut cycle = path.split_off(p);
-            // Present it in execution order (dependency first).
-            cycle.reverse();
-            return cycle;
+            return path.split_off(p);
         }
         pos.insert(next, path.len());
         path.push(next);

@@ -1,0 +1,4 @@
+# Small arithmetic helpers.
+add() {
+    echo $(($1 + $2))
+}

@@ -1,0 +1,110 @@
+//! `secureclaw validate` end to end: every example passes, and every file in `tests/broken/`
+//! prints exactly the located errors its `# expect:` lines name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn examples_and_project_workflows_validate() {
+    let mut files = yaml_files(&root().join("examples"));
+    files.extend(yaml_files(&root().join("workflows")));
+    assert!(files.len() >= 4, "expected examples and workflows, found {files:?}");
+    let out = bin().arg("validate").args(&files).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn broken_workflows_report_their_located_errors() {
+    let files = yaml_files(&root().join("tests/broken"));
+    assert!(files.len() >= 20, "the broken corpus shrank: {}", files.len());
+    let mut failures = Vec::new();
+    for file in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
+        let expects: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        let hints: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect-hint: ")).collect();
+        assert!(!expects.is_empty(), "{} has no `# expect:` line", file.display());
+        let out = bin().arg("validate").arg(file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) {
+            failures.push(format!("{}: exit {:?}, expected 1", file.display(), out.status.code()));
+        }
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
+        for e in &expects {
+            // `L:C: message` must match `FILE:L:C: error: message…`; a bare message matches anywhere.
+            let found = match e.split_once(": ") {
+                Some((pos, msg)) if pos.contains(':') && pos.chars().all(|c| c.is_ascii_digit() || c == ':') => errors
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{}:{pos}: error: ", file.display())) && l.contains(msg)),
+                _ => errors.iter().any(|l| l.contains(e)),
+            };
+            if !found {
+                failures.push(format!("{}: expected `{e}`\n--- got ---\n{stderr}", file.display()));
+            }
+        }
+        for h in &hints {
+            if !stderr.contains(&format!("hint: {h}")) {
+                failures.push(format!("{}: expected hint `{h}`\n--- got ---\n{stderr}", file.display()));
+            }
+        }
+        // Every error line carries a position, and nothing panicked.
+        assert!(!stderr.contains("panicked"), "{}: {stderr}", file.display());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let out = bin().arg("validate").arg(root().join("tests/broken/escaping-paths.yaml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(": error: ").count(), 3, "{stderr}");
+    assert!(stderr.contains("3 errors found"), "{stderr}");
+}
+
+#[test]
+fn json_output_is_machine_readable() {
+    let out = bin().args(["validate", "--json"]).arg(root().join("tests/broken/unknown-key.yaml")).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = &v[0]["errors"][0];
+    assert_eq!(err["location"]["line"], 7);
+    assert_eq!(err["path"], "/steps/0/shel");
+    assert_eq!(err["hint"], "did you mean `shell`?");
+}
+
+#[test]
+fn explain_shows_tier_and_rule() {
+    let out = bin().args(["validate", "--explain"]).arg(root().join("examples/hello/workflow.yaml")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("greet") && stdout.contains("low_write") && stdout.contains("action:write"), "{stdout}");
+}
+
+#[test]
+fn schema_command_prints_the_checked_in_schema() {
+    let out = bin().arg("schema").output().unwrap();
+    let on_disk = std::fs::read(root().join("schemas/workflow.schema.json")).unwrap();
+    assert_eq!(out.stdout, on_disk);
+}
