@@ -117,5 +117,7 @@ fn main() -> ExitCode {
 
 /// The state dir: explicit, or `.secureclaw` in the workspace (hidden from steps).
 pub fn state_dir(explicit: Option<&PathBuf>, workspace: &std::path::Path) -> PathBuf {
-    explicit.cloned().unwrap_or_else(|| workspace.join(".secureclaw"))
+    explicit
+        .cloned()
+        .unwrap_or_else(|| workspace.join(".secureclaw"))
 }

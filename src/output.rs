@@ -19,7 +19,12 @@ pub fn validate(files: &[PathBuf], explain: bool, as_json: bool) -> anyhow::Resu
                 if as_json {
                     reports.push(json!({"file": file, "valid": true, "steps": explain_json(&v)}));
                 } else {
-                    println!("{} {} ({} steps)", style("ok").green().bold(), file.display(), v.workflow.steps.len());
+                    println!(
+                        "{} {} ({} steps)",
+                        style("ok").green().bold(),
+                        file.display(),
+                        v.workflow.steps.len()
+                    );
                     if explain {
                         print_explain(&v);
                     }
@@ -40,7 +45,15 @@ pub fn validate(files: &[PathBuf], explain: bool, as_json: bool) -> anyhow::Resu
     if as_json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else if errors > 0 {
-        eprintln!("{}", style(format!("{errors} error{} found", if errors == 1 { "" } else { "s" })).red().bold());
+        eprintln!(
+            "{}",
+            style(format!(
+                "{errors} error{} found",
+                if errors == 1 { "" } else { "s" }
+            ))
+            .red()
+            .bold()
+        );
     }
     Ok(if errors > 0 { exit::FAILED } else { exit::OK })
 }
@@ -83,20 +96,41 @@ fn explain_json(v: &Validated) -> serde_json::Value {
 }
 
 pub fn print_explain(v: &Validated) {
-    let width = v.workflow.steps.iter().map(|s| s.id.len()).max().unwrap_or(4).max(4);
-    println!("  {:width$}  {:6}  {:14}  {:10}  RULE / WHY", "STEP", "ACTION", "TIER", "UNDO");
+    let width = v
+        .workflow
+        .steps
+        .iter()
+        .map(|s| s.id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:width$}  {:6}  {:14}  {:10}  RULE / WHY",
+        "STEP", "ACTION", "TIER", "UNDO"
+    );
     for &i in &v.order {
         let s = &v.workflow.steps[i];
         let r = &v.risk[i];
         let tier = format!("{:14}", r.tier.as_str());
-        let tier = if r.needs_approval() { style(tier).yellow().bold() } else { style(tier).green() };
-        let pause = if r.needs_approval() { " (pauses for approval)" } else { "" };
+        let tier = if r.needs_approval() {
+            style(tier).yellow().bold()
+        } else {
+            style(tier).green()
+        };
+        let pause = if r.needs_approval() {
+            " (pauses for approval)"
+        } else {
+            ""
+        };
         println!(
             "  {:width$}  {:6}  {}  {:10}  {}: {}{pause}",
             s.id,
             s.kind().as_str(),
             tier,
-            serde_json::to_value(v.inverse[i]).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::to_value(v.inverse[i])
+                .ok()
+                .and_then(|x| x.as_str().map(str::to_string))
+                .unwrap_or_default(),
             r.rule,
             r.reason
         );
@@ -107,7 +141,10 @@ fn store(args: &StateArgs) -> anyhow::Result<RunStore> {
     let cwd = std::env::current_dir()?;
     let dir = state_dir(args.state_dir.as_ref(), &cwd);
     if !dir.exists() {
-        anyhow::bail!("no state dir at {} (run a workflow first, or pass --state-dir)", dir.display());
+        anyhow::bail!(
+            "no state dir at {} (run a workflow first, or pass --state-dir)",
+            dir.display()
+        );
     }
     RunStore::open(&dir).with_context(|| format!("opening {}", dir.display()))
 }
@@ -128,14 +165,30 @@ pub fn runs(args: &StateArgs) -> anyhow::Result<u8> {
         println!("no runs yet");
     }
     for r in &runs {
-        let done = r.steps.iter().filter(|s| s.state == StepState::Succeeded).count();
-        println!("{}  {:18}  {:22}  {}/{} steps  {}  {}", r.run_id, state_label(&r.state), r.workflow, done, r.steps.len(), r.backend, r.started_at);
+        let done = r
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Succeeded)
+            .count();
+        println!(
+            "{}  {:18}  {:22}  {}/{} steps  {}  {}",
+            r.run_id,
+            state_label(&r.state),
+            r.workflow,
+            done,
+            r.steps.len(),
+            r.backend,
+            r.started_at
+        );
     }
     Ok(exit::OK)
 }
 
 fn state_label<T: serde::Serialize>(s: &T) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 pub fn show(run: &str, args: &StateArgs) -> anyhow::Result<u8> {
@@ -149,15 +202,32 @@ pub fn show(run: &str, args: &StateArgs) -> anyhow::Result<u8> {
     println!("run       {}", style(&r.run_id).bold());
     println!("workflow  {} ({})", r.workflow, r.workflow_file.display());
     println!("workspace {}", r.workspace.display());
-    println!("backend   {}{}", r.backend, if r.isolated { "" } else { "  (UNISOLATED)" });
+    println!(
+        "backend   {}{}",
+        r.backend,
+        if r.isolated { "" } else { "  (UNISOLATED)" }
+    );
     println!("state     {}", state_label(&r.state));
     if let Some(m) = &r.message {
         println!("message   {m}");
     }
-    println!("started   {}   finished {}", r.started_at, r.finished_at.as_deref().unwrap_or("-"));
+    println!(
+        "started   {}   finished {}",
+        r.started_at,
+        r.finished_at.as_deref().unwrap_or("-")
+    );
     if !r.approval.nodes.is_empty() {
-        let nodes: Vec<String> = r.approval.nodes.iter().map(|n| format!("{} ({})", n.id, n.tier)).collect();
-        println!("approved  up front by {}: {}", r.approval.by, nodes.join(", "));
+        let nodes: Vec<String> = r
+            .approval
+            .nodes
+            .iter()
+            .map(|n| format!("{} ({})", n.id, n.tier))
+            .collect();
+        println!(
+            "approved  up front by {}: {}",
+            r.approval.by,
+            nodes.join(", ")
+        );
     }
     println!();
     for s in &r.steps {
@@ -167,7 +237,9 @@ pub fn show(run: &str, args: &StateArgs) -> anyhow::Result<u8> {
             style(&s.id).bold(),
             s.tier,
             s.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
-            s.exit_code.map(|c| format!("  exit {c}")).unwrap_or_default()
+            s.exit_code
+                .map(|c| format!("  exit {c}"))
+                .unwrap_or_default()
         );
         if let Some(reason) = &s.reason {
             println!("           {}", style(reason).dim());
@@ -176,8 +248,21 @@ pub fn show(run: &str, args: &StateArgs) -> anyhow::Result<u8> {
             println!("           approved by {a}");
         }
         if let Some(e) = &s.enforcement {
-            let active: Vec<&str> = e.layers.iter().filter(|l| l.active).map(|l| l.name.as_str()).collect();
-            println!("           sandbox {}: {}", e.backend, if e.isolated { active.join(", ") } else { "no isolation".into() });
+            let active: Vec<&str> = e
+                .layers
+                .iter()
+                .filter(|l| l.active)
+                .map(|l| l.name.as_str())
+                .collect();
+            println!(
+                "           sandbox {}: {}",
+                e.backend,
+                if e.isolated {
+                    active.join(", ")
+                } else {
+                    "no isolation".into()
+                }
+            );
         }
         for line in s.output.lines().take(5) {
             println!("           | {line}");

@@ -51,8 +51,14 @@ pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
     let mut out = stdout.lock();
     if args.json {
         for (command, assessment) in &results {
-            serde_json::to_writer(&mut out, &JsonLine { command, assessment })
-                .context("writing JSON")?;
+            serde_json::to_writer(
+                &mut out,
+                &JsonLine {
+                    command,
+                    assessment,
+                },
+            )
+            .context("writing JSON")?;
             writeln!(out).context("writing to standard output")?;
         }
     } else {
@@ -140,8 +146,14 @@ mod tests {
         let text = format_human(&rate(&["ls -la", "rm -rf build"]), false);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("TIER            RULE"), "{text}");
-        assert!(lines[1].starts_with("read_only       read-only     ls -la"), "{text}");
-        assert!(lines[3].starts_with("destructive     rm-recursive  rm -rf build"), "{text}");
+        assert!(
+            lines[1].starts_with("read_only       read-only     ls -la"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("destructive     rm-recursive  rm -rf build"),
+            "{text}"
+        );
         assert!(!text.contains('\u{1b}'), "no escape codes without a TTY");
     }
 

@@ -84,7 +84,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -94,7 +97,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         let c = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\n{} cancelling: stopping running steps…", style("^C").yellow());
+                eprintln!(
+                    "\n{} cancelling: stopping running steps…",
+                    style("^C").yellow()
+                );
                 c.cancel();
             }
         });
@@ -109,7 +115,12 @@ fn load(file: &Path) -> Option<Validated> {
             for d in diags.iter() {
                 output::print_diagnostic(d);
             }
-            eprintln!("{}", style(format!("{} error(s): nothing was run", diags.len())).red().bold());
+            eprintln!(
+                "{}",
+                style(format!("{} error(s): nothing was run", diags.len()))
+                    .red()
+                    .bold()
+            );
             None
         }
     }
@@ -132,6 +143,15 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
         Some(w) => w.clone(),
         None => std::env::current_dir()?,
     };
+    if !workspace.exists() {
+        std::fs::create_dir_all(&workspace)
+            .with_context(|| format!("creating workspace {}", workspace.display()))?;
+        eprintln!(
+            "{} created empty workspace {}",
+            style("note:").dim(),
+            workspace.display()
+        );
+    }
     if !workspace.is_dir() {
         anyhow::bail!("workspace {} is not a directory", workspace.display());
     }
@@ -143,7 +163,10 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
         None => wf.workflow.sandbox.backend.unwrap_or(Backend::Native),
     };
     if backend == Backend::Host && args.forbid_host {
-        eprintln!("{} policy forbids the unisolated `host` backend (--forbid-host / SECURECLAW_FORBID_HOST)", style("error:").red().bold());
+        eprintln!(
+            "{} policy forbids the unisolated `host` backend (--forbid-host / SECURECLAW_FORBID_HOST)",
+            style("error:").red().bold()
+        );
         return Ok(exit::INVALID);
     }
     let sandbox = match secureclaw_sandbox::by_name(backend.as_str()) {
@@ -151,27 +174,60 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
         Err(e) => {
             eprintln!("{} {e}", style("error:").red().bold());
             if backend != Backend::Host {
-                eprintln!("  {} `--sandbox host` runs without isolation, if you accept that", style("hint:").cyan());
+                eprintln!(
+                    "  {} `--sandbox host` runs without isolation, if you accept that",
+                    style("hint:").cyan()
+                );
             }
             return Ok(exit::INVALID);
         }
     };
     for swept in secureclaw_sandbox::sweep_leftovers() {
-        eprintln!("{} cleaned up after an earlier crash: {swept}", style("note:").dim());
+        eprintln!(
+            "{} cleaned up after an earlier crash: {swept}",
+            style("note:").dim()
+        );
     }
-    let store = RunStore::open(&state).with_context(|| format!("opening state dir {}", state.display()))?;
+    let store =
+        RunStore::open(&state).with_context(|| format!("opening state dir {}", state.display()))?;
     for id in store.mark_interrupted()? {
-        eprintln!("{} run {id} was interrupted (the engine stopped during it)", style("note:").yellow());
+        eprintln!(
+            "{} run {id} was interrupted (the engine stopped during it)",
+            style("note:").yellow()
+        );
     }
-    let mut policy = if args.yes { Policy::yes() } else { Policy::default() };
+    let mut policy = if args.yes {
+        Policy::yes()
+    } else {
+        Policy::default()
+    };
     policy.pre_approved.extend(args.approve.iter().copied());
     policy.allow_host = !args.forbid_host;
 
-    let interactive = !args.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let interactive =
+        !args.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let display = Display::new(args.json, std::io::stderr().is_terminal());
-    let approver: Arc<dyn Approver> = if interactive { Arc::new(TtyApprover { display: display.clone() }) } else { Arc::new(NoApprover) };
-    let engine = Engine { sandbox, approver, policy, events: display.sink(), store };
-    let opts = RunOptions { workspace, state_dir: state, inputs, jobs: args.jobs, fail_fast: args.fail_fast };
+    let approver: Arc<dyn Approver> = if interactive {
+        Arc::new(TtyApprover {
+            display: display.clone(),
+        })
+    } else {
+        Arc::new(NoApprover)
+    };
+    let engine = Engine {
+        sandbox,
+        approver,
+        policy,
+        events: display.sink(),
+        store,
+    };
+    let opts = RunOptions {
+        workspace,
+        state_dir: state,
+        inputs,
+        jobs: args.jobs,
+        fail_fast: args.fail_fast,
+    };
     let record = match engine.run(&wf, opts, cancel).await {
         Ok(r) => r,
         Err(secureclaw_engine::scheduler::EngineError::Policy(msg)) => {
@@ -182,9 +238,18 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
     };
     display.finish();
     if !args.json {
-        let failed: Vec<_> = record.steps.iter().filter(|s| s.state == StepState::Failed).collect();
+        let failed: Vec<_> = record
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Failed)
+            .collect();
         for s in &failed {
-            eprintln!("{} step `{}` failed: {}", style("✗").red(), s.id, s.reason.as_deref().unwrap_or("unknown reason"));
+            eprintln!(
+                "{} step `{}` failed: {}",
+                style("✗").red(),
+                s.id,
+                s.reason.as_deref().unwrap_or("unknown reason")
+            );
             let tail: Vec<&str> = s.stderr.lines().rev().take(10).collect();
             for line in tail.into_iter().rev() {
                 eprintln!("    {}", style(line).dim());
@@ -192,10 +257,15 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
         }
         let summary = match record.state {
             RunState::Succeeded => style("succeeded".to_string()).green().bold(),
-            RunState::AwaitingApproval => style("stopped: awaiting approval".to_string()).yellow().bold(),
+            RunState::AwaitingApproval => style("stopped: awaiting approval".to_string())
+                .yellow()
+                .bold(),
             _ => style(label(&record.state)).red().bold(),
         };
-        eprintln!("run {} {summary}  (secureclaw show {})", record.run_id, record.run_id);
+        eprintln!(
+            "run {} {summary}  (secureclaw show {})",
+            record.run_id, record.run_id
+        );
         if let Some(m) = &record.message {
             eprintln!("  {m}");
         }
@@ -209,7 +279,10 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
 }
 
 fn label<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 pub fn watch(args: WatchArgs) -> anyhow::Result<u8> {
@@ -220,12 +293,22 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<u8> {
             None => std::env::current_dir()?,
         };
         let state = state_dir(args.run.state_dir.as_ref(), &workspace);
-        let mut watcher = secureclaw_engine::watch::ChangeWatcher::new(&args.run.file, &workspace, &args.paths, vec![state])?;
+        let mut watcher = secureclaw_engine::watch::ChangeWatcher::new(
+            &args.run.file,
+            &workspace,
+            &args.paths,
+            vec![state],
+        )?;
         let mut runs = 0usize;
         let mut trigger = "start".to_string();
         loop {
             let cancel = CancellationToken::new();
-            eprintln!("{} [{}] running {} ({trigger})", style("watch").cyan().bold(), runs + 1, args.run.file.display());
+            eprintln!(
+                "{} [{}] running {} ({trigger})",
+                style("watch").cyan().bold(),
+                runs + 1,
+                args.run.file.display()
+            );
             let run = run_once(&args.run, cancel.clone());
             tokio::pin!(run);
             let last = tokio::select! {
@@ -244,14 +327,29 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                 trigger = "the workflow file changed during the last run".into();
                 continue;
             }
-            eprintln!("{} waiting for changes (Ctrl-C to stop)", style("watch").cyan().bold());
+            eprintln!(
+                "{} waiting for changes (Ctrl-C to stop)",
+                style("watch").cyan().bold()
+            );
             let batch = tokio::select! {
                 b = watcher.next_batch(args.debounce) => b,
                 _ = tokio::signal::ctrl_c() => return Ok(last),
             };
             let Some(batch) = batch else { return Ok(last) };
-            let names: Vec<String> = batch.iter().take(3).map(|p| p.display().to_string()).collect();
-            trigger = format!("changed: {}{}", names.join(", "), if batch.len() > 3 { format!(" and {} more", batch.len() - 3) } else { String::new() });
+            let names: Vec<String> = batch
+                .iter()
+                .take(3)
+                .map(|p| p.display().to_string())
+                .collect();
+            trigger = format!(
+                "changed: {}{}",
+                names.join(", "),
+                if batch.len() > 3 {
+                    format!(" and {} more", batch.len() - 3)
+                } else {
+                    String::new()
+                }
+            );
         }
     })
 }
@@ -270,7 +368,13 @@ struct DisplayInner {
 
 impl Display {
     fn new(json: bool, tty: bool) -> Self {
-        Display { inner: Arc::new(DisplayInner { json, multi: (!json && tty).then(MultiProgress::new), bars: Mutex::new(HashMap::new()) }) }
+        Display {
+            inner: Arc::new(DisplayInner {
+                json,
+                multi: (!json && tty).then(MultiProgress::new),
+                bars: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     fn sink(&self) -> EventSink {
@@ -295,33 +399,74 @@ impl Display {
             return;
         }
         match ev {
-            RunEvent::RunStarted { run_id, workflow, steps, backend, isolated } => {
-                self.line(format!("{} {workflow}: {steps} steps, run {run_id}, sandbox {backend}{}", style("▶").cyan(), if *isolated { "" } else { " (unisolated)" }));
+            RunEvent::RunStarted {
+                run_id,
+                workflow,
+                steps,
+                backend,
+                isolated,
+            } => {
+                self.line(format!(
+                    "{} {workflow}: {steps} steps, run {run_id}, sandbox {backend}{}",
+                    style("▶").cyan(),
+                    if *isolated { "" } else { " (unisolated)" }
+                ));
             }
-            RunEvent::Warning { message } => self.line(format!("{} {message}", style("warning:").yellow().bold())),
-            RunEvent::StepStarted { step, attempt, tier, summary } => {
+            RunEvent::Warning { message } => {
+                self.line(format!("{} {message}", style("warning:").yellow().bold()))
+            }
+            RunEvent::StepStarted {
+                step,
+                attempt,
+                tier,
+                summary,
+            } => {
                 let text = format!("{step} [{tier}] {}", first_line(summary));
                 match &self.inner.multi {
                     Some(m) => {
                         let bar = m.add(ProgressBar::new_spinner());
-                        bar.set_style(ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
                         bar.set_message(text);
                         bar.enable_steady_tick(Duration::from_millis(100));
                         if let Ok(mut b) = self.inner.bars.lock() {
                             b.insert(step.clone(), bar);
                         }
                     }
-                    None => eprintln!("  started  {text}{}", if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() }),
+                    None => eprintln!(
+                        "  started  {text}{}",
+                        if *attempt > 1 {
+                            format!(" (attempt {attempt})")
+                        } else {
+                            String::new()
+                        }
+                    ),
                 }
             }
-            RunEvent::StepRetrying { step, attempt, delay_ms, reason } => {
-                self.line(format!("  {} {step}: {reason}; attempt {attempt} in {delay_ms} ms", style("retry").yellow()));
+            RunEvent::StepRetrying {
+                step,
+                attempt,
+                delay_ms,
+                reason,
+            } => {
+                self.line(format!(
+                    "  {} {step}: {reason}; attempt {attempt} in {delay_ms} ms",
+                    style("retry").yellow()
+                ));
             }
-            RunEvent::StepFinished { step, state, duration_ms, exit_code, reason } => {
-                if let Ok(mut b) = self.inner.bars.lock() {
-                    if let Some(bar) = b.remove(step) {
-                        bar.finish_and_clear();
-                    }
+            RunEvent::StepFinished {
+                step,
+                state,
+                duration_ms,
+                exit_code,
+                reason,
+            } => {
+                if let Ok(mut b) = self.inner.bars.lock()
+                    && let Some(bar) = b.remove(step)
+                {
+                    bar.finish_and_clear();
                 }
                 let mark = match state {
                     StepState::Succeeded => style("✓").green(),
@@ -334,7 +479,10 @@ impl Display {
                     (Some(c), None) if *c != 0 => format!("  exit {c}"),
                     _ => String::new(),
                 };
-                self.line(format!("  {mark} {step}  {}  {duration_ms} ms{extra}", label(state)));
+                self.line(format!(
+                    "  {mark} {step}  {}  {duration_ms} ms{extra}",
+                    label(state)
+                ));
             }
             RunEvent::ApprovalNeeded { .. } | RunEvent::RunFinished { .. } => {}
         }
@@ -352,7 +500,11 @@ impl Display {
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or_default();
     let short: String = line.chars().take(80).collect();
-    if short.len() < s.len() { format!("{short}…") } else { short }
+    if short.len() < s.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
 }
 
 /// Asks on the terminal, one approval at a time, with the progress display paused.
@@ -368,8 +520,16 @@ impl Approver for TtyApprover {
         let answer = tokio::task::spawn_blocking(move || {
             let ask = || {
                 eprintln!();
-                eprintln!("{} step `{}` needs approval", style("?").yellow().bold(), req.step);
-                eprintln!("  tier:   {} (rule `{}`)", style(req.tier).yellow().bold(), req.rule);
+                eprintln!(
+                    "{} step `{}` needs approval",
+                    style("?").yellow().bold(),
+                    req.step
+                );
+                eprintln!(
+                    "  tier:   {} (rule `{}`)",
+                    style(req.tier).yellow().bold(),
+                    req.rule
+                );
                 eprintln!("  why:    {}", req.reason);
                 if !req.network.is_empty() {
                     eprintln!("  network: {}", req.network.join(", "));
@@ -391,7 +551,14 @@ impl Approver for TtyApprover {
         .await
         .unwrap_or(false);
         let who = std::env::var("USER").unwrap_or_else(|_| "terminal user".into());
-        if answer { Decision::Approved { by: format!("{who} (terminal)") } } else { Decision::Denied { by: format!("{who} (terminal)") } }
+        if answer {
+            Decision::Approved {
+                by: format!("{who} (terminal)"),
+            }
+        } else {
+            Decision::Denied {
+                by: format!("{who} (terminal)"),
+            }
+        }
     }
 }
-

@@ -1,5 +1,7 @@
 //! `secureclaw run` end to end on real files, through the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,7 +15,9 @@ struct Ws {
 
 impl Ws {
     fn new() -> Self {
-        Ws { dir: tempfile::tempdir().unwrap() }
+        Ws {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -24,17 +28,38 @@ impl Ws {
         p
     }
     fn run(&self, wf: &Path, extra: &[&str]) -> Output {
-        bin().arg("run").arg(wf).arg("--workspace").arg(self.path()).args(["--sandbox", "host"]).args(extra).output().unwrap()
+        bin()
+            .arg("run")
+            .arg(wf)
+            .arg("--workspace")
+            .arg(self.path())
+            .args(["--sandbox", "host"])
+            .args(extra)
+            .output()
+            .unwrap()
     }
     fn show(&self) -> serde_json::Value {
-        let out = bin().args(["show", "last", "--json", "--state-dir"]).arg(self.path().join(".secureclaw")).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = bin()
+            .args(["show", "last", "--json", "--state-dir"])
+            .arg(self.path().join(".secureclaw"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
 
 fn step<'a>(record: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    record["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap()
+    record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
 }
 
 #[test]
@@ -42,13 +67,27 @@ fn hello_example_runs_and_is_recorded() {
     let ws = Ws::new();
     let wf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/hello/workflow.yaml");
     let out = ws.run(&wf, &["--input", "who=tester"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(ws.path().join("out/hello.txt")).unwrap();
     assert!(text.starts_with("Hello, tester!\n"), "{text}");
     let rec = ws.show();
     assert_eq!(rec["state"], "succeeded");
-    assert_eq!(rec["isolated"], false, "host runs must be marked unisolated");
-    assert_eq!(step(&rec, "show")["output"].as_str().unwrap().lines().next(), Some("Hello, tester!"));
+    assert_eq!(
+        rec["isolated"], false,
+        "host runs must be marked unisolated"
+    );
+    assert_eq!(
+        step(&rec, "show")["output"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next(),
+        Some("Hello, tester!")
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT isolated"));
 }
 
@@ -74,10 +113,21 @@ fn destructive_step_stops_without_approval_and_nothing_after_runs() {
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let out = ws.run(&wf, &["--jobs", "1"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("needs approval") && stderr.contains("--approve destructive"), "{stderr}");
-    assert!(ws.path().join("build").exists(), "the destructive step ran without approval");
+    assert!(
+        stderr.contains("needs approval") && stderr.contains("--approve destructive"),
+        "{stderr}"
+    );
+    assert!(
+        ws.path().join("build").exists(),
+        "the destructive step ran without approval"
+    );
     assert!(!ws.path().join("after.txt").exists());
     let rec = ws.show();
     assert_eq!(rec["state"], "awaiting_approval");
@@ -91,12 +141,20 @@ fn destructive_step_proceeds_with_approval_and_the_approval_is_recorded() {
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let out = ws.run(&wf, &["--approve", "destructive"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!ws.path().join("build").exists());
     assert!(ws.path().join("after.txt").exists());
     let rec = ws.show();
     let nodes = rec["approval"]["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 1, "the approval must cover exactly the destructive node: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        1,
+        "the approval must cover exactly the destructive node: {nodes:?}"
+    );
     assert_eq!(nodes[0]["id"], "wipe");
     assert_eq!(nodes[0]["tier"], "destructive");
     assert!(step(&rec, "wipe")["approval"].is_string());
@@ -118,7 +176,12 @@ steps:
 "#,
     );
     let out = ws.run(&wf, &["--input", "cmd=rm -rf keep"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(ws.path().join("keep").exists());
 }
 
@@ -138,7 +201,10 @@ steps:
     );
     let out = ws.run(&wf, &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("broken"), "stderr of the failed step is shown");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken"),
+        "stderr of the failed step is shown"
+    );
     assert!(ws.path().join("other.txt").exists());
     let rec = ws.show();
     assert_eq!(step(&rec, "bad")["exit_code"], 7);
@@ -163,7 +229,10 @@ steps:
     let out = ws.run(&wf, &["--fail-fast"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!ws.path().join("slow.txt").exists());
-    assert!(started.elapsed() < std::time::Duration::from_secs(15), "slow step was not cancelled");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "slow step was not cancelled"
+    );
     assert_eq!(step(&ws.show(), "slow")["state"], "cancelled");
 }
 
@@ -181,7 +250,11 @@ steps:
 "#,
     );
     let out = ws.run(&wf, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(step(&ws.show(), "flaky")["attempts"], 2);
 }
 
@@ -220,7 +293,10 @@ steps:
     assert!(ws.run(&wf, &[]).status.success());
     assert!(!ws.path().join("maybe.txt").exists());
     assert!(!ws.path().join("after.txt").exists());
-    assert_eq!(std::fs::read_to_string(ws.path().join("always.txt")).unwrap(), "false");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("always.txt")).unwrap(),
+        "false"
+    );
     assert!(ws.run(&wf, &["--input", "go=true"]).status.success());
     assert!(ws.path().join("after.txt").exists());
 }
@@ -243,8 +319,15 @@ steps:
 "#,
     );
     let out = ws.run(&wf, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(ws.path().join("out.txt")).unwrap(), "hi 3 0\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out.txt")).unwrap(),
+        "hi 3 0\n"
+    );
 }
 
 #[test]
@@ -274,7 +357,13 @@ steps:
     assert_eq!(out.status.code(), Some(1));
     assert!(!outside.path().join("owned.txt").exists());
     let rec = ws.show();
-    assert!(step(&rec, "via-link")["reason"].as_str().unwrap().contains("symlink"), "{rec}");
+    assert!(
+        step(&rec, "via-link")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("symlink"),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -318,8 +407,14 @@ fn json_events_are_one_object_per_line() {
     let wf = ws.workflow("version: 1\nname: j\nsteps:\n  - { id: a, shell: 'true' }\n");
     let out = ws.run(&wf, &["--json"]);
     assert!(out.status.success());
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"run_started"));
     assert_eq!(kinds.last(), Some(&"run_finished"));
     assert!(kinds.contains(&"step_finished"));
@@ -335,7 +430,8 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
         let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).unwrap();
         let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello").unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .unwrap();
         req
     });
     let ws = Ws::new();
@@ -343,18 +439,27 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
         "version: 1\nname: h\nsteps:\n  - id: call\n    network: [\"localhost:{port}\"]\n    http: {{ method: POST, url: \"http://localhost:{port}/hook\", json: {{ done: true }} }}\n  - {{ id: save, needs: [call], write: {{ path: body.txt, content: \"{{{{ steps.call.output }}}}\" }} }}\n"
     ));
     let out = ws.run(&wf, &["--approve", "network_egress"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let req = server.join().unwrap();
     assert!(req.starts_with("POST /hook"), "{req}");
     assert!(req.contains("{\"done\":true}"), "{req}");
-    assert_eq!(std::fs::read_to_string(ws.path().join("body.txt")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("body.txt")).unwrap(),
+        "hello"
+    );
 }
 
 #[test]
 fn ctrl_c_cancels_the_run_and_kills_the_step() {
     let ws = Ws::new();
-    let wf = ws.workflow("version: 1\nname: c\nsteps:\n  - { id: long, shell: 'sleep 30; touch finished' }\n");
-    let mut child = bin()
+    let wf = ws.workflow(
+        "version: 1\nname: c\nsteps:\n  - { id: long, shell: 'sleep 30; touch finished' }\n",
+    );
+    let child = bin()
         .arg("run")
         .arg(&wf)
         .arg("--workspace")
@@ -367,17 +472,27 @@ fn ctrl_c_cancels_the_run_and_kills_the_step() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let runs = ws.path().join(".secureclaw/runs");
-        let started = std::fs::read_dir(&runs).map(|d| d.count() > 0).unwrap_or(false);
+        let started = std::fs::read_dir(&runs)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false);
         if started || std::time::Instant::now() > deadline {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rec = ws.show();
     assert_eq!(rec["state"], "cancelled");
     assert_eq!(step(&rec, "long")["state"], "cancelled");

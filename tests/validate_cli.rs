@@ -1,6 +1,8 @@
 //! `secureclaw validate` end to end: every example passes, and every file in `tests/broken/`
 //! prints exactly the located errors its `# expect:` lines name.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,42 +35,78 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 fn examples_and_project_workflows_validate() {
     let mut files = yaml_files(&root().join("examples"));
     files.extend(yaml_files(&root().join("workflows")));
-    assert!(files.len() >= 4, "expected examples and workflows, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected examples and workflows, found {files:?}"
+    );
     let out = bin().arg("validate").args(&files).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn broken_workflows_report_their_located_errors() {
     let files = yaml_files(&root().join("tests/broken"));
-    assert!(files.len() >= 20, "the broken corpus shrank: {}", files.len());
+    assert!(
+        files.len() >= 20,
+        "the broken corpus shrank: {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for file in &files {
         let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
-        let expects: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
-        let hints: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect-hint: ")).collect();
-        assert!(!expects.is_empty(), "{} has no `# expect:` line", file.display());
+        let expects: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        let hints: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect-hint: "))
+            .collect();
+        assert!(
+            !expects.is_empty(),
+            "{} has no `# expect:` line",
+            file.display()
+        );
         let out = bin().arg("validate").arg(file).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() != Some(1) {
-            failures.push(format!("{}: exit {:?}, expected 1", file.display(), out.status.code()));
+            failures.push(format!(
+                "{}: exit {:?}, expected 1",
+                file.display(),
+                out.status.code()
+            ));
         }
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
         for e in &expects {
             // `L:C: message` must match `FILE:L:C: error: message…`; a bare message matches anywhere.
             let found = match e.split_once(": ") {
-                Some((pos, msg)) if pos.contains(':') && pos.chars().all(|c| c.is_ascii_digit() || c == ':') => errors
-                    .iter()
-                    .any(|l| l.starts_with(&format!("{}:{pos}: error: ", file.display())) && l.contains(msg)),
+                Some((pos, msg))
+                    if pos.contains(':') && pos.chars().all(|c| c.is_ascii_digit() || c == ':') =>
+                {
+                    errors.iter().any(|l| {
+                        l.starts_with(&format!("{}:{pos}: error: ", file.display()))
+                            && l.contains(msg)
+                    })
+                }
                 _ => errors.iter().any(|l| l.contains(e)),
             };
             if !found {
-                failures.push(format!("{}: expected `{e}`\n--- got ---\n{stderr}", file.display()));
+                failures.push(format!(
+                    "{}: expected `{e}`\n--- got ---\n{stderr}",
+                    file.display()
+                ));
             }
         }
         for h in &hints {
             if !stderr.contains(&format!("hint: {h}")) {
-                failures.push(format!("{}: expected hint `{h}`\n--- got ---\n{stderr}", file.display()));
+                failures.push(format!(
+                    "{}: expected hint `{h}`\n--- got ---\n{stderr}",
+                    file.display()
+                ));
             }
         }
         // Every error line carries a position, and nothing panicked.
@@ -79,7 +117,11 @@ fn broken_workflows_report_their_located_errors() {
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let out = bin().arg("validate").arg(root().join("tests/broken/escaping-paths.yaml")).output().unwrap();
+    let out = bin()
+        .arg("validate")
+        .arg(root().join("tests/broken/escaping-paths.yaml"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches(": error: ").count(), 3, "{stderr}");
     assert!(stderr.contains("3 errors found"), "{stderr}");
@@ -87,7 +129,11 @@ fn all_errors_are_reported_at_once() {
 
 #[test]
 fn json_output_is_machine_readable() {
-    let out = bin().args(["validate", "--json"]).arg(root().join("tests/broken/unknown-key.yaml")).output().unwrap();
+    let out = bin()
+        .args(["validate", "--json"])
+        .arg(root().join("tests/broken/unknown-key.yaml"))
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let err = &v[0]["errors"][0];
     assert_eq!(err["location"]["line"], 7);
@@ -97,9 +143,16 @@ fn json_output_is_machine_readable() {
 
 #[test]
 fn explain_shows_tier_and_rule() {
-    let out = bin().args(["validate", "--explain"]).arg(root().join("examples/hello/workflow.yaml")).output().unwrap();
+    let out = bin()
+        .args(["validate", "--explain"])
+        .arg(root().join("examples/hello/workflow.yaml"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("greet") && stdout.contains("low_write") && stdout.contains("action:write"), "{stdout}");
+    assert!(
+        stdout.contains("greet") && stdout.contains("low_write") && stdout.contains("action:write"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -1,10 +1,14 @@
 //! `secureclaw watch` re-runs on a real file change, and ignores the run's own writes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn runs(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join(".secureclaw/runs")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(dir.join(".secureclaw/runs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -19,34 +23,62 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn watch_reruns_when_a_watched_file_changes() {
     let ws = tempfile::tempdir().unwrap();
     let wf = ws.path().join("wf.yaml");
-    std::fs::write(&wf, "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'cat src/input.txt > copy.txt' }\n").unwrap();
+    std::fs::write(
+        &wf,
+        "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'cat src/input.txt > copy.txt' }\n",
+    )
+    .unwrap();
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+    let child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
         .arg("watch")
         .arg(&wf)
         .arg("--workspace")
         .arg(ws.path())
-        .args(["--sandbox", "host", "--path", "src/**", "--debounce", "100ms", "--max-runs", "3"])
+        .args([
+            "--sandbox",
+            "host",
+            "--path",
+            "src/**",
+            "--debounce",
+            "100ms",
+            "--max-runs",
+            "3",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the first run", Duration::from_secs(30), || std::fs::read_to_string(ws.path().join("copy.txt")).is_ok_and(|c| c == "one\n"));
+    wait_for("the first run", Duration::from_secs(30), || {
+        std::fs::read_to_string(ws.path().join("copy.txt")).is_ok_and(|c| c == "one\n")
+    });
     // The run's own write to copy.txt must not have triggered another run.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(runs(ws.path()), 1);
 
     std::fs::write(ws.path().join("src/input.txt"), "two\n").unwrap();
-    wait_for("a re-run after the change", Duration::from_secs(30), || std::fs::read_to_string(ws.path().join("copy.txt")).is_ok_and(|c| c == "two\n"));
+    wait_for("a re-run after the change", Duration::from_secs(30), || {
+        std::fs::read_to_string(ws.path().join("copy.txt")).is_ok_and(|c| c == "two\n")
+    });
     assert_eq!(runs(ws.path()), 2);
 
     // Editing the workflow itself triggers too.
-    std::fs::write(&wf, "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'echo edited > copy.txt' }\n").unwrap();
+    std::fs::write(
+        &wf,
+        "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'echo edited > copy.txt' }\n",
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(ws.path().join("copy.txt")).unwrap(), "edited\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("copy.txt")).unwrap(),
+        "edited\n"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("running").count() >= 3, true, "{stderr}");
+    assert!(stderr.matches("running").count() >= 3, "{stderr}");
     assert!(stderr.contains("changed:"), "{stderr}");
 }

@@ -29,7 +29,11 @@ pub enum ActionError {
     #[error("HTTP request failed: {0}")]
     Http(String),
     #[error("HTTP {status} from {url}")]
-    Status { status: u16, url: String, body: String },
+    Status {
+        status: u16,
+        url: String,
+        body: String,
+    },
     #[error("response from {url} exceeds {limit} bytes")]
     ResponseTooLarge { url: String, limit: u64 },
     #[error("invalid {what}: {message}")]
@@ -37,14 +41,21 @@ pub enum ActionError {
 }
 
 fn io(path: &str) -> impl FnOnce(std::io::Error) -> ActionError + '_ {
-    move |source| ActionError::Io { path: path.to_string(), source }
+    move |source| ActionError::Io {
+        path: path.to_string(),
+        source,
+    }
 }
 
 pub fn read_file(root: &Path, rel: &str, limit: u64) -> Result<String, ActionError> {
     let path = workspace::resolve_read(root, rel)?;
     let meta = std::fs::metadata(&path).map_err(io(rel))?;
     if meta.len() > limit {
-        return Err(ActionError::TooLarge { path: rel.into(), size: meta.len(), limit });
+        return Err(ActionError::TooLarge {
+            path: rel.into(),
+            size: meta.len(),
+            limit,
+        });
     }
     let bytes = std::fs::read(&path).map_err(io(rel))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -55,7 +66,10 @@ pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<Strin
     let matcher = globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| ActionError::Invalid { what: "glob", message: e.to_string() })?
+        .map_err(|e| ActionError::Invalid {
+            what: "glob",
+            message: e.to_string(),
+        })?
         .compile_matcher();
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -63,7 +77,9 @@ pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<Strin
         let rd = std::fs::read_dir(&dir).map_err(io(pattern))?;
         for entry in rd.filter_map(Result::ok) {
             let path = entry.path();
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             if rel.as_os_str() == ".git" || skip.is_some_and(|s| path == s) {
                 continue;
             }
@@ -80,7 +96,13 @@ pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<Strin
     Ok(out)
 }
 
-pub fn write_file(root: &Path, rel: &str, content: &str, append: bool, mode: Option<&str>) -> Result<(), ActionError> {
+pub fn write_file(
+    root: &Path,
+    rel: &str,
+    content: &str,
+    append: bool,
+    mode: Option<&str>,
+) -> Result<(), ActionError> {
     let path = workspace::resolve(root, rel)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(rel))?;
@@ -88,22 +110,33 @@ pub fn write_file(root: &Path, rel: &str, content: &str, append: bool, mode: Opt
         workspace::resolve(root, rel)?;
     }
     let mode = mode
-        .map(|m| u32::from_str_radix(m, 8).map_err(|e| ActionError::Invalid { what: "mode", message: e.to_string() }))
+        .map(|m| {
+            u32::from_str_radix(m, 8).map_err(|e| ActionError::Invalid {
+                what: "mode",
+                message: e.to_string(),
+            })
+        })
         .transpose()?;
     if append {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(rel))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(rel))?;
         f.write_all(content.as_bytes()).map_err(io(rel))?;
     } else {
         // Write beside and rename, so a crash never leaves a half-written file.
         let tmp = path.with_file_name(format!(
             ".{}.secureclaw-tmp",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         std::fs::write(&tmp, content).map_err(io(rel))?;
-        if mode.is_none() {
-            if let Ok(meta) = std::fs::metadata(&path) {
-                std::fs::set_permissions(&tmp, meta.permissions()).map_err(io(rel))?;
-            }
+        if mode.is_none()
+            && let Ok(meta) = std::fs::metadata(&path)
+        {
+            std::fs::set_permissions(&tmp, meta.permissions()).map_err(io(rel))?;
         }
         std::fs::rename(&tmp, &path).map_err(io(rel))?;
     }
@@ -117,8 +150,14 @@ pub fn write_file(root: &Path, rel: &str, content: &str, append: bool, mode: Opt
 pub fn patch_file(root: &Path, rel: &str, diff: &str) -> Result<(), ActionError> {
     let path = workspace::resolve(root, rel)?;
     let original = std::fs::read_to_string(&path).map_err(io(rel))?;
-    let patch = diffy::Patch::from_str(diff).map_err(|e| ActionError::Patch { path: rel.into(), message: e.to_string() })?;
-    let patched = diffy::apply(&original, &patch).map_err(|e| ActionError::Patch { path: rel.into(), message: e.to_string() })?;
+    let patch = diffy::Patch::from_str(diff).map_err(|e| ActionError::Patch {
+        path: rel.into(),
+        message: e.to_string(),
+    })?;
+    let patched = diffy::apply(&original, &patch).map_err(|e| ActionError::Patch {
+        path: rel.into(),
+        message: e.to_string(),
+    })?;
     write_file(root, rel, &patched, false, None)
 }
 
@@ -127,9 +166,35 @@ pub struct HttpResult {
     pub body: String,
 }
 
-/// Perform an `http` action whose strings are already rendered.
-pub async fn http(action: &HttpAction, url: &str, headers: &[(String, String)], body: Option<String>, json: Option<Value>, allowed: &[String], timeout: Duration, limit: u64) -> Result<HttpResult, ActionError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| ActionError::Invalid { what: "URL", message: e.to_string() })?;
+/// An `http` action after templating.
+pub struct HttpCall<'a> {
+    pub action: &'a HttpAction,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: Option<String>,
+    pub json: Option<Value>,
+    /// The step's `network` allowlist.
+    pub allowed: &'a [String],
+    pub timeout: Duration,
+    pub limit: u64,
+}
+
+/// Perform an `http` action.
+pub async fn http(call: HttpCall<'_>) -> Result<HttpResult, ActionError> {
+    let HttpCall {
+        action,
+        url,
+        headers,
+        body,
+        json,
+        allowed,
+        timeout,
+        limit,
+    } = call;
+    let parsed = reqwest::Url::parse(url).map_err(|e| ActionError::Invalid {
+        what: "URL",
+        message: e.to_string(),
+    })?;
     check_host(&parsed, allowed)?;
     let allowed_owned = allowed.to_vec();
     let client = reqwest::Client::builder()
@@ -147,7 +212,8 @@ pub async fn http(action: &HttpAction, url: &str, headers: &[(String, String)], 
         }))
         .build()
         .map_err(|e| ActionError::Http(e.to_string()))?;
-    let method = reqwest::Method::from_bytes(action.method.as_str().as_bytes()).map_err(|e| ActionError::Http(e.to_string()))?;
+    let method = reqwest::Method::from_bytes(action.method.as_str().as_bytes())
+        .map_err(|e| ActionError::Http(e.to_string()))?;
     let mut req = client.request(method, parsed.clone());
     for (k, v) in headers {
         req = req.header(k, v);
@@ -157,19 +223,37 @@ pub async fn http(action: &HttpAction, url: &str, headers: &[(String, String)], 
     } else if let Some(b) = body {
         req = req.body(b);
     }
-    let mut resp = req.send().await.map_err(|e| ActionError::Http(without_url(&e)))?;
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| ActionError::Http(without_url(&e)))?;
     let status = resp.status().as_u16();
     let mut bytes = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| ActionError::Http(without_url(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ActionError::Http(without_url(&e)))?
+    {
         if bytes.len() as u64 + chunk.len() as u64 > limit {
-            return Err(ActionError::ResponseTooLarge { url: url.into(), limit });
+            return Err(ActionError::ResponseTooLarge {
+                url: url.into(),
+                limit,
+            });
         }
         bytes.extend_from_slice(&chunk);
     }
     let body = String::from_utf8_lossy(&bytes).into_owned();
-    let ok = if action.expect.is_empty() { (200..300).contains(&status) } else { action.expect.contains(&status) };
+    let ok = if action.expect.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        action.expect.contains(&status)
+    };
     if !ok {
-        return Err(ActionError::Status { status, url: url.into(), body });
+        return Err(ActionError::Status {
+            status,
+            url: url.into(),
+            body,
+        });
     }
     Ok(HttpResult { status, body })
 }
@@ -186,12 +270,15 @@ fn without_url(e: &reqwest::Error) -> String {
 fn check_host(url: &reqwest::Url, allowed: &[String]) -> Result<(), ActionError> {
     let host = url.host_str().unwrap_or_default();
     let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
-    let ok = allowed.iter().any(|a| {
-        a == host && url.port().is_none() || Some(a) == with_port.as_ref()
-    });
+    let ok = allowed
+        .iter()
+        .any(|a| a == host && url.port().is_none() || Some(a) == with_port.as_ref());
     if ok {
         Ok(())
     } else {
-        Err(ActionError::HostNotAllowed { host: with_port.unwrap_or_else(|| host.into()), allowed: allowed.join(", ") })
+        Err(ActionError::HostNotAllowed {
+            host: with_port.unwrap_or_else(|| host.into()),
+            allowed: allowed.join(", "),
+        })
     }
 }

@@ -99,7 +99,8 @@ impl Diagnostics {
     }
     pub fn sort(&mut self) {
         self.0.sort_by(|a, b| {
-            (a.location, a.layer, &a.path, &a.message).cmp(&(b.location, b.layer, &b.path, &b.message))
+            (a.location, a.layer, &a.path, &a.message)
+                .cmp(&(b.location, b.layer, &b.path, &b.message))
         });
         self.0.dedup();
     }
@@ -126,7 +127,10 @@ pub fn pointer_segment(s: &str) -> String {
 }
 
 /// The closest candidate to `word`, if it is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

@@ -375,7 +375,10 @@ impl ActionKind {
 
     /// Whether a step of this kind may change the workspace (and so is serialised and snapshotted).
     pub fn may_write(self) -> bool {
-        matches!(self, ActionKind::Write | ActionKind::Patch | ActionKind::Shell)
+        matches!(
+            self,
+            ActionKind::Write | ActionKind::Patch | ActionKind::Shell
+        )
     }
 }
 
@@ -412,16 +415,16 @@ pub fn workflow_schema() -> Value {
     // `timeout:` left empty in YAML is a mistake worth reporting, not a silent default, so
     // optional keys are "may be absent", never "may be null".
     let schema = schemars::generate::SchemaSettings::draft2020_12()
-        .with_transform(schemars::transform::RecursiveTransform(drop_null_from_options))
+        .with_transform(schemars::transform::RecursiveTransform(
+            drop_null_from_options,
+        ))
         .into_generator()
         .into_root_schema_for::<Workflow>();
     let mut v = schema.to_value();
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             "$id".into(),
-            Value::String(
-                "https://secureclaw.dev/schemas/workflow.schema.json".into(),
-            ),
+            Value::String("https://secureclaw.dev/schemas/workflow.schema.json".into()),
         );
     }
     v
@@ -446,14 +449,15 @@ fn drop_null_from_options(schema: &mut schemars::Schema) {
         }
     }
     let is_null = |v: &Value| v.get("type").and_then(Value::as_str) == Some("null");
-    if let Some(Value::Array(branches)) = obj.get("anyOf") {
-        if branches.len() == 2 && branches.iter().any(is_null) {
-            let keep = branches.iter().find(|b| !is_null(b)).cloned();
-            obj.remove("anyOf");
-            if let Some(Value::Object(inner)) = keep {
-                for (k, v) in inner {
-                    obj.entry(k).or_insert(v);
-                }
+    if let Some(Value::Array(branches)) = obj.get("anyOf")
+        && branches.len() == 2
+        && branches.iter().any(is_null)
+    {
+        let keep = branches.iter().find(|b| !is_null(b)).cloned();
+        obj.remove("anyOf");
+        if let Some(Value::Object(inner)) = keep {
+            for (k, v) in inner {
+                obj.entry(k).or_insert(v);
             }
         }
     }

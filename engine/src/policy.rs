@@ -38,7 +38,8 @@ impl Policy {
     }
 
     pub fn covers(&self, tier: Tier, forced: bool) -> bool {
-        (!tier.needs_approval() || self.pre_approved.contains(&tier)) && (!forced || self.approve_forced)
+        (!tier.needs_approval() || self.pre_approved.contains(&tier))
+            && (!forced || self.approve_forced)
     }
 }
 
@@ -56,8 +57,12 @@ pub struct ApprovalRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Approved { by: String },
-    Denied { by: String },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+    },
     /// Nobody can be asked (no terminal): the run must stop here.
     Unavailable,
 }

@@ -41,7 +41,10 @@ pub enum StepState {
 
 impl StepState {
     pub fn is_final(self) -> bool {
-        !matches!(self, StepState::Pending | StepState::WaitingApproval | StepState::Running)
+        !matches!(
+            self,
+            StepState::Pending | StepState::WaitingApproval | StepState::Running
+        )
     }
 }
 
@@ -156,7 +159,10 @@ pub struct RunStore {
 impl RunStore {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let root = state_dir.join("runs");
-        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
+        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
+            path: root.clone(),
+            source,
+        })?;
         restrict_permissions(state_dir);
         Ok(RunStore { root })
     }
@@ -167,10 +173,16 @@ impl RunStore {
 
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
         let dir = self.run_dir(&record.run_id);
-        let io = |source| StoreError::Io { path: dir.clone(), source };
+        let io = |source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let tmp = dir.join("run.json.tmp");
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt { path: tmp.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt {
+            path: tmp.clone(),
+            source,
+        })?;
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::rename(&tmp, dir.join("run.json")).map_err(io)?;
         Ok(())
@@ -179,7 +191,10 @@ impl RunStore {
     pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
         let id = self.resolve(run_id)?;
         let path = self.run_dir(&id).join("run.json");
-        let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source })
     }
 
@@ -187,7 +202,10 @@ impl RunStore {
     pub fn resolve(&self, run_id: &str) -> Result<String, StoreError> {
         let ids = self.ids()?;
         if run_id == "last" {
-            return ids.last().cloned().ok_or_else(|| StoreError::NotFound(run_id.into()));
+            return ids
+                .last()
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(run_id.into()));
         }
         if ids.iter().any(|i| i == run_id) {
             return Ok(run_id.to_string());
@@ -202,7 +220,10 @@ impl RunStore {
 
     /// Run ids, oldest first (ids sort by start time).
     pub fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let rd = std::fs::read_dir(&self.root).map_err(|source| StoreError::Io { path: self.root.clone(), source })?;
+        let rd = std::fs::read_dir(&self.root).map_err(|source| StoreError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
         let mut ids: Vec<String> = rd
             .filter_map(Result::ok)
             .filter(|e| e.path().join("run.json").exists())

@@ -23,7 +23,10 @@ use crate::actions;
 use crate::events::{EventSink, RunEvent};
 use crate::model::{ActionKind, RetrySpec, SandboxSettings, Step, Tier};
 use crate::policy::{ApprovalRequest, Approver, Decision, Policy};
-use crate::record::{ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id, now_rfc3339};
+use crate::record::{
+    ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id,
+    now_rfc3339,
+};
 use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
 
@@ -104,19 +107,45 @@ struct StepJob {
 /// A step's action after templating.
 #[derive(Debug, Clone)]
 enum Rendered {
-    Read { path: Option<String>, glob: Option<String>, limit: u64 },
-    Write { path: String, content: String, append: bool, mode: Option<String> },
-    Patch { path: String, diff: String },
-    Shell { command: String, env: BTreeMap<String, String> },
-    Http { url: String, headers: Vec<(String, String)>, body: Option<String>, json: Option<Value>, timeout: Duration, limit: u64 },
+    Read {
+        path: Option<String>,
+        glob: Option<String>,
+        limit: u64,
+    },
+    Write {
+        path: String,
+        content: String,
+        append: bool,
+        mode: Option<String>,
+    },
+    Patch {
+        path: String,
+        diff: String,
+    },
+    Shell {
+        command: String,
+        env: BTreeMap<String, String>,
+    },
+    Http {
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<String>,
+        json: Option<Value>,
+        timeout: Duration,
+        limit: u64,
+    },
 }
 
 impl Rendered {
     fn summary(&self) -> String {
         match self {
             Rendered::Read { path: Some(p), .. } => format!("read {p}"),
-            Rendered::Read { glob, .. } => format!("read glob {}", glob.as_deref().unwrap_or_default()),
-            Rendered::Write { path, append, .. } => format!("{} {path}", if *append { "append to" } else { "write" }),
+            Rendered::Read { glob, .. } => {
+                format!("read glob {}", glob.as_deref().unwrap_or_default())
+            }
+            Rendered::Write { path, append, .. } => {
+                format!("{} {path}", if *append { "append to" } else { "write" })
+            }
             Rendered::Patch { path, .. } => format!("patch {path}"),
             Rendered::Shell { command, .. } => command.clone(),
             Rendered::Http { url, .. } => format!("HTTP {url}"),
@@ -126,10 +155,19 @@ impl Rendered {
     fn to_json(&self, step: &Step) -> Value {
         match self {
             Rendered::Read { path, glob, .. } => json!({"read": {"path": path, "glob": glob}}),
-            Rendered::Write { path, content, append, mode } => json!({"write": {"path": path, "bytes": content.len(), "append": append, "mode": mode}}),
+            Rendered::Write {
+                path,
+                content,
+                append,
+                mode,
+            } => {
+                json!({"write": {"path": path, "bytes": content.len(), "append": append, "mode": mode}})
+            }
             Rendered::Patch { path, diff } => json!({"patch": {"path": path, "diff": diff}}),
             Rendered::Shell { command, .. } => json!({"shell": command}),
-            Rendered::Http { url, .. } => json!({"http": {"method": step.http.as_ref().map(|h| h.method.as_str()), "url": url}}),
+            Rendered::Http { url, .. } => {
+                json!({"http": {"method": step.http.as_ref().map(|h| h.method.as_str()), "url": url}})
+            }
         }
     }
 }
@@ -170,21 +208,42 @@ fn merged_limits(wf: &SandboxSettings, step: &Step) -> (Limits, bool, Option<Str
 fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
     match &step.retry {
         None => (1, Duration::from_secs(1), Duration::from_secs(30)),
-        Some(RetrySpec::Attempts(n)) => ((*n).max(1), Duration::from_secs(1), Duration::from_secs(30)),
+        Some(RetrySpec::Attempts(n)) => {
+            ((*n).max(1), Duration::from_secs(1), Duration::from_secs(30))
+        }
         Some(RetrySpec::Detailed(r)) => (
             r.attempts.max(1),
-            r.backoff.as_ref().and_then(|b| b.parse().ok()).unwrap_or(Duration::from_secs(1)),
-            r.max_backoff.as_ref().and_then(|b| b.parse().ok()).unwrap_or(Duration::from_secs(30)),
+            r.backoff
+                .as_ref()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(Duration::from_secs(1)),
+            r.max_backoff
+                .as_ref()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(Duration::from_secs(30)),
         ),
     }
 }
 
 impl Engine {
     /// Run a validated workflow to completion (or stop, or cancellation).
-    pub async fn run(&self, wf: &Validated, opts: RunOptions, cancel: CancellationToken) -> Result<RunRecord, EngineError> {
-        let workspace = opts.workspace.canonicalize().map_err(|e| EngineError::Workspace { path: opts.workspace.clone(), message: e.to_string() })?;
+    pub async fn run(
+        &self,
+        wf: &Validated,
+        opts: RunOptions,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, EngineError> {
+        let workspace = opts
+            .workspace
+            .canonicalize()
+            .map_err(|e| EngineError::Workspace {
+                path: opts.workspace.clone(),
+                message: e.to_string(),
+            })?;
         if !self.sandbox.isolated() && !self.policy.allow_host {
-            return Err(EngineError::Policy("policy forbids the unisolated `host` backend".into()));
+            return Err(EngineError::Policy(
+                "policy forbids the unisolated `host` backend".into(),
+            ));
         }
         self.preflight(wf)?;
         let templates = Arc::new(Templates::new());
@@ -241,7 +300,10 @@ impl Engine {
             isolated: record.isolated,
         });
         if !record.isolated {
-            (self.events)(&RunEvent::Warning { message: "running on the `host` backend: steps are NOT isolated from this machine".into() });
+            (self.events)(&RunEvent::Warning {
+                message: "running on the `host` backend: steps are NOT isolated from this machine"
+                    .into(),
+            });
         }
 
         let inputs = JinjaValue::from_serialize(&opts.inputs);
@@ -293,14 +355,24 @@ impl Engine {
                 let Some(i) = ready.pop() else { break };
                 let step = &wf.workflow.steps[i];
                 // Dependencies that did not succeed skip this step.
-                if let Some(blocker) = wf.deps[i].iter().find(|&&d| record.steps[d].state != StepState::Succeeded) {
+                if let Some(blocker) = wf.deps[i]
+                    .iter()
+                    .find(|&&d| record.steps[d].state != StepState::Succeeded)
+                {
                     let b = &record.steps[*blocker];
                     let why = match b.state {
                         StepState::Skipped => format!("needs `{}`, which was skipped", b.id),
                         StepState::Cancelled => format!("needs `{}`, which was cancelled", b.id),
                         _ => format!("needs `{}`, which failed", b.id),
                     };
-                    self.skip(&mut record, i, why, &mut ready, &mut remaining_deps, &dependents);
+                    self.skip(
+                        &mut record,
+                        i,
+                        why,
+                        &mut ready,
+                        &mut remaining_deps,
+                        &dependents,
+                    );
                     continue;
                 }
                 let ctx = minijinja::context! {
@@ -312,27 +384,52 @@ impl Engine {
                     match templates.eval_condition(cond, &ctx) {
                         Ok(true) => {}
                         Ok(false) => {
-                            self.skip(&mut record, i, format!("condition `{cond}` is false"), &mut ready, &mut remaining_deps, &dependents);
+                            self.skip(
+                                &mut record,
+                                i,
+                                format!("condition `{cond}` is false"),
+                                &mut ready,
+                                &mut remaining_deps,
+                                &dependents,
+                            );
                             continue;
                         }
                         Err(e) => {
                             failed_any = true;
-                            self.fail_now(&mut record, i, format!("`if` condition: {e}"), &mut ready, &mut remaining_deps, &dependents);
+                            self.fail_now(
+                                &mut record,
+                                i,
+                                format!("`if` condition: {e}"),
+                                &mut ready,
+                                &mut remaining_deps,
+                                &dependents,
+                            );
                             continue;
                         }
                     }
                 }
-                let rendered = match render_step(step, &templates, &ctx, &wf_env, &inputs, &steps_value) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failed_any = true;
-                        self.fail_now(&mut record, i, format!("template error in step `{}`: {e}", step.id), &mut ready, &mut remaining_deps, &dependents);
-                        if opts.fail_fast {
-                            stop = Some((RunState::Failed, format!("step `{}` failed (--fail-fast)", step.id)));
+                let rendered =
+                    match render_step(step, &templates, &ctx, &wf_env, &inputs, &steps_value) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            failed_any = true;
+                            self.fail_now(
+                                &mut record,
+                                i,
+                                format!("template error in step `{}`: {e}", step.id),
+                                &mut ready,
+                                &mut remaining_deps,
+                                &dependents,
+                            );
+                            if opts.fail_fast {
+                                stop = Some((
+                                    RunState::Failed,
+                                    format!("step `{}` failed (--fail-fast)", step.id),
+                                ));
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                };
+                    };
                 record.steps[i].rendered = Some(rendered.to_json(step));
                 // The tier of what will really run: templating can make a command more dangerous.
                 let risk = effective_risk(&wf.risk[i], &rendered);
@@ -352,7 +449,12 @@ impl Engine {
                 let (limits, allow_degraded, image) = merged_limits(&wf.workflow.sandbox, step);
                 record.steps[i].state = StepState::Running;
                 record.steps[i].started_at = Some(now_rfc3339());
-                (self.events)(&RunEvent::StepStarted { step: step.id.clone(), attempt: 1, tier: risk.tier, summary: rendered.summary() });
+                (self.events)(&RunEvent::StepStarted {
+                    step: step.id.clone(),
+                    attempt: 1,
+                    tier: risk.tier,
+                    summary: rendered.summary(),
+                });
                 let job = StepJob {
                     index: i,
                     step: step.clone(),
@@ -369,7 +471,11 @@ impl Engine {
                 let (jobs, writer) = (jobs.clone(), writer.clone());
                 running.spawn(async move {
                     let _permit = jobs.acquire_owned().await;
-                    let _write_guard = if job.step.kind().may_write() { Some(writer.lock_owned().await) } else { None };
+                    let _write_guard = if job.step.kind().may_write() {
+                        Some(writer.lock_owned().await)
+                    } else {
+                        None
+                    };
                     execute(job).await
                 });
             }
@@ -401,7 +507,13 @@ impl Engine {
             rec.reason = f.reason.clone();
             rec.enforcement = f.enforcement;
             rec.attempts = f.attempts;
-            (self.events)(&RunEvent::StepFinished { step: rec.id.clone(), state: f.state, duration_ms: f.duration.as_millis() as u64, exit_code: f.exit_code, reason: f.reason });
+            (self.events)(&RunEvent::StepFinished {
+                step: rec.id.clone(),
+                state: f.state,
+                duration_ms: f.duration.as_millis() as u64,
+                exit_code: f.exit_code,
+                reason: f.reason,
+            });
             if f.state == StepState::Succeeded {
                 if let Ok(mut m) = results.0.write() {
                     m.insert(rec.id.clone(), f.view);
@@ -409,7 +521,10 @@ impl Engine {
             } else if f.state == StepState::Failed {
                 failed_any = true;
                 if opts.fail_fast && stop.is_none() {
-                    stop = Some((RunState::Failed, format!("step `{}` failed (--fail-fast)", rec.id)));
+                    stop = Some((
+                        RunState::Failed,
+                        format!("step `{}` failed (--fail-fast)", rec.id),
+                    ));
                     run_cancel.cancel();
                 }
             }
@@ -425,7 +540,11 @@ impl Engine {
         let (state, message) = match stop {
             Some((RunState::AwaitingApproval, m)) => (RunState::AwaitingApproval, Some(m)),
             Some((s, m)) => {
-                for rec in record.steps.iter_mut().filter(|r| r.state == StepState::Pending) {
+                for rec in record
+                    .steps
+                    .iter_mut()
+                    .filter(|r| r.state == StepState::Pending)
+                {
                     rec.state = StepState::Cancelled;
                 }
                 (s, Some(m))
@@ -441,7 +560,11 @@ impl Engine {
     fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
         record.finished_at = Some(now_rfc3339());
         self.store.save(&record)?;
-        (self.events)(&RunEvent::RunFinished { run_id: record.run_id.clone(), state: record.state, message: record.message.clone() });
+        (self.events)(&RunEvent::RunFinished {
+            run_id: record.run_id.clone(),
+            state: record.state,
+            message: record.message.clone(),
+        });
         Ok(record)
     }
 
@@ -464,24 +587,49 @@ impl Engine {
 
     /// The up-front approval: exactly the nodes the pre-approved tiers cover.
     fn plan_approval(&self, wf: &Validated) -> PlanApproval {
-        let tiers: Vec<Tier> = self.policy.pre_approved.iter().copied().filter(|t| t.needs_approval()).collect();
+        let tiers: Vec<Tier> = self
+            .policy
+            .pre_approved
+            .iter()
+            .copied()
+            .filter(|t| t.needs_approval())
+            .collect();
         let nodes = wf
             .workflow
             .steps
             .iter()
             .zip(&wf.risk)
             .filter(|(_, r)| r.needs_approval() && self.policy.covers(r.tier, r.forced_approval))
-            .map(|(s, r)| ApprovedNode { id: s.id.clone(), tier: r.tier, domains: s.network.clone() })
+            .map(|(s, r)| ApprovedNode {
+                id: s.id.clone(),
+                tier: r.tier,
+                domains: s.network.clone(),
+            })
             .collect::<Vec<_>>();
         PlanApproval {
-            by: if nodes.is_empty() { String::new() } else { "command line (--approve/--yes)".into() },
+            by: if nodes.is_empty() {
+                String::new()
+            } else {
+                "command line (--approve/--yes)".into()
+            },
             tiers,
             nodes,
         }
     }
 
-    async fn approve(&self, record: &RunRecord, i: usize, risk: &NodeRisk, step: &Step, rendered: &Rendered) -> Result<String, (StepState, String)> {
-        let covered = record.approval.nodes.iter().any(|n| n.id == step.id && n.tier >= risk.tier);
+    async fn approve(
+        &self,
+        record: &RunRecord,
+        i: usize,
+        risk: &NodeRisk,
+        step: &Step,
+        rendered: &Rendered,
+    ) -> Result<String, (StepState, String)> {
+        let covered = record
+            .approval
+            .nodes
+            .iter()
+            .any(|n| n.id == step.id && n.tier >= risk.tier);
         if covered {
             return Ok(record.approval.by.clone());
         }
@@ -489,15 +637,31 @@ impl Engine {
             step: step.id.clone(),
             tier: risk.tier,
             rule: risk.rule.clone(),
-            reason: if risk.forced_approval && !risk.tier.needs_approval() { "the step is marked `approve: true`".into() } else { risk.reason.clone() },
+            reason: if risk.forced_approval && !risk.tier.needs_approval() {
+                "the step is marked `approve: true`".into()
+            } else {
+                risk.reason.clone()
+            },
             summary: rendered.summary(),
             network: step.network.clone(),
         };
-        (self.events)(&RunEvent::ApprovalNeeded { step: request.step.clone(), tier: request.tier, rule: request.rule.clone(), reason: request.reason.clone(), summary: request.summary.clone() });
+        (self.events)(&RunEvent::ApprovalNeeded {
+            step: request.step.clone(),
+            tier: request.tier,
+            rule: request.rule.clone(),
+            reason: request.reason.clone(),
+            summary: request.summary.clone(),
+        });
         let _ = i;
         match self.approver.decide(&request).await {
             Decision::Approved { by } => Ok(by),
-            Decision::Denied { by } => Err((StepState::Skipped, format!("approval for step `{}` ({}) was denied by {by}; the run stopped here", step.id, risk.tier))),
+            Decision::Denied { by } => Err((
+                StepState::Skipped,
+                format!(
+                    "approval for step `{}` ({}) was denied by {by}; the run stopped here",
+                    step.id, risk.tier
+                ),
+            )),
             Decision::Unavailable => Err((
                 StepState::WaitingApproval,
                 format!(
@@ -506,26 +670,77 @@ impl Engine {
                     risk.tier,
                     risk.rule,
                     risk.reason,
-                    if risk.tier.needs_approval() { risk.tier.as_str() } else { "<tier> --yes" }
+                    if risk.tier.needs_approval() {
+                        risk.tier.as_str()
+                    } else {
+                        "<tier> --yes"
+                    }
                 ),
             )),
         }
     }
 
-    fn skip(&self, record: &mut RunRecord, i: usize, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
-        self.settle(record, i, StepState::Skipped, why, ready, remaining, dependents);
+    fn skip(
+        &self,
+        record: &mut RunRecord,
+        i: usize,
+        why: String,
+        ready: &mut Vec<usize>,
+        remaining: &mut [usize],
+        dependents: &[Vec<usize>],
+    ) {
+        self.settle(
+            record,
+            i,
+            StepState::Skipped,
+            why,
+            ready,
+            remaining,
+            dependents,
+        );
     }
 
-    fn fail_now(&self, record: &mut RunRecord, i: usize, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
-        self.settle(record, i, StepState::Failed, why, ready, remaining, dependents);
+    fn fail_now(
+        &self,
+        record: &mut RunRecord,
+        i: usize,
+        why: String,
+        ready: &mut Vec<usize>,
+        remaining: &mut [usize],
+        dependents: &[Vec<usize>],
+    ) {
+        self.settle(
+            record,
+            i,
+            StepState::Failed,
+            why,
+            ready,
+            remaining,
+            dependents,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn settle(&self, record: &mut RunRecord, i: usize, state: StepState, why: String, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
+    fn settle(
+        &self,
+        record: &mut RunRecord,
+        i: usize,
+        state: StepState,
+        why: String,
+        ready: &mut Vec<usize>,
+        remaining: &mut [usize],
+        dependents: &[Vec<usize>],
+    ) {
         let rec = &mut record.steps[i];
         rec.state = state;
         rec.reason = Some(why.clone());
-        (self.events)(&RunEvent::StepFinished { step: rec.id.clone(), state, duration_ms: 0, exit_code: None, reason: Some(why) });
+        (self.events)(&RunEvent::StepFinished {
+            step: rec.id.clone(),
+            state,
+            duration_ms: 0,
+            exit_code: None,
+            reason: Some(why),
+        });
         for &d in &dependents[i] {
             remaining[d] -= 1;
             if remaining[d] == 0 {
@@ -535,7 +750,13 @@ impl Engine {
     }
 }
 
-fn env_for(wf_env: &BTreeMap<String, String>, step: &Step, templates: &Templates, inputs: &JinjaValue, steps: &JinjaValue) -> Result<BTreeMap<String, String>, crate::template::TemplateError> {
+fn env_for(
+    wf_env: &BTreeMap<String, String>,
+    step: &Step,
+    templates: &Templates,
+    inputs: &JinjaValue,
+    steps: &JinjaValue,
+) -> Result<BTreeMap<String, String>, crate::template::TemplateError> {
     let mut env = wf_env.clone();
     let ctx = minijinja::context! { inputs => inputs.clone(), steps => steps.clone(), env => JinjaValue::from_serialize(wf_env) };
     for (k, v) in &step.env {
@@ -544,37 +765,87 @@ fn env_for(wf_env: &BTreeMap<String, String>, step: &Step, templates: &Templates
     Ok(env)
 }
 
-fn render_step(step: &Step, t: &Templates, ctx: &JinjaValue, wf_env: &BTreeMap<String, String>, inputs: &JinjaValue, steps: &JinjaValue) -> Result<Rendered, crate::template::TemplateError> {
+fn render_step(
+    step: &Step,
+    t: &Templates,
+    ctx: &JinjaValue,
+    wf_env: &BTreeMap<String, String>,
+    inputs: &JinjaValue,
+    steps: &JinjaValue,
+) -> Result<Rendered, crate::template::TemplateError> {
     let r = |s: &str| t.render(s, ctx);
     Ok(if let Some(a) = &step.read {
         Rendered::Read {
             path: a.path.as_deref().map(r).transpose()?,
             glob: a.glob.as_deref().map(r).transpose()?,
-            limit: a.max_bytes.as_ref().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_READ_LIMIT),
+            limit: a
+                .max_bytes
+                .as_ref()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(DEFAULT_READ_LIMIT),
         }
     } else if let Some(a) = &step.write {
-        Rendered::Write { path: r(&a.path)?, content: r(&a.content)?, append: a.append, mode: a.mode.clone() }
+        Rendered::Write {
+            path: r(&a.path)?,
+            content: r(&a.content)?,
+            append: a.append,
+            mode: a.mode.clone(),
+        }
     } else if let Some(a) = &step.patch {
-        Rendered::Patch { path: r(&a.path)?, diff: r(&a.diff)? }
+        Rendered::Patch {
+            path: r(&a.path)?,
+            diff: r(&a.diff)?,
+        }
     } else if let Some(a) = &step.http {
         Rendered::Http {
             url: r(&a.url)?,
-            headers: a.headers.iter().map(|(k, v)| Ok((k.clone(), r(v)?))).collect::<Result<_, crate::template::TemplateError>>()?,
+            headers: a
+                .headers
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), r(v)?)))
+                .collect::<Result<_, crate::template::TemplateError>>()?,
             body: a.body.as_deref().map(r).transpose()?,
-            json: a.json.as_ref().map(|j| render_json(j, t, ctx)).transpose()?,
-            timeout: a.timeout.as_ref().and_then(|d| d.parse().ok()).unwrap_or(DEFAULT_HTTP_TIMEOUT),
-            limit: a.max_response.as_ref().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_HTTP_LIMIT),
+            json: a
+                .json
+                .as_ref()
+                .map(|j| render_json(j, t, ctx))
+                .transpose()?,
+            timeout: a
+                .timeout
+                .as_ref()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(DEFAULT_HTTP_TIMEOUT),
+            limit: a
+                .max_response
+                .as_ref()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(DEFAULT_HTTP_LIMIT),
         }
     } else {
-        Rendered::Shell { command: r(step.shell.as_deref().unwrap_or_default())?, env: env_for(wf_env, step, t, inputs, steps)? }
+        Rendered::Shell {
+            command: r(step.shell.as_deref().unwrap_or_default())?,
+            env: env_for(wf_env, step, t, inputs, steps)?,
+        }
     })
 }
 
-fn render_json(v: &Value, t: &Templates, ctx: &JinjaValue) -> Result<Value, crate::template::TemplateError> {
+fn render_json(
+    v: &Value,
+    t: &Templates,
+    ctx: &JinjaValue,
+) -> Result<Value, crate::template::TemplateError> {
     Ok(match v {
         Value::String(s) => Value::String(t.render(s, ctx)?),
-        Value::Array(a) => Value::Array(a.iter().map(|x| render_json(x, t, ctx)).collect::<Result<_, _>>()?),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| Ok((k.clone(), render_json(x, t, ctx)?))).collect::<Result<_, crate::template::TemplateError>>()?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_json(x, t, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render_json(x, t, ctx)?)))
+                .collect::<Result<_, crate::template::TemplateError>>()?,
+        ),
         other => other.clone(),
     })
 }
@@ -583,7 +854,12 @@ fn effective_risk(static_risk: &NodeRisk, rendered: &Rendered) -> NodeRisk {
     if let Rendered::Shell { command, .. } = rendered {
         let a = secureclaw_risk::classify_shell(command);
         if a.tier > static_risk.tier {
-            return NodeRisk { tier: a.tier, rule: a.rule, reason: format!("{} (after templating)", a.reason), forced_approval: static_risk.forced_approval };
+            return NodeRisk {
+                tier: a.tier,
+                rule: a.rule,
+                reason: format!("{} (after templating)", a.reason),
+                forced_approval: static_risk.forced_approval,
+            };
         }
     }
     static_risk.clone()
@@ -597,7 +873,8 @@ async fn execute(job: StepJob) -> Finished {
         attempt += 1;
         let mut f = attempt_once(&job).await;
         f.attempts = attempt;
-        let retryable = f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
+        let retryable =
+            f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
         if !retryable {
             f.duration = start.elapsed();
             return f;
@@ -620,8 +897,23 @@ async fn execute(job: StepJob) -> Finished {
     }
 }
 
-fn finished(job: &StepJob, state: StepState, view: StepView, exit_code: Option<i32>, reason: Option<String>) -> Finished {
-    Finished { index: job.index, state, view, exit_code, reason, enforcement: None, attempts: 0, duration: Duration::ZERO }
+fn finished(
+    job: &StepJob,
+    state: StepState,
+    view: StepView,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+) -> Finished {
+    Finished {
+        index: job.index,
+        state,
+        view,
+        exit_code,
+        reason,
+        enforcement: None,
+        attempts: 0,
+        duration: Duration::ZERO,
+    }
 }
 
 async fn attempt_once(job: &StepJob) -> Finished {
@@ -629,15 +921,51 @@ async fn attempt_once(job: &StepJob) -> Finished {
     let timeout = job.limits.timeout;
     let engine_side = async {
         match &job.rendered {
-            Rendered::Read { path: Some(p), limit, .. } => actions::read_file(&ws, p, *limit),
-            Rendered::Read { glob, .. } => actions::glob(&ws, glob.as_deref().unwrap_or("**"), Some(&job.state_dir)).map(|v| v.join("\n")),
-            Rendered::Write { path, content, append, mode } => actions::write_file(&ws, path, content, *append, mode.as_deref()).map(|_| path.clone()),
-            Rendered::Patch { path, diff } => actions::patch_file(&ws, path, diff).map(|_| path.clone()),
-            Rendered::Http { url, headers, body, json, timeout, limit } => {
+            Rendered::Read {
+                path: Some(p),
+                limit,
+                ..
+            } => actions::read_file(&ws, p, *limit),
+            Rendered::Read { glob, .. } => {
+                actions::glob(&ws, glob.as_deref().unwrap_or("**"), Some(&job.state_dir))
+                    .map(|v| v.join("\n"))
+            }
+            Rendered::Write {
+                path,
+                content,
+                append,
+                mode,
+            } => actions::write_file(&ws, path, content, *append, mode.as_deref())
+                .map(|_| path.clone()),
+            Rendered::Patch { path, diff } => {
+                actions::patch_file(&ws, path, diff).map(|_| path.clone())
+            }
+            Rendered::Http {
+                url,
+                headers,
+                body,
+                json,
+                timeout,
+                limit,
+            } => {
                 let Some(action) = job.step.http.as_ref() else {
-                    return Err(actions::ActionError::Invalid { what: "step", message: "not an http step".into() });
+                    return Err(actions::ActionError::Invalid {
+                        what: "step",
+                        message: "not an http step".into(),
+                    });
                 };
-                actions::http(action, url, headers, body.clone(), json.clone(), &job.step.network, *timeout, *limit).await.map(|r| r.body)
+                actions::http(actions::HttpCall {
+                    action,
+                    url,
+                    headers,
+                    body: body.clone(),
+                    json: json.clone(),
+                    allowed: &job.step.network,
+                    timeout: *timeout,
+                    limit: *limit,
+                })
+                .await
+                .map(|r| r.body)
             }
             Rendered::Shell { .. } => Ok(String::new()),
         }
@@ -650,15 +978,46 @@ async fn attempt_once(job: &StepJob) -> Finished {
         _ = job.cancel.cancelled() => return finished(job, StepState::Cancelled, StepView::default(), None, Some("cancelled".into())),
     };
     match result {
-        Ok(Ok(output)) => finished(job, StepState::Succeeded, StepView { stdout: output.clone(), output, stderr: String::new(), exit_code: 0 }, Some(0), None),
+        Ok(Ok(output)) => finished(
+            job,
+            StepState::Succeeded,
+            StepView {
+                stdout: output.clone(),
+                output,
+                stderr: String::new(),
+                exit_code: 0,
+            },
+            Some(0),
+            None,
+        ),
         Ok(Err(e)) => {
             let body = match &e {
                 actions::ActionError::Status { body, .. } => body.clone(),
                 _ => String::new(),
             };
-            finished(job, StepState::Failed, StepView { output: body, stdout: String::new(), stderr: e.to_string(), exit_code: 1 }, Some(1), Some(e.to_string()))
+            finished(
+                job,
+                StepState::Failed,
+                StepView {
+                    output: body,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                    exit_code: 1,
+                },
+                Some(1),
+                Some(e.to_string()),
+            )
         }
-        Err(_) => finished(job, StepState::Failed, StepView::default(), None, Some(format!("timed out after {}", humantime::format_duration(timeout)))),
+        Err(_) => finished(
+            job,
+            StepState::Failed,
+            StepView::default(),
+            None,
+            Some(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            )),
+        ),
     }
 }
 
@@ -666,12 +1025,24 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
     let mut spec = ExecSpec::shell(command, job.workspace.clone());
     spec.env.insert("PATH".into(), BASE_PATH.into());
     spec.env.insert("LANG".into(), "C.UTF-8".into());
-    spec.env.insert("HOME".into(), if job.sandbox.isolated() { "/workspace".into() } else { job.workspace.display().to_string() });
-    spec.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    spec.env.insert(
+        "HOME".into(),
+        if job.sandbox.isolated() {
+            "/workspace".into()
+        } else {
+            job.workspace.display().to_string()
+        },
+    );
+    spec.env
+        .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     spec.limits = job.limits.clone();
     spec.allow_degraded = job.allow_degraded;
     spec.image = job.image.clone();
-    spec.network = if job.step.network.is_empty() { NetworkPolicy::None } else { NetworkPolicy::Domains(job.step.network.clone()) };
+    spec.network = if job.step.network.is_empty() {
+        NetworkPolicy::None
+    } else {
+        NetworkPolicy::Domains(job.step.network.clone())
+    };
     if job.state_dir.starts_with(&job.workspace) {
         spec.masked.push(job.state_dir.clone());
     }
@@ -689,8 +1060,16 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 StepState::Failed
             };
             let mut reason = (state != StepState::Succeeded).then(|| out.exit.describe());
-            if out.stdout_total > out.stdout.len() as u64 || out.stderr_total > out.stderr.len() as u64 {
-                let note = format!("output truncated: kept {} of {} stdout bytes, {} of {} stderr bytes", out.stdout.len(), out.stdout_total, out.stderr.len(), out.stderr_total);
+            if out.stdout_total > out.stdout.len() as u64
+                || out.stderr_total > out.stderr.len() as u64
+            {
+                let note = format!(
+                    "output truncated: kept {} of {} stdout bytes, {} of {} stderr bytes",
+                    out.stdout.len(),
+                    out.stdout_total,
+                    out.stderr.len(),
+                    out.stderr_total
+                );
                 reason = Some(match reason {
                     Some(r) => format!("{r}; {note}"),
                     None => note,
@@ -699,7 +1078,12 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
             Finished {
                 index: job.index,
                 state,
-                view: StepView { output, stdout, stderr, exit_code: code },
+                view: StepView {
+                    output,
+                    stdout,
+                    stderr,
+                    exit_code: code,
+                },
                 exit_code: Some(code),
                 reason,
                 enforcement: Some(out.enforcement),
@@ -707,7 +1091,13 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 duration: out.duration,
             }
         }
-        Err(e) => finished(job, StepState::Failed, StepView::default(), None, Some(e.to_string())),
+        Err(e) => finished(
+            job,
+            StepState::Failed,
+            StepView::default(),
+            None,
+            Some(e.to_string()),
+        ),
     }
 }
 

@@ -43,7 +43,11 @@ pub fn check(doc: &Value, map: &SourceMap, file: &Path, out: &mut Diagnostics) {
     let unknown_parents: Vec<String> = found
         .iter()
         .filter(|d| d.message.starts_with("unknown key"))
-        .filter_map(|d| d.path.rsplit_once('/').map(|(parent, _)| parent.to_string()))
+        .filter_map(|d| {
+            d.path
+                .rsplit_once('/')
+                .map(|(parent, _)| parent.to_string())
+        })
         .collect();
     for d in found.0 {
         if d.message.contains("; found none") && unknown_parents.contains(&d.path) {
@@ -74,9 +78,12 @@ fn one_of_consts(pointer: &str) -> Vec<String> {
         .map(|alts| {
             alts.iter()
                 .flat_map(|a| {
-                    a.get("const")
-                        .into_iter()
-                        .chain(a.get("enum").and_then(Value::as_array).into_iter().flatten())
+                    a.get("const").into_iter().chain(
+                        a.get("enum")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten(),
+                    )
                 })
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect()
@@ -144,10 +151,10 @@ fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
         }
     }
     // `anyOf: [{$ref}, {type: null}]` wrappers: look through to the real schema.
-    if let Some(branches) = node.get("anyOf").and_then(Value::as_array) {
-        if branches.len() == 1 {
-            return deref(root, &branches[0]);
-        }
+    if let Some(branches) = node.get("anyOf").and_then(Value::as_array)
+        && branches.len() == 1
+    {
+        return deref(root, &branches[0]);
     }
     node
 }
@@ -191,7 +198,13 @@ fn what(pointer: &str) -> String {
     }
 }
 
-fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path, out: &mut Diagnostics) {
+fn describe(
+    err: &ValidationError<'_>,
+    doc: &Value,
+    map: &SourceMap,
+    file: &Path,
+    out: &mut Diagnostics,
+) {
     let pointer = err.instance_path().as_str().to_string();
     let at = map.value(&pointer);
     let instance = err.instance();
@@ -218,24 +231,37 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             out.push(
-                diag(format!("{} is missing the required key `{name}`", what(&pointer)))
-                    .with_hint(format!("add `{name}:`")),
+                diag(format!(
+                    "{} is missing the required key `{name}`",
+                    what(&pointer)
+                ))
+                .with_hint(format!("add `{name}:`")),
             );
         }
         ValidationErrorKind::OneOfNotValid { .. } if !one_of_consts(&pointer).is_empty() => {
             let opts = one_of_consts(&pointer);
             let text = instance.as_str().unwrap_or_default();
-            let mut d = diag(format!("{} is {}; expected one of: {}", what(&pointer), snippet(instance), opts.join(", ")));
+            let mut d = diag(format!(
+                "{} is {}; expected one of: {}",
+                what(&pointer),
+                snippet(instance),
+                opts.join(", ")
+            ));
             if let Some(s) = did_you_mean(text, opts.iter().map(String::as_str)) {
                 d = d.with_hint(format!("did you mean `{s}`?"));
             }
             out.push(d);
         }
-        ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::OneOfMultipleValid { .. } => {
+        ValidationErrorKind::OneOfNotValid { .. }
+        | ValidationErrorKind::OneOfMultipleValid { .. } => {
             let alternatives = one_of_alternatives(&pointer);
             let present: Vec<&String> = alternatives
                 .iter()
-                .filter(|a| doc.pointer(&pointer).and_then(|o| o.get(a.as_str())).is_some())
+                .filter(|a| {
+                    doc.pointer(&pointer)
+                        .and_then(|o| o.get(a.as_str()))
+                        .is_some()
+                })
                 .collect();
             let list = alternatives
                 .iter()
@@ -246,14 +272,24 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
                 out.push(diag(err.to_string()));
             } else if present.is_empty() {
                 out.push(
-                    diag(format!("{} needs exactly one of {list}; found none", what(&pointer)))
-                        .with_hint("add the action this step should perform"),
+                    diag(format!(
+                        "{} needs exactly one of {list}; found none",
+                        what(&pointer)
+                    ))
+                    .with_hint("add the action this step should perform"),
                 );
             } else if present.len() > 1 {
-                let found = present.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" and ");
+                let found = present
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
                 out.push(
-                    diag(format!("{} has both {found}; only one of {list} is allowed", what(&pointer)))
-                        .with_hint("split it into separate steps joined with `needs`"),
+                    diag(format!(
+                        "{} has both {found}; only one of {list} is allowed",
+                        what(&pointer)
+                    ))
+                    .with_hint("split it into separate steps joined with `needs`"),
                 );
             }
             // Exactly one present: the real problem is inside it and is reported on its own.
@@ -261,7 +297,11 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
                 TypeKind::Single(t) => type_words(&t.to_string()).to_string(),
-                TypeKind::Multiple(ts) => ts.iter().map(|t| type_words(&t.to_string())).collect::<Vec<_>>().join(" or "),
+                TypeKind::Multiple(ts) => ts
+                    .iter()
+                    .map(|t| type_words(&t.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             };
             out.push(
                 diag(format!(
@@ -294,7 +334,10 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
                 )
             } else {
                 (
-                    format!("{} `{text}` does not match the required pattern", what(&pointer)),
+                    format!(
+                        "{} `{text}` does not match the required pattern",
+                        what(&pointer)
+                    ),
                     format!("it must match `{pattern}`"),
                 )
             };
@@ -303,7 +346,11 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
         ValidationErrorKind::Enum { options } => {
             let opts: Vec<String> = options
                 .as_array()
-                .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let text = instance.as_str().unwrap_or_default();
             let mut d = diag(format!(
@@ -321,17 +368,24 @@ fn describe(err: &ValidationError<'_>, doc: &Value, map: &SourceMap, file: &Path
             if pointer == "/version" =>
         {
             out.push(
-                diag(format!("unsupported workflow version {}", snippet(instance)))
-                    .with_hint("this secureclaw reads `version: 1`"),
+                diag(format!(
+                    "unsupported workflow version {}",
+                    snippet(instance)
+                ))
+                .with_hint("this secureclaw reads `version: 1`"),
             );
         }
         ValidationErrorKind::MinItems { .. } if pointer == "/steps" => {
-            out.push(diag("a workflow needs at least one step".into()).with_hint("add a step under `steps:`"));
+            out.push(
+                diag("a workflow needs at least one step".into())
+                    .with_hint("add a step under `steps:`"),
+            );
         }
         ValidationErrorKind::AnyOf { .. } if pointer.ends_with("/retry") => {
             out.push(
-                diag(format!("`retry` is {}", snippet(instance)))
-                    .with_hint("write a number of attempts (1-20), or `{attempts: 3, backoff: 2s}`"),
+                diag(format!("`retry` is {}", snippet(instance))).with_hint(
+                    "write a number of attempts (1-20), or `{attempts: 3, backoff: 2s}`",
+                ),
             );
         }
         ValidationErrorKind::PropertyNames { error } => {

@@ -54,7 +54,9 @@ impl Templates {
         // Workflows feed shells and YAML-minded humans: `false`, not Python's `False`.
         env.set_formatter(|out, state, value| {
             if value.kind() == minijinja::value::ValueKind::Bool {
-                return out.write_str(if value.is_true() { "true" } else { "false" }).map_err(minijinja::Error::from);
+                return out
+                    .write_str(if value.is_true() { "true" } else { "false" })
+                    .map_err(minijinja::Error::from);
             }
             minijinja::escape_formatter(out, state, value)
         });
@@ -88,7 +90,12 @@ impl Templates {
 
     /// Check a template's references against what is declared and upstream. Returns problems as
     /// (message, hint) pairs; an empty list means the template is fine.
-    pub fn check(&self, text: &str, is_expression: bool, cx: &CheckScope<'_>) -> Vec<(String, String)> {
+    pub fn check(
+        &self,
+        text: &str,
+        is_expression: bool,
+        cx: &CheckScope<'_>,
+    ) -> Vec<(String, String)> {
         if !is_expression && !Self::is_template(text) {
             return Vec::new();
         }
@@ -142,14 +149,15 @@ impl Templates {
         for id in &seen {
             cx.check_step(id, None, &mut problems);
         }
-        if let Err(e) = rendered {
-            if e.kind() == ErrorKind::UndefinedError && problems.is_empty() {
-                let err = to_error(&e, &source);
-                problems.push((
-                    format!("template uses an undefined value: {}", err.message),
-                    format!("step results have the fields {}", STEP_FIELDS.join(", ")),
-                ));
-            }
+        if let Err(e) = rendered
+            && e.kind() == ErrorKind::UndefinedError
+            && problems.is_empty()
+        {
+            let err = to_error(&e, &source);
+            problems.push((
+                format!("template uses an undefined value: {}", err.message),
+                format!("step results have the fields {}", STEP_FIELDS.join(", ")),
+            ));
         }
         problems.sort();
         problems.dedup();
@@ -158,7 +166,10 @@ impl Templates {
 }
 
 fn is_builtin(name: &str) -> bool {
-    matches!(name, "range" | "dict" | "namespace" | "loop" | "true" | "false" | "none")
+    matches!(
+        name,
+        "range" | "dict" | "namespace" | "loop" | "true" | "false" | "none"
+    )
 }
 
 fn strip_braces(expr: &str) -> &str {
@@ -175,7 +186,10 @@ fn to_error(e: &minijinja::Error, text: &str) -> TemplateError {
         let before = &text[..r.start.min(text.len())];
         before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1
     });
-    let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
+    let detail = e
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.kind().to_string());
     let message = match (line, col) {
         (Some(l), Some(c)) => format!("{detail} (template line {l}, column {c})"),
         (Some(l), None) => format!("{detail} (template line {l})"),
@@ -197,16 +211,16 @@ pub struct CheckScope<'a> {
 impl CheckScope<'_> {
     fn check_step(&self, id: &str, field: Option<&str>, problems: &mut Vec<(String, String)>) {
         if self.upstream.contains(id) {
-            if let Some(f) = field {
-                if !STEP_FIELDS.contains(&f) {
-                    problems.push((
-                        format!("`steps.{id}.{f}` is not a step result field"),
-                        match did_you_mean(f, STEP_FIELDS) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("step results have {}", STEP_FIELDS.join(", ")),
-                        },
-                    ));
-                }
+            if let Some(f) = field
+                && !STEP_FIELDS.contains(&f)
+            {
+                problems.push((
+                    format!("`steps.{id}.{f}` is not a step result field"),
+                    match did_you_mean(f, STEP_FIELDS) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("step results have {}", STEP_FIELDS.join(", ")),
+                    },
+                ));
             }
         } else if id == self.this_step {
             problems.push((
@@ -247,7 +261,7 @@ impl CheckScope<'_> {
                 format!("environment variable `{name}` is not declared"),
                 match did_you_mean(name, self.env_names.iter().map(String::as_str)) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("declare it under `env:` (workflow or step); the engine's own environment is never visible"),
+                    None => "declare it under `env:` (workflow or step); the engine's own environment is never visible".to_string(),
                 },
             ));
         }
@@ -295,7 +309,10 @@ impl Object for StepsProbe {
 mod tests {
     use super::*;
 
-    fn scope<'a>(inputs: &'a BTreeMap<String, InputSpec>, all: &'a BTreeSet<String>) -> CheckScope<'a> {
+    fn scope<'a>(
+        inputs: &'a BTreeMap<String, InputSpec>,
+        all: &'a BTreeSet<String>,
+    ) -> CheckScope<'a> {
         CheckScope {
             inputs,
             env_names: ["TOKEN".to_string()].into(),
@@ -320,9 +337,16 @@ mod tests {
         let t = Templates::new();
         let inputs = BTreeMap::from([(
             "days".to_string(),
-            InputSpec { kind: InputType::Integer, default: Some(7.into()), description: None },
+            InputSpec {
+                kind: InputType::Integer,
+                default: Some(7.into()),
+                description: None,
+            },
         )]);
-        let all: BTreeSet<String> = ["build", "find-old", "later", "me"].iter().map(|s| s.to_string()).collect();
+        let all: BTreeSet<String> = ["build", "find-old", "later", "me"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let cx = scope(&inputs, &all);
         assert!(t.check("{{ steps.build.output }} {{ steps['find-old'].stdout }} {{ inputs.days }} {{ env.TOKEN }}", false, &cx).is_empty());
         let p = t.check("{{ steps.later.output }}", false, &cx);
@@ -347,7 +371,10 @@ mod tests {
     fn runaway_loops_run_out_of_fuel() {
         let t = Templates::new();
         let ctx = minijinja::context! {};
-        let r = t.render("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", &ctx);
+        let r = t.render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            &ctx,
+        );
         assert!(r.is_err());
     }
 }

@@ -35,7 +35,9 @@ impl UnitError {
     pub fn hint(&self) -> &'static str {
         match self {
             UnitError::Duration(_) => "write a number with a unit: `250ms`, `30s`, `5m`, `1h30m`",
-            UnitError::Size(_) => "write a number with a unit: `64Mi`, `512Mi`, `1Gi` (or `64m`, `1G`, bytes without unit)",
+            UnitError::Size(_) => {
+                "write a number with a unit: `64Mi`, `512Mi`, `1Gi` (or `64m`, `1G`, bytes without unit)"
+            }
             UnitError::Overflow(_) => "use a smaller value",
         }
     }
@@ -77,9 +79,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| UnitError::Duration(text.to_string()))?;
         let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
-        let value: f64 = num.parse().map_err(|_| UnitError::Duration(text.to_string()))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| UnitError::Duration(text.to_string()))?;
         let seconds = match unit {
             "ns" => value / 1e9,
             "us" => value / 1e6,

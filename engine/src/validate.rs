@@ -68,8 +68,14 @@ pub fn validate_file(path: &Path) -> Result<Validated, Diagnostics> {
     let bytes = std::fs::read(path).map_err(|e| {
         let mut d = Diagnostics::default();
         d.push(
-            Diagnostic::new(path, Location { line: 1, column: 1 }, Layer::Input, "", format!("cannot read file: {e}"))
-                .with_hint("check the path and permissions"),
+            Diagnostic::new(
+                path,
+                Location { line: 1, column: 1 },
+                Layer::Input,
+                "",
+                format!("cannot read file: {e}"),
+            )
+            .with_hint("check the path and permissions"),
         );
         d
     })?;
@@ -94,8 +100,14 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
     let doc = yaml::parse(text, YamlLimits::default()).map_err(from_yaml)?;
     if !doc.value.is_object() {
         diags.push(
-            Diagnostic::new(file, Location { line: 1, column: 1 }, Layer::Schema, "", "a workflow file must be a YAML mapping")
-                .with_hint("start with `version: 1`, `name: ...` and `steps:`"),
+            Diagnostic::new(
+                file,
+                Location { line: 1, column: 1 },
+                Layer::Schema,
+                "",
+                "a workflow file must be a YAML mapping",
+            )
+            .with_hint("start with `version: 1`, `name: ...` and `steps:`"),
         );
         return Err(diags);
     }
@@ -107,7 +119,13 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
     let workflow: Workflow = match serde_json::from_value(doc.value.clone()) {
         Ok(w) => w,
         Err(e) => {
-            diags.push(Diagnostic::new(file, Location { line: 1, column: 1 }, Layer::Schema, "", format!("{e}")));
+            diags.push(Diagnostic::new(
+                file,
+                Location { line: 1, column: 1 },
+                Layer::Schema,
+                "",
+                format!("{e}"),
+            ));
             return Err(diags);
         }
     };
@@ -145,11 +163,22 @@ struct Semantics<'a> {
 
 impl<'a> Semantics<'a> {
     fn new(file: &'a Path, wf: &'a Workflow, map: &'a SourceMap) -> Self {
-        Semantics { file, wf, map, templates: Templates::new() }
+        Semantics {
+            file,
+            wf,
+            map,
+            templates: Templates::new(),
+        }
     }
 
     fn at(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(self.file, self.map.value(pointer), Layer::Semantic, pointer, message)
+        Diagnostic::new(
+            self.file,
+            self.map.value(pointer),
+            Layer::Semantic,
+            pointer,
+            message,
+        )
     }
 
     fn run(&self, diags: &mut Diagnostics) -> Option<Analysis> {
@@ -162,7 +191,13 @@ impl<'a> Semantics<'a> {
             self.step_paths(i, step, diags);
             self.step_network(i, step, diags);
         }
-        let risk: Vec<NodeRisk> = self.wf.steps.iter().enumerate().map(|(i, s)| self.risk(i, s, diags)).collect();
+        let risk: Vec<NodeRisk> = self
+            .wf
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.risk(i, s, diags))
+            .collect();
         let inverse = self.wf.steps.iter().map(inverse_class).collect();
         let order = order?;
         self.templates(&index, &deps, &order, diags);
@@ -176,8 +211,14 @@ impl<'a> Semantics<'a> {
                 index.insert(step.id.clone(), first);
                 let first_loc = self.map.value(&format!("/steps/{first}/id"));
                 diags.push(
-                    self.at(&format!("/steps/{i}/id"), format!("duplicate step id `{}` (first used at line {})", step.id, first_loc.line))
-                        .with_hint("step ids must be unique; rename one of them"),
+                    self.at(
+                        &format!("/steps/{i}/id"),
+                        format!(
+                            "duplicate step id `{}` (first used at line {})",
+                            step.id, first_loc.line
+                        ),
+                    )
+                    .with_hint("step ids must be unique; rename one of them"),
                 );
             }
         }
@@ -196,16 +237,23 @@ impl<'a> Semantics<'a> {
                 for (j, need) in step.needs.iter().enumerate() {
                     let pointer = format!("/steps/{i}/needs/{j}");
                     if !seen.insert(need) {
-                        diags.push(self.at(&pointer, format!("`{need}` is listed twice in `needs`")).with_hint("remove the duplicate"));
+                        diags.push(
+                            self.at(&pointer, format!("`{need}` is listed twice in `needs`"))
+                                .with_hint("remove the duplicate"),
+                        );
                         continue;
                     }
                     match index.get(need) {
                         Some(&k) if k == i => diags.push(
-                            self.at(&pointer, format!("step `{need}` needs itself")).with_hint("remove it from its own `needs`"),
+                            self.at(&pointer, format!("step `{need}` needs itself"))
+                                .with_hint("remove it from its own `needs`"),
                         ),
                         Some(&k) => out.push(k),
                         None => {
-                            let d = self.at(&pointer, format!("step `{}` needs unknown step `{need}`", step.id));
+                            let d = self.at(
+                                &pointer,
+                                format!("step `{}` needs unknown step `{need}`", step.id),
+                            );
                             diags.push(match did_you_mean(need, ids.iter().copied()) {
                                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                                 None => d.with_hint(format!("known steps: {}", abbreviate(&ids))),
@@ -239,34 +287,58 @@ impl<'a> Semantics<'a> {
             let chain: Vec<String> = path
                 .iter()
                 .zip(path.iter().skip(1).chain(std::iter::once(&start)))
-                .map(|(&a, &b)| format!("`{}` needs `{}`", self.wf.steps[a].id, self.wf.steps[b].id))
+                .map(|(&a, &b)| {
+                    format!("`{}` needs `{}`", self.wf.steps[a].id, self.wf.steps[b].id)
+                })
                 .collect();
             diags.push(
-                self.at(&format!("/steps/{start}/needs"), format!("dependency cycle: {}", chain.join(", ")))
-                    .with_hint("a workflow is a DAG; remove one of these `needs` entries to break the cycle"),
+                self.at(
+                    &format!("/steps/{start}/needs"),
+                    format!("dependency cycle: {}", chain.join(", ")),
+                )
+                .with_hint(
+                    "a workflow is a DAG; remove one of these `needs` entries to break the cycle",
+                ),
             );
         }
         if cyclic {
             return None;
         }
-        petgraph::algo::toposort(&g, None).ok().map(|o| o.into_iter().map(|n| g[n]).collect())
+        petgraph::algo::toposort(&g, None)
+            .ok()
+            .map(|o| o.into_iter().map(|n| g[n]).collect())
     }
 
     fn inputs(&self, diags: &mut Diagnostics) {
         for (name, spec) in &self.wf.inputs {
             let pointer = format!("/inputs/{}", pointer_segment(name));
-            if let Some(default) = &spec.default {
-                if !spec.kind.accepts(default) {
-                    diags.push(
-                        self.at(&format!("{pointer}/default"), format!("default of input `{name}` is not of type {}", spec.kind.as_str()))
-                            .with_hint(format!("write a {} value, or change `type`", spec.kind.as_str())),
-                    );
-                }
+            if let Some(default) = &spec.default
+                && !spec.kind.accepts(default)
+            {
+                diags.push(
+                    self.at(
+                        &format!("{pointer}/default"),
+                        format!(
+                            "default of input `{name}` is not of type {}",
+                            spec.kind.as_str()
+                        ),
+                    )
+                    .with_hint(format!(
+                        "write a {} value, or change `type`",
+                        spec.kind.as_str()
+                    )),
+                );
             }
             if !crate::model::ENV_NAME_PATTERN.is_empty() && !valid_name(name) {
                 diags.push(
-                    Diagnostic::new(self.file, self.map.key(&pointer), Layer::Semantic, pointer.clone(), format!("`{name}` is not a valid input name"))
-                        .with_hint("use letters, digits and `_` so templates can write `inputs.NAME`"),
+                    Diagnostic::new(
+                        self.file,
+                        self.map.key(&pointer),
+                        Layer::Semantic,
+                        pointer.clone(),
+                        format!("`{name}` is not a valid input name"),
+                    )
+                    .with_hint("use letters, digits and `_` so templates can write `inputs.NAME`"),
                 );
             }
         }
@@ -275,7 +347,10 @@ impl<'a> Semantics<'a> {
     fn units(&self, diags: &mut Diagnostics) {
         let mut durations: Vec<(String, &DurationText)> = Vec::new();
         let mut sizes: Vec<(String, &SizeText)> = Vec::new();
-        let sb = |prefix: String, s: &'a crate::model::SandboxSettings, d: &mut Vec<(String, &'a DurationText)>, z: &mut Vec<(String, &'a SizeText)>| {
+        let sb = |prefix: String,
+                  s: &'a crate::model::SandboxSettings,
+                  d: &mut Vec<(String, &'a DurationText)>,
+                  z: &mut Vec<(String, &'a SizeText)>| {
             if let Some(t) = &s.timeout {
                 d.push((format!("{prefix}/timeout"), t));
             }
@@ -286,7 +361,12 @@ impl<'a> Semantics<'a> {
                 z.push((format!("{prefix}/output_cap"), m));
             }
         };
-        sb("/sandbox".into(), &self.wf.sandbox, &mut durations, &mut sizes);
+        sb(
+            "/sandbox".into(),
+            &self.wf.sandbox,
+            &mut durations,
+            &mut sizes,
+        );
         for (i, step) in self.wf.steps.iter().enumerate() {
             if let Some(s) = &step.sandbox {
                 sb(format!("/steps/{i}/sandbox"), s, &mut durations, &mut sizes);
@@ -317,16 +397,20 @@ impl<'a> Semantics<'a> {
         for (pointer, d) in durations {
             match d.parse() {
                 Err(e) => diags.push(self.at(&pointer, e.to_string()).with_hint(e.hint())),
-                Ok(v) if v.is_zero() && pointer.ends_with("timeout") => {
-                    diags.push(self.at(&pointer, "a timeout of zero would kill every step at once").with_hint("use a positive duration, e.g. `30s`"))
-                }
+                Ok(v) if v.is_zero() && pointer.ends_with("timeout") => diags.push(
+                    self.at(&pointer, "a timeout of zero would kill every step at once")
+                        .with_hint("use a positive duration, e.g. `30s`"),
+                ),
                 Ok(_) => {}
             }
         }
         for (pointer, s) in sizes {
             match s.parse() {
                 Err(e) => diags.push(self.at(&pointer, e.to_string()).with_hint(e.hint())),
-                Ok(0) => diags.push(self.at(&pointer, format!("`{s}` is zero")).with_hint("use a positive size, e.g. `64Mi`")),
+                Ok(0) => diags.push(
+                    self.at(&pointer, format!("`{s}` is zero"))
+                        .with_hint("use a positive size, e.g. `64Mi`"),
+                ),
                 Ok(_) => {}
             }
         }
@@ -334,23 +418,26 @@ impl<'a> Semantics<'a> {
 
     fn step_paths(&self, i: usize, step: &Step, diags: &mut Diagnostics) {
         let mut paths: Vec<(String, &str)> = Vec::new();
-        if let Some(r) = &step.read {
-            if let Some(p) = &r.path {
-                paths.push((format!("/steps/{i}/read/path"), p));
-            }
+        if let Some(r) = &step.read
+            && let Some(p) = &r.path
+        {
+            paths.push((format!("/steps/{i}/read/path"), p));
         }
         if let Some(w) = &step.write {
             paths.push((format!("/steps/{i}/write/path"), &w.path));
         }
         if let Some(p) = &step.patch {
             paths.push((format!("/steps/{i}/patch/path"), &p.path));
-            if !Templates::is_template(&p.diff) {
-                if let Err(e) = diffy::Patch::from_str(&p.diff) {
-                    diags.push(
-                        self.at(&format!("/steps/{i}/patch/diff"), format!("`diff` is not a valid unified diff: {e}"))
-                            .with_hint("produce it with `diff -u old new` or `git diff`"),
-                    );
-                }
+            if !Templates::is_template(&p.diff)
+                && let Err(e) = diffy::Patch::from_str(&p.diff)
+            {
+                diags.push(
+                    self.at(
+                        &format!("/steps/{i}/patch/diff"),
+                        format!("`diff` is not a valid unified diff: {e}"),
+                    )
+                    .with_hint("produce it with `diff -u old new` or `git diff`"),
+                );
             }
         }
         for (pointer, p) in paths {
@@ -367,9 +454,18 @@ impl<'a> Semantics<'a> {
         }
         if let Some(g) = step.read.as_ref().and_then(|r| r.glob.as_ref()) {
             if g.starts_with('/') || g.split('/').any(|c| c == "..") {
-                diags.push(self.at(&format!("/steps/{i}/read/glob"), format!("glob `{g}` reaches outside the workspace")).with_hint("globs are relative to the workspace"));
+                diags.push(
+                    self.at(
+                        &format!("/steps/{i}/read/glob"),
+                        format!("glob `{g}` reaches outside the workspace"),
+                    )
+                    .with_hint("globs are relative to the workspace"),
+                );
             } else if let Err(e) = globset::Glob::new(g) {
-                diags.push(self.at(&format!("/steps/{i}/read/glob"), format!("invalid glob `{g}`: {e}")));
+                diags.push(self.at(
+                    &format!("/steps/{i}/read/glob"),
+                    format!("invalid glob `{g}`: {e}"),
+                ));
             }
         }
     }
@@ -393,23 +489,45 @@ impl<'a> Semantics<'a> {
         for (pointer, url) in urls {
             if Templates::is_template(url) {
                 if step.network.is_empty() {
-                    diags.push(self.at(&pointer, "an `http` step must list the hosts it may reach in `network`").with_hint("add `network: [host.example.com]`"));
+                    diags.push(
+                        self.at(
+                            &pointer,
+                            "an `http` step must list the hosts it may reach in `network`",
+                        )
+                        .with_hint("add `network: [host.example.com]`"),
+                    );
                 }
                 continue;
             }
             match reqwest::Url::parse(url) {
-                Err(e) => diags.push(self.at(&pointer, format!("invalid URL `{url}`: {e}")).with_hint("write a full URL such as `https://api.example.com/path`")),
-                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-                    diags.push(self.at(&pointer, format!("URL scheme `{}` is not allowed", u.scheme())).with_hint("use http or https"))
-                }
+                Err(e) => diags.push(
+                    self.at(&pointer, format!("invalid URL `{url}`: {e}"))
+                        .with_hint("write a full URL such as `https://api.example.com/path`"),
+                ),
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => diags.push(
+                    self.at(
+                        &pointer,
+                        format!("URL scheme `{}` is not allowed", u.scheme()),
+                    )
+                    .with_hint("use http or https"),
+                ),
                 Ok(u) => {
                     let host = u.host_str().unwrap_or_default();
                     let with_port = u.port().map(|p| format!("{host}:{p}"));
-                    let allowed = step.network.iter().any(|d| d == host || Some(d) == with_port.as_ref());
+                    let allowed = step
+                        .network
+                        .iter()
+                        .any(|d| d == host || Some(d) == with_port.as_ref());
                     if !allowed {
                         diags.push(
-                            self.at(&pointer, format!("host `{host}` is not in this step's `network` allowlist"))
-                                .with_hint(format!("add `{}` to `network`", with_port.as_deref().unwrap_or(host))),
+                            self.at(
+                                &pointer,
+                                format!("host `{host}` is not in this step's `network` allowlist"),
+                            )
+                            .with_hint(format!(
+                                "add `{}` to `network`",
+                                with_port.as_deref().unwrap_or(host)
+                            )),
                         );
                     }
                 }
@@ -420,13 +538,40 @@ impl<'a> Semantics<'a> {
     fn risk(&self, i: usize, step: &Step, diags: &mut Diagnostics) -> NodeRisk {
         let kind = step.kind();
         let mut risk = match kind {
-            ActionKind::Read => NodeRisk { tier: Tier::ReadOnly, rule: "action:read".into(), reason: "reads files in the workspace".into(), forced_approval: false },
-            ActionKind::Write => NodeRisk { tier: Tier::LowWrite, rule: "action:write".into(), reason: "writes a file in the workspace".into(), forced_approval: false },
-            ActionKind::Patch => NodeRisk { tier: Tier::LowWrite, rule: "action:patch".into(), reason: "patches a file in the workspace".into(), forced_approval: false },
-            ActionKind::Http => NodeRisk { tier: Tier::NetworkEgress, rule: "action:http".into(), reason: "makes a network request".into(), forced_approval: false },
+            ActionKind::Read => NodeRisk {
+                tier: Tier::ReadOnly,
+                rule: "action:read".into(),
+                reason: "reads files in the workspace".into(),
+                forced_approval: false,
+            },
+            ActionKind::Write => NodeRisk {
+                tier: Tier::LowWrite,
+                rule: "action:write".into(),
+                reason: "writes a file in the workspace".into(),
+                forced_approval: false,
+            },
+            ActionKind::Patch => NodeRisk {
+                tier: Tier::LowWrite,
+                rule: "action:patch".into(),
+                reason: "patches a file in the workspace".into(),
+                forced_approval: false,
+            },
+            ActionKind::Http => NodeRisk {
+                tier: Tier::NetworkEgress,
+                rule: "action:http".into(),
+                reason: "makes a network request".into(),
+                forced_approval: false,
+            },
             ActionKind::Shell => {
-                let a = secureclaw_risk::classify_shell(&untemplated(step.shell.as_deref().unwrap_or_default()));
-                NodeRisk { tier: a.tier, rule: a.rule, reason: a.reason, forced_approval: false }
+                let a = secureclaw_risk::classify_shell(&untemplated(
+                    step.shell.as_deref().unwrap_or_default(),
+                ));
+                NodeRisk {
+                    tier: a.tier,
+                    rule: a.rule,
+                    reason: a.reason,
+                    forced_approval: false,
+                }
             }
         };
         if !step.network.is_empty() && risk.tier < Tier::NetworkEgress {
@@ -439,7 +584,12 @@ impl<'a> Semantics<'a> {
         }
         if let Some(declared) = step.risk {
             if declared > risk.tier {
-                risk = NodeRisk { tier: declared, rule: "author:risk".into(), reason: "raised by the workflow author".into(), forced_approval: false };
+                risk = NodeRisk {
+                    tier: declared,
+                    rule: "author:risk".into(),
+                    reason: "raised by the workflow author".into(),
+                    forced_approval: false,
+                };
             } else if declared < risk.tier {
                 diags.push(
                     self.at(&format!("/steps/{i}/risk"), format!("`risk: {declared}` is lower than the computed tier `{}` (rule `{}`: {})", risk.tier, risk.rule, risk.reason))
@@ -451,11 +601,26 @@ impl<'a> Semantics<'a> {
         risk
     }
 
-    fn templates(&self, index: &HashMap<String, usize>, deps: &[Vec<usize>], order: &[usize], diags: &mut Diagnostics) {
+    fn templates(
+        &self,
+        index: &HashMap<String, usize>,
+        deps: &[Vec<usize>],
+        order: &[usize],
+        diags: &mut Diagnostics,
+    ) {
         let n = self.wf.steps.len();
         // Ancestor sets in topological order: anc[v] = ∪ (anc[p] ∪ {p}) over parents p.
         let mut anc: Vec<Option<FixedBitSet>> = vec![None; n];
-        let needs_templates: Vec<bool> = self.wf.steps.iter().map(|s| template_fields(s).iter().any(|(_, t, e)| *e || Templates::is_template(t))).collect();
+        let needs_templates: Vec<bool> = self
+            .wf
+            .steps
+            .iter()
+            .map(|s| {
+                template_fields(s)
+                    .iter()
+                    .any(|(_, t, e)| *e || Templates::is_template(t))
+            })
+            .collect();
         let all_steps: BTreeSet<String> = index.keys().cloned().collect();
         let workflow_env: BTreeSet<String> = self.wf.env.keys().cloned().collect();
         for &v in order {
@@ -469,23 +634,44 @@ impl<'a> Semantics<'a> {
             anc[v] = Some(set);
         }
         // Workflow-level env values may use inputs only.
-        let wf_scope = CheckScope { inputs: &self.wf.inputs, env_names: BTreeSet::new(), all_steps: &all_steps, upstream: BTreeSet::new(), this_step: "(workflow env)" };
+        let wf_scope = CheckScope {
+            inputs: &self.wf.inputs,
+            env_names: BTreeSet::new(),
+            all_steps: &all_steps,
+            upstream: BTreeSet::new(),
+            this_step: "(workflow env)",
+        };
         for (name, value) in &self.wf.env {
             for (msg, hint) in self.templates.check(value, false, &wf_scope) {
-                diags.push(self.at(&format!("/env/{}", pointer_segment(name)), msg).with_hint(hint));
+                diags.push(
+                    self.at(&format!("/env/{}", pointer_segment(name)), msg)
+                        .with_hint(hint),
+                );
             }
         }
         for (i, step) in self.wf.steps.iter().enumerate() {
             if !needs_templates[i] {
                 continue;
             }
-            let upstream: BTreeSet<String> = anc[i].as_ref().map(|s| s.ones().map(|k| self.wf.steps[k].id.clone()).collect()).unwrap_or_default();
+            let upstream: BTreeSet<String> = anc[i]
+                .as_ref()
+                .map(|s| s.ones().map(|k| self.wf.steps[k].id.clone()).collect())
+                .unwrap_or_default();
             let mut env_names = workflow_env.clone();
             env_names.extend(step.env.keys().cloned());
-            let scope = CheckScope { inputs: &self.wf.inputs, env_names, all_steps: &all_steps, upstream, this_step: &step.id };
+            let scope = CheckScope {
+                inputs: &self.wf.inputs,
+                env_names,
+                all_steps: &all_steps,
+                upstream,
+                this_step: &step.id,
+            };
             for (pointer, text, is_expr) in template_fields(step) {
                 for (msg, hint) in self.templates.check(text, is_expr, &scope) {
-                    diags.push(self.at(&format!("/steps/{i}{pointer}"), msg).with_hint(hint));
+                    diags.push(
+                        self.at(&format!("/steps/{i}{pointer}"), msg)
+                            .with_hint(hint),
+                    );
                 }
             }
         }
@@ -530,7 +716,10 @@ pub fn untemplated(command: &str) -> String {
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn abbreviate(ids: &[&str]) -> String {
@@ -583,7 +772,11 @@ pub fn template_fields(step: &Step) -> Vec<(String, &str, bool)> {
     out
 }
 
-fn http_fields<'s>(prefix: &str, h: &'s crate::model::HttpAction, out: &mut Vec<(String, &'s str, bool)>) {
+fn http_fields<'s>(
+    prefix: &str,
+    h: &'s crate::model::HttpAction,
+    out: &mut Vec<(String, &'s str, bool)>,
+) {
     out.push((format!("{prefix}/url"), &h.url, false));
     for (k, v) in &h.headers {
         out.push((format!("{prefix}/headers/{}", pointer_segment(k)), v, false));
@@ -599,8 +792,13 @@ fn http_fields<'s>(prefix: &str, h: &'s crate::model::HttpAction, out: &mut Vec<
 fn json_strings<'s>(pointer: &str, v: &'s Value, out: &mut Vec<(String, &'s str, bool)>) {
     match v {
         Value::String(s) => out.push((pointer.to_string(), s, false)),
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| json_strings(&format!("{pointer}/{i}"), x, out)),
-        Value::Object(o) => o.iter().for_each(|(k, x)| json_strings(&format!("{pointer}/{}", pointer_segment(k)), x, out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| json_strings(&format!("{pointer}/{i}"), x, out)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| json_strings(&format!("{pointer}/{}", pointer_segment(k)), x, out)),
         _ => {}
     }
 }
@@ -642,16 +840,18 @@ pub fn check_domain(entry: &str) -> Result<(), &'static str> {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err("the port is not a number between 1 and 65535");
-        }
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err("the port is not a number between 1 and 65535");
     }
     if host.is_empty() || host.len() > 253 {
         return Err("empty or too long");
     }
     if !host.is_ascii() {
-        return Err("non-ASCII names are refused (write the punycode `xn--` form if you really mean it)");
+        return Err(
+            "non-ASCII names are refused (write the punycode `xn--` form if you really mean it)",
+        );
     }
     if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
         return Err("IP literals are refused; name the host");
@@ -664,11 +864,21 @@ pub fn check_domain(entry: &str) -> Result<(), &'static str> {
         return Err("a single-label name is not a public domain");
     }
     for l in &labels {
-        if l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-') || !l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if l.is_empty()
+            || l.len() > 63
+            || l.starts_with('-')
+            || l.ends_with('-')
+            || !l
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err("each label must be lowercase letters, digits or `-`");
         }
     }
-    if labels.last().is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err("a numeric top-level label looks like an IP address");
     }
     Ok(())

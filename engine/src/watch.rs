@@ -35,7 +35,12 @@ pub struct ChangeWatcher {
 
 impl ChangeWatcher {
     /// Watch `workflow_file`, and the files under `workspace` matching `globs`.
-    pub fn new(workflow_file: &Path, workspace: &Path, globs: &[String], ignore: Vec<PathBuf>) -> Result<Self, WatchError> {
+    pub fn new(
+        workflow_file: &Path,
+        workspace: &Path,
+        globs: &[String],
+        ignore: Vec<PathBuf>,
+    ) -> Result<Self, WatchError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -47,26 +52,58 @@ impl ChangeWatcher {
                 }
             }
         })
-        .map_err(|source| WatchError::Notify { path: workflow_file.to_path_buf(), source })?;
-        let workflow_file = workflow_file.canonicalize().unwrap_or_else(|_| workflow_file.to_path_buf());
+        .map_err(|source| WatchError::Notify {
+            path: workflow_file.to_path_buf(),
+            source,
+        })?;
+        let workflow_file = workflow_file
+            .canonicalize()
+            .unwrap_or_else(|_| workflow_file.to_path_buf());
         // Watch the directory, not the file: editors replace files by rename.
-        let dir = workflow_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let dir = workflow_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Notify { path: dir.clone(), source })?;
-        let workspace = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
+            .map_err(|source| WatchError::Notify {
+                path: dir.clone(),
+                source,
+            })?;
+        let workspace = workspace
+            .canonicalize()
+            .unwrap_or_else(|_| workspace.to_path_buf());
         let mut builder = GlobSetBuilder::new();
         for g in globs {
-            builder.add(Glob::new(g).map_err(|source| WatchError::Glob { glob: g.clone(), source })?);
+            builder.add(Glob::new(g).map_err(|source| WatchError::Glob {
+                glob: g.clone(),
+                source,
+            })?);
         }
-        let globs_set = builder.build().map_err(|source| WatchError::Glob { glob: globs.join(", "), source })?;
+        let globs_set = builder.build().map_err(|source| WatchError::Glob {
+            glob: globs.join(", "),
+            source,
+        })?;
         if !globs.is_empty() {
             watcher
                 .watch(&workspace, RecursiveMode::Recursive)
-                .map_err(|source| WatchError::Notify { path: workspace.clone(), source })?;
+                .map_err(|source| WatchError::Notify {
+                    path: workspace.clone(),
+                    source,
+                })?;
         }
-        let ignore = ignore.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
-        Ok(ChangeWatcher { _watcher: watcher, rx, workflow_file, workspace, ignore, globs: globs_set })
+        let ignore = ignore
+            .into_iter()
+            .map(|p| p.canonicalize().unwrap_or(p))
+            .collect();
+        Ok(ChangeWatcher {
+            _watcher: watcher,
+            rx,
+            workflow_file,
+            workspace,
+            ignore,
+            globs: globs_set,
+        })
     }
 
     fn relevant(&self, path: &Path) -> bool {

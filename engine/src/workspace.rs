@@ -25,10 +25,14 @@ pub enum PathError {
 impl PathError {
     pub fn hint(&self) -> &'static str {
         match self {
-            PathError::Absolute(_) => "write the path relative to the workspace, e.g. `notes/today.md`",
+            PathError::Absolute(_) => {
+                "write the path relative to the workspace, e.g. `notes/today.md`"
+            }
             PathError::Escapes(_) => "keep paths inside the workspace; remove the `..`",
             PathError::GitDir(_) => "the repository's `.git` is read-only to workflows",
-            PathError::SymlinkEscape { .. } => "write to the real path inside the workspace instead",
+            PathError::SymlinkEscape { .. } => {
+                "write to the real path inside the workspace instead"
+            }
             _ => "use a plain relative path inside the workspace",
         }
     }
@@ -61,7 +65,11 @@ pub fn lexical(rel: &str) -> Result<PathBuf, PathError> {
     if out.as_os_str().is_empty() {
         return Err(PathError::Empty);
     }
-    if out.components().next().is_some_and(|c| c.as_os_str() == ".git") {
+    if out
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str() == ".git")
+    {
         return Err(PathError::GitDir(rel.to_string()));
     }
     Ok(out)
@@ -81,14 +89,28 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
         current.push(c);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = current.canonicalize().map_err(|_| PathError::SymlinkEscape {
-                    path: rel.to_string(),
-                    link: current.strip_prefix(&root).unwrap_or(&current).display().to_string(),
-                })?;
-                if !target.starts_with(&root) || target.strip_prefix(&root).is_ok_and(|t| t.starts_with(".git")) {
+                let target = current
+                    .canonicalize()
+                    .map_err(|_| PathError::SymlinkEscape {
+                        path: rel.to_string(),
+                        link: current
+                            .strip_prefix(&root)
+                            .unwrap_or(&current)
+                            .display()
+                            .to_string(),
+                    })?;
+                if !target.starts_with(&root)
+                    || target
+                        .strip_prefix(&root)
+                        .is_ok_and(|t| t.starts_with(".git"))
+                {
                     return Err(PathError::SymlinkEscape {
                         path: rel.to_string(),
-                        link: current.strip_prefix(&root).unwrap_or(&current).display().to_string(),
+                        link: current
+                            .strip_prefix(&root)
+                            .unwrap_or(&current)
+                            .display()
+                            .to_string(),
                     });
                 }
                 current = target;
@@ -105,12 +127,24 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
 pub fn resolve_read(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
     match lexical(rel) {
         Err(PathError::GitDir(_)) => {
-            let canonical_root = root.canonicalize().map_err(|e| PathError::Io { path: rel.into(), message: e.to_string() })?;
-            let target = canonical_root.join(rel).canonicalize().map_err(|e| PathError::Io { path: rel.into(), message: e.to_string() })?;
+            let canonical_root = root.canonicalize().map_err(|e| PathError::Io {
+                path: rel.into(),
+                message: e.to_string(),
+            })?;
+            let target = canonical_root
+                .join(rel)
+                .canonicalize()
+                .map_err(|e| PathError::Io {
+                    path: rel.into(),
+                    message: e.to_string(),
+                })?;
             if target.starts_with(&canonical_root) {
                 Ok(target)
             } else {
-                Err(PathError::SymlinkEscape { path: rel.into(), link: rel.into() })
+                Err(PathError::SymlinkEscape {
+                    path: rel.into(),
+                    link: rel.into(),
+                })
             }
         }
         _ => resolve(root, rel),
@@ -124,11 +158,20 @@ mod tests {
     #[test]
     fn lexical_rules() {
         assert_eq!(lexical("a/./b/../c").unwrap(), PathBuf::from("a/c"));
-        assert!(matches!(lexical("/etc/passwd"), Err(PathError::Absolute(_))));
+        assert!(matches!(
+            lexical("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
         assert!(matches!(lexical("../x"), Err(PathError::Escapes(_))));
         assert!(matches!(lexical("a/../../x"), Err(PathError::Escapes(_))));
-        assert!(matches!(lexical(".git/hooks/pre-commit"), Err(PathError::GitDir(_))));
-        assert!(matches!(lexical("a/../.git/config"), Err(PathError::GitDir(_))));
+        assert!(matches!(
+            lexical(".git/hooks/pre-commit"),
+            Err(PathError::GitDir(_))
+        ));
+        assert!(matches!(
+            lexical("a/../.git/config"),
+            Err(PathError::GitDir(_))
+        ));
         assert!(matches!(lexical(""), Err(PathError::Empty)));
         assert!(matches!(lexical("."), Err(PathError::Empty)));
     }
@@ -141,8 +184,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", ws.path().join("pw")).unwrap();
         std::fs::create_dir(ws.path().join("in")).unwrap();
         std::os::unix::fs::symlink(ws.path().join("in"), ws.path().join("inlink")).unwrap();
-        assert!(matches!(resolve(ws.path(), "out/x"), Err(PathError::SymlinkEscape { .. })));
-        assert!(matches!(resolve(ws.path(), "pw"), Err(PathError::SymlinkEscape { .. })));
+        assert!(matches!(
+            resolve(ws.path(), "out/x"),
+            Err(PathError::SymlinkEscape { .. })
+        ));
+        assert!(matches!(
+            resolve(ws.path(), "pw"),
+            Err(PathError::SymlinkEscape { .. })
+        ));
         let ok = resolve(ws.path(), "inlink/x").unwrap();
         assert!(ok.starts_with(ws.path().canonicalize().unwrap()));
     }

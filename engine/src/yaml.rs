@@ -265,7 +265,13 @@ impl Builder {
 }
 
 impl Builder {
-    fn start_collection(&mut self, is_map: bool, anchor: usize, tag: Option<&Tag>, span: Span) -> bool {
+    fn start_collection(
+        &mut self,
+        is_map: bool,
+        anchor: usize,
+        tag: Option<&Tag>,
+        span: Span,
+    ) -> bool {
         if let Some(tag) = tag {
             let expected = if is_map { "map" } else { "seq" };
             if !(tag.is_yaml_core_schema() && tag.suffix == expected) {
@@ -347,7 +353,10 @@ impl Builder {
 fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
     if let Some(tag) = tag {
         if !tag.is_yaml_core_schema() {
-            return Err(format!("unsupported YAML tag `{}{}`", tag.handle, tag.suffix));
+            return Err(format!(
+                "unsupported YAML tag `{}{}`",
+                tag.handle, tag.suffix
+            ));
         }
         return match tag.suffix.as_str() {
             "str" => Ok(Value::String(text.to_string())),
@@ -373,30 +382,29 @@ fn plain_scalar(text: &str) -> Value {
         _ => {}
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = text.parse::<i64>() {
-            return Value::Number(i.into());
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Value::Number(i.into());
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Number(i.into());
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Number(i.into());
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Value::Number(i.into());
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Value::Number(i.into());
     }
     let looks_float = digits
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit())
         && digits.starts_with(|c: char| c.is_ascii_digit() || c == '.');
-    if looks_float {
-        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(n);
-        }
+    if looks_float && let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
+        return Value::Number(n);
     }
     Value::String(text.to_string())
 }
@@ -410,7 +418,10 @@ pub fn decode_utf8(bytes: &[u8]) -> Result<&str, YamlError> {
         let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
         YamlError {
             location: Location { line, column },
-            message: format!("file is not valid UTF-8 (invalid byte 0x{:02x})", bytes[e.valid_up_to()]),
+            message: format!(
+                "file is not valid UTF-8 (invalid byte 0x{:02x})",
+                bytes[e.valid_up_to()]
+            ),
             hint: Some("save the file as UTF-8".into()),
         }
     })
@@ -426,7 +437,9 @@ pub fn parse(src: &str, limits: YamlLimits) -> Result<LocatedDocument, Vec<YamlE
                 src.len(),
                 limits.max_bytes
             ),
-            hint: Some("split the workflow, or read large data from files with a `read` step".into()),
+            hint: Some(
+                "split the workflow, or read large data from files with a `read` step".into(),
+            ),
         }]);
     }
     let mut builder = Builder {
@@ -450,7 +463,10 @@ pub fn parse(src: &str, limits: YamlLimits) -> Result<LocatedDocument, Vec<YamlE
                 builder.errors.push(YamlError {
                     location: loc(*e.marker()),
                     message: format!("YAML syntax error: {}", e.info()),
-                    hint: Some("check indentation, quoting and that every `key:` is followed by a space".into()),
+                    hint: Some(
+                        "check indentation, quoting and that every `key:` is followed by a space"
+                            .into(),
+                    ),
                 });
                 break;
             }
@@ -485,7 +501,13 @@ mod tests {
     #[test]
     fn locations_point_at_keys_and_values() {
         let d = ok("version: 1\nsteps:\n  - id: a\n    shell: echo\n");
-        assert_eq!(d.map.value("/steps/0/shell"), Location { line: 4, column: 12 });
+        assert_eq!(
+            d.map.value("/steps/0/shell"),
+            Location {
+                line: 4,
+                column: 12
+            }
+        );
         assert_eq!(d.map.key("/steps/0/shell"), Location { line: 4, column: 5 });
         assert_eq!(d.map.value("/steps/0/nope/deeper"), d.map.value("/steps/0"));
     }
@@ -507,7 +529,11 @@ mod tests {
             prev = c;
         }
         let e = parse(&src, YamlLimits::default()).unwrap_err();
-        assert!(e[0].message.contains("expands to more than"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("expands to more than"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl fmt::Display for Tier {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown risk tier `{0}` (expected one of: read_only, low_write, destructive, network_egress)")]
+#[error(
+    "unknown risk tier `{0}` (expected one of: read_only, low_write, destructive, network_egress)"
+)]
 pub struct UnknownTier(pub String);
 
 impl FromStr for Tier {

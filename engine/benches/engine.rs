@@ -1,0 +1,59 @@
+//! Validation and scheduler overhead. Figures go to docs/performance.md.
+//!
+//! cargo bench -p secureclaw-engine --bench engine
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use secureclaw_engine::events;
+use secureclaw_engine::policy::{NoApprover, Policy};
+use secureclaw_engine::record::RunStore;
+use secureclaw_engine::scheduler::{Engine, RunOptions};
+use secureclaw_engine::testing::{NoopSandbox, dag_workflow};
+use secureclaw_engine::validate::validate_bytes;
+
+fn validate_1000(c: &mut Criterion) {
+    let text = dag_workflow(1000);
+    c.bench_function("validate 1000-step workflow", |b| {
+        b.iter(|| validate_bytes(Path::new("bench.yaml"), text.as_bytes()).map(|v| v.order.len()))
+    });
+}
+
+fn schedule_1000(c: &mut Criterion) {
+    let text = dag_workflow(1000);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let wf_path = dir.path().join("wf.yaml");
+    std::fs::write(&wf_path, &text).unwrap_or_else(|e| panic!("write: {e}"));
+    let wf = validate_bytes(&wf_path, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let engine = Engine {
+        sandbox: Arc::new(NoopSandbox),
+        approver: Arc::new(NoApprover),
+        policy: Policy::default(),
+        events: events::discard(),
+        store: RunStore::open(&dir.path().join("state")).unwrap_or_else(|e| panic!("{e}")),
+    };
+    let mut group = c.benchmark_group("scheduler");
+    group.sample_size(20);
+    group.bench_function("run 1000-node DAG, no-op backend", |b| {
+        b.iter(|| {
+            rt.block_on(engine.run(
+                &wf,
+                RunOptions {
+                    workspace: dir.path().to_path_buf(),
+                    state_dir: dir.path().join("state"),
+                    inputs: [("tag".to_string(), serde_json::json!("x"))].into(),
+                    jobs: 4,
+                    fail_fast: false,
+                },
+                tokio_util::sync::CancellationToken::new(),
+            ))
+            .map(|r| r.steps.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, validate_1000, schedule_1000);
+criterion_main!(benches);

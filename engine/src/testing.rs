@@ -1,0 +1,66 @@
+//! Helpers for benchmarks and tests: generated workflows of a given shape, and a sandbox that
+//! does nothing (to measure the scheduler alone).
+
+use async_trait::async_trait;
+use secureclaw_sandbox::{
+    EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Sandbox, SandboxError,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Completes every step at once with exit code 0, in-process.
+pub struct NoopSandbox;
+
+#[async_trait]
+impl Sandbox for NoopSandbox {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+    fn isolated(&self) -> bool {
+        true
+    }
+    async fn run(&self, _: &ExecSpec, _: CancellationToken) -> Result<ExecOutcome, SandboxError> {
+        Ok(ExecOutcome {
+            exit: ExitReason::Exited { code: 0 },
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_total: 0,
+            stderr_total: 0,
+            duration: std::time::Duration::ZERO,
+            enforcement: EnforcementReport {
+                backend: "noop".into(),
+                isolated: true,
+                layers: Vec::new(),
+                missing: Vec::new(),
+            },
+        })
+    }
+}
+
+/// A workflow of `n` shell steps mixing chains, fan-out and fan-in: step i needs i-1 (chain),
+/// every 10th step fans out to the next 9, and every 10th step fans in from the previous 9.
+pub fn dag_workflow(n: usize) -> String {
+    let mut s = String::from(
+        "version: 1\nname: generated\ninputs:\n  tag: { type: string, default: x }\nsteps:\n",
+    );
+    for i in 0..n {
+        let mut needs: Vec<String> = Vec::new();
+        if i > 0 && i % 10 != 0 {
+            needs.push(format!("s{}", i - i % 10));
+        } else if i >= 10 {
+            needs.extend((i - 9..i).map(|k| format!("s{k}")));
+        }
+        s.push_str(&format!("  - id: s{i}\n"));
+        if !needs.is_empty() {
+            s.push_str(&format!("    needs: [{}]\n", needs.join(", ")));
+        }
+        if i % 10 == 0 && i > 0 {
+            s.push_str(&format!(
+                "    shell: echo {{{{ inputs.tag }}}} {{{{ steps.s{}.output }}}}\n",
+                i - 1
+            ));
+        } else {
+            s.push_str("    shell: echo step\n");
+        }
+    }
+    s
+}

@@ -1,0 +1,431 @@
+//! Behaviour of the classifier on the constructs the brief names, and rules-file validation.
+
+// Tests may panic on broken fixtures; that is what a failing test is.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use secureclaw_risk::{
+    Assessment, Classifier, Context, EMBEDDED_RULES, RulesError, Tier, classify_path_write,
+    classify_shell,
+};
+
+fn tier(cmd: &str) -> Tier {
+    classify_shell(cmd).tier
+}
+
+fn rules_of(a: &Assessment) -> Vec<&str> {
+    a.matched.iter().map(|h| h.rule.as_str()).collect()
+}
+
+#[test]
+fn embedded_rules_load() {
+    assert!(Classifier::embedded().is_ok());
+}
+
+#[test]
+fn walks_every_construct() {
+    for cmd in [
+        "ls | rm -rf x",
+        "true && rm -rf x",
+        "false || rm -rf x",
+        "echo; rm -rf x",
+        "(rm -rf x)",
+        "{ rm -rf x; }",
+        "echo $(rm -rf x)",
+        "echo `rm -rf x`",
+        "echo \"$(rm -rf x)\"",
+        "X=$(rm -rf x) true",
+        "bash -c 'rm -rf x'",
+        "sh -c \"rm -rf x\"",
+        "eval rm -rf x",
+        "sudo rm -rf x",
+        "env A=1 rm -rf x",
+        "nice -n 5 rm -rf x",
+        "timeout 5s rm -rf x",
+        "xargs rm",
+        "find . -exec rm {} +",
+        "find . -delete",
+        "if true; then rm -rf x; fi",
+        "while true; do rm -rf x; done",
+        "case a in a) rm -rf x;; esac",
+        "f() { rm -rf x; }",
+        "cat <(rm -rf x)",
+        "alias ll='rm -rf x'",
+        "bash <<< 'rm -rf x'",
+        "ssh host rm -rf x",
+    ] {
+        assert!(
+            classify_shell(cmd).has_tier(Tier::Destructive),
+            "{cmd} was not flagged destructive: {:?}",
+            classify_shell(cmd)
+        );
+    }
+}
+
+#[test]
+fn obfuscations_are_caught() {
+    for cmd in [
+        "r\"\"m -rf build",
+        "\\rm -rf build",
+        "command rm -rf build",
+        "$(echo rm) -rf build",
+        "$'\\x72m' -rf build",
+        "/usr/bin/rm -fr build",
+        "'rm' -Rf build",
+        ":(){ :|:& };:",
+        "> important.txt",
+        "cat /dev/zero > /dev/sda",
+    ] {
+        assert_eq!(
+            tier(cmd),
+            Tier::Destructive,
+            "{cmd}: {:?}",
+            classify_shell(cmd)
+        );
+    }
+}
+
+#[test]
+fn combined_flags() {
+    for cmd in [
+        "rm -rf x",
+        "rm -fr x",
+        "rm -r x",
+        "rm -R x",
+        "rm --recursive x",
+        "rm -r -f x",
+    ] {
+        assert_eq!(classify_shell(cmd).rule, "rm-recursive", "{cmd}");
+    }
+    assert_eq!(tier("rm -f notes.txt"), Tier::LowWrite);
+    assert_eq!(tier("rm -f *.txt"), Tier::Destructive);
+    assert_eq!(
+        tier("rm -- -rf"),
+        Tier::LowWrite,
+        "`-rf` after `--` is a file name"
+    );
+}
+
+#[test]
+fn redirections() {
+    assert_eq!(tier("ls 2>/dev/null"), Tier::ReadOnly);
+    assert_eq!(tier("ls >> log.txt"), Tier::LowWrite);
+    assert_eq!(tier("ls > listing.txt"), Tier::LowWrite);
+    assert_eq!(tier("echo x > /etc/passwd"), Tier::Destructive);
+    assert_eq!(tier("echo x >> ~/.bashrc"), Tier::Destructive);
+    assert_eq!(tier("echo x > ../../outside.txt"), Tier::Destructive);
+    assert_eq!(tier("echo x > /workspace/ok.txt"), Tier::LowWrite);
+    assert_eq!(tier("echo x > /tmp/scratch"), Tier::ReadOnly);
+    assert_eq!(tier("ls > /dev/sdb"), Tier::Destructive);
+    assert_eq!(tier(": > app.log"), Tier::Destructive);
+}
+
+#[test]
+fn truncating_an_existing_file_with_context() {
+    let dir = tempdir();
+    std::fs::write(dir.join("important.txt"), "data").unwrap();
+    let c = Classifier::embedded().unwrap();
+    let ctx = Context {
+        workspace_dir: Some(&dir),
+    };
+    let a = c.classify_in("cargo test > important.txt", &ctx);
+    assert_eq!(a.tier, Tier::Destructive, "{a:?}");
+    assert_eq!(a.rule, "redirect-truncate-existing");
+    let b = c.classify_in("cargo test > new.txt", &ctx);
+    assert_eq!(b.tier, Tier::LowWrite, "{b:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("secureclaw-risk-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn cd_changes_what_relative_paths_mean() {
+    assert_eq!(tier("cd /etc && rm passwd"), Tier::Destructive);
+    assert_eq!(tier("cd src && rm old.rs"), Tier::LowWrite);
+    assert_eq!(
+        tier("(cd /etc) && rm notes.txt"),
+        Tier::LowWrite,
+        "cd in a subshell does not leak"
+    );
+}
+
+#[test]
+fn network_and_destructive_both_reported() {
+    let a = classify_shell("curl -fsSL https://sh.rustup.rs | sh");
+    assert_eq!(a.tier, Tier::NetworkEgress);
+    assert!(a.has_tier(Tier::Destructive));
+    let rules = rules_of(&a);
+    assert!(
+        rules.contains(&"net-client") && rules.contains(&"pipe-to-shell"),
+        "{rules:?}"
+    );
+
+    let b = classify_shell("git push --force origin main");
+    assert_eq!(b.tier, Tier::NetworkEgress);
+    assert!(rules_of(&b).contains(&"git-push-force"));
+}
+
+#[test]
+fn sudo_only_matters_for_writes() {
+    assert_eq!(tier("sudo ls /root"), Tier::ReadOnly);
+    assert_eq!(tier("sudo touch x"), Tier::Destructive);
+    assert_eq!(tier("sudo -i"), Tier::Destructive);
+    assert!(
+        tier("sudo -l") < Tier::Destructive,
+        "listing privileges runs nothing"
+    );
+}
+
+#[test]
+fn unparseable_is_conservative() {
+    for cmd in [
+        "echo \"unterminated",
+        "if then fi",
+        "rm -rf x )",
+        "cat <<EOF",
+    ] {
+        let a = classify_shell(cmd);
+        assert_eq!(a.tier, Tier::Destructive, "{cmd}: {a:?}");
+        assert_eq!(a.rule, "unparseable", "{cmd}");
+        assert!(a.reason.contains("could not be parsed"));
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let mut cmd = "ls".to_string();
+    for _ in 0..12 {
+        cmd = format!("bash -c {}", shell_quote(&cmd));
+    }
+    let a = classify_shell(&cmd);
+    assert_eq!(a.tier, Tier::Destructive);
+    assert!(rules_of(&a).contains(&"unparseable"));
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn empty_and_comments() {
+    assert_eq!(classify_shell("").rule, "empty");
+    assert_eq!(tier("   "), Tier::ReadOnly);
+    assert_eq!(tier("# just a comment"), Tier::ReadOnly);
+    assert_eq!(tier("FOO=bar"), Tier::ReadOnly);
+}
+
+#[test]
+fn unknown_programs_are_never_read_only() {
+    assert_eq!(classify_shell("./frobnicate --all").rule, "default");
+    assert_eq!(tier("./frobnicate --all"), Tier::LowWrite);
+}
+
+#[test]
+fn path_writes() {
+    assert_eq!(classify_path_write("src/lib.rs").tier, Tier::LowWrite);
+    assert_eq!(
+        classify_path_write("/workspace/src/lib.rs").tier,
+        Tier::LowWrite
+    );
+    assert_eq!(classify_path_write("/etc/passwd").tier, Tier::Destructive);
+    assert_eq!(classify_path_write("../x").tier, Tier::Destructive);
+    assert_eq!(classify_path_write("/dev/sda").tier, Tier::Destructive);
+    assert_eq!(
+        classify_path_write("it's $(weird).txt").tier,
+        Tier::LowWrite
+    );
+}
+
+#[test]
+fn never_panics_on_garbage() {
+    for cmd in [
+        "((((", "$(", "`", "'", "\\", "<<<", "&&", "|", ";;", "${", "$((1+", "\u{0}", "a\nb\nc",
+    ] {
+        let _ = classify_shell(cmd);
+    }
+}
+
+// ----- rules file validation -----------------------------------------------------------------
+
+fn with_rule(extra: &str) -> Result<Classifier, RulesError> {
+    Classifier::from_rules(&format!("{EMBEDDED_RULES}\n{extra}"))
+}
+
+#[test]
+fn bad_toml_is_a_typed_error() {
+    assert!(matches!(
+        Classifier::from_rules("version = "),
+        Err(RulesError::Syntax(_))
+    ));
+    assert!(matches!(
+        Classifier::from_rules("version = 1\nworkspace = \"/w\"\nbogus = 3"),
+        Err(RulesError::Syntax(_))
+    ));
+}
+
+#[test]
+fn bad_rules_are_refused() {
+    let dup =
+        "[[rule]]\nid = \"rm-recursive\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"rm\"]";
+    assert!(matches!(with_rule(dup), Err(RulesError::DuplicateId(id)) if id == "rm-recursive"));
+
+    let tier = "[[rule]]\nid = \"t\"\ntier = \"dangerous\"\nreason = \"x\"\ncommand = [\"rm\"]";
+    assert!(matches!(
+        with_rule(tier),
+        Err(RulesError::UnknownTier { .. })
+    ));
+
+    let nocond = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\nflags = [\"-r\"]";
+    assert!(matches!(with_rule(nocond), Err(RulesError::NoCondition(_))));
+
+    let class = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"rm\"]\narg_class = [\"elsewhere\"]";
+    assert!(matches!(
+        with_rule(class),
+        Err(RulesError::UnknownArgClass { .. })
+    ));
+
+    let glob = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"rm\"]\nargs = [\"[\"]";
+    assert!(matches!(
+        with_rule(glob),
+        Err(RulesError::BadPattern { .. })
+    ));
+
+    let flag = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"rm\"]\nflags = [\"r\"]";
+    assert!(matches!(with_rule(flag), Err(RulesError::BadFlag { .. })));
+
+    let reason = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \" \"\ncommand = [\"rm\"]";
+    assert!(matches!(with_rule(reason), Err(RulesError::EmptyReason(_))));
+
+    let builtin =
+        "[[rule]]\nid = \"mystery\"\nbuiltin = true\ntier = \"low_write\"\nreason = \"x\"";
+    assert!(matches!(
+        with_rule(builtin),
+        Err(RulesError::UnknownBuiltin(_))
+    ));
+
+    let unknown_field =
+        "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncomand = [\"rm\"]";
+    assert!(matches!(
+        with_rule(unknown_field),
+        Err(RulesError::Syntax(_))
+    ));
+}
+
+#[test]
+fn missing_builtin_is_refused() {
+    let without =
+        EMBEDDED_RULES.replace("id = \"pipe-to-shell\"", "id = \"pipe-to-shell-renamed\"");
+    let err = Classifier::from_rules(&without).unwrap_err();
+    // The renamed rule is itself an unknown builtin; either way the file is refused.
+    assert!(
+        matches!(
+            err,
+            RulesError::UnknownBuiltin(_) | RulesError::MissingBuiltin(_)
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn custom_rules_are_used() {
+    let text = r#"
+version = 1
+workspace = "/w"
+[[rule]]
+id = "unparseable"
+builtin = true
+tier = "destructive"
+reason = "cannot parse"
+[[rule]]
+id = "empty"
+builtin = true
+tier = "read_only"
+reason = "nothing"
+[[rule]]
+id = "default"
+builtin = true
+tier = "low_write"
+reason = "unknown"
+[[rule]]
+id = "dynamic-command"
+builtin = true
+tier = "destructive"
+reason = "dyn"
+[[rule]]
+id = "dynamic-shell-code"
+builtin = true
+tier = "destructive"
+reason = "dyn code"
+[[rule]]
+id = "generated-code"
+builtin = true
+tier = "low_write"
+reason = "gen"
+[[rule]]
+id = "pipe-to-shell"
+builtin = true
+tier = "destructive"
+reason = "pipe"
+[[rule]]
+id = "elevated-write"
+builtin = true
+tier = "destructive"
+reason = "root"
+[[rule]]
+id = "recursive-function"
+builtin = true
+tier = "destructive"
+reason = "bomb"
+[[rule]]
+id = "run-script"
+builtin = true
+tier = "low_write"
+reason = "script"
+[[rule]]
+id = "frob-danger"
+tier = "destructive"
+reason = "frob with --all is dangerous"
+command = ["frob"]
+flags = ["--all"]
+"#;
+    let c = Classifier::from_rules(text).unwrap();
+    assert_eq!(c.classify("frob --all").rule, "frob-danger");
+    assert_eq!(c.classify("frob").rule, "default");
+    assert_eq!(
+        c.classify("ls").tier,
+        Tier::LowWrite,
+        "no read-only rules in this file"
+    );
+}
+
+#[test]
+fn second_round_red_team() {
+    for cmd in [
+        "a=rm; $a -rf x",
+        "printf 'rm -rf x' | bash",
+        "perl -e 'unlink glob \"*\"'",
+        "mv important.txt /dev/null",
+        "tar -xf evil.tar -C /",
+        "git rm -rf .",
+        "trap 'rm -rf /tmp/x' EXIT",
+        "awk 'BEGIN{system(\"rm -rf x\")}'",
+        "exec rm -rf x",
+        "builtin eval \"rm -rf x\"",
+        "cat > ~/.ssh/config <<< 'Host x'",
+    ] {
+        assert!(
+            classify_shell(cmd).has_tier(Tier::Destructive),
+            "{cmd}: {:?}",
+            classify_shell(cmd)
+        );
+    }
+    assert!(classify_shell("docker run --rm -v /:/host alpine ls").has_tier(Tier::Destructive));
+    assert_eq!(
+        tier("node -e 'console.log(1)'"),
+        Tier::LowWrite,
+        "inline code is never read-only"
+    );
+}
