@@ -499,3 +499,54 @@ fn ctrl_c_cancels_the_run_and_kills_the_step() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(!ws.path().join("finished").exists());
 }
+
+/// Run under a real pseudo-terminal (util-linux `script`), answering the prompt with `answer`.
+fn run_on_tty(ws: &Ws, wf: &Path, answer: &str) -> (Option<i32>, String) {
+    let cmd = format!(
+        "{} run {} --workspace {} --sandbox host",
+        env!("CARGO_BIN_EXE_secureclaw"),
+        wf.display(),
+        ws.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Answer once the prompt is up; `script` forwards stdin to the terminal.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn on_a_terminal_the_prompt_shows_the_command_and_yes_runs_it() {
+    let ws = Ws::new();
+    std::fs::create_dir(ws.path().join("build")).unwrap();
+    let wf = ws.workflow(DESTRUCTIVE);
+    let (code, screen) = run_on_tty(&ws, &wf, "y\n");
+    assert!(screen.contains("needs approval") && screen.contains("rm -rf build") && screen.contains("rm-recursive"), "{screen}");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(!ws.path().join("build").exists());
+    assert!(ws.path().join("after.txt").exists());
+    assert!(step(&ws.show(), "wipe")["approval"].as_str().unwrap().contains("terminal"));
+}
+
+#[test]
+fn on_a_terminal_no_stops_the_run() {
+    let ws = Ws::new();
+    std::fs::create_dir(ws.path().join("build")).unwrap();
+    let wf = ws.workflow(DESTRUCTIVE);
+    let (code, screen) = run_on_tty(&ws, &wf, "n\n");
+    assert_eq!(code, Some(3), "{screen}");
+    assert!(ws.path().join("build").exists());
+    assert!(!ws.path().join("after.txt").exists());
+    assert!(screen.contains("denied"), "{screen}");
+}
