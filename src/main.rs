@@ -2,6 +2,8 @@
 
 mod output;
 mod run_cmd;
+mod unlock;
+mod vault_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,11 +34,15 @@ network steps pause for approval, and shell steps run in a sandbox.\n\n\
 Start with:  secureclaw validate --explain FILE   then   secureclaw run FILE",
     after_help = "Exit codes: 0 success, 1 a step failed (or validation errors), 2 invalid input,\n\
 3 stopped awaiting approval, 130 cancelled.\n\n\
+Everything the engine stores is encrypted under a passphrase-derived key that never touches\n\
+disk: set SECURECLAW_PASSPHRASE, pass --passphrase-file/--passphrase-fd, or type it when asked.\n\n\
 Docs: README.md and docs/workflow-format.md in the repository."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pass: vault_cmds::PassphraseArgs,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +61,20 @@ enum Command {
     Runs(StateArgs),
     /// Show one run: its steps, states, outputs and enforcement.
     Show(ShowArgs),
+    /// The encrypted vault holding run records, snapshots and the ledger: init, rekey, status.
+    Vault {
+        #[command(subcommand)]
+        command: vault_cmds::VaultCommand,
+        #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
+    /// The tamper-evident action ledger: verify, export, verify an export offline.
+    Ledger {
+        #[command(subcommand)]
+        command: vault_cmds::LedgerCommand,
+        #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 mod risk_cmd;
@@ -94,17 +114,24 @@ fn main() -> ExitCode {
     // When re-executed as the sandbox helper, this never returns.
     secureclaw_sandbox::run_helper_if_requested();
     let cli = Cli::parse();
+    let pass = cli.pass.source();
     let result = match cli.command {
-        Command::Run(args) => run_cmd::run(args),
-        Command::Watch(args) => run_cmd::watch(args),
+        Command::Run(args) => run_cmd::run(args, &pass),
+        Command::Watch(args) => run_cmd::watch(args, &pass),
         Command::Validate(args) => output::validate(&args.files, args.explain, args.json),
         Command::Schema => {
             print!("{}", secureclaw_engine::model::workflow_schema_text());
             Ok(exit::OK)
         }
         Command::Risk(args) => risk_cmd::run(args).map(|c| u8::try_from(c).unwrap_or(exit::FAILED)),
-        Command::Runs(args) => output::runs(&args),
-        Command::Show(args) => output::show(&args.run, &args.state),
+        Command::Runs(args) => output::runs(&args, &pass),
+        Command::Show(args) => output::show(&args.run, &args.state, &pass),
+        Command::Vault { command, state_dir } => cwd_state(state_dir.as_ref())
+            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass))
+            .map(exit_code),
+        Command::Ledger { command, state_dir } => cwd_state(state_dir.as_ref())
+            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass))
+            .map(exit_code),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -113,6 +140,14 @@ fn main() -> ExitCode {
             ExitCode::from(exit::INVALID)
         }
     }
+}
+
+fn exit_code(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(exit::FAILED)
+}
+
+fn cwd_state(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(state_dir(explicit, &std::env::current_dir()?))
 }
 
 /// The state dir: explicit, or `.secureclaw` in the workspace (hidden from steps).

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use console::style;
 use secureclaw_engine::record::{RunRecord, RunStore, StepState};
 use secureclaw_engine::validate::{self, Validated};
+use secureclaw_vault::PassphraseSource;
 use serde_json::json;
 
 use crate::{StateArgs, exit, state_dir};
@@ -137,20 +137,15 @@ pub fn print_explain(v: &Validated) {
     }
 }
 
-fn store(args: &StateArgs) -> anyhow::Result<RunStore> {
+fn store(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<RunStore> {
     let cwd = std::env::current_dir()?;
     let dir = state_dir(args.state_dir.as_ref(), &cwd);
-    if !dir.exists() {
-        anyhow::bail!(
-            "no state dir at {} (run a workflow first, or pass --state-dir)",
-            dir.display()
-        );
-    }
-    RunStore::open(&dir).with_context(|| format!("opening {}", dir.display()))
+    let vault = crate::unlock::open(&dir, pass, false)?;
+    Ok(RunStore::new(vault, crate::run_cmd::actor()))
 }
 
-pub fn runs(args: &StateArgs) -> anyhow::Result<u8> {
-    let store = store(args)?;
+pub fn runs(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let store = store(args, pass)?;
     store.mark_interrupted()?;
     let runs = store.list()?;
     if args.json {
@@ -191,8 +186,8 @@ fn state_label<T: serde::Serialize>(s: &T) -> String {
         .unwrap_or_default()
 }
 
-pub fn show(run: &str, args: &StateArgs) -> anyhow::Result<u8> {
-    let store = store(args)?;
+pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let store = store(args, pass)?;
     store.mark_interrupted()?;
     let r: RunRecord = store.load(run)?;
     if args.json {

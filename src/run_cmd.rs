@@ -16,6 +16,7 @@ use secureclaw_engine::policy::{ApprovalRequest, Approver, Decision, NoApprover,
 use secureclaw_engine::record::{RunState, RunStore, StepState};
 use secureclaw_engine::scheduler::{Engine, RunOptions};
 use secureclaw_engine::validate::{self, Validated};
+use secureclaw_vault::PassphraseSource;
 use tokio_util::sync::CancellationToken;
 
 use crate::{exit, output, state_dir};
@@ -90,7 +91,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+pub fn run(args: RunArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async move {
         let cancel = CancellationToken::new();
@@ -104,7 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
                 c.cancel();
             }
         });
-        run_once(&args, cancel).await
+        run_once(&args, pass, cancel).await
     })
 }
 
@@ -126,7 +127,7 @@ fn load(file: &Path) -> Option<Validated> {
     }
 }
 
-async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u8> {
+async fn run_once(args: &RunArgs, pass: &PassphraseSource, cancel: CancellationToken) -> anyhow::Result<u8> {
     let Some(wf) = load(&args.file) else {
         return Ok(exit::INVALID);
     };
@@ -188,8 +189,8 @@ async fn run_once(args: &RunArgs, cancel: CancellationToken) -> anyhow::Result<u
             style("note:").dim()
         );
     }
-    let store =
-        RunStore::open(&state).with_context(|| format!("opening state dir {}", state.display()))?;
+    let vault = crate::unlock::open(&state, pass, true)?;
+    let store = RunStore::new(vault, actor());
     for id in store.mark_interrupted()? {
         eprintln!(
             "{} run {id} was interrupted (the engine stopped during it)",
@@ -285,7 +286,12 @@ fn label<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-pub fn watch(args: WatchArgs) -> anyhow::Result<u8> {
+/// Who the ledger says acted.
+pub fn actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
+
+pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async move {
         let workspace = match &args.run.workspace {
@@ -309,7 +315,7 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                 runs + 1,
                 args.run.file.display()
             );
-            let run = run_once(&args.run, cancel.clone());
+            let run = run_once(&args.run, pass, cancel.clone());
             tokio::pin!(run);
             let last = tokio::select! {
                 r = &mut run => r?,

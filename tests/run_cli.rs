@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
+    // A throwaway vault per test: a known passphrase and cheap Argon2 (the defaults are tested
+    // in the vault crate).
+    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1");
+    c
 }
 
 struct Ws {
@@ -509,6 +515,9 @@ fn run_on_tty(ws: &Ws, wf: &Path, answer: &str) -> (Option<i32>, String) {
         ws.path().display()
     );
     let mut child = Command::new("script")
+        .env("SECURECLAW_PASSPHRASE", "test passphrase")
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
+    // A throwaway vault per test: a known passphrase and cheap Argon2 (the defaults are tested
+    // in the vault crate).
+    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1");
+    c
 }
 
 fn root() -> PathBuf {

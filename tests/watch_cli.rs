@@ -5,9 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Each run of the test workflow appends a line to `runs.log` (a path the watch ignores).
 fn runs(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join(".secureclaw/runs"))
-        .map(|d| d.count())
+    std::fs::read_to_string(dir.join("runs.log"))
+        .map(|s| s.lines().count())
         .unwrap_or(0)
 }
 
@@ -25,12 +26,15 @@ fn watch_reruns_when_a_watched_file_changes() {
     let wf = ws.path().join("wf.yaml");
     std::fs::write(
         &wf,
-        "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'cat src/input.txt > copy.txt' }\n",
+        "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'cat src/input.txt > copy.txt; echo run >> runs.log' }\n",
     )
     .unwrap();
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .env("SECURECLAW_PASSPHRASE", "test passphrase")
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1")
         .arg("watch")
         .arg(&wf)
         .arg("--workspace")

@@ -32,7 +32,15 @@ fn schedule_1000(c: &mut Criterion) {
         approver: Arc::new(NoApprover),
         policy: Policy::default(),
         events: events::discard(),
-        store: RunStore::open(&dir.path().join("state")).unwrap_or_else(|e| panic!("{e}")),
+        store: RunStore::new(
+            secureclaw_vault::Vault::create(
+                &dir.path().join("state"),
+                "bench",
+                &secureclaw_vault::KdfParams { memory_kib: 256, iterations: 1, ..Default::default() },
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+            "bench",
+        ),
     };
     let mut group = c.benchmark_group("scheduler");
     group.sample_size(20);

@@ -1,12 +1,15 @@
 //! Run records: what happened in a run, per step, kept in the state dir so `runs` and `show`
 //! can list them and a crash leaves the last known state behind.
 //!
-//! Records are written atomically (temp file + rename) on every state change.
+//! Records are sealed in the vault (AES-256-GCM, bound to their table and run id) and saved in
+//! the same transaction as the ledger entries describing them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use secureclaw_sandbox::EnforcementReport;
+use secureclaw_vault::{NewEntry, Vault, VaultError, kind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -136,76 +139,71 @@ pub enum StoreError {
     NotFound(String),
     #[error("run id `{0}` matches several runs; give more characters")]
     Ambiguous(String),
-    #[error("state dir {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("run record {path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
 }
 
-/// Run records under `<state_dir>/runs/<run_id>/run.json`.
-#[derive(Debug, Clone)]
+/// The sealed table run records live in (key: run id).
+const RUNS_TABLE: &str = "runs";
+
+/// Run records and the ledger, both sealed in the vault. Ledger entries are queued and committed
+/// in the same transaction as the next record save, so a record and the entries that explain it
+/// land together (or, after a crash, not at all).
+#[derive(Debug)]
 pub struct RunStore {
-    root: PathBuf,
+    vault: Vault,
+    actor: String,
+    pending: Mutex<Vec<NewEntry>>,
 }
 
 impl RunStore {
-    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let root = state_dir.join("runs");
-        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        restrict_permissions(state_dir);
-        Ok(RunStore { root })
+    pub fn new(vault: Vault, actor: impl Into<String>) -> Self {
+        RunStore { vault, actor: actor.into(), pending: Mutex::new(Vec::new()) }
     }
 
-    pub fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.root.join(run_id)
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Queue a ledger entry; it is committed with the next [`RunStore::save`].
+    pub fn record(&self, entry: NewEntry) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(entry);
+        }
+    }
+
+    /// A new ledger entry with this store's actor.
+    pub fn entry(&self, kind: &str) -> NewEntry {
+        NewEntry::new(self.actor.clone(), kind)
+    }
+
+    /// Save the record and every queued ledger entry in one durable transaction.
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let dir = self.run_dir(&record.run_id);
-        let io = |source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join("run.json.tmp");
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt {
-            path: tmp.clone(),
-            source,
+        let entries = self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        self.vault.write(|tx| {
+            tx.put_json(RUNS_TABLE, &record.run_id, record)?;
+            if !entries.is_empty() {
+                tx.append_batch(entries)?;
+            }
+            Ok(())
         })?;
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, dir.join("run.json")).map_err(io)?;
         Ok(())
     }
 
     pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
         let id = self.resolve(run_id)?;
-        let path = self.run_dir(&id).join("run.json");
-        let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source })
+        self.vault.get_json(RUNS_TABLE, &id)?.ok_or(StoreError::NotFound(id))
     }
 
     /// Accept a unique prefix of a run id, or `last` for the newest run.
     pub fn resolve(&self, run_id: &str) -> Result<String, StoreError> {
         let ids = self.ids()?;
         if run_id == "last" {
-            return ids
-                .last()
-                .cloned()
-                .ok_or_else(|| StoreError::NotFound(run_id.into()));
+            return ids.last().cloned().ok_or_else(|| StoreError::NotFound(run_id.into()));
         }
         if ids.iter().any(|i| i == run_id) {
             return Ok(run_id.to_string());
@@ -220,15 +218,7 @@ impl RunStore {
 
     /// Run ids, oldest first (ids sort by start time).
     pub fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let rd = std::fs::read_dir(&self.root).map_err(|source| StoreError::Io {
-            path: self.root.clone(),
-            source,
-        })?;
-        let mut ids: Vec<String> = rd
-            .filter_map(Result::ok)
-            .filter(|e| e.path().join("run.json").exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let mut ids = self.vault.keys(RUNS_TABLE)?;
         ids.sort();
         Ok(ids)
     }
@@ -250,6 +240,11 @@ impl RunStore {
                         s.reason = Some("interrupted: the engine stopped during this step".into());
                     }
                 }
+                self.record(
+                    self.entry(kind::RUN_FINISHED)
+                        .run(rec.run_id.clone())
+                        .result(serde_json::json!({"state": "interrupted", "found_by_pid": std::process::id()})),
+                );
                 self.save(&rec)?;
                 marked.push(rec.run_id);
             }
@@ -260,12 +255,6 @@ impl RunStore {
 
 fn process_alive(pid: u32) -> bool {
     pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn restrict_permissions(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // The state dir holds run history: readable by its owner only.
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
 }
 
 pub fn now_rfc3339() -> String {

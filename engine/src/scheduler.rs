@@ -13,7 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use minijinja::value::{Object, Value as JinjaValue};
-use secureclaw_sandbox::{ExecSpec, Limits, NetworkPolicy, Sandbox};
+use secureclaw_sandbox::{ExecSpec, Limits, NetworkPolicy, Sandbox, SandboxError};
+use secureclaw_vault::kind;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
@@ -87,6 +88,8 @@ struct Finished {
     enforcement: Option<secureclaw_sandbox::EnforcementReport>,
     attempts: u32,
     duration: Duration,
+    /// The backend refused to run the step (missing isolation layer, unavailable, unsupported).
+    refused: bool,
 }
 
 /// Everything a step task needs, owned.
@@ -291,6 +294,28 @@ impl Engine {
                 })
                 .collect(),
         };
+        self.store.record(
+            self.store
+                .entry(kind::RUN_STARTED)
+                .run(record.run_id.clone())
+                .result(json!({
+                    "workflow": record.workflow,
+                    "workflow_file": record.workflow_file,
+                    "workflow_sha256": record.workflow_sha256,
+                    "workspace": record.workspace,
+                    "backend": record.backend,
+                    "isolated": record.isolated,
+                    "inputs_sha256": sha256_hex(&serde_json::to_vec(&record.inputs).unwrap_or_default()),
+                })),
+        );
+        if !record.approval.nodes.is_empty() {
+            self.store.record(
+                self.store
+                    .entry(kind::APPROVAL_GIVEN)
+                    .run(record.run_id.clone())
+                    .result(json!({"scope": "plan", "by": record.approval.by, "tiers": record.approval.tiers, "nodes": record.approval.nodes})),
+            );
+        }
         self.store.save(&record)?;
         (self.events)(&RunEvent::RunStarted {
             run_id: record.run_id.clone(),
@@ -436,19 +461,36 @@ impl Engine {
                 record.steps[i].tier = risk.tier;
                 record.steps[i].rule = risk.rule.clone();
                 if risk.needs_approval() {
-                    match self.approve(&record, i, &risk, step, &rendered).await {
-                        Ok(by) => record.steps[i].approval = Some(by),
+                    let decision = self.approve(&record, &risk, step, &rendered).await;
+                    let entry = self.store.entry(kind::APPROVAL_GIVEN).run(record.run_id.clone()).step(step.id.clone()).tier(json!(risk.tier));
+                    match decision {
+                        Ok(by) => {
+                            self.store.record(entry.result(json!({"approved": true, "by": by, "rule": risk.rule})));
+                            record.steps[i].approval = Some(by);
+                        }
                         Err((state, why)) => {
+                            self.store.record(entry.result(json!({"approved": false, "reason": why})));
                             record.steps[i].state = state;
                             record.steps[i].reason = Some(why.clone());
                             stop = Some((RunState::AwaitingApproval, why));
                             break;
                         }
                     }
+                    // An approval is worth persisting at once.
+                    self.store.save(&record)?;
+                    last_save = Instant::now();
                 }
                 let (limits, allow_degraded, image) = merged_limits(&wf.workflow.sandbox, step);
                 record.steps[i].state = StepState::Running;
                 record.steps[i].started_at = Some(now_rfc3339());
+                self.store.record(
+                    self.store
+                        .entry(kind::STEP_STARTED)
+                        .run(record.run_id.clone())
+                        .step(step.id.clone())
+                        .tier(json!(risk.tier))
+                        .result(json!({"rule": risk.rule, "action": record.steps[i].rendered})),
+                );
                 (self.events)(&RunEvent::StepStarted {
                     step: step.id.clone(),
                     attempt: 1,
@@ -507,6 +549,23 @@ impl Engine {
             rec.reason = f.reason.clone();
             rec.enforcement = f.enforcement;
             rec.attempts = f.attempts;
+            let ledger_kind = if f.refused {
+                kind::SANDBOX_REFUSED
+            } else if f.state == StepState::Failed {
+                kind::STEP_FAILED
+            } else {
+                kind::STEP_FINISHED
+            };
+            self.store.record(
+                self.store
+                    .entry(ledger_kind)
+                    .run(record.run_id.clone())
+                    .step(rec.id.clone())
+                    .tier(json!(rec.tier))
+                    .enforcement(rec.enforcement.as_ref().map(|e| json!(e)).unwrap_or(Value::Null))
+                    .inverse(json!({"class": rec.inverse}))
+                    .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts})),
+            );
             (self.events)(&RunEvent::StepFinished {
                 step: rec.id.clone(),
                 state: f.state,
@@ -559,6 +618,12 @@ impl Engine {
 
     fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
         record.finished_at = Some(now_rfc3339());
+        self.store.record(
+            self.store
+                .entry(kind::RUN_FINISHED)
+                .run(record.run_id.clone())
+                .result(json!({"state": record.state, "message": record.message})),
+        );
         self.store.save(&record)?;
         (self.events)(&RunEvent::RunFinished {
             run_id: record.run_id.clone(),
@@ -620,7 +685,6 @@ impl Engine {
     async fn approve(
         &self,
         record: &RunRecord,
-        i: usize,
         risk: &NodeRisk,
         step: &Step,
         rendered: &Rendered,
@@ -652,7 +716,6 @@ impl Engine {
             reason: request.reason.clone(),
             summary: request.summary.clone(),
         });
-        let _ = i;
         match self.approver.decide(&request).await {
             Decision::Approved { by } => Ok(by),
             Decision::Denied { by } => Err((
@@ -734,6 +797,13 @@ impl Engine {
         let rec = &mut record.steps[i];
         rec.state = state;
         rec.reason = Some(why.clone());
+        self.store.record(
+            self.store
+                .entry(if state == StepState::Failed { kind::STEP_FAILED } else { kind::STEP_FINISHED })
+                .run(record.run_id.clone())
+                .step(rec.id.clone())
+                .result(json!({"state": state, "reason": why})),
+        );
         (self.events)(&RunEvent::StepFinished {
             step: rec.id.clone(),
             state,
@@ -913,6 +983,7 @@ fn finished(
         enforcement: None,
         attempts: 0,
         duration: Duration::ZERO,
+        refused: false,
     }
 }
 
@@ -1089,15 +1160,16 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 enforcement: Some(out.enforcement),
                 attempts: 0,
                 duration: out.duration,
+                refused: false,
             }
         }
-        Err(e) => finished(
-            job,
-            StepState::Failed,
-            StepView::default(),
-            None,
-            Some(e.to_string()),
-        ),
+        Err(e) => {
+            let refused = matches!(
+                e,
+                SandboxError::Degraded { .. } | SandboxError::Unavailable { .. } | SandboxError::Unsupported { .. }
+            );
+            Finished { refused, ..finished(job, StepState::Failed, StepView::default(), None, Some(e.to_string())) }
+        }
     }
 }
 

@@ -204,7 +204,7 @@ pub struct CheckScope<'a> {
     pub env_names: BTreeSet<String>,
     pub all_steps: &'a BTreeSet<String>,
     /// Steps that are (transitively) upstream of the step being checked.
-    pub upstream: BTreeSet<String>,
+    pub upstream: Upstream,
     pub this_step: &'a str,
 }
 
@@ -290,7 +290,24 @@ impl CheckScope<'_> {
 #[derive(Debug)]
 struct StepsProbe {
     seen: Mutex<BTreeSet<String>>,
-    known: BTreeSet<String>,
+    known: Upstream,
+}
+
+/// The ancestors of one step, as a bitset over step indices plus the shared id index: checking
+/// membership is O(1) and building one costs nothing per ancestor (a 1,000-step chain would
+/// otherwise copy ~500,000 id strings).
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    pub index: std::sync::Arc<std::collections::HashMap<String, usize>>,
+    pub ancestors: fixedbitset::FixedBitSet,
+}
+
+impl Upstream {
+    pub fn contains(&self, id: &str) -> bool {
+        self.index
+            .get(id)
+            .is_some_and(|&i| self.ancestors.contains(i))
+    }
 }
 
 impl Object for StepsProbe {
@@ -317,7 +334,20 @@ mod tests {
             inputs,
             env_names: ["TOKEN".to_string()].into(),
             all_steps: all,
-            upstream: ["build".to_string(), "find-old".to_string()].into(),
+            upstream: {
+                let index: std::collections::HashMap<String, usize> =
+                    [("build", 0), ("find-old", 1), ("later", 2), ("me", 3)]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                let mut ancestors = fixedbitset::FixedBitSet::with_capacity(4);
+                ancestors.insert(0);
+                ancestors.insert(1);
+                Upstream {
+                    index: index.into(),
+                    ancestors,
+                }
+            },
             this_step: "me",
         }
     }

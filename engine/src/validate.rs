@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::diag::{Diagnostic, Diagnostics, Layer, Location, did_you_mean, pointer_segment};
 use crate::model::{ActionKind, Step, Tier, Workflow};
-use crate::template::{CheckScope, Templates};
+use crate::template::{CheckScope, Templates, Upstream};
 use crate::units::{DurationText, SizeText};
 use crate::workspace;
 use crate::yaml::{self, SourceMap, YamlLimits};
@@ -622,6 +622,7 @@ impl<'a> Semantics<'a> {
             })
             .collect();
         let all_steps: BTreeSet<String> = index.keys().cloned().collect();
+        let shared_index = std::sync::Arc::new(index.clone());
         let workflow_env: BTreeSet<String> = self.wf.env.keys().cloned().collect();
         for &v in order {
             let mut set = FixedBitSet::with_capacity(n);
@@ -638,7 +639,7 @@ impl<'a> Semantics<'a> {
             inputs: &self.wf.inputs,
             env_names: BTreeSet::new(),
             all_steps: &all_steps,
-            upstream: BTreeSet::new(),
+            upstream: Upstream::default(),
             this_step: "(workflow env)",
         };
         for (name, value) in &self.wf.env {
@@ -653,10 +654,10 @@ impl<'a> Semantics<'a> {
             if !needs_templates[i] {
                 continue;
             }
-            let upstream: BTreeSet<String> = anc[i]
-                .as_ref()
-                .map(|s| s.ones().map(|k| self.wf.steps[k].id.clone()).collect())
-                .unwrap_or_default();
+            let upstream = Upstream {
+                index: shared_index.clone(),
+                ancestors: anc[i].clone().unwrap_or_default(),
+            };
             let mut env_names = workflow_env.clone();
             env_names.extend(step.env.keys().cloned());
             let scope = CheckScope {

@@ -32,7 +32,10 @@ impl HostSandbox {
 }
 
 fn kill_group(pid: Option<u32>) {
-    if let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) {
+    if let Some(pgid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw)
+    {
         // The child leads its own process group, so this reaches every descendant that did not
         // deliberately leave it (on `host` nothing can stop one that does: that is the point).
         let _ = kill_process_group(pgid, Signal::KILL);
@@ -79,8 +82,14 @@ impl Sandbox for HostSandbox {
             })?;
         let pid = child.id();
         let cap = spec.limits.output_cap;
-        let stdout = child.stdout.take().map(|s| tokio::spawn(read_capped(s, cap)));
-        let stderr = child.stderr.take().map(|s| tokio::spawn(read_capped(s, cap)));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
 
         let exit = tokio::select! {
             status = child.wait() => {
@@ -126,6 +135,7 @@ async fn collect(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -135,7 +145,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = ExecSpec::shell("echo out; echo err >&2; exit 3", dir.path().into());
         spec.env.insert("PATH".into(), "/usr/bin:/bin".into());
-        let out = HostSandbox.run(&spec, CancellationToken::new()).await.unwrap();
+        let out = HostSandbox
+            .run(&spec, CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(out.exit, ExitReason::Exited { code: 3 });
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
@@ -148,7 +161,10 @@ mod tests {
         let mut spec = ExecSpec::shell("head -c 100000 /dev/zero", dir.path().into());
         spec.env.insert("PATH".into(), "/usr/bin:/bin".into());
         spec.limits.output_cap = 1000;
-        let out = HostSandbox.run(&spec, CancellationToken::new()).await.unwrap();
+        let out = HostSandbox
+            .run(&spec, CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(out.stdout.len(), 1000);
         assert_eq!(out.stdout_total, 100_000);
     }
@@ -163,7 +179,10 @@ mod tests {
         );
         spec.env.insert("PATH".into(), "/usr/bin:/bin".into());
         spec.limits.timeout = Duration::from_millis(200);
-        let out = HostSandbox.run(&spec, CancellationToken::new()).await.unwrap();
+        let out = HostSandbox
+            .run(&spec, CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(out.exit, ExitReason::TimedOut);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "a background child outlived the timeout");

@@ -6,10 +6,14 @@
 
 mod capture;
 mod host;
+#[cfg(target_os = "linux")]
+pub mod native;
 mod spec;
 
 pub use capture::{CappedOutput, read_capped};
 pub use host::HostSandbox;
+#[cfg(target_os = "linux")]
+pub use native::NativeSandbox;
 pub use spec::{
     EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, Limits, NetworkPolicy,
 };
@@ -61,12 +65,22 @@ pub trait Sandbox: Send + Sync {
 }
 
 /// Backend names accepted by [`by_name`], in the order `sandbox check` lists them.
-pub const BACKENDS: &[&str] = &["host"];
+pub const BACKENDS: &[&str] = &["native", "host"];
+
+/// The backend a workflow gets when it names none.
+pub const DEFAULT_BACKEND: &str = "native";
 
 /// Construct a backend from its workflow/CLI name.
 pub fn by_name(name: &str) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
     match name {
         "host" => Ok(std::sync::Arc::new(HostSandbox)),
+        #[cfg(target_os = "linux")]
+        "native" => Ok(std::sync::Arc::new(NativeSandbox::new()?)),
+        #[cfg(not(target_os = "linux"))]
+        "native" => Err(SandboxError::Unavailable {
+            backend: "native".into(),
+            reason: "the native backend needs Linux".into(),
+        }),
         other => Err(SandboxError::Unavailable {
             backend: other.to_string(),
             reason: format!("unknown backend (known: {})", BACKENDS.join(", ")),
@@ -76,10 +90,16 @@ pub fn by_name(name: &str) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> 
 
 /// Entry point for the re-executed sandbox helper. The binary calls this first thing in `main`:
 /// it returns at once when this process is not a helper, and never returns when it is.
-pub fn run_helper_if_requested() {}
+pub fn run_helper_if_requested() {
+    #[cfg(target_os = "linux")]
+    native::run_helper_if_requested();
+}
 
 /// Remove what a killed engine may have left behind (mounts, cgroups, processes, containers).
 /// Called once at engine start; best effort, reports what it removed.
 pub fn sweep_leftovers() -> Vec<String> {
+    #[cfg(target_os = "linux")]
+    return native::sweep_leftovers();
+    #[cfg(not(target_os = "linux"))]
     Vec::new()
 }

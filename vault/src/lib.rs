@@ -1,1 +1,301 @@
-//! Vault: keys, sealed store, blobs, ledger. (Under construction in issue 6.)
+//! secureclaw-vault: everything the engine persists, encrypted at rest.
+//!
+//! * Keys: master key = Argon2id(passphrase, random salt), used only to check the passphrase and
+//!   unwrap a random root key; sub-keys come from HKDF-SHA256 with distinct labels
+//!   (see [`keys`](crate::keys)). Nothing secret is ever written in the clear.
+//! * Store: a redb database whose every value is AES-256-GCM sealed with a fresh random nonce and
+//!   AAD binding it to its table and key. Table and row names are keyed hashes.
+//! * Blobs: encrypted, content-addressed (keyed hash names), deduplicated, streamed in chunks.
+//! * Ledger: append-only, each entry's `mac = HMAC-SHA256(mac_key, prev_mac || canonical_entry)`,
+//!   verifiable in place or from an exported JSONL file plus a signed head.
+//!
+//! The on-disk layout of a state directory:
+//!
+//! ```text
+//! vault.header.json   KDF params, salt, key-check value, wrapped root key (no secrets)
+//! vault.redb          sealed tables, the ledger, counters
+//! blobs/xx/yyyy...    encrypted blob files named by keyed hash
+//! ```
+
+mod blobs;
+pub mod crypto;
+mod error;
+mod header;
+mod keys;
+mod ledger;
+mod params;
+mod passphrase;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use blobs::{BlobId, Blobs, GcReport};
+pub use error::{BreakReason, LedgerError, PassphraseError, VaultError};
+pub use keys::DEFAULT_ROTATE_AFTER;
+pub use ledger::{
+    ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead, LedgerKey, LedgerRecord,
+    NewEntry, VerifyReport, canonical_json, kind, verify_export,
+};
+pub use params::{ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams};
+pub use passphrase::{ENV_PASSPHRASE, PassphraseSource};
+pub use store::WriteTx;
+
+use error::storage;
+use keys::KeyRing;
+
+pub(crate) const DB_FILE: &str = "vault.redb";
+pub(crate) const BLOB_DIR: &str = "blobs";
+
+/// Tunables that are not part of the on-disk format.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// Encryptions per data key before rotating to the next epoch (default 2^30).
+    pub rotate_after: u64,
+    /// Verify the checksum of every database page when opening (default true). redb trusts a
+    /// cleanly closed file and may panic on one altered outside it; with the check, an altered
+    /// file is refused with [`VaultError::DatabaseCorrupt`]. Costs one read of the whole file.
+    pub check_integrity_on_open: bool,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        Self {
+            rotate_after: DEFAULT_ROTATE_AFTER,
+            check_integrity_on_open: true,
+        }
+    }
+}
+
+/// What `secureclaw vault status` shows. Contains nothing secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VaultStatus {
+    pub state_dir: PathBuf,
+    pub vault_id: String,
+    pub created: String,
+    pub kdf: KdfParams,
+    pub key_epoch: u32,
+    pub encryptions_in_epoch: u64,
+    pub rotate_after: u64,
+    pub ledger_entries: u64,
+    pub blob_count: u64,
+    pub blob_bytes: u64,
+}
+
+/// An open, unlocked vault. Cheap to clone (shared handle); `Send + Sync`.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: redb::Database,
+    keys: KeyRing,
+    /// Serialises blob renames against garbage collection.
+    blob_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// True when `state_dir` holds a vault header.
+    pub fn exists(state_dir: &Path) -> bool {
+        header::path(state_dir).is_file()
+    }
+
+    /// Creates a new vault in `state_dir` (created if missing) protected by `passphrase`.
+    pub fn create(
+        state_dir: &Path,
+        passphrase: &str,
+        params: &KdfParams,
+    ) -> Result<Self, VaultError> {
+        Self::create_with(state_dir, passphrase, params, VaultOptions::default())
+    }
+
+    pub fn create_with(
+        state_dir: &Path,
+        passphrase: &str,
+        params: &KdfParams,
+        opts: VaultOptions,
+    ) -> Result<Self, VaultError> {
+        params.validate()?;
+        if passphrase.is_empty() {
+            return Err(PassphraseError::Empty("the new passphrase".into()).into());
+        }
+        let fresh_dir = !state_dir.exists();
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| VaultError::io(format!("creating {}", state_dir.display()), e))?;
+        // Everything inside is ciphertext, but sizes and counts are not: keep a directory we
+        // created private to its owner (an existing one is left as the user set it).
+        #[cfg(unix)]
+        if fresh_dir {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| VaultError::io(format!("restricting {}", state_dir.display()), e))?;
+        }
+        let db_path = state_dir.join(DB_FILE);
+        if Self::exists(state_dir) || db_path.exists() {
+            return Err(VaultError::AlreadyExists {
+                dir: state_dir.to_path_buf(),
+            });
+        }
+        let mut vault_id = [0u8; 16];
+        crypto::random_bytes(&mut vault_id)?;
+        let mut root = zeroize::Zeroizing::new([0u8; crypto::KEY_LEN]);
+        crypto::random_bytes(root.as_mut())?;
+        let created = ledger::now_rfc3339()?;
+        let hdr = header::build(vault_id, created, &root, passphrase, params)?;
+
+        let keys = KeyRing::new(vault_id, root, opts.rotate_after)?;
+        let db = redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?;
+        let inner = Inner {
+            dir: state_dir.to_path_buf(),
+            db_path,
+            db,
+            keys,
+            blob_lock: Mutex::new(()),
+        };
+        inner.init_db()?;
+        // The header goes last: until it exists the directory is not a vault, so a crash here
+        // leaves an unusable database that `create` refuses to overwrite rather than a vault
+        // with a missing key.
+        header::write(state_dir, &hdr)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens the vault in `state_dir`. A wrong passphrase fails with
+    /// [`VaultError::WrongPassphrase`] after reading only the header: the database is not opened.
+    pub fn open(state_dir: &Path, passphrase: &str) -> Result<Self, VaultError> {
+        Self::open_with(state_dir, passphrase, VaultOptions::default())
+    }
+
+    pub fn open_with(
+        state_dir: &Path,
+        passphrase: &str,
+        opts: VaultOptions,
+    ) -> Result<Self, VaultError> {
+        let hdr = header::read(state_dir)?;
+        let root = header::unlock(state_dir, &hdr, passphrase)?;
+        let keys = KeyRing::new(hdr.vault_id, root, opts.rotate_after)?;
+        let db_path = state_dir.join(DB_FILE);
+        if !db_path.is_file() {
+            return Err(VaultError::DatabaseCorrupt {
+                path: db_path,
+                reason: "the database file is missing".into(),
+            });
+        }
+        let db = open_db(&db_path, opts.check_integrity_on_open)?;
+        let inner = Inner {
+            dir: state_dir.to_path_buf(),
+            db_path,
+            db,
+            keys,
+            blob_lock: Mutex::new(()),
+        };
+        inner.check_db()?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Changes the passphrase (and optionally the KDF parameters). Only the header is rewritten:
+    /// the root key is re-wrapped under the new master key, no data is re-encrypted.
+    pub fn rekey(
+        &self,
+        new_passphrase: &str,
+        params: Option<&KdfParams>,
+    ) -> Result<(), VaultError> {
+        if new_passphrase.is_empty() {
+            return Err(PassphraseError::Empty("the new passphrase".into()).into());
+        }
+        let old = header::read(&self.inner.dir)?;
+        let params = params.copied().unwrap_or(old.params);
+        let hdr = header::build(
+            self.inner.keys.vault_id,
+            old.created,
+            self.inner.keys.root(),
+            new_passphrase,
+            &params,
+        )?;
+        header::write(&self.inner.dir, &hdr)
+    }
+
+    /// The state directory this vault lives in.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The vault's random id (hex); exported heads carry it.
+    pub fn vault_id(&self) -> String {
+        hex::encode(self.inner.keys.vault_id)
+    }
+
+    /// The append-only ledger.
+    pub fn ledger(&self) -> Ledger<'_> {
+        Ledger::new(&self.inner)
+    }
+
+    /// The encrypted content-addressed blob store.
+    pub fn blobs(&self) -> Blobs<'_> {
+        Blobs::new(&self.inner)
+    }
+
+    /// A per-user 256-bit key, independent of every other key in the vault.
+    pub fn user_key(&self, user_id: &str) -> Result<crypto::SecretKey, VaultError> {
+        self.inner
+            .keys
+            .subkey(&format!("secureclaw/v1/user/{user_id}"))
+    }
+
+    /// Non-secret facts about the vault.
+    pub fn status(&self) -> Result<VaultStatus, VaultError> {
+        let hdr = header::read(&self.inner.dir)?;
+        let (key_epoch, encryptions_in_epoch) = self.inner.keys.counter();
+        let (blob_count, blob_bytes) = self.blobs().stats()?;
+        Ok(VaultStatus {
+            state_dir: self.inner.dir.clone(),
+            vault_id: self.vault_id(),
+            created: hdr.created,
+            kdf: hdr.params,
+            key_epoch,
+            encryptions_in_epoch,
+            rotate_after: self.inner.keys.rotate_after(),
+            ledger_entries: self.ledger().head()?.count,
+            blob_count,
+            blob_bytes,
+        })
+    }
+}
+
+fn open_db(db_path: &Path, check: bool) -> Result<redb::Database, VaultError> {
+    // The integrity check turns altered files into errors; the catch_unwind is a second net for
+    // when it is switched off (redb documents that a plain open may panic on such a file).
+    let path = db_path.to_path_buf();
+    match std::panic::catch_unwind(move || {
+        redb::Builder::new()
+            .set_check_integrity_on_open(check)
+            .open(&path)
+    }) {
+        Ok(r) => r.map_err(|e| storage(db_path, e)),
+        Err(_) => Err(VaultError::DatabaseCorrupt {
+            path: db_path.to_path_buf(),
+            reason: "the database file could not be parsed".into(),
+        }),
+    }
+}
+
+impl Inner {
+    pub(crate) fn storage(&self, e: impl Into<redb::Error>) -> VaultError {
+        storage(&self.db_path, e)
+    }
+}

@@ -1,0 +1,569 @@
+//! PII and secret scrubber: replaces secrets with stable placeholders before text leaves the
+//! machine, and restores them locally in what comes back.
+//!
+//! Patterns are data (`patterns/pii.toml`), embedded at build time and self-tested at load: every
+//! pattern's `examples` must be scrubbed and its `not` list left alone, so a broken edit fails at
+//! startup rather than leaking silently.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+use crate::error::PatternError;
+
+const FILE: &str = "llm/patterns/pii.toml";
+/// The embedded pattern file.
+pub const PII_PATTERNS_TOML: &str = include_str!("../patterns/pii.toml");
+
+/// Placeholder family; its upper-case name starts the placeholder (`<SECRET_1>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiKind {
+    Secret,
+    Email,
+    Phone,
+    Card,
+}
+
+impl PiiKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Secret => "SECRET",
+            Self::Email => "EMAIL",
+            Self::Phone => "PHONE",
+            Self::Card => "CARD",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Check {
+    Luhn,
+    Entropy,
+    Mixed,
+    Password,
+    Email,
+    Phone,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternFile {
+    version: u32,
+    pattern: Vec<RawPattern>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPattern {
+    id: String,
+    kind: PiiKind,
+    regex: String,
+    check: Option<Check>,
+    min_entropy: Option<f64>,
+    #[serde(default)]
+    examples: Vec<String>,
+    #[serde(default)]
+    not: Vec<String>,
+}
+
+struct PiiPattern {
+    id: String,
+    kind: PiiKind,
+    regex: Regex,
+    check: Option<Check>,
+    min_entropy: f64,
+}
+
+/// One secret found in a text: where, which pattern, which family. Never holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PiiMatch {
+    pub pattern_id: String,
+    pub kind: PiiKind,
+    /// Byte range of the value in the scanned text.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The compiled pattern set. Cheap to share (`Scrubber::builtin()` is a process-wide static).
+pub struct Scrubber {
+    patterns: Vec<PiiPattern>,
+}
+
+impl fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scrubber")
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl Scrubber {
+    /// Compile and self-test a pattern file in the `pii.toml` schema.
+    pub fn from_toml(src: &str) -> Result<Self, PatternError> {
+        let file: PatternFile = toml::from_str(src).map_err(|e| PatternError::Parse {
+            file: FILE,
+            message: e.to_string(),
+        })?;
+        if file.version != 1 {
+            return Err(PatternError::Version {
+                file: FILE,
+                found: file.version,
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut patterns = Vec::with_capacity(file.pattern.len());
+        let mut tests = Vec::new();
+        for raw in file.pattern {
+            if !seen.insert(raw.id.clone()) {
+                return Err(PatternError::DuplicateId {
+                    file: FILE,
+                    id: raw.id,
+                });
+            }
+            let regex = Regex::new(&raw.regex).map_err(|e| PatternError::Regex {
+                file: FILE,
+                id: raw.id.clone(),
+                message: e.to_string(),
+            })?;
+            if raw.check == Some(Check::Entropy) && raw.min_entropy.is_none() {
+                return Err(PatternError::Invalid {
+                    file: FILE,
+                    id: raw.id,
+                    message: "check = \"entropy\" needs min_entropy".into(),
+                });
+            }
+            if raw.examples.is_empty() {
+                return Err(PatternError::Invalid {
+                    file: FILE,
+                    id: raw.id,
+                    message: "every pattern needs at least one example".into(),
+                });
+            }
+            tests.push((patterns.len(), raw.examples, raw.not));
+            patterns.push(PiiPattern {
+                id: raw.id,
+                kind: raw.kind,
+                regex,
+                check: raw.check,
+                min_entropy: raw.min_entropy.unwrap_or(0.0),
+            });
+        }
+        let scrubber = Self { patterns };
+        let mut failures = Vec::new();
+        for (i, examples, not) in tests {
+            let p = &scrubber.patterns[i];
+            for ex in examples {
+                if scrubber.matches_of(p, &ex).next().is_none() {
+                    failures.push(format!("`{}` misses its example {ex:?}", p.id));
+                }
+            }
+            for ex in not {
+                if scrubber.matches_of(p, &ex).next().is_some() {
+                    failures.push(format!("`{}` matches its counter-example {ex:?}", p.id));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(scrubber)
+        } else {
+            Err(PatternError::SelfTest {
+                file: FILE,
+                failures,
+            })
+        }
+    }
+
+    /// The built-in patterns (`patterns/pii.toml`), compiled once per process.
+    pub fn builtin() -> Result<&'static Scrubber, PatternError> {
+        static CELL: OnceLock<Result<Scrubber, String>> = OnceLock::new();
+        match CELL.get_or_init(|| Scrubber::from_toml(PII_PATTERNS_TOML).map_err(|e| e.to_string()))
+        {
+            Ok(s) => Ok(s),
+            Err(message) => Err(PatternError::Invalid {
+                file: FILE,
+                id: "*".into(),
+                message: message.clone(),
+            }),
+        }
+    }
+
+    /// Pattern ids, in file order.
+    pub fn pattern_ids(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|p| p.id.as_str())
+    }
+
+    fn matches_of<'a>(
+        &'a self,
+        p: &'a PiiPattern,
+        text: &'a str,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        p.regex.captures_iter(text).filter_map(move |caps| {
+            // The first participating group is the value; the rest of the match is context.
+            let m = (1..caps.len())
+                .find_map(|i| caps.get(i))
+                .or_else(|| caps.get(0))?;
+            let value = m.as_str();
+            if value.starts_with('<') && value.ends_with('>') && is_placeholder(value) {
+                return None;
+            }
+            passes(p.check, p.min_entropy, value).then_some((m.start(), m.end()))
+        })
+    }
+
+    /// All secrets in `text`, non-overlapping, in text order.
+    pub fn find(&self, text: &str) -> Vec<PiiMatch> {
+        let mut all: Vec<(usize, usize, usize)> = Vec::new();
+        for (pi, p) in self.patterns.iter().enumerate() {
+            all.extend(self.matches_of(p, text).map(|(s, e)| (s, e, pi)));
+        }
+        // Secrets first (a token inside `https://x:ghp_...@github.com` is a secret, not an
+        // email), then earliest start, longer match, pattern listed first.
+        all.sort_by(|a, b| {
+            let sa = self.patterns[a.2].kind != PiiKind::Secret;
+            let sb = self.patterns[b.2].kind != PiiKind::Secret;
+            sa.cmp(&sb)
+                .then(a.0.cmp(&b.0))
+                .then(b.1.cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut chosen: std::collections::BTreeMap<usize, (usize, usize)> =
+            std::collections::BTreeMap::new();
+        for (s, e, pi) in all {
+            let before = chosen
+                .range(..=s)
+                .next_back()
+                .is_some_and(|(_, &(end, _))| end > s);
+            let after = chosen.range(s..e).next().is_some();
+            if before || after {
+                continue;
+            }
+            chosen.insert(s, (e, pi));
+        }
+        let out: Vec<PiiMatch> = chosen
+            .into_iter()
+            .map(|(s, (e, pi))| PiiMatch {
+                pattern_id: self.patterns[pi].id.clone(),
+                kind: self.patterns[pi].kind,
+                start: s,
+                end: e,
+            })
+            .collect();
+        out
+    }
+
+    /// Start a scrub session: placeholders are numbered per session and stay stable within it.
+    pub fn session(&self) -> ScrubSession<'_> {
+        ScrubSession {
+            scrubber: self,
+            restorer: Restorer::default(),
+        }
+    }
+
+    /// Scrub one text in a fresh session.
+    pub fn scrub(&self, text: &str) -> (String, Restorer) {
+        let mut s = self.session();
+        let out = s.scrub(text);
+        (out, s.into_restorer())
+    }
+}
+
+/// A scrubbing session: the same value always gets the same placeholder within it, across every
+/// text scrubbed (system prompt, messages, repair rounds).
+pub struct ScrubSession<'a> {
+    scrubber: &'a Scrubber,
+    restorer: Restorer,
+}
+
+impl fmt::Debug for ScrubSession<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrubSession")
+            .field("restorer", &self.restorer)
+            .finish()
+    }
+}
+
+impl ScrubSession<'_> {
+    pub fn scrub(&mut self, text: &str) -> String {
+        let matches = self.scrubber.find(text);
+        if matches.is_empty() {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in &matches {
+            out.push_str(&text[last..m.start]);
+            out.push_str(&self.restorer.placeholder_for(m.kind, &text[m.start..m.end]));
+            last = m.end;
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+
+    /// What was replaced so far (kind and pattern per placeholder, never the values).
+    pub fn restorer(&self) -> &Restorer {
+        &self.restorer
+    }
+
+    pub fn into_restorer(self) -> Restorer {
+        self.restorer
+    }
+}
+
+/// Maps placeholders back to the values they replaced. Holds secrets: its `Debug` shows only the
+/// placeholders, and the values are zeroed on drop.
+#[derive(Default, Clone)]
+pub struct Restorer {
+    by_value: HashMap<SecretValue, String>,
+    by_placeholder: HashMap<String, SecretValue>,
+    counters: HashMap<PiiKind, usize>,
+}
+
+impl fmt::Debug for Restorer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.by_placeholder.keys().collect();
+        names.sort();
+        f.debug_struct("Restorer")
+            .field("placeholders", &names)
+            .finish()
+    }
+}
+
+impl Restorer {
+    fn placeholder_for(&mut self, kind: PiiKind, value: &str) -> String {
+        if let Some(p) = self.by_value.get(value) {
+            return p.clone();
+        }
+        let n = self.counters.entry(kind).or_insert(0);
+        *n += 1;
+        let placeholder = format!("<{}_{}>", kind.label(), n);
+        self.by_placeholder
+            .insert(placeholder.clone(), SecretValue(value.to_owned()));
+        self.by_value
+            .insert(SecretValue(value.to_owned()), placeholder.clone());
+        placeholder
+    }
+
+    /// How many distinct values were replaced.
+    pub fn len(&self) -> usize {
+        self.by_placeholder.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_placeholder.is_empty()
+    }
+
+    /// Placeholder names handed out, sorted.
+    pub fn placeholders(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.by_placeholder.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Put the real values back wherever a placeholder of this session appears. Unknown
+    /// placeholders (the model invented `<SECRET_9>`) are left as they are.
+    pub fn restore(&self, text: &str) -> String {
+        if self.by_placeholder.is_empty() {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find('<') {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i..];
+            let hit = tail.find('>').and_then(|j| {
+                let cand = &tail[..=j];
+                self.by_placeholder.get(cand).map(|v| (j, v))
+            });
+            match hit {
+                Some((j, value)) => {
+                    out.push_str(&value.0);
+                    rest = &tail[j + 1..];
+                }
+                None => {
+                    out.push('<');
+                    rest = &tail[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// A replaced value: hashable (unlike `Zeroizing<String>`) and zeroed on drop.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SecretValue(String);
+
+impl std::borrow::Borrow<str> for SecretValue {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+fn is_placeholder(v: &str) -> bool {
+    let inner = &v[1..v.len() - 1];
+    match inner.rsplit_once('_') {
+        Some((label, n)) => {
+            ["SECRET", "EMAIL", "PHONE", "CARD"].contains(&label)
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+fn passes(check: Option<Check>, min_entropy: f64, value: &str) -> bool {
+    match check {
+        None => true,
+        Some(Check::Luhn) => luhn_valid(value),
+        Some(Check::Entropy) => {
+            value.bytes().any(|b| b.is_ascii_digit()) && shannon_entropy(value) >= min_entropy
+        }
+        Some(Check::Mixed) => {
+            value.bytes().any(|b| b.is_ascii_digit())
+                && value.bytes().any(|b| b.is_ascii_alphabetic())
+        }
+        Some(Check::Password) => plausible_password(value),
+        Some(Check::Email) => plausible_email(value),
+        Some(Check::Phone) => {
+            let digits = value.bytes().filter(u8::is_ascii_digit).count();
+            (8..=15).contains(&digits)
+        }
+    }
+}
+
+/// Luhn checksum over the digits of `s` (separators ignored), 13-19 digits.
+pub fn luhn_valid(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Shannon entropy in bits per character.
+pub fn shannon_entropy(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    let mut n = 0u32;
+    for b in s.bytes() {
+        counts[usize::from(b)] += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let n = f64::from(n);
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn plausible_password(v: &str) -> bool {
+    let v = v.trim();
+    if v.is_empty() {
+        return false;
+    }
+    // References and templates, not values: ${X}, $X, {{ x }}, <your password>, %(x)s, ****.
+    if v.starts_with('$') || v.starts_with('{') || v.starts_with('<') || v.starts_with('%') {
+        return false;
+    }
+    if v.chars()
+        .all(|c| c == '*' || c == 'x' || c == 'X' || c == '.')
+    {
+        return false;
+    }
+    !matches!(
+        v.to_ascii_lowercase().as_str(),
+        "null" | "none" | "true" | "false" | "required" | "optional" | "string" | "str"
+    )
+}
+
+fn plausible_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return false;
+    };
+    if local.eq_ignore_ascii_case("git") {
+        return false;
+    }
+    let lower = domain.to_ascii_lowercase();
+    ![".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_patterns_load_and_self_test() {
+        let s = Scrubber::builtin().unwrap();
+        assert!(s.pattern_ids().count() >= 18);
+    }
+
+    #[test]
+    fn placeholders_are_stable_and_restorable() {
+        let s = Scrubber::builtin().unwrap();
+        let mut sess = s.session();
+        let a = sess.scrub("mail a@example.com and b@example.org, again a@example.com");
+        assert_eq!(a, "mail <EMAIL_1> and <EMAIL_2>, again <EMAIL_1>");
+        let b = sess.scrub("reply to b@example.org");
+        assert_eq!(b, "reply to <EMAIL_2>");
+        let r = sess.into_restorer();
+        assert_eq!(
+            r.restore("to <EMAIL_2> cc <EMAIL_1> <EMAIL_7>"),
+            "to b@example.org cc a@example.com <EMAIL_7>"
+        );
+        assert!(!format!("{r:?}").contains("example"));
+    }
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid("4111 1111 1111 1111"));
+        assert!(!luhn_valid("4111 1111 1111 1112"));
+    }
+
+    #[test]
+    fn broken_pattern_file_is_rejected() {
+        let bad = "version = 1\n[[pattern]]\nid = \"x\"\nkind = \"secret\"\nregex = 'abc'\nexamples = [\"xyz\"]\n";
+        assert!(matches!(
+            Scrubber::from_toml(bad),
+            Err(PatternError::SelfTest { .. })
+        ));
+        let bad = "version = 1\n[[pattern]]\nid = \"x\"\nkind = \"secret\"\nregex = '('\nexamples = [\"xyz\"]\n";
+        assert!(matches!(
+            Scrubber::from_toml(bad),
+            Err(PatternError::Regex { .. })
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Precision/recall of the injection detector on the labelled set in data/injection.tsv
+//! (written for this project; see docs/llm.md). Figures are printed; thresholds are asserted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secureclaw_llm::{Detector, RegexLayer, UnicodeLayer};
+
+// Measured 0.52 recall, 0.93 precision when the holdout was first run (untuned): paraphrases are
+// what the semantic layer is for.
+const THRESH_HOLDOUT_RECALL: f64 = 0.45;
+const THRESH_HOLDOUT_PRECISION: f64 = 0.85;
+
+struct Row {
+    attack: bool,
+    category: String,
+    text: String,
+}
+
+/// `\n`, `\t`, `\\` and `\u{HEX}` escapes keep invisible characters reviewable in the file.
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some('u') => {
+                assert_eq!(chars.next(), Some('{'));
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+            }
+            other => panic!("bad escape \\{other:?} in {s:?}"),
+        }
+    }
+    out
+}
+
+fn load() -> Vec<Row> {
+    parse(include_str!("data/injection.tsv"))
+}
+
+fn parse(raw: &str) -> Vec<Row> {
+    let mut lines = raw.lines();
+    assert_eq!(lines.next(), Some("label\tsource\tcategory\ttext"));
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.splitn(4, '\t').collect();
+            assert_eq!(cols.len(), 4, "{l}");
+            assert!(cols[0] == "attack" || cols[0] == "benign", "{l}");
+            assert!(!cols[1].is_empty());
+            Row {
+                attack: cols[0] == "attack",
+                category: cols[2].to_owned(),
+                text: unescape(cols[3]),
+            }
+        })
+        .collect()
+}
+
+struct Score {
+    tp: usize,
+    fp: usize,
+    fn_: usize,
+    tn: usize,
+}
+
+impl Score {
+    fn precision(&self) -> f64 {
+        self.tp as f64 / (self.tp + self.fp).max(1) as f64
+    }
+    fn recall(&self) -> f64 {
+        self.tp as f64 / (self.tp + self.fn_).max(1) as f64
+    }
+}
+
+fn evaluate(name: &str, d: &Detector, rows: &[Row]) -> Score {
+    let mut s = Score {
+        tp: 0,
+        fp: 0,
+        fn_: 0,
+        tn: 0,
+    };
+    let mut per_cat: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut misses = Vec::new();
+    let mut false_pos = Vec::new();
+    for r in rows {
+        let v = d.scan(&r.text);
+        let e = per_cat
+            .entry(format!(
+                "{}/{}",
+                if r.attack { "attack" } else { "benign" },
+                r.category
+            ))
+            .or_default();
+        e.1 += 1;
+        match (r.attack, v.flagged) {
+            (true, true) => {
+                s.tp += 1;
+                e.0 += 1;
+            }
+            (true, false) => {
+                s.fn_ += 1;
+                misses.push(r.text.escape_debug().to_string());
+            }
+            (false, true) => {
+                s.fp += 1;
+                e.0 += 1;
+                false_pos.push(format!(
+                    "{} <- {:?}",
+                    r.text.escape_debug(),
+                    v.top().map(|f| &f.pattern_id)
+                ));
+            }
+            (false, false) => s.tn += 1,
+        }
+    }
+    println!(
+        "[{name}] n={} tp={} fp={} fn={} tn={} precision={:.3} recall={:.3}",
+        rows.len(),
+        s.tp,
+        s.fp,
+        s.fn_,
+        s.tn,
+        s.precision(),
+        s.recall()
+    );
+    for (cat, (flagged, n)) in &per_cat {
+        println!("[{name}]   {cat:<28} flagged {flagged}/{n}");
+    }
+    for m in misses.iter().filter(|_| name != "unicode layer") {
+        println!("[{name}]   MISS {m}");
+    }
+    for f in &false_pos {
+        println!("[{name}]   FALSE POSITIVE {f}");
+    }
+    s
+}
+
+#[test]
+fn labelled_set_is_big_and_balanced_enough() {
+    let rows = load();
+    let attacks = rows.iter().filter(|r| r.attack).count();
+    assert!(rows.len() >= 200, "{}", rows.len());
+    assert!(attacks >= 100 && rows.len() - attacks >= 100);
+    for cat in ["obfuscation", "multilingual"] {
+        assert!(
+            rows.iter()
+                .filter(|r| r.attack && r.category == cat)
+                .count()
+                >= 10,
+            "{cat}"
+        );
+    }
+}
+
+#[test]
+fn precision_and_recall_per_layer() {
+    let rows = load();
+    let regex_only = Detector::empty().with_layer(RegexLayer::builtin().unwrap());
+    let unicode_only = Detector::empty().with_layer(Arc::new(UnicodeLayer));
+    let both = Detector::builtin().unwrap();
+    let r = evaluate("regex layer", &regex_only, &rows);
+    let u = evaluate("unicode layer", &unicode_only, &rows);
+    let b = evaluate("unicode+regex", &both, &rows);
+    // Honest thresholds: the set was written alongside the patterns, so these are upper bounds of
+    // what to expect on unseen text (see docs/llm.md).
+    assert!(r.recall() >= 0.85, "regex recall {}", r.recall());
+    assert!(r.precision() >= 0.95, "regex precision {}", r.precision());
+    assert!(u.precision() >= 0.95, "unicode precision {}", u.precision());
+    assert!(b.recall() >= 0.90, "combined recall {}", b.recall());
+    assert!(
+        b.precision() >= 0.95,
+        "combined precision {}",
+        b.precision()
+    );
+}
+
+/// Written after the patterns were frozen and never tuned against: the honest estimate.
+#[test]
+fn holdout_precision_and_recall() {
+    let rows = parse(include_str!("data/injection-holdout.tsv"));
+    assert!(rows.len() >= 40);
+    let both = Detector::builtin().unwrap();
+    let b = evaluate("holdout unicode+regex", &both, &rows);
+    let regex_only = Detector::empty().with_layer(RegexLayer::builtin().unwrap());
+    let r = evaluate("holdout regex layer", &regex_only, &rows);
+    assert!(
+        b.recall() >= THRESH_HOLDOUT_RECALL,
+        "holdout recall {}",
+        b.recall()
+    );
+    assert!(
+        b.precision() >= THRESH_HOLDOUT_PRECISION,
+        "holdout precision {}",
+        b.precision()
+    );
+    assert!(r.recall() <= b.recall());
+}

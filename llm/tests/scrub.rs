@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Scrubber corpus: realistic-format (fake) secrets that must be replaced, and look-alikes that
+//! must not, with precision/recall printed and asserted; plus the end-to-end check that nothing
+//! in the corpus reaches a (fake) provider.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FakeServer, anthropic_ok, ollama_ok};
+use secureclaw_llm::{
+    ApiKey, ChatRequest, FallbackChain, HttpProvider, Message, PiiKind, ProviderConfig,
+    ProviderKind, Scrubber, TokenBudget,
+};
+
+/// (context with `{}` where the secret goes, secret, expected kind)
+const POSITIVES: &[(&str, &str, PiiKind)] = &[
+    (
+        "export ANTHROPIC_API_KEY={}",
+        "sk-ant-api03-Zr8vT2kLm9Pq1RwYb4Nc6Hd1Fj5Gs7Ue0AoIiQwErTyUiOpAsDfGhJkLzXcVbNm1234567890abcdefghAA",
+        PiiKind::Secret,
+    ),
+    (
+        "OPENAI_API_KEY=\"{}\"",
+        "sk-proj-9aB8cD7eF6gH5iJ4kL3mN2oP1qR0sT9uV8wX7yZ6aB5cD4eF3gH2",
+        PiiKind::Secret,
+    ),
+    (
+        "legacy key {} in the notebook",
+        "sk-3Fh7Jk9Lm1Np3Qr5St7Vw9Xy1Za3Bc5De7Fg9Hi1Jk3Lm5No",
+        PiiKind::Secret,
+    ),
+    (
+        "git clone https://x:{}@github.com/acme/app",
+        "ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2",
+        PiiKind::Secret,
+    ),
+    (
+        "token: {}",
+        "gho_16C7e42F292c6912E7710c838347Ae178B4a",
+        PiiKind::Secret,
+    ),
+    (
+        "GH_TOKEN={}",
+        "github_pat_11AAAAAAA0abcdefghijkl_mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefg",
+        PiiKind::Secret,
+    ),
+    (
+        "[default]\naws_access_key_id = {}",
+        "AKIAZ7XQ3LM9PQ2RST4U",
+        PiiKind::Secret,
+    ),
+    ("session key {}", "ASIAY4ZB7HX2QW9ERT5U", PiiKind::Secret),
+    (
+        "aws_secret_access_key = {}",
+        "kU8p/2Xh+9qLrT4vWz1yNb6mC3dF5gJ7hK0sA2eQ",
+        PiiKind::Secret,
+    ),
+    (
+        "SLACK_BOT_TOKEN={}",
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        PiiKind::Secret,
+    ),
+    (
+        "notify via {}",
+        "https://hooks.slack.com/services/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",
+        PiiKind::Secret,
+    ),
+    (
+        "stripe: {}",
+        "sk_live_51Mz9QkLw2Xv8Yb3Nc7Hd1Fj5Gs7Ue0AoIiQwErTy",
+        PiiKind::Secret,
+    ),
+    (
+        "STRIPE_RESTRICTED={}",
+        "rk_test_51Ab3De5Gh7Jk9Mn1Pq3St5Vx7Za9Cd1Fg3",
+        PiiKind::Secret,
+    ),
+    (
+        "curl -H 'Authorization: Bearer {}' https://api.example.com",
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxNzAwMDAwMDAwfQ.dGhpc2lzbm90YXJlYWxzaWduYXR1cmVfanVzdGFmYWtl",
+        PiiKind::Secret,
+    ),
+    (
+        "key file:\n{}\nend",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n-----END PRIVATE KEY-----",
+        PiiKind::Secret,
+    ),
+    (
+        "{}",
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49\n-----END EC PRIVATE KEY-----",
+        PiiKind::Secret,
+    ),
+    (
+        "maps_api_key: {}",
+        "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
+        PiiKind::Secret,
+    ),
+    (
+        "auth_token = \"{}\"",
+        "f3a9c2e1b8d47f6a0e5c9b3d7a1f8e2c4b6d",
+        PiiKind::Secret,
+    ),
+    (
+        "client_secret: {}",
+        "Qw7eR9tY2uI4oP6aS8dF1gH3jK5lZ",
+        PiiKind::Secret,
+    ),
+    (
+        "{{\"apiKey\": \"{}\"}}",
+        "a8F3kL9pQ2wX7zC4vB6nM1jH5gT0rY3u",
+        PiiKind::Secret,
+    ),
+    (
+        "db:\n  host: db.internal\n  password: {}\n",
+        "Tr0ub4dor&3",
+        PiiKind::Secret,
+    ),
+    (
+        "{{\"passwd\": \"{}\"}}",
+        "correct horse battery staple",
+        PiiKind::Secret,
+    ),
+    (
+        "mysql --user=root --password={} prod",
+        "s3cr3tPa55",
+        PiiKind::Secret,
+    ),
+    ("POSTGRES_PASSWORD={}", "hunter2hunter2", PiiKind::Secret),
+    (
+        "export DATABASE_SECRET='{}'",
+        "p@ss with spaces",
+        PiiKind::Secret,
+    ),
+    ("smtp_pass = {}", "mailpw!2024", PiiKind::Secret),
+    (
+        "contact {} for access",
+        "jane.doe@example.com",
+        PiiKind::Email,
+    ),
+    (
+        "From: {}",
+        "ops-team+alerts@acme-corp.co.uk",
+        PiiKind::Email,
+    ),
+    ("owner={}", "r.kowalski@firma.example.pl", PiiKind::Email),
+    ("call me at {} tomorrow", "+1 415 555 0132", PiiKind::Phone),
+    ("Tel.: {}", "+49 30 901820", PiiKind::Phone),
+    ("office {}", "+44 20 7946 0958", PiiKind::Phone),
+    ("mobile: {}", "(212) 555-0199", PiiKind::Phone),
+    ("fax {}", "415.555.0147", PiiKind::Phone),
+    (
+        "charge {} for the invoice",
+        "4111 1111 1111 1111",
+        PiiKind::Card,
+    ),
+    ("card={}", "5555555555554444", PiiKind::Card),
+    ("amex {} exp 04/28", "3782-822463-10005", PiiKind::Card),
+    ("discover {}", "6011111111111117", PiiKind::Card),
+    ("visa {}", "4012-8888-8888-1881", PiiKind::Card),
+];
+
+/// Texts with nothing to scrub (look-alikes of the above).
+const NEGATIVES: &[&str] = &[
+    "git checkout 3f9a2c7e1b8d4f6a0e5c9b3d7a1f8e2c4b6d9e0f",
+    "commit e83c5163316f89bfbde7d9ab23ca2e25604af290 fixed it",
+    "request id 550e8400-e29b-41d4-a716-446655440000",
+    "trace 7d444840-9dc0-11d1-b245-5ffdce74fad2 in logs",
+    "aGVsbG8gd29ybGQsIHRoaXMgaXMganVzdCBvcmRpbmFyeSB0ZXh0Lg==",
+    "echo SGVsbG8gV29ybGQ= | base64 -d",
+    "upgrade to version 1.2.3 then 10.11.12.13",
+    "rust-version 1.95.0, tokio 1.48.0, serde 1.0.228",
+    "the build took 1234567 ms and used 9876543210 bytes",
+    "order number 4111 1111 1111 1112 is invalid",
+    "ticket 1234567812345678",
+    "timestamp 1700000000000000000",
+    "set max_tokens = 4096 and temperature = 0.2",
+    "token = ${{ secrets.GITHUB_TOKEN }}",
+    "password: ${DB_PASSWORD}",
+    "password = <your password here>",
+    "password: ********",
+    "The password is stored in the vault, never in the repo.",
+    "remote: git@github.com:acme/app.git",
+    "assets/logo@2x.png and icon@3x.png",
+    "use the sk-learn-compatible-estimator-wrapper",
+    "listen on 127.0.0.1:8080 and 10.0.0.1",
+    "dates: 2024-01-15 and 2025-12-31",
+    "archive last week's logs and tell the team",
+    "sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d08c15b0a08",
+    "cargo build --release -j 4 && ./target/release/app --port 3000",
+    "phone field is optional; see docs",
+    "image: ghcr.io/acme/app@sha256:4bcff63911fcb4448bd4fdacec207030997caf25e9bea4045fa6c8c44de311d1",
+    "Call the API at https://api.example.com/v1/users?page=2",
+    "ISBN 978-3-16-148410-0",
+];
+
+#[test]
+fn corpus_precision_and_recall() {
+    let s = Scrubber::builtin().unwrap();
+    let mut tp = 0usize;
+    let mut fn_ = Vec::new();
+    let mut wrong_kind = Vec::new();
+    for (ctx, secret, kind) in POSITIVES {
+        let text = ctx
+            .replacen("{}", secret, 1)
+            .replace("{{", "{")
+            .replace("}}", "}");
+        let (out, restorer) = s.scrub(&text);
+        if out.contains(secret) {
+            fn_.push(text.clone());
+        } else {
+            tp += 1;
+            if !out.contains(&format!("<{}_1>", kind.label())) {
+                wrong_kind.push(format!("{text:?} -> {out:?}"));
+            }
+        }
+        assert_eq!(restorer.restore(&out), text, "round trip");
+    }
+    let mut fp = Vec::new();
+    for text in NEGATIVES {
+        let (out, _) = s.scrub(text);
+        if out != *text {
+            fp.push(format!("{text:?} -> {out:?}"));
+        }
+    }
+    let recall = tp as f64 / POSITIVES.len() as f64;
+    // Precision over texts: a negative text that got any placeholder counts as one false positive.
+    let precision = tp as f64 / (tp + fp.len()) as f64;
+    println!(
+        "scrubber: {} positives, {} negatives; recall {recall:.3}, precision {precision:.3}; missed {fn_:?}; false positives {fp:?}; wrong kind {wrong_kind:?}",
+        POSITIVES.len(),
+        NEGATIVES.len()
+    );
+    assert!(POSITIVES.len() >= 35 && NEGATIVES.len() >= 30);
+    assert!(recall >= 0.97, "recall {recall}: missed {fn_:?}");
+    assert!(precision >= 0.97, "precision {precision}: {fp:?}");
+    assert!(wrong_kind.is_empty(), "{wrong_kind:?}");
+}
+
+#[test]
+fn same_value_same_placeholder_across_messages() {
+    let s = Scrubber::builtin().unwrap();
+    let mut session = s.session();
+    let a = session.scrub("key AKIAZ7XQ3LM9PQ2RST4U and mail bob@example.com");
+    let b = session.scrub("again AKIAZ7XQ3LM9PQ2RST4U, also AKIAQ2W3E4R5T6Y7U8I9");
+    assert_eq!(a, "key <SECRET_1> and mail <EMAIL_1>");
+    assert_eq!(b, "again <SECRET_1>, also <SECRET_2>");
+}
+
+fn corpus_text() -> String {
+    POSITIVES
+        .iter()
+        .map(|(ctx, secret, _)| {
+            ctx.replacen("{}", secret, 1)
+                .replace("{{", "{")
+                .replace("}}", "}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn http(kind: ProviderKind, base: &str) -> Arc<HttpProvider> {
+    Arc::new(
+        HttpProvider::new(
+            ProviderConfig {
+                kind,
+                base_url: base.to_owned(),
+                model: "m".into(),
+                api_key: Some(ApiKey::new("sk-ant-api03-unused-key-for-tests-0000000000")),
+            },
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_remote_provider_and_the_reply_is_restored() {
+    // The fake model echoes placeholders back in its plan, as a real one would.
+    let a = FakeServer::start(vec![anthropic_ok(
+        "steps:\n  - shell: deploy --key <SECRET_1> --notify <EMAIL_1>",
+        100,
+        20,
+    )])
+    .await;
+    let chain = FallbackChain::new(vec![http(ProviderKind::Anthropic, &a.base_url)]).unwrap();
+    let corpus = corpus_text();
+    let req = ChatRequest {
+        system: Some(format!("Context from the workspace:\n{corpus}")),
+        messages: vec![
+            Message::user(format!("Deploy. Here is the config:\n{corpus}")),
+            Message::assistant("Which environment?"),
+            Message::user(
+                "prod; the key again: sk-ant-api03-Zr8vT2kLm9Pq1RwYb4Nc6Hd1Fj5Gs7Ue0AoIiQwErTyUiOpAsDfGhJkLzXcVbNm1234567890abcdefghAA",
+            ),
+        ],
+        max_tokens: 500,
+        temperature: Some(0.0),
+    };
+    let r = chain
+        .complete(&req, &mut TokenBudget::unlimited())
+        .await
+        .unwrap();
+    let seen = a.requests()[0].raw();
+    for (_, secret, _) in POSITIVES {
+        // Multi-line PEM bodies arrive JSON-escaped; check line by line.
+        for line in secret.lines().filter(|l| l.len() > 8) {
+            assert!(!seen.contains(line), "secret reached the provider: {line}");
+        }
+    }
+    assert!(seen.contains("<SECRET_1>") && seen.contains("<EMAIL_1>") && seen.contains("<CARD_1>"));
+    assert!(r.attempts[0].scrubbed);
+    assert!(r.placeholders.len() >= 30, "{:?}", r.placeholders);
+    // Restored locally.
+    assert!(
+        r.completion.text.contains("--key sk-ant-api03-Zr8vT2k"),
+        "{}",
+        r.completion.text
+    );
+    assert!(r.completion.text.contains("--notify jane.doe@example.com"));
+}
+
+#[tokio::test]
+async fn local_ollama_gets_the_original_and_scrub_can_be_disabled() {
+    let l = FakeServer::start(vec![ollama_ok("ok", 1, 1)]).await;
+    let chain = FallbackChain::new(vec![http(ProviderKind::Ollama, &l.base_url)]).unwrap();
+    let req = ChatRequest::new(None, "mail jane.doe@example.com");
+    let r = chain
+        .complete(&req, &mut TokenBudget::unlimited())
+        .await
+        .unwrap();
+    assert!(!r.attempts[0].scrubbed);
+    assert!(l.requests()[0].body.contains("jane.doe@example.com"));
+
+    let a = FakeServer::start(vec![anthropic_ok("ok", 1, 1)]).await;
+    let chain = FallbackChain::new(vec![http(ProviderKind::Anthropic, &a.base_url)])
+        .unwrap()
+        .with_scrubber(None);
+    let r = chain
+        .complete(&req, &mut TokenBudget::unlimited())
+        .await
+        .unwrap();
+    assert!(!r.attempts[0].scrubbed);
+    assert!(a.requests()[0].body.contains("jane.doe@example.com"));
+}

@@ -1,0 +1,241 @@
+//! The escape battery (`tests/escape/cases.rs`) run through the `Sandbox` trait: every attack
+//! must fail on `native`, and the same attacks are run on `host` to show they are real.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use secureclaw_sandbox::{ExecSpec, ExitReason, HostSandbox, NativeSandbox, Sandbox};
+use tokio_util::sync::CancellationToken;
+
+include!("../../tests/escape/cases.rs");
+
+struct Env {
+    _root: tempfile::TempDir,
+    ws: PathBuf,
+    out: PathBuf,
+    state: PathBuf,
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+fn setup() -> Env {
+    let root = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(root.path()).unwrap();
+    let ws = base.join("ws");
+    let out = base.join("outside");
+    let state = base.join("state");
+    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+    std::fs::write(ws.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::create_dir_all(out.join("ssh")).unwrap();
+    std::fs::write(out.join("secret.txt"), "host secret\n").unwrap();
+    std::fs::write(
+        out.join("ssh/id_ed25519"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("vault.key"), "key material\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if conn.is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    Env {
+        _root: root,
+        ws,
+        out,
+        state,
+        port,
+        hits,
+    }
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut map = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p.clone());
+                map.insert(p, Vec::new());
+            } else {
+                map.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    map
+}
+
+const TOKEN: &str = "sc-other-step-token-5f2d8a";
+
+fn render(script: &str, env: &Env) -> String {
+    script
+        .replace("{OUT}", &env.out.display().to_string())
+        .replace("{STATE}", &env.state.display().to_string())
+        .replace("{PORT}", &env.port.to_string())
+        .replace("{TOKEN}", TOKEN)
+}
+
+fn spec_for(case: &Case, env: &Env) -> ExecSpec {
+    let mut spec = ExecSpec::shell(&render(case.script, env), env.ws.clone());
+    spec.env.insert(
+        "PATH".into(),
+        "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
+    );
+    spec.limits.timeout = Duration::from_millis(case.timeout_ms);
+    spec.limits.memory_bytes = case.memory_mib * 1024 * 1024;
+    spec.limits.pids = case.pids;
+    spec
+}
+
+struct Verdict {
+    evidence: Vec<String>,
+    exit: Option<ExitReason>,
+    stderr: String,
+}
+
+async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
+    let env = setup();
+    let before = snapshot(&env.out);
+    let spec = spec_for(case, &env);
+    let run = sb.run(&spec, CancellationToken::new());
+    let result = if case.other_step {
+        let mut other = ExecSpec::shell("sleep 4", env.ws.clone());
+        other
+            .env
+            .insert("SECURECLAW_STEP_SECRET".into(), TOKEN.into());
+        other.env.insert("PATH".into(), "/usr/bin:/bin".into());
+        let (r, _) = tokio::join!(run, sb.run(&other, CancellationToken::new()));
+        r
+    } else {
+        run.await
+    };
+    tokio::time::sleep(Duration::from_millis(case.settle_ms)).await;
+    let mut evidence = Vec::new();
+    if env.ws.join("PWNED").exists() {
+        evidence.push("PWNED marker written".to_string());
+    }
+    let after = snapshot(&env.out);
+    if after != before {
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k.display().to_string())
+            .collect();
+        evidence.push(format!("outside dir changed: {changed:?}"));
+    }
+    if env.hits.load(Ordering::SeqCst) > 0 {
+        evidence.push("host listener accepted a connection".to_string());
+    }
+    match result {
+        Ok(out) => Verdict {
+            evidence,
+            exit: Some(out.exit),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Err(e) => Verdict {
+            evidence,
+            exit: None,
+            stderr: e.to_string(),
+        },
+    }
+}
+
+fn native() -> NativeSandbox {
+    NativeSandbox::with_helper(env!("CARGO_BIN_EXE_secureclaw-sandbox-helper").into())
+}
+
+#[test]
+fn battery_has_at_least_30_cases() {
+    assert!(CASES.len() >= 30, "{} cases", CASES.len());
+    let mut ids: Vec<_> = CASES.iter().map(|c| c.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), CASES.len(), "duplicate case ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_stops_every_attack() {
+    let sb = native();
+    let mut failures = Vec::new();
+    for case in CASES {
+        let v = attack(&sb, case).await;
+        let Some(exit) = &v.exit else {
+            failures.push(format!("{}: backend error: {}", case.id, v.stderr));
+            continue;
+        };
+        println!("native {:<22} -> {:?}", case.id, exit);
+        if !v.evidence.is_empty() {
+            failures.push(format!(
+                "{}: ESCAPED: {:?} (stderr: {})",
+                case.id, v.evidence, v.stderr
+            ));
+        }
+        let ok = match case.expect {
+            "oom" => *exit == ExitReason::OutOfMemory,
+            "timeout" => *exit == ExitReason::TimedOut,
+            "fail" => !exit.success(),
+            _ => true,
+        };
+        if !ok {
+            failures.push(format!(
+                "{}: expected {}, got {exit:?}",
+                case.id, case.expect
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "native sandbox failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_lets_the_attacks_through() {
+    let mut escaped = Vec::new();
+    let mut held = Vec::new();
+    for case in CASES.iter().filter(|c| c.host_safe) {
+        let v = attack(&HostSandbox, case).await;
+        if v.evidence.is_empty() {
+            held.push(case.id);
+        } else {
+            escaped.push(case.id);
+        }
+    }
+    println!("host: {} attacks succeeded: {escaped:?}", escaped.len());
+    println!("host: {} attacks failed anyway: {held:?}", held.len());
+    // The battery is only meaningful if the attacks work when nothing stops them.
+    for must in [
+        "write-absolute",
+        "write-dotdot",
+        "write-symlink",
+        "read-ssh-key",
+        "read-state-dir",
+        "git-hooks",
+        "exec-from-tmp",
+        "tcp-host-loopback",
+        "daemon",
+        "memory-bomb",
+        "fork-bomb",
+        "read-other-step-env",
+    ] {
+        assert!(
+            escaped.contains(&must),
+            "`{must}` should succeed on host; escaped={escaped:?}"
+        );
+    }
+}

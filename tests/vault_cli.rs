@@ -1,0 +1,219 @@
+//! The engine's state is sealed in the vault and every action lands in the ledger: end to end
+//! through the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const PASS: &str = "correct horse battery staple";
+
+fn bin(pass: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
+    c.env("SECURECLAW_PASSPHRASE", pass)
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1");
+    c
+}
+
+fn run(ws: &Path, wf: &str, extra: &[&str]) -> Output {
+    let file = ws.join("wf.yaml");
+    std::fs::write(&file, wf).unwrap();
+    bin(PASS)
+        .arg("run")
+        .arg(&file)
+        .arg("--workspace")
+        .arg(ws)
+        .args(["--sandbox", "host"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn all_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn forms(secret: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let b = secret.as_bytes();
+    let mut v = vec![
+        b.to_vec(),
+        hex::encode(b).into_bytes(),
+        hex::encode_upper(b).into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(b).into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b).into_bytes(),
+    ];
+    // Base64 of the secret at the other two byte alignments inside a larger buffer.
+    for pad in 1..3 {
+        let mut shifted = vec![b'x'; pad];
+        shifted.extend_from_slice(b);
+        let enc = base64::engine::general_purpose::STANDARD.encode(&shifted);
+        v.push(enc.as_bytes()[4..enc.len() - 4].to_vec());
+    }
+    v
+}
+
+#[test]
+fn nothing_the_engine_stores_is_plaintext() {
+    let ws = tempfile::tempdir().unwrap();
+    let secret = "sk-live-7Hq9Zx2WmPcR4vTn8LbK";
+    let wf = r#"
+version: 1
+name: secret-keeper
+inputs:
+  token: { type: string }
+env:
+  API_TOKEN: "{{ inputs.token }}"
+steps:
+  - id: echo-it
+    shell: 'echo "token=$API_TOKEN"; echo "$API_TOKEN" >&2'
+  - id: file-it
+    needs: [echo-it]
+    write: { path: secret.txt, content: "{{ steps['echo-it'].output }}" }
+  - id: read-it
+    needs: [file-it]
+    read: { path: secret.txt }
+"#;
+    let out = run(ws.path(), wf, &["--input", &format!("token={secret}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The secret really went through inputs, env, stdout, stderr, outputs and a file...
+    assert!(std::fs::read_to_string(ws.path().join("secret.txt")).unwrap().contains(secret));
+    let show = bin(PASS)
+        .args(["show", "last", "--json", "--state-dir"])
+        .arg(ws.path().join(".secureclaw"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains(secret), "the record must hold it");
+    // ...and none of it is readable in the state dir, in any common encoding.
+    let files = all_bytes(&ws.path().join(".secureclaw"));
+    assert!(!files.is_empty());
+    for (name, bytes) in &files {
+        for form in forms(secret).iter().chain(forms("secret-keeper").iter()) {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form.as_slice()),
+                "{name} contains {:?}",
+                String::from_utf8_lossy(form)
+            );
+        }
+    }
+}
+
+#[test]
+fn every_action_is_ledgered_and_the_chain_verifies() {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ws.path().join("build")).unwrap();
+    let wf = r#"
+version: 1
+name: ledgered
+steps:
+  - { id: a, write: { path: a.txt, content: x } }
+  - { id: wipe, needs: [a], shell: "rm -rf build" }
+  - { id: bad, needs: [wipe], shell: "exit 3" }
+"#;
+    let out = run(ws.path(), wf, &["--approve", "destructive"]);
+    assert_eq!(out.status.code(), Some(1));
+    let state = ws.path().join(".secureclaw");
+    let verify = bin(PASS).args(["ledger", "verify", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let export = ws.path().join("ledger.jsonl");
+    let out = bin(PASS)
+        .args(["ledger", "export", "--state-dir"])
+        .arg(&state)
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&export).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let e = v.get("entry").unwrap_or(&v);
+            format!("{}:{}", e["kind"].as_str().unwrap(), e["step"].as_str().unwrap_or("-"))
+        })
+        .collect();
+    for expected in [
+        "run_started:-",
+        "approval_given:-",
+        "step_started:a",
+        "step_finished:a",
+        "step_started:wipe",
+        "step_finished:wipe",
+        "step_failed:bad",
+        "run_finished:-",
+    ] {
+        assert!(kinds.iter().any(|k| k == expected), "missing {expected} in {kinds:?}");
+    }
+    // The export verifies offline against its head.
+    let head = format!("{}.head.json", export.display());
+    let v = bin(PASS)
+        .args(["ledger", "verify-export", "--state-dir"])
+        .arg(&state)
+        .arg(&export)
+        .args(["--head", &head])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[test]
+fn a_wrong_passphrase_is_refused_before_anything_is_touched() {
+    let ws = tempfile::tempdir().unwrap();
+    let out = run(ws.path(), "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n", &[]);
+    assert!(out.status.success());
+    let state = ws.path().join(".secureclaw");
+    let before = all_bytes(&state);
+    std::fs::remove_file(ws.path().join("a.txt")).unwrap();
+    let out = bin("wrong passphrase")
+        .arg("run")
+        .arg(ws.path().join("wf.yaml"))
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "host"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ws.path().join("a.txt").exists(), "the workflow ran with a wrong passphrase");
+    let mut after = all_bytes(&state);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert!(before == after, "the state dir changed");
+    let show = bin("wrong passphrase").args(["runs", "--state-dir"]).arg(&state).output().unwrap();
+    assert_eq!(show.status.code(), Some(2));
+}
+
+#[test]
+fn no_passphrase_and_no_terminal_is_a_clear_error() {
+    let ws = tempfile::tempdir().unwrap();
+    let file = ws.path().join("wf.yaml");
+    std::fs::write(&file, "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .env_remove("SECURECLAW_PASSPHRASE")
+        .arg("run")
+        .arg(&file)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "host"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SECURECLAW_PASSPHRASE"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ws.path().join("a.txt").exists());
+}
