@@ -1,6 +1,8 @@
 //! The `secureclaw` command line: parses arguments and calls the engine. Nothing else lives here.
 
+mod guard_cmd;
 mod output;
+mod revert_cmd;
 mod run_cmd;
 mod unlock;
 mod vault_cmds;
@@ -61,6 +63,13 @@ enum Command {
     Runs(StateArgs),
     /// Show one run: its steps, states, outputs and enforcement.
     Show(ShowArgs),
+    /// Undo a run (or one step) from its recorded pre-images; stops on files edited since.
+    Revert(revert_cmd::RevertArgs),
+    /// Show what a run (or one step) changed in the workspace, as a unified diff.
+    Diff(revert_cmd::DiffArgs),
+    /// Screen untrusted text for prompt injection (`scan`), or scrub secrets from it (`scrub`).
+    #[command(subcommand)]
+    Guard(guard_cmd::GuardCommand),
     /// The encrypted vault holding run records, snapshots and the ledger: init, rekey, status.
     Vault {
         #[command(subcommand)]
@@ -124,8 +133,11 @@ fn main() -> ExitCode {
             Ok(exit::OK)
         }
         Command::Risk(args) => risk_cmd::run(args).map(|c| u8::try_from(c).unwrap_or(exit::FAILED)),
+        Command::Guard(cmd) => guard_cmd::run(cmd),
         Command::Runs(args) => output::runs(&args, &pass),
         Command::Show(args) => output::show(&args.run, &args.state, &pass),
+        Command::Revert(args) => revert_cmd::revert(args, &pass),
+        Command::Diff(args) => revert_cmd::diff(args, &pass),
         Command::Vault { command, state_dir } => cwd_state(state_dir.as_ref())
             .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass))
             .map(exit_code),

@@ -86,6 +86,20 @@ pub struct StepRecord {
     /// Who or what approved it, if it needed approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// The steps it depends on (for `revert --cascade`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// What it changed in the workspace (steps that may write), with pre/post hashes and blobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<crate::snapshot::ChangeSet>,
+    /// Workspace manifest hashes around the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_manifest: Option<String>,
+    /// Order among the run's writing steps (they never overlap): revert goes backwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_seq: Option<u32>,
 }
 
 /// Exactly which nodes an up-front approval covers.
@@ -125,6 +139,12 @@ pub struct RunRecord {
     #[serde(default)]
     pub approval: PlanApproval,
     pub steps: Vec<StepRecord>,
+    /// Workspace manifest hash before the run (set when a step may write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_manifest: Option<String>,
+    /// Reverts of this run, oldest first; the last one may be in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reverts: Vec<crate::revert::RevertSummary>,
 }
 
 impl RunRecord {

@@ -29,6 +29,7 @@ use crate::record::{
     now_rfc3339,
 };
 use crate::template::{StepView, Templates};
+use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
 use crate::validate::{NodeRisk, Validated};
 
 /// The environment every step starts from; nothing is inherited from the engine.
@@ -47,6 +48,8 @@ pub enum EngineError {
     Policy(String),
     #[error("workspace {path}: {message}")]
     Workspace { path: PathBuf, message: String },
+    #[error("capturing the workspace before the run: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,82 @@ struct Finished {
     duration: Duration,
     /// The backend refused to run the step (missing isolation layer, unavailable, unsupported).
     refused: bool,
+    /// What the step changed in the workspace (steps that may write).
+    capture: Option<Capture>,
+}
+
+/// A writing step's effect on the workspace.
+struct Capture {
+    changes: ChangeSet,
+    pre_hash: String,
+    post_hash: String,
+}
+
+/// Snapshots for one run: the capturer and the latest manifest (the in-memory stat cache).
+struct SnapCtx {
+    snap: Snapshotter,
+    run_id: String,
+    last: std::sync::Mutex<Arc<Manifest>>,
+}
+
+impl SnapCtx {
+    fn last(&self) -> Arc<Manifest> {
+        self.last
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set_last(&self, m: Arc<Manifest>) {
+        match self.last.lock() {
+            Ok(mut g) => *g = m,
+            Err(p) => *p.into_inner() = m,
+        }
+    }
+
+    /// Scan before a step and persist the result for crash recovery.
+    async fn pre(self: &Arc<Self>, step: &str) -> Result<Arc<Manifest>, SnapshotError> {
+        let (me, step) = (self.clone(), step.to_string());
+        blocking(move || {
+            let m = Arc::new(me.snap.scan(Some(&me.last()))?);
+            me.snap.save_inflight(&me.run_id, &step, &m)?;
+            me.set_last(m.clone());
+            Ok(m)
+        })
+        .await
+    }
+
+    /// Scan after a step (hashing only what moved since `pre`).
+    async fn post(self: &Arc<Self>, pre: Arc<Manifest>) -> Result<Arc<Manifest>, SnapshotError> {
+        let me = self.clone();
+        blocking(move || {
+            let m = Arc::new(me.snap.scan(Some(&pre))?);
+            me.set_last(m.clone());
+            Ok(m)
+        })
+        .await
+    }
+
+    async fn save_changes(self: &Arc<Self>, step: &str, changes: ChangeSet) -> Result<(), SnapshotError> {
+        let (me, step) = (self.clone(), step.to_string());
+        blocking(move || me.snap.save_step_changes(&me.run_id, &step, &changes)).await
+    }
+
+    async fn rollback(self: &Arc<Self>, changes: ChangeSet) -> Result<usize, SnapshotError> {
+        let me = self.clone();
+        blocking(move || me.snap.restore(&changes.changes)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
+) -> Result<T, SnapshotError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(format!("snapshot task failed: {e}")),
+        }))
 }
 
 /// Everything a step task needs, owned.
@@ -105,6 +184,7 @@ struct StepJob {
     sandbox: Arc<dyn Sandbox>,
     events: EventSink,
     cancel: CancellationToken,
+    snap: Option<Arc<SnapCtx>>,
 }
 
 /// A step's action after templating.
@@ -291,9 +371,35 @@ impl Engine {
                     reason: None,
                     enforcement: None,
                     approval: None,
+                    needs: s.needs.clone(),
+                    changes: None,
+                    pre_manifest: None,
+                    post_manifest: None,
+                    write_seq: None,
                 })
                 .collect(),
+            pre_manifest: None,
+            reverts: Vec::new(),
         };
+        // Capture the workspace before anything runs, when anything may write to it.
+        let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
+            let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &opts.state_dir)?;
+            let s2 = snap.clone();
+            let first = blocking(move || {
+                let cache = s2.load_cache();
+                s2.scan(cache.as_ref())
+            })
+            .await?;
+            record.pre_manifest = Some(first.hash());
+            Some(Arc::new(SnapCtx {
+                snap,
+                run_id: record.run_id.clone(),
+                last: std::sync::Mutex::new(Arc::new(first)),
+            }))
+        } else {
+            None
+        };
+        let mut write_seq = 0u32;
         self.store.record(
             self.store
                 .entry(kind::RUN_STARTED)
@@ -509,6 +615,7 @@ impl Engine {
                     sandbox: self.sandbox.clone(),
                     events: self.events.clone(),
                     cancel: run_cancel.child_token(),
+                    snap: snap.clone(),
                 };
                 let (jobs, writer) = (jobs.clone(), writer.clone());
                 running.spawn(async move {
@@ -549,6 +656,18 @@ impl Engine {
             rec.reason = f.reason.clone();
             rec.enforcement = f.enforcement;
             rec.attempts = f.attempts;
+            let mut inverse = json!({"class": rec.inverse});
+            if let Some(c) = f.capture {
+                write_seq += 1;
+                rec.write_seq = Some(write_seq);
+                rec.pre_manifest = Some(c.pre_hash);
+                rec.post_manifest = Some(c.post_hash);
+                inverse = crate::revert::inverse_json(rec.inverse, &c.changes, wf.workflow.steps[i].compensate.as_ref());
+                rec.changes = Some(c.changes);
+            } else if rec.kind == ActionKind::Http {
+                inverse = crate::revert::inverse_json(rec.inverse, &ChangeSet::default(), wf.workflow.steps[i].compensate.as_ref());
+            }
+            let wrote = rec.changes.as_ref().is_some_and(|c| !c.is_empty());
             let ledger_kind = if f.refused {
                 kind::SANDBOX_REFUSED
             } else if f.state == StepState::Failed {
@@ -563,7 +682,8 @@ impl Engine {
                     .step(rec.id.clone())
                     .tier(json!(rec.tier))
                     .enforcement(rec.enforcement.as_ref().map(|e| json!(e)).unwrap_or(Value::Null))
-                    .inverse(json!({"class": rec.inverse}))
+                    .manifests(rec.pre_manifest.clone(), rec.post_manifest.clone())
+                    .inverse(inverse)
                     .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts})),
             );
             (self.events)(&RunEvent::StepFinished {
@@ -593,6 +713,11 @@ impl Engine {
                     ready.push(d);
                 }
             }
+            if wrote {
+                // A change set is what revert needs: make it durable now, not at the next tick.
+                self.store.save(&record)?;
+                last_save = Instant::now();
+            }
         }
 
         // Whatever never started stays pending under an approval stop, and is cancelled otherwise.
@@ -613,7 +738,21 @@ impl Engine {
         };
         record.state = state;
         record.message = message;
-        self.finish(record)
+        if let Some(ctx) = &snap {
+            // The last manifest becomes the stat cache of the next run; the in-flight record is
+            // no longer needed once the step results are saved with the run.
+            let ctx = ctx.clone();
+            blocking(move || ctx.snap.save_cache(&ctx.last())).await?;
+        }
+        let out = self.finish(record)?;
+        if snap.is_some() {
+            crate::snapshot::clear_inflight(
+                self.store.vault(),
+                &out.run_id,
+                out.steps.iter().map(|s| s.id.as_str()),
+            )?;
+        }
+        Ok(out)
     }
 
     fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
@@ -937,12 +1076,33 @@ fn effective_risk(static_risk: &NodeRisk, rendered: &Rendered) -> NodeRisk {
 
 async fn execute(job: StepJob) -> Finished {
     let start = Instant::now();
+    let snap = job.snap.clone().filter(|_| job.step.kind().may_write());
+    let pre = match &snap {
+        Some(ctx) => match ctx.pre(&job.step.id).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let mut f = finished(
+                    &job,
+                    StepState::Failed,
+                    StepView::default(),
+                    None,
+                    Some(format!("capturing the workspace before the step failed, so it did not run: {e}")),
+                );
+                f.duration = start.elapsed();
+                return f;
+            }
+        },
+        None => None,
+    };
     let (attempts, mut delay, max_delay) = retry_plan(&job.step);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let mut f = attempt_once(&job).await;
         f.attempts = attempt;
+        if let (Some(ctx), Some(pre)) = (&snap, &pre) {
+            capture_after(ctx, pre.clone(), &job, &mut f).await;
+        }
         let retryable =
             f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
         if !retryable {
@@ -967,6 +1127,45 @@ async fn execute(job: StepJob) -> Finished {
     }
 }
 
+/// After an attempt of a writing step: what it changed, and a rollback if it failed.
+async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f: &mut Finished) {
+    let add_reason = |f: &mut Finished, note: String| {
+        f.reason = Some(match f.reason.take() {
+            Some(r) => format!("{r}; {note}"),
+            None => note,
+        });
+    };
+    let post = match ctx.post(pre.clone()).await {
+        Ok(m) => m,
+        Err(e) => {
+            f.state = StepState::Failed;
+            add_reason(f, format!("capturing the workspace after the step failed: {e}"));
+            return;
+        }
+    };
+    let changes = crate::snapshot::diff(&pre, &post);
+    if f.state == StepState::Failed && !job.step.keep_on_failure && !changes.is_empty() {
+        let n = changes.len();
+        match ctx.rollback(changes.clone()).await {
+            Ok(_) => {
+                ctx.set_last(pre.clone());
+                add_reason(f, format!("its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"));
+                f.capture = Some(Capture { changes: ChangeSet::default(), pre_hash: pre.hash(), post_hash: pre.hash() });
+            }
+            Err(e) => {
+                add_reason(f, format!("rolling back its workspace changes FAILED: {e}; `secureclaw revert` can retry"));
+                f.capture = Some(Capture { changes, pre_hash: pre.hash(), post_hash: post.hash() });
+            }
+        }
+        return;
+    }
+    if let Err(e) = ctx.save_changes(&job.step.id, changes.clone()).await {
+        f.state = StepState::Failed;
+        add_reason(f, format!("saving its change set failed: {e}"));
+    }
+    f.capture = Some(Capture { changes, pre_hash: pre.hash(), post_hash: post.hash() });
+}
+
 fn finished(
     job: &StepJob,
     state: StepState,
@@ -984,6 +1183,7 @@ fn finished(
         attempts: 0,
         duration: Duration::ZERO,
         refused: false,
+        capture: None,
     }
 }
 
@@ -1161,6 +1361,7 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 attempts: 0,
                 duration: out.duration,
                 refused: false,
+                capture: None,
             }
         }
         Err(e) => {

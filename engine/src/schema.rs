@@ -239,18 +239,7 @@ fn describe(
             );
         }
         ValidationErrorKind::OneOfNotValid { .. } if !one_of_consts(&pointer).is_empty() => {
-            let opts = one_of_consts(&pointer);
-            let text = instance.as_str().unwrap_or_default();
-            let mut d = diag(format!(
-                "{} is {}; expected one of: {}",
-                what(&pointer),
-                snippet(instance),
-                opts.join(", ")
-            ));
-            if let Some(s) = did_you_mean(text, opts.iter().map(String::as_str)) {
-                d = d.with_hint(format!("did you mean `{s}`?"));
-            }
-            out.push(d);
+            out.push(not_one_of(diag, &pointer, instance, &one_of_consts(&pointer)));
         }
         ValidationErrorKind::OneOfNotValid { .. }
         | ValidationErrorKind::OneOfMultipleValid { .. } => {
@@ -352,17 +341,7 @@ fn describe(
                         .collect()
                 })
                 .unwrap_or_default();
-            let text = instance.as_str().unwrap_or_default();
-            let mut d = diag(format!(
-                "{} is {}; expected one of: {}",
-                what(&pointer),
-                snippet(instance),
-                opts.join(", ")
-            ));
-            if let Some(s) = did_you_mean(text, opts.iter().map(String::as_str)) {
-                d = d.with_hint(format!("did you mean `{s}`?"));
-            }
-            out.push(d);
+            out.push(not_one_of(diag, &pointer, instance, &opts));
         }
         ValidationErrorKind::Minimum { .. } | ValidationErrorKind::Maximum { .. }
             if pointer == "/version" =>
@@ -402,5 +381,25 @@ fn describe(
             );
         }
         _ => out.push(diag(format!("{}: {err}", what(&pointer)))),
+    }
+}
+
+/// "`x` is "y"; expected one of: …" with a "did you mean" for near misses.
+fn not_one_of(
+    diag: impl Fn(String) -> Diagnostic,
+    pointer: &str,
+    instance: &Value,
+    options: &[String],
+) -> Diagnostic {
+    let d = diag(format!(
+        "{} is {}; expected one of: {}",
+        what(pointer),
+        snippet(instance),
+        options.join(", ")
+    ));
+    let text = instance.as_str().unwrap_or_default();
+    match did_you_mean(text, options.iter().map(String::as_str)) {
+        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+        None => d,
     }
 }

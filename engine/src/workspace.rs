@@ -89,29 +89,20 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
         current.push(c);
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = current
-                    .canonicalize()
-                    .map_err(|_| PathError::SymlinkEscape {
-                        path: rel.to_string(),
-                        link: current
-                            .strip_prefix(&root)
-                            .unwrap_or(&current)
-                            .display()
-                            .to_string(),
-                    })?;
-                if !target.starts_with(&root)
-                    || target
+                let escape = || PathError::SymlinkEscape {
+                    path: rel.to_string(),
+                    link: current
                         .strip_prefix(&root)
-                        .is_ok_and(|t| t.starts_with(".git"))
-                {
-                    return Err(PathError::SymlinkEscape {
-                        path: rel.to_string(),
-                        link: current
-                            .strip_prefix(&root)
-                            .unwrap_or(&current)
-                            .display()
-                            .to_string(),
-                    });
+                        .unwrap_or(&current)
+                        .display()
+                        .to_string(),
+                };
+                let target = current.canonicalize().map_err(|_| escape())?;
+                let inside = target
+                    .strip_prefix(&root)
+                    .is_ok_and(|t| !t.starts_with(".git"));
+                if !inside {
+                    return Err(escape());
                 }
                 current = target;
             }

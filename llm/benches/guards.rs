@@ -24,13 +24,19 @@ when reviewing. Contact ops@example.com or call +1 415 555 0132 if the disk fill
     s
 }
 
-fn text_scrub_mb() -> String {
+fn text_scrub_mb(non_ascii: bool) -> String {
+    let extra = if non_ascii {
+        "Grüße aus München, 東京のチームへ: ログをアーカイブしました. Привет, команда!\n"
+    } else {
+        ""
+    };
     let block = "config:\n  host: db.internal\n  password: Tr0ub4dor&3\n  api_key: 7f3a9c2e1b8d4f6a0e5c9b3d7a1f8e2c\n\
 notify jane.doe@example.com, card 4111 1111 1111 1111, commit 3f9a2c7e1b8d4f6a0e5c9b3d7a1f8e2c4b6d9e0f\n\
 Plain prose about the deployment that contains nothing secret at all, just words and numbers 12345.\n";
     let mut s = String::new();
     while s.len() < 1 << 20 {
         s.push_str(block);
+        s.push_str(extra);
     }
     s
 }
@@ -66,7 +72,18 @@ fn benches(c: &mut Criterion) {
     let scrubber = Scrubber::builtin().unwrap();
     let guards = Guards::builtin().unwrap();
     let t4k = text_4k();
-    let mb = text_scrub_mb();
+    let t4k_intl = {
+        let mut s = "Привет команда, 東京のログ, Grüße aus München. ".repeat(60);
+        s.push_str(&t4k);
+        let mut cut = 4096;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s
+    };
+    let mb = text_scrub_mb(false);
+    let mb_intl = text_scrub_mb(true);
     assert!(
         (250..=350).contains(&INSTRUCTION.len()),
         "{}",
@@ -89,6 +106,9 @@ fn benches(c: &mut Criterion) {
     g.bench_function("unicode_and_regex_4k", |b| {
         b.iter(|| detector.scan(black_box(&t4k)))
     });
+    g.bench_function("unicode_and_regex_4k_non_ascii", |b| {
+        b.iter(|| detector.scan(black_box(&t4k_intl)))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("scrub");
@@ -96,6 +116,13 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("scrub_1mb_config_like", |b| {
         b.iter(|| scrubber.scrub(black_box(&mb)))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("scrub");
+    g.throughput(Throughput::Bytes(mb_intl.len() as u64));
+    g.sample_size(10);
+    g.bench_function("scrub_1mb_config_like_non_ascii", |b| {
+        b.iter(|| scrubber.scrub(black_box(&mb_intl)))
     });
     g.finish();
 

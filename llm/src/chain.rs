@@ -165,6 +165,27 @@ impl FallbackChain {
         req: &ChatRequest,
         budget: &mut TokenBudget,
     ) -> Result<ChainResult, LlmError> {
+        self.run(req, budget, None).await
+    }
+
+    /// Like [`FallbackChain::complete`], streaming the reply (placeholders already restored) to
+    /// `on_text`. The chain falls back only until the first piece of text was delivered; a
+    /// failure after that is [`LlmError::StreamInterrupted`].
+    pub async fn complete_stream(
+        &self,
+        req: &ChatRequest,
+        budget: &mut TokenBudget,
+        on_text: &mut (dyn for<'s> FnMut(&'s str) + Send),
+    ) -> Result<ChainResult, LlmError> {
+        self.run(req, budget, Some(on_text)).await
+    }
+
+    async fn run(
+        &self,
+        req: &ChatRequest,
+        budget: &mut TokenBudget,
+        mut on_text: Option<&mut (dyn for<'s> FnMut(&'s str) + Send)>,
+    ) -> Result<ChainResult, LlmError> {
         if self.providers.is_empty() {
             return Err(LlmError::NoProviders);
         }
@@ -200,7 +221,27 @@ impl FallbackChain {
                 this.max_tokens = this.max_tokens.min(room);
 
                 let started = Instant::now();
-                let result = provider.complete(&this).await;
+                let mut emitted = false;
+                let result = match on_text.as_deref_mut() {
+                    None => provider.complete(&this).await,
+                    Some(sink) => {
+                        let mut restore = StreamRestorer::new(&restorer);
+                        let mut forward = |piece: &str| {
+                            let out = restore.push(piece);
+                            if !out.is_empty() {
+                                emitted = true;
+                                sink(&out);
+                            }
+                        };
+                        let r = provider.complete_stream(&this, &mut forward).await;
+                        let rest = restore.finish();
+                        if !rest.is_empty() && r.is_ok() {
+                            emitted = true;
+                            sink(&rest);
+                        }
+                        r
+                    }
+                };
                 let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
                 waited = Duration::ZERO;
@@ -238,6 +279,23 @@ impl FallbackChain {
                             }
                             _ => None,
                         };
+                        if emitted {
+                            attempts.push(Attempt {
+                                provider: provider.kind(),
+                                model: provider.model().to_owned(),
+                                outcome: AttemptOutcome::Stopped,
+                                error: Some(error.clone()),
+                                usage: Usage::default(),
+                                elapsed_ms,
+                                waited_ms,
+                                scrubbed: send_scrubbed,
+                            });
+                            return Err(LlmError::StreamInterrupted {
+                                provider: provider.kind().to_string(),
+                                error,
+                                attempts,
+                            });
+                        }
                         let outcome = if retry_wait.is_some() {
                             AttemptOutcome::Retried
                         } else if error.falls_back() {
@@ -280,6 +338,41 @@ impl FallbackChain {
     }
 }
 
+/// Restores placeholders in streamed text, holding back a trailing `<...` that may be the start
+/// of a placeholder split across pieces.
+struct StreamRestorer<'a> {
+    restorer: &'a Restorer,
+    held: String,
+}
+
+impl<'a> StreamRestorer<'a> {
+    /// Longer than any placeholder (`<SECRET_99999>`): past this a `<` is just text.
+    const MAX_HELD: usize = 24;
+
+    fn new(restorer: &'a Restorer) -> Self {
+        Self {
+            restorer,
+            held: String::new(),
+        }
+    }
+
+    fn push(&mut self, piece: &str) -> String {
+        self.held.push_str(piece);
+        let cut = match self.held.rfind('<') {
+            Some(i) if !self.held[i..].contains('>') && self.held.len() - i < Self::MAX_HELD => i,
+            _ => self.held.len(),
+        };
+        let rest = self.held.split_off(cut);
+        let ready = std::mem::replace(&mut self.held, rest);
+        self.restorer.restore(&ready)
+    }
+
+    fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.held);
+        self.restorer.restore(&rest)
+    }
+}
+
 /// Scrub the system prompt and every message in one session, so a value gets the same
 /// placeholder wherever it appears.
 pub fn scrub_request(scrubber: &Scrubber, req: &ChatRequest) -> (ChatRequest, Restorer) {
@@ -292,4 +385,32 @@ pub fn scrub_request(scrubber: &Scrubber, req: &ChatRequest) -> (ChatRequest, Re
         m.content = session.scrub(&m.content);
     }
     (out, session.into_restorer())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_restorer_handles_placeholders_split_across_pieces() {
+        let s = Scrubber::builtin().unwrap();
+        let (scrubbed, restorer) = s.scrub("key AKIAZ7XQ3LM9PQ2RST4U mail a@example.com");
+        assert_eq!(scrubbed, "key <SECRET_1> mail <EMAIL_1>");
+        let mut r = StreamRestorer::new(&restorer);
+        let mut out = String::new();
+        for piece in [
+            "use <SEC",
+            "RET_1> and <",
+            "EMAIL_1",
+            ">, 3 < 4 ",
+            "<b>done",
+        ] {
+            out.push_str(&r.push(piece));
+        }
+        out.push_str(&r.finish());
+        assert_eq!(
+            out,
+            "use AKIAZ7XQ3LM9PQ2RST4U and a@example.com, 3 < 4 <b>done"
+        );
+    }
 }

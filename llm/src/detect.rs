@@ -14,7 +14,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PatternError;
-use crate::normalize::{InvisibleKind, Normalized, normalize};
+use crate::normalize::{InvisibleKind, Normalized, ascii_word_boundaries, normalize};
 
 const FILE: &str = "llm/patterns/injection.toml";
 /// The embedded pattern file.
@@ -176,7 +176,7 @@ impl DetectorLayer for UnicodeLayer {
                 layer: self.name().into(),
                 pattern_id: id.into(),
                 span: run.span.clone(),
-                matched: escape_invisible(&original[run.span.clone()]),
+                matched: escape_invisible(original.get(run.span.clone()).unwrap_or_default()),
                 score,
             });
         }
@@ -185,7 +185,7 @@ impl DetectorLayer for UnicodeLayer {
                 layer: self.name().into(),
                 pattern_id: "unicode-homoglyph".into(),
                 span: span.clone(),
-                matched: original[span.clone()].to_owned(),
+                matched: original.get(span.clone()).unwrap_or_default().to_owned(),
                 score: 0.6,
             });
         }
@@ -288,10 +288,12 @@ impl RegexLayer {
                     "regex must be lower case (it runs on lower-cased text)".into(),
                 ));
             }
-            let regex = Regex::new(&raw.regex).map_err(|e| PatternError::Regex {
-                file: FILE,
-                id: raw.id.clone(),
-                message: e.to_string(),
+            let regex = Regex::new(&ascii_word_boundaries(&raw.regex)).map_err(|e| {
+                PatternError::Regex {
+                    file: FILE,
+                    id: raw.id.clone(),
+                    message: e.to_string(),
+                }
             })?;
             tests.push((patterns.len(), raw.examples, raw.not));
             patterns.push(InjectionPattern {
@@ -364,7 +366,7 @@ impl DetectorLayer for RegexLayer {
                 out.push(Finding {
                     layer: "regex".into(),
                     pattern_id: p.id.clone(),
-                    matched: escape_invisible(&original[span.clone()]),
+                    matched: escape_invisible(original.get(span.clone()).unwrap_or_default()),
                     span,
                     score: p.score,
                 });
@@ -448,6 +450,19 @@ mod tests {
         ] {
             assert!(!d.scan(t).flagged, "{t}");
         }
+    }
+
+    #[test]
+    fn long_text_is_scanned_whole() {
+        let d = Detector::builtin().unwrap();
+        let mut text = "harmless log line with nothing to see\n".repeat(30_000);
+        text.push_str("<|im_start|>system");
+        let v = d.scan(&text);
+        assert!(v.flagged);
+        assert_eq!(
+            v.top().unwrap().span.start,
+            text.len() - "<|im_start|>system".len()
+        );
     }
 
     struct Always;

@@ -113,6 +113,12 @@ pub enum LlmError {
         /// Every attempt made, including the fatal one.
         attempts: Vec<crate::chain::Attempt>,
     },
+    #[error("{provider} failed after part of the reply was streamed (no fallback): {error}")]
+    StreamInterrupted {
+        provider: String,
+        error: ProviderError,
+        attempts: Vec<crate::chain::Attempt>,
+    },
     #[error("every provider failed ({} attempts); last: {}", attempts.len(), last_error(attempts))]
     Exhausted {
         attempts: Vec<crate::chain::Attempt>,
@@ -142,6 +148,7 @@ impl LlmError {
     pub fn attempts(&self) -> &[crate::chain::Attempt] {
         match self {
             Self::Fatal { attempts, .. }
+            | Self::StreamInterrupted { attempts, .. }
             | Self::Exhausted { attempts }
             | Self::BudgetExhausted { attempts, .. } => attempts,
             _ => &[],

@@ -109,6 +109,18 @@ pub trait Provider: Send + Sync {
     /// Local providers (Ollama on loopback) receive unscrubbed text: nothing leaves the machine.
     fn is_local(&self) -> bool;
     async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError>;
+
+    /// Like [`Provider::complete`], calling `on_text` with each piece of text as it arrives. The
+    /// default answers in one piece.
+    async fn complete_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: &mut (dyn for<'s> FnMut(&'s str) + Send),
+    ) -> Result<Completion, ProviderError> {
+        let c = self.complete(req).await?;
+        on_text(&c.text);
+        Ok(c)
+    }
 }
 
 /// A provider over HTTP (reqwest).
@@ -309,7 +321,68 @@ impl Provider for HttpProvider {
 
     async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
         let started = Instant::now();
-        let mut http = self.client.post(self.endpoint()).json(&self.body(req));
+        let resp = self.send(req, false, started).await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| self.classify_transport(&e, started))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| ProviderError::Decode(format!("not JSON: {e}")))?;
+        self.parse(&v)
+    }
+
+    async fn complete_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: &mut (dyn for<'s> FnMut(&'s str) + Send),
+    ) -> Result<Completion, ProviderError> {
+        let started = Instant::now();
+        let mut resp = self.send(req, true, started).await?;
+        let mut acc = StreamAccumulator::new(self.config.kind, &self.config.model);
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| self.classify_transport(&e, started))?;
+            let Some(chunk) = chunk else { break };
+            pending.extend_from_slice(&chunk);
+            // SSE and NDJSON are both line-framed; a line may span chunks.
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(delta) = acc.line(line.trim_end())? {
+                    on_text(&delta);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let line = String::from_utf8_lossy(&pending).into_owned();
+            if let Some(delta) = acc.line(line.trim_end())? {
+                on_text(&delta);
+            }
+        }
+        acc.finish()
+    }
+}
+
+impl HttpProvider {
+    /// Send the request and turn a non-2xx status into a typed error.
+    async fn send(
+        &self,
+        req: &ChatRequest,
+        stream: bool,
+        started: Instant,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut body = self.body(req);
+        if stream {
+            body["stream"] = json!(true);
+            if self.config.kind == ProviderKind::OpenAi {
+                // Without this OpenAI sends no usage on streams, and the budget could not be charged.
+                body["stream_options"] = json!({"include_usage": true});
+            }
+        }
+        let mut http = self.client.post(self.endpoint()).json(&body);
         let key = match self.config.kind {
             ProviderKind::Anthropic => {
                 let k = self.key()?;
@@ -330,6 +403,9 @@ impl Provider for HttpProvider {
             .await
             .map_err(|e| self.classify_transport(&e, started))?;
         let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -339,23 +415,146 @@ impl Provider for HttpProvider {
             .text()
             .await
             .map_err(|e| self.classify_transport(&e, started))?;
-        if !(200..300).contains(&status) {
-            let body = redact_body(&text, key);
-            return Err(match status {
-                429 => ProviderError::RateLimited { retry_after },
-                529 | 503 => ProviderError::Overloaded { status },
-                401 | 403 => ProviderError::Auth { status, body },
-                408 => ProviderError::Timeout {
-                    after: started.elapsed(),
-                },
-                400 | 404 | 413 | 422 => ProviderError::BadRequest { status, body },
-                s if s >= 500 => ProviderError::Server { status, body },
-                _ => ProviderError::UnexpectedStatus { status, body },
-            });
+        let body = redact_body(&text, key);
+        Err(match status {
+            429 => ProviderError::RateLimited { retry_after },
+            529 | 503 => ProviderError::Overloaded { status },
+            401 | 403 => ProviderError::Auth { status, body },
+            408 => ProviderError::Timeout {
+                after: started.elapsed(),
+            },
+            400 | 404 | 413 | 422 => ProviderError::BadRequest { status, body },
+            s if s >= 500 => ProviderError::Server { status, body },
+            _ => ProviderError::UnexpectedStatus { status, body },
+        })
+    }
+}
+
+/// Builds a [`Completion`] from stream events: Anthropic and OpenAI server-sent events, Ollama
+/// JSON lines.
+struct StreamAccumulator {
+    kind: ProviderKind,
+    text: String,
+    usage: Usage,
+    model: String,
+    stop_reason: Option<String>,
+}
+
+impl StreamAccumulator {
+    fn new(kind: ProviderKind, model: &str) -> Self {
+        Self {
+            kind,
+            text: String::new(),
+            usage: Usage::default(),
+            model: model.to_owned(),
+            stop_reason: None,
         }
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| ProviderError::Decode(format!("not JSON: {e}")))?;
-        self.parse(&v)
+    }
+
+    /// Feed one line; returns the text delta it carried, if any.
+    fn line(&mut self, line: &str) -> Result<Option<String>, ProviderError> {
+        let json = match self.kind {
+            ProviderKind::Ollama => line,
+            _ => match line.strip_prefix("data:") {
+                Some(d) => d.trim_start(),
+                // `event:` names, comments and blank separators carry nothing we need.
+                None => return Ok(None),
+            },
+        };
+        if json.is_empty() || json == "[DONE]" {
+            return Ok(None);
+        }
+        let v: Value = serde_json::from_str(json)
+            .map_err(|e| ProviderError::Decode(format!("stream event is not JSON: {e}")))?;
+        let num = |v: &Value| v.as_u64();
+        let delta = match self.kind {
+            ProviderKind::Anthropic => match v["type"].as_str() {
+                Some("message_start") => {
+                    let m = &v["message"];
+                    if let Some(n) = num(&m["usage"]["input_tokens"]) {
+                        self.usage.input_tokens = n;
+                    }
+                    if let Some(model) = m["model"].as_str() {
+                        self.model = model.to_owned();
+                    }
+                    None
+                }
+                Some("content_block_delta") if v["delta"]["type"] == "text_delta" => {
+                    v["delta"]["text"].as_str().map(str::to_owned)
+                }
+                Some("message_delta") => {
+                    if let Some(n) = num(&v["usage"]["output_tokens"]) {
+                        self.usage.output_tokens = n;
+                    }
+                    if let Some(r) = v["delta"]["stop_reason"].as_str() {
+                        self.stop_reason = Some(r.to_owned());
+                    }
+                    None
+                }
+                Some("error") => {
+                    return Err(match v["error"]["type"].as_str() {
+                        Some("overloaded_error") => ProviderError::Overloaded { status: 529 },
+                        Some("rate_limit_error") => {
+                            ProviderError::RateLimited { retry_after: None }
+                        }
+                        _ => ProviderError::Server {
+                            status: 500,
+                            body: redact_body(&v["error"].to_string(), None),
+                        },
+                    });
+                }
+                _ => None,
+            },
+            ProviderKind::OpenAi => {
+                if let Some(n) = num(&v["usage"]["prompt_tokens"]) {
+                    self.usage.input_tokens = n;
+                }
+                if let Some(n) = num(&v["usage"]["completion_tokens"]) {
+                    self.usage.output_tokens = n;
+                }
+                if let Some(model) = v["model"].as_str() {
+                    self.model = model.to_owned();
+                }
+                let choice = &v["choices"][0];
+                if let Some(r) = choice["finish_reason"].as_str() {
+                    self.stop_reason = Some(r.to_owned());
+                }
+                choice["delta"]["content"].as_str().map(str::to_owned)
+            }
+            ProviderKind::Ollama => {
+                if let Some(e) = v["error"].as_str() {
+                    return Err(ProviderError::Server {
+                        status: 500,
+                        body: redact_body(e, None),
+                    });
+                }
+                if v["done"] == true {
+                    self.usage.input_tokens = num(&v["prompt_eval_count"]).unwrap_or(0);
+                    self.usage.output_tokens = num(&v["eval_count"]).unwrap_or(0);
+                    self.stop_reason = v["done_reason"].as_str().map(str::to_owned);
+                }
+                v["message"]["content"].as_str().map(str::to_owned)
+            }
+        };
+        let delta = delta.filter(|d| !d.is_empty());
+        if let Some(d) = &delta {
+            self.text.push_str(d);
+        }
+        Ok(delta)
+    }
+
+    fn finish(self) -> Result<Completion, ProviderError> {
+        if self.stop_reason.is_none() && self.text.is_empty() {
+            return Err(ProviderError::Decode(
+                "stream ended without any event".into(),
+            ));
+        }
+        Ok(Completion {
+            text: self.text,
+            usage: self.usage,
+            model: self.model,
+            stop_reason: self.stop_reason,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use zeroize::Zeroize;
 
 use crate::error::PatternError;
+use crate::normalize::{ascii_word_boundaries, invisible_kind};
 
 const FILE: &str = "llm/patterns/pii.toml";
 /// The embedded pattern file.
@@ -126,10 +127,12 @@ impl Scrubber {
                     id: raw.id,
                 });
             }
-            let regex = Regex::new(&raw.regex).map_err(|e| PatternError::Regex {
-                file: FILE,
-                id: raw.id.clone(),
-                message: e.to_string(),
+            let regex = Regex::new(&ascii_word_boundaries(&raw.regex)).map_err(|e| {
+                PatternError::Regex {
+                    file: FILE,
+                    id: raw.id.clone(),
+                    message: e.to_string(),
+                }
             })?;
             if raw.check == Some(Check::Entropy) && raw.min_entropy.is_none() {
                 return Err(PatternError::Invalid {
@@ -289,7 +292,20 @@ impl fmt::Debug for ScrubSession<'_> {
 }
 
 impl ScrubSession<'_> {
+    /// Replace every secret in `text`. Invisible characters (zero-width, bidi, tag, variation
+    /// selectors) are removed first: they would otherwise split a key so no pattern sees it, and
+    /// they carry nothing a remote model needs (tag characters can carry hidden instructions).
     pub fn scrub(&mut self, text: &str) -> String {
+        let cleaned;
+        let text = if text.chars().any(|c| invisible_kind(c).is_some()) {
+            cleaned = text
+                .chars()
+                .filter(|&c| invisible_kind(c).is_none())
+                .collect::<String>();
+            cleaned.as_str()
+        } else {
+            text
+        };
         let matches = self.scrubber.find(text);
         if matches.is_empty() {
             return text.to_owned();

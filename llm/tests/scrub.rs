@@ -248,6 +248,37 @@ fn same_value_same_placeholder_across_messages() {
     assert_eq!(b, "again <SECRET_1>, also <SECRET_2>");
 }
 
+/// Attempts to slip a secret past the patterns.
+#[test]
+fn evasions_are_still_scrubbed() {
+    let s = Scrubber::builtin().unwrap();
+    let key = "ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
+    let cases = [
+        format!("({key})"),
+        format!("\"{key}\","),
+        format!("https://api.example.com/repos?access_token={key}&x=1"),
+        // Zero-width characters inside the key: stripped before matching.
+        "ghp_Z9y8X7w6V5u4\u{200B}T3s2R1q0P9o8N7m6L5k4J3i2".to_owned(),
+        "gh\u{2060}p_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2".to_owned(),
+        // JSON-escaped PEM (literal backslash-n, no real newline).
+        "{\"key\": \"-----BEGIN RSA PRIVATE KEY-----\\nMIIEowIBAAKCAQEA7VZr8q\\n-----END RSA PRIVATE KEY-----\"}".to_owned(),
+        "PASSWORD: \"Zq9!vR2#mL\"".to_owned(),
+        "export  DB_PASSWORD = \"Zq9!vR2#mL\"".to_owned(),
+    ];
+    for text in &cases {
+        let (out, _) = s.scrub(text);
+        for needle in [
+            "Z9y8X7w6V5u4",
+            "T3s2R1q0P9o8",
+            "MIIEowIBAAKCAQEA7VZr8q",
+            "Zq9!vR2#mL",
+        ] {
+            assert!(!out.contains(needle), "{text:?} -> {out:?}");
+        }
+        assert!(out.contains("<SECRET_1>"), "{text:?} -> {out:?}");
+    }
+}
+
 fn corpus_text() -> String {
     POSITIVES
         .iter()

@@ -85,6 +85,9 @@ fn probe() -> &'static Probe {
     CELL.get_or_init(|| {
         let cgroups = cgroup::Layout::detect();
         let (cgroup_have, cgroup_missing) = cgroups.prepare();
+        // Every engine process cleans up after dead ones on first use, even if its binary
+        // forgot to call `sweep_leftovers` (our own test binaries, for one).
+        let _ = cgroup::sweep(&cgroups);
         let seccomp = if Path::new("/proc/sys/kernel/seccomp/actions_avail").exists() {
             policy::compiled().map(|c| c.programs.clone())
         } else {

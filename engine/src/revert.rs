@@ -1,0 +1,545 @@
+//! Revert: undo what a recorded run did, newest effect first, refusing to clobber newer work.
+//!
+//! A plan lists, per step, what undoing it means (restore pre-images, run a compensation, flag
+//! for manual review, or nothing) and every path whose current state is neither the state the
+//! run left nor the state it found (drift: someone edited it since). Applying a plan restores
+//! step by step, saving the run record after each (the step becomes `reverted`), so a revert
+//! that crashes resumes where it stopped; restoring a path already in its pre state is a no-op.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use secureclaw_vault::kind;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::model::{ActionKind, Compensate};
+use crate::record::{RunRecord, RunStore, StepState, StoreError, now_rfc3339};
+use crate::snapshot::{ChangeSet, EntryKind, RelPath, SnapshotError, Snapshotter};
+use crate::validate::InverseClass;
+
+/// How many changes the ledger entry lists in full; the digest covers all of them.
+const LEDGER_CHANGES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevertError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("run `{run}` has no step `{step}`")]
+    NoStep { run: String, step: String },
+    #[error(
+        "reverting `{step}` alone would break later steps that touched the same paths ({later}); add --cascade to revert them too"
+    )]
+    NeedsCascade { step: String, later: String },
+    #[error("run `{0}` is still running; wait for it (or for the engine to be found dead) first")]
+    Running(String),
+}
+
+/// The inverse stored with a step's ledger entry.
+pub fn inverse_json(class: InverseClass, changes: &ChangeSet, compensate: Option<&Compensate>) -> Value {
+    match class {
+        InverseClass::Restore => json!({
+            "class": class,
+            "restore": changes.changes.iter().take(LEDGER_CHANGES).map(|c| json!({
+                "path": c.path, "what": c.what(),
+                "pre": c.pre.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "sha256": e.sha256, "blob": e.blob, "target": e.target})),
+                "post": c.post.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "sha256": e.sha256, "target": e.target})),
+            })).collect::<Vec<_>>(),
+            "paths": changes.len(),
+            "changes_sha256": changes.digest(),
+        }),
+        InverseClass::Compensate => json!({"class": class, "compensate": compensate}),
+        InverseClass::Pivot => json!({"class": class, "manual_review": true}),
+        InverseClass::None => json!({"class": class}),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RevertRequest {
+    /// Revert this step only (with `cascade`, also what consumed its effects).
+    pub step: Option<String>,
+    pub cascade: bool,
+    /// Overwrite paths edited since the run.
+    pub force: bool,
+}
+
+/// What undoing one step means.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum StepAction {
+    Restore { changes: ChangeSet },
+    /// Irreversible (a pivot), or a compensation this version does not run: a person has to look.
+    ManualReview { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub id: String,
+    #[serde(flatten)]
+    pub action: StepAction,
+}
+
+/// A path that no longer holds what the run left there.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conflict {
+    pub step: String,
+    pub path: RelPath,
+    pub expected: String,
+    pub found: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevertPlan {
+    pub run_id: String,
+    pub whole_run: bool,
+    /// In the order they will be undone.
+    pub steps: Vec<PlannedStep>,
+    /// Steps a previous, interrupted revert already undid.
+    pub already_reverted: Vec<String>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// One revert of a run, kept in the run record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevertSummary {
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub cascade: bool,
+    #[serde(default)]
+    pub force: bool,
+    /// `in_progress`, `completed`, `conflict`, `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub reverted: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual_review: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Whole-run revert: the workspace manifest hash equals the pre-run hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}
+
+/// The outcome of [`apply`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RevertReport {
+    pub run_id: String,
+    pub summary: RevertSummary,
+    pub conflicts: Vec<Conflict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_run_manifest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_now: Option<String>,
+}
+
+/// The change set of each step that has one; the step the engine died in is recovered from
+/// its in-flight pre-manifest and the workspace as it is now.
+pub fn step_changes(snap: &Snapshotter, record: &RunRecord) -> Result<BTreeMap<String, ChangeSet>, RevertError> {
+    let mut out = BTreeMap::new();
+    for s in &record.steps {
+        if let Some(c) = &s.changes {
+            out.insert(s.id.clone(), c.clone());
+        } else if s.state != StepState::Reverted
+            && s.kind.may_write()
+            && let Some(c) = crate::snapshot::load_step_changes(snap.vault(), &record.run_id, &s.id)?
+        {
+            out.insert(s.id.clone(), c);
+        }
+    }
+    // The in-flight record only outlives a run whose engine died during a writing step.
+    if let Some(inflight) = crate::snapshot::load_inflight(snap.vault(), &record.run_id)?
+        && !out.contains_key(&inflight.step)
+        && record.step(&inflight.step).is_some_and(|s| s.state != StepState::Reverted)
+    {
+        let now = snap.scan(Some(&inflight.pre))?;
+        out.insert(inflight.step.clone(), crate::snapshot::diff(&inflight.pre, &now));
+    }
+    Ok(out)
+}
+
+/// Steps in the order they are undone: last finished first (writers never overlap, and a step
+/// finishes after everything it needs, so this is a reverse topological order of the DAG).
+fn undo_order(record: &RunRecord) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..record.steps.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let key = |i: usize| {
+            let s = &record.steps[i];
+            (s.finished_at.clone().or_else(|| s.started_at.clone()), s.write_seq, i)
+        };
+        key(b).cmp(&key(a))
+    });
+    idx
+}
+
+pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Result<RevertPlan, RevertError> {
+    let changes = step_changes(snap, record)?;
+    let order = undo_order(record);
+    let paths_of = |id: &str| -> BTreeSet<RelPath> {
+        changes
+            .get(id)
+            .map(|c| c.changes.iter().map(|c| c.path.clone()).collect())
+            .unwrap_or_default()
+    };
+    let selected: BTreeSet<String> = match &req.step {
+        None => record.steps.iter().map(|s| s.id.clone()).collect(),
+        Some(id) => {
+            if record.step(id).is_none() {
+                return Err(RevertError::NoStep { run: record.run_id.clone(), step: id.clone() });
+            }
+            let pos = |id: &str| order.iter().position(|&i| record.steps[i].id == id).unwrap_or(0);
+            // Later steps (earlier in undo order) that touched the same paths, or consumed the
+            // step's effects through `needs`, transitively.
+            let mut sel: BTreeSet<String> = BTreeSet::from([id.clone()]);
+            let mut touched = paths_of(id);
+            let mut later = Vec::new();
+            loop {
+                let mut grew = false;
+                for &i in &order {
+                    let s = &record.steps[i];
+                    if sel.contains(&s.id) {
+                        continue;
+                    }
+                    let after_some = sel.iter().any(|x| pos(&s.id) < pos(x));
+                    let overlaps = after_some && paths_of(&s.id).iter().any(|p| touched.contains(p));
+                    let depends = req.cascade && s.needs.iter().any(|n| sel.contains(n));
+                    if overlaps || depends {
+                        if overlaps && !req.cascade {
+                            later.push(s.id.clone());
+                            continue;
+                        }
+                        sel.insert(s.id.clone());
+                        touched.extend(paths_of(&s.id));
+                        grew = true;
+                    }
+                }
+                if !grew || !req.cascade {
+                    break;
+                }
+            }
+            if !later.is_empty() {
+                later.sort();
+                later.dedup();
+                return Err(RevertError::NeedsCascade { step: id.clone(), later: later.join(", ") });
+            }
+            sel
+        }
+    };
+    let mut steps = Vec::new();
+    let mut already = Vec::new();
+    for &i in &order {
+        let s = &record.steps[i];
+        if !selected.contains(&s.id) {
+            continue;
+        }
+        if s.state == StepState::Reverted {
+            already.push(s.id.clone());
+            continue;
+        }
+        let action = if let Some(c) = changes.get(&s.id) {
+            if c.is_empty() {
+                continue;
+            }
+            StepAction::Restore { changes: c.clone() }
+        } else if s.kind == ActionKind::Http && s.state == StepState::Succeeded {
+            StepAction::ManualReview {
+                reason: if s.inverse == InverseClass::Compensate {
+                    "an http call whose declared `compensate` action must be run by hand (its inverse is in the ledger entry)".into()
+                } else {
+                    "an http call with no `compensate` action (a pivot): it cannot be undone automatically".into()
+                },
+            }
+        } else if s.kind.may_write() && s.state == StepState::Succeeded {
+            StepAction::ManualReview {
+                reason: "it may have written but no change set was recorded".into(),
+            }
+        } else {
+            continue;
+        };
+        steps.push(PlannedStep { id: s.id.clone(), action });
+    }
+    let conflicts = drift(snap, &steps)?;
+    Ok(RevertPlan {
+        run_id: record.run_id.clone(),
+        whole_run: req.step.is_none(),
+        steps,
+        already_reverted: already,
+        conflicts,
+    })
+}
+
+fn state_text(e: Option<&crate::snapshot::Entry>) -> String {
+    match e {
+        None => "absent".into(),
+        Some(e) => match &e.sha256 {
+            Some(h) => format!("{} (sha256 {})", e.describe(), &h[..12.min(h.len())]),
+            None => e.describe(),
+        },
+    }
+}
+
+fn same(a: Option<&crate::snapshot::Entry>, b: Option<&crate::snapshot::Entry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same_state(b),
+        _ => false,
+    }
+}
+
+/// Paths whose current state is neither what the newest step touching them left nor what it
+/// found (the latter: already reverted by an interrupted revert).
+fn drift(snap: &Snapshotter, steps: &[PlannedStep]) -> Result<Vec<Conflict>, RevertError> {
+    let mut seen = BTreeSet::new();
+    let mut all_paths = BTreeSet::new();
+    for s in steps {
+        if let StepAction::Restore { changes } = &s.action {
+            all_paths.extend(changes.changes.iter().map(|c| c.path.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for s in steps {
+        let StepAction::Restore { changes } = &s.action else { continue };
+        for c in &changes.changes {
+            if !seen.insert(c.path.clone()) {
+                continue;
+            }
+            let now = snap.current(&c.path, c.post.as_ref())?;
+            if !same(now.as_ref(), c.post.as_ref()) && !same(now.as_ref(), c.pre.as_ref()) {
+                out.push(Conflict {
+                    step: s.id.clone(),
+                    path: c.path.clone(),
+                    expected: state_text(c.post.as_ref()),
+                    found: state_text(now.as_ref()),
+                });
+                continue;
+            }
+            // A directory the revert removes must not hold anything the run did not create.
+            let removes_dir = c.post.as_ref().is_some_and(|e| e.kind == EntryKind::Dir)
+                && c.pre.as_ref().is_none_or(|e| e.kind != EntryKind::Dir);
+            if removes_dir && let Ok(rd) = std::fs::read_dir(snap.abs(&c.path)) {
+                for de in rd.flatten() {
+                    let mut p = c.path.0.clone();
+                    p.push(b'/');
+                    p.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(de.file_name().as_os_str()));
+                    let p = RelPath(p);
+                    if !all_paths.contains(&p) {
+                        out.push(Conflict {
+                            step: s.id.clone(),
+                            path: p,
+                            expected: "absent (inside a directory the run created)".into(),
+                            found: "present (added since the run)".into(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Carry out a plan (refusing on conflicts unless forced), recording progress and the ledger.
+pub fn apply(
+    store: &RunStore,
+    snap: &Snapshotter,
+    record: &mut RunRecord,
+    plan: &RevertPlan,
+    req: &RevertRequest,
+) -> Result<RevertReport, RevertError> {
+    if record.state == crate::record::RunState::Running {
+        return Err(RevertError::Running(record.run_id.clone()));
+    }
+    let resuming = record.reverts.last().is_some_and(|r| r.state == "in_progress");
+    if !resuming {
+        record.reverts.push(RevertSummary {
+            started_at: now_rfc3339(),
+            finished_at: None,
+            step: req.step.clone(),
+            cascade: req.cascade,
+            force: req.force,
+            state: "in_progress".into(),
+            reverted: Vec::new(),
+            manual_review: Vec::new(),
+            failures: Vec::new(),
+            verified: None,
+        });
+    }
+    let run = record.run_id.clone();
+    store.record(
+        store
+            .entry(kind::REVERT_STARTED)
+            .run(run.clone())
+            .result(json!({
+                "step": req.step, "cascade": req.cascade, "force": req.force, "resumed": resuming,
+                "plan": plan.steps.iter().map(|s| &s.id).collect::<Vec<_>>(),
+                "conflicts": plan.conflicts.len(),
+            })),
+    );
+    let mut summary = record.reverts.last().cloned().unwrap_or_else(|| RevertSummary {
+        started_at: now_rfc3339(),
+        finished_at: None,
+        step: None,
+        cascade: false,
+        force: false,
+        state: String::new(),
+        reverted: Vec::new(),
+        manual_review: Vec::new(),
+        failures: Vec::new(),
+        verified: None,
+    });
+    let finish = |record: &mut RunRecord, summary: RevertSummary, now: Option<String>| -> Result<RevertReport, RevertError> {
+        store.record(
+            store
+                .entry(kind::REVERT_FINISHED)
+                .run(run.clone())
+                .manifests(now.clone(), record.pre_manifest.clone())
+                .result(json!(summary)),
+        );
+        if let Some(last) = record.reverts.last_mut() {
+            *last = summary.clone();
+        }
+        store.save(record)?;
+        Ok(RevertReport {
+            run_id: run.clone(),
+            summary,
+            conflicts: plan.conflicts.clone(),
+            pre_run_manifest: record.pre_manifest.clone(),
+            manifest_now: now,
+        })
+    };
+    if !plan.conflicts.is_empty() && !req.force {
+        summary.state = "conflict".into();
+        summary.finished_at = Some(now_rfc3339());
+        return finish(record, summary, None);
+    }
+    store.save(record)?;
+    for p in &plan.steps {
+        let Some(i) = record.steps.iter().position(|s| s.id == p.id) else { continue };
+        match &p.action {
+            StepAction::Restore { changes } => {
+                let rec = &record.steps[i];
+                let entry = store
+                    .entry(kind::ACTION_REVERTED)
+                    .run(run.clone())
+                    .step(p.id.clone())
+                    .manifests(rec.post_manifest.clone(), rec.pre_manifest.clone());
+                match snap.restore(&changes.changes) {
+                    Ok(n) => {
+                        store.record(entry.result(json!({"ok": true, "paths": changes.len(), "written": n, "changes_sha256": changes.digest()})));
+                        record.steps[i].state = StepState::Reverted;
+                        summary.reverted.push(p.id.clone());
+                    }
+                    Err(e) => {
+                        store.record(entry.result(json!({"ok": false, "error": e.to_string()})));
+                        summary.failures.push(format!("{}: {e}", p.id));
+                        summary.state = "failed".into();
+                        summary.finished_at = Some(now_rfc3339());
+                        // Restores depend on each other (older steps expect newer ones undone).
+                        return finish(record, summary, None);
+                    }
+                }
+            }
+            StepAction::ManualReview { reason } => {
+                store.record(
+                    store
+                        .entry(kind::ACTION_REVERTED)
+                        .run(run.clone())
+                        .step(p.id.clone())
+                        .result(json!({"ok": false, "manual_review": true, "reason": reason})),
+                );
+                summary.manual_review.push(format!("{}: {reason}", p.id));
+            }
+        }
+        if let Some(last) = record.reverts.last_mut() {
+            *last = summary.clone();
+        }
+        // Progress is durable per step: a crash from here resumes after this step.
+        store.save(record)?;
+    }
+    let mut now = None;
+    if plan.whole_run {
+        let m = snap.scan(snap.load_cache().as_ref())?;
+        let h = m.hash();
+        summary.verified = Some(record.pre_manifest.as_deref() == Some(h.as_str()));
+        snap.save_cache(&m)?;
+        now = Some(h);
+    }
+    if summary.failures.is_empty() && plan.whole_run {
+        crate::snapshot::clear_inflight(snap.vault(), &run, record.steps.iter().map(|s| s.id.as_str()))?;
+    }
+    summary.state = if summary.failures.is_empty() { "completed".into() } else { "failed".into() };
+    summary.finished_at = Some(now_rfc3339());
+    finish(record, summary, now)
+}
+
+/// A unified diff of a change set (content from the vault's pre- and post-images); binary files
+/// and non-content changes are summarised in one line each.
+pub fn render_diff(vault: &secureclaw_vault::Vault, changes: &ChangeSet, color: bool) -> Result<String, RevertError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let content = |e: Option<&crate::snapshot::Entry>| -> Result<Option<Vec<u8>>, RevertError> {
+        match e {
+            Some(e) if e.kind == EntryKind::File => match e.blob {
+                Some(b) => Ok(Some(vault.blobs().get(&b).map_err(SnapshotError::from)?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    };
+    let fmt = if color {
+        diffy::PatchFormatter::new().with_color()
+    } else {
+        diffy::PatchFormatter::new()
+    };
+    for c in &changes.changes {
+        let path = c.path.display();
+        let (pre, post) = (c.pre.as_ref(), c.post.as_ref());
+        let _ = writeln!(out, "diff {path} ({})", c.what());
+        let kinds = (pre.map(|e| e.kind), post.map(|e| e.kind));
+        if let (Some(a), Some(b)) = (pre, post)
+            && a.mode != b.mode
+            && a.kind == b.kind
+        {
+            let _ = writeln!(out, "old mode {:o}\nnew mode {:o}", a.mode, b.mode);
+        }
+        if kinds.0 != Some(EntryKind::File) && kinds.1 != Some(EntryKind::File) {
+            if kinds != (Some(EntryKind::Dir), Some(EntryKind::Dir)) {
+                let _ = writeln!(out, "- {}\n+ {}", state_text(pre), state_text(post));
+            }
+            continue;
+        }
+        if pre.and_then(|e| e.sha256.as_ref()) == post.and_then(|e| e.sha256.as_ref()) {
+            continue;
+        }
+        let (a, b) = (content(pre)?, content(post)?);
+        let text = |v: &Option<Vec<u8>>| match v {
+            None => Some(String::new()),
+            Some(v) if v.contains(&0) => None,
+            Some(v) => String::from_utf8(v.clone()).ok(),
+        };
+        match (text(&a), text(&b)) {
+            (Some(ta), Some(tb)) => {
+                let _ = writeln!(
+                    out,
+                    "--- {}\n+++ {}",
+                    if pre.is_some() { format!("a/{path}") } else { "/dev/null".into() },
+                    if post.is_some() { format!("b/{path}") } else { "/dev/null".into() }
+                );
+                let patch = diffy::create_patch(&ta, &tb);
+                let rendered = fmt.fmt_patch(&patch).to_string();
+                // diffy's own header names the sides "original"/"modified": keep ours.
+                for line in rendered.lines().skip_while(|l| !l.contains("@@")) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            _ => {
+                let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+                let _ = writeln!(out, "Binary files differ ({} -> {} bytes)", len(&a), len(&b));
+            }
+        }
+    }
+    Ok(out)
+}

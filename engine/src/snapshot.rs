@@ -1,0 +1,735 @@
+//! Workspace snapshots: manifests, change sets, pre-images in the vault, and restoring them.
+//!
+//! A [`Manifest`] maps every path under the workspace (except `.git` and the state dir) to its
+//! kind, permission bits, content hash and symlink target, plus the stat fields
+//! (inode, size, mtime, ctime) that let the next scan skip files that did not move. Every file
+//! hashed is also streamed into the vault's encrypted, deduplicated blob store, so any state a
+//! manifest describes can be rebuilt: the pre-image of whatever a step changes is already stored
+//! before the step runs, without knowing in advance which files a shell command will touch.
+//!
+//! Cost: a scan is one `lstat` per path; only files whose stat changed since the previous scan
+//! are read, hashed and stored (the vault dedups content it already holds).
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use secureclaw_vault::{BlobId, Vault, VaultError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Default cap on one file's size; bigger files make the capture refuse, never skip.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Environment variable overriding [`DEFAULT_MAX_FILE_BYTES`] (`512MiB`, `2GiB`...).
+pub const ENV_MAX_FILE: &str = "SECURECLAW_SNAPSHOT_MAX_FILE";
+/// A file whose mtime or ctime is this close to the time of the scan that hashed it may change
+/// again within the same timestamp tick (coarse filesystem clocks): its cached hash is not
+/// trusted (the "racy git" rule).
+const RACY_NS: i128 = 2_000_000_000;
+/// Sealed vault table: the last manifest of each workspace (the stat cache).
+const CACHE_TABLE: &str = "snapshot_cache";
+/// Sealed vault table: the pre-manifest of the step a run is executing (for crash recovery).
+const INFLIGHT_TABLE: &str = "snapshot_inflight";
+/// Sealed vault table: each step's change set, written by the step itself before the next
+/// writer may start, so a crash cannot lose it even if the run record was not saved yet.
+const STEPS_TABLE: &str = "snapshot_steps";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is {size} bytes, over the snapshot cap of {cap} bytes: it cannot be captured, so the step is refused (raise {ENV_MAX_FILE}, or move the file out of the workspace)"
+    )]
+    TooLarge { path: PathBuf, size: u64, cap: u64 },
+    #[error("snapshot store: {0}")]
+    Vault(#[from] VaultError),
+    #[error("{ENV_MAX_FILE}: {0}")]
+    Config(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A path relative to the workspace, as raw bytes (names need not be UTF-8). Serialised as a
+/// string when it is UTF-8, else as `{"hex": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(pub Vec<u8>);
+
+impl RelPath {
+    pub fn as_path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.0))
+    }
+    /// For display: lossy, with control characters (a newline in a name) escaped.
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(&self.0).escape_debug().to_string()
+    }
+    fn depth(&self) -> usize {
+        self.0.iter().filter(|&&b| b == b'/').count()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RelPathRepr {
+    Text(String),
+    Hex { hex: String },
+}
+
+impl Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(t) => RelPathRepr::Text(t.to_string()),
+            Err(_) => RelPathRepr::Hex {
+                hex: hex::encode(&self.0),
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match RelPathRepr::deserialize(d)? {
+            RelPathRepr::Text(t) => RelPath(t.into_bytes()),
+            RelPathRepr::Hex { hex } => {
+                RelPath(hex::decode(hex).map_err(serde::de::Error::custom)?)
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One path's state. `kind`, `mode`, `sha256` and `target` are the state; the rest is the stat
+/// cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777`); 0 for symlinks.
+    pub mode: u32,
+    #[serde(default)]
+    pub size: u64,
+    /// SHA-256 of the content (files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Where the content is in the vault (files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobId>,
+    /// The link target, never followed (symlinks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RelPath>,
+    #[serde(default)]
+    pub ino: u64,
+    #[serde(default)]
+    pub mtime_ns: i128,
+    #[serde(default)]
+    pub ctime_ns: i128,
+}
+
+impl Entry {
+    /// Same state (what revert restores and diff shows), ignoring stat-only differences.
+    pub fn same_state(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.mode == other.mode
+            && self.sha256 == other.sha256
+            && self.target == other.target
+    }
+
+    fn same_stat(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.ino == other.ino
+            && self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.ctime_ns == other.ctime_ns
+    }
+
+    pub fn describe(&self) -> String {
+        match self.kind {
+            EntryKind::File => format!("file {:o}, {} bytes", self.mode, self.size),
+            EntryKind::Dir => format!("directory {:o}", self.mode),
+            EntryKind::Symlink => format!(
+                "symlink -> {}",
+                self.target.as_ref().map(RelPath::display).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Every path of a workspace at one moment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// When the scan started (ns since the epoch); for the racy-timestamp rule.
+    #[serde(default)]
+    pub scanned_at_ns: i128,
+    /// Serialised as a list of `[path, entry]` pairs: a path need not be UTF-8, a JSON key must.
+    #[serde(with = "entry_list")]
+    pub entries: BTreeMap<RelPath, Entry>,
+}
+
+mod entry_list {
+    use super::{BTreeMap, Entry, RelPath};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<RelPath, Entry>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<RelPath, Entry>, D::Error> {
+        Ok(Vec::<(RelPath, Entry)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl Manifest {
+    /// SHA-256 over the state of every path (not the stat cache): equal hashes, equal trees.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for (p, e) in &self.entries {
+            h.update((p.0.len() as u64).to_le_bytes());
+            h.update(&p.0);
+            h.update([match e.kind {
+                EntryKind::File => b'f',
+                EntryKind::Dir => b'd',
+                EntryKind::Symlink => b'l',
+            }]);
+            h.update(e.mode.to_le_bytes());
+            let s = e.sha256.as_deref().unwrap_or_default().as_bytes();
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s);
+            let t = e.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// One path a step changed: its state before and after (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: RelPath,
+    pub pre: Option<Entry>,
+    pub post: Option<Entry>,
+}
+
+impl Change {
+    pub fn what(&self) -> &'static str {
+        match (&self.pre, &self.post) {
+            (None, Some(_)) => "created",
+            (Some(_), None) => "deleted",
+            (Some(a), Some(b)) if a.kind != b.kind => "replaced",
+            (Some(a), Some(b)) if a.sha256 == b.sha256 && a.target == b.target => "mode",
+            _ => "modified",
+        }
+    }
+}
+
+/// Everything a step changed, sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    pub changes: Vec<Change>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+    /// SHA-256 of the canonical JSON of the change set (what the ledger commits to).
+    pub fn digest(&self) -> String {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        hex::encode(Sha256::digest(secureclaw_vault::canonical_json(&v)))
+    }
+}
+
+/// The difference between two manifests.
+pub fn diff(pre: &Manifest, post: &Manifest) -> ChangeSet {
+    let mut changes = Vec::new();
+    let mut a = pre.entries.iter().peekable();
+    let mut b = post.entries.iter().peekable();
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((pa, _)), Some((pb, _))) => pa.cmp(pb),
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                if let Some((p, e)) = a.next() {
+                    changes.push(Change {
+                        path: p.clone(),
+                        pre: Some(e.clone()),
+                        post: None,
+                    });
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((p, e)) = b.next() {
+                    changes.push(Change {
+                        path: p.clone(),
+                        pre: None,
+                        post: Some(e.clone()),
+                    });
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((p, ea)), Some((_, eb))) = (a.next(), b.next())
+                    && !ea.same_state(eb)
+                {
+                    changes.push(Change {
+                        path: p.clone(),
+                        pre: Some(ea.clone()),
+                        post: Some(eb.clone()),
+                    });
+                }
+            }
+        }
+    }
+    ChangeSet { changes }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or_default()
+}
+
+fn ns(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// Reads and hashes while the vault streams the content in.
+struct Tee<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Captures and restores one workspace, with its pre-images in one vault.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    vault: Vault,
+    root: PathBuf,
+    /// Paths never captured nor restored (relative): `.git`, the state dir.
+    excluded: Vec<RelPath>,
+    max_file: u64,
+}
+
+impl Snapshotter {
+    /// `root` must be canonical. `state_dir` is excluded when it lies inside it.
+    pub fn new(vault: Vault, root: &Path, state_dir: &Path) -> Result<Self, SnapshotError> {
+        let mut excluded = vec![RelPath(b".git".to_vec())];
+        let state = state_dir
+            .canonicalize()
+            .unwrap_or_else(|_| state_dir.to_path_buf());
+        if let Ok(rel) = state.strip_prefix(root)
+            && !rel.as_os_str().is_empty()
+        {
+            excluded.push(RelPath(rel.as_os_str().as_bytes().to_vec()));
+        }
+        let max_file = match std::env::var(ENV_MAX_FILE) {
+            Ok(v) => crate::units::parse_size(&v).map_err(|e| SnapshotError::Config(e.to_string()))?,
+            Err(_) => DEFAULT_MAX_FILE_BYTES,
+        };
+        Ok(Self {
+            vault,
+            root: root.to_path_buf(),
+            excluded,
+            max_file,
+        })
+    }
+
+    pub fn with_max_file(mut self, bytes: u64) -> Self {
+        self.max_file = bytes;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    pub fn abs(&self, p: &RelPath) -> PathBuf {
+        self.root.join(p.as_path())
+    }
+
+    fn is_excluded(&self, p: &RelPath) -> bool {
+        self.excluded.iter().any(|x| *x == *p)
+    }
+
+    /// Scan the workspace. Files whose stat matches `prev` (and is not racy) keep their hash
+    /// and blob; every other file is hashed and stored in the vault.
+    pub fn scan(&self, prev: Option<&Manifest>) -> Result<Manifest, SnapshotError> {
+        let scanned_at_ns = now_ns();
+        let mut entries = BTreeMap::new();
+        let mut stack: Vec<RelPath> = vec![RelPath(Vec::new())];
+        while let Some(dir) = stack.pop() {
+            let abs = self.abs(&dir);
+            let rd = fs::read_dir(&abs).map_err(io(&abs))?;
+            for de in rd {
+                let de = de.map_err(io(&abs))?;
+                let name = de.file_name();
+                let mut rel = dir.0.clone();
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(name.as_bytes());
+                let rel = RelPath(rel);
+                if self.is_excluded(&rel) {
+                    continue;
+                }
+                let path = de.path();
+                let md = fs::symlink_metadata(&path).map_err(io(&path))?;
+                let ft = md.file_type();
+                let mut e = Entry {
+                    kind: EntryKind::File,
+                    mode: md.permissions().mode() & 0o7777,
+                    size: md.len(),
+                    sha256: None,
+                    blob: None,
+                    target: None,
+                    ino: md.ino(),
+                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+                };
+                if ft.is_dir() {
+                    e.kind = EntryKind::Dir;
+                    e.size = 0;
+                    stack.push(rel.clone());
+                } else if ft.is_symlink() {
+                    e.kind = EntryKind::Symlink;
+                    e.mode = 0;
+                    e.size = 0;
+                    let t = fs::read_link(&path).map_err(io(&path))?;
+                    e.target = Some(RelPath(t.into_os_string().into_vec()));
+                } else if ft.is_file() {
+                    let cached = prev.and_then(|m| {
+                        let c = m.entries.get(&rel)?;
+                        let racy = c.mtime_ns >= m.scanned_at_ns - RACY_NS
+                            || c.ctime_ns >= m.scanned_at_ns - RACY_NS;
+                        (c.same_stat(&e) && !racy && c.blob.is_some()).then_some(c)
+                    });
+                    if let Some(c) = cached {
+                        e.sha256 = c.sha256.clone();
+                        e.blob = c.blob;
+                    } else {
+                        self.store_file(&path, &mut e)?;
+                    }
+                } else {
+                    return Err(SnapshotError::Io {
+                        path,
+                        source: std::io::Error::other(
+                            "not a regular file, directory or symlink (sockets, FIFOs and devices cannot be captured)",
+                        ),
+                    });
+                }
+                entries.insert(rel, e);
+            }
+        }
+        Ok(Manifest {
+            scanned_at_ns,
+            entries,
+        })
+    }
+
+    fn store_file(&self, path: &Path, e: &mut Entry) -> Result<(), SnapshotError> {
+        if e.size > self.max_file {
+            return Err(SnapshotError::TooLarge {
+                path: path.to_path_buf(),
+                size: e.size,
+                cap: self.max_file,
+            });
+        }
+        let f = fs::File::open(path).map_err(io(path))?;
+        let mut tee = Tee {
+            inner: f,
+            hasher: Sha256::new(),
+            len: 0,
+        };
+        let id = self.vault.blobs().put_reader(&mut tee)?;
+        e.sha256 = Some(hex::encode(tee.hasher.finalize()));
+        e.blob = Some(id);
+        e.size = tee.len;
+        Ok(())
+    }
+
+    /// The current state of one path, hashing a file only when its stat differs from `known`.
+    pub fn current(
+        &self,
+        p: &RelPath,
+        known: Option<&Entry>,
+    ) -> Result<Option<Entry>, SnapshotError> {
+        let path = self.abs(p);
+        let md = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SnapshotError::Io { path, source: e }),
+        };
+        let ft = md.file_type();
+        let mut e = Entry {
+            kind: EntryKind::File,
+            mode: md.permissions().mode() & 0o7777,
+            size: md.len(),
+            sha256: None,
+            blob: None,
+            target: None,
+            ino: md.ino(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        };
+        if ft.is_dir() {
+            e.kind = EntryKind::Dir;
+            e.size = 0;
+        } else if ft.is_symlink() {
+            e.kind = EntryKind::Symlink;
+            e.mode = 0;
+            e.size = 0;
+            let t = fs::read_link(&path).map_err(io(&path))?;
+            e.target = Some(RelPath(t.into_os_string().into_vec()));
+        } else {
+            match known {
+                Some(k) if k.same_stat(&e) && k.sha256.is_some() => {
+                    e.sha256 = k.sha256.clone();
+                    e.blob = k.blob;
+                }
+                _ => {
+                    let f = fs::File::open(&path).map_err(io(&path))?;
+                    let mut tee = Tee { inner: f, hasher: Sha256::new(), len: 0 };
+                    std::io::copy(&mut tee, &mut std::io::sink()).map_err(io(&path))?;
+                    e.sha256 = Some(hex::encode(tee.hasher.finalize()));
+                }
+            }
+        }
+        Ok(Some(e))
+    }
+
+    /// Put every path of `changes` back to its `pre` state. Idempotent: a path already in its
+    /// pre state is left alone (so an interrupted restore can simply run again).
+    pub fn restore(&self, changes: &[Change]) -> Result<usize, SnapshotError> {
+        // Parents that lost owner write/search permission would block the work below; open them
+        // up for the duration and put their modes back at the end.
+        let mut reopened: BTreeMap<PathBuf, u32> = BTreeMap::new();
+        for c in changes {
+            let mut parent = c.path.as_path().parent();
+            while let Some(p) = parent {
+                let abs = self.root.join(p);
+                if !reopened.contains_key(&abs)
+                    && let Ok(md) = fs::symlink_metadata(&abs)
+                    && md.is_dir()
+                {
+                    let mode = md.permissions().mode() & 0o7777;
+                    if mode & 0o300 != 0o300 {
+                        fs::set_permissions(&abs, fs::Permissions::from_mode(mode | 0o700))
+                            .map_err(io(&abs))?;
+                        reopened.insert(abs, mode);
+                    }
+                }
+                parent = p.parent();
+            }
+        }
+        let result = self.restore_inner(changes);
+        for (abs, mode) in reopened.iter().rev() {
+            let wanted = changes
+                .iter()
+                .find(|c| self.abs(&c.path) == *abs)
+                .and_then(|c| c.pre.as_ref().map(|e| e.mode))
+                .unwrap_or(*mode);
+            if fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) {
+                fs::set_permissions(abs, fs::Permissions::from_mode(wanted)).map_err(io(abs))?;
+            }
+        }
+        result
+    }
+
+    fn restore_inner(&self, changes: &[Change]) -> Result<usize, SnapshotError> {
+        let mut todo: Vec<&Change> = Vec::new();
+        for c in changes {
+            let cur = self.current(&c.path, c.post.as_ref())?;
+            let done = match (&cur, &c.pre) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_state(b),
+                _ => false,
+            };
+            if !done {
+                todo.push(c);
+            }
+        }
+        // 1. Remove what must go, children before parents.
+        let mut removals: Vec<&Change> = todo
+            .iter()
+            .copied()
+            .filter(|c| match (&c.pre, &c.post) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(a), Some(b)) => a.kind != b.kind || a.kind == EntryKind::Symlink,
+            })
+            .collect();
+        removals.sort_by(|a, b| b.path.cmp(&a.path));
+        for c in &removals {
+            let abs = self.abs(&c.path);
+            let md = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SnapshotError::Io { path: abs, source: e }),
+            };
+            if md.is_dir() {
+                fs::remove_dir(&abs).map_err(io(&abs))?;
+            } else {
+                fs::remove_file(&abs).map_err(io(&abs))?;
+            }
+        }
+        // 2. Recreate pre states, parents before children.
+        let mut creations: Vec<&Change> = todo.iter().copied().filter(|c| c.pre.is_some()).collect();
+        creations.sort_by(|a, b| a.path.cmp(&b.path));
+        for c in &creations {
+            let Some(pre) = &c.pre else { continue };
+            let abs = self.abs(&c.path);
+            match pre.kind {
+                EntryKind::Dir => match fs::create_dir(&abs) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
+                    Err(e) => return Err(SnapshotError::Io { path: abs, source: e }),
+                },
+                EntryKind::Symlink => {
+                    let target = pre.target.clone().unwrap_or(RelPath(Vec::new()));
+                    if fs::symlink_metadata(&abs).is_ok() {
+                        fs::remove_file(&abs).map_err(io(&abs))?;
+                    }
+                    std::os::unix::fs::symlink(target.as_path(), &abs).map_err(io(&abs))?;
+                }
+                EntryKind::File => {
+                    let cur = fs::symlink_metadata(&abs).ok();
+                    let same_content = cur.as_ref().is_some_and(|m| m.is_file())
+                        && self
+                            .current(&c.path, None)?
+                            .is_some_and(|e| e.sha256 == pre.sha256);
+                    if !same_content {
+                        let blob = pre.blob.ok_or_else(|| SnapshotError::Io {
+                            path: abs.clone(),
+                            source: std::io::Error::other("no pre-image recorded"),
+                        })?;
+                        // A read-only file cannot be replaced in place by everyone; the restore
+                        // renames over it, which only needs the directory to be writable.
+                        self.vault.blobs().restore_to_path(&blob, &abs)?;
+                    }
+                }
+            }
+        }
+        // 3. Modes: files first, then directories deepest first.
+        let mut modes: Vec<&Change> = creations
+            .iter()
+            .copied()
+            .filter(|c| c.pre.as_ref().is_some_and(|e| e.kind != EntryKind::Symlink))
+            .collect();
+        modes.sort_by(|a, b| {
+            let key = |c: &Change| {
+                (
+                    c.pre.as_ref().is_some_and(|e| e.kind == EntryKind::Dir),
+                    std::cmp::Reverse(c.path.depth()),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        for c in modes {
+            if let Some(pre) = &c.pre {
+                let abs = self.abs(&c.path);
+                fs::set_permissions(&abs, fs::Permissions::from_mode(pre.mode)).map_err(io(&abs))?;
+            }
+        }
+        Ok(todo.len())
+    }
+
+    fn cache_key(&self) -> String {
+        hex::encode(Sha256::digest(self.root.as_os_str().as_bytes()))
+    }
+
+    /// The last manifest of this workspace, as the stat cache for the next scan.
+    pub fn load_cache(&self) -> Option<Manifest> {
+        self.vault
+            .get_json::<Manifest>(CACHE_TABLE, &self.cache_key())
+            .ok()
+            .flatten()
+    }
+
+    pub fn save_cache(&self, m: &Manifest) -> Result<(), SnapshotError> {
+        self.vault.put_json(CACHE_TABLE, &self.cache_key(), m)?;
+        Ok(())
+    }
+
+    /// Remember the pre-manifest of the step `run` is about to execute, durably, so a crash
+    /// during the step can still be reverted.
+    pub fn save_inflight(&self, run: &str, step: &str, pre: &Manifest) -> Result<(), SnapshotError> {
+        #[derive(Serialize)]
+        struct Ref<'a> {
+            step: &'a str,
+            pre: &'a Manifest,
+        }
+        self.vault.put_json(INFLIGHT_TABLE, run, &Ref { step, pre })?;
+        Ok(())
+    }
+
+    pub fn save_step_changes(&self, run: &str, step: &str, changes: &ChangeSet) -> Result<(), SnapshotError> {
+        self.vault.put_json(STEPS_TABLE, &format!("{run}/{step}"), changes)?;
+        Ok(())
+    }
+}
+
+/// A step's change set as the step saved it (before the run record caught up).
+pub fn load_step_changes(vault: &Vault, run: &str, step: &str) -> Result<Option<ChangeSet>, SnapshotError> {
+    Ok(vault.get_json(STEPS_TABLE, &format!("{run}/{step}"))?)
+}
+
+/// The step a run was executing and the workspace before it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inflight {
+    pub step: String,
+    pub pre: Manifest,
+}
+
+/// The in-flight record of a run, if its engine stopped during a writing step.
+pub fn load_inflight(vault: &Vault, run: &str) -> Result<Option<Inflight>, SnapshotError> {
+    Ok(vault.get_json(INFLIGHT_TABLE, run)?)
+}
+
+/// Forget a run's crash-recovery state once its record holds every change set.
+pub fn clear_inflight<'a>(vault: &Vault, run: &str, steps: impl IntoIterator<Item = &'a str>) -> Result<(), SnapshotError> {
+    for s in steps {
+        vault.delete(STEPS_TABLE, &format!("{run}/{s}"))?;
+    }
+    vault.delete(INFLIGHT_TABLE, run)?;
+    Ok(())
+}

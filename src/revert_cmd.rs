@@ -1,0 +1,202 @@
+//! `revert` and `diff`: undo a recorded run (or one step), and show what it changed.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use console::style;
+use secureclaw_engine::record::{RunRecord, RunStore};
+use secureclaw_engine::revert::{self, RevertRequest, StepAction};
+use secureclaw_engine::snapshot::Snapshotter;
+use secureclaw_vault::PassphraseSource;
+
+use crate::exit;
+
+#[derive(Args)]
+pub struct RevertArgs {
+    /// Run id, a unique prefix of it, or `last`.
+    pub run: String,
+    /// Revert only this step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// With --step: also revert the later steps that consumed its effects.
+    #[arg(long, requires = "step")]
+    pub cascade: bool,
+    /// Show exactly which files would change and what would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite paths edited since the run (drift) instead of stopping.
+    #[arg(long)]
+    pub force: bool,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// Run id, a unique prefix of it, or `last`.
+    pub run: String,
+    /// Only this step's changes.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Colours: auto (on a terminal), always, never.
+    #[arg(long, default_value = "auto")]
+    pub color: String,
+}
+
+fn open(state_dir: Option<&PathBuf>, pass: &PassphraseSource) -> anyhow::Result<(RunStore, PathBuf)> {
+    let dir = crate::cwd_state(state_dir)?;
+    let vault = crate::unlock::open(&dir, pass, false)?;
+    let store = RunStore::new(vault, crate::run_cmd::actor());
+    // A run whose engine died is marked interrupted first, so it can be reverted.
+    for id in store.mark_interrupted()? {
+        eprintln!("{} run {id} was interrupted (the engine stopped during it)", style("note:").yellow());
+    }
+    Ok((store, dir))
+}
+
+fn snapshotter(store: &RunStore, record: &RunRecord, state_dir: &std::path::Path) -> anyhow::Result<Snapshotter> {
+    Snapshotter::new(store.vault().clone(), &record.workspace, state_dir)
+        .with_context(|| format!("workspace {}", record.workspace.display()))
+}
+
+pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let (store, dir) = open(args.state_dir.as_ref(), pass)?;
+    let mut record = store.load(&args.run)?;
+    let snap = snapshotter(&store, &record, &dir)?;
+    let req = RevertRequest {
+        step: args.step.clone(),
+        cascade: args.cascade,
+        force: args.force,
+    };
+    let plan = match revert::plan(&snap, &record, &req) {
+        Ok(p) => p,
+        Err(e @ revert::RevertError::NeedsCascade { .. }) => {
+            eprintln!("{} {e}", style("error:").red().bold());
+            return Ok(exit::FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("revert of run {} (dry run: nothing is changed)", plan.run_id);
+            print_plan(&plan);
+        }
+        return Ok(if plan.conflicts.is_empty() || args.force { exit::OK } else { exit::FAILED });
+    }
+    let report = revert::apply(&store, &snap, &mut record, &plan, &req)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        if !report.conflicts.is_empty() {
+            let verb = if args.force { "overwritten (--force)" } else { "nothing was changed" };
+            eprintln!(
+                "{} {} path(s) changed since the run; {verb}:",
+                style("conflict:").red().bold(),
+                report.conflicts.len()
+            );
+            for c in &report.conflicts {
+                eprintln!("  {} (step `{}`): expected {}, found {}", c.path.display(), c.step, c.expected, c.found);
+            }
+            if !args.force {
+                eprintln!("  {} keep your edits and revert by hand, or re-run with --force to overwrite them", style("hint:").cyan());
+            }
+        }
+        let s = &report.summary;
+        for id in &s.reverted {
+            println!("{} reverted step `{id}`", style("✓").green());
+        }
+        for m in &s.manual_review {
+            println!("{} needs manual review: {m}", style("!").yellow());
+        }
+        for f in &s.failures {
+            println!("{} failed: {f}", style("✗").red());
+        }
+        match s.verified {
+            Some(true) => println!("workspace matches the pre-run state (manifest {})", report.pre_run_manifest.as_deref().unwrap_or_default()),
+            Some(false) => println!(
+                "{} the workspace does not match the pre-run state (pre-run manifest {}, now {}): paths the run did not touch changed since",
+                style("warning:").yellow(),
+                report.pre_run_manifest.as_deref().unwrap_or("unknown"),
+                report.manifest_now.as_deref().unwrap_or("unknown")
+            ),
+            None => {}
+        }
+        println!("revert {}", s.state);
+    }
+    Ok(match report.summary.state.as_str() {
+        "completed" if report.summary.verified != Some(false) => exit::OK,
+        _ => exit::FAILED,
+    })
+}
+
+fn print_plan(plan: &revert::RevertPlan) {
+    for id in &plan.already_reverted {
+        println!("  step `{id}`: already reverted");
+    }
+    if plan.steps.is_empty() {
+        println!("  nothing to revert");
+    }
+    for s in &plan.steps {
+        match &s.action {
+            StepAction::Restore { changes } => {
+                println!("  step `{}`: restore {} path(s)", s.id, changes.len());
+                for c in &changes.changes {
+                    let verb = match c.what() {
+                        "created" => "remove",
+                        "deleted" => "recreate",
+                        "mode" => "chmod",
+                        "replaced" => "replace",
+                        _ => "restore",
+                    };
+                    println!("    {verb:<8} {}", c.path.display());
+                }
+            }
+            StepAction::ManualReview { reason } => println!("  step `{}`: manual review: {reason}", s.id),
+        }
+    }
+    for c in &plan.conflicts {
+        println!("  conflict: {} (step `{}`): expected {}, found {}", c.path.display(), c.step, c.expected, c.found);
+    }
+}
+
+pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let (store, _) = open(args.state_dir.as_ref(), pass)?;
+    let record = store.load(&args.run)?;
+    let color = match args.color.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stdout().is_terminal(),
+    };
+    if let Some(id) = &args.step
+        && record.step(id).is_none()
+    {
+        anyhow::bail!("run `{}` has no step `{id}`", record.run_id);
+    }
+    let mut steps: Vec<_> = record
+        .steps
+        .iter()
+        .filter(|s| args.step.as_ref().is_none_or(|id| *id == s.id))
+        .filter_map(|s| s.changes.as_ref().map(|c| (s.write_seq, &s.id, c)))
+        .collect();
+    steps.sort_by_key(|(seq, _, _)| *seq);
+    for (_, id, changes) in steps {
+        if changes.is_empty() {
+            continue;
+        }
+        let head = format!("# step `{id}`: {} path(s) changed", changes.len());
+        println!("{}", if color { style(head).bold().to_string() } else { head });
+        print!("{}", revert::render_diff(store.vault(), changes, color)?);
+    }
+    Ok(exit::OK)
+}

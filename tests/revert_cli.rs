@@ -1,0 +1,370 @@
+//! `secureclaw revert` and `diff` end to end: real workspaces, the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
+    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1")
+        .env_remove("SECURECLAW_STATE_DIR");
+    c
+}
+
+/// A workspace with its workflow file kept outside it.
+struct Ws {
+    dir: tempfile::TempDir,
+    wf_dir: tempfile::TempDir,
+}
+
+impl Ws {
+    fn new() -> Self {
+        Ws { dir: tempfile::tempdir().unwrap(), wf_dir: tempfile::tempdir().unwrap() }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn state(&self) -> PathBuf {
+        self.path().join(".secureclaw")
+    }
+    fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).unwrap()
+    }
+    fn run(&self, wf: &str) -> Output {
+        let p = self.wf_dir.path().join("wf.yaml");
+        std::fs::write(&p, wf).unwrap();
+        bin()
+            .arg("run")
+            .arg(&p)
+            .arg("--workspace")
+            .arg(self.path())
+            .args(["--sandbox", "host", "--yes"])
+            .output()
+            .unwrap()
+    }
+    fn cmd(&self, args: &[&str]) -> Output {
+        bin().args(args).arg("--state-dir").arg(self.state()).output().unwrap()
+    }
+    fn tree(&self) -> BTreeMap<Vec<u8>, String> {
+        tree(self.path())
+    }
+    fn ledger(&self) -> String {
+        let file = self.wf_dir.path().join("ledger.jsonl");
+        let out = bin()
+            .args(["ledger", "export", "--state-dir"])
+            .arg(self.state())
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::fs::read_to_string(file).unwrap()
+    }
+    fn ledger_kinds(&self) -> Vec<String> {
+        self.ledger()
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                let e = v.get("entry").unwrap_or(&v);
+                Some(format!("{}:{}", e["kind"].as_str()?, e["step"].as_str().unwrap_or("-")))
+            })
+            .collect()
+    }
+}
+
+/// The run id from `run`'s closing line (`run ID state ...`).
+fn run_id(out: &Output) -> String {
+    let err = text(&out.stderr);
+    let line = err.lines().rev().find(|l| l.starts_with("run ")).unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Everything revert must restore: kind, mode, content, link target (not mtimes).
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            if rel == b".secureclaw" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let mode = md.permissions().mode() & 0o7777;
+            let v = if md.file_type().is_symlink() {
+                format!("link {:?}", std::fs::read_link(&p).unwrap())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o}")
+            } else {
+                let c = std::fs::read(&p).unwrap();
+                format!("file {mode:o} {} {:x?}", c.len(), &c[..c.len().min(64)]) + &format!(" {}", hash(&c))
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+fn hash(b: &[u8]) -> u64 {
+    // FNV-1a: enough to tell contents apart in a test.
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100000001b3))
+}
+
+fn seed(ws: &Ws) {
+    ws.write("keep.txt", "keep\n");
+    ws.write("src/main.txt", "line 1\nline 2\nline 3\n");
+    ws.write("src/old.txt", "old\n");
+    std::fs::create_dir_all(ws.path().join("empty")).unwrap();
+    std::os::unix::fs::symlink("src/main.txt", ws.path().join("link")).unwrap();
+    std::fs::write(ws.path().join("bin.dat"), [0u8, 1, 2, 255, 0, 7]).unwrap();
+}
+
+const PIPELINE: &str = r#"version: 1
+name: pipeline
+steps:
+  - id: gen
+    write: { path: gen/out.txt, content: "generated\n" }
+  - id: edit
+    needs: [gen]
+    shell: "echo 'line 4' >> src/main.txt && rm src/old.txt && chmod 755 keep.txt && rmdir empty && ln -sfn keep.txt link"
+  - id: more
+    needs: [edit]
+    shell: "echo again >> gen/out.txt && printf '\\000\\001' > bin.dat && mkdir -p a/b && touch a/b/c"
+"#;
+
+#[test]
+fn whole_run_revert_restores_the_tree_and_is_ledgered() {
+    let ws = Ws::new();
+    seed(&ws);
+    let before = ws.tree();
+    let out = ws.run(PIPELINE);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(ws.tree(), before);
+    let out = ws.cmd(&["revert", "last"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("matches the pre-run state"), "{}", text(&out.stdout));
+    assert_eq!(ws.tree(), before);
+    let kinds = ws.ledger_kinds();
+    for k in ["revert_started:-", "action_reverted:more", "action_reverted:edit", "action_reverted:gen", "revert_finished:-"] {
+        assert!(kinds.iter().any(|x| x == k), "missing {k} in {kinds:?}");
+    }
+    // Newest effect first.
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
+    assert!(pos("action_reverted:more") < pos("action_reverted:edit"));
+    assert!(pos("action_reverted:edit") < pos("action_reverted:gen"));
+    let verify = ws.cmd(&["ledger", "verify"]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    // The step ledger entries carry manifests and the inverse.
+    let edit = ws
+        .ledger()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v.get("entry").cloned().unwrap_or(v))
+        .find(|e| e["kind"] == "step_finished" && e["step"] == "edit")
+        .unwrap();
+    assert!(edit["pre_manifest"].is_string() && edit["post_manifest"].is_string());
+    assert_eq!(edit["inverse"]["class"], "restore");
+    assert_eq!(edit["inverse"]["paths"], 5, "{}", edit["inverse"]);
+    // Reverting again finds nothing left to do.
+    let again = ws.cmd(&["revert", "last"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn step_by_step_revert_and_cascade() {
+    let ws = Ws::new();
+    seed(&ws);
+    let before = ws.tree();
+    assert!(ws.run(PIPELINE).status.success());
+    // `gen` wrote gen/out.txt, which `more` appended to: reverting it alone is refused.
+    let out = ws.cmd(&["revert", "last", "--step", "gen"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--cascade") && text(&out.stderr).contains("more"), "{}", text(&out.stderr));
+    assert!(ws.read("gen/out.txt").contains("again"));
+    // `edit` shares no path with `more`: it reverts alone.
+    let out = ws.cmd(&["revert", "last", "--step", "edit"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ws.read("src/main.txt"), "line 1\nline 2\nline 3\n");
+    assert!(ws.path().join("src/old.txt").exists() && ws.path().join("empty").is_dir());
+    assert!(ws.read("gen/out.txt").contains("again"), "`more` is untouched");
+    // The dry run of the cascade names every file it will touch, and touches none.
+    let dry = ws.cmd(&["revert", "last", "--step", "gen", "--cascade", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let plan = text(&dry.stdout);
+    for p in ["gen/out.txt", "bin.dat", "a/b/c", "step `more`", "step `gen`"] {
+        assert!(plan.contains(p), "{p} missing from {plan}");
+    }
+    assert!(ws.read("gen/out.txt").contains("again"));
+    let out = ws.cmd(&["revert", "last", "--step", "gen", "--cascade"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn drift_is_reported_and_never_clobbered_unless_forced() {
+    let ws = Ws::new();
+    seed(&ws);
+    let before = ws.tree();
+    assert!(ws.run(PIPELINE).status.success());
+    ws.write("src/main.txt", "my own edit\n");
+    let out = ws.cmd(&["revert", "last"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("conflict") && err.contains("src/main.txt"), "{err}");
+    assert_eq!(ws.read("src/main.txt"), "my own edit\n", "newer work is kept");
+    assert!(ws.path().join("a/b/c").exists(), "nothing was reverted");
+    assert!(ws.ledger_kinds().iter().any(|k| k == "revert_finished:-"));
+    let out = ws.cmd(&["revert", "last", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn a_failed_step_leaves_the_workspace_as_it_was() {
+    let ws = Ws::new();
+    seed(&ws);
+    let before = ws.tree();
+    let out = ws.run(
+        r#"version: 1
+name: failing
+steps:
+  - id: bad
+    shell: "echo junk > junk.txt && rm keep.txt && echo x >> src/main.txt && exit 4"
+"#,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("rolled back"), "{}", text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+    // keep_on_failure keeps the changes, and revert still undoes them.
+    let out = ws.run(
+        r#"version: 1
+name: keeping
+steps:
+  - id: bad
+    keep_on_failure: true
+    shell: "echo junk > junk.txt && exit 4"
+"#,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(ws.read("junk.txt"), "junk\n");
+    // Two runs in the same second: `last` cannot tell them apart, so name the run.
+    let id = run_id(&out);
+    let out = ws.cmd(&["revert", &id]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+}
+
+#[test]
+fn diff_shows_what_a_run_and_a_step_changed() {
+    let ws = Ws::new();
+    seed(&ws);
+    assert!(ws.run(PIPELINE).status.success());
+    let out = ws.cmd(&["diff", "last", "--color", "never"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d = text(&out.stdout);
+    for s in ["+++ b/gen/out.txt", "+line 4", "--- a/src/old.txt", "-old", "Binary files differ", "new mode 755", "+again"] {
+        assert!(d.contains(s), "{s:?} missing from:\n{d}");
+    }
+    let out = ws.cmd(&["diff", "last", "--step", "edit", "--color", "never"]);
+    let d = text(&out.stdout);
+    assert!(d.contains("+line 4") && !d.contains("+again"), "{d}");
+}
+
+#[test]
+fn an_engine_killed_during_a_step_is_reverted_exactly() {
+    let ws = Ws::new();
+    seed(&ws);
+    let before = ws.tree();
+    let wf = ws.wf_dir.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        r#"version: 1
+name: crashing
+steps:
+  - id: first
+    write: { path: first.txt, content: "1\n" }
+  - id: slow
+    needs: [first]
+    shell: "echo half >> src/main.txt && rm -r src/old.txt && mkdir -p made/deep && echo x > made/deep/f && touch made/ready && sleep 60"
+"#,
+    )
+    .unwrap();
+    let mut child = bin()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "host", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = ws.path().join("made/ready");
+    for _ in 0..600 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ready.exists(), "the step never got going");
+    child.kill().unwrap(); // SIGKILL: no cleanup runs
+    child.wait().unwrap();
+    let out = ws.cmd(&["revert", "last"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+    let show = ws.cmd(&["show", "last", "--json"]);
+    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(rec["state"], "interrupted");
+}
+
+#[test]
+fn http_steps_without_compensation_are_flagged_not_skipped() {
+    let ws = Ws::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").unwrap();
+    });
+    let out = ws.run(&format!(
+        r#"version: 1
+name: pivot
+steps:
+  - id: notify
+    http: {{ method: POST, url: "http://localhost:{port}/hook" }}
+    network: ["localhost:{port}"]
+  - id: note
+    needs: [notify]
+    write: {{ path: note.txt, content: "sent\n" }}
+"#
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    server.join().unwrap();
+    let out = ws.cmd(&["revert", "last"]);
+    let o = text(&out.stdout);
+    assert!(o.contains("manual review") && o.contains("notify"), "{o}");
+    assert!(!ws.path().join("note.txt").exists());
+}
