@@ -2,18 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    // A throwaway vault per test: a known passphrase and cheap Argon2 (the defaults are tested
-    // in the vault crate).
-    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1");
-    c
-}
+use common::secureclaw as bin;
 
 struct Ws {
     dir: tempfile::TempDir,
@@ -252,6 +246,8 @@ name: flaky
 steps:
   - id: flaky
     retry: { attempts: 3, backoff: 10ms }
+    # The attempt counter must survive the failed attempt's rollback.
+    keep_on_failure: true
     shell: "echo x >> tries; [ $(wc -l < tries) -ge 2 ]"
 "#,
     );
@@ -514,10 +510,7 @@ fn run_on_tty(ws: &Ws, wf: &Path, answer: &str) -> (Option<i32>, String) {
         wf.display(),
         ws.path().display()
     );
-    let mut child = Command::new("script")
-        .env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1")
+    let mut child = common::with_vault_env(&mut Command::new("script"), common::TEST_PASSPHRASE)
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -3,18 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    // A throwaway vault per test: a known passphrase and cheap Argon2 (the defaults are tested
-    // in the vault crate).
-    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1");
-    c
-}
+use std::path::{Path, PathBuf};
+
+use common::secureclaw as bin;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -3,18 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 const PASS: &str = "correct horse battery staple";
 
-fn bin(pass: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    c.env("SECURECLAW_PASSPHRASE", pass)
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1");
-    c
-}
+use common::secureclaw_with_passphrase as bin;
 
 fn run(ws: &Path, wf: &str, extra: &[&str]) -> Output {
     let file = ws.join("wf.yaml");

@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Each run of the test workflow appends a line to `runs.log` (a path the watch ignores).
@@ -31,10 +33,7 @@ fn watch_reruns_when_a_watched_file_changes() {
     .unwrap();
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
-        .env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1")
+    let child = common::secureclaw()
         .arg("watch")
         .arg(&wf)
         .arg("--workspace")

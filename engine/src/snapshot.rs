@@ -336,6 +336,14 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
+/// SHA-256 (hex) and length of a file's content.
+fn hash_file(path: &Path) -> Result<(String, u64), SnapshotError> {
+    let f = fs::File::open(path).map_err(io(path))?;
+    let mut tee = Tee { inner: f, hasher: Sha256::new(), len: 0 };
+    std::io::copy(&mut tee, &mut std::io::sink()).map_err(io(path))?;
+    Ok((hex::encode(tee.hasher.finalize()), tee.len))
+}
+
 /// Captures and restores one workspace, with its pre-images in one vault.
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
@@ -395,75 +403,159 @@ impl Snapshotter {
     /// and blob; every other file is hashed and stored in the vault.
     pub fn scan(&self, prev: Option<&Manifest>) -> Result<Manifest, SnapshotError> {
         let scanned_at_ns = now_ns();
-        let mut entries = BTreeMap::new();
-        let mut stack: Vec<RelPath> = vec![RelPath(Vec::new())];
-        while let Some(dir) = stack.pop() {
-            let abs = self.abs(&dir);
-            let rd = fs::read_dir(&abs).map_err(io(&abs))?;
-            for de in rd {
-                let de = de.map_err(io(&abs))?;
-                let name = de.file_name();
-                let mut rel = dir.0.clone();
-                if !rel.is_empty() {
-                    rel.push(b'/');
-                }
-                rel.extend_from_slice(name.as_bytes());
-                let rel = RelPath(rel);
-                if self.is_excluded(&rel) {
-                    continue;
-                }
-                let path = de.path();
-                let md = fs::symlink_metadata(&path).map_err(io(&path))?;
-                let ft = md.file_type();
-                let mut e = Entry {
-                    kind: EntryKind::File,
-                    mode: md.permissions().mode() & 0o7777,
-                    size: md.len(),
-                    sha256: None,
-                    blob: None,
-                    target: None,
-                    ino: md.ino(),
-                    mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-                    ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-                };
-                if ft.is_dir() {
-                    e.kind = EntryKind::Dir;
-                    e.size = 0;
-                    stack.push(rel.clone());
-                } else if ft.is_symlink() {
-                    e.kind = EntryKind::Symlink;
-                    e.mode = 0;
-                    e.size = 0;
-                    let t = fs::read_link(&path).map_err(io(&path))?;
-                    e.target = Some(RelPath(t.into_os_string().into_vec()));
-                } else if ft.is_file() {
-                    let cached = prev.and_then(|m| {
-                        let c = m.entries.get(&rel)?;
-                        let racy = c.mtime_ns >= m.scanned_at_ns - RACY_NS
-                            || c.ctime_ns >= m.scanned_at_ns - RACY_NS;
-                        (c.same_stat(&e) && !racy && c.blob.is_some()).then_some(c)
-                    });
-                    if let Some(c) = cached {
-                        e.sha256 = c.sha256.clone();
-                        e.blob = c.blob;
-                    } else {
-                        self.store_file(&path, &mut e)?;
-                    }
-                } else {
-                    return Err(SnapshotError::Io {
-                        path,
-                        source: std::io::Error::other(
-                            "not a regular file, directory or symlink (sockets, FIFOs and devices cannot be captured)",
-                        ),
-                    });
-                }
-                entries.insert(rel, e);
-            }
+        // Directories are scanned by a few threads from a shared queue: a scan is mostly
+        // `lstat` latency, which overlaps well.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let queue = std::sync::Mutex::new(Queue { dirs: vec![RelPath(Vec::new())], busy: 0, failed: false });
+        let results: Vec<Result<Vec<(RelPath, Entry)>, SnapshotError>> = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| sc.spawn(|| self.scan_worker(&queue, prev)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(SnapshotError::Io {
+                            path: self.root.clone(),
+                            source: std::io::Error::other("a scan thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
         }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Manifest {
             scanned_at_ns,
-            entries,
+            entries: all.into_iter().collect(),
         })
+    }
+
+    fn scan_worker(
+        &self,
+        queue: &std::sync::Mutex<Queue>,
+        prev: Option<&Manifest>,
+    ) -> Result<Vec<(RelPath, Entry)>, SnapshotError> {
+        let mut out = Vec::new();
+        loop {
+            let next = {
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.failed {
+                    return Ok(out);
+                }
+                match q.dirs.pop() {
+                    Some(d) => {
+                        q.busy += 1;
+                        Some(d)
+                    }
+                    None if q.busy == 0 => return Ok(out),
+                    None => None,
+                }
+            };
+            let Some(dir) = next else {
+                std::thread::yield_now();
+                continue;
+            };
+            let mut subdirs = Vec::new();
+            let r = self.scan_dir(&dir, prev, &mut out, &mut subdirs);
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.busy -= 1;
+            q.dirs.extend(subdirs);
+            if let Err(e) = r {
+                q.failed = true;
+                return Err(e);
+            }
+        }
+    }
+
+    /// One directory's entries; subdirectories are queued, not descended.
+    fn scan_dir(
+        &self,
+        dir: &RelPath,
+        prev: Option<&Manifest>,
+        out: &mut Vec<(RelPath, Entry)>,
+        subdirs: &mut Vec<RelPath>,
+    ) -> Result<(), SnapshotError> {
+        let abs = self.abs(dir);
+        let rd = fs::read_dir(&abs).map_err(io(&abs))?;
+        for de in rd {
+            let de = de.map_err(io(&abs))?;
+            let name = de.file_name();
+            let mut rel = Vec::with_capacity(dir.0.len() + 1 + name.len());
+            rel.extend_from_slice(&dir.0);
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let rel = RelPath(rel);
+            if self.is_excluded(&rel) {
+                continue;
+            }
+            // fstatat relative to the open directory, never following a symlink.
+            let md = de.metadata().map_err(|e| SnapshotError::Io { path: de.path(), source: e })?;
+            let ft = md.file_type();
+            let mut e = Entry {
+                kind: EntryKind::File,
+                mode: md.permissions().mode() & 0o7777,
+                size: md.len(),
+                sha256: None,
+                blob: None,
+                target: None,
+                ino: md.ino(),
+                mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+                ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            };
+            if ft.is_dir() {
+                e.kind = EntryKind::Dir;
+                e.size = 0;
+                subdirs.push(rel.clone());
+            } else if ft.is_symlink() {
+                e.kind = EntryKind::Symlink;
+                e.mode = 0;
+                e.size = 0;
+                let path = de.path();
+                let t = fs::read_link(&path).map_err(io(&path))?;
+                e.target = Some(RelPath(t.into_os_string().into_vec()));
+            } else if ft.is_file() {
+                let known = prev.and_then(|m| {
+                    let c = m.entries.get(&rel)?;
+                    let racy = c.mtime_ns >= m.scanned_at_ns - RACY_NS
+                        || c.ctime_ns >= m.scanned_at_ns - RACY_NS;
+                    c.blob.is_some().then_some((c, c.same_stat(&e) && !racy))
+                });
+                match known {
+                    Some((c, true)) => {
+                        e.sha256 = c.sha256.clone();
+                        e.blob = c.blob;
+                    }
+                    // Stat moved (or may have): hash first; storing costs a durable write,
+                    // so only content the vault does not hold yet is stored.
+                    Some((c, false)) => {
+                        let path = de.path();
+                        let (sha, _) = hash_file(&path)?;
+                        if c.sha256.as_deref() == Some(sha.as_str()) {
+                            e.sha256 = Some(sha);
+                            e.blob = c.blob;
+                        } else {
+                            self.store_file(&path, &mut e)?;
+                        }
+                    }
+                    None => self.store_file(&de.path(), &mut e)?,
+                }
+            } else {
+                return Err(SnapshotError::Io {
+                    path: de.path(),
+                    source: std::io::Error::other(
+                        "not a regular file, directory or symlink (sockets, FIFOs and devices cannot be captured)",
+                    ),
+                });
+            }
+            out.push((rel, e));
+        }
+        Ok(())
     }
 
     fn store_file(&self, path: &Path, e: &mut Entry) -> Result<(), SnapshotError> {
@@ -526,12 +618,7 @@ impl Snapshotter {
                     e.sha256 = k.sha256.clone();
                     e.blob = k.blob;
                 }
-                _ => {
-                    let f = fs::File::open(&path).map_err(io(&path))?;
-                    let mut tee = Tee { inner: f, hasher: Sha256::new(), len: 0 };
-                    std::io::copy(&mut tee, &mut std::io::sink()).map_err(io(&path))?;
-                    e.sha256 = Some(hex::encode(tee.hasher.finalize()));
-                }
+                _ => e.sha256 = Some(hash_file(&path)?.0),
             }
         }
         Ok(Some(e))
@@ -711,6 +798,14 @@ impl Snapshotter {
 /// A step's change set as the step saved it (before the run record caught up).
 pub fn load_step_changes(vault: &Vault, run: &str, step: &str) -> Result<Option<ChangeSet>, SnapshotError> {
     Ok(vault.get_json(STEPS_TABLE, &format!("{run}/{step}"))?)
+}
+
+/// The directories left to scan, shared by the scan threads.
+struct Queue {
+    dirs: Vec<RelPath>,
+    /// Directories being scanned (they may still queue subdirectories).
+    busy: usize,
+    failed: bool,
 }
 
 /// The step a run was executing and the workspace before it.

@@ -1,0 +1,25 @@
+//! Shared by the end-to-end tests: the real `secureclaw` binary with a throwaway vault setup.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::process::Command;
+
+pub const TEST_PASSPHRASE: &str = "test passphrase";
+
+/// The binary with a known passphrase and cheap Argon2 (the default parameters are tested in
+/// the vault crate; here they would only make every command slow).
+pub fn secureclaw() -> Command {
+    secureclaw_with_passphrase(TEST_PASSPHRASE)
+}
+
+pub fn secureclaw_with_passphrase(pass: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
+    with_vault_env(&mut c, pass);
+    c
+}
+
+/// The same environment for a command that runs the binary indirectly (e.g. under `script`).
+pub fn with_vault_env<'a>(c: &'a mut Command, pass: &str) -> &'a mut Command {
+    c.env("SECURECLAW_PASSPHRASE", pass)
+        .env("ARGON2_MEMORY_KB", "256")
+        .env("ARGON2_ITERATIONS", "1")
+}
