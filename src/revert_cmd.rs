@@ -52,18 +52,28 @@ pub struct DiffArgs {
     pub color: String,
 }
 
-fn open(state_dir: Option<&PathBuf>, pass: &PassphraseSource) -> anyhow::Result<(RunStore, PathBuf)> {
+fn open(
+    state_dir: Option<&PathBuf>,
+    pass: &PassphraseSource,
+) -> anyhow::Result<(RunStore, PathBuf)> {
     let dir = crate::cwd_state(state_dir)?;
     let vault = crate::unlock::open(&dir, pass, false)?;
     let store = RunStore::new(vault, crate::run_cmd::actor());
     // A run whose engine died is marked interrupted first, so it can be reverted.
     for id in store.mark_interrupted()? {
-        eprintln!("{} run {id} was interrupted (the engine stopped during it)", style("note:").yellow());
+        eprintln!(
+            "{} run {id} was interrupted (the engine stopped during it)",
+            style("note:").yellow()
+        );
     }
     Ok((store, dir))
 }
 
-fn snapshotter(store: &RunStore, record: &RunRecord, state_dir: &std::path::Path) -> anyhow::Result<Snapshotter> {
+fn snapshotter(
+    store: &RunStore,
+    record: &RunRecord,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Snapshotter> {
     Snapshotter::new(store.vault().clone(), &record.workspace, state_dir)
         .with_context(|| format!("workspace {}", record.workspace.display()))
 }
@@ -89,27 +99,51 @@ pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
         } else {
-            println!("revert of run {} (dry run: nothing is changed)", plan.run_id);
+            println!(
+                "revert of run {} (dry run: nothing is changed)",
+                plan.run_id
+            );
             print_plan(&plan);
         }
-        return Ok(if plan.conflicts.is_empty() || args.force { exit::OK } else { exit::FAILED });
+        return Ok(if plan.conflicts.is_empty() || args.force {
+            exit::OK
+        } else {
+            exit::FAILED
+        });
     }
-    let report = revert::apply(&store, &snap, &mut record, &plan, &req)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(revert::apply(&store, &snap, &mut record, &plan, &req))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         if !report.conflicts.is_empty() {
-            let verb = if args.force { "overwritten (--force)" } else { "nothing was changed" };
+            let verb = if args.force {
+                "overwritten (--force)"
+            } else {
+                "nothing was changed"
+            };
             eprintln!(
                 "{} {} path(s) changed since the run; {verb}:",
                 style("conflict:").red().bold(),
                 report.conflicts.len()
             );
             for c in &report.conflicts {
-                eprintln!("  {} (step `{}`): expected {}, found {}", c.path.display(), c.step, c.expected, c.found);
+                eprintln!(
+                    "  {} (step `{}`): expected {}, found {}",
+                    c.path.display(),
+                    c.step,
+                    c.expected,
+                    c.found
+                );
             }
             if !args.force {
-                eprintln!("  {} keep your edits and revert by hand, or re-run with --force to overwrite them", style("hint:").cyan());
+                eprintln!(
+                    "  {} keep your edits and revert by hand, or re-run with --force to overwrite them",
+                    style("hint:").cyan()
+                );
             }
         }
         let s = &report.summary;
@@ -123,7 +157,10 @@ pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             println!("{} failed: {f}", style("✗").red());
         }
         match s.verified {
-            Some(true) => println!("workspace matches the pre-run state (manifest {})", report.pre_run_manifest.as_deref().unwrap_or_default()),
+            Some(true) => println!(
+                "workspace matches the pre-run state (manifest {})",
+                report.pre_run_manifest.as_deref().unwrap_or_default()
+            ),
             Some(false) => println!(
                 "{} the workspace does not match the pre-run state (pre-run manifest {}, now {}): paths the run did not touch changed since",
                 style("warning:").yellow(),
@@ -162,11 +199,27 @@ fn print_plan(plan: &revert::RevertPlan) {
                     println!("    {verb:<8} {}", c.path.display());
                 }
             }
-            StepAction::ManualReview { reason } => println!("  step `{}`: manual review: {reason}", s.id),
+            StepAction::Compensate { compensate } => {
+                let what = compensate
+                    .http
+                    .as_ref()
+                    .map(|h| format!("{} {}", h.method.as_str(), h.url))
+                    .unwrap_or_default();
+                println!("  step `{}`: compensate: {what}", s.id);
+            }
+            StepAction::ManualReview { reason } => {
+                println!("  step `{}`: manual review: {reason}", s.id)
+            }
         }
     }
     for c in &plan.conflicts {
-        println!("  conflict: {} (step `{}`): expected {}, found {}", c.path.display(), c.step, c.expected, c.found);
+        println!(
+            "  conflict: {} (step `{}`): expected {}, found {}",
+            c.path.display(),
+            c.step,
+            c.expected,
+            c.found
+        );
     }
 }
 
@@ -195,7 +248,14 @@ pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             continue;
         }
         let head = format!("# step `{id}`: {} path(s) changed", changes.len());
-        println!("{}", if color { style(head).bold().to_string() } else { head });
+        println!(
+            "{}",
+            if color {
+                style(head).bold().to_string()
+            } else {
+                head
+            }
+        );
         print!("{}", revert::render_diff(store.vault(), changes, color)?);
     }
     Ok(exit::OK)

@@ -25,7 +25,10 @@ struct Ws {
 
 impl Ws {
     fn new() -> Self {
-        Ws { dir: tempfile::tempdir().unwrap(), wf_dir: tempfile::tempdir().unwrap() }
+        Ws {
+            dir: tempfile::tempdir().unwrap(),
+            wf_dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -54,7 +57,12 @@ impl Ws {
             .unwrap()
     }
     fn cmd(&self, args: &[&str]) -> Output {
-        bin().args(args).arg("--state-dir").arg(self.state()).output().unwrap()
+        bin()
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state())
+            .output()
+            .unwrap()
     }
     fn tree(&self) -> BTreeMap<Vec<u8>, String> {
         tree(self.path())
@@ -77,7 +85,11 @@ impl Ws {
             .filter_map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
                 let e = v.get("entry").unwrap_or(&v);
-                Some(format!("{}:{}", e["kind"].as_str()?, e["step"].as_str().unwrap_or("-")))
+                Some(format!(
+                    "{}:{}",
+                    e["kind"].as_str()?,
+                    e["step"].as_str().unwrap_or("-")
+                ))
             })
             .collect()
     }
@@ -102,7 +114,12 @@ fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
         for e in std::fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             if rel == b".secureclaw" {
                 continue;
             }
@@ -115,7 +132,8 @@ fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
                 format!("dir {mode:o}")
             } else {
                 let c = std::fs::read(&p).unwrap();
-                format!("file {mode:o} {} {:x?}", c.len(), &c[..c.len().min(64)]) + &format!(" {}", hash(&c))
+                format!("file {mode:o} {} {:x?}", c.len(), &c[..c.len().min(64)])
+                    + &format!(" {}", hash(&c))
             };
             out.insert(rel, v);
         }
@@ -125,7 +143,9 @@ fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
 
 fn hash(b: &[u8]) -> u64 {
     // FNV-1a: enough to tell contents apart in a test.
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn seed(ws: &Ws) {
@@ -159,11 +179,26 @@ fn whole_run_revert_restores_the_tree_and_is_ledgered() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_ne!(ws.tree(), before);
     let out = ws.cmd(&["revert", "last"]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).contains("matches the pre-run state"), "{}", text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("matches the pre-run state"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(ws.tree(), before);
     let kinds = ws.ledger_kinds();
-    for k in ["revert_started:-", "action_reverted:more", "action_reverted:edit", "action_reverted:gen", "revert_finished:-"] {
+    for k in [
+        "revert_started:-",
+        "action_reverted:more",
+        "action_reverted:edit",
+        "action_reverted:gen",
+        "revert_finished:-",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "missing {k} in {kinds:?}");
     }
     // Newest effect first.
@@ -198,19 +233,32 @@ fn step_by_step_revert_and_cascade() {
     // `gen` wrote gen/out.txt, which `more` appended to: reverting it alone is refused.
     let out = ws.cmd(&["revert", "last", "--step", "gen"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--cascade") && text(&out.stderr).contains("more"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--cascade") && text(&out.stderr).contains("more"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(ws.read("gen/out.txt").contains("again"));
     // `edit` shares no path with `more`: it reverts alone.
     let out = ws.cmd(&["revert", "last", "--step", "edit"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(ws.read("src/main.txt"), "line 1\nline 2\nline 3\n");
     assert!(ws.path().join("src/old.txt").exists() && ws.path().join("empty").is_dir());
-    assert!(ws.read("gen/out.txt").contains("again"), "`more` is untouched");
+    assert!(
+        ws.read("gen/out.txt").contains("again"),
+        "`more` is untouched"
+    );
     // The dry run of the cascade names every file it will touch, and touches none.
     let dry = ws.cmd(&["revert", "last", "--step", "gen", "--cascade", "--dry-run"]);
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     let plan = text(&dry.stdout);
-    for p in ["gen/out.txt", "bin.dat", "a/b/c", "step `more`", "step `gen`"] {
+    for p in [
+        "gen/out.txt",
+        "bin.dat",
+        "a/b/c",
+        "step `more`",
+        "step `gen`",
+    ] {
         assert!(plan.contains(p), "{p} missing from {plan}");
     }
     assert!(ws.read("gen/out.txt").contains("again"));
@@ -229,8 +277,15 @@ fn drift_is_reported_and_never_clobbered_unless_forced() {
     let out = ws.cmd(&["revert", "last"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("conflict") && err.contains("src/main.txt"), "{err}");
-    assert_eq!(ws.read("src/main.txt"), "my own edit\n", "newer work is kept");
+    assert!(
+        err.contains("conflict") && err.contains("src/main.txt"),
+        "{err}"
+    );
+    assert_eq!(
+        ws.read("src/main.txt"),
+        "my own edit\n",
+        "newer work is kept"
+    );
     assert!(ws.path().join("a/b/c").exists(), "nothing was reverted");
     assert!(ws.ledger_kinds().iter().any(|k| k == "revert_finished:-"));
     let out = ws.cmd(&["revert", "last", "--force"]);
@@ -252,7 +307,11 @@ steps:
 "#,
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("rolled back"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(ws.tree(), before);
     // keep_on_failure keeps the changes, and revert still undoes them.
     let out = ws.run(
@@ -269,7 +328,12 @@ steps:
     // Two runs in the same second: `last` cannot tell them apart, so name the run.
     let id = run_id(&out);
     let out = ws.cmd(&["revert", &id]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(ws.tree(), before);
 }
 
@@ -281,7 +345,15 @@ fn diff_shows_what_a_run_and_a_step_changed() {
     let out = ws.cmd(&["diff", "last", "--color", "never"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let d = text(&out.stdout);
-    for s in ["+++ b/gen/out.txt", "+line 4", "--- a/src/old.txt", "-old", "Binary files differ", "new mode 755", "+again"] {
+    for s in [
+        "+++ b/gen/out.txt",
+        "+line 4",
+        "--- a/src/old.txt",
+        "-old",
+        "Binary files differ",
+        "new mode 755",
+        "+again",
+    ] {
         assert!(d.contains(s), "{s:?} missing from:\n{d}");
     }
     let out = ws.cmd(&["diff", "last", "--step", "edit", "--color", "never"]);
@@ -329,8 +401,17 @@ steps:
     child.kill().unwrap(); // SIGKILL: no cleanup runs
     child.wait().unwrap();
     let out = ws.cmd(&["revert", "last"]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(ws.tree(), before);
     let show = ws.cmd(&["show", "last", "--json"]);
     let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
@@ -347,7 +428,8 @@ fn http_steps_without_compensation_are_flagged_not_skipped() {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .unwrap();
     });
     let out = ws.run(&format!(
         r#"version: 1
@@ -367,4 +449,81 @@ steps:
     let o = text(&out.stdout);
     assert!(o.contains("manual review") && o.contains("notify"), "{o}");
     assert!(!ws.path().join("note.txt").exists());
+}
+
+#[test]
+fn http_compensations_run_on_loopback_and_failures_are_reported_separately() {
+    use std::io::{Read, Write};
+    let ws = Ws::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A port nothing listens on: its compensation fails every attempt.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let body = if line.contains("/create") { "42" } else { "ok" };
+            s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            seen.push(line);
+        }
+        seen
+    });
+    let out = ws.run(&format!(
+        r#"version: 1
+name: compensated
+steps:
+  - id: create
+    http: {{ method: POST, url: "http://localhost:{port}/create" }}
+    network: ["localhost:{port}"]
+    compensate:
+      http: {{ method: DELETE, url: "http://localhost:{port}/items/undo" }}
+  - id: other
+    http: {{ method: POST, url: "http://localhost:{port}/other" }}
+    network: ["localhost:{port}", "localhost:{dead}"]
+    compensate:
+      http: {{ method: POST, url: "http://localhost:{dead}/undo", timeout: 2s }}
+  - id: note
+    needs: [create, other]
+    write: {{ path: note.txt, content: "sent\n" }}
+"#
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dry = ws.cmd(&["revert", "last", "--dry-run"]);
+    let plan = text(&dry.stdout);
+    assert!(
+        plan.contains("compensate: DELETE") && plan.contains("remove   note.txt"),
+        "{plan}"
+    );
+    let out = ws.cmd(&["revert", "last"]);
+    let o = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{o}");
+    assert!(o.contains("reverted step `create`"), "{o}");
+    assert!(o.contains("other: compensation failed"), "{o}");
+    assert!(
+        !ws.path().join("note.txt").exists(),
+        "the other steps were still undone"
+    );
+    let seen = server.join().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[2].starts_with("DELETE /items/undo "), "{seen:?}");
+    let ledger = ws.ledger();
+    assert!(ledger.contains("\"compensation\":\"http\""), "{ledger}");
 }

@@ -67,7 +67,11 @@ fn op() -> impl Strategy<Value = Op> {
         n.clone().prop_map(Op::Binary),
         n.clone().prop_map(Op::Delete),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
-        (n.clone(), prop::sample::select(vec![0o700u32, 0o755, 0o750, 0o777])).prop_map(|(a, m)| Op::Chmod(a, m)),
+        (
+            n.clone(),
+            prop::sample::select(vec![0o700u32, 0o755, 0o750, 0o777])
+        )
+            .prop_map(|(a, m)| Op::Chmod(a, m)),
         n.clone().prop_map(Op::ChmodFile),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Symlink(a, b)),
         n.clone().prop_map(Op::Mkdir),
@@ -105,7 +109,12 @@ fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             if rel == b".secureclaw" {
                 continue;
             }
@@ -118,7 +127,9 @@ fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
                 format!("dir {mode:o}")
             } else {
                 let c = std::fs::read(&p).unwrap();
-                let h = c.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100000001b3));
+                let h = c.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+                    (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+                });
                 format!("file {mode:o} {} {h:x}", c.len())
             };
             out.insert(rel, v);
@@ -139,7 +150,12 @@ fn seed(root: &Path) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        // Modest by default so CI stays fast; PROPTEST_CASES=500 for a deeper search.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn revert_restores_any_shell_effects(ops in prop::collection::vec(op(), 1..12)) {
         let ws = tempfile::tempdir().unwrap();

@@ -23,7 +23,10 @@ struct Fixture {
 }
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn fixture() -> Fixture {
@@ -53,17 +56,35 @@ fn fixture() -> Fixture {
         let out = std::process::Command::new("git")
             .arg("-C")
             .arg(&ws)
-            .args(["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"])
+            .args([
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.invalid",
+            ])
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&["init", "-q"]);
     std::fs::write(ws.join(".git/info/exclude"), ".secureclaw\n").unwrap();
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "bench"]);
-    let vault = Vault::create(&state, "bench", &KdfParams { memory_kib: 256, iterations: 1, ..Default::default() }).unwrap();
+    let vault = Vault::create(
+        &state,
+        "bench",
+        &KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ws = ws.canonicalize().unwrap();
     let snap = Snapshotter::new(vault, &ws, &state).unwrap();
     let t = Instant::now();
@@ -76,7 +97,13 @@ fn fixture() -> Fixture {
     // Let every file age past the racy-timestamp window, as in a workspace at rest.
     std::thread::sleep(Duration::from_millis(2100));
     let last = snap.scan(Some(&last)).unwrap();
-    Fixture { _dir: dir, ws, state, snap, last }
+    Fixture {
+        _dir: dir,
+        ws,
+        state,
+        snap,
+        last,
+    }
 }
 
 fn touch(ws: &Path, n: u64) {
@@ -87,7 +114,11 @@ fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
         let md = std::fs::symlink_metadata(e.path()).unwrap();
-        total += if md.is_dir() { dir_bytes(&e.path()) } else { md.len() };
+        total += if md.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            md.len()
+        };
     }
     total
 }
@@ -108,8 +139,15 @@ fn benches(c: &mut Criterion) {
             fx.last = post;
         })
     });
+    group.bench_function("one scan, nothing changed", |b| {
+        b.iter(|| fx.snap.scan(Some(&fx.last)).unwrap().entries.len())
+    });
     group.bench_function("persist in-flight pre-manifest", |b| {
-        b.iter(|| fx.snap.save_inflight("bench-run", "step", &fx.last).unwrap())
+        b.iter(|| {
+            fx.snap
+                .save_inflight("bench-run", "step", &fx.last)
+                .unwrap()
+        })
     });
     // Revert of a step that changed one file: drift check of the path, then restore.
     let pre = fx.snap.scan(Some(&fx.last)).unwrap();
@@ -130,7 +168,12 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("git status (same tree)", |b| {
         b.iter(|| {
-            let out = std::process::Command::new("git").arg("-C").arg(&fx.ws).args(["status", "--porcelain"]).output().unwrap();
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&fx.ws)
+                .args(["status", "--porcelain"])
+                .output()
+                .unwrap();
             assert!(out.status.success());
         })
     });
@@ -141,11 +184,14 @@ fn benches(c: &mut Criterion) {
     let mut last = fx.snap.scan(Some(&fx.last)).unwrap();
     for i in 0..100 {
         let pre = fx.snap.scan(Some(&last)).unwrap();
-        fx.snap.save_inflight(&format!("run{i}"), "step", &pre).unwrap();
+        fx.snap
+            .save_inflight(&format!("run{i}"), "step", &pre)
+            .unwrap();
         touch(&fx.ws, 2_000_000 + i);
         let post = fx.snap.scan(Some(&pre)).unwrap();
         fx.snap.save_cache(&post).unwrap();
-        secureclaw_engine::snapshot::clear_inflight(fx.snap.vault(), &format!("run{i}"), ["step"]).unwrap();
+        secureclaw_engine::snapshot::clear_inflight(fx.snap.vault(), &format!("run{i}"), ["step"])
+            .unwrap();
         last = post;
     }
     let after = dir_bytes(&fx.state);

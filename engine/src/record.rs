@@ -100,6 +100,12 @@ pub struct StepRecord {
     /// Order among the run's writing steps (they never overlap): revert goes backwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_seq: Option<u32>,
+    /// The declared `compensate` action (templates rendered at revert time) and the step's
+    /// network allowlist it runs under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<crate::model::Compensate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
 }
 
 /// Exactly which nodes an up-front approval covers.
@@ -178,7 +184,11 @@ pub struct RunStore {
 
 impl RunStore {
     pub fn new(vault: Vault, actor: impl Into<String>) -> Self {
-        RunStore { vault, actor: actor.into(), pending: Mutex::new(Vec::new()) }
+        RunStore {
+            vault,
+            actor: actor.into(),
+            pending: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn vault(&self) -> &Vault {
@@ -203,7 +213,11 @@ impl RunStore {
 
     /// Save the record and every queued ledger entry in one durable transaction.
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let entries = self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        let entries = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
         self.vault.write(|tx| {
             tx.put_json(RUNS_TABLE, &record.run_id, record)?;
             if !entries.is_empty() {
@@ -216,14 +230,19 @@ impl RunStore {
 
     pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
         let id = self.resolve(run_id)?;
-        self.vault.get_json(RUNS_TABLE, &id)?.ok_or(StoreError::NotFound(id))
+        self.vault
+            .get_json(RUNS_TABLE, &id)?
+            .ok_or(StoreError::NotFound(id))
     }
 
     /// Accept a unique prefix of a run id, or `last` for the newest run.
     pub fn resolve(&self, run_id: &str) -> Result<String, StoreError> {
         let ids = self.ids()?;
         if run_id == "last" {
-            return ids.last().cloned().ok_or_else(|| StoreError::NotFound(run_id.into()));
+            return ids
+                .last()
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(run_id.into()));
         }
         if ids.iter().any(|i| i == run_id) {
             return Ok(run_id.to_string());

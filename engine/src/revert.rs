@@ -37,7 +37,11 @@ pub enum RevertError {
 }
 
 /// The inverse stored with a step's ledger entry.
-pub fn inverse_json(class: InverseClass, changes: &ChangeSet, compensate: Option<&Compensate>) -> Value {
+pub fn inverse_json(
+    class: InverseClass,
+    changes: &ChangeSet,
+    compensate: Option<&Compensate>,
+) -> Value {
     match class {
         InverseClass::Restore => json!({
             "class": class,
@@ -68,9 +72,17 @@ pub struct RevertRequest {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum StepAction {
-    Restore { changes: ChangeSet },
+    Restore {
+        changes: ChangeSet,
+    },
+    /// Call the step's declared `compensate` http action (retried, with a timeout).
+    Compensate {
+        compensate: Box<Compensate>,
+    },
     /// Irreversible (a pivot), or a compensation this version does not run: a person has to look.
-    ManualReview { reason: String },
+    ManualReview {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,14 +151,18 @@ pub struct RevertReport {
 
 /// The change set of each step that has one; the step the engine died in is recovered from
 /// its in-flight pre-manifest and the workspace as it is now.
-pub fn step_changes(snap: &Snapshotter, record: &RunRecord) -> Result<BTreeMap<String, ChangeSet>, RevertError> {
+pub fn step_changes(
+    snap: &Snapshotter,
+    record: &RunRecord,
+) -> Result<BTreeMap<String, ChangeSet>, RevertError> {
     let mut out = BTreeMap::new();
     for s in &record.steps {
         if let Some(c) = &s.changes {
             out.insert(s.id.clone(), c.clone());
         } else if s.state != StepState::Reverted
             && s.kind.may_write()
-            && let Some(c) = crate::snapshot::load_step_changes(snap.vault(), &record.run_id, &s.id)?
+            && let Some(c) =
+                crate::snapshot::load_step_changes(snap.vault(), &record.run_id, &s.id)?
         {
             out.insert(s.id.clone(), c);
         }
@@ -154,10 +170,15 @@ pub fn step_changes(snap: &Snapshotter, record: &RunRecord) -> Result<BTreeMap<S
     // The in-flight record only outlives a run whose engine died during a writing step.
     if let Some(inflight) = crate::snapshot::load_inflight(snap.vault(), &record.run_id)?
         && !out.contains_key(&inflight.step)
-        && record.step(&inflight.step).is_some_and(|s| s.state != StepState::Reverted)
+        && record
+            .step(&inflight.step)
+            .is_some_and(|s| s.state != StepState::Reverted)
     {
         let now = snap.scan(Some(&inflight.pre))?;
-        out.insert(inflight.step.clone(), crate::snapshot::diff(&inflight.pre, &now));
+        out.insert(
+            inflight.step.clone(),
+            crate::snapshot::diff(&inflight.pre, &now),
+        );
     }
     Ok(out)
 }
@@ -169,14 +190,22 @@ fn undo_order(record: &RunRecord) -> Vec<usize> {
     idx.sort_by(|&a, &b| {
         let key = |i: usize| {
             let s = &record.steps[i];
-            (s.finished_at.clone().or_else(|| s.started_at.clone()), s.write_seq, i)
+            (
+                s.finished_at.clone().or_else(|| s.started_at.clone()),
+                s.write_seq,
+                i,
+            )
         };
         key(b).cmp(&key(a))
     });
     idx
 }
 
-pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Result<RevertPlan, RevertError> {
+pub fn plan(
+    snap: &Snapshotter,
+    record: &RunRecord,
+    req: &RevertRequest,
+) -> Result<RevertPlan, RevertError> {
     let changes = step_changes(snap, record)?;
     let order = undo_order(record);
     let paths_of = |id: &str| -> BTreeSet<RelPath> {
@@ -189,9 +218,17 @@ pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Resu
         None => record.steps.iter().map(|s| s.id.clone()).collect(),
         Some(id) => {
             if record.step(id).is_none() {
-                return Err(RevertError::NoStep { run: record.run_id.clone(), step: id.clone() });
+                return Err(RevertError::NoStep {
+                    run: record.run_id.clone(),
+                    step: id.clone(),
+                });
             }
-            let pos = |id: &str| order.iter().position(|&i| record.steps[i].id == id).unwrap_or(0);
+            let pos = |id: &str| {
+                order
+                    .iter()
+                    .position(|&i| record.steps[i].id == id)
+                    .unwrap_or(0)
+            };
             // Later steps (earlier in undo order) that touched the same paths, or consumed the
             // step's effects through `needs`, transitively.
             let mut sel: BTreeSet<String> = BTreeSet::from([id.clone()]);
@@ -205,7 +242,8 @@ pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Resu
                         continue;
                     }
                     let after_some = sel.iter().any(|x| pos(&s.id) < pos(x));
-                    let overlaps = after_some && paths_of(&s.id).iter().any(|p| touched.contains(p));
+                    let overlaps =
+                        after_some && paths_of(&s.id).iter().any(|p| touched.contains(p));
                     let depends = req.cascade && s.needs.iter().any(|n| sel.contains(n));
                     if overlaps || depends {
                         if overlaps && !req.cascade {
@@ -224,7 +262,10 @@ pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Resu
             if !later.is_empty() {
                 later.sort();
                 later.dedup();
-                return Err(RevertError::NeedsCascade { step: id.clone(), later: later.join(", ") });
+                return Err(RevertError::NeedsCascade {
+                    step: id.clone(),
+                    later: later.join(", "),
+                });
             }
             sel
         }
@@ -246,11 +287,16 @@ pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Resu
             }
             StepAction::Restore { changes: c.clone() }
         } else if s.kind == ActionKind::Http && s.state == StepState::Succeeded {
-            StepAction::ManualReview {
-                reason: if s.inverse == InverseClass::Compensate {
-                    "an http call whose declared `compensate` action must be run by hand (its inverse is in the ledger entry)".into()
-                } else {
-                    "an http call with no `compensate` action (a pivot): it cannot be undone automatically".into()
+            match &s.compensate {
+                Some(c) if c.http.is_some() => StepAction::Compensate { compensate: Box::new(c.clone()) },
+                Some(_) => StepAction::ManualReview {
+                    reason: "its `compensate` is a shell command, which revert does not run: run it by hand (it is in the step's ledger entry)".into(),
+                },
+                None if s.inverse == InverseClass::Compensate => StepAction::ManualReview {
+                    reason: "its `compensate` action was not recorded with the run: run it by hand (it is in the step's ledger entry)".into(),
+                },
+                None => StepAction::ManualReview {
+                    reason: "an http call with no `compensate` action (a pivot): it cannot be undone automatically".into(),
                 },
             }
         } else if s.kind.may_write() && s.state == StepState::Succeeded {
@@ -260,7 +306,10 @@ pub fn plan(snap: &Snapshotter, record: &RunRecord, req: &RevertRequest) -> Resu
         } else {
             continue;
         };
-        steps.push(PlannedStep { id: s.id.clone(), action });
+        steps.push(PlannedStep {
+            id: s.id.clone(),
+            action,
+        });
     }
     let conflicts = drift(snap, &steps)?;
     Ok(RevertPlan {
@@ -302,7 +351,9 @@ fn drift(snap: &Snapshotter, steps: &[PlannedStep]) -> Result<Vec<Conflict>, Rev
     }
     let mut out = Vec::new();
     for s in steps {
-        let StepAction::Restore { changes } = &s.action else { continue };
+        let StepAction::Restore { changes } = &s.action else {
+            continue;
+        };
         for c in &changes.changes {
             if !seen.insert(c.path.clone()) {
                 continue;
@@ -324,7 +375,9 @@ fn drift(snap: &Snapshotter, steps: &[PlannedStep]) -> Result<Vec<Conflict>, Rev
                 for de in rd.flatten() {
                     let mut p = c.path.0.clone();
                     p.push(b'/');
-                    p.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(de.file_name().as_os_str()));
+                    p.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(
+                        de.file_name().as_os_str(),
+                    ));
                     let p = RelPath(p);
                     if !all_paths.contains(&p) {
                         out.push(Conflict {
@@ -342,7 +395,7 @@ fn drift(snap: &Snapshotter, steps: &[PlannedStep]) -> Result<Vec<Conflict>, Rev
 }
 
 /// Carry out a plan (refusing on conflicts unless forced), recording progress and the ledger.
-pub fn apply(
+pub async fn apply(
     store: &RunStore,
     snap: &Snapshotter,
     record: &mut RunRecord,
@@ -352,7 +405,10 @@ pub fn apply(
     if record.state == crate::record::RunState::Running {
         return Err(RevertError::Running(record.run_id.clone()));
     }
-    let resuming = record.reverts.last().is_some_and(|r| r.state == "in_progress");
+    let resuming = record
+        .reverts
+        .last()
+        .is_some_and(|r| r.state == "in_progress");
     if !resuming {
         record.reverts.push(RevertSummary {
             started_at: now_rfc3339(),
@@ -378,19 +434,26 @@ pub fn apply(
                 "conflicts": plan.conflicts.len(),
             })),
     );
-    let mut summary = record.reverts.last().cloned().unwrap_or_else(|| RevertSummary {
-        started_at: now_rfc3339(),
-        finished_at: None,
-        step: None,
-        cascade: false,
-        force: false,
-        state: String::new(),
-        reverted: Vec::new(),
-        manual_review: Vec::new(),
-        failures: Vec::new(),
-        verified: None,
-    });
-    let finish = |record: &mut RunRecord, summary: RevertSummary, now: Option<String>| -> Result<RevertReport, RevertError> {
+    let mut summary = record
+        .reverts
+        .last()
+        .cloned()
+        .unwrap_or_else(|| RevertSummary {
+            started_at: now_rfc3339(),
+            finished_at: None,
+            step: None,
+            cascade: false,
+            force: false,
+            state: String::new(),
+            reverted: Vec::new(),
+            manual_review: Vec::new(),
+            failures: Vec::new(),
+            verified: None,
+        });
+    let finish = |record: &mut RunRecord,
+                  summary: RevertSummary,
+                  now: Option<String>|
+     -> Result<RevertReport, RevertError> {
         store.record(
             store
                 .entry(kind::REVERT_FINISHED)
@@ -417,7 +480,9 @@ pub fn apply(
     }
     store.save(record)?;
     for p in &plan.steps {
-        let Some(i) = record.steps.iter().position(|s| s.id == p.id) else { continue };
+        let Some(i) = record.steps.iter().position(|s| s.id == p.id) else {
+            continue;
+        };
         match &p.action {
             StepAction::Restore { changes } => {
                 let rec = &record.steps[i];
@@ -442,6 +507,28 @@ pub fn apply(
                     }
                 }
             }
+            StepAction::Compensate { compensate } => {
+                let entry = store
+                    .entry(kind::ACTION_REVERTED)
+                    .run(run.clone())
+                    .step(p.id.clone());
+                match compensate_http(record, &record.steps[i], compensate).await {
+                    Ok(r) => {
+                        store.record(entry.result(json!({"ok": true, "compensation": "http", "status": r.status, "attempts": r.attempts})));
+                        record.steps[i].state = StepState::Reverted;
+                        summary.reverted.push(p.id.clone());
+                    }
+                    // Reported on its own; the other steps are still undone.
+                    Err(e) => {
+                        store.record(
+                            entry.result(json!({"ok": false, "compensation": "http", "error": e})),
+                        );
+                        summary
+                            .failures
+                            .push(format!("{}: compensation failed: {e}", p.id));
+                    }
+                }
+            }
             StepAction::ManualReview { reason } => {
                 store.record(
                     store
@@ -460,7 +547,7 @@ pub fn apply(
         store.save(record)?;
     }
     let mut now = None;
-    if plan.whole_run {
+    if plan.whole_run && record.pre_manifest.is_some() {
         let m = snap.scan(snap.load_cache().as_ref())?;
         let h = m.hash();
         summary.verified = Some(record.pre_manifest.as_deref() == Some(h.as_str()));
@@ -468,16 +555,28 @@ pub fn apply(
         now = Some(h);
     }
     if summary.failures.is_empty() && plan.whole_run {
-        crate::snapshot::clear_inflight(snap.vault(), &run, record.steps.iter().map(|s| s.id.as_str()))?;
+        crate::snapshot::clear_inflight(
+            snap.vault(),
+            &run,
+            record.steps.iter().map(|s| s.id.as_str()),
+        )?;
     }
-    summary.state = if summary.failures.is_empty() { "completed".into() } else { "failed".into() };
+    summary.state = if summary.failures.is_empty() {
+        "completed".into()
+    } else {
+        "failed".into()
+    };
     summary.finished_at = Some(now_rfc3339());
     finish(record, summary, now)
 }
 
 /// A unified diff of a change set (content from the vault's pre- and post-images); binary files
 /// and non-content changes are summarised in one line each.
-pub fn render_diff(vault: &secureclaw_vault::Vault, changes: &ChangeSet, color: bool) -> Result<String, RevertError> {
+pub fn render_diff(
+    vault: &secureclaw_vault::Vault,
+    changes: &ChangeSet,
+    color: bool,
+) -> Result<String, RevertError> {
     use std::fmt::Write as _;
     let mut out = String::new();
     let content = |e: Option<&crate::snapshot::Entry>| -> Result<Option<Vec<u8>>, RevertError> {
@@ -525,8 +624,16 @@ pub fn render_diff(vault: &secureclaw_vault::Vault, changes: &ChangeSet, color: 
                 let _ = writeln!(
                     out,
                     "--- {}\n+++ {}",
-                    if pre.is_some() { format!("a/{path}") } else { "/dev/null".into() },
-                    if post.is_some() { format!("b/{path}") } else { "/dev/null".into() }
+                    if pre.is_some() {
+                        format!("a/{path}")
+                    } else {
+                        "/dev/null".into()
+                    },
+                    if post.is_some() {
+                        format!("b/{path}")
+                    } else {
+                        "/dev/null".into()
+                    }
                 );
                 let patch = diffy::create_patch(&ta, &tb);
                 let rendered = fmt.fmt_patch(&patch).to_string();
@@ -537,9 +644,124 @@ pub fn render_diff(vault: &secureclaw_vault::Vault, changes: &ChangeSet, color: 
             }
             _ => {
                 let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
-                let _ = writeln!(out, "Binary files differ ({} -> {} bytes)", len(&a), len(&b));
+                let _ = writeln!(
+                    out,
+                    "Binary files differ ({} -> {} bytes)",
+                    len(&a),
+                    len(&b)
+                );
             }
         }
     }
     Ok(out)
+}
+
+/// Attempts and backoff for a compensation call.
+const COMPENSATE_ATTEMPTS: u32 = 3;
+const COMPENSATE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+const COMPENSATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+struct Compensated {
+    status: u16,
+    attempts: u32,
+}
+
+/// Render the compensation with the run's inputs and step results, then call it, retrying.
+async fn compensate_http(
+    record: &RunRecord,
+    step: &crate::record::StepRecord,
+    c: &Compensate,
+) -> Result<Compensated, String> {
+    let Some(action) = &c.http else {
+        return Err("no http compensation".into());
+    };
+    let t = crate::template::Templates::new();
+    let steps: BTreeMap<&str, crate::template::StepView> = record
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                crate::template::StepView {
+                    output: s.output.clone(),
+                    stdout: s.stdout.clone(),
+                    stderr: s.stderr.clone(),
+                    exit_code: s.exit_code.unwrap_or_default(),
+                },
+            )
+        })
+        .collect();
+    let ctx = minijinja::context! {
+        inputs => minijinja::Value::from_serialize(&record.inputs),
+        steps => minijinja::Value::from_serialize(&steps),
+    };
+    let r = |s: &str| {
+        t.render(s, &ctx)
+            .map_err(|e| format!("rendering the compensation: {e}"))
+    };
+    let url = r(&action.url)?;
+    let headers = action
+        .headers
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), r(v)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let body = action.body.as_deref().map(r).transpose()?;
+    let json = match &action.json {
+        Some(v) => Some(render_json(v, &r)?),
+        None => None,
+    };
+    let timeout = action
+        .timeout
+        .as_ref()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(COMPENSATE_TIMEOUT);
+    let limit = action
+        .max_response
+        .as_ref()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1024 * 1024);
+    let mut last = String::new();
+    for attempt in 1..=COMPENSATE_ATTEMPTS {
+        let call = crate::actions::http(crate::actions::HttpCall {
+            action,
+            url: &url,
+            headers: &headers,
+            body: body.clone(),
+            json: json.clone(),
+            allowed: &step.network,
+            timeout,
+            limit,
+        });
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(res)) => {
+                return Ok(Compensated {
+                    status: res.status,
+                    attempts: attempt,
+                });
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("timed out after {}", humantime::format_duration(timeout)),
+        }
+        if attempt < COMPENSATE_ATTEMPTS {
+            tokio::time::sleep(COMPENSATE_BACKOFF * 2u32.pow(attempt - 1)).await;
+        }
+    }
+    Err(format!("{last} (after {COMPENSATE_ATTEMPTS} attempts)"))
+}
+
+fn render_json(v: &Value, r: &dyn Fn(&str) -> Result<String, String>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(r(s)?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_json(x, r))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render_json(x, r)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }

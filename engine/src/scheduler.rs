@@ -28,8 +28,8 @@ use crate::record::{
     ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id,
     now_rfc3339,
 };
-use crate::template::{StepView, Templates};
 use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
+use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
 
 /// The environment every step starts from; nothing is inherited from the engine.
@@ -149,7 +149,11 @@ impl SnapCtx {
         .await
     }
 
-    async fn save_changes(self: &Arc<Self>, step: &str, changes: ChangeSet) -> Result<(), SnapshotError> {
+    async fn save_changes(
+        self: &Arc<Self>,
+        step: &str,
+        changes: ChangeSet,
+    ) -> Result<(), SnapshotError> {
         let (me, step) = (self.clone(), step.to_string());
         blocking(move || me.snap.save_step_changes(&me.run_id, &step, &changes)).await
     }
@@ -163,12 +167,12 @@ impl SnapCtx {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
 ) -> Result<T, SnapshotError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(SnapshotError::Io {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(SnapshotError::Io {
             path: PathBuf::new(),
             source: std::io::Error::other(format!("snapshot task failed: {e}")),
-        }))
+        })
+    })
 }
 
 /// Everything a step task needs, owned.
@@ -376,6 +380,8 @@ impl Engine {
                     pre_manifest: None,
                     post_manifest: None,
                     write_seq: None,
+                    compensate: s.compensate.clone(),
+                    network: s.network.clone(),
                 })
                 .collect(),
             pre_manifest: None,
@@ -568,14 +574,23 @@ impl Engine {
                 record.steps[i].rule = risk.rule.clone();
                 if risk.needs_approval() {
                     let decision = self.approve(&record, &risk, step, &rendered).await;
-                    let entry = self.store.entry(kind::APPROVAL_GIVEN).run(record.run_id.clone()).step(step.id.clone()).tier(json!(risk.tier));
+                    let entry = self
+                        .store
+                        .entry(kind::APPROVAL_GIVEN)
+                        .run(record.run_id.clone())
+                        .step(step.id.clone())
+                        .tier(json!(risk.tier));
                     match decision {
                         Ok(by) => {
-                            self.store.record(entry.result(json!({"approved": true, "by": by, "rule": risk.rule})));
+                            self.store
+                                .record(entry.result(
+                                    json!({"approved": true, "by": by, "rule": risk.rule}),
+                                ));
                             record.steps[i].approval = Some(by);
                         }
                         Err((state, why)) => {
-                            self.store.record(entry.result(json!({"approved": false, "reason": why})));
+                            self.store
+                                .record(entry.result(json!({"approved": false, "reason": why})));
                             record.steps[i].state = state;
                             record.steps[i].reason = Some(why.clone());
                             stop = Some((RunState::AwaitingApproval, why));
@@ -662,10 +677,18 @@ impl Engine {
                 rec.write_seq = Some(write_seq);
                 rec.pre_manifest = Some(c.pre_hash);
                 rec.post_manifest = Some(c.post_hash);
-                inverse = crate::revert::inverse_json(rec.inverse, &c.changes, wf.workflow.steps[i].compensate.as_ref());
+                inverse = crate::revert::inverse_json(
+                    rec.inverse,
+                    &c.changes,
+                    wf.workflow.steps[i].compensate.as_ref(),
+                );
                 rec.changes = Some(c.changes);
             } else if rec.kind == ActionKind::Http {
-                inverse = crate::revert::inverse_json(rec.inverse, &ChangeSet::default(), wf.workflow.steps[i].compensate.as_ref());
+                inverse = crate::revert::inverse_json(
+                    rec.inverse,
+                    &ChangeSet::default(),
+                    wf.workflow.steps[i].compensate.as_ref(),
+                );
             }
             let wrote = rec.changes.as_ref().is_some_and(|c| !c.is_empty());
             let ledger_kind = if f.refused {
@@ -938,7 +961,11 @@ impl Engine {
         rec.reason = Some(why.clone());
         self.store.record(
             self.store
-                .entry(if state == StepState::Failed { kind::STEP_FAILED } else { kind::STEP_FINISHED })
+                .entry(if state == StepState::Failed {
+                    kind::STEP_FAILED
+                } else {
+                    kind::STEP_FINISHED
+                })
                 .run(record.run_id.clone())
                 .step(rec.id.clone())
                 .result(json!({"state": state, "reason": why})),
@@ -1086,7 +1113,9 @@ async fn execute(job: StepJob) -> Finished {
                     StepState::Failed,
                     StepView::default(),
                     None,
-                    Some(format!("capturing the workspace before the step failed, so it did not run: {e}")),
+                    Some(format!(
+                        "capturing the workspace before the step failed, so it did not run: {e}"
+                    )),
                 );
                 f.duration = start.elapsed();
                 return f;
@@ -1139,7 +1168,10 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
         Ok(m) => m,
         Err(e) => {
             f.state = StepState::Failed;
-            add_reason(f, format!("capturing the workspace after the step failed: {e}"));
+            add_reason(
+                f,
+                format!("capturing the workspace after the step failed: {e}"),
+            );
             return;
         }
     };
@@ -1149,12 +1181,30 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
         match ctx.rollback(changes.clone()).await {
             Ok(_) => {
                 ctx.set_last(pre.clone());
-                add_reason(f, format!("its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"));
-                f.capture = Some(Capture { changes: ChangeSet::default(), pre_hash: pre.hash(), post_hash: pre.hash() });
+                add_reason(
+                    f,
+                    format!(
+                        "its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"
+                    ),
+                );
+                f.capture = Some(Capture {
+                    changes: ChangeSet::default(),
+                    pre_hash: pre.hash(),
+                    post_hash: pre.hash(),
+                });
             }
             Err(e) => {
-                add_reason(f, format!("rolling back its workspace changes FAILED: {e}; `secureclaw revert` can retry"));
-                f.capture = Some(Capture { changes, pre_hash: pre.hash(), post_hash: post.hash() });
+                add_reason(
+                    f,
+                    format!(
+                        "rolling back its workspace changes FAILED: {e}; `secureclaw revert` can retry"
+                    ),
+                );
+                f.capture = Some(Capture {
+                    changes,
+                    pre_hash: pre.hash(),
+                    post_hash: post.hash(),
+                });
             }
         }
         return;
@@ -1163,7 +1213,11 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
         f.state = StepState::Failed;
         add_reason(f, format!("saving its change set failed: {e}"));
     }
-    f.capture = Some(Capture { changes, pre_hash: pre.hash(), post_hash: post.hash() });
+    f.capture = Some(Capture {
+        changes,
+        pre_hash: pre.hash(),
+        post_hash: post.hash(),
+    });
 }
 
 fn finished(
@@ -1367,9 +1421,20 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
         Err(e) => {
             let refused = matches!(
                 e,
-                SandboxError::Degraded { .. } | SandboxError::Unavailable { .. } | SandboxError::Unsupported { .. }
+                SandboxError::Degraded { .. }
+                    | SandboxError::Unavailable { .. }
+                    | SandboxError::Unsupported { .. }
             );
-            Finished { refused, ..finished(job, StepState::Failed, StepView::default(), None, Some(e.to_string())) }
+            Finished {
+                refused,
+                ..finished(
+                    job,
+                    StepState::Failed,
+                    StepView::default(),
+                    None,
+                    Some(e.to_string()),
+                )
+            }
         }
     }
 }

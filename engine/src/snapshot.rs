@@ -168,7 +168,10 @@ impl Entry {
             EntryKind::Dir => format!("directory {:o}", self.mode),
             EntryKind::Symlink => format!(
                 "symlink -> {}",
-                self.target.as_ref().map(RelPath::display).unwrap_or_default()
+                self.target
+                    .as_ref()
+                    .map(RelPath::display)
+                    .unwrap_or_default()
             ),
         }
     }
@@ -193,8 +196,12 @@ mod entry_list {
         s.collect_seq(m.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<RelPath, Entry>, D::Error> {
-        Ok(Vec::<(RelPath, Entry)>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<RelPath, Entry>, D::Error> {
+        Ok(Vec::<(RelPath, Entry)>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -214,7 +221,11 @@ impl Manifest {
             let s = e.sha256.as_deref().unwrap_or_default().as_bytes();
             h.update((s.len() as u64).to_le_bytes());
             h.update(s);
-            let t = e.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
+            let t = e
+                .target
+                .as_ref()
+                .map(|t| t.0.as_slice())
+                .unwrap_or_default();
             h.update((t.len() as u64).to_le_bytes());
             h.update(t);
         }
@@ -339,7 +350,11 @@ impl<R: Read> Read for Tee<R> {
 /// SHA-256 (hex) and length of a file's content.
 fn hash_file(path: &Path) -> Result<(String, u64), SnapshotError> {
     let f = fs::File::open(path).map_err(io(path))?;
-    let mut tee = Tee { inner: f, hasher: Sha256::new(), len: 0 };
+    let mut tee = Tee {
+        inner: f,
+        hasher: Sha256::new(),
+        len: 0,
+    };
     std::io::copy(&mut tee, &mut std::io::sink()).map_err(io(path))?;
     Ok((hex::encode(tee.hasher.finalize()), tee.len))
 }
@@ -367,7 +382,9 @@ impl Snapshotter {
             excluded.push(RelPath(rel.as_os_str().as_bytes().to_vec()));
         }
         let max_file = match std::env::var(ENV_MAX_FILE) {
-            Ok(v) => crate::units::parse_size(&v).map_err(|e| SnapshotError::Config(e.to_string()))?,
+            Ok(v) => {
+                crate::units::parse_size(&v).map_err(|e| SnapshotError::Config(e.to_string()))?
+            }
             Err(_) => DEFAULT_MAX_FILE_BYTES,
         };
         Ok(Self {
@@ -396,7 +413,7 @@ impl Snapshotter {
     }
 
     fn is_excluded(&self, p: &RelPath) -> bool {
-        self.excluded.iter().any(|x| *x == *p)
+        self.excluded.contains(p)
     }
 
     /// Scan the workspace. Files whose stat matches `prev` (and is not racy) keep their hash
@@ -405,8 +422,14 @@ impl Snapshotter {
         let scanned_at_ns = now_ns();
         // Directories are scanned by a few threads from a shared queue: a scan is mostly
         // `lstat` latency, which overlaps well.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        let queue = std::sync::Mutex::new(Queue { dirs: vec![RelPath(Vec::new())], busy: 0, failed: false });
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4);
+        let queue = std::sync::Mutex::new(Queue {
+            dirs: vec![RelPath(Vec::new())],
+            busy: 0,
+            failed: false,
+        });
         let results: Vec<Result<Vec<(RelPath, Entry)>, SnapshotError>> = std::thread::scope(|sc| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| sc.spawn(|| self.scan_worker(&queue, prev)))
@@ -495,7 +518,10 @@ impl Snapshotter {
                 continue;
             }
             // fstatat relative to the open directory, never following a symlink.
-            let md = de.metadata().map_err(|e| SnapshotError::Io { path: de.path(), source: e })?;
+            let md = de.metadata().map_err(|e| SnapshotError::Io {
+                path: de.path(),
+                source: e,
+            })?;
             let ft = md.file_type();
             let mut e = Entry {
                 kind: EntryKind::File,
@@ -691,7 +717,12 @@ impl Snapshotter {
             let md = match fs::symlink_metadata(&abs) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(SnapshotError::Io { path: abs, source: e }),
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        path: abs,
+                        source: e,
+                    });
+                }
             };
             if md.is_dir() {
                 fs::remove_dir(&abs).map_err(io(&abs))?;
@@ -700,7 +731,8 @@ impl Snapshotter {
             }
         }
         // 2. Recreate pre states, parents before children.
-        let mut creations: Vec<&Change> = todo.iter().copied().filter(|c| c.pre.is_some()).collect();
+        let mut creations: Vec<&Change> =
+            todo.iter().copied().filter(|c| c.pre.is_some()).collect();
         creations.sort_by(|a, b| a.path.cmp(&b.path));
         for c in &creations {
             let Some(pre) = &c.pre else { continue };
@@ -709,7 +741,12 @@ impl Snapshotter {
                 EntryKind::Dir => match fs::create_dir(&abs) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
-                    Err(e) => return Err(SnapshotError::Io { path: abs, source: e }),
+                    Err(e) => {
+                        return Err(SnapshotError::Io {
+                            path: abs,
+                            source: e,
+                        });
+                    }
                 },
                 EntryKind::Symlink => {
                     let target = pre.target.clone().unwrap_or(RelPath(Vec::new()));
@@ -754,7 +791,8 @@ impl Snapshotter {
         for c in modes {
             if let Some(pre) = &c.pre {
                 let abs = self.abs(&c.path);
-                fs::set_permissions(&abs, fs::Permissions::from_mode(pre.mode)).map_err(io(&abs))?;
+                fs::set_permissions(&abs, fs::Permissions::from_mode(pre.mode))
+                    .map_err(io(&abs))?;
             }
         }
         Ok(todo.len())
@@ -779,24 +817,40 @@ impl Snapshotter {
 
     /// Remember the pre-manifest of the step `run` is about to execute, durably, so a crash
     /// during the step can still be reverted.
-    pub fn save_inflight(&self, run: &str, step: &str, pre: &Manifest) -> Result<(), SnapshotError> {
+    pub fn save_inflight(
+        &self,
+        run: &str,
+        step: &str,
+        pre: &Manifest,
+    ) -> Result<(), SnapshotError> {
         #[derive(Serialize)]
         struct Ref<'a> {
             step: &'a str,
             pre: &'a Manifest,
         }
-        self.vault.put_json(INFLIGHT_TABLE, run, &Ref { step, pre })?;
+        self.vault
+            .put_json(INFLIGHT_TABLE, run, &Ref { step, pre })?;
         Ok(())
     }
 
-    pub fn save_step_changes(&self, run: &str, step: &str, changes: &ChangeSet) -> Result<(), SnapshotError> {
-        self.vault.put_json(STEPS_TABLE, &format!("{run}/{step}"), changes)?;
+    pub fn save_step_changes(
+        &self,
+        run: &str,
+        step: &str,
+        changes: &ChangeSet,
+    ) -> Result<(), SnapshotError> {
+        self.vault
+            .put_json(STEPS_TABLE, &format!("{run}/{step}"), changes)?;
         Ok(())
     }
 }
 
 /// A step's change set as the step saved it (before the run record caught up).
-pub fn load_step_changes(vault: &Vault, run: &str, step: &str) -> Result<Option<ChangeSet>, SnapshotError> {
+pub fn load_step_changes(
+    vault: &Vault,
+    run: &str,
+    step: &str,
+) -> Result<Option<ChangeSet>, SnapshotError> {
     Ok(vault.get_json(STEPS_TABLE, &format!("{run}/{step}"))?)
 }
 
@@ -821,10 +875,93 @@ pub fn load_inflight(vault: &Vault, run: &str) -> Result<Option<Inflight>, Snaps
 }
 
 /// Forget a run's crash-recovery state once its record holds every change set.
-pub fn clear_inflight<'a>(vault: &Vault, run: &str, steps: impl IntoIterator<Item = &'a str>) -> Result<(), SnapshotError> {
+pub fn clear_inflight<'a>(
+    vault: &Vault,
+    run: &str,
+    steps: impl IntoIterator<Item = &'a str>,
+) -> Result<(), SnapshotError> {
     for s in steps {
         vault.delete(STEPS_TABLE, &format!("{run}/{s}"))?;
     }
     vault.delete(INFLIGHT_TABLE, run)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Snapshotter) {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(ws.join("d/sub")).unwrap();
+        fs::write(ws.join("a"), "alpha").unwrap();
+        fs::write(ws.join("d/b"), "beta").unwrap();
+        fs::write(ws.join(OsStr::from_bytes(b"n\xffo")), "odd name").unwrap();
+        std::os::unix::fs::symlink("a", ws.join("l")).unwrap();
+        let state = ws.join(".secureclaw");
+        let vault = Vault::create(
+            &state,
+            "test",
+            &secureclaw_vault::KdfParams {
+                memory_kib: 256,
+                iterations: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ws = ws.canonicalize().unwrap();
+        let snap = Snapshotter::new(vault, &ws, &state).unwrap();
+        (dir, snap)
+    }
+
+    #[test]
+    fn the_state_dir_and_git_are_not_captured_and_odd_names_round_trip() {
+        let (_d, snap) = setup();
+        fs::create_dir(snap.root().join(".git")).unwrap();
+        fs::write(snap.root().join(".git/HEAD"), "ref").unwrap();
+        let m = snap.scan(None).unwrap();
+        assert!(
+            m.entries
+                .keys()
+                .all(|p| !p.0.starts_with(b".git") && !p.0.starts_with(b".secureclaw"))
+        );
+        assert!(m.entries.contains_key(&RelPath(b"n\xffo".to_vec())));
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.hash(), m.hash());
+    }
+
+    #[test]
+    fn an_interrupted_restore_completes_when_run_again() {
+        let (_d, snap) = setup();
+        let pre = snap.scan(None).unwrap();
+        let r = snap.root().to_path_buf();
+        fs::write(r.join("a"), "changed").unwrap();
+        fs::remove_file(r.join("d/b")).unwrap();
+        fs::create_dir_all(r.join("new/deep")).unwrap();
+        fs::write(r.join("new/deep/f"), "f").unwrap();
+        fs::remove_file(r.join("l")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", r.join("l")).unwrap();
+        fs::set_permissions(r.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        let post = snap.scan(Some(&pre)).unwrap();
+        let changes = diff(&pre, &post);
+        assert_eq!(changes.len(), 7, "{changes:#?}");
+        // A crash after part of the work: restore a few paths only, then everything.
+        snap.restore(&changes.changes[..3]).unwrap();
+        snap.restore(&changes.changes).unwrap();
+        assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
+        // And once more: nothing left to do.
+        assert_eq!(snap.restore(&changes.changes).unwrap(), 0);
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_not_skipped() {
+        let (_d, snap) = setup();
+        let snap = snap.with_max_file(3);
+        match snap.scan(None) {
+            Err(SnapshotError::TooLarge { size, cap: 3, .. }) => assert!(size > 3),
+            other => panic!("{other:?}"),
+        }
+    }
 }
