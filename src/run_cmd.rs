@@ -127,7 +127,11 @@ fn load(file: &Path) -> Option<Validated> {
     }
 }
 
-async fn run_once(args: &RunArgs, pass: &PassphraseSource, cancel: CancellationToken) -> anyhow::Result<u8> {
+async fn run_once(
+    args: &RunArgs,
+    pass: &PassphraseSource,
+    cancel: CancellationToken,
+) -> anyhow::Result<u8> {
     let Some(wf) = load(&args.file) else {
         return Ok(exit::INVALID);
     };
@@ -288,7 +292,10 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 
 /// Who the ledger says acted.
 pub fn actor() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {

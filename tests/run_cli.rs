@@ -525,7 +525,10 @@ fn run_on_tty(ws: &Ws, wf: &Path, answer: &str) -> (Option<i32>, String) {
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -534,11 +537,21 @@ fn on_a_terminal_the_prompt_shows_the_command_and_yes_runs_it() {
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let (code, screen) = run_on_tty(&ws, &wf, "y\n");
-    assert!(screen.contains("needs approval") && screen.contains("rm -rf build") && screen.contains("rm-recursive"), "{screen}");
+    assert!(
+        screen.contains("needs approval")
+            && screen.contains("rm -rf build")
+            && screen.contains("rm-recursive"),
+        "{screen}"
+    );
     assert_eq!(code, Some(0), "{screen}");
     assert!(!ws.path().join("build").exists());
     assert!(ws.path().join("after.txt").exists());
-    assert!(step(&ws.show(), "wipe")["approval"].as_str().unwrap().contains("terminal"));
+    assert!(
+        step(&ws.show(), "wipe")["approval"]
+            .as_str()
+            .unwrap()
+            .contains("terminal")
+    );
 }
 
 #[test]

@@ -49,8 +49,12 @@ fn forms(secret: &str) -> Vec<Vec<u8>> {
         b.to_vec(),
         hex::encode(b).into_bytes(),
         hex::encode_upper(b).into_bytes(),
-        base64::engine::general_purpose::STANDARD.encode(b).into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(b)
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(b)
+            .into_bytes(),
     ];
     // Base64 of the secret at the other two byte alignments inside a larger buffer.
     for pad in 1..3 {
@@ -84,15 +88,26 @@ steps:
     read: { path: secret.txt }
 "#;
     let out = run(ws.path(), wf, &["--input", &format!("token={secret}")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The secret really went through inputs, env, stdout, stderr, outputs and a file...
-    assert!(std::fs::read_to_string(ws.path().join("secret.txt")).unwrap().contains(secret));
+    assert!(
+        std::fs::read_to_string(ws.path().join("secret.txt"))
+            .unwrap()
+            .contains(secret)
+    );
     let show = bin(PASS)
         .args(["show", "last", "--json", "--state-dir"])
         .arg(ws.path().join(".secureclaw"))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&show.stdout).contains(secret), "the record must hold it");
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains(secret),
+        "the record must hold it"
+    );
     // ...and none of it is readable in the state dir, in any common encoding.
     let files = all_bytes(&ws.path().join(".secureclaw"));
     assert!(!files.is_empty());
@@ -122,8 +137,16 @@ steps:
     let out = run(ws.path(), wf, &["--approve", "destructive"]);
     assert_eq!(out.status.code(), Some(1));
     let state = ws.path().join(".secureclaw");
-    let verify = bin(PASS).args(["ledger", "verify", "--state-dir"]).arg(&state).output().unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let verify = bin(PASS)
+        .args(["ledger", "verify", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let export = ws.path().join("ledger.jsonl");
     let out = bin(PASS)
         .args(["ledger", "export", "--state-dir"])
@@ -132,14 +155,22 @@ steps:
         .arg(&export)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&export).unwrap();
     let kinds: Vec<String> = text
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let e = v.get("entry").unwrap_or(&v);
-            format!("{}:{}", e["kind"].as_str().unwrap(), e["step"].as_str().unwrap_or("-"))
+            format!(
+                "{}:{}",
+                e["kind"].as_str().unwrap(),
+                e["step"].as_str().unwrap_or("-")
+            )
         })
         .collect();
     for expected in [
@@ -152,7 +183,10 @@ steps:
         "step_failed:bad",
         "run_finished:-",
     ] {
-        assert!(kinds.iter().any(|k| k == expected), "missing {expected} in {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "missing {expected} in {kinds:?}"
+        );
     }
     // The export verifies offline against its head.
     let head = format!("{}.head.json", export.display());
@@ -169,7 +203,11 @@ steps:
 #[test]
 fn a_wrong_passphrase_is_refused_before_anything_is_touched() {
     let ws = tempfile::tempdir().unwrap();
-    let out = run(ws.path(), "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n", &[]);
+    let out = run(
+        ws.path(),
+        "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n",
+        &[],
+    );
     assert!(out.status.success());
     let state = ws.path().join(".secureclaw");
     let before = all_bytes(&state);
@@ -183,14 +221,25 @@ fn a_wrong_passphrase_is_refused_before_anything_is_touched() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!ws.path().join("a.txt").exists(), "the workflow ran with a wrong passphrase");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !ws.path().join("a.txt").exists(),
+        "the workflow ran with a wrong passphrase"
+    );
     let mut after = all_bytes(&state);
     let mut before = before;
     before.sort();
     after.sort();
     assert!(before == after, "the state dir changed");
-    let show = bin("wrong passphrase").args(["runs", "--state-dir"]).arg(&state).output().unwrap();
+    let show = bin("wrong passphrase")
+        .args(["runs", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
     assert_eq!(show.status.code(), Some(2));
 }
 
@@ -198,7 +247,11 @@ fn a_wrong_passphrase_is_refused_before_anything_is_touched() {
 fn no_passphrase_and_no_terminal_is_a_clear_error() {
     let ws = tempfile::tempdir().unwrap();
     let file = ws.path().join("wf.yaml");
-    std::fs::write(&file, "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n").unwrap();
+    std::fs::write(
+        &file,
+        "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
         .env_remove("SECURECLAW_PASSPHRASE")
         .arg("run")
@@ -210,6 +263,10 @@ fn no_passphrase_and_no_terminal_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SECURECLAW_PASSPHRASE"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SECURECLAW_PASSPHRASE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!ws.path().join("a.txt").exists());
 }

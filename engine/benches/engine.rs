@@ -36,7 +36,11 @@ fn schedule_1000(c: &mut Criterion) {
             secureclaw_vault::Vault::create(
                 &dir.path().join("state"),
                 "bench",
-                &secureclaw_vault::KdfParams { memory_kib: 256, iterations: 1, ..Default::default() },
+                &secureclaw_vault::KdfParams {
+                    memory_kib: 256,
+                    iterations: 1,
+                    ..Default::default()
+                },
             )
             .unwrap_or_else(|e| panic!("{e}")),
             "bench",

@@ -239,7 +239,12 @@ fn describe(
             );
         }
         ValidationErrorKind::OneOfNotValid { .. } if !one_of_consts(&pointer).is_empty() => {
-            out.push(not_one_of(diag, &pointer, instance, &one_of_consts(&pointer)));
+            out.push(not_one_of(
+                diag,
+                &pointer,
+                instance,
+                &one_of_consts(&pointer),
+            ));
         }
         ValidationErrorKind::OneOfNotValid { .. }
         | ValidationErrorKind::OneOfMultipleValid { .. } => {
