@@ -10,7 +10,7 @@ use secureclaw_engine::events;
 use secureclaw_engine::policy::{NoApprover, Policy};
 use secureclaw_engine::record::RunStore;
 use secureclaw_engine::scheduler::{Engine, RunOptions};
-use secureclaw_engine::testing::{NoopSandbox, dag_workflow};
+use secureclaw_engine::testing::{NoopSandbox, dag_workflow, dag_workflow_of_reads};
 use secureclaw_engine::validate::validate_bytes;
 
 fn validate_1000(c: &mut Criterion) {
@@ -20,11 +20,11 @@ fn validate_1000(c: &mut Criterion) {
     });
 }
 
-fn schedule_1000(c: &mut Criterion) {
-    let text = dag_workflow(1000);
+/// Runs one generated 1,000-node workflow repeatedly on the no-op backend.
+fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let wf_path = dir.path().join("wf.yaml");
-    std::fs::write(&wf_path, &text).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&wf_path, text).unwrap_or_else(|e| panic!("write: {e}"));
     let wf = validate_bytes(&wf_path, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     let engine = Engine {
@@ -47,8 +47,8 @@ fn schedule_1000(c: &mut Criterion) {
         ),
     };
     let mut group = c.benchmark_group("scheduler");
-    group.sample_size(20);
-    group.bench_function("run 1000-node DAG, no-op backend", |b| {
+    group.sample_size(samples);
+    group.bench_function(name, |b| {
         b.iter(|| {
             rt.block_on(engine.run(
                 &wf,
@@ -67,5 +67,31 @@ fn schedule_1000(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validate_1000, schedule_1000);
+/// Scheduling alone: `read` steps need neither the sandbox nor workspace capture.
+fn schedule_1000_reads(c: &mut Criterion) {
+    bench_run(
+        c,
+        "1000-node DAG of read steps",
+        &dag_workflow_of_reads(1000),
+        20,
+    );
+}
+
+/// Shell steps on the no-op backend: scheduling plus each writing step's effect capture and
+/// durable vault writes (what a real run pays on top of the sandbox).
+fn schedule_1000_shells(c: &mut Criterion) {
+    bench_run(
+        c,
+        "1000-node DAG of shell steps, no-op backend",
+        &dag_workflow(1000),
+        10,
+    );
+}
+
+criterion_group!(
+    benches,
+    validate_1000,
+    schedule_1000_reads,
+    schedule_1000_shells
+);
 criterion_main!(benches);

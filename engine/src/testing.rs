@@ -39,6 +39,24 @@ impl Sandbox for NoopSandbox {
 /// A workflow of `n` shell steps mixing chains, fan-out and fan-in: step i needs i-1 (chain),
 /// every 10th step fans out to the next 9, and every 10th step fans in from the previous 9.
 pub fn dag_workflow(n: usize) -> String {
+    dag_of(n, |templated| match templated {
+        Some(prev) => format!("shell: echo {{{{ inputs.tag }}}} {{{{ steps.s{prev}.output }}}}"),
+        None => "shell: echo step".into(),
+    })
+}
+
+/// The same graph of `read` steps (globs matching nothing): no sandbox, no workspace capture, so
+/// a run measures the scheduler alone.
+pub fn dag_workflow_of_reads(n: usize) -> String {
+    dag_of(n, |templated| match templated {
+        Some(prev) => format!(
+            "read: {{ glob: \"none-{{{{ inputs.tag }}}}-{{{{ steps.s{prev}.exit_code }}}}/*\" }}"
+        ),
+        None => "read: { glob: \"none/*\" }".into(),
+    })
+}
+
+fn dag_of(n: usize, action: impl Fn(Option<usize>) -> String) -> String {
     let mut s = String::from(
         "version: 1\nname: generated\ninputs:\n  tag: { type: string, default: x }\nsteps:\n",
     );
@@ -53,14 +71,8 @@ pub fn dag_workflow(n: usize) -> String {
         if !needs.is_empty() {
             s.push_str(&format!("    needs: [{}]\n", needs.join(", ")));
         }
-        if i % 10 == 0 && i > 0 {
-            s.push_str(&format!(
-                "    shell: echo {{{{ inputs.tag }}}} {{{{ steps.s{}.output }}}}\n",
-                i - 1
-            ));
-        } else {
-            s.push_str("    shell: echo step\n");
-        }
+        let templated = (i % 10 == 0 && i > 0).then(|| i - 1);
+        s.push_str(&format!("    {}\n", action(templated)));
     }
     s
 }
