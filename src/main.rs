@@ -2,6 +2,7 @@
 
 mod guard_cmd;
 mod output;
+mod plan_cmd;
 mod revert_cmd;
 mod run_cmd;
 mod unlock;
@@ -49,8 +50,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate and run a workflow.
+    /// Validate and run a workflow (or plan one from `--instruction` first).
     Run(run_cmd::RunArgs),
+    /// Turn an instruction into a validated workflow with the LLM planner; show its tiers.
+    Plan(plan_cmd::PlanArgs),
     /// Re-run a workflow whenever its file (or a watched path) changes.
     Watch(run_cmd::WatchArgs),
     /// Check workflow files without running them; report every error with file:line:column.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
     let pass = cli.pass.source();
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args, &pass),
+        Command::Plan(args) => plan_cmd::plan(args, &pass),
         Command::Watch(args) => run_cmd::watch(args, &pass),
         Command::Validate(args) => output::validate(&args.files, args.explain, args.json),
         Command::Schema => {

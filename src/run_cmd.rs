@@ -24,7 +24,11 @@ use crate::{exit, output, state_dir};
 #[derive(Args, Clone)]
 pub struct RunArgs {
     /// The workflow file.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "instruction")]
+    pub file: Option<PathBuf>,
+    /// Plan the workflow from this instruction with the LLM planner, show it, then run it.
+    #[arg(long, conflicts_with = "file")]
+    pub instruction: Option<String>,
     /// Set an input: `--input days=7` (repeatable). Values are parsed to the declared type.
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
@@ -132,7 +136,25 @@ async fn run_once(
     pass: &PassphraseSource,
     cancel: CancellationToken,
 ) -> anyhow::Result<u8> {
-    let Some(wf) = load(&args.file) else {
+    let file = match (&args.file, &args.instruction) {
+        (Some(f), _) => f.clone(),
+        (None, Some(instruction)) => {
+            let planned = crate::plan_cmd::plan_for_run(
+                instruction,
+                args.workspace.as_ref(),
+                args.state_dir.as_ref(),
+                pass,
+                !args.json,
+            )
+            .await?;
+            match planned {
+                Ok(f) => f,
+                Err(code) => return Ok(code),
+            }
+        }
+        (None, None) => anyhow::bail!("give a workflow file or --instruction"),
+    };
+    let Some(wf) = load(&file) else {
         return Ok(exit::INVALID);
     };
     let inputs = match secureclaw_engine::inputs::resolve(&wf.workflow, &args.inputs) {
@@ -306,8 +328,11 @@ pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             None => std::env::current_dir()?,
         };
         let state = state_dir(args.run.state_dir.as_ref(), &workspace);
+        let Some(file) = args.run.file.clone() else {
+            anyhow::bail!("watch needs a workflow file (plan one first with `secureclaw plan -o`)");
+        };
         let mut watcher = secureclaw_engine::watch::ChangeWatcher::new(
-            &args.run.file,
+            &file,
             &workspace,
             &args.paths,
             vec![state],
@@ -320,7 +345,7 @@ pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
                 "{} [{}] running {} ({trigger})",
                 style("watch").cyan().bold(),
                 runs + 1,
-                args.run.file.display()
+                file.display()
             );
             let run = run_once(&args.run, pass, cancel.clone());
             tokio::pin!(run);

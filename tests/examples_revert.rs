@@ -14,29 +14,23 @@ use common::secureclaw;
 /// Everything about a tree that revert promises to restore, minus the state dir.
 fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if rel.starts_with(".secureclaw") {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            let mode = meta.permissions().mode();
-            let content = if meta.file_type().is_symlink() {
-                std::fs::read_link(&p)
-                    .unwrap()
-                    .into_os_string()
-                    .into_encoded_bytes()
-            } else if meta.is_dir() {
-                stack.push(p.clone());
-                b"<dir>".to_vec()
-            } else {
-                std::fs::read(&p).unwrap()
-            };
-            out.insert(rel, (mode, content));
+    for p in common::walk(root) {
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        if rel.starts_with(".secureclaw") {
+            continue;
         }
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let content = if meta.file_type().is_symlink() {
+            std::fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else if meta.is_dir() {
+            b"<dir>".to_vec()
+        } else {
+            std::fs::read(&p).unwrap()
+        };
+        out.insert(rel, (meta.permissions().mode(), content));
     }
     out
 }

@@ -5,6 +5,7 @@ pub mod diag;
 pub mod events;
 pub mod inputs;
 pub mod model;
+pub mod planner;
 pub mod policy;
 pub mod record;
 pub mod revert;

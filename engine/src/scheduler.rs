@@ -502,8 +502,9 @@ impl Engine {
                         StepState::Cancelled => format!("needs `{}`, which was cancelled", b.id),
                         _ => format!("needs `{}`, which failed", b.id),
                     };
-                    self.skip(
+                    self.settle(
                         &mut record,
+                        StepState::Skipped,
                         i,
                         why,
                         &mut ready,
@@ -521,8 +522,9 @@ impl Engine {
                     match templates.eval_condition(cond, &ctx) {
                         Ok(true) => {}
                         Ok(false) => {
-                            self.skip(
+                            self.settle(
                                 &mut record,
+                                StepState::Skipped,
                                 i,
                                 format!("condition `{cond}` is false"),
                                 &mut ready,
@@ -533,8 +535,9 @@ impl Engine {
                         }
                         Err(e) => {
                             failed_any = true;
-                            self.fail_now(
+                            self.settle(
                                 &mut record,
+                                StepState::Failed,
                                 i,
                                 format!("`if` condition: {e}"),
                                 &mut ready,
@@ -550,8 +553,9 @@ impl Engine {
                         Ok(r) => r,
                         Err(e) => {
                             failed_any = true;
-                            self.fail_now(
+                            self.settle(
                                 &mut record,
+                                StepState::Failed,
                                 i,
                                 format!("template error in step `{}`: {e}", step.id),
                                 &mut ready,
@@ -905,52 +909,14 @@ impl Engine {
         }
     }
 
-    fn skip(
-        &self,
-        record: &mut RunRecord,
-        i: usize,
-        why: String,
-        ready: &mut Vec<usize>,
-        remaining: &mut [usize],
-        dependents: &[Vec<usize>],
-    ) {
-        self.settle(
-            record,
-            i,
-            StepState::Skipped,
-            why,
-            ready,
-            remaining,
-            dependents,
-        );
-    }
-
-    fn fail_now(
-        &self,
-        record: &mut RunRecord,
-        i: usize,
-        why: String,
-        ready: &mut Vec<usize>,
-        remaining: &mut [usize],
-        dependents: &[Vec<usize>],
-    ) {
-        self.settle(
-            record,
-            i,
-            StepState::Failed,
-            why,
-            ready,
-            remaining,
-            dependents,
-        );
-    }
-
     #[allow(clippy::too_many_arguments)]
+    /// Give a step that will not run its final state (skipped or failed before starting) and
+    /// release its dependents.
     fn settle(
         &self,
         record: &mut RunRecord,
-        i: usize,
         state: StepState,
+        i: usize,
         why: String,
         ready: &mut Vec<usize>,
         remaining: &mut [usize],

@@ -146,6 +146,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What `lstat` alone says about a path (as a plain file); the caller fills in the kind,
+    /// hash, blob and link target.
+    fn stat_only(md: &fs::Metadata) -> Entry {
+        Entry {
+            kind: EntryKind::File,
+            mode: md.permissions().mode() & 0o7777,
+            size: md.len(),
+            sha256: None,
+            blob: None,
+            target: None,
+            ino: md.ino(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+impl Entry {
     /// Same state (what revert restores and diff shows), ignoring stat-only differences.
     pub fn same_state(&self, other: &Entry) -> bool {
         self.kind == other.kind
@@ -523,17 +541,7 @@ impl Snapshotter {
                 source: e,
             })?;
             let ft = md.file_type();
-            let mut e = Entry {
-                kind: EntryKind::File,
-                mode: md.permissions().mode() & 0o7777,
-                size: md.len(),
-                sha256: None,
-                blob: None,
-                target: None,
-                ino: md.ino(),
-                mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-                ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-            };
+            let mut e = Entry::stat_only(&md);
             if ft.is_dir() {
                 e.kind = EntryKind::Dir;
                 e.size = 0;
@@ -618,17 +626,7 @@ impl Snapshotter {
             Err(e) => return Err(SnapshotError::Io { path, source: e }),
         };
         let ft = md.file_type();
-        let mut e = Entry {
-            kind: EntryKind::File,
-            mode: md.permissions().mode() & 0o7777,
-            size: md.len(),
-            sha256: None,
-            blob: None,
-            target: None,
-            ino: md.ino(),
-            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-        };
+        let mut e = Entry::stat_only(&md);
         if ft.is_dir() {
             e.kind = EntryKind::Dir;
             e.size = 0;

@@ -23,3 +23,20 @@ pub fn with_vault_env<'a>(c: &'a mut Command, pass: &str) -> &'a mut Command {
         .env("ARGON2_MEMORY_KB", "256")
         .env("ARGON2_ITERATIONS", "1")
 }
+
+/// Every path below `root` (directories included, symlinks listed but never followed), sorted.
+pub fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
