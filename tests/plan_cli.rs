@@ -146,7 +146,9 @@ fn show(out: &Output) -> String {
 }
 
 fn ledger(fake: &Fake, dir: &Path) -> Vec<serde_json::Value> {
-    let file = dir.join("ledger.jsonl");
+    // Kept outside the workspace: a stray file there would make `revert` see foreign changes.
+    let keep = tempfile::tempdir().unwrap();
+    let file = keep.path().join("ledger.jsonl");
     let out = fake
         .cmd(dir)
         .args(["ledger", "export", "--out"])
@@ -178,10 +180,20 @@ fn good_plan_is_written_shown_and_ledgered() {
     assert_eq!(written, GOOD);
     let stdout = text(&out.stdout);
     // The explain table: header, each step with its tier and undo class.
-    assert!(stdout.contains("TIER") && stdout.contains("UNDO"), "{}", show(&out));
-    assert!(stdout.contains("greet") && stdout.contains("low_write"), "{stdout}");
+    assert!(
+        stdout.contains("TIER") && stdout.contains("UNDO"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stdout.contains("greet") && stdout.contains("low_write"),
+        "{stdout}"
+    );
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("anthropic") && stderr.contains("claude-sonnet-4-6"), "{stderr}");
+    assert!(
+        stderr.contains("anthropic") && stderr.contains("claude-sonnet-4-6"),
+        "{stderr}"
+    );
     assert!(stderr.contains("1 round"), "{stderr}");
 
     // The file is a valid workflow for the engine.
@@ -249,7 +261,14 @@ fn still_invalid_after_the_repairs_fails_listing_the_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = fake
         .cmd(dir.path())
-        .args(["plan", "write a greeting", "--max-repairs", "1", "-o", "f.yaml"])
+        .args([
+            "plan",
+            "write a greeting",
+            "--max-repairs",
+            "1",
+            "-o",
+            "f.yaml",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
@@ -257,7 +276,11 @@ fn still_invalid_after_the_repairs_fails_listing_the_errors() {
     assert!(err.contains("no valid workflow after 2 round(s)"), "{err}");
     assert!(err.contains("plan.yaml:6:"), "{err}");
     assert!(!dir.path().join("f.yaml").exists());
-    assert_eq!(fake.requests().len(), 2, "bounded: one call plus one repair");
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "bounded: one call plus one repair"
+    );
 }
 
 #[test]
@@ -277,8 +300,14 @@ fn injection_is_refused_before_any_request() {
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let err = text(&out.stderr);
     assert!(err.contains("prompt injection"), "{err}");
-    assert!(err.contains("regex layer") && err.contains("pattern `"), "{err}");
-    assert!(err.to_lowercase().contains("ignore previous instructions"), "{err}");
+    assert!(
+        err.contains("regex layer") && err.contains("pattern `"),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("ignore previous instructions"),
+        "{err}"
+    );
     assert!(fake.requests().is_empty(), "nothing may reach the provider");
     assert!(!dir.path().join("f.yaml").exists());
 }
@@ -309,7 +338,10 @@ steps:
     assert!(out.status.success(), "{}", show(&out));
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 1);
-    assert!(!reqs[0].contains("PLANTESTdoNotLeak"), "the key reached the server");
+    assert!(
+        !reqs[0].contains("PLANTESTdoNotLeak"),
+        "the key reached the server"
+    );
     assert!(reqs[0].contains("<SECRET_1>"), "{}", reqs[0]);
     let written = std::fs::read_to_string(dir.path().join("f.yaml")).unwrap();
     assert!(written.contains(SECRET), "{written}");
@@ -339,7 +371,10 @@ fn run_instruction_plans_runs_records_and_reverts() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("name: greet") && stdout.contains("TIER"), "{stdout}");
+    assert!(
+        stdout.contains("name: greet") && stdout.contains("TIER"),
+        "{stdout}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("out/hello.txt")).unwrap(),
         "planned hello\n"
@@ -377,4 +412,22 @@ fn run_needs_a_file_or_an_instruction() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn plan_json_lists_steps_and_provenance() {
+    let fake = Fake::start(vec![fenced(GOOD)]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = fake
+        .cmd(dir.path())
+        .args(["plan", "write a greeting to out/hello.txt", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["yaml"], GOOD);
+    assert_eq!(doc["provenance"]["provider"], "anthropic");
+    assert_eq!(doc["steps"][0]["id"], "greet");
+    assert_eq!(doc["steps"][0]["tier"], "low_write");
+    assert_eq!(doc["steps"][1]["tier"], "read_only");
 }
