@@ -96,6 +96,11 @@ fn explain_json(v: &Validated) -> serde_json::Value {
 }
 
 pub fn print_explain(v: &Validated) {
+    print_explain_to(v, &mut std::io::stdout().lock());
+}
+
+/// The per-step table: tier, the rule that set it, and how the step is undone.
+pub fn print_explain_to(v: &Validated, w: &mut dyn std::io::Write) {
     let width = v
         .workflow
         .steps
@@ -104,7 +109,8 @@ pub fn print_explain(v: &Validated) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    let _ = writeln!(
+        w,
         "  {:width$}  {:6}  {:14}  {:10}  RULE / WHY",
         "STEP", "ACTION", "TIER", "UNDO"
     );
@@ -122,7 +128,8 @@ pub fn print_explain(v: &Validated) {
         } else {
             ""
         };
-        println!(
+        let _ = writeln!(
+            w,
             "  {:width$}  {:6}  {}  {:10}  {}: {}{pause}",
             s.id,
             s.kind().as_str(),

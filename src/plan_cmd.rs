@@ -130,11 +130,17 @@ pub fn plan(args: PlanArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         match &args.out {
-            Some(out) => eprintln!("{} wrote {}", style("✓").green(), out.display()),
-            None => print!("{}", plan.yaml),
+            Some(out) => {
+                eprintln!("{} wrote {}", style("✓").green(), out.display());
+                output::print_explain(&plan.validated);
+            }
+            None => {
+                // Only the workflow on stdout, so `secureclaw plan "…" > f.yaml` works.
+                print!("{}", plan.yaml);
+                eprintln!();
+                output::print_explain_to(&plan.validated, &mut std::io::stderr().lock());
+            }
         }
-        println!();
-        output::print_explain(&plan.validated);
     }
     print_provenance(&plan);
     Ok(exit::OK)

@@ -431,3 +431,21 @@ fn plan_json_lists_steps_and_provenance() {
     assert_eq!(doc["steps"][0]["tier"], "low_write");
     assert_eq!(doc["steps"][1]["tier"], "read_only");
 }
+
+#[test]
+fn plan_without_out_prints_only_the_workflow_on_stdout() {
+    let fake = Fake::start(vec![fenced(GOOD)]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = fake
+        .cmd(dir.path())
+        .args(["plan", "write a greeting to out/hello.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        text(&out.stdout),
+        GOOD,
+        "stdout must be exactly the workflow"
+    );
+    assert!(text(&out.stderr).contains("TIER"), "{}", show(&out));
+}

@@ -306,14 +306,16 @@ pub fn now_rfc3339() -> String {
 pub fn new_run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     let uuid = uuid::Uuid::new_v4().simple().to_string();
+    // Milliseconds keep `last` right for runs started within the same second.
     format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}-{}",
+        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:03}-{}",
         now.year(),
         u8::from(now.month()),
         now.day(),
         now.hour(),
         now.minute(),
         now.second(),
+        now.millisecond(),
         &uuid[..6]
     )
 }
