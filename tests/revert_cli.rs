@@ -2,20 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1")
-        .env_remove("SECURECLAW_STATE_DIR");
-    c
-}
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::tree_fingerprint as tree;
+use std::process::{Output, Stdio};
+
+use common::secureclaw as bin;
 
 /// A workspace with its workflow file kept outside it.
 struct Ws {
@@ -104,48 +99,6 @@ fn run_id(out: &Output) -> String {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Everything revert must restore: kind, mode, content, link target (not mtimes).
-fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            if rel == b".secureclaw" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let mode = md.permissions().mode() & 0o7777;
-            let v = if md.file_type().is_symlink() {
-                format!("link {:?}", std::fs::read_link(&p).unwrap())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {mode:o}")
-            } else {
-                let c = std::fs::read(&p).unwrap();
-                format!("file {mode:o} {} {:x?}", c.len(), &c[..c.len().min(64)])
-                    + &format!(" {}", hash(&c))
-            };
-            out.insert(rel, v);
-        }
-    }
-    out
-}
-
-fn hash(b: &[u8]) -> u64 {
-    // FNV-1a: enough to tell contents apart in a test.
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
-    })
 }
 
 fn seed(ws: &Ws) {

@@ -5,22 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-use std::collections::BTreeMap;
+mod common;
+
+use std::path::Path;
+
+use common::tree_fingerprint as tree;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
 
 use proptest::prelude::*;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    c.env("SECURECLAW_PASSPHRASE", "test passphrase")
-        .env("ARGON2_MEMORY_KB", "256")
-        .env("ARGON2_ITERATIONS", "1")
-        .env_remove("SECURECLAW_STATE_DIR");
-    c
-}
+use common::secureclaw as bin;
 
 /// Names as raw bytes: plain, with a space, with a newline, not UTF-8, nested.
 const NAMES: &[&[u8]] = &[
@@ -101,41 +96,6 @@ fn script(ops: &[Op]) -> String {
     }
     s.push_str("exit 0\n");
     s
-}
-
-fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            if rel == b".secureclaw" {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let mode = md.permissions().mode() & 0o7777;
-            let v = if md.file_type().is_symlink() {
-                format!("link {:?}", std::fs::read_link(&p).unwrap())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {mode:o}")
-            } else {
-                let c = std::fs::read(&p).unwrap();
-                let h = c.iter().fold(0xcbf29ce484222325u64, |h, &x| {
-                    (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
-                });
-                format!("file {mode:o} {} {h:x}", c.len())
-            };
-            out.insert(rel, v);
-        }
-    }
-    out
 }
 
 fn seed(root: &Path) {

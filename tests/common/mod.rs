@@ -19,9 +19,11 @@ pub fn secureclaw_with_passphrase(pass: &str) -> Command {
 
 /// The same environment for a command that runs the binary indirectly (e.g. under `script`).
 pub fn with_vault_env<'a>(c: &'a mut Command, pass: &str) -> &'a mut Command {
+    // A state dir from the developer's own environment must not leak into a test.
     c.env("SECURECLAW_PASSPHRASE", pass)
         .env("ARGON2_MEMORY_KB", "256")
         .env("ARGON2_ITERATIONS", "1")
+        .env_remove("SECURECLAW_STATE_DIR")
 }
 
 /// Every path below `root` (directories included, symlinks listed but never followed), sorted.
@@ -38,5 +40,43 @@ pub fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out.sort();
+    out
+}
+
+/// Everything revert must restore, per path below `root` except the state dir: kind, mode,
+/// content (length + FNV-1a hash + first bytes), link target. Not mtimes.
+pub fn tree_fingerprint(root: &std::path::Path) -> std::collections::BTreeMap<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    for p in walk(root) {
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        if rel.starts_with(b".secureclaw") {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let mode = md.permissions().mode() & 0o7777;
+        let v = if md.file_type().is_symlink() {
+            format!("link {:?}", std::fs::read_link(&p).unwrap())
+        } else if md.is_dir() {
+            format!("dir {mode:o}")
+        } else {
+            let c = std::fs::read(&p).unwrap();
+            let h = c.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+                (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+            });
+            format!(
+                "file {mode:o} {} {h:x} {:x?}",
+                c.len(),
+                &c[..c.len().min(64)]
+            )
+        };
+        out.insert(rel, v);
+    }
     out
 }

@@ -452,25 +452,16 @@ fn idmapped_tree(config: &HelperConfig) -> Result<OwnedFd, String> {
     )?;
     IDMAP_USERNS_DONE.store(now_ns(), std::sync::atomic::Ordering::Relaxed);
     let fd = open_tree(&config.workspace)?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let empty = c"";
-    // SAFETY: valid fds, empty path with AT_EMPTY_PATH, attr points to a live struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    check(r, "idmapped mount of the workspace")?;
+    mount_setattr(
+        &fd,
+        &MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        },
+        "idmapped mount of the workspace",
+    )?;
     Ok(fd)
 }
 
@@ -722,26 +713,34 @@ fn open_tree(path: &Path) -> Result<OwnedFd, String> {
 }
 
 fn set_attr(fd: &OwnedFd, set: u64, what: &Path) -> Result<(), String> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    mount_setattr(
+        fd,
+        &MountAttr {
+            attr_set: set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        },
+        &format!("mount_setattr {}", what.display()),
+    )
+}
+
+/// `mount_setattr(2)` on a detached tree, recursively.
+fn mount_setattr(fd: &OwnedFd, attr: &MountAttr, what: &str) -> Result<(), String> {
     let empty = c"";
-    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, attr points to a live struct of the
-    // size we pass.
+    // SAFETY: `fd` is a live fd, the empty path is paired with AT_EMPTY_PATH, and `attr` points
+    // to a live struct of exactly the size we pass.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             empty.as_ptr(),
             (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
-    check(r, &format!("mount_setattr {}", what.display())).map(|_| ())
+    check(r, what).map(|_| ())
 }
 
 fn attach(fd: &OwnedFd, target: &Path) -> Result<(), String> {
