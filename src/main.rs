@@ -70,6 +70,10 @@ enum Command {
     Revert(revert_cmd::RevertArgs),
     /// Show what a run (or one step) changed in the workspace, as a unified diff.
     Diff(revert_cmd::DiffArgs),
+    /// Sandbox backends: which isolation layers are really in force here (`check`), and the
+    /// offline build of the Docker sandbox image (`build-image`).
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
     /// Screen untrusted text for prompt injection (`scan`), or scrub secrets from it (`scrub`).
     #[command(subcommand)]
     Guard(guard_cmd::GuardCommand),
@@ -90,6 +94,7 @@ enum Command {
 }
 
 mod risk_cmd;
+mod sandbox_cmd;
 
 #[derive(Args)]
 struct ValidateArgs {
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
         }
         Command::Risk(args) => risk_cmd::run(args).map(|c| u8::try_from(c).unwrap_or(exit::FAILED)),
         Command::Guard(cmd) => guard_cmd::run(cmd),
+        Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
         Command::Runs(args) => output::runs(&args, &pass),
         Command::Show(args) => output::show(&args.run, &args.state, &pass),
         Command::Revert(args) => revert_cmd::revert(args, &pass),

@@ -266,6 +266,19 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
                 }
             );
         }
+        for e in &s.egress {
+            use secureclaw_egress::Decision;
+            let verdict = match &e.decision {
+                Decision::Allowed { address } => {
+                    format!("{} -> {address}", style("allowed").green())
+                }
+                Decision::Refused { reason } => format!("{}: {reason}", style("refused").red()),
+            };
+            println!(
+                "           egress {} {}:{} {verdict}",
+                e.method, e.host, e.port
+            );
+        }
         for line in s.output.lines().take(5) {
             println!("           | {line}");
         }

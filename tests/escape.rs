@@ -140,7 +140,13 @@ fn attack(backend: &str, case: &Case) -> Verdict {
     let file = env.base.join("attack.yaml");
     std::fs::write(
         &file,
-        workflow(case.id, backend, case, &render(case.script, &env), ""),
+        workflow(
+            case.id,
+            backend,
+            case,
+            &render(case.script, &env),
+            "    env: { SECURECLAW_CASE_SELF: \"1\" }\n",
+        ),
     )
     .unwrap();
     let other: Option<Child> = case.other_step.then(|| {

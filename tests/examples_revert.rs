@@ -1,5 +1,5 @@
-//! Every example runs (in the default native sandbox) and reverts with the workspace
-//! byte-identical afterwards: content, modes, symlinks, empty directories.
+//! Every example runs (in the default native sandbox, and in the docker backend) and reverts
+//! with the workspace byte-identical afterwards: content, modes, symlinks, empty directories.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -48,11 +48,45 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+fn chown_tree(dir: &Path, id: u32) {
+    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), id);
+        }
+    }
+}
+
+/// The docker backend's default image, built offline once per test binary by the CLI.
+fn docker_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = secureclaw()
+            .args(["sandbox", "build-image"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 fn run_and_revert(example: &str, seed: Option<&str>) {
+    run_and_revert_on(example, seed, "native");
+}
+
+fn run_and_revert_on(example: &str, seed: Option<&str>, backend: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let ws = tempfile::tempdir().unwrap();
     if let Some(seed) = seed {
         copy_dir(&root.join(seed), ws.path());
+    }
+    if backend == "docker" {
+        docker_image();
+        // Containers run as the seed's 1000:1000: a user's workspace belongs to the user.
+        chown_tree(ws.path(), 1000);
     }
     let before = tree(ws.path());
     let out = secureclaw()
@@ -60,7 +94,7 @@ fn run_and_revert(example: &str, seed: Option<&str>) {
         .arg(root.join(example))
         .arg("--workspace")
         .arg(ws.path())
-        .args(["--approve", "destructive"])
+        .args(["--approve", "destructive", "--sandbox", backend])
         .output()
         .unwrap();
     assert!(
@@ -80,7 +114,7 @@ fn run_and_revert(example: &str, seed: Option<&str>) {
         rec["isolated"], true,
         "{example} must run isolated by default"
     );
-    assert_eq!(rec["backend"], "native");
+    assert_eq!(rec["backend"], backend);
     let out = secureclaw()
         .args(["revert", "last", "--state-dir"])
         .arg(&state)
@@ -114,5 +148,16 @@ fn refactor_with_test_runs_isolated_and_reverts_exactly() {
     run_and_revert(
         "examples/refactor-with-test/workflow.yaml",
         Some("examples/refactor-with-test/workspace"),
+    );
+}
+
+#[test]
+fn every_example_runs_in_docker_and_reverts_exactly() {
+    run_and_revert_on("examples/hello/workflow.yaml", None, "docker");
+    run_and_revert_on("examples/rotate-logs/workflow.yaml", None, "docker");
+    run_and_revert_on(
+        "examples/refactor-with-test/workflow.yaml",
+        Some("examples/refactor-with-test/workspace"),
+        "docker",
     );
 }

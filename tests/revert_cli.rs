@@ -389,8 +389,8 @@ fn http_steps_without_compensation_are_flagged_not_skipped() {
 name: pivot
 steps:
   - id: notify
-    http: {{ method: POST, url: "http://localhost:{port}/hook" }}
-    network: ["localhost:{port}"]
+    http: {{ method: POST, url: "http://hook.test:{port}/hook" }}
+    network: ["hook.test:{port}"]
   - id: note
     needs: [notify]
     write: {{ path: note.txt, content: "sent\n" }}
@@ -444,15 +444,15 @@ fn http_compensations_run_on_loopback_and_failures_are_reported_separately() {
 name: compensated
 steps:
   - id: create
-    http: {{ method: POST, url: "http://localhost:{port}/create" }}
-    network: ["localhost:{port}"]
+    http: {{ method: POST, url: "http://hook.test:{port}/create" }}
+    network: ["hook.test:{port}"]
     compensate:
-      http: {{ method: DELETE, url: "http://localhost:{port}/items/undo" }}
+      http: {{ method: DELETE, url: "http://hook.test:{port}/items/undo" }}
   - id: other
-    http: {{ method: POST, url: "http://localhost:{port}/other" }}
-    network: ["localhost:{port}", "localhost:{dead}"]
+    http: {{ method: POST, url: "http://hook.test:{port}/other" }}
+    network: ["hook.test:{port}", "hook.test:{dead}"]
     compensate:
-      http: {{ method: POST, url: "http://localhost:{dead}/undo", timeout: 2s }}
+      http: {{ method: POST, url: "http://hook.test:{dead}/undo", timeout: 2s }}
   - id: note
     needs: [create, other]
     write: {{ path: note.txt, content: "sent\n" }}

@@ -438,7 +438,7 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
     });
     let ws = Ws::new();
     let wf = ws.workflow(&format!(
-        "version: 1\nname: h\nsteps:\n  - id: call\n    network: [\"localhost:{port}\"]\n    http: {{ method: POST, url: \"http://localhost:{port}/hook\", json: {{ done: true }} }}\n  - {{ id: save, needs: [call], write: {{ path: body.txt, content: \"{{{{ steps.call.output }}}}\" }} }}\n"
+        "version: 1\nname: h\nsteps:\n  - id: call\n    network: [\"hook.test:{port}\"]\n    http: {{ method: POST, url: \"http://hook.test:{port}/hook\", json: {{ done: true }} }}\n  - {{ id: save, needs: [call], write: {{ path: body.txt, content: \"{{{{ steps.call.output }}}}\" }} }}\n"
     ));
     let out = ws.run(&wf, &["--approve", "network_egress"]);
     assert!(

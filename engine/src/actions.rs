@@ -104,7 +104,15 @@ pub fn write_file(
     mode: Option<&str>,
 ) -> Result<(), ActionError> {
     let path = workspace::resolve(root, rel)?;
+    // Who must own what we create: the previous file's owner, or the workspace's.
+    let owner = workspace::owner_of(&path).or_else(|| workspace::owner_of(root));
+    let mut created_dirs = Vec::new();
     if let Some(parent) = path.parent() {
+        created_dirs = parent
+            .ancestors()
+            .take_while(|d| d.starts_with(root) && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(parent).map_err(io(rel))?;
         // Re-check after creating directories: a racing symlink must not redirect the write.
         workspace::resolve(root, rel)?;
@@ -143,6 +151,11 @@ pub fn write_file(
     if let Some(m) = mode {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).map_err(io(rel))?;
+    }
+    if let Some(owner) = owner {
+        for p in created_dirs.iter().chain(std::iter::once(&path)) {
+            workspace::give_to(owner, p);
+        }
     }
     Ok(())
 }
@@ -197,7 +210,17 @@ pub async fn http(call: HttpCall<'_>) -> Result<HttpResult, ActionError> {
     })?;
     check_host(&parsed, allowed)?;
     let allowed_owned = allowed.to_vec();
+    let pins =
+        secureclaw_egress::EgressConfig::pinned_from_env().map_err(|e| ActionError::Invalid {
+            what: "egress pin",
+            message: e.to_string(),
+        })?;
     let client = reqwest::Client::builder()
+        // Names are resolved by the same rules as the egress proxy: private, loopback,
+        // link-local and metadata addresses are refused (SSRF), unless the operator pinned
+        // the name; the address checked is the one connected to.
+        .dns_resolver(std::sync::Arc::new(CheckedResolver { pins }))
+        .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         // A redirect must not carry the request to a host nobody approved.
@@ -267,7 +290,56 @@ fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
+/// reqwest's resolver for `http` steps: operator pins first, then the system resolver with
+/// every answer checked against the egress proxy's forbidden address classes.
+struct CheckedResolver {
+    pins: secureclaw_egress::Pins,
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let pinned: Option<Vec<std::net::SocketAddr>> = self.pins.get(&host).map(|pins| {
+            pins.iter()
+                .map(|p| std::net::SocketAddr::new(p.addr, p.port.unwrap_or(0)))
+                .collect()
+        });
+        Box::pin(async move {
+            if let Some(addrs) = pinned {
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(format!("`{host}` has no address").into());
+            }
+            for a in &addrs {
+                if let Some(class) = secureclaw_egress::address_forbidden(a.ip()) {
+                    return Err(format!(
+                        "`{host}` resolves to {} ({class}); refused: http steps reach public addresses only",
+                        a.ip()
+                    )
+                    .into());
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 fn check_host(url: &reqwest::Url, allowed: &[String]) -> Result<(), ActionError> {
+    // The URL parser normalises every IPv4 spelling (`2130706433`, `0x7f.1`) to dotted form
+    // and brackets IPv6, so this catches them all.
+    let raw = url.host_str().unwrap_or_default();
+    if raw.is_empty() || raw.starts_with('[') || raw.parse::<std::net::IpAddr>().is_ok() {
+        return Err(ActionError::HostNotAllowed {
+            host: url.host_str().unwrap_or_default().into(),
+            allowed: format!(
+                "{} (IP literals are never allowed; name the host)",
+                allowed.join(", ")
+            ),
+        });
+    }
     let host = url.host_str().unwrap_or_default();
     let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
     let ok = allowed
@@ -280,5 +352,53 @@ fn check_host(url: &reqwest::Url, allowed: &[String]) -> Result<(), ActionError>
             host: with_port.unwrap_or_else(|| host.into()),
             allowed: allowed.join(", "),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve as _;
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_unless_pinned() {
+        // `localhost` comes from /etc/hosts: no DNS traffic leaves the machine.
+        let open = CheckedResolver {
+            pins: Default::default(),
+        };
+        let err = open
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("refused"), "{err}");
+        let pinned = CheckedResolver {
+            pins: secureclaw_egress::EgressConfig::parse_pins("localhost=127.0.0.1").unwrap(),
+        };
+        let addrs: Vec<_> = pinned
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs[0].ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn ip_literal_urls_are_refused_in_every_spelling() {
+        for url in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data/",
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            let err = check_host(&parsed, &["example.com".into()]).unwrap_err();
+            assert!(matches!(err, ActionError::HostNotAllowed { .. }), "{url}");
+        }
+        let ok = reqwest::Url::parse("https://example.com/x").unwrap();
+        assert!(check_host(&ok, &["example.com".into()]).is_ok());
     }
 }

@@ -83,6 +83,9 @@ pub struct StepRecord {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<EnforcementReport>,
+    /// Every connection attempt the step made through the egress proxy, allowed or refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<secureclaw_sandbox::EgressEvent>,
     /// Who or what approved it, if it needed approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,

@@ -89,6 +89,8 @@ struct Finished {
     exit_code: Option<i32>,
     reason: Option<String>,
     enforcement: Option<secureclaw_sandbox::EnforcementReport>,
+    /// Connection attempts through the egress proxy.
+    egress: Vec<secureclaw_sandbox::EgressEvent>,
     attempts: u32,
     duration: Duration,
     /// The backend refused to run the step (missing isolation layer, unavailable, unsupported).
@@ -332,7 +334,6 @@ impl Engine {
                 "policy forbids the unisolated `host` backend".into(),
             ));
         }
-        self.preflight(wf)?;
         let templates = Arc::new(Templates::new());
         let n = wf.workflow.steps.len();
         let source = std::fs::read(&wf.file).unwrap_or_default();
@@ -374,6 +375,7 @@ impl Engine {
                     exit_code: None,
                     reason: None,
                     enforcement: None,
+                    egress: Vec::new(),
                     approval: None,
                     needs: s.needs.clone(),
                     changes: None,
@@ -674,6 +676,7 @@ impl Engine {
             rec.exit_code = f.exit_code;
             rec.reason = f.reason.clone();
             rec.enforcement = f.enforcement;
+            rec.egress = f.egress;
             rec.attempts = f.attempts;
             let mut inverse = json!({"class": rec.inverse});
             if let Some(c) = f.capture {
@@ -711,7 +714,7 @@ impl Engine {
                     .enforcement(rec.enforcement.as_ref().map(|e| json!(e)).unwrap_or(Value::Null))
                     .manifests(rec.pre_manifest.clone(), rec.post_manifest.clone())
                     .inverse(inverse)
-                    .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts})),
+                    .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts, "egress": egress_summary(&rec.egress)})),
             );
             (self.events)(&RunEvent::StepFinished {
                 step: rec.id.clone(),
@@ -765,6 +768,8 @@ impl Engine {
         };
         record.state = state;
         record.message = message;
+        // Backend cleanup still in flight (docker removes containers off the critical path).
+        self.sandbox.flush().await;
         if let Some(ctx) = &snap {
             // The last manifest becomes the stat cache of the next run; the in-flight record is
             // no longer needed once the step results are saved with the run.
@@ -797,23 +802,6 @@ impl Engine {
             message: record.message.clone(),
         });
         Ok(record)
-    }
-
-    /// Checks that depend on the chosen backend, before anything runs.
-    fn preflight(&self, wf: &Validated) -> Result<(), EngineError> {
-        if self.sandbox.isolated() {
-            for step in &wf.workflow.steps {
-                if step.kind() == ActionKind::Shell && !step.network.is_empty() {
-                    return Err(EngineError::Policy(format!(
-                        "step `{}` asks for network access ({}), but the `{}` backend has no egress proxy yet: shell steps get loopback only. Remove `network` from the step, or make the request with an `http` step",
-                        step.id,
-                        step.network.join(", "),
-                        self.sandbox.name()
-                    )));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The up-front approval: exactly the nodes the pre-approved tiers cover.
@@ -1200,11 +1188,20 @@ fn finished(
         exit_code,
         reason,
         enforcement: None,
+        egress: Vec::new(),
         attempts: 0,
         duration: Duration::ZERO,
         refused: false,
         capture: None,
     }
+}
+
+/// Every decision of the egress proxy goes into the ledger with the step (null when none).
+fn egress_summary(events: &[secureclaw_sandbox::EgressEvent]) -> Value {
+    if events.is_empty() {
+        return Value::Null;
+    }
+    json!(events)
 }
 
 async fn attempt_once(job: &StepJob) -> Finished {
@@ -1378,6 +1375,7 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 exit_code: Some(code),
                 reason,
                 enforcement: Some(out.enforcement),
+                egress: out.egress,
                 attempts: 0,
                 duration: out.duration,
                 refused: false,

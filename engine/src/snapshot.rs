@@ -771,6 +771,13 @@ impl Snapshotter {
                 }
             }
         }
+        // What revert recreates belongs to the workspace's owner (owners are not recorded in
+        // pre-images yet; see docs/revert.md), never to a root engine.
+        if let Some(owner) = crate::workspace::owner_of(&self.root) {
+            for c in &creations {
+                crate::workspace::give_to(owner, &self.abs(&c.path));
+            }
+        }
         // 3. Modes: files first, then directories deepest first.
         let mut modes: Vec<&Change> = creations
             .iter()

@@ -32,6 +32,7 @@ impl Sandbox for NoopSandbox {
                 layers: Vec::new(),
                 missing: Vec::new(),
             },
+            egress: Vec::new(),
         })
     }
 }

@@ -861,7 +861,7 @@ pub fn check_domain(entry: &str) -> Result<(), &'static str> {
         return Err("write the host name only, without scheme or path");
     }
     let labels: Vec<&str> = host.split('.').collect();
-    if labels.len() < 2 && host != "localhost" {
+    if labels.len() < 2 {
         return Err("a single-label name is not a public domain");
     }
     for l in &labels {

@@ -142,6 +142,24 @@ pub fn resolve_read(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
     }
 }
 
+/// The uid and gid owning `path` (not following a final symlink), if it exists.
+pub fn owner_of(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+}
+
+/// Files the engine creates in a workspace belong to the workspace's owner, not to the
+/// engine's uid: a root engine would otherwise leave root-owned files that the user, or a
+/// container step running as the user, cannot change. Best effort by design: only a root
+/// engine can give files away, and an unprivileged engine already creates them as the owner.
+pub fn give_to(owner: (u32, u32), path: &Path) {
+    if owner_of(path) != Some(owner) {
+        let _ = std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,7 @@ impl Sandbox for HostSandbox {
             stderr: stderr.kept,
             duration: start.elapsed(),
             enforcement: Self::report(),
+            egress: Vec::new(),
         })
     }
 }

@@ -5,15 +5,22 @@
 //! isolation layers were really in force. Backends never decide policy; they enforce it or refuse.
 
 mod capture;
+#[cfg(target_os = "linux")]
+pub mod docker;
+#[cfg(target_os = "linux")]
+pub mod egress;
 mod host;
 #[cfg(target_os = "linux")]
 pub mod native;
 mod spec;
 
 pub use capture::{CappedOutput, read_capped};
+#[cfg(target_os = "linux")]
+pub use docker::DockerSandbox;
 pub use host::HostSandbox;
 #[cfg(target_os = "linux")]
 pub use native::NativeSandbox;
+pub use secureclaw_egress::EgressEvent;
 pub use spec::{
     EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, Limits, NetworkPolicy,
 };
@@ -62,10 +69,18 @@ pub trait Sandbox: Send + Sync {
         spec: &ExecSpec,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError>;
+
+    /// Wait for cleanup a backend finishes in the background after `run` returned (the
+    /// docker backend removes containers off the step's critical path). The engine calls it
+    /// before a run ends; a crash in between is covered by `sweep_leftovers`.
+    async fn flush(&self) {}
 }
 
 /// Backend names accepted by [`by_name`], in the order `sandbox check` lists them.
-pub const BACKENDS: &[&str] = &["native", "host"];
+pub const BACKENDS: &[&str] = &["native", "docker", "host"];
+
+/// PATH of a step whose environment does not set one.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
 
 /// The backend a workflow gets when it names none.
 pub const DEFAULT_BACKEND: &str = "native";
@@ -75,11 +90,17 @@ pub fn by_name(name: &str) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> 
     match name {
         "host" => Ok(std::sync::Arc::new(HostSandbox)),
         #[cfg(target_os = "linux")]
-        "native" => Ok(std::sync::Arc::new(NativeSandbox::new()?)),
+        "native" => Ok(std::sync::Arc::new(
+            NativeSandbox::new()?.with_egress_pins(egress::pins_from_env()?),
+        )),
+        #[cfg(target_os = "linux")]
+        "docker" => Ok(std::sync::Arc::new(
+            DockerSandbox::new().with_egress_pins(egress::pins_from_env()?),
+        )),
         #[cfg(not(target_os = "linux"))]
-        "native" => Err(SandboxError::Unavailable {
-            backend: "native".into(),
-            reason: "the native backend needs Linux".into(),
+        "native" | "docker" => Err(SandboxError::Unavailable {
+            backend: name.into(),
+            reason: "this backend needs Linux".into(),
         }),
         other => Err(SandboxError::Unavailable {
             backend: other.to_string(),
@@ -102,4 +123,29 @@ pub fn sweep_leftovers() -> Vec<String> {
     return native::sweep_leftovers();
     #[cfg(not(target_os = "linux"))]
     Vec::new()
+}
+
+/// The masked paths of `spec` relative to `workspace` (canonical), for isolated backends to
+/// hide. Paths outside the workspace or with `..` are dropped: a mask must stay inside.
+pub(crate) fn masked_relative(
+    spec: &ExecSpec,
+    workspace: &std::path::Path,
+) -> Vec<std::path::PathBuf> {
+    use std::path::{Component, PathBuf};
+    spec.masked
+        .iter()
+        .filter_map(|m| {
+            let m = std::fs::canonicalize(m).ok()?;
+            let rel = m.strip_prefix(workspace).ok()?;
+            let mut out = PathBuf::new();
+            for c in rel.components() {
+                match c {
+                    Component::Normal(n) => out.push(n),
+                    Component::CurDir => {}
+                    _ => return None,
+                }
+            }
+            (!out.as_os_str().is_empty()).then_some(out)
+        })
+        .collect()
 }

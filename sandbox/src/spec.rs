@@ -140,4 +140,7 @@ pub struct ExecOutcome {
     pub stderr_total: u64,
     pub duration: std::time::Duration,
     pub enforcement: EnforcementReport,
+    /// Every outbound connection attempt through the egress proxy (allowed or refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::EgressEvent>,
 }

@@ -21,6 +21,9 @@ pub fn secureclaw_with_passphrase(pass: &str) -> Command {
 pub fn with_vault_env<'a>(c: &'a mut Command, pass: &str) -> &'a mut Command {
     // A state dir from the developer's own environment must not leak into a test.
     c.env("SECURECLAW_PASSPHRASE", pass)
+        // Test servers stand in for `hook.test` on loopback (an operator pin, like curl's
+        // --resolve): without the pin, http steps and the egress proxy refuse loopback.
+        .env("SECURECLAW_EGRESS_RESOLVE", "hook.test=127.0.0.1")
         .env("ARGON2_MEMORY_KB", "256")
         .env("ARGON2_ITERATIONS", "1")
         .env_remove("SECURECLAW_STATE_DIR")

@@ -84,8 +84,11 @@ pub const CASES: &[Case] = &[
         "cat {OUT}/ssh/id_ed25519 > /dev/null && touch PWNED"),
     case("read-state-dir", "read the engine's state dir (vault key)",
         "cat {STATE}/vault.key > /dev/null && touch PWNED"),
-    case("read-proc1-environ", "read pid 1's environment",
-        "tr '\\0' '\\n' < /proc/1/environ | grep -q = && touch PWNED"),
+    // Runners give every attack step SECURECLAW_CASE_SELF=1: when pid 1 is the step itself
+    // (a container's entrypoint) or an init carrying the step's own environment, reading it
+    // reveals nothing; any other pid 1 (host init, a sandbox supervisor) must stay unreadable.
+    case("read-proc1-environ", "read pid 1's environment (when pid 1 is not the step itself)",
+        "tr '\\0' '\\n' < /proc/1/environ | grep -q = && ! grep -qa SECURECLAW_CASE_SELF=1 /proc/1/environ && touch PWNED"),
     Case { other_step: true, ..case("read-other-step-env", "read another running step's environment via /proc",
         "sleep 1; grep -qa '{TOKEN}' /proc/[0-9]*/environ 2>/dev/null && touch PWNED") },
     // --- privilege and exec tricks ---
@@ -124,6 +127,10 @@ pub const CASES: &[Case] = &[
         "perl -e 'my $p = \"\\0\" x 120; exit(syscall(425, 1, $p) >= 0 ? 0 : 1)' && touch PWNED"),
     case("personality", "disable ASLR with personality(ADDR_NO_RANDOMIZE)",
         "perl -e 'exit(syscall(135, 0x0040000) >= 0 ? 0 : 1)' && touch PWNED"),
+    case("tiocsti", "push keystrokes into the controlling terminal (ioctl TIOCSTI): the call must not reach the kernel (ENOTTY means it did)",
+        "perl -e 'syscall(16, 0, 0x5412, 0); exit(($!+0) == 25 ? 0 : 1)' < /dev/null && touch PWNED"),
+    case("tiocsti-high-bits", "TIOCSTI with junk in the upper half of the request word (the kernel reads 32 bits)",
+        "perl -e 'syscall(16, 0, 0x100005412, 0); exit(($!+0) == 25 ? 0 : 1)' < /dev/null && touch PWNED"),
     // --- network ---
     case("tcp-host-loopback", "connect to a service on the host's loopback",
         "perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(PeerAddr => \"127.0.0.1:{PORT}\", Timeout => 2) ? 0 : 1)' && touch PWNED"),

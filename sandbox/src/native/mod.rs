@@ -12,7 +12,7 @@ mod helper;
 pub mod policy;
 mod protocol;
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -30,8 +30,7 @@ use crate::{
 pub use helper::{INSIDE_GID, INSIDE_UID};
 use protocol::{HELPER_ARG, HelperConfig, HelperResult};
 
-/// PATH of a step whose environment does not set one.
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+pub use crate::DEFAULT_PATH;
 /// Size of the step's `/tmp` (the seed's 64m).
 pub const TMP_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -113,6 +112,7 @@ pub struct NativeSandbox {
     outside_uid: u32,
     outside_gid: u32,
     idmap_workspace: bool,
+    egress_pins: crate::egress::Pins,
 }
 
 impl NativeSandbox {
@@ -141,6 +141,7 @@ impl NativeSandbox {
                 outside_uid: UNPRIVILEGED_ID,
                 outside_gid: UNPRIVILEGED_ID,
                 idmap_workspace: true,
+                egress_pins: Default::default(),
             }
         } else {
             // Unprivileged engine: its own uid is the only one it may map, and it is not root.
@@ -149,6 +150,7 @@ impl NativeSandbox {
                 outside_uid: uid,
                 outside_gid: gid,
                 idmap_workspace: false,
+                egress_pins: Default::default(),
             }
         }
     }
@@ -160,6 +162,12 @@ impl NativeSandbox {
         self.outside_uid = uid;
         self.outside_gid = gid;
         self.idmap_workspace = false;
+        self
+    }
+
+    /// Operator pins for the egress proxy (name → address, like curl's `--resolve`).
+    pub fn with_egress_pins(mut self, pins: crate::egress::Pins) -> Self {
+        self.egress_pins = pins;
         self
     }
 
@@ -225,19 +233,6 @@ fn degraded(missing: Vec<String>, layers: Vec<Layer>) -> SandboxError {
     }
 }
 
-/// Relative, `..`-free paths only: a hidden path must stay inside the workspace.
-fn clean_relative(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
 enum Ended {
     Finished(String),
     TimedOut,
@@ -259,14 +254,6 @@ impl Sandbox for NativeSandbox {
         spec: &ExecSpec,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        if matches!(spec.network, NetworkPolicy::Domains(_)) {
-            return Err(SandboxError::Unsupported {
-                backend: NAME.into(),
-                feature:
-                    "network allowlists (the egress proxy is not wired into the native backend yet)"
-                        .into(),
-            });
-        }
         if spec.argv.is_empty() {
             return Err(SandboxError::Spawn {
                 program: String::new(),
@@ -298,25 +285,70 @@ impl Sandbox for NativeSandbox {
         // If this future is dropped mid-step (the engine gave up on it), the guard kills what
         // is left in the step's cgroup; killing the helper (kill_on_drop) takes the rest.
         let mut guard = CgroupGuard(cg);
+        let mut spec = std::borrow::Cow::Borrowed(spec);
+        let (netns, egress) = match &spec.network {
+            NetworkPolicy::None => (take_netns(), None),
+            NetworkPolicy::Domains(domains) => {
+                let netns = egress_netns().await?;
+                let session =
+                    crate::egress::EgressSession::start_in(&netns, domains, &self.egress_pins)
+                        .await?;
+                crate::egress::set_proxy_env(&mut spec.to_mut().env);
+                (Some(netns), Some(session))
+            }
+        };
         let result = self
-            .run_in(spec, &workspace, p, guard.0.as_ref(), cancel)
+            .run_in(&spec, &workspace, p, guard.0.as_ref(), netns, cancel)
             .await;
-        if let Some(cg) = guard.0.take() {
-            let outcome = result.map(|(ended, r, out, err)| {
+        let events = match egress {
+            Some(session) => session.finish().await,
+            None => Vec::new(),
+        };
+        let result = result.map(|(ended, r, out, err)| (ended, r, out, err, events));
+        let outcome = if let Some(cg) = guard.0.take() {
+            let outcome = result.map(|(ended, r, out, err, events)| {
                 let oom = cg.oom_killed();
                 let pids = cg.pids_limited();
-                (ended, r, out, err, oom, pids)
+                (ended, r, out, err, events, oom, pids)
             });
             cg.release();
-            let (ended, r, out, err, oom, pids) = outcome?;
-            self.finish(spec, p, missing, start, ended, r, out, err, oom, pids, true)
+            let (ended, r, out, err, events, oom, pids) = outcome?;
+            let mut o = self.finish(
+                &spec, p, missing, start, ended, r, out, err, oom, pids, true,
+            )?;
+            o.egress = events;
+            o
         } else {
-            let (ended, r, out, err) = result?;
-            self.finish(
-                spec, p, missing, start, ended, r, out, err, false, false, false,
-            )
-        }
+            let (ended, r, out, err, events) = result?;
+            let mut o = self.finish(
+                &spec, p, missing, start, ended, r, out, err, false, false, false,
+            )?;
+            o.egress = events;
+            o
+        };
+        Ok(outcome)
     }
+}
+
+/// A fresh network namespace the engine holds an fd to, so it can open the egress proxy's
+/// port inside before the step starts. Only a root engine can make one.
+async fn egress_netns() -> Result<std::os::fd::OwnedFd, SandboxError> {
+    if let Some(fd) = take_netns() {
+        return Ok(fd);
+    }
+    let made = tokio::task::spawn_blocking(|| {
+        let home = helper::current_netns()?;
+        helper::new_netns(&home)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    made.map_err(|e| SandboxError::Unavailable {
+        backend: NAME.into(),
+        reason: format!(
+            "network allowlists need a network namespace made by the engine ({e}); run the engine as root"
+        ),
+    })
 }
 
 struct CgroupGuard(Option<cgroup::StepCgroup>);
@@ -339,6 +371,7 @@ impl NativeSandbox {
         workspace: &Path,
         p: &Probe,
         cg: Option<&cgroup::StepCgroup>,
+        netns: Option<std::os::fd::OwnedFd>,
         cancel: CancellationToken,
     ) -> Result<RunParts, SandboxError> {
         let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
@@ -359,14 +392,7 @@ impl NativeSandbox {
             tmp_size_bytes: TMP_SIZE_BYTES,
             seccomp: p.seccomp.clone().unwrap_or_default(),
             landlock_abi: p.landlock_abi,
-            hidden: spec
-                .masked
-                .iter()
-                .filter_map(|m| {
-                    let m = std::fs::canonicalize(m).ok()?;
-                    clean_relative(m.strip_prefix(workspace).ok()?)
-                })
-                .collect(),
+            hidden: crate::masked_relative(spec, workspace),
         };
         let mut line = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -384,7 +410,6 @@ impl NativeSandbox {
             program: self.helper.display().to_string(),
             source,
         })?;
-        let netns = take_netns();
         let sent = match &netns {
             Some(fd) => {
                 use std::os::fd::AsRawFd;
@@ -546,6 +571,7 @@ impl NativeSandbox {
                 layers,
                 missing,
             },
+            egress: Vec::new(),
         })
     }
 }

@@ -1,0 +1,992 @@
+//! The `docker` backend: one ephemeral, hardened container per step, through the Docker
+//! Engine API (bollard), never the `docker` CLI.
+//!
+//! Every container gets the seed's hardening whatever the image: all capabilities dropped, our
+//! own default-deny seccomp profile (generated from `sandbox/policy/seccomp.toml`, see
+//! `profile.rs`), `no-new-privileges`, a non-root user, a read-only root filesystem, the
+//! workspace bind-mounted read-write with `.git` read-only, a `noexec` tmpfs on `/tmp`, network
+//! mode `none`, memory without swap, CPU and pids limits, and a wall clock. Before the step
+//! starts, the container is inspected and the layers are read back from the daemon: a layer
+//! the daemon did not apply is a refusal, not a footnote. Containers are removed after the step
+//! whatever happened; containers of dead engines are found by label and removed on next start.
+
+pub mod image;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, Mount,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountType,
+};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    CappedOutput, EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy,
+    Sandbox, SandboxError,
+};
+pub use image::{ImageRecipe, build_image, default_image};
+
+const NAME: &str = "docker";
+/// Label on every container we create; its value identifies the engine process.
+pub const ENGINE_LABEL: &str = "org.secureclaw.engine";
+/// The uid/gid a step runs as when the workspace belongs to root (the seed's 1000:1000).
+pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
+/// Size of the step's `/tmp` (the seed's 64m).
+const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
+const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) fn unavailable(reason: String) -> SandboxError {
+    SandboxError::Unavailable {
+        backend: NAME.into(),
+        reason,
+    }
+}
+
+pub(crate) fn docker_error(what: &str, e: bollard::errors::Error) -> SandboxError {
+    let hint = match &e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if message.contains("image") => {
+            " (build the sandbox image offline with `secureclaw sandbox build-image`)"
+        }
+        bollard::errors::Error::HyperResponseError { .. }
+        | bollard::errors::Error::IOError { .. } => {
+            " (is the Docker daemon running, and may this user use /var/run/docker.sock?)"
+        }
+        _ => "",
+    };
+    unavailable(format!("cannot {what}: {e}{hint}"))
+}
+
+/// One client per process, with the API version negotiated against the daemon (an older
+/// daemon refuses a client that announces a newer version). Leftover containers of dead
+/// engines are removed the first time we talk to the daemon.
+async fn client() -> Result<&'static Docker, SandboxError> {
+    static CLIENT: OnceCell<Result<Docker, String>> = OnceCell::const_new();
+    CLIENT
+        .get_or_init(|| async {
+            let docker = Docker::connect_with_local_defaults()
+                .map_err(|e| e.to_string())?
+                .negotiate_version()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot reach the Docker daemon: {e} (is it running, and may this user use /var/run/docker.sock?)"
+                    )
+                })?;
+            let _ = sweep(&docker).await;
+            Ok(docker)
+        })
+        .await
+        .as_ref()
+        .map_err(|reason| unavailable(reason.clone()))
+}
+
+/// `pid:starttime` of this process: a pid alone could be reused by an unrelated process.
+fn engine_id() -> String {
+    let pid = std::process::id();
+    format!("{pid}:{}", process_start(pid).unwrap_or_default())
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); the command name (field 2) may contain spaces, so split after it.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn engine_alive(id: &str) -> bool {
+    let Some((pid, start)) = id.split_once(':') else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    process_start(pid) == Some(start)
+}
+
+/// Remove containers whose engine is gone (killed mid-step). Returns their names.
+pub async fn sweep(docker: &Docker) -> Result<Vec<String>, SandboxError> {
+    let filters: HashMap<String, Vec<String>> =
+        HashMap::from([("label".to_string(), vec![ENGINE_LABEL.to_string()])]);
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| docker_error("list leftover containers", e))?;
+    let mut removed = Vec::new();
+    for c in list {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ENGINE_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if engine_alive(&owner) {
+            continue;
+        }
+        if let Some(id) = c.id
+            && remove(docker, &id).await.is_ok()
+        {
+            removed.push(format!(
+                "docker container {}",
+                c.names.and_then(|n| n.first().cloned()).unwrap_or(id)
+            ));
+        }
+    }
+    Ok(removed)
+}
+
+/// Remove leftovers of dead engines, for `sweep_leftovers` callers outside a runtime.
+pub async fn sweep_leftovers() -> Vec<String> {
+    match client().await {
+        Ok(docker) => sweep(docker).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    docker
+        .remove_container(
+            id,
+            Some(
+                RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        )
+        .await
+}
+
+/// Removals in flight: the step's result does not wait for its container to be deleted (tens
+/// of milliseconds in the daemon), but `flush` (called by the engine before a run ends) does.
+fn removals() -> &'static tokio_util::task::TaskTracker {
+    static TRACKER: std::sync::OnceLock<tokio_util::task::TaskTracker> = std::sync::OnceLock::new();
+    TRACKER.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+/// Force-removes the container when the step's future ends or is dropped (cancelled).
+struct Removal {
+    docker: &'static Docker,
+    id: Option<String>,
+}
+
+impl Removal {
+    async fn now(mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = remove(self.docker, &id).await;
+        }
+    }
+
+    /// Remove in the background, tracked for `flush`.
+    fn soon(mut self) {
+        if let Some(id) = self.id.take() {
+            let docker = self.docker;
+            removals().spawn(async move {
+                let _ = remove(docker, &id).await;
+            });
+        }
+    }
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let docker = self.docker;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                removals().spawn(async move {
+                    let _ = remove(docker, &id).await;
+                });
+            }
+            // Without a runtime the label sweep of the next engine removes it.
+        }
+    }
+}
+
+/// The hardened Docker backend.
+#[derive(Debug, Clone)]
+pub struct DockerSandbox {
+    default_image: String,
+    egress_pins: crate::egress::Pins,
+}
+
+impl Default for DockerSandbox {
+    fn default() -> Self {
+        DockerSandbox {
+            default_image: default_image(),
+            egress_pins: Default::default(),
+        }
+    }
+}
+
+impl DockerSandbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use `image` for steps whose workflow names none.
+    pub fn with_default_image(image: impl Into<String>) -> Self {
+        DockerSandbox {
+            default_image: image.into(),
+            egress_pins: Default::default(),
+        }
+    }
+
+    /// Operator pins for the egress proxy (name → address, like curl's `--resolve`).
+    pub fn with_egress_pins(mut self, pins: crate::egress::Pins) -> Self {
+        self.egress_pins = pins;
+        self
+    }
+
+    /// The daemon, for `sandbox build-image` and `sandbox check`.
+    pub async fn docker() -> Result<&'static Docker, SandboxError> {
+        client().await
+    }
+}
+
+/// The uid:gid the step runs as: the workspace's owner, so files the step creates belong to
+/// the user who owns the workspace, except root, which is never used (the seed's 1000:1000).
+fn step_user(workspace: &Path) -> Result<(u32, u32), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(workspace)?;
+    Ok(if meta.uid() == 0 {
+        DEFAULT_USER
+    } else {
+        (meta.uid(), meta.gid())
+    })
+}
+
+fn owner_is_root(workspace: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(workspace).is_ok_and(|m| m.uid() == 0)
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        bind_options: Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What the container must look like; compared with what the daemon reports back.
+struct Expected {
+    user: String,
+    /// The workspace is owned by root (the step runs as 1000:1000 and cannot write to it).
+    root_workspace: bool,
+    network_mode: String,
+    memory: i64,
+    nano_cpus: i64,
+    pids: i64,
+}
+
+fn container_body(
+    spec: &ExecSpec,
+    workspace: &Path,
+    image: &str,
+    expected: &Expected,
+    profile: &str,
+) -> ContainerCreateBody {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for (k, v) in [("PATH", crate::DEFAULT_PATH), ("HOME", "/tmp")] {
+        if !spec.env.contains_key(k) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    let mut mounts = vec![bind(workspace, "/workspace", false)];
+    if workspace.join(".git").is_dir() {
+        mounts.push(bind(&workspace.join(".git"), "/workspace/.git", true));
+    }
+    let mut tmpfs = HashMap::from([("/tmp".to_string(), TMP_OPTIONS.to_string())]);
+    for hidden in crate::masked_relative(spec, workspace) {
+        tmpfs.insert(
+            format!("/workspace/{}", hidden.display()),
+            "ro,noexec,nosuid,nodev,size=4k".into(),
+        );
+    }
+    let labels = HashMap::from([(ENGINE_LABEL.to_string(), engine_id())]);
+    let host_config = HostConfig {
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec![
+            "no-new-privileges:true".into(),
+            format!("seccomp={profile}"),
+        ]),
+        readonly_rootfs: Some(true),
+        network_mode: Some(expected.network_mode.clone()),
+        memory: Some(expected.memory),
+        memory_swap: Some(expected.memory),
+        nano_cpus: Some(expected.nano_cpus),
+        pids_limit: Some(expected.pids),
+        mounts: Some(mounts),
+        tmpfs: Some(tmpfs),
+        privileged: Some(false),
+        ipc_mode: Some("private".into()),
+        // Output is streamed through attach; nothing is kept on the daemon's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        ..Default::default()
+    };
+    let (entrypoint, cmd) = spec.argv.split_at(1);
+    ContainerCreateBody {
+        image: Some(image.into()),
+        entrypoint: Some(entrypoint.to_vec()),
+        cmd: Some(cmd.to_vec()),
+        env: Some(env),
+        user: Some(expected.user.clone()),
+        working_dir: Some("/workspace".into()),
+        labels: Some(labels),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        open_stdin: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The isolation layers as the daemon reports them for a created container.
+fn layers_from_inspect(
+    inspected: &ContainerInspectResponse,
+    expected: &Expected,
+) -> (Vec<Layer>, Vec<String>) {
+    let hc = inspected.host_config.clone().unwrap_or_default();
+    let user = inspected
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .unwrap_or_default();
+    let sec = hc.security_opt.clone().unwrap_or_default();
+    let seccomp = sec
+        .iter()
+        .find(|o| o.starts_with("seccomp="))
+        .map(|o| &o["seccomp=".len()..]);
+    let seccomp_ok = seccomp.is_some_and(|p| {
+        serde_json::from_str::<serde_json::Value>(p)
+            .is_ok_and(|v| v["defaultAction"] == "SCMP_ACT_ERRNO")
+    });
+    let caps_dropped = hc
+        .cap_drop
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|c| c.eq_ignore_ascii_case("ALL")))
+        && hc.cap_add.as_ref().is_none_or(|c| c.is_empty())
+        && hc.privileged != Some(true);
+    let tmp_ok = hc
+        .tmpfs
+        .as_ref()
+        .and_then(|t| t.get("/tmp"))
+        .is_some_and(|o| o.contains("noexec") && o.contains("nosuid"));
+    let checks: Vec<(&str, bool, String)> = vec![
+        (
+            "user",
+            user == expected.user && !user.starts_with("0:") && user != "0" && !user.is_empty(),
+            format!("runs as {user} (not root)"),
+        ),
+        (
+            "capabilities",
+            caps_dropped,
+            format!(
+                "cap_drop {:?}, cap_add {:?}, privileged {:?}",
+                hc.cap_drop.unwrap_or_default(),
+                hc.cap_add.unwrap_or_default(),
+                hc.privileged.unwrap_or(false)
+            ),
+        ),
+        (
+            "seccomp",
+            seccomp_ok,
+            if seccomp_ok {
+                "secureclaw default-deny profile (from sandbox/policy/seccomp.toml)".into()
+            } else {
+                format!(
+                    "profile {:?}",
+                    seccomp.map(|s| s.chars().take(40).collect::<String>())
+                )
+            },
+        ),
+        (
+            "no-new-privileges",
+            sec.iter()
+                .any(|o| o == "no-new-privileges:true" || o == "no-new-privileges"),
+            "setuid binaries cannot raise privileges".into(),
+        ),
+        (
+            "read-only-rootfs",
+            hc.readonly_rootfs == Some(true),
+            "image filesystem mounted read-only".into(),
+        ),
+        (
+            "network",
+            hc.network_mode.as_deref() == Some(expected.network_mode.as_str()),
+            format!(
+                "network mode {}",
+                hc.network_mode.clone().unwrap_or_default()
+            ),
+        ),
+        ("tmp-noexec", tmp_ok, format!("/tmp tmpfs {TMP_OPTIONS}")),
+        (
+            "memory",
+            hc.memory == Some(expected.memory) && hc.memory_swap == Some(expected.memory),
+            format!("{} bytes, no swap", hc.memory.unwrap_or_default()),
+        ),
+        (
+            "cpu",
+            hc.nano_cpus == Some(expected.nano_cpus),
+            format!("{} cpu(s)", hc.nano_cpus.unwrap_or_default() as f64 / 1e9),
+        ),
+        (
+            "pids",
+            hc.pids_limit == Some(expected.pids),
+            format!("{} processes", hc.pids_limit.unwrap_or_default()),
+        ),
+    ];
+    let mut layers = Vec::new();
+    let mut missing = Vec::new();
+    for (name, active, mut detail) in checks {
+        if name == "user" && expected.root_workspace {
+            detail.push_str(
+                "; the workspace belongs to root, so the step can read it but not write it (chown it to the user the step should write as)",
+            );
+        }
+        if !active {
+            missing.push(format!("{name}: the daemon reports {detail}"));
+        }
+        layers.push(Layer {
+            name: name.into(),
+            active,
+            detail,
+        });
+    }
+    (layers, missing)
+}
+
+enum Ended {
+    Exited(i64),
+    TimedOut,
+    Cancelled,
+    Lost(String),
+}
+
+#[async_trait::async_trait]
+impl Sandbox for DockerSandbox {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn isolated(&self) -> bool {
+        true
+    }
+
+    async fn flush(&self) {
+        let tracker = removals();
+        tracker.close();
+        tracker.wait().await;
+        tracker.reopen();
+    }
+
+    async fn run(
+        &self,
+        spec: &ExecSpec,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Spawn {
+                program: String::new(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
+            });
+        }
+        let start = Instant::now();
+        let docker = client().await?;
+        let workspace = std::fs::canonicalize(&spec.workspace)?;
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.default_image.clone());
+        let profile = profile::repository_profile().map_err(unavailable)?;
+        let (uid, gid) = step_user(&workspace)?;
+
+        let mut spec = spec.clone();
+        let egress = match &spec.network {
+            NetworkPolicy::None => None,
+            NetworkPolicy::Domains(domains) => {
+                let holder = egress::Holder::start(docker, &self.default_image, profile).await?;
+                let session = match holder.proxy(domains, &self.egress_pins).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        holder.remove().await;
+                        return Err(e);
+                    }
+                };
+                crate::egress::set_proxy_env(&mut spec.env);
+                Some((holder, session))
+            }
+        };
+        let expected = Expected {
+            root_workspace: owner_is_root(&workspace),
+            user: format!("{uid}:{gid}"),
+            network_mode: match &egress {
+                Some((holder, _)) => format!("container:{}", holder.id()),
+                None => "none".into(),
+            },
+            memory: i64::try_from(spec.limits.memory_bytes).unwrap_or(i64::MAX),
+            nano_cpus: (spec.limits.cpus * 1e9).round() as i64,
+            pids: i64::from(spec.limits.pids),
+        };
+        let result = self
+            .run_container(
+                docker, &spec, &workspace, &image, &expected, profile, cancel,
+            )
+            .await;
+        let events = match egress {
+            Some((holder, session)) => {
+                let events = session.finish().await;
+                holder.remove().await;
+                events
+            }
+            None => Vec::new(),
+        };
+        let mut outcome = result?;
+        outcome.duration = start.elapsed();
+        outcome.egress = events;
+        Ok(outcome)
+    }
+}
+
+impl DockerSandbox {
+    #[allow(clippy::too_many_arguments)]
+    async fn run_container(
+        &self,
+        docker: &'static Docker,
+        spec: &ExecSpec,
+        workspace: &Path,
+        image: &str,
+        expected: &Expected,
+        profile: &str,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutcome, SandboxError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "secureclaw-step-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let body = container_body(spec, workspace, image, expected, profile);
+        let mut trace = Trace::new();
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| docker_error(&format!("create a container from image `{image}`"), e))?;
+        let removal = Removal {
+            docker,
+            id: Some(created.id.clone()),
+        };
+        let id = created.id.as_str();
+
+        trace.mark("create");
+        let inspected = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| docker_error("inspect the step's container", e))?;
+        trace.mark("inspect");
+        let (mut layers, missing) = layers_from_inspect(&inspected, expected);
+        if !missing.is_empty() && !spec.allow_degraded {
+            removal.now().await;
+            return Err(SandboxError::Degraded {
+                backend: NAME.into(),
+                missing: missing.clone(),
+                report: Box::new(EnforcementReport {
+                    backend: NAME.into(),
+                    isolated: true,
+                    layers,
+                    missing,
+                }),
+            });
+        }
+
+        let attached = docker
+            .attach_container(
+                id,
+                Some(
+                    AttachContainerOptionsBuilder::default()
+                        .stream(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| docker_error("attach to the step's container", e))?;
+        let cap = spec.limits.output_cap;
+        let reader = tokio::spawn(read_streams(attached.output, cap));
+        trace.mark("attach");
+
+        docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| docker_error("start the step's container", e))?;
+        trace.mark("start");
+        let ended = {
+            let mut wait = docker.wait_container(id, None);
+            tokio::select! {
+                item = wait.next() => match item {
+                    Some(Ok(r)) => Ended::Exited(r.status_code),
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                        Ended::Exited(code)
+                    }
+                    Some(Err(e)) => Ended::Lost(e.to_string()),
+                    None => Ended::Lost("the daemon closed the wait stream".into()),
+                },
+                _ = tokio::time::sleep(spec.limits.timeout) => Ended::TimedOut,
+                _ = cancel.cancelled() => Ended::Cancelled,
+            }
+        };
+        if !matches!(ended, Ended::Exited(_)) {
+            let _ = docker
+                .kill_container(
+                    id,
+                    Some(
+                        KillContainerOptionsBuilder::default()
+                            .signal("KILL")
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+        trace.mark("wait");
+        let oom = match ended {
+            Ended::Exited(code) if code != 0 => docker
+                .inspect_container(id, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false),
+            _ => false,
+        };
+        removal.soon();
+        trace.report();
+        let (out, err) = match tokio::time::timeout(OUTPUT_DRAIN_GRACE, reader).await {
+            Ok(Ok(streams)) => streams,
+            _ => (CappedOutput::default(), CappedOutput::default()),
+        };
+        let exit = match ended {
+            Ended::Exited(code) => {
+                let code = i32::try_from(code).unwrap_or(-1);
+                if oom {
+                    ExitReason::OutOfMemory
+                } else if code > 128 && code < 128 + 65 {
+                    // The container's init is the step itself: a signal death shows as 128+n.
+                    ExitReason::Signaled { signal: code - 128 }
+                } else {
+                    ExitReason::Exited { code }
+                }
+            }
+            Ended::TimedOut => ExitReason::TimedOut,
+            Ended::Cancelled => ExitReason::Cancelled,
+            Ended::Lost(reason) => return Err(unavailable(format!("lost the step: {reason}"))),
+        };
+        layers.push(Layer {
+            name: "wall-clock".into(),
+            active: true,
+            detail: format!("{:?}", spec.limits.timeout),
+        });
+        Ok(ExecOutcome {
+            exit,
+            stdout_total: out.total,
+            stderr_total: err.total,
+            stdout: out.kept,
+            stderr: err.kept,
+            duration: Duration::ZERO,
+            enforcement: EnforcementReport {
+                backend: NAME.into(),
+                isolated: true,
+                layers,
+                missing,
+            },
+            egress: Vec::new(),
+        })
+    }
+}
+
+/// Phase timings of one step for `SECURECLAW_SANDBOX_TRACE=1` (stderr), as in the native
+/// backend.
+struct Trace {
+    on: bool,
+    last: Instant,
+    marks: Vec<(&'static str, Duration)>,
+}
+
+impl Trace {
+    fn new() -> Self {
+        Trace {
+            on: std::env::var_os("SECURECLAW_SANDBOX_TRACE").is_some(),
+            last: Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        if self.on {
+            self.marks.push((phase, self.last.elapsed()));
+            self.last = Instant::now();
+        }
+    }
+
+    fn report(&self) {
+        if self.on {
+            let parts: Vec<String> = self
+                .marks
+                .iter()
+                .map(|(p, d)| format!("{p}={}us", d.as_micros()))
+                .collect();
+            eprintln!("docker trace: {}", parts.join(" "));
+        }
+    }
+}
+
+/// Split the attach stream into stdout and stderr, keeping `cap` bytes of each and counting
+/// the rest.
+async fn read_streams(
+    mut stream: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+    cap: usize,
+) -> (CappedOutput, CappedOutput) {
+    let (mut out, mut err) = (CappedOutput::default(), CappedOutput::default());
+    while let Some(Ok(chunk)) = stream.next().await {
+        let (target, bytes) = match chunk {
+            bollard::container::LogOutput::StdOut { message } => (&mut out, message),
+            bollard::container::LogOutput::StdErr { message } => (&mut err, message),
+            bollard::container::LogOutput::Console { message } => (&mut out, message),
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        target.total += bytes.len() as u64;
+        let room = cap.saturating_sub(target.kept.len());
+        target
+            .kept
+            .extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+    (out, err)
+}
+
+mod egress {
+    //! Egress for containers: the step container joins the network namespace of a small
+    //! "holder" container (network mode `none`, same hardening), in which the engine has
+    //! opened the proxy's listening socket before the step starts. The step therefore has
+    //! loopback only, and its one way out is the proxy on 127.0.0.1:3128.
+
+    use std::collections::HashMap;
+    use std::os::fd::OwnedFd;
+
+    use bollard::Docker;
+    use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+    use bollard::query_parameters::CreateContainerOptionsBuilder;
+
+    use super::{ENGINE_LABEL, docker_error, engine_id, remove, unavailable};
+    use crate::SandboxError;
+    use crate::egress::EgressSession;
+
+    pub struct Holder {
+        docker: &'static Docker,
+        id: String,
+    }
+
+    impl Holder {
+        pub async fn start(
+            docker: &'static Docker,
+            image: &str,
+            profile: &str,
+        ) -> Result<Holder, SandboxError> {
+            let body = ContainerCreateBody {
+                image: Some(image.into()),
+                entrypoint: Some(vec!["/bin/sleep".into()]),
+                cmd: Some(vec!["86400".into()]),
+                user: Some(format!(
+                    "{}:{}",
+                    super::DEFAULT_USER.0,
+                    super::DEFAULT_USER.1
+                )),
+                labels: Some(HashMap::from([(ENGINE_LABEL.to_string(), engine_id())])),
+                host_config: Some(HostConfig {
+                    cap_drop: Some(vec!["ALL".into()]),
+                    security_opt: Some(vec![
+                        "no-new-privileges:true".into(),
+                        format!("seccomp={profile}"),
+                    ]),
+                    readonly_rootfs: Some(true),
+                    network_mode: Some("none".into()),
+                    memory: Some(16 * 1024 * 1024),
+                    pids_limit: Some(4),
+                    log_config: Some(HostConfigLogConfig {
+                        typ: Some("none".into()),
+                        config: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let name = format!(
+                "secureclaw-net-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let created = docker
+                .create_container(
+                    Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                    body,
+                )
+                .await
+                .map_err(|e| {
+                    docker_error(
+                        &format!("create the network holder from `{image}` (egress needs the secureclaw sandbox image)"),
+                        e,
+                    )
+                })?;
+            let holder = Holder {
+                docker,
+                id: created.id,
+            };
+            if let Err(e) = docker.start_container(&holder.id, None).await {
+                holder.remove().await;
+                return Err(docker_error("start the network holder", e));
+            }
+            Ok(holder)
+        }
+
+        pub fn id(&self) -> &str {
+            &self.id
+        }
+
+        fn netns(&self, pid: i64) -> Result<OwnedFd, SandboxError> {
+            std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                .map(OwnedFd::from)
+                .map_err(|e| {
+                    unavailable(format!(
+                        "cannot open the holder's network namespace: {e} (egress with docker needs the engine on the Docker host, as root)"
+                    ))
+                })
+        }
+
+        pub async fn proxy(
+            &self,
+            domains: &[String],
+            pins: &crate::egress::Pins,
+        ) -> Result<EgressSession, SandboxError> {
+            let inspected = self
+                .docker
+                .inspect_container(&self.id, None)
+                .await
+                .map_err(|e| docker_error("inspect the network holder", e))?;
+            let pid = inspected
+                .state
+                .and_then(|s| s.pid)
+                .filter(|p| *p > 0)
+                .ok_or_else(|| unavailable("the network holder is not running".into()))?;
+            let netns = self.netns(pid)?;
+            EgressSession::start_in(&netns, domains, pins).await
+        }
+
+        pub async fn remove(self) {
+            let _ = remove(self.docker, &self.id).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_ids_identify_live_processes_only() {
+        assert!(engine_alive(&engine_id()));
+        assert!(!engine_alive("999999999:1"));
+        let me = std::process::id();
+        assert!(!engine_alive(&format!("{me}:1")), "pid reuse is detected");
+        assert!(!engine_alive("garbage"));
+    }
+
+    #[test]
+    fn the_daemon_dropping_a_layer_is_reported() {
+        let expected = Expected {
+            root_workspace: false,
+            user: "1000:1000".into(),
+            network_mode: "none".into(),
+            memory: 512 << 20,
+            nano_cpus: 1_000_000_000,
+            pids: 128,
+        };
+        let spec = ExecSpec::shell("true", "/tmp".into());
+        let body = container_body(
+            &spec,
+            Path::new("/tmp"),
+            "img",
+            &expected,
+            "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}",
+        );
+        let as_inspected = |hc: HostConfig| ContainerInspectResponse {
+            host_config: Some(hc),
+            config: Some(bollard::models::ContainerConfig {
+                user: body.user.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let good = as_inspected(body.host_config.clone().unwrap());
+        let (_, missing) = layers_from_inspect(&good, &expected);
+        assert!(missing.is_empty(), "{missing:?}");
+
+        let mut hc = body.host_config.clone().unwrap();
+        hc.security_opt = Some(vec!["seccomp=unconfined".into()]);
+        hc.readonly_rootfs = Some(false);
+        hc.cap_add = Some(vec!["SYS_ADMIN".into()]);
+        hc.network_mode = Some("bridge".into());
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "capabilities",
+                "seccomp",
+                "no-new-privileges",
+                "read-only-rootfs",
+                "network"
+            ]
+        );
+    }
+}

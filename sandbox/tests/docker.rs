@@ -1,0 +1,281 @@
+//! The `docker` backend against the real Docker daemon on this machine, with the image built
+//! offline by the same code as `secureclaw sandbox build-image`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use secureclaw_sandbox::docker::{DockerSandbox, ENGINE_LABEL, ImageRecipe, build_image, sweep};
+use secureclaw_sandbox::{ExecSpec, ExitReason, Sandbox};
+use tokio_util::sync::CancellationToken;
+
+/// The default offline image (busybox only), built once per test process.
+async fn image() -> String {
+    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| async {
+            let tag = "secureclaw-sandbox:docker-test".to_string();
+            let docker = DockerSandbox::docker().await.unwrap();
+            build_image(docker, &ImageRecipe::new(tag.clone()), |_| {})
+                .await
+                .unwrap();
+            tag
+        })
+        .await
+        .clone()
+}
+
+async fn sandbox() -> DockerSandbox {
+    DockerSandbox::with_default_image(image().await)
+}
+
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    // The seed's user 1000:1000 must own the workspace to write to it.
+    std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();
+    dir
+}
+
+/// Containers this engine process owns right now (running or not) that mount `workspace`
+/// (tests run in parallel: each looks for its own).
+async fn containers_of(workspace: &Path) -> Vec<String> {
+    let source = std::fs::canonicalize(workspace).unwrap();
+    let docker = DockerSandbox::docker().await.unwrap();
+    let filters: HashMap<String, Vec<String>> =
+        HashMap::from([("label".to_string(), vec![ENGINE_LABEL.to_string()])]);
+    let me = format!("{}:", std::process::id());
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(ENGINE_LABEL))
+                .is_some_and(|v| v.starts_with(&me))
+                && c.mounts.as_ref().is_some_and(|m| {
+                    m.iter()
+                        .any(|m| m.source.as_deref() == Some(source.to_str().unwrap()))
+                })
+        })
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_runs_hardened_and_its_container_is_removed() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    let spec = ExecSpec::shell(
+        "id -u; id -g; echo to-stderr >&2; cat /proc/self/status | grep -E '^(Seccomp|NoNewPrivs|CapEff):'; touch /etc/x 2>/dev/null && echo ROOT-WRITABLE; echo made > out.txt",
+        ws.path().to_path_buf(),
+    );
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit, ExitReason::Exited { code: 0 }, "{stdout}");
+    assert!(stdout.starts_with("1000\n1000\n"), "{stdout}");
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(!stdout.contains("ROOT-WRITABLE"));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out.txt")).unwrap(),
+        "made\n"
+    );
+    assert!(out.enforcement.missing.is_empty(), "{:?}", out.enforcement);
+    for layer in [
+        "user",
+        "capabilities",
+        "seccomp",
+        "no-new-privileges",
+        "read-only-rootfs",
+        "network",
+        "memory",
+        "pids",
+    ] {
+        assert!(
+            out.enforcement
+                .layers
+                .iter()
+                .any(|l| l.name == layer && l.active),
+            "{layer} not active: {:?}",
+            out.enforcement.layers
+        );
+    }
+    // Removal happens off the step's critical path; `flush` waits for it (the engine calls it
+    // before a run ends).
+    sb.flush().await;
+    assert!(
+        containers_of(ws.path()).await.is_empty(),
+        "container left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_is_read_only_masked_paths_are_hidden_and_tmp_is_noexec() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    let root = ws.path();
+    std::fs::create_dir_all(root.join(".git/hooks")).unwrap();
+    std::fs::create_dir_all(root.join(".secureclaw")).unwrap();
+    std::fs::write(root.join(".secureclaw/vault.key"), "secret").unwrap();
+    for p in [".git", ".git/hooks", ".secureclaw"] {
+        std::os::unix::fs::chown(root.join(p), Some(1000), Some(1000)).unwrap();
+    }
+    let mut spec = ExecSpec::shell(
+        "echo x > .git/hooks/pre-commit 2>/dev/null && echo HOOK; cat .secureclaw/vault.key 2>/dev/null && echo KEY; cp /bin/busybox /tmp/bb && /tmp/bb true 2>/dev/null && echo EXEC; echo ok",
+        root.to_path_buf(),
+    );
+    spec.masked = vec![root.join(".secureclaw")];
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "ok\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!root.join(".git/hooks/pre-commit").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_and_cancellation_kill_and_remove_the_container() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    let mut spec = ExecSpec::shell("sleep 60", ws.path().to_path_buf());
+    spec.limits.timeout = Duration::from_millis(800);
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(out.exit, ExitReason::TimedOut);
+    assert!(out.duration < Duration::from_secs(30));
+
+    spec.limits.timeout = Duration::from_secs(60);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        c.cancel();
+    });
+    let out = sb.run(&spec, cancel).await.unwrap();
+    assert_eq!(out.exit, ExitReason::Cancelled);
+    // Removal happens off the step's critical path; `flush` waits for it (the engine calls it
+    // before a run ends).
+    sb.flush().await;
+    assert!(
+        containers_of(ws.path()).await.is_empty(),
+        "container left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_output_limits_hold() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    // busybox has no allocator bomb; a tmpfs-backed file would be capped by /tmp's size, so
+    // grow a shell variable instead.
+    let mut spec = ExecSpec::shell(
+        "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+        ws.path().to_path_buf(),
+    );
+    spec.limits.memory_bytes = 32 * 1024 * 1024;
+    spec.limits.timeout = Duration::from_secs(60);
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(out.exit, ExitReason::OutOfMemory, "{:?}", out.exit);
+
+    let mut spec = ExecSpec::shell(
+        "head -c 3000000 /dev/zero; head -c 10 /dev/zero >&2",
+        ws.path().to_path_buf(),
+    );
+    spec.limits.output_cap = 1000;
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(out.stdout.len(), 1000);
+    assert_eq!(out.stdout_total, 3_000_000);
+    assert_eq!(out.stderr_total, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_a_clear_error() {
+    let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");
+    let ws = workspace();
+    let err = sb
+        .run(
+            &ExecSpec::shell("true", ws.path().to_path_buf()),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("secureclaw sandbox build-image"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_dead_engine_are_swept() {
+    let tag = image().await;
+    let docker = DockerSandbox::docker().await.unwrap();
+    // A container labelled with an engine that no longer exists (as after a kill -9).
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(tag),
+        cmd: Some(vec!["sleep".into(), "300".into()]),
+        labels: Some(HashMap::from([(
+            ENGINE_LABEL.to_string(),
+            "999999999:1".to_string(),
+        )])),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .unwrap();
+    docker.start_container(&created.id, None).await.unwrap();
+    let removed = sweep(docker).await.unwrap();
+    assert!(!removed.is_empty(), "nothing swept");
+    assert!(
+        docker.inspect_container(&created.id, None).await.is_err(),
+        "the dead engine's container still exists"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_engines_running_step_is_not_swept() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    let mut spec = ExecSpec::shell("sleep 3; echo survived", ws.path().to_path_buf());
+    spec.limits.timeout = Duration::from_secs(30);
+    let run = tokio::spawn(async move { sb.run(&spec, CancellationToken::new()).await });
+    let ws_path = ws.path().to_path_buf();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The lookup the other tests rely on ("no container left") does see a live one.
+    assert_eq!(containers_of(&ws_path).await.len(), 1);
+    sweep(DockerSandbox::docker().await.unwrap()).await.unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+}
+
+#[test]
+fn the_offline_dockerfile_is_from_scratch() {
+    let text = secureclaw_sandbox::docker::image::DOCKERFILE_OFFLINE;
+    assert!(text.lines().any(|l| l.trim() == "FROM scratch"));
+    assert!(text.contains("USER 1000:1000"));
+    assert!(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docker/Dockerfile.sandbox"
+        ))
+        .exists()
+    );
+}

@@ -1,0 +1,257 @@
+//! `secureclaw sandbox check|build-image`: what each backend really enforces on this machine,
+//! and the offline build of the Docker sandbox image.
+//!
+//! `check` does not trust our own configuration: it runs a probe step in every available
+//! backend and reports the layers as the backend read them back (the Docker daemon's inspect
+//! of the real container, the native helper's report) together with what the kernel says
+//! inside the sandbox (`/proc/self/status`: seccomp mode, no_new_privs, effective
+//! capabilities, uid).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use console::style;
+use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image, default_image};
+use secureclaw_sandbox::{BACKENDS, ExecSpec, Layer, by_name};
+use serde_json::json;
+
+use crate::exit;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SandboxCommand {
+    /// For each backend: is it available, and which isolation layers are in force (read back
+    /// from a real probe step, not from our configuration). Exits 1 if a backend named with
+    /// --backend (default: native) is unavailable or misses a layer.
+    Check {
+        /// Backends whose failure makes the command fail [default: native].
+        #[arg(long = "backend", value_name = "NAME")]
+        required: Vec<String>,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the Docker sandbox image with no registry: Debian's static busybox (and any
+    /// --include'd host programs with their libraries) on an empty base.
+    BuildImage {
+        /// Image tag [default: secureclaw-sandbox:<version>, the docker backend's default].
+        #[arg(long)]
+        tag: Option<String>,
+        /// A statically linked busybox (Debian: apt-get install busybox-static).
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// A host program to copy into the image with its shared libraries, or a directory to
+        /// copy whole (repeatable), e.g. --include perl --include /usr/lib/x86_64-linux-gnu/perl-base.
+        #[arg(long, value_name = "PROGRAM")]
+        include: Vec<PathBuf>,
+    },
+}
+
+pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cmd {
+        SandboxCommand::Check { required, json } => rt.block_on(check(required, json)),
+        SandboxCommand::BuildImage {
+            tag,
+            busybox,
+            include,
+        } => rt.block_on(async move {
+            let recipe = ImageRecipe {
+                tag: tag.unwrap_or_else(default_image),
+                busybox,
+                include,
+            };
+            let docker = DockerSandbox::docker().await?;
+            eprintln!("building {} (no registry is contacted)", recipe.tag);
+            let id = build_image(docker, &recipe, |line| eprintln!("  {line}"))
+                .await
+                .with_context(|| format!("building {}", recipe.tag))?;
+            println!("{} {}", recipe.tag, id);
+            Ok(exit::OK)
+        }),
+    }
+}
+
+/// One backend's verdict.
+struct Report {
+    backend: String,
+    available: bool,
+    problem: Option<String>,
+    isolated: bool,
+    layers: Vec<Layer>,
+    missing: Vec<String>,
+}
+
+async fn check(required: Vec<String>, as_json: bool) -> anyhow::Result<u8> {
+    let required = if required.is_empty() {
+        vec![secureclaw_sandbox::DEFAULT_BACKEND.to_string()]
+    } else {
+        required
+    };
+    for name in &required {
+        if !BACKENDS.contains(&name.as_str()) {
+            anyhow::bail!("unknown backend `{name}` (known: {})", BACKENDS.join(", "));
+        }
+    }
+    let workspace = tempfile::tempdir().context("creating the probe workspace")?;
+    let mut reports = Vec::new();
+    for name in BACKENDS {
+        reports.push(probe(name, workspace.path().to_path_buf()).await);
+    }
+    let failed = reports.iter().any(|r| {
+        required.contains(&r.backend) && (!r.available || (r.isolated && !r.missing.is_empty()))
+    });
+    if as_json {
+        let doc: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "backend": r.backend,
+                    "available": r.available,
+                    "problem": r.problem,
+                    "isolated": r.isolated,
+                    "layers": r.layers,
+                    "missing": r.missing,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for r in &reports {
+            print_report(r);
+        }
+    }
+    Ok(if failed { exit::FAILED } else { exit::OK })
+}
+
+async fn probe(name: &str, workspace: PathBuf) -> Report {
+    let unavailable = |problem: String| Report {
+        backend: name.to_string(),
+        available: false,
+        problem: Some(problem),
+        isolated: false,
+        layers: Vec::new(),
+        missing: Vec::new(),
+    };
+    let sandbox = match by_name(name) {
+        Ok(s) => s,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let mut spec = ExecSpec::shell("cat /proc/self/status", workspace);
+    // Run even with a missing layer, so the report can say which one.
+    spec.allow_degraded = true;
+    spec.limits.timeout = std::time::Duration::from_secs(30);
+    let outcome = match sandbox
+        .run(&spec, tokio_util::sync::CancellationToken::new())
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let mut layers = outcome.enforcement.layers;
+    let mut missing = outcome.enforcement.missing;
+    if !outcome.exit.success() {
+        missing.push(format!(
+            "probe step {}: {}",
+            outcome.exit.describe(),
+            String::from_utf8_lossy(&outcome.stderr).trim()
+        ));
+    }
+    let status = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    if sandbox.isolated() {
+        for layer in kernel_view(&status) {
+            if !layer.active {
+                missing.push(format!("{}: {}", layer.name, layer.detail));
+            }
+            layers.push(layer);
+        }
+    }
+    Report {
+        backend: name.to_string(),
+        available: true,
+        problem: None,
+        isolated: sandbox.isolated(),
+        layers,
+        missing,
+    }
+}
+
+/// The kernel's own account of the probe process, from `/proc/self/status` inside the sandbox.
+fn kernel_view(status: &str) -> Vec<Layer> {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let seccomp = field("Seccomp:");
+    let nnp = field("NoNewPrivs:");
+    let cap_eff = field("CapEff:");
+    let uid = field("Uid:");
+    let real_uid = uid.split_whitespace().next().unwrap_or("").to_string();
+    vec![
+        Layer {
+            name: "kernel: seccomp".into(),
+            active: seccomp == "2",
+            detail: format!("Seccomp: {seccomp} (2 = filter)"),
+        },
+        Layer {
+            name: "kernel: no_new_privs".into(),
+            active: nnp == "1",
+            detail: format!("NoNewPrivs: {nnp}"),
+        },
+        Layer {
+            name: "kernel: capabilities".into(),
+            active: !cap_eff.is_empty() && cap_eff.chars().all(|c| c == '0'),
+            detail: format!("CapEff: {cap_eff}"),
+        },
+        Layer {
+            name: "kernel: uid".into(),
+            active: !real_uid.is_empty() && real_uid != "0",
+            detail: format!("Uid: {uid}"),
+        },
+    ]
+}
+
+fn print_report(r: &Report) {
+    let head = if !r.available {
+        style("unavailable").red().to_string()
+    } else if !r.isolated {
+        style("available, NOT isolated").yellow().to_string()
+    } else if r.missing.is_empty() {
+        style("available, all layers in force").green().to_string()
+    } else {
+        style("available, DEGRADED").red().to_string()
+    };
+    println!("{}: {head}", style(&r.backend).bold());
+    if let Some(p) = &r.problem {
+        println!("    {p}");
+    }
+    for l in &r.layers {
+        let mark = if l.active {
+            style("✓").green()
+        } else {
+            style("✗").red()
+        };
+        println!("    {mark} {:<22} {}", l.name, style(&l.detail).dim());
+    }
+    for m in &r.missing {
+        println!("    {} {m}", style("missing:").red());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_view_flags_root_and_capabilities() {
+        let confined = "Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n";
+        assert!(kernel_view(confined).iter().all(|l| l.active));
+        let open = "Uid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\nNoNewPrivs:\t0\nSeccomp:\t0\n";
+        assert!(kernel_view(open).iter().all(|l| !l.active));
+    }
+}
