@@ -77,15 +77,16 @@ async fn client() -> Result<&'static Docker, SandboxError> {
     static CLIENT: OnceCell<Result<Docker, String>> = OnceCell::const_new();
     CLIENT
         .get_or_init(|| async {
+            let unreachable = |e: bollard::errors::Error| {
+                format!(
+                    "cannot reach the Docker daemon: {e} (is it running, and may this user use its socket? DOCKER_HOST names another one)"
+                )
+            };
             let docker = Docker::connect_with_local_defaults()
-                .map_err(|e| e.to_string())?
+                .map_err(unreachable)?
                 .negotiate_version()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot reach the Docker daemon: {e} (is it running, and may this user use /var/run/docker.sock?)"
-                    )
-                })?;
+                .map_err(unreachable)?;
             let _ = sweep(&docker).await;
             Ok(docker)
         })
