@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
 
 use common::secureclaw;
 
@@ -29,29 +28,12 @@ fn upstream() -> u16 {
     port
 }
 
-fn chown_tree(dir: &Path, id: u32) {
-    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
-    if dir.is_dir() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            chown_tree(&e.unwrap().path(), id);
-        }
-    }
-}
-
 fn egress_through_the_cli(backend: &str) {
     let port = upstream();
     let ws = tempfile::tempdir().unwrap();
     if backend == "docker" {
-        let out = secureclaw()
-            .args(["sandbox", "build-image"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        chown_tree(ws.path(), 1000);
+        common::build_default_image();
+        common::chown_tree(ws.path(), 1000);
     }
     let wf = ws.path().join("wf.yaml");
     std::fs::write(

@@ -48,31 +48,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn chown_tree(dir: &Path, id: u32) {
-    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
-    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            chown_tree(&e.unwrap().path(), id);
-        }
-    }
-}
-
-/// The docker backend's default image, built offline once per test binary by the CLI.
-fn docker_image() {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = secureclaw()
-            .args(["sandbox", "build-image"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
 fn run_and_revert(example: &str, seed: Option<&str>) {
     run_and_revert_on(example, seed, "native");
 }
@@ -84,9 +59,9 @@ fn run_and_revert_on(example: &str, seed: Option<&str>, backend: &str) {
         copy_dir(&root.join(seed), ws.path());
     }
     if backend == "docker" {
-        docker_image();
+        common::build_default_image();
         // Containers run as the seed's 1000:1000: a user's workspace belongs to the user.
-        chown_tree(ws.path(), 1000);
+        common::chown_tree(ws.path(), 1000);
     }
     let before = tree(ws.path());
     let out = secureclaw()

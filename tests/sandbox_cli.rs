@@ -8,16 +8,7 @@ mod common;
 use common::secureclaw;
 
 fn build_default_image() {
-    let out = secureclaw()
-        .args(["sandbox", "build-image"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = common::build_default_image();
     assert!(
         stdout.starts_with(&format!(
             "secureclaw-sandbox:{} sha256:",

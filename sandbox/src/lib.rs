@@ -149,3 +149,14 @@ pub(crate) fn masked_relative(
         })
         .collect()
 }
+
+/// Every backend refuses an empty command the same way.
+pub(crate) fn require_argv(spec: &ExecSpec) -> Result<(), SandboxError> {
+    if spec.argv.is_empty() {
+        return Err(SandboxError::Spawn {
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
+        });
+    }
+    Ok(())
+}

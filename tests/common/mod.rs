@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: the real `secureclaw` binary with a throwaway vault setup.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use std::path::Path;
 use std::process::Command;
 
 pub const TEST_PASSPHRASE: &str = "test passphrase";
@@ -82,4 +83,35 @@ pub fn tree_fingerprint(root: &std::path::Path) -> std::collections::BTreeMap<Ve
         out.insert(rel, v);
     }
     out
+}
+
+/// Give a tree to `id`:`id` (the docker backend's steps run as the workspace's owner, and the
+/// seed's 1000:1000 for a root-owned one, which cannot write there).
+pub fn chown_tree(dir: &Path, id: u32) {
+    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), id);
+        }
+    }
+}
+
+/// Build the docker backend's default image offline through the CLI, once per test binary;
+/// returns what `build-image` printed (`TAG ID`).
+pub fn build_default_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = secureclaw()
+                .args(["sandbox", "build-image"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .clone()
 }

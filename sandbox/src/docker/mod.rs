@@ -514,12 +514,7 @@ impl Sandbox for DockerSandbox {
         spec: &ExecSpec,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        if spec.argv.is_empty() {
-            return Err(SandboxError::Spawn {
-                program: String::new(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
-            });
-        }
+        crate::require_argv(spec)?;
         let start = Instant::now();
         let docker = client().await?;
         let workspace = std::fs::canonicalize(&spec.workspace)?;

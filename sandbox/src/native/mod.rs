@@ -254,12 +254,7 @@ impl Sandbox for NativeSandbox {
         spec: &ExecSpec,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        if spec.argv.is_empty() {
-            return Err(SandboxError::Spawn {
-                program: String::new(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
-            });
-        }
+        crate::require_argv(spec)?;
         let workspace = std::fs::canonicalize(&spec.workspace)?;
         let p = probe();
         let mut missing = missing_layers(p);
