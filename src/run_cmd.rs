@@ -254,6 +254,7 @@ async fn run_once(
         inputs,
         jobs: args.jobs,
         fail_fast: args.fail_fast,
+        base_limits: secureclaw_sandbox::Limits::from_env().map_err(anyhow::Error::msg)?,
     };
     let record = match engine.run(&wf, opts, cancel).await {
         Ok(r) => r,

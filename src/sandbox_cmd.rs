@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use console::style;
-use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image, default_image};
+use secureclaw_sandbox::docker::{
+    DockerSandbox, ImageRecipe, build_image, image::LATEST_IMAGE, versioned_image,
+};
 use secureclaw_sandbox::{BACKENDS, ExecSpec, Layer, by_name};
 use serde_json::json;
 
@@ -33,7 +35,8 @@ pub enum SandboxCommand {
     /// Build the Docker sandbox image with no registry: Debian's static busybox (and any
     /// --include'd host programs with their libraries) on an empty base.
     BuildImage {
-        /// Image tag [default: secureclaw-sandbox:<version>, the docker backend's default].
+        /// Image tag [default: secureclaw-sandbox:<version>, also tagged
+        /// secureclaw-sandbox:latest, the docker backend's default (DOCKER_BASE_IMAGE)].
         #[arg(long)]
         tag: Option<String>,
         /// A statically linked busybox (Debian: apt-get install busybox-static).
@@ -59,7 +62,12 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
             include,
         } => rt.block_on(async move {
             let recipe = ImageRecipe {
-                tag: tag.unwrap_or_else(default_image),
+                also_tag: if tag.is_none() {
+                    vec![LATEST_IMAGE.to_string()]
+                } else {
+                    Vec::new()
+                },
+                tag: tag.unwrap_or_else(versioned_image),
                 busybox,
                 include,
             };
@@ -68,7 +76,9 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
             let id = build_image(docker, &recipe, |line| eprintln!("  {line}"))
                 .await
                 .with_context(|| format!("building {}", recipe.tag))?;
-            println!("{} {}", recipe.tag, id);
+            for tag in std::iter::once(&recipe.tag).chain(&recipe.also_tag) {
+                println!("{tag} {id}");
+            }
             Ok(exit::OK)
         }),
     }

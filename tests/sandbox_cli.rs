@@ -101,3 +101,80 @@ fn check_fails_when_a_required_backend_is_unavailable() {
         "{text}"
     );
 }
+
+#[test]
+fn the_seeds_docker_variables_are_honoured_or_refused_loudly() {
+    build_default_image();
+    // DOCKER_BASE_IMAGE names the default image.
+    let out = secureclaw()
+        .args(["sandbox", "check", "--backend", "docker"])
+        .env("DOCKER_BASE_IMAGE", "secureclaw-sandbox:no-such-tag")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("secureclaw sandbox build-image"), "{text}");
+    // Only `none` is accepted as DOCKER_NETWORK_MODE.
+    let out = secureclaw()
+        .args(["sandbox", "check", "--backend", "docker"])
+        .env("DOCKER_NETWORK_MODE", "bridge")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("network mode `none`"), "{text}");
+
+    // DOCKER_MEMORY_LIMIT / DOCKER_CPU_LIMIT / DOCKER_TIMEOUT_SECONDS set the step defaults.
+    let ws = tempfile::tempdir().unwrap();
+    common::chown_tree(ws.path(), 1000);
+    let wf = ws.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: limits\nsteps:\n  - { id: a, shell: \"true\" }\n",
+    )
+    .unwrap();
+    for backend in ["native", "docker"] {
+        let out = secureclaw()
+            .arg("run")
+            .arg(&wf)
+            .arg("--workspace")
+            .arg(ws.path())
+            .args(["--sandbox", backend])
+            .env("DOCKER_MEMORY_LIMIT", "96m")
+            .env("DOCKER_CPU_LIMIT", "0.5")
+            .env("DOCKER_TIMEOUT_SECONDS", "42")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let show = secureclaw()
+            .args(["show", "last", "--json", "--state-dir"])
+            .arg(ws.path().join(".secureclaw"))
+            .output()
+            .unwrap();
+        let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        let layers = rec["steps"][0]["enforcement"]["layers"].to_string();
+        assert!(
+            layers.contains(&(96u64 << 20).to_string()) && layers.contains("42s"),
+            "{backend}: {layers}"
+        );
+        assert!(layers.contains("0.5 cpu"), "{backend}: {layers}");
+    }
+    let out = secureclaw()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .env("DOCKER_MEMORY_LIMIT", "lots")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DOCKER_MEMORY_LIMIT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

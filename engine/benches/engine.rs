@@ -58,6 +58,7 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
                     inputs: [("tag".to_string(), serde_json::json!("x"))].into(),
                     jobs: 4,
                     fail_fast: false,
+                    base_limits: Default::default(),
                 },
                 tokio_util::sync::CancellationToken::new(),
             ))

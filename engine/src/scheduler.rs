@@ -60,6 +60,9 @@ pub struct RunOptions {
     pub inputs: BTreeMap<String, Value>,
     pub jobs: usize,
     pub fail_fast: bool,
+    /// Step limits before the workflow's `sandbox:` settings (the seed's defaults, or the
+    /// `DOCKER_*` variables: `Limits::from_env`).
+    pub base_limits: Limits,
 }
 
 pub struct Engine {
@@ -261,8 +264,12 @@ impl Rendered {
     }
 }
 
-fn merged_limits(wf: &SandboxSettings, step: &Step) -> (Limits, bool, Option<String>) {
-    let mut limits = Limits::default();
+fn merged_limits(
+    base: &Limits,
+    wf: &SandboxSettings,
+    step: &Step,
+) -> (Limits, bool, Option<String>) {
+    let mut limits = base.clone();
     let mut allow_degraded = false;
     let mut image = None;
     for s in std::iter::once(wf).chain(step.sandbox.as_ref()) {
@@ -607,7 +614,8 @@ impl Engine {
                     self.store.save(&record)?;
                     last_save = Instant::now();
                 }
-                let (limits, allow_degraded, image) = merged_limits(&wf.workflow.sandbox, step);
+                let (limits, allow_degraded, image) =
+                    merged_limits(&opts.base_limits, &wf.workflow.sandbox, step);
                 record.steps[i].state = StepState::Running;
                 record.steps[i].started_at = Some(now_rfc3339());
                 self.store.record(

@@ -27,6 +27,70 @@ impl Default for Limits {
     }
 }
 
+/// The seed's configuration variables for step limits (named for Docker, applied to every
+/// isolated backend): they replace the built-in defaults; a workflow's `sandbox:` settings
+/// still override them per workflow and step.
+pub const LIMIT_VARS: [&str; 3] = [
+    "DOCKER_MEMORY_LIMIT",
+    "DOCKER_CPU_LIMIT",
+    "DOCKER_TIMEOUT_SECONDS",
+];
+
+impl Limits {
+    /// The defaults with `DOCKER_MEMORY_LIMIT` (Docker syntax: `512m`, `1g`, `268435456`),
+    /// `DOCKER_CPU_LIMIT` (`1.0`) and `DOCKER_TIMEOUT_SECONDS` (`300`) applied where set.
+    pub fn from_env() -> Result<Limits, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Limits, String> {
+        let mut limits = Limits::default();
+        if let Some(v) = lookup(LIMIT_VARS[0]) {
+            limits.memory_bytes = docker_size(&v).ok_or_else(|| {
+                format!("DOCKER_MEMORY_LIMIT={v:?}: expected a size such as 512m or 1g")
+            })?;
+        }
+        if let Some(v) = lookup(LIMIT_VARS[1]) {
+            limits.cpus = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .ok_or_else(|| {
+                    format!("DOCKER_CPU_LIMIT={v:?}: expected a number of CPUs such as 1.0")
+                })?;
+        }
+        if let Some(v) = lookup(LIMIT_VARS[2]) {
+            let secs = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    format!("DOCKER_TIMEOUT_SECONDS={v:?}: expected whole seconds such as 300")
+                })?;
+            limits.timeout = Duration::from_secs(secs);
+        }
+        Ok(limits)
+    }
+}
+
+/// Docker's size syntax: a number with an optional `b`, `k`, `m` or `g` (binary multiples).
+fn docker_size(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last()? {
+        'b' => (&t[..t.len() - 1], 1u64),
+        'k' => (&t[..t.len() - 1], 1 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|b| *b > 0)
+}
+
 /// Outbound network a step may use. Only loopback exists inside a sandbox by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode", content = "domains")]
@@ -143,4 +207,41 @@ pub struct ExecOutcome {
     /// Every outbound connection attempt through the egress proxy (allowed or refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::EgressEvent>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_variables_set_the_default_limits() {
+        let env = |k: &str| match k {
+            "DOCKER_MEMORY_LIMIT" => Some("256m".to_string()),
+            "DOCKER_CPU_LIMIT" => Some("0.5".to_string()),
+            "DOCKER_TIMEOUT_SECONDS" => Some("60".to_string()),
+            _ => None,
+        };
+        let l = Limits::from_lookup(env).unwrap();
+        assert_eq!(l.memory_bytes, 256 << 20);
+        assert_eq!(l.cpus, 0.5);
+        assert_eq!(l.timeout, Duration::from_secs(60));
+        assert_eq!(Limits::from_lookup(|_| None).unwrap(), Limits::default());
+        assert_eq!(docker_size("1g"), Some(1 << 30));
+        assert_eq!(docker_size("512"), Some(512));
+    }
+
+    #[test]
+    fn nonsense_is_refused_not_ignored() {
+        for (k, v) in [
+            ("DOCKER_MEMORY_LIMIT", "lots"),
+            ("DOCKER_MEMORY_LIMIT", "0"),
+            ("DOCKER_CPU_LIMIT", "-1"),
+            ("DOCKER_CPU_LIMIT", "NaN"),
+            ("DOCKER_TIMEOUT_SECONDS", "5m"),
+        ] {
+            let err = Limits::from_lookup(|key| (key == k).then(|| v.to_string())).unwrap_err();
+            assert!(err.starts_with(k), "{err}");
+        }
+    }
 }

@@ -279,3 +279,23 @@ fn the_offline_dockerfile_is_from_scratch() {
         .exists()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflows_image_wins_and_the_hardening_stays() {
+    let tag = image().await;
+    // A backend whose own default image does not exist: only `spec.image` can make this run.
+    let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");
+    let ws = workspace();
+    let mut spec = ExecSpec::shell(
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+        ws.path().to_path_buf(),
+    );
+    spec.image = Some(tag);
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("NoNewPrivs:\t1") && stdout.contains("Seccomp:\t2"),
+        "{stdout}"
+    );
+    assert!(out.enforcement.missing.is_empty());
+}

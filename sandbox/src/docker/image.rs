@@ -20,8 +20,22 @@ use crate::SandboxError;
 /// The Dockerfile of the offline image (checked in, reviewed like any other file).
 pub const DOCKERFILE_OFFLINE: &str = include_str!("../../docker/Dockerfile.offline");
 
-/// The image a step gets when its workflow names none.
+/// The seed's variable naming the image a step gets when its workflow names none.
+pub const BASE_IMAGE_VAR: &str = "DOCKER_BASE_IMAGE";
+/// Its default (the seed's): what `build-image` tags besides the versioned tag.
+pub const LATEST_IMAGE: &str = "secureclaw-sandbox:latest";
+
+/// The image a step gets when its workflow names none: `DOCKER_BASE_IMAGE`, else
+/// `secureclaw-sandbox:latest`.
 pub fn default_image() -> String {
+    std::env::var(BASE_IMAGE_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| LATEST_IMAGE.to_string())
+}
+
+/// The tag `build-image` gives this version's image (and `latest` besides).
+pub fn versioned_image() -> String {
     format!("secureclaw-sandbox:{}", env!("CARGO_PKG_VERSION"))
 }
 
@@ -29,6 +43,8 @@ pub fn default_image() -> String {
 #[derive(Debug, Clone)]
 pub struct ImageRecipe {
     pub tag: String,
+    /// More tags for the same image (`build-image` adds `secureclaw-sandbox:latest`).
+    pub also_tag: Vec<String>,
     /// A statically linked busybox; its applets become `/bin/sh`, `/bin/ls`, ...
     pub busybox: PathBuf,
     /// Host programs copied in at their own path, with their shared libraries; a directory
@@ -41,6 +57,7 @@ impl ImageRecipe {
     pub fn new(tag: String) -> Self {
         ImageRecipe {
             tag,
+            also_tag: Vec::new(),
             busybox: PathBuf::from("/bin/busybox"),
             include: Vec::new(),
         }
@@ -85,6 +102,21 @@ pub async fn build_image(
         .inspect_image(&recipe.tag)
         .await
         .map_err(|e| docker_error("inspect the built image", e))?;
+    for extra in &recipe.also_tag {
+        let (repo, tag) = extra.rsplit_once(':').unwrap_or((extra.as_str(), "latest"));
+        docker
+            .tag_image(
+                &recipe.tag,
+                Some(
+                    bollard::query_parameters::TagImageOptionsBuilder::default()
+                        .repo(repo)
+                        .tag(tag)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| docker_error(&format!("tag the image as {extra}"), e))?;
+    }
     Ok(inspected.id.or(id).unwrap_or_else(|| recipe.tag.clone()))
 }
 

@@ -35,7 +35,25 @@ use crate::{
     CappedOutput, EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy,
     Sandbox, SandboxError,
 };
-pub use image::{ImageRecipe, build_image, default_image};
+pub use image::{ImageRecipe, build_image, default_image, versioned_image};
+
+/// The seed's variable for the container network mode. Only `none` is accepted: a step's
+/// outbound access is its `network:` allowlist through the egress proxy, never a bridge.
+pub const NETWORK_MODE_VAR: &str = "DOCKER_NETWORK_MODE";
+
+fn check_network_mode_var() -> Result<(), SandboxError> {
+    match std::env::var(NETWORK_MODE_VAR) {
+        Ok(mode) if mode.trim() != "none" && !mode.trim().is_empty() => {
+            Err(SandboxError::Unsupported {
+                backend: NAME.into(),
+                feature: format!(
+                    "{NETWORK_MODE_VAR}={mode}: containers always run with network mode `none`; give the step a `network: [domain, ...]` allowlist for outbound access through the egress proxy"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
 
 const NAME: &str = "docker";
 /// Label on every container we create; its value identifies the engine process.
@@ -515,6 +533,7 @@ impl Sandbox for DockerSandbox {
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
         crate::require_argv(spec)?;
+        check_network_mode_var()?;
         let start = Instant::now();
         let docker = client().await?;
         let workspace = std::fs::canonicalize(&spec.workspace)?;
