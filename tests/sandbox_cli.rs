@@ -178,3 +178,76 @@ fn the_seeds_docker_variables_are_honoured_or_refused_loudly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Containers with this engine label whose value starts with `pid:`.
+fn containers_of_engine(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=org.secureclaw.engine",
+            "--format",
+            "{{.ID}} {{.Label \"org.secureclaw.engine\"}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|v| v.starts_with(&format!("{pid}:")))
+        })
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_killed_engines_container_is_removed_by_the_next_engine() {
+    build_default_image();
+    let ws = tempfile::tempdir().unwrap();
+    common::chown_tree(ws.path(), 1000);
+    let wf = ws.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: long\nsteps:\n  - { id: a, shell: \"sleep 60\" }\n",
+    )
+    .unwrap();
+    let mut engine = secureclaw()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "docker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = engine.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while containers_of_engine(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step's container never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // kill -9: the engine gets no chance to clean up.
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert!(
+        !containers_of_engine(pid).is_empty(),
+        "nothing was left to sweep"
+    );
+    // Any next engine that talks to the daemon sweeps the dead engine's containers.
+    let out = secureclaw()
+        .args(["sandbox", "check", "--backend", "docker"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        containers_of_engine(pid).is_empty(),
+        "leftover container not swept"
+    );
+}
