@@ -828,13 +828,15 @@ mod egress {
     use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
     use bollard::query_parameters::CreateContainerOptionsBuilder;
 
-    use super::{ENGINE_LABEL, docker_error, engine_id, remove, unavailable};
+    use super::{ENGINE_LABEL, docker_error, engine_id, unavailable};
     use crate::SandboxError;
     use crate::egress::EgressSession;
 
     pub struct Holder {
         docker: &'static Docker,
         id: String,
+        /// Removes the holder if the step's future is dropped before `remove`.
+        removal: super::Removal,
     }
 
     impl Holder {
@@ -891,6 +893,10 @@ mod egress {
                 })?;
             let holder = Holder {
                 docker,
+                removal: super::Removal {
+                    docker,
+                    id: Some(created.id.clone()),
+                },
                 id: created.id,
             };
             if let Err(e) = docker.start_container(&holder.id, None).await {
@@ -934,7 +940,7 @@ mod egress {
         }
 
         pub async fn remove(self) {
-            let _ = remove(self.docker, &self.id).await;
+            self.removal.now().await;
         }
     }
 }
