@@ -2,17 +2,20 @@
 //!
 //! `scan` exits 1 when anything is flagged so CI can gate on untrusted text (issue bodies, scraped
 //! pages, step output) before an agent reads it; `scrub` shows what a provider would receive.
+//! `scan` adds the semantic layer when secureclaw-llm is built with `ml` and the model files are
+//! installed (scripts/setup-models.sh), and always says which layers judged the text.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use secureclaw_llm::{Detector, Scrubber, Verdict};
+use secureclaw_llm::{Detector, Scrubber, SemanticStatus, Verdict};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GuardCommand {
-    /// Scan untrusted text for prompt injection (unicode smuggling + regex patterns). Prints a
-    /// verdict per file (or per line with --per-line); exits 1 if anything is flagged.
+    /// Scan untrusted text for prompt injection (unicode smuggling + regex patterns, plus the
+    /// semantic layer when built with `ml` and the model is installed). Prints which layers ran,
+    /// then a verdict per file (or per line with --per-line); exits 1 if anything is flagged.
     Scan {
         /// Print one JSON object per verdict (JSON lines).
         #[arg(long)]
@@ -29,6 +32,14 @@ pub enum GuardCommand {
         /// FILE to scrub, or - for standard input [default: standard input].
         input: Option<PathBuf>,
     },
+    /// Show where the semantic layer's model files are looked for, which are missing, and whether
+    /// the layer and the command risk model load. Exits 0 when the semantic layer is active, 1
+    /// otherwise (install the files with scripts/setup-models.sh).
+    Models {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code: 0 clean, 1 flagged.
@@ -43,8 +54,13 @@ pub fn run(cmd: GuardCommand) -> anyhow::Result<u8> {
         } => {
             let (label, text) = read_input(input.as_deref())?;
             let detector = Detector::builtin().context("loading the injection patterns")?;
-            scan(&detector, &label, &text, json, per_line, &mut out)
+            // Never fails: without the feature or the model the other layers work alone and the
+            // status says why.
+            let (detector, semantic) = secureclaw_llm::attach_semantic(detector);
+            let layers = Layers::new(&semantic);
+            scan(&detector, &layers, &label, &text, json, per_line, &mut out)
         }
+        GuardCommand::Models { json } => models(json, &mut out),
         GuardCommand::Scrub { input } => {
             let (_, text) = read_input(input.as_deref())?;
             let scrubber = Scrubber::builtin().context("loading the PII patterns")?;
@@ -81,6 +97,72 @@ fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Which layers judged the text, for the report: `{"unicode": "active", "regex": "active",
+/// "semantic": "unavailable (model missing: run scripts/setup-models.sh; ...)"}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Layers {
+    unicode: &'static str,
+    regex: &'static str,
+    semantic: String,
+}
+
+impl Layers {
+    pub fn new(semantic: &SemanticStatus) -> Self {
+        Self {
+            unicode: "active",
+            regex: "active",
+            semantic: semantic.summary(),
+        }
+    }
+}
+
+fn models(json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    use secureclaw_llm::models::{
+        MODEL_FILE, ModelFiles, RUNTIME_FILE, TOKENIZER_FILE, models_dir,
+    };
+    let dir = models_dir();
+    let files = dir.as_deref().map(ModelFiles::in_dir);
+    let (_, semantic) = secureclaw_llm::attach_semantic(Detector::empty());
+    let (_, risk) = secureclaw_llm::load_risk_model();
+    let missing: Vec<&str> = match &files {
+        Some(Err(secureclaw_llm::ModelError::Missing { missing, .. })) => missing.clone(),
+        Some(_) => Vec::new(),
+        None => vec![RUNTIME_FILE, MODEL_FILE, TOKENIZER_FILE],
+    };
+    if json {
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({
+                "models_dir": dir,
+                "missing": missing,
+                "semantic": semantic,
+                "risk_model": risk,
+            }),
+        )?;
+        writeln!(out)?;
+    } else {
+        match &dir {
+            Some(d) => writeln!(out, "models dir: {}", d.display())?,
+            None => writeln!(out, "models dir: none (set SECURECLAW_MODELS_DIR or HOME)")?,
+        }
+        if missing.is_empty() {
+            writeln!(
+                out,
+                "files: {RUNTIME_FILE}, {MODEL_FILE}, {TOKENIZER_FILE} present"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "missing: {} (install with scripts/setup-models.sh)",
+                missing.join(", ")
+            )?;
+        }
+        writeln!(out, "{semantic}")?;
+        writeln!(out, "{risk}")?;
+    }
+    Ok(u8::from(!semantic.active))
+}
+
 #[derive(serde::Serialize)]
 struct JsonVerdict<'a> {
     source: &'a str,
@@ -88,11 +170,13 @@ struct JsonVerdict<'a> {
     line: Option<usize>,
     #[serde(flatten)]
     verdict: &'a Verdict,
+    layers: &'a Layers,
 }
 
 /// Scan `text` and write the report; returns the exit code.
 pub fn scan(
     detector: &Detector,
+    layers: &Layers,
     label: &str,
     text: &str,
     json: bool,
@@ -109,6 +193,13 @@ pub fn scan(
         vec![(None, text)]
     };
     let mut flagged = 0usize;
+    if !json {
+        writeln!(
+            out,
+            "layers: unicode {}, regex {}, semantic {}",
+            layers.unicode, layers.regex, layers.semantic
+        )?;
+    }
     for (line, unit) in units {
         let verdict = detector.scan(unit);
         if verdict.flagged {
@@ -121,6 +212,7 @@ pub fn scan(
                     source: label,
                     line,
                     verdict: &verdict,
+                    layers,
                 },
             )?;
             writeln!(out)?;
@@ -143,6 +235,9 @@ pub fn scan(
                 f.score,
                 truncate(&f.matched, 80)
             )?;
+            if let Some(detail) = &f.detail {
+                writeln!(out, "           {}", truncate(detail, 160))?;
+            }
         }
     }
     Ok(u8::from(flagged > 0))
@@ -164,8 +259,11 @@ mod tests {
 
     fn run_scan(text: &str, json: bool, per_line: bool) -> (u8, String) {
         let d = Detector::builtin().unwrap();
+        let layers = Layers::new(&SemanticStatus::unavailable(
+            &secureclaw_llm::ModelError::NotBuilt,
+        ));
         let mut out = Vec::new();
-        let code = scan(&d, "t", text, json, per_line, &mut out).unwrap();
+        let code = scan(&d, &layers, "t", text, json, per_line, &mut out).unwrap();
         (code, String::from_utf8(out).unwrap())
     }
 
@@ -181,7 +279,15 @@ mod tests {
     fn scan_clean_exits_zero() {
         let (code, out) = run_scan("ignore whitespace in the diff\n", false, true);
         assert_eq!(code, 0);
-        assert!(out.starts_with("t:1: clean"), "{out}");
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "layers: unicode active, regex active, semantic unavailable (built without the \
+                 `ml` feature: rebuild with --features ml)"
+            )
+        );
+        assert!(lines.next().unwrap().starts_with("t:1: clean"), "{out}");
     }
 
     #[test]
@@ -197,5 +303,12 @@ mod tests {
         assert_eq!(lines[1]["flagged"], true);
         assert_eq!(lines[1]["findings"][0]["layer"], "regex");
         assert_eq!(lines[1]["findings"][0]["pattern_id"], "chatml-role-token");
+        assert_eq!(lines[1]["layers"]["regex"], "active");
+        assert!(
+            lines[1]["layers"]["semantic"]
+                .as_str()
+                .unwrap()
+                .starts_with("unavailable (")
+        );
     }
 }

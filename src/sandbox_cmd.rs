@@ -32,6 +32,12 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the docker backend's seccomp profile (Docker's JSON format), generated from the
+    /// reviewed policy `sandbox/policy/seccomp.toml`: for review, or for `docker run
+    /// --security-opt seccomp=FILE` outside secureclaw (together with `--security-opt
+    /// no-new-privileges` and `--cap-drop ALL`: the profile denies `capset`, so runc must
+    /// install it after dropping capabilities, which it does only with no-new-privileges).
+    SeccompProfile,
     /// Build the Docker sandbox image with no registry: Debian's static busybox (and any
     /// --include'd host programs with their libraries) on an empty base.
     BuildImage {
@@ -56,6 +62,13 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
         .build()?;
     match cmd {
         SandboxCommand::Check { required, json } => rt.block_on(check(required, json)),
+        SandboxCommand::SeccompProfile => {
+            let profile = secureclaw_sandbox::docker::profile::repository_profile()
+                .map_err(anyhow::Error::msg)?;
+            let value: serde_json::Value = serde_json::from_str(profile)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(exit::OK)
+        }
         SandboxCommand::BuildImage {
             tag,
             busybox,

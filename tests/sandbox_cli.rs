@@ -251,3 +251,26 @@ fn a_killed_engines_container_is_removed_by_the_next_engine() {
         "leftover container not swept"
     );
 }
+
+#[test]
+fn the_printed_seccomp_profile_is_the_one_containers_get() {
+    let out = secureclaw()
+        .args(["sandbox", "seccomp-profile"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let profile: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let allowed: Vec<&str> = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW")
+        .flat_map(|r| r["names"].as_array().unwrap())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for denied in ["ptrace", "mount", "bpf", "keyctl", "unshare", "setns"] {
+        assert!(!allowed.contains(&denied), "{denied}");
+    }
+    assert!(allowed.contains(&"read") && allowed.contains(&"execve"));
+}
