@@ -218,6 +218,9 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
         r.started_at,
         r.finished_at.as_deref().unwrap_or("-")
     );
+    if let Some(m) = &r.risk_model {
+        println!("risk      {m}");
+    }
     if !r.approval.nodes.is_empty() {
         let nodes: Vec<String> = r
             .approval

@@ -24,6 +24,9 @@ struct JsonLine<'a> {
     command: &'a str,
     #[serde(flatten)]
     assessment: &'a Assessment,
+    /// Set when the optional risk model (feature `ml`) raises the tier; it never lowers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_raise: Option<&'a secureclaw_llm::RiskRaise>,
 }
 
 pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
@@ -47,15 +50,27 @@ pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
         })
         .collect();
 
+    // The optional model (feature `ml` and its files) may raise a tier, as in a run.
+    let (model, _status) = secureclaw_llm::load_risk_model();
+    let raises: Vec<Option<secureclaw_llm::RiskRaise>> = results
+        .iter()
+        .map(|(command, a)| {
+            let model = model.as_ref()?;
+            let heuristic = secureclaw_llm::ModelTier::parse(a.tier.as_str())?;
+            model.assess(command, heuristic).ok().flatten()
+        })
+        .collect();
+
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
-        for (command, assessment) in &results {
+        for ((command, assessment), raise) in results.iter().zip(&raises) {
             serde_json::to_writer(
                 &mut out,
                 &JsonLine {
                     command,
                     assessment,
+                    model_raise: raise.as_ref(),
                 },
             )
             .context("writing JSON")?;
@@ -65,6 +80,16 @@ pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
         let color = console::Term::stdout().is_term() && console::colors_enabled();
         out.write_all(format_human(&results, color).as_bytes())
             .context("writing to standard output")?;
+        for ((command, _), raise) in results.iter().zip(&raises) {
+            if let Some(r) = raise {
+                writeln!(
+                    out,
+                    "risk model raises `{command}` to {} (close to `{}`, similarity {:.2})",
+                    r.tier, r.exemplar_text, r.score
+                )
+                .context("writing to standard output")?;
+            }
+        }
     }
     out.flush().context("writing to standard output")?;
     Ok(0)

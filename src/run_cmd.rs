@@ -248,6 +248,10 @@ async fn run_once(
         events: display.sink(),
         store,
     };
+    let (risk_model, risk_status) = secureclaw_llm::load_risk_model();
+    if risk_status.active {
+        eprintln!("{}", style(&risk_status).dim());
+    }
     let opts = RunOptions {
         workspace,
         state_dir: state,
@@ -255,6 +259,8 @@ async fn run_once(
         jobs: args.jobs,
         fail_fast: args.fail_fast,
         base_limits: secureclaw_sandbox::Limits::from_env().map_err(anyhow::Error::msg)?,
+        risk_model: risk_model.map(Arc::new),
+        risk_model_status: risk_status.to_string(),
     };
     let record = match engine.run(&wf, opts, cancel).await {
         Ok(r) => r,

@@ -59,6 +59,8 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
                     jobs: 4,
                     fail_fast: false,
                     base_limits: Default::default(),
+                    risk_model: None,
+                    risk_model_status: String::new(),
                 },
                 tokio_util::sync::CancellationToken::new(),
             ))

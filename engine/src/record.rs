@@ -148,6 +148,10 @@ pub struct RunRecord {
     #[serde(default)]
     pub approval: PlanApproval,
     pub steps: Vec<StepRecord>,
+    /// Whether the optional command risk model could raise tiers in this run, or why not
+    /// ("heuristic tiers only").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_model: Option<String>,
     /// Workspace manifest hash before the run (set when a step may write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_manifest: Option<String>,

@@ -63,6 +63,11 @@ pub struct RunOptions {
     /// Step limits before the workflow's `sandbox:` settings (the seed's defaults, or the
     /// `DOCKER_*` variables: `Limits::from_env`).
     pub base_limits: Limits,
+    /// The optional command risk model (feature `ml`): it may raise a shell step's tier, never
+    /// lower it. `None`: the heuristics stand alone, and `risk_model_status` says why.
+    pub risk_model: Option<Arc<secureclaw_llm::CommandRiskModel>>,
+    /// What the run record says about the risk model.
+    pub risk_model_status: String,
 }
 
 pub struct Engine {
@@ -359,6 +364,7 @@ impl Engine {
             pid: std::process::id(),
             inputs: opts.inputs.clone(),
             approval: self.plan_approval(wf),
+            risk_model: Some(opts.risk_model_status.clone()),
             steps: wf
                 .workflow
                 .steps
@@ -582,7 +588,7 @@ impl Engine {
                     };
                 record.steps[i].rendered = Some(rendered.to_json(step));
                 // The tier of what will really run: templating can make a command more dangerous.
-                let risk = effective_risk(&wf.risk[i], &rendered);
+                let risk = effective_risk(&wf.risk[i], &rendered, opts.risk_model.as_deref());
                 record.steps[i].tier = risk.tier;
                 record.steps[i].rule = risk.rule.clone();
                 if risk.needs_approval() {
@@ -1048,19 +1054,41 @@ fn render_json(
     })
 }
 
-fn effective_risk(static_risk: &NodeRisk, rendered: &Rendered) -> NodeRisk {
+fn effective_risk(
+    static_risk: &NodeRisk,
+    rendered: &Rendered,
+    model: Option<&secureclaw_llm::CommandRiskModel>,
+) -> NodeRisk {
+    let mut risk = static_risk.clone();
     if let Rendered::Shell { command, .. } = rendered {
         let a = secureclaw_risk::classify_shell(command);
-        if a.tier > static_risk.tier {
-            return NodeRisk {
+        if a.tier > risk.tier {
+            risk = NodeRisk {
                 tier: a.tier,
                 rule: a.rule,
                 reason: format!("{} (after templating)", a.reason),
                 forced_approval: static_risk.forced_approval,
             };
         }
+        // The model only ever raises. A model failure leaves the heuristic tier standing.
+        let heuristic = secureclaw_llm::ModelTier::parse(risk.tier.as_str());
+        if let (Some(model), Some(heuristic)) = (model, heuristic)
+            && let Ok(Some(raise)) = model.assess(command, heuristic)
+            && let Some(tier) = Tier::parse(raise.tier.as_str())
+            && tier > risk.tier
+        {
+            risk = NodeRisk {
+                tier,
+                rule: "risk-model".into(),
+                reason: format!(
+                    "the risk model finds it close to `{}` (similarity {:.2}, margin {:.2})",
+                    raise.exemplar_text, raise.score, raise.margin
+                ),
+                forced_approval: static_risk.forced_approval,
+            };
+        }
     }
-    static_risk.clone()
+    risk
 }
 
 async fn execute(job: StepJob) -> Finished {

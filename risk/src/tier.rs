@@ -44,6 +44,11 @@ impl Tier {
         }
     }
 
+    /// The tier named `read_only`, `low_write`, `destructive` or `network_egress`.
+    pub fn parse(name: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     /// Whether the default policy pauses before running a node of this tier.
     pub fn needs_approval(self) -> bool {
         matches!(self, Tier::Destructive | Tier::NetworkEgress)
