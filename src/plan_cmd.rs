@@ -38,6 +38,12 @@ pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Re
     let cfg = LlmConfig::from_env().context("reading the LLM configuration")?;
     let chain = FallbackChain::from_config(&cfg).context("setting up the LLM providers")?;
     let guards = Guards::from_config(&cfg).context("loading the prompt guards")?;
+    // The semantic injection layer (feature `ml`) screens the instruction too when its model
+    // files are installed; a build without the feature has the unicode and regex layers.
+    let (guards, semantic) = guards.with_semantic();
+    if cfg!(feature = "ml") {
+        eprintln!("{}", style(semantic.summary()).dim());
+    }
     let planner = Planner::new(chain, guards);
     eprintln!("{} planning…", style("plan").cyan().bold());
     match planner.plan(instruction, max_repairs).await {
