@@ -204,8 +204,10 @@ mod tests {
         let v = serde_json::to_value(JsonLine {
             command: "git push --force",
             assessment: &a,
+            model_raise: None,
         })
         .unwrap_or_default();
+        assert!(v.get("model_raise").is_none(), "absent unless the model raises");
         assert_eq!(v["command"], "git push --force");
         assert_eq!(v["tier"], "network_egress");
         assert_eq!(v["rule"], "git-network");
