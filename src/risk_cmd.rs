@@ -207,7 +207,10 @@ mod tests {
             model_raise: None,
         })
         .unwrap_or_default();
-        assert!(v.get("model_raise").is_none(), "absent unless the model raises");
+        assert!(
+            v.get("model_raise").is_none(),
+            "absent unless the model raises"
+        );
         assert_eq!(v["command"], "git push --force");
         assert_eq!(v["tier"], "network_egress");
         assert_eq!(v["rule"], "git-network");

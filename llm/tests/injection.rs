@@ -12,57 +12,12 @@ use secureclaw_llm::{Detector, RegexLayer, UnicodeLayer};
 const THRESH_HOLDOUT_RECALL: f64 = 0.45;
 const THRESH_HOLDOUT_PRECISION: f64 = 0.85;
 
-struct Row {
-    attack: bool,
-    category: String,
-    text: String,
-}
+mod labelled;
 
-/// `\n`, `\t`, `\\` and `\u{HEX}` escapes keep invisible characters reviewable in the file.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('\\') => out.push('\\'),
-            Some('u') => {
-                assert_eq!(chars.next(), Some('{'));
-                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
-            }
-            other => panic!("bad escape \\{other:?} in {s:?}"),
-        }
-    }
-    out
-}
+use labelled::Row;
 
 fn load() -> Vec<Row> {
-    parse(include_str!("data/injection.tsv"))
-}
-
-fn parse(raw: &str) -> Vec<Row> {
-    let mut lines = raw.lines();
-    assert_eq!(lines.next(), Some("label\tsource\tcategory\ttext"));
-    lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let cols: Vec<&str> = l.splitn(4, '\t').collect();
-            assert_eq!(cols.len(), 4, "{l}");
-            assert!(cols[0] == "attack" || cols[0] == "benign", "{l}");
-            assert!(!cols[1].is_empty());
-            Row {
-                attack: cols[0] == "attack",
-                category: cols[2].to_owned(),
-                text: unescape(cols[3]),
-            }
-        })
-        .collect()
+    labelled::parse("injection.tsv", include_str!("data/injection.tsv"))
 }
 
 struct Score {
@@ -186,7 +141,10 @@ fn precision_and_recall_per_layer() {
 /// Written after the patterns were frozen and never tuned against: the honest estimate.
 #[test]
 fn holdout_precision_and_recall() {
-    let rows = parse(include_str!("data/injection-holdout.tsv"));
+    let rows = labelled::parse(
+        "injection-holdout.tsv",
+        include_str!("data/injection-holdout.tsv"),
+    );
     assert!(rows.len() >= 40);
     let both = Detector::builtin().unwrap();
     let b = evaluate("holdout unicode+regex", &both, &rows);
