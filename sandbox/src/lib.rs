@@ -53,6 +53,22 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
+impl SandboxError {
+    /// An isolating backend refusing to run without the layers in `missing`.
+    pub fn degraded(backend: &str, missing: Vec<String>, layers: Vec<Layer>) -> Self {
+        SandboxError::Degraded {
+            backend: backend.into(),
+            missing: missing.clone(),
+            report: Box::new(EnforcementReport {
+                backend: backend.into(),
+                isolated: true,
+                layers,
+                missing,
+            }),
+        }
+    }
+}
+
 /// One execution backend. Implementations must kill the whole process tree on timeout or
 /// cancellation before returning.
 #[async_trait]

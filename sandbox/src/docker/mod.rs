@@ -633,16 +633,7 @@ impl DockerSandbox {
         let (mut layers, missing) = layers_from_inspect(&inspected, expected);
         if !missing.is_empty() && !spec.allow_degraded {
             removal.now().await;
-            return Err(SandboxError::Degraded {
-                backend: NAME.into(),
-                missing: missing.clone(),
-                report: Box::new(EnforcementReport {
-                    backend: NAME.into(),
-                    isolated: true,
-                    layers,
-                    missing,
-                }),
-            });
+            return Err(SandboxError::degraded(NAME, missing, layers));
         }
 
         let attached = docker

@@ -221,16 +221,7 @@ fn missing_layers(p: &Probe) -> Vec<String> {
 }
 
 fn degraded(missing: Vec<String>, layers: Vec<Layer>) -> SandboxError {
-    SandboxError::Degraded {
-        backend: NAME.into(),
-        missing: missing.clone(),
-        report: Box::new(EnforcementReport {
-            backend: NAME.into(),
-            isolated: true,
-            layers,
-            missing,
-        }),
-    }
+    SandboxError::degraded(NAME, missing, layers)
 }
 
 enum Ended {
