@@ -21,9 +21,12 @@ use crate::exit;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SandboxCommand {
-    /// For each backend: is it available, and which isolation layers are in force (read back
-    /// from a real probe step, not from our configuration). Exits 1 if a backend named with
-    /// --backend (default: native) is unavailable or misses a layer.
+    /// Which isolation layers each backend really enforces here.
+    ///
+    /// Runs a probe step in every backend and reports the layers as the backend read them back
+    /// (docker: the daemon's inspect of the real container), plus the kernel's own view from
+    /// inside the step (seccomp mode, no_new_privs, capabilities, uid). Exits 1 if a backend
+    /// named with --backend (default: native) is unavailable or misses a layer.
     Check {
         /// Backends whose failure makes the command fail [default: native].
         #[arg(long = "backend", value_name = "NAME")]
@@ -32,14 +35,18 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the docker backend's seccomp profile (Docker's JSON format), generated from the
-    /// reviewed policy `sandbox/policy/seccomp.toml`: for review, or for `docker run
-    /// --security-opt seccomp=FILE` outside secureclaw (together with `--security-opt
-    /// no-new-privileges` and `--cap-drop ALL`: the profile denies `capset`, so runc must
-    /// install it after dropping capabilities, which it does only with no-new-privileges).
+    /// Print the docker backend's seccomp profile (Docker's JSON format).
+    ///
+    /// Generated from the reviewed policy `sandbox/policy/seccomp.toml`: for review, or for
+    /// `docker run --security-opt seccomp=FILE` outside secureclaw, together with
+    /// `--security-opt no-new-privileges` and `--cap-drop ALL` (the profile denies `capset`, so
+    /// runc must install it after dropping capabilities, which it does only with
+    /// no-new-privileges).
     SeccompProfile,
-    /// Build the Docker sandbox image with no registry: Debian's static busybox (and any
-    /// --include'd host programs with their libraries) on an empty base.
+    /// Build the docker backend's image offline (no registry).
+    ///
+    /// The image is Debian's static busybox (and any --include'd host programs with their
+    /// libraries) on an empty base, from sandbox/docker/Dockerfile.offline.
     BuildImage {
         /// Image tag [default: secureclaw-sandbox:<version>, also tagged
         /// secureclaw-sandbox:latest, the docker backend's default (DOCKER_BASE_IMAGE)].
