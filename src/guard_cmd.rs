@@ -13,9 +13,11 @@ use secureclaw_llm::{Detector, Scrubber, SemanticStatus, Verdict};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GuardCommand {
-    /// Scan untrusted text for prompt injection (unicode smuggling + regex patterns, plus the
-    /// semantic layer when built with `ml` and the model is installed). Prints which layers ran,
-    /// then a verdict per file (or per line with --per-line); exits 1 if anything is flagged.
+    /// Screen untrusted text for prompt injection; exits 1 if anything is flagged.
+    ///
+    /// Layers: unicode smuggling and regex patterns, plus the semantic layer when built with
+    /// `ml` and the model is installed. Prints which layers ran, then a verdict per file (or per
+    /// line with --per-line).
     Scan {
         /// Print one JSON object per verdict (JSON lines).
         #[arg(long)]
@@ -26,15 +28,19 @@ pub enum GuardCommand {
         #[arg(long)]
         per_line: bool,
     },
-    /// Replace secrets and personal data with placeholders (<SECRET_1>, <EMAIL_1>, ...) and print
-    /// the result: exactly what a non-local LLM provider would receive.
+    /// Print the text with secrets and personal data replaced by placeholders.
+    ///
+    /// Placeholders look like <SECRET_1>, <EMAIL_1>: the output is exactly what a non-local LLM
+    /// provider would receive.
     Scrub {
         /// FILE to scrub, or - for standard input [default: standard input].
         input: Option<PathBuf>,
     },
-    /// Show where the semantic layer's model files are looked for, which are missing, and whether
-    /// the layer and the command risk model load. Exits 0 when the semantic layer is active, 1
-    /// otherwise (install the files with scripts/setup-models.sh).
+    /// Show whether the semantic layer's model files are installed and load.
+    ///
+    /// Prints where they are looked for, which are missing, and whether the semantic layer and
+    /// the command risk model load. Exits 0 when the semantic layer is active, 1 otherwise
+    /// (install the files with scripts/setup-models.sh).
     Models {
         /// Print one JSON object.
         #[arg(long)]
