@@ -327,6 +327,15 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
+/// Whether `url`'s host and port are on the `network` list, by the egress proxy's rules: a name
+/// allows ports 80 and 443, `name:port` that port only, `*.name` the subdomains of `name`.
+pub fn url_allowed(allowed: &[String], url: &reqwest::Url) -> bool {
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    secureclaw_egress::Allowlist::parse(allowed).is_ok_and(|list| list.check(host, port).is_ok())
+}
+
 fn check_host(url: &reqwest::Url, allowed: &[String]) -> Result<(), ActionError> {
     // The URL parser normalises every IPv4 spelling (`2130706433`, `0x7f.1`) to dotted form
     // and brackets IPv6, so this catches them all.
@@ -342,10 +351,7 @@ fn check_host(url: &reqwest::Url, allowed: &[String]) -> Result<(), ActionError>
     }
     let host = url.host_str().unwrap_or_default();
     let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
-    let ok = allowed
-        .iter()
-        .any(|a| a == host && url.port().is_none() || Some(a) == with_port.as_ref());
-    if ok {
+    if url_allowed(allowed, url) {
         Ok(())
     } else {
         Err(ActionError::HostNotAllowed {
@@ -400,5 +406,30 @@ mod tests {
         }
         let ok = reqwest::Url::parse("https://example.com/x").unwrap();
         assert!(check_host(&ok, &["example.com".into()]).is_ok());
+    }
+
+    #[test]
+    fn http_steps_and_the_proxy_read_the_allowlist_alike() {
+        let list: Vec<String> = vec![
+            "api.example.com".into(),
+            "*.cdn.example.com".into(),
+            "hooks.example.com:8443".into(),
+        ];
+        let allowed = |u: &str| url_allowed(&list, &reqwest::Url::parse(u).unwrap());
+        assert!(allowed("https://api.example.com/v1"));
+        assert!(allowed("http://api.example.com/v1"));
+        assert!(
+            !allowed("https://api.example.com:8443/"),
+            "a bare name allows 80 and 443 only"
+        );
+        assert!(allowed("https://hooks.example.com:8443/x"));
+        assert!(!allowed("https://hooks.example.com/x"));
+        assert!(allowed("https://img.cdn.example.com/a.png"));
+        assert!(
+            !allowed("https://cdn.example.com/"),
+            "a wildcard covers subdomains only"
+        );
+        assert!(!allowed("https://api.example.com.evil.test/"));
+        assert!(!allowed("https://evil.test/?api.example.com"));
     }
 }

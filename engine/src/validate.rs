@@ -475,7 +475,7 @@ impl<'a> Semantics<'a> {
             if let Err(why) = check_domain(domain) {
                 diags.push(
                     self.at(&format!("/steps/{i}/network/{j}"), format!("`{domain}` is not an allowed network destination: {why}"))
-                        .with_hint("list plain DNS names such as `api.github.com` (optionally `:port`); IP literals and non-ASCII names are refused"),
+                        .with_hint("list DNS names such as `api.github.com`, `api.github.com:8443` (that port only) or `*.githubusercontent.com` (its subdomains); IP literals and non-ASCII names are refused"),
                 );
             }
         }
@@ -514,11 +514,7 @@ impl<'a> Semantics<'a> {
                 Ok(u) => {
                     let host = u.host_str().unwrap_or_default();
                     let with_port = u.port().map(|p| format!("{host}:{p}"));
-                    let allowed = step
-                        .network
-                        .iter()
-                        .any(|d| d == host || Some(d) == with_port.as_ref());
-                    if !allowed {
+                    if !crate::actions::url_allowed(&step.network, &u) {
                         diags.push(
                             self.at(
                                 &pointer,
@@ -837,10 +833,20 @@ fn cycle_path(deps: &[Vec<usize>], members: &BTreeSet<usize>) -> Vec<usize> {
 
 /// A network allowlist entry: an ASCII DNS name, optionally with a port.
 pub fn check_domain(entry: &str) -> Result<(), &'static str> {
+    check_domain_syntax(entry)?;
+    // The egress proxy enforces the same list at run time: never accept what it would refuse.
+    secureclaw_egress::Allowlist::parse(&[entry])
+        .map(|_| ())
+        .map_err(|_| "the egress proxy does not accept this entry")
+}
+
+fn check_domain_syntax(entry: &str) -> Result<(), &'static str> {
     let (host, port) = match entry.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
+    // `*.example.com`: any subdomain (not `example.com` itself); the rest is a plain name.
+    let host = host.strip_prefix("*.").unwrap_or(host);
     if let Some(p) = port
         && p.parse::<u16>().map_or(true, |p| p == 0)
     {
