@@ -6,108 +6,159 @@
 //! is refused unless the operator pinned that name to that address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+/// The reviewed list of forbidden ranges (first match wins).
+pub const FORBIDDEN_TOML: &str = include_str!("../policy/forbidden-addresses.toml");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    range: Vec<RangeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeEntry {
+    cidr: String,
+    class: String,
+}
+
+/// One range, both families widened to 128 bits (IPv4 as its IPv4-mapped form).
+struct Range {
+    v6: bool,
+    net: u128,
+    bits: u32,
+    class: &'static str,
+}
+
+impl Range {
+    fn contains(&self, v6: bool, addr: u128) -> bool {
+        let width = if self.v6 { 128 } else { 32 };
+        self.v6 == v6 && (self.bits == 0 || (addr ^ self.net) >> (width - self.bits) == 0)
+    }
+}
+
+/// Parse the policy text; an error names the entry.
+fn parse_policy(text: &str) -> Result<Vec<Range>, String> {
+    let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    file.range
+        .into_iter()
+        .map(|r| {
+            let (addr, bits) = r
+                .cidr
+                .split_once('/')
+                .ok_or_else(|| format!("`{}`: expected address/prefix", r.cidr))?;
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("`{}`: not an IP address", r.cidr))?;
+            let bits: u32 = bits
+                .parse()
+                .map_err(|_| format!("`{}`: bad prefix length", r.cidr))?;
+            let (v6, net, width) = match addr {
+                IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
+                IpAddr::V6(a) => (true, u128::from(a), 128),
+            };
+            if bits > width {
+                return Err(format!("`{}`: prefix longer than the address", r.cidr));
+            }
+            if bits < width && net << bits << (128 - width) != 0 {
+                return Err(format!("`{}`: host bits set below the prefix", r.cidr));
+            }
+            // Leaked once per process: the classes live as long as the policy.
+            let class: &'static str = Box::leak(r.class.into_boxed_str());
+            Ok(Range {
+                v6,
+                net,
+                bits,
+                class,
+            })
+        })
+        .collect()
+}
+
+fn policy() -> &'static Result<Vec<Range>, String> {
+    static POLICY: OnceLock<Result<Vec<Range>, String>> = OnceLock::new();
+    POLICY.get_or_init(|| parse_policy(FORBIDDEN_TOML))
+}
 
 /// The reason an address is not public unicast, or `None` if it may be connected to.
 pub fn forbidden_class(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => v4_class(v4),
-        IpAddr::V6(v6) => v6_class(v6),
-    }
-}
-
-fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    let n = u32::from(ip);
-    let in_net = |net: u32, bits: u32| (n ^ net) >> (32 - bits) == 0;
-    if ip == Ipv4Addr::new(169, 254, 169, 254) {
-        return Some("cloud metadata endpoint");
-    }
-    if ip.is_broadcast() {
-        return Some("broadcast");
-    }
-    let class = match () {
-        _ if o[0] == 0 => "unspecified / this network (0.0.0.0/8)",
-        _ if o[0] == 10 => "private (10.0.0.0/8)",
-        _ if in_net(0x6440_0000, 10) => "carrier-grade NAT (100.64.0.0/10)",
-        _ if o[0] == 127 => "loopback (127.0.0.0/8)",
-        _ if in_net(0xa9fe_0000, 16) => "link-local (169.254.0.0/16)",
-        _ if in_net(0xac10_0000, 12) => "private (172.16.0.0/12)",
-        _ if in_net(0xc000_0000, 24) => "IETF protocol assignments (192.0.0.0/24)",
-        _ if in_net(0xc000_0200, 24) => "documentation (192.0.2.0/24)",
-        _ if in_net(0xc058_6300, 24) => "6to4 relay anycast (192.88.99.0/24)",
-        _ if in_net(0xc0a8_0000, 16) => "private (192.168.0.0/16)",
-        _ if in_net(0xc612_0000, 15) => "benchmarking (198.18.0.0/15)",
-        _ if in_net(0xc633_6400, 24) => "documentation (198.51.100.0/24)",
-        _ if in_net(0xcb00_7100, 24) => "documentation (203.0.113.0/24)",
-        _ if in_net(0xe000_0000, 4) => "multicast (224.0.0.0/4)",
-        _ if in_net(0xf000_0000, 4) => "reserved (240.0.0.0/4)",
-        _ => return None,
-    };
-    Some(class)
-}
-
-fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    if ip == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) {
-        return Some("cloud metadata endpoint");
-    }
-    if ip.is_unspecified() {
-        return Some("unspecified (::)");
-    }
-    if ip.is_loopback() {
-        return Some("loopback (::1)");
-    }
     // Addresses that embed an IPv4 address reach that IPv4 host, so they are judged by it.
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return v4_class(v4).map(|_| "IPv4-mapped address of a forbidden IPv4 address");
+    if let IpAddr::V6(v6) = ip
+        && let Some((v4, how)) = embedded_v4(v6)
+    {
+        return lookup(IpAddr::V4(v4)).map(|_| how);
+    }
+    lookup(ip)
+}
+
+fn lookup(ip: IpAddr) -> Option<&'static str> {
+    let ranges = match policy() {
+        Ok(r) => r,
+        // Fail closed: an unreadable policy forbids everything (the policy test catches it).
+        Err(_) => return Some("the forbidden-address policy does not parse"),
+    };
+    let (v6, addr) = match ip {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    };
+    ranges
+        .iter()
+        .find(|r| r.contains(v6, addr))
+        .map(|r| r.class)
+}
+
+/// The IPv4 address inside an IPv4-mapped, NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<(Ipv4Addr, &'static str)> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| {
+        Ipv4Addr::new(
+            (hi >> 8) as u8,
+            (hi & 0xff) as u8,
+            (lo >> 8) as u8,
+            (lo & 0xff) as u8,
+        )
+    };
+    if let Some(a) = ip.to_ipv4_mapped() {
+        return Some((a, "IPv4-mapped address of a forbidden IPv4 address"));
     }
     if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        // NAT64 well-known prefix 64:ff9b::/96: the gateway forwards to the embedded IPv4.
-        let v4 = Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            (s[6] & 0xff) as u8,
-            (s[7] >> 8) as u8,
-            (s[7] & 0xff) as u8,
-        );
-        return v4_class(v4).map(|_| "NAT64 address of a forbidden IPv4 address");
+        // The NAT64 gateway forwards to the embedded IPv4 address.
+        return Some((v4(s[6], s[7]), "NAT64 address of a forbidden IPv4 address"));
     }
     if s[0] == 0x2002 {
         // 6to4 embeds the IPv4 address of the relay target in bits 16..48.
-        let v4 = Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            (s[1] & 0xff) as u8,
-            (s[2] >> 8) as u8,
-            (s[2] & 0xff) as u8,
-        );
-        return v4_class(v4).map(|_| "6to4 address of a forbidden IPv4 address");
+        return Some((v4(s[1], s[2]), "6to4 address of a forbidden IPv4 address"));
     }
-    let class = match () {
-        _ if s[0] & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
-        _ if s[0] & 0xffc0 == 0xfe80 => "link-local (fe80::/10)",
-        _ if s[0] & 0xffc0 == 0xfec0 => "site-local (fec0::/10)",
-        _ if s[0] & 0xff00 == 0xff00 => "multicast (ff00::/8)",
-        _ if s[0] == 0x2001 && s[1] == 0x0db8 => "documentation (2001:db8::/32)",
-        _ if s[0] == 0x3fff && s[1] & 0xf000 == 0 => "documentation (3fff::/20)",
-        _ if s[0] == 0x2001 && s[1] < 0x0200 => {
-            // 2001::/23 IETF protocol assignments, including Teredo (2001::/32), which tunnels
-            // to an embedded, obfuscated IPv4 address.
-            "IETF protocol assignments (2001::/23)"
-        }
-        _ if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1 => "local-use NAT64 (64:ff9b:1::/48)",
-        _ if s[0] == 0x0100 && s[1..4] == [0, 0, 0] => "discard-only (100::/64)",
-        _ if s[0] == 0x5f00 => "SRv6 SIDs (5f00::/16)",
-        // Everything else outside global unicast 2000::/3 (including deprecated IPv4-compatible
-        // ::a.b.c.d) is reserved or special-purpose.
-        _ if s[0] & 0xe000 != 0x2000 => "reserved (outside 2000::/3)",
-        _ => return None,
-    };
-    Some(class)
+    None
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn the_shipped_policy_parses() {
+        let ranges = parse_policy(FORBIDDEN_TOML).unwrap();
+        assert!(ranges.len() >= 30, "{}", ranges.len());
+    }
+
+    #[test]
+    fn a_broken_policy_is_refused_not_half_read() {
+        for bad in [
+            "[[range]]\ncidr = \"10.0.0.0\"\nclass = \"x\"\n",
+            "[[range]]\ncidr = \"10.0.0.1/8\"\nclass = \"x\"\n",
+            "[[range]]\ncidr = \"10.0.0.0/33\"\nclass = \"x\"\n",
+            "[[range]]\ncidr = \"ten/8\"\nclass = \"x\"\n",
+            "[[range]]\ncidr = \"10.0.0.0/8\"\nclas = \"typo\"\n",
+        ] {
+            assert!(parse_policy(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn table() {
