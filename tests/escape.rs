@@ -1,8 +1,10 @@
 //! The escape battery, end to end: every case in `tests/escape/cases.rs` runs as a workflow
-//! step through the real `secureclaw` binary. On `native` every attack must fail and leave the
-//! host untouched; on `host` the same attacks are run to show which succeed there (proving
-//! the checks can fail).
+//! step through the real `secureclaw` binary. On `native` and `docker` every attack must fail
+//! and leave the host untouched; on `host` the same attacks are run to show which succeed there
+//! (proving the checks can fail).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -122,6 +124,7 @@ fn secureclaw(env: &Env, file: &Path, backend: &str, state: &Path) -> Command {
         .env("SECURECLAW_PASSPHRASE", "escape-battery-passphrase")
         // The vault's key derivation is not what this battery tests; keep it cheap.
         .env("ARGON2_MEMORY_KB", "8192")
+        .env("DOCKER_BASE_IMAGE", ESCAPE_IMAGE)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -134,8 +137,46 @@ struct Verdict {
     output: String,
 }
 
+/// The docker backend attacks from an image with the same tools as the host: busybox plus perl
+/// (with its core modules) and setuid `su`, built offline through the CLI once per test binary.
+const ESCAPE_IMAGE: &str = "secureclaw-sandbox:escape-cli";
+
+fn escape_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let inc = Command::new("perl")
+            .args(["-e", "print for grep m{/perl-base$}, @INC"])
+            .output()
+            .unwrap();
+        let perl_base = String::from_utf8(inc.stdout).unwrap();
+        assert!(!perl_base.is_empty(), "perl-base module dir not found");
+        let out = common::secureclaw()
+            .args(["sandbox", "build-image", "--tag", ESCAPE_IMAGE])
+            .args([
+                "--include",
+                "perl",
+                "--include",
+                "/bin/su",
+                "--include",
+                &perl_base,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 fn attack(backend: &str, case: &Case) -> Verdict {
     let env = setup();
+    if backend == "docker" {
+        escape_image();
+        // Containers run as the workspace's owner; a root-owned one would be read-only.
+        common::chown_tree(&env.ws, 1000);
+    }
     let before = snapshot(&env.out);
     let file = env.base.join("attack.yaml");
     std::fs::write(
@@ -195,12 +236,13 @@ fn attack(backend: &str, case: &Case) -> Verdict {
     }
 }
 
-#[test]
-fn native_backend_stops_every_attack() {
+/// Every case on `backend`: no evidence on the host, every step really ran, and the resource
+/// cases ended in failure.
+fn assert_stops_every_attack(backend: &str) {
     let mut failures = Vec::new();
     for case in CASES {
-        let v = attack("native", case);
-        println!("native {:<22} exit {:?}", case.id, v.code);
+        let v = attack(backend, case);
+        println!("{backend} {:<22} exit {:?}", case.id, v.code);
         if !v.evidence.is_empty() {
             failures.push(format!(
                 "{}: ESCAPED {:?}\n{}",
@@ -223,9 +265,19 @@ fn native_backend_stops_every_attack() {
     }
     assert!(
         failures.is_empty(),
-        "native failures:\n{}",
+        "{backend} failures:\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn native_backend_stops_every_attack() {
+    assert_stops_every_attack("native");
+}
+
+#[test]
+fn docker_backend_stops_every_attack() {
+    assert_stops_every_attack("docker");
 }
 
 #[test]
