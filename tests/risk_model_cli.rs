@@ -47,13 +47,13 @@ fn without_the_model_the_record_says_heuristics_only() {
     assert!(status.contains("heuristic tiers only"), "{status}");
 }
 
-/// A socket opened from inline Ruby: the heuristics call it `low_write` (their network rule for
-/// interpreters covers Python only), the model (trained on nearby exemplars, not on this
-/// command) raises it to `network_egress`.
+/// An SQL delete through a generic SQL client the heuristics do not know (`usql`): they call it
+/// `low_write`, the model (trained on nearby exemplars, not on this command) raises it to
+/// `destructive`.
 #[cfg(feature = "ml")]
 #[test]
 fn the_model_raises_an_underrated_command_and_the_run_pauses() {
-    let command = "ruby -rsocket -e 'TCPSocket.open(\"198.51.100.7\", 9001)'";
+    let command = "usql sqlite:shop.db -c 'DELETE FROM customers;'";
     let heuristic = secureclaw()
         .args(["risk", "--json", command])
         .output()
@@ -66,12 +66,11 @@ fn the_model_raises_an_underrated_command_and_the_run_pauses() {
         "built with `ml` but the model is unavailable (run scripts/setup-models.sh): {status}"
     );
     assert_eq!(line["tier"], "low_write", "{line}");
-    assert_eq!(line["model_raise"]["tier"], "network_egress", "{line}");
-    // Raised: without a terminal or --approve, the run stops before the step (which would
-    // only fail anyway: the sandbox has no route to 198.51.100.7).
+    assert_eq!(line["model_raise"]["tier"], "destructive", "{line}");
+    // Raised: without a terminal or --approve, the run stops before the step.
     assert_eq!(code, Some(3), "{rec:#}");
     let step = &rec["steps"][0];
-    assert_eq!(step["tier"], "network_egress");
+    assert_eq!(step["tier"], "destructive");
     assert_eq!(step["rule"], "risk-model");
     assert_eq!(step["state"], "waiting_approval");
 }
