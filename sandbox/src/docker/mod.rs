@@ -282,19 +282,15 @@ impl DockerSandbox {
 
 /// The uid:gid the step runs as: the workspace's owner, so files the step creates belong to
 /// the user who owns the workspace, except root, which is never used (the seed's 1000:1000).
-fn step_user(workspace: &Path) -> Result<(u32, u32), SandboxError> {
+/// Also says whether root owns the workspace (the step then cannot write to it).
+fn step_user(workspace: &Path) -> Result<((u32, u32), bool), SandboxError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(workspace)?;
     Ok(if meta.uid() == 0 {
-        DEFAULT_USER
+        (DEFAULT_USER, true)
     } else {
-        (meta.uid(), meta.gid())
+        ((meta.uid(), meta.gid()), false)
     })
-}
-
-fn owner_is_root(workspace: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(workspace).is_ok_and(|m| m.uid() == 0)
 }
 
 fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
@@ -392,6 +388,7 @@ fn container_body(
 fn layers_from_inspect(
     inspected: &ContainerInspectResponse,
     expected: &Expected,
+    profile: &str,
 ) -> (Vec<Layer>, Vec<String>) {
     let hc = inspected.host_config.clone().unwrap_or_default();
     let user = inspected
@@ -404,10 +401,8 @@ fn layers_from_inspect(
         .iter()
         .find(|o| o.starts_with("seccomp="))
         .map(|o| &o["seccomp=".len()..]);
-    let seccomp_ok = seccomp.is_some_and(|p| {
-        serde_json::from_str::<serde_json::Value>(p)
-            .is_ok_and(|v| v["defaultAction"] == "SCMP_ACT_ERRNO")
-    });
+    // Exactly our profile: a string comparison, no JSON parse per step.
+    let seccomp_ok = seccomp == Some(profile);
     let caps_dropped = hc
         .cap_drop
         .as_ref()
@@ -542,7 +537,7 @@ impl Sandbox for DockerSandbox {
             .clone()
             .unwrap_or_else(|| self.default_image.clone());
         let profile = profile::repository_profile().map_err(unavailable)?;
-        let (uid, gid) = step_user(&workspace)?;
+        let ((uid, gid), root_workspace) = step_user(&workspace)?;
 
         let mut spec = spec.clone();
         let egress = match &spec.network {
@@ -561,7 +556,7 @@ impl Sandbox for DockerSandbox {
             }
         };
         let expected = Expected {
-            root_workspace: owner_is_root(&workspace),
+            root_workspace,
             user: format!("{uid}:{gid}"),
             network_mode: match &egress {
                 Some((holder, _)) => format!("container:{}", holder.id()),
@@ -630,7 +625,7 @@ impl DockerSandbox {
             .await
             .map_err(|e| docker_error("inspect the step's container", e))?;
         trace.mark("inspect");
-        let (mut layers, missing) = layers_from_inspect(&inspected, expected);
+        let (mut layers, missing) = layers_from_inspect(&inspected, expected, profile);
         if !missing.is_empty() && !spec.allow_degraded {
             removal.now().await;
             return Err(SandboxError::degraded(NAME, missing, layers));
@@ -961,13 +956,8 @@ mod tests {
             pids: 128,
         };
         let spec = ExecSpec::shell("true", "/tmp".into());
-        let body = container_body(
-            &spec,
-            Path::new("/tmp"),
-            "img",
-            &expected,
-            "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}",
-        );
+        let profile = "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}";
+        let body = container_body(&spec, Path::new("/tmp"), "img", &expected, profile);
         let as_inspected = |hc: HostConfig| ContainerInspectResponse {
             host_config: Some(hc),
             config: Some(bollard::models::ContainerConfig {
@@ -977,15 +967,25 @@ mod tests {
             ..Default::default()
         };
         let good = as_inspected(body.host_config.clone().unwrap());
-        let (_, missing) = layers_from_inspect(&good, &expected);
+        let (_, missing) = layers_from_inspect(&good, &expected, profile);
         assert!(missing.is_empty(), "{missing:?}");
+
+        // Another default-deny profile is not ours (it could allow ptrace): refused too.
+        let mut hc = body.host_config.clone().unwrap();
+        hc.security_opt = Some(vec![
+            "no-new-privileges:true".into(),
+            "seccomp={\"defaultAction\":\"SCMP_ACT_ERRNO\",\"syscalls\":[]}".into(),
+        ]);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected, profile);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].starts_with("seccomp:"), "{missing:?}");
 
         let mut hc = body.host_config.clone().unwrap();
         hc.security_opt = Some(vec!["seccomp=unconfined".into()]);
         hc.readonly_rootfs = Some(false);
         hc.cap_add = Some(vec!["SYS_ADMIN".into()]);
         hc.network_mode = Some("bridge".into());
-        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected, profile);
         let names: Vec<&str> = missing
             .iter()
             .map(|m| m.split(':').next().unwrap())
