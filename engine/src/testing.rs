@@ -19,21 +19,13 @@ impl Sandbox for NoopSandbox {
         true
     }
     async fn run(&self, _: &ExecSpec, _: CancellationToken) -> Result<ExecOutcome, SandboxError> {
-        Ok(ExecOutcome {
-            exit: ExitReason::Exited { code: 0 },
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_total: 0,
-            stderr_total: 0,
-            duration: std::time::Duration::ZERO,
-            enforcement: EnforcementReport {
-                backend: "noop".into(),
-                isolated: true,
-                layers: Vec::new(),
-                missing: Vec::new(),
-            },
-            egress: Vec::new(),
-        })
+        Ok(ExecOutcome::new(
+            ExitReason::Exited { code: 0 },
+            Default::default(),
+            Default::default(),
+            std::time::Duration::ZERO,
+            EnforcementReport::isolated("noop", Vec::new(), Vec::new()),
+        ))
     }
 }
 

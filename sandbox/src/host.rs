@@ -11,11 +11,10 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::read_capped;
+use crate::capture::{collect, read_capped};
 use crate::{EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Sandbox, SandboxError};
 
 /// How long to wait for output pipes after the process tree was killed.
-const PIPE_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Default, Clone)]
 pub struct HostSandbox;
@@ -109,29 +108,13 @@ impl Sandbox for HostSandbox {
         let _ = child.wait().await;
 
         let (stdout, stderr) = (collect(stdout).await, collect(stderr).await);
-        Ok(ExecOutcome {
+        Ok(ExecOutcome::new(
             exit,
-            stdout_total: stdout.total,
-            stderr_total: stderr.total,
-            stdout: stdout.kept,
-            stderr: stderr.kept,
-            duration: start.elapsed(),
-            enforcement: Self::report(),
-            egress: Vec::new(),
-        })
-    }
-}
-
-async fn collect(
-    task: Option<tokio::task::JoinHandle<std::io::Result<crate::CappedOutput>>>,
-) -> crate::CappedOutput {
-    let Some(task) = task else {
-        return Default::default();
-    };
-    match tokio::time::timeout(PIPE_DRAIN_GRACE, task).await {
-        Ok(Ok(Ok(out))) => out,
-        // A descendant that escaped the group may hold the pipe open; give up on the rest.
-        _ => Default::default(),
+            stdout,
+            stderr,
+            start.elapsed(),
+            Self::report(),
+        ))
     }
 }
 

@@ -59,12 +59,7 @@ impl SandboxError {
         SandboxError::Degraded {
             backend: backend.into(),
             missing: missing.clone(),
-            report: Box::new(EnforcementReport {
-                backend: backend.into(),
-                isolated: true,
-                layers,
-                missing,
-            }),
+            report: Box::new(EnforcementReport::isolated(backend, layers, missing)),
         }
     }
 }

@@ -193,6 +193,18 @@ pub struct EnforcementReport {
     pub missing: Vec<String>,
 }
 
+impl EnforcementReport {
+    /// The report of an isolating backend.
+    pub fn isolated(backend: &str, layers: Vec<Layer>, missing: Vec<String>) -> Self {
+        EnforcementReport {
+            backend: backend.into(),
+            isolated: true,
+            layers,
+            missing,
+        }
+    }
+}
+
 /// The result of one execution.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecOutcome {
@@ -207,6 +219,28 @@ pub struct ExecOutcome {
     /// Every outbound connection attempt through the egress proxy (allowed or refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::EgressEvent>,
+}
+
+impl ExecOutcome {
+    /// An outcome without egress events (the backend adds them when a proxy ran).
+    pub fn new(
+        exit: ExitReason,
+        stdout: crate::CappedOutput,
+        stderr: crate::CappedOutput,
+        duration: std::time::Duration,
+        enforcement: EnforcementReport,
+    ) -> Self {
+        ExecOutcome {
+            exit,
+            stdout_total: stdout.total,
+            stderr_total: stderr.total,
+            stdout: stdout.kept,
+            stderr: stderr.kept,
+            duration,
+            enforcement,
+            egress: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,6 @@ pub const ENGINE_LABEL: &str = "org.secureclaw.engine";
 pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
 /// Size of the step's `/tmp` (the seed's 64m).
 const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
-const OUTPUT_DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) fn unavailable(reason: String) -> SandboxError {
     SandboxError::Unavailable {
@@ -693,7 +692,7 @@ impl DockerSandbox {
         };
         removal.soon();
         trace.report();
-        let (out, err) = match tokio::time::timeout(OUTPUT_DRAIN_GRACE, reader).await {
+        let (out, err) = match tokio::time::timeout(crate::capture::DRAIN_GRACE, reader).await {
             Ok(Ok(streams)) => streams,
             _ => (CappedOutput::default(), CappedOutput::default()),
         };
@@ -718,21 +717,14 @@ impl DockerSandbox {
             active: true,
             detail: format!("{:?}", spec.limits.timeout),
         });
-        Ok(ExecOutcome {
+        // `run` sets the duration: it also covers the egress holder.
+        Ok(ExecOutcome::new(
             exit,
-            stdout_total: out.total,
-            stderr_total: err.total,
-            stdout: out.kept,
-            stderr: err.kept,
-            duration: Duration::ZERO,
-            enforcement: EnforcementReport {
-                backend: NAME.into(),
-                isolated: true,
-                layers,
-                missing,
-            },
-            egress: Vec::new(),
-        })
+            out,
+            err,
+            Duration::ZERO,
+            EnforcementReport::isolated(NAME, layers, missing),
+        ))
     }
 }
 
@@ -792,11 +784,7 @@ async fn read_streams(
             bollard::container::LogOutput::Console { message } => (&mut out, message),
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
-        target.total += bytes.len() as u64;
-        let room = cap.saturating_sub(target.kept.len());
-        target
-            .kept
-            .extend_from_slice(&bytes[..room.min(bytes.len())]);
+        target.push(&bytes, cap);
     }
     (out, err)
 }

@@ -15,14 +15,14 @@ mod protocol;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::read_capped;
+use crate::capture::{collect, read_capped};
 use crate::{
     CappedOutput, EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy,
     Sandbox, SandboxError,
@@ -33,7 +33,6 @@ use protocol::{HELPER_ARG, HelperConfig, HelperResult};
 pub use crate::DEFAULT_PATH;
 /// Size of the step's `/tmp` (the seed's 64m).
 pub const TMP_SIZE_BYTES: u64 = 64 * 1024 * 1024;
-const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Fresh network namespaces kept ready (each is used by exactly one step, then dropped).
 const NETNS_POOL: usize = 2;
 
@@ -544,33 +543,13 @@ impl NativeSandbox {
                 }
             }
         };
-        Ok(ExecOutcome {
+        Ok(ExecOutcome::new(
             exit,
-            stdout_total: out.total,
-            stderr_total: err.total,
-            stdout: out.kept,
-            stderr: err.kept,
-            duration: start.elapsed(),
-            enforcement: EnforcementReport {
-                backend: NAME.into(),
-                isolated: true,
-                layers,
-                missing,
-            },
-            egress: Vec::new(),
-        })
-    }
-}
-
-async fn collect(
-    task: Option<tokio::task::JoinHandle<std::io::Result<CappedOutput>>>,
-) -> CappedOutput {
-    let Some(task) = task else {
-        return CappedOutput::default();
-    };
-    match tokio::time::timeout(PIPE_DRAIN_GRACE, task).await {
-        Ok(Ok(Ok(out))) => out,
-        _ => CappedOutput::default(),
+            out,
+            err,
+            start.elapsed(),
+            EnforcementReport::isolated(NAME, layers, missing),
+        ))
     }
 }
 
