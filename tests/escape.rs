@@ -6,91 +6,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 include!("escape/cases.rs");
-
-const TOKEN: &str = "sc-other-step-token-5f2d8a";
-
-struct Env {
-    _root: tempfile::TempDir,
-    base: PathBuf,
-    ws: PathBuf,
-    out: PathBuf,
-    state: PathBuf,
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-fn setup() -> Env {
-    let root = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(root.path()).unwrap();
-    let ws = base.join("ws");
-    let out = base.join("outside");
-    let state = base.join("state");
-    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
-    std::fs::write(ws.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
-    std::fs::create_dir_all(out.join("ssh")).unwrap();
-    std::fs::write(out.join("secret.txt"), "host secret\n").unwrap();
-    std::fs::write(
-        out.join("ssh/id_ed25519"),
-        "-----BEGIN OPENSSH PRIVATE KEY-----\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("vault.key"), "key material\n").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if conn.is_ok() {
-                h.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    Env {
-        _root: root,
-        base,
-        ws,
-        out,
-        state,
-        port,
-        hits,
-    }
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut map = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p.clone());
-                map.insert(p, Vec::new());
-            } else {
-                map.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
-            }
-        }
-    }
-    map
-}
-
-fn render(script: &str, env: &Env) -> String {
-    script
-        .replace("{OUT}", &env.out.display().to_string())
-        .replace("{STATE}", &env.state.display().to_string())
-        .replace("{PORT}", &env.port.to_string())
-        .replace("{TOKEN}", TOKEN)
-}
+include!("escape/harness.rs");
 
 fn indent(script: &str) -> String {
     script
@@ -177,7 +98,7 @@ fn attack(backend: &str, case: &Case) -> Verdict {
         // Containers run as the workspace's owner; a root-owned one would be read-only.
         common::chown_tree(&env.ws, 1000);
     }
-    let before = snapshot(&env.out);
+    let before = env.outside();
     let file = env.base.join("attack.yaml");
     std::fs::write(
         &file,
@@ -185,7 +106,7 @@ fn attack(backend: &str, case: &Case) -> Verdict {
             case.id,
             backend,
             case,
-            &render(case.script, &env),
+            &env.render(case.script),
             "    env: { SECURECLAW_CASE_SELF: \"1\" }\n",
         ),
     )
@@ -209,22 +130,7 @@ fn attack(backend: &str, case: &Case) -> Verdict {
         let _ = other.wait_with_output();
     }
     std::thread::sleep(Duration::from_millis(case.settle_ms));
-    let mut evidence = Vec::new();
-    if env.ws.join("PWNED").exists() {
-        evidence.push("PWNED marker written".to_string());
-    }
-    let after = snapshot(&env.out);
-    if after != before {
-        let changed: Vec<_> = after
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, _)| k.display().to_string())
-            .collect();
-        evidence.push(format!("outside dir changed: {changed:?}"));
-    }
-    if env.hits.load(Ordering::SeqCst) > 0 {
-        evidence.push("host listener accepted a connection".to_string());
-    }
+    let evidence = env.evidence(&before);
     Verdict {
         evidence,
         code: out.status.code(),

@@ -3,11 +3,7 @@
 //! are real.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
@@ -15,84 +11,10 @@ use secureclaw_sandbox::{ExecSpec, ExitReason, HostSandbox, NativeSandbox, Sandb
 use tokio_util::sync::CancellationToken;
 
 include!("../../tests/escape/cases.rs");
-
-struct Env {
-    _root: tempfile::TempDir,
-    ws: PathBuf,
-    out: PathBuf,
-    state: PathBuf,
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-fn setup() -> Env {
-    let root = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(root.path()).unwrap();
-    let ws = base.join("ws");
-    let out = base.join("outside");
-    let state = base.join("state");
-    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
-    std::fs::write(ws.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
-    std::fs::create_dir_all(out.join("ssh")).unwrap();
-    std::fs::write(out.join("secret.txt"), "host secret\n").unwrap();
-    std::fs::write(
-        out.join("ssh/id_ed25519"),
-        "-----BEGIN OPENSSH PRIVATE KEY-----\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("vault.key"), "key material\n").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if conn.is_ok() {
-                h.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    Env {
-        _root: root,
-        ws,
-        out,
-        state,
-        port,
-        hits,
-    }
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut map = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_dir() {
-                stack.push(p.clone());
-                map.insert(p, Vec::new());
-            } else {
-                map.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
-            }
-        }
-    }
-    map
-}
-
-const TOKEN: &str = "sc-other-step-token-5f2d8a";
-
-fn render(script: &str, env: &Env) -> String {
-    script
-        .replace("{OUT}", &env.out.display().to_string())
-        .replace("{STATE}", &env.state.display().to_string())
-        .replace("{PORT}", &env.port.to_string())
-        .replace("{TOKEN}", TOKEN)
-}
+include!("../../tests/escape/harness.rs");
 
 fn spec_for(case: &Case, env: &Env) -> ExecSpec {
-    let mut spec = ExecSpec::shell(&render(case.script, env), env.ws.clone());
+    let mut spec = ExecSpec::shell(&env.render(case.script), env.ws.clone());
     spec.env.insert(
         "PATH".into(),
         "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
@@ -116,7 +38,7 @@ async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
         // The container runs as the seed's 1000:1000, which must own the workspace to write.
         chown_tree(&env.ws, 1000);
     }
-    let before = snapshot(&env.out);
+    let before = env.outside();
     let spec = spec_for(case, &env);
     let run = sb.run(&spec, CancellationToken::new());
     let result = if case.other_step {
@@ -131,22 +53,7 @@ async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
         run.await
     };
     tokio::time::sleep(Duration::from_millis(case.settle_ms)).await;
-    let mut evidence = Vec::new();
-    if env.ws.join("PWNED").exists() {
-        evidence.push("PWNED marker written".to_string());
-    }
-    let after = snapshot(&env.out);
-    if after != before {
-        let changed: Vec<_> = after
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, _)| k.display().to_string())
-            .collect();
-        evidence.push(format!("outside dir changed: {changed:?}"));
-    }
-    if env.hits.load(Ordering::SeqCst) > 0 {
-        evidence.push("host listener accepted a connection".to_string());
-    }
+    let evidence = env.evidence(&before);
     match result {
         Ok(out) => Verdict {
             evidence,
