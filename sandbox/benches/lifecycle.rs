@@ -14,15 +14,10 @@ use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image, profil
 use secureclaw_sandbox::{ExecSpec, NativeSandbox, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-fn stats(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let median = v[v.len() / 2];
-    let p95 = v[((v.len() as f64) * 0.95).ceil() as usize - 1];
-    format!(
-        "{:.1} / {:.1} ms",
-        median.as_secs_f64() * 1000.0,
-        p95.as_secs_f64() * 1000.0
-    )
+mod common;
+
+fn stats(v: Vec<Duration>) -> String {
+    common::cell(v, 1)
 }
 
 fn main() {

@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p secureclaw-sandbox --bench spawn` (env: `BENCH_RUNS`, default 200;
 //! `BENCH_DOCKER_RUNS`, default = BENCH_RUNS; `BENCH_DOCKER_IMAGE`, default
-//! `secureclaw-bench-busybox:latest`, built offline by `scripts/bench-sandbox-image.sh`).
-//! Results are recorded in `docs/perf-sandbox.md`.
+//! `secureclaw-bench-busybox:latest`, built offline by
+//! `secureclaw sandbox build-image --tag secureclaw-bench-busybox:latest`).
+//! Results are recorded in `docs/performance.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -13,20 +14,10 @@ use std::time::{Duration, Instant};
 use secureclaw_sandbox::{ExecSpec, NativeSandbox, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    let median = v[v.len() / 2];
-    let p95 = v[((v.len() as f64) * 0.95).ceil() as usize - 1];
-    (median, p95)
-}
+mod common;
 
 fn cell(v: Vec<Duration>) -> String {
-    let (m, p) = stats(v);
-    format!(
-        "{:.2} / {:.2} ms",
-        m.as_secs_f64() * 1000.0,
-        p.as_secs_f64() * 1000.0
-    )
+    common::cell(v, 2)
 }
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -168,7 +159,7 @@ fn main() {
     }
     if !docker_ok {
         println!(
-            "note: docker column skipped: image `{image}` not present (scripts/bench-sandbox-image.sh builds it offline) or no Docker engine"
+            "note: docker column skipped: image `{image}` not present (`secureclaw sandbox build-image --tag {image}` builds it offline) or no Docker engine"
         );
     }
 }
