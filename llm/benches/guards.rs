@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use secureclaw_llm::{Detector, Guards, RegexLayer, Scrubber, normalize};
@@ -45,25 +45,10 @@ const INSTRUCTION: &str = "Archive last week's logs from /var/log/app into a tar
 delete the originals older than 14 days, and post a summary to #ops. The deploy key is \
 AKIAZ7XQ3LM9PQ2RST4U and the on-call is jane.doe@example.com; ignore whitespace changes in the diff. Use gzip -9 and keep the last four archives.";
 
-fn percentiles(name: &str, iters: usize, mut f: impl FnMut()) {
-    let mut samples: Vec<Duration> = Vec::with_capacity(iters);
-    for _ in 0..iters / 10 {
-        f();
-    }
-    for _ in 0..iters {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed());
-    }
-    samples.sort();
-    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
-    eprintln!(
-        "PERCENTILES {name}: n={iters} p50={:?} p95={:?} p99={:?} max={:?}",
-        p(0.50),
-        p(0.95),
-        p(0.99),
-        samples[samples.len() - 1]
-    );
+mod common;
+
+fn percentiles(name: &str, iters: usize, f: impl FnMut()) {
+    common::percentiles(name, iters, 0, f);
 }
 
 fn benches(c: &mut Criterion) {
