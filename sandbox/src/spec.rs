@@ -13,6 +13,17 @@ pub struct Limits {
     pub timeout: Duration,
     /// Bytes kept per stream (stdout, stderr); the rest is drained and counted, never buffered.
     pub output_cap: usize,
+    /// Write budget: how many bytes the step may add to the host disk that holds its workspace.
+    /// Past it the step is stopped and reported as [`ExitReason::DiskBudget`].
+    #[serde(default = "default_disk_bytes")]
+    pub disk_bytes: u64,
+}
+
+/// The default write budget of a step: 1 GiB.
+pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+
+fn default_disk_bytes() -> u64 {
+    DEFAULT_DISK_BYTES
 }
 
 impl Default for Limits {
@@ -23,6 +34,7 @@ impl Default for Limits {
             pids: 128,
             timeout: Duration::from_secs(300),
             output_cap: 1024 * 1024,
+            disk_bytes: DEFAULT_DISK_BYTES,
         }
     }
 }
@@ -120,6 +132,10 @@ pub struct ExecSpec {
     /// Isolated backends mount an empty read-only directory over each.
     #[serde(default)]
     pub masked: Vec<PathBuf>,
+    /// Extra host paths (absolute, canonical) the step may read: mounted read-only at the same
+    /// path inside the sandbox (toolchains under a home directory, for example).
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
 }
 
 impl ExecSpec {
@@ -133,6 +149,7 @@ impl ExecSpec {
             allow_degraded: false,
             image: None,
             masked: Vec::new(),
+            read_only: Vec::new(),
         }
     }
 }
@@ -141,11 +158,17 @@ impl ExecSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ExitReason {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
     TimedOut,
     OutOfMemory,
     PidsLimit,
+    /// The step wrote more than its write budget (`Limits::disk_bytes`) to the host disk.
+    DiskBudget,
     Cancelled,
 }
 
@@ -170,6 +193,9 @@ impl ExitReason {
             ExitReason::TimedOut => "timed out; the whole process tree was killed".into(),
             ExitReason::OutOfMemory => "memory limit exceeded (OOM)".into(),
             ExitReason::PidsLimit => "process limit exceeded".into(),
+            ExitReason::DiskBudget => {
+                "write budget exceeded: the step wrote more than its `disk` limit".into()
+            }
             ExitReason::Cancelled => "cancelled".into(),
         }
     }
@@ -219,6 +245,10 @@ pub struct ExecOutcome {
     /// Every outbound connection attempt through the egress proxy (allowed or refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::EgressEvent>,
+    /// Limits the step ran into without being stopped by them (e.g. the pids limit refused
+    /// forks but the step still exited 0). The engine writes them into the step record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl ExecOutcome {
@@ -239,6 +269,7 @@ impl ExecOutcome {
             duration,
             enforcement,
             egress: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
