@@ -4,6 +4,7 @@
 //! gets back an [`ExecOutcome`] that always carries an [`EnforcementReport`] saying which
 //! isolation layers were really in force. Backends never decide policy; they enforce it or refuse.
 
+pub mod budget;
 mod capture;
 #[cfg(target_os = "linux")]
 pub mod docker;
