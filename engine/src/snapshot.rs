@@ -611,9 +611,9 @@ pub struct Snapshotter {
     /// Paths never captured nor restored (relative): `.git`, the state dir.
     excluded: Vec<RelPath>,
     max_file: u64,
-    /// Called with each path a scan is about to examine (tests make files vanish there).
+    /// Called with each path a scan is about to examine or list (tests change the tree there).
     #[cfg(test)]
-    on_entry: Option<std::sync::Arc<dyn Fn(&Path) + Send + Sync>>,
+    on_entry: Option<std::sync::Arc<dyn Fn(&Path, ScanMoment) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -624,6 +624,13 @@ impl std::fmt::Debug for Snapshotter {
             .field("max_file", &self.max_file)
             .finish_non_exhaustive()
     }
+}
+
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanMoment {
+    Examine,
+    List,
 }
 
 /// What one scan thread found.
@@ -798,6 +805,10 @@ impl Snapshotter {
     ) -> Result<(), SnapshotError> {
         let abs = self.abs(dir);
         let is_root = dir.0.is_empty();
+        #[cfg(test)]
+        if let Some(hook) = &self.on_entry {
+            hook(&abs, ScanMoment::List);
+        }
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
             Err(e) if is_root => return Err(SnapshotError::Io { path: abs, source: e }),
@@ -833,7 +844,7 @@ impl Snapshotter {
             let path = de.path();
             #[cfg(test)]
             if let Some(hook) = &self.on_entry {
-                hook(&path);
+                hook(&path, ScanMoment::Examine);
             }
             // fstatat relative to the open directory, never following a symlink.
             let md = match de.metadata() {
@@ -1123,10 +1134,11 @@ impl Snapshotter {
                 }
                 EntryKind::File => {
                     let cur = fs::symlink_metadata(&abs).ok();
+                    // Capabilities a step gave the file go with a fresh copy of its content.
                     let same_content = cur.as_ref().is_some_and(|m| m.is_file())
-                        && self
-                            .current(&c.path, None)?
-                            .is_some_and(|e| e.sha256 == pre.sha256);
+                        && self.current(&c.path, None)?.is_some_and(|e| {
+                            e.sha256 == pre.sha256 && (pre.file_caps || !e.file_caps)
+                        });
                     if !same_content {
                         let blob = pre.blob.ok_or_else(|| SnapshotError::Io {
                             path: abs.clone(),
@@ -1375,12 +1387,256 @@ mod tests {
     }
 
     #[test]
-    fn files_over_the_cap_are_refused_not_skipped() {
+    fn files_over_the_cap_are_recorded_uncaptured_and_refused_as_a_pre_state() {
         let (_d, snap) = setup();
-        let snap = snap.with_max_file(3);
-        match snap.scan(None) {
-            Err(SnapshotError::TooLarge { size, cap: 3, .. }) => assert!(size > 3),
+        // "alpha" and "odd name" are over 4 bytes, "beta" is not.
+        let snap = snap.with_max_file(4);
+        let m = snap.scan(None).unwrap();
+        let (path, why) = m.first_uncaptured().unwrap();
+        assert_eq!(path.0, b"a".to_vec(), "{why}");
+        assert!(why.contains("over the snapshot cap of 4 bytes"), "{why}");
+        let uncaptured: Vec<&RelPath> = m
+            .entries
+            .iter()
+            .filter(|(_, e)| e.uncaptured.is_some())
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(uncaptured.len(), 2, "{uncaptured:?}");
+        assert!(m.entries[path].blob.is_none() && m.entries[path].sha256.is_none());
+        match m.require_captured(snap.root()) {
+            Err(SnapshotError::Uncapturable { path, why }) => {
+                assert!(path.ends_with("a") && why.contains("cap"), "{why}");
+            }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Set-id files and capabilities a step leaves are hazards; the user's own are not.
+    #[test]
+    fn setid_bits_and_capabilities_a_step_leaves_are_hazards() {
+        let (_d, snap) = setup();
+        let r = snap.root().to_path_buf();
+        let mode = |p: &str, m: u32| {
+            fs::set_permissions(r.join(p), fs::Permissions::from_mode(m)).unwrap();
+        };
+        fs::write(r.join("users-own-suid"), "theirs").unwrap();
+        mode("users-own-suid", 0o4755);
+        fs::write(r.join("users-suid-rewritten"), "theirs").unwrap();
+        mode("users-suid-rewritten", 0o4755);
+        fs::write(r.join("users-suid-chmodded"), "theirs").unwrap();
+        mode("users-suid-chmodded", 0o4775);
+        let pre = snap.scan(None).unwrap();
+        fs::write(r.join("suid"), "x").unwrap();
+        mode("suid", 0o4755);
+        fs::write(r.join("both"), "x").unwrap();
+        mode("both", 0o6755);
+        fs::write(r.join("d/sub/sgid"), "x").unwrap();
+        mode("d/sub/sgid", 0o2711);
+        mode("a", 0o4644); // an existing file, not created
+        fs::write(r.join("users-suid-rewritten"), "replaced").unwrap();
+        mode("users-suid-rewritten", 0o4755);
+        mode("users-suid-chmodded", 0o4755); // the user's bit stays, group write goes
+        mode("d/sub", 0o2755); // a set-gid directory only passes its group on
+        let post = snap.scan(Some(&pre)).unwrap();
+        let changes = diff(&pre, &post);
+        let found: BTreeMap<String, String> = hazards(&post, &changes)
+            .into_iter()
+            .map(|h| (h.path.display(), h.what))
+            .collect();
+        let names: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["a", "both", "d/sub/sgid", "suid", "users-suid-rewritten"],
+            "{found:#?}"
+        );
+        assert!(found["a"].contains("set-user-ID bit (mode 4644)"));
+        assert!(found["both"].contains("set-user-ID and set-group-ID bits"));
+        assert!(found["d/sub/sgid"].contains("set-group-ID bit"));
+        // Rolled back: no set-id file is left but the user's own, exactly as they were.
+        snap.restore(&changes.changes).unwrap();
+        assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
+    }
+
+    #[test]
+    fn file_capabilities_are_seen_and_a_restore_drops_them() {
+        let Ok(setcap) = which("setcap") else {
+            panic!("setcap (libcap2-bin) is required for the file capability tests");
+        };
+        let (_d, snap) = setup();
+        let r = snap.root().to_path_buf();
+        fs::copy("/bin/true", r.join("existing")).unwrap();
+        let pre = snap.scan(None).unwrap();
+        fs::copy("/bin/true", r.join("new")).unwrap();
+        for f in ["new", "existing"] {
+            let st = std::process::Command::new(&setcap)
+                .arg("cap_net_raw+ep")
+                .arg(r.join(f))
+                .status()
+                .unwrap();
+            assert!(st.success(), "setcap {f}");
+        }
+        let post = snap.scan(Some(&pre)).unwrap();
+        assert!(post.entries[&RelPath(b"existing".to_vec())].file_caps);
+        let changes = diff(&pre, &post);
+        let found: Vec<String> = hazards(&post, &changes)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|h| h.contains("security.capability")));
+        snap.restore(&changes.changes).unwrap();
+        assert!(!has_file_caps(&r.join("existing")));
+        assert!(!r.join("new").exists());
+        assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
+    }
+
+    fn which(tool: &str) -> Result<PathBuf, ()> {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .ok_or(())
+    }
+
+    fn is_root() -> bool {
+        fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+    }
+
+    /// FIFOs, sockets and device nodes: recorded (never opened: a FIFO would block the scan),
+    /// flagged, removed by a restore; a user's own FIFO and socket are recreated.
+    #[test]
+    fn special_files_are_recorded_flagged_and_undone() {
+        let (_d, snap) = setup();
+        let r = snap.root().to_path_buf();
+        let fifo = |p: &Path| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                0,
+            )
+            .unwrap()
+        };
+        fifo(&r.join("users-fifo"));
+        drop(std::os::unix::net::UnixListener::bind(r.join("users-sock")).unwrap());
+        let pre = snap.scan(None).unwrap();
+        pre.require_captured(&r).unwrap();
+        assert_eq!(
+            pre.entries[&RelPath(b"users-fifo".to_vec())].kind,
+            EntryKind::Fifo
+        );
+        fifo(&r.join("d/new-fifo"));
+        drop(std::os::unix::net::UnixListener::bind(r.join("new-sock")).unwrap());
+        fs::remove_file(r.join("users-fifo")).unwrap();
+        fs::remove_file(r.join("users-sock")).unwrap();
+        fs::write(r.join("users-sock"), "a file now").unwrap();
+        fs::write(r.join("a"), "overwritten").unwrap();
+        fs::remove_file(r.join("d/b")).unwrap();
+        let root = is_root();
+        if root {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &r.join("null"),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o666),
+                rustix::fs::makedev(1, 3),
+            )
+            .unwrap();
+        } else {
+            eprintln!("NOT ROOT: the device node case of this test is not exercised");
+        }
+        let post = snap.scan(Some(&pre)).unwrap();
+        let changes = diff(&pre, &post);
+        let found: Vec<String> = hazards(&post, &changes)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut want = vec!["d/new-fifo: a FIFO", "new-sock: a unix socket"];
+        if root {
+            want.push("null: a character device node");
+        }
+        assert_eq!(found.len(), want.len(), "{found:?}");
+        for (f, w) in found.iter().zip(&want) {
+            assert!(f.starts_with(w), "{f} / {w}");
+        }
+        snap.restore(&changes.changes).unwrap();
+        assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
+        assert_eq!(fs::read(r.join("a")).unwrap(), b"alpha");
+        assert_eq!(fs::read(r.join("d/b")).unwrap(), b"beta");
+        assert!(!r.join("null").exists() && !r.join("new-sock").exists());
+    }
+
+    /// Paths removed between the listing of their directory and their `lstat` or read are
+    /// absent, not a failed scan.
+    #[test]
+    fn paths_that_vanish_during_the_scan_are_absent_not_an_error() {
+        let (_d, mut snap) = setup();
+        let r = snap.root().to_path_buf();
+        fs::create_dir_all(r.join("gone-dir/inner")).unwrap();
+        fs::write(r.join("gone-dir/inner/f"), "f").unwrap();
+        fs::write(r.join("gone-file"), "g").unwrap();
+        std::os::unix::fs::symlink("a", r.join("gone-link")).unwrap();
+        let pre = snap.scan(None).unwrap();
+        let victims: Vec<PathBuf> = ["gone-dir", "gone-file", "gone-link"]
+            .iter()
+            .map(|p| r.join(p))
+            .collect();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = hits.clone();
+        snap.on_entry = Some(std::sync::Arc::new(move |p: &Path, when| {
+            if when == ScanMoment::Examine && victims.iter().any(|v| v == p) {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+            }
+        }));
+        // The content of a file must be re-read (its stat moved) for the read to race.
+        fs::write(r.join("a"), "changed").unwrap();
+        let post = snap.scan(Some(&pre)).unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let changes = diff(&pre, &post);
+        let gone: Vec<String> = changes
+            .changes
+            .iter()
+            .filter(|c| c.post.is_none())
+            .map(|c| c.path.display())
+            .collect();
+        assert_eq!(
+            gone,
+            ["gone-dir", "gone-dir/inner", "gone-dir/inner/f", "gone-file", "gone-link"]
+        );
+        assert!(hazards(&post, &changes).is_empty());
+        snap.on_entry = None;
+        snap.restore(&changes.changes).unwrap();
+        assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
+    }
+
+    /// A directory the scan cannot list hides what the step did in it: a hazard.
+    #[test]
+    fn an_unlistable_directory_is_a_hazard() {
+        let (_d, snap) = setup();
+        let r = snap.root().to_path_buf();
+        let pre = snap.scan(None).unwrap();
+        // Replacing a directory by a file between its `lstat` and its listing makes read_dir
+        // fail with ENOTDIR, which no permission (nor root) can prevent.
+        let mut snap = snap;
+        let target = r.join("d/sub");
+        snap.on_entry = Some(std::sync::Arc::new(move |p: &Path, when| {
+            if when == ScanMoment::List && p == target {
+                fs::remove_dir(&target).unwrap();
+                fs::write(&target, "now a file").unwrap();
+            }
+        }));
+        let post = snap.scan(Some(&pre)).unwrap();
+        let changes = diff(&pre, &post);
+        let found = hazards(&post, &changes);
+        assert!(
+            found
+                .iter()
+                .any(|h| h.path.0 == b"d/sub" && h.what.contains("cannot be listed")),
+            "{found:?}"
+        );
     }
 }
