@@ -105,7 +105,12 @@ fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, String> {
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             if rel.starts_with(b".secureclaw") {
                 continue;
             }
@@ -140,8 +145,8 @@ fn privileged_leftovers(root: &Path) -> Vec<String> {
         .into_iter()
         .filter(|(rel, _)| rel.as_slice() != b"users-own-suid")
         .filter_map(|(rel, _)| {
-            let md = std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(&rel)))
-                .unwrap();
+            let md =
+                std::fs::symlink_metadata(root.join(std::ffi::OsStr::from_bytes(&rel))).unwrap();
             let ft = md.file_type();
             let setid = ft.is_file() && md.permissions().mode() & 0o6000 != 0;
             (setid || ft.is_char_device() || ft.is_block_device())
@@ -190,7 +195,10 @@ fn assert_control_ran(name: &str, step: &serde_json::Value) {
 fn setid_attacks(with_setcap: bool) -> Vec<(&'static str, &'static str)> {
     let mut v = vec![
         ("setuid copy", "cp /bin/sh ./rootsh && chmod 4755 ./rootsh"),
-        ("setuid+setgid copy", "cp /bin/sh ./rootsh2 && chmod 6755 ./rootsh2"),
+        (
+            "setuid+setgid copy",
+            "cp /bin/sh ./rootsh2 && chmod 6755 ./rootsh2",
+        ),
         ("setgid copy", "cp /bin/sh ./grpsh && chmod g+s ./grpsh"),
         (
             "setuid in a nested new dir",
@@ -226,10 +234,7 @@ fn host_steps_cannot_leave_setid_files_capabilities_or_devices() {
         let ws = Ws::seeded();
         let before = fingerprint(ws.path());
         // A control write first: the step ran, and could write.
-        let out = ws.run(
-            &shell_step(&format!("{CONTROL}\n{cmd}")),
-            "host",
-        );
+        let out = ws.run(&shell_step(&format!("{CONTROL}\n{cmd}")), "host");
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{name}: the run succeeded\n{err}");
         let rec = ws.last_record();
@@ -257,9 +262,17 @@ fn host_steps_cannot_leave_setid_files_capabilities_or_devices() {
             "set-user-ID"
         };
         assert!(reason.contains(expect), "{name}: {reason}");
-        assert_eq!(privileged_leftovers(ws.path()), Vec::<String>::new(), "{name}");
+        assert_eq!(
+            privileged_leftovers(ws.path()),
+            Vec::<String>::new(),
+            "{name}"
+        );
         assert_eq!(files_with_capabilities(ws.path()), "", "{name}");
-        assert_eq!(fingerprint(ws.path()), before, "{name}: not rolled back whole");
+        assert_eq!(
+            fingerprint(ws.path()),
+            before,
+            "{name}: not rolled back whole"
+        );
     }
 }
 
@@ -278,10 +291,7 @@ fn sandboxed_steps_leave_nothing_privileged(backend: &str, owner: Option<u32>) {
             .unwrap();
         }
         let before = fingerprint(ws.path());
-        let out = ws.run(
-            &shell_step(&format!("{CONTROL}\n{cmd}")),
-            backend,
-        );
+        let out = ws.run(&shell_step(&format!("{CONTROL}\n{cmd}")), backend);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{backend}/{name}: succeeded\n{err}");
         let rec = ws.last_record();
@@ -328,7 +338,11 @@ fn uncapturable_leftovers() -> Vec<(&'static str, &'static str, &'static str)> {
             "mkdir -p run/d && mkfifo run/d/pipe",
             "run/d/pipe: a FIFO",
         ),
-        ("a device node", "mknod ./tty0 c 4 0", "tty0: a character device node"),
+        (
+            "a device node",
+            "mknod ./tty0 c 4 0",
+            "tty0: a character device node",
+        ),
         (
             "a 1.2 GiB sparse file",
             "truncate -s 1200M ./huge.bin",
@@ -355,7 +369,10 @@ fn a_step_leaving_what_cannot_be_captured_is_rolled_back_with_its_other_changes(
         assert!(!out.status.success(), "{name}: succeeded\n{err}");
         let rec = ws.last_record();
         let step = &rec["steps"][0];
-        assert_eq!(step["exit_code"], 0, "{name}: the attack did not run: {step}");
+        assert_eq!(
+            step["exit_code"], 0,
+            "{name}: the attack did not run: {step}"
+        );
         let reason = step["reason"].as_str().unwrap_or_default();
         assert!(
             reason.contains(named) && reason.contains("rolled back"),
@@ -377,13 +394,21 @@ fn a_step_leaving_what_cannot_be_captured_is_rolled_back_with_its_other_changes(
             &shell_step("echo next >> keep.txt && echo more > src/new.txt"),
             "host",
         );
-        assert!(out.status.success(), "{name}: next run: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: next run: {}",
+            text(&out.stderr)
+        );
         let out = bin()
             .args(["revert", "last", "--state-dir"])
             .arg(ws.state())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: revert: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: revert: {}",
+            text(&out.stderr)
+        );
         assert_eq!(fingerprint(ws.path()), before, "{name}: after revert");
     }
 }
@@ -410,13 +435,14 @@ fn keep_on_failure_does_not_keep_what_cannot_be_captured() {
 fn files_vanishing_during_the_capture_lose_nothing() {
     let ws = Ws::seeded();
     let before = fingerprint(ws.path());
-    // `setsid` takes the churn out of the step's process group, which is killed at its end.
-    let churn = "setsid sh -c 'end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do \
-                 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30; do \
-                 echo churn > churn.$i; done; rm -f churn.*; done' </dev/null >/dev/null 2>&1 &";
-    let cmd = format!(
-        "printf 'overwritten' > over.txt\nrm del.txt\n{churn}\nsleep 0.3\nexit 1"
+    // `setsid` takes the churn out of the step's process group, which is killed at its end;
+    // it creates and removes files and directories for 4 s, then leaves a marker outside.
+    let done = ws.wf_dir.path().join("churn-done");
+    let churn = format!(
+        r#"setsid perl -e '$end = time + 4; while (time < $end) {{ for (1..100) {{ open(F, ">churn.$_"); close F; mkdir "cd.$_" }} unlink glob("churn.*"); rmdir for glob("cd.*") }} open(F, ">", $ARGV[0])' {} </dev/null >/dev/null 2>&1 &"#,
+        done.display()
     );
+    let cmd = format!("printf 'overwritten' > over.txt\nrm del.txt\n{churn}\nsleep 0.3\nexit 1");
     let out = ws.run(&shell_step(&cmd), "host");
     assert!(!out.status.success());
     let rec = ws.last_record();
@@ -425,6 +451,7 @@ fn files_vanishing_during_the_capture_lose_nothing() {
         !reason.contains("capturing the workspace after the step failed"),
         "{reason}"
     );
+    // The step's own changes are undone whatever the churn did meanwhile.
     assert_eq!(
         std::fs::read(ws.path().join("over.txt")).unwrap(),
         b"the original content\n",
@@ -435,16 +462,16 @@ fn files_vanishing_during_the_capture_lose_nothing() {
         [0u8, 1, 2, 3, 255],
         "{reason}"
     );
-    // Once the churn has stopped (it removes its files each round), the tree is as before.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while fingerprint(ws.path()) != before {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done.exists() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{reason}\n{:#?}",
-            fingerprint(ws.path())
+            "the churn never ended"
         );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The churn removes its files each round: once it has ended, the tree is as before.
+    assert_eq!(fingerprint(ws.path()), before, "{reason}");
     let out = ws.run(&shell_step("echo next >> keep.txt"), "host");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

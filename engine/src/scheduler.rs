@@ -190,7 +190,15 @@ impl SnapCtx {
         const PASSES: usize = 3;
         let me = self.clone();
         blocking(move || {
-            let mut restored = me.snap.restore(&changes.changes)?;
+            // A path that cannot be put back is reported after every other path was.
+            let mut failed = None;
+            let mut restore = |changes: &[crate::snapshot::Change]| {
+                me.snap
+                    .restore(changes)
+                    .map_err(|e| failed = Some(e))
+                    .unwrap_or(0)
+            };
+            let mut restored = restore(&changes.changes);
             for pass in 1..=PASSES {
                 let now = me.snap.scan_hash_only(Some(&pre))?;
                 let rest = crate::snapshot::diff(&pre, &now);
@@ -199,15 +207,15 @@ impl SnapCtx {
                     return Ok(restored);
                 }
                 if pass == PASSES {
-                    return Err(SnapshotError::Io {
+                    return Err(failed.unwrap_or_else(|| SnapshotError::Io {
                         path: me.snap.abs(&rest.changes[0].path),
                         source: std::io::Error::other(format!(
                             "the workspace still differs from before the step at {} path(s) after {PASSES} restores (is a process the step started still writing?)",
                             rest.len()
                         )),
-                    });
+                    }));
                 }
-                restored += me.snap.restore(&rest.changes)?;
+                restored += restore(&rest.changes);
             }
             Ok(restored)
         })
@@ -1246,8 +1254,9 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
     }
     // Hazards and uncapturable changes are never kept, `keep_on_failure` or not.
     let forced = !hazards.is_empty() || store_error.is_some();
-    let roll_back =
-        f.state == StepState::Failed && (forced || !job.step.keep_on_failure) && !changes.is_empty();
+    let roll_back = f.state == StepState::Failed
+        && (forced || !job.step.keep_on_failure)
+        && !changes.is_empty();
     if roll_back {
         let n = changes.len();
         match ctx.rollback(pre.clone(), changes.clone()).await {

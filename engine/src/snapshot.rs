@@ -811,7 +811,12 @@ impl Snapshotter {
         }
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
-            Err(e) if is_root => return Err(SnapshotError::Io { path: abs, source: e }),
+            Err(e) if is_root => {
+                return Err(SnapshotError::Io {
+                    path: abs,
+                    source: e,
+                });
+            }
             // Removed since its parent was listed: it is absent, and so is all it held.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
@@ -823,7 +828,12 @@ impl Snapshotter {
         for de in rd {
             let de = match de {
                 Ok(de) => de,
-                Err(e) if is_root => return Err(SnapshotError::Io { path: abs, source: e }),
+                Err(e) if is_root => {
+                    return Err(SnapshotError::Io {
+                        path: abs,
+                        source: e,
+                    });
+                }
                 Err(e) => {
                     out.unlisted
                         .push((dir.clone(), format!("directory cannot be listed: {e}")));
@@ -1061,6 +1071,111 @@ impl Snapshotter {
         result
     }
 
+    /// Remove one path a step created (or replaced); already gone is fine.
+    fn remove_path(&self, abs: &Path) -> Result<(), SnapshotError> {
+        let md = match fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(abs)(e)),
+        };
+        let r = if md.is_dir() {
+            fs::remove_dir(abs)
+        } else {
+            fs::remove_file(abs)
+        };
+        match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(abs)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Put one path's pre state back (content, link, directory, FIFO or socket; not its mode).
+    fn recreate(&self, c: &Change) -> Result<(), SnapshotError> {
+        let Some(pre) = &c.pre else { return Ok(()) };
+        let abs = self.abs(&c.path);
+        match pre.kind {
+            EntryKind::Dir => match fs::create_dir(&abs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        path: abs,
+                        source: e,
+                    });
+                }
+            },
+            EntryKind::Symlink => {
+                let target = pre.target.clone().unwrap_or(RelPath(Vec::new()));
+                if fs::symlink_metadata(&abs).is_ok() {
+                    fs::remove_file(&abs).map_err(io(&abs))?;
+                }
+                std::os::unix::fs::symlink(target.as_path(), &abs).map_err(io(&abs))?;
+            }
+            EntryKind::File => {
+                let cur = fs::symlink_metadata(&abs).ok();
+                // Capabilities a step gave the file go with a fresh copy of its content.
+                let same_content = cur.as_ref().is_some_and(|m| m.is_file())
+                    && self
+                        .current(&c.path, None)?
+                        .is_some_and(|e| e.sha256 == pre.sha256 && (pre.file_caps || !e.file_caps));
+                if !same_content {
+                    let blob = pre.blob.ok_or_else(|| SnapshotError::Io {
+                        path: abs.clone(),
+                        source: std::io::Error::other("no pre-image recorded"),
+                    })?;
+                    // A read-only file cannot be replaced in place by everyone; the restore
+                    // renames over it, which only needs the directory to be writable.
+                    self.vault.blobs().restore_to_path(&blob, &abs)?;
+                }
+            }
+            EntryKind::Fifo | EntryKind::Socket => {
+                let present = fs::symlink_metadata(&abs).ok();
+                if present
+                    .as_ref()
+                    .is_some_and(|m| EntryKind::of(m.file_type()) == pre.kind)
+                {
+                    return Ok(());
+                }
+                if present.is_some() {
+                    fs::remove_file(&abs).map_err(io(&abs))?;
+                }
+                if pre.kind == EntryKind::Fifo {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        &abs,
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(pre.mode & 0o777),
+                        0,
+                    )
+                    .map_err(|e| SnapshotError::Io {
+                        path: abs.clone(),
+                        source: e.into(),
+                    })?;
+                } else {
+                    // A socket file is what binding leaves; nothing listens on it (nothing
+                    // did once its owner was gone).
+                    drop(std::os::unix::net::UnixListener::bind(&abs).map_err(io(&abs))?);
+                }
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice => {
+                let present = fs::symlink_metadata(&abs).ok();
+                if !present
+                    .as_ref()
+                    .is_some_and(|m| EntryKind::of(m.file_type()) == pre.kind)
+                {
+                    return Err(SnapshotError::Io {
+                        path: abs,
+                        source: std::io::Error::other(format!(
+                            "the {} that was here cannot be recreated by secureclaw (device numbers are not recorded): recreate it by hand with mknod",
+                            pre.kind.name()
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn restore_inner(&self, changes: &[Change]) -> Result<usize, SnapshotError> {
         let mut todo: Vec<&Change> = Vec::new();
         for c in changes {
@@ -1089,113 +1204,25 @@ impl Snapshotter {
             })
             .collect();
         removals.sort_by(|a, b| b.path.cmp(&a.path));
-        for c in &removals {
-            let abs = self.abs(&c.path);
-            let md = match fs::symlink_metadata(&abs) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(SnapshotError::Io {
-                        path: abs,
-                        source: e,
-                    });
-                }
-            };
-            if md.is_dir() {
-                fs::remove_dir(&abs).map_err(io(&abs))?;
-            } else {
-                fs::remove_file(&abs).map_err(io(&abs))?;
+        // One path that cannot be put back must not keep the others from their pre-images: the
+        // first failure is reported once everything else was done.
+        let mut first_error: Option<SnapshotError> = None;
+        let mut note = |r: Result<(), SnapshotError>| {
+            if let Err(e) = r
+                && first_error.is_none()
+            {
+                first_error = Some(e);
             }
+        };
+        for c in &removals {
+            note(self.remove_path(&self.abs(&c.path)));
         }
         // 2. Recreate pre states, parents before children.
         let mut creations: Vec<&Change> =
             todo.iter().copied().filter(|c| c.pre.is_some()).collect();
         creations.sort_by(|a, b| a.path.cmp(&b.path));
         for c in &creations {
-            let Some(pre) = &c.pre else { continue };
-            let abs = self.abs(&c.path);
-            match pre.kind {
-                EntryKind::Dir => match fs::create_dir(&abs) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
-                    Err(e) => {
-                        return Err(SnapshotError::Io {
-                            path: abs,
-                            source: e,
-                        });
-                    }
-                },
-                EntryKind::Symlink => {
-                    let target = pre.target.clone().unwrap_or(RelPath(Vec::new()));
-                    if fs::symlink_metadata(&abs).is_ok() {
-                        fs::remove_file(&abs).map_err(io(&abs))?;
-                    }
-                    std::os::unix::fs::symlink(target.as_path(), &abs).map_err(io(&abs))?;
-                }
-                EntryKind::File => {
-                    let cur = fs::symlink_metadata(&abs).ok();
-                    // Capabilities a step gave the file go with a fresh copy of its content.
-                    let same_content = cur.as_ref().is_some_and(|m| m.is_file())
-                        && self.current(&c.path, None)?.is_some_and(|e| {
-                            e.sha256 == pre.sha256 && (pre.file_caps || !e.file_caps)
-                        });
-                    if !same_content {
-                        let blob = pre.blob.ok_or_else(|| SnapshotError::Io {
-                            path: abs.clone(),
-                            source: std::io::Error::other("no pre-image recorded"),
-                        })?;
-                        // A read-only file cannot be replaced in place by everyone; the restore
-                        // renames over it, which only needs the directory to be writable.
-                        self.vault.blobs().restore_to_path(&blob, &abs)?;
-                    }
-                }
-                EntryKind::Fifo | EntryKind::Socket => {
-                    let present = fs::symlink_metadata(&abs).ok();
-                    if present
-                        .as_ref()
-                        .is_some_and(|m| EntryKind::of(m.file_type()) == pre.kind)
-                    {
-                        continue;
-                    }
-                    if present.is_some() {
-                        fs::remove_file(&abs).map_err(io(&abs))?;
-                    }
-                    if pre.kind == EntryKind::Fifo {
-                        rustix::fs::mknodat(
-                            rustix::fs::CWD,
-                            &abs,
-                            rustix::fs::FileType::Fifo,
-                            rustix::fs::Mode::from_raw_mode(pre.mode & 0o777),
-                            0,
-                        )
-                        .map_err(|e| SnapshotError::Io {
-                            path: abs.clone(),
-                            source: e.into(),
-                        })?;
-                    } else {
-                        // A socket file is what binding leaves; nothing listens on it (nothing
-                        // did once its owner was gone).
-                        drop(
-                            std::os::unix::net::UnixListener::bind(&abs).map_err(io(&abs))?,
-                        );
-                    }
-                }
-                EntryKind::CharDevice | EntryKind::BlockDevice => {
-                    let present = fs::symlink_metadata(&abs).ok();
-                    if !present
-                        .as_ref()
-                        .is_some_and(|m| EntryKind::of(m.file_type()) == pre.kind)
-                    {
-                        return Err(SnapshotError::Io {
-                            path: abs,
-                            source: std::io::Error::other(format!(
-                                "the {} that was here cannot be recreated by secureclaw (device numbers are not recorded): recreate it by hand with mknod",
-                                pre.kind.name()
-                            )),
-                        });
-                    }
-                }
-            }
+            note(self.recreate(c));
         }
         // What revert recreates belongs to the workspace's owner (owners are not recorded in
         // pre-images yet; see docs/revert.md), never to a root engine.
@@ -1222,11 +1249,16 @@ impl Snapshotter {
         for c in modes {
             if let Some(pre) = &c.pre {
                 let abs = self.abs(&c.path);
-                fs::set_permissions(&abs, fs::Permissions::from_mode(pre.mode))
-                    .map_err(io(&abs))?;
+                note(
+                    fs::set_permissions(&abs, fs::Permissions::from_mode(pre.mode))
+                        .map_err(io(&abs)),
+                );
             }
         }
-        Ok(todo.len())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(todo.len()),
+        }
     }
 
     fn cache_key(&self) -> String {
@@ -1605,7 +1637,13 @@ mod tests {
             .collect();
         assert_eq!(
             gone,
-            ["gone-dir", "gone-dir/inner", "gone-dir/inner/f", "gone-file", "gone-link"]
+            [
+                "gone-dir",
+                "gone-dir/inner",
+                "gone-dir/inner/f",
+                "gone-file",
+                "gone-link"
+            ]
         );
         assert!(hazards(&post, &changes).is_empty());
         snap.on_entry = None;
