@@ -613,7 +613,7 @@ pub struct Snapshotter {
     max_file: u64,
     /// Called with each path a scan is about to examine or list (tests change the tree there).
     #[cfg(test)]
-    on_entry: Option<std::sync::Arc<dyn Fn(&Path, ScanMoment) + Send + Sync>>,
+    on_entry: Option<ScanHook>,
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -625,6 +625,9 @@ impl std::fmt::Debug for Snapshotter {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+type ScanHook = std::sync::Arc<dyn Fn(&Path, ScanMoment) + Send + Sync>;
 
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1181,10 +1184,10 @@ impl Snapshotter {
         for c in changes {
             let done = match &c.pre {
                 // Only absence matters: nothing to read (a path the step left may be huge).
-                None => match fs::symlink_metadata(self.abs(&c.path)) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                    _ => false,
-                },
+                None => matches!(
+                    fs::symlink_metadata(self.abs(&c.path)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                ),
                 Some(pre) => self
                     .current(&c.path, c.post.as_ref())?
                     .is_some_and(|cur| cur.same_state(pre)),
@@ -1571,7 +1574,7 @@ mod tests {
         if root {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &r.join("null"),
+                r.join("null"),
                 rustix::fs::FileType::CharacterDevice,
                 rustix::fs::Mode::from_raw_mode(0o666),
                 rustix::fs::makedev(1, 3),
