@@ -475,3 +475,66 @@ fn files_vanishing_during_the_capture_lose_nothing() {
     let out = ws.run(&shell_step("echo next >> keep.txt"), "host");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The engine is killed while a step that left a FIFO, a socket and an oversized file is still
+/// running: `revert` recomputes the step's change set from the saved pre-manifest and the
+/// workspace as it is, and undoes it all (the scan once failed on the FIFO, so the step's
+/// changes could be neither rolled back nor reverted).
+#[test]
+fn an_engine_killed_after_a_step_left_special_files_is_reverted_exactly() {
+    let ws = Ws::seeded();
+    let before = fingerprint(ws.path());
+    let pid_file = ws.wf_dir.path().join("step.pid");
+    let wf = ws.wf_dir.path().join("wf.yaml");
+    let cmd = format!(
+        "echo $$ > {}\nprintf 'overwritten' > over.txt\nrm del.txt\nmkfifo pipe\n\
+         perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => \"sock\", Listen => 1) or die $!'\n\
+         truncate -s 1200M huge.bin\ntouch ready\nsleep 60",
+        pid_file.display()
+    );
+    std::fs::write(&wf, shell_step(&cmd)).unwrap();
+    let mut child = bin()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "host", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = ws.path().join("ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never got going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup runs
+    child.wait().unwrap();
+    // The step's own process group outlives the engine: end it (its pid is its group id).
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+    let out = bin()
+        .args(["revert", "last", "--state-dir"])
+        .arg(ws.state())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(fingerprint(ws.path()), before);
+    let out = ws.run(&shell_step("echo next >> keep.txt"), "host");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
