@@ -1654,6 +1654,34 @@ mod tests {
         assert_eq!(snap.scan(None).unwrap().hash(), pre.hash());
     }
 
+    /// When the vault cannot take post-images, a scan that only hashes still tells what
+    /// changed, and the pre-images already stored put it back.
+    #[test]
+    fn a_vault_that_cannot_store_still_lets_the_step_be_rolled_back() {
+        let (d, snap) = setup();
+        let r = snap.root().to_path_buf();
+        let pre = snap.scan(None).unwrap();
+        // Blobs are written through `blobs/tmp` (the vault's layout): a file in its place
+        // breaks storing.
+        let tmp = d.path().join("ws/.secureclaw").join("blobs/tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::write(&tmp, "not a directory").unwrap();
+        fs::write(r.join("a"), "overwritten").unwrap();
+        fs::remove_file(r.join("d/b")).unwrap();
+        fs::write(r.join("new"), "created").unwrap();
+        assert!(matches!(
+            snap.scan(Some(&pre)),
+            Err(SnapshotError::Vault(_))
+        ));
+        let post = snap.scan_hash_only(Some(&pre)).unwrap();
+        let changes = diff(&pre, &post);
+        let paths: Vec<String> = changes.changes.iter().map(|c| c.path.display()).collect();
+        assert_eq!(paths, ["a", "d/b", "new"]);
+        snap.restore(&changes.changes).unwrap();
+        assert_eq!(snap.scan_hash_only(None).unwrap().hash(), pre.hash());
+        assert_eq!(fs::read(r.join("a")).unwrap(), b"alpha");
+    }
+
     /// A directory the scan cannot list hides what the step did in it: a hazard.
     #[test]
     fn an_unlistable_directory_is_a_hazard() {
