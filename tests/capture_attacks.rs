@@ -538,3 +538,93 @@ fn an_engine_killed_after_a_step_left_special_files_is_reverted_exactly() {
     let out = ws.run(&shell_step("echo next >> keep.txt"), "host");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The same leftovers from inside the isolated backends: whichever layer stops them, the step
+/// is rolled back with its other changes and the next run works.
+fn sandboxed_leftovers_are_rolled_back(backend: &str, owner: Option<u32>) {
+    let leftovers = [
+        ("a FIFO", "mkfifo ./pipe"),
+        (
+            "a FIFO in a new directory",
+            "mkdir -p run/d && mkfifo run/d/pipe",
+        ),
+        ("a 1.2 GiB sparse file", "truncate -s 1200M ./huge.bin"),
+    ];
+    for (name, leave) in leftovers {
+        let ws = Ws::seeded();
+        if let Some(id) = owner {
+            common::chown_tree(ws.path(), id);
+            std::fs::set_permissions(
+                ws.path().join("users-own-suid"),
+                std::fs::Permissions::from_mode(0o4755),
+            )
+            .unwrap();
+        }
+        let before = fingerprint(ws.path());
+        let cmd = format!("{CONTROL}\nprintf 'overwritten' > over.txt\nrm del.txt\n{leave}");
+        let out = ws.run(&shell_step(&cmd), backend);
+        assert!(!out.status.success(), "{backend}/{name}: succeeded");
+        let rec = ws.last_record();
+        let step = &rec["steps"][0];
+        assert_control_ran(&format!("{backend}/{name}"), step);
+        let reason = step["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("rolled back"), "{backend}/{name}: {reason}");
+        assert_eq!(fingerprint(ws.path()), before, "{backend}/{name}: {reason}");
+        let out = ws.run(&shell_step("echo next >> keep.txt"), backend);
+        assert!(
+            out.status.success(),
+            "{backend}/{name}: next run: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn native_steps_leaving_what_cannot_be_captured_are_rolled_back() {
+    sandboxed_leftovers_are_rolled_back("native", None);
+}
+
+#[test]
+fn docker_steps_leaving_what_cannot_be_captured_are_rolled_back() {
+    common::build_default_image();
+    sandboxed_leftovers_are_rolled_back("docker", Some(1000));
+}
+
+/// Set-id files, FIFOs, sockets and device nodes the user had before the run are theirs: runs
+/// work next to them (they were once refused until removed by hand) and leave them as they are.
+#[test]
+fn the_users_own_special_and_setid_files_are_left_alone() {
+    let ws = Ws::seeded();
+    let p = ws.path();
+    let made = std::process::Command::new("sh")
+        .current_dir(p)
+        .args([
+            "-c",
+            "mkfifo users-fifo && mknod users-null c 1 3 && perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => \"users-sock\", Listen => 1) or die $!'",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = fingerprint(p);
+    let out = ws.run(
+        &shell_step("echo more >> keep.txt && chmod 600 src/lib.txt"),
+        "host",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut after = fingerprint(p);
+    assert_ne!(after, before);
+    for path in ["users-fifo", "users-null", "users-sock", "users-own-suid"] {
+        assert_eq!(
+            after.remove(path.as_bytes()),
+            before.get(path.as_bytes()).cloned(),
+            "{path}"
+        );
+    }
+    let out = bin()
+        .args(["revert", "last", "--state-dir"])
+        .arg(ws.state())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fingerprint(p), before);
+}
