@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::model::{ActionKind, Compensate};
 use crate::record::{RunRecord, RunStore, StepState, StoreError, now_rfc3339};
-use crate::snapshot::{ChangeSet, EntryKind, RelPath, SnapshotError, Snapshotter};
+use crate::snapshot::{ChangeSet, EntryKind, RelPath, SETID_BITS, SnapshotError, Snapshotter};
 use crate::validate::InverseClass;
 
 /// How many changes the ledger entry lists in full; the digest covers all of them.
@@ -201,13 +201,51 @@ fn undo_order(record: &RunRecord) -> Vec<usize> {
     idx
 }
 
+/// A revert restores set-user-ID and set-group-ID bits only onto a file that had them, with
+/// the same content, before the run (`executed`: the steps in the order they ran). Every step's result is swept for such bits, so a step's
+/// pre-state holds them only when the run found them; this also holds for records written
+/// before the sweep existed, where a step could have planted one that a later step's
+/// pre-image now carries.
+fn strip_planted_setid(changes: &mut BTreeMap<String, ChangeSet>, executed: &[&str]) {
+    let mut before_run: BTreeMap<RelPath, Option<crate::snapshot::Entry>> = BTreeMap::new();
+    for id in executed {
+        if let Some(set) = changes.get(*id) {
+            for c in &set.changes {
+                before_run
+                    .entry(c.path.clone())
+                    .or_insert_with(|| c.pre.clone());
+            }
+        }
+    }
+    for set in changes.values_mut() {
+        for c in &mut set.changes {
+            let Some(pre) = c.pre.as_mut() else { continue };
+            if pre.kind != EntryKind::File || pre.mode & SETID_BITS == 0 {
+                continue;
+            }
+            let allowed = before_run
+                .get(&c.path)
+                .and_then(Option::as_ref)
+                .filter(|orig| orig.kind == EntryKind::File && orig.sha256 == pre.sha256)
+                .map_or(0, |orig| orig.mode & SETID_BITS);
+            pre.mode &= !(SETID_BITS & !allowed);
+        }
+    }
+}
+
 pub fn plan(
     snap: &Snapshotter,
     record: &RunRecord,
     req: &RevertRequest,
 ) -> Result<RevertPlan, RevertError> {
-    let changes = step_changes(snap, record)?;
+    let mut changes = step_changes(snap, record)?;
     let order = undo_order(record);
+    let executed: Vec<&str> = order
+        .iter()
+        .rev()
+        .map(|&i| record.steps[i].id.as_str())
+        .collect();
+    strip_planted_setid(&mut changes, &executed);
     let paths_of = |id: &str| -> BTreeSet<RelPath> {
         changes
             .get(id)
@@ -764,4 +802,68 @@ fn render_json(v: &Value, r: &dyn Fn(&str) -> Result<String, String>) -> Result<
         ),
         other => other.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Change, Entry};
+
+    fn file(mode: u32, sha: &str) -> Entry {
+        Entry {
+            kind: EntryKind::File,
+            mode,
+            size: 1,
+            sha256: Some(sha.into()),
+            blob: None,
+            target: None,
+            ino: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            file_caps: false,
+            uncaptured: None,
+        }
+    }
+
+    fn change(path: &str, pre: Option<Entry>, post: Option<Entry>) -> Change {
+        Change {
+            path: RelPath(path.as_bytes().to_vec()),
+            pre,
+            post,
+        }
+    }
+
+    /// A record from before the sweep: `plant` made a set-uid file, `edit` changed it. Undoing
+    /// `edit` alone must not put the planted bit back; the user's own set-uid file keeps its bit.
+    #[test]
+    fn a_revert_never_restores_a_setid_bit_the_run_did_not_find() {
+        let mut changes = BTreeMap::from([
+            (
+                "plant".to_string(),
+                ChangeSet {
+                    changes: vec![
+                        change("rootsh", None, Some(file(0o4755, "sh"))),
+                        change("theirs", Some(file(0o4755, "t")), Some(file(0o4755, "t2"))),
+                    ],
+                },
+            ),
+            (
+                "edit".to_string(),
+                ChangeSet {
+                    changes: vec![
+                        change("rootsh", Some(file(0o4755, "sh")), Some(file(0o755, "x"))),
+                        change("theirs", Some(file(0o4755, "t2")), Some(file(0o755, "t"))),
+                    ],
+                },
+            ),
+        ]);
+        strip_planted_setid(&mut changes, &["plant", "edit"]);
+        let pre_mode = |step: &str, i: usize| changes[step].changes[i].pre.as_ref().unwrap().mode;
+        // Planted by the run: never restored with its bit.
+        assert_eq!(pre_mode("edit", 0), 0o755);
+        // The user's file with other content than they had: not with the bit either.
+        assert_eq!(pre_mode("edit", 1), 0o755);
+        // What the run found is restored as it was.
+        assert_eq!(pre_mode("plant", 1), 0o4755);
+    }
 }

@@ -141,6 +141,8 @@ impl SnapCtx {
         let (me, step) = (self.clone(), step.to_string());
         blocking(move || {
             let m = Arc::new(me.snap.scan(Some(&me.last()))?);
+            // A path whose pre-image is missing could not be put back: the step does not run.
+            m.require_captured(me.snap.root())?;
             me.snap.save_inflight(&me.run_id, &step, &m)?;
             me.set_last(m.clone());
             Ok(m)
@@ -148,13 +150,22 @@ impl SnapCtx {
         .await
     }
 
-    /// Scan after a step (hashing only what moved since `pre`).
-    async fn post(self: &Arc<Self>, pre: Arc<Manifest>) -> Result<Arc<Manifest>, SnapshotError> {
+    /// Scan after a step (hashing only what moved since `pre`). When storing the post-images
+    /// fails (a full vault), a scan that only hashes still tells what to roll back: the
+    /// error is returned with it.
+    async fn post(
+        self: &Arc<Self>,
+        pre: Arc<Manifest>,
+    ) -> Result<(Arc<Manifest>, Option<SnapshotError>), SnapshotError> {
         let me = self.clone();
         blocking(move || {
-            let m = Arc::new(me.snap.scan(Some(&pre))?);
+            let (m, stored) = match me.snap.scan(Some(&pre)) {
+                Ok(m) => (m, None),
+                Err(e) => (me.snap.scan_hash_only(Some(&pre))?, Some(e)),
+            };
+            let m = Arc::new(m);
             me.set_last(m.clone());
-            Ok(m)
+            Ok((m, stored))
         })
         .await
     }
@@ -168,9 +179,47 @@ impl SnapCtx {
         blocking(move || me.snap.save_step_changes(&me.run_id, &step, &changes)).await
     }
 
-    async fn rollback(self: &Arc<Self>, changes: ChangeSet) -> Result<usize, SnapshotError> {
+    /// Put the workspace back to `pre`, then look again: what the first scan could not see (a
+    /// directory it could not list until its mode was restored, a file a straggling process
+    /// made after it) is undone too, until the workspace matches `pre` or passes run out.
+    async fn rollback(
+        self: &Arc<Self>,
+        pre: Arc<Manifest>,
+        changes: ChangeSet,
+    ) -> Result<usize, SnapshotError> {
+        const PASSES: usize = 3;
         let me = self.clone();
-        blocking(move || me.snap.restore(&changes.changes)).await
+        blocking(move || {
+            // A path that cannot be put back is reported after every other path was.
+            let mut failed = None;
+            let mut restore = |changes: &[crate::snapshot::Change]| {
+                me.snap
+                    .restore(changes)
+                    .map_err(|e| failed = Some(e))
+                    .unwrap_or(0)
+            };
+            let mut restored = restore(&changes.changes);
+            for pass in 1..=PASSES {
+                let now = me.snap.scan_hash_only(Some(&pre))?;
+                let rest = crate::snapshot::diff(&pre, &now);
+                if rest.is_empty() {
+                    me.set_last(Arc::new(now));
+                    return Ok(restored);
+                }
+                if pass == PASSES {
+                    return Err(failed.unwrap_or_else(|| SnapshotError::Io {
+                        path: me.snap.abs(&rest.changes[0].path),
+                        source: std::io::Error::other(format!(
+                            "the workspace still differs from before the step at {} path(s) after {PASSES} restores (is a process the step started still writing?)",
+                            rest.len()
+                        )),
+                    }));
+                }
+                restored += restore(&rest.changes);
+            }
+            Ok(restored)
+        })
+        .await
     }
 }
 
@@ -408,7 +457,9 @@ impl Engine {
             let s2 = snap.clone();
             let first = blocking(move || {
                 let cache = s2.load_cache();
-                s2.scan(cache.as_ref())
+                let m = s2.scan(cache.as_ref())?;
+                m.require_captured(s2.root())?;
+                Ok(m)
             })
             .await?;
             record.pre_manifest = Some(first.hash());
@@ -1146,7 +1197,13 @@ async fn execute(job: StepJob) -> Finished {
     }
 }
 
-/// After an attempt of a writing step: what it changed, and a rollback if it failed.
+/// How many hazards a failure reason names before it says how many more there are.
+const HAZARDS_NAMED: usize = 5;
+
+/// After an attempt of a writing step: what it changed, and a rollback if it failed or left
+/// what no step may leave (see [`crate::snapshot::hazards`]). Whatever goes wrong here, the
+/// pre-images already taken are used: the step is rolled back with everything that could be
+/// captured, or its change set is kept for `secureclaw revert`.
 async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f: &mut Finished) {
     let add_reason = |f: &mut Finished, note: String| {
         f.reason = Some(match f.reason.take() {
@@ -1154,28 +1211,65 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
             None => note,
         });
     };
-    let post = match ctx.post(pre.clone()).await {
+    let (post, store_error) = match ctx.post(pre.clone()).await {
         Ok(m) => m,
         Err(e) => {
+            // Only the workspace root itself could not be read: there is nothing to compare.
             f.state = StepState::Failed;
             add_reason(
                 f,
-                format!("capturing the workspace after the step failed: {e}"),
+                format!(
+                    "capturing the workspace after the step failed: {e}; its changes could not be determined"
+                ),
             );
             return;
         }
     };
     let changes = crate::snapshot::diff(&pre, &post);
-    if f.state == StepState::Failed && !job.step.keep_on_failure && !changes.is_empty() {
+    let hazards = crate::snapshot::hazards(&post, &changes);
+    if let Some(e) = &store_error {
+        f.state = StepState::Failed;
+        add_reason(
+            f,
+            format!("storing its post-images failed ({e}), so its changes cannot be kept"),
+        );
+    }
+    if !hazards.is_empty() {
+        f.state = StepState::Failed;
+        let mut named: Vec<String> = hazards
+            .iter()
+            .take(HAZARDS_NAMED)
+            .map(ToString::to_string)
+            .collect();
+        if hazards.len() > HAZARDS_NAMED {
+            named.push(format!("and {} more", hazards.len() - HAZARDS_NAMED));
+        }
+        add_reason(
+            f,
+            format!(
+                "it left what no step may leave in the workspace: {}",
+                named.join("; ")
+            ),
+        );
+    }
+    // Hazards and uncapturable changes are never kept, `keep_on_failure` or not.
+    let forced = !hazards.is_empty() || store_error.is_some();
+    let roll_back = f.state == StepState::Failed
+        && (forced || !job.step.keep_on_failure)
+        && !changes.is_empty();
+    if roll_back {
         let n = changes.len();
-        match ctx.rollback(changes.clone()).await {
+        match ctx.rollback(pre.clone(), changes.clone()).await {
             Ok(_) => {
-                ctx.set_last(pre.clone());
                 add_reason(
                     f,
-                    format!(
-                        "its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"
-                    ),
+                    if forced {
+                        format!("its workspace changes were rolled back ({n} path(s))")
+                    } else {
+                        format!(
+                            "its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"
+                        )
+                    },
                 );
                 f.capture = Some(Capture {
                     changes: ChangeSet::default(),
@@ -1190,6 +1284,10 @@ async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f:
                         "rolling back its workspace changes FAILED: {e}; `secureclaw revert` can retry"
                     ),
                 );
+                // The change set (with every pre-image) outlives the run record's saves.
+                if let Err(e) = ctx.save_changes(&job.step.id, changes.clone()).await {
+                    add_reason(f, format!("saving its change set failed too: {e}"));
+                }
                 f.capture = Some(Capture {
                     changes,
                     pre_hash: pre.hash(),
