@@ -26,6 +26,7 @@ mod ledger;
 mod params;
 mod passphrase;
 mod store;
+mod strict_json;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,10 @@ pub use ledger::{
     ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead, LedgerKey, LedgerRecord,
     NewEntry, VerifyReport, canonical_json, kind, verify_export,
 };
-pub use params::{ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams};
+pub use params::{
+    ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams, MAX_COST_KIB_PASSES,
+    MAX_ITERATIONS, MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_SALT_BYTES, MIN_SALT_BYTES,
+};
 pub use passphrase::{ENV_PASSPHRASE, PassphraseSource};
 pub use store::WriteTx;
 
