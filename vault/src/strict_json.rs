@@ -107,12 +107,19 @@ impl<'de> Visitor<'de> for StrictSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+        // Every value is parsed first and duplicates are looked for when the object closes,
+        // in key order: the order in which Python's object_pairs_hook sees them, so the two
+        // verifiers name the same fault when a line has several.
+        let mut pairs = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self)?;
+            pairs.push((key, v));
+        }
+        let mut out = Map::new();
+        for (key, v) in pairs {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!("{DUPLICATE_KEY} `{key}`")));
             }
-            let v = map.next_value_seed(self)?;
             out.insert(key, v);
         }
         Ok(Value::Object(out))
@@ -134,6 +141,9 @@ mod tests {
             let e = parse(doc.as_bytes(), Numbers::Any).unwrap_err();
             assert!(reason(&e).starts_with(DUPLICATE_KEY), "{doc}: {e}");
         }
+        // The inner fault is named first, as Python's object_pairs_hook does.
+        let e = parse(br#"{"a":1,"a":{"b":1,"b":2}}"#, Numbers::Any).unwrap_err();
+        assert_eq!(reason(&e), "duplicate key `b`");
         // Keys differing only by an escape are the same key.
         let e = parse(br#"{"a":1,"\u0061":2}"#, Numbers::Any).unwrap_err();
         assert_eq!(reason(&e), "duplicate key `a`");
@@ -141,7 +151,12 @@ mod tests {
 
     #[test]
     fn only_integers_in_range_pass_the_integer_mode() {
-        for ok in ["0", "-9223372036854775808", "18446744073709551615", "[1,-2]"] {
+        for ok in [
+            "0",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "[1,-2]",
+        ] {
             parse(ok.as_bytes(), Numbers::Integers).unwrap();
         }
         for bad in [
