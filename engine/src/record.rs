@@ -206,11 +206,22 @@ impl RunStore {
         &self.actor
     }
 
-    /// Queue a ledger entry; it is committed with the next [`RunStore::save`].
-    pub fn record(&self, entry: NewEntry) {
+    /// Queue a ledger entry; it is committed with the next [`RunStore::save`]. Manifest hashes
+    /// (plain SHA-256 over paths and contents) are replaced by keyed digests here, so no entry,
+    /// and no export of one, can be used to confirm a guessed workspace.
+    pub fn record(&self, mut entry: NewEntry) {
+        let key = |m: Option<String>| m.map(|m| self.digest("manifest", m.as_bytes()));
+        entry.pre_manifest = key(entry.pre_manifest.take());
+        entry.post_manifest = key(entry.post_manifest.take());
         if let Ok(mut p) = self.pending.lock() {
             p.push(entry);
         }
+    }
+
+    /// A keyed digest of user data for a ledger entry (see `Vault::keyed_digest`): never put a
+    /// plain hash of inputs, file contents or workflow text in the ledger, which gets exported.
+    pub fn digest(&self, what: &str, data: &[u8]) -> String {
+        self.vault.keyed_digest(what, data)
     }
 
     /// A new ledger entry with this store's actor.

@@ -254,6 +254,16 @@ impl Vault {
         Blobs::new(&self.inner)
     }
 
+    /// A keyed digest of user data, for ledger entries (which get exported): lowercase hex of
+    /// `HMAC-SHA256(record-digest key, lp(what) || data)`, where `what` names the kind of data
+    /// (`content`, `inputs`, `manifest`...). Equal data gives equal digests within this vault, so
+    /// entries stay comparable, but without the vault nobody can test a guess against one (a plain
+    /// SHA-256 of a short secret is confirmed by hashing candidates). The key is neither the ledger
+    /// MAC key nor the names key: an auditor holding the ledger key learns nothing more.
+    pub fn keyed_digest(&self, what: &str, data: &[u8]) -> String {
+        hex::encode(self.inner.keys.digest(what, data))
+    }
+
     /// A per-user 256-bit key, independent of every other key in the vault.
     pub fn user_key(&self, user_id: &str) -> Result<crypto::SecretKey, VaultError> {
         self.inner
