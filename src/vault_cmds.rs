@@ -137,6 +137,13 @@ fn open(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
     Ok(Vault::open(state_dir, &p)?)
 }
 
+/// For `status`, `ledger verify` and `ledger export`: no write lock, nothing written, so they
+/// work on a read-only state dir (a backup being audited).
+fn open_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
+    let p = pass.resolve()?;
+    Ok(Vault::open_for_reading(state_dir, &p)?)
+}
+
 /// Like [`run_vault`], writing human output to `out`.
 pub fn run_vault_to(
     cmd: VaultCommand,
@@ -188,7 +195,7 @@ pub fn run_vault_to(
             Ok(0)
         }
         VaultCommand::Status { json } => {
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let s = v.status()?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
@@ -267,7 +274,7 @@ pub fn run_ledger_to(
 ) -> anyhow::Result<i32> {
     match cmd {
         LedgerCommand::Verify { head } => {
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let r = match head {
                 Some(h) => read_head(&h)?.and_then(|h| v.ledger().verify_with_head(&h)),
                 None => v.ledger().verify(),
@@ -303,7 +310,7 @@ pub fn run_ledger_to(
                 }
                 (None, None) => bail!("--head-out is required when exporting to stdout"),
             };
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let head = match &file {
                 Some(f) => {
                     let fh = std::fs::File::create(f)

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, Write};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -520,7 +520,7 @@ impl<'v> Ledger<'v> {
     /// Appends entries in one durable transaction (one fsync for the whole batch).
     pub fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<LedgerRecord>, VaultError> {
         let inner = self.inner;
-        let txn = inner.db.begin_write().map_err(|e| inner.storage(e))?;
+        let txn = inner.begin_write()?;
         let out = append_in(inner, &txn, entries)?;
         inner.commit(txn)?;
         Ok(out)
@@ -1109,7 +1109,7 @@ mod tests {
     /// the data key but not the MAC key could write.
     fn reseal(v: &Vault, seq: u64, mac: [u8; 32], canonical: &[u8]) {
         let inner = &*v.inner;
-        let txn = inner.db.begin_write().unwrap();
+        let txn = inner.begin_write().unwrap();
         {
             let mut t = txn.open_table(LEDGER).unwrap();
             let sealed = inner
