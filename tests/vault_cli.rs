@@ -426,3 +426,48 @@ steps:
         String::from_utf8_lossy(&py.stderr)
     );
 }
+
+/// The shared corpus of tampered exports (vault/tests/export-corpus, also run through the
+/// library and the Python verifier) through the binary's `ledger verify-export`: exit 0 for the
+/// valid cases, exit 1 naming the same reason and line for every tampered one.
+#[test]
+fn verify_export_gives_the_corpus_verdicts_through_the_binary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vault/tests/export-corpus");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 25);
+    let nowhere = tempfile::tempdir().unwrap();
+    for c in &cases {
+        let name = c["case"].as_str().unwrap();
+        let mut cmd = bin(PASS);
+        cmd.args(["ledger", "verify-export", "--state-dir"])
+            .arg(nowhere.path())
+            .arg(dir.join(c["file"].as_str().unwrap()))
+            .arg("--key-file")
+            .arg(dir.join("key.hex"));
+        if let Some(h) = c["head"].as_str() {
+            cmd.arg("--head").arg(dir.join(h));
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match c["verdict"].as_str().unwrap() {
+            "valid" => assert_eq!(out.status.code(), Some(0), "{name}: {stdout}"),
+            _ => {
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{name}: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let reason = c["reason"].as_str().unwrap();
+                assert!(stdout.contains(reason), "{name}: {stdout} (want {reason:?})");
+                if let Some(n) = c["line"].as_u64() {
+                    assert!(
+                        stdout.contains(&format!("line {n}:")) || stdout.contains(&format!("line {n} (")),
+                        "{name}: {stdout} (want line {n})"
+                    );
+                }
+            }
+        }
+    }
+}
