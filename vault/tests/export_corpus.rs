@@ -529,6 +529,17 @@ fn regenerate() {
         "number out of range",
     );
     add(
+        "negative-zero",
+        "0 written as -0 (serde_json reads a float)",
+        Some(edit_line(3, &|l| {
+            l.replacen("\"exit_code\":0", "\"exit_code\":-0", 1)
+        })),
+        h,
+        "invalid",
+        Some(4),
+        "number out of range",
+    );
+    add(
         "deep-nesting",
         "128 levels of nesting (serde_json's limit)",
         Some(edit_line(3, &|l| {

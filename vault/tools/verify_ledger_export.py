@@ -50,6 +50,8 @@ def no_duplicates(pairs):
 
 
 def integer(text):
+    if text == "-0":  # serde_json reads it as the float -0.0
+        no_float(text)
     n = int(text)
     if not INT_MIN <= n <= INT_MAX:
         raise Bad("number out of range (only integers from -2^63 to 2^64-1 are allowed)")
@@ -186,10 +188,20 @@ def main():
     if len(sys.argv) not in (3, 4):
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         sys.exit(2)
-    export, key_file = sys.argv[1], sys.argv[2]
+    try:
+        verify(*sys.argv[1:])
+    except (OSError, ValueError) as e:
+        # An unreadable file or key is not a verdict on the export.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def verify(export, key_file, head_file=None):
     with open(key_file) as f:
         key = bytes.fromhex(f.read().strip())
-    head = load_head(sys.argv[3], key) if len(sys.argv) > 3 else None
+    if len(key) != 32:
+        raise ValueError("the key file must hold 64 hex digits")
+    head = load_head(head_file, key) if head_file else None
     full = head is not None and head["run"] is None
     prev_seq, prev_mac, count, n = None, None, 0, 0
     with open(export, "rb") as f:
