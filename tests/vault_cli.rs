@@ -460,14 +460,77 @@ fn verify_export_gives_the_corpus_verdicts_through_the_binary() {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let reason = c["reason"].as_str().unwrap();
-                assert!(stdout.contains(reason), "{name}: {stdout} (want {reason:?})");
+                assert!(
+                    stdout.contains(reason),
+                    "{name}: {stdout} (want {reason:?})"
+                );
                 if let Some(n) = c["line"].as_u64() {
                     assert!(
-                        stdout.contains(&format!("line {n}:")) || stdout.contains(&format!("line {n} (")),
+                        stdout.contains(&format!("line {n}:"))
+                            || stdout.contains(&format!("line {n} (")),
                         "{name}: {stdout} (want line {n})"
                     );
                 }
             }
         }
+    }
+}
+
+/// A header edited to absurd KDF costs is refused as corrupt, naming the field, by every
+/// command that unlocks the vault, before any Argon2 work (it used to hang or take 8 GB).
+#[test]
+fn absurd_kdf_parameters_in_the_header_are_a_corrupt_header_for_every_command() {
+    let ws = tempfile::tempdir().unwrap();
+    let state = ws.path().join(".secureclaw");
+    let init = bin(PASS)
+        .args(["vault", "init", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let hp = state.join("vault.header.json");
+    let orig: serde_json::Value = serde_json::from_slice(&std::fs::read(&hp).unwrap()).unwrap();
+    let wf = ws.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n",
+    )
+    .unwrap();
+    for (field, value) in [
+        ("iterations", serde_json::json!(4_000_000_000u64)),
+        ("memory_kib", serde_json::json!(8u64 * 1024 * 1024)),
+        ("parallelism", serde_json::json!(-1)),
+        ("iterations", serde_json::json!("3")),
+    ] {
+        let mut h = orig.clone();
+        h["kdf"][field] = value.clone();
+        std::fs::write(&hp, serde_json::to_vec_pretty(&h).unwrap()).unwrap();
+        let s = state.display().to_string();
+        let w = wf.display().to_string();
+        let ws_s = ws.path().display().to_string();
+        for args in [
+            vec!["vault", "status", "--state-dir", &s],
+            vec!["runs", "--state-dir", &s],
+            vec!["ledger", "verify", "--state-dir", &s],
+            vec!["ledger", "verify-export", "/dev/null", "--state-dir", &s],
+            vec!["run", &w, "--workspace", &ws_s, "--sandbox", "host"],
+        ] {
+            let out = bin(PASS).args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{field}={value} {args:?}: {err}"
+            );
+            assert!(
+                err.contains("corrupt") && err.contains(&format!("kdf.{field}")),
+                "{field}={value} {args:?}: {err}"
+            );
+        }
+        assert!(!ws.path().join("a.txt").exists(), "the workflow ran");
     }
 }
