@@ -527,7 +527,7 @@ fn absurd_kdf_parameters_in_the_header_are_a_corrupt_header_for_every_command() 
                 "{field}={value} {args:?}: {err}"
             );
             assert!(
-                err.contains("corrupt") && err.contains(&format!("kdf.{field}")),
+                err.contains("corrupt header") && err.contains(&format!("kdf.{field}")),
                 "{field}={value} {args:?}: {err}"
             );
         }

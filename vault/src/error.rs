@@ -17,7 +17,7 @@ pub enum VaultError {
          (or the KDF parameters in the vault header were altered)"
     )]
     WrongPassphrase,
-    #[error("vault header {path} is unreadable or corrupt: {reason}")]
+    #[error("corrupt header {path}: {reason}")]
     HeaderCorrupt { path: PathBuf, reason: String },
     #[error("vault format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },

@@ -35,7 +35,7 @@ fn assert_corrupt_naming(err: VaultError, field: &str, case: &str) {
         ),
         other => panic!("{case}: expected a corrupt header, got {other:?}"),
     }
-    assert!(shown.contains("corrupt"), "{case}: {shown}");
+    assert!(shown.contains("corrupt header"), "{case}: {shown}");
 }
 
 fn out_of_range_cases() -> Vec<(&'static str, Value)> {
