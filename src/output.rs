@@ -147,7 +147,7 @@ pub fn print_explain_to(v: &Validated, w: &mut dyn std::io::Write) {
 fn store(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<RunStore> {
     let cwd = std::env::current_dir()?;
     let dir = state_dir(args.state_dir.as_ref(), &cwd);
-    let vault = crate::unlock::open(&dir, pass, false)?;
+    let vault = crate::unlock::open_for_reading(&dir, pass)?;
     Ok(RunStore::new(vault, crate::run_cmd::actor()))
 }
 

@@ -75,7 +75,21 @@ pub fn print_provenance(plan: &Plan) {
 
 /// Append the `plan_created` entry (no workflow text: hashes only).
 pub fn record(vault: &Vault, plan: &Plan, run: Option<&str>) -> anyhow::Result<()> {
-    let mut entry = NewEntry::new(crate::run_cmd::actor(), PLAN_CREATED).result(plan.provenance());
+    // The ledger gets exported: the prompt and YAML hashes are keyed, so an export cannot
+    // confirm a guessed instruction.
+    let mut provenance = plan.provenance();
+    if let Some(p) = provenance.as_object_mut() {
+        for (plain, keyed, what) in [
+            ("prompt_sha256", "prompt_hmac", "prompt"),
+            ("yaml_sha256", "yaml_hmac", "plan-yaml"),
+        ] {
+            if let Some(h) = p.remove(plain) {
+                let h = h.as_str().unwrap_or_default().to_owned();
+                p.insert(keyed.into(), vault.keyed_digest(what, h.as_bytes()).into());
+            }
+        }
+    }
+    let mut entry = NewEntry::new(crate::run_cmd::actor(), PLAN_CREATED).result(provenance);
     if let Some(r) = run {
         entry = entry.run(r);
     }

@@ -40,6 +40,27 @@ pub fn open(state_dir: &Path, pass: &PassphraseSource, create: bool) -> anyhow::
     Ok(vault)
 }
 
+/// Open the vault in `state_dir` for a command that only reads (`runs`, `show`...): no write
+/// lock is taken and nothing is written, so a read-only state dir (a backup being audited, a
+/// read-only mount) works, for root too.
+pub fn open_for_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
+    if !Vault::exists(state_dir) {
+        anyhow::bail!(
+            "no vault in {} yet (run a workflow there first, or `secureclaw vault init --state-dir {}`)",
+            state_dir.display(),
+            state_dir.display()
+        );
+    }
+    let secret = pass.resolve().map_err(|e| no_passphrase(e.into()))?;
+    match Vault::open_for_reading(state_dir, &secret) {
+        Err(VaultError::WrongPassphrase) => anyhow::bail!(
+            "wrong passphrase for the vault in {} (nothing was read or written)",
+            state_dir.display()
+        ),
+        other => other.with_context(|| format!("opening the vault in {}", state_dir.display())),
+    }
+}
+
 fn no_passphrase(e: anyhow::Error) -> anyhow::Error {
     if std::io::stdin().is_terminal() {
         e

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use secureclaw_vault::{
     ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
-    verify_export,
+    parse_export_head, verify_export,
 };
 
 /// Where the vault passphrase comes from; flatten into the top-level CLI.
@@ -137,6 +137,13 @@ fn open(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
     Ok(Vault::open(state_dir, &p)?)
 }
 
+/// For `status`, `ledger verify` and `ledger export`: no write lock, nothing written, so they
+/// work on a read-only state dir (a backup being audited).
+fn open_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
+    let p = pass.resolve()?;
+    Ok(Vault::open_for_reading(state_dir, &p)?)
+}
+
 /// Like [`run_vault`], writing human output to `out`.
 pub fn run_vault_to(
     cmd: VaultCommand,
@@ -188,7 +195,7 @@ pub fn run_vault_to(
             Ok(0)
         }
         VaultCommand::Status { json } => {
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let s = v.status()?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
@@ -218,11 +225,11 @@ pub fn run_vault_to(
     }
 }
 
-fn read_head(path: &Path) -> anyhow::Result<ExportHead> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a ledger export head", path.display()))
+/// Reads a head as strictly as the lines (no duplicate or unknown keys). A malformed head is an
+/// integrity failure (exit 1), like a forged one.
+fn read_head(path: &Path) -> anyhow::Result<Result<ExportHead, VaultError>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_export_head(&bytes))
 }
 
 /// Integrity failures become exit code 1 with the precise message; anything else is an error.
@@ -267,9 +274,9 @@ pub fn run_ledger_to(
 ) -> anyhow::Result<i32> {
     match cmd {
         LedgerCommand::Verify { head } => {
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let r = match head {
-                Some(h) => v.ledger().verify_with_head(&read_head(&h)?),
+                Some(h) => read_head(&h)?.and_then(|h| v.ledger().verify_with_head(&h)),
                 None => v.ledger().verify(),
             };
             integrity(
@@ -303,7 +310,7 @@ pub fn run_ledger_to(
                 }
                 (None, None) => bail!("--head-out is required when exporting to stdout"),
             };
-            let v = open(state_dir, pass)?;
+            let v = open_reading(state_dir, pass)?;
             let head = match &file {
                 Some(f) => {
                     let fh = std::fs::File::create(f)
@@ -352,7 +359,11 @@ pub fn run_ledger_to(
                     LedgerKey::unlock(state_dir, &p)?
                 }
             };
-            let head = head.as_deref().map(read_head).transpose()?;
+            let head = match head.as_deref().map(read_head).transpose()? {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => return integrity(Err(e), out),
+            };
             let f = std::fs::File::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
             let r = verify_export(BufReader::new(f), &key, head.as_ref());

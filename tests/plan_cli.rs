@@ -223,7 +223,11 @@ fn good_plan_is_written_shown_and_ledgered() {
     assert_eq!(r["provider"], "anthropic");
     assert_eq!(r["model"], "claude-sonnet-4-6");
     assert_eq!(r["rounds"], 1);
-    assert_eq!(r["prompt_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(r["prompt_hmac"].as_str().unwrap().len(), 64);
+    assert!(
+        r.get("prompt_sha256").is_none(),
+        "a plain hash confirms a guessed prompt"
+    );
     assert_eq!(r["usage"]["input_tokens"], 1200);
 }
 

@@ -262,3 +262,275 @@ fn no_passphrase_and_no_terminal_is_a_clear_error() {
     );
     assert!(!ws.path().join("a.txt").exists());
 }
+
+/// Plain SHA-256 (lowercase hex) by the system's `sha256sum`: an independent hash, as anyone
+/// holding an export would compute it.
+fn plain_sha256(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// Whoever holds an export must not be able to confirm a guessed input or file content: every
+/// digest of user data in it is keyed by the vault, and the export still verifies (with both
+/// verifiers).
+#[test]
+fn an_export_holds_no_plain_hash_of_inputs_contents_workflow_or_manifests() {
+    let ws = tempfile::tempdir().unwrap();
+    let token = "hunter2";
+    let old_config = "password=swordfish\n";
+    std::fs::write(ws.path().join("config.txt"), old_config).unwrap();
+    std::fs::write(ws.path().join("gone.txt"), "delete me\n").unwrap();
+    let wf = r#"
+version: 1
+name: guessable
+inputs:
+  token: { type: string }
+steps:
+  - { id: put, write: { path: token.txt, content: "{{ inputs.token }}" } }
+  - { id: edit, needs: [put], write: { path: config.txt, content: "password=changed\n" } }
+  - { id: wipe, needs: [edit], shell: "rm gone.txt" }
+"#;
+    let out = run(
+        ws.path(),
+        wf,
+        &[
+            "--input",
+            &format!("token={token}"),
+            "--approve",
+            "destructive",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = ws.path().join(".secureclaw");
+    let export = ws.path().join("ledger.jsonl");
+    let key = ws.path().join("ledger.key");
+    let out = bin(PASS)
+        .args(["ledger", "export", "--state-dir"])
+        .arg(&state)
+        .arg("--out")
+        .arg(&export)
+        .arg("--key-out")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&export).unwrap();
+    let head_path = format!("{}.head.json", export.display());
+    // What an attacker would hash to test guesses: the input (alone and as the engine serialises
+    // the inputs), every file content before and after, the workflow text.
+    let mut inputs = std::collections::BTreeMap::new();
+    inputs.insert("token", token);
+    let workflow_text = std::fs::read(ws.path().join("wf.yaml")).unwrap();
+    let guesses = [
+        ("the input", plain_sha256(token.as_bytes())),
+        (
+            "the inputs object",
+            plain_sha256(&serde_json::to_vec(&inputs).unwrap()),
+        ),
+        ("the written token file", plain_sha256(token.as_bytes())),
+        ("the old config", plain_sha256(old_config.as_bytes())),
+        ("the new config", plain_sha256(b"password=changed\n")),
+        ("the deleted file", plain_sha256(b"delete me\n")),
+        ("the workflow", plain_sha256(&workflow_text)),
+    ];
+    for (what, h) in &guesses {
+        assert!(
+            !text.contains(h.as_str()),
+            "the export holds the plain SHA-256 of {what}"
+        );
+    }
+    // The run record (sealed in the vault) keeps the plain manifest hashes for revert; the
+    // export must not.
+    let show = bin(PASS)
+        .args(["show", "last", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let mut manifests = vec![rec["pre_manifest"].as_str().unwrap().to_owned()];
+    for s in rec["steps"].as_array().unwrap() {
+        for k in ["pre_manifest", "post_manifest"] {
+            if let Some(m) = s[k].as_str() {
+                manifests.push(m.to_owned());
+            }
+        }
+    }
+    assert!(manifests.len() >= 4, "{manifests:?}");
+    for m in &manifests {
+        assert_eq!(m.len(), 64);
+        assert!(
+            !text.contains(m.as_str()),
+            "the export holds a plain manifest hash"
+        );
+    }
+    // The keyed digests are there instead, and no field still claims to be a plain hash.
+    for field in [
+        "\"inputs_hmac\"",
+        "\"workflow_hmac\"",
+        "\"content_hmac\"",
+        "\"changes_hmac\"",
+    ] {
+        assert!(text.contains(field), "no {field} in the export");
+    }
+    assert!(
+        !text.contains("sha256\""),
+        "a *sha256 field is left in the export"
+    );
+    // Equal contents still give equal keyed digests within the vault: the token file's content
+    // digest appears for the `put` step.
+    let put = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["entry"]["kind"] == "step_finished" && v["entry"]["step"] == "put")
+        .unwrap();
+    let hmac = put["entry"]["inverse"]["restore"][0]["post"]["content_hmac"]
+        .as_str()
+        .unwrap();
+    assert_eq!(hmac.len(), 64);
+    assert_ne!(hmac, plain_sha256(token.as_bytes()));
+    // Both verifiers still accept the export.
+    let v = bin(PASS)
+        .args(["ledger", "verify-export", "--state-dir"])
+        .arg(&state)
+        .arg(&export)
+        .args(["--head", &head_path])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let py = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("vault/tools/verify_ledger_export.py"))
+        .arg(&export)
+        .arg(&key)
+        .arg(&head_path)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
+/// The shared corpus of tampered exports (vault/tests/export-corpus, also run through the
+/// library and the Python verifier) through the binary's `ledger verify-export`: exit 0 for the
+/// valid cases, exit 1 naming the same reason and line for every tampered one.
+#[test]
+fn verify_export_gives_the_corpus_verdicts_through_the_binary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vault/tests/export-corpus");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 25);
+    let nowhere = tempfile::tempdir().unwrap();
+    for c in &cases {
+        let name = c["case"].as_str().unwrap();
+        let mut cmd = bin(PASS);
+        cmd.args(["ledger", "verify-export", "--state-dir"])
+            .arg(nowhere.path())
+            .arg(dir.join(c["file"].as_str().unwrap()))
+            .arg("--key-file")
+            .arg(dir.join("key.hex"));
+        if let Some(h) = c["head"].as_str() {
+            cmd.arg("--head").arg(dir.join(h));
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match c["verdict"].as_str().unwrap() {
+            "valid" => assert_eq!(out.status.code(), Some(0), "{name}: {stdout}"),
+            _ => {
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{name}: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let reason = c["reason"].as_str().unwrap();
+                assert!(
+                    stdout.contains(reason),
+                    "{name}: {stdout} (want {reason:?})"
+                );
+                if let Some(n) = c["line"].as_u64() {
+                    assert!(
+                        stdout.contains(&format!("line {n}:"))
+                            || stdout.contains(&format!("line {n} (")),
+                        "{name}: {stdout} (want line {n})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A header edited to absurd KDF costs is refused as corrupt, naming the field, by every
+/// command that unlocks the vault, before any Argon2 work (it used to hang or take 8 GB).
+#[test]
+fn absurd_kdf_parameters_in_the_header_are_a_corrupt_header_for_every_command() {
+    let ws = tempfile::tempdir().unwrap();
+    let state = ws.path().join(".secureclaw");
+    let init = bin(PASS)
+        .args(["vault", "init", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let hp = state.join("vault.header.json");
+    let orig: serde_json::Value = serde_json::from_slice(&std::fs::read(&hp).unwrap()).unwrap();
+    let wf = ws.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: x\nsteps:\n  - { id: a, write: { path: a.txt, content: x } }\n",
+    )
+    .unwrap();
+    for (field, value) in [
+        ("iterations", serde_json::json!(4_000_000_000u64)),
+        ("memory_kib", serde_json::json!(8u64 * 1024 * 1024)),
+        ("parallelism", serde_json::json!(-1)),
+        ("iterations", serde_json::json!("3")),
+    ] {
+        let mut h = orig.clone();
+        h["kdf"][field] = value.clone();
+        std::fs::write(&hp, serde_json::to_vec_pretty(&h).unwrap()).unwrap();
+        let s = state.display().to_string();
+        let w = wf.display().to_string();
+        let ws_s = ws.path().display().to_string();
+        for args in [
+            vec!["vault", "status", "--state-dir", &s],
+            vec!["runs", "--state-dir", &s],
+            vec!["ledger", "verify", "--state-dir", &s],
+            vec!["ledger", "verify-export", "/dev/null", "--state-dir", &s],
+            vec!["run", &w, "--workspace", &ws_s, "--sandbox", "host"],
+        ] {
+            let out = bin(PASS).args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{field}={value} {args:?}: {err}"
+            );
+            assert!(
+                err.contains("corrupt header") && err.contains(&format!("kdf.{field}")),
+                "{field}={value} {args:?}: {err}"
+            );
+        }
+        assert!(!ws.path().join("a.txt").exists(), "the workflow ran");
+    }
+}

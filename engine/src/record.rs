@@ -206,11 +206,22 @@ impl RunStore {
         &self.actor
     }
 
-    /// Queue a ledger entry; it is committed with the next [`RunStore::save`].
-    pub fn record(&self, entry: NewEntry) {
+    /// Queue a ledger entry; it is committed with the next [`RunStore::save`]. Manifest hashes
+    /// (plain SHA-256 over paths and contents) are replaced by keyed digests here, so no entry,
+    /// and no export of one, can be used to confirm a guessed workspace.
+    pub fn record(&self, mut entry: NewEntry) {
+        let key = |m: Option<String>| m.map(|m| self.digest("manifest", m.as_bytes()));
+        entry.pre_manifest = key(entry.pre_manifest.take());
+        entry.post_manifest = key(entry.post_manifest.take());
         if let Ok(mut p) = self.pending.lock() {
             p.push(entry);
         }
+    }
+
+    /// A keyed digest of user data for a ledger entry (see `Vault::keyed_digest`): never put a
+    /// plain hash of inputs, file contents or workflow text in the ledger, which gets exported.
+    pub fn digest(&self, what: &str, data: &[u8]) -> String {
+        self.vault.keyed_digest(what, data)
     }
 
     /// A new ledger entry with this store's actor.
@@ -237,9 +248,15 @@ impl RunStore {
 
     pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
         let id = self.resolve(run_id)?;
-        self.vault
+        let mut rec: RunRecord = self
+            .vault
             .get_json(RUNS_TABLE, &id)?
-            .ok_or(StoreError::NotFound(id))
+            .ok_or(StoreError::NotFound(id))?;
+        // A read-only store cannot record the interruption; show it as it would be recorded.
+        if self.vault.is_read_only() {
+            mark_dead_run(&mut rec);
+        }
+        Ok(rec)
     }
 
     /// Accept a unique prefix of a run id, or `last` for the newest run.
@@ -276,16 +293,12 @@ impl RunStore {
     /// Mark runs whose engine process is gone as interrupted. Returns their ids.
     pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let mut marked = Vec::new();
+        if self.vault.is_read_only() {
+            // Nothing can be written; `load` shows such runs as interrupted instead.
+            return Ok(marked);
+        }
         for mut rec in self.list()? {
-            if rec.state == RunState::Running && !process_alive(rec.pid) {
-                rec.state = RunState::Interrupted;
-                rec.message = Some("the engine stopped while this run was in progress".into());
-                for s in &mut rec.steps {
-                    if s.state == StepState::Running {
-                        s.state = StepState::Failed;
-                        s.reason = Some("interrupted: the engine stopped during this step".into());
-                    }
-                }
+            if mark_dead_run(&mut rec) {
                 self.record(
                     self.entry(kind::RUN_FINISHED)
                         .run(rec.run_id.clone())
@@ -297,6 +310,22 @@ impl RunStore {
         }
         Ok(marked)
     }
+}
+
+/// Marks a run whose engine is gone as interrupted; true if it was one.
+fn mark_dead_run(rec: &mut RunRecord) -> bool {
+    if rec.state != RunState::Running || process_alive(rec.pid) {
+        return false;
+    }
+    rec.state = RunState::Interrupted;
+    rec.message = Some("the engine stopped while this run was in progress".into());
+    for s in &mut rec.steps {
+        if s.state == StepState::Running {
+            s.state = StepState::Failed;
+            s.reason = Some("interrupted: the engine stopped during this step".into());
+        }
+    }
+    true
 }
 
 fn process_alive(pid: u32) -> bool {

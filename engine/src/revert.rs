@@ -36,22 +36,26 @@ pub enum RevertError {
     Running(String),
 }
 
-/// The inverse stored with a step's ledger entry.
+/// The inverse stored with a step's ledger entry. Content and change-set hashes go through
+/// `digest` (the run store's keyed digest): a plain SHA-256 of a file in an export would confirm
+/// a guessed content.
 pub fn inverse_json(
     class: InverseClass,
     changes: &ChangeSet,
     compensate: Option<&Compensate>,
+    digest: &dyn Fn(&str, &[u8]) -> String,
 ) -> Value {
+    let content = |h: &Option<String>| h.as_ref().map(|h| digest("content", h.as_bytes()));
     match class {
         InverseClass::Restore => json!({
             "class": class,
             "restore": changes.changes.iter().take(LEDGER_CHANGES).map(|c| json!({
                 "path": c.path, "what": c.what(),
-                "pre": c.pre.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "sha256": e.sha256, "blob": e.blob, "target": e.target})),
-                "post": c.post.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "sha256": e.sha256, "target": e.target})),
+                "pre": c.pre.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "content_hmac": content(&e.sha256), "blob": e.blob, "target": e.target})),
+                "post": c.post.as_ref().map(|e| json!({"kind": e.kind, "mode": e.mode, "content_hmac": content(&e.sha256), "target": e.target})),
             })).collect::<Vec<_>>(),
             "paths": changes.len(),
-            "changes_sha256": changes.digest(),
+            "changes_hmac": digest("changes", changes.digest().as_bytes()),
         }),
         InverseClass::Compensate => json!({"class": class, "compensate": compensate}),
         InverseClass::Pivot => json!({"class": class, "manual_review": true}),
@@ -531,7 +535,7 @@ pub async fn apply(
                     .manifests(rec.post_manifest.clone(), rec.pre_manifest.clone());
                 match snap.restore(&changes.changes) {
                     Ok(n) => {
-                        store.record(entry.result(json!({"ok": true, "paths": changes.len(), "written": n, "changes_sha256": changes.digest()})));
+                        store.record(entry.result(json!({"ok": true, "paths": changes.len(), "written": n, "changes_hmac": store.digest("changes", changes.digest().as_bytes())})));
                         record.steps[i].state = StepState::Reverted;
                         summary.reverted.push(p.id.clone());
                     }

@@ -479,11 +479,11 @@ impl Engine {
                 .result(json!({
                     "workflow": record.workflow,
                     "workflow_file": record.workflow_file,
-                    "workflow_sha256": record.workflow_sha256,
+                    "workflow_hmac": self.store.digest("workflow", &source),
                     "workspace": record.workspace,
                     "backend": record.backend,
                     "isolated": record.isolated,
-                    "inputs_sha256": sha256_hex(&serde_json::to_vec(&record.inputs).unwrap_or_default()),
+                    "inputs_hmac": self.store.digest("inputs", &serde_json::to_vec(&record.inputs).unwrap_or_default()),
                 })),
         );
         if !record.approval.nodes.is_empty() {
@@ -753,6 +753,7 @@ impl Engine {
                     rec.inverse,
                     &c.changes,
                     wf.workflow.steps[i].compensate.as_ref(),
+                    &|what, data| self.store.digest(what, data),
                 );
                 rec.changes = Some(c.changes);
             } else if rec.kind == ActionKind::Http {
@@ -760,6 +761,7 @@ impl Engine {
                     rec.inverse,
                     &ChangeSet::default(),
                     wf.workflow.steps[i].compensate.as_ref(),
+                    &|what, data| self.store.digest(what, data),
                 );
             }
             let wrote = rec.changes.as_ref().is_some_and(|c| !c.is_empty());

@@ -123,6 +123,7 @@ impl<'v> Blobs<'v> {
 
     /// Stores `data`; returns its id. Storing the same content twice writes it once.
     pub fn put(&self, data: &[u8]) -> Result<BlobId, VaultError> {
+        self.inner.require_writable()?;
         let mut mac = HmacStream::new(self.inner.keys.name_key.as_ref());
         mac.update(NAME_PREFIX);
         mac.update(data);
@@ -155,6 +156,7 @@ impl<'v> Blobs<'v> {
     /// Stores everything `reader` yields, streaming: memory use stays at a few chunks whatever
     /// the size. The plaintext never touches the disk.
     pub fn put_reader(&self, mut reader: impl Read) -> Result<BlobId, VaultError> {
+        self.inner.require_writable()?;
         let (tmp, mut w, header) = self.start_temp()?;
         let result = (|| {
             let mut mac = HmacStream::new(self.inner.keys.name_key.as_ref());
@@ -461,6 +463,7 @@ impl<'v> Blobs<'v> {
     /// but before its reference is recorded would be collected, so run gc when no run is
     /// writing (the engine does it between runs).
     pub fn gc(&self, live: &HashSet<BlobId>) -> Result<GcReport, VaultError> {
+        self.inner.require_writable()?;
         let _guard = self
             .inner
             .blob_lock

@@ -17,10 +17,21 @@ pub enum VaultError {
          (or the KDF parameters in the vault header were altered)"
     )]
     WrongPassphrase,
-    #[error("vault header {path} is unreadable or corrupt: {reason}")]
+    #[error("corrupt header {path}: {reason}")]
     HeaderCorrupt { path: PathBuf, reason: String },
     #[error("vault format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
+    #[error(
+        "the state directory {dir} is read-only (a backup, a read-only mount, or not writable \
+         by this user) and this needs to write to it; runs, show, ledger verify, ledger export \
+         and vault status work without writing"
+    )]
+    ReadOnly { dir: PathBuf },
+    #[error(
+        "the vault database {path} was not closed cleanly and needs recovery, which writes to \
+         it: run any command on a writable copy of the state directory first"
+    )]
+    NeedsRecovery { path: PathBuf },
     #[error("the vault database {path} is in use by another process")]
     Locked { path: PathBuf },
     #[error("the vault database {path} is corrupt: {reason}")]

@@ -5,21 +5,25 @@
 //! passphrase rewrites only this file.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, Cipher, KEY_LEN, NONCE_LEN, SecretKey};
 use crate::error::VaultError;
 use crate::params::KdfParams;
+use crate::strict_json;
 
 pub(crate) const HEADER_FILE: &str = "vault.header.json";
 pub(crate) const FORMAT_NAME: &str = "secureclaw-vault";
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// A real header is about 500 bytes; anything far larger is not one (and is not read whole).
+const MAX_HEADER_BYTES: u64 = 64 * 1024;
 
 const LABEL_KEY_CHECK: &str = "secureclaw/v1/key-check";
 const LABEL_WRAP: &str = "secureclaw/v1/wrap-root-key";
@@ -142,16 +146,40 @@ pub(crate) fn build(
 
 pub(crate) fn read(dir: &Path) -> Result<Parsed, VaultError> {
     let p = path(dir);
-    let bytes = match fs::read(&p) {
+    let bytes = match read_bounded(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(VaultError::NotFound {
                 dir: dir.to_path_buf(),
             });
         }
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(corrupt(
+                dir,
+                format!("larger than {MAX_HEADER_BYTES} bytes"),
+            ));
+        }
         Err(e) => return Err(VaultError::io(format!("reading {}", p.display()), e)),
     };
-    let h: Header = serde_json::from_slice(&bytes).map_err(|e| corrupt(dir, e.to_string()))?;
+    let raw = strict_json::parse(&bytes, strict_json::Numbers::Any)
+        .map_err(|e| corrupt(dir, e.to_string()))?;
+    // Every KDF number is checked, by name, before the typed parse (whose errors do not name
+    // the field) and long before any Argon2 work.
+    if let Some(kdf) = raw.get("kdf").and_then(Value::as_object) {
+        for field in ["argon2_version", "memory_kib", "iterations", "parallelism"] {
+            match kdf.get(field) {
+                None => return Err(corrupt(dir, format!("kdf.{field} is missing"))),
+                Some(v) if v.as_u64().is_some_and(|n| u32::try_from(n).is_ok()) => {}
+                Some(v) => {
+                    return Err(corrupt(
+                        dir,
+                        format!("kdf.{field} must be an integer from 0 to 2^32-1, found {v}"),
+                    ));
+                }
+            }
+        }
+    }
+    let h: Header = serde_json::from_value(raw).map_err(|e| corrupt(dir, e.to_string()))?;
     if h.format != FORMAT_NAME {
         return Err(corrupt(
             dir,
@@ -173,7 +201,7 @@ pub(crate) fn read(dir: &Path) -> Result<Parsed, VaultError> {
     .ok_or_else(|| corrupt(dir, "vault_id must be 16 bytes"))?;
     let salt = B64
         .decode(&h.kdf.salt)
-        .map_err(|e| corrupt(dir, format!("salt: {e}")))?;
+        .map_err(|e| corrupt(dir, format!("kdf.salt: {e}")))?;
     let params = KdfParams {
         memory_kib: h.kdf.memory_kib,
         iterations: h.kdf.iterations,
@@ -181,8 +209,8 @@ pub(crate) fn read(dir: &Path) -> Result<Parsed, VaultError> {
         salt_len: salt.len(),
     };
     params
-        .validate()
-        .map_err(|e| corrupt(dir, format!("KDF parameters: {e}")))?;
+        .check()
+        .map_err(|e| corrupt(dir, format!("kdf.{} {}", e.field, e.message)))?;
     let key_check = decode_fixed(
         &hex::decode(&h.key_check).map_err(|e| corrupt(dir, format!("key_check: {e}")))?,
     )
@@ -246,6 +274,17 @@ pub(crate) fn write(dir: &Path, h: &Header) -> Result<(), VaultError> {
         fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| VaultError::io(format!("writing {}", final_path.display()), e))
+}
+
+/// Reads the header, refusing a file larger than [`MAX_HEADER_BYTES`] without reading it all.
+fn read_bounded(p: &Path) -> std::io::Result<Vec<u8>> {
+    let f = fs::File::open(p)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_HEADER_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_HEADER_BYTES {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
+    Ok(bytes)
 }
 
 fn decode_fixed<const N: usize>(v: &[u8]) -> Option<[u8; N]> {

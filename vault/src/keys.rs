@@ -11,6 +11,7 @@
 //!   --"secureclaw/v1/data/epoch-N"--> AES-256-GCM data key for epoch N
 //!   --"secureclaw/v1/ledger-mac"-->   ledger HMAC key
 //!   --"secureclaw/v1/names"-->        keyed names (blob ids, table and row names)
+//!   --"secureclaw/v1/record-digest"--> keyed digests of user data in ledger entries
 //!   --"secureclaw/v1/user/<id>"-->    per-user keys
 //! ```
 
@@ -39,6 +40,7 @@ pub(crate) struct KeyRing {
     root: SecretKey,
     pub mac_key: SecretKey,
     pub name_key: SecretKey,
+    pub digest_key: SecretKey,
     ciphers: RwLock<HashMap<u32, Arc<Cipher>>>,
     nonce: Mutex<NonceState>,
     rotate_after: u64,
@@ -48,11 +50,14 @@ impl KeyRing {
     pub fn new(vault_id: [u8; 16], root: SecretKey, rotate_after: u64) -> Result<Self, VaultError> {
         let mac_key = crypto::derive_key(root.as_ref(), &vault_id, "secureclaw/v1/ledger-mac")?;
         let name_key = crypto::derive_key(root.as_ref(), &vault_id, "secureclaw/v1/names")?;
+        let digest_key =
+            crypto::derive_key(root.as_ref(), &vault_id, "secureclaw/v1/record-digest")?;
         Ok(Self {
             vault_id,
             root,
             mac_key,
             name_key,
+            digest_key,
             ciphers: RwLock::new(HashMap::new()),
             nonce: Mutex::new(NonceState { epoch: 0, used: 0 }),
             rotate_after: rotate_after.max(1),
@@ -151,6 +156,11 @@ impl KeyRing {
         self.cipher(epoch)
             .ok()?
             .open(&nonce, &aad, &sealed[SEALED_HEADER..])
+    }
+
+    /// A keyed digest of user data for a ledger entry: `HMAC-SHA256(digest key, lp(what) || data)`.
+    pub fn digest(&self, what: &str, data: &[u8]) -> [u8; 32] {
+        crypto::hmac_sha256(self.digest_key.as_ref(), &[&lp(what.as_bytes()), data])
     }
 
     /// A keyed name: reveals nothing about `parts` without the key.

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, Write};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::crypto::{self, SecretKey};
 use crate::error::{BreakReason, LedgerError, VaultError};
 use crate::store::{LEDGER, META, META_LEDGER_HEAD, meta_domain};
-use crate::{Inner, header};
+use crate::{Inner, header, strict_json};
 
 const DOMAIN_LEDGER: &[u8] = b"secureclaw/v1/ledger\0";
 const HEAD_LABEL: &[u8] = b"secureclaw/v1/export-head\0";
@@ -442,6 +442,7 @@ pub(crate) fn append_in(
             inverse: new.inverse,
             result: new.result,
         };
+        refuse_non_integers(&entry)?;
         let canonical = entry_canonical(&entry)?;
         let mac = crypto::hmac_sha256(inner.keys.mac_key.as_ref(), &[&head.last_mac, &canonical]);
         let record = zeroize::Zeroizing::new([&mac[..], &canonical].concat());
@@ -466,6 +467,32 @@ pub(crate) fn append_in(
     meta.insert(META_LEDGER_HEAD, sealed_head.as_slice())
         .map_err(|e| inner.storage(e))?;
     Ok(out)
+}
+
+/// Floats have no single printed form that every verifier shares (Python writes `1e+20`, serde_json
+/// `1e20`), so an entry carrying one could not be verified independently: refuse it at append.
+fn refuse_non_integers(e: &LedgerEntry) -> Result<(), VaultError> {
+    fn first_float(v: &Value) -> Option<&serde_json::Number> {
+        match v {
+            Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_none() => Some(n),
+            Value::Array(items) => items.iter().find_map(first_float),
+            Value::Object(m) => m.values().find_map(first_float),
+            _ => None,
+        }
+    }
+    for (name, v) in [
+        ("tier", &e.tier),
+        ("enforcement", &e.enforcement),
+        ("inverse", &e.inverse),
+        ("result", &e.result),
+    ] {
+        if let Some(n) = v.as_ref().and_then(first_float) {
+            return Err(VaultError::InvalidParams(format!(
+                "ledger entry `{name}` holds the non-integer number {n}: entries carry integers only"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -493,7 +520,7 @@ impl<'v> Ledger<'v> {
     /// Appends entries in one durable transaction (one fsync for the whole batch).
     pub fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<LedgerRecord>, VaultError> {
         let inner = self.inner;
-        let txn = inner.db.begin_write().map_err(|e| inner.storage(e))?;
+        let txn = inner.begin_write()?;
         let out = append_in(inner, &txn, entries)?;
         inner.commit(txn)?;
         Ok(out)
@@ -752,6 +779,167 @@ fn parse_mac(s: &str) -> Option<[u8; 32]> {
     v.try_into().ok()
 }
 
+/// Why a line of an export is refused before its MAC is even checked. The Python verifier in
+/// vault/tools prints the same words; the shared corpus in vault/tests/export-corpus holds both
+/// to it.
+const MSG_CUT_OFF: &str = "the last line is cut off (file truncated mid-entry)";
+const MSG_BLANK: &str = "blank line (an export has no empty lines, not even at the end)";
+const MSG_CR: &str = "carriage return before the line feed (CRLF line endings)";
+const MSG_UTF8: &str = "the line is not valid UTF-8";
+const MSG_NOT_CANONICAL: &str =
+    "the line is not in canonical form (keys sorted, no whitespace, minimal escapes)";
+/// serde_json's nesting limit (128 levels refused), named so the Python verifier can match it.
+const MSG_TOO_DEEP: &str = "malformed JSON: nesting deeper than 127 levels";
+
+/// What a field must hold, for the strict shape check both verifiers share.
+#[derive(Clone, Copy)]
+enum Shape {
+    Any,
+    Str,
+    StrOrNull,
+    /// An integer at least this large.
+    Int(u64),
+    /// Lowercase hex of this many bytes.
+    Hex(usize),
+    HexOrNull(usize),
+    Object,
+}
+
+const LINE_SHAPE: [(&str, Shape); 3] = [
+    ("entry", Shape::Object),
+    ("mac", Shape::Hex(32)),
+    ("prev_mac", Shape::Hex(32)),
+];
+const ENTRY_SHAPE: [(&str, Shape); 12] = [
+    ("seq", Shape::Int(1)),
+    ("time", Shape::Str),
+    ("actor", Shape::Str),
+    ("run", Shape::StrOrNull),
+    ("step", Shape::StrOrNull),
+    ("kind", Shape::Str),
+    ("tier", Shape::Any),
+    ("enforcement", Shape::Any),
+    ("pre_manifest", Shape::StrOrNull),
+    ("post_manifest", Shape::StrOrNull),
+    ("inverse", Shape::Any),
+    ("result", Shape::Any),
+];
+const HEAD_SHAPE: [(&str, Shape); 10] = [
+    ("format", Shape::Str),
+    ("version", Shape::Int(0)),
+    ("vault_id", Shape::Hex(16)),
+    ("run", Shape::StrOrNull),
+    ("ledger_count", Shape::Int(0)),
+    ("ledger_last_mac", Shape::Hex(32)),
+    ("exported_count", Shape::Int(0)),
+    ("exported_last_mac", Shape::HexOrNull(32)),
+    ("exported_at", Shape::Str),
+    ("mac", Shape::Hex(32)),
+];
+
+fn shape_ok(v: &Value, shape: Shape) -> bool {
+    let hex_ok = |s: &str, n: usize| {
+        s.len() == 2 * n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match shape {
+        Shape::Any => true,
+        Shape::Str => v.is_string(),
+        Shape::StrOrNull => v.is_string() || v.is_null(),
+        Shape::Int(min) => v.as_u64().is_some_and(|n| n >= min),
+        Shape::Hex(n) => v.as_str().is_some_and(|s| hex_ok(s, n)),
+        Shape::HexOrNull(n) => v.is_null() || v.as_str().is_some_and(|s| hex_ok(s, n)),
+        Shape::Object => v.is_object(),
+    }
+}
+
+fn shape_message(path: &str, shape: Shape) -> String {
+    match shape {
+        Shape::Hex(n) | Shape::HexOrNull(n) => {
+            format!("field `{path}` must be {} lowercase hex digits", 2 * n)
+        }
+        Shape::Int(min) => format!("field `{path}` must be an integer of at least {min}"),
+        _ => format!("field `{path}` has the wrong type"),
+    }
+}
+
+/// Exactly `fields`, each of its shape: the first unknown key (in file order) is named, then
+/// the first missing one (in `fields` order), then the first of the wrong shape.
+fn check_fields(
+    obj: &serde_json::Map<String, Value>,
+    prefix: &str,
+    fields: &[(&str, Shape)],
+) -> Result<(), String> {
+    let path = |k: &str| format!("{prefix}{k}");
+    if let Some(k) = obj.keys().find(|k| !fields.iter().any(|(f, _)| f == k)) {
+        return Err(format!("unknown field `{}`", path(k)));
+    }
+    for (f, shape) in fields {
+        match obj.get(*f) {
+            None => return Err(format!("missing field `{}`", path(f))),
+            Some(v) if !shape_ok(v, *shape) => return Err(shape_message(&path(f), *shape)),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn strict_reason(e: &serde_json::Error) -> String {
+    let r = strict_json::reason(e);
+    if r.starts_with(strict_json::DUPLICATE_KEY) || r.starts_with("number out of range") {
+        r
+    } else if r == "recursion limit exceeded" {
+        MSG_TOO_DEEP.into()
+    } else {
+        format!("malformed JSON: {r}")
+    }
+}
+
+/// One export line (without its line feed), parsed strictly: UTF-8, no duplicate keys, integer
+/// numbers only, exactly the known fields with the right types, and byte-for-byte canonical.
+fn parse_export_line(text: &[u8]) -> Result<(Value, ExportLine), String> {
+    if text.is_empty() {
+        return Err(MSG_BLANK.into());
+    }
+    if text.last() == Some(&b'\r') {
+        return Err(MSG_CR.into());
+    }
+    if std::str::from_utf8(text).is_err() {
+        return Err(MSG_UTF8.into());
+    }
+    let value =
+        strict_json::parse(text, strict_json::Numbers::Integers).map_err(|e| strict_reason(&e))?;
+    let Some(obj) = value.as_object() else {
+        return Err("the line is not a JSON object".into());
+    };
+    check_fields(obj, "", &LINE_SHAPE)?;
+    let Some(entry) = obj.get("entry").and_then(Value::as_object) else {
+        return Err(shape_message("entry", Shape::Object));
+    };
+    check_fields(entry, "entry.", &ENTRY_SHAPE)?;
+    if canonical_json(&value) != text {
+        return Err(MSG_NOT_CANONICAL.into());
+    }
+    let line: ExportLine = serde_json::from_value(value.clone())
+        .map_err(|e| format!("malformed entry: {}", strict_json::reason(&e)))?;
+    Ok((value, line))
+}
+
+/// Parses an export head as strictly as a line: no duplicate keys, integers only, exactly the
+/// head's fields with the right types. Its MAC is checked by [`verify_export`].
+pub fn parse_export_head(bytes: &[u8]) -> Result<ExportHead, VaultError> {
+    let invalid = |m: String| -> VaultError { LedgerError::HeadInvalid(m).into() };
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid("not valid UTF-8".into()))?;
+    let value = strict_json::parse(text.as_bytes(), strict_json::Numbers::Integers)
+        .map_err(|e| invalid(strict_reason(&e)))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| invalid("not a JSON object".into()))?;
+    check_fields(obj, "", &HEAD_SHAPE).map_err(invalid)?;
+    serde_json::from_value(value).map_err(|e| invalid(strict_json::reason(&e)))
+}
+
 /// Verifies an exported JSONL file with the ledger key, and against its signed head when given.
 ///
 /// Every line's MAC is recomputed from its `prev_mac` and canonical entry; consecutive entries
@@ -797,20 +985,11 @@ pub fn verify_export(
             }
             .into()
         };
-        let value: Value = match serde_json::from_slice(text) {
-            Ok(v) => v,
-            Err(_) if !complete => {
-                return Err(bad(
-                    None,
-                    BreakReason::Malformed(
-                        "the last line is cut off (file truncated mid-entry)".into(),
-                    ),
-                ));
-            }
-            Err(e) => return Err(bad(None, BreakReason::Malformed(e.to_string()))),
-        };
-        let line: ExportLine = serde_json::from_value(value.clone())
-            .map_err(|e| bad(None, BreakReason::Malformed(e.to_string())))?;
+        if !complete {
+            return Err(bad(None, BreakReason::Malformed(MSG_CUT_OFF.into())));
+        }
+        let (value, line) =
+            parse_export_line(text).map_err(|m| bad(None, BreakReason::Malformed(m)))?;
         let seq = line.entry.seq;
         let (Some(mac), Some(prev)) = (parse_mac(&line.mac), parse_mac(&line.prev_mac)) else {
             return Err(bad(
@@ -818,8 +997,7 @@ pub fn verify_export(
                 BreakReason::Malformed("mac and prev_mac must be 64 hex digits".into()),
             ));
         };
-        let entry_value = value.get("entry").cloned().unwrap_or(Value::Null);
-        let canonical = canonical_json(&entry_value);
+        let canonical = canonical_json(value.get("entry").unwrap_or(&Value::Null));
         if !crypto::mac_eq(&key.mac(&prev, &canonical), &mac) {
             return Err(bad(Some(seq), BreakReason::MacMismatch));
         }
@@ -931,7 +1109,7 @@ mod tests {
     /// the data key but not the MAC key could write.
     fn reseal(v: &Vault, seq: u64, mac: [u8; 32], canonical: &[u8]) {
         let inner = &*v.inner;
-        let txn = inner.db.begin_write().unwrap();
+        let txn = inner.begin_write().unwrap();
         {
             let mut t = txn.open_table(LEDGER).unwrap();
             let sealed = inner
@@ -955,6 +1133,34 @@ mod tests {
             )
             .unwrap();
         (dir, v, recs)
+    }
+
+    #[test]
+    fn the_strict_shapes_list_exactly_the_serialised_fields() {
+        let keys = |v: Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let names = |s: &[(&str, Shape)]| -> Vec<String> {
+            let mut k: Vec<String> = s.iter().map(|(n, _)| (*n).to_owned()).collect();
+            k.sort();
+            k
+        };
+        let (_d, v, recs) = three();
+        let mut out = Vec::new();
+        let head = v.ledger().export(None, &mut out).unwrap();
+        assert_eq!(
+            keys(serde_json::to_value(&recs[0].entry).unwrap()),
+            names(&ENTRY_SHAPE)
+        );
+        let line: Value =
+            serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(keys(line), names(&LINE_SHAPE));
+        assert_eq!(
+            keys(serde_json::to_value(&head).unwrap()),
+            names(&HEAD_SHAPE)
+        );
     }
 
     #[test]

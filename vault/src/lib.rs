@@ -26,6 +26,7 @@ mod ledger;
 mod params;
 mod passphrase;
 mod store;
+mod strict_json;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,9 +36,12 @@ pub use error::{BreakReason, LedgerError, PassphraseError, VaultError};
 pub use keys::DEFAULT_ROTATE_AFTER;
 pub use ledger::{
     ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead, LedgerKey, LedgerRecord,
-    NewEntry, VerifyReport, canonical_json, kind, verify_export,
+    NewEntry, VerifyReport, canonical_json, kind, parse_export_head, verify_export,
 };
-pub use params::{ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams};
+pub use params::{
+    ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams, MAX_COST_KIB_PASSES,
+    MAX_ITERATIONS, MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_SALT_BYTES, MIN_SALT_BYTES,
+};
 pub use passphrase::{ENV_PASSPHRASE, PassphraseSource};
 pub use store::WriteTx;
 
@@ -91,7 +95,7 @@ pub struct Vault {
 pub(crate) struct Inner {
     dir: PathBuf,
     db_path: PathBuf,
-    db: redb::Database,
+    db: Db,
     keys: KeyRing,
     /// Serialises blob renames against garbage collection.
     blob_lock: Mutex<()>,
@@ -155,7 +159,7 @@ impl Vault {
         let hdr = header::build(vault_id, created, &root, passphrase, params)?;
 
         let keys = KeyRing::new(vault_id, root, opts.rotate_after)?;
-        let db = redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?;
+        let db = Db::Writable(redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?);
         let inner = Inner {
             dir: state_dir.to_path_buf(),
             db_path,
@@ -194,7 +198,7 @@ impl Vault {
                 reason: "the database file is missing".into(),
             });
         }
-        let db = open_db(&db_path, opts.check_integrity_on_open)?;
+        let db = Db::Writable(open_db(state_dir, &db_path, opts.check_integrity_on_open)?);
         let inner = Inner {
             dir: state_dir.to_path_buf(),
             db_path,
@@ -208,6 +212,60 @@ impl Vault {
         })
     }
 
+    /// Opens the vault for reading only: the database is opened read-only under a shared lock,
+    /// nothing in the state directory is created, changed or locked for writing (no counter,
+    /// no stat cache, no recovery), so it works on a backup mounted read-only or made
+    /// unwritable, even for root. Every write through this handle fails with
+    /// [`VaultError::ReadOnly`].
+    ///
+    /// redb runs its page-checksum check only on a writable open; data-level tampering is still
+    /// caught by the AEAD on every value and the ledger MACs. A database that was not closed
+    /// cleanly needs recovery, which writes: that is [`VaultError::NeedsRecovery`].
+    pub fn open_read_only(state_dir: &Path, passphrase: &str) -> Result<Self, VaultError> {
+        let hdr = header::read(state_dir)?;
+        let root = header::unlock(state_dir, &hdr, passphrase)?;
+        let keys = KeyRing::new(hdr.vault_id, root, DEFAULT_ROTATE_AFTER)?;
+        let db_path = state_dir.join(DB_FILE);
+        if !db_path.is_file() {
+            return Err(VaultError::DatabaseCorrupt {
+                path: db_path,
+                reason: "the database file is missing".into(),
+            });
+        }
+        let db = Db::ReadOnly(open_db_read_only(&db_path)?);
+        let inner = Inner {
+            dir: state_dir.to_path_buf(),
+            db_path,
+            db,
+            keys,
+            blob_lock: Mutex::new(()),
+        };
+        inner.check_db()?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// For commands that only read: [`Vault::open_read_only`], except that a database needing
+    /// recovery (not closed cleanly) is opened for writing, which recovers it, when the state
+    /// directory allows; on a read-only one that stays [`VaultError::NeedsRecovery`].
+    pub fn open_for_reading(state_dir: &Path, passphrase: &str) -> Result<Self, VaultError> {
+        match Self::open_read_only(state_dir, passphrase) {
+            Err(needs @ VaultError::NeedsRecovery { .. }) => {
+                match Self::open(state_dir, passphrase) {
+                    Err(VaultError::ReadOnly { .. }) => Err(needs),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this handle was opened with [`Vault::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.inner.db, Db::ReadOnly(_))
+    }
+
     /// Changes the passphrase (and optionally the KDF parameters). Only the header is rewritten:
     /// the root key is re-wrapped under the new master key, no data is re-encrypted.
     pub fn rekey(
@@ -218,6 +276,7 @@ impl Vault {
         if new_passphrase.is_empty() {
             return Err(PassphraseError::Empty("the new passphrase".into()).into());
         }
+        self.inner.require_writable()?;
         let old = header::read(&self.inner.dir)?;
         let params = params.copied().unwrap_or(old.params);
         let hdr = header::build(
@@ -250,6 +309,16 @@ impl Vault {
         Blobs::new(&self.inner)
     }
 
+    /// A keyed digest of user data, for ledger entries (which get exported): lowercase hex of
+    /// `HMAC-SHA256(record-digest key, lp(what) || data)`, where `what` names the kind of data
+    /// (`content`, `inputs`, `manifest`...). Equal data gives equal digests within this vault, so
+    /// entries stay comparable, but without the vault nobody can test a guess against one (a plain
+    /// SHA-256 of a short secret is confirmed by hashing candidates). The key is neither the ledger
+    /// MAC key nor the names key: an auditor holding the ledger key learns nothing more.
+    pub fn keyed_digest(&self, what: &str, data: &[u8]) -> String {
+        hex::encode(self.inner.keys.digest(what, data))
+    }
+
     /// A per-user 256-bit key, independent of every other key in the vault.
     pub fn user_key(&self, user_id: &str) -> Result<crypto::SecretKey, VaultError> {
         self.inner
@@ -277,7 +346,31 @@ impl Vault {
     }
 }
 
-fn open_db(db_path: &Path, check: bool) -> Result<redb::Database, VaultError> {
+/// The database, opened for writing or (for reading commands on a read-only state dir) not.
+pub(crate) enum Db {
+    Writable(redb::Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl Db {
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Writable(db) => redb::ReadableDatabase::begin_read(db),
+            Db::ReadOnly(db) => redb::ReadableDatabase::begin_read(db),
+        }
+    }
+}
+
+/// Whether an I/O error says the file system or the file refuses writing (a read-only mount,
+/// an immutable file, no write permission).
+fn refuses_writing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
+}
+
+fn open_db(state_dir: &Path, db_path: &Path, check: bool) -> Result<redb::Database, VaultError> {
     // The integrity check turns altered files into errors; the catch_unwind is a second net for
     // when it is switched off (redb documents that a plain open may panic on such a file).
     let path = db_path.to_path_buf();
@@ -286,6 +379,25 @@ fn open_db(db_path: &Path, check: bool) -> Result<redb::Database, VaultError> {
             .set_check_integrity_on_open(check)
             .open(&path)
     }) {
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) if refuses_writing(&e) => {
+            Err(VaultError::ReadOnly {
+                dir: state_dir.to_path_buf(),
+            })
+        }
+        Ok(r) => r.map_err(|e| storage(db_path, e)),
+        Err(_) => Err(VaultError::DatabaseCorrupt {
+            path: db_path.to_path_buf(),
+            reason: "the database file could not be parsed".into(),
+        }),
+    }
+}
+
+fn open_db_read_only(db_path: &Path) -> Result<redb::ReadOnlyDatabase, VaultError> {
+    let path = db_path.to_path_buf();
+    match std::panic::catch_unwind(move || redb::Builder::new().open_read_only(&path)) {
+        Ok(Err(redb::DatabaseError::RepairAborted)) => Err(VaultError::NeedsRecovery {
+            path: db_path.to_path_buf(),
+        }),
         Ok(r) => r.map_err(|e| storage(db_path, e)),
         Err(_) => Err(VaultError::DatabaseCorrupt {
             path: db_path.to_path_buf(),
@@ -297,5 +409,24 @@ fn open_db(db_path: &Path, check: bool) -> Result<redb::Database, VaultError> {
 impl Inner {
     pub(crate) fn storage(&self, e: impl Into<redb::Error>) -> VaultError {
         storage(&self.db_path, e)
+    }
+
+    pub(crate) fn require_writable(&self) -> Result<(), VaultError> {
+        match self.db {
+            Db::Writable(_) => Ok(()),
+            Db::ReadOnly(_) => Err(VaultError::ReadOnly {
+                dir: self.dir.clone(),
+            }),
+        }
+    }
+
+    /// A write transaction; refused on a handle opened read-only.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, VaultError> {
+        match &self.db {
+            Db::Writable(db) => db.begin_write().map_err(|e| self.storage(e)),
+            Db::ReadOnly(_) => Err(VaultError::ReadOnly {
+                dir: self.dir.clone(),
+            }),
+        }
     }
 }

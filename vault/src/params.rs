@@ -37,6 +37,19 @@ pub const ENV_ITERATIONS: &str = "ARGON2_ITERATIONS";
 pub const ENV_PARALLELISM: &str = "ARGON2_PARALLELISM";
 pub const ENV_SALT_BYTES: &str = "ARGON2_SALT_BYTES";
 
+/// Upper bound of `memory_kib`: 4 GiB, 64 times the default.
+pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+/// Upper bound of `iterations` (the default is 3).
+pub const MAX_ITERATIONS: u32 = 64;
+/// Upper bound of `parallelism` (the default is 1).
+pub const MAX_PARALLELISM: u32 = 255;
+/// Upper bound of `memory_kib x iterations`, the work one unlock costs: 4 GiB x 4 passes, about
+/// 85 times the default (64 MiB x 3). Keeps any header a command reads to a bounded unlock.
+pub const MAX_COST_KIB_PASSES: u64 = 4 * 4 * 1024 * 1024;
+/// Salt length bounds in bytes.
+pub const MIN_SALT_BYTES: usize = 16;
+pub const MAX_SALT_BYTES: usize = 64;
+
 impl KdfParams {
     /// Defaults overridden by `ARGON2_MEMORY_KB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`,
     /// `ARGON2_SALT_BYTES` where set. A set but unparsable or unsafe value is an error, not
@@ -70,34 +83,86 @@ impl KdfParams {
         Ok(p)
     }
 
-    /// Rejects parameters Argon2 cannot run or that weaken the salt.
+    /// Rejects parameters Argon2 cannot run, that weaken the salt, or that cost more than
+    /// [`MAX_MEMORY_KIB`], [`MAX_ITERATIONS`], [`MAX_PARALLELISM`] or [`MAX_COST_KIB_PASSES`].
     ///
-    /// Memory is only held to Argon2's own floor (8 KiB per lane) so tests can run cheaply; the
-    /// documented recommendation is to keep the 64 MiB default.
+    /// The same bounds hold when creating a vault and when reading its header, so a header edited
+    /// to absurd costs (4e9 passes, 8 GiB) is refused as corrupt before any KDF work instead of
+    /// hanging every command. Memory is only held to Argon2's own floor (8 KiB per lane) so tests
+    /// can run cheaply; the documented recommendation is to keep the 64 MiB default.
     pub fn validate(&self) -> Result<(), VaultError> {
-        if !(16..=64).contains(&self.salt_len) {
-            return Err(VaultError::InvalidParams(format!(
-                "salt length {} bytes: must be between 16 and 64",
-                self.salt_len
-            )));
-        }
-        if self.iterations == 0 {
-            return Err(VaultError::InvalidParams(
-                "Argon2 iterations must be at least 1".into(),
+        self.check().map_err(|e| {
+            VaultError::InvalidParams(format!("{} ({}) {}", e.field, e.env, e.message))
+        })
+    }
+
+    /// Like [`KdfParams::validate`], naming the offending header field.
+    pub(crate) fn check(&self) -> Result<(), ParamError> {
+        let err = |field, env, message: String| ParamError {
+            field,
+            env,
+            message,
+        };
+        if !(MIN_SALT_BYTES..=MAX_SALT_BYTES).contains(&self.salt_len) {
+            return Err(err(
+                "salt",
+                ENV_SALT_BYTES,
+                format!(
+                    "{} bytes: must be between {MIN_SALT_BYTES} and {MAX_SALT_BYTES}",
+                    self.salt_len
+                ),
             ));
         }
-        if !(1..=255).contains(&self.parallelism) {
-            return Err(VaultError::InvalidParams(format!(
-                "Argon2 parallelism {}: must be between 1 and 255",
-                self.parallelism
-            )));
+        if !(1..=MAX_ITERATIONS).contains(&self.iterations) {
+            return Err(err(
+                "iterations",
+                ENV_ITERATIONS,
+                format!(
+                    "{}: must be between 1 and {MAX_ITERATIONS}",
+                    self.iterations
+                ),
+            ));
         }
-        if u64::from(self.memory_kib) < 8 * u64::from(self.parallelism) {
-            return Err(VaultError::InvalidParams(format!(
-                "Argon2 memory {} KiB: must be at least 8 KiB per lane",
-                self.memory_kib
-            )));
+        if !(1..=MAX_PARALLELISM).contains(&self.parallelism) {
+            return Err(err(
+                "parallelism",
+                ENV_PARALLELISM,
+                format!(
+                    "{}: must be between 1 and {MAX_PARALLELISM}",
+                    self.parallelism
+                ),
+            ));
+        }
+        let floor = 8 * u64::from(self.parallelism);
+        if !(floor..=u64::from(MAX_MEMORY_KIB)).contains(&u64::from(self.memory_kib)) {
+            return Err(err(
+                "memory_kib",
+                ENV_MEMORY_KB,
+                format!(
+                    "{} KiB: must be between 8 KiB per lane ({floor}) and {MAX_MEMORY_KIB} KiB",
+                    self.memory_kib
+                ),
+            ));
+        }
+        let cost = u64::from(self.memory_kib) * u64::from(self.iterations);
+        if cost > MAX_COST_KIB_PASSES {
+            return Err(err(
+                "iterations",
+                ENV_ITERATIONS,
+                format!(
+                    "{} passes over {} KiB: memory x passes must stay within {MAX_COST_KIB_PASSES} KiB",
+                    self.iterations, self.memory_kib
+                ),
+            ));
         }
         Ok(())
     }
+}
+
+/// A KDF parameter out of range: the header field and the environment variable it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParamError {
+    pub field: &'static str,
+    pub env: &'static str,
+    pub message: String,
 }

@@ -1,6 +1,6 @@
 //! The sealed key/value store on redb, and the write transaction shared with the ledger.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,7 +46,7 @@ fn row_key(inner: &Inner, table: &str, key: &str) -> [u8; 32] {
 
 impl Inner {
     pub(crate) fn init_db(&self) -> Result<(), VaultError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
             let check = self
@@ -116,7 +116,7 @@ impl Inner {
     /// Accounts for `n` encryptions done outside a store transaction (blob chunks) and makes the
     /// count durable before any of them is written.
     pub(crate) fn reserve_encryptions(&self, n: u64) -> Result<u32, VaultError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let txn = self.begin_write()?;
         let epoch = self.keys.take(n)?;
         self.commit(txn)?;
         Ok(epoch)
@@ -233,7 +233,7 @@ impl Vault {
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let inner = &*self.inner;
-        let txn = inner.db.begin_write().map_err(|e| inner.storage(e))?;
+        let txn = inner.begin_write()?;
         let mut tx = WriteTx { inner, txn };
         let out = f(&mut tx)?;
         inner.commit(tx.txn)?;
