@@ -389,17 +389,16 @@ struct Expected {
     workspace_nosuid: Result<(), String>,
     /// The workspace's owner is shown as the step's uid through an idmapped mount.
     idmapped: bool,
-    /// Paths under `/workspace` covered by an empty read-only tmpfs (the state dir).
+    /// Paths under `/workspace` covered by an empty read-only directory (the state dir).
     masked: Vec<String>,
+    /// That empty directory (`Err`: why there is none).
+    empty_dir: Result<PathBuf, String>,
     /// Extra host paths bound read-only at the same path.
     read_only: Vec<PathBuf>,
 }
 
 /// `/dev/mqueue`: an empty read-only tmpfs over Docker's writable mqueue mount.
 const MQUEUE_OPTIONS: &str = "ro,noexec,nosuid,nodev,size=4k,mode=0555";
-/// The state dir inside the workspace: an empty read-only directory (`find .` and `tar .`
-/// traverse it without error).
-const MASK_OPTIONS: &str = "ro,noexec,nosuid,nodev,size=4k,mode=0555";
 
 fn container_body(
     spec: &ExecSpec,
@@ -422,13 +421,16 @@ fn container_body(
     for path in &expected.read_only {
         mounts.push(bind(path, &path.to_string_lossy(), true));
     }
-    let mut tmpfs = HashMap::from([
+    // The state dir: an empty read-only directory over it (`find .` and `tar .` traverse it).
+    if let Ok(empty) = &expected.empty_dir {
+        for hidden in &expected.masked {
+            mounts.push(bind(empty, hidden, true));
+        }
+    }
+    let tmpfs = HashMap::from([
         ("/tmp".to_string(), TMP_OPTIONS.to_string()),
         ("/dev/mqueue".to_string(), MQUEUE_OPTIONS.to_string()),
     ]);
-    for hidden in &expected.masked {
-        tmpfs.insert(hidden.clone(), MASK_OPTIONS.into());
-    }
     let labels = HashMap::from([
         (ENGINE_LABEL.to_string(), engine_id()),
         (
@@ -659,11 +661,18 @@ fn layers_from_inspect(
     if !expected.masked.is_empty() {
         checks.push((
             "state-dir-masked",
-            expected.masked.iter().all(|m| read_only_tmpfs(m)),
-            format!(
-                "{} covered by an empty read-only tmpfs",
-                expected.masked.join(", ")
-            ),
+            match &expected.empty_dir {
+                Ok(empty) => expected.masked.iter().all(|m| bound(m, empty, true)),
+                Err(_) => false,
+            },
+            match &expected.empty_dir {
+                Ok(empty) => format!(
+                    "{} covered by the empty read-only directory {}",
+                    expected.masked.join(", "),
+                    empty.display()
+                ),
+                Err(why) => format!("no empty directory to cover the state dir: {why}"),
+            },
         ));
     }
     if !expected.read_only.is_empty() {
@@ -793,6 +802,7 @@ impl Sandbox for DockerSandbox {
                 .map(|rel| format!("/workspace/{}", rel.display()))
                 .collect(),
             read_only: spec.read_only.clone(),
+            empty_dir: workspace::empty_dir(),
         };
         let result = self
             .run_container(
@@ -876,12 +886,12 @@ impl DockerSandbox {
 
         // The baseline of the write budget, taken before the step can write.
         let disk = crate::budget::DiskWatch::start(workspace, spec.limits.disk_bytes).ok();
+        let mut pids = PidsEvents::new(id);
         docker
             .start_container(id, None)
             .await
             .map_err(|e| docker_error("start the step's container", e))?;
         trace.mark("start");
-        let mut pids = PidsEvents::new(id);
         let ended = {
             let mut wait = docker.wait_container(id, None);
             let deadline = tokio::time::sleep(spec.limits.timeout);
@@ -923,8 +933,9 @@ impl DockerSandbox {
         }
         trace.mark("wait");
         // Usually gone with the container by now; a step that ended between two samples is
-        // read here if the cgroup is still there.
+        // read here if the cgroup is still there, else found in the kernel log.
         pids.sample();
+        pids.finish();
         let oom = match ended {
             Ended::Exited(code) if code != 0 => docker
                 .inspect_container(id, None)
@@ -1000,20 +1011,34 @@ impl DockerSandbox {
 /// How often a running step's write budget and pids events are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The `max` counter of the container's `pids.events` (forks the pids limit refused), sampled
-/// while the step runs: the cgroup goes away with the container, so the last value read before
-/// is the one reported.
+/// Forks the pids limit refused. The container's cgroup goes away with the container (before
+/// the wait returns), so its `pids.events` counter is sampled while the step runs; a step that
+/// hits the limit and ends between two samples is caught by the kernel's own record of it (a
+/// root engine reads the kernel log from where it stood at the start of the step: "fork
+/// rejected by pids controller in .../<container id>", logged once per cgroup).
 struct PidsEvents {
+    id: String,
     candidates: Vec<PathBuf>,
     found: Option<PathBuf>,
     max: u64,
+    kmsg: Option<std::os::fd::OwnedFd>,
+    logged: bool,
 }
 
 impl PidsEvents {
     /// The container's cgroup under the daemon's usual layouts (cgroupfs or systemd driver,
-    /// cgroup v1 or v2).
+    /// cgroup v1 or v2). Call before the container starts (the kernel log position).
     fn new(id: &str) -> Self {
+        use rustix::fs::{Mode, OFlags};
+        let kmsg = rustix::fs::open(
+            "/dev/kmsg",
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .filter(|fd| rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).is_ok());
         PidsEvents {
+            id: id.to_string(),
             candidates: vec![
                 PathBuf::from(format!("/sys/fs/cgroup/pids/docker/{id}/pids.events")),
                 PathBuf::from(format!(
@@ -1026,6 +1051,8 @@ impl PidsEvents {
             ],
             found: None,
             max: 0,
+            kmsg,
+            logged: false,
         }
     }
 
@@ -1036,23 +1063,44 @@ impl PidsEvents {
                 .find_map(|l| l.strip_prefix("max "))
                 .and_then(|n| n.trim().parse().ok())
         };
-        if let Some(p) = &self.found {
-            if let Some(n) = read(p) {
-                self.max = self.max.max(n);
-            }
-            return;
+        if self.found.is_none() {
+            self.found = self.candidates.iter().find(|p| read(p).is_some()).cloned();
         }
-        for p in &self.candidates {
-            if let Some(n) = read(p) {
-                self.max = self.max.max(n);
-                self.found = Some(p.clone());
-                return;
+        if let Some(n) = self.found.as_deref().and_then(read) {
+            self.max = self.max.max(n);
+        }
+    }
+
+    /// After the container ended: the kernel log records since the start.
+    fn finish(&mut self) {
+        let Some(fd) = &self.kmsg else { return };
+        let mut buf = vec![0u8; 8192];
+        // One record per read; EAGAIN at the end, EPIPE when a record was overwritten
+        // (skipped). Bounded: the log is a ring buffer.
+        for _ in 0..100_000 {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    if record.contains("fork rejected by pids controller")
+                        && record.contains(&self.id)
+                    {
+                        self.logged = true;
+                    }
+                }
+                Err(rustix::io::Errno::PIPE) => continue,
+                Err(_) => break,
             }
         }
     }
 
-    fn refused(&self) -> Option<u64> {
-        (self.max > 0).then_some(self.max)
+    /// How many forks were refused, when any were.
+    fn refused(&self) -> Option<String> {
+        match (self.max, self.logged) {
+            (0, false) => None,
+            (0, true) => Some("at least one".into()),
+            (n, _) => Some(n.to_string()),
+        }
     }
 }
 
@@ -1275,6 +1323,7 @@ mod tests {
             idmapped: false,
             masked: vec!["/workspace/.secureclaw".into()],
             read_only: Vec::new(),
+            empty_dir: Ok("/run/secureclaw/empty".into()),
         };
         let spec = ExecSpec::shell("true", "/tmp".into());
         let profile = "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}";

@@ -131,8 +131,10 @@ fn new_userns(((disk_uid, step_uid), (disk_gid, step_gid)): IdMap) -> Result<Own
     }
     if pid == 0 {
         let mut b = [0u8; 1];
-        // SAFETY: reading into a valid buffer, then leaving without running destructors.
+        // SAFETY: closing the child's copy of the write end (so the read ends when the
+        // parent's closes), reading into a valid buffer, then leaving without destructors.
         unsafe {
+            libc::close(hold_w.as_raw_fd());
             libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
             libc::_exit(0)
         }
@@ -272,4 +274,42 @@ pub fn sweep(alive: impl Fn(&str) -> bool) -> Vec<String> {
         }
     }
     removed
+}
+
+/// An empty read-only directory to bind over the state dir inside the workspace: the step sees
+/// an empty directory it can list (`find .` and `tar .` traverse it) but not write. A tmpfs
+/// would not do: the runtime gives a tmpfs the mode of the directory it covers (the state dir
+/// is 0700 root), so the step could not even list it. Created once per engine user, owned by
+/// it, mode 0555, checked empty before each use.
+pub fn empty_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = rustix::process::geteuid().as_raw();
+    let path = if uid == 0 {
+        PathBuf::from("/run/secureclaw/empty")
+    } else {
+        std::env::temp_dir().join(format!("secureclaw-empty-{uid}"))
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o555).create(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let empty = std::fs::read_dir(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .next()
+        .is_none();
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o222 != 0 || !empty {
+        return Err(format!(
+            "{} must be an empty directory of uid {uid} with mode 0555",
+            path.display()
+        ));
+    }
+    // Keep 0555 even if a umask or an earlier version made it otherwise.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
