@@ -1370,5 +1370,84 @@ mod tests {
                 "network"
             ]
         );
+
+        // The layers the container probes asked for: each one the daemon drops is a refusal.
+        let mut hc = body.host_config.clone().unwrap();
+        hc.cgroupns_mode = Some(HostConfigCgroupnsModeEnum::HOST);
+        hc.ipc_mode = Some("private".into());
+        hc.ulimits = None;
+        hc.tmpfs.as_mut().unwrap().remove("/dev/mqueue");
+        // The workspace bound straight from the host path (no nosuid,nodev), the state dir
+        // not covered.
+        hc.mounts = Some(vec![bind(Path::new("/elsewhere"), "/workspace", false)]);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected, profile);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "workspace-nosuid",
+                "cgroup-namespace",
+                "ipc",
+                "mqueue-readonly",
+                "file-size",
+                "state-dir-masked"
+            ]
+        );
+
+        // A prepared mount the kernel does not report nosuid,nodev is refused too, and so is
+        // a file-size limit other than the budget.
+        let not_nosuid = Expected {
+            workspace_nosuid: Err("the kernel does not report it".into()),
+            ..expected_like(&expected)
+        };
+        let mut hc = body.host_config.clone().unwrap();
+        hc.ulimits = Some(vec![ResourcesUlimits {
+            name: Some("fsize".into()),
+            soft: Some(-1),
+            hard: Some(-1),
+        }]);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &not_nosuid, profile);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(':').next().unwrap())
+            .collect();
+        assert_eq!(names, vec!["workspace-nosuid", "file-size"]);
+    }
+
+    fn expected_like(e: &Expected) -> Expected {
+        Expected {
+            user: e.user.clone(),
+            network_mode: e.network_mode.clone(),
+            memory: e.memory,
+            nano_cpus: e.nano_cpus,
+            pids: e.pids,
+            fsize: e.fsize,
+            workspace_source: e.workspace_source.clone(),
+            workspace_nosuid: e.workspace_nosuid.clone(),
+            idmapped: e.idmapped,
+            masked: e.masked.clone(),
+            read_only: e.read_only.clone(),
+            empty_dir: e.empty_dir.clone(),
+        }
+    }
+
+    #[test]
+    fn a_prepared_workspace_mount_is_nosuid_nodev_and_goes_away() {
+        // Preparing mounts needs root, like every docker test here.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let name = format!("{}-unit-test", engine_id().replace(':', "-"));
+        let prepared = workspace::prepare(dir.path(), None, &name).unwrap();
+        assert!(prepared.nosuid_nodev());
+        assert_eq!(
+            std::fs::read_to_string(prepared.path().join("f")).unwrap(),
+            "x"
+        );
+        let path = prepared.path().to_path_buf();
+        drop(prepared);
+        assert!(!path.exists(), "the prepared mount was left behind");
     }
 }
