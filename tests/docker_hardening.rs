@@ -140,7 +140,9 @@ steps:
                 .filter(|l| l.contains(".secureclaw"))
                 .collect();
             assert!(
-                state.iter().all(|l| *l == "./.secureclaw" || *l == "./.secureclaw/"),
+                state
+                    .iter()
+                    .all(|l| *l == "./.secureclaw" || *l == "./.secureclaw/"),
                 "{owner:?}: the state dir's content is visible: {listing}"
             );
             assert!(listing.contains("./a.txt"), "{owner:?}: {listing}");
@@ -231,4 +233,67 @@ fn no_prepared_mount_outlives_the_run() {
             p.display()
         );
     }
+}
+
+/// Prepared mounts of this engine pid (name `<pid>-<starttime>-<n>`).
+fn prepared_mounts_of(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|p| {
+            p.parent() == Some(Path::new("/run/secureclaw/docker"))
+                && p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pid}-"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_engines_workspace_mount_is_detached_by_the_next_engine() {
+    build_default_image();
+    let ws = root_owned_workspace();
+    let wf = ws.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: long\nsteps:\n  - { id: a, shell: \"sleep 60\" }\n",
+    )
+    .unwrap();
+    let mut engine = secureclaw()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(["--sandbox", "docker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = engine.id();
+    // Polled with a bounded deadline: the step's mount appears once the step starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while prepared_mounts_of(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step's workspace mount never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // kill -9: the engine gets no chance to detach it.
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    let left = prepared_mounts_of(pid);
+    assert_eq!(left.len(), 1, "nothing was left to sweep: {left:?}");
+    let out = secureclaw()
+        .args(["sandbox", "check", "--backend", "docker"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        prepared_mounts_of(pid).is_empty(),
+        "the dead engine's workspace mount is still attached"
+    );
+    assert!(!left[0].exists(), "its directory is still there");
 }

@@ -84,7 +84,10 @@ async fn the_workspace_is_nosuid_and_nodev_from_inside() {
     let flags: Vec<&str> = opts.split(',').collect();
     assert!(flags.contains(&"nosuid"), "/workspace mounted {opts}");
     assert!(flags.contains(&"nodev"), "/workspace mounted {opts}");
-    assert!(flags.contains(&"rw"), "/workspace must stay writable: {opts}");
+    assert!(
+        flags.contains(&"rw"),
+        "/workspace must stay writable: {opts}"
+    );
     assert!(layer(&out, "workspace-nosuid").active);
     assert!(out.enforcement.missing.is_empty(), "{:?}", out.enforcement);
 }
@@ -109,7 +112,11 @@ async fn a_setuid_file_planted_in_the_workspace_does_not_elevate_inside() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.first(), Some(&"control"), "{text}{}", stderr(&out));
-    assert_eq!(lines.get(1), Some(&"-rwsr-xr-x"), "the plant is setuid: {text}");
+    assert_eq!(
+        lines.get(1),
+        Some(&"-rwsr-xr-x"),
+        "the plant is setuid: {text}"
+    );
     assert_eq!(lines.get(2), Some(&"1000"), "setuid honoured: {text}");
 }
 
@@ -196,10 +203,19 @@ async fn a_root_owned_workspace_is_writable_and_stays_root_owned() {
     );
     let out = run(&sb, &spec).await;
     let text = stdout(&out);
-    assert_eq!(out.exit, ExitReason::Exited { code: 0 }, "{text}{}", stderr(&out));
+    assert_eq!(
+        out.exit,
+        ExitReason::Exited { code: 0 },
+        "{text}{}",
+        stderr(&out)
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "1000", "the step never runs as root: {text}");
-    assert_eq!(lines.get(2), Some(&"1000"), "setuid honoured inside: {text}");
+    assert_eq!(
+        lines.get(2),
+        Some(&"1000"),
+        "setuid honoured inside: {text}"
+    );
     assert_eq!(
         std::fs::read_to_string(ws.path().join("src/main.txt")).unwrap(),
         "new\n"
@@ -226,7 +242,9 @@ async fn files_of_other_users_in_a_root_owned_workspace_stay_theirs() {
     )
     .unwrap();
     let spec = ExecSpec::shell(
-        &format!("{CONTROL} echo pwned > theirs 2>/dev/null && echo WROTE; chmod 777 theirs 2>/dev/null && echo CHMOD; true"),
+        &format!(
+            "{CONTROL} echo pwned > theirs 2>/dev/null && echo WROTE; chmod 777 theirs 2>/dev/null && echo CHMOD; true"
+        ),
         ws.path().to_path_buf(),
     );
     let out = run(&sb, &spec).await;
@@ -271,13 +289,23 @@ async fn the_state_dir_is_an_empty_read_only_dir_that_find_and_tar_traverse() {
             "{text}{}",
             stderr(&out)
         );
-        assert!(stderr(&out).is_empty(), "find/tar complained: {}", stderr(&out));
+        assert!(
+            stderr(&out).is_empty(),
+            "find/tar complained: {}",
+            stderr(&out)
+        );
         let lines: Vec<&str> = text.lines().collect();
         // The state dir is there, empty: nothing under it is listed.
         assert_eq!(lines[..3], [".", "./.secureclaw", "./a.txt"], "{text}");
         assert_eq!(lines[3], "TAR-OK", "{text}");
-        assert!(!text.contains("vault.header") && !text.contains("blobs"), "{text}");
-        assert!(!text.contains("PLANTED") && !text.contains("READ"), "{text}");
+        assert!(
+            !text.contains("vault.header") && !text.contains("blobs"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("PLANTED") && !text.contains("READ"),
+            "{text}"
+        );
         assert!(!root.join(".secureclaw/planted").exists());
         assert!(layer(&out, "state-dir-masked").active);
     }
@@ -358,7 +386,12 @@ async fn yes_into_a_file_stops_at_the_write_budget() {
         spec.limits.disk_bytes = budget;
         spec.limits.timeout = Duration::from_secs(120);
         let out = run(&sb, &spec).await;
-        assert_eq!(out.exit, ExitReason::DiskBudget, "{command}: {}", stderr(&out));
+        assert_eq!(
+            out.exit,
+            ExitReason::DiskBudget,
+            "{command}: {}",
+            stderr(&out)
+        );
         let len = file_len(&ws.path().join("big"));
         assert!(
             len <= budget && len > 0,
@@ -420,7 +453,12 @@ async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
         spec.limits.pids = 24;
         spec.limits.timeout = Duration::from_secs(60);
         let out = run(&sb, &spec).await;
-        assert_eq!(out.exit, ExitReason::Exited { code: 0 }, "{bomb}: {}", stderr(&out));
+        assert_eq!(
+            out.exit,
+            ExitReason::Exited { code: 0 },
+            "{bomb}: {}",
+            stderr(&out)
+        );
         assert!(
             out.warnings
                 .iter()

@@ -185,7 +185,9 @@ pub fn prepare(
                 libc::SYS_open_tree,
                 libc::AT_FDCWD,
                 src.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+                OPEN_TREE_CLONE
+                    | libc::O_CLOEXEC as libc::c_uint
+                    | libc::AT_RECURSIVE as libc::c_uint,
             )
         };
         if fd < 0 {
