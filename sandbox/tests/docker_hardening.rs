@@ -474,3 +474,25 @@ async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
     assert_eq!(out.exit, ExitReason::Exited { code: 0 });
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_file_reads_empty_and_cannot_be_written() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    let root = ws.path();
+    std::fs::write(root.join("secret.key"), "top secret").unwrap();
+    let mut spec = ExecSpec::shell(
+        &format!(
+            "{CONTROL} wc -c < secret.key; cat secret.key; echo x > secret.key 2>/dev/null && echo WROTE; rm secret.key 2>/dev/null && echo REMOVED; true"
+        ),
+        root.to_path_buf(),
+    );
+    spec.masked = vec![root.join("secret.key")];
+    let out = run(&sb, &spec).await;
+    assert_eq!(stdout(&out), "control\n0\n", "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(root.join("secret.key")).unwrap(),
+        "top secret"
+    );
+    assert!(layer(&out, "state-dir-masked").active);
+}

@@ -389,10 +389,9 @@ struct Expected {
     workspace_nosuid: Result<(), String>,
     /// The workspace's owner is shown as the step's uid through an idmapped mount.
     idmapped: bool,
-    /// Paths under `/workspace` covered by an empty read-only directory (the state dir).
-    masked: Vec<String>,
-    /// That empty directory (`Err`: why there is none).
-    empty_dir: Result<PathBuf, String>,
+    /// Paths under `/workspace` the step must not see (the state dir), each with what covers
+    /// it: an empty read-only directory, or an empty file for a file (`Err`: why none).
+    masked: Vec<(String, Result<PathBuf, String>)>,
     /// Extra host paths bound read-only at the same path.
     read_only: Vec<PathBuf>,
 }
@@ -422,9 +421,9 @@ fn container_body(
         mounts.push(bind(path, &path.to_string_lossy(), true));
     }
     // The state dir: an empty read-only directory over it (`find .` and `tar .` traverse it).
-    if let Ok(empty) = &expected.empty_dir {
-        for hidden in &expected.masked {
-            mounts.push(bind(empty, hidden, true));
+    for (hidden, cover) in &expected.masked {
+        if let Ok(cover) = cover {
+            mounts.push(bind(cover, hidden, true));
         }
     }
     let tmpfs = HashMap::from([
@@ -661,18 +660,18 @@ fn layers_from_inspect(
     if !expected.masked.is_empty() {
         checks.push((
             "state-dir-masked",
-            match &expected.empty_dir {
-                Ok(empty) => expected.masked.iter().all(|m| bound(m, empty, true)),
-                Err(_) => false,
-            },
-            match &expected.empty_dir {
-                Ok(empty) => format!(
-                    "{} covered by the empty read-only directory {}",
-                    expected.masked.join(", "),
-                    empty.display()
-                ),
-                Err(why) => format!("no empty directory to cover the state dir: {why}"),
-            },
+            expected.masked.iter().all(|(target, cover)| {
+                cover.as_ref().is_ok_and(|cover| bound(target, cover, true))
+            }),
+            expected
+                .masked
+                .iter()
+                .map(|(target, cover)| match cover {
+                    Ok(cover) => format!("{target} covered by {} (read-only)", cover.display()),
+                    Err(why) => format!("{target} not covered: {why}"),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         ));
     }
     if !expected.read_only.is_empty() {
@@ -799,10 +798,16 @@ impl Sandbox for DockerSandbox {
             idmapped: prepared.as_ref().is_some_and(|p| p.idmapped()),
             masked: crate::masked_relative(&spec, &workspace)
                 .iter()
-                .map(|rel| format!("/workspace/{}", rel.display()))
+                .map(|rel| {
+                    let cover = if workspace.join(rel).is_dir() {
+                        workspace::empty_dir()
+                    } else {
+                        workspace::empty_file()
+                    };
+                    (format!("/workspace/{}", rel.display()), cover)
+                })
                 .collect(),
             read_only: spec.read_only.clone(),
-            empty_dir: workspace::empty_dir(),
         };
         let result = self
             .run_container(
@@ -1321,9 +1326,11 @@ mod tests {
             workspace_source: "/tmp".into(),
             workspace_nosuid: Ok(()),
             idmapped: false,
-            masked: vec!["/workspace/.secureclaw".into()],
+            masked: vec![(
+                "/workspace/.secureclaw".into(),
+                Ok("/run/secureclaw/empty".into()),
+            )],
             read_only: Vec::new(),
-            empty_dir: Ok("/run/secureclaw/empty".into()),
         };
         let spec = ExecSpec::shell("true", "/tmp".into());
         let profile = "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}";
@@ -1430,7 +1437,6 @@ mod tests {
             idmapped: e.idmapped,
             masked: e.masked.clone(),
             read_only: e.read_only.clone(),
-            empty_dir: e.empty_dir.clone(),
         }
     }
 

@@ -284,34 +284,62 @@ pub fn sweep(alive: impl Fn(&str) -> bool) -> Vec<String> {
 /// is 0700 root), so the step could not even list it. Created once per engine user, owned by
 /// it, mode 0555, checked empty before each use.
 pub fn empty_dir() -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    empty_cover(true)
+}
+
+/// The same for a masked file: an empty file, mode 0444.
+pub fn empty_file() -> Result<PathBuf, String> {
+    empty_cover(false)
+}
+
+fn empty_cover(dir: bool) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     let uid = rustix::process::geteuid().as_raw();
+    let name = if dir { "empty" } else { "empty-file" };
     let path = if uid == 0 {
-        PathBuf::from("/run/secureclaw/empty")
+        PathBuf::from("/run/secureclaw").join(name)
     } else {
-        std::env::temp_dir().join(format!("secureclaw-empty-{uid}"))
+        std::env::temp_dir().join(format!("secureclaw-{name}-{uid}"))
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    match std::fs::DirBuilder::new().mode(0o555).create(&path) {
+    let created = if dir {
+        std::fs::DirBuilder::new().mode(0o555).create(&path)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&path)
+            .map(drop)
+    };
+    match created {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
+    // Never follow a symlink planted there, and never reuse something that is not ours, is
+    // writable, or is not empty.
     let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let empty = std::fs::read_dir(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .next()
-        .is_none();
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o222 != 0 || !empty {
+    let empty = if dir {
+        meta.is_dir()
+            && std::fs::read_dir(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .next()
+                .is_none()
+    } else {
+        meta.is_file() && meta.len() == 0
+    };
+    if !empty || meta.uid() != uid || meta.mode() & 0o222 != 0 {
         return Err(format!(
-            "{} must be an empty directory of uid {uid} with mode 0555",
-            path.display()
+            "{} must be an empty {} of uid {uid} without write permission",
+            path.display(),
+            if dir { "directory" } else { "file" }
         ));
     }
-    // Keep 0555 even if a umask or an earlier version made it otherwise.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))
+    let mode = if dir { 0o555 } else { 0o444 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
