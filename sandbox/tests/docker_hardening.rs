@@ -496,3 +496,29 @@ async fn a_masked_file_reads_empty_and_cannot_be_written() {
     );
     assert!(layer(&out, "state-dir-masked").active);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_node_planted_in_the_workspace_cannot_be_opened_inside() {
+    let sb = sandbox().await;
+    let ws = workspace();
+    // /dev/zero's numbers (1:5): a device the container's device cgroup allows, so only the
+    // workspace's `nodev` stands between the step and it.
+    let node = ws.path().join("zero");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &node,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 5),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&node, Some(1000), Some(1000)).unwrap();
+    let spec = ExecSpec::shell(
+        &format!("{CONTROL} head -c 4 zero 2>/dev/null | wc -c; head -c 4 /dev/zero | wc -c; true"),
+        ws.path().to_path_buf(),
+    );
+    let out = run(&sb, &spec).await;
+    let text = stdout(&out);
+    // The container's own /dev/zero works (the tool does), the planted node does not.
+    assert_eq!(text, "control\n0\n4\n", "{}", stderr(&out));
+}

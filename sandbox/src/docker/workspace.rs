@@ -1,7 +1,7 @@
 //! The workspace as the daemon gets it: a bind mount the engine prepares on the host.
 //!
-//! The Docker API has no `nosuid`/`nodev` for bind mounts and (before Docker 25 with a new
-//! enough kernel and runc) no idmapped mounts. A bind mount keeps the flags and the idmapping
+//! The Docker API has no `nosuid`/`nodev` for bind mounts, and Docker 20.10 no idmapped
+//! mounts. A bind mount keeps the flags and the idmapping
 //! of its source mount, so a root engine clones the workspace's mount tree (`open_tree`), sets
 //! `nosuid,nodev` on it (and, for a root-owned workspace, an idmapping that shows the owner as
 //! the step's uid), attaches it under [`MOUNT_ROOT`] and hands that path to the daemon as the
