@@ -297,3 +297,104 @@ fn a_killed_engines_workspace_mount_is_detached_by_the_next_engine() {
     );
     assert!(!left[0].exists(), "its directory is still there");
 }
+
+/// The binary as uid 1000 in the docker group: an engine that is not root but may use the
+/// daemon (what a developer in the `docker` group has).
+fn as_docker_group_user(args: &[&std::ffi::OsStr]) -> Output {
+    let group = std::process::Command::new("getent")
+        .args(["group", "docker"])
+        .output()
+        .unwrap();
+    let gid = String::from_utf8_lossy(&group.stdout)
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid", "1000", "--regid", "1000", "--groups", &gid])
+        .arg(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(args);
+    common::with_vault_env(&mut cmd, common::TEST_PASSPHRASE);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn an_engine_that_cannot_idmap_a_root_owned_workspace_refuses_with_the_fix() {
+    build_default_image();
+    let ws = root_owned_workspace();
+    std::fs::set_permissions(
+        ws.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    common::chown_tree(state.path(), 1000);
+    let wf = state.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: t\nsteps:\n  - { id: a, shell: \"echo x > x.txt\" }\n",
+    )
+    .unwrap();
+    let state_dir = state.path().join("state");
+    let out = as_docker_group_user(&[
+        "run".as_ref(),
+        wf.as_os_str(),
+        "--workspace".as_ref(),
+        ws.path().as_os_str(),
+        "--state-dir".as_ref(),
+        state_dir.as_os_str(),
+        "--sandbox".as_ref(),
+        "docker".as_ref(),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains(&format!("chown -R 1000:1000 {}", ws.path().display())),
+        "no exact fix: {all}"
+    );
+    assert!(!all.contains("Permission denied"), "{all}");
+    assert!(!ws.path().join("x.txt").exists());
+}
+
+#[test]
+fn an_engine_that_cannot_prepare_a_nosuid_workspace_is_refused_unless_degraded() {
+    build_default_image();
+    for degraded in [false, true] {
+        let ws = tempfile::tempdir().unwrap();
+        common::chown_tree(ws.path(), 1000);
+        let wf = ws.path().join("wf.yaml");
+        let sandbox = if degraded {
+            "sandbox: { allow_degraded: true }\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &wf,
+            format!(
+                "version: 1\nname: t\n{sandbox}steps:\n  - {{ id: a, shell: \"echo x > x.txt\" }}\n"
+            ),
+        )
+        .unwrap();
+        let out = as_docker_group_user(&[
+            "run".as_ref(),
+            wf.as_os_str(),
+            "--workspace".as_ref(),
+            ws.path().as_os_str(),
+            "--sandbox".as_ref(),
+            "docker".as_ref(),
+        ]);
+        let all = text(&out);
+        if degraded {
+            // Accepted explicitly: the step runs, and its record says what was missing.
+            assert!(out.status.success(), "{all}");
+            assert!(ws.path().join("x.txt").exists());
+            let missing = show(ws.path())["steps"][0]["enforcement"]["missing"].to_string();
+            assert!(missing.contains("workspace-nosuid"), "{missing}");
+        } else {
+            assert!(!out.status.success(), "{all}");
+            assert!(all.contains("workspace-nosuid"), "{all}");
+            assert!(!ws.path().join("x.txt").exists(), "the step ran: {all}");
+        }
+    }
+}
