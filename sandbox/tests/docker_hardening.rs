@@ -197,8 +197,10 @@ async fn a_root_owned_workspace_is_writable_and_stays_root_owned() {
     assert_eq!(std::fs::metadata(ws.path()).unwrap().uid(), 0);
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/main.txt"), "old\n").unwrap();
+    // `.git` stays read-only through the idmapped mount (the step now "owns" root's files).
+    std::fs::create_dir_all(ws.path().join(".git/hooks")).unwrap();
     let spec = ExecSpec::shell(
-        "id -u; echo new > src/main.txt; mkdir -p out/deep && echo made > out/deep/f; mkdir plant && cp /bin/busybox plant/busybox && chmod 4755 plant/busybox; ls -ln plant/busybox | cut -c1-10; ./plant/busybox id -u",
+        "id -u; (echo x > .git/hooks/pre-commit) 2>/dev/null && echo HOOK >&2; echo new > src/main.txt; mkdir -p out/deep && echo made > out/deep/f; mkdir plant && cp /bin/busybox plant/busybox && chmod 4755 plant/busybox; ls -ln plant/busybox | cut -c1-10; ./plant/busybox id -u",
         ws.path().to_path_buf(),
     );
     let out = run(&sb, &spec).await;
@@ -226,6 +228,8 @@ async fn a_root_owned_workspace_is_writable_and_stays_root_owned() {
     }
     assert!(layer(&out, "workspace-idmap").active);
     assert!(out.enforcement.missing.is_empty(), "{:?}", out.enforcement);
+    assert!(!stderr(&out).contains("HOOK"), "{}", stderr(&out));
+    assert!(!ws.path().join(".git/hooks/pre-commit").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,15 @@
 //! Every container gets the seed's hardening whatever the image: all capabilities dropped, our
 //! own default-deny seccomp profile (generated from `sandbox/policy/seccomp.toml`, see
 //! `profile.rs`), `no-new-privileges`, a non-root user, a read-only root filesystem, the
-//! workspace bind-mounted read-write with `.git` read-only, a `noexec` tmpfs on `/tmp`, network
-//! mode `none`, memory without swap, CPU and pids limits, and a wall clock. Before the step
-//! starts, the container is inspected and the layers are read back from the daemon: a layer
-//! the daemon did not apply is a refusal, not a footnote. Containers are removed after the step
-//! whatever happened; containers of dead engines are found by label and removed on next start.
+//! workspace bind-mounted read-write from a `nosuid,nodev` mount the engine prepares (idmapped
+//! for a root-owned workspace, see `workspace.rs`) with `.git` read-only and the state dir
+//! under an empty read-only directory, a `noexec` tmpfs on `/tmp`, a private IPC namespace
+//! without `/dev/shm` and a read-only `/dev/mqueue`, a private cgroup namespace, network mode
+//! `none`, memory without swap, CPU and pids limits, `RLIMIT_FSIZE` and a sampled write budget,
+//! and a wall clock. Before the step starts, the container is inspected and the layers are read
+//! back from the daemon: a layer the daemon did not apply is a refusal, not a footnote.
+//! Containers are removed after the step whatever happened; containers and workspace mounts of
+//! dead engines are found by label and name and removed on next start.
 
 pub mod image;
 pub mod profile;
