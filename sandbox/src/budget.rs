@@ -54,8 +54,26 @@ mod tests {
 
     #[test]
     fn a_written_file_is_seen_and_trips_a_small_budget() {
+        // A private tmpfs: on a shared filesystem other writers (and deleters) move the sample.
         let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs needs root");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
         let watch = DiskWatch::start(dir.path(), 4 << 20).unwrap();
+        assert!(!watch.exceeded());
         let big = dir.path().join("big");
         std::fs::write(&big, vec![7u8; 16 << 20]).unwrap();
         std::fs::File::open(&big).unwrap().sync_all().unwrap();

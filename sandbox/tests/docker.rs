@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
-use secureclaw_sandbox::docker::{DockerSandbox, ENGINE_LABEL, ImageRecipe, build_image, sweep};
+use secureclaw_sandbox::docker::{
+    DockerSandbox, ENGINE_LABEL, ImageRecipe, WORKSPACE_LABEL, build_image, sweep,
+};
 use secureclaw_sandbox::{ExecSpec, ExitReason, Sandbox};
 use tokio_util::sync::CancellationToken;
 
@@ -61,13 +63,26 @@ async fn containers_of(workspace: &Path) -> Vec<String> {
                 .as_ref()
                 .and_then(|l| l.get(ENGINE_LABEL))
                 .is_some_and(|v| v.starts_with(&me))
-                && c.mounts.as_ref().is_some_and(|m| {
-                    m.iter()
-                        .any(|m| m.source.as_deref() == Some(source.to_str().unwrap()))
-                })
+                && c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(WORKSPACE_LABEL))
+                    .is_some_and(|w| w.as_str() == source.to_str().unwrap())
         })
         .filter_map(|c| c.id)
         .collect()
+}
+
+/// Poll (bounded) until a container for `workspace` exists: a loaded machine may take a while
+/// to create one, so no fixed sleep.
+async fn wait_for_container(workspace: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while containers_of(workspace).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step's container never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,12 +171,16 @@ async fn timeout_and_cancellation_kill_and_remove_the_container() {
     let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
     assert_eq!(out.exit, ExitReason::TimedOut);
     assert!(out.duration < Duration::from_secs(30));
+    sb.flush().await;
 
     spec.limits.timeout = Duration::from_secs(60);
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let ws_path = ws.path().to_path_buf();
+    // Cancel once the step's container exists (polled, bounded), so cancellation hits a
+    // running container.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        wait_for_container(&ws_path).await;
         c.cancel();
     });
     let out = sb.run(&spec, cancel).await.unwrap();
@@ -254,14 +273,19 @@ async fn leftovers_of_a_dead_engine_are_swept() {
 async fn a_live_engines_running_step_is_not_swept() {
     let sb = sandbox().await;
     let ws = workspace();
-    let mut spec = ExecSpec::shell("sleep 3; echo survived", ws.path().to_path_buf());
-    spec.limits.timeout = Duration::from_secs(30);
+    // The step waits for the test's go-ahead, so it is surely running during the sweep.
+    let mut spec = ExecSpec::shell(
+        "while [ ! -e go ]; do sleep 0.05; done; echo survived",
+        ws.path().to_path_buf(),
+    );
+    spec.limits.timeout = Duration::from_secs(60);
     let run = tokio::spawn(async move { sb.run(&spec, CancellationToken::new()).await });
     let ws_path = ws.path().to_path_buf();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     // The lookup the other tests rely on ("no container left") does see a live one.
+    wait_for_container(&ws_path).await;
     assert_eq!(containers_of(&ws_path).await.len(), 1);
     sweep(DockerSandbox::docker().await.unwrap()).await.unwrap();
+    std::fs::write(ws_path.join("go"), "").unwrap();
     let out = run.await.unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
 }

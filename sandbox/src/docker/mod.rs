@@ -4,24 +4,30 @@
 //! Every container gets the seed's hardening whatever the image: all capabilities dropped, our
 //! own default-deny seccomp profile (generated from `sandbox/policy/seccomp.toml`, see
 //! `profile.rs`), `no-new-privileges`, a non-root user, a read-only root filesystem, the
-//! workspace bind-mounted read-write with `.git` read-only, a `noexec` tmpfs on `/tmp`, network
-//! mode `none`, memory without swap, CPU and pids limits, and a wall clock. Before the step
-//! starts, the container is inspected and the layers are read back from the daemon: a layer
-//! the daemon did not apply is a refusal, not a footnote. Containers are removed after the step
-//! whatever happened; containers of dead engines are found by label and removed on next start.
+//! workspace bind-mounted read-write from a `nosuid,nodev` mount the engine prepares (idmapped
+//! for a root-owned workspace, see `workspace.rs`) with `.git` read-only and the state dir
+//! under an empty read-only directory, a `noexec` tmpfs on `/tmp`, a private IPC namespace
+//! without `/dev/shm` and a read-only `/dev/mqueue`, a private cgroup namespace, network mode
+//! `none`, memory without swap, CPU and pids limits, `RLIMIT_FSIZE` and a sampled write budget,
+//! and a wall clock. Before the step starts, the container is inspected and the layers are read
+//! back from the daemon: a layer the daemon did not apply is a refusal, not a footnote.
+//! Containers are removed after the step whatever happened; containers and workspace mounts of
+//! dead engines are found by label and name and removed on next start.
 
 pub mod image;
 pub mod profile;
+pub mod workspace;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, Mount,
-    MountBindOptions, MountBindOptionsPropagationEnum, MountType,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigCgroupnsModeEnum,
+    HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountType,
+    ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
@@ -58,6 +64,9 @@ fn check_network_mode_var() -> Result<(), SandboxError> {
 const NAME: &str = "docker";
 /// Label on every container we create; its value identifies the engine process.
 pub const ENGINE_LABEL: &str = "org.secureclaw.engine";
+/// Label on every step container: the host path of the workspace it works on (the bind
+/// source is a prepared mount, so the mount list does not name it).
+pub const WORKSPACE_LABEL: &str = "org.secureclaw.workspace";
 /// The uid/gid a step runs as when the workspace belongs to root (the seed's 1000:1000).
 pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
 /// Size of the step's `/tmp` (the seed's 64m).
@@ -148,7 +157,13 @@ pub async fn sweep(docker: &Docker) -> Result<Vec<String>, SandboxError> {
         ))
         .await
         .map_err(|e| docker_error("list leftover containers", e))?;
-    let mut removed = Vec::new();
+    let mut removed = workspace::sweep(|name| {
+        let mut parts = name.splitn(3, '-');
+        match (parts.next(), parts.next()) {
+            (Some(pid), Some(start)) => engine_alive(&format!("{pid}:{start}")),
+            _ => true,
+        }
+    });
     for c in list {
         let owner = c
             .labels
@@ -279,17 +294,73 @@ impl DockerSandbox {
     }
 }
 
+/// How the step gets the workspace.
+struct Plan {
+    /// uid:gid the step runs as.
+    user: (u32, u32),
+    /// The workspace's owner on disk is shown as the step's ids through an idmapped mount
+    /// (root-owned workspace: the step runs as 1000:1000, never as root).
+    idmap: Option<workspace::IdMap>,
+}
+
 /// The uid:gid the step runs as: the workspace's owner, so files the step creates belong to
-/// the user who owns the workspace, except root, which is never used (the seed's 1000:1000).
-/// Also says whether root owns the workspace (the step then cannot write to it).
-fn step_user(workspace: &Path) -> Result<((u32, u32), bool), SandboxError> {
+/// the user who owns the workspace, except root, which is never used: a root-owned workspace
+/// is idmapped so that its owner appears as the seed's 1000:1000 inside, and what the step
+/// creates is written to disk as root.
+fn plan(workspace: &Path) -> Result<Plan, SandboxError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(workspace)?;
     Ok(if meta.uid() == 0 {
-        (DEFAULT_USER, true)
+        Plan {
+            user: DEFAULT_USER,
+            idmap: Some(((0, DEFAULT_USER.0), (meta.gid(), DEFAULT_USER.1))),
+        }
     } else {
-        ((meta.uid(), meta.gid()), false)
+        Plan {
+            user: (meta.uid(), meta.gid()),
+            idmap: None,
+        }
     })
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The workspace bind source: a prepared `nosuid,nodev` (and, for a root-owned workspace,
+/// idmapped) mount when the engine is root; the workspace itself otherwise (the `nosuid` layer
+/// is then missing and the step refused unless degraded mode is accepted).
+fn prepare_workspace(
+    workspace: &Path,
+    plan: &Plan,
+    name: &str,
+) -> Result<(Option<workspace::PreparedWorkspace>, Option<String>), SandboxError> {
+    let refuse = |why: String| {
+        Err(SandboxError::Unsupported {
+            backend: NAME.into(),
+            feature: format!(
+                "a root-owned workspace ({}): {why}. The step runs as 1000:1000 and could not write to it. Fix: `chown -R 1000:1000 {}` (steps then write as that user), or run the engine as root on a filesystem with idmapped mounts (ext4, xfs, btrfs, tmpfs), or use `--sandbox native`",
+                workspace.display(),
+                workspace.display()
+            ),
+        })
+    };
+    if !is_root() {
+        if plan.idmap.is_some() {
+            return refuse(
+                "only a root engine can give the container an idmapped mount of it".into(),
+            );
+        }
+        return Ok((
+            None,
+            Some("the engine is not root, so it cannot prepare a nosuid,nodev mount of the workspace for the daemon (run the engine as root)".into()),
+        ));
+    }
+    match workspace::prepare(workspace, plan.idmap, name) {
+        Ok(prepared) => Ok((Some(prepared), None)),
+        Err(e) if plan.idmap.is_some() => refuse(e),
+        Err(e) => Ok((None, Some(e))),
+    }
 }
 
 fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
@@ -309,13 +380,28 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 /// What the container must look like; compared with what the daemon reports back.
 struct Expected {
     user: String,
-    /// The workspace is owned by root (the step runs as 1000:1000 and cannot write to it).
-    root_workspace: bool,
     network_mode: String,
     memory: i64,
     nano_cpus: i64,
     pids: i64,
+    /// RLIMIT_FSIZE: the write budget bounds any one file.
+    fsize: i64,
+    /// The bind source of `/workspace` (the prepared mount, or the workspace itself).
+    workspace_source: PathBuf,
+    /// The prepared mount was attached and the kernel reports it `nosuid,nodev`; `Err` says
+    /// why not.
+    workspace_nosuid: Result<(), String>,
+    /// The workspace's owner is shown as the step's uid through an idmapped mount.
+    idmapped: bool,
+    /// Paths under `/workspace` the step must not see (the state dir), each with what covers
+    /// it: an empty read-only directory, or an empty file for a file (`Err`: why none).
+    masked: Vec<(String, Result<PathBuf, String>)>,
+    /// Extra host paths bound read-only at the same path.
+    read_only: Vec<PathBuf>,
 }
+
+/// `/dev/mqueue`: an empty read-only tmpfs over Docker's writable mqueue mount.
+const MQUEUE_OPTIONS: &str = "ro,noexec,nosuid,nodev,size=4k,mode=0555";
 
 fn container_body(
     spec: &ExecSpec,
@@ -330,18 +416,31 @@ fn container_body(
             env.push(format!("{k}={v}"));
         }
     }
-    let mut mounts = vec![bind(workspace, "/workspace", false)];
+    let source = &expected.workspace_source;
+    let mut mounts = vec![bind(source, "/workspace", false)];
     if workspace.join(".git").is_dir() {
-        mounts.push(bind(&workspace.join(".git"), "/workspace/.git", true));
+        mounts.push(bind(&source.join(".git"), "/workspace/.git", true));
     }
-    let mut tmpfs = HashMap::from([("/tmp".to_string(), TMP_OPTIONS.to_string())]);
-    for hidden in crate::masked_relative(spec, workspace) {
-        tmpfs.insert(
-            format!("/workspace/{}", hidden.display()),
-            "ro,noexec,nosuid,nodev,size=4k".into(),
-        );
+    for path in &expected.read_only {
+        mounts.push(bind(path, &path.to_string_lossy(), true));
     }
-    let labels = HashMap::from([(ENGINE_LABEL.to_string(), engine_id())]);
+    // The state dir: an empty read-only directory over it (`find .` and `tar .` traverse it).
+    for (hidden, cover) in &expected.masked {
+        if let Ok(cover) = cover {
+            mounts.push(bind(cover, hidden, true));
+        }
+    }
+    let tmpfs = HashMap::from([
+        ("/tmp".to_string(), TMP_OPTIONS.to_string()),
+        ("/dev/mqueue".to_string(), MQUEUE_OPTIONS.to_string()),
+    ]);
+    let labels = HashMap::from([
+        (ENGINE_LABEL.to_string(), engine_id()),
+        (
+            WORKSPACE_LABEL.to_string(),
+            workspace.to_string_lossy().into_owned(),
+        ),
+    ]);
     let host_config = HostConfig {
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec![
@@ -354,10 +453,18 @@ fn container_body(
         memory_swap: Some(expected.memory),
         nano_cpus: Some(expected.nano_cpus),
         pids_limit: Some(expected.pids),
+        ulimits: Some(vec![ResourcesUlimits {
+            name: Some("fsize".into()),
+            soft: Some(expected.fsize),
+            hard: Some(expected.fsize),
+        }]),
         mounts: Some(mounts),
         tmpfs: Some(tmpfs),
         privileged: Some(false),
-        ipc_mode: Some("private".into()),
+        // A private IPC namespace without /dev/shm (Docker mounts none in mode `none`).
+        ipc_mode: Some("none".into()),
+        // The container's own cgroup is the root of what it sees (/proc/self/cgroup shows `/`).
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         // Output is streamed through attach; nothing is kept on the daemon's disk.
         log_config: Some(HostConfigLogConfig {
             typ: Some("none".into()),
@@ -413,7 +520,7 @@ fn layers_from_inspect(
         .as_ref()
         .and_then(|t| t.get("/tmp"))
         .is_some_and(|o| o.contains("noexec") && o.contains("nosuid"));
-    let checks: Vec<(&str, bool, String)> = vec![
+    let checks: Vec<(&'static str, bool, String)> = vec![
         (
             "user",
             user == expected.user && !user.starts_with("0:") && user != "0" && !user.is_empty(),
@@ -477,14 +584,121 @@ fn layers_from_inspect(
             format!("{} processes", hc.pids_limit.unwrap_or_default()),
         ),
     ];
+    let mut checks = checks;
+    let mounts = hc.mounts.clone().unwrap_or_default();
+    let tmpfs = hc.tmpfs.clone().unwrap_or_default();
+    let bound = |target: &str, source: &Path, read_only: bool| {
+        mounts.iter().any(|m| {
+            m.target.as_deref() == Some(target)
+                && m.source.as_deref() == source.to_str()
+                && m.typ == Some(MountType::BIND)
+                && m.read_only.unwrap_or(false) == read_only
+        })
+    };
+    let read_only_tmpfs = |target: &str| {
+        tmpfs
+            .get(target)
+            .is_some_and(|o| o.split(',').any(|f| f == "ro"))
+    };
+    let fsize = hc
+        .ulimits
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|u| u.name.as_deref() == Some("fsize"));
+    let workspace_bound = bound("/workspace", &expected.workspace_source, false);
+    checks.push((
+        "workspace-nosuid",
+        workspace_bound && expected.workspace_nosuid.is_ok(),
+        match &expected.workspace_nosuid {
+            Ok(()) => format!(
+                "/workspace bound from {} (nosuid,nodev, read back from the host kernel)",
+                expected.workspace_source.display()
+            ),
+            Err(why) => format!("/workspace without nosuid,nodev: {why}"),
+        },
+    ));
+    if expected.idmapped {
+        checks.push((
+            "workspace-idmap",
+            workspace_bound && expected.workspace_nosuid.is_ok(),
+            format!(
+                "root-owned workspace idmapped: its owner appears as {} inside, files the step creates belong to root on disk",
+                expected.user
+            ),
+        ));
+    }
+    checks.push((
+        "cgroup-namespace",
+        hc.cgroupns_mode == Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        format!(
+            "cgroupns mode {}",
+            hc.cgroupns_mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "host (daemon default)".into())
+        ),
+    ));
+    checks.push((
+        "ipc",
+        hc.ipc_mode.as_deref() == Some("none"),
+        format!(
+            "ipc mode {} (private IPC namespace, no /dev/shm)",
+            hc.ipc_mode.clone().unwrap_or_default()
+        ),
+    ));
+    checks.push((
+        "mqueue-readonly",
+        read_only_tmpfs("/dev/mqueue"),
+        format!("/dev/mqueue tmpfs {MQUEUE_OPTIONS}"),
+    ));
+    checks.push((
+        "file-size",
+        fsize
+            .as_ref()
+            .is_some_and(|u| u.soft == Some(expected.fsize) && u.hard == Some(expected.fsize)),
+        format!(
+            "RLIMIT_FSIZE {} bytes (the write budget bounds any one file)",
+            fsize.and_then(|u| u.hard).unwrap_or_default()
+        ),
+    ));
+    if !expected.masked.is_empty() {
+        checks.push((
+            "state-dir-masked",
+            expected.masked.iter().all(|(target, cover)| {
+                cover.as_ref().is_ok_and(|cover| bound(target, cover, true))
+            }),
+            expected
+                .masked
+                .iter()
+                .map(|(target, cover)| match cover {
+                    Ok(cover) => format!("{target} covered by {} (read-only)", cover.display()),
+                    Err(why) => format!("{target} not covered: {why}"),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    if !expected.read_only.is_empty() {
+        checks.push((
+            "read-only-paths",
+            expected
+                .read_only
+                .iter()
+                .all(|p| bound(&p.to_string_lossy(), p, true)),
+            format!(
+                "{} bound read-only",
+                expected
+                    .read_only
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     let mut layers = Vec::new();
     let mut missing = Vec::new();
-    for (name, active, mut detail) in checks {
-        if name == "user" && expected.root_workspace {
-            detail.push_str(
-                "; the workspace belongs to root, so the step can read it but not write it (chown it to the user the step should write as)",
-            );
-        }
+    for (name, active, detail) in checks {
         if !active {
             missing.push(format!("{name}: the daemon reports {detail}"));
         }
@@ -499,6 +713,7 @@ fn layers_from_inspect(
 
 enum Ended {
     Exited(i64),
+    DiskBudget,
     TimedOut,
     Cancelled,
     Lost(String),
@@ -536,7 +751,15 @@ impl Sandbox for DockerSandbox {
             .clone()
             .unwrap_or_else(|| self.default_image.clone());
         let profile = profile::repository_profile().map_err(unavailable)?;
-        let ((uid, gid), root_workspace) = step_user(&workspace)?;
+        let plan = plan(&workspace)?;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("secureclaw-step-{}-{n}", std::process::id());
+        // Named after the engine (pid and start time) so that the next engine can tell the
+        // mounts of a dead one from those of a live one.
+        let mount_name = format!("{}-{n}", engine_id().replace(':', "-"));
+        let (prepared, not_prepared) = prepare_workspace(&workspace, &plan, &mount_name)?;
+        let (uid, gid) = plan.user;
 
         let mut spec = spec.clone();
         let egress = match &spec.network {
@@ -555,7 +778,6 @@ impl Sandbox for DockerSandbox {
             }
         };
         let expected = Expected {
-            root_workspace,
             user: format!("{uid}:{gid}"),
             network_mode: match &egress {
                 Some((holder, _)) => format!("container:{}", holder.id()),
@@ -564,12 +786,41 @@ impl Sandbox for DockerSandbox {
             memory: i64::try_from(spec.limits.memory_bytes).unwrap_or(i64::MAX),
             nano_cpus: (spec.limits.cpus * 1e9).round() as i64,
             pids: i64::from(spec.limits.pids),
+            fsize: i64::try_from(spec.limits.disk_bytes).unwrap_or(i64::MAX),
+            workspace_source: prepared
+                .as_ref()
+                .map(|p| p.path().to_path_buf())
+                .unwrap_or_else(|| workspace.clone()),
+            workspace_nosuid: match (&prepared, not_prepared) {
+                (Some(p), _) if p.nosuid_nodev() => Ok(()),
+                (Some(p), _) => Err(format!(
+                    "the kernel does not report {} as nosuid,nodev",
+                    p.path().display()
+                )),
+                (None, why) => Err(why.unwrap_or_default()),
+            },
+            idmapped: prepared.as_ref().is_some_and(|p| p.idmapped()),
+            masked: crate::masked_relative(&spec, &workspace)
+                .iter()
+                .map(|rel| {
+                    let cover = if workspace.join(rel).is_dir() {
+                        workspace::empty_dir()
+                    } else {
+                        workspace::empty_file()
+                    };
+                    (format!("/workspace/{}", rel.display()), cover)
+                })
+                .collect(),
+            read_only: spec.read_only.clone(),
         };
         let result = self
             .run_container(
-                docker, &spec, &workspace, &image, &expected, profile, cancel,
+                docker, &name, &spec, &workspace, &image, &expected, profile, cancel,
             )
             .await;
+        // The container has ended: its own copy of the mount lives in its namespace until the
+        // daemon removes it; the host's copy goes now.
+        drop(prepared);
         let events = match egress {
             Some((holder, session)) => {
                 let events = session.finish().await;
@@ -590,6 +841,7 @@ impl DockerSandbox {
     async fn run_container(
         &self,
         docker: &'static Docker,
+        name: &str,
         spec: &ExecSpec,
         workspace: &Path,
         image: &str,
@@ -597,17 +849,11 @@ impl DockerSandbox {
         profile: &str,
         cancel: CancellationToken,
     ) -> Result<ExecOutcome, SandboxError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "secureclaw-step-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
         let body = container_body(spec, workspace, image, expected, profile);
         let mut trace = Trace::new();
         let created = docker
             .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                Some(CreateContainerOptionsBuilder::default().name(name).build()),
                 body,
             )
             .await
@@ -647,6 +893,9 @@ impl DockerSandbox {
         let reader = tokio::spawn(read_streams(attached.output, cap));
         trace.mark("attach");
 
+        // The baseline of the write budget, taken before the step can write.
+        let disk = crate::budget::DiskWatch::start(workspace, spec.limits.disk_bytes).ok();
+        let mut pids = PidsEvents::new(id);
         docker
             .start_container(id, None)
             .await
@@ -654,17 +903,29 @@ impl DockerSandbox {
         trace.mark("start");
         let ended = {
             let mut wait = docker.wait_container(id, None);
-            tokio::select! {
-                item = wait.next() => match item {
-                    Some(Ok(r)) => Ended::Exited(r.status_code),
-                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
-                        Ended::Exited(code)
+            let deadline = tokio::time::sleep(spec.limits.timeout);
+            tokio::pin!(deadline);
+            let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    item = wait.next() => break match item {
+                        Some(Ok(r)) => Ended::Exited(r.status_code),
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                            Ended::Exited(code)
+                        }
+                        Some(Err(e)) => Ended::Lost(e.to_string()),
+                        None => Ended::Lost("the daemon closed the wait stream".into()),
+                    },
+                    _ = &mut deadline => break Ended::TimedOut,
+                    _ = cancel.cancelled() => break Ended::Cancelled,
+                    _ = sample.tick() => {
+                        pids.sample();
+                        if disk.as_ref().is_some_and(|d| d.exceeded()) {
+                            break Ended::DiskBudget;
+                        }
                     }
-                    Some(Err(e)) => Ended::Lost(e.to_string()),
-                    None => Ended::Lost("the daemon closed the wait stream".into()),
-                },
-                _ = tokio::time::sleep(spec.limits.timeout) => Ended::TimedOut,
-                _ = cancel.cancelled() => Ended::Cancelled,
+                }
             }
         };
         if !matches!(ended, Ended::Exited(_)) {
@@ -680,6 +941,10 @@ impl DockerSandbox {
                 .await;
         }
         trace.mark("wait");
+        // Usually gone with the container by now; a step that ended between two samples is
+        // read here if the cgroup is still there, else found in the kernel log.
+        pids.sample();
+        pids.finish();
         let oom = match ended {
             Ended::Exited(code) if code != 0 => docker
                 .inspect_container(id, None)
@@ -696,18 +961,27 @@ impl DockerSandbox {
             Ok(Ok(streams)) => streams,
             _ => (CappedOutput::default(), CappedOutput::default()),
         };
+        let over_budget = disk.as_ref().is_some_and(|d| d.exceeded());
         let exit = match ended {
             Ended::Exited(code) => {
                 let code = i32::try_from(code).unwrap_or(-1);
                 if oom {
                     ExitReason::OutOfMemory
+                } else if code == 128 + libc::SIGXFSZ || (code != 0 && over_budget) {
+                    // A process killed at RLIMIT_FSIZE (the budget), or a step that failed
+                    // after filling its budget (a step that is pid 1 gets EFBIG instead of
+                    // SIGXFSZ).
+                    ExitReason::DiskBudget
                 } else if code > 128 && code < 128 + 65 {
                     // The container's init is the step itself: a signal death shows as 128+n.
                     ExitReason::Signaled { signal: code - 128 }
+                } else if over_budget {
+                    ExitReason::DiskBudget
                 } else {
                     ExitReason::Exited { code }
                 }
             }
+            Ended::DiskBudget => ExitReason::DiskBudget,
             Ended::TimedOut => ExitReason::TimedOut,
             Ended::Cancelled => ExitReason::Cancelled,
             Ended::Lost(reason) => return Err(unavailable(format!("lost the step: {reason}"))),
@@ -717,14 +991,125 @@ impl DockerSandbox {
             active: true,
             detail: format!("{:?}", spec.limits.timeout),
         });
+        layers.push(Layer {
+            name: "write-budget".into(),
+            active: disk.is_some(),
+            detail: format!(
+                "{} bytes on the workspace's filesystem, sampled every {:?} (statvfs)",
+                spec.limits.disk_bytes, SAMPLE_INTERVAL
+            ),
+        });
         // `run` sets the duration: it also covers the egress holder.
-        Ok(ExecOutcome::new(
+        let mut outcome = ExecOutcome::new(
             exit,
             out,
             err,
             Duration::ZERO,
             EnforcementReport::isolated(NAME, layers, missing),
-        ))
+        );
+        if let Some(refused) = pids.refused() {
+            outcome.warnings.push(format!(
+                "pids limit reached: the kernel refused {refused} fork(s) at the limit of {} processes",
+                spec.limits.pids
+            ));
+        }
+        Ok(outcome)
+    }
+}
+
+/// How often a running step's write budget and pids events are sampled.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Forks the pids limit refused. The container's cgroup goes away with the container (before
+/// the wait returns), so its `pids.events` counter is sampled while the step runs; a step that
+/// hits the limit and ends between two samples is caught by the kernel's own record of it (a
+/// root engine reads the kernel log from where it stood at the start of the step: "fork
+/// rejected by pids controller in .../<container id>", logged once per cgroup).
+struct PidsEvents {
+    id: String,
+    candidates: Vec<PathBuf>,
+    found: Option<PathBuf>,
+    max: u64,
+    kmsg: Option<std::os::fd::OwnedFd>,
+    logged: bool,
+}
+
+impl PidsEvents {
+    /// The container's cgroup under the daemon's usual layouts (cgroupfs or systemd driver,
+    /// cgroup v1 or v2). Call before the container starts (the kernel log position).
+    fn new(id: &str) -> Self {
+        use rustix::fs::{Mode, OFlags};
+        let kmsg = rustix::fs::open(
+            "/dev/kmsg",
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .filter(|fd| rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).is_ok());
+        PidsEvents {
+            id: id.to_string(),
+            candidates: vec![
+                PathBuf::from(format!("/sys/fs/cgroup/pids/docker/{id}/pids.events")),
+                PathBuf::from(format!(
+                    "/sys/fs/cgroup/pids/system.slice/docker-{id}.scope/pids.events"
+                )),
+                PathBuf::from(format!("/sys/fs/cgroup/docker/{id}/pids.events")),
+                PathBuf::from(format!(
+                    "/sys/fs/cgroup/system.slice/docker-{id}.scope/pids.events"
+                )),
+            ],
+            found: None,
+            max: 0,
+            kmsg,
+            logged: false,
+        }
+    }
+
+    fn sample(&mut self) {
+        let read = |p: &Path| -> Option<u64> {
+            let text = std::fs::read_to_string(p).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("max "))
+                .and_then(|n| n.trim().parse().ok())
+        };
+        if self.found.is_none() {
+            self.found = self.candidates.iter().find(|p| read(p).is_some()).cloned();
+        }
+        if let Some(n) = self.found.as_deref().and_then(read) {
+            self.max = self.max.max(n);
+        }
+    }
+
+    /// After the container ended: the kernel log records since the start.
+    fn finish(&mut self) {
+        let Some(fd) = &self.kmsg else { return };
+        let mut buf = vec![0u8; 8192];
+        // One record per read; EAGAIN at the end, EPIPE when a record was overwritten
+        // (skipped). Bounded: the log is a ring buffer.
+        for _ in 0..100_000 {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    if record.contains("fork rejected by pids controller")
+                        && record.contains(&self.id)
+                    {
+                        self.logged = true;
+                    }
+                }
+                Err(rustix::io::Errno::PIPE) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// How many forks were refused, when any were.
+    fn refused(&self) -> Option<String> {
+        match (self.max, self.logged) {
+            (0, false) => None,
+            (0, true) => Some("at least one".into()),
+            (n, _) => Some(n.to_string()),
+        }
     }
 }
 
@@ -936,12 +1321,20 @@ mod tests {
     #[test]
     fn the_daemon_dropping_a_layer_is_reported() {
         let expected = Expected {
-            root_workspace: false,
             user: "1000:1000".into(),
             network_mode: "none".into(),
             memory: 512 << 20,
             nano_cpus: 1_000_000_000,
             pids: 128,
+            fsize: 1 << 30,
+            workspace_source: "/tmp".into(),
+            workspace_nosuid: Ok(()),
+            idmapped: false,
+            masked: vec![(
+                "/workspace/.secureclaw".into(),
+                Ok("/run/secureclaw/empty".into()),
+            )],
+            read_only: Vec::new(),
         };
         let spec = ExecSpec::shell("true", "/tmp".into());
         let profile = "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}";
@@ -988,5 +1381,83 @@ mod tests {
                 "network"
             ]
         );
+
+        // The layers the container probes asked for: each one the daemon drops is a refusal.
+        let mut hc = body.host_config.clone().unwrap();
+        hc.cgroupns_mode = Some(HostConfigCgroupnsModeEnum::HOST);
+        hc.ipc_mode = Some("private".into());
+        hc.ulimits = None;
+        hc.tmpfs.as_mut().unwrap().remove("/dev/mqueue");
+        // The workspace bound straight from the host path (no nosuid,nodev), the state dir
+        // not covered.
+        hc.mounts = Some(vec![bind(Path::new("/elsewhere"), "/workspace", false)]);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &expected, profile);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "workspace-nosuid",
+                "cgroup-namespace",
+                "ipc",
+                "mqueue-readonly",
+                "file-size",
+                "state-dir-masked"
+            ]
+        );
+
+        // A prepared mount the kernel does not report nosuid,nodev is refused too, and so is
+        // a file-size limit other than the budget.
+        let not_nosuid = Expected {
+            workspace_nosuid: Err("the kernel does not report it".into()),
+            ..expected_like(&expected)
+        };
+        let mut hc = body.host_config.clone().unwrap();
+        hc.ulimits = Some(vec![ResourcesUlimits {
+            name: Some("fsize".into()),
+            soft: Some(-1),
+            hard: Some(-1),
+        }]);
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &not_nosuid, profile);
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(':').next().unwrap())
+            .collect();
+        assert_eq!(names, vec!["workspace-nosuid", "file-size"]);
+    }
+
+    fn expected_like(e: &Expected) -> Expected {
+        Expected {
+            user: e.user.clone(),
+            network_mode: e.network_mode.clone(),
+            memory: e.memory,
+            nano_cpus: e.nano_cpus,
+            pids: e.pids,
+            fsize: e.fsize,
+            workspace_source: e.workspace_source.clone(),
+            workspace_nosuid: e.workspace_nosuid.clone(),
+            idmapped: e.idmapped,
+            masked: e.masked.clone(),
+            read_only: e.read_only.clone(),
+        }
+    }
+
+    #[test]
+    fn a_prepared_workspace_mount_is_nosuid_nodev_and_goes_away() {
+        // Preparing mounts needs root, like every docker test here.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let name = format!("{}-unit-test", engine_id().replace(':', "-"));
+        let prepared = workspace::prepare(dir.path(), None, &name).unwrap();
+        assert!(prepared.nosuid_nodev());
+        assert_eq!(
+            std::fs::read_to_string(prepared.path().join("f")).unwrap(),
+            "x"
+        );
+        let path = prepared.path().to_path_buf();
+        drop(prepared);
+        assert!(!path.exists(), "the prepared mount was left behind");
     }
 }
