@@ -44,6 +44,13 @@ fn limit_of(exit: &ExitReason) -> Option<Limit> {
 /// Runs one case on `sb`; returns how the step ended and the evidence left on the host.
 async fn attack(sb: &dyn Sandbox, case: &Case) -> (Observed, Vec<String>) {
     let env = setup_case(case);
+    if case.state_in_workspace {
+        // Where the engine keeps its state by default, as the engine would hand it over:
+        // masked.
+        let state = env.ws.join(".secureclaw");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("vault.header.json"), "{\"format\": 1}\n").unwrap();
+    }
     if sb.name() == "docker" {
         // The container runs as the seed's 1000:1000, which must own the workspace to write.
         chown_tree(&env.ws, 1000);
@@ -99,6 +106,14 @@ fn battery_cases_are_distinct_and_declare_their_refusal() {
     ids.dedup();
     assert_eq!(ids.len(), CASES.len(), "duplicate case ids");
     for case in CASES {
+        // The binary runner uses the id as the workflow's name.
+        assert!(
+            case.id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{}: ids are lowercase words joined by '-'",
+            case.id
+        );
         if let Blocked::Error(errors) = case.blocked {
             assert!(!errors.is_empty(), "{}: no refusal declared", case.id);
         }

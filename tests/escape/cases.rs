@@ -44,9 +44,11 @@ pub const EPERM: &str = "Operation not permitted";
 pub const EACCES: &str = "Permission denied";
 #[allow(dead_code)]
 pub const ENOENT: &str = "No such file or directory";
-/// dash's words for ENOENT when a redirection's directory does not exist.
+/// The shells' words for ENOENT when a redirection's directory does not exist (dash, busybox).
 #[allow(dead_code)]
 pub const ENOENT_DASH: &str = "Directory nonexistent";
+#[allow(dead_code)]
+pub const ENOENT_BUSYBOX: &str = "nonexistent directory";
 #[allow(dead_code)]
 pub const ENOSYS: &str = "Function not implemented";
 #[allow(dead_code)]
@@ -63,7 +65,7 @@ pub const ENETUNREACH: &str = "unreachable";
 /// A syscall the seccomp policy refuses (or a capability the step does not hold).
 const POLICY: &[&str] = &[EPERM, ENOSYS];
 /// A host path the step must not reach: hidden (not mounted, masked), not ours, or read-only.
-const UNREACHABLE: &[&str] = &[ENOENT, ENOENT_DASH, EACCES, EPERM, EROFS];
+const UNREACHABLE: &[&str] = &[ENOENT, ENOENT_DASH, ENOENT_BUSYBOX, EACCES, EPERM, EROFS];
 
 /// A limit the backend enforces by ending the step.
 #[allow(dead_code)]
@@ -229,7 +231,7 @@ pub const CASES: &[Case] = &[
     case("setuid-plant-6755", "leave a setuid+setgid copy of the shell (chmod 6755)", &["cp", "chmod"],
         Blocked::Error(&[EPERM]),
         "cp /bin/sh ./rootsh2 && chmod 6755 ./rootsh2 && touch PWNED"),
-    case("setgid-plant-g+s", "leave a setgid file (chmod g+s)", &["cp", "chmod"],
+    case("setgid-plant-g-s", "leave a setgid file (chmod g+s)", &["cp", "chmod"],
         Blocked::Error(&[EPERM]),
         "cp /bin/sh ./gsh && chmod g+s ./gsh && touch PWNED"),
     case("setuid-plant-open", "create a file with mode 04755 directly (open O_CREAT)", PERL,

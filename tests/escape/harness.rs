@@ -100,8 +100,7 @@ fn setup() -> Env {
     }
 }
 
-/// The world for `case`: [`setup`], plus a host block device when the case reads one, and
-/// the engine's default state dir in the workspace when the case looks for it.
+/// The world for `case`: [`setup`], plus a host block device when the case reads one.
 fn setup_case(case: &Case) -> Env {
     let mut env = setup();
     if case.script.contains("{BLOCKDEV}") {
@@ -120,11 +119,6 @@ fn setup_case(case: &Case) -> Env {
             String::from_utf8_lossy(&out.stderr)
         );
         env.block_device = Some(String::from_utf8(out.stdout).unwrap().trim().to_string());
-    }
-    if case.state_in_workspace {
-        let state = env.ws.join(".secureclaw");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::write(state.join("vault.header.json"), "{\"format\": 1}\n").unwrap();
     }
     env
 }
