@@ -204,15 +204,17 @@ fn attack(backend: &str, case: &Case) -> (Observed, Vec<String>) {
 /// refused the way its case declares.
 fn assert_stops_every_attack(backend: &str) {
     let started = Instant::now();
-    let mut failures = Vec::new();
+    let (seen, evidence) = attack(backend, &CONTROL);
+    let mut failures = judge_control(backend, &seen, &evidence);
     for case in CASES {
         let t = Instant::now();
         let (seen, evidence) = attack(backend, case);
         println!(
-            "{backend} {:<26} {:>6} ms  {}",
+            "{backend} {:<26} {:>6} ms  {} | {}",
             case.id,
             t.elapsed().as_millis(),
-            seen.detail.lines().next().unwrap_or("")
+            seen.detail.lines().next().unwrap_or(""),
+            last_line(&seen.stderr)
         );
         failures.extend(judge_isolated(case, &seen, &evidence));
     }
@@ -242,7 +244,8 @@ fn docker_backend_stops_every_attack() {
 fn host_backend_lets_the_attacks_through() {
     let root = running_as_root();
     let started = Instant::now();
-    let mut failures = Vec::new();
+    let (seen, evidence) = attack("host", &CONTROL);
+    let mut failures = judge_control("host", &seen, &evidence);
     let mut required = 0;
     for case in CASES.iter().filter(|c| c.host_safe) {
         if let Err(why) = host_applicable(case) {
@@ -278,7 +281,10 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     let case = &CASES[0];
     let file = env.base.join("slow.yaml");
     // The step says when it runs: the engine is killed only once it really does.
-    let script = format!("touch started; sleep 3; touch {}/survived", env.out.display());
+    let script = format!(
+        "touch started; sleep 3; touch {}/survived",
+        env.out.display()
+    );
     std::fs::write(&file, workflow("slow", "native", case, &script, "")).unwrap();
     let mut engine = secureclaw(&env, &file, "native", Some(&env.state))
         .spawn()

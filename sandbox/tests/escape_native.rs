@@ -98,40 +98,6 @@ fn native() -> NativeSandbox {
     NativeSandbox::with_helper(env!("CARGO_BIN_EXE_secureclaw-sandbox-helper").into())
 }
 
-#[test]
-fn battery_cases_are_distinct_and_declare_their_refusal() {
-    assert!(CASES.len() >= 30, "{} cases", CASES.len());
-    let mut ids: Vec<_> = CASES.iter().map(|c| c.id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), CASES.len(), "duplicate case ids");
-    for case in CASES {
-        // The binary runner uses the id as the workflow's name.
-        assert!(
-            case.id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-            "{}: ids are lowercase words joined by '-'",
-            case.id
-        );
-        if let Blocked::Error(errors) = case.blocked {
-            assert!(!errors.is_empty(), "{}: no refusal declared", case.id);
-        }
-        // Only limits the host cannot keep may be declared as kept by the host.
-        assert!(
-            !case.host_enforces || matches!(case.blocked, Blocked::Limit(Limit::Timeout)),
-            "{}: host_enforces is for timeouts",
-            case.id
-        );
-        // Every attack leaves its own evidence when it works.
-        assert!(
-            case.script.contains("PWNED") || case.script.contains("{OUT}/"),
-            "{}: the script leaves no evidence when the attack works",
-            case.id
-        );
-    }
-}
-
 fn chown_tree(dir: &Path, id: u32) {
     std::os::unix::fs::chown(dir, Some(id), Some(id)).unwrap();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -147,16 +113,18 @@ fn chown_tree(dir: &Path, id: u32) {
 /// Runs every case on `sb` and fails with the list of escapes and wrong refusals.
 async fn assert_stops_every_attack(sb: &dyn Sandbox) {
     let started = Instant::now();
-    let mut failures = Vec::new();
+    let (seen, evidence) = attack(sb, &CONTROL).await;
+    let mut failures = judge_control(sb.name(), &seen, &evidence);
     for case in CASES {
         let t = Instant::now();
         let (seen, evidence) = attack(sb, case).await;
         println!(
-            "{} {:<26} {:>6} ms  {}",
+            "{} {:<26} {:>6} ms  {} | {}",
             sb.name(),
             case.id,
             t.elapsed().as_millis(),
-            seen.detail.lines().next().unwrap_or("")
+            seen.detail.lines().next().unwrap_or(""),
+            last_line(&seen.stderr)
         );
         failures.extend(judge_isolated(case, &seen, &evidence));
     }
@@ -219,7 +187,8 @@ async fn docker_stops_every_attack() {
 async fn host_lets_the_attacks_through() {
     let root = running_as_root();
     let started = Instant::now();
-    let mut failures = Vec::new();
+    let (seen, evidence) = attack(&HostSandbox, &CONTROL).await;
+    let mut failures = judge_control("host", &seen, &evidence);
     let mut required = 0;
     for case in CASES.iter().filter(|c| c.host_safe) {
         if let Err(why) = host_applicable(case) {
@@ -246,4 +215,93 @@ async fn host_lets_the_attacks_through() {
         "attacks that did not work on host:\n{}",
         failures.join("\n")
     );
+}
+
+/// The judge itself can fail: attacks that were stopped for the wrong reason (a missing tool, a
+/// typo, a workspace the step cannot write, a different error than the policy's) are not
+/// counted as blocked. Real runs on `host`, where nothing else stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_rejects_attacks_stopped_for_the_wrong_reason() {
+    const MISSING_TOOL: Case = case(
+        "missing-tool",
+        "a tool the backend lacks",
+        &["sc-no-such-tool"],
+        Blocked::Error(&[EPERM]),
+        "sc-no-such-tool && touch PWNED",
+    );
+    const TYPO: Case = case(
+        "typo",
+        "a command that does not exist",
+        PERL,
+        Blocked::Error(&[EPERM, ENOENT]),
+        "perll -e 1 && touch PWNED",
+    );
+    const WRONG_ERROR: Case = case(
+        "wrong-error",
+        "refused, but not the way declared",
+        &["cat"],
+        Blocked::Error(&[EPERM]),
+        "cat ./no-such-file && touch PWNED",
+    );
+    const NO_CONTROL: Case = case(
+        "no-control",
+        "the control write fails",
+        NONE,
+        Blocked::Error(&[EACCES]),
+        "touch PWNED",
+    );
+    let expect = [
+        (&MISSING_TOOL, "a tool is missing"),
+        (&TYPO, "the attack did not run"),
+        (&WRONG_ERROR, "expected the step to fail with one of"),
+        (&NO_CONTROL, "could not write its workspace"),
+    ];
+    for (case, why) in expect {
+        let env = setup_case(case);
+        if case.id == "no-control" {
+            // The control file is a directory: the prologue's write fails as a read-only or
+            // full workspace would.
+            std::fs::create_dir(env.ws.join(CONTROL_FILE)).unwrap();
+        }
+        let spec = spec_for(case, &env);
+        let out = HostSandbox
+            .run(&spec, CancellationToken::new())
+            .await
+            .unwrap();
+        let seen = Observed {
+            success: out.exit.success(),
+            limit: limit_of(&out.exit),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            detail: String::new(),
+        };
+        let failures = judge_isolated(case, &seen, &env.evidence(&env.outside()));
+        assert!(
+            failures.iter().any(|f| f.contains(why)),
+            "{}: expected a failure saying {why:?}, got {failures:?}",
+            case.id
+        );
+    }
+    // And a case refused the declared way passes.
+    const REFUSED: Case = case(
+        "refused",
+        "refused the declared way",
+        &["cat"],
+        Blocked::Error(&[ENOENT]),
+        "cat ./no-such-file && touch PWNED",
+    );
+    let env = setup_case(&REFUSED);
+    let out = HostSandbox
+        .run(&spec_for(&REFUSED, &env), CancellationToken::new())
+        .await
+        .unwrap();
+    let seen = Observed {
+        success: out.exit.success(),
+        limit: limit_of(&out.exit),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        detail: String::new(),
+    };
+    let failures = judge_isolated(&REFUSED, &seen, &env.evidence(&env.outside()));
+    assert!(failures.is_empty(), "{failures:?}");
 }

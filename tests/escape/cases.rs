@@ -341,3 +341,84 @@ pub const CASES: &[Case] = &[
         Blocked::Ran("daemon up"),
         "setsid sh -c 'echo daemon up > daemon-up; sleep 2; touch {OUT}/daemon; touch PWNED' < /dev/null > /dev/null 2>&1 & i=0; while [ ! -s daemon-up ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; cat daemon-up") },
 ];
+
+/// The control step each runner runs first on every backend: no attack, just the evidence an
+/// attack leaves when it works. If this left nothing (a backend writing to a copy that is
+/// thrown away, a runner looking in the wrong place), every attack would look blocked.
+#[allow(dead_code)]
+pub const CONTROL: Case = case("control", "leave the evidence a working attack leaves", &["touch"],
+    Blocked::Ran(""), "touch PWNED");
+
+// The battery's data is checked when it is compiled (a malformed case cannot reach a run):
+// at least 50 cases, ids distinct and usable as workflow names, every refusal declared, every
+// script leaving evidence when its attack works, `host_enforces` only for timeouts.
+const _: () = check_cases(CASES);
+
+#[allow(dead_code)]
+const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[allow(dead_code)]
+const fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let mut start = 0;
+    while start + needle.len() <= hay.len() {
+        let mut i = 0;
+        while i < needle.len() && hay[start + i] == needle[i] {
+            i += 1;
+        }
+        if i == needle.len() {
+            return true;
+        }
+        start += 1;
+    }
+    false
+}
+
+#[allow(dead_code)]
+const fn check_cases(cases: &[Case]) {
+    assert!(cases.len() >= 50, "the battery shrank");
+    let mut i = 0;
+    while i < cases.len() {
+        let c = &cases[i];
+        let id = c.id.as_bytes();
+        assert!(!id.is_empty(), "empty case id");
+        let mut k = 0;
+        while k < id.len() {
+            let b = id[k];
+            assert!(
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-',
+                "case ids are lowercase words joined by '-' (they name workflows)"
+            );
+            k += 1;
+        }
+        let mut j = i + 1;
+        while j < cases.len() {
+            assert!(!bytes_eq(id, cases[j].id.as_bytes()), "duplicate case id");
+            j += 1;
+        }
+        if let Blocked::Error(errors) = c.blocked {
+            assert!(!errors.is_empty(), "a case declares no refusal");
+        }
+        assert!(
+            !c.host_enforces || matches!(c.blocked, Blocked::Limit(Limit::Timeout)),
+            "host_enforces is for timeouts (the host backend keeps no other limit)"
+        );
+        let script = c.script.as_bytes();
+        assert!(
+            contains(script, b"PWNED") || contains(script, b"{OUT}/"),
+            "a script leaves no evidence when its attack works"
+        );
+        i += 1;
+    }
+}

@@ -384,3 +384,23 @@ fn host_applicable(case: &Case) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The last line a step printed on stderr (where its refusal is), for the battery's log.
+fn last_line(text: &str) -> &str {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+/// The verdict on the control step: it ran, wrote, and its evidence reached the host.
+fn judge_control(backend: &str, seen: &Observed, evidence: &[String]) -> Vec<String> {
+    let mut failures = Vec::new();
+    if let Some(f) = proof_of_attack(&CONTROL, seen) {
+        failures.push(f);
+    }
+    if !seen.success || !evidence.iter().any(|e| e.contains("PWNED")) {
+        failures.push(format!(
+            "control: on {backend} a step's own write must reach the host (evidence {evidence:?})\n    {}",
+            seen.detail.replace('\n', "\n    ")
+        ));
+    }
+    failures
+}
