@@ -281,11 +281,8 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     let case = &CASES[0];
     let file = env.base.join("slow.yaml");
     // The step says when it runs: the engine is killed only once it really does.
-    let script = format!(
-        "touch started; sleep 3; touch {}/survived",
-        env.out.display()
-    );
-    std::fs::write(&file, workflow("slow", "native", case, &script, "")).unwrap();
+    let script = "touch started; sleep 3.217; touch survived";
+    std::fs::write(&file, workflow("slow", "native", case, script, "")).unwrap();
     let mut engine = secureclaw(&env, &file, "native", Some(&env.state))
         .spawn()
         .unwrap();
@@ -298,18 +295,28 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     }
     started |= step_cgroups_of(pid).iter().any(|d| d.exists());
     assert!(env.ws.join("started").exists(), "the step never started");
+    assert!(
+        step_sleepers() > 0,
+        "the step's `sleep 3.217` is not visible from the host"
+    );
     engine.kill().unwrap();
     let _ = engine.wait();
-    // The step would touch `survived` 3 s after it started; give it that and more.
-    std::thread::sleep(Duration::from_millis(3500));
+    // The step's processes die with the engine (polled, with a deadline well under the
+    // step's own 3.2 s), and it never gets to write its marker.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while step_sleepers() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(step_sleepers(), 0, "the step outlived the killed engine");
     assert!(
-        !env.out.join("survived").exists(),
+        !env.ws.join("survived").exists(),
         "the step outlived the killed engine"
     );
-    if !started {
-        eprintln!("note: no step cgroup seen (no cgroup hierarchy here); sweep not checked");
-        return;
-    }
+    // A native step always runs in its cgroups (without them it is refused, not degraded).
+    assert!(
+        started,
+        "the step ran but no step cgroup of engine {pid} was seen under /sys/fs/cgroup"
+    );
     // A new engine run sweeps what the dead one left.
     let quick = env.base.join("quick.yaml");
     std::fs::write(&quick, workflow("quick", "native", case, "true", "")).unwrap();
@@ -327,6 +334,18 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
         .filter(|d| d.exists())
         .collect();
     assert!(left.is_empty(), "not swept: {left:?}");
+}
+
+/// Host processes running the killed-engine case's `sleep 3.217`.
+fn step_sleepers() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"3.217"))
+        })
+        .count()
 }
 
 /// Step cgroup directories created by the engine with this pid (any hierarchy).
