@@ -254,7 +254,7 @@ fn host_backend_lets_the_attacks_through() {
         }
         let (seen, evidence) = attack("host", case);
         println!("host {:<26} evidence {evidence:?}", case.id);
-        let verdict = judge_host(case, &seen, &evidence);
+        let verdict = judge_host(case, &seen, &evidence, true);
         if root {
             required += 1;
             failures.extend(verdict);
@@ -289,15 +289,14 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     let pid = engine.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut started = false;
-    while Instant::now() < deadline && !env.ws.join("started").exists() {
+    while Instant::now() < deadline && step_sleepers() == 0 {
         started |= step_cgroups_of(pid).iter().any(|d| d.exists());
         std::thread::sleep(Duration::from_millis(20));
     }
     started |= step_cgroups_of(pid).iter().any(|d| d.exists());
-    assert!(env.ws.join("started").exists(), "the step never started");
     assert!(
-        step_sleepers() > 0,
-        "the step's `sleep 3.217` is not visible from the host"
+        env.ws.join("started").exists() && step_sleepers() > 0,
+        "the step never started (or its `sleep 3.217` is not visible from the host)"
     );
     engine.kill().unwrap();
     let _ = engine.wait();

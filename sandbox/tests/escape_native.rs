@@ -197,7 +197,7 @@ async fn host_lets_the_attacks_through() {
         }
         let (seen, evidence) = attack(&HostSandbox, case).await;
         println!("host {:<26} evidence {evidence:?}", case.id);
-        let verdict = judge_host(case, &seen, &evidence);
+        let verdict = judge_host(case, &seen, &evidence, false);
         if root {
             required += 1;
             failures.extend(verdict);

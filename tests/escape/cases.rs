@@ -122,6 +122,10 @@ pub struct Case {
     /// A host path the attack needs that some kernels do not have; where it is absent the
     /// host runner reports the case as not applicable instead of requiring it.
     pub host_needs: &'static str,
+    /// What the attack leaves (a set-id bit, a file capability, a device node) is refused by
+    /// the engine's capture after every step, on `host` too: through the binary on `host` the
+    /// attack must work inside the step and the engine must fail the step and leave nothing.
+    pub engine_sweeps: bool,
 }
 
 #[allow(dead_code)]
@@ -148,6 +152,21 @@ const fn case(
         host_safe: true,
         host_enforces: false,
         host_needs: "",
+        engine_sweeps: false,
+    }
+}
+
+/// A plant the engine's capture refuses after the step, whatever the backend.
+#[allow(dead_code)]
+const fn plant(
+    id: &'static str,
+    what: &'static str,
+    tools: &'static [&'static str],
+    script: &'static str,
+) -> Case {
+    Case {
+        engine_sweeps: true,
+        ..case(id, what, tools, Blocked::Error(&[EPERM]), script)
     }
 }
 
@@ -225,38 +244,27 @@ pub const CASES: &[Case] = &[
         Blocked::Error(&[ENOENT, EACCES, EPERM]),
         "n=$(head -c 512 {BLOCKDEV} | wc -c) && [ \"$n\" -eq 512 ] && touch PWNED"),
     // --- planting privileges for later (the workspace outlives the sandbox) ---
-    case("setuid-plant-4755", "leave a setuid copy of the shell in the workspace (chmod 4755)", &["cp", "chmod"],
-        Blocked::Error(&[EPERM]),
+    plant("setuid-plant-4755", "leave a setuid copy of the shell in the workspace (chmod 4755)", &["cp", "chmod"],
         "cp /bin/sh ./rootsh && chmod 4755 ./rootsh && touch PWNED"),
-    case("setuid-plant-6755", "leave a setuid+setgid copy of the shell (chmod 6755)", &["cp", "chmod"],
-        Blocked::Error(&[EPERM]),
+    plant("setuid-plant-6755", "leave a setuid+setgid copy of the shell (chmod 6755)", &["cp", "chmod"],
         "cp /bin/sh ./rootsh2 && chmod 6755 ./rootsh2 && touch PWNED"),
-    case("setgid-plant-g-s", "leave a setgid file (chmod g+s)", &["cp", "chmod"],
-        Blocked::Error(&[EPERM]),
+    plant("setgid-plant-g-s", "leave a setgid file (chmod g+s)", &["cp", "chmod"],
         "cp /bin/sh ./gsh && chmod g+s ./gsh && touch PWNED"),
-    case("setuid-plant-open", "create a file with mode 04755 directly (open O_CREAT)", PERL,
-        Blocked::Error(&[EPERM]),
+    plant("setuid-plant-open", "create a file with mode 04755 directly (open O_CREAT)", PERL,
         "perl -e 'use Fcntl; umask 0; sysopen(my $f, \"suid-open\", O_CREAT | O_WRONLY, 04755) or die \"open: $!\\n\"; (stat \"suid-open\")[2] & 04000 or die \"open: setuid bit not kept\\n\"' && touch PWNED"),
-    case("setuid-plant-fchmod", "set the setuid bit through an open file (fchmod)", PERL,
-        Blocked::Error(&[EPERM]),
+    plant("setuid-plant-fchmod", "set the setuid bit through an open file (fchmod)", PERL,
         "perl -e 'open(my $f, \">\", \"fsuid\") or die \"open: $!\\n\"; chmod(04755, $f) or die \"fchmod: $!\\n\"; (stat \"fsuid\")[2] & 04000 or die \"fchmod: setuid bit not kept\\n\"' && touch PWNED"),
-    case("file-capability-setcap", "give a workspace binary a file capability (setcap)", &["cp", "setcap"],
-        Blocked::Error(&[EPERM]),
+    plant("file-capability-setcap", "give a workspace binary a file capability (setcap)", &["cp", "setcap"],
         "cp /bin/sh ./capbin && setcap cap_net_raw+ep ./capbin && touch PWNED"),
-    case("file-capability-xattr", "write security.capability with setxattr", PERL,
-        Blocked::Error(&[EPERM]),
+    plant("file-capability-xattr", "write security.capability with setxattr", PERL,
         "echo > capfile && perl -e 'my ($p, $n) = (\"capfile\", \"security.capability\"); my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(188, $p, $n, $v, length $v, 0) == 0 or die \"setxattr: $!\\n\"' && touch PWNED"),
-    case("file-capability-fsetxattr", "write security.capability through an open file (fsetxattr)", PERL,
-        Blocked::Error(&[EPERM]),
+    plant("file-capability-fsetxattr", "write security.capability through an open file (fsetxattr)", PERL,
         "echo > capfd && perl -e 'open(my $f, \"<\", \"capfd\") or die \"open: $!\\n\"; my $n = \"security.capability\"; my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(190, fileno($f), $n, $v, length $v, 0) == 0 or die \"fsetxattr: $!\\n\"' && touch PWNED"),
-    case("mknod-char", "create a character device node in the workspace (mknod c 1 3)", &["mknod"],
-        Blocked::Error(&[EPERM]),
+    plant("mknod-char", "create a character device node in the workspace (mknod c 1 3)", &["mknod"],
         "mknod ./n c 1 3 && touch PWNED"),
-    case("mknod-block", "create a block device node in the workspace (mknod b 7 0)", &["mknod"],
-        Blocked::Error(&[EPERM]),
+    plant("mknod-block", "create a block device node in the workspace (mknod b 7 0)", &["mknod"],
         "mknod ./b b 7 0 && touch PWNED"),
-    case("mknod-syscall", "create a character device node with the mknod system call", PERL,
-        Blocked::Error(&[EPERM]),
+    plant("mknod-syscall", "create a character device node with the mknod system call", PERL,
         "perl -e 'my $p = \"n2\"; syscall(133, $p, 0020644, (1 << 8) | 3) == 0 or die \"mknod: $!\\n\"' && touch PWNED"),
     // --- the engine's state dir inside the workspace ---
     Case { state_in_workspace: true, ..case("state-dir-listed", "see the state dir in a listing of the workspace", &["ls", "grep"],
@@ -349,7 +357,7 @@ pub const CASES: &[Case] = &[
         "i=0; while [ $i -lt 256 ]; do head -c 262144 /dev/zero > f$i || exit 1; i=$((i+1)); done; touch PWNED") },
     Case { disk_mib: 16, timeout_ms: 3000, host_safe: false, ..case("disk-budget-yes", "`yes > big` under a 16 MiB write budget (unbounded without one)", &["yes"],
         Blocked::Limit(Limit::DiskBudget),
-        "yes > big; touch PWNED") },
+        "yes > big && touch PWNED") },
     Case { timeout_ms: 1500, host_enforces: true, ..case("cpu-spin", "spin the CPU past the timeout", NONE,
         Blocked::Limit(Limit::Timeout),
         "while :; do :; done; touch PWNED") },

@@ -9,6 +9,9 @@ const HOST_TOKEN: &str = "sc-host-process-token-9c41e7";
 const PROBE_MISSING: &str = "sc-probe: missing tool";
 /// What the prologue prints to stderr (and exits 98 with) when the workspace is not writable.
 const CONTROL_FAILED: &str = "sc-control: the workspace is not writable";
+/// What a script prints when its attack worked (the harness adds it wherever a script touches
+/// `PWNED`): evidence that outlives an engine rolling the step's files back.
+const ATTACK_WORKED: &str = "sc-attack-worked";
 /// The file the prologue writes in the workspace and reads back.
 const CONTROL_FILE: &str = ".sc-control";
 /// Error texts that mean the attack never ran, whatever else the step printed.
@@ -259,7 +262,8 @@ impl Env {
             "for t in {tools}; do command -v \"$t\" > /dev/null || {{ echo \"{PROBE_MISSING} $t\" >&2; exit 97; }}; done\n\
              echo {control} > {CONTROL_FILE} && cat {CONTROL_FILE} || {{ echo '{CONTROL_FAILED}' >&2; exit 98; }}\n\
              {}",
-            self.fill(case.script),
+            self.fill(case.script)
+                .replace("touch PWNED", &format!("{{ touch PWNED; echo {ATTACK_WORKED}; }}")),
             control = control_text(case),
         )
     }
@@ -307,6 +311,12 @@ fn judge_isolated(case: &Case, seen: &Observed, evidence: &[String]) -> Vec<Stri
     if !evidence.is_empty() {
         failures.push(format!("{}: ESCAPED {evidence:?}", case.id));
     }
+    if seen.stdout.contains(ATTACK_WORKED) {
+        failures.push(format!(
+            "{}: ESCAPED: the attack worked inside the step (whatever was undone afterwards)",
+            case.id
+        ));
+    }
     if let Some(marker) = NEVER_RAN.iter().find(|m| seen.stderr.contains(**m)) {
         failures.push(format!(
             "{}: the attack did not run (stderr says {marker:?})",
@@ -346,13 +356,34 @@ fn judge_isolated(case: &Case, seen: &Observed, evidence: &[String]) -> Vec<Stri
 }
 
 /// The verdict on `host`: the attack worked (or, for a limit the host keeps too, ran into it).
-/// Returns the failures.
-fn judge_host(case: &Case, seen: &Observed, evidence: &[String]) -> Vec<String> {
+/// `through_engine`: the step ran through the binary, whose capture refuses plants after every
+/// step (`engine_sweeps`): there the attack must work inside the step, and the engine must fail
+/// the step and leave nothing behind. Returns the failures.
+fn judge_host(
+    case: &Case,
+    seen: &Observed,
+    evidence: &[String],
+    through_engine: bool,
+) -> Vec<String> {
     let mut failures = Vec::new();
     if let Some(f) = proof_of_attack(case, seen) {
         failures.push(f);
     }
     match (case.host_enforces, case.blocked) {
+        _ if case.engine_sweeps && through_engine => {
+            if !seen.stdout.contains(ATTACK_WORKED) {
+                failures.push(format!(
+                    "{}: the attack should work inside a host step",
+                    case.id
+                ));
+            }
+            if seen.success || !evidence.is_empty() {
+                failures.push(format!(
+                    "{}: the engine should refuse what the step left and undo it (step succeeded: {}, left {evidence:?})",
+                    case.id, seen.success
+                ));
+            }
+        }
         (true, Blocked::Limit(limit)) => {
             if seen.limit != Some(limit) {
                 failures.push(format!(
