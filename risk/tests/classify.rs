@@ -429,3 +429,46 @@ fn second_round_red_team() {
         "inline code is never read-only"
     );
 }
+
+/// A setuid/setgid file, a file capability or a device node left in the workspace hands root to
+/// any local user: every spelling is at least destructive, and the harmless modes are not.
+#[test]
+fn privilege_raising_files_are_destructive() {
+    for cmd in [
+        "chmod 4755 ./rootsh",
+        "chmod 04755 ./rootsh",
+        "chmod 6755 ./rootsh",
+        "chmod 2755 dir",
+        "chmod u+s ./rootsh",
+        "chmod +s ./rootsh",
+        "chmod g+s ./x",
+        "chmod ug+rws ./x",
+        "chmod u=rwxs ./x",
+        "cp /bin/sh ./rootsh && chmod 4755 ./rootsh",
+        "bash -c 'chmod u+s x'",
+        "install -m 4755 a b",
+        "install -m4755 a b",
+        "install --mode=4755 a b",
+        "setcap cap_setuid+ep ./x",
+        "setfattr -n security.capability -v 0x01 ./x",
+        "mknod ./mem c 1 1",
+        "mknod ./sda b 8 0",
+    ] {
+        let a = classify_shell(cmd);
+        assert!(
+            a.tier >= Tier::Destructive,
+            "{cmd}: {:?} {:?}",
+            a.tier,
+            rules_of(&a)
+        );
+    }
+    for cmd in [
+        "chmod 755 x",
+        "chmod 1777 scratch",
+        "chmod a+rx x",
+        "chmod +x x",
+        "chmod 644 s",
+    ] {
+        assert_eq!(tier(cmd), Tier::LowWrite, "{cmd}");
+    }
+}
