@@ -355,9 +355,11 @@ pub const CASES: &[Case] = &[
     Case { disk_mib: 16, ..case("disk-budget-many-files", "write 64 MiB as 256 files under a 16 MiB write budget", &["head"],
         Blocked::Limit(Limit::DiskBudget),
         "i=0; while [ $i -lt 256 ]; do head -c 262144 /dev/zero > f$i || exit 1; i=$((i+1)); done; touch PWNED") },
-    Case { disk_mib: 16, timeout_ms: 3000, host_safe: false, ..case("disk-budget-yes", "`yes > big` under a 16 MiB write budget (unbounded without one)", &["yes"],
+    // `yes > big` itself would fill the disk of a machine without the budget (the host, a
+    // backend before the fix); 256 MiB is as good a breach of a 16 MiB budget and stays bounded.
+    Case { disk_mib: 16, ..case("disk-budget-yes", "`yes` into a file under a 16 MiB write budget (256 MiB, bounded by head)", &["yes", "head"],
         Blocked::Limit(Limit::DiskBudget),
-        "yes > big && touch PWNED") },
+        "yes | head -c 268435456 > big && touch PWNED") },
     Case { timeout_ms: 1500, host_enforces: true, ..case("cpu-spin", "spin the CPU past the timeout", NONE,
         Blocked::Limit(Limit::Timeout),
         "while :; do :; done; touch PWNED") },
