@@ -68,7 +68,9 @@ fn secureclaw(env: &Env, file: &Path, backend: &str, state: Option<&Path>) -> Co
 /// The docker backend attacks from an image with the same tools as the host: busybox plus perl
 /// (with its core modules), setuid `su` and `setcap`, built offline through the CLI once per
 /// test binary.
-const ESCAPE_IMAGE: &str = "secureclaw-sandbox:escape-cli";
+/// (A tag of its own per recipe: another checkout building an older recipe under the same name
+/// on the same daemon would take tools away mid-run.)
+const ESCAPE_IMAGE: &str = "secureclaw-sandbox:escape-battery-cli-setcap";
 
 fn escape_image() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();

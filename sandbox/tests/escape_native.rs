@@ -153,7 +153,9 @@ async fn escape_image() -> String {
     static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     IMAGE
         .get_or_init(|| async {
-            let tag = "secureclaw-sandbox:escape-test".to_string();
+            // A tag of its own per recipe: another checkout building an older recipe under the
+            // same name on the same daemon would take tools away mid-run.
+            let tag = "secureclaw-sandbox:escape-battery-setcap".to_string();
             let inc = std::process::Command::new("perl")
                 .args(["-e", "print for grep m{/perl-base$}, @INC"])
                 .output()
