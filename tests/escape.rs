@@ -1,17 +1,21 @@
 //! The escape battery, end to end: every case in `tests/escape/cases.rs` runs as a workflow
-//! step through the real `secureclaw` binary. On `native` and `docker` every attack must fail
-//! and leave the host untouched; on `host` the same attacks are run to show which succeed there
-//! (proving the checks can fail).
+//! step through the real `secureclaw` binary. On `native` and `docker` every attack must be
+//! refused the way its case declares (read from the step record `secureclaw show --json`
+//! keeps) and leave the host untouched; on `host` the same attacks must succeed (they are real).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use secureclaw_sandbox::ExitReason;
 
 include!("escape/cases.rs");
 include!("escape/harness.rs");
+
+const PASSPHRASE: &str = "escape-battery-passphrase";
 
 fn indent(script: &str) -> String {
     script
@@ -21,8 +25,13 @@ fn indent(script: &str) -> String {
 }
 
 fn workflow(name: &str, backend: &str, case: &Case, script: &str, env_yaml: &str) -> String {
+    let disk = if case.disk_mib > 0 {
+        format!(", disk: {}Mi", case.disk_mib)
+    } else {
+        String::new()
+    };
     format!(
-        "version: 1\nname: {name}\nsandbox: {{ backend: {backend}, timeout: {}ms, memory: {}Mi, pids: {} }}\nsteps:\n  - id: attack\n{env_yaml}    shell: |\n{}",
+        "version: 1\nname: {name}\nsandbox: {{ backend: {backend}, timeout: {}ms, memory: {}Mi, pids: {}{disk} }}\nsteps:\n  - id: attack\n{env_yaml}    shell: |\n{}",
         case.timeout_ms,
         case.memory_mib,
         case.pids,
@@ -30,37 +39,38 @@ fn workflow(name: &str, backend: &str, case: &Case, script: &str, env_yaml: &str
     )
 }
 
-fn secureclaw(env: &Env, file: &Path, backend: &str, state: &Path) -> Command {
+/// `secureclaw` with the battery's vault settings.
+fn secureclaw_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_secureclaw"));
-    cmd.arg("run")
-        .arg(file)
-        .arg("--workspace")
-        .arg(&env.ws)
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--sandbox")
-        .arg(backend)
-        .arg("--yes")
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("SECURECLAW_PASSPHRASE", "escape-battery-passphrase")
+    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
         // The vault's key derivation is not what this battery tests; keep it cheap.
         .env("ARGON2_MEMORY_KB", "8192")
         .env("DOCKER_BASE_IMAGE", ESCAPE_IMAGE)
+        .env_remove("SECURECLAW_STATE_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
 }
 
-struct Verdict {
-    evidence: Vec<String>,
-    code: Option<i32>,
-    output: String,
+/// `secureclaw run`; `state` None uses the default state dir (`.secureclaw` in the workspace).
+fn secureclaw(env: &Env, file: &Path, backend: &str, state: Option<&Path>) -> Command {
+    let mut cmd = secureclaw_cmd();
+    cmd.arg("run").arg(file).arg("--workspace").arg(&env.ws);
+    if let Some(state) = state {
+        cmd.arg("--state-dir").arg(state);
+    }
+    cmd.arg("--sandbox").arg(backend).arg("--yes");
+    cmd
 }
 
 /// The docker backend attacks from an image with the same tools as the host: busybox plus perl
-/// (with its core modules) and setuid `su`, built offline through the CLI once per test binary.
-const ESCAPE_IMAGE: &str = "secureclaw-sandbox:escape-cli";
+/// (with its core modules), setuid `su` and `setcap`, built offline through the CLI once per
+/// test binary.
+/// (A tag of its own per recipe: another checkout building an older recipe under the same name
+/// on the same daemon would take tools away mid-run.)
+const ESCAPE_IMAGE: &str = "secureclaw-sandbox:escape-battery-cli-setcap";
 
 fn escape_image() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -73,14 +83,8 @@ fn escape_image() {
         assert!(!perl_base.is_empty(), "perl-base module dir not found");
         let out = common::secureclaw()
             .args(["sandbox", "build-image", "--tag", ESCAPE_IMAGE])
-            .args([
-                "--include",
-                "perl",
-                "--include",
-                "/bin/su",
-                "--include",
-                &perl_base,
-            ])
+            .args(["--include", "perl", "--include", "/bin/su"])
+            .args(["--include", "/usr/sbin/setcap", "--include", &perl_base])
             .output()
             .unwrap();
         assert!(
@@ -91,8 +95,65 @@ fn escape_image() {
     });
 }
 
-fn attack(backend: &str, case: &Case) -> Verdict {
-    let env = setup();
+/// How the `attack` step of the last run in `state` ended, from its record.
+fn observe(state: &Path, run_output: &std::process::Output) -> Observed {
+    let run_text = format!(
+        "run exit {:?}\n{}{}",
+        run_output.status.code(),
+        String::from_utf8_lossy(&run_output.stdout),
+        String::from_utf8_lossy(&run_output.stderr)
+    );
+    let shown = secureclaw_cmd()
+        .args(["show", "last", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let record: Option<serde_json::Value> = serde_json::from_slice(&shown.stdout).ok();
+    let step = record
+        .as_ref()
+        .and_then(|r| r["steps"].as_array())
+        .and_then(|steps| steps.iter().find(|s| s["id"] == "attack"))
+        .cloned();
+    let Some(step) = step else {
+        return Observed {
+            success: false,
+            limit: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            detail: format!(
+                "no step record ({})\n{run_text}",
+                String::from_utf8_lossy(&shown.stderr)
+            ),
+        };
+    };
+    let text = |k: &str| step[k].as_str().unwrap_or_default().to_string();
+    let reason = text("reason");
+    let limit = [
+        (ExitReason::TimedOut, Limit::Timeout),
+        (ExitReason::OutOfMemory, Limit::Memory),
+        (ExitReason::DiskBudget, Limit::DiskBudget),
+    ]
+    .into_iter()
+    .find(|(exit, _)| reason.contains(&exit.describe()))
+    .map(|(_, limit)| limit);
+    Observed {
+        success: text("state") == "succeeded",
+        limit,
+        stdout: text("stdout"),
+        stderr: text("stderr"),
+        detail: format!(
+            "step {} ({reason})\nstdout: {}\nstderr: {}\n{run_text}",
+            text("state"),
+            text("stdout"),
+            text("stderr")
+        ),
+    }
+}
+
+/// Runs one case on `backend` through the binary; returns how the step ended and the
+/// evidence left on the host.
+fn attack(backend: &str, case: &Case) -> (Observed, Vec<String>) {
+    let env = setup_case(case);
     if backend == "docker" {
         escape_image();
         // Containers run as the workspace's owner; a root-owned one would be read-only.
@@ -106,7 +167,7 @@ fn attack(backend: &str, case: &Case) -> Verdict {
             case.id,
             backend,
             case,
-            &env.render(case.script),
+            &env.render(case),
             "    env: { SECURECLAW_CASE_SELF: \"1\" }\n",
         ),
     )
@@ -116,59 +177,54 @@ fn attack(backend: &str, case: &Case) -> Verdict {
         let env_yaml = format!("    env: {{ SECURECLAW_STEP_SECRET: \"{TOKEN}\" }}\n");
         std::fs::write(
             &other_file,
-            workflow("other", backend, case, "sleep 4", &env_yaml),
+            workflow("other", backend, case, "sleep 6", &env_yaml),
         )
         .unwrap();
-        secureclaw(&env, &other_file, backend, &env.base.join("state-other"))
+        let other_state = env.base.join("state-other");
+        secureclaw(&env, &other_file, backend, Some(&other_state))
             .spawn()
             .unwrap()
     });
-    let out = secureclaw(&env, &file, backend, &env.state)
+    // The default state dir (in the workspace) for the cases that look for it.
+    let state = if case.state_in_workspace {
+        env.ws.join(".secureclaw")
+    } else {
+        env.state.clone()
+    };
+    let explicit_state = (!case.state_in_workspace).then_some(state.as_path());
+    let out = secureclaw(&env, &file, backend, explicit_state)
         .output()
         .unwrap();
     if let Some(other) = other {
         let _ = other.wait_with_output();
     }
-    std::thread::sleep(Duration::from_millis(case.settle_ms));
-    let evidence = env.evidence(&before);
-    Verdict {
-        evidence,
-        code: out.status.code(),
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    let evidence = env.settled_evidence(&before, Duration::from_millis(case.settle_ms));
+    (observe(&state, &out), evidence)
 }
 
-/// Every case on `backend`: no evidence on the host, every step really ran, and the resource
-/// cases ended in failure.
+/// Every case on `backend`: no evidence on the host, every step really ran, and each was
+/// refused the way its case declares.
 fn assert_stops_every_attack(backend: &str) {
-    let mut failures = Vec::new();
+    let started = Instant::now();
+    let (seen, evidence) = attack(backend, &CONTROL);
+    let mut failures = judge_control(backend, &seen, &evidence);
     for case in CASES {
-        let v = attack(backend, case);
-        println!("{backend} {:<22} exit {:?}", case.id, v.code);
-        if !v.evidence.is_empty() {
-            failures.push(format!(
-                "{}: ESCAPED {:?}\n{}",
-                case.id, v.evidence, v.output
-            ));
-        }
-        // 0 = the step succeeded, 1 = it failed; 2/3 would mean the case never ran.
-        if !matches!(v.code, Some(0) | Some(1)) {
-            failures.push(format!(
-                "{}: did not run (exit {:?})\n{}",
-                case.id, v.code, v.output
-            ));
-        }
-        if !case.expect.is_empty() && v.code != Some(1) {
-            failures.push(format!(
-                "{}: the step should have failed ({})\n{}",
-                case.id, case.expect, v.output
-            ));
-        }
+        let t = Instant::now();
+        let (seen, evidence) = attack(backend, case);
+        println!(
+            "{backend} {:<26} {:>6} ms  {} | {}",
+            case.id,
+            t.elapsed().as_millis(),
+            seen.detail.lines().next().unwrap_or(""),
+            last_line(&seen.stderr)
+        );
+        failures.extend(judge_isolated(case, &seen, &evidence));
     }
+    println!(
+        "{backend}: {} cases in {:.1} s",
+        CASES.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         failures.is_empty(),
         "{backend} failures:\n{}",
@@ -188,42 +244,35 @@ fn docker_backend_stops_every_attack() {
 
 #[test]
 fn host_backend_lets_the_attacks_through() {
-    let mut escaped = Vec::new();
-    let mut held = Vec::new();
+    let root = running_as_root();
+    let started = Instant::now();
+    let (seen, evidence) = attack("host", &CONTROL);
+    let mut failures = judge_control("host", &seen, &evidence);
+    let mut required = 0;
     for case in CASES.iter().filter(|c| c.host_safe) {
-        let v = attack("host", case);
-        assert!(
-            matches!(v.code, Some(0) | Some(1)),
-            "{}: did not run on host (exit {:?})\n{}",
-            case.id,
-            v.code,
-            v.output
-        );
-        if v.evidence.is_empty() {
-            held.push(case.id);
-        } else {
-            escaped.push(case.id);
+        if let Err(why) = host_applicable(case) {
+            println!("host {why}");
+            continue;
+        }
+        let (seen, evidence) = attack("host", case);
+        println!("host {:<26} evidence {evidence:?}", case.id);
+        let verdict = judge_host(case, &seen, &evidence, true);
+        if root {
+            required += 1;
+            failures.extend(verdict);
+        } else if !verdict.is_empty() {
+            println!("host (not root, not required): {}", verdict.join("\n"));
         }
     }
-    println!("host: {} attacks succeeded: {escaped:?}", escaped.len());
-    println!("host: {} failed anyway: {held:?}", held.len());
-    for must in [
-        "write-absolute",
-        "write-dotdot",
-        "write-symlink",
-        "read-ssh-key",
-        "git-hooks",
-        "exec-from-tmp",
-        "tcp-host-loopback",
-        "daemon",
-        "memory-bomb",
-        "fork-bomb",
-    ] {
-        assert!(
-            escaped.contains(&must),
-            "`{must}` should succeed on host; escaped={escaped:?}"
-        );
-    }
+    println!(
+        "host: {required} cases required, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "attacks that did not work on host:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The engine is SIGKILLed in the middle of a step: the step must die with it (no process
@@ -233,32 +282,46 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     let env = setup();
     let case = &CASES[0];
     let file = env.base.join("slow.yaml");
-    let script = format!("sleep 3; touch {}/survived", env.out.display());
-    std::fs::write(&file, workflow("slow", "native", case, &script, "")).unwrap();
-    let mut engine = secureclaw(&env, &file, "native", &env.state)
+    // The step says when it runs: the engine is killed only once it really does.
+    let script = "touch started; sleep 3.217; touch survived";
+    std::fs::write(&file, workflow("slow", "native", case, script, "")).unwrap();
+    let mut engine = secureclaw(&env, &file, "native", Some(&env.state))
         .spawn()
         .unwrap();
     let pid = engine.id();
-    // Let the step start (vault unlock + validation + sandbox setup), then kill -9 the engine.
-    let started = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        step_cgroups_of(pid).iter().any(|d| d.exists())
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut started = false;
+    while Instant::now() < deadline && step_sleepers() == 0 {
+        started |= step_cgroups_of(pid).iter().any(|d| d.exists());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started |= step_cgroups_of(pid).iter().any(|d| d.exists());
+    assert!(
+        env.ws.join("started").exists() && step_sleepers() > 0,
+        "the step never started (or its `sleep 3.217` is not visible from the host)"
+    );
     engine.kill().unwrap();
     let _ = engine.wait();
-    std::thread::sleep(Duration::from_millis(3500));
+    // The step's processes die with the engine (polled, with a deadline well under the
+    // step's own 3.2 s), and it never gets to write its marker.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while step_sleepers() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(step_sleepers(), 0, "the step outlived the killed engine");
     assert!(
-        !env.out.join("survived").exists(),
+        !env.ws.join("survived").exists(),
         "the step outlived the killed engine"
     );
-    if !started {
-        eprintln!("note: no step cgroup seen (no cgroup hierarchy here); sweep not checked");
-        return;
-    }
+    // A native step always runs in its cgroups (without them it is refused, not degraded).
+    assert!(
+        started,
+        "the step ran but no step cgroup of engine {pid} was seen under /sys/fs/cgroup"
+    );
     // A new engine run sweeps what the dead one left.
     let quick = env.base.join("quick.yaml");
     std::fs::write(&quick, workflow("quick", "native", case, "true", "")).unwrap();
-    let out = secureclaw(&env, &quick, "native", &env.state)
+    let out = secureclaw(&env, &quick, "native", Some(&env.state))
         .output()
         .unwrap();
     assert_eq!(
@@ -272,6 +335,18 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
         .filter(|d| d.exists())
         .collect();
     assert!(left.is_empty(), "not swept: {left:?}");
+}
+
+/// Host processes running the killed-engine case's `sleep 3.217`.
+fn step_sleepers() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"3.217"))
+        })
+        .count()
 }
 
 /// Step cgroup directories created by the engine with this pid (any hierarchy).

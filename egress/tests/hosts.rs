@@ -71,13 +71,49 @@ fn allow() -> Allowlist {
     Allowlist::parse(&["allowed.com", "*.wild.test"]).unwrap()
 }
 
+/// Hosts for the properties below: arbitrary text, and spellings of the listed names (case,
+/// trailing dot, subdomains of the wildcard base, stray affixes) so the "allowed" branch of a
+/// property really runs (see `the_host_generator_reaches_allowed_names`).
+fn near_allowed() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,40}",
+        "[aA][lL][lL][oO][wW][eE][dD]\\.[cC][oO][mM]\\.?",
+        "[a-zA-Z0-9-]{1,12}(\\.[a-z0-9]{1,5})?\\.[wW][iI][lL][dD]\\.[tT][eE][sS][tT]\\.?",
+        "[ .a-z0-9-]{0,3}(allowed\\.com|x\\.wild\\.test|wild\\.test)[ .:a-z0-9-]{0,3}",
+    ]
+}
+
+/// How many of `n` generated hosts pass `accept`.
+fn generated_passing(n: usize, accept: impl Fn(&str) -> bool) -> usize {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = near_allowed();
+    (0..n)
+        .filter(|_| accept(&strategy.new_tree(&mut runner).unwrap().current()))
+        .count()
+}
+
+#[test]
+fn the_host_generator_reaches_allowed_names() {
+    let allowed = generated_passing(1000, |h| allow().check(h, 443).is_ok());
+    assert!(
+        allowed >= 200,
+        "{allowed} of 1000 generated hosts were allowed: `allowed_means_listed` would be vacuous"
+    );
+    let canonical = generated_passing(1000, |h| canonical_host(h).is_ok());
+    assert!(
+        canonical >= 200,
+        "{canonical} of 1000 generated hosts had a canonical form: `canonical_is_idempotent` would be vacuous"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     /// Whatever the input, an allowed result is one of the listed names (or a real subdomain of
     /// the wildcard base), in plain lowercase ASCII: the thing that gets resolved and dialled.
     #[test]
-    fn allowed_means_listed(host in "\\PC{0,40}", port in prop::sample::select(vec![80u16, 443, 8443])) {
+    fn allowed_means_listed(host in near_allowed(), port in prop::sample::select(vec![80u16, 443, 8443])) {
         if let Ok(t) = allow().check(&host, port) {
             prop_assert!(t.host == "allowed.com" || (t.host.ends_with(".wild.test") && t.host.len() > ".wild.test".len()),
                 "{host:?} -> {}", t.host);
@@ -114,7 +150,7 @@ proptest! {
 
     /// Canonicalisation is idempotent: checking the dialled name again gives the same name.
     #[test]
-    fn canonical_is_idempotent(host in "\\PC{0,30}") {
+    fn canonical_is_idempotent(host in near_allowed()) {
         if let Ok(c) = canonical_host(&host) {
             prop_assert_eq!(canonical_host(&c), Ok(c.clone()));
         }

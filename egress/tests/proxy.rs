@@ -25,6 +25,8 @@ struct Upstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<String>>>,
+    /// Bytes a holding upstream has read from its peers so far.
+    received: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -34,7 +36,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), requests.clone());
+        let received = Arc::new(AtomicUsize::new(0));
+        let (c, r, got) = (connections.clone(), requests.clone(), received.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
@@ -42,10 +45,13 @@ impl Upstream {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = r.clone();
+                let got = got.clone();
                 tokio::spawn(async move {
                     if hold {
-                        let mut sink = Vec::new();
-                        let _ = s.read_to_end(&mut sink).await;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = s.read(&mut buf).await {
+                            got.fetch_add(n, Ordering::SeqCst);
+                        }
                         return;
                     }
                     let Some(req) = read_http_message(&mut s).await else {
@@ -67,11 +73,27 @@ impl Upstream {
             addr,
             connections,
             requests,
+            received,
         }
     }
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `T`) until a holding upstream has read at least `n` bytes.
+    async fn wait_received(&self, n: usize) {
+        let waited = timeout(T, async {
+            while self.received.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "upstream got {} of {n} bytes",
+            self.received.load(Ordering::SeqCst)
+        );
     }
 }
 
@@ -649,8 +671,8 @@ async fn shutdown_closes_open_tunnels_and_logs_them() {
     let mut buf = [0u8; 39];
     timeout(T, s.read_exact(&mut buf)).await.unwrap().unwrap();
     s.write_all(b"12345").await.unwrap();
-    // Give the tunnel a moment to move the bytes before pulling the plug.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The bytes crossed the tunnel before the plug is pulled.
+    up.wait_received(5).await;
     // An idle keep-alive connection must not hold shutdown up either.
     let _idle = TcpStream::connect(proxy).await.unwrap();
     let events = timeout(T, h.shutdown()).await.expect("shutdown hangs");

@@ -1,10 +1,10 @@
 //! The escape battery (`tests/escape/cases.rs`) run through the `Sandbox` trait: every attack
-//! must fail on `native` and on `docker`, and the same attacks are run on `host` to show they
-//! are real.
+//! must be refused on `native` and on `docker` the way its case declares, and the same attacks
+//! must succeed on `host` (they are real).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
 use secureclaw_sandbox::{ExecSpec, ExitReason, HostSandbox, NativeSandbox, Sandbox};
@@ -14,7 +14,7 @@ include!("../../tests/escape/cases.rs");
 include!("../../tests/escape/harness.rs");
 
 fn spec_for(case: &Case, env: &Env) -> ExecSpec {
-    let mut spec = ExecSpec::shell(&env.render(case.script), env.ws.clone());
+    let mut spec = ExecSpec::shell(&env.render(case), env.ws.clone());
     spec.env.insert(
         "PATH".into(),
         "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
@@ -23,17 +23,34 @@ fn spec_for(case: &Case, env: &Env) -> ExecSpec {
     spec.limits.timeout = Duration::from_millis(case.timeout_ms);
     spec.limits.memory_bytes = case.memory_mib * 1024 * 1024;
     spec.limits.pids = case.pids;
+    if case.disk_mib > 0 {
+        spec.limits.disk_bytes = case.disk_mib * 1024 * 1024;
+    }
+    if case.state_in_workspace {
+        spec.masked.push(env.ws.join(".secureclaw"));
+    }
     spec
 }
 
-struct Verdict {
-    evidence: Vec<String>,
-    exit: Option<ExitReason>,
-    stderr: String,
+fn limit_of(exit: &ExitReason) -> Option<Limit> {
+    match exit {
+        ExitReason::TimedOut => Some(Limit::Timeout),
+        ExitReason::OutOfMemory => Some(Limit::Memory),
+        ExitReason::DiskBudget => Some(Limit::DiskBudget),
+        _ => None,
+    }
 }
 
-async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
-    let env = setup();
+/// Runs one case on `sb`; returns how the step ended and the evidence left on the host.
+async fn attack(sb: &dyn Sandbox, case: &Case) -> (Observed, Vec<String>) {
+    let env = setup_case(case);
+    if case.state_in_workspace {
+        // Where the engine keeps its state by default, as the engine would hand it over:
+        // masked.
+        let state = env.ws.join(".secureclaw");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("vault.header.json"), "{\"format\": 1}\n").unwrap();
+    }
     if sb.name() == "docker" {
         // The container runs as the seed's 1000:1000, which must own the workspace to write.
         chown_tree(&env.ws, 1000);
@@ -42,7 +59,7 @@ async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
     let spec = spec_for(case, &env);
     let run = sb.run(&spec, CancellationToken::new());
     let result = if case.other_step {
-        let mut other = ExecSpec::shell("sleep 4", env.ws.clone());
+        let mut other = ExecSpec::shell("sleep 6", env.ws.clone());
         other
             .env
             .insert("SECURECLAW_STEP_SECRET".into(), TOKEN.into());
@@ -52,33 +69,33 @@ async fn attack(sb: &dyn Sandbox, case: &Case) -> Verdict {
     } else {
         run.await
     };
-    tokio::time::sleep(Duration::from_millis(case.settle_ms)).await;
-    let evidence = env.evidence(&before);
-    match result {
-        Ok(out) => Verdict {
-            evidence,
-            exit: Some(out.exit),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    let settle = Duration::from_millis(case.settle_ms);
+    let evidence = tokio::task::block_in_place(|| env.settled_evidence(&before, settle));
+    let seen = match result {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            Observed {
+                success: out.exit.success(),
+                limit: limit_of(&out.exit),
+                detail: format!("exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.exit),
+                stdout,
+                stderr,
+            }
+        }
+        Err(e) => Observed {
+            success: false,
+            limit: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            detail: format!("backend error: {e}"),
         },
-        Err(e) => Verdict {
-            evidence,
-            exit: None,
-            stderr: e.to_string(),
-        },
-    }
+    };
+    (seen, evidence)
 }
 
 fn native() -> NativeSandbox {
     NativeSandbox::with_helper(env!("CARGO_BIN_EXE_secureclaw-sandbox-helper").into())
-}
-
-#[test]
-fn battery_has_at_least_30_cases() {
-    assert!(CASES.len() >= 30, "{} cases", CASES.len());
-    let mut ids: Vec<_> = CASES.iter().map(|c| c.id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), CASES.len(), "duplicate case ids");
 }
 
 fn chown_tree(dir: &Path, id: u32) {
@@ -93,35 +110,30 @@ fn chown_tree(dir: &Path, id: u32) {
     }
 }
 
-/// Runs every case on `sb` and fails with the list of escapes and wrong endings.
+/// Runs every case on `sb` and fails with the list of escapes and wrong refusals.
 async fn assert_stops_every_attack(sb: &dyn Sandbox) {
-    let mut failures = Vec::new();
+    let started = Instant::now();
+    let (seen, evidence) = attack(sb, &CONTROL).await;
+    let mut failures = judge_control(sb.name(), &seen, &evidence);
     for case in CASES {
-        let v = attack(sb, case).await;
-        let Some(exit) = &v.exit else {
-            failures.push(format!("{}: backend error: {}", case.id, v.stderr));
-            continue;
-        };
-        println!("{} {:<22} -> {:?}", sb.name(), case.id, exit);
-        if !v.evidence.is_empty() {
-            failures.push(format!(
-                "{}: ESCAPED: {:?} (stderr: {})",
-                case.id, v.evidence, v.stderr
-            ));
-        }
-        let ok = match case.expect {
-            "oom" => *exit == ExitReason::OutOfMemory,
-            "timeout" => *exit == ExitReason::TimedOut,
-            "fail" => !exit.success(),
-            _ => true,
-        };
-        if !ok {
-            failures.push(format!(
-                "{}: expected {}, got {exit:?}",
-                case.id, case.expect
-            ));
-        }
+        let t = Instant::now();
+        let (seen, evidence) = attack(sb, case).await;
+        println!(
+            "{} {:<26} {:>6} ms  {} | {}",
+            sb.name(),
+            case.id,
+            t.elapsed().as_millis(),
+            seen.detail.lines().next().unwrap_or(""),
+            last_line(&seen.stderr)
+        );
+        failures.extend(judge_isolated(case, &seen, &evidence));
     }
+    println!(
+        "{}: {} cases in {:.1} s",
+        sb.name(),
+        CASES.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         failures.is_empty(),
         "{} sandbox failures:\n{}",
@@ -135,13 +147,15 @@ async fn native_stops_every_attack() {
     assert_stops_every_attack(&native()).await;
 }
 
-/// The image the battery attacks from: busybox plus the host's perl (with its core modules)
-/// and setuid `su`, so the attacks are the same programs as on the other backends.
+/// The image the battery attacks from: busybox plus the host's perl (with its core modules),
+/// setuid `su` and `setcap`, so the attacks are the same programs as on the other backends.
 async fn escape_image() -> String {
     static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     IMAGE
         .get_or_init(|| async {
-            let tag = "secureclaw-sandbox:escape-test".to_string();
+            // A tag of its own per recipe: another checkout building an older recipe under the
+            // same name on the same daemon would take tools away mid-run.
+            let tag = "secureclaw-sandbox:escape-battery-setcap".to_string();
             let inc = std::process::Command::new("perl")
                 .args(["-e", "print for grep m{/perl-base$}, @INC"])
                 .output()
@@ -149,7 +163,12 @@ async fn escape_image() -> String {
             let perl_base = String::from_utf8(inc.stdout).unwrap();
             assert!(!perl_base.is_empty(), "perl-base module dir not found");
             let recipe = ImageRecipe {
-                include: vec!["perl".into(), "/bin/su".into(), perl_base.into()],
+                include: vec![
+                    "perl".into(),
+                    "/bin/su".into(),
+                    "/usr/sbin/setcap".into(),
+                    perl_base.into(),
+                ],
                 ..ImageRecipe::new(tag.clone())
             };
             let docker = DockerSandbox::docker().await.unwrap();
@@ -163,59 +182,128 @@ async fn escape_image() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_stops_every_attack() {
     let sb = DockerSandbox::with_default_image(escape_image().await);
-    // The attack tools really work in the image: a battery of "command not found" would pass
-    // vacuously.
-    let dir = tempfile::tempdir().unwrap();
-    chown_tree(dir.path(), 1000);
-    let probe = ExecSpec::shell(
-        "perl -MIO::Socket::INET -e 'print qq(perl ok\n)' && su --help >/dev/null 2>&1 && echo su ok && unshare --help 2>&1 | head -1",
-        dir.path().to_path_buf(),
-    );
-    let out = sb.run(&probe, CancellationToken::new()).await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("perl ok") && stdout.contains("su ok"),
-        "image tools missing: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_stops_every_attack(&sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_lets_the_attacks_through() {
-    let mut escaped = Vec::new();
-    let mut held = Vec::new();
+    let root = running_as_root();
+    let started = Instant::now();
+    let (seen, evidence) = attack(&HostSandbox, &CONTROL).await;
+    let mut failures = judge_control("host", &seen, &evidence);
+    let mut required = 0;
     for case in CASES.iter().filter(|c| c.host_safe) {
-        let v = attack(&HostSandbox, case).await;
-        if v.evidence.is_empty() {
-            held.push(case.id);
-        } else {
-            escaped.push(case.id);
+        if let Err(why) = host_applicable(case) {
+            println!("host {why}");
+            continue;
+        }
+        let (seen, evidence) = attack(&HostSandbox, case).await;
+        println!("host {:<26} evidence {evidence:?}", case.id);
+        let verdict = judge_host(case, &seen, &evidence, false);
+        if root {
+            required += 1;
+            failures.extend(verdict);
+        } else if !verdict.is_empty() {
+            println!("host (not root, not required): {}", verdict.join("\n"));
         }
     }
-    println!("host: {} attacks succeeded: {escaped:?}", escaped.len());
-    println!("host: {} attacks failed anyway: {held:?}", held.len());
+    println!(
+        "host: {required} cases required, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     // The battery is only meaningful if the attacks work when nothing stops them.
-    for must in [
-        "write-absolute",
-        "write-dotdot",
-        "write-symlink",
-        "read-ssh-key",
-        "read-state-dir",
-        "git-hooks",
-        "exec-from-tmp",
-        "tcp-host-loopback",
-        "daemon",
-        "memory-bomb",
-        "fork-bomb",
-        "read-other-step-env",
-        "ptrace",
-        "tiocsti",
-        "tiocsti-high-bits",
-    ] {
+    assert!(
+        failures.is_empty(),
+        "attacks that did not work on host:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The judge itself can fail: attacks that were stopped for the wrong reason (a missing tool, a
+/// typo, a workspace the step cannot write, a different error than the policy's) are not
+/// counted as blocked. Real runs on `host`, where nothing else stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_rejects_attacks_stopped_for_the_wrong_reason() {
+    const MISSING_TOOL: Case = case(
+        "missing-tool",
+        "a tool the backend lacks",
+        &["sc-no-such-tool"],
+        Blocked::Error(&[EPERM]),
+        "sc-no-such-tool && touch PWNED",
+    );
+    const TYPO: Case = case(
+        "typo",
+        "a command that does not exist",
+        PERL,
+        Blocked::Error(&[EPERM, ENOENT]),
+        "perll -e 1 && touch PWNED",
+    );
+    const WRONG_ERROR: Case = case(
+        "wrong-error",
+        "refused, but not the way declared",
+        &["cat"],
+        Blocked::Error(&[EPERM]),
+        "cat ./no-such-file && touch PWNED",
+    );
+    const NO_CONTROL: Case = case(
+        "no-control",
+        "the control write fails",
+        NONE,
+        Blocked::Error(&[EACCES]),
+        "touch PWNED",
+    );
+    let expect = [
+        (&MISSING_TOOL, "a tool is missing"),
+        (&TYPO, "the attack did not run"),
+        (&WRONG_ERROR, "expected the step to fail with one of"),
+        (&NO_CONTROL, "could not write its workspace"),
+    ];
+    for (case, why) in expect {
+        let env = setup_case(case);
+        if case.id == "no-control" {
+            // The control file is a directory: the prologue's write fails as a read-only or
+            // full workspace would.
+            std::fs::create_dir(env.ws.join(CONTROL_FILE)).unwrap();
+        }
+        let spec = spec_for(case, &env);
+        let out = HostSandbox
+            .run(&spec, CancellationToken::new())
+            .await
+            .unwrap();
+        let seen = Observed {
+            success: out.exit.success(),
+            limit: limit_of(&out.exit),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            detail: String::new(),
+        };
+        let failures = judge_isolated(case, &seen, &env.evidence(&env.outside()));
         assert!(
-            escaped.contains(&must),
-            "`{must}` should succeed on host; escaped={escaped:?}"
+            failures.iter().any(|f| f.contains(why)),
+            "{}: expected a failure saying {why:?}, got {failures:?}",
+            case.id
         );
     }
+    // And a case refused the declared way passes.
+    const REFUSED: Case = case(
+        "refused",
+        "refused the declared way",
+        &["cat"],
+        Blocked::Error(&[ENOENT]),
+        "cat ./no-such-file && touch PWNED",
+    );
+    let env = setup_case(&REFUSED);
+    let out = HostSandbox
+        .run(&spec_for(&REFUSED, &env), CancellationToken::new())
+        .await
+        .unwrap();
+    let seen = Observed {
+        success: out.exit.success(),
+        limit: limit_of(&out.exit),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        detail: String::new(),
+    };
+    let failures = judge_isolated(&REFUSED, &seen, &env.evidence(&env.outside()));
+    assert!(failures.is_empty(), "{failures:?}");
 }
