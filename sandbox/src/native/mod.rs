@@ -6,7 +6,7 @@
 //! control socket as fd 3, enforces the wall clock and kills the whole tree. The helper side
 //! is in `helper.rs`; the policy compiler in `policy.rs`; cgroups in `cgroup.rs`.
 
-mod bpf;
+pub(crate) mod bpf;
 mod cgroup;
 mod helper;
 pub mod policy;
