@@ -275,6 +275,7 @@ fn syscall_number(name: &str, arch: seccompiler::TargetArch) -> Option<u32> {
 }
 
 /// The number of a syscall on the architecture this binary runs on.
+#[cfg(test)]
 pub(crate) fn native_number(name: &str) -> Option<u32> {
     syscall_number(name, target_arch().ok()?)
 }
