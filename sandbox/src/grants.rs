@@ -114,6 +114,27 @@ pub fn resolve(
             ),
         ));
     }
+    // The sandbox makes these itself (or shows them read-only already); a grant there would
+    // be refused when the step starts.
+    for (dir, why) in [
+        ("/tmp", "the sandbox has its own private /tmp"),
+        ("/workspace", "the sandbox's own workspace mount"),
+        ("/proc", "kernel interfaces are never granted"),
+        ("/sys", "kernel interfaces are never granted"),
+        ("/dev", "kernel interfaces are never granted"),
+        ("/etc", "the sandbox shows a reviewed part of /etc only"),
+        ("/usr", "already visible read-only"),
+        ("/bin", "already visible read-only"),
+        ("/sbin", "already visible read-only"),
+        ("/lib", "already visible read-only"),
+        ("/lib64", "already visible read-only"),
+        ("/lib32", "already visible read-only"),
+        ("/libx32", "already visible read-only"),
+    ] {
+        if canonical.starts_with(dir) {
+            return Err(err(entry, format!("{} is under {dir}: {why}", canonical.display())));
+        }
+    }
     if let Some(state) = state_dir {
         let state = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
         if canonical.starts_with(&state) || state.starts_with(&canonical) {
@@ -154,6 +175,128 @@ pub fn masks(grant: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Variables that tell a toolchain where its home is, by the name of the granted directory:
+/// with `HOME` pointing at a writable scratch place inside, rustup, cargo, pyenv and nvm would
+/// otherwise look for themselves under it.
+const TOOL_HOMES: &[(&str, &str)] = &[
+    (".rustup", "RUSTUP_HOME"),
+    (".cargo", "CARGO_HOME"),
+    (".pyenv", "PYENV_ROOT"),
+    (".nvm", "NVM_DIR"),
+];
+
+/// The environment a step needs to use the granted toolchains: `PATH` with the grants' `bin`
+/// (and pyenv `shims`) directories first, then `base_path`; and the toolchains' home variables.
+pub fn toolchain_env(grants: &[PathBuf], base_path: &str) -> Vec<(String, String)> {
+    let mut bins: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for g in grants {
+        let mut candidates = Vec::new();
+        if g.file_name().is_some_and(|n| n == "bin" || n == "shims") {
+            candidates.push(g.clone());
+        }
+        candidates.push(g.join("shims"));
+        candidates.push(g.join("bin"));
+        for c in candidates {
+            let text = c.display().to_string();
+            if c.is_dir() && !bins.contains(&text) {
+                bins.push(text);
+            }
+        }
+        if let Some(name) = g.file_name().and_then(|n| n.to_str())
+            && let Some((_, var)) = TOOL_HOMES.iter().find(|(dir, _)| *dir == name)
+        {
+            out.push((var.to_string(), g.display().to_string()));
+        }
+    }
+    bins.push(base_path.to_string());
+    out.push(("PATH".to_string(), bins.join(":")));
+    out
+}
+
+/// When a step failed with "not found" (exit 127) for a command that exists on the host in a
+/// place the sandbox does not show, what to grant. `host_path` is the engine's own `PATH`.
+pub fn missing_command_hint(
+    stderr: &str,
+    host_path: &str,
+    granted: &[PathBuf],
+    home: Option<&Path>,
+) -> Option<String> {
+    let name = missing_command(stderr)?;
+    let found = host_path
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(&name))
+        .find(|p| p.is_file())?;
+    let real = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
+    // Visible inside anyway (system directories) or already granted: nothing to suggest.
+    let system = ["/usr/", "/bin/", "/sbin/", "/lib"];
+    let shown = |p: &Path| {
+        system.iter().any(|s| p.starts_with(s))
+            || granted.iter().any(|g| p.starts_with(g))
+    };
+    if shown(&found) && shown(&real) {
+        return None;
+    }
+    // The directory to grant: the top directory under the home that holds it (~/.cargo for
+    // ~/.cargo/bin/cargo), or its own directory elsewhere.
+    let mut grants = Vec::new();
+    let spell = |p: &Path| match home.and_then(|h| p.strip_prefix(h).ok()) {
+        Some(rest) => format!("~/{}", rest.display()),
+        None => p.display().to_string(),
+    };
+    let top = match home.and_then(|h| found.strip_prefix(h).ok().map(|r| (h, r))) {
+        Some((h, rest)) => match rest.components().next() {
+            Some(first) if rest.components().count() > 1 => h.join(first),
+            _ => found.parent()?.to_path_buf(),
+        },
+        None => found.parent()?.to_path_buf(),
+    };
+    grants.push(spell(&top));
+    // rustup's proxies (~/.cargo/bin/cargo) need the toolchains in ~/.rustup as well.
+    if top.file_name().is_some_and(|n| n == ".cargo")
+        && let Some(rustup) = top.parent().map(|p| p.join(".rustup"))
+        && rustup.is_dir()
+    {
+        grants.push(spell(&rustup));
+    }
+    let list = grants
+        .iter()
+        .map(|g| format!("\"{g}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "`{name}` is {} on the host, which the sandbox does not show: grant it read-only with `sandbox: {{ read_only: [{list}] }}` in the workflow, or `--read-only {}` when running",
+        found.display(),
+        grants.join(" --read-only ")
+    ))
+}
+
+/// The command a shell or our helper said it could not find.
+fn missing_command(stderr: &str) -> Option<String> {
+    for line in stderr.lines().rev() {
+        let line = line.trim();
+        // dash: `sh: 1: cargo: not found`; bash: `bash: line 1: cargo: command not found`.
+        let cut = line
+            .strip_suffix(": not found")
+            .or_else(|| line.strip_suffix(": command not found"));
+        if let Some(head) = cut {
+            let name = head.rsplit(": ").next()?.trim();
+            if !name.is_empty() && !name.contains('/') && !name.contains(' ') {
+                return Some(name.to_string());
+            }
+        }
+        // Our helper: "secureclaw: step: `cargo` not found in PATH".
+        if let Some(rest) = line.split('`').nth(1)
+            && line.ends_with("not found in PATH")
+            && !rest.contains('/')
+        {
+            return Some(rest.to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -1459,7 +1459,7 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
     );
 
     if config.landlock_abi > 0 {
-        let detail = apply_landlock(config.landlock_abi)?;
+        let detail = apply_landlock(config.landlock_abi, &config.grants)?;
         rep.layer("landlock", true, detail);
     } else {
         rep.send(&InnerMsg::Missing {
@@ -1504,7 +1504,7 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_landlock(abi: i32) -> Result<String, String> {
+fn apply_landlock(abi: i32, grants: &[PathBuf]) -> Result<String, String> {
     use landlock::{
         ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
         RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
@@ -1518,6 +1518,11 @@ fn apply_landlock(abi: i32) -> Result<String, String> {
         rules.push((d, read_exec));
     }
     rules.push(("/etc", read));
+    // Granted toolchains: read and execute, like the system directories.
+    let grant_paths: Vec<String> = grants.iter().map(|g| g.display().to_string()).collect();
+    for g in &grant_paths {
+        rules.push((g.as_str(), read_exec));
+    }
     rules.push(("/proc", read));
     rules.push((
         "/dev",
