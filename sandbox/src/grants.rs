@@ -132,7 +132,10 @@ pub fn resolve(
         ("/libx32", "already visible read-only"),
     ] {
         if canonical.starts_with(dir) {
-            return Err(err(entry, format!("{} is under {dir}: {why}", canonical.display())));
+            return Err(err(
+                entry,
+                format!("{} is under {dir}: {why}", canonical.display()),
+            ));
         }
     }
     if let Some(state) = state_dir {
@@ -234,8 +237,7 @@ pub fn missing_command_hint(
     // Visible inside anyway (system directories) or already granted: nothing to suggest.
     let system = ["/usr/", "/bin/", "/sbin/", "/lib"];
     let shown = |p: &Path| {
-        system.iter().any(|s| p.starts_with(s))
-            || granted.iter().any(|g| p.starts_with(g))
+        system.iter().any(|s| p.starts_with(s)) || granted.iter().any(|g| p.starts_with(g))
     };
     if shown(&found) && shown(&real) {
         return None;

@@ -40,7 +40,9 @@ fn host_toolchain() -> Option<(PathBuf, PathBuf)> {
 #[tokio::test]
 async fn cargo_test_runs_inside_with_the_toolchain_granted() {
     let Some((cargo, rustup)) = host_toolchain() else {
-        panic!("this test needs a rustup toolchain in ~/.cargo and ~/.rustup (the one building it)");
+        panic!(
+            "this test needs a rustup toolchain in ~/.cargo and ~/.rustup (the one building it)"
+        );
     };
     let (_d, ws) = ws();
     std::fs::create_dir(ws.join("src")).unwrap();
@@ -84,8 +86,14 @@ async fn cargo_test_runs_inside_with_the_toolchain_granted() {
     assert!(out.exit.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("test adds ... ok"), "{stdout}");
     assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
-    assert!(stdout.contains("HOME=/tmp\ncargo-home-read-only"), "{stdout}");
-    assert!(ws.join("target").is_dir(), "the build went to the workspace");
+    assert!(
+        stdout.contains("HOME=/tmp\ncargo-home-read-only"),
+        "{stdout}"
+    );
+    assert!(
+        ws.join("target").is_dir(),
+        "the build went to the workspace"
+    );
     assert!(!cargo.join("x").exists());
     assert!(
         out.enforcement
@@ -110,7 +118,11 @@ fn fake_home() -> (tempfile::TempDir, PathBuf) {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    std::fs::write(home.join(".cargo/credentials.toml"), "token = \"cio-secret\"\n").unwrap();
+    std::fs::write(
+        home.join(".cargo/credentials.toml"),
+        "token = \"cio-secret\"\n",
+    )
+    .unwrap();
     std::fs::write(home.join(".cargo/config.toml"), "# plain config\n").unwrap();
     std::fs::create_dir_all(home.join(".config/gcloud")).unwrap();
     std::fs::write(home.join(".config/gcloud/creds.json"), "gcloud-secret").unwrap();
@@ -210,7 +222,9 @@ fn the_hint_names_only_commands_hidden_from_the_sandbox() {
         assert!(hint.contains("read_only: [\"~/.cargo\"]"), "{hint}");
     }
     // Already granted, a system command, or a command nowhere: no hint.
-    assert!(missing_command_hint("sh: 1: tool: not found", &path, &[home.join(".cargo")], h).is_none());
+    assert!(
+        missing_command_hint("sh: 1: tool: not found", &path, &[home.join(".cargo")], h).is_none()
+    );
     assert!(missing_command_hint("sh: 1: ls: not found", &path, &[], h).is_none());
     assert!(missing_command_hint("sh: 1: nosuchcmd-x: not found", &path, &[], h).is_none());
 }
@@ -224,6 +238,9 @@ fn toolchain_env_puts_granted_bins_first_and_names_the_homes() {
         get("PATH").unwrap(),
         format!("{}:{BASE_PATH}", home.join(".cargo/bin").display())
     );
-    assert_eq!(get("CARGO_HOME").unwrap(), home.join(".cargo").display().to_string());
+    assert_eq!(
+        get("CARGO_HOME").unwrap(),
+        home.join(".cargo").display().to_string()
+    );
     let _ = Path::new("/");
 }
