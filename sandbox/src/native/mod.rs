@@ -379,6 +379,7 @@ impl Drop for CgroupGuard {
 type RunParts = (Ended, HelperResult, CappedOutput, CappedOutput);
 
 impl NativeSandbox {
+    #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
         spec: &ExecSpec,
