@@ -311,3 +311,66 @@ async fn file_capabilities_cannot_be_set() {
     );
     assert_clean(&ws);
 }
+
+/// The docker backend runs under the profile generated from the same policy: the same modes
+/// are refused in a container (busybox tools of the offline image), next to the same controls.
+#[tokio::test]
+async fn docker_refuses_setuid_setgid_modes_and_device_nodes_too() {
+    use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
+    let tag = "secureclaw-sandbox:file-modes-test".to_string();
+    let docker = DockerSandbox::docker()
+        .await
+        .expect("a Docker daemon (the docker backend's tests need one)");
+    build_image(docker, &ImageRecipe::new(tag.clone()), |_| {})
+        .await
+        .unwrap();
+    let (_d, ws) = ws();
+    // The step's uid must own the workspace on this backend.
+    std::os::unix::fs::chown(&ws, Some(1000), Some(1000)).unwrap();
+    let out = DockerSandbox::with_default_image(tag)
+        .run(
+            &ExecSpec::shell(
+                r#"
+                cp /bin/busybox rootsh; mkdir dir
+                t() { name=$1; shift; if "$@" 2>/dev/null; then echo "$name ok"; else echo "$name refused"; fi; }
+                t control-chmod chmod 750 rootsh
+                t control-mkfifo mkfifo fifo
+                t chmod-4755 chmod 4755 rootsh
+                t chmod-2755 chmod 2755 rootsh
+                t chmod-u+s chmod u+s rootsh
+                t chmod-g+s-dir chmod g+s dir
+                t install-4755 install -m 4755 rootsh installed
+                t mknod-c mknod cdev c 1 3
+                t mknod-whiteout mknod wh c 0 0
+                "#,
+                ws.clone(),
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(result(&all, "control-chmod"), "ok", "{text}");
+    assert_eq!(result(&all, "control-mkfifo"), "ok", "{text}");
+    for case in [
+        "chmod-4755",
+        "chmod-2755",
+        "chmod-u+s",
+        "chmod-g+s-dir",
+        "install-4755",
+        "mknod-c",
+        "mknod-whiteout",
+    ] {
+        assert_eq!(result(&all, case), "refused", "{case}: {text}");
+    }
+    assert_eq!(
+        std::fs::metadata(ws.join("rootsh")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    assert_clean(&ws);
+}
