@@ -105,6 +105,15 @@ pub fn resolve(
             format!("{}: {e} (a grant must exist on the host)", path.display()),
         )
     })?;
+    if !canonical.is_dir() {
+        return Err(err(
+            entry,
+            format!(
+                "{} is not a directory (grant the directory that holds it)",
+                canonical.display()
+            ),
+        ));
+    }
     if is_home_like(&canonical, home) {
         return Err(err(
             entry,

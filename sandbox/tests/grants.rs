@@ -136,7 +136,12 @@ fn fake_home() -> (tempfile::TempDir, PathBuf) {
 async fn credentials_inside_a_grant_stay_hidden() {
     let (_h, home) = fake_home();
     let (_d, ws) = ws();
-    let grants = vec![home.join(".cargo"), home.join(".config")];
+    // A grant nested in another one is placed after it (the order given does not matter).
+    let grants = vec![
+        home.join(".cargo/bin"),
+        home.join(".cargo"),
+        home.join(".config"),
+    ];
     let mut spec = ExecSpec::shell(
         &format!(
             "H={h}; tool; cat $H/.cargo/config.toml $H/.config/app.toml; echo; \
@@ -199,6 +204,8 @@ fn too_broad_or_overlapping_grants_are_refused() {
         let r = resolve(bad, h, Some(&state));
         assert!(r.is_err(), "{bad} accepted: {r:?}");
     }
+    // A file is not a grant (toolchains are directories).
+    assert!(resolve("~/.cargo/config.toml", h, Some(&state)).is_err());
     // A symlink to the home directory is the home directory.
     std::os::unix::fs::symlink(&home, home.join(".cargo/loop")).unwrap();
     assert!(resolve("~/.cargo/loop", h, Some(&state)).is_err());

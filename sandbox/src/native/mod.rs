@@ -398,6 +398,9 @@ impl NativeSandbox {
             })?;
             grants.push(canonical);
         }
+        // Parents before the grants nested in them, so that a nested mount is not covered.
+        grants.sort_by_key(|g| g.components().count());
+        grants.dedup();
         // Credentials inside a grant are hidden, unless a grant names them itself.
         let mut grant_masks = Vec::new();
         for g in &grants {
