@@ -297,7 +297,12 @@ impl Sandbox for NativeSandbox {
         };
         // The budget is sampled against the free space of the workspace's filesystem from
         // before the helper starts.
-        let disk = crate::budget::DiskWatch::start(&workspace, spec.limits.disk_bytes)?;
+        // A budget of 0 means none (callers of the library only: the engine refuses 0).
+        let budget = match spec.limits.disk_bytes {
+            0 => u64::MAX,
+            b => b,
+        };
+        let disk = crate::budget::DiskWatch::start(&workspace, budget)?;
         let result = self
             .run_in(&spec, &workspace, p, guard.0.as_ref(), netns, &disk, cancel)
             .await;
