@@ -60,6 +60,14 @@ pub struct RunArgs {
     /// Print events as JSON lines instead of the progress display.
     #[arg(long)]
     pub json: bool,
+    /// Write budget of every isolated step [default: 1Gi]: the most a workflow's
+    /// `sandbox.disk` may ask for.
+    #[arg(long, env = "SECURECLAW_DISK_LIMIT", value_name = "SIZE")]
+    pub disk_limit: Option<String>,
+    /// Let every isolated step read this host path, mounted read-only at the same path
+    /// (repeatable; absolute or `~/...`): toolchains such as `~/.cargo` and `~/.rustup`.
+    #[arg(long = "read-only", value_name = "PATH")]
+    pub read_only: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -252,13 +260,38 @@ async fn run_once(
     if risk_status.active {
         eprintln!("{}", style(&risk_status).dim());
     }
+    let mut base_limits = secureclaw_sandbox::Limits::from_env().map_err(anyhow::Error::msg)?;
+    if let Some(text) = &args.disk_limit {
+        match secureclaw_engine::units::SizeText(text.clone()).parse() {
+            Ok(bytes) if bytes > 0 => base_limits.disk_bytes = bytes,
+            _ => {
+                eprintln!(
+                    "{} --disk-limit / SECURECLAW_DISK_LIMIT {text:?}: expected a positive size such as 1Gi or 500Mi",
+                    style("error:").red().bold()
+                );
+                return Ok(exit::INVALID);
+            }
+        }
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut read_only = Vec::new();
+    for entry in &args.read_only {
+        match secureclaw_sandbox::grants::resolve(entry, home.as_deref(), Some(&state)) {
+            Ok(p) => read_only.push(p),
+            Err(e) => {
+                eprintln!("{} --read-only: {e}", style("error:").red().bold());
+                return Ok(exit::INVALID);
+            }
+        }
+    }
     let opts = RunOptions {
         workspace,
         state_dir: state,
         inputs,
         jobs: args.jobs,
         fail_fast: args.fail_fast,
-        base_limits: secureclaw_sandbox::Limits::from_env().map_err(anyhow::Error::msg)?,
+        base_limits,
+        read_only,
         risk_model: risk_model.map(Arc::new),
         risk_model_status: risk_status.to_string(),
     };

@@ -173,10 +173,12 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
     // Run even with a missing layer, so the report can say which one.
     spec.allow_degraded = true;
     spec.limits.timeout = std::time::Duration::from_secs(30);
-    let outcome = match sandbox
+    let outcome = sandbox
         .run(&spec, tokio_util::sync::CancellationToken::new())
-        .await
-    {
+        .await;
+    // Nothing of the probe (a pooled step cgroup, a container) may outlive the command.
+    sandbox.flush().await;
+    let outcome = match outcome {
         Ok(o) => o,
         Err(e) => return unavailable(e.to_string()),
     };

@@ -59,6 +59,7 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
                     jobs: 4,
                     fail_fast: false,
                     base_limits: Default::default(),
+                    read_only: Vec::new(),
                     risk_model: None,
                     risk_model_status: String::new(),
                 },

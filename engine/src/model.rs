@@ -149,6 +149,16 @@ pub struct SandboxSettings {
     /// Run even if the kernel cannot provide every isolation layer (recorded in the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_degraded: Option<bool>,
+    /// Write budget: how much a step may add to the disk that holds the workspace (default
+    /// `1Gi`). Past it the step is stopped and fails with the reason `disk budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<SizeText>,
+    /// Extra host paths a step may read (toolchains in a home directory): absolute or `~/…`,
+    /// mounted read-only at the same path. Never a home directory itself, never the state
+    /// dir; credentials inside (e.g. `~/.cargo/credentials.toml`) stay hidden. A step's list
+    /// adds to the workflow's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
 }
 
 /// One step. Exactly one of `read`, `write`, `patch`, `shell`, `http` must be present.

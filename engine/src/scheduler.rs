@@ -63,6 +63,9 @@ pub struct RunOptions {
     /// Step limits before the workflow's `sandbox:` settings (the seed's defaults, or the
     /// `DOCKER_*` variables: `Limits::from_env`).
     pub base_limits: Limits,
+    /// Extra read-only paths the operator grants every isolated step (canonical; see
+    /// `secureclaw_sandbox::grants`), before the workflow's own `sandbox.read_only`.
+    pub read_only: Vec<PathBuf>,
     /// The optional command risk model (feature `ml`): it may raise a shell step's tier, never
     /// lower it. `None`: the heuristics stand alone, and `risk_model_status` says why.
     pub risk_model: Option<Arc<secureclaw_llm::CommandRiskModel>>,
@@ -244,6 +247,8 @@ struct StepJob {
     image: Option<String>,
     workspace: PathBuf,
     state_dir: PathBuf,
+    /// Host paths the step may read (operator, workflow and step grants, resolved).
+    read_only: Vec<PathBuf>,
     sandbox: Arc<dyn Sandbox>,
     events: EventSink,
     cancel: CancellationToken,
@@ -342,6 +347,9 @@ fn merged_limits(
         if let Some(o) = s.output_cap.as_ref().and_then(|o| o.parse().ok()) {
             limits.output_cap = usize::try_from(o).unwrap_or(usize::MAX);
         }
+        if let Some(d) = s.disk.as_ref().and_then(|d| d.parse().ok()) {
+            limits.disk_bytes = d;
+        }
         if let Some(a) = s.allow_degraded {
             allow_degraded = a;
         }
@@ -352,7 +360,44 @@ fn merged_limits(
     if let Some(t) = step.timeout.as_ref().and_then(|t| t.parse().ok()) {
         limits.timeout = t;
     }
+    // The operator's write budget is also the ceiling: a workflow may lower it, not raise it.
+    limits.disk_bytes = limits.disk_bytes.min(base.disk_bytes);
     (limits, allow_degraded, image)
+}
+
+/// Every step's read-only grants (operator's, then the workflow's, then its own), resolved and
+/// checked before anything runs: a grant that does not exist, is a home directory or overlaps
+/// the state dir stops the run with the reason. The `host` backend shows everything anyway.
+fn resolve_grants(
+    wf: &Validated,
+    opts: &RunOptions,
+    isolated: bool,
+) -> Result<Vec<Vec<PathBuf>>, EngineError> {
+    let n = wf.workflow.steps.len();
+    if !isolated {
+        return Ok(vec![Vec::new(); n]);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let resolve = |list: &[String]| -> Result<Vec<PathBuf>, EngineError> {
+        list.iter()
+            .map(|e| {
+                secureclaw_sandbox::grants::resolve(e, home.as_deref(), Some(&opts.state_dir))
+                    .map_err(|e| EngineError::Policy(e.to_string()))
+            })
+            .collect()
+    };
+    let mut base = opts.read_only.clone();
+    base.extend(resolve(&wf.workflow.sandbox.read_only)?);
+    let mut out = Vec::with_capacity(n);
+    for step in &wf.workflow.steps {
+        let mut grants = base.clone();
+        if let Some(s) = &step.sandbox {
+            grants.extend(resolve(&s.read_only)?);
+        }
+        grants.dedup();
+        out.push(grants);
+    }
+    Ok(out)
 }
 
 fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
@@ -395,6 +440,7 @@ impl Engine {
                 "policy forbids the unisolated `host` backend".into(),
             ));
         }
+        let step_grants = resolve_grants(wf, &opts, self.sandbox.isolated())?;
         let templates = Arc::new(Templates::new());
         let n = wf.workflow.steps.len();
         let source = std::fs::read(&wf.file).unwrap_or_default();
@@ -698,6 +744,7 @@ impl Engine {
                     image,
                     workspace: workspace.clone(),
                     state_dir: opts.state_dir.clone(),
+                    read_only: step_grants[i].clone(),
                     sandbox: self.sandbox.clone(),
                     events: self.events.clone(),
                     cancel: run_cancel.child_token(),
@@ -1449,14 +1496,21 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
     let mut spec = ExecSpec::shell(command, job.workspace.clone());
     spec.env.insert("PATH".into(), BASE_PATH.into());
     spec.env.insert("LANG".into(), "C.UTF-8".into());
+    // Isolated: a writable scratch home (tools' caches and dotfiles go to the step's tmpfs,
+    // not into the workspace); the granted toolchains' bin dirs and home variables.
     spec.env.insert(
         "HOME".into(),
         if job.sandbox.isolated() {
-            "/workspace".into()
+            "/tmp".into()
         } else {
             job.workspace.display().to_string()
         },
     );
+    spec.read_only = job.read_only.clone();
+    spec.env.extend(secureclaw_sandbox::grants::toolchain_env(
+        &spec.read_only,
+        BASE_PATH,
+    ));
     spec.env
         .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     spec.limits = job.limits.clone();
@@ -1484,6 +1538,26 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 StepState::Failed
             };
             let mut reason = (state != StepState::Succeeded).then(|| out.exit.describe());
+            // Limits the step ran into (a refused fork, the write budget) and, for a command
+            // the sandbox could not find, what to grant: all into the step record.
+            let mut notes = out.warnings.clone();
+            if out.exit == (secureclaw_sandbox::ExitReason::Exited { code: 127 })
+                && job.sandbox.isolated()
+                && let Some(hint) = secureclaw_sandbox::grants::missing_command_hint(
+                    &stderr,
+                    &std::env::var("PATH").unwrap_or_default(),
+                    &spec.read_only,
+                    std::env::var_os("HOME").map(PathBuf::from).as_deref(),
+                )
+            {
+                notes.push(hint);
+            }
+            for note in notes {
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+            }
             if out.stdout_total > out.stdout.len() as u64
                 || out.stderr_total > out.stderr.len() as u64
             {

@@ -187,6 +187,7 @@ impl<'a> Semantics<'a> {
         let order = self.acyclic_order(&deps, diags);
         self.inputs(diags);
         self.units(diags);
+        self.read_only_grants(diags);
         for (i, step) in self.wf.steps.iter().enumerate() {
             self.step_paths(i, step, diags);
             self.step_network(i, step, diags);
@@ -360,6 +361,9 @@ impl<'a> Semantics<'a> {
             if let Some(m) = &s.output_cap {
                 z.push((format!("{prefix}/output_cap"), m));
             }
+            if let Some(m) = &s.disk {
+                z.push((format!("{prefix}/disk"), m));
+            }
         };
         sb(
             "/sandbox".into(),
@@ -412,6 +416,27 @@ impl<'a> Semantics<'a> {
                         .with_hint("use a positive size, e.g. `64Mi`"),
                 ),
                 Ok(_) => {}
+            }
+        }
+    }
+
+    /// `sandbox.read_only` entries: spelled as absolute or `~/…` paths, no `..`, never a home
+    /// directory (existence and the state dir are checked when the run starts).
+    fn read_only_grants(&self, diags: &mut Diagnostics) {
+        let mut lists = vec![("/sandbox".to_string(), &self.wf.sandbox)];
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            if let Some(s) = &step.sandbox {
+                lists.push((format!("/steps/{i}/sandbox"), s));
+            }
+        }
+        for (prefix, s) in lists {
+            for (j, entry) in s.read_only.iter().enumerate() {
+                if let Err(e) = secureclaw_sandbox::grants::check_syntax(entry) {
+                    diags.push(
+                        self.at(&format!("{prefix}/read_only/{j}"), e.to_string())
+                            .with_hint("e.g. `~/.cargo`, `~/.rustup` or `/opt/toolchain`"),
+                    );
+                }
             }
         }
     }

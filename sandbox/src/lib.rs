@@ -10,6 +10,7 @@ mod capture;
 pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod egress;
+pub mod grants;
 mod host;
 #[cfg(target_os = "linux")]
 pub mod native;

@@ -166,6 +166,95 @@ async fn masked_paths_are_invisible() {
     assert_eq!(std::fs::read(ws.join("token.txt")).unwrap(), b"secret");
 }
 
+/// The state dir inside the workspace is an empty read-only directory to the step: `find .`,
+/// `tar czf` and `ls -a` go through the workspace without an error and reveal nothing of it. A
+/// masked file is an empty regular file (not a device node that tar would archive).
+#[tokio::test]
+async fn a_masked_state_dir_does_not_break_find_or_tar() {
+    let (_d, ws) = ws();
+    std::fs::create_dir_all(ws.join(".secureclaw/blobs/ab")).unwrap();
+    std::fs::write(ws.join(".secureclaw/vault.header.json"), "{}").unwrap();
+    std::fs::write(ws.join(".secureclaw/blobs/ab/cd"), "secret").unwrap();
+    std::fs::write(ws.join("token.txt"), "secret").unwrap();
+    std::fs::write(ws.join("src.txt"), "code").unwrap();
+    let mut spec = ExecSpec::shell(
+        "set -e; find . | sort; echo ---; tar czf /tmp/x.tgz . ; tar tzf /tmp/x.tgz | sort; echo ---; ls -a .secureclaw | tr '\n' ' '; echo; stat -c '%F %s' token.txt; cat token.txt; touch .secureclaw/x 2>/dev/null || echo read-only",
+        ws.clone(),
+    );
+    spec.masked = vec![ws.join(".secureclaw"), ws.join("token.txt")];
+    let out = run(&spec).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.exit.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("vault") && !text.contains("blobs"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("./src.txt"), "{text}");
+    assert!(
+        text.contains(". .. \nregular empty file 0\nread-only"),
+        "{text}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A masked path spelled through a symlink is hidden where it really is, and a symlink planted
+/// where a mask goes is refused rather than followed.
+#[tokio::test]
+async fn masks_compare_canonical_paths_and_never_follow_a_planted_symlink() {
+    let (_d, ws) = ws();
+    std::fs::create_dir_all(ws.join(".secureclaw")).unwrap();
+    std::fs::write(ws.join(".secureclaw/vault.key"), "secret").unwrap();
+    std::os::unix::fs::symlink(".secureclaw", ws.join("st")).unwrap();
+    // Masked by a non-canonical spelling (through the symlink and a `.` component).
+    let mut spec = ExecSpec::shell(
+        "cat st/vault.key .secureclaw/vault.key; echo end",
+        ws.clone(),
+    );
+    spec.masked = vec![ws.join("./st")];
+    let out = run(&spec).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "end\n");
+}
+
+/// Engine as root, workspace under a private (0700) parent such as /root: the sandbox user
+/// cannot traverse the parent, so the helper opens the workspace while it is still privileged.
+#[tokio::test]
+async fn a_workspace_under_a_private_parent_works() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the private-parent case needs a root engine");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ws = std::fs::canonicalize(parent.path())
+        .unwrap()
+        .join("project");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("in.txt"), "hello").unwrap();
+    std::fs::create_dir(ws.join(".git")).unwrap();
+    std::fs::write(ws.join(".git/HEAD"), "ref").unwrap();
+    let mut spec = ExecSpec::shell("cat in.txt; cat .git/HEAD; echo made > out.txt", ws.clone());
+    spec.masked = vec![ws.join(".git/HEAD")];
+    let out = run(&spec).await;
+    assert!(
+        out.exit.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+    assert_eq!(std::fs::read(ws.join("out.txt")).unwrap(), b"made\n");
+    assert_eq!(
+        std::fs::metadata(ws.join("out.txt")).unwrap().uid(),
+        std::fs::metadata(&ws).unwrap().uid()
+    );
+}
+
 #[tokio::test]
 async fn timeout_kills_the_whole_tree() {
     let (_d, ws) = ws();

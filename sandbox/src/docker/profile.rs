@@ -308,6 +308,104 @@ mod tests {
         assert!(!ioctl(0x1_0000_5401));
     }
 
+    /// The action libseccomp takes for one call: `None` = allow, `Some(errno)` otherwise.
+    /// A matching ERRNO rule beats ALLOW; nothing matching means the default action.
+    fn docker_verdict(p: &Value, name: &str, args: [u64; 6]) -> Option<u64> {
+        let mut allowed = false;
+        let mut errno = None;
+        for r in p["syscalls"].as_array().unwrap() {
+            if !r["names"].as_array().unwrap().iter().any(|n| n == name) {
+                continue;
+            }
+            let matches = r.get("args").is_none_or(|a| {
+                a.as_array().unwrap().iter().all(|c| {
+                    let x = args[c["index"].as_u64().unwrap() as usize];
+                    let (v, v2) = (
+                        c["value"].as_u64().unwrap(),
+                        c["valueTwo"].as_u64().unwrap_or(0),
+                    );
+                    match c["op"].as_str().unwrap() {
+                        "SCMP_CMP_MASKED_EQ" => x & v == v2,
+                        "SCMP_CMP_EQ" => x == v,
+                        "SCMP_CMP_NE" => x != v,
+                        op => panic!("unexpected op {op}"),
+                    }
+                })
+            });
+            if matches {
+                match r["action"].as_str().unwrap() {
+                    "SCMP_ACT_ALLOW" => allowed = true,
+                    "SCMP_ACT_ERRNO" => errno = Some(r["errnoRet"].as_u64().unwrap()),
+                    other => panic!("unexpected action {other}"),
+                }
+            }
+        }
+        match errno {
+            Some(e) => Some(e),
+            None if allowed => None,
+            None => Some(p["defaultErrnoRet"].as_u64().unwrap()),
+        }
+    }
+
+    /// The docker profile and the native BPF program decide every policy syscall alike, for
+    /// the argument values the conditional rules look at (mode bits, open flags, file types,
+    /// clone flags, ioctl requests), in every argument slot, with high-bit and sign-extended
+    /// spellings. Only the 32-bit rules with `not_values` (ioctl) differ by design: docker
+    /// refuses an upper half that is neither zero nor a sign extension.
+    #[test]
+    fn docker_profile_decides_like_the_native_filter() {
+        use crate::native::bpf::{RET_ALLOW, RET_ERRNO, native_arch, run};
+        use crate::native::policy::native_number;
+        let policy = Policy::parse(POLICY_TOML).unwrap();
+        let program = &policy.compile().unwrap().programs[0];
+        let audit = native_arch().unwrap().audit;
+        let p = profile();
+        let mut names: Vec<&str> = policy.allowed_names();
+        names.extend(policy.errno.iter().map(|e| e.syscall.as_str()));
+        names.extend(policy.denied.syscalls.iter().map(String::as_str));
+        names.sort_unstable();
+        names.dedup();
+        let lows: [u64; 22] = [
+            0, 1, 0x40, 0x41, 0x400000, 0x410041, 0o755, 0o4755, 0o2755, 0o6000, 0o1777, 0o100644,
+            0o104755, 0o020644, 0o060644, 0o010644, 0o140755, 0x5412, 0x541C, 0x5401, 0x7E020000,
+            0x11,
+        ];
+        let uppers = [0u64, 0x1_0000_0000, 0xFFFF_FFFF_0000_0000];
+        let mut checked = 0;
+        for name in names {
+            let Some(nr) = native_number(name) else {
+                continue;
+            };
+            let has_not_values = policy
+                .conditional
+                .iter()
+                .any(|c| c.syscall == name && !c.not_values.is_empty());
+            for slot in 0..4 {
+                for low in lows {
+                    for upper in uppers {
+                        if has_not_values && upper == 0x1_0000_0000 {
+                            continue;
+                        }
+                        let mut args = [0u64; 6];
+                        // A creating open in the flags slot, so the mode slot matters too.
+                        args[(slot + 1) % 4] = 0x41;
+                        args[slot] = low | upper;
+                        let native = run(program, nr, audit, args);
+                        let native =
+                            (native != RET_ALLOW).then_some(u64::from(native & !RET_ERRNO));
+                        assert_eq!(
+                            docker_verdict(&p, name, args),
+                            native,
+                            "{name} args {args:x?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
     #[test]
     fn aligned_blocks_cover_exactly_the_range() {
         for (from, to) in [

@@ -27,14 +27,18 @@ const OFF_ARGS: u32 = 16;
 pub enum Verdict {
     Allow,
     Errno(u32),
-    /// Allowed when the argument check passes, else the default errno.
-    Cond {
-        arg: u8,
-        width: u8,
-        mask: u64,
-        values: Vec<u64>,
-        not_values: Vec<u64>,
-    },
+    /// Allowed when any of the argument checks passes, else the default errno.
+    Cond(Vec<Check>),
+}
+
+/// One argument check of a conditional syscall (one `[[conditional]]` entry of the policy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub arg: u8,
+    pub width: u8,
+    pub mask: u64,
+    pub values: Vec<u64>,
+    pub not_values: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,18 +81,25 @@ fn short(n: usize) -> Result<u8, PolicyError> {
     u8::try_from(n).map_err(|_| PolicyError::Compile("argument check too long".into()))
 }
 
-/// Code for one conditional syscall; every path ends in a return.
-fn cond_block(v: &Verdict, deny: u32) -> Result<Vec<Insn>, PolicyError> {
-    let Verdict::Cond {
+/// Code for one conditional syscall; every path ends in a return. Each check returns ALLOW
+/// when it passes and falls through to the next one when it does not; after the last, deny.
+fn cond_block(checks: &[Check], deny: u32) -> Result<Vec<Insn>, PolicyError> {
+    let mut out = Vec::new();
+    for check in checks {
+        out.extend(check_block(check)?);
+    }
+    out.push(stmt(RET_K, deny));
+    Ok(out)
+}
+
+fn check_block(c: &Check) -> Result<Vec<Insn>, PolicyError> {
+    let Check {
         arg,
         width,
         mask,
         values,
         not_values,
-    } = v
-    else {
-        return Err(PolicyError::Compile("not a conditional".into()));
-    };
+    } = c;
     let lo = OFF_ARGS + 8 * u32::from(*arg);
     let hi = lo + 4;
     let mut out = Vec::new();
@@ -108,10 +119,9 @@ fn cond_block(v: &Verdict, deny: u32) -> Result<Vec<Insn>, PolicyError> {
             check.push(stmt(RET_K, RET_ALLOW));
             out.extend(check);
         }
-        out.push(stmt(RET_K, deny));
     } else {
-        // AND over "not equal": any equal value denies. Only the low word is compared for
-        // width 32 (the kernel truncates such arguments itself).
+        // AND over "not equal": any equal value fails the check. Only the low word is
+        // compared for width 32 (the kernel truncates such arguments itself).
         if *width != 32 {
             return Err(PolicyError::Compile("not_values needs width 32".into()));
         }
@@ -119,11 +129,10 @@ fn cond_block(v: &Verdict, deny: u32) -> Result<Vec<Insn>, PolicyError> {
         out.push(stmt(LD_W_ABS, lo));
         out.push(stmt(AND_K, *mask as u32));
         for (i, val) in not_values.iter().enumerate() {
-            // Equal -> jump to the deny at the end.
+            // Equal -> jump past the allow, to whatever follows this check.
             out.push(jump(JEQ_K, *val as u32, short(n - i)?, 0));
         }
         out.push(stmt(RET_K, RET_ALLOW));
-        out.push(stmt(RET_K, deny));
     }
     Ok(out)
 }
@@ -136,7 +145,7 @@ fn tree(entries: &[(u32, Verdict)], deny: u32) -> Result<Vec<Insn>, PolicyError>
             let body = match v {
                 Verdict::Allow => vec![stmt(RET_K, RET_ALLOW)],
                 Verdict::Errno(e) => vec![stmt(RET_K, RET_ERRNO | (e & 0xffff))],
-                Verdict::Cond { .. } => cond_block(v, deny)?,
+                Verdict::Cond(checks) => cond_block(checks, deny)?,
             };
             out.push(jump(JEQ_K, *nr, 0, short(body.len())?));
             out.extend(body);
@@ -201,17 +210,23 @@ impl Policy {
                 add(name, Verdict::Allow);
             }
         }
+        // Entries for the same syscall are alternatives: one verdict with all their checks.
+        let mut conditional: Vec<(&str, Vec<Check>)> = Vec::new();
         for c in &self.conditional {
-            add(
-                &c.syscall,
-                Verdict::Cond {
-                    arg: c.arg,
-                    width: c.width,
-                    mask: c.mask,
-                    values: c.values.clone(),
-                    not_values: c.not_values.clone(),
-                },
-            );
+            let check = Check {
+                arg: c.arg,
+                width: c.width,
+                mask: c.mask,
+                values: c.values.clone(),
+                not_values: c.not_values.clone(),
+            };
+            match conditional.iter_mut().find(|(name, _)| *name == c.syscall) {
+                Some((_, checks)) => checks.push(check),
+                None => conditional.push((&c.syscall, vec![check])),
+            }
+        }
+        for (name, checks) in conditional {
+            add(name, Verdict::Cond(checks));
         }
         for e in &self.errno {
             add(&e.syscall, Verdict::Errno(e.errno));

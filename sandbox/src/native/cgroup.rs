@@ -203,6 +203,29 @@ fn pool() -> std::sync::MutexGuard<'static, Vec<StepCgroup>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Removals running in the background, waited for by [`drain`].
+static REMOVALS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn removals() -> std::sync::MutexGuard<'static, Vec<std::thread::JoinHandle<()>>> {
+    REMOVALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remove every pooled step cgroup and wait for the background removals: called when a run
+/// ends, so that only a crashed engine leaves cgroups behind.
+pub fn drain() {
+    let pooled: Vec<StepCgroup> = std::mem::take(&mut *pool());
+    for cg in pooled {
+        cg.remove();
+    }
+    let running: Vec<_> = std::mem::take(&mut *removals());
+    for handle in running {
+        let _ = handle.join();
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Step cgroups of this process that are in use: [`sweep`] must never touch them, even when a
@@ -299,7 +322,8 @@ impl StepCgroup {
             pool.push(self);
         } else {
             drop(pool);
-            std::thread::spawn(move || self.remove());
+            let handle = std::thread::spawn(move || self.remove());
+            removals().push(handle);
         }
     }
 

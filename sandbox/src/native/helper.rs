@@ -32,6 +32,7 @@ pub const INSIDE_GID: u32 = 1000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -271,6 +272,28 @@ fn run_helper(control: &OwnedFd, result: &mut HelperResult) -> Result<(), String
                 ));
             }
         }
+    } else if rustix::process::geteuid().is_root() {
+        // A root helper opens the workspace here, while it can still traverse private parent
+        // directories (a workspace under /root, mode 0700); the step's uid could not.
+        if config.outside_uid == 0 && !config.allow_degraded {
+            return Err(
+                "the step's uid would map to host root; accept degraded mode to allow it".into(),
+            );
+        }
+        if config.outside_uid == 0 {
+            result
+                .missing
+                .push("unprivileged-uid: the step's uid maps to host root".into());
+        } else {
+            result.layers.push(Layer {
+                name: "unprivileged-uid".into(),
+                active: true,
+                detail: format!("step runs as host uid {}", config.outside_uid),
+            });
+        }
+        let fd = open_tree(&config.workspace)?;
+        set_attr(&fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, &config.workspace)?;
+        Some(fd)
     } else {
         if config.outside_uid == 0 {
             if !config.allow_degraded {
@@ -292,6 +315,15 @@ fn run_helper(control: &OwnedFd, result: &mut HelperResult) -> Result<(), String
         None
     };
     let config = &config;
+    // Granted paths, opened the same way (a toolchain under a private home directory).
+    let mut grant_trees = Vec::new();
+    if rustix::process::geteuid().is_root() {
+        for g in &config.grants {
+            grant_trees.push((g.clone(), Some(open_grant(g)?)));
+        }
+    } else {
+        grant_trees.extend(config.grants.iter().map(|g| (g.clone(), None)));
+    }
 
     let (sync_r, sync_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
@@ -344,7 +376,10 @@ fn run_helper(control: &OwnedFd, result: &mut HelperResult) -> Result<(), String
         let code = init_main(
             config,
             fresh_netns,
-            workspace_tree,
+            Opened {
+                workspace: workspace_tree,
+                grants: grant_trees,
+            },
             sync_r,
             report_w,
             life_r,
@@ -357,6 +392,7 @@ fn run_helper(control: &OwnedFd, result: &mut HelperResult) -> Result<(), String
     drop(report_w);
     drop(life_r);
     drop(workspace_tree);
+    drop(grant_trees);
 
     result.marks.push(("namespaces-cloned".into(), now_ns()));
     let setup = parent_setup(config, pid);
@@ -390,6 +426,19 @@ fn run_helper(control: &OwnedFd, result: &mut HelperResult) -> Result<(), String
     watch(control, report_r, pid, result);
     drop(life_w);
     Ok(())
+}
+
+/// Host trees opened before the sandbox's namespaces exist (by a root helper).
+struct Opened {
+    workspace: Option<OwnedFd>,
+    /// Each grant with its tree when it could be opened ahead (else the init opens it).
+    grants: Vec<(PathBuf, Option<OwnedFd>)>,
+}
+
+fn open_grant(path: &Path) -> Result<OwnedFd, String> {
+    let fd = open_tree(path).map_err(|e| format!("read-only grant: {e}"))?;
+    set_attr(&fd, RO, path)?;
+    Ok(fd)
 }
 
 /// A user namespace whose only mapping is `inside` -> `outside` (uids and gids), as an fd.
@@ -607,7 +656,7 @@ impl Reporter {
 fn init_main(
     config: &HelperConfig,
     netns_ready: bool,
-    workspace_tree: Option<OwnedFd>,
+    opened: Opened,
     sync_r: OwnedFd,
     report_w: OwnedFd,
     life_r: OwnedFd,
@@ -650,7 +699,7 @@ fn init_main(
     }
     rep.layer("namespaces", true, "user, mount, pid, network, ipc, uts");
     rep.mark("init-released");
-    if let Err(e) = build_sandbox(config, netns_ready, workspace_tree, &rep) {
+    if let Err(e) = build_sandbox(config, netns_ready, opened, &rep) {
         rep.fatal("sandbox setup", e);
         return 1;
     }
@@ -871,7 +920,7 @@ const RO: u64 = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 fn build_sandbox(
     config: &HelperConfig,
     netns_ready: bool,
-    workspace_tree: Option<OwnedFd>,
+    opened: Opened,
     rep: &Reporter,
 ) -> Result<(), String> {
     // SAFETY: unshare with a flag constant.
@@ -918,15 +967,7 @@ fn build_sandbox(
             dev.push((*name, src));
         }
     }
-    let ws_meta = fs::metadata(&config.workspace)
-        .map_err(|e| format!("workspace {}: {e}", config.workspace.display()))?;
-    if !ws_meta.is_dir() {
-        return Err(format!(
-            "workspace {} is not a directory",
-            config.workspace.display()
-        ));
-    }
-    let workspace = match workspace_tree {
+    let workspace = match opened.workspace {
         Some(fd) => fd,
         None => {
             let fd = open_tree(&config.workspace)?;
@@ -934,6 +975,22 @@ fn build_sandbox(
             fd
         }
     };
+    // Checked on the opened tree, not by path: the path may cross directories the step's uid
+    // cannot traverse.
+    if !fd_is_dir(&workspace) {
+        return Err(format!(
+            "workspace {} is not a directory",
+            config.workspace.display()
+        ));
+    }
+    let mut grants = Vec::new();
+    for (path, fd) in opened.grants {
+        let fd = match fd {
+            Some(fd) => fd,
+            None => open_grant(&path)?,
+        };
+        grants.push((path, fd));
+    }
 
     rep.mark("sources-opened");
     let root = ["/tmp", "/mnt", "/run"]
@@ -950,6 +1007,41 @@ fn build_sandbox(
     )?;
     for (name, src) in sys {
         place(src, &root.join(name), true)?;
+    }
+    for (path, fd) in grants {
+        let rel = grant_target(&path)?;
+        place(Source::Tree(fd), &root.join(rel), true)?;
+    }
+    // The source of the bind mounts that hide files: an empty read-only file on the new
+    // root, unlinked once every mask is in place.
+    let empty = root.join(".secureclaw-empty");
+    fs::write(&empty, b"").map_err(|e| format!("write {}: {e}", empty.display()))?;
+    if !config.grants.is_empty() {
+        for mask in &config.grant_masks {
+            let rel = grant_target(mask)?;
+            hide(root, &rel, &empty)?;
+        }
+        rep.layer(
+            "read-only-grants",
+            true,
+            format!(
+                "read-only, nosuid,nodev at the same path: {}{}",
+                config
+                    .grants
+                    .iter()
+                    .map(|g| g.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if config.grant_masks.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} credential path(s) inside hidden",
+                        config.grant_masks.len()
+                    )
+                }
+            ),
+        );
     }
     let r_etc = root.join("etc");
     fs::create_dir(&r_etc).map_err(|e| format!("mkdir etc: {e}"))?;
@@ -1047,19 +1139,9 @@ fn build_sandbox(
         rep.layer("git-readonly", true, "/workspace/.git mounted read-only");
     }
     for hidden in &config.hidden {
-        let target = r_ws.join(hidden);
-        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
-            mount(c"/dev/null", &target, None, libc::MS_BIND, None)?;
-        } else if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-            mount(
-                c"tmpfs",
-                &target,
-                Some(c"tmpfs"),
-                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some(c"size=4k,mode=000"),
-            )?;
-        }
+        hide(&r_ws, hidden, &empty)?;
     }
+    fs::remove_file(&empty).map_err(|e| format!("remove {}: {e}", empty.display()))?;
     rep.layer("workspace", true, "/workspace read-write, nosuid,nodev");
 
     rep.mark("mounts-placed");
@@ -1118,6 +1200,133 @@ fn build_sandbox(
     Ok(())
 }
 
+/// Directories of the new root the grants may not be placed in (they are the sandbox's own).
+const RESERVED: &[&str] = &["workspace", "tmp", "proc", "dev", "etc"];
+
+/// Where a granted host path goes in the new root (relative to it), checked.
+fn grant_target(path: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let mut rel = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => rel.push(n),
+            _ => {
+                return Err(format!(
+                    "read-only grant {}: not a plain absolute path",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    match first {
+        None => Err("read-only grant of `/`".into()),
+        Some(f) if RESERVED.contains(&f.as_str()) || SYSTEM_DIRS.contains(&f.as_str()) => {
+            Err(format!(
+                "read-only grant {}: inside /{f}, which the sandbox provides itself",
+                path.display()
+            ))
+        }
+        Some(_) => Ok(rel),
+    }
+}
+
+/// Hide `rel` below `base` behind an empty read-only directory or file. The path is resolved
+/// without following symlinks and without leaving `base` (an earlier step may have planted a
+/// symlink); a missing path needs no hiding.
+fn hide(base: &Path, rel: &Path, empty: &Path) -> Result<(), String> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    let b = cstr(base)?;
+    // SAFETY: valid C string; the fd is owned below.
+    let dir = unsafe {
+        libc::open(
+            b.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    check(dir.into(), &format!("open {}", base.display()))?;
+    // SAFETY: fresh fd owned by us.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let c = cstr(rel)?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid dir fd, C string and open_how struct of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        let e = errno();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(());
+        }
+        return Err(format!(
+            "hiding {}: {e} (a symlink on the way is refused)",
+            rel.display()
+        ));
+    }
+    // SAFETY: fresh fd owned by us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // The mount goes onto the very inode opened above, whatever happens to the path.
+    let target = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if fd_is_dir(&fd) {
+        // An empty directory that `find .` and `tar czf x .` traverse without an error.
+        mount(
+            c"tmpfs",
+            &target,
+            Some(c"tmpfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some(c"size=4k,mode=0555"),
+        )
+    } else {
+        // An empty read-only file (not /dev/null: tar would archive a device node), made
+        // read-only before it is attached onto the opened inode.
+        let tree = open_tree(empty)?;
+        set_attr(&tree, RO | MOUNT_ATTR_NOEXEC, empty)?;
+        let empty_path = c"";
+        // SAFETY: both fds are live; empty paths are paired with the *_EMPTY_PATH flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty_path.as_ptr(),
+                fd.as_raw_fd(),
+                empty_path.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        check(r, &format!("hiding {}", rel.display())).map(|_| ())
+    }
+}
+
+fn fd_is_dir(fd: &OwnedFd) -> bool {
+    let mut st: libc::stat = unsafe_zeroed_stat();
+    let empty = c"";
+    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, out-pointer to a stat buffer.
+    let r = unsafe { libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), &mut st, libc::AT_EMPTY_PATH) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
 fn loopback_up() -> Result<(), String> {
     // SAFETY: plain socket call.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -1166,6 +1375,15 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        if config.file_size_limit > 0 {
+            // The write budget bounds every single file in the kernel: past it, write() raises
+            // SIGXFSZ (or fails with EFBIG). Soft and hard, so the step cannot raise it.
+            let fsize = libc::rlimit {
+                rlim_cur: config.file_size_limit,
+                rlim_max: config.file_size_limit,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &fsize);
+        }
         // Capability bounding set: nothing can ever come back, even through file caps.
         for cap in 0..64 {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
@@ -1241,7 +1459,7 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
     );
 
     if config.landlock_abi > 0 {
-        let detail = apply_landlock(config.landlock_abi)?;
+        let detail = apply_landlock(config.landlock_abi, &config.grants)?;
         rep.layer("landlock", true, detail);
     } else {
         rep.send(&InnerMsg::Missing {
@@ -1286,7 +1504,7 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_landlock(abi: i32) -> Result<String, String> {
+fn apply_landlock(abi: i32, grants: &[PathBuf]) -> Result<String, String> {
     use landlock::{
         ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
         RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
@@ -1300,6 +1518,11 @@ fn apply_landlock(abi: i32) -> Result<String, String> {
         rules.push((d, read_exec));
     }
     rules.push(("/etc", read));
+    // Granted toolchains: read and execute, like the system directories.
+    let grant_paths: Vec<String> = grants.iter().map(|g| g.display().to_string()).collect();
+    for g in &grant_paths {
+        rules.push((g.as_str(), read_exec));
+    }
     rules.push(("/proc", read));
     rules.push((
         "/dev",

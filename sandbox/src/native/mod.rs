@@ -6,7 +6,7 @@
 //! control socket as fd 3, enforces the wall clock and kills the whole tree. The helper side
 //! is in `helper.rs`; the policy compiler in `policy.rs`; cgroups in `cgroup.rs`.
 
-mod bpf;
+pub(crate) mod bpf;
 mod cgroup;
 mod helper;
 pub mod policy;
@@ -227,7 +227,14 @@ enum Ended {
     Finished(String),
     TimedOut,
     Cancelled,
+    /// The disk watch saw the write budget exceeded; the tree was killed.
+    DiskBudget,
 }
+
+/// How often the write budget is sampled while a step runs.
+const DISK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// SIGXFSZ: the kernel's answer to a write past RLIMIT_FSIZE.
+const SIGXFSZ: i32 = 25;
 
 #[async_trait]
 impl Sandbox for NativeSandbox {
@@ -237,6 +244,12 @@ impl Sandbox for NativeSandbox {
 
     fn isolated(&self) -> bool {
         true
+    }
+
+    /// Step cgroups kept for reuse go when the run ends: nothing is left behind for the next
+    /// engine to mistake for a crash.
+    async fn flush(&self) {
+        let _ = tokio::task::spawn_blocking(cgroup::drain).await;
     }
 
     async fn run(
@@ -282,8 +295,16 @@ impl Sandbox for NativeSandbox {
                 (Some(netns), Some(session))
             }
         };
+        // The budget is sampled against the free space of the workspace's filesystem from
+        // before the helper starts.
+        // A budget of 0 means none (callers of the library only: the engine refuses 0).
+        let budget = match spec.limits.disk_bytes {
+            0 => u64::MAX,
+            b => b,
+        };
+        let disk = crate::budget::DiskWatch::start(&workspace, budget)?;
         let result = self
-            .run_in(&spec, &workspace, p, guard.0.as_ref(), netns, cancel)
+            .run_in(&spec, &workspace, p, guard.0.as_ref(), netns, &disk, cancel)
             .await;
         let events = match egress {
             Some(session) => session.finish().await,
@@ -311,6 +332,19 @@ impl Sandbox for NativeSandbox {
             o.egress = events;
             o
         };
+        let mut outcome = outcome;
+        // A last sample: a step that wrote past its budget between two samples and ended does
+        // not succeed (the engine rolls its changes back).
+        if outcome.exit != ExitReason::Cancelled && disk.exceeded() {
+            outcome.exit = ExitReason::DiskBudget;
+        }
+        if outcome.exit == ExitReason::DiskBudget {
+            outcome.warnings.push(format!(
+                "write budget: the step wrote at least {} bytes (its `disk` limit is {} bytes)",
+                disk.written().unwrap_or(0).max(disk.budget()),
+                disk.budget()
+            ));
+        }
         Ok(outcome)
     }
 }
@@ -350,6 +384,7 @@ impl Drop for CgroupGuard {
 type RunParts = (Ended, HelperResult, CappedOutput, CappedOutput);
 
 impl NativeSandbox {
+    #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
         spec: &ExecSpec,
@@ -357,8 +392,29 @@ impl NativeSandbox {
         p: &Probe,
         cg: Option<&cgroup::StepCgroup>,
         netns: Option<std::os::fd::OwnedFd>,
+        disk: &crate::budget::DiskWatch,
         cancel: CancellationToken,
     ) -> Result<RunParts, SandboxError> {
+        let mut grants = Vec::new();
+        for g in &spec.read_only {
+            let canonical = std::fs::canonicalize(g).map_err(|e| SandboxError::Unavailable {
+                backend: NAME.into(),
+                reason: format!("read-only path {}: {e}", g.display()),
+            })?;
+            grants.push(canonical);
+        }
+        // Parents before the grants nested in them, so that a nested mount is not covered.
+        grants.sort_by_key(|g| g.components().count());
+        grants.dedup();
+        // Credentials inside a grant are hidden, unless a grant names them itself.
+        let mut grant_masks = Vec::new();
+        for g in &grants {
+            for m in crate::grants::masks(g) {
+                if !grants.iter().any(|other| other.starts_with(&m)) && !grant_masks.contains(&m) {
+                    grant_masks.push(m);
+                }
+            }
+        }
         let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
         for (k, v) in [("PATH", DEFAULT_PATH), ("HOME", "/tmp")] {
             if !spec.env.contains_key(k) {
@@ -378,6 +434,9 @@ impl NativeSandbox {
             seccomp: p.seccomp.clone().unwrap_or_default(),
             landlock_abi: p.landlock_abi,
             hidden: crate::masked_relative(spec, workspace),
+            file_size_limit: spec.limits.disk_bytes,
+            grants,
+            grant_masks,
         };
         let mut line = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -426,10 +485,19 @@ impl NativeSandbox {
                 let _ = child.wait().await;
                 line
             };
+            let over_budget = async {
+                loop {
+                    tokio::time::sleep(DISK_POLL).await;
+                    if disk.exceeded() {
+                        return;
+                    }
+                }
+            };
             tokio::select! {
                 line = wait => Ended::Finished(line),
                 _ = tokio::time::sleep(spec.limits.timeout) => Ended::TimedOut,
                 _ = cancel.cancelled() => Ended::Cancelled,
+                _ = over_budget => Ended::DiskBudget,
             }
         };
         let result = match &ended {
@@ -501,11 +569,20 @@ impl NativeSandbox {
             active: true,
             detail: format!("{:?}", spec.limits.timeout),
         });
+        layers.push(Layer {
+            name: "write-budget".into(),
+            active: true,
+            detail: format!(
+                "{} bytes: RLIMIT_FSIZE per file, free space of the workspace's filesystem sampled every {:?}",
+                spec.limits.disk_bytes, DISK_POLL
+            ),
+        });
         missing.extend(r.missing);
         missing.sort();
         missing.dedup();
 
         let exit = match ended {
+            Ended::DiskBudget => ExitReason::DiskBudget,
             Ended::TimedOut if pids => ExitReason::PidsLimit,
             Ended::TimedOut if oom => ExitReason::OutOfMemory,
             Ended::TimedOut => ExitReason::TimedOut,
@@ -534,6 +611,10 @@ impl NativeSandbox {
                 }
                 if raw.success() {
                     raw
+                } else if r.signal == Some(SIGXFSZ) || r.code == Some(128 + SIGXFSZ) {
+                    // A write past RLIMIT_FSIZE (the write budget): the kernel's SIGXFSZ, seen
+                    // directly or through a shell's 128+signal exit status.
+                    ExitReason::DiskBudget
                 } else if oom {
                     ExitReason::OutOfMemory
                 } else if pids {
@@ -543,13 +624,22 @@ impl NativeSandbox {
                 }
             }
         };
-        Ok(ExecOutcome::new(
+        let succeeded = exit.success();
+        let mut outcome = ExecOutcome::new(
             exit,
             out,
             err,
             start.elapsed(),
             EnforcementReport::isolated(NAME, layers, missing),
-        ))
+        );
+        if pids && succeeded {
+            // The step exited 0, but the kernel refused some of its forks (pids.events max).
+            outcome.warnings.push(format!(
+                "process limit: the step reached its limit of {} processes and some forks were refused, although it exited 0",
+                spec.limits.pids
+            ));
+        }
+        Ok(outcome)
     }
 }
 

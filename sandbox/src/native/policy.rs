@@ -111,6 +111,28 @@ impl Policy {
                 )));
             }
         }
+        let plain: Vec<&str> = self
+            .group
+            .iter()
+            .flat_map(|g| g.allow.iter().map(String::as_str))
+            .collect();
+        for c in &self.conditional {
+            // An unconditional allow would win over the argument check (in libseccomp too).
+            if plain.contains(&c.syscall.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "`{}` is both allowed plainly and conditional",
+                    c.syscall
+                )));
+            }
+        }
+        for e in &self.errno {
+            if allowed.contains(&e.syscall.as_str()) {
+                return Err(PolicyError::Invalid(format!(
+                    "`{}` has an errno override but is allowed",
+                    e.syscall
+                )));
+            }
+        }
         for group in &self.group {
             if group.why.trim().is_empty() {
                 return Err(PolicyError::Invalid(format!(
@@ -250,6 +272,12 @@ fn syscall_number(name: &str, arch: seccompiler::TargetArch) -> Option<u32> {
         .iter()
         .find(|i| i.code == 0x15)
         .map(|i| i.k)
+}
+
+/// The number of a syscall on the architecture this binary runs on.
+#[cfg(test)]
+pub(crate) fn native_number(name: &str) -> Option<u32> {
+    syscall_number(name, target_arch().ok()?)
 }
 
 fn unknown_syscall(message: &str) -> Option<String> {
@@ -405,11 +433,29 @@ mod tests {
             0xFFFF_FFFF_FFFF_FFFF,
             0x8_0000_0000,
             u64::from(u32::MAX) + 1,
+            // File modes and open flags: setuid/setgid, high-bit and sign-extended spellings,
+            // O_CREAT, O_TMPFILE, device and regular file types.
+            0o4755,
+            0o2755,
+            0o755,
+            0x1_0000_09ED,
+            0xFFFF_FFFF_0000_09ED,
+            0xFFFF_FFFF_FFFF_F1ED,
+            0x40,
+            0x41,
+            0x400000,
+            0x410000,
+            0o100755,
+            0o104755,
+            0o020644,
+            0o060644,
+            0o010644,
+            0o140644,
         ];
         let mut checked = 0;
         for nr in (0..600u32).chain([0x4000_0000, 0x4000_0001, 0x4000_0038, u32::MAX]) {
             for a in &interesting {
-                for slot in 0..2 {
+                for slot in 0..4 {
                     let mut args = [0u64; 6];
                     args[slot] = *a;
                     let want = reference_verdict(nr, args);
@@ -425,6 +471,112 @@ mod tests {
         assert!(checked > 20_000);
         // A foreign architecture is killed, never allowed.
         assert_ne!(run(&ours.programs[0], 0, 0x4000_0003, [0; 6]), RET_ALLOW);
+    }
+
+    #[test]
+    fn a_conditional_that_is_also_allowed_plainly_is_rejected() {
+        // The plain allow would win over the mode check: chmod 4755 would pass again.
+        let text = POLICY_TOML.replace("\"getrandom\"", "\"getrandom\", \"chmod\"");
+        assert!(matches!(Policy::parse(&text), Err(PolicyError::Invalid(_))));
+        let text = POLICY_TOML.replace("\"getrandom\"", "\"getrandom\", \"openat2\"");
+        assert!(matches!(Policy::parse(&text), Err(PolicyError::Invalid(_))));
+    }
+
+    /// The mode rules decide as intended, on the compiled program itself.
+    #[test]
+    fn setuid_setgid_modes_and_device_nodes_are_refused() {
+        use crate::native::bpf::{RET_ALLOW, native_arch, run};
+        let policy = Policy::parse(POLICY_TOML).unwrap();
+        let prog = &policy.compile().unwrap().programs[0];
+        let audit = native_arch().unwrap().audit;
+        let allowed = |name: &str, slot: usize, v: u64, other: (usize, u64)| {
+            let nr = native_number(name).unwrap();
+            let mut args = [0u64; 6];
+            args[other.0] = other.1;
+            args[slot] = v;
+            run(prog, nr, audit, args) == RET_ALLOW
+        };
+        let setid = [
+            0o4755u64,
+            0o2755,
+            0o6755,
+            0o4000,
+            0x1_0000_09ED,
+            0xFFFF_FFFF_0000_09ED,
+            0xFFFF_FFFF_FFFF_FFFF,
+            0x8000_0000_0000_0800,
+        ];
+        let plain = [
+            0o755u64,
+            0o644,
+            0o1777,
+            0,
+            0x1_0000_01ED,
+            0xFFFF_F000_0000_01ED,
+        ];
+        let mut mode_calls = vec![("fchmod", 1usize), ("fchmodat", 2), ("fchmodat2", 2)];
+        if cfg!(target_arch = "x86_64") {
+            mode_calls.extend([("chmod", 1), ("creat", 1)]);
+        }
+        for (name, slot) in &mode_calls {
+            for m in setid {
+                assert!(
+                    !allowed(name, *slot, m, (5, 0)),
+                    "{name} mode {m:#x} allowed"
+                );
+            }
+            for m in plain {
+                assert!(
+                    allowed(name, *slot, m, (5, 0)),
+                    "{name} mode {m:#x} refused"
+                );
+            }
+        }
+        let mut open_calls = vec![("openat", 2usize, 3usize)];
+        if cfg!(target_arch = "x86_64") {
+            open_calls.push(("open", 1, 2));
+        }
+        for (name, flags, mode) in open_calls {
+            for creating in [0x40u64, 0x441, 0x400000 | 0x10000, 0xFFFF_FFFF_0000_0041] {
+                for m in setid {
+                    assert!(
+                        !allowed(name, mode, m, (flags, creating)),
+                        "{name} flags {creating:#x} mode {m:#x} allowed"
+                    );
+                }
+                assert!(allowed(name, mode, 0o644, (flags, creating)));
+            }
+            // Without O_CREAT/O_TMPFILE the mode argument is ignored by the kernel.
+            for f in [0u64, 1, 2, 0x80000, 0x1_0000_0000] {
+                assert!(allowed(name, mode, 0o4755, (flags, f)), "{name} {f:#x}");
+            }
+        }
+        let mut mknods = vec![("mknodat", 2usize)];
+        if cfg!(target_arch = "x86_64") {
+            mknods.push(("mknod", 1));
+        }
+        for (name, slot) in mknods {
+            for m in [0o644u64, 0o100644, 0o010644, 0o140755] {
+                assert!(allowed(name, slot, m, (5, 0)), "{name} {m:o} refused");
+            }
+            for m in [
+                0o020644u64,
+                0o060644,
+                0o020000,
+                0o104755,
+                0o102755,
+                0o4755,
+                0o010000 | 0o6000,
+                0xFFFF_FFFF_0000_2000,
+            ] {
+                assert!(!allowed(name, slot, m, (5, 0)), "{name} {m:#o} allowed");
+            }
+        }
+        let openat2 = native_number("openat2").unwrap();
+        assert_eq!(
+            run(prog, openat2, audit, [0; 6]),
+            crate::native::bpf::RET_ERRNO | 38
+        );
     }
 
     #[test]

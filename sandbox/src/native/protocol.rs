@@ -39,6 +39,16 @@ pub struct HelperConfig {
     /// Paths (relative to the workspace) hidden behind an empty read-only tmpfs.
     #[serde(default)]
     pub hidden: Vec<PathBuf>,
+    /// RLIMIT_FSIZE of the step (the write budget bounds every single file); 0 = none.
+    #[serde(default)]
+    pub file_size_limit: u64,
+    /// Extra host paths (absolute) mounted read-only at the same path.
+    #[serde(default)]
+    pub grants: Vec<PathBuf>,
+    /// Absolute paths inside the grants hidden behind an empty read-only file or directory
+    /// (credentials a toolchain directory may hold).
+    #[serde(default)]
+    pub grant_masks: Vec<PathBuf>,
 }
 
 /// Sent inside the sandbox (init and step) to the helper, one JSON line each.
