@@ -267,9 +267,14 @@ pub const CASES: &[Case] = &[
     plant("mknod-syscall", "create a character device node with the mknod system call", PERL,
         "perl -e 'my $p = \"n2\"; syscall(133, $p, 0020644, (1 << 8) | 3) == 0 or die \"mknod: $!\\n\"' && touch PWNED"),
     // --- the engine's state dir inside the workspace ---
-    Case { state_in_workspace: true, ..case("state-dir-listed", "see the state dir in a listing of the workspace", &["ls", "grep"],
-        Blocked::Ran(".sc-control"),
-        "ls -a . >&2 && if ls -a . | grep -qx .secureclaw; then touch PWNED; fi") },
+    // The name of the state dir still shows in a listing (a bind mount cannot drop one entry of
+    // the directory it mounts); what it holds must not: the step sees an empty read-only dir.
+    Case { state_in_workspace: true, ..case("state-dir-listed", "list what the state dir holds", &["ls", "wc"],
+        Blocked::Ran("state dir listing:"),
+        "n=$(ls -A .secureclaw 2>/dev/null | wc -l); echo \"state dir listing: $n entries\" >&2; [ \"$n\" -gt 0 ] && touch PWNED; true") },
+    Case { state_in_workspace: true, ..case("state-dir-write", "plant a file in the state dir", &["touch"],
+        Blocked::Error(&[EROFS, EACCES, EPERM, ENOENT]),
+        "touch .secureclaw/planted && touch PWNED") },
     Case { state_in_workspace: true, ..case("state-dir-read", "read the vault header in the state dir", &["cat"],
         Blocked::Error(&[ENOENT, EACCES]),
         "cat .secureclaw/vault.header.json > /dev/null && touch PWNED") },
@@ -279,10 +284,10 @@ pub const CASES: &[Case] = &[
     // A hidden state dir must not break walking the workspace either (`find`, `tar`).
     Case { state_in_workspace: true, ..case("state-dir-find", "find the state dir by walking the workspace (find)", &["find", "grep"],
         Blocked::Ran(".sc-control"),
-        "find . >&2 && if find . | grep -q secureclaw; then touch PWNED; fi") },
+        "find . >&2 && if find . | grep -q 'secureclaw/.'; then touch PWNED; fi") },
     Case { state_in_workspace: true, ..case("state-dir-tar", "archive the workspace with the state dir in it (tar)", &["tar", "gzip", "grep"],
         Blocked::Ran(".sc-control"),
-        "a=/tmp/sc-ws-$$.tgz; tar czf $a . || exit 1; tar tzf $a >&2; if tar tzf $a | grep -q secureclaw; then touch PWNED; fi; rm -f $a") },
+        "a=/tmp/sc-ws-$$.tgz; tar czf $a . || exit 1; tar tzf $a >&2; if tar tzf $a | grep -q 'secureclaw/.'; then touch PWNED; fi; rm -f $a") },
     // --- forbidden syscalls ---
     case("ptrace", "ptrace-attach to another process", &["perl", "sleep"],
         Blocked::Error(POLICY),
