@@ -8,7 +8,7 @@
 //! - cancellation (Ctrl-C) kills running steps and marks the run cancelled.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::record::{
 use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
 use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
+use crate::workspace::Confinement;
 
 /// The environment every step starts from; nothing is inherited from the engine.
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -341,6 +342,10 @@ impl Engine {
                 path: opts.workspace.clone(),
                 message: e.to_string(),
             })?;
+        // Both paths are compared component by component from here on (masking the state dir
+        // from shell steps, refusing it to engine-side actions): canonicalise once, so `-w .`,
+        // a relative `-w` or a symlinked workspace cannot make them differ by spelling.
+        let state_dir = canonical_state_dir(&opts.state_dir);
         if !self.sandbox.isolated() && !self.policy.allow_host {
             return Err(EngineError::Policy(
                 "policy forbids the unisolated `host` backend".into(),
@@ -404,7 +409,7 @@ impl Engine {
         };
         // Capture the workspace before anything runs, when anything may write to it.
         let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
-            let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &opts.state_dir)?;
+            let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &state_dir)?;
             let s2 = snap.clone();
             let first = blocking(move || {
                 let cache = s2.load_cache();
@@ -646,7 +651,7 @@ impl Engine {
                     allow_degraded,
                     image,
                     workspace: workspace.clone(),
-                    state_dir: opts.state_dir.clone(),
+                    state_dir: state_dir.clone(),
                     sandbox: self.sandbox.clone(),
                     events: self.events.clone(),
                     cancel: run_cancel.child_token(),
@@ -1241,9 +1246,9 @@ fn egress_summary(events: &[secureclaw_sandbox::EgressEvent]) -> Value {
 }
 
 async fn attempt_once(job: &StepJob) -> Finished {
-    let ws = job.workspace.clone();
     let timeout = job.limits.timeout;
     let engine_side = async {
+        let ws = Confinement::new(&job.workspace, Some(&job.state_dir))?;
         match &job.rendered {
             Rendered::Read {
                 path: Some(p),
@@ -1251,8 +1256,7 @@ async fn attempt_once(job: &StepJob) -> Finished {
                 ..
             } => actions::read_file(&ws, p, *limit),
             Rendered::Read { glob, .. } => {
-                actions::glob(&ws, glob.as_deref().unwrap_or("**"), Some(&job.state_dir))
-                    .map(|v| v.join("\n"))
+                actions::glob(&ws, glob.as_deref().unwrap_or("**")).map(|v| v.join("\n"))
             }
             Rendered::Write {
                 path,
@@ -1436,6 +1440,21 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 )
             }
         }
+    }
+}
+
+/// The state dir's canonical path; one that does not exist yet is its canonical parent joined
+/// with its name.
+fn canonical_state_dir(state_dir: &Path) -> PathBuf {
+    if let Ok(c) = state_dir.canonicalize() {
+        return c;
+    }
+    match (state_dir.parent(), state_dir.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| state_dir.to_path_buf()),
+        _ => state_dir.to_path_buf(),
     }
 }
 
