@@ -30,8 +30,13 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "file")]
     pub instruction: Option<String>,
     /// Set an input: `--input days=7` (repeatable). Values are parsed to the declared type.
+    /// `NAME=@env:VAR` takes the value from the environment variable VAR, `NAME=@-` from stdin
+    /// (keep secrets out of `ps`); `NAME=@@x` is the literal `@x`.
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
+    /// Read inputs from a YAML or JSON mapping of name to value (`-`: stdin); `--input` wins.
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
     /// Directory the steps work in [default: current directory].
     #[arg(long, short = 'w')]
     pub workspace: Option<PathBuf>,
@@ -157,7 +162,7 @@ async fn run_once(
     let Some(wf) = load(&file) else {
         return Ok(exit::INVALID);
     };
-    let inputs = match secureclaw_engine::inputs::resolve(&wf.workflow, &args.inputs) {
+    let inputs = match resolve_inputs(&wf.workflow, args) {
         Ok(i) => i,
         Err(errs) => {
             for e in errs {
@@ -253,7 +258,11 @@ async fn run_once(
         sandbox,
         approver,
         policy,
-        events: display.sink(),
+        events: Arc::new(secureclaw_engine::inputs::Secrets::new(
+            &wf.workflow,
+            &inputs,
+        ))
+        .wrap(display.sink()),
         store,
     };
     let (risk_model, risk_status) = secureclaw_llm::load_risk_model();
@@ -390,6 +399,48 @@ pub fn check_state_layout(workspace: &Path, state: &Path) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// The run's inputs from `--input-file`, `--input` (with `@-` and `@env:`) and the defaults.
+fn resolve_inputs(
+    wf: &secureclaw_engine::model::Workflow,
+    args: &RunArgs,
+) -> Result<
+    std::collections::BTreeMap<String, serde_json::Value>,
+    Vec<secureclaw_engine::inputs::InputError>,
+> {
+    use secureclaw_engine::inputs::{InputError, InputSources};
+    use std::io::Read as _;
+    let read_stdin = || {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    };
+    let from_stdin = args.input_file.as_deref() == Some(Path::new("-"));
+    let file = match &args.input_file {
+        None => None,
+        Some(_) if from_stdin => {
+            Some(read_stdin().map_err(|e| vec![InputError::File(format!("reading stdin: {e}"))])?)
+        }
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| vec![InputError::File(format!("{}: {e}", path.display()))])?,
+        ),
+    };
+    let mut stdin = move || {
+        if from_stdin {
+            Err(std::io::Error::other("stdin already feeds --input-file -"))
+        } else {
+            read_stdin()
+        }
+    };
+    secureclaw_engine::inputs::resolve_sources(
+        wf,
+        InputSources {
+            file,
+            pairs: &args.inputs,
+            stdin: Some(&mut stdin),
+        },
+    )
 }
 
 /// Who the ledger says acted.

@@ -94,6 +94,11 @@ pub struct InputSpec {
     pub default: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A secret (a token, a password): its value is replaced by `[secret:NAME]` in step output,
+    /// run records, `show`, events and the ledger. Pass it with `--input-file`,
+    /// `--input NAME=@env:VAR` or `--input NAME=@-` (stdin), never on the command line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// Sandbox backend.

@@ -352,6 +352,8 @@ impl Engine {
             ));
         }
         let templates = Arc::new(Templates::new());
+        // Values of `secret: true` inputs never reach the record, the ledger or the events.
+        let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
         let n = wf.workflow.steps.len();
         let source = std::fs::read(&wf.file).unwrap_or_default();
         let mut record = RunRecord {
@@ -367,7 +369,7 @@ impl Engine {
             state: RunState::Running,
             message: None,
             pid: std::process::id(),
-            inputs: opts.inputs.clone(),
+            inputs: secrets.recorded_inputs(&opts.inputs),
             approval: self.plan_approval(wf),
             risk_model: Some(opts.risk_model_status.clone()),
             steps: wf
@@ -591,7 +593,7 @@ impl Engine {
                             continue;
                         }
                     };
-                record.steps[i].rendered = Some(rendered.to_json(step));
+                record.steps[i].rendered = Some(secrets.scrub_json(&rendered.to_json(step)));
                 // The tier of what will really run: templating can make a command more dangerous.
                 let risk = effective_risk(&wf.risk[i], &rendered, opts.risk_model.as_deref());
                 record.steps[i].tier = risk.tier;
@@ -641,7 +643,7 @@ impl Engine {
                     step: step.id.clone(),
                     attempt: 1,
                     tier: risk.tier,
-                    summary: rendered.summary(),
+                    summary: secrets.scrub(&rendered.summary()),
                 });
                 let job = StepJob {
                     index: i,
@@ -689,11 +691,11 @@ impl Engine {
             rec.state = f.state;
             rec.finished_at = Some(now_rfc3339());
             rec.duration_ms = Some(f.duration.as_millis() as u64);
-            rec.output = f.view.output.clone();
-            rec.stdout = f.view.stdout.clone();
-            rec.stderr = f.view.stderr.clone();
+            rec.output = secrets.scrub(&f.view.output);
+            rec.stdout = secrets.scrub(&f.view.stdout);
+            rec.stderr = secrets.scrub(&f.view.stderr);
             rec.exit_code = f.exit_code;
-            rec.reason = f.reason.clone();
+            rec.reason = f.reason.as_deref().map(|r| secrets.scrub(r));
             rec.enforcement = f.enforcement;
             rec.egress = f.egress;
             rec.attempts = f.attempts;
@@ -740,7 +742,7 @@ impl Engine {
                 state: f.state,
                 duration_ms: f.duration.as_millis() as u64,
                 exit_code: f.exit_code,
-                reason: f.reason,
+                reason: rec.reason.clone(),
             });
             if f.state == StepState::Succeeded {
                 if let Ok(mut m) = results.0.write() {
@@ -1032,7 +1034,7 @@ fn render_step(
         }
     } else {
         Rendered::Shell {
-            command: r(step.shell.as_deref().unwrap_or_default())?,
+            command: t.render_shell(step.shell.as_deref().unwrap_or_default(), ctx)?,
             env: env_for(wf_env, step, t, inputs, steps)?,
         }
     })

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use minijinja::value::{Object, Value as JinjaValue};
-use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Object, Value as JinjaValue, ValueKind};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::diag::did_you_mean;
@@ -45,22 +45,79 @@ impl Default for Templates {
 /// Fuel bounds the work one template may do, so a hostile loop cannot hang the engine.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
+/// The name shell templates are rendered under; it selects shell quoting as their auto-escape.
+const SHELL_TEMPLATE: &str = "shell-step.sh";
+const SHELL_ESCAPE: AutoEscape = AutoEscape::Custom("shell");
+
 impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_keep_trailing_newline(true);
-        // Workflows feed shells and YAML-minded humans: `false`, not Python's `False`.
+        env.set_auto_escape_callback(|name| {
+            if name == SHELL_TEMPLATE {
+                SHELL_ESCAPE
+            } else {
+                AutoEscape::None
+            }
+        });
+        // In a `shell:` command every interpolated value becomes exactly one shell word: a value
+        // is data, never code. `| raw` opts out (the rendered command is classified again);
+        // `| words` makes one quoted word per whitespace-separated item or list element.
         env.set_formatter(|out, state, value| {
-            if value.kind() == minijinja::value::ValueKind::Bool {
+            if value.kind() == ValueKind::Bool {
                 return out
                     .write_str(if value.is_true() { "true" } else { "false" })
                     .map_err(minijinja::Error::from);
             }
+            if state.auto_escape() == SHELL_ESCAPE && !value.is_safe() {
+                if value.kind() == ValueKind::Number {
+                    return write!(out, "{value}").map_err(minijinja::Error::from);
+                }
+                let quoted = shell_word(&value.to_string())?;
+                return out.write_str(&quoted).map_err(minijinja::Error::from);
+            }
             minijinja::escape_formatter(out, state, value)
         });
+        env.add_filter("raw", |v: JinjaValue| -> JinjaValue {
+            if v.kind() == ValueKind::Bool {
+                JinjaValue::from_safe_string(if v.is_true() { "true" } else { "false" }.into())
+            } else {
+                JinjaValue::from_safe_string(v.to_string())
+            }
+        });
+        env.add_filter(
+            "quote",
+            |v: JinjaValue| -> Result<JinjaValue, minijinja::Error> {
+                Ok(JinjaValue::from_safe_string(shell_word(&v.to_string())?))
+            },
+        );
+        env.add_filter(
+            "words",
+            |v: JinjaValue| -> Result<JinjaValue, minijinja::Error> {
+                let items: Vec<String> = match v.as_str() {
+                    Some(text) => text.split_whitespace().map(str::to_string).collect(),
+                    None => v.try_iter()?.map(|x| x.to_string()).collect(),
+                };
+                let quoted = items
+                    .iter()
+                    .map(|w| shell_word(w))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(JinjaValue::from_safe_string(quoted.join(" ")))
+            },
+        );
         Templates { env }
+    }
+
+    /// Render a `shell:` command: interpolated values arrive as single quoted words.
+    pub fn render_shell(&self, text: &str, ctx: &JinjaValue) -> Result<String, TemplateError> {
+        if !Self::is_template(text) {
+            return Ok(text.to_string());
+        }
+        self.env
+            .render_named_str(SHELL_TEMPLATE, text, ctx)
+            .map_err(|e| to_error(&e, text))
     }
 
     /// Whether `text` contains template syntax at all (most strings do not: skip the parser).
@@ -163,6 +220,19 @@ impl Templates {
         problems.dedup();
         problems
     }
+}
+
+/// One POSIX shell word that stands for exactly `text` (quoted only when it has to be).
+fn shell_word(text: &str) -> Result<String, minijinja::Error> {
+    if text.is_empty() {
+        return Ok("''".into());
+    }
+    shlex::try_quote(text).map(|q| q.into_owned()).map_err(|e| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("this value cannot be passed to a shell: {e}"),
+        )
+    })
 }
 
 fn is_builtin(name: &str) -> bool {
@@ -299,7 +369,7 @@ struct StepsProbe {
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
     pub index: std::sync::Arc<std::collections::HashMap<String, usize>>,
-    pub ancestors: fixedbitset::FixedBitSet,
+    pub ancestors: std::sync::Arc<fixedbitset::FixedBitSet>,
 }
 
 impl Upstream {
@@ -345,7 +415,7 @@ mod tests {
                 ancestors.insert(1);
                 Upstream {
                     index: index.into(),
-                    ancestors,
+                    ancestors: ancestors.into(),
                 }
             },
             this_step: "me",
@@ -371,6 +441,7 @@ mod tests {
                 kind: InputType::Integer,
                 default: Some(7.into()),
                 description: None,
+                secret: false,
             },
         )]);
         let all: BTreeSet<String> = ["build", "find-old", "later", "me"]
@@ -395,6 +466,95 @@ mod tests {
         assert!(p[0].0.contains("syntax"), "{p:?}");
         let p = t.check("steps.later.exit_code == 0", true, &cx);
         assert!(p[0].0.contains("not upstream"), "{p:?}");
+    }
+
+    /// Every argument `sh` receives for the rendered command, bracketed.
+    fn shell_args(command: &str) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "set -- {command}; for a; do printf '[%s]' \"$a\"; done"
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn shell_templates_pass_every_value_as_one_literal_word() {
+        let t = Templates::new();
+        let payloads = [
+            "x; touch /tmp/pwned-by-template",
+            "$(id)",
+            "`id`",
+            "a\nid",
+            "a && id",
+            "it's \"quoted\"",
+            "a$IFS$9b",
+            "${HOME}",
+            "-rf /",
+            "*",
+            "",
+            "  spaced  out  ",
+            "a\\b",
+            "#comment",
+            "x | sh",
+        ];
+        for p in payloads {
+            let p = p.replace("\\n", "\n");
+            let ctx = minijinja::context! { inputs => minijinja::context!{ v => p.clone() } };
+            let cmd = t.render_shell("{{ inputs.v }}", &ctx).unwrap();
+            assert_eq!(
+                shell_args(&cmd),
+                format!("[{p}]"),
+                "{p:?} rendered as {cmd}"
+            );
+            // Inside a larger command and inside expressions too.
+            let cmd = t
+                .render_shell(
+                    "{% set w = inputs.v %}{{ w ~ '' }} {{ inputs.v | upper }}",
+                    &ctx,
+                )
+                .unwrap();
+            assert_eq!(
+                shell_args(&cmd),
+                format!("[{p}][{}]", p.to_uppercase()),
+                "{p:?} rendered as {cmd}"
+            );
+        }
+        assert!(!std::path::Path::new("/tmp/pwned-by-template").exists());
+    }
+
+    #[test]
+    fn raw_opts_out_and_words_quotes_each_item() {
+        let t = Templates::new();
+        let ctx = minijinja::context! {
+            inputs => minijinja::context!{ cmd => "echo a; echo b", n => 7, on => true, files => vec!["a b", "c;d"] },
+            out => "one two\nthree $(id)",
+        };
+        assert_eq!(
+            t.render_shell("{{ inputs.cmd | raw }}", &ctx).unwrap(),
+            "echo a; echo b"
+        );
+        assert_eq!(
+            t.render_shell("$(( {{ inputs.n }} + 1 )) {{ inputs.on }}", &ctx)
+                .unwrap(),
+            "$(( 7 + 1 )) true"
+        );
+        assert_eq!(
+            shell_args(&t.render_shell("{{ inputs.files | words }}", &ctx).unwrap()),
+            "[a b][c;d]"
+        );
+        assert_eq!(
+            shell_args(&t.render_shell("{{ out | words }}", &ctx).unwrap()),
+            "[one][two][three][$(id)]"
+        );
+        // Outside `shell:` nothing is quoted.
+        assert_eq!(
+            t.render("{{ inputs.cmd }}", &ctx).unwrap(),
+            "echo a; echo b"
+        );
     }
 
     #[test]
