@@ -296,3 +296,66 @@ steps:
         }
     }
 }
+
+/// Templates that build gigabytes from a few instructions end with the limit error, under an
+/// address-space ceiling the old engine blew through (it grew to 6 GB and aborted).
+#[test]
+fn template_memory_bombs_fail_fast_under_a_memory_ceiling() {
+    let ws = Ws::new();
+    let bombs = [
+        "{% set a = 'x' * 100000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{% set d = c ~ c %}{{ d | length }}",
+        "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+        "{{ (['x' * 1000000] * 100000) | join | length }}",
+        "{{ range(100000) | join('y' * 1000000) | length }}",
+        "{% set ns = namespace(l=[inputs.v * 1000000]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | join | length }}",
+        "{% for i in range(100000) %}{% for j in range(100) %}{{ inputs.v * 100000 }}{% endfor %}{% endfor %}",
+        "{{ ('x' * 1000000) | replace('x', 'y' * 100000) | length }}",
+    ];
+    for (i, bomb) in bombs.iter().enumerate() {
+        for field in ["shell", "write"] {
+            let action = if field == "shell" {
+                format!("shell: \"echo {bomb}\"")
+            } else {
+                format!("write: {{ path: out.txt, content: \"{bomb}\" }}")
+            };
+            let wf = ws.file(
+                "bomb.yaml",
+                &format!("version: 1\nname: bomb\ninputs:\n  v: {{ type: string, default: z }}\nsteps:\n  - id: b\n    {action}\n"),
+            );
+            // Validation renders every template once (with placeholders) to find references.
+            let check = std::process::Command::new("prlimit")
+                .arg("--as=2147483648")
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_secureclaw"))
+                .arg("validate")
+                .arg(&wf)
+                .output()
+                .unwrap();
+            assert!(
+                matches!(check.status.code(), Some(0 | 1)),
+                "validate, bomb {i} in {field}: {:?} {}",
+                check.status,
+                stderr(&check)
+            );
+            let mut cmd = std::process::Command::new("prlimit");
+            cmd.arg("--as=2147483648")
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_secureclaw"))
+                .arg("run")
+                .arg(&wf)
+                .arg("-w")
+                .arg(ws.work())
+                .args(["--sandbox", "host", "-y", "-j", "1"]);
+            common::with_vault_env(&mut cmd, common::TEST_PASSPHRASE);
+            let out = cmd.output().unwrap();
+            let err = stderr(&out);
+            assert!(
+                matches!(out.status.code(), Some(1 | 2)),
+                "bomb {i} in {field}: {:?} {err}",
+                out.status
+            );
+            assert!(err.contains("MiB of text"), "bomb {i} in {field}: {err}");
+            assert!(!ws.work().join("out.txt").exists(), "bomb {i} in {field}");
+        }
+    }
+}

@@ -45,6 +45,13 @@ impl Default for Templates {
 /// Fuel bounds the work one template may do, so a hostile loop cannot hang the engine.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
+/// Bytes of text one rendering may build, counted over every string it makes (concatenation,
+/// repetition, list building, the text-making filters, the rendered output): fuel counts
+/// instructions, and a few instructions can double a string until memory runs out.
+pub const TEMPLATE_BYTES: u64 = 16 << 20;
+
+const BYTES_USED: &str = "__secureclaw_bytes_used";
+
 /// The name shell templates are rendered under; it selects shell quoting as their auto-escape.
 const SHELL_TEMPLATE: &str = "shell-step.sh";
 const SHELL_ESCAPE: AutoEscape = AutoEscape::Custom("shell");
@@ -66,6 +73,7 @@ impl Templates {
         // is data, never code. `| raw` opts out (the rendered command is classified again);
         // `| words` makes one quoted word per whitespace-separated item or list element.
         env.set_formatter(|out, state, value| {
+            bounded::charge(state, bounded::text_len(value, 0))?;
             if value.kind() == ValueKind::Bool {
                 return out
                     .write_str(if value.is_true() { "true" } else { "false" })
@@ -107,6 +115,7 @@ impl Templates {
                 Ok(JinjaValue::from_safe_string(quoted.join(" ")))
             },
         );
+        bounded::register(&mut env);
         Templates { env }
     }
 
@@ -115,8 +124,7 @@ impl Templates {
         if !Self::is_template(text) {
             return Ok(text.to_string());
         }
-        self.env
-            .render_named_str(SHELL_TEMPLATE, text, ctx)
+        bounded::render(&self.env, SHELL_TEMPLATE, SHELL_ESCAPE, text, ctx)
             .map_err(|e| to_error(&e, text))
     }
 
@@ -129,20 +137,21 @@ impl Templates {
         if !Self::is_template(text) {
             return Ok(text.to_string());
         }
-        self.env
-            .render_str(text, ctx)
+        bounded::render(&self.env, "<string>", AutoEscape::None, text, ctx)
             .map_err(|e| to_error(&e, text))
     }
 
     /// Evaluate an `if:` condition. Accepts a bare expression or one wrapped in `{{ }}`.
     pub fn eval_condition(&self, expr: &str, ctx: &JinjaValue) -> Result<bool, TemplateError> {
         let expr = strip_braces(expr);
-        let compiled = self
-            .env
+        // Syntax errors are reported against the expression as written.
+        self.env
             .compile_expression(expr)
             .map_err(|e| to_error(&e, expr))?;
-        let v = compiled.eval(ctx).map_err(|e| to_error(&e, expr))?;
-        Ok(v.is_true())
+        let probe = format!("{{% if ({expr}) %}}t{{% endif %}}");
+        let v = bounded::render(&self.env, "<condition>", AutoEscape::None, &probe, ctx)
+            .map_err(|e| to_error(&e, expr))?;
+        Ok(v == "t")
     }
 
     /// Check a template's references against what is declared and upstream. Returns problems as
@@ -201,7 +210,7 @@ impl Templates {
             env => JinjaValue::from_serialize(cx.env_names.iter().map(|n| (n.clone(), "")).collect::<BTreeMap<_, _>>()),
             steps => JinjaValue::from_dyn_object(probe.clone()),
         };
-        let rendered = tmpl.render(&ctx);
+        let rendered = bounded::render(&self.env, "<check>", AutoEscape::None, &source, &ctx);
         let seen = probe.seen.lock().map(|s| s.clone()).unwrap_or_default();
         for id in &seen {
             cx.check_step(id, None, &mut problems);
@@ -558,6 +567,62 @@ mod tests {
     }
 
     #[test]
+    fn templates_that_build_huge_text_hit_the_byte_limit() {
+        let t = Templates::new();
+        let ctx = minijinja::context! { inputs => minijinja::context!{ big => "y".repeat(1 << 20), lines => "y\n".repeat(100_000), n => 100_000_000 } };
+        let bombs = [
+            "{% set a = 'x' * 100000000 %}{{ a | length }}",
+            "{% set a = 'x' * 10000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{% set d = c ~ c %}{{ d | length }}",
+            "{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ inputs.big %}{% endfor %}",
+            "{{ (['x' * 1000000] * 1000) | join('') | length }}",
+            "{{ range(100000) | join(inputs.big) | length }}",
+            "{{ inputs.big | replace('y', inputs.big) | length }}",
+            "{{ inputs.lines | indent(1000) | length }}",
+            "{% set ns = namespace(l=[inputs.big]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | join | length }}",
+            "{% for i in range(100000) %}{% for j in range(100) %}{{ inputs.big }}{% endfor %}{% endfor %}",
+            "{{ inputs.big * inputs.n }}",
+            "{{ ('%s' * 20) | format(inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big) }}",
+            "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = ns.l + [inputs.big | upper] %}{% endfor %}",
+            "{{ inputs.big | escape | escape | escape | list | length }}",
+        ];
+        for bomb in bombs {
+            let err = match t.render(bomb, &ctx) {
+                Err(e) => e,
+                Ok(v) => panic!("{bomb} rendered {} bytes", v.len()),
+            };
+            assert!(
+                err.message.contains("MiB of text") || err.message.contains("too large"),
+                "{bomb}: {err}"
+            );
+            let err = t.render_shell(bomb, &ctx).unwrap_err();
+            assert!(
+                err.message.contains("MiB of text") || err.message.contains("too large"),
+                "{bomb}: {err}"
+            );
+            assert!(
+                t.eval_condition(
+                    &format!(
+                        "({}) is defined",
+                        bomb.trim_start_matches("{{").trim_end_matches("}}")
+                    ),
+                    &ctx
+                )
+                .is_err()
+                    || bomb.starts_with("{%"),
+                "{bomb}"
+            );
+        }
+        // Ordinary templates are untouched.
+        assert_eq!(t.render("{{ 'ab' ~ 'cd' }} {{ 2 * 3 }} {{ [1] + [2] }} {{ 7 % 4 }} {{ ['a','b'] | join(',') }}", &ctx).unwrap(), "abcd 6 [1, 2] 3 a,b");
+        assert_eq!(
+            t.render("{{ 'x' * 3 }}{{ 3 * 'y' }}", &ctx).unwrap(),
+            "xxxyyy"
+        );
+        assert!(t.eval_condition("inputs.n > 5", &ctx).unwrap());
+    }
+
+    #[test]
     fn runaway_loops_run_out_of_fuel() {
         let t = Templates::new();
         let ctx = minijinja::context! {};
@@ -566,5 +631,337 @@ mod tests {
             &ctx,
         );
         assert!(r.is_err());
+    }
+}
+
+/// Rendering with a byte budget. minijinja has no hook on its operators, so the template is
+/// compiled here and the instructions that can make big strings from small ones (`~`, `*`, `+`,
+/// `%` and the text-making filters) are swapped for calls to functions that charge the size of
+/// their result against [`TEMPLATE_BYTES`] before building it.
+mod bounded {
+    use std::sync::OnceLock;
+
+    use minijinja::machinery::{CodeGenerator, Instruction, Instructions, Vm, WhitespaceConfig};
+    use minijinja::value::{Value, ValueKind};
+    use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
+
+    use super::{BYTES_USED, TEMPLATE_BYTES};
+
+    const CONCAT: &str = "__secureclaw_concat";
+    const MUL: &str = "__secureclaw_mul";
+    const ADD: &str = "__secureclaw_add";
+    const REM: &str = "__secureclaw_rem";
+
+    /// Filters whose result can be much larger than their input, or a copy of it: (name, the
+    /// function standing in for it, how many times the input's size the result may be).
+    const FILTERS: &[(&str, &str, u64)] = &[
+        ("join", "__secureclaw_filter_join", 1),
+        ("replace", "__secureclaw_filter_replace", 1),
+        ("indent", "__secureclaw_filter_indent", 1),
+        ("format", "__secureclaw_filter_format", 1),
+        ("escape", "__secureclaw_filter_escape", 6),
+        ("e", "__secureclaw_filter_e", 6),
+        ("tojson", "__secureclaw_filter_tojson", 6),
+        ("pprint", "__secureclaw_filter_pprint", 2),
+        ("string", "__secureclaw_filter_string", 1),
+        ("list", "__secureclaw_filter_list", 32),
+        ("reverse", "__secureclaw_filter_reverse", 1),
+        ("upper", "__secureclaw_filter_upper", 1),
+        ("lower", "__secureclaw_filter_lower", 1),
+        ("title", "__secureclaw_filter_title", 1),
+        ("capitalize", "__secureclaw_filter_capitalize", 1),
+        ("sort", "__secureclaw_filter_sort", 1),
+        ("unique", "__secureclaw_filter_unique", 1),
+        ("split", "__secureclaw_filter_split", 4),
+        ("lines", "__secureclaw_filter_lines", 4),
+        ("batch", "__secureclaw_filter_batch", 2),
+        ("slice", "__secureclaw_filter_slice", 2),
+        ("words", "__secureclaw_filter_words", 4),
+        ("quote", "__secureclaw_filter_quote", 4),
+        ("raw", "__secureclaw_filter_raw", 1),
+    ];
+
+    fn too_big() -> Error {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the template builds more than {} MiB of text (the limit for one template)",
+                TEMPLATE_BYTES >> 20
+            ),
+        )
+    }
+
+    /// Count `bytes` against this rendering's budget.
+    pub fn charge(state: &State<'_, '_>, bytes: u64) -> Result<(), Error> {
+        let used = state
+            .get_temp(BYTES_USED)
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
+        let total = used.saturating_add(bytes);
+        if total > TEMPLATE_BYTES {
+            return Err(too_big());
+        }
+        state.set_temp(BYTES_USED, Value::from(total));
+        Ok(())
+    }
+
+    /// The length of a value's text, without building it; anything over the budget counts as
+    /// the budget plus one.
+    pub fn text_len(v: &Value, depth: usize) -> u64 {
+        let over = TEMPLATE_BYTES + 1;
+        match v.kind() {
+            ValueKind::String => v.as_str().map_or(0, |s| s.len() as u64),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable | ValueKind::Plain => {
+                if depth > 32 {
+                    return over;
+                }
+                if let Some(n) = v.len()
+                    && n as u64 > TEMPLATE_BYTES
+                {
+                    return over;
+                }
+                let Ok(items) = v.try_iter() else {
+                    return 64;
+                };
+                let mut total: u64 = 2;
+                for item in items {
+                    total = total.saturating_add(text_len(&item, depth + 1) + 2);
+                    if v.kind() == ValueKind::Map
+                        && let Ok(value) = v.get_item(&item)
+                    {
+                        total = total.saturating_add(text_len(&value, depth + 1) + 2);
+                    }
+                    if total > TEMPLATE_BYTES {
+                        return over;
+                    }
+                }
+                total
+            }
+            _ => 32,
+        }
+    }
+
+    /// The plain environment that performs the real operations once they are paid for.
+    fn arith() -> &'static Environment<'static> {
+        static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let mut env = Environment::new();
+            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+            env
+        })
+    }
+
+    fn operate(op: &str, a: Value, b: Value) -> Result<Value, Error> {
+        arith()
+            .compile_expression(op)?
+            .eval(minijinja::context! { a => a, b => b })
+    }
+
+    fn defined(a: &Value, b: &Value) -> Result<(), Error> {
+        if a.is_undefined() || b.is_undefined() {
+            return Err(Error::new(ErrorKind::UndefinedError, "undefined value"));
+        }
+        Ok(())
+    }
+
+    fn repeat_count(v: &Value) -> Option<u64> {
+        (v.kind() == ValueKind::Number)
+            .then(|| u64::try_from(v.clone()).ok())
+            .flatten()
+    }
+
+    pub fn register(env: &mut Environment<'static>) {
+        env.add_filter(NO_FOLD, |v: Value| v);
+        env.add_function(CONCAT, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            Ok::<_, Error>(Value::from(format!("{a}{b}")))
+        });
+        env.add_function(MUL, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            let size = match (repeat_count(&a), repeat_count(&b)) {
+                (Some(n), None) => text_len(&b, 0).saturating_mul(n),
+                (None, Some(n)) => text_len(&a, 0).saturating_mul(n),
+                _ => 0,
+            };
+            charge(state, size)?;
+            operate("a * b", a, b)
+        });
+        env.add_function(ADD, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            if a.kind() != ValueKind::Number || b.kind() != ValueKind::Number {
+                charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            }
+            operate("a + b", a, b)
+        });
+        env.add_function(REM, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            if a.kind() == ValueKind::String {
+                charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            }
+            operate("a % b", a, b)
+        });
+        for &(filter, function, factor) in FILTERS {
+            env.add_function(
+                function,
+                move |state: &State<'_, '_>, args: minijinja::value::Rest<Value>| {
+                    let mut size: u64 = 0;
+                    for a in args.iter() {
+                        size = size.saturating_add(text_len(a, 0));
+                    }
+                    size = size.saturating_mul(factor);
+                    // The filters whose output grows with one argument times another.
+                    match filter {
+                        "join" => {
+                            let items = args.first().and_then(Value::len).unwrap_or(0) as u64;
+                            let sep = args.get(1).map_or(0, |s| text_len(s, 0));
+                            size = size.saturating_add(items.saturating_mul(sep));
+                        }
+                        "replace" => {
+                            if let (Some(s), Some(old), Some(new)) = (
+                                args.first().and_then(Value::as_str),
+                                args.get(1).and_then(Value::as_str),
+                                args.get(2).map(|n| text_len(n, 0)),
+                            ) {
+                                let hits = if old.is_empty() {
+                                    s.chars().count() as u64 + 1
+                                } else {
+                                    s.matches(old).count() as u64
+                                };
+                                size = size.saturating_add(hits.saturating_mul(new));
+                            }
+                        }
+                        "indent" => {
+                            let lines = args
+                                .first()
+                                .and_then(Value::as_str)
+                                .map_or(1, |s| s.lines().count() as u64 + 1);
+                            let width = args.get(1).map_or(0, |w| match w.as_str() {
+                                Some(t) => t.len() as u64,
+                                None => u64::try_from(w.clone()).unwrap_or(TEMPLATE_BYTES),
+                            });
+                            size = size.saturating_add(lines.saturating_mul(width));
+                        }
+                        _ => {}
+                    }
+                    charge(state, size)?;
+                    state.apply_filter(filter, &args)
+                },
+            );
+        }
+    }
+
+    /// Swap the size-making instructions for their charging stand-ins.
+    fn patch(instructions: &mut Instructions<'_>) {
+        for i in 0..instructions.len() {
+            let Ok(idx) = u32::try_from(i) else { break };
+            let Some(instr) = instructions.get_mut(idx) else {
+                continue;
+            };
+            let swap = match instr {
+                Instruction::StringConcat => Some(Instruction::CallFunction(CONCAT, Some(2))),
+                Instruction::Mul => Some(Instruction::CallFunction(MUL, Some(2))),
+                Instruction::Add => Some(Instruction::CallFunction(ADD, Some(2))),
+                Instruction::Rem => Some(Instruction::CallFunction(REM, Some(2))),
+                Instruction::ApplyFilter(name, args, _) => FILTERS
+                    .iter()
+                    .find(|(f, _, _)| f == name)
+                    .map(|(_, function, _)| Instruction::CallFunction(function, *args)),
+                _ => None,
+            };
+            if let Some(new) = swap {
+                *instr = new;
+            }
+        }
+    }
+
+    const NO_FOLD: &str = "__secureclaw_nofold";
+
+    fn whitespace() -> WhitespaceConfig {
+        WhitespaceConfig {
+            keep_trailing_newline: true,
+            lstrip_blocks: false,
+            trim_blocks: false,
+        }
+    }
+
+    /// minijinja folds operations on literals while compiling (`'x' * 100000000 ~ …` would be
+    /// built before any instruction runs): when a template uses an operator at all, each literal
+    /// is passed through a no-op filter, so nothing is constant and every operation is charged.
+    fn defuse(source: &str) -> std::borrow::Cow<'_, str> {
+        use minijinja::machinery::Token;
+        let Ok(tokens) = minijinja::machinery::tokenize(
+            source,
+            false,
+            minijinja::syntax::SyntaxConfig,
+            whitespace(),
+        )
+        .collect::<Result<Vec<_>, _>>() else {
+            return source.into();
+        };
+        let operators = tokens.iter().any(|(t, _)| {
+            matches!(
+                t,
+                Token::Mul | Token::Tilde | Token::Plus | Token::Mod | Token::Pow | Token::Minus
+            )
+        });
+        if !operators {
+            return source.into();
+        }
+        let mut out = String::with_capacity(source.len() * 2);
+        let mut at = 0usize;
+        for (token, span) in &tokens {
+            if !matches!(
+                token,
+                Token::Str(_)
+                    | Token::String(_)
+                    | Token::Int(_)
+                    | Token::Int128(_)
+                    | Token::Float(_)
+            ) {
+                continue;
+            }
+            let (start, end) = (span.start_offset as usize, span.end_offset as usize);
+            let (Some(before), Some(literal)) = (source.get(at..start), source.get(start..end))
+            else {
+                return source.into();
+            };
+            out.push_str(before);
+            out.push('(');
+            out.push_str(literal);
+            out.push('|');
+            out.push_str(NO_FOLD);
+            out.push(')');
+            at = end;
+        }
+        out.push_str(source.get(at..).unwrap_or_default());
+        out.into()
+    }
+
+    pub fn render(
+        env: &Environment<'static>,
+        name: &str,
+        auto_escape: AutoEscape,
+        source: &str,
+        ctx: &Value,
+    ) -> Result<String, Error> {
+        let source = &*defuse(source);
+        let ast = minijinja::machinery::parse(
+            source,
+            name,
+            minijinja::syntax::SyntaxConfig,
+            whitespace(),
+        )?;
+        let mut generator = CodeGenerator::new(name, source);
+        generator.compile_stmt(&ast);
+        let (mut instructions, mut blocks) = generator.finish();
+        patch(&mut instructions);
+        for block in blocks.values_mut() {
+            patch(block);
+        }
+        let mut text = String::new();
+        let mut out = minijinja::machinery::make_string_output(&mut text);
+        Vm::new(env).eval(&instructions, ctx.clone(), &blocks, &mut out, auto_escape)?;
+        Ok(text)
     }
 }

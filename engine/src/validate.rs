@@ -676,14 +676,28 @@ impl<'a> Semantics<'a> {
         }
         // Ancestor sets in topological order: anc[v] = ∪ (anc[p] ∪ {p}) over parents p. A set is
         // dropped as soon as its last dependent has used it, so a long chain holds two at a time.
+        // Only a step with templates, or an ancestor of one, needs its set at all.
+        let mut wanted = needs_templates.clone();
+        for &v in order.iter().rev() {
+            if wanted[v] {
+                for &p in &deps[v] {
+                    wanted[p] = true;
+                }
+            }
+        }
         let mut dependents_left: Vec<usize> = vec![0; n];
-        for ds in deps {
-            for &d in ds {
-                dependents_left[d] += 1;
+        for (v, ds) in deps.iter().enumerate() {
+            if wanted[v] {
+                for &d in ds {
+                    dependents_left[d] += 1;
+                }
             }
         }
         let mut anc: Vec<Option<std::sync::Arc<FixedBitSet>>> = vec![None; n];
         for &v in order {
+            if !wanted[v] {
+                continue;
+            }
             let mut set = FixedBitSet::with_capacity(n);
             for &p in &deps[v] {
                 set.insert(p);
