@@ -151,13 +151,21 @@ steps:
     write: { path: got.txt, content: "{{ inputs.who }}/{{ inputs.days }}" }
 "#;
 
+/// Arguments, stdin, environment, and the value the step must see.
+type SourceCase<'a> = (
+    Vec<String>,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+);
+
 #[test]
 fn inputs_come_from_a_file_stdin_or_the_environment() {
     let ws = Ws::new();
     let wf = ws.file("echo.yaml", ECHO);
     let yaml = ws.file("in.yaml", "who: from yaml\ndays: 7\n");
     let json = ws.file("in.json", r#"{"who": "from json", "days": "8"}"#);
-    let cases: Vec<(Vec<String>, Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<SourceCase<'_>> = vec![
         (
             vec!["--input-file".into(), yaml.display().to_string()],
             None,

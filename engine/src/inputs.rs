@@ -277,10 +277,15 @@ impl Secrets {
                     .collect(),
             ),
             other if self.is_empty() => other.clone(),
-            other => match self.scrub(&other.to_string()) {
-                s if s == other.to_string() => other.clone(),
-                s => Value::String(s),
-            },
+            other => {
+                let text = other.to_string();
+                let scrubbed = self.scrub(&text);
+                if scrubbed == text {
+                    other.clone()
+                } else {
+                    Value::String(scrubbed)
+                }
+            }
         }
     }
 

@@ -402,7 +402,7 @@ impl Engine {
                     pre_manifest: None,
                     post_manifest: None,
                     write_seq: None,
-                    compensate: s.compensate.clone(),
+                    compensate: s.compensate.as_deref().cloned(),
                     network: s.network.clone(),
                 })
                 .collect(),
@@ -708,14 +708,14 @@ impl Engine {
                 inverse = crate::revert::inverse_json(
                     rec.inverse,
                     &c.changes,
-                    wf.workflow.steps[i].compensate.as_ref(),
+                    wf.workflow.steps[i].compensate.as_deref(),
                 );
                 rec.changes = Some(c.changes);
             } else if rec.kind == ActionKind::Http {
                 inverse = crate::revert::inverse_json(
                     rec.inverse,
                     &ChangeSet::default(),
-                    wf.workflow.steps[i].compensate.as_ref(),
+                    wf.workflow.steps[i].compensate.as_deref(),
                 );
             }
             let wrote = rec.changes.as_ref().is_some_and(|c| !c.is_empty());
