@@ -369,3 +369,42 @@ fn a_state_dir_in_the_workspace_or_around_it_is_refused_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn a_glob_read_never_lists_the_state_dir_whatever_the_workspace_spelling() {
+    let site = Site::new();
+    let before = site.header();
+    std::fs::write(site.ws().join("visible.txt"), "x").unwrap();
+    let wf = site.file(
+        "glob.yaml",
+        "version: 1\nname: glob\nsteps:\n  - { id: g, read: { glob: '**' } }\n  - { id: h, read: { glob: '.*/*' } }\n",
+    );
+    for (cwd, spelling) in [
+        (site.ws(), "."),
+        (site.root().to_path_buf(), "ws"),
+        (site.root().to_path_buf(), "./ws/"),
+    ] {
+        let out = site.run_in(&cwd, &wf, &["-w".as_ref(), spelling.as_ref()]);
+        assert!(out.status.success(), "{spelling}: {}", stderr(&out));
+        let show = bin()
+            .args(["show", "last", "--json", "--state-dir"])
+            .arg(site.state())
+            .output()
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        let outputs: Vec<String> = record["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["output"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            outputs[0].contains("visible.txt"),
+            "{spelling}: {outputs:?}"
+        );
+        for o in &outputs {
+            assert!(!o.contains(".secureclaw"), "{spelling}: {o}");
+        }
+        site.assert_vault_intact(&before);
+    }
+}

@@ -599,7 +599,9 @@ impl Engine {
                 record.steps[i].tier = risk.tier;
                 record.steps[i].rule = risk.rule.clone();
                 if risk.needs_approval() {
-                    let decision = self.approve(&record, &risk, step, &rendered).await;
+                    let decision = self
+                        .approve(&record, &risk, step, &secrets.scrub(&rendered.summary()))
+                        .await;
                     let entry = self
                         .store
                         .entry(kind::APPROVAL_GIVEN)
@@ -862,7 +864,7 @@ impl Engine {
         record: &RunRecord,
         risk: &NodeRisk,
         step: &Step,
-        rendered: &Rendered,
+        summary: &str,
     ) -> Result<String, (StepState, String)> {
         let covered = record
             .approval
@@ -881,7 +883,7 @@ impl Engine {
             } else {
                 risk.reason.clone()
             },
-            summary: rendered.summary(),
+            summary: summary.to_string(),
             network: step.network.clone(),
         };
         (self.events)(&RunEvent::ApprovalNeeded {
