@@ -262,7 +262,13 @@ fn strip_braces(expr: &str) -> &str {
 fn to_error(e: &minijinja::Error, text: &str) -> TemplateError {
     let line = e.line();
     let col = e.range().map(|r| {
-        let before = &text[..r.start.min(text.len())];
+        // The range may come from the rendered (defused) form of the text: never slice inside
+        // a character.
+        let mut end = r.start.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &text[..end];
         before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1
     });
     let detail = e
@@ -620,6 +626,25 @@ mod tests {
             "xxxyyy"
         );
         assert!(t.eval_condition("inputs.n > 5", &ctx).unwrap());
+    }
+
+    #[test]
+    fn errors_in_templates_with_operators_and_wide_characters_are_located_without_panicking() {
+        let t = Templates::new();
+        let ctx = minijinja::context! { inputs => minijinja::context!{ n => 1 } };
+        for text in [
+            "héllo wörld {{ 'é' ~ 'ü' ~ inputs.nope }}",
+            "日本語 {{ 1 + 'x' }}",
+            "{{ '€' * 2 }} {{ inputs.n + }}",
+        ] {
+            let err = t.render(text, &ctx).unwrap_err();
+            assert!(!err.message.is_empty(), "{text}");
+            assert!(t.render_shell(text, &ctx).is_err(), "{text}");
+        }
+        assert_eq!(
+            t.render("{{ 'é' ~ 'ü' }} {{ '€' * 2 }}", &ctx).unwrap(),
+            "éü €€"
+        );
     }
 
     #[test]
