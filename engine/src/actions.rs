@@ -59,7 +59,7 @@ pub fn read_file(jail: &Confinement, rel: &str, limit: u64) -> Result<String, Ac
         inside
     };
     let root_fd = std::fs::File::open(jail.root()).map_err(io(rel))?;
-    let fd = rustix::fs::openat2(
+    let file = match rustix::fs::openat2(
         &root_fd,
         inside,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
@@ -67,9 +67,19 @@ pub fn read_file(jail: &Confinement, rel: &str, limit: u64) -> Result<String, Ac
         rustix::fs::ResolveFlags::BENEATH
             | rustix::fs::ResolveFlags::NO_SYMLINKS
             | rustix::fs::ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(|e| io(rel)(e.into()))?;
-    let file = std::fs::File::from(fd);
+    ) {
+        Ok(fd) => std::fs::File::from(fd),
+        // Kernels before 5.6: the checked path, refusing a final symlink at least.
+        Err(rustix::io::Errno::NOSYS) => {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(io(rel))?
+        }
+        Err(e) => return Err(io(rel)(e.into())),
+    };
     let meta = file.metadata().map_err(io(rel))?;
     if meta.len() > limit {
         return Err(ActionError::TooLarge {
@@ -426,6 +436,51 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(addrs[0].ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn file_actions_never_touch_the_state_dir() {
+        let ws = tempfile::tempdir().unwrap();
+        let state = ws.path().join(".secureclaw");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("vault.header.json"), "{\"format\":1}").unwrap();
+        std::fs::write(ws.path().join("ok.txt"), "fine").unwrap();
+        std::os::unix::fs::symlink(".secureclaw", ws.path().join("st")).unwrap();
+        std::os::unix::fs::symlink("ok.txt", ws.path().join("alias")).unwrap();
+        let jail = Confinement::new(ws.path(), Some(&state)).unwrap();
+        for rel in [
+            ".secureclaw/vault.header.json",
+            "st/vault.header.json",
+            "./st/./vault.header.json",
+        ] {
+            assert!(read_file(&jail, rel, 1024).is_err(), "{rel}");
+            assert!(write_file(&jail, rel, "{}", false, None).is_err(), "{rel}");
+            assert!(write_file(&jail, rel, "{}", true, None).is_err(), "{rel}");
+            assert!(
+                patch_file(
+                    &jail,
+                    rel,
+                    "--- a\n+++ b\n@@ -1 +1 @@\n-{\"format\":1}\n+{}\n"
+                )
+                .is_err(),
+                "{rel}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(state.join("vault.header.json")).unwrap(),
+            "{\"format\":1}"
+        );
+        assert_eq!(read_file(&jail, "alias", 1024).unwrap(), "fine");
+        assert!(
+            glob(&jail, "**")
+                .unwrap()
+                .iter()
+                .all(|p| !p.starts_with(".secureclaw"))
+        );
+        assert!(matches!(
+            read_file(&jail, "ok.txt", 2),
+            Err(ActionError::TooLarge { .. })
+        ));
     }
 
     #[test]
