@@ -30,8 +30,13 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "file")]
     pub instruction: Option<String>,
     /// Set an input: `--input days=7` (repeatable). Values are parsed to the declared type.
+    /// `NAME=@env:VAR` takes the value from the environment variable VAR, `NAME=@-` from stdin
+    /// (keep secrets out of `ps`); `NAME=@@x` is the literal `@x`.
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
+    /// Read inputs from a YAML or JSON mapping of name to value (`-`: stdin); `--input` wins.
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
     /// Directory the steps work in [default: current directory].
     #[arg(long, short = 'w')]
     pub workspace: Option<PathBuf>,
@@ -165,7 +170,7 @@ async fn run_once(
     let Some(wf) = load(&file) else {
         return Ok(exit::INVALID);
     };
-    let inputs = match secureclaw_engine::inputs::resolve(&wf.workflow, &args.inputs) {
+    let inputs = match resolve_inputs(&wf.workflow, args) {
         Ok(i) => i,
         Err(errs) => {
             for e in errs {
@@ -191,6 +196,14 @@ async fn run_once(
         anyhow::bail!("workspace {} is not a directory", workspace.display());
     }
     let state = state_dir(args.state_dir.as_ref(), &workspace);
+    if let Err(why) = check_state_layout(&workspace, &state) {
+        eprintln!("{} {why}", style("error:").red().bold());
+        eprintln!(
+            "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
+            style("hint:").cyan()
+        );
+        return Ok(exit::INVALID);
+    }
     let backend = match args.sandbox {
         Some(BackendArg::Native) => Backend::Native,
         Some(BackendArg::Host) => Backend::Host,
@@ -253,7 +266,11 @@ async fn run_once(
         sandbox,
         approver,
         policy,
-        events: display.sink(),
+        events: Arc::new(secureclaw_engine::inputs::Secrets::new(
+            &wf.workflow,
+            &inputs,
+        ))
+        .wrap(display.sink()),
         store,
     };
     let (risk_model, risk_status) = secureclaw_llm::load_risk_model();
@@ -352,6 +369,113 @@ fn label<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// A path made absolute and free of symlinks and `..`, also when its tail does not exist yet:
+/// the longest existing ancestor is canonicalised and the rest appended.
+fn canonical_lenient(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                match *part {
+                    p if p == ".." => {
+                        out.pop();
+                    }
+                    p if p == "." => {}
+                    p => out.push(p),
+                }
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
+/// Where the state dir may be: the default `WORKSPACE/.secureclaw` (hidden from steps) or
+/// outside the workspace. Anywhere else inside it, a step could see or change the vault, and a
+/// rollback of the step would treat the vault's own files as the step's changes; a workspace
+/// inside the state dir would put the vault itself in the steps' reach.
+pub fn check_state_layout(workspace: &Path, state: &Path) -> Result<(), String> {
+    let ws = canonical_lenient(workspace)
+        .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
+    let st = canonical_lenient(state).map_err(|e| format!("state dir {}: {e}", state.display()))?;
+    if st == ws.join(secureclaw_engine::workspace::STATE_DIR_NAME) {
+        return Ok(());
+    }
+    if st == ws {
+        return Err(format!(
+            "the state dir {} is the workspace itself: steps would reach the vault and a rollback could delete it",
+            state.display()
+        ));
+    }
+    if st.starts_with(&ws) {
+        return Err(format!(
+            "the state dir {} is inside the workspace {} (only the default `{}` is hidden from steps)",
+            state.display(),
+            workspace.display(),
+            secureclaw_engine::workspace::STATE_DIR_NAME
+        ));
+    }
+    if ws.starts_with(&st) {
+        return Err(format!(
+            "the workspace {} is inside the state dir {}: steps would reach the vault",
+            workspace.display(),
+            state.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The run's inputs from `--input-file`, `--input` (with `@-` and `@env:`) and the defaults.
+fn resolve_inputs(
+    wf: &secureclaw_engine::model::Workflow,
+    args: &RunArgs,
+) -> Result<
+    std::collections::BTreeMap<String, serde_json::Value>,
+    Vec<secureclaw_engine::inputs::InputError>,
+> {
+    use secureclaw_engine::inputs::{InputError, InputSources};
+    use std::io::Read as _;
+    let read_stdin = || {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    };
+    let from_stdin = args.input_file.as_deref() == Some(Path::new("-"));
+    let file = match &args.input_file {
+        None => None,
+        Some(_) if from_stdin => {
+            Some(read_stdin().map_err(|e| vec![InputError::File(format!("reading stdin: {e}"))])?)
+        }
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| vec![InputError::File(format!("{}: {e}", path.display()))])?,
+        ),
+    };
+    let mut stdin = move || {
+        if from_stdin {
+            Err(std::io::Error::other("stdin already feeds --input-file -"))
+        } else {
+            read_stdin()
+        }
+    };
+    secureclaw_engine::inputs::resolve_sources(
+        wf,
+        InputSources {
+            file,
+            pairs: &args.inputs,
+            stdin: Some(&mut stdin),
+        },
+    )
+}
+
 /// Who the ledger says acted.
 pub fn actor() -> String {
     format!(
@@ -368,6 +492,7 @@ pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             None => std::env::current_dir()?,
         };
         let state = state_dir(args.run.state_dir.as_ref(), &workspace);
+        check_state_layout(&workspace, &state).map_err(anyhow::Error::msg)?;
         let Some(file) = args.run.file.clone() else {
             anyhow::bail!("watch needs a workflow file (plan one first with `secureclaw plan -o`)");
         };

@@ -172,7 +172,7 @@ inputs:
   cmd: { type: string, default: "ls" }
 steps:
   - id: run
-    shell: "{{ inputs.cmd }}"
+    shell: "{{ inputs.cmd | raw }}"
 "#,
     );
     let out = ws.run(&wf, &["--input", "cmd=rm -rf keep"]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::model::HttpAction;
-use crate::workspace::{self, PathError};
+use crate::workspace::{self, Confinement, PathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -47,9 +47,40 @@ fn io(path: &str) -> impl FnOnce(std::io::Error) -> ActionError + '_ {
     }
 }
 
-pub fn read_file(root: &Path, rel: &str, limit: u64) -> Result<String, ActionError> {
-    let path = workspace::resolve_read(root, rel)?;
-    let meta = std::fs::metadata(&path).map_err(io(rel))?;
+pub fn read_file(jail: &Confinement, rel: &str, limit: u64) -> Result<String, ActionError> {
+    use std::io::Read as _;
+    let path = workspace::resolve_read(jail, rel)?;
+    // Open exactly the checked location: a step running beside this read cannot swap a
+    // component for a symlink between the check and the open.
+    let inside = path.strip_prefix(jail.root()).unwrap_or(Path::new("."));
+    let inside = if inside.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        inside
+    };
+    let root_fd = std::fs::File::open(jail.root()).map_err(io(rel))?;
+    let file = match rustix::fs::openat2(
+        &root_fd,
+        inside,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        rustix::fs::ResolveFlags::BENEATH
+            | rustix::fs::ResolveFlags::NO_SYMLINKS
+            | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => std::fs::File::from(fd),
+        // Kernels before 5.6: the checked path, refusing a final symlink at least.
+        Err(rustix::io::Errno::NOSYS) => {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(io(rel))?
+        }
+        Err(e) => return Err(io(rel)(e.into())),
+    };
+    let meta = file.metadata().map_err(io(rel))?;
     if meta.len() > limit {
         return Err(ActionError::TooLarge {
             path: rel.into(),
@@ -57,12 +88,24 @@ pub fn read_file(root: &Path, rel: &str, limit: u64) -> Result<String, ActionErr
             limit,
         });
     }
-    let bytes = std::fs::read(&path).map_err(io(rel))?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io(rel))?;
+    if bytes.len() as u64 > limit {
+        return Err(ActionError::TooLarge {
+            path: rel.into(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Paths under `root` matching `pattern`, sorted; `.git` and `skip` (the state dir) excluded.
-pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<String>, ActionError> {
+/// Paths in the workspace matching `pattern`, sorted; `.git` and the state dir excluded.
+pub fn glob(jail: &Confinement, pattern: &str) -> Result<Vec<String>, ActionError> {
+    let root = jail.root();
+    let skip = jail.state_dir();
     let matcher = globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
@@ -80,7 +123,10 @@ pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<Strin
             let Ok(rel) = path.strip_prefix(root) else {
                 continue;
             };
-            if rel.as_os_str() == ".git" || skip.is_some_and(|s| path == s) {
+            if rel.as_os_str() == ".git"
+                || rel.as_os_str() == workspace::STATE_DIR_NAME
+                || skip.is_some_and(|s| path == s)
+            {
                 continue;
             }
             let ft = entry.file_type().map_err(io(pattern))?;
@@ -97,13 +143,14 @@ pub fn glob(root: &Path, pattern: &str, skip: Option<&Path>) -> Result<Vec<Strin
 }
 
 pub fn write_file(
-    root: &Path,
+    jail: &Confinement,
     rel: &str,
     content: &str,
     append: bool,
     mode: Option<&str>,
 ) -> Result<(), ActionError> {
-    let path = workspace::resolve(root, rel)?;
+    let root = jail.root();
+    let path = workspace::resolve(jail, rel)?;
     // Who must own what we create: the previous file's owner, or the workspace's.
     let owner = workspace::owner_of(&path).or_else(|| workspace::owner_of(root));
     let mut created_dirs = Vec::new();
@@ -115,7 +162,7 @@ pub fn write_file(
             .collect();
         std::fs::create_dir_all(parent).map_err(io(rel))?;
         // Re-check after creating directories: a racing symlink must not redirect the write.
-        workspace::resolve(root, rel)?;
+        workspace::resolve(jail, rel)?;
     }
     let mode = mode
         .map(|m| {
@@ -160,8 +207,8 @@ pub fn write_file(
     Ok(())
 }
 
-pub fn patch_file(root: &Path, rel: &str, diff: &str) -> Result<(), ActionError> {
-    let path = workspace::resolve(root, rel)?;
+pub fn patch_file(jail: &Confinement, rel: &str, diff: &str) -> Result<(), ActionError> {
+    let path = workspace::resolve(jail, rel)?;
     let original = std::fs::read_to_string(&path).map_err(io(rel))?;
     let patch = diffy::Patch::from_str(diff).map_err(|e| ActionError::Patch {
         path: rel.into(),
@@ -171,7 +218,7 @@ pub fn patch_file(root: &Path, rel: &str, diff: &str) -> Result<(), ActionError>
         path: rel.into(),
         message: e.to_string(),
     })?;
-    write_file(root, rel, &patched, false, None)
+    write_file(jail, rel, &patched, false, None)
 }
 
 pub struct HttpResult {
@@ -389,6 +436,51 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(addrs[0].ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn file_actions_never_touch_the_state_dir() {
+        let ws = tempfile::tempdir().unwrap();
+        let state = ws.path().join(".secureclaw");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("vault.header.json"), "{\"format\":1}").unwrap();
+        std::fs::write(ws.path().join("ok.txt"), "fine").unwrap();
+        std::os::unix::fs::symlink(".secureclaw", ws.path().join("st")).unwrap();
+        std::os::unix::fs::symlink("ok.txt", ws.path().join("alias")).unwrap();
+        let jail = Confinement::new(ws.path(), Some(&state)).unwrap();
+        for rel in [
+            ".secureclaw/vault.header.json",
+            "st/vault.header.json",
+            "./st/./vault.header.json",
+        ] {
+            assert!(read_file(&jail, rel, 1024).is_err(), "{rel}");
+            assert!(write_file(&jail, rel, "{}", false, None).is_err(), "{rel}");
+            assert!(write_file(&jail, rel, "{}", true, None).is_err(), "{rel}");
+            assert!(
+                patch_file(
+                    &jail,
+                    rel,
+                    "--- a\n+++ b\n@@ -1 +1 @@\n-{\"format\":1}\n+{}\n"
+                )
+                .is_err(),
+                "{rel}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(state.join("vault.header.json")).unwrap(),
+            "{\"format\":1}"
+        );
+        assert_eq!(read_file(&jail, "alias", 1024).unwrap(), "fine");
+        assert!(
+            glob(&jail, "**")
+                .unwrap()
+                .iter()
+                .all(|p| !p.starts_with(".secureclaw"))
+        );
+        assert!(matches!(
+            read_file(&jail, "ok.txt", 2),
+            Err(ActionError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -94,6 +94,11 @@ pub struct InputSpec {
     pub default: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A secret (a token, a password): its value is replaced by `[secret:NAME]` in step output,
+    /// run records, `show`, events and the ledger. Pass it with `--input-file`,
+    /// `--input NAME=@env:VAR` or `--input NAME=@-` (stdin), never on the command line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// Sandbox backend.
@@ -206,7 +211,7 @@ pub struct Step {
     pub network: Vec<String>,
     /// The action that undoes this step's external effect (for `http` steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensate: Option<Compensate>,
+    pub compensate: Option<Box<Compensate>>,
     /// Keep the step's workspace changes even if it fails (default: roll them back).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_on_failure: bool,
@@ -228,7 +233,7 @@ pub struct Step {
     pub shell: Option<String>,
     /// Make an HTTP request (tier `network_egress`; its host must be listed in `network`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpAction>,
+    pub http: Option<Box<HttpAction>>,
 }
 
 /// `retry: 3` or `retry: {attempts: 3, backoff: 2s}`.

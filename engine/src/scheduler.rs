@@ -8,7 +8,7 @@
 //! - cancellation (Ctrl-C) kills running steps and marks the run cancelled.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::record::{
 use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
 use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
+use crate::workspace::Confinement;
 
 /// The environment every step starts from; nothing is inherited from the engine.
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -378,10 +379,12 @@ fn resolve_grants(
         return Ok(vec![Vec::new(); n]);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
+    // Grants are canonical; so must be the state dir they are kept away from.
+    let state_dir = canonical_state_dir(&opts.state_dir);
     let resolve = |list: &[String]| -> Result<Vec<PathBuf>, EngineError> {
         list.iter()
             .map(|e| {
-                secureclaw_sandbox::grants::resolve(e, home.as_deref(), Some(&opts.state_dir))
+                secureclaw_sandbox::grants::resolve(e, home.as_deref(), Some(&state_dir))
                     .map_err(|e| EngineError::Policy(e.to_string()))
             })
             .collect()
@@ -435,6 +438,10 @@ impl Engine {
                 path: opts.workspace.clone(),
                 message: e.to_string(),
             })?;
+        // Both paths are compared component by component from here on (masking the state dir
+        // from shell steps, refusing it to engine-side actions): canonicalise once, so `-w .`,
+        // a relative `-w` or a symlinked workspace cannot make them differ by spelling.
+        let state_dir = canonical_state_dir(&opts.state_dir);
         if !self.sandbox.isolated() && !self.policy.allow_host {
             return Err(EngineError::Policy(
                 "policy forbids the unisolated `host` backend".into(),
@@ -442,6 +449,8 @@ impl Engine {
         }
         let step_grants = resolve_grants(wf, &opts, self.sandbox.isolated())?;
         let templates = Arc::new(Templates::new());
+        // Values of `secret: true` inputs never reach the record, the ledger or the events.
+        let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
         let n = wf.workflow.steps.len();
         let source = std::fs::read(&wf.file).unwrap_or_default();
         let mut record = RunRecord {
@@ -457,7 +466,7 @@ impl Engine {
             state: RunState::Running,
             message: None,
             pid: std::process::id(),
-            inputs: opts.inputs.clone(),
+            inputs: secrets.recorded_inputs(&opts.inputs),
             approval: self.plan_approval(wf),
             risk_model: Some(opts.risk_model_status.clone()),
             steps: wf
@@ -490,7 +499,7 @@ impl Engine {
                     pre_manifest: None,
                     post_manifest: None,
                     write_seq: None,
-                    compensate: s.compensate.clone(),
+                    compensate: s.compensate.as_deref().cloned(),
                     network: s.network.clone(),
                 })
                 .collect(),
@@ -499,7 +508,7 @@ impl Engine {
         };
         // Capture the workspace before anything runs, when anything may write to it.
         let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
-            let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &opts.state_dir)?;
+            let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &state_dir)?;
             let s2 = snap.clone();
             let first = blocking(move || {
                 let cache = s2.load_cache();
@@ -683,13 +692,15 @@ impl Engine {
                             continue;
                         }
                     };
-                record.steps[i].rendered = Some(rendered.to_json(step));
+                record.steps[i].rendered = Some(secrets.scrub_json(&rendered.to_json(step)));
                 // The tier of what will really run: templating can make a command more dangerous.
                 let risk = effective_risk(&wf.risk[i], &rendered, opts.risk_model.as_deref());
                 record.steps[i].tier = risk.tier;
                 record.steps[i].rule = risk.rule.clone();
                 if risk.needs_approval() {
-                    let decision = self.approve(&record, &risk, step, &rendered).await;
+                    let decision = self
+                        .approve(&record, &risk, step, &secrets.scrub(&rendered.summary()))
+                        .await;
                     let entry = self
                         .store
                         .entry(kind::APPROVAL_GIVEN)
@@ -733,7 +744,7 @@ impl Engine {
                     step: step.id.clone(),
                     attempt: 1,
                     tier: risk.tier,
-                    summary: rendered.summary(),
+                    summary: secrets.scrub(&rendered.summary()),
                 });
                 let job = StepJob {
                     index: i,
@@ -743,7 +754,7 @@ impl Engine {
                     allow_degraded,
                     image,
                     workspace: workspace.clone(),
-                    state_dir: opts.state_dir.clone(),
+                    state_dir: state_dir.clone(),
                     read_only: step_grants[i].clone(),
                     sandbox: self.sandbox.clone(),
                     events: self.events.clone(),
@@ -782,11 +793,11 @@ impl Engine {
             rec.state = f.state;
             rec.finished_at = Some(now_rfc3339());
             rec.duration_ms = Some(f.duration.as_millis() as u64);
-            rec.output = f.view.output.clone();
-            rec.stdout = f.view.stdout.clone();
-            rec.stderr = f.view.stderr.clone();
+            rec.output = secrets.scrub(&f.view.output);
+            rec.stdout = secrets.scrub(&f.view.stdout);
+            rec.stderr = secrets.scrub(&f.view.stderr);
             rec.exit_code = f.exit_code;
-            rec.reason = f.reason.clone();
+            rec.reason = f.reason.as_deref().map(|r| secrets.scrub(r));
             rec.enforcement = f.enforcement;
             rec.egress = f.egress;
             rec.attempts = f.attempts;
@@ -799,7 +810,7 @@ impl Engine {
                 inverse = crate::revert::inverse_json(
                     rec.inverse,
                     &c.changes,
-                    wf.workflow.steps[i].compensate.as_ref(),
+                    wf.workflow.steps[i].compensate.as_deref(),
                     &|what, data| self.store.digest(what, data),
                 );
                 rec.changes = Some(c.changes);
@@ -807,7 +818,7 @@ impl Engine {
                 inverse = crate::revert::inverse_json(
                     rec.inverse,
                     &ChangeSet::default(),
-                    wf.workflow.steps[i].compensate.as_ref(),
+                    wf.workflow.steps[i].compensate.as_deref(),
                     &|what, data| self.store.digest(what, data),
                 );
             }
@@ -835,7 +846,7 @@ impl Engine {
                 state: f.state,
                 duration_ms: f.duration.as_millis() as u64,
                 exit_code: f.exit_code,
-                reason: f.reason,
+                reason: rec.reason.clone(),
             });
             if f.state == StepState::Succeeded {
                 if let Ok(mut m) = results.0.write() {
@@ -955,7 +966,7 @@ impl Engine {
         record: &RunRecord,
         risk: &NodeRisk,
         step: &Step,
-        rendered: &Rendered,
+        summary: &str,
     ) -> Result<String, (StepState, String)> {
         let covered = record
             .approval
@@ -974,7 +985,7 @@ impl Engine {
             } else {
                 risk.reason.clone()
             },
-            summary: rendered.summary(),
+            summary: summary.to_string(),
             network: step.network.clone(),
         };
         (self.events)(&RunEvent::ApprovalNeeded {
@@ -1127,7 +1138,7 @@ fn render_step(
         }
     } else {
         Rendered::Shell {
-            command: r(step.shell.as_deref().unwrap_or_default())?,
+            command: t.render_shell(step.shell.as_deref().unwrap_or_default(), ctx)?,
             env: env_for(wf_env, step, t, inputs, steps)?,
         }
     })
@@ -1388,9 +1399,9 @@ fn egress_summary(events: &[secureclaw_sandbox::EgressEvent]) -> Value {
 }
 
 async fn attempt_once(job: &StepJob) -> Finished {
-    let ws = job.workspace.clone();
     let timeout = job.limits.timeout;
     let engine_side = async {
+        let ws = Confinement::new(&job.workspace, Some(&job.state_dir))?;
         match &job.rendered {
             Rendered::Read {
                 path: Some(p),
@@ -1398,8 +1409,7 @@ async fn attempt_once(job: &StepJob) -> Finished {
                 ..
             } => actions::read_file(&ws, p, *limit),
             Rendered::Read { glob, .. } => {
-                actions::glob(&ws, glob.as_deref().unwrap_or("**"), Some(&job.state_dir))
-                    .map(|v| v.join("\n"))
+                actions::glob(&ws, glob.as_deref().unwrap_or("**")).map(|v| v.join("\n"))
             }
             Rendered::Write {
                 path,
@@ -1610,6 +1620,21 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 )
             }
         }
+    }
+}
+
+/// The state dir's canonical path; one that does not exist yet is its canonical parent joined
+/// with its name.
+fn canonical_state_dir(state_dir: &Path) -> PathBuf {
+    if let Ok(c) = state_dir.canonicalize() {
+        return c;
+    }
+    match (state_dir.parent(), state_dir.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| state_dir.to_path_buf()),
+        _ => state_dir.to_path_buf(),
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use minijinja::value::{Object, Value as JinjaValue};
-use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Object, Value as JinjaValue, ValueKind};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::diag::did_you_mean;
@@ -45,22 +45,87 @@ impl Default for Templates {
 /// Fuel bounds the work one template may do, so a hostile loop cannot hang the engine.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
+/// Bytes of text one rendering may build, counted over every string it makes (concatenation,
+/// repetition, list building, the text-making filters, the rendered output): fuel counts
+/// instructions, and a few instructions can double a string until memory runs out.
+pub const TEMPLATE_BYTES: u64 = 16 << 20;
+
+const BYTES_USED: &str = "__secureclaw_bytes_used";
+
+/// The name shell templates are rendered under; it selects shell quoting as their auto-escape.
+const SHELL_TEMPLATE: &str = "shell-step.sh";
+const SHELL_ESCAPE: AutoEscape = AutoEscape::Custom("shell");
+
 impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_keep_trailing_newline(true);
-        // Workflows feed shells and YAML-minded humans: `false`, not Python's `False`.
+        env.set_auto_escape_callback(|name| {
+            if name == SHELL_TEMPLATE {
+                SHELL_ESCAPE
+            } else {
+                AutoEscape::None
+            }
+        });
+        // In a `shell:` command every interpolated value becomes exactly one shell word: a value
+        // is data, never code. `| raw` opts out (the rendered command is classified again);
+        // `| words` makes one quoted word per whitespace-separated item or list element.
         env.set_formatter(|out, state, value| {
-            if value.kind() == minijinja::value::ValueKind::Bool {
+            bounded::charge(state, bounded::text_len(value, 0))?;
+            if value.kind() == ValueKind::Bool {
                 return out
                     .write_str(if value.is_true() { "true" } else { "false" })
                     .map_err(minijinja::Error::from);
             }
+            if state.auto_escape() == SHELL_ESCAPE && !value.is_safe() {
+                if value.kind() == ValueKind::Number {
+                    return write!(out, "{value}").map_err(minijinja::Error::from);
+                }
+                let quoted = shell_word(&value.to_string())?;
+                return out.write_str(&quoted).map_err(minijinja::Error::from);
+            }
             minijinja::escape_formatter(out, state, value)
         });
+        env.add_filter("raw", |v: JinjaValue| -> JinjaValue {
+            if v.kind() == ValueKind::Bool {
+                JinjaValue::from_safe_string(if v.is_true() { "true" } else { "false" }.into())
+            } else {
+                JinjaValue::from_safe_string(v.to_string())
+            }
+        });
+        env.add_filter(
+            "quote",
+            |v: JinjaValue| -> Result<JinjaValue, minijinja::Error> {
+                Ok(JinjaValue::from_safe_string(shell_word(&v.to_string())?))
+            },
+        );
+        env.add_filter(
+            "words",
+            |v: JinjaValue| -> Result<JinjaValue, minijinja::Error> {
+                let items: Vec<String> = match v.as_str() {
+                    Some(text) => text.split_whitespace().map(str::to_string).collect(),
+                    None => v.try_iter()?.map(|x| x.to_string()).collect(),
+                };
+                let quoted = items
+                    .iter()
+                    .map(|w| shell_word(w))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(JinjaValue::from_safe_string(quoted.join(" ")))
+            },
+        );
+        bounded::register(&mut env);
         Templates { env }
+    }
+
+    /// Render a `shell:` command: interpolated values arrive as single quoted words.
+    pub fn render_shell(&self, text: &str, ctx: &JinjaValue) -> Result<String, TemplateError> {
+        if !Self::is_template(text) {
+            return Ok(text.to_string());
+        }
+        bounded::render(&self.env, SHELL_TEMPLATE, SHELL_ESCAPE, text, ctx)
+            .map_err(|e| to_error(&e, text))
     }
 
     /// Whether `text` contains template syntax at all (most strings do not: skip the parser).
@@ -72,20 +137,21 @@ impl Templates {
         if !Self::is_template(text) {
             return Ok(text.to_string());
         }
-        self.env
-            .render_str(text, ctx)
+        bounded::render(&self.env, "<string>", AutoEscape::None, text, ctx)
             .map_err(|e| to_error(&e, text))
     }
 
     /// Evaluate an `if:` condition. Accepts a bare expression or one wrapped in `{{ }}`.
     pub fn eval_condition(&self, expr: &str, ctx: &JinjaValue) -> Result<bool, TemplateError> {
         let expr = strip_braces(expr);
-        let compiled = self
-            .env
+        // Syntax errors are reported against the expression as written.
+        self.env
             .compile_expression(expr)
             .map_err(|e| to_error(&e, expr))?;
-        let v = compiled.eval(ctx).map_err(|e| to_error(&e, expr))?;
-        Ok(v.is_true())
+        let probe = format!("{{% if ({expr}) %}}t{{% endif %}}");
+        let v = bounded::render(&self.env, "<condition>", AutoEscape::None, &probe, ctx)
+            .map_err(|e| to_error(&e, expr))?;
+        Ok(v == "t")
     }
 
     /// Check a template's references against what is declared and upstream. Returns problems as
@@ -144,7 +210,7 @@ impl Templates {
             env => JinjaValue::from_serialize(cx.env_names.iter().map(|n| (n.clone(), "")).collect::<BTreeMap<_, _>>()),
             steps => JinjaValue::from_dyn_object(probe.clone()),
         };
-        let rendered = tmpl.render(&ctx);
+        let rendered = bounded::render(&self.env, "<check>", AutoEscape::None, &source, &ctx);
         let seen = probe.seen.lock().map(|s| s.clone()).unwrap_or_default();
         for id in &seen {
             cx.check_step(id, None, &mut problems);
@@ -165,6 +231,19 @@ impl Templates {
     }
 }
 
+/// One POSIX shell word that stands for exactly `text` (quoted only when it has to be).
+fn shell_word(text: &str) -> Result<String, minijinja::Error> {
+    if text.is_empty() {
+        return Ok("''".into());
+    }
+    shlex::try_quote(text).map(|q| q.into_owned()).map_err(|e| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("this value cannot be passed to a shell: {e}"),
+        )
+    })
+}
+
 fn is_builtin(name: &str) -> bool {
     matches!(
         name,
@@ -183,7 +262,13 @@ fn strip_braces(expr: &str) -> &str {
 fn to_error(e: &minijinja::Error, text: &str) -> TemplateError {
     let line = e.line();
     let col = e.range().map(|r| {
-        let before = &text[..r.start.min(text.len())];
+        // The range may come from the rendered (defused) form of the text: never slice inside
+        // a character.
+        let mut end = r.start.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &text[..end];
         before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1
     });
     let detail = e
@@ -299,7 +384,7 @@ struct StepsProbe {
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
     pub index: std::sync::Arc<std::collections::HashMap<String, usize>>,
-    pub ancestors: fixedbitset::FixedBitSet,
+    pub ancestors: std::sync::Arc<fixedbitset::FixedBitSet>,
 }
 
 impl Upstream {
@@ -345,7 +430,7 @@ mod tests {
                 ancestors.insert(1);
                 Upstream {
                     index: index.into(),
-                    ancestors,
+                    ancestors: ancestors.into(),
                 }
             },
             this_step: "me",
@@ -371,6 +456,7 @@ mod tests {
                 kind: InputType::Integer,
                 default: Some(7.into()),
                 description: None,
+                secret: false,
             },
         )]);
         let all: BTreeSet<String> = ["build", "find-old", "later", "me"]
@@ -397,6 +483,170 @@ mod tests {
         assert!(p[0].0.contains("not upstream"), "{p:?}");
     }
 
+    /// Every argument `sh` receives for the rendered command, bracketed.
+    fn shell_args(command: &str) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "set -- {command}; for a; do printf '[%s]' \"$a\"; done"
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn shell_templates_pass_every_value_as_one_literal_word() {
+        let t = Templates::new();
+        let payloads = [
+            "x; touch /tmp/pwned-by-template",
+            "$(id)",
+            "`id`",
+            "a\nid",
+            "a && id",
+            "it's \"quoted\"",
+            "a$IFS$9b",
+            "${HOME}",
+            "-rf /",
+            "*",
+            "",
+            "  spaced  out  ",
+            "a\\b",
+            "#comment",
+            "x | sh",
+        ];
+        for p in payloads {
+            let p = p.replace("\\n", "\n");
+            let ctx = minijinja::context! { inputs => minijinja::context!{ v => p.clone() } };
+            let cmd = t.render_shell("{{ inputs.v }}", &ctx).unwrap();
+            assert_eq!(
+                shell_args(&cmd),
+                format!("[{p}]"),
+                "{p:?} rendered as {cmd}"
+            );
+            // Inside a larger command and inside expressions too.
+            let cmd = t
+                .render_shell(
+                    "{% set w = inputs.v %}{{ w ~ '' }} {{ inputs.v | upper }}",
+                    &ctx,
+                )
+                .unwrap();
+            assert_eq!(
+                shell_args(&cmd),
+                format!("[{p}][{}]", p.to_uppercase()),
+                "{p:?} rendered as {cmd}"
+            );
+        }
+        assert!(!std::path::Path::new("/tmp/pwned-by-template").exists());
+    }
+
+    #[test]
+    fn raw_opts_out_and_words_quotes_each_item() {
+        let t = Templates::new();
+        let ctx = minijinja::context! {
+            inputs => minijinja::context!{ cmd => "echo a; echo b", n => 7, on => true, files => vec!["a b", "c;d"] },
+            out => "one two\nthree $(id)",
+        };
+        assert_eq!(
+            t.render_shell("{{ inputs.cmd | raw }}", &ctx).unwrap(),
+            "echo a; echo b"
+        );
+        assert_eq!(
+            t.render_shell("$(( {{ inputs.n }} + 1 )) {{ inputs.on }}", &ctx)
+                .unwrap(),
+            "$(( 7 + 1 )) true"
+        );
+        assert_eq!(
+            shell_args(&t.render_shell("{{ inputs.files | words }}", &ctx).unwrap()),
+            "[a b][c;d]"
+        );
+        assert_eq!(
+            shell_args(&t.render_shell("{{ out | words }}", &ctx).unwrap()),
+            "[one][two][three][$(id)]"
+        );
+        // Outside `shell:` nothing is quoted.
+        assert_eq!(
+            t.render("{{ inputs.cmd }}", &ctx).unwrap(),
+            "echo a; echo b"
+        );
+    }
+
+    #[test]
+    fn templates_that_build_huge_text_hit_the_byte_limit() {
+        let t = Templates::new();
+        let ctx = minijinja::context! { inputs => minijinja::context!{ big => "y".repeat(1 << 20), lines => "y\n".repeat(100_000), n => 100_000_000 } };
+        let bombs = [
+            "{% set a = 'x' * 100000000 %}{{ a | length }}",
+            "{% set a = 'x' * 10000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{% set d = c ~ c %}{{ d | length }}",
+            "{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ inputs.big %}{% endfor %}",
+            "{{ (['x' * 1000000] * 1000) | join('') | length }}",
+            "{{ range(100000) | join(inputs.big) | length }}",
+            "{{ inputs.big | replace('y', inputs.big) | length }}",
+            "{{ inputs.lines | indent(1000) | length }}",
+            "{% set ns = namespace(l=[inputs.big]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | join | length }}",
+            "{% for i in range(100000) %}{% for j in range(100) %}{{ inputs.big }}{% endfor %}{% endfor %}",
+            "{{ inputs.big * inputs.n }}",
+            "{{ ('%s' * 20) | format(inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big, inputs.big) }}",
+            "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = ns.l + [inputs.big | upper] %}{% endfor %}",
+            "{{ inputs.big | escape | escape | escape | list | length }}",
+        ];
+        for bomb in bombs {
+            let err = match t.render(bomb, &ctx) {
+                Err(e) => e,
+                Ok(v) => panic!("{bomb} rendered {} bytes", v.len()),
+            };
+            assert!(
+                err.message.contains("MiB of text") || err.message.contains("too large"),
+                "{bomb}: {err}"
+            );
+            let err = t.render_shell(bomb, &ctx).unwrap_err();
+            assert!(
+                err.message.contains("MiB of text") || err.message.contains("too large"),
+                "{bomb}: {err}"
+            );
+            assert!(
+                t.eval_condition(
+                    &format!(
+                        "({}) is defined",
+                        bomb.trim_start_matches("{{").trim_end_matches("}}")
+                    ),
+                    &ctx
+                )
+                .is_err()
+                    || bomb.starts_with("{%"),
+                "{bomb}"
+            );
+        }
+        // Ordinary templates are untouched.
+        assert_eq!(t.render("{{ 'ab' ~ 'cd' }} {{ 2 * 3 }} {{ [1] + [2] }} {{ 7 % 4 }} {{ ['a','b'] | join(',') }}", &ctx).unwrap(), "abcd 6 [1, 2] 3 a,b");
+        assert_eq!(
+            t.render("{{ 'x' * 3 }}{{ 3 * 'y' }}", &ctx).unwrap(),
+            "xxxyyy"
+        );
+        assert!(t.eval_condition("inputs.n > 5", &ctx).unwrap());
+    }
+
+    #[test]
+    fn errors_in_templates_with_operators_and_wide_characters_are_located_without_panicking() {
+        let t = Templates::new();
+        let ctx = minijinja::context! { inputs => minijinja::context!{ n => 1 } };
+        for text in [
+            "héllo wörld {{ 'é' ~ 'ü' ~ inputs.nope }}",
+            "日本語 {{ 1 + 'x' }}",
+            "{{ '€' * 2 }} {{ inputs.n + }}",
+        ] {
+            let err = t.render(text, &ctx).unwrap_err();
+            assert!(!err.message.is_empty(), "{text}");
+            assert!(t.render_shell(text, &ctx).is_err(), "{text}");
+        }
+        assert_eq!(
+            t.render("{{ 'é' ~ 'ü' }} {{ '€' * 2 }}", &ctx).unwrap(),
+            "éü €€"
+        );
+    }
+
     #[test]
     fn runaway_loops_run_out_of_fuel() {
         let t = Templates::new();
@@ -406,5 +656,337 @@ mod tests {
             &ctx,
         );
         assert!(r.is_err());
+    }
+}
+
+/// Rendering with a byte budget. minijinja has no hook on its operators, so the template is
+/// compiled here and the instructions that can make big strings from small ones (`~`, `*`, `+`,
+/// `%` and the text-making filters) are swapped for calls to functions that charge the size of
+/// their result against [`TEMPLATE_BYTES`] before building it.
+mod bounded {
+    use std::sync::OnceLock;
+
+    use minijinja::machinery::{CodeGenerator, Instruction, Instructions, Vm, WhitespaceConfig};
+    use minijinja::value::{Value, ValueKind};
+    use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
+
+    use super::{BYTES_USED, TEMPLATE_BYTES};
+
+    const CONCAT: &str = "__secureclaw_concat";
+    const MUL: &str = "__secureclaw_mul";
+    const ADD: &str = "__secureclaw_add";
+    const REM: &str = "__secureclaw_rem";
+
+    /// Filters whose result can be much larger than their input, or a copy of it: (name, the
+    /// function standing in for it, how many times the input's size the result may be).
+    const FILTERS: &[(&str, &str, u64)] = &[
+        ("join", "__secureclaw_filter_join", 1),
+        ("replace", "__secureclaw_filter_replace", 1),
+        ("indent", "__secureclaw_filter_indent", 1),
+        ("format", "__secureclaw_filter_format", 1),
+        ("escape", "__secureclaw_filter_escape", 6),
+        ("e", "__secureclaw_filter_e", 6),
+        ("tojson", "__secureclaw_filter_tojson", 6),
+        ("pprint", "__secureclaw_filter_pprint", 2),
+        ("string", "__secureclaw_filter_string", 1),
+        ("list", "__secureclaw_filter_list", 32),
+        ("reverse", "__secureclaw_filter_reverse", 1),
+        ("upper", "__secureclaw_filter_upper", 1),
+        ("lower", "__secureclaw_filter_lower", 1),
+        ("title", "__secureclaw_filter_title", 1),
+        ("capitalize", "__secureclaw_filter_capitalize", 1),
+        ("sort", "__secureclaw_filter_sort", 1),
+        ("unique", "__secureclaw_filter_unique", 1),
+        ("split", "__secureclaw_filter_split", 4),
+        ("lines", "__secureclaw_filter_lines", 4),
+        ("batch", "__secureclaw_filter_batch", 2),
+        ("slice", "__secureclaw_filter_slice", 2),
+        ("words", "__secureclaw_filter_words", 4),
+        ("quote", "__secureclaw_filter_quote", 4),
+        ("raw", "__secureclaw_filter_raw", 1),
+    ];
+
+    fn too_big() -> Error {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the template builds more than {} MiB of text (the limit for one template)",
+                TEMPLATE_BYTES >> 20
+            ),
+        )
+    }
+
+    /// Count `bytes` against this rendering's budget.
+    pub fn charge(state: &State<'_, '_>, bytes: u64) -> Result<(), Error> {
+        let used = state
+            .get_temp(BYTES_USED)
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
+        let total = used.saturating_add(bytes);
+        if total > TEMPLATE_BYTES {
+            return Err(too_big());
+        }
+        state.set_temp(BYTES_USED, Value::from(total));
+        Ok(())
+    }
+
+    /// The length of a value's text, without building it; anything over the budget counts as
+    /// the budget plus one.
+    pub fn text_len(v: &Value, depth: usize) -> u64 {
+        let over = TEMPLATE_BYTES + 1;
+        match v.kind() {
+            ValueKind::String => v.as_str().map_or(0, |s| s.len() as u64),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable | ValueKind::Plain => {
+                if depth > 32 {
+                    return over;
+                }
+                if let Some(n) = v.len()
+                    && n as u64 > TEMPLATE_BYTES
+                {
+                    return over;
+                }
+                let Ok(items) = v.try_iter() else {
+                    return 64;
+                };
+                let mut total: u64 = 2;
+                for item in items {
+                    total = total.saturating_add(text_len(&item, depth + 1) + 2);
+                    if v.kind() == ValueKind::Map
+                        && let Ok(value) = v.get_item(&item)
+                    {
+                        total = total.saturating_add(text_len(&value, depth + 1) + 2);
+                    }
+                    if total > TEMPLATE_BYTES {
+                        return over;
+                    }
+                }
+                total
+            }
+            _ => 32,
+        }
+    }
+
+    /// The plain environment that performs the real operations once they are paid for.
+    fn arith() -> &'static Environment<'static> {
+        static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let mut env = Environment::new();
+            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+            env
+        })
+    }
+
+    fn operate(op: &str, a: Value, b: Value) -> Result<Value, Error> {
+        arith()
+            .compile_expression(op)?
+            .eval(minijinja::context! { a => a, b => b })
+    }
+
+    fn defined(a: &Value, b: &Value) -> Result<(), Error> {
+        if a.is_undefined() || b.is_undefined() {
+            return Err(Error::new(ErrorKind::UndefinedError, "undefined value"));
+        }
+        Ok(())
+    }
+
+    fn repeat_count(v: &Value) -> Option<u64> {
+        (v.kind() == ValueKind::Number)
+            .then(|| u64::try_from(v.clone()).ok())
+            .flatten()
+    }
+
+    pub fn register(env: &mut Environment<'static>) {
+        env.add_filter(NO_FOLD, |v: Value| v);
+        env.add_function(CONCAT, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            Ok::<_, Error>(Value::from(format!("{a}{b}")))
+        });
+        env.add_function(MUL, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            let size = match (repeat_count(&a), repeat_count(&b)) {
+                (Some(n), None) => text_len(&b, 0).saturating_mul(n),
+                (None, Some(n)) => text_len(&a, 0).saturating_mul(n),
+                _ => 0,
+            };
+            charge(state, size)?;
+            operate("a * b", a, b)
+        });
+        env.add_function(ADD, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            if a.kind() != ValueKind::Number || b.kind() != ValueKind::Number {
+                charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            }
+            operate("a + b", a, b)
+        });
+        env.add_function(REM, |state: &State<'_, '_>, a: Value, b: Value| {
+            defined(&a, &b)?;
+            if a.kind() == ValueKind::String {
+                charge(state, text_len(&a, 0).saturating_add(text_len(&b, 0)))?;
+            }
+            operate("a % b", a, b)
+        });
+        for &(filter, function, factor) in FILTERS {
+            env.add_function(
+                function,
+                move |state: &State<'_, '_>, args: minijinja::value::Rest<Value>| {
+                    let mut size: u64 = 0;
+                    for a in args.iter() {
+                        size = size.saturating_add(text_len(a, 0));
+                    }
+                    size = size.saturating_mul(factor);
+                    // The filters whose output grows with one argument times another.
+                    match filter {
+                        "join" => {
+                            let items = args.first().and_then(Value::len).unwrap_or(0) as u64;
+                            let sep = args.get(1).map_or(0, |s| text_len(s, 0));
+                            size = size.saturating_add(items.saturating_mul(sep));
+                        }
+                        "replace" => {
+                            if let (Some(s), Some(old), Some(new)) = (
+                                args.first().and_then(Value::as_str),
+                                args.get(1).and_then(Value::as_str),
+                                args.get(2).map(|n| text_len(n, 0)),
+                            ) {
+                                let hits = if old.is_empty() {
+                                    s.chars().count() as u64 + 1
+                                } else {
+                                    s.matches(old).count() as u64
+                                };
+                                size = size.saturating_add(hits.saturating_mul(new));
+                            }
+                        }
+                        "indent" => {
+                            let lines = args
+                                .first()
+                                .and_then(Value::as_str)
+                                .map_or(1, |s| s.lines().count() as u64 + 1);
+                            let width = args.get(1).map_or(0, |w| match w.as_str() {
+                                Some(t) => t.len() as u64,
+                                None => u64::try_from(w.clone()).unwrap_or(TEMPLATE_BYTES),
+                            });
+                            size = size.saturating_add(lines.saturating_mul(width));
+                        }
+                        _ => {}
+                    }
+                    charge(state, size)?;
+                    state.apply_filter(filter, &args)
+                },
+            );
+        }
+    }
+
+    /// Swap the size-making instructions for their charging stand-ins.
+    fn patch(instructions: &mut Instructions<'_>) {
+        for i in 0..instructions.len() {
+            let Ok(idx) = u32::try_from(i) else { break };
+            let Some(instr) = instructions.get_mut(idx) else {
+                continue;
+            };
+            let swap = match instr {
+                Instruction::StringConcat => Some(Instruction::CallFunction(CONCAT, Some(2))),
+                Instruction::Mul => Some(Instruction::CallFunction(MUL, Some(2))),
+                Instruction::Add => Some(Instruction::CallFunction(ADD, Some(2))),
+                Instruction::Rem => Some(Instruction::CallFunction(REM, Some(2))),
+                Instruction::ApplyFilter(name, args, _) => FILTERS
+                    .iter()
+                    .find(|(f, _, _)| f == name)
+                    .map(|(_, function, _)| Instruction::CallFunction(function, *args)),
+                _ => None,
+            };
+            if let Some(new) = swap {
+                *instr = new;
+            }
+        }
+    }
+
+    const NO_FOLD: &str = "__secureclaw_nofold";
+
+    fn whitespace() -> WhitespaceConfig {
+        WhitespaceConfig {
+            keep_trailing_newline: true,
+            lstrip_blocks: false,
+            trim_blocks: false,
+        }
+    }
+
+    /// minijinja folds operations on literals while compiling (`'x' * 100000000 ~ …` would be
+    /// built before any instruction runs): when a template uses an operator at all, each literal
+    /// is passed through a no-op filter, so nothing is constant and every operation is charged.
+    fn defuse(source: &str) -> std::borrow::Cow<'_, str> {
+        use minijinja::machinery::Token;
+        let Ok(tokens) = minijinja::machinery::tokenize(
+            source,
+            false,
+            minijinja::syntax::SyntaxConfig,
+            whitespace(),
+        )
+        .collect::<Result<Vec<_>, _>>() else {
+            return source.into();
+        };
+        let operators = tokens.iter().any(|(t, _)| {
+            matches!(
+                t,
+                Token::Mul | Token::Tilde | Token::Plus | Token::Mod | Token::Pow | Token::Minus
+            )
+        });
+        if !operators {
+            return source.into();
+        }
+        let mut out = String::with_capacity(source.len() * 2);
+        let mut at = 0usize;
+        for (token, span) in &tokens {
+            if !matches!(
+                token,
+                Token::Str(_)
+                    | Token::String(_)
+                    | Token::Int(_)
+                    | Token::Int128(_)
+                    | Token::Float(_)
+            ) {
+                continue;
+            }
+            let (start, end) = (span.start_offset as usize, span.end_offset as usize);
+            let (Some(before), Some(literal)) = (source.get(at..start), source.get(start..end))
+            else {
+                return source.into();
+            };
+            out.push_str(before);
+            out.push('(');
+            out.push_str(literal);
+            out.push('|');
+            out.push_str(NO_FOLD);
+            out.push(')');
+            at = end;
+        }
+        out.push_str(source.get(at..).unwrap_or_default());
+        out.into()
+    }
+
+    pub fn render(
+        env: &Environment<'static>,
+        name: &str,
+        auto_escape: AutoEscape,
+        source: &str,
+        ctx: &Value,
+    ) -> Result<String, Error> {
+        let source = &*defuse(source);
+        let ast = minijinja::machinery::parse(
+            source,
+            name,
+            minijinja::syntax::SyntaxConfig,
+            whitespace(),
+        )?;
+        let mut generator = CodeGenerator::new(name, source);
+        generator.compile_stmt(&ast);
+        let (mut instructions, mut blocks) = generator.finish();
+        patch(&mut instructions);
+        for block in blocks.values_mut() {
+            patch(block);
+        }
+        let mut text = String::new();
+        let mut out = minijinja::machinery::make_string_output(&mut text);
+        Vm::new(env).eval(&instructions, ctx.clone(), &blocks, &mut out, auto_escape)?;
+        Ok(text)
     }
 }

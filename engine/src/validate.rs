@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use fixedbitset::FixedBitSet;
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::DiGraph;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,7 +116,9 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
         diags.sort();
         return Err(diags);
     }
-    let workflow: Workflow = match serde_json::from_value(doc.value.clone()) {
+    // The document is not needed after this: moving it (not cloning) keeps a 100,000-step
+    // file from holding two copies at once.
+    let workflow: Workflow = match serde_json::from_value(doc.value) {
         Ok(w) => w,
         Err(e) => {
             diags.push(Diagnostic::new(
@@ -145,6 +147,9 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
         _ => Err(diags),
     }
 }
+
+/// Links of a dependency cycle spelled out in its diagnostic.
+const CYCLE_LINKS_SHOWN: usize = 20;
 
 type Analysis = (
     HashMap<String, usize>,
@@ -267,31 +272,73 @@ impl<'a> Semantics<'a> {
             .collect()
     }
 
-    /// A topological order, or a diagnostic per cycle with the cycle's path.
+    /// A topological order, or a diagnostic per cycle with the cycle's path. Both passes are
+    /// iterative (Kahn's algorithm, then Kosaraju on what it could not order): a chain of
+    /// 100,000 `needs` must not cost one stack frame per step.
     fn acyclic_order(&self, deps: &[Vec<usize>], diags: &mut Diagnostics) -> Option<Vec<usize>> {
-        let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(deps.len(), 0);
-        let nodes: Vec<_> = (0..deps.len()).map(|i| g.add_node(i)).collect();
+        let n = deps.len();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut waiting: Vec<usize> = vec![0; n];
         for (i, ds) in deps.iter().enumerate() {
+            waiting[i] = ds.len();
             for &d in ds {
-                g.add_edge(nodes[d], nodes[i], ());
+                dependents[d].push(i);
             }
         }
-        let mut cyclic = false;
-        for scc in tarjan_scc(&g) {
-            if scc.len() < 2 {
-                continue;
+        let mut order: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            let v = order[next];
+            next += 1;
+            for &w in &dependents[v] {
+                waiting[w] -= 1;
+                if waiting[w] == 0 {
+                    order.push(w);
+                }
             }
-            cyclic = true;
-            let members: BTreeSet<usize> = scc.iter().map(|n| g[*n]).collect();
+        }
+        if order.len() == n {
+            return Some(order);
+        }
+        // Only steps on or behind a cycle are left; find the cycles among them.
+        let left: Vec<usize> = (0..n).filter(|&i| waiting[i] > 0).collect();
+        let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(left.len(), 0);
+        let mut node = HashMap::with_capacity(left.len());
+        for &i in &left {
+            node.insert(i, g.add_node(i));
+        }
+        for &i in &left {
+            for d in &deps[i] {
+                if let Some(&from) = node.get(d) {
+                    g.add_edge(from, node[&i], ());
+                }
+            }
+        }
+        let mut sccs: Vec<Vec<usize>> = kosaraju_scc(&g)
+            .into_iter()
+            .filter(|scc| scc.len() > 1)
+            .map(|scc| scc.iter().map(|x| g[*x]).collect())
+            .collect();
+        sccs.sort();
+        for scc in sccs {
+            let members: BTreeSet<usize> = scc.into_iter().collect();
             let path = cycle_path(deps, &members);
             let start = path[0];
-            let chain: Vec<String> = path
+            let mut chain: Vec<String> = path
                 .iter()
                 .zip(path.iter().skip(1).chain(std::iter::once(&start)))
                 .map(|(&a, &b)| {
                     format!("`{}` needs `{}`", self.wf.steps[a].id, self.wf.steps[b].id)
                 })
                 .collect();
+            // A cycle through thousands of steps is named by its ends, not printed whole.
+            if chain.len() > CYCLE_LINKS_SHOWN {
+                let hidden = chain.len() - CYCLE_LINKS_SHOWN;
+                let tail = chain.split_off(chain.len() - CYCLE_LINKS_SHOWN / 2);
+                chain.truncate(CYCLE_LINKS_SHOWN / 2);
+                chain.push(format!("… ({hidden} more links) …"));
+                chain.extend(tail);
+            }
             diags.push(
                 self.at(
                     &format!("/steps/{start}/needs"),
@@ -302,12 +349,7 @@ impl<'a> Semantics<'a> {
                 ),
             );
         }
-        if cyclic {
-            return None;
-        }
-        petgraph::algo::toposort(&g, None)
-            .ok()
-            .map(|o| o.into_iter().map(|n| g[n]).collect())
+        None
     }
 
     fn inputs(&self, diags: &mut Diagnostics) {
@@ -630,8 +672,6 @@ impl<'a> Semantics<'a> {
         diags: &mut Diagnostics,
     ) {
         let n = self.wf.steps.len();
-        // Ancestor sets in topological order: anc[v] = ∪ (anc[p] ∪ {p}) over parents p.
-        let mut anc: Vec<Option<FixedBitSet>> = vec![None; n];
         let needs_templates: Vec<bool> = self
             .wf
             .steps
@@ -645,16 +685,6 @@ impl<'a> Semantics<'a> {
         let all_steps: BTreeSet<String> = index.keys().cloned().collect();
         let shared_index = std::sync::Arc::new(index.clone());
         let workflow_env: BTreeSet<String> = self.wf.env.keys().cloned().collect();
-        for &v in order {
-            let mut set = FixedBitSet::with_capacity(n);
-            for &p in &deps[v] {
-                set.insert(p);
-                if let Some(a) = &anc[p] {
-                    set.union_with(a);
-                }
-            }
-            anc[v] = Some(set);
-        }
         // Workflow-level env values may use inputs only.
         let wf_scope = CheckScope {
             inputs: &self.wf.inputs,
@@ -671,27 +701,65 @@ impl<'a> Semantics<'a> {
                 );
             }
         }
-        for (i, step) in self.wf.steps.iter().enumerate() {
-            if !needs_templates[i] {
+        // Ancestor sets in topological order: anc[v] = ∪ (anc[p] ∪ {p}) over parents p. A set is
+        // dropped as soon as its last dependent has used it, so a long chain holds two at a time.
+        // Only a step with templates, or an ancestor of one, needs its set at all.
+        let mut wanted = needs_templates.clone();
+        for &v in order.iter().rev() {
+            if wanted[v] {
+                for &p in &deps[v] {
+                    wanted[p] = true;
+                }
+            }
+        }
+        let mut dependents_left: Vec<usize> = vec![0; n];
+        for (v, ds) in deps.iter().enumerate() {
+            if wanted[v] {
+                for &d in ds {
+                    dependents_left[d] += 1;
+                }
+            }
+        }
+        let mut anc: Vec<Option<std::sync::Arc<FixedBitSet>>> = vec![None; n];
+        for &v in order {
+            if !wanted[v] {
                 continue;
             }
-            let upstream = Upstream {
-                index: shared_index.clone(),
-                ancestors: anc[i].clone().unwrap_or_default(),
-            };
+            let mut set = FixedBitSet::with_capacity(n);
+            for &p in &deps[v] {
+                set.insert(p);
+                if let Some(a) = &anc[p] {
+                    set.union_with(a);
+                }
+                dependents_left[p] -= 1;
+                if dependents_left[p] == 0 {
+                    anc[p] = None;
+                }
+            }
+            let set = std::sync::Arc::new(set);
+            if dependents_left[v] > 0 {
+                anc[v] = Some(set.clone());
+            }
+            if !needs_templates[v] {
+                continue;
+            }
+            let step = &self.wf.steps[v];
             let mut env_names = workflow_env.clone();
             env_names.extend(step.env.keys().cloned());
             let scope = CheckScope {
                 inputs: &self.wf.inputs,
                 env_names,
                 all_steps: &all_steps,
-                upstream,
+                upstream: Upstream {
+                    index: shared_index.clone(),
+                    ancestors: set,
+                },
                 this_step: &step.id,
             };
             for (pointer, text, is_expr) in template_fields(step) {
                 for (msg, hint) in self.templates.check(text, is_expr, &scope) {
                     diags.push(
-                        self.at(&format!("/steps/{i}{pointer}"), msg)
+                        self.at(&format!("/steps/{v}{pointer}"), msg)
                             .with_hint(hint),
                     );
                 }

@@ -1,8 +1,51 @@
 //! Confinement of engine-side file actions (`read`, `write`, `patch`) to the workspace: no
-//! absolute paths, no `..` escapes, no symlink that leads outside, and the user's `.git` is
-//! never written.
+//! absolute paths, no `..` escapes, no symlink that leads outside, the user's `.git` is never
+//! written, and the engine's state dir (the vault) is never reached, by any spelling or through
+//! any symlink, including symlinks an earlier step of the same run created.
 
 use std::path::{Component, Path, PathBuf};
+
+/// The default state dir's name inside a workspace; refused as a path by every engine-side
+/// action, whichever state dir the run really uses.
+pub const STATE_DIR_NAME: &str = ".secureclaw";
+
+/// Where engine-side actions may go: the canonical workspace, minus the canonical state dir.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    root: PathBuf,
+    state_dir: Option<PathBuf>,
+}
+
+impl Confinement {
+    /// Canonicalise both once; a state dir that does not exist yet is kept as given under the
+    /// canonical workspace when it is the default one.
+    pub fn new(root: &Path, state_dir: Option<&Path>) -> Result<Self, PathError> {
+        let root = root.canonicalize().map_err(|e| PathError::Io {
+            path: root.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let state_dir = state_dir.map(|s| s.canonicalize().unwrap_or_else(|_| s.to_path_buf()));
+        Ok(Confinement { root, state_dir })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
+    }
+
+    /// Whether a canonical path is the state dir or inside it.
+    fn hides(&self, canonical: &Path) -> bool {
+        self.state_dir
+            .as_deref()
+            .is_some_and(|s| canonical.starts_with(s))
+            || canonical
+                .strip_prefix(&self.root)
+                .is_ok_and(|r| r.starts_with(STATE_DIR_NAME))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -16,6 +59,10 @@ pub enum PathError {
     Nul(String),
     #[error("`{0}` is inside `.git`, which steps may not modify")]
     GitDir(String),
+    #[error(
+        "`{0}` is inside the engine's state dir (`{STATE_DIR_NAME}`), which steps may not touch"
+    )]
+    StateDir(String),
     #[error("`{path}` goes through the symlink `{link}`, which points outside the workspace")]
     SymlinkEscape { path: String, link: String },
     #[error("`{path}`: {message}")]
@@ -30,6 +77,9 @@ impl PathError {
             }
             PathError::Escapes(_) => "keep paths inside the workspace; remove the `..`",
             PathError::GitDir(_) => "the repository's `.git` is read-only to workflows",
+            PathError::StateDir(_) => {
+                "the state dir holds the vault (run records, ledger); steps can neither read nor write it"
+            }
             PathError::SymlinkEscape { .. } => {
                 "write to the real path inside the workspace instead"
             }
@@ -46,22 +96,7 @@ pub fn lexical(rel: &str) -> Result<PathBuf, PathError> {
     if rel.contains('\0') {
         return Err(PathError::Nul(rel.to_string()));
     }
-    let p = Path::new(rel);
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Prefix(_) | Component::RootDir => {
-                return Err(PathError::Absolute(rel.to_string()));
-            }
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return Err(PathError::Escapes(rel.to_string()));
-                }
-            }
-            Component::Normal(n) => out.push(n),
-        }
-    }
+    let out = lexical_parts(rel)?;
     if out.as_os_str().is_empty() {
         return Err(PathError::Empty);
     }
@@ -72,35 +107,57 @@ pub fn lexical(rel: &str) -> Result<PathBuf, PathError> {
     {
         return Err(PathError::GitDir(rel.to_string()));
     }
+    if out
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str() == STATE_DIR_NAME)
+    {
+        return Err(PathError::StateDir(rel.to_string()));
+    }
     Ok(out)
 }
 
-/// Resolve a relative path under `root` for reading or writing: every existing component is
-/// checked, and a symlink anywhere on the way must resolve inside the workspace.
-pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
-    let normal = lexical(rel)?;
+/// Resolve a relative path inside the confinement for reading or writing, on the real
+/// filesystem as it is now: every existing component is checked, a symlink anywhere on the way
+/// must resolve inside the workspace, and no step of the walk may enter the state dir.
+pub fn resolve(jail: &Confinement, rel: &str) -> Result<PathBuf, PathError> {
+    walk(jail, rel, &lexical(rel)?, false)
+}
+
+fn walk(
+    jail: &Confinement,
+    rel: &str,
+    normal: &Path,
+    allow_git: bool,
+) -> Result<PathBuf, PathError> {
     let io = |e: std::io::Error| PathError::Io {
         path: rel.to_string(),
         message: e.to_string(),
     };
-    let root = root.canonicalize().map_err(io)?;
+    let root = &jail.root;
     let mut current = root.clone();
     for c in normal.components() {
         current.push(c);
+        if jail.hides(&current) {
+            return Err(PathError::StateDir(rel.to_string()));
+        }
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let escape = || PathError::SymlinkEscape {
                     path: rel.to_string(),
                     link: current
-                        .strip_prefix(&root)
+                        .strip_prefix(root)
                         .unwrap_or(&current)
                         .display()
                         .to_string(),
                 };
                 let target = current.canonicalize().map_err(|_| escape())?;
+                if jail.hides(&target) {
+                    return Err(PathError::StateDir(rel.to_string()));
+                }
                 let inside = target
-                    .strip_prefix(&root)
-                    .is_ok_and(|t| !t.starts_with(".git"));
+                    .strip_prefix(root)
+                    .is_ok_and(|t| allow_git || !t.starts_with(".git"));
                 if !inside {
                     return Err(escape());
                 }
@@ -115,31 +172,34 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
 }
 
 /// Like [`resolve`], but reading inside `.git` is allowed (it is only writing that is refused).
-pub fn resolve_read(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
+pub fn resolve_read(jail: &Confinement, rel: &str) -> Result<PathBuf, PathError> {
     match lexical(rel) {
         Err(PathError::GitDir(_)) => {
-            let canonical_root = root.canonicalize().map_err(|e| PathError::Io {
-                path: rel.into(),
-                message: e.to_string(),
-            })?;
-            let target = canonical_root
-                .join(rel)
-                .canonicalize()
-                .map_err(|e| PathError::Io {
-                    path: rel.into(),
-                    message: e.to_string(),
-                })?;
-            if target.starts_with(&canonical_root) {
-                Ok(target)
-            } else {
-                Err(PathError::SymlinkEscape {
-                    path: rel.into(),
-                    link: rel.into(),
-                })
-            }
+            let normal = lexical_parts(rel)?;
+            walk(jail, rel, &normal, true)
         }
-        _ => resolve(root, rel),
+        other => walk(jail, rel, &other?, false),
     }
+}
+
+/// The normalised path without the `.git` rule (for reading).
+fn lexical_parts(rel: &str) -> Result<PathBuf, PathError> {
+    let mut out = PathBuf::new();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => {
+                return Err(PathError::Absolute(rel.to_string()));
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(PathError::Escapes(rel.to_string()));
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Ok(out)
 }
 
 /// The uid and gid owning `path` (not following a final symlink), if it exists.
@@ -193,15 +253,16 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", ws.path().join("pw")).unwrap();
         std::fs::create_dir(ws.path().join("in")).unwrap();
         std::os::unix::fs::symlink(ws.path().join("in"), ws.path().join("inlink")).unwrap();
+        let jail = Confinement::new(ws.path(), None).unwrap();
         assert!(matches!(
-            resolve(ws.path(), "out/x"),
+            resolve(&jail, "out/x"),
             Err(PathError::SymlinkEscape { .. })
         ));
         assert!(matches!(
-            resolve(ws.path(), "pw"),
+            resolve(&jail, "pw"),
             Err(PathError::SymlinkEscape { .. })
         ));
-        let ok = resolve(ws.path(), "inlink/x").unwrap();
+        let ok = resolve(&jail, "inlink/x").unwrap();
         assert!(ok.starts_with(ws.path().canonicalize().unwrap()));
     }
 
@@ -210,6 +271,63 @@ mod tests {
         let ws = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(ws.path().join(".git/hooks")).unwrap();
         std::os::unix::fs::symlink(ws.path().join(".git/hooks"), ws.path().join("hooks")).unwrap();
-        assert!(resolve(ws.path(), "hooks/pre-commit").is_err());
+        let jail = Confinement::new(ws.path(), None).unwrap();
+        assert!(resolve(&jail, "hooks/pre-commit").is_err());
+        assert!(resolve_read(&jail, ".git/hooks/x").is_ok());
+    }
+
+    #[test]
+    fn the_state_dir_is_refused_by_every_spelling() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join(".secureclaw/blobs")).unwrap();
+        std::fs::create_dir(ws.path().join("a")).unwrap();
+        let jail = Confinement::new(ws.path(), Some(&ws.path().join(".secureclaw"))).unwrap();
+        for rel in [
+            ".secureclaw/vault.header.json",
+            "./.secureclaw/vault.header.json",
+            "a/../.secureclaw/vault.header.json",
+            ".secureclaw",
+            ".secureclaw/",
+            ".secureclaw/.",
+            "./.secureclaw//blobs/x",
+        ] {
+            assert!(
+                matches!(resolve(&jail, rel), Err(PathError::StateDir(_))),
+                "{rel}"
+            );
+            assert!(
+                matches!(resolve_read(&jail, rel), Err(PathError::StateDir(_))),
+                "{rel}"
+            );
+        }
+        std::os::unix::fs::symlink(".secureclaw", ws.path().join("st")).unwrap();
+        std::os::unix::fs::symlink("../.secureclaw/blobs", ws.path().join("a/deep")).unwrap();
+        std::os::unix::fs::symlink(ws.path().join(".secureclaw"), ws.path().join("abs")).unwrap();
+        for rel in [
+            "st/vault.header.json",
+            "st",
+            "a/deep/x",
+            "abs/vault.header.json",
+        ] {
+            assert!(
+                matches!(resolve(&jail, rel), Err(PathError::StateDir(_))),
+                "{rel}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_dir_elsewhere_in_the_workspace_is_refused_through_symlinks() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("var/state")).unwrap();
+        let jail = Confinement::new(ws.path(), Some(&ws.path().join("var/state"))).unwrap();
+        std::os::unix::fs::symlink("var", ws.path().join("v")).unwrap();
+        for rel in ["var/state/x", "var/./state", "v/state/vault.header.json"] {
+            assert!(
+                matches!(resolve(&jail, rel), Err(PathError::StateDir(_))),
+                "{rel}"
+            );
+        }
+        assert!(resolve(&jail, "var/other").is_ok());
     }
 }

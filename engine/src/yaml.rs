@@ -32,11 +32,16 @@ impl Default for YamlLimits {
     }
 }
 
+/// The source map's keys are the document's own JSON pointers, not attacker-chosen in a way a
+/// collision could exploit beyond the file's own size limit: a fast hasher keeps a 100,000-step
+/// file's map from dominating validation.
+type PointerMap = HashMap<String, Location, foldhash::fast::RandomState>;
+
 /// Where each node of the document came from, keyed by JSON pointer.
 #[derive(Debug, Default, Clone)]
 pub struct SourceMap {
-    values: HashMap<String, Location>,
-    keys: HashMap<String, Location>,
+    values: PointerMap,
+    keys: PointerMap,
 }
 
 impl SourceMap {

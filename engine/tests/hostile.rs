@@ -102,3 +102,58 @@ fn many_errors_are_all_reported() {
     let err = check(text.as_bytes()).unwrap_err();
     assert_eq!(err.matches("needs unknown step").count(), 500);
 }
+
+/// `n` steps, each needing the one before; `cyclic`: the first also needs the last.
+fn chain(n: usize, cyclic: bool) -> String {
+    let mut text = String::from("version: 1\nname: chain\nsteps:\n");
+    for i in 0..n {
+        let need = match (i, cyclic) {
+            (0, false) => String::new(),
+            (0, true) => format!(", needs: [s{}]", n - 1),
+            _ => format!(", needs: [s{}]", i - 1),
+        };
+        text.push_str(&format!(
+            "  - {{ id: s{i}{need}, write: {{ path: 'f{i}', content: x }} }}\n"
+        ));
+    }
+    text
+}
+
+/// Validation on a thread with an ordinary 2 MiB stack, as the engine's own threads have.
+fn on_small_stack(text: String) -> Result<usize, String> {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || check(text.as_bytes()))
+        .unwrap()
+        .join()
+        .expect("validation overflowed its stack or panicked")
+}
+
+#[test]
+fn a_hundred_thousand_chained_steps_validate_on_a_small_stack() {
+    assert_eq!(on_small_stack(chain(100_000, false)), Ok(100_000));
+}
+
+#[test]
+fn a_cycle_through_a_hundred_thousand_steps_is_reported_as_a_needs_chain() {
+    let err = on_small_stack(chain(100_000, true)).unwrap_err();
+    assert!(
+        err.contains("dependency cycle"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.contains("`s0` needs `s99999`"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.contains("more links"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.len() < 10_000,
+        "the cycle is abbreviated, not printed whole"
+    );
+}
