@@ -3,8 +3,12 @@
 //! the masked state dir and root-owned workspaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "support/tmpfs_workspace.rs"]
+mod tmpfs_workspace;
+use tmpfs_workspace::TmpfsWorkspace;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
@@ -340,40 +344,6 @@ async fn extra_read_only_paths_are_readable_and_not_writable() {
     assert!(layer(&out, "read-only-paths").active);
 }
 
-/// A workspace on its own small tmpfs: the write budget samples the workspace's filesystem,
-/// and a private one makes the measurement independent of what else this machine writes.
-struct TmpfsWorkspace {
-    dir: tempfile::TempDir,
-}
-
-impl TmpfsWorkspace {
-    fn new(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs");
-        std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();
-        TmpfsWorkspace { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for TmpfsWorkspace {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -381,7 +351,7 @@ fn file_len(p: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yes_into_a_file_stops_at_the_write_budget() {
     let sb = sandbox().await;
-    let ws = TmpfsWorkspace::new("256m");
+    let ws = TmpfsWorkspace::new("256m", 1000);
     let budget: u64 = 16 << 20;
     // `yes > big` alone (the step is the container's pid 1, so it gets EFBIG at the budget)
     // and as one command of several (a child, killed by SIGXFSZ; the step would exit 0).
@@ -410,7 +380,7 @@ async fn yes_into_a_file_stops_at_the_write_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_files_under_the_per_file_limit_still_stop_at_the_budget() {
     let sb = sandbox().await;
-    let ws = TmpfsWorkspace::new("512m");
+    let ws = TmpfsWorkspace::new("512m", 1000);
     let budget: u64 = 16 << 20;
     // Each file stays below RLIMIT_FSIZE; only the sampled total can stop this, and the step
     // would exit 0.
@@ -434,7 +404,7 @@ async fn many_files_under_the_per_file_limit_still_stop_at_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_within_its_budget_is_not_stopped() {
     let sb = sandbox().await;
-    let ws = TmpfsWorkspace::new("256m");
+    let ws = TmpfsWorkspace::new("256m", 1000);
     let mut spec = ExecSpec::shell("head -c 4194304 /dev/zero > f; echo done", ws.path());
     spec.limits.disk_bytes = 16 << 20;
     let out = run(&sb, &spec).await;

@@ -5,6 +5,10 @@
 //! process, so no other step may be running while it looks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "support/tmpfs_workspace.rs"]
+mod tmpfs_workspace;
+use tmpfs_workspace::TmpfsWorkspace;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,7 +59,8 @@ async fn one_endless_file_ends_as_disk_budget_and_stays_within_it() {
         // A writer in the background, the step sleeping: the disk watch stops it.
         "(yes > big &) ; sleep 100",
     ] {
-        let (_d, ws) = ws();
+        let tmp = TmpfsWorkspace::new("256m", 0);
+        let ws = tmp.path();
         let out = run(&budget_spec(script, ws.clone())).await;
         assert_eq!(
             out.exit,
@@ -85,7 +90,8 @@ async fn one_endless_file_ends_as_disk_budget_and_stays_within_it() {
 #[tokio::test]
 async fn many_small_files_past_the_budget_end_as_disk_budget() {
     let _serial = SERIAL.lock().await;
-    let (_d, ws) = ws();
+    let tmp = TmpfsWorkspace::new("256m", 0);
+    let ws = tmp.path();
     let out = run(&budget_spec(
         "i=0; while :; do head -c 1048576 /dev/zero > f$i || exit 3; i=$((i+1)); done",
         ws.clone(),
@@ -100,7 +106,8 @@ async fn many_small_files_past_the_budget_end_as_disk_budget() {
 #[tokio::test]
 async fn a_step_within_its_budget_is_untouched() {
     let _serial = SERIAL.lock().await;
-    let (_d, ws) = ws();
+    let tmp = TmpfsWorkspace::new("256m", 0);
+    let ws = tmp.path();
     let mut spec = ExecSpec::shell("head -c 1048576 /dev/zero > small && echo done", ws.clone());
     spec.limits.disk_bytes = 512 << 20;
     let out = run(&spec).await;
