@@ -11,57 +11,11 @@ use std::process::Output;
 
 use common::secureclaw as bin;
 
-struct Ws {
-    dir: tempfile::TempDir,
-}
+type Ws = common::Workspace;
+use common::step;
 
-impl Ws {
-    fn new() -> Self {
-        Ws {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn workflow(&self, text: &str) -> PathBuf {
-        let p = self.path().join("wf.yaml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn run(&self, wf: &Path, extra: &[&str]) -> Output {
-        bin()
-            .arg("run")
-            .arg(wf)
-            .arg("--workspace")
-            .arg(self.path())
-            .args(["--sandbox", "native", "--yes"])
-            .args(extra)
-            .output()
-            .unwrap()
-    }
-    fn show(&self) -> serde_json::Value {
-        let out = bin()
-            .args(["show", "last", "--json", "--state-dir"])
-            .arg(self.path().join(".secureclaw"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-fn step<'a>(record: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap()
+fn new_ws() -> Ws {
+    Ws::new(&["--sandbox", "native", "--yes"])
 }
 
 fn stderr(out: &Output) -> String {
@@ -78,7 +32,7 @@ fn a_step_past_its_write_budget_fails_as_such_and_is_rolled_back() {
         // The operator's budget is a ceiling: a workflow cannot raise it.
         ("  disk: 100Gi\n", &["--disk-limit", "8Mi"][..]),
     ] {
-        let ws = Ws::new();
+        let ws = new_ws();
         std::fs::write(ws.path().join("keep.txt"), "before").unwrap();
         let wf = ws.workflow(&format!(
             "version: 1\nname: fill\nsandbox:\n  timeout: 120s\n{disk}steps:\n  - id: fill\n    shell: echo after > keep.txt; yes > big\n"
@@ -104,7 +58,7 @@ fn a_step_past_its_write_budget_fails_as_such_and_is_rolled_back() {
 
 #[test]
 fn a_bad_disk_limit_is_refused_before_the_run() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: x\nsteps:\n  - id: a\n    shell: touch ran\n");
     for bad in ["lots", "0", "-5Mi"] {
         let out = ws.run(&wf, &[&format!("--disk-limit={bad}")]);
@@ -122,7 +76,7 @@ fn a_bad_disk_limit_is_refused_before_the_run() {
 
 #[test]
 fn a_fork_bomb_that_exits_0_is_recorded_with_the_pids_limit() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         "version: 1\nname: forks\nsandbox: { pids: 16 }\nsteps:\n  - id: forks\n    shell: perl -e 'for (1..40) { my $p = fork(); if (defined $p && $p == 0) { sleep 1; exit 0 } } 1 while wait() != -1; exit 0'\n",
     );
@@ -165,7 +119,7 @@ fn step_cgroups_of(pid: u32) -> Vec<PathBuf> {
 
 #[test]
 fn runs_leave_no_cgroup_behind_and_the_next_run_reports_no_crash() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         "version: 1\nname: two\nsteps:\n  - id: a\n    shell: echo a\n  - id: b\n    shell: sleep 0.2 & wait\n",
     );
@@ -217,7 +171,7 @@ fn runs_leave_no_cgroup_behind_and_the_next_run_reports_no_crash() {
 
 #[test]
 fn the_state_dir_does_not_break_find_or_tar_in_a_step() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::write(ws.path().join("src.txt"), "code").unwrap();
     let wf = ws.workflow(
         "version: 1\nname: archive\nsteps:\n  - id: archive\n    shell: find . >/dev/null && tar czf /tmp/x.tgz . && tar tzf /tmp/x.tgz | sort && ls -A .secureclaw | wc -l\n",
@@ -249,7 +203,7 @@ fn toolchains_in_the_home_directory_can_be_granted() {
         home.join(".cargo/bin/cargo").is_file(),
         "this test needs the rustup toolchain that builds it in ~/.cargo and ~/.rustup"
     );
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: tc\nsteps:\n  - id: v\n    shell: cargo --version\n");
     let host_path = format!("{}:/usr/bin:/bin", home.join(".cargo/bin").display());
     let out = bin()

@@ -5,66 +5,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::secureclaw as bin;
 
-struct Ws {
-    dir: tempfile::TempDir,
-}
+type Ws = common::Workspace;
+use common::step;
 
-impl Ws {
-    fn new() -> Self {
-        Ws {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn workflow(&self, text: &str) -> PathBuf {
-        let p = self.path().join("wf.yaml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn run(&self, wf: &Path, extra: &[&str]) -> Output {
-        bin()
-            .arg("run")
-            .arg(wf)
-            .arg("--workspace")
-            .arg(self.path())
-            .args(["--sandbox", "host"])
-            .args(extra)
-            .output()
-            .unwrap()
-    }
-    fn show(&self) -> serde_json::Value {
-        let out = bin()
-            .args(["show", "last", "--json", "--state-dir"])
-            .arg(self.path().join(".secureclaw"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-fn step<'a>(record: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap()
+fn new_ws() -> Ws {
+    Ws::new(&["--sandbox", "host"])
 }
 
 #[test]
 fn hello_example_runs_and_is_recorded() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/hello/workflow.yaml");
     let out = ws.run(&wf, &["--input", "who=tester"]);
     assert!(
@@ -109,7 +63,7 @@ steps:
 
 #[test]
 fn destructive_step_stops_without_approval_and_nothing_after_runs() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let out = ws.run(&wf, &["--jobs", "1"]);
@@ -137,7 +91,7 @@ fn destructive_step_stops_without_approval_and_nothing_after_runs() {
 
 #[test]
 fn destructive_step_proceeds_with_approval_and_the_approval_is_recorded() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let out = ws.run(&wf, &["--approve", "destructive"]);
@@ -162,7 +116,7 @@ fn destructive_step_proceeds_with_approval_and_the_approval_is_recorded() {
 
 #[test]
 fn templating_cannot_smuggle_a_destructive_command_past_approval() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::create_dir(ws.path().join("keep")).unwrap();
     let wf = ws.workflow(
         r#"
@@ -187,7 +141,7 @@ steps:
 
 #[test]
 fn a_failure_skips_dependents_but_independent_branches_finish() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -215,7 +169,7 @@ steps:
 
 #[test]
 fn fail_fast_cancels_the_rest() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -238,7 +192,7 @@ steps:
 
 #[test]
 fn retry_with_backoff_then_success() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -262,7 +216,7 @@ steps:
 
 #[test]
 fn timeout_kills_the_step_with_a_clear_reason() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -279,7 +233,7 @@ steps:
 
 #[test]
 fn conditions_skip_steps_and_their_dependents() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -305,7 +259,7 @@ steps:
 
 #[test]
 fn outputs_flow_between_steps() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         r#"
 version: 1
@@ -334,7 +288,7 @@ steps:
 
 #[test]
 fn the_engine_environment_does_not_leak_into_steps() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: env\nsteps:\n  - { id: e, shell: 'env > env.txt' }\n");
     let out = ws.run(&wf, &[]);
     assert!(out.status.success());
@@ -344,7 +298,7 @@ fn the_engine_environment_does_not_leak_into_steps() {
 
 #[test]
 fn file_actions_cannot_leave_the_workspace_through_symlinks() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let outside = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), ws.path().join("link")).unwrap();
     let wf = ws.workflow(
@@ -370,7 +324,7 @@ steps:
 
 #[test]
 fn input_errors_are_reported_before_anything_runs() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         "version: 1\nname: i\ninputs:\n  count: { type: integer }\nsteps:\n  - { id: a, write: { path: a.txt, content: '{{ inputs.count }}' } }\n",
     );
@@ -387,7 +341,7 @@ fn input_errors_are_reported_before_anything_runs() {
 
 #[test]
 fn invalid_workflows_do_not_run() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: x\nsteps:\n  - { id: a, shel: 'touch ran' }\n");
     let out = ws.run(&wf, &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -396,7 +350,7 @@ fn invalid_workflows_do_not_run() {
 
 #[test]
 fn policy_can_forbid_the_host_backend() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: x\nsteps:\n  - { id: a, shell: 'touch ran' }\n");
     let out = ws.run(&wf, &["--forbid-host"]);
     assert_eq!(out.status.code(), Some(2));
@@ -405,7 +359,7 @@ fn policy_can_forbid_the_host_backend() {
 
 #[test]
 fn json_events_are_one_object_per_line() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow("version: 1\nname: j\nsteps:\n  - { id: a, shell: 'true' }\n");
     let out = ws.run(&wf, &["--json"]);
     assert!(out.status.success());
@@ -436,7 +390,7 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
             .unwrap();
         req
     });
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(&format!(
         "version: 1\nname: h\nsteps:\n  - id: call\n    network: [\"hook.test:{port}\"]\n    http: {{ method: POST, url: \"http://hook.test:{port}/hook\", json: {{ done: true }} }}\n  - {{ id: save, needs: [call], write: {{ path: body.txt, content: \"{{{{ steps.call.output }}}}\" }} }}\n"
     ));
@@ -457,7 +411,7 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
 
 #[test]
 fn ctrl_c_cancels_the_run_and_kills_the_step() {
-    let ws = Ws::new();
+    let ws = new_ws();
     let wf = ws.workflow(
         "version: 1\nname: c\nsteps:\n  - { id: long, shell: 'sleep 30; touch finished' }\n",
     );
@@ -533,7 +487,7 @@ fn run_on_tty(ws: &Ws, wf: &Path, answer: &str) -> (Option<i32>, String) {
 
 #[test]
 fn on_a_terminal_the_prompt_shows_the_command_and_yes_runs_it() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let (code, screen) = run_on_tty(&ws, &wf, "y\n");
@@ -556,7 +510,7 @@ fn on_a_terminal_the_prompt_shows_the_command_and_yes_runs_it() {
 
 #[test]
 fn on_a_terminal_no_stops_the_run() {
-    let ws = Ws::new();
+    let ws = new_ws();
     std::fs::create_dir(ws.path().join("build")).unwrap();
     let wf = ws.workflow(DESTRUCTIVE);
     let (code, screen) = run_on_tty(&ws, &wf, "n\n");

@@ -115,3 +115,66 @@ pub fn build_default_image() -> String {
         })
         .clone()
 }
+
+/// A throwaway workspace that holds its workflow file and runs it with fixed arguments (the
+/// backend, approvals) through the real binary.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    run_args: &'static [&'static str],
+}
+
+impl Workspace {
+    pub fn new(run_args: &'static [&'static str]) -> Self {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+            run_args,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn workflow(&self, text: &str) -> std::path::PathBuf {
+        let p = self.path().join("wf.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn run(&self, wf: &Path, extra: &[&str]) -> std::process::Output {
+        secureclaw()
+            .arg("run")
+            .arg(wf)
+            .arg("--workspace")
+            .arg(self.path())
+            .args(self.run_args)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    /// The last run's record (`show last --json`).
+    pub fn show(&self) -> serde_json::Value {
+        let out = secureclaw()
+            .args(["show", "last", "--json", "--state-dir"])
+            .arg(self.path().join(".secureclaw"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// One step of a run record, by id.
+pub fn step<'a>(record: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
+}
