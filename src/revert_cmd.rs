@@ -224,7 +224,10 @@ fn print_plan(plan: &revert::RevertPlan) {
 }
 
 pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let (store, _) = open(args.state_dir.as_ref(), pass)?;
+    // Only reads: works on a read-only state dir (a backup being audited) like `show`.
+    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let vault = crate::unlock::open_for_reading(&dir, pass)?;
+    let store = RunStore::new(vault, crate::run_cmd::actor());
     let record = store.load(&args.run)?;
     let color = match args.color.as_str() {
         "always" => true,

@@ -96,7 +96,8 @@ impl Setup {
         self.ws.path().join(".secureclaw")
     }
 
-    /// The reading commands with what each must print. Exports go outside the state dir.
+    /// The reading commands (`runs`, `show`, `diff`, `ledger`, `vault status`) with what each must
+    /// print. Exports go outside the state dir.
     fn reading_commands(&self, out_dir: &Path) -> Vec<(Vec<String>, String)> {
         let s = self.state().display().to_string();
         let o = out_dir.join("ro-export.jsonl").display().to_string();
@@ -112,6 +113,10 @@ impl Setup {
             (
                 v(&["show", &self.run_id, "--json", "--state-dir", &s]),
                 "\"a.txt\"".into(),
+            ),
+            (
+                v(&["diff", &self.run_id, "--color", "never", "--state-dir", &s]),
+                "a.txt".into(),
             ),
             (
                 v(&["ledger", "verify", "--state-dir", &s]),
