@@ -156,7 +156,7 @@ fn attack(backend: &str, case: &Case) -> (Observed, Vec<String>) {
     let env = setup_case(case);
     if backend == "docker" {
         escape_image();
-        // Containers run as the workspace's owner; a root-owned one would be read-only.
+        // Containers run as the workspace's owner: the battery attacks from a user's workspace.
         common::chown_tree(&env.ws, 1000);
     }
     let before = env.outside();

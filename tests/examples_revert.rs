@@ -60,7 +60,7 @@ fn run_and_revert_on(example: &str, seed: Option<&str>, backend: &str) {
     }
     if backend == "docker" {
         common::build_default_image();
-        // Containers run as the seed's 1000:1000: a user's workspace belongs to the user.
+        // Containers run as the default 1000:1000: a user's workspace belongs to the user.
         common::chown_tree(ws.path(), 1000);
     }
     let before = tree(ws.path());

@@ -61,7 +61,7 @@ pub struct RunOptions {
     pub inputs: BTreeMap<String, Value>,
     pub jobs: usize,
     pub fail_fast: bool,
-    /// Step limits before the workflow's `sandbox:` settings (the seed's defaults, or the
+    /// Step limits before the workflow's `sandbox:` settings (the built-in defaults, or the
     /// `DOCKER_*` variables: `Limits::from_env`).
     pub base_limits: Limits,
     /// Extra read-only paths the operator grants every isolated step (canonical; see

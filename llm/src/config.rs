@@ -1,4 +1,4 @@
-//! Provider configuration from the seed's environment variables.
+//! Provider configuration from the documented environment variables.
 
 use std::fmt;
 use std::time::Duration;
@@ -27,7 +27,7 @@ impl ProviderKind {
         }
     }
 
-    /// Accepts the seed's spellings (`claude`, `openai`, `ollama`) and the vendor names.
+    /// Accepts the documented spellings (`claude`, `openai`, `ollama`) and the vendor names.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "claude" | "anthropic" => Some(Self::Anthropic),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Resource limits for one execution. Defaults are the seed's hardening table.
+/// Resource limits for one execution. Defaults are the default hardening table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub memory_bytes: u64,
@@ -39,7 +39,7 @@ impl Default for Limits {
     }
 }
 
-/// The seed's configuration variables for step limits (named for Docker, applied to every
+/// The configuration variables for step limits (named for Docker, applied to every
 /// isolated backend): they replace the built-in defaults; a workflow's `sandbox:` settings
 /// still override them per workflow and step.
 pub const LIMIT_VARS: [&str; 3] = [

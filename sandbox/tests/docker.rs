@@ -35,7 +35,7 @@ async fn sandbox() -> DockerSandbox {
 
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    // The seed's user 1000:1000 must own the workspace to write to it.
+    // The default user 1000:1000 must own the workspace to write to it.
     std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();
     dir
 }

@@ -35,7 +35,7 @@ async fn sandbox() -> DockerSandbox {
     DockerSandbox::with_default_image(image().await)
 }
 
-/// A workspace owned by the seed's 1000:1000 (the usual case).
+/// A workspace owned by the default 1000:1000 (the usual case).
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();

@@ -52,7 +52,7 @@ async fn attack(sb: &dyn Sandbox, case: &Case) -> (Observed, Vec<String>) {
         std::fs::write(state.join("vault.header.json"), "{\"format\": 1}\n").unwrap();
     }
     if sb.name() == "docker" {
-        // The container runs as the seed's 1000:1000, which must own the workspace to write.
+        // The container runs as the default 1000:1000, which must own the workspace to write.
         chown_tree(&env.ws, 1000);
     }
     let before = env.outside();

@@ -85,8 +85,8 @@ pub fn tree_fingerprint(root: &std::path::Path) -> std::collections::BTreeMap<Ve
     out
 }
 
-/// Give a tree to `id`:`id` (the docker backend's steps run as the workspace's owner, and the
-/// seed's 1000:1000 for a root-owned one, which cannot write there).
+/// Give a tree to `id`:`id` (the docker backend's step runs as the workspace's owner; a
+/// root-owned workspace is idmapped so that the step sees it as 1000:1000).
 pub fn chown_tree(dir: &Path, id: u32) {
     std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
     if std::fs::symlink_metadata(dir).unwrap().is_dir() {

@@ -1,4 +1,4 @@
-//! Argon2id parameters: the seed's defaults, overridable by the seed's environment variables.
+//! Argon2id parameters: the default parameters, overridable by the `ARGON2_*` environment variables.
 
 use serde::{Deserialize, Serialize};
 

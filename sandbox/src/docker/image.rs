@@ -20,9 +20,9 @@ use crate::SandboxError;
 /// The Dockerfile of the offline image (checked in, reviewed like any other file).
 pub const DOCKERFILE_OFFLINE: &str = include_str!("../../docker/Dockerfile.offline");
 
-/// The seed's variable naming the image a step gets when its workflow names none.
+/// The variable naming the image a step gets when its workflow names none.
 pub const BASE_IMAGE_VAR: &str = "DOCKER_BASE_IMAGE";
-/// Its default (the seed's): what `build-image` tags besides the versioned tag.
+/// Its default: what `build-image` tags besides the versioned tag.
 pub const LATEST_IMAGE: &str = "secureclaw-sandbox:latest";
 
 /// The image a step gets when its workflow names none: `DOCKER_BASE_IMAGE`, else

@@ -1,7 +1,7 @@
 //! The `docker` backend: one ephemeral, hardened container per step, through the Docker
 //! Engine API (bollard), never the `docker` CLI.
 //!
-//! Every container gets the seed's hardening whatever the image: all capabilities dropped, our
+//! Every container gets the default hardening whatever the image: all capabilities dropped, our
 //! own default-deny seccomp profile (generated from `sandbox/policy/seccomp.toml`, see
 //! `profile.rs`), `no-new-privileges`, a non-root user, a read-only root filesystem, the
 //! workspace bind-mounted read-write from a `nosuid,nodev` mount the engine prepares (idmapped
@@ -43,7 +43,7 @@ use crate::{
 };
 pub use image::{ImageRecipe, build_image, default_image, versioned_image};
 
-/// The seed's variable for the container network mode. Only `none` is accepted: a step's
+/// The variable for the container network mode. Only `none` is accepted: a step's
 /// outbound access is its `network:` allowlist through the egress proxy, never a bridge.
 pub const NETWORK_MODE_VAR: &str = "DOCKER_NETWORK_MODE";
 
@@ -67,9 +67,9 @@ pub const ENGINE_LABEL: &str = "org.secureclaw.engine";
 /// Label on every step container: the host path of the workspace it works on (the bind
 /// source is a prepared mount, so the mount list does not name it).
 pub const WORKSPACE_LABEL: &str = "org.secureclaw.workspace";
-/// The uid/gid a step runs as when the workspace belongs to root (the seed's 1000:1000).
+/// The uid/gid a step runs as when the workspace belongs to root (the default 1000:1000).
 pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
-/// Size of the step's `/tmp` (the seed's 64m).
+/// Size of the step's `/tmp` (64m by default).
 const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
 
 pub(crate) fn unavailable(reason: String) -> SandboxError {
@@ -305,7 +305,7 @@ struct Plan {
 
 /// The uid:gid the step runs as: the workspace's owner, so files the step creates belong to
 /// the user who owns the workspace, except root, which is never used: a root-owned workspace
-/// is idmapped so that its owner appears as the seed's 1000:1000 inside, and what the step
+/// is idmapped so that its owner appears as the default 1000:1000 inside, and what the step
 /// creates is written to disk as root.
 fn plan(workspace: &Path) -> Result<Plan, SandboxError> {
     use std::os::unix::fs::MetadataExt;

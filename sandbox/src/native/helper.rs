@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use super::protocol::{CONTROL_FD, HelperConfig, HelperResult, InnerMsg};
 use crate::Layer;
 
-/// Inside ids of the step (the seed's `user 1000`).
+/// Inside ids of the step (`user 1000`, the default hardening).
 pub const INSIDE_UID: u32 = 1000;
 pub const INSIDE_GID: u32 = 1000;
 

@@ -31,7 +31,7 @@ pub use helper::{INSIDE_GID, INSIDE_UID};
 use protocol::{HELPER_ARG, HelperConfig, HelperResult};
 
 pub use crate::DEFAULT_PATH;
-/// Size of the step's `/tmp` (the seed's 64m).
+/// Size of the step's `/tmp` (64m by default).
 pub const TMP_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 /// Fresh network namespaces kept ready (each is used by exactly one step, then dropped).
 const NETNS_POOL: usize = 2;
