@@ -22,6 +22,64 @@ async fn run(spec: &ExecSpec) -> secureclaw_sandbox::ExecOutcome {
     native().run(spec, CancellationToken::new()).await.unwrap()
 }
 
+/// A word unique to this workspace, put into a step's scripts so their processes can be found
+/// from the host.
+fn token_of(ws: &std::path::Path) -> String {
+    format!("sc-live-{}", ws.file_name().unwrap().to_string_lossy())
+}
+
+/// Waits (bounded) until no process on the host carries `token` in its command line. Once
+/// none does, nothing of the step is left that could still write, so absent files prove the
+/// kill, with no fixed sleep that a loaded machine could outrun.
+async fn wait_until_gone(token: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = live_processes(token);
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step processes outlived the step: {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Command lines of the host's processes that carry `token`.
+fn live_processes(token: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(token))
+        .collect()
+}
+
+/// The lifetime tests below are only as good as this search: it must find a live shell by the
+/// token in its script.
+#[tokio::test]
+async fn live_processes_are_found_by_their_token() {
+    let (_d, ws) = ws();
+    let live = token_of(&ws);
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &format!(": {live}; sleep 30")])
+        .spawn()
+        .unwrap();
+    let found = live_processes(&live);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    wait_until_gone(&live).await;
+}
+
 #[tokio::test]
 async fn captures_output_exit_code_and_reports_every_layer() {
     let (_d, ws) = ws();
@@ -258,14 +316,17 @@ async fn a_workspace_under_a_private_parent_works() {
 #[tokio::test]
 async fn timeout_kills_the_whole_tree() {
     let (_d, ws) = ws();
+    let live = token_of(&ws);
     let mut spec = ExecSpec::shell(
-        "(trap '' TERM; sleep 2; touch survived) & setsid sh -c 'sleep 2; touch daemon' & sleep 30",
+        &format!(
+            ": {live}; (trap '' TERM; sleep 2; touch survived) & setsid sh -c ': {live}; sleep 2; touch daemon' & sleep 30"
+        ),
         ws.clone(),
     );
     spec.limits.timeout = Duration::from_millis(300);
     let out = run(&spec).await;
     assert_eq!(out.exit, ExitReason::TimedOut);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until_gone(&live).await;
     assert!(!ws.join("survived").exists());
     assert!(!ws.join("daemon").exists());
 }
@@ -273,20 +334,24 @@ async fn timeout_kills_the_whole_tree() {
 #[tokio::test]
 async fn background_children_die_with_the_step() {
     let (_d, ws) = ws();
+    let live = token_of(&ws);
     let spec = ExecSpec::shell(
-        "setsid sh -c 'sleep 1; touch late' </dev/null >/dev/null 2>&1 & exit 0",
+        &format!(
+            "setsid sh -c ': {live}; sleep 1; touch late' </dev/null >/dev/null 2>&1 & exit 0"
+        ),
         ws.clone(),
     );
     let out = run(&spec).await;
     assert!(out.exit.success());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until_gone(&live).await;
     assert!(!ws.join("late").exists());
 }
 
 #[tokio::test]
 async fn cancellation_and_a_dropped_engine_future_kill_the_step() {
     let (_d, ws) = ws();
-    let spec = ExecSpec::shell("sleep 1; touch cancelled", ws.clone());
+    let live = token_of(&ws);
+    let spec = ExecSpec::shell(&format!(": {live}; sleep 1; touch cancelled"), ws.clone());
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -297,7 +362,7 @@ async fn cancellation_and_a_dropped_engine_future_kill_the_step() {
     assert_eq!(out.exit, ExitReason::Cancelled);
 
     // The engine side vanishes mid-step (future dropped, as when the engine dies).
-    let spec = ExecSpec::shell("sleep 1; touch orphaned", ws.clone());
+    let spec = ExecSpec::shell(&format!(": {live}; sleep 1; touch orphaned"), ws.clone());
     let sb = native();
     let r = tokio::time::timeout(
         Duration::from_millis(200),
@@ -305,7 +370,7 @@ async fn cancellation_and_a_dropped_engine_future_kill_the_step() {
     )
     .await;
     assert!(r.is_err(), "the step should still have been running");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until_gone(&live).await;
     assert!(!ws.join("cancelled").exists());
     assert!(!ws.join("orphaned").exists());
 }
