@@ -413,7 +413,7 @@ fn http_steps_reach_allowlisted_loopback_hosts() {
 fn ctrl_c_cancels_the_run_and_kills_the_step() {
     let ws = new_ws();
     let wf = ws.workflow(
-        "version: 1\nname: c\nsteps:\n  - { id: long, shell: 'sleep 30; touch finished' }\n",
+        "version: 1\nname: c\nsteps:\n  - { id: long, shell: 'touch started; sleep 30; touch finished' }\n",
     );
     let child = bin()
         .arg("run")
@@ -424,19 +424,16 @@ fn ctrl_c_cancels_the_run_and_kills_the_step() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the step is running, then interrupt like a terminal would.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let runs = ws.path().join(".secureclaw/runs");
-        let started = std::fs::read_dir(&runs)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false);
-        if started || std::time::Instant::now() > deadline {
-            break;
-        }
+    // Wait until the step itself is running (it says so in the workspace), then interrupt
+    // like a terminal would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ws.path().join("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
