@@ -480,3 +480,31 @@ steps:
     let ledger = ws.ledger();
     assert!(ledger.contains("\"compensation\":\"http\""), "{ledger}");
 }
+
+/// A step that replaces a directory by a file of the same name (and a failed step that does
+/// the same) is undone exactly: the paths under the old directory are looked up through what is
+/// now a file, which must read as "absent", not as an error.
+#[test]
+fn a_directory_replaced_by_a_file_is_put_back() {
+    let ws = Ws::new();
+    ws.write("d/e", "inner\n");
+    ws.write("d/f/g", "deeper\n");
+    let before = ws.tree();
+    let out = ws.run(
+        "version: 1\nname: swap\nsteps:\n  - { id: swap, shell: 'rm -rf d && head -c 1200000 /dev/urandom > d' }\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(ws.path().join("d").is_file());
+    let id = run_id(&out);
+    let out = ws.cmd(&["revert", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(ws.tree(), before);
+    assert_eq!(ws.read("d/f/g"), "deeper\n");
+
+    // The same swap in a step that fails is rolled back by the run itself.
+    let out = ws.run(
+        "version: 1\nname: swap-fail\nsteps:\n  - { id: swap, shell: 'rm -rf d && echo x > d && exit 1' }\n",
+    );
+    assert!(!out.status.success());
+    assert_eq!(ws.tree(), before);
+}

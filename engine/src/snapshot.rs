@@ -483,6 +483,15 @@ pub fn hazards(post: &Manifest, changes: &ChangeSet) -> Vec<Hazard> {
     out
 }
 
+/// Whether a failed lookup means the path is not there: missing, or under something that is
+/// no longer a directory.
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
 /// The difference between two manifests.
 pub fn diff(pre: &Manifest, post: &Manifest) -> ChangeSet {
     let mut changes = Vec::new();
@@ -1010,7 +1019,9 @@ impl Snapshotter {
         let path = self.abs(p);
         let md = match fs::symlink_metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A parent that is no longer a directory (a step replaced `d/` by a file `d`)
+            // means the path does not exist either.
+            Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(SnapshotError::Io { path, source: e }),
         };
         let mut e = Entry::stat_only(&md);
@@ -1078,7 +1089,7 @@ impl Snapshotter {
     fn remove_path(&self, abs: &Path) -> Result<(), SnapshotError> {
         let md = match fs::symlink_metadata(abs) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if is_absent(&e) => return Ok(()),
             Err(e) => return Err(io(abs)(e)),
         };
         let r = if md.is_dir() {
@@ -1184,10 +1195,7 @@ impl Snapshotter {
         for c in changes {
             let done = match &c.pre {
                 // Only absence matters: nothing to read (a path the step left may be huge).
-                None => matches!(
-                    fs::symlink_metadata(self.abs(&c.path)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound
-                ),
+                None => matches!(fs::symlink_metadata(self.abs(&c.path)), Err(e) if is_absent(&e)),
                 Some(pre) => self
                     .current(&c.path, c.post.as_ref())?
                     .is_some_and(|cur| cur.same_state(pre)),
