@@ -70,7 +70,8 @@ async fn live_processes_are_found_by_their_token() {
     let (_d, ws) = ws();
     let live = token_of(&ws);
     let mut child = std::process::Command::new("sh")
-        .args(["-c", &format!(": {live}; sleep 30")])
+        // A command after `sleep` keeps the shell itself alive (dash execs a last command).
+        .args(["-c", &format!(": {live}; sleep 30; :")])
         .spawn()
         .unwrap();
     let found = live_processes(&live);
