@@ -1,4 +1,4 @@
-//! Optional model hook for the engine's risk tiers (issue 8): "the heuristic tiers may be raised,
+//! Optional model hook for the engine's risk tiers: "the heuristic tiers may be raised,
 //! never lowered, by an optional model under the same `ml` feature; without the model the
 //! heuristics stand alone and the run record says so".
 //!

@@ -1,4 +1,4 @@
-//! Behaviour of the classifier on the constructs the brief names, and rules-file validation.
+//! Behaviour of the classifier on every shell construct it must walk, and rules-file validation.
 
 // Tests may panic on broken fixtures; that is what a failing test is.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
