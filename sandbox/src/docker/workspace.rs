@@ -102,62 +102,9 @@ fn idmap_userns(map: IdMap) -> Result<RawFd, String> {
 }
 
 fn new_userns(((disk_uid, step_uid), (disk_gid, step_gid)): IdMap) -> Result<OwnedFd, String> {
-    let mut pipe_fds = [0 as libc::c_int; 2];
-    // SAFETY: valid out-array of two ints.
-    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(os_error("pipe"));
-    }
-    // SAFETY: both fds are fresh and owned here.
-    let (hold_r, hold_w) = unsafe {
-        (
-            OwnedFd::from_raw_fd(pipe_fds[0]),
-            OwnedFd::from_raw_fd(pipe_fds[1]),
-        )
-    };
-    // SAFETY: a fork-like clone into a new user namespace. The child runs only
-    // async-signal-safe calls (read, _exit): it blocks until the pipe closes, then leaves.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(os_error("clone(CLONE_NEWUSER)"));
-    }
-    if pid == 0 {
-        let mut b = [0u8; 1];
-        // SAFETY: closing the child's copy of the write end (so the read ends when the
-        // parent's closes), reading into a valid buffer, then leaving without destructors.
-        unsafe {
-            libc::close(hold_w.as_raw_fd());
-            libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
-            libc::_exit(0)
-        }
-    }
-    drop(hold_r);
-    let pid = pid as libc::pid_t;
-    let dir = PathBuf::from(format!("/proc/{pid}"));
     // The mount shows on-disk `disk_uid` as `step_uid`: inside (the mount's view) is the disk
     // id, outside is the id the kernel gives the step's files.
-    let result = (|| {
-        std::fs::write(dir.join("uid_map"), format!("{disk_uid} {step_uid} 1\n"))
-            .map_err(|e| format!("idmap uid_map: {e}"))?;
-        std::fs::write(dir.join("gid_map"), format!("{disk_gid} {step_gid} 1\n"))
-            .map_err(|e| format!("idmap gid_map: {e}"))?;
-        std::fs::File::open(dir.join("ns/user"))
-            .map(OwnedFd::from)
-            .map_err(|e| format!("idmap userns: {e}"))
-    })();
-    drop(hold_w);
-    let mut status = 0;
-    // SAFETY: reaping our own child; status is a valid out-pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    result
+    crate::native::helper::idmap_userns((disk_uid, step_uid), (disk_gid, step_gid))
 }
 
 /// Clone the mount tree at `workspace`, make it `nosuid,nodev` (and idmapped with `idmap`), and

@@ -442,10 +442,11 @@ fn open_grant(path: &Path) -> Result<OwnedFd, String> {
 }
 
 /// A user namespace whose only mapping is `inside` -> `outside` (uids and gids), as an fd.
-fn idmap_userns(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, String> {
+/// Used by the native helper and by the docker backend's workspace mount (a multi-threaded
+/// engine): the clone's child only makes async-signal-safe calls.
+pub(crate) fn idmap_userns(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, String> {
     let (hold_r, hold_w) = pipe()?;
-    // SAFETY: fork-like clone of a single-threaded process; the child only blocks on a read
-    // and exits.
+    // SAFETY: fork-like clone; the child only closes, reads and exits (async-signal-safe).
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -480,10 +481,11 @@ fn idmap_userns(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, String> {
             .map(OwnedFd::from)
             .map_err(|e| format!("idmap userns: {e}"))
     })();
-    // The holder exits on its own once this end closes; its zombie is reaped with ours (we
-    // are short-lived), so nobody waits for its exit here.
+    // The holder exits once this end closes; reap it, so a long-lived engine keeps no zombie.
     drop(hold_w);
-    let _ = pid;
+    let mut status = 0;
+    // SAFETY: reaping our own child; status is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
     res
 }
 

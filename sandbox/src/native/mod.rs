@@ -8,7 +8,7 @@
 
 pub(crate) mod bpf;
 mod cgroup;
-mod helper;
+pub(crate) mod helper;
 pub mod policy;
 mod protocol;
 
