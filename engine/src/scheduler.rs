@@ -369,9 +369,11 @@ fn merged_limits(
 /// Every step's read-only grants (operator's, then the workflow's, then its own), resolved and
 /// checked before anything runs: a grant that does not exist, is a home directory or overlaps
 /// the state dir stops the run with the reason. The `host` backend shows everything anyway.
+/// `state_dir` is canonical, like the grants it is kept away from.
 fn resolve_grants(
     wf: &Validated,
     opts: &RunOptions,
+    state_dir: &Path,
     isolated: bool,
 ) -> Result<Vec<Vec<PathBuf>>, EngineError> {
     let n = wf.workflow.steps.len();
@@ -379,12 +381,10 @@ fn resolve_grants(
         return Ok(vec![Vec::new(); n]);
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    // Grants are canonical; so must be the state dir they are kept away from.
-    let state_dir = canonical_state_dir(&opts.state_dir);
     let resolve = |list: &[String]| -> Result<Vec<PathBuf>, EngineError> {
         list.iter()
             .map(|e| {
-                secureclaw_sandbox::grants::resolve(e, home.as_deref(), Some(&state_dir))
+                secureclaw_sandbox::grants::resolve(e, home.as_deref(), Some(state_dir))
                     .map_err(|e| EngineError::Policy(e.to_string()))
             })
             .collect()
@@ -447,7 +447,7 @@ impl Engine {
                 "policy forbids the unisolated `host` backend".into(),
             ));
         }
-        let step_grants = resolve_grants(wf, &opts, self.sandbox.isolated())?;
+        let step_grants = resolve_grants(wf, &opts, &state_dir, self.sandbox.isolated())?;
         let templates = Arc::new(Templates::new());
         // Values of `secret: true` inputs never reach the record, the ledger or the events.
         let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
@@ -697,10 +697,10 @@ impl Engine {
                 let risk = effective_risk(&wf.risk[i], &rendered, opts.risk_model.as_deref());
                 record.steps[i].tier = risk.tier;
                 record.steps[i].rule = risk.rule.clone();
+                // What the approval prompt and the events show: secrets already scrubbed.
+                let summary = secrets.scrub(&rendered.summary());
                 if risk.needs_approval() {
-                    let decision = self
-                        .approve(&record, &risk, step, &secrets.scrub(&rendered.summary()))
-                        .await;
+                    let decision = self.approve(&record, &risk, step, &summary).await;
                     let entry = self
                         .store
                         .entry(kind::APPROVAL_GIVEN)
@@ -744,7 +744,7 @@ impl Engine {
                     step: step.id.clone(),
                     attempt: 1,
                     tier: risk.tier,
-                    summary: secrets.scrub(&rendered.summary()),
+                    summary,
                 });
                 let job = StepJob {
                     index: i,
