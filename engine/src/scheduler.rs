@@ -246,8 +246,8 @@ struct StepJob {
     limits: Limits,
     allow_degraded: bool,
     image: Option<String>,
-    workspace: PathBuf,
-    state_dir: PathBuf,
+    /// The canonical workspace and state dir, built once per run.
+    jail: Arc<Confinement>,
     /// Host paths the step may read (operator, workflow and step grants, resolved).
     read_only: Vec<PathBuf>,
     sandbox: Arc<dyn Sandbox>,
@@ -442,6 +442,12 @@ impl Engine {
         // from shell steps, refusing it to engine-side actions): canonicalise once, so `-w .`,
         // a relative `-w` or a symlinked workspace cannot make them differ by spelling.
         let state_dir = canonical_state_dir(&opts.state_dir);
+        let jail = Arc::new(Confinement::new(&workspace, Some(&state_dir)).map_err(|e| {
+            EngineError::Workspace {
+                path: opts.workspace.clone(),
+                message: e.to_string(),
+            }
+        })?);
         if !self.sandbox.isolated() && !self.policy.allow_host {
             return Err(EngineError::Policy(
                 "policy forbids the unisolated `host` backend".into(),
@@ -753,8 +759,7 @@ impl Engine {
                     limits,
                     allow_degraded,
                     image,
-                    workspace: workspace.clone(),
-                    state_dir: state_dir.clone(),
+                    jail: jail.clone(),
                     read_only: step_grants[i].clone(),
                     sandbox: self.sandbox.clone(),
                     events: self.events.clone(),
@@ -1401,25 +1406,25 @@ fn egress_summary(events: &[secureclaw_sandbox::EgressEvent]) -> Value {
 async fn attempt_once(job: &StepJob) -> Finished {
     let timeout = job.limits.timeout;
     let engine_side = async {
-        let ws = Confinement::new(&job.workspace, Some(&job.state_dir))?;
+        let ws = &*job.jail;
         match &job.rendered {
             Rendered::Read {
                 path: Some(p),
                 limit,
                 ..
-            } => actions::read_file(&ws, p, *limit),
+            } => actions::read_file(ws, p, *limit),
             Rendered::Read { glob, .. } => {
-                actions::glob(&ws, glob.as_deref().unwrap_or("**")).map(|v| v.join("\n"))
+                actions::glob(ws, glob.as_deref().unwrap_or("**")).map(|v| v.join("\n"))
             }
             Rendered::Write {
                 path,
                 content,
                 append,
                 mode,
-            } => actions::write_file(&ws, path, content, *append, mode.as_deref())
+            } => actions::write_file(ws, path, content, *append, mode.as_deref())
                 .map(|_| path.clone()),
             Rendered::Patch { path, diff } => {
-                actions::patch_file(&ws, path, diff).map(|_| path.clone())
+                actions::patch_file(ws, path, diff).map(|_| path.clone())
             }
             Rendered::Http {
                 url,
@@ -1503,7 +1508,7 @@ async fn attempt_once(job: &StepJob) -> Finished {
 }
 
 async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>) -> Finished {
-    let mut spec = ExecSpec::shell(command, job.workspace.clone());
+    let mut spec = ExecSpec::shell(command, job.jail.root().to_path_buf());
     spec.env.insert("PATH".into(), BASE_PATH.into());
     spec.env.insert("LANG".into(), "C.UTF-8".into());
     // Isolated: a writable scratch home (tools' caches and dotfiles go to the step's tmpfs,
@@ -1513,7 +1518,7 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
         if job.sandbox.isolated() {
             "/tmp".into()
         } else {
-            job.workspace.display().to_string()
+            job.jail.root().display().to_string()
         },
     );
     spec.read_only = job.read_only.clone();
@@ -1531,8 +1536,10 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
     } else {
         NetworkPolicy::Domains(job.step.network.clone())
     };
-    if job.state_dir.starts_with(&job.workspace) {
-        spec.masked.push(job.state_dir.clone());
+    if let Some(state_dir) = job.jail.state_dir()
+        && state_dir.starts_with(job.jail.root())
+    {
+        spec.masked.push(state_dir.to_path_buf());
     }
     match job.sandbox.run(&spec, job.cancel.clone()).await {
         Ok(out) => {
