@@ -2,42 +2,24 @@
 //! offline by the same code as `secureclaw sandbox build-image`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "support/docker_fixture.rs"]
+mod docker_fixture;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
-use secureclaw_sandbox::docker::{
-    DockerSandbox, ENGINE_LABEL, ImageRecipe, WORKSPACE_LABEL, build_image, sweep,
-};
+use secureclaw_sandbox::docker::{DockerSandbox, ENGINE_LABEL, WORKSPACE_LABEL, sweep};
 use secureclaw_sandbox::{ExecSpec, ExitReason, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-/// The default offline image (busybox only), built once per test process.
 async fn image() -> String {
-    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-    IMAGE
-        .get_or_init(|| async {
-            let tag = "secureclaw-sandbox:docker-test".to_string();
-            let docker = DockerSandbox::docker().await.unwrap();
-            build_image(docker, &ImageRecipe::new(tag.clone()), |_| {})
-                .await
-                .unwrap();
-            tag
-        })
-        .await
-        .clone()
+    docker_fixture::image("secureclaw-sandbox:docker-test").await
 }
 
 async fn sandbox() -> DockerSandbox {
     DockerSandbox::with_default_image(image().await)
-}
-
-fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    // The default user 1000:1000 must own the workspace to write to it.
-    std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();
-    dir
 }
 
 /// Containers this engine process owns right now (running or not) that mount `workspace`
@@ -88,7 +70,7 @@ async fn wait_for_container(workspace: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_runs_hardened_and_its_container_is_removed() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let spec = ExecSpec::shell(
         "id -u; id -g; echo to-stderr >&2; cat /proc/self/status | grep -E '^(Seccomp|NoNewPrivs|CapEff):'; touch /etc/x 2>/dev/null && echo ROOT-WRITABLE; echo made > out.txt",
         ws.path().to_path_buf(),
@@ -138,7 +120,7 @@ async fn a_step_runs_hardened_and_its_container_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_is_read_only_masked_paths_are_hidden_and_tmp_is_noexec() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let root = ws.path();
     std::fs::create_dir_all(root.join(".git/hooks")).unwrap();
     std::fs::create_dir_all(root.join(".secureclaw")).unwrap();
@@ -165,7 +147,7 @@ async fn git_is_read_only_masked_paths_are_hidden_and_tmp_is_noexec() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_cancellation_kill_and_remove_the_container() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let mut spec = ExecSpec::shell("sleep 60", ws.path().to_path_buf());
     spec.limits.timeout = Duration::from_millis(800);
     let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
@@ -197,7 +179,7 @@ async fn timeout_and_cancellation_kill_and_remove_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_output_limits_hold() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // busybox has no allocator bomb; a tmpfs-backed file would be capped by /tmp's size, so
     // grow a shell variable instead.
     let mut spec = ExecSpec::shell(
@@ -223,7 +205,7 @@ async fn memory_and_output_limits_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error() {
     let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let err = sb
         .run(
             &ExecSpec::shell("true", ws.path().to_path_buf()),
@@ -272,7 +254,7 @@ async fn leftovers_of_a_dead_engine_are_swept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_engines_running_step_is_not_swept() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // The step waits for the test's go-ahead, so it is surely running during the sweep.
     let mut spec = ExecSpec::shell(
         "while [ ! -e go ]; do sleep 0.05; done; echo survived",
@@ -309,7 +291,7 @@ async fn the_workflows_image_wins_and_the_hardening_stays() {
     let tag = image().await;
     // A backend whose own default image does not exist: only `spec.image` can make this run.
     let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let mut spec = ExecSpec::shell(
         "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
         ws.path().to_path_buf(),

@@ -3,6 +3,9 @@
 //! the masked state dir and root-owned workspaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "support/docker_fixture.rs"]
+mod docker_fixture;
+
 #[path = "support/tmpfs_workspace.rs"]
 mod tmpfs_workspace;
 use tmpfs_workspace::TmpfsWorkspace;
@@ -11,35 +14,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
+use secureclaw_sandbox::docker::DockerSandbox;
 use secureclaw_sandbox::{ExecOutcome, ExecSpec, ExitReason, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-/// The default offline image (busybox only), built once per test process.
 async fn image() -> String {
-    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-    IMAGE
-        .get_or_init(|| async {
-            let tag = "secureclaw-sandbox:docker-hardening-test".to_string();
-            let docker = DockerSandbox::docker().await.unwrap();
-            build_image(docker, &ImageRecipe::new(tag.clone()), |_| {})
-                .await
-                .unwrap();
-            tag
-        })
-        .await
-        .clone()
+    docker_fixture::image("secureclaw-sandbox:docker-hardening-test").await
 }
 
 async fn sandbox() -> DockerSandbox {
     DockerSandbox::with_default_image(image().await)
-}
-
-/// A workspace owned by the default 1000:1000 (the usual case).
-fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(1000), Some(1000)).unwrap();
-    dir
 }
 
 async fn run(sb: &DockerSandbox, spec: &ExecSpec) -> ExecOutcome {
@@ -76,7 +60,7 @@ const CONTROL: &str = "echo control > control.txt && cat control.txt; ";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workspace_is_nosuid_and_nodev_from_inside() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let spec = ExecSpec::shell(
         &format!("{CONTROL} cat /proc/self/mountinfo"),
         ws.path().to_path_buf(),
@@ -99,7 +83,7 @@ async fn the_workspace_is_nosuid_and_nodev_from_inside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setuid_file_planted_in_the_workspace_does_not_elevate_inside() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // A setuid-root program, as if a previous step or the host left it (root owns it, 4755;
     // busybox picks its applet from its own name, so the copy keeps it).
     std::fs::create_dir(ws.path().join("plant")).unwrap();
@@ -127,7 +111,7 @@ async fn a_setuid_file_planted_in_the_workspace_does_not_elevate_inside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cgroup_namespace_is_private() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // The container's hostname is its short id: what the probes found in /proc/self/cgroup.
     let spec = ExecSpec::shell(
         &format!(
@@ -165,7 +149,7 @@ async fn the_cgroup_namespace_is_private() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_shm_and_dev_mqueue_are_closed() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // Each attempt prints a marker only if it worked; the control line proves the step ran
     // and could write in the workspace.
     let spec = ExecSpec::shell(
@@ -271,7 +255,7 @@ async fn the_state_dir_is_an_empty_read_only_dir_that_find_and_tar_traverse() {
         let ws = if root_owned {
             tempfile::tempdir().unwrap()
         } else {
-            workspace()
+            docker_fixture::workspace()
         };
         let root = ws.path();
         std::fs::create_dir_all(root.join(".secureclaw/blobs")).unwrap();
@@ -322,7 +306,7 @@ async fn the_state_dir_is_an_empty_read_only_dir_that_find_and_tar_traverse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extra_read_only_paths_are_readable_and_not_writable() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let tools = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(tools.path().join("tool.txt"), "tool\n").unwrap();
@@ -416,7 +400,7 @@ async fn a_step_within_its_budget_is_not_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // The forks beyond the limit fail inside a subshell; the step itself goes on and exits 0.
     let bombs = [
         "(i=0; while [ $i -lt 100 ]; do sleep 2 & i=$((i+1)); done) 2>/dev/null; wait; exit 0",
@@ -452,7 +436,7 @@ async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masked_file_reads_empty_and_cannot_be_written() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     let root = ws.path();
     std::fs::write(root.join("secret.key"), "top secret").unwrap();
     let mut spec = ExecSpec::shell(
@@ -474,7 +458,7 @@ async fn a_masked_file_reads_empty_and_cannot_be_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_node_planted_in_the_workspace_cannot_be_opened_inside() {
     let sb = sandbox().await;
-    let ws = workspace();
+    let ws = docker_fixture::workspace();
     // /dev/zero's numbers (1:5): a device the container's device cgroup allows, so only the
     // workspace's `nodev` stands between the step and it.
     let node = ws.path().join("zero");
