@@ -255,32 +255,12 @@ fn prepared_mounts_of(pid: u32) -> Vec<PathBuf> {
 fn a_killed_engines_workspace_mount_is_detached_by_the_next_engine() {
     build_default_image();
     let ws = root_owned_workspace();
-    let wf = ws.path().join("wf.yaml");
-    std::fs::write(
-        &wf,
-        "version: 1\nname: long\nsteps:\n  - { id: a, shell: \"sleep 60\" }\n",
-    )
-    .unwrap();
-    let mut engine = secureclaw()
-        .arg("run")
-        .arg(&wf)
-        .arg("--workspace")
-        .arg(ws.path())
-        .args(["--sandbox", "docker"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // The step's mount appears once the step starts.
+    let mut engine =
+        common::start_long_docker_run(ws.path(), "the step's workspace mount", |pid| {
+            !prepared_mounts_of(pid).is_empty()
+        });
     let pid = engine.id();
-    // Polled with a bounded deadline: the step's mount appears once the step starts.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while prepared_mounts_of(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step's workspace mount never appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     // kill -9: the engine gets no chance to detach it.
     engine.kill().unwrap();
     engine.wait().unwrap();

@@ -208,31 +208,10 @@ fn a_killed_engines_container_is_removed_by_the_next_engine() {
     build_default_image();
     let ws = tempfile::tempdir().unwrap();
     common::chown_tree(ws.path(), 1000);
-    let wf = ws.path().join("wf.yaml");
-    std::fs::write(
-        &wf,
-        "version: 1\nname: long\nsteps:\n  - { id: a, shell: \"sleep 60\" }\n",
-    )
-    .unwrap();
-    let mut engine = secureclaw()
-        .arg("run")
-        .arg(&wf)
-        .arg("--workspace")
-        .arg(ws.path())
-        .args(["--sandbox", "docker"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = common::start_long_docker_run(ws.path(), "the step's container", |pid| {
+        !containers_of_engine(pid).is_empty()
+    });
     let pid = engine.id();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while containers_of_engine(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step's container never appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     // kill -9: the engine gets no chance to clean up.
     engine.kill().unwrap();
     engine.wait().unwrap();

@@ -178,3 +178,38 @@ pub fn step<'a>(record: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
         .find(|s| s["id"] == id)
         .unwrap()
 }
+
+/// Starts `secureclaw run` of one 60 s docker step in `ws` and waits (bounded) until
+/// `started(engine pid)` says the step is up: the engine is returned for the test to kill.
+pub fn start_long_docker_run(
+    ws: &Path,
+    what: &str,
+    started: impl Fn(u32) -> bool,
+) -> std::process::Child {
+    let wf = ws.join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nname: long\nsteps:\n  - { id: a, shell: \"sleep 60\" }\n",
+    )
+    .unwrap();
+    let mut engine = secureclaw()
+        .arg("run")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws)
+        .args(["--sandbox", "docker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = engine.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started(pid) {
+        if std::time::Instant::now() >= deadline {
+            let _ = engine.kill();
+            panic!("{what} never appeared");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    engine
+}
