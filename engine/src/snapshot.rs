@@ -23,6 +23,8 @@ use secureclaw_vault::{BlobId, Vault, VaultError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod codec;
+
 /// Default cap on one file's size; bigger files make the capture refuse, never skip.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Environment variable overriding [`DEFAULT_MAX_FILE_BYTES`] (`512MiB`, `2GiB`...).
@@ -1278,14 +1280,19 @@ impl Snapshotter {
 
     /// The last manifest of this workspace, as the stat cache for the next scan.
     pub fn load_cache(&self) -> Option<Manifest> {
-        self.vault
-            .get_json::<Manifest>(CACHE_TABLE, &self.cache_key())
-            .ok()
-            .flatten()
+        let bytes = zeroize::Zeroizing::new(
+            self.vault
+                .get(CACHE_TABLE, &self.cache_key())
+                .ok()
+                .flatten()?,
+        );
+        decode_manifest(&bytes).map(|(_, m)| m)
     }
 
+    /// Stores `m` as the stat cache (compact binary, one sealed value, one durable commit).
     pub fn save_cache(&self, m: &Manifest) -> Result<(), SnapshotError> {
-        self.vault.put_json(CACHE_TABLE, &self.cache_key(), m)?;
+        let bytes = zeroize::Zeroizing::new(codec::encode(b"", m));
+        self.vault.put(CACHE_TABLE, &self.cache_key(), &bytes)?;
         Ok(())
     }
 
@@ -1297,13 +1304,8 @@ impl Snapshotter {
         step: &str,
         pre: &Manifest,
     ) -> Result<(), SnapshotError> {
-        #[derive(Serialize)]
-        struct Ref<'a> {
-            step: &'a str,
-            pre: &'a Manifest,
-        }
-        self.vault
-            .put_json(INFLIGHT_TABLE, run, &Ref { step, pre })?;
+        let bytes = zeroize::Zeroizing::new(codec::encode(step.as_bytes(), pre));
+        self.vault.put(INFLIGHT_TABLE, run, &bytes)?;
         Ok(())
     }
 
@@ -1345,19 +1347,51 @@ pub struct Inflight {
 
 /// The in-flight record of a run, if its engine stopped during a writing step.
 pub fn load_inflight(vault: &Vault, run: &str) -> Result<Option<Inflight>, SnapshotError> {
-    Ok(vault.get_json(INFLIGHT_TABLE, run)?)
+    let Some(bytes) = vault.get(INFLIGHT_TABLE, run)? else {
+        return Ok(None);
+    };
+    let bytes = zeroize::Zeroizing::new(bytes);
+    if !codec::is_binary(&bytes) {
+        return Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            SnapshotError::Vault(VaultError::Json {
+                what: format!("{INFLIGHT_TABLE}/{run}"),
+                reason: e.to_string(),
+            })
+        })?));
+    }
+    let damaged = || {
+        SnapshotError::Vault(VaultError::Tampered {
+            what: format!("{INFLIGHT_TABLE}/{run} (undecodable)"),
+        })
+    };
+    let (step, pre) = codec::decode(&bytes).ok_or_else(damaged)?;
+    let step = String::from_utf8(step).map_err(|_| damaged())?;
+    Ok(Some(Inflight { step, pre }))
 }
 
-/// Forget a run's crash-recovery state once its record holds every change set.
+/// A manifest stored by [`Snapshotter::save_cache`] (or as JSON by earlier versions).
+fn decode_manifest(bytes: &[u8]) -> Option<(Vec<u8>, Manifest)> {
+    if codec::is_binary(bytes) {
+        codec::decode(bytes)
+    } else {
+        serde_json::from_slice(bytes).ok().map(|m| (Vec::new(), m))
+    }
+}
+
+/// Forget a run's crash-recovery state once its record holds every change set (one durable
+/// commit, however many steps).
 pub fn clear_inflight<'a>(
     vault: &Vault,
     run: &str,
     steps: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), SnapshotError> {
-    for s in steps {
-        vault.delete(STEPS_TABLE, &format!("{run}/{s}"))?;
-    }
-    vault.delete(INFLIGHT_TABLE, run)?;
+    vault.write(|tx| {
+        for s in steps {
+            tx.delete(STEPS_TABLE, &format!("{run}/{s}"))?;
+        }
+        tx.delete(INFLIGHT_TABLE, run)?;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -1387,6 +1421,57 @@ mod tests {
         let ws = ws.canonicalize().unwrap();
         let snap = Snapshotter::new(vault, &ws, &state).unwrap();
         (dir, snap)
+    }
+
+    #[test]
+    fn the_stat_cache_and_in_flight_record_round_trip_and_json_ones_are_still_read() {
+        let (_d, snap) = setup();
+        let m = snap.scan(None).unwrap();
+        snap.save_cache(&m).unwrap();
+        let back = snap.load_cache().unwrap();
+        assert_eq!(back.entries, m.entries);
+        assert_eq!(back.scanned_at_ns, m.scanned_at_ns);
+        snap.save_inflight("r1", "step-\u{e9}", &m).unwrap();
+        let inf = load_inflight(snap.vault(), "r1").unwrap().unwrap();
+        assert_eq!(inf.step, "step-\u{e9}");
+        assert_eq!(inf.pre.entries, m.entries);
+
+        // What earlier versions wrote (JSON) is still understood.
+        snap.vault()
+            .put_json(CACHE_TABLE, &snap.cache_key(), &m)
+            .unwrap();
+        assert_eq!(snap.load_cache().unwrap().entries, m.entries);
+        snap.vault()
+            .put_json(
+                INFLIGHT_TABLE,
+                "r2",
+                &Inflight {
+                    step: "s".into(),
+                    pre: m.clone(),
+                },
+            )
+            .unwrap();
+        let inf = load_inflight(snap.vault(), "r2").unwrap().unwrap();
+        assert_eq!((inf.step.as_str(), inf.pre.hash()), ("s", m.hash()));
+
+        // One commit clears every step's record and the in-flight one.
+        snap.save_step_changes("r1", "a", &ChangeSet::default())
+            .unwrap();
+        snap.save_step_changes("r1", "b", &ChangeSet::default())
+            .unwrap();
+        clear_inflight(snap.vault(), "r1", ["a", "b"]).unwrap();
+        assert!(load_inflight(snap.vault(), "r1").unwrap().is_none());
+        assert!(
+            load_step_changes(snap.vault(), "r1", "a")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            load_step_changes(snap.vault(), "r1", "b")
+                .unwrap()
+                .is_none()
+        );
+        assert!(load_inflight(snap.vault(), "r2").unwrap().is_some());
     }
 
     #[test]
