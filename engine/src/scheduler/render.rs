@@ -14,6 +14,7 @@ const DEFAULT_READ_LIMIT: u64 = 16 * 1024 * 1024;
 const DEFAULT_HTTP_LIMIT: u64 = 4 * 1024 * 1024;
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A step's action after templating.
 #[derive(Debug, Clone)]
 pub(super) enum Rendered {
     Read {

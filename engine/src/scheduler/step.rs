@@ -58,8 +58,7 @@ pub(super) struct StepJob {
     pub(super) snap: Option<Arc<SnapCtx>>,
 }
 
-/// A step's action after templating.
-
+/// Attempts, first delay and delay ceiling of a step's retry policy.
 fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
     match &step.retry {
         None => (1, Duration::from_secs(1), Duration::from_secs(30)),
