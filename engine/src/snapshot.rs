@@ -541,6 +541,36 @@ pub fn diff(pre: &Manifest, post: &Manifest) -> ChangeSet {
     ChangeSet { changes }
 }
 
+/// The entries directly under directory `d` (`d` empty: the root).
+fn children_in<'a>(
+    entries: &'a BTreeMap<RelPath, Entry>,
+    d: &RelPath,
+) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> + 'a {
+    let mut prefix = d.0.clone();
+    if !prefix.is_empty() {
+        prefix.push(b'/');
+    }
+    let plen = prefix.len();
+    entries
+        .range(RelPath(prefix.clone())..)
+        .take_while(move |(p, _)| p.0.starts_with(&prefix))
+        .filter(move |(p, _)| !p.0[plen..].contains(&b'/'))
+}
+
+/// Drops every entry strictly inside `p` (it is not, or no longer, a directory).
+fn remove_inside(entries: &mut BTreeMap<RelPath, Entry>, p: &RelPath) {
+    let mut prefix = p.0.clone();
+    prefix.push(b'/');
+    let inside: Vec<RelPath> = entries
+        .range(RelPath(prefix.clone())..)
+        .take_while(|(q, _)| q.0.starts_with(&prefix))
+        .map(|(q, _)| q.clone())
+        .collect();
+    for q in inside {
+        entries.remove(&q);
+    }
+}
+
 fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -622,9 +652,22 @@ pub struct Snapshotter {
     /// Paths never captured nor restored (relative): `.git`, the state dir.
     excluded: Vec<RelPath>,
     max_file: u64,
+    /// The last full scan that stored every pre-image, shared by this snapshotter's clones.
+    fresh: std::sync::Arc<std::sync::Mutex<Option<FullScan>>>,
+    /// Change sets waiting to be committed with the next in-flight record or stat cache.
+    pending: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
     /// Called with each path a scan is about to examine or list (tests change the tree there).
     #[cfg(test)]
     on_entry: Option<ScanHook>,
+}
+
+/// When the last full, storing scan ran (see [`Snapshotter::is_fresh`]).
+#[derive(Debug, Clone, Copy)]
+struct FullScan {
+    scanned_at_ns: i128,
+    paths: usize,
+    ended: std::time::Instant,
+    took: std::time::Duration,
 }
 
 impl std::fmt::Debug for Snapshotter {
@@ -678,6 +721,8 @@ impl Snapshotter {
             root: root.to_path_buf(),
             excluded,
             max_file,
+            fresh: Default::default(),
+            pending: Default::default(),
             #[cfg(test)]
             on_entry: None,
         })
@@ -723,6 +768,8 @@ impl Snapshotter {
     }
 
     fn scan_with(&self, prev: Option<&Manifest>, store: bool) -> Result<Manifest, SnapshotError> {
+        self.forget_fresh();
+        let started = std::time::Instant::now();
         let scanned_at_ns = now_ns();
         // Directories are scanned by a few threads from a shared queue: a scan is mostly
         // `lstat` latency, which overlaps well.
@@ -764,10 +811,187 @@ impl Snapshotter {
                 e.uncaptured = Some(why);
             }
         }
+        if store {
+            self.set_fresh(Some(FullScan {
+                scanned_at_ns,
+                paths: entries.len(),
+                ended: std::time::Instant::now(),
+                took: started.elapsed(),
+            }));
+        }
         Ok(Manifest {
             scanned_at_ns,
             entries,
         })
+    }
+
+    fn set_fresh(&self, f: Option<FullScan>) {
+        match self.fresh.lock() {
+            Ok(mut g) => *g = f,
+            Err(p) => *p.into_inner() = f,
+        }
+    }
+
+    /// Forget the last full scan: the workspace was changed by us (a restore) or only part of
+    /// it was looked at since.
+    pub fn forget_fresh(&self) {
+        self.set_fresh(None);
+    }
+
+    /// Whether `m` is the result of the last full, storing scan of this snapshotter, nothing
+    /// was restored or refreshed since, and it ended no longer ago than it took. Such a
+    /// manifest may serve as the pre-state of the next writing step instead of a new scan: a
+    /// change made by someone else in that window is attributed to the step, as one made while
+    /// a scan runs always was (the window is at most doubled). Writers are serialised by the
+    /// scheduler, so no step of ours writes in that window.
+    pub fn is_fresh(&self, m: &Manifest) -> bool {
+        let f = match self.fresh.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        f.is_some_and(|f| {
+            f.scanned_at_ns == m.scanned_at_ns
+                && f.paths == m.entries.len()
+                && f.ended.elapsed() <= f.took
+        })
+    }
+
+    /// `prev` with `paths` looked at again (and, for each of `dirs`, every direct child of it
+    /// and every path `prev` has directly under it), storing the pre-image of every file whose
+    /// stat moved (or is racy) when `store`. Everything else is taken from `prev` unchanged.
+    ///
+    /// This is a capture of a step whose writes are known in advance (an engine-side `write`
+    /// or `patch`): it costs what the step touched, not the workspace. A path that cannot be
+    /// examined is an error (the caller falls back to a full scan).
+    pub fn refresh(
+        &self,
+        prev: &Manifest,
+        paths: &[RelPath],
+        dirs: &[RelPath],
+        store: bool,
+    ) -> Result<Manifest, SnapshotError> {
+        self.forget_fresh();
+        let mut m = prev.clone();
+        let mut todo: Vec<RelPath> = paths.to_vec();
+        for d in dirs {
+            if self.is_excluded_or_inside(d) {
+                continue;
+            }
+            todo.push(d.clone());
+            // What `prev` had there: a child that is gone must be seen as gone.
+            todo.extend(children_in(&prev.entries, d).map(|(p, _)| p.clone()));
+            let abs = self.abs(d);
+            let rd = match fs::read_dir(&abs) {
+                Ok(rd) => rd,
+                Err(e) if is_absent(&e) => continue,
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        path: abs,
+                        source: e,
+                    });
+                }
+            };
+            for de in rd {
+                let de = de.map_err(io(&abs))?;
+                let mut rel = d.0.clone();
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(de.file_name().as_bytes());
+                todo.push(RelPath(rel));
+            }
+        }
+        todo.sort_unstable();
+        todo.dedup();
+        for p in todo {
+            if p.0.is_empty() || self.is_excluded_or_inside(&p) {
+                continue;
+            }
+            let path = self.abs(&p);
+            #[cfg(test)]
+            if let Some(hook) = &self.on_entry {
+                hook(&path, ScanMoment::Examine);
+            }
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if is_absent(&e) => {
+                    m.entries.remove(&p);
+                    remove_inside(&mut m.entries, &p);
+                    continue;
+                }
+                Err(e) => return Err(SnapshotError::Io { path, source: e }),
+            };
+            let mut e = Entry::stat_only(&md);
+            match e.kind {
+                EntryKind::Dir => {
+                    // A directory that was not one before: what it holds must be listed too.
+                    if prev
+                        .entries
+                        .get(&p)
+                        .is_none_or(|k| k.kind != EntryKind::Dir)
+                        && !dirs.contains(&p)
+                        && fs::read_dir(&path).map_err(io(&path))?.next().is_some()
+                    {
+                        return Err(SnapshotError::Io {
+                            path,
+                            source: std::io::Error::other(
+                                "a new directory that is not empty: needs a full scan",
+                            ),
+                        });
+                    }
+                }
+                EntryKind::Symlink => {
+                    remove_inside(&mut m.entries, &p);
+                    match fs::read_link(&path) {
+                        Ok(t) => e.target = Some(RelPath(t.into_os_string().into_vec())),
+                        Err(err) if is_absent(&err) => {
+                            m.entries.remove(&p);
+                            continue;
+                        }
+                        Err(err) => return Err(SnapshotError::Io { path, source: err }),
+                    }
+                }
+                // Another name of the same inode sees every in-place write (an append): it
+                // may be anywhere in the workspace, so only a full scan finds it.
+                EntryKind::File if md.nlink() > 1 => {
+                    return Err(SnapshotError::Io {
+                        path,
+                        source: std::io::Error::other("a file with hard links: needs a full scan"),
+                    });
+                }
+                EntryKind::File => {
+                    remove_inside(&mut m.entries, &p);
+                    let known = prev.entries.get(&p).filter(|c| c.blob.is_some() || !store);
+                    let racy = known.is_some_and(|c| {
+                        c.mtime_ns >= prev.scanned_at_ns - RACY_NS
+                            || c.ctime_ns >= prev.scanned_at_ns - RACY_NS
+                    });
+                    match known {
+                        Some(c) if c.same_stat(&e) && !racy && c.sha256.is_some() => {
+                            e.sha256 = c.sha256.clone();
+                            e.blob = c.blob;
+                            e.file_caps = c.file_caps;
+                        }
+                        _ => {
+                            if !self.capture_file(&path, &mut e, known, store)? {
+                                m.entries.remove(&p);
+                                continue;
+                            }
+                        }
+                    }
+                }
+                _ => remove_inside(&mut m.entries, &p),
+            }
+            m.entries.insert(p, e);
+        }
+        Ok(m)
+    }
+
+    /// Excluded (`.git`, the state dir), or inside an excluded directory.
+    fn is_excluded_or_inside(&self, p: &RelPath) -> bool {
+        self.excluded
+            .iter()
+            .any(|x| p.0.starts_with(&x.0) && (p.0.len() == x.0.len() || p.0[x.0.len()] == b'/'))
     }
 
     fn scan_worker(
@@ -1193,6 +1417,7 @@ impl Snapshotter {
     }
 
     fn restore_inner(&self, changes: &[Change]) -> Result<usize, SnapshotError> {
+        self.forget_fresh();
         let mut todo: Vec<&Change> = Vec::new();
         for c in changes {
             let done = match &c.pre {
@@ -1289,15 +1514,16 @@ impl Snapshotter {
         decode_manifest(&bytes).map(|(_, m)| m)
     }
 
-    /// Stores `m` as the stat cache (compact binary, one sealed value, one durable commit).
+    /// Stores `m` as the stat cache (compact binary, one sealed value), with the change sets
+    /// still waiting (see [`Snapshotter::defer_step_changes`]), in one durable commit.
     pub fn save_cache(&self, m: &Manifest) -> Result<(), SnapshotError> {
         let bytes = zeroize::Zeroizing::new(codec::encode(b"", m));
-        self.vault.put(CACHE_TABLE, &self.cache_key(), &bytes)?;
-        Ok(())
+        self.commit_with_pending(CACHE_TABLE, &self.cache_key(), &bytes)
     }
 
     /// Remember the pre-manifest of the step `run` is about to execute, durably, so a crash
-    /// during the step can still be reverted.
+    /// during the step can still be reverted. The change sets still waiting are committed in
+    /// the same transaction.
     pub fn save_inflight(
         &self,
         run: &str,
@@ -1305,10 +1531,28 @@ impl Snapshotter {
         pre: &Manifest,
     ) -> Result<(), SnapshotError> {
         let bytes = zeroize::Zeroizing::new(codec::encode(step.as_bytes(), pre));
-        self.vault.put(INFLIGHT_TABLE, run, &bytes)?;
+        self.commit_with_pending(INFLIGHT_TABLE, run, &bytes)
+    }
+
+    /// One durable commit of `table`/`key` and every change set waiting.
+    fn commit_with_pending(
+        &self,
+        table: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), SnapshotError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.vault.write(|tx| {
+            for (k, v) in pending.iter() {
+                tx.put(STEPS_TABLE, k, v)?;
+            }
+            tx.put(table, key, value)
+        })?;
+        pending.clear();
         Ok(())
     }
 
+    /// Saves a step's change set durably, now.
     pub fn save_step_changes(
         &self,
         run: &str,
@@ -1317,6 +1561,30 @@ impl Snapshotter {
     ) -> Result<(), SnapshotError> {
         self.vault
             .put_json(STEPS_TABLE, &format!("{run}/{step}"), changes)?;
+        Ok(())
+    }
+
+    /// Saves a step's change set with the next commit of this snapshotter (the next writing
+    /// step's in-flight record, or the stat cache when the run ends) instead of a commit of
+    /// its own. Crash-safe as long as the step's own in-flight record is only replaced by that
+    /// commit: until then, an engine that dies leaves the in-flight record, from which the
+    /// change set is recomputed (the pre-manifest against the workspace as it is).
+    pub fn defer_step_changes(
+        &self,
+        run: &str,
+        step: &str,
+        changes: &ChangeSet,
+    ) -> Result<(), SnapshotError> {
+        let bytes = serde_json::to_vec(changes).map_err(|e| {
+            SnapshotError::Vault(VaultError::Json {
+                what: format!("{STEPS_TABLE}/{run}/{step}"),
+                reason: e.to_string(),
+            })
+        })?;
+        let key = format!("{run}/{step}");
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|(k, _)| *k != key);
+        pending.push((key, bytes));
         Ok(())
     }
 }
@@ -1472,6 +1740,174 @@ mod tests {
                 .is_none()
         );
         assert!(load_inflight(snap.vault(), "r2").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_full_scan_is_fresh_only_until_a_restore_a_refresh_or_as_long_as_it_took() {
+        let (_d, mut snap) = setup();
+        // Slow every path down so the scan takes far longer than the checks below.
+        snap.on_entry = Some(std::sync::Arc::new(|_: &Path, _| {
+            std::thread::sleep(std::time::Duration::from_millis(60))
+        }));
+        let m = snap.scan(None).unwrap();
+        assert!(snap.is_fresh(&m));
+        // Another manifest (the same tree scanned without storing) is not the fresh one.
+        let other = snap.scan_hash_only(Some(&m)).unwrap();
+        assert!(!snap.is_fresh(&other));
+        assert!(
+            !snap.is_fresh(&m),
+            "a scan that stores nothing forgets the fresh one"
+        );
+
+        let m = snap.scan(Some(&m)).unwrap();
+        assert!(snap.is_fresh(&m));
+        fs::write(snap.root().join("a"), "changed").unwrap();
+        let changed = snap.scan(Some(&m)).unwrap();
+        let changes = diff(&m, &changed);
+        snap.restore(&changes.changes).unwrap();
+        assert!(
+            !snap.is_fresh(&changed),
+            "a restore changed the workspace since"
+        );
+
+        let m = snap.scan(Some(&changed)).unwrap();
+        let r = snap
+            .refresh(&m, &[RelPath(b"a".to_vec())], &[], true)
+            .unwrap();
+        assert!(!snap.is_fresh(&m) && !snap.is_fresh(&r));
+
+        snap.on_entry = None;
+        let m = snap.scan(Some(&r)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!snap.is_fresh(&m), "older than the scan took");
+    }
+
+    #[test]
+    fn refresh_sees_renames_new_directories_and_vanished_paths_in_the_listed_directory() {
+        let (_d, snap) = setup();
+        let m = snap.scan(None).unwrap();
+        let root = snap.root().to_path_buf();
+        fs::rename(root.join("d/b"), root.join("d/renamed")).unwrap();
+        fs::create_dir(root.join("d/newdir")).unwrap();
+        let r = snap
+            .refresh(
+                &m,
+                &[RelPath(b"d".to_vec())],
+                &[RelPath(b"d".to_vec())],
+                true,
+            )
+            .unwrap();
+        let full = snap.scan(None).unwrap();
+        assert_eq!(r.hash(), full.hash());
+        assert_eq!(
+            diff(&m, &r)
+                .changes
+                .iter()
+                .map(|c| c.path.display())
+                .collect::<Vec<_>>(),
+            ["d/b", "d/newdir", "d/renamed"]
+        );
+        // A new directory that is not empty, found by a listing: only a full scan can say
+        // what it holds.
+        fs::write(root.join("d/newdir/inside"), "x").unwrap();
+        assert!(
+            snap.refresh(&r, &[], &[RelPath(b"d".to_vec())], true)
+                .is_ok()
+        );
+        fs::create_dir(root.join("d/full")).unwrap();
+        fs::write(root.join("d/full/x"), "x").unwrap();
+        assert!(
+            snap.refresh(&r, &[], &[RelPath(b"d".to_vec())], true)
+                .is_err()
+        );
+        // A directory replaced by a file drops what was inside it.
+        fs::remove_dir_all(root.join("d/sub")).unwrap();
+        fs::write(root.join("d/sub"), "now a file").unwrap();
+        let r2 = snap
+            .refresh(&r, &[RelPath(b"d/sub".to_vec())], &[], true)
+            .unwrap();
+        assert!(r2.entries.keys().all(|p| !p.0.starts_with(b"d/sub/")));
+        assert_eq!(
+            r2.entries[&RelPath(b"d/sub".to_vec())].kind,
+            EntryKind::File
+        );
+        // The state dir and .git are never refreshed, like they are never scanned.
+        fs::create_dir_all(root.join(".git")).unwrap();
+        fs::write(root.join(".git/HEAD"), "x").unwrap();
+        let r3 = snap
+            .refresh(
+                &r2,
+                &[
+                    RelPath(b".git/HEAD".to_vec()),
+                    RelPath(b".secureclaw".to_vec()),
+                ],
+                &[RelPath(b".git".to_vec())],
+                true,
+            )
+            .unwrap();
+        assert_eq!(r3.hash(), r2.hash());
+    }
+
+    #[test]
+    fn refresh_rehashes_a_same_size_rewrite_with_the_mtime_set_back() {
+        let (_d, snap) = setup();
+        let a = snap.root().join("a");
+        let m = snap.scan(None).unwrap();
+        let old = fs::metadata(&a).unwrap().modified().unwrap();
+        fs::write(&a, "ALPHA").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let r = snap
+            .refresh(&m, &[RelPath(b"a".to_vec())], &[], true)
+            .unwrap();
+        let e = &r.entries[&RelPath(b"a".to_vec())];
+        assert_ne!(e.sha256, m.entries[&RelPath(b"a".to_vec())].sha256);
+        assert_eq!(
+            snap.vault().blobs().get(&e.blob.unwrap()).unwrap(),
+            b"ALPHA"
+        );
+    }
+
+    #[test]
+    fn a_deferred_change_set_is_committed_with_the_next_in_flight_record() {
+        let (_d, snap) = setup();
+        let m = snap.scan(None).unwrap();
+        snap.save_inflight("r", "s1", &m).unwrap();
+        let mut after = m.clone();
+        after.entries.remove(&RelPath(b"a".to_vec()));
+        let changes = diff(&m, &after);
+        snap.defer_step_changes("r", "s1", &changes).unwrap();
+        // Not yet: the in-flight record of s1 is what recovers it until the next commit.
+        assert!(
+            load_step_changes(snap.vault(), "r", "s1")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            load_inflight(snap.vault(), "r").unwrap().unwrap().step,
+            "s1"
+        );
+        snap.save_inflight("r", "s2", &after).unwrap();
+        assert_eq!(
+            load_step_changes(snap.vault(), "r", "s1").unwrap(),
+            Some(changes.clone())
+        );
+        assert_eq!(
+            load_inflight(snap.vault(), "r").unwrap().unwrap().step,
+            "s2"
+        );
+        // The stat cache carries the last one.
+        snap.defer_step_changes("r", "s2", &ChangeSet::default())
+            .unwrap();
+        snap.save_cache(&after).unwrap();
+        assert_eq!(
+            load_step_changes(snap.vault(), "r", "s2").unwrap(),
+            Some(ChangeSet::default())
+        );
     }
 
     #[test]

@@ -3,9 +3,67 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::os::unix::ffi::OsStrExt;
+
+use super::render::Rendered;
 use super::step::{Finished, StepJob};
 use crate::record::StepState;
-use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
+use crate::snapshot::{ChangeSet, Manifest, RelPath, SnapshotError, Snapshotter};
+
+/// What an engine-side `write` or `patch` step can touch: the file, the directories above it
+/// (it creates missing ones) and, listed, the directory it is in (it writes a temporary file
+/// there and renames it over the target). Capturing these is capturing the step.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Targets {
+    paths: Vec<RelPath>,
+    dirs: Vec<RelPath>,
+}
+
+impl Targets {
+    /// The step's targets, when they are known in advance: an engine-side file action, in a
+    /// run whose shell steps are isolated (a host-backend step can leave a process behind
+    /// that keeps writing, and only a full scan would attribute its writes to a step).
+    pub(super) fn of(ctx: &SnapCtx, job: &StepJob) -> Option<Targets> {
+        if !job.sandbox.isolated() {
+            return None;
+        }
+        let rel = match &job.rendered {
+            Rendered::Write { path, .. } | Rendered::Patch { path, .. } => path,
+            _ => return None,
+        };
+        let abs = crate::workspace::resolve(&job.jail, rel).ok()?;
+        let leaf = abs.strip_prefix(ctx.snap.root()).ok()?;
+        if leaf.as_os_str().is_empty() {
+            return None;
+        }
+        let mut t = Targets::default();
+        let mut first = true;
+        for a in leaf.ancestors() {
+            let r = RelPath(a.as_os_str().as_bytes().to_vec());
+            if !first && t.dirs.is_empty() {
+                // The file's own directory (the root when it is at the top).
+                t.dirs.push(r.clone());
+            }
+            first = false;
+            if !r.0.is_empty() {
+                t.paths.push(r);
+            }
+        }
+        Some(t)
+    }
+
+    fn union(mut self, other: Option<Targets>) -> Targets {
+        if let Some(o) = other {
+            self.paths.extend(o.paths);
+            self.dirs.extend(o.dirs);
+        }
+        self.paths.sort_unstable();
+        self.paths.dedup();
+        self.dirs.sort_unstable();
+        self.dirs.dedup();
+        self
+    }
+}
 
 /// A writing step's effect on the workspace.
 pub(super) struct Capture {
@@ -36,11 +94,25 @@ impl SnapCtx {
         }
     }
 
-    /// Scan before a step and persist the result for crash recovery.
-    pub(super) async fn pre(self: &Arc<Self>, step: &str) -> Result<Arc<Manifest>, SnapshotError> {
+    /// Capture before a step and persist the result for crash recovery: only the step's
+    /// targets when they are known, the last full scan when it is fresh (see
+    /// [`Snapshotter::is_fresh`]), else a full scan.
+    pub(super) async fn pre(
+        self: &Arc<Self>,
+        step: &str,
+        targets: Option<Targets>,
+    ) -> Result<Arc<Manifest>, SnapshotError> {
         let (me, step) = (self.clone(), step.to_string());
         blocking(move || {
-            let m = Arc::new(me.snap.scan(Some(&me.last()))?);
+            let last = me.last();
+            let m = match &targets {
+                Some(t) => match me.snap.refresh(&last, &t.paths, &t.dirs, true) {
+                    Ok(m) => Arc::new(m),
+                    Err(_) => Arc::new(me.snap.scan(Some(&last))?),
+                },
+                None if me.snap.is_fresh(&last) => last,
+                None => Arc::new(me.snap.scan(Some(&last))?),
+            };
             // A path whose pre-image is missing could not be put back: the step does not run.
             m.require_captured(me.snap.root())?;
             me.snap.save_inflight(&me.run_id, &step, &m)?;
@@ -50,24 +122,40 @@ impl SnapCtx {
         .await
     }
 
-    /// Scan after a step (hashing only what moved since `pre`). When storing the post-images
-    /// fails (a full vault), a scan that only hashes still tells what to roll back: the
-    /// error is returned with it.
+    /// Capture after a step (hashing only what moved since `pre`): the step's targets when
+    /// they are known, else a full scan. When storing the post-images fails (a full vault), a
+    /// scan that only hashes still tells what to roll back: the error is returned with it.
     pub(super) async fn post(
         self: &Arc<Self>,
         pre: Arc<Manifest>,
+        targets: Option<Targets>,
     ) -> Result<(Arc<Manifest>, Option<SnapshotError>), SnapshotError> {
         let me = self.clone();
         blocking(move || {
-            let (m, stored) = match me.snap.scan(Some(&pre)) {
-                Ok(m) => (m, None),
-                Err(e) => (me.snap.scan_hash_only(Some(&pre))?, Some(e)),
+            let targeted =
+                targets.and_then(|t| me.snap.refresh(&pre, &t.paths, &t.dirs, true).ok());
+            let (m, stored) = match targeted {
+                Some(m) => (m, None),
+                None => match me.snap.scan(Some(&pre)) {
+                    Ok(m) => (m, None),
+                    Err(e) => (me.snap.scan_hash_only(Some(&pre))?, Some(e)),
+                },
             };
             let m = Arc::new(m);
             me.set_last(m.clone());
             Ok((m, stored))
         })
         .await
+    }
+
+    /// Keep a step's change set with the next commit (see
+    /// [`Snapshotter::defer_step_changes`]).
+    pub(super) fn defer_changes(
+        &self,
+        step: &str,
+        changes: &ChangeSet,
+    ) -> Result<(), SnapshotError> {
+        self.snap.defer_step_changes(&self.run_id, step, changes)
     }
 
     pub(super) async fn save_changes(
@@ -82,10 +170,14 @@ impl SnapCtx {
     /// Put the workspace back to `pre`, then look again: what the first scan could not see (a
     /// directory it could not list until its mode was restored, a file a straggling process
     /// made after it) is undone too, until the workspace matches `pre` or passes run out.
+    ///
+    /// With `targets`, only they are looked at again: the rest of `pre` may be older than the
+    /// workspace (it was not scanned for this step), and what changed there is not the step's.
     pub(super) async fn rollback(
         self: &Arc<Self>,
         pre: Arc<Manifest>,
         changes: ChangeSet,
+        targets: Option<Targets>,
     ) -> Result<usize, SnapshotError> {
         const PASSES: usize = 3;
         let me = self.clone();
@@ -100,7 +192,10 @@ impl SnapCtx {
             };
             let mut restored = restore(&changes.changes);
             for pass in 1..=PASSES {
-                let now = me.snap.scan_hash_only(Some(&pre))?;
+                let now = match &targets {
+                    Some(t) => me.snap.refresh(&pre, &t.paths, &t.dirs, false)?,
+                    None => me.snap.scan_hash_only(Some(&pre))?,
+                };
                 let rest = crate::snapshot::diff(&pre, &now);
                 if rest.is_empty() {
                     me.set_last(Arc::new(now));
@@ -144,16 +239,19 @@ const HAZARDS_NAMED: usize = 5;
 pub(super) async fn capture_after(
     ctx: &Arc<SnapCtx>,
     pre: Arc<Manifest>,
+    targets: Option<Targets>,
     job: &StepJob,
     f: &mut Finished,
 ) {
+    // Resolved again: the union covers the step even if a path it went through changed.
+    let targets = targets.map(|t| t.union(Targets::of(ctx, job)));
     let add_reason = |f: &mut Finished, note: String| {
         f.reason = Some(match f.reason.take() {
             Some(r) => format!("{r}; {note}"),
             None => note,
         });
     };
-    let (post, store_error) = match ctx.post(pre.clone()).await {
+    let (post, store_error) = match ctx.post(pre.clone(), targets.clone()).await {
         Ok(m) => m,
         Err(e) => {
             // Only the workspace root itself could not be read: there is nothing to compare.
@@ -168,6 +266,7 @@ pub(super) async fn capture_after(
         }
     };
     let changes = crate::snapshot::diff(&pre, &post);
+    let pre_hash = pre.hash();
     let hazards = crate::snapshot::hazards(&post, &changes);
     if let Some(e) = &store_error {
         f.state = StepState::Failed;
@@ -201,7 +300,7 @@ pub(super) async fn capture_after(
         && !changes.is_empty();
     if roll_back {
         let n = changes.len();
-        match ctx.rollback(pre.clone(), changes.clone()).await {
+        match ctx.rollback(pre.clone(), changes.clone(), targets).await {
             Ok(_) => {
                 add_reason(
                     f,
@@ -215,8 +314,8 @@ pub(super) async fn capture_after(
                 );
                 f.capture = Some(Capture {
                     changes: ChangeSet::default(),
-                    pre_hash: pre.hash(),
-                    post_hash: pre.hash(),
+                    post_hash: pre_hash.clone(),
+                    pre_hash,
                 });
             }
             Err(e) => {
@@ -232,20 +331,26 @@ pub(super) async fn capture_after(
                 }
                 f.capture = Some(Capture {
                     changes,
-                    pre_hash: pre.hash(),
+                    pre_hash,
                     post_hash: post.hash(),
                 });
             }
         }
         return;
     }
-    if let Err(e) = ctx.save_changes(&job.step.id, changes.clone()).await {
+    // Committed with the next writing step's in-flight record (or the stat cache at the end
+    // of the run): until then this step's own in-flight record stays, and recovers it.
+    if let Err(e) = ctx.defer_changes(&job.step.id, &changes) {
         f.state = StepState::Failed;
         add_reason(f, format!("saving its change set failed: {e}"));
     }
     f.capture = Some(Capture {
+        post_hash: if changes.is_empty() {
+            pre_hash.clone()
+        } else {
+            post.hash()
+        },
         changes,
-        pre_hash: pre.hash(),
-        post_hash: post.hash(),
+        pre_hash,
     });
 }

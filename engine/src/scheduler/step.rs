@@ -16,7 +16,7 @@ use crate::record::StepState;
 use crate::template::StepView;
 use crate::workspace::Confinement;
 
-use super::capture::{Capture, SnapCtx, capture_after};
+use super::capture::{Capture, SnapCtx, Targets, capture_after};
 use super::render::Rendered;
 
 /// The environment every step starts from; nothing is inherited from the engine.
@@ -82,8 +82,9 @@ fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
 pub(super) async fn execute(job: StepJob) -> Finished {
     let start = Instant::now();
     let snap = job.snap.clone().filter(|_| job.step.kind().may_write());
+    let targets = snap.as_ref().and_then(|ctx| Targets::of(ctx, &job));
     let pre = match &snap {
-        Some(ctx) => match ctx.pre(&job.step.id).await {
+        Some(ctx) => match ctx.pre(&job.step.id, targets.clone()).await {
             Ok(m) => Some(m),
             Err(e) => {
                 let mut f = finished(
@@ -108,7 +109,7 @@ pub(super) async fn execute(job: StepJob) -> Finished {
         let mut f = attempt_once(&job).await;
         f.attempts = attempt;
         if let (Some(ctx), Some(pre)) = (&snap, &pre) {
-            capture_after(ctx, pre.clone(), &job, &mut f).await;
+            capture_after(ctx, pre.clone(), targets.clone(), &job, &mut f).await;
         }
         let retryable =
             f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
