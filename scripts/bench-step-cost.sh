@@ -12,7 +12,10 @@
 #
 # Usage: scripts/bench-step-cost.sh [REPS]   (default 7; medians are reported)
 # Env:   BENCH_DIR (default /tmp/secureclaw-bench), STEPS (default 21), SKIP_BUILD=1,
-#        SIZES (default "10000 100000"), BIN (default target/release/secureclaw)
+#        SIZES (default "10000 100000"), BIN (default target/release/secureclaw),
+#        STATE_SUFFIX (appended to each tree's state dir, to compare two binaries).
+# The first run on a tree stores every file in the vault (minutes for 100k files); it is not
+# timed.
 set -euo pipefail
 
 REPS=${1:-7}
@@ -91,7 +94,7 @@ time_ms() {
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m/1000}'; }
 
 run_wf() { # workspace wf sandbox
-    "$BIN" run "$2" --workspace "$1" --state-dir "$1.state" --sandbox "$3" --yes
+    "$BIN" run "$2" --workspace "$1" --state-dir "$1.state${STATE_SUFFIX:-}" --sandbox "$3" --yes
 }
 
 EMPTY=$(make_tree 0)
@@ -104,17 +107,20 @@ S1=$(make_wf shell 1)
 SN=$(make_wf shell "$STEPS")
 
 # Warm: the vault exists and holds each tree's stat cache before anything is timed.
-for ws in "$EMPTY" "${TREES[@]}"; do run_wf "$ws" "$W1" host >/dev/null 2>&1 || run_wf "$ws" "$W1" host; done
+for ws in "$EMPTY" "${TREES[@]}"; do run_wf "$ws" "$W1" native >/dev/null 2>&1 || run_wf "$ws" "$W1" native; done
 
 declare -A T
 for ((r = 0; r < REPS; r++)); do
-    T[w1]+="$(time_ms run_wf "$EMPTY" "$W1" host) "
-    T[wn]+="$(time_ms run_wf "$EMPTY" "$WN" host) "
+    T[w1]+="$(time_ms run_wf "$EMPTY" "$W1" native) "
+    T[wn]+="$(time_ms run_wf "$EMPTY" "$WN" native) "
     T[s1]+="$(time_ms run_wf "$EMPTY" "$S1" native) "
     T[sn]+="$(time_ms run_wf "$EMPTY" "$SN" native) "
     T[bwrap]+="$(time_ms bwrap --unshare-all --ro-bind / / true) "
+    T[fsync]+="$(python3 -c 'import os,time
+f=os.open("'"$BENCH_DIR"'/fsync-probe",os.O_WRONLY|os.O_CREAT)
+t=time.perf_counter_ns(); os.pwrite(f,b"x"*4096,0); os.fdatasync(f); print((time.perf_counter_ns()-t)//1000)') "
     for n in $SIZES; do
-        T[ws$n]+="$(time_ms run_wf "${TREES[$n]}" "$W1" host) "
+        T[ws$n]+="$(time_ms run_wf "${TREES[$n]}" "$W1" native) "
         T[git$n]+="$(time_ms git -C "${TREES[$n]}" status --porcelain) "
     done
 done
@@ -132,6 +138,7 @@ echo "1-step shell run (native):           $(med s1) ms"
 echo "$STEPS-step shell run (native):          $(med sn) ms"
 echo "shell step end to end:               $(per_step sn s1) ms"
 echo "bwrap --unshare-all true:            $(med bwrap) ms"
+echo "one 4 KiB write + fdatasync:         $(med fsync) ms"
 for n in $SIZES; do
     extra=$(awk -v a="$(med ws$n)" -v b="$(med w1)" 'BEGIN {printf "%.2f", a-b}')
     echo "1-step write run, $n files: $(med ws$n) ms (+$extra ms over empty); git status: $(med git$n) ms"

@@ -1,4 +1,4 @@
-//! Snapshot capture and restore on a large workspace. Figures go to docs/perf-snapshot.md.
+//! Snapshot capture and restore on a large workspace. Figures go to docs/performance.md.
 //!
 //! cargo bench -p secureclaw-engine --bench snapshot
 //!
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use secureclaw_engine::snapshot::{Manifest, Snapshotter, diff};
+use secureclaw_engine::snapshot::{Manifest, RelPath, Snapshotter, diff};
 use secureclaw_vault::{KdfParams, Vault};
 
 struct Fixture {
@@ -141,6 +141,33 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("one scan, nothing changed", |b| {
         b.iter(|| fx.snap.scan(Some(&fx.last)).unwrap().entries.len())
+    });
+    // What every `secureclaw run` pays once before its first scan, and once at its end.
+    fx.snap.save_cache(&fx.last).unwrap();
+    group.bench_function("load the stat cache (open + decode)", |b| {
+        b.iter(|| fx.snap.load_cache().unwrap().entries.len())
+    });
+    group.bench_function("save the stat cache (encode + seal + commit)", |b| {
+        b.iter(|| fx.snap.save_cache(&fx.last).unwrap())
+    });
+    // An engine-side `write` step: its targets (the file, its directories, the listing of
+    // its directory) before and after, instead of two scans.
+    let target = RelPath(b"d07/e03/f157.bin".to_vec());
+    let targets = [
+        RelPath(b"d07".to_vec()),
+        RelPath(b"d07/e03".to_vec()),
+        target.clone(),
+    ];
+    let dirs = [RelPath(b"d07/e03".to_vec())];
+    group.bench_function("targeted pre+post capture of a 1-file write", |b| {
+        b.iter(|| {
+            let pre = fx.snap.refresh(&fx.last, &targets, &dirs, true).unwrap();
+            n += 1;
+            touch(&fx.ws, n);
+            let post = fx.snap.refresh(&pre, &targets, &dirs, true).unwrap();
+            assert_eq!(diff(&pre, &post).len(), 1);
+            fx.last = post;
+        })
     });
     group.bench_function("persist in-flight pre-manifest", |b| {
         b.iter(|| {

@@ -64,11 +64,20 @@ pub(crate) fn encode(extra: &[u8], m: &Manifest) -> Vec<u8> {
         put_bytes(&mut out, &p.0[shared..]);
         prev = &p.0;
         out.push(e.kind.tag());
+        // Raw only when the text is exactly what `hex::encode` gives back (64 lowercase
+        // digits), so that decoding restores it byte for byte.
         let raw_sha = e
             .sha256
             .as_deref()
-            .and_then(|s| <[u8; 32]>::try_from(hex::decode(s).ok()?.as_slice()).ok())
-            .filter(|raw| e.sha256.as_deref() == Some(hex::encode(raw).as_str()));
+            .filter(|s| {
+                s.len() == 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            .and_then(|s| {
+                let mut raw = [0u8; 32];
+                hex::decode_to_slice(s, &mut raw).ok().map(|_| raw)
+            });
         let mut flags = 0u8;
         match (&e.sha256, raw_sha) {
             (Some(_), Some(_)) => flags |= F_SHA_RAW,
@@ -152,6 +161,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// 32 bytes as 64 lowercase hex digits (`hex::encode` goes through a char iterator: it was a
+/// tenth of decoding a large manifest).
+fn hex32(raw: &[u8]) -> Option<String> {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(raw, &mut out).ok()?;
+    String::from_utf8(out.to_vec()).ok()
+}
+
 /// Decodes what [`encode`] wrote: the caller's header and the manifest. `None`: not this form,
 /// or damaged (a sealed value is authenticated, so only a bug or an older format gets here).
 pub(crate) fn decode(bytes: &[u8]) -> Option<(Vec<u8>, Manifest)> {
@@ -176,14 +193,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(Vec<u8>, Manifest)> {
         let mtime_ns = r.i128()?;
         let ctime_ns = r.i128()?;
         let sha256 = if flags & F_SHA_RAW != 0 {
-            Some(hex::encode(r.take(32)?))
+            Some(hex32(r.take(32)?)?)
         } else if flags & F_SHA_TEXT != 0 {
             Some(r.text()?)
         } else {
             None
         };
         let blob = if flags & F_BLOB != 0 {
-            Some(hex::encode(r.take(32)?).parse().ok()?)
+            Some(hex32(r.take(32)?)?.parse().ok()?)
         } else {
             None
         };
