@@ -655,11 +655,14 @@ pub struct Snapshotter {
     /// The last full scan that stored every pre-image, shared by this snapshotter's clones.
     fresh: std::sync::Arc<std::sync::Mutex<Option<FullScan>>>,
     /// Change sets waiting to be committed with the next in-flight record or stat cache.
-    pending: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    pending: std::sync::Arc<std::sync::Mutex<Vec<PendingRow>>>,
     /// Called with each path a scan is about to examine or list (tests change the tree there).
     #[cfg(test)]
     on_entry: Option<ScanHook>,
 }
+
+/// A `STEPS_TABLE` row (key, JSON) waiting for the next commit.
+type PendingRow = (String, Vec<u8>);
 
 /// When the last full, storing scan ran (see [`Snapshotter::is_fresh`]).
 #[derive(Debug, Clone, Copy)]

@@ -4,6 +4,8 @@
 //! in-flight record. Each test checks what a full scan of the workspace would have said, and
 //! that reverting the run puts every byte back.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
