@@ -89,6 +89,17 @@ pub enum StepAction {
     },
 }
 
+impl StepAction {
+    /// A word for events and logs: `restore`, `compensate` or `manual_review`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepAction::Restore { .. } => "restore",
+            StepAction::Compensate { .. } => "compensate",
+            StepAction::ManualReview { .. } => "manual_review",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
     pub id: String,
@@ -520,7 +531,7 @@ pub async fn apply(
         summary.finished_at = Some(now_rfc3339());
         return finish(record, summary, None);
     }
-    store.save(record)?;
+    store.save_async(record).await?;
     for p in &plan.steps {
         let Some(i) = record.steps.iter().position(|s| s.id == p.id) else {
             continue;
@@ -586,7 +597,7 @@ pub async fn apply(
             *last = summary.clone();
         }
         // Progress is durable per step: a crash from here resumes after this step.
-        store.save(record)?;
+        store.save_async(record).await?;
     }
     let mut now = None;
     if plan.whole_run && record.pre_manifest.is_some() {

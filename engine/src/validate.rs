@@ -51,7 +51,12 @@ impl NodeRisk {
 /// A workflow that passed every layer, with its graph and per-node risk.
 #[derive(Debug, Clone)]
 pub struct Validated {
+    /// Where the text came from: a path, or a name such as `(posted)`; diagnostics use it.
     pub file: PathBuf,
+    /// The workflow's identity: SHA-256 of the exact bytes validated (hex).
+    pub sha256: String,
+    /// The text validated, kept so a run can be resumed, or recorded, without the file.
+    pub source: std::sync::Arc<str>,
     pub workflow: Workflow,
     pub map: SourceMap,
     pub index: HashMap<String, usize>,
@@ -136,6 +141,11 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
     match v {
         Some((index, deps, order, risk, inverse)) if diags.is_empty() => Ok(Validated {
             file: file.to_path_buf(),
+            sha256: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(bytes))
+            },
+            source: std::sync::Arc::from(text),
             workflow,
             map: doc.map,
             index,
