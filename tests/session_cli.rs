@@ -6,7 +6,6 @@
 
 mod common;
 
-
 use common::secureclaw;
 
 const GATED: &str = r#"version: 1
@@ -27,7 +26,10 @@ steps:
 fn run_id(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     text.lines()
-        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split_whitespace().next()))
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_whitespace().next())
+        })
         .unwrap_or_else(|| panic!("no run id in: {text}"))
         .to_string()
 }
@@ -42,7 +44,12 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
         .args(["run", wf.to_str().unwrap(), "-w", ws.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(first.status.code(), Some(3), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let id = run_id(&first.stderr);
     let said = String::from_utf8_lossy(&first.stderr);
     assert!(said.contains("parked"), "{said}");
@@ -55,7 +62,11 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
         .args(["resume", &id, "--state-dir", st])
         .output()
         .unwrap();
-    assert_eq!(resume_early.status.code(), Some(3), "still parked without an approval");
+    assert_eq!(
+        resume_early.status.code(),
+        Some(3),
+        "still parked without an approval"
+    );
     let wrong = secureclaw()
         .args(["approve", &id, "--step", "after", "--state-dir", st])
         .output()
@@ -66,12 +77,20 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
         .args(["approve", &id, "--step", "gate", "--state-dir", st])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let resumed = secureclaw()
         .args(["resume", &id, "--state-dir", st])
         .output()
         .unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     assert_eq!(std::fs::read_to_string(ws.join("c.txt")).unwrap(), "last");
     let show = secureclaw()
         .args(["show", &id, "--json", "--state-dir", st])
@@ -79,15 +98,31 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
         .unwrap();
     let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(rec["state"], "succeeded");
-    assert!(rec["steps"][1]["approval"].as_str().unwrap().starts_with("cli:"));
+    assert!(
+        rec["steps"][1]["approval"]
+            .as_str()
+            .unwrap()
+            .starts_with("cli:")
+    );
 
     // Every event of the three processes, numbered without gaps, and replay from the middle.
     let logs = |after: u64| -> Vec<serde_json::Value> {
         let out = secureclaw()
-            .args(["logs", &id, "--after", &after.to_string(), "--state-dir", st])
+            .args([
+                "logs",
+                &id,
+                "--after",
+                &after.to_string(),
+                "--state-dir",
+                st,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -99,7 +134,13 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
         assert_eq!(e["run_id"], id.as_str());
     }
     let kinds: Vec<&str> = all.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    for k in ["run_started", "run_parked", "approval_decided", "run_resumed", "run_finished"] {
+    for k in [
+        "run_started",
+        "run_parked",
+        "approval_decided",
+        "run_resumed",
+        "run_finished",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let mid = all.len() as u64 / 2;
@@ -110,12 +151,22 @@ fn a_parked_run_is_approved_and_resumed_by_later_processes() {
 #[test]
 fn the_command_line_depends_on_the_engine_alone() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let leaf = ["secureclaw_sandbox", "secureclaw_vault", "secureclaw_llm", "secureclaw_risk", "secureclaw_egress"];
+    let leaf = [
+        "secureclaw_sandbox",
+        "secureclaw_vault",
+        "secureclaw_llm",
+        "secureclaw_risk",
+        "secureclaw_egress",
+    ];
     for entry in std::fs::read_dir(root.join("src")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         for l in leaf {
-            assert!(!text.contains(l), "{} uses {l}: go through secureclaw_engine", path.display());
+            assert!(
+                !text.contains(l),
+                "{} uses {l}: go through secureclaw_engine",
+                path.display()
+            );
         }
     }
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
@@ -126,7 +177,10 @@ fn the_command_line_depends_on_the_engine_alone() {
         .unwrap();
     for l in leaf {
         let name = l.replace('_', "-");
-        assert!(!deps.contains(&name), "the binary depends on {name}: only the engine may");
+        assert!(
+            !deps.contains(&name),
+            "the binary depends on {name}: only the engine may"
+        );
     }
 }
 
@@ -146,7 +200,11 @@ fn other_processes_read_the_state_while_twenty_runs_go_on() {
         .args(["vault", "init", "--state-dir", state.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let pass = dir.path().join("pass");
     std::fs::write(&pass, common::TEST_PASSPHRASE).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -10,6 +10,7 @@ pub mod planner;
 pub mod policy;
 pub mod record;
 pub mod revert;
+pub mod risk;
 pub mod scheduler;
 pub mod schema;
 pub mod session;

@@ -158,7 +158,32 @@ pub struct RunRecord {
     pub pre_manifest: Option<String>,
     /// Reverts of this run, oldest first; the last one may be in progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reverts: Vec<crate::revert::RevertSummary>,
+    pub reverts: Vec<RevertSummary>,
+}
+
+/// One revert of a run, kept in the run record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevertSummary {
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub cascade: bool,
+    #[serde(default)]
+    pub force: bool,
+    /// `in_progress`, `completed`, `conflict`, `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub reverted: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual_review: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Whole-run revert: the workspace manifest hash equals the pre-run hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 impl RunRecord {

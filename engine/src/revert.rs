@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use secureclaw_vault::kind;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::model::{ActionKind, Compensate};
@@ -127,30 +127,7 @@ pub struct RevertPlan {
     pub conflicts: Vec<Conflict>,
 }
 
-/// One revert of a run, kept in the run record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RevertSummary {
-    pub started_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    #[serde(default)]
-    pub cascade: bool,
-    #[serde(default)]
-    pub force: bool,
-    /// `in_progress`, `completed`, `conflict`, `failed`.
-    pub state: String,
-    #[serde(default)]
-    pub reverted: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub manual_review: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<String>,
-    /// Whole-run revert: the workspace manifest hash equals the pre-run hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified: Option<bool>,
-}
+pub use crate::record::RevertSummary;
 
 /// The outcome of [`apply`].
 #[derive(Debug, Clone, Serialize)]

@@ -93,7 +93,11 @@ async fn all_events(session: &Session, run: &str, after: u64) -> Vec<EventEnvelo
 
 fn assert_numbered(events: &[EventEnvelope], from: u64) {
     for (k, e) in events.iter().enumerate() {
-        assert_eq!(e.seq, from + k as u64, "events are numbered without gaps: {e:?}");
+        assert_eq!(
+            e.seq,
+            from + k as u64,
+            "events are numbered without gaps: {e:?}"
+        );
     }
 }
 
@@ -119,7 +123,10 @@ async fn twenty_runs_at_once_each_with_its_own_numbered_events() {
     }
     for (k, id) in ids.iter().enumerate() {
         let ws = dir.path().join(format!("ws{k}"));
-        assert_eq!(std::fs::read_to_string(ws.join("out/f4.txt")).unwrap(), "step 4");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("out/f4.txt")).unwrap(),
+            "step 4"
+        );
         let events = all_events(&session, id, 0).await;
         assert_numbered(&events, 1);
         assert!(events.iter().all(|e| &e.run_id == id));
@@ -163,7 +170,11 @@ async fn replay_from_a_middle_sequence_number_yields_exactly_the_tail() {
     let full = all_events(&session, &id, 0).await;
     assert!(full.len() > 80, "{} events", full.len());
     assert_numbered(&full, 1);
-    assert_eq!(live_events, full[7..].to_vec(), "a live subscriber gets exactly the tail");
+    assert_eq!(
+        live_events,
+        full[7..].to_vec(),
+        "a live subscriber gets exactly the tail"
+    );
     for after in [1, 33, full.len() as u64 - 1, full.len() as u64] {
         let tail = all_events(&session, &id, after).await;
         assert_eq!(tail, full[after as usize..].to_vec(), "after {after}");
@@ -193,7 +204,10 @@ async fn a_long_log_keeps_bounded_memory_and_replays_old_events_from_the_store()
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(secureclaw_engine::session::last_stored_seq(&store, "run-x"), 3000);
+    assert_eq!(
+        secureclaw_engine::session::last_stored_seq(&store, "run-x"),
+        3000
+    );
     let mut s = log.subscribe(100);
     let mut seen = Vec::new();
     while let Some(e) = s.next().await {
@@ -241,7 +255,10 @@ async fn a_parked_run_is_approved_and_resumed_in_a_new_session() {
         assert_eq!(rec.step("gate").unwrap().state, StepState::WaitingApproval);
         assert_eq!(rec.step("after").unwrap().state, StepState::Pending);
         assert!(!ws.join("b.txt").exists(), "the gated step did not run");
-        (rec.run_id.clone(), rec.step("before").unwrap().started_at.clone())
+        (
+            rec.run_id.clone(),
+            rec.step("before").unwrap().started_at.clone(),
+        )
     };
     // A new session, as a new process after a restart would open.
     let session = open(&state, &pass);
@@ -254,11 +271,21 @@ async fn a_parked_run_is_approved_and_resumed_in_a_new_session() {
         }
     ));
     // Resuming before anyone approved parks again at the same gate.
-    let again = session.resume(&id, false, None).unwrap().wait().await.unwrap();
+    let again = session
+        .resume(&id, false, None)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(again.state, RunState::AwaitingApproval);
     let decided = session.approve(&id, Some("gate"), "alice").await.unwrap();
     assert_eq!(decided.len(), 1);
-    let rec = session.resume(&id, false, None).unwrap().wait().await.unwrap();
+    let rec = session
+        .resume(&id, false, None)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(rec.state, RunState::Succeeded, "{:?}", rec.message);
     assert_eq!(rec.run_id, id, "the same run goes on");
     assert_eq!(rec.step("gate").unwrap().approval.as_deref(), Some("alice"));
@@ -273,7 +300,10 @@ async fn a_parked_run_is_approved_and_resumed_in_a_new_session() {
     assert_numbered(&all, 1);
     assert!(all.len() > before_resume.len());
     assert!(all.iter().any(|e| matches!(&e.event, RunEvent::ApprovalDecided { step, approved: true, by } if step == "gate" && by == "alice")));
-    assert!(all.iter().any(|e| matches!(e.event, RunEvent::RunResumed { .. })));
+    assert!(
+        all.iter()
+            .any(|e| matches!(e.event, RunEvent::RunResumed { .. }))
+    );
     // A finished run is not parked any more.
     assert!(matches!(
         session.approve(&id, None, "bob").await,
@@ -302,7 +332,12 @@ async fn a_denied_gate_skips_the_step_and_what_needs_it() {
         .deny(&id, "gate", "carol", Some("not today".into()))
         .await
         .unwrap();
-    let rec = session.resume(&id, false, None).unwrap().wait().await.unwrap();
+    let rec = session
+        .resume(&id, false, None)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(rec.state, RunState::Failed);
     assert_eq!(rec.step("gate").unwrap().state, StepState::Skipped);
     assert_eq!(rec.step("after").unwrap().state, StepState::Skipped);
@@ -334,7 +369,12 @@ async fn resume_refuses_a_workspace_changed_since_the_park_unless_forced() {
         Err(e) => panic!("expected drift, got {e}"),
         Ok(_) => panic!("expected drift, the run resumed"),
     }
-    let rec = session.resume(&id, true, None).unwrap().wait().await.unwrap();
+    let rec = session
+        .resume(&id, true, None)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(rec.state, RunState::Succeeded);
 }
 
@@ -375,7 +415,10 @@ async fn an_approval_binds_to_what_was_shown() {
     assert_eq!(shown.request.step, "gate");
     drop(session);
 
-    for (hash, asked) in [(shown.hash.clone(), 0), ("a-different-request".to_string(), 1)] {
+    for (hash, asked) in [
+        (shown.hash.clone(), 0),
+        ("a-different-request".to_string(), 1),
+    ] {
         let counting = Arc::new(Counting(AtomicUsize::new(0), Mutex::new(Vec::new())));
         let store = Arc::new(RunStore::new(Vault::open(&state, PASS).unwrap(), "test"));
         let warnings = Arc::new(Mutex::new(Vec::new()));
@@ -431,8 +474,15 @@ async fn an_approval_binds_to_what_was_shown() {
         assert_eq!(rec.state, RunState::Succeeded);
         assert_eq!(counting.0.load(Ordering::SeqCst), asked);
         let expected_by = if asked == 0 { "alice" } else { "prompt" };
-        assert_eq!(rec.step("gate").unwrap().approval.as_deref(), Some(expected_by));
-        let warned = warnings.lock().unwrap().iter().any(|m| m.contains("asking again"));
+        assert_eq!(
+            rec.step("gate").unwrap().approval.as_deref(),
+            Some(expected_by)
+        );
+        let warned = warnings
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("asking again"));
         assert_eq!(warned, asked == 1);
         if asked == 1 {
             // The approver saw the same request the parked run showed.
