@@ -215,7 +215,9 @@ pub struct RunStore {
     backend: Arc<dyn StateBackend>,
     writer: Option<Writer>,
     actor: String,
-    pending: Mutex<Vec<NewEntry>>,
+    /// Queued ledger entries by run (`None`: entries of no run): a run's record save takes
+    /// its own, so concurrent runs never commit each other's entries ahead of their records.
+    pending: Mutex<BTreeMap<Option<String>, Vec<NewEntry>>>,
 }
 
 impl std::fmt::Debug for RunStore {
@@ -252,7 +254,7 @@ impl RunStore {
             backend,
             writer,
             actor: actor.into(),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -276,7 +278,7 @@ impl RunStore {
         entry.pre_manifest = key(entry.pre_manifest.take());
         entry.post_manifest = key(entry.post_manifest.take());
         if let Ok(mut p) = self.pending.lock() {
-            p.push(entry);
+            p.entry(entry.run.clone()).or_default().push(entry);
         }
     }
 
@@ -291,6 +293,21 @@ impl RunStore {
         NewEntry::new(self.actor.clone(), kind)
     }
 
+    /// The queued entries of no run, with those of `run` if given.
+    fn take_pending(&self, run: Option<&str>) -> Vec<NewEntry> {
+        let Ok(mut p) = self.pending.lock() else {
+            return Vec::new();
+        };
+        match run {
+            None => p.remove(&None).unwrap_or_default(),
+            Some(run) => {
+                let mut out = p.remove(&None).unwrap_or_default();
+                out.extend(p.remove(&Some(run.to_string())).unwrap_or_default());
+                out
+            }
+        }
+    }
+
     fn writer(&self) -> Result<&Writer, StoreError> {
         match &self.writer {
             Some(w) => Ok(w),
@@ -302,11 +319,7 @@ impl RunStore {
     /// A batch with the record and every queued ledger entry.
     fn record_batch(&self, record: &RunRecord) -> Result<Batch, StoreError> {
         let mut batch = Batch {
-            entries: self
-                .pending
-                .lock()
-                .map(|mut p| std::mem::take(&mut *p))
-                .unwrap_or_default(),
+            entries: self.take_pending(Some(&record.run_id)),
             ..Batch::default()
         };
         batch.put_json(Table::Runs, record.run_id.clone(), record)?;
@@ -339,22 +352,18 @@ impl RunStore {
 
     /// Commit `batch` (with the queued ledger entries) and wait.
     pub async fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
-        if let Ok(mut p) = self.pending.lock() {
-            let mut entries = std::mem::take(&mut *p);
-            entries.append(&mut batch.entries);
-            batch.entries = entries;
-        }
+        let mut entries = self.take_pending(None);
+        entries.append(&mut batch.entries);
+        batch.entries = entries;
         self.writer()?.commit(batch).await?;
         Ok(())
     }
 
     /// Commit `batch` (with the queued ledger entries), waiting, from synchronous code.
     pub fn commit_blocking(&self, mut batch: Batch) -> Result<(), StoreError> {
-        if let Ok(mut p) = self.pending.lock() {
-            let mut entries = std::mem::take(&mut *p);
-            entries.append(&mut batch.entries);
-            batch.entries = entries;
-        }
+        let mut entries = self.take_pending(None);
+        entries.append(&mut batch.entries);
+        batch.entries = entries;
         self.writer()?.commit_blocking(batch)?;
         Ok(())
     }
