@@ -26,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventSink, RunEvent};
 use crate::model::{ActionKind, SandboxSettings, Step, Tier};
+use crate::park::{ParkState, PendingApproval, StepDecision, request_hash};
 use crate::policy::{ApprovalRequest, Approver, Decision, Policy};
 use crate::record::{
     ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id,
     now_rfc3339,
 };
 use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
+use crate::storage::{Batch, Table};
 use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
 use crate::workspace::Confinement;
@@ -74,6 +76,25 @@ pub struct RunOptions {
     pub risk_model: Option<Arc<secureclaw_llm::CommandRiskModel>>,
     /// What the run record says about the risk model.
     pub risk_model_status: String,
+    /// The run id (the session picks it so a handle exists before the run starts); a new
+    /// one when `None`.
+    pub run_id: Option<String>,
+    /// Continue a parked run instead of starting one.
+    pub resume: Option<Resume>,
+    /// How the run was submitted, saved with the run if it parks.
+    pub request: Value,
+}
+
+/// A parked run to continue.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub record: RunRecord,
+    pub views: BTreeMap<String, StepView>,
+    /// Decisions given while the run was parked, by step.
+    pub decisions: BTreeMap<String, StepDecision>,
+    pub write_seq: u32,
+    /// Who resumed it.
+    pub by: String,
 }
 
 pub struct Engine {
@@ -81,7 +102,23 @@ pub struct Engine {
     pub approver: Arc<dyn Approver>,
     pub policy: Policy,
     pub events: EventSink,
-    pub store: RunStore,
+    pub store: Arc<RunStore>,
+}
+
+/// What came of an approval gate.
+enum Approval {
+    Given(String),
+    Denied {
+        by: String,
+        why: String,
+        /// Denied at a prompt: the run stops. Denied while parked: only the step is skipped.
+        stop_run: bool,
+    },
+    /// Nobody can answer now: the run parks.
+    Parked {
+        why: String,
+        request: ApprovalRequest,
+    },
 }
 
 /// Results of finished steps, as templates see them.
@@ -209,12 +246,13 @@ impl Engine {
         // Values of `secret: true` inputs never reach the record, the ledger or the events.
         let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
         let n = wf.workflow.steps.len();
-        let source = std::fs::read(&wf.file).unwrap_or_default();
+        let source = wf.source.as_bytes();
+        let resuming = opts.resume.clone();
         let mut record = RunRecord {
-            run_id: new_run_id(),
+            run_id: opts.run_id.clone().unwrap_or_else(new_run_id),
             workflow: wf.workflow.name.clone(),
             workflow_file: wf.file.clone(),
-            workflow_sha256: sha256_hex(&source),
+            workflow_sha256: wf.sha256.clone(),
             workspace: workspace.clone(),
             backend: self.sandbox.name().to_string(),
             isolated: self.sandbox.isolated(),
@@ -263,6 +301,21 @@ impl Engine {
             pre_manifest: None,
             reverts: Vec::new(),
         };
+        if let Some(r) = &resuming {
+            // The parked record goes on: finished steps stay finished, gates and what never
+            // started become pending again.
+            record = r.record.clone();
+            record.state = RunState::Running;
+            record.message = None;
+            record.finished_at = None;
+            record.pid = std::process::id();
+            for s in &mut record.steps {
+                if matches!(s.state, StepState::WaitingApproval | StepState::Pending) {
+                    s.state = StepState::Pending;
+                    s.reason = None;
+                }
+            }
+        }
         // Capture the workspace before anything runs, when anything may write to it.
         let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
             let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &state_dir)?;
@@ -274,7 +327,9 @@ impl Engine {
                 Ok(m)
             })
             .await?;
-            record.pre_manifest = Some(first.hash());
+            if record.pre_manifest.is_none() {
+                record.pre_manifest = Some(first.hash());
+            }
             Some(Arc::new(SnapCtx {
                 snap,
                 run_id: record.run_id.clone(),
@@ -283,37 +338,50 @@ impl Engine {
         } else {
             None
         };
-        let mut write_seq = 0u32;
-        self.store.record(
+        let mut write_seq = resuming.as_ref().map(|r| r.write_seq).unwrap_or(0);
+        if let Some(r) = &resuming {
+            self.store.record(
+                self.store
+                    .entry(kind::RUN_RESUMED)
+                    .run(record.run_id.clone())
+                    .result(
+                        json!({"by": r.by, "workflow_hmac": self.store.digest("workflow", source)}),
+                    ),
+            );
+        } else {
+            self.store.record(
             self.store
                 .entry(kind::RUN_STARTED)
                 .run(record.run_id.clone())
                 .result(json!({
                     "workflow": record.workflow,
                     "workflow_file": record.workflow_file,
-                    "workflow_hmac": self.store.digest("workflow", &source),
+                    "workflow_hmac": self.store.digest("workflow", source),
                     "workspace": record.workspace,
                     "backend": record.backend,
                     "isolated": record.isolated,
                     "inputs_hmac": self.store.digest("inputs", &serde_json::to_vec(&record.inputs).unwrap_or_default()),
                 })),
         );
-        if !record.approval.nodes.is_empty() {
-            self.store.record(
+            if !record.approval.nodes.is_empty() {
+                self.store.record(
                 self.store
                     .entry(kind::APPROVAL_GIVEN)
                     .run(record.run_id.clone())
                     .result(json!({"scope": "plan", "by": record.approval.by, "tiers": record.approval.tiers, "nodes": record.approval.nodes})),
             );
+            }
         }
-        self.store.save(&record)?;
-        (self.events)(&RunEvent::RunStarted {
-            run_id: record.run_id.clone(),
-            workflow: record.workflow.clone(),
-            steps: n,
-            backend: record.backend.clone(),
-            isolated: record.isolated,
-        });
+        self.store.save_async(&record).await?;
+        match &resuming {
+            Some(r) => (self.events)(&RunEvent::RunResumed { by: r.by.clone() }),
+            None => (self.events)(&RunEvent::RunStarted {
+                workflow: record.workflow.clone(),
+                steps: n,
+                backend: record.backend.clone(),
+                isolated: record.isolated,
+            }),
+        }
         if !record.isolated {
             (self.events)(&RunEvent::Warning {
                 message: "running on the `host` backend: steps are NOT isolated from this machine"
@@ -323,6 +391,11 @@ impl Engine {
 
         let inputs = JinjaValue::from_serialize(&opts.inputs);
         let results = Arc::new(Results::default());
+        if let Some(r) = &resuming
+            && let Ok(mut m) = results.0.write()
+        {
+            m.extend(r.views.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let steps_value = JinjaValue::from_dyn_object(results.clone());
         // Workflow env may use inputs only; render it once.
         let base_ctx = minijinja::context! { inputs => inputs.clone() };
@@ -335,7 +408,7 @@ impl Engine {
                 Err(e) => {
                     record.state = RunState::Failed;
                     record.message = Some(format!("workflow env `{k}`: {e}"));
-                    return self.finish(record);
+                    return self.finish(record).await;
                 }
             }
         }
@@ -354,7 +427,23 @@ impl Engine {
             }
             p
         };
-        let mut ready: Vec<usize> = (0..n).filter(|&i| remaining_deps[i] == 0).collect();
+        // On resume, what already finished releases its dependents and is not started again.
+        for (rec, needed_by) in record.steps.iter().zip(&dependents) {
+            if rec.state.is_final() {
+                for &d in needed_by {
+                    remaining_deps[d] -= 1;
+                }
+            }
+        }
+        let mut ready: Vec<usize> = (0..n)
+            .filter(|&i| remaining_deps[i] == 0 && !record.steps[i].state.is_final())
+            .collect();
+        let decisions = resuming
+            .as_ref()
+            .map(|r| r.decisions.clone())
+            .unwrap_or_default();
+        let mut pending_gates: Vec<PendingApproval> = Vec::new();
+        let mut denied: Option<String> = None;
         let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
         let writer = Arc::new(Mutex::new(()));
         let run_cancel = cancel.child_token();
@@ -457,7 +546,9 @@ impl Engine {
                 // What the approval prompt and the events show: secrets already scrubbed.
                 let summary = secrets.scrub(&rendered.summary());
                 if risk.needs_approval() {
-                    let decision = self.approve(&record, &risk, step, &summary).await;
+                    let decision = self
+                        .approve(&record, &risk, step, &summary, decisions.get(&step.id))
+                        .await;
                     let entry = self
                         .store
                         .entry(kind::APPROVAL_GIVEN)
@@ -465,24 +556,65 @@ impl Engine {
                         .step(step.id.clone())
                         .tier(json!(risk.tier));
                     match decision {
-                        Ok(by) => {
+                        Approval::Given(by) => {
                             self.store
                                 .record(entry.result(
                                     json!({"approved": true, "by": by, "rule": risk.rule}),
                                 ));
+                            (self.events)(&RunEvent::ApprovalDecided {
+                                step: step.id.clone(),
+                                approved: true,
+                                by: by.clone(),
+                            });
                             record.steps[i].approval = Some(by);
                         }
-                        Err((state, why)) => {
-                            self.store
-                                .record(entry.result(json!({"approved": false, "reason": why})));
-                            record.steps[i].state = state;
+                        Approval::Denied { by, why, stop_run } => {
+                            self.store.record(
+                                entry.result(json!({"approved": false, "by": by, "reason": why})),
+                            );
+                            (self.events)(&RunEvent::ApprovalDecided {
+                                step: step.id.clone(),
+                                approved: false,
+                                by,
+                            });
+                            if stop_run {
+                                record.steps[i].state = StepState::Skipped;
+                                record.steps[i].reason = Some(why.clone());
+                                stop = Some((RunState::AwaitingApproval, why));
+                                break;
+                            }
+                            // A decision given to a parked run: the step and what needs it
+                            // are skipped, independent branches go on.
+                            denied.get_or_insert(why.clone());
+                            self.settle(
+                                &mut record,
+                                StepState::Skipped,
+                                i,
+                                why,
+                                &mut ready,
+                                &mut remaining_deps,
+                                &dependents,
+                            );
+                            continue;
+                        }
+                        Approval::Parked { why, request } => {
+                            self.store.record(
+                                entry.result(
+                                    json!({"approved": false, "reason": why, "parked": true}),
+                                ),
+                            );
+                            record.steps[i].state = StepState::WaitingApproval;
                             record.steps[i].reason = Some(why.clone());
+                            pending_gates.push(PendingApproval {
+                                hash: request_hash(&request),
+                                request,
+                            });
                             stop = Some((RunState::AwaitingApproval, why));
                             break;
                         }
                     }
                     // An approval is worth persisting at once.
-                    self.store.save(&record)?;
+                    self.store.save_async(&record).await?;
                     last_save = Instant::now();
                 }
                 let (limits, allow_degraded, image) =
@@ -529,7 +661,7 @@ impl Engine {
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
-                self.store.save(&record)?;
+                self.store.save_async(&record).await?;
                 last_save = Instant::now();
             }
             if running.is_empty() {
@@ -597,6 +729,37 @@ impl Engine {
                     .inverse(inverse)
                     .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts, "egress": egress_summary(&rec.egress)})),
             );
+            for (stream, text) in [
+                ("output", &rec.output),
+                ("stdout", &rec.stdout),
+                ("stderr", &rec.stderr),
+            ] {
+                // A shell step's `output` is its stdout: sent once.
+                if stream == "output" && rec.kind == ActionKind::Shell {
+                    continue;
+                }
+                for ev in crate::events::output_events(&rec.id, stream, text) {
+                    (self.events)(&ev);
+                }
+            }
+            for e in &rec.egress {
+                // `{"verdict": "refused", "reason": ...}` or `{"verdict": "allowed", ...}`.
+                let decision = serde_json::to_value(&e.decision).unwrap_or_default();
+                let allowed = decision.get("verdict").and_then(Value::as_str) == Some("allowed");
+                let reason = (!allowed).then(|| {
+                    decision
+                        .get("reason")
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                });
+                (self.events)(&RunEvent::Egress {
+                    step: rec.id.clone(),
+                    host: e.host.clone(),
+                    port: e.port,
+                    allowed,
+                    reason,
+                });
+            }
             (self.events)(&RunEvent::StepFinished {
                 step: rec.id.clone(),
                 state: f.state,
@@ -626,7 +789,7 @@ impl Engine {
             }
             if wrote {
                 // A change set is what revert needs: make it durable now, not at the next tick.
-                self.store.save(&record)?;
+                self.store.save_async(&record).await?;
                 last_save = Instant::now();
             }
         }
@@ -645,6 +808,7 @@ impl Engine {
                 (s, Some(m))
             }
             None if failed_any => (RunState::Failed, None),
+            None if denied.is_some() => (RunState::Failed, denied.clone()),
             None => (RunState::Succeeded, None),
         };
         record.state = state;
@@ -657,7 +821,45 @@ impl Engine {
             let ctx = ctx.clone();
             blocking(move || ctx.snap.save_cache(&ctx.last())).await?;
         }
-        let out = self.finish(record)?;
+        let parked = state == RunState::AwaitingApproval && !pending_gates.is_empty();
+        let mut extra = Batch::default();
+        if parked {
+            let views = results
+                .0
+                .read()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            let park = ParkState {
+                run_id: record.run_id.clone(),
+                workflow_source: wf.source.to_string(),
+                workflow_file: wf.file.clone(),
+                inputs: opts.inputs.clone(),
+                views,
+                pending: pending_gates.clone(),
+                manifest: snap.as_ref().map(|c| (*c.last()).clone()),
+                write_seq,
+                request: opts.request.clone(),
+                parked_at: now_rfc3339(),
+            };
+            extra
+                .put_json(Table::Parked, record.run_id.clone(), &park)
+                .map_err(crate::record::StoreError::from)?;
+            self.store.record(
+                self.store
+                    .entry(kind::RUN_PARKED)
+                    .run(record.run_id.clone())
+                    .result(json!({"steps": pending_gates.iter().map(|p| &p.request.step).collect::<Vec<_>>()})),
+            );
+            (self.events)(&RunEvent::RunParked {
+                steps: pending_gates
+                    .iter()
+                    .map(|p| p.request.step.clone())
+                    .collect(),
+            });
+        } else if resuming.is_some() {
+            extra.deletes.push((Table::Parked, record.run_id.clone()));
+        }
+        let out = self.finish_with(record, extra).await?;
         if snap.is_some() {
             crate::snapshot::clear_inflight(
                 self.store.vault(),
@@ -668,7 +870,16 @@ impl Engine {
         Ok(out)
     }
 
-    fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
+    async fn finish(&self, record: RunRecord) -> Result<RunRecord, EngineError> {
+        self.finish_with(record, Batch::default()).await
+    }
+
+    /// Close the run: the record, its last ledger entries and `extra` rows in one commit.
+    async fn finish_with(
+        &self,
+        mut record: RunRecord,
+        extra: Batch,
+    ) -> Result<RunRecord, EngineError> {
         record.finished_at = Some(now_rfc3339());
         self.store.record(
             self.store
@@ -676,9 +887,8 @@ impl Engine {
                 .run(record.run_id.clone())
                 .result(json!({"state": record.state, "message": record.message})),
         );
-        self.store.save(&record)?;
+        self.store.save_with(&record, extra).await?;
         (self.events)(&RunEvent::RunFinished {
-            run_id: record.run_id.clone(),
             state: record.state,
             message: record.message.clone(),
         });
@@ -723,14 +933,15 @@ impl Engine {
         risk: &NodeRisk,
         step: &Step,
         summary: &str,
-    ) -> Result<String, (StepState, String)> {
+        given: Option<&StepDecision>,
+    ) -> Approval {
         let covered = record
             .approval
             .nodes
             .iter()
             .any(|n| n.id == step.id && n.tier >= risk.tier);
         if covered {
-            return Ok(record.approval.by.clone());
+            return Approval::Given(record.approval.by.clone());
         }
         let request = ApprovalRequest {
             step: step.id.clone(),
@@ -744,6 +955,36 @@ impl Engine {
             summary: summary.to_string(),
             network: step.network.clone(),
         };
+        if let Some(d) = given {
+            if d.hash == request_hash(&request) {
+                return if d.approved {
+                    Approval::Given(d.by.clone())
+                } else {
+                    Approval::Denied {
+                        why: format!(
+                            "approval for step `{}` ({}) was denied by {}{}",
+                            step.id,
+                            risk.tier,
+                            d.by,
+                            d.reason
+                                .as_deref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                        by: d.by.clone(),
+                        stop_run: false,
+                    }
+                };
+            }
+            (self.events)(&RunEvent::Warning {
+                message: format!(
+                    "step `{}` changed since {} {} it (its command, tier or reason differs): asking again",
+                    step.id,
+                    d.by,
+                    if d.approved { "approved" } else { "denied" }
+                ),
+            });
+        }
         (self.events)(&RunEvent::ApprovalNeeded {
             step: request.step.clone(),
             tier: request.tier,
@@ -752,29 +993,33 @@ impl Engine {
             summary: request.summary.clone(),
         });
         match self.approver.decide(&request).await {
-            Decision::Approved { by } => Ok(by),
-            Decision::Denied { by } => Err((
-                StepState::Skipped,
-                format!(
+            Decision::Approved { by } => Approval::Given(by),
+            Decision::Denied { by } => Approval::Denied {
+                why: format!(
                     "approval for step `{}` ({}) was denied by {by}; the run stopped here",
                     step.id, risk.tier
                 ),
-            )),
-            Decision::Unavailable => Err((
-                StepState::WaitingApproval,
-                format!(
-                    "step `{}` is {} ({}: {}) and needs approval; no terminal to ask. Re-run with --approve {} (or --yes) to allow it",
+                by,
+                stop_run: true,
+            },
+            Decision::Unavailable => Approval::Parked {
+                why: format!(
+                    "step `{}` is {} ({}: {}) and needs approval; the run is parked: `secureclaw approve {} --step {}` then `secureclaw resume {}` (or re-run with --approve {})",
                     step.id,
                     risk.tier,
                     risk.rule,
                     risk.reason,
+                    record.run_id,
+                    step.id,
+                    record.run_id,
                     if risk.tier.needs_approval() {
                         risk.tier.as_str()
                     } else {
                         "<tier> --yes"
                     }
                 ),
-            )),
+                request,
+            },
         }
     }
 
@@ -834,9 +1079,4 @@ fn canonical_state_dir(state_dir: &Path) -> PathBuf {
             .unwrap_or_else(|_| state_dir.to_path_buf()),
         _ => state_dir.to_path_buf(),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use minijinja::value::Value as JinjaValue;
 use serde_json::{Value, json};
 
-use crate::model::{Step, Tier};
+use crate::model::Step;
 use crate::template::Templates;
 use crate::validate::NodeRisk;
 
@@ -182,39 +182,15 @@ fn render_json(
     })
 }
 
+/// The tier of what will really run (see [`crate::risk::effective_risk`]).
 pub(super) fn effective_risk(
     static_risk: &NodeRisk,
     rendered: &Rendered,
     model: Option<&secureclaw_llm::CommandRiskModel>,
 ) -> NodeRisk {
-    let mut risk = static_risk.clone();
-    if let Rendered::Shell { command, .. } = rendered {
-        let a = secureclaw_risk::classify_shell(command);
-        if a.tier > risk.tier {
-            risk = NodeRisk {
-                tier: a.tier,
-                rule: a.rule,
-                reason: format!("{} (after templating)", a.reason),
-                forced_approval: static_risk.forced_approval,
-            };
-        }
-        // The model only ever raises. A model failure leaves the heuristic tier standing.
-        let heuristic = secureclaw_llm::ModelTier::parse(risk.tier.as_str());
-        if let (Some(model), Some(heuristic)) = (model, heuristic)
-            && let Ok(Some(raise)) = model.assess(command, heuristic)
-            && let Some(tier) = Tier::parse(raise.tier.as_str())
-            && tier > risk.tier
-        {
-            risk = NodeRisk {
-                tier,
-                rule: "risk-model".into(),
-                reason: format!(
-                    "the risk model finds it close to `{}` (similarity {:.2}, margin {:.2})",
-                    raise.exemplar_text, raise.score, raise.margin
-                ),
-                forced_approval: static_risk.forced_approval,
-            };
-        }
-    }
-    risk
+    let shell = match rendered {
+        Rendered::Shell { command, .. } => Some(command.as_str()),
+        _ => None,
+    };
+    crate::risk::effective_risk(static_risk, shell, model)
 }
