@@ -53,7 +53,7 @@ fn fx() -> Fx {
         approver: Arc::new(NoApprover),
         policy: Policy::default(),
         events: events::discard(),
-        store: RunStore::new(vault, "test"),
+        store: Arc::new(RunStore::new(vault, "test")),
     };
     Fx {
         _dir: dir,
@@ -81,6 +81,9 @@ impl Fx {
                 read_only: Vec::new(),
                 risk_model: None,
                 risk_model_status: String::new(),
+                run_id: None,
+                resume: None,
+                request: serde_json::Value::Null,
             },
             tokio_util::sync::CancellationToken::new(),
         ))
