@@ -10,6 +10,9 @@ use secureclaw_vault::{KdfParams, PassphraseSource, Vault, VaultError};
 /// Open the vault in `state_dir`; with `create`, make one on first use.
 pub fn open(state_dir: &Path, pass: &PassphraseSource, create: bool) -> anyhow::Result<Vault> {
     if Vault::exists(state_dir) {
+        if let Some(v) = with_agent(state_dir, secureclaw_engine::keyring::open_with_agent)? {
+            return Ok(v);
+        }
         let secret = pass.resolve().map_err(|e| no_passphrase(e.into()))?;
         return match Vault::open(state_dir, &secret) {
             Err(VaultError::WrongPassphrase) => anyhow::bail!(
@@ -51,6 +54,12 @@ pub fn open_for_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Re
             state_dir.display()
         );
     }
+    if let Some(v) = with_agent(
+        state_dir,
+        secureclaw_engine::keyring::open_for_reading_with_agent,
+    )? {
+        return Ok(v);
+    }
     let secret = pass.resolve().map_err(|e| no_passphrase(e.into()))?;
     match Vault::open_for_reading(state_dir, &secret) {
         Err(VaultError::WrongPassphrase) => anyhow::bail!(
@@ -59,6 +68,14 @@ pub fn open_for_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Re
         ),
         other => other.with_context(|| format!("opening the vault in {}", state_dir.display())),
     }
+}
+
+/// The vault opened with the key `secureclaw unlock` left in the agent, if it has one.
+fn with_agent(
+    state_dir: &Path,
+    open: fn(&Path) -> Result<Option<Vault>, VaultError>,
+) -> anyhow::Result<Option<Vault>> {
+    open(state_dir).with_context(|| format!("opening the vault in {}", state_dir.display()))
 }
 
 fn no_passphrase(e: anyhow::Error) -> anyhow::Error {

@@ -126,8 +126,7 @@ fn accept_loop(listener: &UnixListener, weak: &Weak<Inner>, stop: &AtomicBool) {
 
 /// The peer runs as our effective uid.
 pub(crate) fn same_uid(stream: &UnixStream) -> bool {
-    rustix::net::sockopt::socket_peercred(stream)
-        .is_ok_and(|c| c.uid == rustix::process::geteuid())
+    rustix::net::sockopt::socket_peercred(stream).is_ok_and(|c| c.uid == rustix::process::geteuid())
 }
 
 /// Why an answer was cut short (the reader only sees a short stream, so no detail is kept).
@@ -265,7 +264,8 @@ pub(crate) fn fetch(
             (KIND_META, "meta") => {
                 let mut t = txn.open_table(META).map_err(|e| db_err(e.into()))?;
                 while let Some((k, v)) = read_row(&mut r).map_err(short)? {
-                    let k = String::from_utf8(k).map_err(|_| bad("a meta key that is not UTF-8"))?;
+                    let k =
+                        String::from_utf8(k).map_err(|_| bad("a meta key that is not UTF-8"))?;
                     t.insert(k.as_str(), v.as_slice())
                         .map_err(|e| db_err(e.into()))?;
                 }
