@@ -136,11 +136,10 @@ fn check_dir(dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Connects to the agent and checks it runs as our uid.
-fn connect() -> Result<UnixStream, AgentError> {
-    let dir = socket_dir();
+/// Connects to the agent in `dir` and checks it runs as our uid.
+fn connect(dir: &Path) -> Result<UnixStream, AgentError> {
     let path = dir.join(SOCKET_FILE);
-    check_dir(&dir).map_err(|e| match e {
+    check_dir(dir).map_err(|e| match e {
         AgentError::Io { .. } => AgentError::NotRunning(path.clone()),
         other => other,
     })?;
@@ -170,8 +169,8 @@ fn send(stream: &UnixStream, req: &[u8]) -> Result<u8, AgentError> {
 }
 
 /// The master key the agent holds for `vault_id`, if any (refreshing its idle timer).
-pub(crate) fn get(vault_id: &[u8; 16]) -> Result<Option<SecretKey>, AgentError> {
-    let stream = connect()?;
+fn get(dir: &Path, vault_id: &[u8; 16]) -> Result<Option<SecretKey>, AgentError> {
+    let stream = connect(dir)?;
     let req = Zeroizing::new([&[OP_GET][..], vault_id].concat());
     match send(&stream, &req)? {
         R_OK => {
@@ -195,7 +194,7 @@ pub(crate) fn root_from_agent(
     if !enabled() {
         return Ok(None);
     }
-    let Ok(Some(kek)) = get(&hdr.vault_id) else {
+    let Ok(Some(kek)) = get(&socket_dir(), &hdr.vault_id) else {
         return Ok(None);
     };
     match header::unlock_master(dir, hdr, &kek) {
@@ -226,19 +225,30 @@ pub fn unlock(
     if !enabled() {
         return Err(AgentError::Disabled);
     }
+    unlock_in(&socket_dir(), state_dir, passphrase, timeout, start)
+}
+
+/// [`unlock`] with the agent in `dir` (the agent `start` runs must use the same directory).
+pub fn unlock_in(
+    dir: &Path,
+    state_dir: &Path,
+    passphrase: &str,
+    timeout: Duration,
+    start: impl FnOnce() -> std::process::Command,
+) -> Result<Unlocked, AgentError> {
     let hdr = header::read(state_dir)?;
     let kek = header::derive_master(&hdr, passphrase)?;
-    let started_agent = match connect() {
+    let started_agent = match connect(dir) {
         Ok(_) => false,
         Err(AgentError::NotRunning(path)) => {
-            prepare_dir(&socket_dir())?;
+            prepare_dir(dir)?;
             let mut cmd = start();
             cmd.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
             let mut child = cmd.spawn().map_err(io("starting the unlock agent"))?;
             let deadline = Instant::now() + Duration::from_secs(5);
-            while connect().is_err() {
+            while connect(dir).is_err() {
                 if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                     return Err(AgentError::StartFailed(path));
                 }
@@ -250,7 +260,7 @@ pub fn unlock(
         }
         Err(e) => return Err(e),
     };
-    let stream = connect()?;
+    let stream = connect(dir)?;
     let req = Zeroizing::new(
         [
             &[OP_ADD][..],
@@ -277,7 +287,12 @@ pub fn unlock(
 
 /// Drops every key the agent holds and ends it. `Ok(false)` when no agent was running.
 pub fn lock() -> Result<bool, AgentError> {
-    let stream = match connect() {
+    lock_in(&socket_dir())
+}
+
+/// [`lock`] for the agent in `dir`.
+pub fn lock_in(dir: &Path) -> Result<bool, AgentError> {
+    let stream = match connect(dir) {
         Ok(s) => s,
         Err(AgentError::NotRunning(_)) => return Ok(false),
         Err(e) => return Err(e),
@@ -307,7 +322,12 @@ pub struct AgentStatus {
 
 /// The running agent's state; `Ok(None)` when none runs.
 pub fn status() -> Result<Option<AgentStatus>, AgentError> {
-    let stream = match connect() {
+    status_in(&socket_dir())
+}
+
+/// [`status`] of the agent in `dir`.
+pub fn status_in(dir: &Path) -> Result<Option<AgentStatus>, AgentError> {
+    let stream = match connect(dir) {
         Ok(s) => s,
         Err(AgentError::NotRunning(_)) => return Ok(None),
         Err(e) => return Err(e),
@@ -336,7 +356,7 @@ pub fn status() -> Result<Option<AgentStatus>, AgentError> {
     }
     Ok(Some(AgentStatus {
         pid,
-        socket: socket_path(),
+        socket: dir.join(SOCKET_FILE),
         memory_locked: head[4] != 0,
         keys,
     }))
