@@ -233,7 +233,7 @@ pub(crate) fn fetch(
         return Err(locked("its read socket belongs to another user"));
     }
     if cred.pid == rustix::process::getpid() {
-        return Err(locked("this process holds it"));
+        return Err(locked("that is this process itself"));
     }
     let short = |e: std::io::Error| locked(&format!("reading its read socket failed: {e}"));
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(short)?;

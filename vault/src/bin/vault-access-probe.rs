@@ -9,6 +9,9 @@
 //!   whoever runs this, send a snapshot / GET request, print `bytes N` (what came back).
 //! * `agent`: run the unlock agent.
 //! * `open-agent STATE`: open for reading with the agent's key; print `opened` or `none`.
+//! * `time-read STATE N`: open read-only N times (through the read socket when another process
+//!   holds the vault) and verify the ledger; print the median open and verify times (for
+//!   docs/performance.md, never asserted).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -74,6 +77,28 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             Some(v) => writeln!(out, "opened {}", v.keys("runs")?.len())?,
             None => writeln!(out, "none")?,
         },
+        "time-read" => {
+            let dir = PathBuf::from(arg(1)?);
+            let n: usize = arg(2)?.parse()?;
+            let pass = pass()?;
+            let (mut opens, mut verifies, mut entries) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..n.max(1) {
+                let t = std::time::Instant::now();
+                let v = Vault::open_read_only(&dir, &pass)?;
+                opens.push(t.elapsed());
+                let t = std::time::Instant::now();
+                entries = v.ledger().verify()?.entries;
+                verifies.push(t.elapsed());
+            }
+            opens.sort();
+            verifies.sort();
+            writeln!(
+                out,
+                "entries {entries} open_median_ms {:.2} verify_median_ms {:.2}",
+                opens[opens.len() / 2].as_secs_f64() * 1e3,
+                verifies[verifies.len() / 2].as_secs_f64() * 1e3
+            )?;
+        }
         other => return Err(format!("unknown mode {other}").into()),
     }
     Ok(())
