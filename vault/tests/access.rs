@@ -323,6 +323,10 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // A test may have opened the directories up; the client refuses such a directory.
+        for d in [self.xdg.path(), self.dir().as_path()] {
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        }
         let _ = agent::lock_in(&self.dir());
     }
 }
