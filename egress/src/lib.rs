@@ -41,6 +41,10 @@
 //! enum EgressError { InvalidAllowEntry{..}, InvalidPin{..} }
 //! ```
 
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod host;
 mod ip;
 mod proxy;

@@ -11,6 +11,10 @@
 //! - [`CommandRiskModel`] (feature `ml`): may raise, never lower, the engine's command risk tiers.
 //! - [`Guards`] bundles the pre-call checks the planner runs on an instruction.
 
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod chain;
 pub mod config;
 pub mod detect;

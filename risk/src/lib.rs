@@ -9,6 +9,10 @@
 //! wrappers...) is matched against the rules in `rules/shell.toml`. The highest tier wins; every
 //! matching rule is kept in [`Assessment::matched`].
 
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod analyze;
 mod rules;
 mod tier;

@@ -17,6 +17,10 @@
 //! blobs/xx/yyyy...    encrypted blob files named by keyed hash
 //! ```
 
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 mod blobs;
 pub mod crypto;
 mod error;
