@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod snapshot;
 pub mod template;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod units;
 pub mod validate;
