@@ -1,8 +1,8 @@
-//! The secureclaw engine: workflow model, validation, templating, risk, policy, scheduling.
-
 // A library reports through return values (errors, warnings, traces); the caller decides what
 // reaches the terminal. Unit tests may print.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
+//! The secureclaw engine: workflow model, validation, templating, risk, policy, scheduling.
 
 pub mod actions;
 pub mod diag;

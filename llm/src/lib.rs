@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! secureclaw's LLM layer: providers with a fallback chain, a PII/secret scrubber for what leaves
 //! the machine, and a prompt-injection detector for untrusted text. See docs/llm.md.
 //!
@@ -10,10 +14,6 @@
 //!   without it, or without the files, it says why and the other layers work alone.
 //! - [`CommandRiskModel`] (feature `ml`): may raise, never lower, the engine's command risk tiers.
 //! - [`Guards`] bundles the pre-call checks the planner runs on an instruction.
-
-// A library reports through return values (errors, warnings, traces); the caller decides what
-// reaches the terminal. Unit tests may print.
-#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod chain;
 pub mod config;

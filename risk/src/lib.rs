@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! Risk tiers and the heuristic classifier for commands.
 //!
 //! This crate knows nothing about workflows: it answers "how dangerous is this command?" with a
@@ -8,10 +12,6 @@
 //! stages, `&&`/`||` lists, subshells, `$( )`, `bash -c` strings, `sudo`/`xargs`/`find -exec`
 //! wrappers...) is matched against the rules in `rules/shell.toml`. The highest tier wins; every
 //! matching rule is kept in [`Assessment::matched`].
-
-// A library reports through return values (errors, warnings, traces); the caller decides what
-// reaches the terminal. Unit tests may print.
-#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod analyze;
 mod rules;

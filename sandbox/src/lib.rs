@@ -1,12 +1,12 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! The `Sandbox` contract every step execution goes through, and its backends.
 //!
 //! The engine hands a backend an [`ExecSpec`] (argv, workspace, env, limits, network policy) and
 //! gets back an [`ExecOutcome`] that always carries an [`EnforcementReport`] saying which
 //! isolation layers were really in force. Backends never decide policy; they enforce it or refuse.
-
-// A library reports through return values (errors, warnings, traces); the caller decides what
-// reaches the terminal. Unit tests may print.
-#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod budget;
 mod capture;
