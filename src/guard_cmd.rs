@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use secureclaw_llm::{Detector, Scrubber, SemanticStatus, Verdict};
+use secureclaw_engine::tools::guard::{Detector, Scrubber, SemanticStatus, Verdict};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GuardCommand {
@@ -62,7 +62,7 @@ pub fn run(cmd: GuardCommand) -> anyhow::Result<u8> {
             let detector = Detector::builtin().context("loading the injection patterns")?;
             // Never fails: without the feature or the model the other layers work alone and the
             // status says why.
-            let (detector, semantic) = secureclaw_llm::attach_semantic(detector);
+            let (detector, semantic) = secureclaw_engine::tools::guard::attach_semantic(detector);
             let layers = Layers::new(&semantic);
             scan(&detector, &layers, &label, &text, json, per_line, &mut out)
         }
@@ -123,15 +123,17 @@ impl Layers {
 }
 
 fn models(json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
-    use secureclaw_llm::models::{
+    use secureclaw_engine::tools::guard::{
         MODEL_FILE, ModelFiles, RUNTIME_FILE, TOKENIZER_FILE, models_dir,
     };
     let dir = models_dir();
     let files = dir.as_deref().map(ModelFiles::in_dir);
-    let (_, semantic) = secureclaw_llm::attach_semantic(Detector::empty());
-    let (_, risk) = secureclaw_llm::load_risk_model();
+    let (_, semantic) = secureclaw_engine::tools::guard::attach_semantic(Detector::empty());
+    let (_, risk) = secureclaw_engine::tools::guard::load_risk_model();
     let missing: Vec<&str> = match &files {
-        Some(Err(secureclaw_llm::ModelError::Missing { missing, .. })) => missing.clone(),
+        Some(Err(secureclaw_engine::tools::guard::ModelError::Missing { missing, .. })) => {
+            missing.clone()
+        }
         Some(_) => Vec::new(),
         None => vec![RUNTIME_FILE, MODEL_FILE, TOKENIZER_FILE],
     };
@@ -266,7 +268,7 @@ mod tests {
     fn run_scan(text: &str, json: bool, per_line: bool) -> (u8, String) {
         let d = Detector::builtin().unwrap();
         let layers = Layers::new(&SemanticStatus::unavailable(
-            &secureclaw_llm::ModelError::NotBuilt,
+            &secureclaw_engine::tools::guard::ModelError::NotBuilt,
         ));
         let mut out = Vec::new();
         let code = scan(&d, &layers, "t", text, json, per_line, &mut out).unwrap();

@@ -2,11 +2,17 @@
 
 mod guard_cmd;
 mod output;
+mod park_cmd;
 mod plan_cmd;
 mod revert_cmd;
 mod run_cmd;
-mod unlock;
+mod state;
 mod vault_cmds;
+
+/// What `vault_cmds` uses of the vault, through the engine.
+mod vault_api {
+    pub use secureclaw_engine::tools::vault::*;
+}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +26,7 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The workflow or the command line is invalid.
     pub const INVALID: u8 = 2;
-    /// The run stopped before a step that needs approval nobody gave.
+    /// The run parked before a step that needs approval nobody gave (`approve`, `resume`).
     pub const NEEDS_APPROVAL: u8 = 3;
     /// Cancelled with Ctrl-C.
     pub const CANCELLED: u8 = 130;
@@ -36,7 +42,7 @@ Every file is validated before anything runs, every step gets a risk tier, destr
 network steps pause for approval, and shell steps run in a sandbox.\n\n\
 Start with:  secureclaw validate --explain FILE   then   secureclaw run FILE",
     after_help = "Exit codes: 0 success, 1 a step failed (or validation errors), 2 invalid input,\n\
-3 stopped awaiting approval, 130 cancelled.\n\n\
+3 parked at an approval gate (approve, then resume), 130 cancelled.\n\n\
 Everything the engine stores is encrypted under a passphrase-derived key that never touches\n\
 disk: set SECURECLAW_PASSPHRASE, pass --passphrase-file/--passphrase-fd, or type it when asked.\n\n\
 Docs: README.md and docs/workflow-format.md in the repository."
@@ -70,6 +76,14 @@ enum Command {
     Revert(revert_cmd::RevertArgs),
     /// Show what a run (or one step) changed in the workspace, as a unified diff.
     Diff(revert_cmd::DiffArgs),
+    /// Approve the gates a parked run waits at (all, or `--step`); `--resume` goes on at once.
+    Approve(park_cmd::ApproveArgs),
+    /// Deny a parked run's gate: on resume the step and what needs it are skipped.
+    Deny(park_cmd::DenyArgs),
+    /// Continue a parked run (in this or any later process); refuses if the workspace changed.
+    Resume(park_cmd::ResumeArgs),
+    /// A run's events as JSON lines, from any sequence number on (`--after N`).
+    Logs(park_cmd::LogsArgs),
     /// Sandbox backends: which isolation layers are really in force here (`check`), and the
     /// offline build of the Docker sandbox image (`build-image`).
     #[command(subcommand)]
@@ -129,7 +143,7 @@ struct ShowArgs {
 
 fn main() -> ExitCode {
     // When re-executed as the sandbox helper, this never returns.
-    secureclaw_sandbox::run_helper_if_requested();
+    secureclaw_engine::tools::sandbox::run_helper_if_requested();
     let cli = Cli::parse();
     let pass = cli.pass.source();
     let result = match cli.command {
@@ -148,6 +162,10 @@ fn main() -> ExitCode {
         Command::Show(args) => output::show(&args.run, &args.state, &pass),
         Command::Revert(args) => revert_cmd::revert(args, &pass),
         Command::Diff(args) => revert_cmd::diff(args, &pass),
+        Command::Approve(args) => park_cmd::approve(args, &pass),
+        Command::Deny(args) => park_cmd::deny(args, &pass),
+        Command::Resume(args) => park_cmd::resume(args, &pass),
+        Command::Logs(args) => park_cmd::logs(args, &pass),
         Command::Vault { command, state_dir } => cwd_state(state_dir.as_ref())
             .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass))
             .map(exit_code),

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use console::style;
-use secureclaw_engine::record::{RunRecord, RunStore, StepState};
+use secureclaw_engine::record::{RunRecord, StepState};
+use secureclaw_engine::session::{Access, PassphraseSource, Session};
 use secureclaw_engine::validate::{self, Validated};
-use secureclaw_vault::PassphraseSource;
 use serde_json::json;
 
 use crate::{StateArgs, exit, state_dir};
@@ -144,17 +144,14 @@ pub fn print_explain_to(v: &Validated, w: &mut dyn std::io::Write) {
     }
 }
 
-fn store(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<RunStore> {
+fn session(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<Session> {
     let cwd = std::env::current_dir()?;
     let dir = state_dir(args.state_dir.as_ref(), &cwd);
-    let vault = crate::unlock::open_for_reading(&dir, pass)?;
-    Ok(RunStore::new(vault, crate::run_cmd::actor()))
+    crate::state::open(&dir, pass, Access::Read)
 }
 
 pub fn runs(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let store = store(args, pass)?;
-    store.mark_interrupted()?;
-    let runs = store.list()?;
+    let runs = session(args, pass)?.runs()?;
     if args.json {
         let rows: Vec<_> = runs
             .iter()
@@ -194,9 +191,7 @@ fn state_label<T: serde::Serialize>(s: &T) -> String {
 }
 
 pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let store = store(args, pass)?;
-    store.mark_interrupted()?;
-    let r: RunRecord = store.load(run)?;
+    let r: RunRecord = session(args, pass)?.show(run)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(exit::OK);
@@ -270,7 +265,7 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
             );
         }
         for e in &s.egress {
-            use secureclaw_egress::Decision;
+            use secureclaw_engine::tools::egress::Decision;
             let verdict = match &e.decision {
                 Decision::Allowed { address } => {
                     format!("{} -> {address}", style("allowed").green())

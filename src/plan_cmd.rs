@@ -7,13 +7,10 @@ use anyhow::Context as _;
 use clap::Args;
 use console::style;
 use secureclaw_engine::planner::{Plan, PlanError, Planner};
-use secureclaw_llm::{FallbackChain, Guards, LlmConfig};
-use secureclaw_vault::{NewEntry, PassphraseSource, Vault};
+use secureclaw_engine::session::{Access, PassphraseSource, Session};
+use secureclaw_engine::validate::{self, Validated};
 
 use crate::{exit, output};
-
-/// Ledger kind of the provenance entry.
-pub const PLAN_CREATED: &str = "plan_created";
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -35,16 +32,12 @@ pub struct PlanArgs {
 
 /// Plan with the configured providers. `Ok(Err(code))` is a failure already reported.
 pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Result<Plan, u8>> {
-    let cfg = LlmConfig::from_env().context("reading the LLM configuration")?;
-    let chain = FallbackChain::from_config(&cfg).context("setting up the LLM providers")?;
-    let guards = Guards::from_config(&cfg).context("loading the prompt guards")?;
     // The semantic injection layer (feature `ml`) screens the instruction too when its model
     // files are installed; a build without the feature has the unicode and regex layers.
-    let (guards, semantic) = guards.with_semantic();
+    let (planner, semantic) = Planner::from_env()?;
     if cfg!(feature = "ml") {
-        eprintln!("{}", style(semantic.summary()).dim());
+        eprintln!("{}", style(semantic).dim());
     }
-    let planner = Planner::new(chain, guards);
     eprintln!("{} planning…", style("plan").cyan().bold());
     match planner.plan(instruction, max_repairs).await {
         Ok(p) => Ok(Ok(p)),
@@ -73,33 +66,6 @@ pub fn print_provenance(plan: &Plan) {
     );
 }
 
-/// Append the `plan_created` entry (no workflow text: hashes only).
-pub fn record(vault: &Vault, plan: &Plan, run: Option<&str>) -> anyhow::Result<()> {
-    // The ledger gets exported: the prompt and YAML hashes are keyed, so an export cannot
-    // confirm a guessed instruction.
-    let mut provenance = plan.provenance();
-    if let Some(p) = provenance.as_object_mut() {
-        for (plain, keyed, what) in [
-            ("prompt_sha256", "prompt_hmac", "prompt"),
-            ("yaml_sha256", "yaml_hmac", "plan-yaml"),
-        ] {
-            if let Some(h) = p.remove(plain) {
-                let h = h.as_str().unwrap_or_default().to_owned();
-                p.insert(keyed.into(), vault.keyed_digest(what, h.as_bytes()).into());
-            }
-        }
-    }
-    let mut entry = NewEntry::new(crate::run_cmd::actor(), PLAN_CREATED).result(provenance);
-    if let Some(r) = run {
-        entry = entry.run(r);
-    }
-    vault
-        .ledger()
-        .append(entry)
-        .context("recording the plan in the ledger")?;
-    Ok(())
-}
-
 /// Write the plan's YAML to `path` (parents created).
 pub fn write_yaml(path: &Path, plan: &Plan) -> anyhow::Result<()> {
     if let Some(parent) = path.parent()
@@ -121,9 +87,10 @@ pub fn plan(args: PlanArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let state = crate::cwd_state(args.state_dir.as_ref())?;
-    let vault = crate::unlock::open(&state, pass, true)?;
-    record(&vault, &plan, None)?;
-    drop(vault);
+    let session = crate::state::open(&state, pass, Access::Write { create: true })?;
+    rt.block_on(session.record_plan(&plan, None))
+        .context("recording the plan in the ledger")?;
+    drop(session);
 
     if let Some(out) = &args.out {
         write_yaml(out, &plan)?;
@@ -166,31 +133,25 @@ pub fn plan(args: PlanArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// For `run --instruction`: plan, show, record, and write the plan under the state dir so the
-/// run path (validation, run record, revert) has a file. `Ok(Err(code))`: reported failure.
+/// For `run --instruction`: plan, show, record, and keep a copy of the plan under the state
+/// dir for the user; the run itself goes on from the validated text, not the file.
+/// `Ok(Err(code))`: a failure already reported.
 pub async fn plan_for_run(
+    session: &Session,
     instruction: &str,
-    workspace: Option<&PathBuf>,
-    state_dir: Option<&PathBuf>,
-    pass: &PassphraseSource,
     show: bool,
-) -> anyhow::Result<Result<PathBuf, u8>> {
+) -> anyhow::Result<Result<Validated, u8>> {
     let plan = match make_plan(instruction, DEFAULT_REPAIRS).await? {
         Ok(p) => p,
         Err(code) => return Ok(Err(code)),
     };
-    let workspace = match workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir()?,
-    };
-    let state = crate::state_dir(state_dir, &workspace);
-    // Opened (or created) here so the state dir gets the vault's permissions before the plan
-    // file lands in it; the run opens it again.
-    let vault = crate::unlock::open(&state, pass, true)?;
-    record(&vault, &plan, None)?;
-    drop(vault);
+    session
+        .record_plan(&plan, None)
+        .await
+        .context("recording the plan in the ledger")?;
     let sha = plan.yaml_sha256();
-    let path = state
+    let path = session
+        .state_dir()
         .join("plans")
         .join(format!("plan-{}.yaml", &sha[..16.min(sha.len())]));
     write_yaml(&path, &plan)?;
@@ -201,7 +162,15 @@ pub async fn plan_for_run(
     }
     print_provenance(&plan);
     eprintln!("{} plan saved to {}", style("note:").dim(), path.display());
-    Ok(Ok(path))
+    match validate::validate_bytes(&path, plan.yaml.as_bytes()) {
+        Ok(v) => Ok(Ok(v)),
+        Err(diags) => {
+            for d in diags.iter() {
+                output::print_diagnostic(d);
+            }
+            Ok(Err(exit::INVALID))
+        }
+    }
 }
 
 /// Repair rounds for `run --instruction` (same as `plan`'s default).

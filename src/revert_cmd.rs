@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use console::style;
-use secureclaw_engine::record::{RunRecord, RunStore};
-use secureclaw_engine::revert::{self, RevertRequest, StepAction};
-use secureclaw_engine::snapshot::Snapshotter;
-use secureclaw_vault::PassphraseSource;
+use secureclaw_engine::revert::{self, RevertError, StepAction};
+use secureclaw_engine::session::{
+    Access, PassphraseSource, RevertOptions, RevertOutcome, SessionError,
+};
 
 use crate::exit;
 
@@ -52,70 +52,43 @@ pub struct DiffArgs {
     pub color: String,
 }
 
-fn open(
-    state_dir: Option<&PathBuf>,
-    pass: &PassphraseSource,
-) -> anyhow::Result<(RunStore, PathBuf)> {
-    let dir = crate::cwd_state(state_dir)?;
-    let vault = crate::unlock::open(&dir, pass, false)?;
-    let store = RunStore::new(vault, crate::run_cmd::actor());
-    // A run whose engine died is marked interrupted first, so it can be reverted.
-    for id in store.mark_interrupted()? {
-        eprintln!(
-            "{} run {id} was interrupted (the engine stopped during it)",
-            style("note:").yellow()
-        );
-    }
-    Ok((store, dir))
-}
-
-fn snapshotter(
-    store: &RunStore,
-    record: &RunRecord,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<Snapshotter> {
-    Snapshotter::new(store.vault().clone(), &record.workspace, state_dir)
-        .with_context(|| format!("workspace {}", record.workspace.display()))
-}
-
 pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let (store, dir) = open(args.state_dir.as_ref(), pass)?;
-    let mut record = store.load(&args.run)?;
-    let snap = snapshotter(&store, &record, &dir)?;
-    let req = RevertRequest {
+    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let opts = RevertOptions {
         step: args.step.clone(),
         cascade: args.cascade,
         force: args.force,
+        dry_run: args.dry_run,
     };
-    let plan = match revert::plan(&snap, &record, &req) {
-        Ok(p) => p,
-        Err(e @ revert::RevertError::NeedsCascade { .. }) => {
+    let report = match rt.block_on(session.revert(&args.run, opts)) {
+        Ok(RevertOutcome::Applied(report)) => report,
+        Ok(RevertOutcome::Planned(plan)) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                println!(
+                    "revert of run {} (dry run: nothing is changed)",
+                    plan.run_id
+                );
+                print_plan(&plan);
+            }
+            return Ok(if plan.conflicts.is_empty() || args.force {
+                exit::OK
+            } else {
+                exit::FAILED
+            });
+        }
+        Err(SessionError::Revert(e @ RevertError::NeedsCascade { .. })) => {
             eprintln!("{} {e}", style("error:").red().bold());
             return Ok(exit::FAILED);
         }
         Err(e) => return Err(e.into()),
     };
-    if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            println!(
-                "revert of run {} (dry run: nothing is changed)",
-                plan.run_id
-            );
-            print_plan(&plan);
-        }
-        return Ok(if plan.conflicts.is_empty() || args.force {
-            exit::OK
-        } else {
-            exit::FAILED
-        });
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let report = rt.block_on(revert::apply(&store, &snap, &mut record, &plan, &req))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -226,27 +199,14 @@ fn print_plan(plan: &revert::RevertPlan) {
 pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     // Only reads: works on a read-only state dir (a backup being audited) like `show`.
     let dir = crate::cwd_state(args.state_dir.as_ref())?;
-    let vault = crate::unlock::open_for_reading(&dir, pass)?;
-    let store = RunStore::new(vault, crate::run_cmd::actor());
-    let record = store.load(&args.run)?;
+    let session = crate::state::open(&dir, pass, Access::Read)?;
+    let (_, steps) = session.changes(&args.run, args.step.as_deref())?;
     let color = match args.color.as_str() {
         "always" => true,
         "never" => false,
         _ => std::io::stdout().is_terminal(),
     };
-    if let Some(id) = &args.step
-        && record.step(id).is_none()
-    {
-        anyhow::bail!("run `{}` has no step `{id}`", record.run_id);
-    }
-    let mut steps: Vec<_> = record
-        .steps
-        .iter()
-        .filter(|s| args.step.as_ref().is_none_or(|id| *id == s.id))
-        .filter_map(|s| s.changes.as_ref().map(|c| (s.write_seq, &s.id, c)))
-        .collect();
-    steps.sort_by_key(|(seq, _, _)| *seq);
-    for (_, id, changes) in steps {
+    for (id, changes) in steps {
         if changes.is_empty() {
             continue;
         }
@@ -259,7 +219,7 @@ pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
                 head
             }
         );
-        print!("{}", revert::render_diff(store.vault(), changes, color)?);
+        print!("{}", session.render_diff(&changes, color)?);
     }
     Ok(exit::OK)
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::Context as _;
 use console::Style;
-use secureclaw_risk::{Assessment, Tier, classify_shell};
+use secureclaw_engine::tools::risk::{Assessment, Tier, classify_shell};
 
 #[derive(Debug, clap::Args)]
 pub struct RiskArgs {
@@ -26,7 +26,7 @@ struct JsonLine<'a> {
     assessment: &'a Assessment,
     /// Set when the optional risk model (feature `ml`) raises the tier; it never lowers it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    model_raise: Option<&'a secureclaw_llm::RiskRaise>,
+    model_raise: Option<&'a secureclaw_engine::tools::guard::RiskRaise>,
 }
 
 pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
@@ -51,12 +51,12 @@ pub fn run(args: RiskArgs) -> anyhow::Result<i32> {
         .collect();
 
     // The optional model (feature `ml` and its files) may raise a tier, as in a run.
-    let (model, _status) = secureclaw_llm::load_risk_model();
-    let raises: Vec<Option<secureclaw_llm::RiskRaise>> = results
+    let (model, _status) = secureclaw_engine::tools::guard::load_risk_model();
+    let raises: Vec<Option<secureclaw_engine::tools::guard::RiskRaise>> = results
         .iter()
         .map(|(command, a)| {
             let model = model.as_ref()?;
-            let heuristic = secureclaw_llm::ModelTier::parse(a.tier.as_str())?;
+            let heuristic = secureclaw_engine::tools::guard::ModelTier::parse(a.tier.as_str())?;
             model.assess(command, heuristic).ok().flatten()
         })
         .collect();

@@ -10,13 +10,15 @@ use anyhow::Context as _;
 use clap::Args;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use secureclaw_engine::events::{EventSink, RunEvent};
+use secureclaw_engine::events::{EventEnvelope, RunEvent};
 use secureclaw_engine::model::{Backend, Tier};
-use secureclaw_engine::policy::{ApprovalRequest, Approver, Decision, NoApprover, Policy};
-use secureclaw_engine::record::{RunState, RunStore, StepState};
-use secureclaw_engine::scheduler::{Engine, RunOptions};
+use secureclaw_engine::policy::{ApprovalRequest, Approver, Decision};
+use secureclaw_engine::record::{RunState, StepState};
+use secureclaw_engine::scheduler::EngineError;
+use secureclaw_engine::session::{
+    Access, PassphraseSource, RunHandle, RunRequest, RunSettings, SessionError, check_state_layout,
+};
 use secureclaw_engine::validate::{self, Validated};
-use secureclaw_vault::PassphraseSource;
 use tokio_util::sync::CancellationToken;
 
 use crate::{exit, output, state_dir};
@@ -149,26 +151,35 @@ async fn run_once(
     pass: &PassphraseSource,
     cancel: CancellationToken,
 ) -> anyhow::Result<u8> {
-    let file = match (&args.file, &args.instruction) {
-        (Some(f), _) => f.clone(),
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir()?,
+    };
+    let state = state_dir(args.state_dir.as_ref(), &workspace);
+    // Checked before anything is created: a vault must never land where steps can reach it.
+    if let Err(why) = check_state_layout(&workspace, &state) {
+        eprintln!("{} {why}", style("error:").red().bold());
+        eprintln!(
+            "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
+            style("hint:").cyan()
+        );
+        return Ok(exit::INVALID);
+    }
+    let (wf, session) = match (&args.file, &args.instruction) {
+        (Some(f), _) => {
+            let Some(wf) = load(f) else {
+                return Ok(exit::INVALID);
+            };
+            (wf, None)
+        }
         (None, Some(instruction)) => {
-            let planned = crate::plan_cmd::plan_for_run(
-                instruction,
-                args.workspace.as_ref(),
-                args.state_dir.as_ref(),
-                pass,
-                !args.json,
-            )
-            .await?;
-            match planned {
-                Ok(f) => f,
+            let session = crate::state::open(&state, pass, Access::Write { create: true })?;
+            match crate::plan_cmd::plan_for_run(&session, instruction, !args.json).await? {
+                Ok(wf) => (wf, Some(session)),
                 Err(code) => return Ok(code),
             }
         }
         (None, None) => anyhow::bail!("give a workflow file or --instruction"),
-    };
-    let Some(wf) = load(&file) else {
-        return Ok(exit::INVALID);
     };
     let inputs = match resolve_inputs(&wf.workflow, args) {
         Ok(i) => i,
@@ -179,149 +190,89 @@ async fn run_once(
             return Ok(exit::INVALID);
         }
     };
-    let workspace = match &args.workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir()?,
+    let session = match session {
+        Some(s) => s,
+        None => crate::state::open(&state, pass, Access::Write { create: true })?,
     };
-    if !workspace.exists() {
-        std::fs::create_dir_all(&workspace)
-            .with_context(|| format!("creating workspace {}", workspace.display()))?;
-        eprintln!(
-            "{} created empty workspace {}",
-            style("note:").dim(),
-            workspace.display()
-        );
-    }
-    if !workspace.is_dir() {
-        anyhow::bail!("workspace {} is not a directory", workspace.display());
-    }
-    let state = state_dir(args.state_dir.as_ref(), &workspace);
-    if let Err(why) = check_state_layout(&workspace, &state) {
-        eprintln!("{} {why}", style("error:").red().bold());
-        eprintln!(
-            "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
-            style("hint:").cyan()
-        );
-        return Ok(exit::INVALID);
-    }
-    let backend = match args.sandbox {
-        Some(BackendArg::Native) => Backend::Native,
-        Some(BackendArg::Host) => Backend::Host,
-        Some(BackendArg::Docker) => Backend::Docker,
-        None => wf.workflow.sandbox.backend.unwrap_or(Backend::Native),
-    };
-    if backend == Backend::Host && args.forbid_host {
-        eprintln!(
-            "{} policy forbids the unisolated `host` backend (--forbid-host / SECURECLAW_FORBID_HOST)",
-            style("error:").red().bold()
-        );
-        return Ok(exit::INVALID);
-    }
-    let sandbox = match secureclaw_sandbox::by_name(backend.as_str()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{} {e}", style("error:").red().bold());
-            if backend != Backend::Host {
-                eprintln!(
-                    "  {} `--sandbox host` runs without isolation, if you accept that",
-                    style("hint:").cyan()
-                );
-            }
-            return Ok(exit::INVALID);
-        }
-    };
-    for swept in secureclaw_sandbox::sweep_leftovers() {
-        eprintln!(
-            "{} cleaned up after an earlier crash: {swept}",
-            style("note:").dim()
-        );
-    }
-    let vault = crate::unlock::open(&state, pass, true)?;
-    let store = RunStore::new(vault, actor());
-    for id in store.mark_interrupted()? {
-        eprintln!(
-            "{} run {id} was interrupted (the engine stopped during it)",
-            style("note:").yellow()
-        );
-    }
-    let mut policy = if args.yes {
-        Policy::yes()
-    } else {
-        Policy::default()
-    };
-    policy.pre_approved.extend(args.approve.iter().copied());
-    policy.allow_host = !args.forbid_host;
-
     let interactive =
         !args.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let display = Display::new(args.json, std::io::stderr().is_terminal());
-    let approver: Arc<dyn Approver> = if interactive {
+    let approver: Option<Arc<dyn Approver>> = interactive.then(|| {
         Arc::new(TtyApprover {
             display: display.clone(),
-        })
-    } else {
-        Arc::new(NoApprover)
-    };
-    let engine = Engine {
-        sandbox,
-        approver,
-        policy,
-        events: Arc::new(secureclaw_engine::inputs::Secrets::new(
-            &wf.workflow,
-            &inputs,
-        ))
-        .wrap(display.sink()),
-        store,
-    };
-    let (risk_model, risk_status) = secureclaw_llm::load_risk_model();
-    if risk_status.active {
-        eprintln!("{}", style(&risk_status).dim());
-    }
-    let mut base_limits = secureclaw_sandbox::Limits::from_env().map_err(anyhow::Error::msg)?;
-    if let Some(text) = &args.disk_limit {
-        match secureclaw_engine::units::SizeText(text.clone()).parse() {
-            Ok(bytes) if bytes > 0 => base_limits.disk_bytes = bytes,
-            _ => {
-                eprintln!(
-                    "{} --disk-limit / SECURECLAW_DISK_LIMIT {text:?}: expected a positive size such as 1Gi or 500Mi",
-                    style("error:").red().bold()
-                );
-                return Ok(exit::INVALID);
-            }
-        }
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let mut read_only = Vec::new();
-    for entry in &args.read_only {
-        match secureclaw_sandbox::grants::resolve(entry, home.as_deref(), Some(&state)) {
-            Ok(p) => read_only.push(p),
-            Err(e) => {
-                eprintln!("{} --read-only: {e}", style("error:").red().bold());
-                return Ok(exit::INVALID);
-            }
-        }
-    }
-    let opts = RunOptions {
-        workspace,
-        state_dir: state,
+        }) as Arc<dyn Approver>
+    });
+    let request = RunRequest {
+        workflow: wf,
         inputs,
+        workspace,
+        settings: settings(args),
+        approver,
+    };
+    let handle = match session.submit(request) {
+        Ok(h) => h,
+        Err(e) if e.is_invalid_request() => {
+            crate::state::print_error(&e);
+            return Ok(exit::INVALID);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    crate::state::print_notices(&session);
+    follow(handle, display, cancel, args.json).await
+}
+
+/// The run options the flags give.
+fn settings(args: &RunArgs) -> RunSettings {
+    RunSettings {
+        backend: args.sandbox.map(|b| match b {
+            BackendArg::Native => Backend::Native,
+            BackendArg::Host => Backend::Host,
+            BackendArg::Docker => Backend::Docker,
+        }),
+        approve: args.approve.clone(),
+        yes: args.yes,
+        forbid_host: args.forbid_host,
         jobs: args.jobs,
         fail_fast: args.fail_fast,
-        base_limits,
-        read_only,
-        risk_model: risk_model.map(Arc::new),
-        risk_model_status: risk_status.to_string(),
-    };
-    let record = match engine.run(&wf, opts, cancel).await {
+        disk_limit: args.disk_limit.clone(),
+        read_only: args.read_only.clone(),
+    }
+}
+
+/// Show a run's events as they come, then its outcome; the exit code says how it ended.
+pub async fn follow(
+    handle: RunHandle,
+    display: Display,
+    cancel: CancellationToken,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let mut events = handle.events(0);
+    let shown = display.clone();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            shown.on_event(&ev);
+        }
+    });
+    let stop = handle.cancel_token();
+    let relay = tokio::spawn(async move {
+        cancel.cancelled().await;
+        stop.cancel();
+    });
+    let record = match handle.wait().await {
         Ok(r) => r,
-        Err(secureclaw_engine::scheduler::EngineError::Policy(msg)) => {
+        Err(SessionError::Engine(EngineError::Policy(msg))) => {
+            relay.abort();
+            let _ = printer.await;
+            display.finish();
             eprintln!("{} {msg}", style("error:").red().bold());
             return Ok(exit::INVALID);
         }
         Err(e) => return Err(e.into()),
     };
+    relay.abort();
+    let _ = printer.await;
     display.finish();
-    if !args.json {
+    if !json {
         let failed: Vec<_> = record
             .steps
             .iter()
@@ -341,7 +292,7 @@ async fn run_once(
         }
         let summary = match record.state {
             RunState::Succeeded => style("succeeded".to_string()).green().bold(),
-            RunState::AwaitingApproval => style("stopped: awaiting approval".to_string())
+            RunState::AwaitingApproval => style("stopped: awaiting approval (parked)".to_string())
                 .yellow()
                 .bold(),
             _ => style(label(&record.state)).red().bold(),
@@ -367,71 +318,6 @@ fn label<T: serde::Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// A path made absolute and free of symlinks and `..`, also when its tail does not exist yet:
-/// the longest existing ancestor is canonicalised and the rest appended.
-fn canonical_lenient(path: &Path) -> std::io::Result<PathBuf> {
-    let absolute = std::path::absolute(path)?;
-    let mut existing = absolute.as_path();
-    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
-    loop {
-        if let Ok(c) = existing.canonicalize() {
-            let mut out = c;
-            for part in rest.iter().rev() {
-                match *part {
-                    p if p == ".." => {
-                        out.pop();
-                    }
-                    p if p == "." => {}
-                    p => out.push(p),
-                }
-            }
-            return Ok(out);
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name);
-                existing = parent;
-            }
-            _ => return Ok(absolute),
-        }
-    }
-}
-
-/// Where the state dir may be: the default `WORKSPACE/.secureclaw` (hidden from steps) or
-/// outside the workspace. Anywhere else inside it, a step could see or change the vault, and a
-/// rollback of the step would treat the vault's own files as the step's changes; a workspace
-/// inside the state dir would put the vault itself in the steps' reach.
-pub fn check_state_layout(workspace: &Path, state: &Path) -> Result<(), String> {
-    let ws = canonical_lenient(workspace)
-        .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
-    let st = canonical_lenient(state).map_err(|e| format!("state dir {}: {e}", state.display()))?;
-    if st == ws.join(secureclaw_engine::workspace::STATE_DIR_NAME) {
-        return Ok(());
-    }
-    if st == ws {
-        return Err(format!(
-            "the state dir {} is the workspace itself: steps would reach the vault and a rollback could delete it",
-            state.display()
-        ));
-    }
-    if st.starts_with(&ws) {
-        return Err(format!(
-            "the state dir {} is inside the workspace {} (only the default `{}` is hidden from steps)",
-            state.display(),
-            workspace.display(),
-            secureclaw_engine::workspace::STATE_DIR_NAME
-        ));
-    }
-    if ws.starts_with(&st) {
-        return Err(format!(
-            "the workspace {} is inside the state dir {}: steps would reach the vault",
-            workspace.display(),
-            state.display()
-        ));
-    }
-    Ok(())
 }
 
 /// The run's inputs from `--input-file`, `--input` (with `@-` and `@env:`) and the defaults.
@@ -473,14 +359,6 @@ fn resolve_inputs(
             pairs: &args.inputs,
             stdin: Some(&mut stdin),
         },
-    )
-}
-
-/// Who the ledger says acted.
-pub fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
     )
 }
 
@@ -559,7 +437,7 @@ pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
 
 /// Progress: a live line per running step on a terminal, plain lines otherwise, JSON on request.
 #[derive(Clone)]
-struct Display {
+pub struct Display {
     inner: Arc<DisplayInner>,
 }
 
@@ -570,7 +448,7 @@ struct DisplayInner {
 }
 
 impl Display {
-    fn new(json: bool, tty: bool) -> Self {
+    pub fn new(json: bool, tty: bool) -> Self {
         Display {
             inner: Arc::new(DisplayInner {
                 json,
@@ -578,11 +456,6 @@ impl Display {
                 bars: Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    fn sink(&self) -> EventSink {
-        let me = self.clone();
-        Arc::new(move |ev: &RunEvent| me.on_event(ev))
     }
 
     fn line(&self, text: String) {
@@ -594,16 +467,16 @@ impl Display {
         }
     }
 
-    fn on_event(&self, ev: &RunEvent) {
+    fn on_event(&self, env: &EventEnvelope) {
         if self.inner.json {
-            if let Ok(s) = serde_json::to_string(ev) {
+            if let Ok(s) = serde_json::to_string(env) {
                 println!("{s}");
             }
             return;
         }
-        match ev {
+        let run_id = &env.run_id;
+        match &env.event {
             RunEvent::RunStarted {
-                run_id,
                 workflow,
                 steps,
                 backend,
@@ -687,11 +560,30 @@ impl Display {
                     label(state)
                 ));
             }
-            RunEvent::ApprovalNeeded { .. } | RunEvent::RunFinished { .. } => {}
+            RunEvent::RunResumed { by } => self.line(format!(
+                "{} run {run_id} resumed by {by}",
+                style("▶").cyan()
+            )),
+            RunEvent::ApprovalDecided { step, approved, by } if !approved => {
+                self.line(format!("  {} {step}: denied by {by}", style("✗").red()))
+            }
+            RunEvent::RunParked { steps } => self.line(format!(
+                "{} parked at {}: `secureclaw approve {run_id}` then `secureclaw resume {run_id}`",
+                style("⏸").yellow(),
+                steps.join(", ")
+            )),
+            RunEvent::ApprovalNeeded { .. }
+            | RunEvent::ApprovalDecided { .. }
+            | RunEvent::Output { .. }
+            | RunEvent::Egress { .. }
+            | RunEvent::RunFinished { .. }
+            | RunEvent::RevertStarted { .. }
+            | RunEvent::RevertStep { .. }
+            | RunEvent::RevertFinished { .. } => {}
         }
     }
 
-    fn finish(&self) {
+    pub fn finish(&self) {
         if let Ok(mut b) = self.inner.bars.lock() {
             for (_, bar) in b.drain() {
                 bar.finish_and_clear();

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use console::style;
-use secureclaw_sandbox::docker::{
-    DockerSandbox, ImageRecipe, build_image, image::LATEST_IMAGE, versioned_image,
+use secureclaw_engine::tools::sandbox::{BACKENDS, ExecSpec, Layer, by_name};
+use secureclaw_engine::tools::sandbox::{
+    DockerSandbox, ImageRecipe, LATEST_IMAGE, build_image, versioned_image,
 };
-use secureclaw_sandbox::{BACKENDS, ExecSpec, Layer, by_name};
 use serde_json::json;
 
 use crate::exit;
@@ -70,7 +70,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
     match cmd {
         SandboxCommand::Check { required, json } => rt.block_on(check(required, json)),
         SandboxCommand::SeccompProfile => {
-            let profile = secureclaw_sandbox::docker::profile::repository_profile()
+            let profile = secureclaw_engine::tools::sandbox::repository_profile()
                 .map_err(anyhow::Error::msg)?;
             let value: serde_json::Value = serde_json::from_str(profile)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -116,7 +116,7 @@ struct Report {
 
 async fn check(required: Vec<String>, as_json: bool) -> anyhow::Result<u8> {
     let required = if required.is_empty() {
-        vec![secureclaw_sandbox::DEFAULT_BACKEND.to_string()]
+        vec![secureclaw_engine::tools::sandbox::DEFAULT_BACKEND.to_string()]
     } else {
         required
     };

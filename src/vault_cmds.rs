@@ -20,7 +20,9 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use secureclaw_vault::{
+// `crate::vault_api`: the engine's `tools::vault` in the binary; the vault crate's own names
+// in the vault crate's CLI tests, which compile this file too.
+use crate::vault_api::{
     ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
     parse_export_head, verify_export,
 };

@@ -32,7 +32,7 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
         approver: Arc::new(NoApprover),
         policy: Policy::default(),
         events: events::discard(),
-        store: RunStore::new(
+        store: Arc::new(RunStore::new(
             secureclaw_vault::Vault::create(
                 &dir.path().join("state"),
                 "bench",
@@ -44,7 +44,7 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
             )
             .unwrap_or_else(|e| panic!("{e}")),
             "bench",
-        ),
+        )),
     };
     let opts = || RunOptions {
         workspace: dir.path().to_path_buf(),
@@ -56,6 +56,9 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
         read_only: Vec::new(),
         risk_model: None,
         risk_model_status: String::new(),
+        run_id: None,
+        resume: None,
+        request: serde_json::Value::Null,
     };
     // A figure means something only if the run completes every step; the no-op backend
     // isolates nothing, and the run must be recorded so.

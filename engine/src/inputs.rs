@@ -322,7 +322,16 @@ impl Secrets {
             RunEvent::RunFinished { message, .. } => {
                 *message = message.as_deref().map(|m| self.scrub(m));
             }
-            RunEvent::RunStarted { .. } => {}
+            RunEvent::Output { text, .. } => *text = self.scrub(text),
+            RunEvent::Egress { reason, .. } | RunEvent::RevertStep { detail: reason, .. } => {
+                *reason = reason.as_deref().map(|r| self.scrub(r));
+            }
+            RunEvent::RunStarted { .. }
+            | RunEvent::RunResumed { .. }
+            | RunEvent::ApprovalDecided { .. }
+            | RunEvent::RunParked { .. }
+            | RunEvent::RevertStarted { .. }
+            | RunEvent::RevertFinished { .. } => {}
         }
         e
     }

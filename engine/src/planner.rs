@@ -126,6 +126,11 @@ impl PlanError {
 }
 
 /// Turns instructions into validated workflows.
+/// The planner could not be set up from the environment.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlannerSetupError(pub String);
+
 pub struct Planner {
     chain: FallbackChain,
     guards: Guards,
@@ -144,6 +149,20 @@ impl Planner {
     }
 
     /// Cap the tokens one `plan` call may spend over all its rounds.
+    /// The planner the environment configures (`LLM_PROVIDER`, keys, models, guard
+    /// switches), with the semantic injection layer when its model files are installed.
+    /// Returns the semantic layer's status line with it.
+    pub fn from_env() -> Result<(Self, String), PlannerSetupError> {
+        let cfg = secureclaw_llm::LlmConfig::from_env()
+            .map_err(|e| PlannerSetupError(format!("reading the LLM configuration: {e}")))?;
+        let chain = FallbackChain::from_config(&cfg)
+            .map_err(|e| PlannerSetupError(format!("setting up the LLM providers: {e}")))?;
+        let guards = Guards::from_config(&cfg)
+            .map_err(|e| PlannerSetupError(format!("loading the prompt guards: {e}")))?;
+        let (guards, semantic) = guards.with_semantic();
+        Ok((Planner::new(chain, guards), semantic.summary()))
+    }
+
     pub fn with_token_budget(mut self, limit: u64) -> Self {
         self.budget = Some(limit);
         self

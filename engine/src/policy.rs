@@ -44,7 +44,7 @@ impl Policy {
 }
 
 /// What an approver is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ApprovalRequest {
     pub step: String,
     pub tier: Tier,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use secureclaw_sandbox::EnforcementReport;
 use secureclaw_vault::{NewEntry, Vault, VaultError, kind};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::Tier;
+use crate::storage::{Batch, Done, StateBackend, StorageError, Table, VaultBackend, Writer};
 use crate::validate::InverseClass;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +158,32 @@ pub struct RunRecord {
     pub pre_manifest: Option<String>,
     /// Reverts of this run, oldest first; the last one may be in progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reverts: Vec<crate::revert::RevertSummary>,
+    pub reverts: Vec<RevertSummary>,
+}
+
+/// One revert of a run, kept in the run record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevertSummary {
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub cascade: bool,
+    #[serde(default)]
+    pub force: bool,
+    /// `in_progress`, `completed`, `conflict`, `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub reverted: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual_review: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Whole-run revert: the workspace manifest hash equals the pre-run hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 impl RunRecord {
@@ -174,27 +200,61 @@ pub enum StoreError {
     Ambiguous(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error("saving run state: {0}")]
+    Storage(#[from] StorageError),
+    #[error("reading {what}: {message}")]
+    Decode { what: String, message: String },
 }
 
-/// The sealed table run records live in (key: run id).
-const RUNS_TABLE: &str = "runs";
-
-/// Run records and the ledger, both sealed in the vault. Ledger entries are queued and committed
-/// in the same transaction as the next record save, so a record and the entries that explain it
-/// land together (or, after a crash, not at all).
-#[derive(Debug)]
+/// Run records, events, parked runs and the ledger, behind a [`StateBackend`] (sealed in the
+/// vault by default). Ledger entries are queued and committed in the same transaction as the
+/// next record save, so a record and the entries that explain it land together (or, after a
+/// crash, not at all). Every commit goes through one writer thread (group commit).
 pub struct RunStore {
     vault: Vault,
+    backend: Arc<dyn StateBackend>,
+    writer: Option<Writer>,
     actor: String,
-    pending: Mutex<Vec<NewEntry>>,
+    /// Queued ledger entries by run (`None`: entries of no run): a run's record save takes
+    /// its own, so concurrent runs never commit each other's entries ahead of their records.
+    pending: Mutex<BTreeMap<Option<String>, Vec<NewEntry>>>,
+}
+
+impl std::fmt::Debug for RunStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunStore")
+            .field("vault", &self.vault)
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunStore {
+    /// Run state sealed in `vault` (the embedded default).
     pub fn new(vault: Vault, actor: impl Into<String>) -> Self {
+        let backend: Arc<dyn StateBackend> = Arc::new(VaultBackend(vault.clone()));
+        Self::with_backend(vault, backend, actor)
+    }
+
+    /// Run state in `backend`; `vault` still holds the keys and the workspace pre-images.
+    pub fn with_backend(
+        vault: Vault,
+        backend: Arc<dyn StateBackend>,
+        actor: impl Into<String>,
+    ) -> Self {
+        // A read-only store has no writer; a writer that cannot start leaves saves failing
+        // with `WriterGone`, which every caller reports.
+        let writer = if backend.is_read_only() {
+            None
+        } else {
+            Writer::start(backend.clone()).ok()
+        };
         RunStore {
             vault,
+            backend,
+            writer,
             actor: actor.into(),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -206,6 +266,10 @@ impl RunStore {
         &self.actor
     }
 
+    pub fn is_read_only(&self) -> bool {
+        self.backend.is_read_only()
+    }
+
     /// Queue a ledger entry; it is committed with the next [`RunStore::save`]. Manifest hashes
     /// (plain SHA-256 over paths and contents) are replaced by keyed digests here, so no entry,
     /// and no export of one, can be used to confirm a guessed workspace.
@@ -214,7 +278,7 @@ impl RunStore {
         entry.pre_manifest = key(entry.pre_manifest.take());
         entry.post_manifest = key(entry.post_manifest.take());
         if let Ok(mut p) = self.pending.lock() {
-            p.push(entry);
+            p.entry(entry.run.clone()).or_default().push(entry);
         }
     }
 
@@ -229,31 +293,124 @@ impl RunStore {
         NewEntry::new(self.actor.clone(), kind)
     }
 
+    /// The queued entries of no run, with those of `run` if given.
+    fn take_pending(&self, run: Option<&str>) -> Vec<NewEntry> {
+        let Ok(mut p) = self.pending.lock() else {
+            return Vec::new();
+        };
+        match run {
+            None => p.remove(&None).unwrap_or_default(),
+            Some(run) => {
+                let mut out = p.remove(&None).unwrap_or_default();
+                out.extend(p.remove(&Some(run.to_string())).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        match &self.writer {
+            Some(w) => Ok(w),
+            None if self.backend.is_read_only() => Err(StorageError::ReadOnly.into()),
+            None => Err(StorageError::WriterGone.into()),
+        }
+    }
+
+    /// A batch with the record and every queued ledger entry.
+    fn record_batch(&self, record: &RunRecord) -> Result<Batch, StoreError> {
+        let mut batch = Batch {
+            entries: self.take_pending(Some(&record.run_id)),
+            ..Batch::default()
+        };
+        batch.put_json(Table::Runs, record.run_id.clone(), record)?;
+        Ok(batch)
+    }
+
     /// Save the record and every queued ledger entry in one durable transaction.
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let entries = self
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
-        self.vault.write(|tx| {
-            tx.put_json(RUNS_TABLE, &record.run_id, record)?;
-            if !entries.is_empty() {
-                tx.append_batch(entries)?;
-            }
-            Ok(())
-        })?;
+        let batch = self.record_batch(record)?;
+        self.writer()?.commit_blocking(batch)?;
         Ok(())
+    }
+
+    /// [`RunStore::save`] for async code: the commit happens on the writer thread.
+    pub async fn save_async(&self, record: &RunRecord) -> Result<(), StoreError> {
+        let batch = self.record_batch(record)?;
+        self.writer()?.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Save the record, queued ledger entries and `extra` rows in one durable transaction.
+    pub async fn save_with(&self, record: &RunRecord, extra: Batch) -> Result<(), StoreError> {
+        let mut batch = self.record_batch(record)?;
+        batch.puts.extend(extra.puts);
+        batch.deletes.extend(extra.deletes);
+        batch.entries.extend(extra.entries);
+        self.writer()?.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Commit `batch` (with the queued ledger entries) and wait.
+    pub async fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        let mut entries = self.take_pending(None);
+        entries.append(&mut batch.entries);
+        batch.entries = entries;
+        self.writer()?.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Commit `batch` (with the queued ledger entries), waiting, from synchronous code.
+    pub fn commit_blocking(&self, mut batch: Batch) -> Result<(), StoreError> {
+        let mut entries = self.take_pending(None);
+        entries.append(&mut batch.entries);
+        batch.entries = entries;
+        self.writer()?.commit_blocking(batch)?;
+        Ok(())
+    }
+
+    /// Queue `batch` without waiting; `done` is told when it is durable.
+    pub fn submit(&self, batch: Batch, done: Option<Done>) {
+        match self.writer() {
+            Ok(w) => w.submit(batch, done),
+            Err(_) => {
+                if let Some(d) = done {
+                    d(Err(StorageError::ReadOnly));
+                }
+            }
+        }
+    }
+
+    /// A JSON row of `table`.
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.backend.get(table, key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Decode {
+                        what: format!("{}/{key}", table.name()),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
+        Ok(self.backend.keys(table)?)
     }
 
     pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
         let id = self.resolve(run_id)?;
         let mut rec: RunRecord = self
-            .vault
-            .get_json(RUNS_TABLE, &id)?
+            .get_json(Table::Runs, &id)?
             .ok_or(StoreError::NotFound(id))?;
         // A read-only store cannot record the interruption; show it as it would be recorded.
-        if self.vault.is_read_only() {
+        if self.is_read_only() {
             mark_dead_run(&mut rec);
         }
         Ok(rec)
@@ -281,7 +438,7 @@ impl RunStore {
 
     /// Run ids, oldest first (ids sort by start time).
     pub fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut ids = self.vault.keys(RUNS_TABLE)?;
+        let mut ids = self.keys(Table::Runs)?;
         ids.sort();
         Ok(ids)
     }
@@ -293,7 +450,7 @@ impl RunStore {
     /// Mark runs whose engine process is gone as interrupted. Returns their ids.
     pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let mut marked = Vec::new();
-        if self.vault.is_read_only() {
+        if self.is_read_only() {
             // Nothing can be written; `load` shows such runs as interrupted instead.
             return Ok(marked);
         }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use secureclaw_vault::kind;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::model::{ActionKind, Compensate};
@@ -89,6 +89,17 @@ pub enum StepAction {
     },
 }
 
+impl StepAction {
+    /// A word for events and logs: `restore`, `compensate` or `manual_review`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepAction::Restore { .. } => "restore",
+            StepAction::Compensate { .. } => "compensate",
+            StepAction::ManualReview { .. } => "manual_review",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
     pub id: String,
@@ -116,30 +127,7 @@ pub struct RevertPlan {
     pub conflicts: Vec<Conflict>,
 }
 
-/// One revert of a run, kept in the run record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RevertSummary {
-    pub started_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    #[serde(default)]
-    pub cascade: bool,
-    #[serde(default)]
-    pub force: bool,
-    /// `in_progress`, `completed`, `conflict`, `failed`.
-    pub state: String,
-    #[serde(default)]
-    pub reverted: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub manual_review: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<String>,
-    /// Whole-run revert: the workspace manifest hash equals the pre-run hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified: Option<bool>,
-}
+pub use crate::record::RevertSummary;
 
 /// The outcome of [`apply`].
 #[derive(Debug, Clone, Serialize)]
@@ -520,7 +508,7 @@ pub async fn apply(
         summary.finished_at = Some(now_rfc3339());
         return finish(record, summary, None);
     }
-    store.save(record)?;
+    store.save_async(record).await?;
     for p in &plan.steps {
         let Some(i) = record.steps.iter().position(|s| s.id == p.id) else {
             continue;
@@ -586,7 +574,7 @@ pub async fn apply(
             *last = summary.clone();
         }
         // Progress is durable per step: a crash from here resumes after this step.
-        store.save(record)?;
+        store.save_async(record).await?;
     }
     let mut now = None;
     if plan.whole_run && record.pre_manifest.is_some() {

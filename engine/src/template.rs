@@ -13,7 +13,7 @@ use crate::diag::did_you_mean;
 use crate::model::{InputSpec, InputType};
 
 /// What templates see of a finished step.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct StepView {
     pub output: String,
     pub stdout: String,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Diagnostics, Layer, Location, did_you_mean, pointer_segment};
-use crate::model::{ActionKind, Step, Tier, Workflow};
+use crate::model::{ActionKind, Step, Workflow};
 use crate::template::{CheckScope, Templates, Upstream};
 use crate::units::{DurationText, SizeText};
 use crate::workspace;
@@ -32,26 +32,17 @@ pub enum InverseClass {
     Pivot,
 }
 
-/// A node's risk tier and the rule that set it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeRisk {
-    pub tier: Tier,
-    pub rule: String,
-    pub reason: String,
-    /// `approve: true`: pause whatever the tier.
-    pub forced_approval: bool,
-}
-
-impl NodeRisk {
-    pub fn needs_approval(&self) -> bool {
-        self.forced_approval || self.tier.needs_approval()
-    }
-}
+pub use crate::risk::NodeRisk;
 
 /// A workflow that passed every layer, with its graph and per-node risk.
 #[derive(Debug, Clone)]
 pub struct Validated {
+    /// Where the text came from: a path, or a name such as `(posted)`; diagnostics use it.
     pub file: PathBuf,
+    /// The workflow's identity: SHA-256 of the exact bytes validated (hex).
+    pub sha256: String,
+    /// The text validated, kept so a run can be resumed, or recorded, without the file.
+    pub source: std::sync::Arc<str>,
     pub workflow: Workflow,
     pub map: SourceMap,
     pub index: HashMap<String, usize>,
@@ -136,6 +127,11 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
     match v {
         Some((index, deps, order, risk, inverse)) if diags.is_empty() => Ok(Validated {
             file: file.to_path_buf(),
+            sha256: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(bytes))
+            },
+            source: std::sync::Arc::from(text),
             workflow,
             map: doc.map,
             index,
@@ -599,71 +595,20 @@ impl<'a> Semantics<'a> {
     }
 
     fn risk(&self, i: usize, step: &Step, diags: &mut Diagnostics) -> NodeRisk {
-        let kind = step.kind();
-        let mut risk = match kind {
-            ActionKind::Read => NodeRisk {
-                tier: Tier::ReadOnly,
-                rule: "action:read".into(),
-                reason: "reads files in the workspace".into(),
-                forced_approval: false,
-            },
-            ActionKind::Write => NodeRisk {
-                tier: Tier::LowWrite,
-                rule: "action:write".into(),
-                reason: "writes a file in the workspace".into(),
-                forced_approval: false,
-            },
-            ActionKind::Patch => NodeRisk {
-                tier: Tier::LowWrite,
-                rule: "action:patch".into(),
-                reason: "patches a file in the workspace".into(),
-                forced_approval: false,
-            },
-            ActionKind::Http => NodeRisk {
-                tier: Tier::NetworkEgress,
-                rule: "action:http".into(),
-                reason: "makes a network request".into(),
-                forced_approval: false,
-            },
-            ActionKind::Shell => {
-                let a = secureclaw_risk::classify_shell(&untemplated(
-                    step.shell.as_deref().unwrap_or_default(),
-                ));
-                NodeRisk {
-                    tier: a.tier,
-                    rule: a.rule,
-                    reason: a.reason,
-                    forced_approval: false,
-                }
-            }
-        };
-        if !step.network.is_empty() && risk.tier < Tier::NetworkEgress {
-            risk = NodeRisk {
-                tier: Tier::NetworkEgress,
-                rule: "network-allowlist".into(),
-                reason: format!("may reach {}", step.network.join(", ")),
-                forced_approval: false,
-            };
+        let computed = crate::risk::computed_risk(
+            step,
+            &untemplated(step.shell.as_deref().unwrap_or_default()),
+        );
+        if let Some(declared) = step.risk
+            && declared < computed.tier
+        {
+            diags.push(
+                self.at(&format!("/steps/{i}/risk"), format!("`risk: {declared}` is lower than the computed tier `{}` (rule `{}`: {})", computed.tier, computed.rule, computed.reason))
+                    .with_hint("`risk` can only raise a step's tier; remove it or set it to the computed tier or higher"),
+            );
         }
-        if let Some(declared) = step.risk {
-            if declared > risk.tier {
-                risk = NodeRisk {
-                    tier: declared,
-                    rule: "author:risk".into(),
-                    reason: "raised by the workflow author".into(),
-                    forced_approval: false,
-                };
-            } else if declared < risk.tier {
-                diags.push(
-                    self.at(&format!("/steps/{i}/risk"), format!("`risk: {declared}` is lower than the computed tier `{}` (rule `{}`: {})", risk.tier, risk.rule, risk.reason))
-                        .with_hint("`risk` can only raise a step's tier; remove it or set it to the computed tier or higher"),
-                );
-            }
-        }
-        risk.forced_approval = step.approve;
-        risk
+        crate::risk::node_risk(step, computed)
     }
-
     fn templates(
         &self,
         index: &HashMap<String, usize>,

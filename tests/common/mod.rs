@@ -1,4 +1,5 @@
 //! Shared by the end-to-end tests: the real `secureclaw` binary with a throwaway vault setup.
+#![allow(dead_code)] // a test binary beside tests/cli (one not folded in yet) uses a subset
 
 use std::path::Path;
 use std::process::Command;

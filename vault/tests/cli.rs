@@ -3,6 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+/// The names `vault_cmds` imports (the engine re-exports them to the binary).
+mod vault_api {
+    pub use secureclaw_vault::{
+        ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
+        parse_export_head, verify_export,
+    };
+}
+
 #[path = "../../src/vault_cmds.rs"]
 #[allow(dead_code)]
 mod vault_cmds;

@@ -19,6 +19,12 @@ pub mod kind {
     pub const REVERT_FINISHED: &str = "revert_finished";
     pub const ACTION_REVERTED: &str = "action_reverted";
     pub const SANDBOX_REFUSED: &str = "sandbox_refused";
+    /// The planner turned an instruction into a workflow (provenance: hashes only).
+    pub const PLAN_CREATED: &str = "plan_created";
+    /// A run stopped at approval gates and was saved to be resumed.
+    pub const RUN_PARKED: &str = "run_parked";
+    /// A parked run continued.
+    pub const RUN_RESUMED: &str = "run_resumed";
 }
 
 /// One ledger entry as stored, exported and MAC'd. Every field is always present (absent ones

@@ -7,37 +7,41 @@
 //! - a step needing approval that nobody gives stops the run: nothing starts after it;
 //! - cancellation (Ctrl-C) kills running steps and marks the run cancelled.
 
+mod capture;
+mod render;
+mod step;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use minijinja::value::{Object, Value as JinjaValue};
-use secureclaw_sandbox::{ExecSpec, Limits, NetworkPolicy, Sandbox, SandboxError};
+use secureclaw_sandbox::{Limits, Sandbox};
 use secureclaw_vault::kind;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions;
 use crate::events::{EventSink, RunEvent};
-use crate::model::{ActionKind, RetrySpec, SandboxSettings, Step, Tier};
+use crate::model::{ActionKind, SandboxSettings, Step, Tier};
+use crate::park::{ParkState, PendingApproval, StepDecision, request_hash};
 use crate::policy::{ApprovalRequest, Approver, Decision, Policy};
 use crate::record::{
     ApprovedNode, PlanApproval, RunRecord, RunState, RunStore, StepRecord, StepState, new_run_id,
     now_rfc3339,
 };
-use crate::snapshot::{ChangeSet, Manifest, SnapshotError, Snapshotter};
+use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
+use crate::storage::{Batch, Table};
 use crate::template::{StepView, Templates};
 use crate::validate::{NodeRisk, Validated};
 use crate::workspace::Confinement;
 
-/// The environment every step starts from; nothing is inherited from the engine.
-const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const DEFAULT_READ_LIMIT: u64 = 16 * 1024 * 1024;
-const DEFAULT_HTTP_LIMIT: u64 = 4 * 1024 * 1024;
-const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+use capture::{SnapCtx, blocking};
+use render::{effective_risk, env_for, render_step};
+use step::{Finished, StepJob, egress_summary, execute};
+
 /// Run records are rewritten at most this often while a run is in progress.
 const SAVE_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -72,6 +76,25 @@ pub struct RunOptions {
     pub risk_model: Option<Arc<secureclaw_llm::CommandRiskModel>>,
     /// What the run record says about the risk model.
     pub risk_model_status: String,
+    /// The run id (the session picks it so a handle exists before the run starts); a new
+    /// one when `None`.
+    pub run_id: Option<String>,
+    /// Continue a parked run instead of starting one.
+    pub resume: Option<Resume>,
+    /// How the run was submitted, saved with the run if it parks.
+    pub request: Value,
+}
+
+/// A parked run to continue.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub record: RunRecord,
+    pub views: BTreeMap<String, StepView>,
+    /// Decisions given while the run was parked, by step.
+    pub decisions: BTreeMap<String, StepDecision>,
+    pub write_seq: u32,
+    /// Who resumed it.
+    pub by: String,
 }
 
 pub struct Engine {
@@ -79,7 +102,23 @@ pub struct Engine {
     pub approver: Arc<dyn Approver>,
     pub policy: Policy,
     pub events: EventSink,
-    pub store: RunStore,
+    pub store: Arc<RunStore>,
+}
+
+/// What came of an approval gate.
+enum Approval {
+    Given(String),
+    Denied {
+        by: String,
+        why: String,
+        /// Denied at a prompt: the run stops. Denied while parked: only the step is skipped.
+        stop_run: bool,
+    },
+    /// Nobody can answer now: the run parks.
+    Parked {
+        why: String,
+        request: ApprovalRequest,
+    },
 }
 
 /// Results of finished steps, as templates see them.
@@ -90,237 +129,6 @@ impl Object for Results {
     fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
         let map = self.0.read().ok()?;
         map.get(key.as_str()?).map(JinjaValue::from_serialize)
-    }
-}
-
-/// What a step task reports back.
-struct Finished {
-    index: usize,
-    state: StepState,
-    view: StepView,
-    exit_code: Option<i32>,
-    reason: Option<String>,
-    enforcement: Option<secureclaw_sandbox::EnforcementReport>,
-    /// Connection attempts through the egress proxy.
-    egress: Vec<secureclaw_sandbox::EgressEvent>,
-    attempts: u32,
-    duration: Duration,
-    /// The backend refused to run the step (missing isolation layer, unavailable, unsupported).
-    refused: bool,
-    /// What the step changed in the workspace (steps that may write).
-    capture: Option<Capture>,
-}
-
-/// A writing step's effect on the workspace.
-struct Capture {
-    changes: ChangeSet,
-    pre_hash: String,
-    post_hash: String,
-}
-
-/// Snapshots for one run: the capturer and the latest manifest (the in-memory stat cache).
-struct SnapCtx {
-    snap: Snapshotter,
-    run_id: String,
-    last: std::sync::Mutex<Arc<Manifest>>,
-}
-
-impl SnapCtx {
-    fn last(&self) -> Arc<Manifest> {
-        self.last
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    fn set_last(&self, m: Arc<Manifest>) {
-        match self.last.lock() {
-            Ok(mut g) => *g = m,
-            Err(p) => *p.into_inner() = m,
-        }
-    }
-
-    /// Scan before a step and persist the result for crash recovery.
-    async fn pre(self: &Arc<Self>, step: &str) -> Result<Arc<Manifest>, SnapshotError> {
-        let (me, step) = (self.clone(), step.to_string());
-        blocking(move || {
-            let m = Arc::new(me.snap.scan(Some(&me.last()))?);
-            // A path whose pre-image is missing could not be put back: the step does not run.
-            m.require_captured(me.snap.root())?;
-            me.snap.save_inflight(&me.run_id, &step, &m)?;
-            me.set_last(m.clone());
-            Ok(m)
-        })
-        .await
-    }
-
-    /// Scan after a step (hashing only what moved since `pre`). When storing the post-images
-    /// fails (a full vault), a scan that only hashes still tells what to roll back: the
-    /// error is returned with it.
-    async fn post(
-        self: &Arc<Self>,
-        pre: Arc<Manifest>,
-    ) -> Result<(Arc<Manifest>, Option<SnapshotError>), SnapshotError> {
-        let me = self.clone();
-        blocking(move || {
-            let (m, stored) = match me.snap.scan(Some(&pre)) {
-                Ok(m) => (m, None),
-                Err(e) => (me.snap.scan_hash_only(Some(&pre))?, Some(e)),
-            };
-            let m = Arc::new(m);
-            me.set_last(m.clone());
-            Ok((m, stored))
-        })
-        .await
-    }
-
-    async fn save_changes(
-        self: &Arc<Self>,
-        step: &str,
-        changes: ChangeSet,
-    ) -> Result<(), SnapshotError> {
-        let (me, step) = (self.clone(), step.to_string());
-        blocking(move || me.snap.save_step_changes(&me.run_id, &step, &changes)).await
-    }
-
-    /// Put the workspace back to `pre`, then look again: what the first scan could not see (a
-    /// directory it could not list until its mode was restored, a file a straggling process
-    /// made after it) is undone too, until the workspace matches `pre` or passes run out.
-    async fn rollback(
-        self: &Arc<Self>,
-        pre: Arc<Manifest>,
-        changes: ChangeSet,
-    ) -> Result<usize, SnapshotError> {
-        const PASSES: usize = 3;
-        let me = self.clone();
-        blocking(move || {
-            // A path that cannot be put back is reported after every other path was.
-            let mut failed = None;
-            let mut restore = |changes: &[crate::snapshot::Change]| {
-                me.snap
-                    .restore(changes)
-                    .map_err(|e| failed = Some(e))
-                    .unwrap_or(0)
-            };
-            let mut restored = restore(&changes.changes);
-            for pass in 1..=PASSES {
-                let now = me.snap.scan_hash_only(Some(&pre))?;
-                let rest = crate::snapshot::diff(&pre, &now);
-                if rest.is_empty() {
-                    me.set_last(Arc::new(now));
-                    return Ok(restored);
-                }
-                if pass == PASSES {
-                    return Err(failed.unwrap_or_else(|| SnapshotError::Io {
-                        path: me.snap.abs(&rest.changes[0].path),
-                        source: std::io::Error::other(format!(
-                            "the workspace still differs from before the step at {} path(s) after {PASSES} restores (is a process the step started still writing?)",
-                            rest.len()
-                        )),
-                    }));
-                }
-                restored += restore(&rest.changes);
-            }
-            Ok(restored)
-        })
-        .await
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
-) -> Result<T, SnapshotError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(SnapshotError::Io {
-            path: PathBuf::new(),
-            source: std::io::Error::other(format!("snapshot task failed: {e}")),
-        })
-    })
-}
-
-/// Everything a step task needs, owned.
-struct StepJob {
-    index: usize,
-    step: Step,
-    rendered: Rendered,
-    limits: Limits,
-    allow_degraded: bool,
-    image: Option<String>,
-    /// The canonical workspace and state dir, built once per run.
-    jail: Arc<Confinement>,
-    /// Host paths the step may read (operator, workflow and step grants, resolved).
-    read_only: Vec<PathBuf>,
-    sandbox: Arc<dyn Sandbox>,
-    events: EventSink,
-    cancel: CancellationToken,
-    snap: Option<Arc<SnapCtx>>,
-}
-
-/// A step's action after templating.
-#[derive(Debug, Clone)]
-enum Rendered {
-    Read {
-        path: Option<String>,
-        glob: Option<String>,
-        limit: u64,
-    },
-    Write {
-        path: String,
-        content: String,
-        append: bool,
-        mode: Option<String>,
-    },
-    Patch {
-        path: String,
-        diff: String,
-    },
-    Shell {
-        command: String,
-        env: BTreeMap<String, String>,
-    },
-    Http {
-        url: String,
-        headers: Vec<(String, String)>,
-        body: Option<String>,
-        json: Option<Value>,
-        timeout: Duration,
-        limit: u64,
-    },
-}
-
-impl Rendered {
-    fn summary(&self) -> String {
-        match self {
-            Rendered::Read { path: Some(p), .. } => format!("read {p}"),
-            Rendered::Read { glob, .. } => {
-                format!("read glob {}", glob.as_deref().unwrap_or_default())
-            }
-            Rendered::Write { path, append, .. } => {
-                format!("{} {path}", if *append { "append to" } else { "write" })
-            }
-            Rendered::Patch { path, .. } => format!("patch {path}"),
-            Rendered::Shell { command, .. } => command.clone(),
-            Rendered::Http { url, .. } => format!("HTTP {url}"),
-        }
-    }
-
-    fn to_json(&self, step: &Step) -> Value {
-        match self {
-            Rendered::Read { path, glob, .. } => json!({"read": {"path": path, "glob": glob}}),
-            Rendered::Write {
-                path,
-                content,
-                append,
-                mode,
-            } => {
-                json!({"write": {"path": path, "bytes": content.len(), "append": append, "mode": mode}})
-            }
-            Rendered::Patch { path, diff } => json!({"patch": {"path": path, "diff": diff}}),
-            Rendered::Shell { command, .. } => json!({"shell": command}),
-            Rendered::Http { url, .. } => {
-                json!({"http": {"method": step.http.as_ref().map(|h| h.method.as_str()), "url": url}})
-            }
-        }
     }
 }
 
@@ -403,26 +211,6 @@ fn resolve_grants(
     Ok(out)
 }
 
-fn retry_plan(step: &Step) -> (u32, Duration, Duration) {
-    match &step.retry {
-        None => (1, Duration::from_secs(1), Duration::from_secs(30)),
-        Some(RetrySpec::Attempts(n)) => {
-            ((*n).max(1), Duration::from_secs(1), Duration::from_secs(30))
-        }
-        Some(RetrySpec::Detailed(r)) => (
-            r.attempts.max(1),
-            r.backoff
-                .as_ref()
-                .and_then(|b| b.parse().ok())
-                .unwrap_or(Duration::from_secs(1)),
-            r.max_backoff
-                .as_ref()
-                .and_then(|b| b.parse().ok())
-                .unwrap_or(Duration::from_secs(30)),
-        ),
-    }
-}
-
 impl Engine {
     /// Run a validated workflow to completion (or stop, or cancellation).
     pub async fn run(
@@ -458,12 +246,13 @@ impl Engine {
         // Values of `secret: true` inputs never reach the record, the ledger or the events.
         let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
         let n = wf.workflow.steps.len();
-        let source = std::fs::read(&wf.file).unwrap_or_default();
+        let source = wf.source.as_bytes();
+        let resuming = opts.resume.clone();
         let mut record = RunRecord {
-            run_id: new_run_id(),
+            run_id: opts.run_id.clone().unwrap_or_else(new_run_id),
             workflow: wf.workflow.name.clone(),
             workflow_file: wf.file.clone(),
-            workflow_sha256: sha256_hex(&source),
+            workflow_sha256: wf.sha256.clone(),
             workspace: workspace.clone(),
             backend: self.sandbox.name().to_string(),
             isolated: self.sandbox.isolated(),
@@ -512,6 +301,21 @@ impl Engine {
             pre_manifest: None,
             reverts: Vec::new(),
         };
+        if let Some(r) = &resuming {
+            // The parked record goes on: finished steps stay finished, gates and what never
+            // started become pending again.
+            record = r.record.clone();
+            record.state = RunState::Running;
+            record.message = None;
+            record.finished_at = None;
+            record.pid = std::process::id();
+            for s in &mut record.steps {
+                if matches!(s.state, StepState::WaitingApproval | StepState::Pending) {
+                    s.state = StepState::Pending;
+                    s.reason = None;
+                }
+            }
+        }
         // Capture the workspace before anything runs, when anything may write to it.
         let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
             let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &state_dir)?;
@@ -523,7 +327,9 @@ impl Engine {
                 Ok(m)
             })
             .await?;
-            record.pre_manifest = Some(first.hash());
+            if record.pre_manifest.is_none() {
+                record.pre_manifest = Some(first.hash());
+            }
             Some(Arc::new(SnapCtx {
                 snap,
                 run_id: record.run_id.clone(),
@@ -532,37 +338,50 @@ impl Engine {
         } else {
             None
         };
-        let mut write_seq = 0u32;
-        self.store.record(
+        let mut write_seq = resuming.as_ref().map(|r| r.write_seq).unwrap_or(0);
+        if let Some(r) = &resuming {
+            self.store.record(
+                self.store
+                    .entry(kind::RUN_RESUMED)
+                    .run(record.run_id.clone())
+                    .result(
+                        json!({"by": r.by, "workflow_hmac": self.store.digest("workflow", source)}),
+                    ),
+            );
+        } else {
+            self.store.record(
             self.store
                 .entry(kind::RUN_STARTED)
                 .run(record.run_id.clone())
                 .result(json!({
                     "workflow": record.workflow,
                     "workflow_file": record.workflow_file,
-                    "workflow_hmac": self.store.digest("workflow", &source),
+                    "workflow_hmac": self.store.digest("workflow", source),
                     "workspace": record.workspace,
                     "backend": record.backend,
                     "isolated": record.isolated,
                     "inputs_hmac": self.store.digest("inputs", &serde_json::to_vec(&record.inputs).unwrap_or_default()),
                 })),
         );
-        if !record.approval.nodes.is_empty() {
-            self.store.record(
+            if !record.approval.nodes.is_empty() {
+                self.store.record(
                 self.store
                     .entry(kind::APPROVAL_GIVEN)
                     .run(record.run_id.clone())
                     .result(json!({"scope": "plan", "by": record.approval.by, "tiers": record.approval.tiers, "nodes": record.approval.nodes})),
             );
+            }
         }
-        self.store.save(&record)?;
-        (self.events)(&RunEvent::RunStarted {
-            run_id: record.run_id.clone(),
-            workflow: record.workflow.clone(),
-            steps: n,
-            backend: record.backend.clone(),
-            isolated: record.isolated,
-        });
+        self.store.save_async(&record).await?;
+        match &resuming {
+            Some(r) => (self.events)(&RunEvent::RunResumed { by: r.by.clone() }),
+            None => (self.events)(&RunEvent::RunStarted {
+                workflow: record.workflow.clone(),
+                steps: n,
+                backend: record.backend.clone(),
+                isolated: record.isolated,
+            }),
+        }
         if !record.isolated {
             (self.events)(&RunEvent::Warning {
                 message: "running on the `host` backend: steps are NOT isolated from this machine"
@@ -572,6 +391,11 @@ impl Engine {
 
         let inputs = JinjaValue::from_serialize(&opts.inputs);
         let results = Arc::new(Results::default());
+        if let Some(r) = &resuming
+            && let Ok(mut m) = results.0.write()
+        {
+            m.extend(r.views.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let steps_value = JinjaValue::from_dyn_object(results.clone());
         // Workflow env may use inputs only; render it once.
         let base_ctx = minijinja::context! { inputs => inputs.clone() };
@@ -584,7 +408,7 @@ impl Engine {
                 Err(e) => {
                     record.state = RunState::Failed;
                     record.message = Some(format!("workflow env `{k}`: {e}"));
-                    return self.finish(record);
+                    return self.finish(record).await;
                 }
             }
         }
@@ -603,7 +427,23 @@ impl Engine {
             }
             p
         };
-        let mut ready: Vec<usize> = (0..n).filter(|&i| remaining_deps[i] == 0).collect();
+        // On resume, what already finished releases its dependents and is not started again.
+        for (rec, needed_by) in record.steps.iter().zip(&dependents) {
+            if rec.state.is_final() {
+                for &d in needed_by {
+                    remaining_deps[d] -= 1;
+                }
+            }
+        }
+        let mut ready: Vec<usize> = (0..n)
+            .filter(|&i| remaining_deps[i] == 0 && !record.steps[i].state.is_final())
+            .collect();
+        let decisions = resuming
+            .as_ref()
+            .map(|r| r.decisions.clone())
+            .unwrap_or_default();
+        let mut pending_gates: Vec<PendingApproval> = Vec::new();
+        let mut denied: Option<String> = None;
         let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
         let writer = Arc::new(Mutex::new(()));
         let run_cancel = cancel.child_token();
@@ -706,7 +546,9 @@ impl Engine {
                 // What the approval prompt and the events show: secrets already scrubbed.
                 let summary = secrets.scrub(&rendered.summary());
                 if risk.needs_approval() {
-                    let decision = self.approve(&record, &risk, step, &summary).await;
+                    let decision = self
+                        .approve(&record, &risk, step, &summary, decisions.get(&step.id))
+                        .await;
                     let entry = self
                         .store
                         .entry(kind::APPROVAL_GIVEN)
@@ -714,24 +556,65 @@ impl Engine {
                         .step(step.id.clone())
                         .tier(json!(risk.tier));
                     match decision {
-                        Ok(by) => {
+                        Approval::Given(by) => {
                             self.store
                                 .record(entry.result(
                                     json!({"approved": true, "by": by, "rule": risk.rule}),
                                 ));
+                            (self.events)(&RunEvent::ApprovalDecided {
+                                step: step.id.clone(),
+                                approved: true,
+                                by: by.clone(),
+                            });
                             record.steps[i].approval = Some(by);
                         }
-                        Err((state, why)) => {
-                            self.store
-                                .record(entry.result(json!({"approved": false, "reason": why})));
-                            record.steps[i].state = state;
+                        Approval::Denied { by, why, stop_run } => {
+                            self.store.record(
+                                entry.result(json!({"approved": false, "by": by, "reason": why})),
+                            );
+                            (self.events)(&RunEvent::ApprovalDecided {
+                                step: step.id.clone(),
+                                approved: false,
+                                by,
+                            });
+                            if stop_run {
+                                record.steps[i].state = StepState::Skipped;
+                                record.steps[i].reason = Some(why.clone());
+                                stop = Some((RunState::AwaitingApproval, why));
+                                break;
+                            }
+                            // A decision given to a parked run: the step and what needs it
+                            // are skipped, independent branches go on.
+                            denied.get_or_insert(why.clone());
+                            self.settle(
+                                &mut record,
+                                StepState::Skipped,
+                                i,
+                                why,
+                                &mut ready,
+                                &mut remaining_deps,
+                                &dependents,
+                            );
+                            continue;
+                        }
+                        Approval::Parked { why, request } => {
+                            self.store.record(
+                                entry.result(
+                                    json!({"approved": false, "reason": why, "parked": true}),
+                                ),
+                            );
+                            record.steps[i].state = StepState::WaitingApproval;
                             record.steps[i].reason = Some(why.clone());
+                            pending_gates.push(PendingApproval {
+                                hash: request_hash(&request),
+                                request,
+                            });
                             stop = Some((RunState::AwaitingApproval, why));
                             break;
                         }
                     }
                     // An approval is worth persisting at once.
-                    self.store.save(&record)?;
+                    self.store.save_async(&record).await?;
                     last_save = Instant::now();
                 }
                 let (limits, allow_degraded, image) =
@@ -778,7 +661,7 @@ impl Engine {
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
-                self.store.save(&record)?;
+                self.store.save_async(&record).await?;
                 last_save = Instant::now();
             }
             if running.is_empty() {
@@ -846,6 +729,37 @@ impl Engine {
                     .inverse(inverse)
                     .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts, "egress": egress_summary(&rec.egress)})),
             );
+            for (stream, text) in [
+                ("output", &rec.output),
+                ("stdout", &rec.stdout),
+                ("stderr", &rec.stderr),
+            ] {
+                // A shell step's `output` is its stdout: sent once.
+                if stream == "output" && rec.kind == ActionKind::Shell {
+                    continue;
+                }
+                for ev in crate::events::output_events(&rec.id, stream, text) {
+                    (self.events)(&ev);
+                }
+            }
+            for e in &rec.egress {
+                // `{"verdict": "refused", "reason": ...}` or `{"verdict": "allowed", ...}`.
+                let decision = serde_json::to_value(&e.decision).unwrap_or_default();
+                let allowed = decision.get("verdict").and_then(Value::as_str) == Some("allowed");
+                let reason = (!allowed).then(|| {
+                    decision
+                        .get("reason")
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                });
+                (self.events)(&RunEvent::Egress {
+                    step: rec.id.clone(),
+                    host: e.host.clone(),
+                    port: e.port,
+                    allowed,
+                    reason,
+                });
+            }
             (self.events)(&RunEvent::StepFinished {
                 step: rec.id.clone(),
                 state: f.state,
@@ -875,7 +789,7 @@ impl Engine {
             }
             if wrote {
                 // A change set is what revert needs: make it durable now, not at the next tick.
-                self.store.save(&record)?;
+                self.store.save_async(&record).await?;
                 last_save = Instant::now();
             }
         }
@@ -894,6 +808,7 @@ impl Engine {
                 (s, Some(m))
             }
             None if failed_any => (RunState::Failed, None),
+            None if denied.is_some() => (RunState::Failed, denied.clone()),
             None => (RunState::Succeeded, None),
         };
         record.state = state;
@@ -906,7 +821,45 @@ impl Engine {
             let ctx = ctx.clone();
             blocking(move || ctx.snap.save_cache(&ctx.last())).await?;
         }
-        let out = self.finish(record)?;
+        let parked = state == RunState::AwaitingApproval && !pending_gates.is_empty();
+        let mut extra = Batch::default();
+        if parked {
+            let views = results
+                .0
+                .read()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            let park = ParkState {
+                run_id: record.run_id.clone(),
+                workflow_source: wf.source.to_string(),
+                workflow_file: wf.file.clone(),
+                inputs: opts.inputs.clone(),
+                views,
+                pending: pending_gates.clone(),
+                manifest: snap.as_ref().map(|c| (*c.last()).clone()),
+                write_seq,
+                request: opts.request.clone(),
+                parked_at: now_rfc3339(),
+            };
+            extra
+                .put_json(Table::Parked, record.run_id.clone(), &park)
+                .map_err(crate::record::StoreError::from)?;
+            self.store.record(
+                self.store
+                    .entry(kind::RUN_PARKED)
+                    .run(record.run_id.clone())
+                    .result(json!({"steps": pending_gates.iter().map(|p| &p.request.step).collect::<Vec<_>>()})),
+            );
+            (self.events)(&RunEvent::RunParked {
+                steps: pending_gates
+                    .iter()
+                    .map(|p| p.request.step.clone())
+                    .collect(),
+            });
+        } else if resuming.is_some() {
+            extra.deletes.push((Table::Parked, record.run_id.clone()));
+        }
+        let out = self.finish_with(record, extra).await?;
         if snap.is_some() {
             crate::snapshot::clear_inflight(
                 self.store.vault(),
@@ -917,7 +870,16 @@ impl Engine {
         Ok(out)
     }
 
-    fn finish(&self, mut record: RunRecord) -> Result<RunRecord, EngineError> {
+    async fn finish(&self, record: RunRecord) -> Result<RunRecord, EngineError> {
+        self.finish_with(record, Batch::default()).await
+    }
+
+    /// Close the run: the record, its last ledger entries and `extra` rows in one commit.
+    async fn finish_with(
+        &self,
+        mut record: RunRecord,
+        extra: Batch,
+    ) -> Result<RunRecord, EngineError> {
         record.finished_at = Some(now_rfc3339());
         self.store.record(
             self.store
@@ -925,9 +887,8 @@ impl Engine {
                 .run(record.run_id.clone())
                 .result(json!({"state": record.state, "message": record.message})),
         );
-        self.store.save(&record)?;
+        self.store.save_with(&record, extra).await?;
         (self.events)(&RunEvent::RunFinished {
-            run_id: record.run_id.clone(),
             state: record.state,
             message: record.message.clone(),
         });
@@ -972,14 +933,15 @@ impl Engine {
         risk: &NodeRisk,
         step: &Step,
         summary: &str,
-    ) -> Result<String, (StepState, String)> {
+        given: Option<&StepDecision>,
+    ) -> Approval {
         let covered = record
             .approval
             .nodes
             .iter()
             .any(|n| n.id == step.id && n.tier >= risk.tier);
         if covered {
-            return Ok(record.approval.by.clone());
+            return Approval::Given(record.approval.by.clone());
         }
         let request = ApprovalRequest {
             step: step.id.clone(),
@@ -993,6 +955,36 @@ impl Engine {
             summary: summary.to_string(),
             network: step.network.clone(),
         };
+        if let Some(d) = given {
+            if d.hash == request_hash(&request) {
+                return if d.approved {
+                    Approval::Given(d.by.clone())
+                } else {
+                    Approval::Denied {
+                        why: format!(
+                            "approval for step `{}` ({}) was denied by {}{}",
+                            step.id,
+                            risk.tier,
+                            d.by,
+                            d.reason
+                                .as_deref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                        by: d.by.clone(),
+                        stop_run: false,
+                    }
+                };
+            }
+            (self.events)(&RunEvent::Warning {
+                message: format!(
+                    "step `{}` changed since {} {} it (its command, tier or reason differs): asking again",
+                    step.id,
+                    d.by,
+                    if d.approved { "approved" } else { "denied" }
+                ),
+            });
+        }
         (self.events)(&RunEvent::ApprovalNeeded {
             step: request.step.clone(),
             tier: request.tier,
@@ -1001,29 +993,33 @@ impl Engine {
             summary: request.summary.clone(),
         });
         match self.approver.decide(&request).await {
-            Decision::Approved { by } => Ok(by),
-            Decision::Denied { by } => Err((
-                StepState::Skipped,
-                format!(
+            Decision::Approved { by } => Approval::Given(by),
+            Decision::Denied { by } => Approval::Denied {
+                why: format!(
                     "approval for step `{}` ({}) was denied by {by}; the run stopped here",
                     step.id, risk.tier
                 ),
-            )),
-            Decision::Unavailable => Err((
-                StepState::WaitingApproval,
-                format!(
-                    "step `{}` is {} ({}: {}) and needs approval; no terminal to ask. Re-run with --approve {} (or --yes) to allow it",
+                by,
+                stop_run: true,
+            },
+            Decision::Unavailable => Approval::Parked {
+                why: format!(
+                    "step `{}` is {} ({}: {}) and needs approval; the run is parked: `secureclaw approve {} --step {}` then `secureclaw resume {}` (or re-run with --approve {})",
                     step.id,
                     risk.tier,
                     risk.rule,
                     risk.reason,
+                    record.run_id,
+                    step.id,
+                    record.run_id,
                     if risk.tier.needs_approval() {
                         risk.tier.as_str()
                     } else {
                         "<tier> --yes"
                     }
                 ),
-            )),
+                request,
+            },
         }
     }
 
@@ -1070,566 +1066,6 @@ impl Engine {
     }
 }
 
-fn env_for(
-    wf_env: &BTreeMap<String, String>,
-    step: &Step,
-    templates: &Templates,
-    inputs: &JinjaValue,
-    steps: &JinjaValue,
-) -> Result<BTreeMap<String, String>, crate::template::TemplateError> {
-    let mut env = wf_env.clone();
-    let ctx = minijinja::context! { inputs => inputs.clone(), steps => steps.clone(), env => JinjaValue::from_serialize(wf_env) };
-    for (k, v) in &step.env {
-        env.insert(k.clone(), templates.render(v, &ctx)?);
-    }
-    Ok(env)
-}
-
-fn render_step(
-    step: &Step,
-    t: &Templates,
-    ctx: &JinjaValue,
-    wf_env: &BTreeMap<String, String>,
-    inputs: &JinjaValue,
-    steps: &JinjaValue,
-) -> Result<Rendered, crate::template::TemplateError> {
-    let r = |s: &str| t.render(s, ctx);
-    Ok(if let Some(a) = &step.read {
-        Rendered::Read {
-            path: a.path.as_deref().map(r).transpose()?,
-            glob: a.glob.as_deref().map(r).transpose()?,
-            limit: a
-                .max_bytes
-                .as_ref()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(DEFAULT_READ_LIMIT),
-        }
-    } else if let Some(a) = &step.write {
-        Rendered::Write {
-            path: r(&a.path)?,
-            content: r(&a.content)?,
-            append: a.append,
-            mode: a.mode.clone(),
-        }
-    } else if let Some(a) = &step.patch {
-        Rendered::Patch {
-            path: r(&a.path)?,
-            diff: r(&a.diff)?,
-        }
-    } else if let Some(a) = &step.http {
-        Rendered::Http {
-            url: r(&a.url)?,
-            headers: a
-                .headers
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), r(v)?)))
-                .collect::<Result<_, crate::template::TemplateError>>()?,
-            body: a.body.as_deref().map(r).transpose()?,
-            json: a
-                .json
-                .as_ref()
-                .map(|j| render_json(j, t, ctx))
-                .transpose()?,
-            timeout: a
-                .timeout
-                .as_ref()
-                .and_then(|d| d.parse().ok())
-                .unwrap_or(DEFAULT_HTTP_TIMEOUT),
-            limit: a
-                .max_response
-                .as_ref()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(DEFAULT_HTTP_LIMIT),
-        }
-    } else {
-        Rendered::Shell {
-            command: t.render_shell(step.shell.as_deref().unwrap_or_default(), ctx)?,
-            env: env_for(wf_env, step, t, inputs, steps)?,
-        }
-    })
-}
-
-fn render_json(
-    v: &Value,
-    t: &Templates,
-    ctx: &JinjaValue,
-) -> Result<Value, crate::template::TemplateError> {
-    Ok(match v {
-        Value::String(s) => Value::String(t.render(s, ctx)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| render_json(x, t, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_json(x, t, ctx)?)))
-                .collect::<Result<_, crate::template::TemplateError>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
-fn effective_risk(
-    static_risk: &NodeRisk,
-    rendered: &Rendered,
-    model: Option<&secureclaw_llm::CommandRiskModel>,
-) -> NodeRisk {
-    let mut risk = static_risk.clone();
-    if let Rendered::Shell { command, .. } = rendered {
-        let a = secureclaw_risk::classify_shell(command);
-        if a.tier > risk.tier {
-            risk = NodeRisk {
-                tier: a.tier,
-                rule: a.rule,
-                reason: format!("{} (after templating)", a.reason),
-                forced_approval: static_risk.forced_approval,
-            };
-        }
-        // The model only ever raises. A model failure leaves the heuristic tier standing.
-        let heuristic = secureclaw_llm::ModelTier::parse(risk.tier.as_str());
-        if let (Some(model), Some(heuristic)) = (model, heuristic)
-            && let Ok(Some(raise)) = model.assess(command, heuristic)
-            && let Some(tier) = Tier::parse(raise.tier.as_str())
-            && tier > risk.tier
-        {
-            risk = NodeRisk {
-                tier,
-                rule: "risk-model".into(),
-                reason: format!(
-                    "the risk model finds it close to `{}` (similarity {:.2}, margin {:.2})",
-                    raise.exemplar_text, raise.score, raise.margin
-                ),
-                forced_approval: static_risk.forced_approval,
-            };
-        }
-    }
-    risk
-}
-
-async fn execute(job: StepJob) -> Finished {
-    let start = Instant::now();
-    let snap = job.snap.clone().filter(|_| job.step.kind().may_write());
-    let pre = match &snap {
-        Some(ctx) => match ctx.pre(&job.step.id).await {
-            Ok(m) => Some(m),
-            Err(e) => {
-                let mut f = finished(
-                    &job,
-                    StepState::Failed,
-                    StepView::default(),
-                    None,
-                    Some(format!(
-                        "capturing the workspace before the step failed, so it did not run: {e}"
-                    )),
-                );
-                f.duration = start.elapsed();
-                return f;
-            }
-        },
-        None => None,
-    };
-    let (attempts, mut delay, max_delay) = retry_plan(&job.step);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut f = attempt_once(&job).await;
-        f.attempts = attempt;
-        if let (Some(ctx), Some(pre)) = (&snap, &pre) {
-            capture_after(ctx, pre.clone(), &job, &mut f).await;
-        }
-        let retryable =
-            f.state == StepState::Failed && attempt < attempts && !job.cancel.is_cancelled();
-        if !retryable {
-            f.duration = start.elapsed();
-            return f;
-        }
-        (job.events)(&RunEvent::StepRetrying {
-            step: job.step.id.clone(),
-            attempt: attempt + 1,
-            delay_ms: delay.as_millis() as u64,
-            reason: f.reason.clone().unwrap_or_default(),
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = job.cancel.cancelled() => {
-                f.state = StepState::Cancelled;
-                f.duration = start.elapsed();
-                return f;
-            }
-        }
-        delay = (delay * 2).min(max_delay);
-    }
-}
-
-/// How many hazards a failure reason names before it says how many more there are.
-const HAZARDS_NAMED: usize = 5;
-
-/// After an attempt of a writing step: what it changed, and a rollback if it failed or left
-/// what no step may leave (see [`crate::snapshot::hazards`]). Whatever goes wrong here, the
-/// pre-images already taken are used: the step is rolled back with everything that could be
-/// captured, or its change set is kept for `secureclaw revert`.
-async fn capture_after(ctx: &Arc<SnapCtx>, pre: Arc<Manifest>, job: &StepJob, f: &mut Finished) {
-    let add_reason = |f: &mut Finished, note: String| {
-        f.reason = Some(match f.reason.take() {
-            Some(r) => format!("{r}; {note}"),
-            None => note,
-        });
-    };
-    let (post, store_error) = match ctx.post(pre.clone()).await {
-        Ok(m) => m,
-        Err(e) => {
-            // Only the workspace root itself could not be read: there is nothing to compare.
-            f.state = StepState::Failed;
-            add_reason(
-                f,
-                format!(
-                    "capturing the workspace after the step failed: {e}; its changes could not be determined"
-                ),
-            );
-            return;
-        }
-    };
-    let changes = crate::snapshot::diff(&pre, &post);
-    let hazards = crate::snapshot::hazards(&post, &changes);
-    if let Some(e) = &store_error {
-        f.state = StepState::Failed;
-        add_reason(
-            f,
-            format!("storing its post-images failed ({e}), so its changes cannot be kept"),
-        );
-    }
-    if !hazards.is_empty() {
-        f.state = StepState::Failed;
-        let mut named: Vec<String> = hazards
-            .iter()
-            .take(HAZARDS_NAMED)
-            .map(ToString::to_string)
-            .collect();
-        if hazards.len() > HAZARDS_NAMED {
-            named.push(format!("and {} more", hazards.len() - HAZARDS_NAMED));
-        }
-        add_reason(
-            f,
-            format!(
-                "it left what no step may leave in the workspace: {}",
-                named.join("; ")
-            ),
-        );
-    }
-    // Hazards and uncapturable changes are never kept, `keep_on_failure` or not.
-    let forced = !hazards.is_empty() || store_error.is_some();
-    let roll_back = f.state == StepState::Failed
-        && (forced || !job.step.keep_on_failure)
-        && !changes.is_empty();
-    if roll_back {
-        let n = changes.len();
-        match ctx.rollback(pre.clone(), changes.clone()).await {
-            Ok(_) => {
-                add_reason(
-                    f,
-                    if forced {
-                        format!("its workspace changes were rolled back ({n} path(s))")
-                    } else {
-                        format!(
-                            "its workspace changes were rolled back ({n} path(s); `keep_on_failure: true` keeps them)"
-                        )
-                    },
-                );
-                f.capture = Some(Capture {
-                    changes: ChangeSet::default(),
-                    pre_hash: pre.hash(),
-                    post_hash: pre.hash(),
-                });
-            }
-            Err(e) => {
-                add_reason(
-                    f,
-                    format!(
-                        "rolling back its workspace changes FAILED: {e}; `secureclaw revert` can retry"
-                    ),
-                );
-                // The change set (with every pre-image) outlives the run record's saves.
-                if let Err(e) = ctx.save_changes(&job.step.id, changes.clone()).await {
-                    add_reason(f, format!("saving its change set failed too: {e}"));
-                }
-                f.capture = Some(Capture {
-                    changes,
-                    pre_hash: pre.hash(),
-                    post_hash: post.hash(),
-                });
-            }
-        }
-        return;
-    }
-    if let Err(e) = ctx.save_changes(&job.step.id, changes.clone()).await {
-        f.state = StepState::Failed;
-        add_reason(f, format!("saving its change set failed: {e}"));
-    }
-    f.capture = Some(Capture {
-        changes,
-        pre_hash: pre.hash(),
-        post_hash: post.hash(),
-    });
-}
-
-fn finished(
-    job: &StepJob,
-    state: StepState,
-    view: StepView,
-    exit_code: Option<i32>,
-    reason: Option<String>,
-) -> Finished {
-    Finished {
-        index: job.index,
-        state,
-        view,
-        exit_code,
-        reason,
-        enforcement: None,
-        egress: Vec::new(),
-        attempts: 0,
-        duration: Duration::ZERO,
-        refused: false,
-        capture: None,
-    }
-}
-
-/// Every decision of the egress proxy goes into the ledger with the step (null when none).
-fn egress_summary(events: &[secureclaw_sandbox::EgressEvent]) -> Value {
-    if events.is_empty() {
-        return Value::Null;
-    }
-    json!(events)
-}
-
-async fn attempt_once(job: &StepJob) -> Finished {
-    let timeout = job.limits.timeout;
-    let engine_side = async {
-        let ws = &*job.jail;
-        match &job.rendered {
-            Rendered::Read {
-                path: Some(p),
-                limit,
-                ..
-            } => actions::read_file(ws, p, *limit),
-            Rendered::Read { glob, .. } => {
-                actions::glob(ws, glob.as_deref().unwrap_or("**")).map(|v| v.join("\n"))
-            }
-            Rendered::Write {
-                path,
-                content,
-                append,
-                mode,
-            } => actions::write_file(ws, path, content, *append, mode.as_deref())
-                .map(|_| path.clone()),
-            Rendered::Patch { path, diff } => {
-                actions::patch_file(ws, path, diff).map(|_| path.clone())
-            }
-            Rendered::Http {
-                url,
-                headers,
-                body,
-                json,
-                timeout,
-                limit,
-            } => {
-                let Some(action) = job.step.http.as_ref() else {
-                    return Err(actions::ActionError::Invalid {
-                        what: "step",
-                        message: "not an http step".into(),
-                    });
-                };
-                actions::http(actions::HttpCall {
-                    action,
-                    url,
-                    headers,
-                    body: body.clone(),
-                    json: json.clone(),
-                    allowed: &job.step.network,
-                    timeout: *timeout,
-                    limit: *limit,
-                })
-                .await
-                .map(|r| r.body)
-            }
-            Rendered::Shell { .. } => Ok(String::new()),
-        }
-    };
-    if let Rendered::Shell { command, env } = &job.rendered {
-        return run_shell(job, command, env).await;
-    }
-    let result = tokio::select! {
-        r = tokio::time::timeout(timeout, engine_side) => r,
-        _ = job.cancel.cancelled() => return finished(job, StepState::Cancelled, StepView::default(), None, Some("cancelled".into())),
-    };
-    match result {
-        Ok(Ok(output)) => finished(
-            job,
-            StepState::Succeeded,
-            StepView {
-                stdout: output.clone(),
-                output,
-                stderr: String::new(),
-                exit_code: 0,
-            },
-            Some(0),
-            None,
-        ),
-        Ok(Err(e)) => {
-            let body = match &e {
-                actions::ActionError::Status { body, .. } => body.clone(),
-                _ => String::new(),
-            };
-            finished(
-                job,
-                StepState::Failed,
-                StepView {
-                    output: body,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                    exit_code: 1,
-                },
-                Some(1),
-                Some(e.to_string()),
-            )
-        }
-        Err(_) => finished(
-            job,
-            StepState::Failed,
-            StepView::default(),
-            None,
-            Some(format!(
-                "timed out after {}",
-                humantime::format_duration(timeout)
-            )),
-        ),
-    }
-}
-
-async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>) -> Finished {
-    let mut spec = ExecSpec::shell(command, job.jail.root().to_path_buf());
-    spec.env.insert("PATH".into(), BASE_PATH.into());
-    spec.env.insert("LANG".into(), "C.UTF-8".into());
-    // Isolated: a writable scratch home (tools' caches and dotfiles go to the step's tmpfs,
-    // not into the workspace); the granted toolchains' bin dirs and home variables.
-    spec.env.insert(
-        "HOME".into(),
-        if job.sandbox.isolated() {
-            "/tmp".into()
-        } else {
-            job.jail.root().display().to_string()
-        },
-    );
-    spec.read_only = job.read_only.clone();
-    spec.env.extend(secureclaw_sandbox::grants::toolchain_env(
-        &spec.read_only,
-        BASE_PATH,
-    ));
-    spec.env
-        .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    spec.limits = job.limits.clone();
-    spec.allow_degraded = job.allow_degraded;
-    spec.image = job.image.clone();
-    spec.network = if job.step.network.is_empty() {
-        NetworkPolicy::None
-    } else {
-        NetworkPolicy::Domains(job.step.network.clone())
-    };
-    if let Some(state_dir) = job.jail.state_dir()
-        && state_dir.starts_with(job.jail.root())
-    {
-        spec.masked.push(state_dir.to_path_buf());
-    }
-    match job.sandbox.run(&spec, job.cancel.clone()).await {
-        Ok(out) => {
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            let output = stdout.strip_suffix('\n').unwrap_or(&stdout).to_string();
-            let code = out.exit.code();
-            let state = if out.exit == secureclaw_sandbox::ExitReason::Cancelled {
-                StepState::Cancelled
-            } else if out.exit.success() {
-                StepState::Succeeded
-            } else {
-                StepState::Failed
-            };
-            let mut reason = (state != StepState::Succeeded).then(|| out.exit.describe());
-            // Limits the step ran into (a refused fork, the write budget) and, for a command
-            // the sandbox could not find, what to grant: all into the step record.
-            let mut notes = out.warnings.clone();
-            if out.exit == (secureclaw_sandbox::ExitReason::Exited { code: 127 })
-                && job.sandbox.isolated()
-                && let Some(hint) = secureclaw_sandbox::grants::missing_command_hint(
-                    &stderr,
-                    &std::env::var("PATH").unwrap_or_default(),
-                    &spec.read_only,
-                    std::env::var_os("HOME").map(PathBuf::from).as_deref(),
-                )
-            {
-                notes.push(hint);
-            }
-            for note in notes {
-                reason = Some(match reason {
-                    Some(r) => format!("{r}; {note}"),
-                    None => note,
-                });
-            }
-            if out.stdout_total > out.stdout.len() as u64
-                || out.stderr_total > out.stderr.len() as u64
-            {
-                let note = format!(
-                    "output truncated: kept {} of {} stdout bytes, {} of {} stderr bytes",
-                    out.stdout.len(),
-                    out.stdout_total,
-                    out.stderr.len(),
-                    out.stderr_total
-                );
-                reason = Some(match reason {
-                    Some(r) => format!("{r}; {note}"),
-                    None => note,
-                });
-            }
-            Finished {
-                index: job.index,
-                state,
-                view: StepView {
-                    output,
-                    stdout,
-                    stderr,
-                    exit_code: code,
-                },
-                exit_code: Some(code),
-                reason,
-                enforcement: Some(out.enforcement),
-                egress: out.egress,
-                attempts: 0,
-                duration: out.duration,
-                refused: false,
-                capture: None,
-            }
-        }
-        Err(e) => {
-            let refused = matches!(
-                e,
-                SandboxError::Degraded { .. }
-                    | SandboxError::Unavailable { .. }
-                    | SandboxError::Unsupported { .. }
-            );
-            Finished {
-                refused,
-                ..finished(
-                    job,
-                    StepState::Failed,
-                    StepView::default(),
-                    None,
-                    Some(e.to_string()),
-                )
-            }
-        }
-    }
-}
-
 /// The state dir's canonical path; one that does not exist yet is its canonical parent joined
 /// with its name.
 fn canonical_state_dir(state_dir: &Path) -> PathBuf {
@@ -1643,9 +1079,4 @@ fn canonical_state_dir(state_dir: &Path) -> PathBuf {
             .unwrap_or_else(|_| state_dir.to_path_buf()),
         _ => state_dir.to_path_buf(),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -1,0 +1,975 @@
+//! The session: the one door into the engine, for the CLI and the server alike.
+//!
+//! A [`Session`] is opened once on a state dir with the passphrase (or a key the unlock agent
+//! holds). It owns the store, picks sandbox backends, loads the risk model and the planner,
+//! and runs any number of runs at once:
+//!
+//! ```text
+//! Session::open ─┬─ validate / plan                 → Validated (carries its bytes + sha256)
+//!                ├─ submit(RunRequest)              → RunHandle { id, events(after), cancel, wait }
+//!                ├─ approve / deny(run, step, by)   → decisions bound to what was shown
+//!                ├─ resume(run)                     → RunHandle (same id, events go on)
+//!                ├─ revert(run, ...) / diff(run)    → plan or report; revert events
+//!                ├─ runs / show / events(run, after)
+//!                └─ ledger_verify / ledger_export
+//! ```
+//!
+//! Libraries never print: what a front end should tell its user (a vault was created, a run
+//! was found interrupted, leftovers were cleaned up) comes back as [`Notice`]s.
+
+mod layout;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use secureclaw_vault::{KdfParams, PassphraseError, Vault, VaultError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventEnvelope, EventLog, EventStream, RunEvent, event_key};
+use crate::model::{Backend, Tier};
+use crate::park::{ParkState, StepDecision, decision_key};
+use crate::policy::{Approver, NoApprover, Policy};
+use crate::record::{RunRecord, RunState, RunStore, StoreError};
+use crate::revert::{RevertError, RevertPlan, RevertReport, RevertRequest};
+use crate::scheduler::{Engine, EngineError, Resume, RunOptions};
+use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
+use crate::storage::{Batch, Table};
+use crate::validate::Validated;
+
+pub use layout::check_state_layout;
+pub use secureclaw_vault::PassphraseSource;
+
+/// The default state dir of a workspace: `WORKSPACE/.secureclaw`, hidden from steps.
+pub fn default_state_dir(workspace: &Path) -> PathBuf {
+    workspace.join(crate::workspace::STATE_DIR_NAME)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(
+        "no vault in {} yet (run a workflow there first, or `secureclaw vault init --state-dir {}`)",
+        dir.display(),
+        dir.display()
+    )]
+    NoVault { dir: PathBuf },
+    #[error("wrong passphrase for the vault in {} (nothing was read or written)", dir.display())]
+    WrongPassphrase { dir: PathBuf },
+    #[error("{0}")]
+    Passphrase(#[from] PassphraseError),
+    #[error("the vault in {}: {source}", dir.display())]
+    Vault { dir: PathBuf, source: VaultError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Revert(#[from] RevertError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The request cannot run as given; `hint` says what to do instead.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
+    #[error(
+        "run `{run}` is not parked (state: {state}); only a run stopped at an approval gate can be approved, denied or resumed"
+    )]
+    NotParked { run: String, state: String },
+    #[error("step `{step}` of run `{run}` is not waiting for approval (waiting: {})", waiting.join(", "))]
+    NotWaiting {
+        run: String,
+        step: String,
+        waiting: Vec<String>,
+    },
+    #[error("the workspace changed since run `{run}` parked ({} path(s): {}); resume with --force to go on anyway", paths.len(), paths.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    Drift { run: String, paths: Vec<String> },
+    #[error("run `{0}` is already running in this process")]
+    Busy(String),
+    #[error("the run task failed: {0}")]
+    Task(String),
+}
+
+impl SessionError {
+    fn invalid(message: impl Into<String>, hint: Option<&str>) -> Self {
+        SessionError::Invalid {
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        }
+    }
+
+    /// True when the caller's input was at fault (exit 2), not the run.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Invalid { .. }
+                | SessionError::Engine(EngineError::Policy(_))
+                | SessionError::NotParked { .. }
+                | SessionError::NotWaiting { .. }
+        )
+    }
+}
+
+/// Something a front end should tell its user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    VaultCreated {
+        state_dir: PathBuf,
+        memory_kib: u32,
+        iterations: u32,
+    },
+    Interrupted {
+        run_id: String,
+    },
+    CleanedUp {
+        what: String,
+    },
+    WorkspaceCreated {
+        path: PathBuf,
+    },
+    RiskModel {
+        status: String,
+    },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::VaultCreated {
+                state_dir,
+                memory_kib,
+                iterations,
+            } => write!(
+                f,
+                "created an encrypted vault in {} (Argon2id {memory_kib} KiB, t={iterations}); the passphrase cannot be recovered: keep it safe",
+                state_dir.display()
+            ),
+            Notice::Interrupted { run_id } => write!(
+                f,
+                "run {run_id} was interrupted (the engine stopped during it)"
+            ),
+            Notice::CleanedUp { what } => write!(f, "cleaned up after an earlier crash: {what}"),
+            Notice::WorkspaceCreated { path } => {
+                write!(f, "created empty workspace {}", path.display())
+            }
+            Notice::RiskModel { status } => write!(f, "{status}"),
+        }
+    }
+}
+
+/// How a session reaches its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write; with `create`, make the vault on first use.
+    Write { create: bool },
+    /// Only read: nothing in the state dir is created, changed or locked for writing.
+    Read,
+}
+
+pub struct SessionOptions {
+    pub state_dir: PathBuf,
+    pub passphrase: PassphraseSource,
+    pub access: Access,
+    /// Who the ledger says acted (e.g. `cli:alice`, `user:bob`).
+    pub actor: String,
+}
+
+/// An open session. Cheap to clone; every clone is the same session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state_dir: PathBuf,
+    store: Arc<RunStore>,
+    actor: String,
+    notices: Mutex<Vec<Notice>>,
+    /// Runs going on in this process, by id.
+    live: Mutex<HashMap<String, EventLog>>,
+    risk_model: OnceLock<RiskModel>,
+}
+
+struct RiskModel {
+    model: Option<Arc<secureclaw_llm::CommandRiskModel>>,
+    status: String,
+    active: bool,
+}
+
+/// A run to start.
+pub struct RunRequest {
+    pub workflow: Validated,
+    pub inputs: BTreeMap<String, Value>,
+    pub workspace: PathBuf,
+    pub settings: RunSettings,
+    /// Asks a person at a gate; without one, a gate parks the run.
+    pub approver: Option<Arc<dyn Approver>>,
+}
+
+/// How a run is executed: kept with a parked run, so it resumes the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Overrides the file's `sandbox.backend` (default `native`).
+    pub backend: Option<Backend>,
+    /// Tiers approved up front.
+    pub approve: Vec<Tier>,
+    /// Approve everything, including steps marked `approve: true`.
+    pub yes: bool,
+    /// Refuse the unisolated `host` backend.
+    pub forbid_host: bool,
+    /// Steps at once (0: 4).
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// Write budget of isolated steps (`1Gi`); `None`: the default.
+    pub disk_limit: Option<String>,
+    /// Host paths every isolated step may read.
+    pub read_only: Vec<String>,
+}
+
+/// A run going on: its id, its events, and a way to stop it.
+pub struct RunHandle {
+    run_id: String,
+    log: EventLog,
+    cancel: CancellationToken,
+    join: JoinHandle<Result<RunRecord, EngineError>>,
+}
+
+impl RunHandle {
+    pub fn id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Events after sequence number `after` (0: all), then live ones until the run ends.
+    pub fn events(&self, after: u64) -> EventStream {
+        self.log.subscribe(after)
+    }
+
+    /// Stop the run: running steps are killed and rolled back, the run is marked cancelled.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The run's record once it finished or parked.
+    pub async fn wait(self) -> Result<RunRecord, SessionError> {
+        match self.join.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(SessionError::Task(e.to_string())),
+        }
+    }
+}
+
+/// What a revert did, or would do.
+#[derive(Debug)]
+pub enum RevertOutcome {
+    Planned(RevertPlan),
+    Applied(RevertReport),
+}
+
+pub struct RevertOptions {
+    pub step: Option<String>,
+    pub cascade: bool,
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+impl Session {
+    /// Open the state in `opts.state_dir` (creating the vault if asked and missing).
+    pub fn open(opts: SessionOptions) -> Result<Session, SessionError> {
+        let dir = opts.state_dir.clone();
+        let mut notices = Vec::new();
+        let vault_err = |source: VaultError| match source {
+            VaultError::WrongPassphrase => SessionError::WrongPassphrase { dir: dir.clone() },
+            source => SessionError::Vault {
+                dir: dir.clone(),
+                source,
+            },
+        };
+        let vault = if Vault::exists(&dir) {
+            let secret = opts.passphrase.resolve()?;
+            match opts.access {
+                Access::Write { .. } => Vault::open(&dir, &secret),
+                Access::Read => Vault::open_for_reading(&dir, &secret),
+            }
+            .map_err(vault_err)?
+        } else if opts.access == (Access::Write { create: true }) {
+            let secret = opts.passphrase.resolve_new()?;
+            let params = KdfParams::from_env().map_err(vault_err)?;
+            let v = Vault::create(&dir, &secret, &params).map_err(vault_err)?;
+            notices.push(Notice::VaultCreated {
+                state_dir: dir.clone(),
+                memory_kib: params.memory_kib,
+                iterations: params.iterations,
+            });
+            v
+        } else {
+            return Err(SessionError::NoVault { dir });
+        };
+        let store = Arc::new(RunStore::new(vault, opts.actor.clone()));
+        for run_id in store.mark_interrupted()? {
+            notices.push(Notice::Interrupted { run_id });
+        }
+        Ok(Session {
+            inner: Arc::new(Inner {
+                state_dir: dir,
+                store,
+                actor: opts.actor,
+                notices: Mutex::new(notices),
+                live: Mutex::new(HashMap::new()),
+                risk_model: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.inner.actor
+    }
+
+    /// Notices gathered since the last call.
+    pub fn take_notices(&self) -> Vec<Notice> {
+        self.inner
+            .notices
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
+
+    fn notice(&self, n: Notice) {
+        if let Ok(mut v) = self.inner.notices.lock() {
+            v.push(n);
+        }
+    }
+
+    fn risk_model(&self) -> &RiskModel {
+        self.inner.risk_model.get_or_init(|| {
+            let (model, status) = secureclaw_llm::load_risk_model();
+            RiskModel {
+                model: model.map(Arc::new),
+                status: status.to_string(),
+                active: status.active,
+            }
+        })
+    }
+
+    // ---- runs -------------------------------------------------------------------------
+
+    /// Start a run. It goes on in the background; the handle gives its events and record.
+    pub fn submit(&self, req: RunRequest) -> Result<RunHandle, SessionError> {
+        let workspace = prepare_workspace(self, &req.workspace)?;
+        let run_id = crate::record::new_run_id();
+        let request = serde_json::to_value(&req.settings).unwrap_or_default();
+        let prepared = self.prepare(&req.workflow, &req.settings, &workspace)?;
+        let log = EventLog::new(run_id.clone(), 0, Some(self.inner.store.clone()));
+        let opts = RunOptions {
+            workspace,
+            state_dir: self.inner.state_dir.clone(),
+            inputs: req.inputs,
+            jobs: prepared.jobs,
+            fail_fast: req.settings.fail_fast,
+            base_limits: prepared.limits,
+            read_only: prepared.read_only,
+            risk_model: self.risk_model().model.clone(),
+            risk_model_status: self.risk_model().status.clone(),
+            run_id: Some(run_id.clone()),
+            resume: None,
+            request,
+        };
+        Ok(self.spawn(
+            run_id,
+            log,
+            req.workflow,
+            opts,
+            prepared.sandbox,
+            prepared.policy,
+            req.approver,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        run_id: String,
+        log: EventLog,
+        workflow: Validated,
+        opts: RunOptions,
+        sandbox: Arc<dyn secureclaw_sandbox::Sandbox>,
+        policy: Policy,
+        approver: Option<Arc<dyn Approver>>,
+    ) -> RunHandle {
+        let secrets = Arc::new(crate::inputs::Secrets::new(
+            &workflow.workflow,
+            &opts.inputs,
+        ));
+        let engine = Engine {
+            sandbox,
+            approver: approver.unwrap_or_else(|| Arc::new(NoApprover)),
+            policy,
+            events: secrets.wrap(log.sink()),
+            store: self.inner.store.clone(),
+        };
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.insert(run_id.clone(), log.clone());
+        }
+        let cancel = CancellationToken::new();
+        let (me, log2, c2, id2) = (self.clone(), log.clone(), cancel.clone(), run_id.clone());
+        let join = tokio::spawn(async move {
+            let out = engine.run(&workflow, opts, c2).await;
+            if let Err(e) = &out {
+                // A run that could not start still ends its event stream.
+                log2.emit(RunEvent::RunFinished {
+                    state: RunState::Failed,
+                    message: Some(e.to_string()),
+                });
+            }
+            log2.close();
+            if let Ok(mut live) = me.inner.live.lock() {
+                live.remove(&id2);
+            }
+            out
+        });
+        RunHandle {
+            run_id,
+            log,
+            cancel,
+            join,
+        }
+    }
+
+    /// Sandbox, policy, limits and grants for a run.
+    fn prepare(
+        &self,
+        wf: &Validated,
+        settings: &RunSettings,
+        workspace: &Path,
+    ) -> Result<Prepared, SessionError> {
+        check_state_layout(workspace, &self.inner.state_dir).map_err(|why| {
+            SessionError::invalid(
+                why,
+                Some("leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace"),
+            )
+        })?;
+        let backend = settings
+            .backend
+            .or(wf.workflow.sandbox.backend)
+            .unwrap_or(Backend::Native);
+        if backend == Backend::Host && settings.forbid_host {
+            return Err(SessionError::invalid(
+                "policy forbids the unisolated `host` backend (--forbid-host / SECURECLAW_FORBID_HOST)",
+                None,
+            ));
+        }
+        let sandbox = secureclaw_sandbox::by_name(backend.as_str()).map_err(|e| {
+            SessionError::invalid(
+                e.to_string(),
+                (backend != Backend::Host)
+                    .then_some("`--sandbox host` runs without isolation, if you accept that"),
+            )
+        })?;
+        for what in secureclaw_sandbox::sweep_leftovers() {
+            self.notice(Notice::CleanedUp { what });
+        }
+        let mut policy = if settings.yes {
+            Policy::yes()
+        } else {
+            Policy::default()
+        };
+        policy.pre_approved.extend(settings.approve.iter().copied());
+        policy.allow_host = !settings.forbid_host;
+        let mut limits = secureclaw_sandbox::Limits::from_env()
+            .map_err(|e| SessionError::invalid(e.to_string(), None))?;
+        if let Some(text) = &settings.disk_limit {
+            match crate::units::SizeText(text.clone()).parse() {
+                Ok(bytes) if bytes > 0 => limits.disk_bytes = bytes,
+                _ => {
+                    return Err(SessionError::invalid(
+                        format!(
+                            "--disk-limit / SECURECLAW_DISK_LIMIT {text:?}: expected a positive size such as 1Gi or 500Mi"
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut read_only = Vec::new();
+        for entry in &settings.read_only {
+            let p = secureclaw_sandbox::grants::resolve(
+                entry,
+                home.as_deref(),
+                Some(&self.inner.state_dir),
+            )
+            .map_err(|e| SessionError::invalid(format!("--read-only: {e}"), None))?;
+            read_only.push(p);
+        }
+        let rm = self.risk_model();
+        if rm.active {
+            self.notice(Notice::RiskModel {
+                status: rm.status.clone(),
+            });
+        }
+        Ok(Prepared {
+            sandbox,
+            policy,
+            limits,
+            read_only,
+            jobs: if settings.jobs == 0 { 4 } else { settings.jobs },
+        })
+    }
+
+    /// Events of a run after `after`: live if it runs in this process, else as stored.
+    pub fn events(&self, run: &str, after: u64) -> Result<EventStream, SessionError> {
+        let id = self.inner.store.resolve(run)?;
+        if let Ok(live) = self.inner.live.lock()
+            && let Some(log) = live.get(&id)
+        {
+            return Ok(log.subscribe(after));
+        }
+        Ok(EventStream::stored(self.inner.store.clone(), &id, after))
+    }
+
+    /// Every recorded run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, SessionError> {
+        Ok(self.inner.store.list()?)
+    }
+
+    /// One run: an id, a unique prefix, or `last`.
+    pub fn show(&self, run: &str) -> Result<RunRecord, SessionError> {
+        Ok(self.inner.store.load(run)?)
+    }
+
+    // ---- approvals and resume --------------------------------------------------------
+
+    /// The saved state of a parked run.
+    pub fn parked(&self, run: &str) -> Result<(RunRecord, ParkState), SessionError> {
+        let record = self.inner.store.load(run)?;
+        let park: Option<ParkState> = self.inner.store.get_json(Table::Parked, &record.run_id)?;
+        match park {
+            Some(p) if record.state == RunState::AwaitingApproval => Ok((record, p)),
+            _ => Err(SessionError::NotParked {
+                run: record.run_id.clone(),
+                state: label(&record.state),
+            }),
+        }
+    }
+
+    /// Approve the gates of a parked run (`step`: one of them; `None`: all it waits at).
+    pub async fn approve(
+        &self,
+        run: &str,
+        step: Option<&str>,
+        by: &str,
+    ) -> Result<Vec<StepDecision>, SessionError> {
+        self.decide(run, step, by, true, None).await
+    }
+
+    /// Deny a gate of a parked run: on resume the step is skipped with what needs it.
+    pub async fn deny(
+        &self,
+        run: &str,
+        step: &str,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<Vec<StepDecision>, SessionError> {
+        self.decide(run, Some(step), by, false, reason).await
+    }
+
+    async fn decide(
+        &self,
+        run: &str,
+        step: Option<&str>,
+        by: &str,
+        approved: bool,
+        reason: Option<String>,
+    ) -> Result<Vec<StepDecision>, SessionError> {
+        let (record, park) = self.parked(run)?;
+        let waiting: Vec<String> = park
+            .pending
+            .iter()
+            .map(|p| p.request.step.clone())
+            .collect();
+        let chosen: Vec<_> = park
+            .pending
+            .iter()
+            .filter(|p| step.is_none_or(|s| s == p.request.step))
+            .collect();
+        if let (Some(s), true) = (step, chosen.is_empty()) {
+            return Err(SessionError::NotWaiting {
+                run: record.run_id.clone(),
+                step: s.to_string(),
+                waiting,
+            });
+        }
+        let store = &self.inner.store;
+        let mut batch = Batch::default();
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        for p in chosen {
+            let d = StepDecision {
+                step: p.request.step.clone(),
+                approved,
+                by: by.to_string(),
+                hash: p.hash.clone(),
+                at: crate::record::now_rfc3339(),
+                reason: reason.clone(),
+            };
+            batch
+                .put_json(Table::Approvals, decision_key(&record.run_id, &d.step), &d)
+                .map_err(StoreError::from)?;
+            batch.entries.push(
+                store
+                    .entry(secureclaw_vault::kind::APPROVAL_GIVEN)
+                    .run(record.run_id.clone())
+                    .step(d.step.clone())
+                    .tier(serde_json::json!(p.request.tier))
+                    .result(serde_json::json!({
+                        "scope": "parked",
+                        "approved": approved,
+                        "by": by,
+                        "request_hash": d.hash,
+                        "reason": reason,
+                    })),
+            );
+            events.push(RunEvent::ApprovalDecided {
+                step: d.step.clone(),
+                approved,
+                by: by.to_string(),
+            });
+            out.push(d);
+        }
+        store.commit(batch).await?;
+        self.append_events(&record.run_id, events);
+        Ok(out)
+    }
+
+    /// Continue a parked run. Refuses when the workspace changed since it parked, unless
+    /// `force`.
+    pub fn resume(
+        &self,
+        run: &str,
+        force: bool,
+        approver: Option<Arc<dyn Approver>>,
+    ) -> Result<RunHandle, SessionError> {
+        let (record, park) = self.parked(run)?;
+        if let Ok(live) = self.inner.live.lock()
+            && live.contains_key(&record.run_id)
+        {
+            return Err(SessionError::Busy(record.run_id));
+        }
+        let settings: RunSettings =
+            serde_json::from_value(park.request.clone()).unwrap_or_default();
+        let workflow =
+            crate::validate::validate_bytes(&park.workflow_file, park.workflow_source.as_bytes())
+                .map_err(|d| {
+                SessionError::invalid(
+                    format!("the parked workflow no longer validates: {d}"),
+                    None,
+                )
+            })?;
+        if workflow.sha256 != record.workflow_sha256 {
+            return Err(SessionError::invalid(
+                "the parked workflow text does not match the run's recorded hash",
+                None,
+            ));
+        }
+        if let Some(before) = &park.manifest
+            && !force
+        {
+            let snap = Snapshotter::new(
+                self.inner.store.vault().clone(),
+                &record.workspace,
+                &self.inner.state_dir,
+            )?;
+            let now = snap.scan_hash_only(Some(before))?;
+            let drift = crate::snapshot::diff(before, &now);
+            if !drift.is_empty() {
+                return Err(SessionError::Drift {
+                    run: record.run_id.clone(),
+                    paths: drift.changes.iter().map(|c| c.path.display()).collect(),
+                });
+            }
+        }
+        let mut decisions = BTreeMap::new();
+        for s in &workflow.workflow.steps {
+            let d: Option<StepDecision> = self
+                .inner
+                .store
+                .get_json(Table::Approvals, &decision_key(&record.run_id, &s.id))?;
+            if let Some(d) = d {
+                decisions.insert(s.id.clone(), d);
+            }
+        }
+        let workspace = record.workspace.clone();
+        let prepared = self.prepare(&workflow, &settings, &workspace)?;
+        let last = last_stored_seq(&self.inner.store, &record.run_id);
+        let log = EventLog::new(record.run_id.clone(), last, Some(self.inner.store.clone()));
+        let run_id = record.run_id.clone();
+        let opts = RunOptions {
+            workspace,
+            state_dir: self.inner.state_dir.clone(),
+            inputs: park.inputs.clone(),
+            jobs: prepared.jobs,
+            fail_fast: settings.fail_fast,
+            base_limits: prepared.limits,
+            read_only: prepared.read_only,
+            risk_model: self.risk_model().model.clone(),
+            risk_model_status: self.risk_model().status.clone(),
+            run_id: Some(run_id.clone()),
+            resume: Some(Resume {
+                record,
+                views: park.views,
+                decisions,
+                write_seq: park.write_seq,
+                by: self.inner.actor.clone(),
+            }),
+            request: park.request,
+        };
+        Ok(self.spawn(
+            run_id,
+            log,
+            workflow,
+            opts,
+            prepared.sandbox,
+            prepared.policy,
+            approver,
+        ))
+    }
+
+    /// Append events to a run's stored log (a run not going on here).
+    fn append_events(&self, run_id: &str, events: Vec<RunEvent>) {
+        let live = self
+            .inner
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(run_id).cloned());
+        let log = live.unwrap_or_else(|| {
+            EventLog::new(
+                run_id,
+                last_stored_seq(&self.inner.store, run_id),
+                Some(self.inner.store.clone()),
+            )
+        });
+        for e in events {
+            log.emit(e);
+        }
+        log.flush();
+    }
+
+    // ---- revert and diff -------------------------------------------------------------
+
+    /// Undo a run or one step; with `dry_run`, only say what would happen.
+    pub async fn revert(
+        &self,
+        run: &str,
+        opts: RevertOptions,
+    ) -> Result<RevertOutcome, SessionError> {
+        let store = &self.inner.store;
+        let mut record = store.load(run)?;
+        let snap = Snapshotter::new(
+            store.vault().clone(),
+            &record.workspace,
+            &self.inner.state_dir,
+        )?;
+        let req = RevertRequest {
+            step: opts.step.clone(),
+            cascade: opts.cascade,
+            force: opts.force,
+        };
+        let plan = crate::revert::plan(&snap, &record, &req)?;
+        if opts.dry_run {
+            return Ok(RevertOutcome::Planned(plan));
+        }
+        let run_id = record.run_id.clone();
+        self.append_events(
+            &run_id,
+            vec![RunEvent::RevertStarted {
+                steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
+                dry_run: false,
+            }],
+        );
+        let report = crate::revert::apply(store, &snap, &mut record, &plan, &req).await?;
+        let mut events: Vec<RunEvent> = plan
+            .steps
+            .iter()
+            .map(|s| RunEvent::RevertStep {
+                step: s.id.clone(),
+                action: s.action.label().to_string(),
+                ok: report.summary.reverted.contains(&s.id),
+                detail: None,
+            })
+            .collect();
+        events.push(RunEvent::RevertFinished {
+            state: report.summary.state.clone(),
+        });
+        self.append_events(&run_id, events);
+        Ok(RevertOutcome::Applied(report))
+    }
+
+    /// What a run (or one step) changed, in write order: (step id, changes).
+    pub fn changes(
+        &self,
+        run: &str,
+        step: Option<&str>,
+    ) -> Result<(RunRecord, Vec<(String, ChangeSet)>), SessionError> {
+        let record = self.inner.store.load(run)?;
+        if let Some(id) = step
+            && record.step(id).is_none()
+        {
+            return Err(SessionError::invalid(
+                format!("run `{}` has no step `{id}`", record.run_id),
+                None,
+            ));
+        }
+        let mut steps: Vec<_> = record
+            .steps
+            .iter()
+            .filter(|s| step.is_none_or(|id| id == s.id))
+            .filter_map(|s| {
+                s.changes
+                    .as_ref()
+                    .map(|c| (s.write_seq, s.id.clone(), c.clone()))
+            })
+            .collect();
+        steps.sort_by_key(|(seq, _, _)| *seq);
+        let out = steps.into_iter().map(|(_, id, c)| (id, c)).collect();
+        Ok((record, out))
+    }
+
+    /// A change set as a unified diff (contents from the encrypted pre-/post-images).
+    pub fn render_diff(&self, changes: &ChangeSet, color: bool) -> Result<String, SessionError> {
+        Ok(crate::revert::render_diff(
+            self.inner.store.vault(),
+            changes,
+            color,
+        )?)
+    }
+
+    // ---- planning ---------------------------------------------------------------------
+
+    /// Record a plan's provenance in the ledger (hashes only, keyed).
+    pub async fn record_plan(
+        &self,
+        plan: &crate::planner::Plan,
+        run: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let store = &self.inner.store;
+        let mut provenance = plan.provenance();
+        if let Some(p) = provenance.as_object_mut() {
+            for (plain, keyed, what) in [
+                ("prompt_sha256", "prompt_hmac", "prompt"),
+                ("yaml_sha256", "yaml_hmac", "plan-yaml"),
+            ] {
+                if let Some(h) = p.remove(plain) {
+                    let h = h.as_str().unwrap_or_default().to_owned();
+                    p.insert(keyed.into(), store.digest(what, h.as_bytes()).into());
+                }
+            }
+        }
+        let mut entry = store
+            .entry(secureclaw_vault::kind::PLAN_CREATED)
+            .result(provenance);
+        if let Some(r) = run {
+            entry = entry.run(r);
+        }
+        store
+            .commit(Batch {
+                entries: vec![entry],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    // ---- ledger -------------------------------------------------------------------------
+
+    /// Check the whole ledger chain in place.
+    pub fn ledger_verify(&self) -> Result<secureclaw_vault::VerifyReport, SessionError> {
+        self.inner
+            .store
+            .vault()
+            .ledger()
+            .verify()
+            .map_err(|source| SessionError::Vault {
+                dir: self.inner.state_dir.clone(),
+                source,
+            })
+    }
+}
+
+struct Prepared {
+    sandbox: Arc<dyn secureclaw_sandbox::Sandbox>,
+    policy: Policy,
+    limits: secureclaw_sandbox::Limits,
+    read_only: Vec<PathBuf>,
+    jobs: usize,
+}
+
+/// The workspace, created when missing; must be a directory.
+fn prepare_workspace(session: &Session, workspace: &Path) -> Result<PathBuf, SessionError> {
+    if !workspace.exists() {
+        std::fs::create_dir_all(workspace).map_err(|e| {
+            SessionError::invalid(
+                format!("creating workspace {}: {e}", workspace.display()),
+                None,
+            )
+        })?;
+        session.notice(Notice::WorkspaceCreated {
+            path: workspace.to_path_buf(),
+        });
+    }
+    if !workspace.is_dir() {
+        return Err(SessionError::invalid(
+            format!("workspace {} is not a directory", workspace.display()),
+            None,
+        ));
+    }
+    Ok(workspace.to_path_buf())
+}
+
+/// The highest event number stored for a run (0: none), by probing: events are numbered
+/// without gaps from 1.
+pub fn last_stored_seq(store: &RunStore, run_id: &str) -> u64 {
+    let has = |seq: u64| {
+        matches!(
+            store.get_json::<EventEnvelope>(Table::Events, &event_key(run_id, seq)),
+            Ok(Some(_))
+        )
+    };
+    if !has(1) {
+        return 0;
+    }
+    let mut hi = 1u64;
+    while has(hi * 2) {
+        hi *= 2;
+    }
+    // has(hi) and !has(hi * 2): the last one is in [hi, hi * 2).
+    let (mut lo, mut top) = (hi, hi * 2);
+    while top - lo > 1 {
+        let mid = lo + (top - lo) / 2;
+        if has(mid) {
+            lo = mid;
+        } else {
+            top = mid;
+        }
+    }
+    lo
+}
+
+fn label<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

@@ -1,0 +1,186 @@
+//! `approve`, `deny`, `resume` and `logs`: parked runs and the event log.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use console::style;
+use secureclaw_engine::session::{Access, PassphraseSource, SessionError};
+use tokio_util::sync::CancellationToken;
+
+use crate::exit;
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The parked run: id, unique prefix, or `last`.
+    pub run: String,
+    /// Approve only this step's gate [default: every gate the run waits at].
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Resume the run right after approving.
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub common: ResumeFlags,
+}
+
+#[derive(Args)]
+pub struct DenyArgs {
+    /// The parked run: id, unique prefix, or `last`.
+    pub run: String,
+    /// The step whose gate is denied: on resume it is skipped with every step that needs it.
+    #[arg(long)]
+    pub step: String,
+    /// Why (recorded in the ledger).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The parked run: id, unique prefix, or `last`.
+    pub run: String,
+    #[command(flatten)]
+    pub common: ResumeFlags,
+}
+
+#[derive(Args, Clone)]
+pub struct ResumeFlags {
+    /// Go on even though the workspace changed since the run parked.
+    #[arg(long)]
+    pub force: bool,
+    /// Print events as JSON lines instead of the progress display.
+    #[arg(long)]
+    pub json: bool,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Run id, unique prefix, or `last`.
+    pub run: String,
+    /// Only events after this sequence number (what a reconnecting client last saw).
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Exit code of a session error: the caller's mistake (2) or a failure (reported as error).
+fn report(e: SessionError) -> anyhow::Result<u8> {
+    if e.is_invalid_request() || matches!(e, SessionError::Drift { .. }) {
+        crate::state::print_error(&e);
+        if let SessionError::Drift { paths, .. } = &e {
+            for p in paths.iter().take(20) {
+                eprintln!("    changed: {p}");
+            }
+        }
+        return Ok(exit::INVALID);
+    }
+    Err(e.into())
+}
+
+pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let dir = crate::cwd_state(args.common.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
+    let rt = runtime()?;
+    let by = crate::state::actor();
+    let decided = match rt.block_on(session.approve(&args.run, args.step.as_deref(), &by)) {
+        Ok(d) => d,
+        Err(e) => return report(e),
+    };
+    for d in &decided {
+        eprintln!(
+            "{} approved step `{}` (as {by})",
+            style("✓").green(),
+            d.step
+        );
+    }
+    let run = session.show(&args.run)?.run_id;
+    if !args.resume {
+        eprintln!(
+            "  {} `secureclaw resume {run}` runs it; the approval holds only while the step stays exactly as shown",
+            style("next:").cyan()
+        );
+        return Ok(exit::OK);
+    }
+    resume_in(&session, &rt, &run, &args.common)
+}
+
+pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
+    let rt = runtime()?;
+    let by = crate::state::actor();
+    match rt.block_on(session.deny(&args.run, &args.step, &by, args.reason.clone())) {
+        Ok(_) => {
+            eprintln!(
+                "{} denied step `{}`; `secureclaw resume {}` skips it and what needs it",
+                style("✗").red(),
+                args.step,
+                args.run
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => report(e),
+    }
+}
+
+pub fn resume(args: ResumeArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let dir = crate::cwd_state(args.common.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
+    let rt = runtime()?;
+    resume_in(&session, &rt, &args.run, &args.common)
+}
+
+fn resume_in(
+    session: &secureclaw_engine::session::Session,
+    rt: &tokio::runtime::Runtime,
+    run: &str,
+    flags: &ResumeFlags,
+) -> anyhow::Result<u8> {
+    rt.block_on(async {
+        let handle = match session.resume(run, flags.force, None) {
+            Ok(h) => h,
+            Err(e) => return report(e),
+        };
+        crate::state::print_notices(session);
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+        let display = crate::run_cmd::Display::new(flags.json, std::io::stderr().is_terminal());
+        crate::run_cmd::follow(handle, display, cancel, flags.json).await
+    })
+}
+
+pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Read)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut events = session.events(&args.run, args.after)?;
+        while let Some(e) = events.next().await {
+            println!("{}", serde_json::to_string(&e)?);
+        }
+        Ok(exit::OK)
+    })
+}
+
+use std::io::IsTerminal as _;

@@ -1,0 +1,268 @@
+//! Parked runs through the binary: a run stopped at a gate is approved and resumed by new
+//! processes after the first one exited, its events replay from any point, and the
+//! command line depends on the engine alone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::secureclaw;
+
+const GATED: &str = r#"version: 1
+name: gated
+sandbox: { backend: host }
+steps:
+  - id: before
+    write: { path: a.txt, content: "first" }
+  - id: gate
+    needs: [before]
+    approve: true
+    write: { path: b.txt, content: "needs a yes" }
+  - id: after
+    needs: [gate]
+    write: { path: c.txt, content: "last" }
+"#;
+
+fn run_id(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no run id in: {text}"))
+        .to_string()
+}
+
+#[test]
+fn a_parked_run_is_approved_and_resumed_by_later_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let wf = dir.path().join("gated.yaml");
+    std::fs::write(&wf, GATED).unwrap();
+    let first = secureclaw()
+        .args(["run", wf.to_str().unwrap(), "-w", ws.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let id = run_id(&first.stderr);
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains("parked"), "{said}");
+    assert!(!ws.join("b.txt").exists());
+    // The workflow file is gone: the parked run carries its own text.
+    std::fs::remove_file(&wf).unwrap();
+    let state = ws.join(".secureclaw");
+    let st = state.to_str().unwrap();
+    let resume_early = secureclaw()
+        .args(["resume", &id, "--state-dir", st])
+        .output()
+        .unwrap();
+    assert_eq!(
+        resume_early.status.code(),
+        Some(3),
+        "still parked without an approval"
+    );
+    let wrong = secureclaw()
+        .args(["approve", &id, "--step", "after", "--state-dir", st])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("waiting: gate"));
+    let ok = secureclaw()
+        .args(["approve", &id, "--step", "gate", "--state-dir", st])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let resumed = secureclaw()
+        .args(["resume", &id, "--state-dir", st])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("c.txt")).unwrap(), "last");
+    let show = secureclaw()
+        .args(["show", &id, "--json", "--state-dir", st])
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(rec["state"], "succeeded");
+    assert!(
+        rec["steps"][1]["approval"]
+            .as_str()
+            .unwrap()
+            .starts_with("cli:")
+    );
+
+    // Every event of the three processes, numbered without gaps, and replay from the middle.
+    let logs = |after: u64| -> Vec<serde_json::Value> {
+        let out = secureclaw()
+            .args([
+                "logs",
+                &id,
+                "--after",
+                &after.to_string(),
+                "--state-dir",
+                st,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = logs(0);
+    for (k, e) in all.iter().enumerate() {
+        assert_eq!(e["seq"], k as u64 + 1);
+        assert_eq!(e["run_id"], id.as_str());
+    }
+    let kinds: Vec<&str> = all.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for k in [
+        "run_started",
+        "run_parked",
+        "approval_decided",
+        "run_resumed",
+        "run_finished",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let mid = all.len() as u64 / 2;
+    assert_eq!(logs(mid), all[mid as usize..].to_vec());
+}
+
+/// `src/` reaches the rest of the workspace through the engine only.
+#[test]
+fn the_command_line_depends_on_the_engine_alone() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let leaf = [
+        "secureclaw_sandbox",
+        "secureclaw_vault",
+        "secureclaw_llm",
+        "secureclaw_risk",
+        "secureclaw_egress",
+    ];
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for l in leaf {
+            assert!(
+                !text.contains(l),
+                "{} uses {l}: go through secureclaw_engine",
+                path.display()
+            );
+        }
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .unwrap();
+    for l in leaf {
+        let name = l.replace('_', "-");
+        assert!(
+            !deps.contains(&name),
+            "the binary depends on {name}: only the engine may"
+        );
+    }
+}
+
+/// Twenty runs at once in this process, through the session API, while other processes
+/// list and show them from the same state dir.
+#[test]
+fn other_processes_read_the_state_while_twenty_runs_go_on() {
+    use secureclaw_engine::model::Backend;
+    use secureclaw_engine::record::RunState;
+    use secureclaw_engine::session::{
+        Access, PassphraseSource, RunRequest, RunSettings, Session, SessionOptions,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // The vault is made by the binary, with the tests' cheap KDF settings.
+    let init = secureclaw()
+        .args(["vault", "init", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, common::TEST_PASSPHRASE).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let session = Session::open(SessionOptions {
+            state_dir: state.clone(),
+            passphrase: PassphraseSource::File(pass.clone()),
+            access: Access::Write { create: false },
+            actor: "test".into(),
+        })
+        .unwrap();
+        let text = "version: 1\nname: slow\nsandbox: { backend: host }\nsteps:\n  - id: wait\n    shell: sleep 2\n  - id: note\n    needs: [wait]\n    write: { path: done.txt, content: ok }\n";
+        let mut handles = Vec::new();
+        for k in 0..20 {
+            let wf = secureclaw_engine::validate::validate_bytes(
+                std::path::Path::new("(test)"),
+                text.as_bytes(),
+            )
+            .unwrap();
+            handles.push(
+                session
+                    .submit(RunRequest {
+                        workflow: wf,
+                        inputs: Default::default(),
+                        workspace: dir.path().join(format!("ws{k}")),
+                        settings: RunSettings {
+                            backend: Some(Backend::Host),
+                            ..RunSettings::default()
+                        },
+                        approver: None,
+                    })
+                    .unwrap(),
+            );
+        }
+        let first = handles[0].id().to_string();
+        // While they run: another process lists them and shows one.
+        let st = state.to_str().unwrap().to_string();
+        let (runs, show) = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let runs = secureclaw()
+                .args(["runs", "--json", "--state-dir", &st])
+                .output()
+                .unwrap();
+            let show = secureclaw()
+                .args(["show", &first, "--json", "--state-dir", &st])
+                .output()
+                .unwrap();
+            (runs, show)
+        })
+        .await
+        .unwrap();
+        assert!(runs.status.success(), "{}", String::from_utf8_lossy(&runs.stderr));
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
+        assert_eq!(listed.len(), 20, "every run is listed while they go on");
+        assert!(listed.iter().any(|r| r["state"] == "running"));
+        assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+        for h in handles {
+            assert_eq!(h.wait().await.unwrap().state, RunState::Succeeded);
+        }
+    });
+}
