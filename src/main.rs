@@ -1,5 +1,6 @@
 //! The `secureclaw` command line: parses arguments and calls the engine. Nothing else lives here.
 
+mod agent_cmd;
 mod guard_cmd;
 mod output;
 mod park_cmd;
@@ -105,6 +106,8 @@ enum Command {
         #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
         state_dir: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Agent(agent_cmd::AgentCommand),
 }
 
 mod risk_cmd;
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
         Command::Ledger { command, state_dir } => cwd_state(state_dir.as_ref())
             .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass))
             .map(exit_code),
+        Command::Agent(cmd) => agent_cmd::run(cmd, &pass),
     };
     match result {
         Ok(code) => ExitCode::from(code),

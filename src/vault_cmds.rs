@@ -134,14 +134,12 @@ pub fn run_ledger(
     run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
 }
 
-fn open(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
-    let p = pass.resolve()?;
-    Ok(Vault::open(state_dir, &p)?)
-}
-
 /// For `status`, `ledger verify` and `ledger export`: no write lock, nothing written, so they
 /// work on a read-only state dir (a backup being audited).
 fn open_reading(state_dir: &Path, pass: &PassphraseSource) -> anyhow::Result<Vault> {
+    if let Some(v) = Vault::open_for_reading_with_agent(state_dir)? {
+        return Ok(v);
+    }
     let p = pass.resolve()?;
     Ok(Vault::open_for_reading(state_dir, &p)?)
 }
@@ -177,7 +175,8 @@ pub fn run_vault_to(
             new_passphrase_fd,
             update_kdf,
         } => {
-            let v = open(state_dir, pass)?;
+            // Changing the passphrase takes the current one, never the agent's key.
+            let v = Vault::open(state_dir, &pass.resolve()?)?;
             let new_source = match (new_passphrase_file, new_passphrase_fd) {
                 (Some(f), _) => PassphraseSource::File(f),
                 (None, Some(fd)) => PassphraseSource::Fd(fd),

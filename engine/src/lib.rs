@@ -8,6 +8,7 @@ pub mod actions;
 pub mod diag;
 pub mod events;
 pub mod inputs;
+pub mod keyring;
 pub mod model;
 pub mod park;
 pub mod planner;

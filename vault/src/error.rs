@@ -32,8 +32,18 @@ pub enum VaultError {
          it: run any command on a writable copy of the state directory first"
     )]
     NeedsRecovery { path: PathBuf },
-    #[error("the vault database {path} is in use by another process")]
-    Locked { path: PathBuf },
+    /// Another process holds the database open for writing and no snapshot could be had from
+    /// its read socket (`why` says what happened when asking; empty for a writable open).
+    #[error(
+        "the vault database {path} is in use by {}{}; wait for it to finish or stop it",
+        pid.map_or_else(|| "another process".to_owned(), crate::remote::describe_pid),
+        if why.is_empty() { String::new() } else { format!(" and {why}") }
+    )]
+    Locked {
+        path: PathBuf,
+        pid: Option<u32>,
+        why: String,
+    },
     #[error("the vault database {path} is corrupt: {reason}")]
     DatabaseCorrupt { path: PathBuf, reason: String },
     #[error(
@@ -177,6 +187,8 @@ pub(crate) fn storage(path: &std::path::Path, e: impl Into<redb::Error>) -> Vaul
     match e.into() {
         redb::Error::DatabaseAlreadyOpen => VaultError::Locked {
             path: path.to_path_buf(),
+            pid: crate::remote::holder_pid(path),
+            why: String::new(),
         },
         redb::Error::Corrupted(reason) => VaultError::DatabaseCorrupt {
             path: path.to_path_buf(),

@@ -238,6 +238,24 @@ pub(crate) fn read(dir: &Path) -> Result<Parsed, VaultError> {
 /// then unwraps the root key.
 pub(crate) fn unlock(dir: &Path, h: &Parsed, passphrase: &str) -> Result<SecretKey, VaultError> {
     let kek = master_key(passphrase, &h.salt, &h.params)?;
+    unlock_master(dir, h, &kek)
+}
+
+/// The master key of `passphrase` for this header (the Argon2id work), checked.
+pub(crate) fn derive_master(h: &Parsed, passphrase: &str) -> Result<SecretKey, VaultError> {
+    let kek = master_key(passphrase, &h.salt, &h.params)?;
+    if !crypto::mac_eq(&key_check_value(kek.as_ref(), &h.vault_id)?, &h.key_check) {
+        return Err(VaultError::WrongPassphrase);
+    }
+    Ok(kek)
+}
+
+/// [`unlock`] from an already derived master key (one the agent holds).
+pub(crate) fn unlock_master(
+    dir: &Path,
+    h: &Parsed,
+    kek: &SecretKey,
+) -> Result<SecretKey, VaultError> {
     let kcv = key_check_value(kek.as_ref(), &h.vault_id)?;
     if !crypto::mac_eq(&kcv, &h.key_check) {
         return Err(VaultError::WrongPassphrase);

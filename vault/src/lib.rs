@@ -21,6 +21,7 @@
 //! blobs/xx/yyyy...    encrypted blob files named by keyed hash
 //! ```
 
+pub mod agent;
 mod blobs;
 pub mod crypto;
 mod error;
@@ -29,6 +30,7 @@ mod keys;
 mod ledger;
 mod params;
 mod passphrase;
+mod remote;
 mod store;
 mod strict_json;
 
@@ -47,6 +49,7 @@ pub use params::{
     MAX_ITERATIONS, MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_SALT_BYTES, MIN_SALT_BYTES,
 };
 pub use passphrase::{ENV_PASSPHRASE, PassphraseSource};
+pub use remote::{SOCKET_FILE as READ_SOCKET_FILE, is_stale_socket};
 pub use store::WriteTx;
 
 use error::storage;
@@ -97,6 +100,9 @@ pub struct Vault {
 }
 
 pub(crate) struct Inner {
+    /// The read socket served while this handle holds the database writable (first, so it
+    /// stops before the database closes).
+    owner: std::sync::OnceLock<remote::Owner>,
     dir: PathBuf,
     db_path: PathBuf,
     db: Db,
@@ -165,6 +171,7 @@ impl Vault {
         let keys = KeyRing::new(vault_id, root, opts.rotate_after)?;
         let db = Db::Writable(redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?);
         let inner = Inner {
+            owner: std::sync::OnceLock::new(),
             dir: state_dir.to_path_buf(),
             db_path,
             db,
@@ -176,9 +183,17 @@ impl Vault {
         // leaves an unusable database that `create` refuses to overwrite rather than a vault
         // with a missing key.
         header::write(state_dir, &hdr)?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self::serving(inner))
+    }
+
+    /// Wraps a writable handle and starts its read socket (see `remote`).
+    fn serving(inner: Inner) -> Self {
+        let inner = Arc::new(inner);
+        if let Some(owner) = remote::serve(&inner) {
+            // Just created, so never set before.
+            let _ = inner.owner.set(owner);
+        }
+        Self { inner }
     }
 
     /// Opens the vault in `state_dir`. A wrong passphrase fails with
@@ -194,6 +209,46 @@ impl Vault {
     ) -> Result<Self, VaultError> {
         let hdr = header::read(state_dir)?;
         let root = header::unlock(state_dir, &hdr, passphrase)?;
+        Self::open_unwrapped(state_dir, &hdr, root, opts)
+    }
+
+    /// Opens the vault with the master key the unlock agent holds for it, without the
+    /// passphrase: `Ok(None)` when the agent is off (`SECURECLAW_AGENT=off`), not running, holds
+    /// no key for this vault, or holds one that no longer passes the header's key check (the
+    /// passphrase was changed since).
+    pub fn open_with_agent(state_dir: &Path) -> Result<Option<Self>, VaultError> {
+        let hdr = header::read(state_dir)?;
+        let Some(root) = agent::root_from_agent(state_dir, &hdr)? else {
+            return Ok(None);
+        };
+        Self::open_unwrapped(state_dir, &hdr, root, VaultOptions::default()).map(Some)
+    }
+
+    /// [`Vault::open_for_reading`] with the agent's key; `Ok(None)` as for
+    /// [`Vault::open_with_agent`].
+    pub fn open_for_reading_with_agent(state_dir: &Path) -> Result<Option<Self>, VaultError> {
+        let hdr = header::read(state_dir)?;
+        let Some(root) = agent::root_from_agent(state_dir, &hdr)? else {
+            return Ok(None);
+        };
+        match Self::open_read_only_unwrapped(state_dir, &hdr, root.clone()) {
+            Err(needs @ VaultError::NeedsRecovery { .. }) => {
+                match Self::open_unwrapped(state_dir, &hdr, root, VaultOptions::default()) {
+                    Err(VaultError::ReadOnly { .. }) => Err(needs),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+        .map(Some)
+    }
+
+    fn open_unwrapped(
+        state_dir: &Path,
+        hdr: &header::Parsed,
+        root: crypto::SecretKey,
+        opts: VaultOptions,
+    ) -> Result<Self, VaultError> {
         let keys = KeyRing::new(hdr.vault_id, root, opts.rotate_after)?;
         let db_path = state_dir.join(DB_FILE);
         if !db_path.is_file() {
@@ -204,6 +259,7 @@ impl Vault {
         }
         let db = Db::Writable(open_db(state_dir, &db_path, opts.check_integrity_on_open)?);
         let inner = Inner {
+            owner: std::sync::OnceLock::new(),
             dir: state_dir.to_path_buf(),
             db_path,
             db,
@@ -211,9 +267,7 @@ impl Vault {
             blob_lock: Mutex::new(()),
         };
         inner.check_db()?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self::serving(inner))
     }
 
     /// Opens the vault for reading only: the database is opened read-only under a shared lock,
@@ -225,9 +279,22 @@ impl Vault {
     /// redb runs its page-checksum check only on a writable open; data-level tampering is still
     /// caught by the AEAD on every value and the ledger MACs. A database that was not closed
     /// cleanly needs recovery, which writes: that is [`VaultError::NeedsRecovery`].
+    ///
+    /// While another process holds the database writable, the handle reads a consistent
+    /// snapshot of the sealed database that process serves on `STATE/vault.sock` (ciphertext
+    /// only: the passphrase is checked here as for a file); without one it fails with
+    /// [`VaultError::Locked`] naming that process.
     pub fn open_read_only(state_dir: &Path, passphrase: &str) -> Result<Self, VaultError> {
         let hdr = header::read(state_dir)?;
         let root = header::unlock(state_dir, &hdr, passphrase)?;
+        Self::open_read_only_unwrapped(state_dir, &hdr, root)
+    }
+
+    fn open_read_only_unwrapped(
+        state_dir: &Path,
+        hdr: &header::Parsed,
+        root: crypto::SecretKey,
+    ) -> Result<Self, VaultError> {
         let keys = KeyRing::new(hdr.vault_id, root, DEFAULT_ROTATE_AFTER)?;
         let db_path = state_dir.join(DB_FILE);
         if !db_path.is_file() {
@@ -236,8 +303,14 @@ impl Vault {
                 reason: "the database file is missing".into(),
             });
         }
-        let db = Db::ReadOnly(open_db_read_only(&db_path)?);
+        let db = match open_db_read_only(&db_path) {
+            Err(VaultError::Locked { .. }) => {
+                Db::Remote(remote::fetch(state_dir, &db_path, &hdr.vault_id)?)
+            }
+            other => Db::ReadOnly(other?),
+        };
         let inner = Inner {
+            owner: std::sync::OnceLock::new(),
             dir: state_dir.to_path_buf(),
             db_path,
             db,
@@ -267,7 +340,7 @@ impl Vault {
 
     /// Whether this handle was opened with [`Vault::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        matches!(self.inner.db, Db::ReadOnly(_))
+        matches!(self.inner.db, Db::ReadOnly(_) | Db::Remote(_))
     }
 
     /// Changes the passphrase (and optionally the KDF parameters). Only the header is rewritten:
@@ -354,6 +427,9 @@ impl Vault {
 pub(crate) enum Db {
     Writable(redb::Database),
     ReadOnly(redb::ReadOnlyDatabase),
+    /// A snapshot of a database another process holds, served by its read socket and held in
+    /// memory; read-only like `ReadOnly`.
+    Remote(redb::Database),
 }
 
 impl Db {
@@ -361,6 +437,7 @@ impl Db {
         match self {
             Db::Writable(db) => redb::ReadableDatabase::begin_read(db),
             Db::ReadOnly(db) => redb::ReadableDatabase::begin_read(db),
+            Db::Remote(db) => redb::ReadableDatabase::begin_read(db),
         }
     }
 }
@@ -418,7 +495,7 @@ impl Inner {
     pub(crate) fn require_writable(&self) -> Result<(), VaultError> {
         match self.db {
             Db::Writable(_) => Ok(()),
-            Db::ReadOnly(_) => Err(VaultError::ReadOnly {
+            Db::ReadOnly(_) | Db::Remote(_) => Err(VaultError::ReadOnly {
                 dir: self.dir.clone(),
             }),
         }
@@ -428,7 +505,7 @@ impl Inner {
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, VaultError> {
         match &self.db {
             Db::Writable(db) => db.begin_write().map_err(|e| self.storage(e)),
-            Db::ReadOnly(_) => Err(VaultError::ReadOnly {
+            Db::ReadOnly(_) | Db::Remote(_) => Err(VaultError::ReadOnly {
                 dir: self.dir.clone(),
             }),
         }

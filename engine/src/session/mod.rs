@@ -294,12 +294,24 @@ impl Session {
             },
         };
         let vault = if Vault::exists(&dir) {
-            let secret = opts.passphrase.resolve()?;
-            match opts.access {
-                Access::Write { .. } => Vault::open(&dir, &secret),
-                Access::Read => Vault::open_for_reading(&dir, &secret),
+            // A key `secureclaw unlock` left in the agent first (no passphrase, no Argon2id);
+            // the passphrase when there is none.
+            let from_agent = match opts.access {
+                Access::Write { .. } => Vault::open_with_agent(&dir),
+                Access::Read => Vault::open_for_reading_with_agent(&dir),
             }
-            .map_err(vault_err)?
+            .map_err(vault_err)?;
+            match from_agent {
+                Some(v) => v,
+                None => {
+                    let secret = opts.passphrase.resolve()?;
+                    match opts.access {
+                        Access::Write { .. } => Vault::open(&dir, &secret),
+                        Access::Read => Vault::open_for_reading(&dir, &secret),
+                    }
+                    .map_err(vault_err)?
+                }
+            }
         } else if opts.access == (Access::Write { create: true }) {
             let secret = opts.passphrase.resolve_new()?;
             let params = KdfParams::from_env().map_err(vault_err)?;
