@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! Allowlisting egress proxy for sandboxed steps.
 //!
 //! A step whose sandbox has only loopback gets outbound access to exactly the domains in its

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use secureclaw_engine::events;
 use secureclaw_engine::policy::{NoApprover, Policy};
-use secureclaw_engine::record::RunStore;
+use secureclaw_engine::record::{RunState, RunStore};
 use secureclaw_engine::scheduler::{Engine, RunOptions};
 use secureclaw_engine::testing::{NoopSandbox, dag_workflow, dag_workflow_of_reads};
 use secureclaw_engine::validate::validate_bytes;
@@ -46,29 +46,37 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
             "bench",
         )),
     };
+    let opts = || RunOptions {
+        workspace: dir.path().to_path_buf(),
+        state_dir: dir.path().join("state"),
+        inputs: [("tag".to_string(), serde_json::json!("x"))].into(),
+        jobs: 4,
+        fail_fast: false,
+        base_limits: Default::default(),
+        read_only: Vec::new(),
+        risk_model: None,
+        risk_model_status: String::new(),
+        run_id: None,
+        resume: None,
+        request: serde_json::Value::Null,
+    };
+    // A figure means something only if the run completes every step; the no-op backend
+    // isolates nothing, and the run must be recorded so.
+    let first = rt
+        .block_on(engine.run(&wf, opts(), tokio_util::sync::CancellationToken::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.state, RunState::Succeeded, "{:?}", first.message);
+    assert_eq!(first.steps.len(), wf.workflow.steps.len());
+    assert!(
+        !first.isolated,
+        "the no-op backend was recorded as isolated"
+    );
     let mut group = c.benchmark_group("scheduler");
     group.sample_size(samples);
     group.bench_function(name, |b| {
         b.iter(|| {
-            rt.block_on(engine.run(
-                &wf,
-                RunOptions {
-                    workspace: dir.path().to_path_buf(),
-                    state_dir: dir.path().join("state"),
-                    inputs: [("tag".to_string(), serde_json::json!("x"))].into(),
-                    jobs: 4,
-                    fail_fast: false,
-                    base_limits: Default::default(),
-                    read_only: Vec::new(),
-                    risk_model: None,
-                    risk_model_status: String::new(),
-                    run_id: None,
-                    resume: None,
-                    request: serde_json::Value::Null,
-                },
-                tokio_util::sync::CancellationToken::new(),
-            ))
-            .map(|r| r.steps.len())
+            rt.block_on(engine.run(&wf, opts(), tokio_util::sync::CancellationToken::new()))
+                .map(|r| r.steps.len())
         })
     });
     group.finish();

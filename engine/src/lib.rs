@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! The secureclaw engine: workflow model, validation, templating, risk, policy, scheduling.
 
 pub mod actions;
@@ -18,6 +22,7 @@ pub mod session;
 pub mod snapshot;
 pub mod storage;
 pub mod template;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tools;
 pub mod units;

@@ -1,5 +1,7 @@
 //! Helpers for benchmarks and tests: generated workflows of a given shape, and a sandbox that
-//! does nothing (to measure the scheduler alone).
+//! does nothing (to measure the scheduler alone). Compiled only with the `testing` feature,
+//! which the engine's own tests and benches turn on (a dev-dependency on itself): it is not
+//! part of the engine's API.
 
 use async_trait::async_trait;
 use secureclaw_sandbox::{
@@ -7,7 +9,11 @@ use secureclaw_sandbox::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// Completes every step at once with exit code 0, in-process.
+/// Completes every step at once with exit code 0, in-process, without running anything.
+///
+/// It confines nothing, so it says so: `isolated()` is false and so is its enforcement report,
+/// like the `host` backend's. A run on it therefore needs a policy that allows unisolated
+/// backends (`Policy::default()` does) and is recorded as unisolated.
 pub struct NoopSandbox;
 
 #[async_trait]
@@ -16,7 +22,7 @@ impl Sandbox for NoopSandbox {
         "noop"
     }
     fn isolated(&self) -> bool {
-        true
+        false
     }
     async fn run(&self, _: &ExecSpec, _: CancellationToken) -> Result<ExecOutcome, SandboxError> {
         Ok(ExecOutcome::new(
@@ -24,7 +30,12 @@ impl Sandbox for NoopSandbox {
             Default::default(),
             Default::default(),
             std::time::Duration::ZERO,
-            EnforcementReport::isolated("noop", Vec::new(), Vec::new()),
+            EnforcementReport {
+                backend: "noop".into(),
+                isolated: false,
+                layers: Vec::new(),
+                missing: Vec::new(),
+            },
         ))
     }
 }

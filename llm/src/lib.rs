@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! secureclaw's LLM layer: providers with a fallback chain, a PII/secret scrubber for what leaves
 //! the machine, and a prompt-injection detector for untrusted text. See docs/llm.md.
 //!

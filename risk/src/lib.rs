@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! Risk tiers and the heuristic classifier for commands.
 //!
 //! This crate knows nothing about workflows: it answers "how dangerous is this command?" with a

@@ -111,15 +111,22 @@ fn main() {
         let o = rt
             .block_on(docker_sb.run(&spec, CancellationToken::new()))
             .unwrap();
-        assert!(o.exit.success());
         bollard_t.push(t.elapsed());
+        assert!(o.exit.success());
+        // Set when SECURECLAW_SANDBOX_TRACE is: the per-phase timings, on stderr.
+        if let Some(trace) = &o.trace {
+            eprintln!("{trace}");
+        }
         cli_t.push(cli(i));
         let t = Instant::now();
         let o = rt
             .block_on(native.run(&spec, CancellationToken::new()))
             .unwrap();
-        assert!(o.exit.success());
         native_t.push(t.elapsed());
+        assert!(o.exit.success());
+        if let Some(trace) = &o.trace {
+            eprintln!("{trace}");
+        }
     }
     println!("runs: {runs} each, `true`, full hardening (median / p95)");
     println!("| docker backend (bollard) | docker run --rm (CLI) | native backend |");

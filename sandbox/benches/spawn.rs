@@ -85,8 +85,13 @@ fn main() {
                 let out = rt
                     .block_on(sb.run(&spec, CancellationToken::new()))
                     .unwrap();
+                let elapsed = t.elapsed();
                 assert!(out.exit.success());
-                t.elapsed()
+                // Set when SECURECLAW_SANDBOX_TRACE is: the per-phase timings, on stderr.
+                if let Some(trace) = &out.trace {
+                    eprintln!("{trace}");
+                }
+                elapsed
             })
             .collect();
 

@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! The `Sandbox` contract every step execution goes through, and its backends.
 //!
 //! The engine hands a backend an [`ExecSpec`] (argv, workspace, env, limits, network policy) and

@@ -249,6 +249,10 @@ pub struct ExecOutcome {
     /// forks but the step still exited 0). The engine writes them into the step record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Phase timings of this execution, one line, when `SECURECLAW_SANDBOX_TRACE` is set in the
+    /// engine's environment; the library never prints it, the caller shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl ExecOutcome {
@@ -270,6 +274,7 @@ impl ExecOutcome {
             enforcement,
             egress: Vec::new(),
             warnings: Vec::new(),
+            trace: None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Shared by the end-to-end tests: the real `secureclaw` binary with a throwaway vault setup.
-#![allow(dead_code)] // each test crate uses a different subset
+#![allow(dead_code)] // a test binary beside tests/cli (one not folded in yet) uses a subset
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +28,54 @@ pub fn with_vault_env<'a>(c: &'a mut Command, pass: &str) -> &'a mut Command {
         .env("ARGON2_MEMORY_KB", "256")
         .env("ARGON2_ITERATIONS", "1")
         .env_remove("SECURECLAW_STATE_DIR")
+}
+
+/// Bytes as text (lossy), for messages and matching.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    text(&out.stderr)
+}
+
+/// A command's stdout and stderr, labelled, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// Step cgroup directories created by the engine with this pid, in every mounted cgroup
+/// hierarchy (v1 controllers and v2).
+pub fn step_cgroups_of(pid: u32) -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !(right.starts_with("cgroup ") || right.starts_with("cgroup2 ")) {
+            continue;
+        }
+        let Some(mount) = left.split(' ').nth(4) else {
+            continue;
+        };
+        if let Ok(entries) = std::fs::read_dir(Path::new(mount).join("secureclaw")) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pid}-"))
+                {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Every path below `root` (directories included, symlinks listed but never followed), sorted.
@@ -96,7 +144,7 @@ pub fn chown_tree(dir: &Path, id: u32) {
     }
 }
 
-/// Build the docker backend's default image offline through the CLI, once per test binary;
+/// Build the docker backend's default image offline through the CLI, once per test run;
 /// returns what `build-image` printed (`TAG ID`).
 pub fn build_default_image() -> String {
     static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -1,7 +1,7 @@
 // The sandbox escape battery, as data shared by both runners:
 // - `sandbox/tests/escape_native.rs` runs every case through the `Sandbox` trait (native,
 //   docker and host backends), and
-// - `tests/escape.rs` runs every case as a workflow step through the real `secureclaw` binary;
+// - `tests/cli/escape.rs` runs every case as a workflow step through the real `secureclaw` binary;
 // `harness.rs` is the fixture both use and the judge both apply.
 //
 // Each case is a real attack in `sh`. A case reports that the attack SUCCEEDED by leaving

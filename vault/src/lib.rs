@@ -1,3 +1,7 @@
+// A library reports through return values (errors, warnings, traces); the caller decides what
+// reaches the terminal. Unit tests may print.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 //! secureclaw-vault: everything the engine persists, encrypted at rest.
 //!
 //! * Keys: master key = Argon2id(passphrase, random salt), used only to check the passphrase and

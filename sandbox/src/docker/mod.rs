@@ -956,7 +956,7 @@ impl DockerSandbox {
             _ => false,
         };
         removal.soon();
-        trace.report();
+        let trace = trace.report();
         let (out, err) = match tokio::time::timeout(crate::capture::DRAIN_GRACE, reader).await {
             Ok(Ok(streams)) => streams,
             _ => (CappedOutput::default(), CappedOutput::default()),
@@ -1007,6 +1007,7 @@ impl DockerSandbox {
             Duration::ZERO,
             EnforcementReport::isolated(NAME, layers, missing),
         );
+        outcome.trace = trace;
         if let Some(refused) = pids.refused() {
             outcome.warnings.push(format!(
                 "pids limit reached: the kernel refused {refused} fork(s) at the limit of {} processes",
@@ -1113,8 +1114,8 @@ impl PidsEvents {
     }
 }
 
-/// Phase timings of one step for `SECURECLAW_SANDBOX_TRACE=1` (stderr), as in the native
-/// backend.
+/// Phase timings of one step for `SECURECLAW_SANDBOX_TRACE=1` (returned in
+/// [`ExecOutcome::trace`]), as in the native backend.
 struct Trace {
     on: bool,
     last: Instant,
@@ -1137,15 +1138,16 @@ impl Trace {
         }
     }
 
-    fn report(&self) {
-        if self.on {
+    /// The one-line report, when tracing is on.
+    fn report(&self) -> Option<String> {
+        self.on.then(|| {
             let parts: Vec<String> = self
                 .marks
                 .iter()
                 .map(|(p, d)| format!("{p}={}us", d.as_micros()))
                 .collect();
-            eprintln!("docker trace: {}", parts.join(" "));
-        }
+            format!("docker trace: {}", parts.join(" "))
+        })
     }
 }
 

@@ -310,26 +310,28 @@ impl Sandbox for NativeSandbox {
             Some(session) => session.finish().await,
             None => Vec::new(),
         };
-        let result = result.map(|(ended, r, out, err)| (ended, r, out, err, events));
+        let result = result.map(|(ended, r, out, err, trace)| (ended, r, out, err, trace, events));
         let outcome = if let Some(cg) = guard.0.take() {
-            let outcome = result.map(|(ended, r, out, err, events)| {
+            let outcome = result.map(|(ended, r, out, err, trace, events)| {
                 let oom = cg.oom_killed();
                 let pids = cg.pids_limited();
-                (ended, r, out, err, events, oom, pids)
+                (ended, r, out, err, trace, events, oom, pids)
             });
             cg.release();
-            let (ended, r, out, err, events, oom, pids) = outcome?;
+            let (ended, r, out, err, trace, events, oom, pids) = outcome?;
             let mut o = self.finish(
                 &spec, p, missing, start, ended, r, out, err, oom, pids, true,
             )?;
             o.egress = events;
+            o.trace = trace;
             o
         } else {
-            let (ended, r, out, err, events) = result?;
+            let (ended, r, out, err, trace, events) = result?;
             let mut o = self.finish(
                 &spec, p, missing, start, ended, r, out, err, false, false, false,
             )?;
             o.egress = events;
+            o.trace = trace;
             o
         };
         let mut outcome = outcome;
@@ -381,7 +383,15 @@ impl Drop for CgroupGuard {
     }
 }
 
-type RunParts = (Ended, HelperResult, CappedOutput, CappedOutput);
+/// How the step ended, the helper's result, its output, and the phase-timing line when
+/// `SECURECLAW_SANDBOX_TRACE` is set.
+type RunParts = (
+    Ended,
+    HelperResult,
+    CappedOutput,
+    CappedOutput,
+    Option<String>,
+);
 
 impl NativeSandbox {
     #[allow(clippy::too_many_arguments)]
@@ -515,7 +525,7 @@ impl NativeSandbox {
         };
         drop(control);
         let (out, err) = (collect(stdout).await, collect(stderr).await);
-        if std::env::var_os("SECURECLAW_SANDBOX_TRACE").is_some() {
+        let trace = std::env::var_os("SECURECLAW_SANDBOX_TRACE").map(|_| {
             let mut line = "sandbox trace: spawn=0".to_string();
             for (phase, ns) in &result.marks {
                 line.push_str(&format!(
@@ -527,9 +537,9 @@ impl NativeSandbox {
                 " done=+{}us",
                 helper::now_ns().saturating_sub(t_spawn) / 1000
             ));
-            eprintln!("{line}");
-        }
-        Ok((ended, result, out, err))
+            line
+        });
+        Ok((ended, result, out, err, trace))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -2,9 +2,7 @@
 //! backends: the allowed name is reached through the egress proxy, anything else is refused,
 //! and every attempt lands in the run record (`show`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 

@@ -2,18 +2,18 @@
 //! step through the real `secureclaw` binary. On `native` and `docker` every attack must be
 //! refused the way its case declares (read from the step record `secureclaw show --json`
 //! keeps) and leave the host untouched; on `host` the same attacks must succeed (they are real).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
+use common::step_cgroups_of;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secureclaw_sandbox::ExitReason;
 
-include!("escape/cases.rs");
-include!("escape/harness.rs");
+include!("../escape/cases.rs");
+include!("../escape/harness.rs");
 
 const PASSPHRASE: &str = "escape-battery-passphrase";
 
@@ -347,25 +347,4 @@ fn step_sleepers() -> usize {
                 .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"3.217"))
         })
         .count()
-}
-
-/// Step cgroup directories created by the engine with this pid (any hierarchy).
-fn step_cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for hierarchy in ["", "memory", "pids", "cpu", "unified"] {
-        let base = Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join("secureclaw");
-        if let Ok(entries) = std::fs::read_dir(&base) {
-            for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{pid}-"))
-                {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    out
 }

@@ -6,9 +6,8 @@
 //!   DAC override cannot write through it, unlike `chmod a-w`;
 //! * for an ordinary user (uid 65534 via `setpriv`), `chmod -R a-w` on a state dir it owns.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::{chown_tree, output_text as text};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,14 +16,6 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_secureclaw");
 const NOBODY: u32 = 65534;
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Every path in the state dir with its bytes, mode and mtime (ns): any write changes it.
 fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32, i64, i64)> {
@@ -258,16 +249,6 @@ fn root_on_a_read_only_mount_can_read_and_is_told_when_a_command_must_write() {
         std::fs::read_to_string(s.ws.path().join("notes.txt")).unwrap(),
         "after\n"
     );
-}
-
-fn chown_tree(dir: &Path, id: u32) {
-    let out = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{id}:{id}"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
 }
 
 fn as_nobody(args: &[String]) -> Output {

@@ -2,12 +2,10 @@
 //! the step that ran into it), the pids warning in the step record, grants of toolchains in
 //! the home directory, the hidden state dir, and runs that leave no cgroup behind.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+use crate::common;
+use common::{stderr, step_cgroups_of};
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 
 use common::secureclaw as bin;
 
@@ -16,10 +14,6 @@ use common::step;
 
 fn new_ws() -> Ws {
     Ws::new(&["--sandbox", "native", "--yes"])
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -87,34 +81,6 @@ fn a_fork_bomb_that_exits_0_is_recorded_with_the_pids_limit() {
     assert_eq!(forks["state"], "succeeded");
     let reason = forks["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("process limit"), "{forks}");
-}
-
-/// Step cgroup directories created by the engine with this pid (any hierarchy).
-fn step_cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut out = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if !(right.starts_with("cgroup ") || right.starts_with("cgroup2 ")) {
-            continue;
-        }
-        let Some(mount) = left.split(' ').nth(4) else {
-            continue;
-        };
-        if let Ok(entries) = std::fs::read_dir(Path::new(mount).join("secureclaw")) {
-            for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{pid}-"))
-                {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -1,9 +1,7 @@
 //! The engine's state is sealed in the vault and every action lands in the ledger: end to end
 //! through the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

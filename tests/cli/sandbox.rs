@@ -1,9 +1,7 @@
 //! `secureclaw sandbox build-image` and `sandbox check` through the real binary, against the
 //! real kernel and Docker daemon.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use common::secureclaw;
 

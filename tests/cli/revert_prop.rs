@@ -3,9 +3,7 @@
 //! and non-UTF-8 bytes), `secureclaw revert` puts the tree back exactly: content, modes,
 //! symlink targets, empty directories.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,9 +2,8 @@
 //! root-owned workspace (as `mktemp -d` and CI give it), the state dir inside steps, and the
 //! isolation gaps container probes found, each checked from inside the step's container.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::output_text as text;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -39,14 +38,6 @@ fn show(ws: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A root-owned workspace, mode 0700, like `mktemp -d` as root.

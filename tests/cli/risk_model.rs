@@ -2,9 +2,7 @@
 //! files) the heuristics stand alone and the run record says so; with them, a command the
 //! heuristics underrate is raised (never lowered) and pauses for approval.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use common::secureclaw;
 

@@ -1,8 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `secureclaw plan` and `run --instruction` end to end: the real binary against a fake Anthropic
 //! Messages API on loopback that replies from a script and records every request.
 
-mod common;
+use crate::common;
+use common::text;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
@@ -131,10 +131,6 @@ steps:
   - id: greet
     shel: echo hi > out/hello.txt
 ";
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn show(out: &Output) -> String {
     format!(

@@ -1,9 +1,7 @@
 //! `secureclaw validate` end to end: every example passes, and every file in `tests/broken/`
 //! prints exactly the located errors its `# expect:` lines name.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

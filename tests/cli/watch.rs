@@ -1,8 +1,6 @@
 //! `secureclaw watch` re-runs on a real file change, and ignores the run's own writes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

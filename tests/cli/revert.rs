@@ -1,8 +1,7 @@
 //! `secureclaw revert` and `diff` end to end: real workspaces, the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,10 +94,6 @@ fn run_id(out: &Output) -> String {
     let err = text(&out.stderr);
     let line = err.lines().rev().find(|l| l.starts_with("run ")).unwrap();
     line.split_whitespace().nth(1).unwrap().to_string()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn seed(ws: &Ws) {

@@ -1,25 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `secureclaw guard scan|scrub` through the real binary.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn guard(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
-        .arg("guard")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    guard_env(args, stdin, &[])
 }
 
 fn stdout(o: &Output) -> String {

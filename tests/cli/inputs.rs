@@ -2,9 +2,8 @@
 //! secret inputs kept out of everything recorded; and values reaching `shell:` commands as one
 //! literal word each, whatever they contain.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::stderr;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -64,10 +63,6 @@ impl Ws {
     fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.work().join(rel)).unwrap()
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 const ARGS: &str = r#"

@@ -7,9 +7,8 @@
 //! capture's own sweep; on `native` and `docker` whichever layer stops them, nothing may be left.
 //! The tests run as root (the README's set-up for servers and CI).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::text;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -85,10 +84,6 @@ impl Ws {
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A workflow of one shell step (a block scalar: the command needs no YAML quoting).

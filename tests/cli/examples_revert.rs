@@ -1,9 +1,7 @@
 //! Every example runs (in the default native sandbox, and in the docker backend) and reverts
 //! with the workspace byte-identical afterwards: content, modes, symlinks, empty directories.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -4,9 +4,8 @@
 //! by pointing `--state-dir` into the workspace. After every attack the vault still opens, its
 //! header is byte for byte what it was, and the ledger verifies.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
+use common::stderr;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -92,10 +91,6 @@ impl Site {
         );
         assert!(String::from_utf8_lossy(&verify.stdout).contains("chain intact"));
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! `secureclaw run` end to end on real files, through the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
