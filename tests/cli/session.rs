@@ -2,9 +2,7 @@
 //! processes after the first one exited, its events replay from any point, and the
 //! command line depends on the engine alone.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
-
-mod common;
+use crate::common;
 
 use common::secureclaw;
 

@@ -2,9 +2,8 @@
 //! (through the run's read socket), and `secureclaw unlock` lets commands run without any
 //! passphrase source until `secureclaw lock`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
