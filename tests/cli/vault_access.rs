@@ -2,7 +2,6 @@
 //! (through the run's read socket), and `secureclaw unlock` lets commands run without any
 //! passphrase source until `secureclaw lock`.
 
-
 use crate::common;
 
 use std::path::{Path, PathBuf};
