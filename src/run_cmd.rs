@@ -572,6 +572,9 @@ impl Display {
                 style("⏸").yellow(),
                 steps.join(", ")
             )),
+            RunEvent::Output { step, stream, text } if stream == "trace" => {
+                self.line(format!("  {} {step}: {text}", style("trace").dim()))
+            }
             RunEvent::ApprovalNeeded { .. }
             | RunEvent::ApprovalDecided { .. }
             | RunEvent::Output { .. }

@@ -74,7 +74,16 @@ async fn live_processes_are_found_by_their_token() {
         .args(["-c", &format!(": {live}; sleep 30; :")])
         .spawn()
         .unwrap();
-    let found = live_processes(&live);
+    // Until the child has exec'd the shell its command line is this test binary's: look
+    // again (bounded) rather than race the exec.
+    let mut found = live_processes(&live);
+    for _ in 0..500 {
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        found = live_processes(&live);
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(found.len(), 1, "{found:?}");

@@ -214,7 +214,13 @@ fn other_processes_read_the_state_while_twenty_runs_go_on() {
             actor: "test".into(),
         })
         .unwrap();
-        let text = "version: 1\nname: slow\nsandbox: { backend: host }\nsteps:\n  - id: wait\n    shell: sleep 2\n  - id: note\n    needs: [wait]\n    write: { path: done.txt, content: ok }\n";
+        // Every run waits on one gate file, so they are all going on while the other process
+        // reads, however slow the machine.
+        let gate = dir.path().join("go");
+        let text = format!(
+            "version: 1\nname: held\nsandbox: {{ backend: host }}\nsteps:\n  - id: wait\n    shell: while [ ! -e {} ]; do sleep 0.05; done\n  - id: note\n    needs: [wait]\n    write: {{ path: done.txt, content: ok }}\n",
+            gate.display()
+        );
         let mut handles = Vec::new();
         for k in 0..20 {
             let wf = secureclaw_engine::validate::validate_bytes(
@@ -238,10 +244,19 @@ fn other_processes_read_the_state_while_twenty_runs_go_on() {
             );
         }
         let first = handles[0].id().to_string();
+        // Each run's first record is saved as it starts: wait for all twenty.
+        let mut started = handles.iter().map(|h| h.events(0)).collect::<Vec<_>>();
+        for s in &mut started {
+            // `run_started` is sent once the run's first record is durable.
+            let first_event = s.next().await.unwrap();
+            assert!(matches!(
+                first_event.event,
+                secureclaw_engine::events::RunEvent::RunStarted { .. }
+            ));
+        }
         // While they run: another process lists them and shows one.
         let st = state.to_str().unwrap().to_string();
         let (runs, show) = tokio::task::spawn_blocking(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
             let runs = secureclaw()
                 .args(["runs", "--json", "--state-dir", &st])
                 .output()
@@ -257,8 +272,9 @@ fn other_processes_read_the_state_while_twenty_runs_go_on() {
         assert!(runs.status.success(), "{}", String::from_utf8_lossy(&runs.stderr));
         let listed: Vec<serde_json::Value> = serde_json::from_slice(&runs.stdout).unwrap();
         assert_eq!(listed.len(), 20, "every run is listed while they go on");
-        assert!(listed.iter().any(|r| r["state"] == "running"));
+        assert!(listed.iter().all(|r| r["state"] == "running"), "{listed:?}");
         assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+        std::fs::write(&gate, "").unwrap();
         for h in handles {
             assert_eq!(h.wait().await.unwrap().state, RunState::Succeeded);
         }

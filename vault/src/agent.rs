@@ -332,10 +332,31 @@ pub fn status_in(dir: &Path) -> Result<Option<AgentStatus>, AgentError> {
         Err(AgentError::NotRunning(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if send(&stream, &[OP_STATUS])? != R_OK {
+    match status_over(dir, &stream) {
+        // The agent closed the connection as it was ending (its last key dropped or `lock`):
+        // it is not running any more.
+        Err(AgentError::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+fn status_over(
+    dir: &Path,
+    stream: &std::os::unix::net::UnixStream,
+) -> Result<Option<AgentStatus>, AgentError> {
+    if send(stream, &[OP_STATUS])? != R_OK {
         return Err(AgentError::Protocol("status refused".into()));
     }
-    let mut r = &stream;
+    let mut r = stream;
     let rd = io("reading from the agent");
     let mut head = [0u8; 9];
     r.read_exact(&mut head).map_err(rd)?;

@@ -118,9 +118,24 @@ fn accept_loop(listener: &UnixListener, weak: &Weak<Inner>, stop: &AtomicBool) {
         if !same_uid(&stream) {
             continue; // dropped unanswered
         }
+        // This process's own handles never read through the socket (the client refuses its
+        // own process): answering would only keep the database open in this thread a moment
+        // after the handle that owns it was dropped.
+        if rustix::net::sockopt::socket_peercred(&stream)
+            .is_ok_and(|c| c.pid == rustix::process::getpid())
+        {
+            continue;
+        }
         let Some(inner) = weak.upgrade() else { return };
         // A failed or aborted answer only ends that connection; the reader sees a short stream.
-        let _ = serve_one(&inner, stream);
+        let answered = serve_one(&inner, &stream);
+        // The last byte goes out only after this thread let go of the database: a reader that
+        // got a whole snapshot and then sees its owner close it must find the file unlocked,
+        // not still held for a moment by this thread.
+        drop(inner);
+        if answered.is_ok() {
+            let _ = (&stream).write_all(&[END]);
+        }
     }
 }
 
@@ -143,11 +158,13 @@ fn io(_: std::io::Error) -> ServeError {
     ServeError
 }
 
-fn serve_one(inner: &Inner, stream: UnixStream) -> Result<(), ServeError> {
+/// Writes a snapshot of `inner`'s database, all but its final [`END`] byte.
+fn serve_one(inner: &Inner, stream: &UnixStream) -> Result<(), ServeError> {
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     let mut op = [0u8; 1];
-    (&stream).read_exact(&mut op).map_err(io)?;
+    let mut reader = stream;
+    reader.read_exact(&mut op).map_err(io)?;
     if op[0] != OP_SNAPSHOT {
         return Ok(());
     }
@@ -155,7 +172,7 @@ fn serve_one(inner: &Inner, stream: UnixStream) -> Result<(), ServeError> {
         return Ok(());
     };
     let txn = db.begin_read()?;
-    let mut out = BufWriter::new(&stream);
+    let mut out = BufWriter::new(stream);
     out.write_all(MAGIC).map_err(io)?;
     out.write_all(&inner.keys.vault_id).map_err(io)?;
     let mut names: Vec<String> = txn.list_tables()?.map(|h| h.name().to_owned()).collect();
@@ -185,7 +202,6 @@ fn serve_one(inner: &Inner, stream: UnixStream) -> Result<(), ServeError> {
         }
         out.write_all(&[END]).map_err(io)?;
     }
-    out.write_all(&[END]).map_err(io)?;
     out.flush().map_err(io)
 }
 

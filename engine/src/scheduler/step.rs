@@ -305,6 +305,14 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
     }
     match job.sandbox.run(&spec, job.cancel.clone()).await {
         Ok(out) => {
+            // Phase timings (`SECURECLAW_SANDBOX_TRACE=1`) go to subscribers, not a terminal.
+            if let Some(trace) = &out.trace {
+                (job.events)(&RunEvent::Output {
+                    step: job.step.id.clone(),
+                    stream: "trace".into(),
+                    text: trace.clone(),
+                });
+            }
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             let output = stdout.strip_suffix('\n').unwrap_or(&stdout).to_string();
