@@ -1,5 +1,6 @@
 //! `approve`, `deny`, `resume` and `logs`: parked runs and the event log.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -176,11 +177,14 @@ pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut events = session.events(&args.run, args.after)?;
+        let mut out = std::io::stdout().lock();
         while let Some(e) = events.next().await {
-            println!("{}", serde_json::to_string(&e)?);
+            // A reader that stopped reading (`| head`) ends the listing, not in a panic.
+            match writeln!(out, "{}", serde_json::to_string(&e)?) {
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => break,
+                other => other?,
+            }
         }
         Ok(exit::OK)
     })
 }
-
-use std::io::IsTerminal as _;
