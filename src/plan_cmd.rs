@@ -8,7 +8,7 @@ use clap::Args;
 use console::style;
 use secureclaw_engine::planner::{Plan, PlanError, Planner};
 use secureclaw_engine::session::{Access, PassphraseSource, Session};
-use secureclaw_engine::validate::{self, Validated};
+use secureclaw_engine::validate::Validated;
 
 use crate::{exit, output};
 
@@ -162,15 +162,10 @@ pub async fn plan_for_run(
     }
     print_provenance(&plan);
     eprintln!("{} plan saved to {}", style("note:").dim(), path.display());
-    match validate::validate_bytes(&path, plan.yaml.as_bytes()) {
-        Ok(v) => Ok(Ok(v)),
-        Err(diags) => {
-            for d in diags.iter() {
-                output::print_diagnostic(d);
-            }
-            Ok(Err(exit::INVALID))
-        }
-    }
+    // The planner validated exactly these bytes; the run names the saved copy.
+    let mut workflow = plan.validated;
+    workflow.file = path;
+    Ok(Ok(workflow))
 }
 
 /// Repair rounds for `run --instruction` (same as `plan`'s default).

@@ -199,23 +199,10 @@ impl EventLog {
         }
     }
 
-    pub fn run_id(&self) -> &str {
-        &self.inner.run_id
-    }
-
     /// The sink the scheduler calls.
     pub fn sink(&self) -> EventSink {
         let me = self.clone();
         Arc::new(move |ev: &RunEvent| me.emit(ev.clone()))
-    }
-
-    /// The highest sequence number given out so far (0: none).
-    pub fn last_seq(&self) -> u64 {
-        self.inner
-            .state
-            .lock()
-            .map(|s| s.next_seq - 1)
-            .unwrap_or_default()
     }
 
     /// Number, keep and publish one event.
@@ -425,23 +412,6 @@ impl EventStream {
             }
         }
         None
-    }
-
-    /// Everything available now, without waiting for live events.
-    pub fn drain_available(&mut self) -> Vec<EventEnvelope> {
-        let mut out = Vec::new();
-        while let Some(e) = self.next_backlog() {
-            out.push(self.deliver(e));
-        }
-        if let Some(live) = self.live.as_mut() {
-            while let Ok(e) = live.try_recv() {
-                if e.seq >= self.next {
-                    self.next = e.seq + 1;
-                    out.push(e);
-                }
-            }
-        }
-        out
     }
 }
 

@@ -335,36 +335,31 @@ impl RunStore {
 
     /// [`RunStore::save`] for async code: the commit happens on the writer thread.
     pub async fn save_async(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let batch = self.record_batch(record)?;
-        self.writer()?.commit(batch).await?;
-        Ok(())
+        self.save_with(record, Batch::default()).await
     }
 
     /// Save the record, queued ledger entries and `extra` rows in one durable transaction.
     pub async fn save_with(&self, record: &RunRecord, extra: Batch) -> Result<(), StoreError> {
         let mut batch = self.record_batch(record)?;
-        batch.puts.extend(extra.puts);
-        batch.deletes.extend(extra.deletes);
-        batch.entries.extend(extra.entries);
+        batch.absorb(extra);
         self.writer()?.commit(batch).await?;
         Ok(())
     }
 
-    /// Commit `batch` (with the queued ledger entries) and wait.
-    pub async fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
-        let mut entries = self.take_pending(None);
-        entries.append(&mut batch.entries);
-        batch.entries = entries;
-        self.writer()?.commit(batch).await?;
-        Ok(())
+    /// `batch` after the queued ledger entries of no run.
+    fn with_queued(&self, batch: Batch) -> Batch {
+        let mut out = Batch {
+            entries: self.take_pending(None),
+            ..Batch::default()
+        };
+        out.absorb(batch);
+        out
     }
 
-    /// Commit `batch` (with the queued ledger entries), waiting, from synchronous code.
-    pub fn commit_blocking(&self, mut batch: Batch) -> Result<(), StoreError> {
-        let mut entries = self.take_pending(None);
-        entries.append(&mut batch.entries);
-        batch.entries = entries;
-        self.writer()?.commit_blocking(batch)?;
+    /// Commit `batch` after the queued ledger entries of no run, and wait.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let batch = self.with_queued(batch);
+        self.writer()?.commit(batch).await?;
         Ok(())
     }
 

@@ -48,10 +48,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty() && self.entries.is_empty()
-    }
-
     pub fn put_json<T: serde::Serialize + ?Sized>(
         &mut self,
         table: Table,
@@ -67,7 +63,8 @@ impl Batch {
         Ok(())
     }
 
-    fn absorb(&mut self, other: Batch) {
+    /// Add `other`'s rows and entries after this batch's own.
+    pub fn absorb(&mut self, other: Batch) {
         self.puts.extend(other.puts);
         self.deletes.extend(other.deletes);
         self.entries.extend(other.entries);
@@ -98,7 +95,8 @@ impl From<VaultError> for StorageError {
 /// A place to keep run state. Implementations must make [`StateBackend::commit`] atomic and
 /// durable when it returns, and keep ledger entries in commit order.
 pub trait StateBackend: Send + Sync + 'static {
-    fn commit(&self, batch: Batch) -> Result<(), StorageError>;
+    /// Commit `batches`, in order, as one transaction: all of them or none.
+    fn commit(&self, batches: &[Batch]) -> Result<(), StorageError>;
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// All keys of a table (small tables only: runs, parked runs).
     fn keys(&self, table: Table) -> Result<Vec<String>, StorageError>;
@@ -110,16 +108,22 @@ pub trait StateBackend: Send + Sync + 'static {
 pub struct VaultBackend(pub Vault);
 
 impl StateBackend for VaultBackend {
-    fn commit(&self, batch: Batch) -> Result<(), StorageError> {
+    fn commit(&self, batches: &[Batch]) -> Result<(), StorageError> {
         self.0.write(|tx| {
-            for (table, key, bytes) in &batch.puts {
-                tx.put(table.name(), key, bytes)?;
+            for batch in batches {
+                for (table, key, bytes) in &batch.puts {
+                    tx.put(table.name(), key, bytes)?;
+                }
+                for (table, key) in &batch.deletes {
+                    tx.delete(table.name(), key)?;
+                }
             }
-            for (table, key) in &batch.deletes {
-                tx.delete(table.name(), key)?;
-            }
-            if !batch.entries.is_empty() {
-                tx.append_batch(batch.entries)?;
+            let entries: Vec<NewEntry> = batches
+                .iter()
+                .flat_map(|b| b.entries.iter().cloned())
+                .collect();
+            if !entries.is_empty() {
+                tx.append_batch(entries)?;
             }
             Ok(())
         })?;
@@ -235,42 +239,21 @@ fn write_loop(backend: &dyn StateBackend, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if jobs.len() == 1 {
-            let job = jobs.remove(0);
-            let r = backend.commit(job.batch);
-            if let Some(d) = job.done {
+        let (batches, dones): (Vec<Batch>, Vec<Option<Done>>) =
+            jobs.into_iter().map(|j| (j.batch, j.done)).unzip();
+        let results: Vec<Result<(), StorageError>> = match backend.commit(&batches) {
+            Ok(()) => vec![Ok(()); batches.len()],
+            // One commit for several batches failed: each is committed alone, so one bad
+            // batch fails only its own caller.
+            Err(e) if batches.len() == 1 => vec![Err(e)],
+            Err(_) => batches
+                .iter()
+                .map(|b| backend.commit(std::slice::from_ref(b)))
+                .collect(),
+        };
+        for (done, r) in dones.into_iter().zip(results) {
+            if let Some(d) = done {
                 d(r);
-            }
-            continue;
-        }
-        // Several batches: one commit. If it fails, each is committed alone, so one bad
-        // batch fails only its own caller.
-        let mut group = Batch::default();
-        let mut retry = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let copy = Batch {
-                puts: job.batch.puts.clone(),
-                deletes: job.batch.deletes.clone(),
-                entries: job.batch.entries.clone(),
-            };
-            group.absorb(job.batch);
-            retry.push((copy, job.done));
-        }
-        match backend.commit(group) {
-            Ok(()) => {
-                for (_, done) in retry {
-                    if let Some(d) = done {
-                        d(Ok(()));
-                    }
-                }
-            }
-            Err(_) => {
-                for (batch, done) in retry {
-                    let r = backend.commit(batch);
-                    if let Some(d) = done {
-                        d(r);
-                    }
-                }
             }
         }
     }

@@ -105,6 +105,30 @@ pub struct Engine {
     pub store: Arc<RunStore>,
 }
 
+/// What a resumed run brings besides its record.
+struct Resumed {
+    views: BTreeMap<String, StepView>,
+    decisions: BTreeMap<String, StepDecision>,
+    write_seq: u32,
+    by: String,
+}
+
+/// A parked record going on: finished steps stay finished, gates and what never started
+/// become pending again.
+fn reopened(mut record: RunRecord) -> RunRecord {
+    record.state = RunState::Running;
+    record.message = None;
+    record.finished_at = None;
+    record.pid = std::process::id();
+    for s in &mut record.steps {
+        if matches!(s.state, StepState::WaitingApproval | StepState::Pending) {
+            s.state = StepState::Pending;
+            s.reason = None;
+        }
+    }
+    record
+}
+
 /// What came of an approval gate.
 enum Approval {
     Given(String),
@@ -216,7 +240,7 @@ impl Engine {
     pub async fn run(
         &self,
         wf: &Validated,
-        opts: RunOptions,
+        mut opts: RunOptions,
         cancel: CancellationToken,
     ) -> Result<RunRecord, EngineError> {
         let workspace = opts
@@ -247,75 +271,24 @@ impl Engine {
         let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
         let n = wf.workflow.steps.len();
         let source = wf.source.as_bytes();
-        let resuming = opts.resume.clone();
-        let mut record = RunRecord {
-            run_id: opts.run_id.clone().unwrap_or_else(new_run_id),
-            workflow: wf.workflow.name.clone(),
-            workflow_file: wf.file.clone(),
-            workflow_sha256: wf.sha256.clone(),
-            workspace: workspace.clone(),
-            backend: self.sandbox.name().to_string(),
-            isolated: self.sandbox.isolated(),
-            started_at: now_rfc3339(),
-            finished_at: None,
-            state: RunState::Running,
-            message: None,
-            pid: std::process::id(),
-            inputs: secrets.recorded_inputs(&opts.inputs),
-            approval: self.plan_approval(wf),
-            risk_model: Some(opts.risk_model_status.clone()),
-            steps: wf
-                .workflow
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| StepRecord {
-                    id: s.id.clone(),
-                    kind: s.kind(),
-                    state: StepState::Pending,
-                    tier: wf.risk[i].tier,
-                    rule: wf.risk[i].rule.clone(),
-                    inverse: wf.inverse[i],
-                    attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    duration_ms: None,
-                    rendered: None,
-                    output: String::new(),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    exit_code: None,
-                    reason: None,
-                    enforcement: None,
-                    egress: Vec::new(),
-                    approval: None,
-                    needs: s.needs.clone(),
-                    changes: None,
-                    pre_manifest: None,
-                    post_manifest: None,
-                    write_seq: None,
-                    compensate: s.compensate.as_deref().cloned(),
-                    network: s.network.clone(),
-                })
-                .collect(),
-            pre_manifest: None,
-            reverts: Vec::new(),
+        let (mut record, mut resumed) = match opts.resume.take() {
+            Some(Resume {
+                record,
+                views,
+                decisions,
+                write_seq,
+                by,
+            }) => (
+                reopened(record),
+                Some(Resumed {
+                    views,
+                    decisions,
+                    write_seq,
+                    by,
+                }),
+            ),
+            None => (self.new_record(wf, &opts, &workspace, &secrets), None),
         };
-        if let Some(r) = &resuming {
-            // The parked record goes on: finished steps stay finished, gates and what never
-            // started become pending again.
-            record = r.record.clone();
-            record.state = RunState::Running;
-            record.message = None;
-            record.finished_at = None;
-            record.pid = std::process::id();
-            for s in &mut record.steps {
-                if matches!(s.state, StepState::WaitingApproval | StepState::Pending) {
-                    s.state = StepState::Pending;
-                    s.reason = None;
-                }
-            }
-        }
         // Capture the workspace before anything runs, when anything may write to it.
         let snap = if wf.workflow.steps.iter().any(|s| s.kind().may_write()) {
             let snap = Snapshotter::new(self.store.vault().clone(), &workspace, &state_dir)?;
@@ -338,8 +311,8 @@ impl Engine {
         } else {
             None
         };
-        let mut write_seq = resuming.as_ref().map(|r| r.write_seq).unwrap_or(0);
-        if let Some(r) = &resuming {
+        let mut write_seq = resumed.as_ref().map(|r| r.write_seq).unwrap_or(0);
+        if let Some(r) = &resumed {
             self.store.record(
                 self.store
                     .entry(kind::RUN_RESUMED)
@@ -373,7 +346,7 @@ impl Engine {
             }
         }
         self.store.save_async(&record).await?;
-        match &resuming {
+        match &resumed {
             Some(r) => (self.events)(&RunEvent::RunResumed { by: r.by.clone() }),
             None => (self.events)(&RunEvent::RunStarted {
                 workflow: record.workflow.clone(),
@@ -391,10 +364,10 @@ impl Engine {
 
         let inputs = JinjaValue::from_serialize(&opts.inputs);
         let results = Arc::new(Results::default());
-        if let Some(r) = &resuming
+        if let Some(r) = &mut resumed
             && let Ok(mut m) = results.0.write()
         {
-            m.extend(r.views.iter().map(|(k, v)| (k.clone(), v.clone())));
+            m.extend(std::mem::take(&mut r.views));
         }
         let steps_value = JinjaValue::from_dyn_object(results.clone());
         // Workflow env may use inputs only; render it once.
@@ -438,9 +411,9 @@ impl Engine {
         let mut ready: Vec<usize> = (0..n)
             .filter(|&i| remaining_deps[i] == 0 && !record.steps[i].state.is_final())
             .collect();
-        let decisions = resuming
-            .as_ref()
-            .map(|r| r.decisions.clone())
+        let decisions = resumed
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.decisions))
             .unwrap_or_default();
         let mut pending_gates: Vec<PendingApproval> = Vec::new();
         let mut denied: Option<String> = None;
@@ -856,7 +829,7 @@ impl Engine {
                     .map(|p| p.request.step.clone())
                     .collect(),
             });
-        } else if resuming.is_some() {
+        } else if resumed.is_some() {
             extra.deletes.push((Table::Parked, record.run_id.clone()));
         }
         let out = self.finish_with(record, extra).await?;
@@ -868,6 +841,69 @@ impl Engine {
             )?;
         }
         Ok(out)
+    }
+
+    /// The record of a run about to start: every step pending.
+    fn new_record(
+        &self,
+        wf: &Validated,
+        opts: &RunOptions,
+        workspace: &Path,
+        secrets: &crate::inputs::Secrets,
+    ) -> RunRecord {
+        RunRecord {
+            run_id: opts.run_id.clone().unwrap_or_else(new_run_id),
+            workflow: wf.workflow.name.clone(),
+            workflow_file: wf.file.clone(),
+            workflow_sha256: wf.sha256.clone(),
+            workspace: workspace.to_path_buf(),
+            backend: self.sandbox.name().to_string(),
+            isolated: self.sandbox.isolated(),
+            started_at: now_rfc3339(),
+            finished_at: None,
+            state: RunState::Running,
+            message: None,
+            pid: std::process::id(),
+            inputs: secrets.recorded_inputs(&opts.inputs),
+            approval: self.plan_approval(wf),
+            risk_model: Some(opts.risk_model_status.clone()),
+            steps: wf
+                .workflow
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepRecord {
+                    id: s.id.clone(),
+                    kind: s.kind(),
+                    state: StepState::Pending,
+                    tier: wf.risk[i].tier,
+                    rule: wf.risk[i].rule.clone(),
+                    inverse: wf.inverse[i],
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    duration_ms: None,
+                    rendered: None,
+                    output: String::new(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    exit_code: None,
+                    reason: None,
+                    enforcement: None,
+                    egress: Vec::new(),
+                    approval: None,
+                    needs: s.needs.clone(),
+                    changes: None,
+                    pre_manifest: None,
+                    post_manifest: None,
+                    write_seq: None,
+                    compensate: s.compensate.as_deref().cloned(),
+                    network: s.network.clone(),
+                })
+                .collect(),
+            pre_manifest: None,
+            reverts: Vec::new(),
+        }
     }
 
     async fn finish(&self, record: RunRecord) -> Result<RunRecord, EngineError> {

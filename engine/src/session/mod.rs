@@ -384,50 +384,58 @@ impl Session {
         let request = serde_json::to_value(&req.settings).unwrap_or_default();
         let prepared = self.prepare(&req.workflow, &req.settings, &workspace)?;
         let log = EventLog::new(run_id.clone(), 0, Some(self.inner.store.clone()));
-        let opts = RunOptions {
-            workspace,
-            state_dir: self.inner.state_dir.clone(),
-            inputs: req.inputs,
-            jobs: prepared.jobs,
-            fail_fast: req.settings.fail_fast,
-            base_limits: prepared.limits,
-            read_only: prepared.read_only,
-            risk_model: self.risk_model().model.clone(),
-            risk_model_status: self.risk_model().status.clone(),
-            run_id: Some(run_id.clone()),
-            resume: None,
-            request,
-        };
         Ok(self.spawn(
-            run_id,
-            log,
-            req.workflow,
-            opts,
-            prepared.sandbox,
-            prepared.policy,
-            req.approver,
+            prepared,
+            Launch {
+                run_id,
+                log,
+                workflow: req.workflow,
+                workspace,
+                inputs: req.inputs,
+                fail_fast: req.settings.fail_fast,
+                resume: None,
+                request,
+                approver: req.approver,
+            },
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn spawn(
-        &self,
-        run_id: String,
-        log: EventLog,
-        workflow: Validated,
-        opts: RunOptions,
-        sandbox: Arc<dyn secureclaw_sandbox::Sandbox>,
-        policy: Policy,
-        approver: Option<Arc<dyn Approver>>,
-    ) -> RunHandle {
+    /// Start a run (new or resumed) on a task of its own, registered as live until it ends.
+    fn spawn(&self, prepared: Prepared, launch: Launch) -> RunHandle {
+        let Launch {
+            run_id,
+            log,
+            workflow,
+            workspace,
+            inputs,
+            fail_fast,
+            resume,
+            request,
+            approver,
+        } = launch;
+        let risk = self.risk_model();
+        let opts = RunOptions {
+            workspace,
+            state_dir: self.inner.state_dir.clone(),
+            inputs,
+            jobs: prepared.jobs,
+            fail_fast,
+            base_limits: prepared.limits,
+            read_only: prepared.read_only,
+            risk_model: risk.model.clone(),
+            risk_model_status: risk.status.clone(),
+            run_id: Some(run_id.clone()),
+            resume,
+            request,
+        };
         let secrets = Arc::new(crate::inputs::Secrets::new(
             &workflow.workflow,
             &opts.inputs,
         ));
         let engine = Engine {
-            sandbox,
+            sandbox: prepared.sandbox,
             approver: approver.unwrap_or_else(|| Arc::new(NoApprover)),
-            policy,
+            policy: prepared.policy,
             events: secrets.wrap(log.sink()),
             store: self.inner.store.clone(),
         };
@@ -726,35 +734,25 @@ impl Session {
         let prepared = self.prepare(&workflow, &settings, &workspace)?;
         let last = last_stored_seq(&self.inner.store, &record.run_id);
         let log = EventLog::new(record.run_id.clone(), last, Some(self.inner.store.clone()));
-        let run_id = record.run_id.clone();
-        let opts = RunOptions {
-            workspace,
-            state_dir: self.inner.state_dir.clone(),
-            inputs: park.inputs.clone(),
-            jobs: prepared.jobs,
-            fail_fast: settings.fail_fast,
-            base_limits: prepared.limits,
-            read_only: prepared.read_only,
-            risk_model: self.risk_model().model.clone(),
-            risk_model_status: self.risk_model().status.clone(),
-            run_id: Some(run_id.clone()),
-            resume: Some(Resume {
-                record,
-                views: park.views,
-                decisions,
-                write_seq: park.write_seq,
-                by: self.inner.actor.clone(),
-            }),
-            request: park.request,
-        };
         Ok(self.spawn(
-            run_id,
-            log,
-            workflow,
-            opts,
-            prepared.sandbox,
-            prepared.policy,
-            approver,
+            prepared,
+            Launch {
+                run_id: record.run_id.clone(),
+                log,
+                workflow,
+                workspace,
+                inputs: park.inputs,
+                fail_fast: settings.fail_fast,
+                resume: Some(Resume {
+                    record,
+                    views: park.views,
+                    decisions,
+                    write_seq: park.write_seq,
+                    by: self.inner.actor.clone(),
+                }),
+                request: park.request,
+                approver,
+            },
         ))
     }
 
@@ -918,6 +916,19 @@ impl Session {
                 source,
             })
     }
+}
+
+/// What starts one run, besides what [`Session::prepare`] made for it.
+struct Launch {
+    run_id: String,
+    log: EventLog,
+    workflow: Validated,
+    workspace: PathBuf,
+    inputs: BTreeMap<String, Value>,
+    fail_fast: bool,
+    resume: Option<Resume>,
+    request: Value,
+    approver: Option<Arc<dyn Approver>>,
 }
 
 struct Prepared {
