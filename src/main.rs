@@ -7,6 +7,7 @@ mod park_cmd;
 mod plan_cmd;
 mod revert_cmd;
 mod run_cmd;
+mod serve_cmd;
 mod state;
 mod vault_cmds;
 
@@ -106,6 +107,11 @@ enum Command {
         #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
         state_dir: Option<PathBuf>,
     },
+    /// Serve the HTTP API: accounts, tasks, approvals, live streams, revert, API docs.
+    Serve(serve_cmd::ServeArgs),
+    /// Accounts of the server (`user add NAME [--admin]`).
+    #[command(subcommand)]
+    User(serve_cmd::UserCommand),
     #[command(flatten)]
     Agent(agent_cmd::AgentCommand),
 }
@@ -175,6 +181,8 @@ fn main() -> ExitCode {
         Command::Ledger { command, state_dir } => cwd_state(state_dir.as_ref())
             .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass))
             .map(exit_code),
+        Command::Serve(args) => serve_cmd::serve_cmd(args, &pass),
+        Command::User(cmd) => serve_cmd::user_cmd(cmd, &pass),
         Command::Agent(cmd) => agent_cmd::run(cmd, &pass),
     };
     match result {

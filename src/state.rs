@@ -19,11 +19,21 @@ pub fn actor() -> String {
 /// Open a session on `state_dir`. `Access::Read` takes no write lock and writes nothing (a
 /// read-only backup works); `Access::Write { create: true }` makes the vault on first use.
 pub fn open(state_dir: &Path, pass: &PassphraseSource, access: Access) -> anyhow::Result<Session> {
+    open_as(state_dir, pass, access, actor())
+}
+
+/// [`open`] with the ledger's actor named.
+pub fn open_as(
+    state_dir: &Path,
+    pass: &PassphraseSource,
+    access: Access,
+    actor: String,
+) -> anyhow::Result<Session> {
     let session = Session::open(SessionOptions {
         state_dir: state_dir.to_path_buf(),
         passphrase: pass.clone(),
         access,
-        actor: actor(),
+        actor,
     })
     .map_err(|e| match e {
         SessionError::Passphrase(_) if !std::io::stdin().is_terminal() => anyhow::Error::new(e)

@@ -395,6 +395,11 @@ impl RunStore {
         }
     }
 
+    /// A row of `table` as stored.
+    pub fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.backend.get(table, key)?)
+    }
+
     pub fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
         Ok(self.backend.keys(table)?)
     }

@@ -26,6 +26,9 @@ pub enum Table {
     Parked,
     /// Approval decisions given while a run was parked, by `RUN/STEP`.
     Approvals,
+    /// Front-end data kept beside the runs (accounts, tasks, settings), by the front end's
+    /// own keys; see [`crate::session::AppTable`].
+    App(crate::session::AppTable),
 }
 
 impl Table {
@@ -35,6 +38,7 @@ impl Table {
             Table::Events => "events",
             Table::Parked => "parked",
             Table::Approvals => "approvals",
+            Table::App(t) => t.name(),
         }
     }
 }

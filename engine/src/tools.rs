@@ -39,7 +39,7 @@ pub mod egress {
 /// rekey, status, ledger export and offline verification of an export).
 pub mod vault {
     pub use secureclaw_vault::{
-        ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
+        ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError, kind,
         parse_export_head, verify_export,
     };
 }

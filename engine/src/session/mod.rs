@@ -17,6 +17,7 @@
 //! Libraries never print: what a front end should tell its user (a vault was created, a run
 //! was found interrupted, leftovers were cleaned up) comes back as [`Notice`]s.
 
+mod app;
 mod layout;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,7 @@ use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
 use crate::storage::{Batch, Table};
 use crate::validate::Validated;
 
+pub use app::{AppBatch, AppTable, Audit};
 pub use layout::check_state_layout;
 pub use secureclaw_vault::PassphraseSource;
 
@@ -191,7 +193,9 @@ struct Inner {
     actor: String,
     notices: Mutex<Vec<Notice>>,
     /// Runs going on in this process, by id.
-    live: Mutex<HashMap<String, EventLog>>,
+    live: Mutex<HashMap<String, LiveRun>>,
+    /// Told each time a run starts or ends here.
+    live_changed: tokio::sync::watch::Sender<u64>,
     risk_model: OnceLock<RiskModel>,
 }
 
@@ -336,6 +340,7 @@ impl Session {
                 actor: opts.actor,
                 notices: Mutex::new(notices),
                 live: Mutex::new(HashMap::new()),
+                live_changed: tokio::sync::watch::channel(0).0,
                 risk_model: OnceLock::new(),
             }),
         })
@@ -439,10 +444,17 @@ impl Session {
             events: secrets.wrap(log.sink()),
             store: self.inner.store.clone(),
         };
-        if let Ok(mut live) = self.inner.live.lock() {
-            live.insert(run_id.clone(), log.clone());
-        }
         let cancel = CancellationToken::new();
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.insert(
+                run_id.clone(),
+                LiveRun {
+                    log: log.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+        }
+        self.inner.live_changed.send_modify(|n| *n += 1);
         let (me, log2, c2, id2) = (self.clone(), log.clone(), cancel.clone(), run_id.clone());
         let join = tokio::spawn(async move {
             let out = engine.run(&workflow, opts, c2).await;
@@ -457,6 +469,7 @@ impl Session {
             if let Ok(mut live) = me.inner.live.lock() {
                 live.remove(&id2);
             }
+            me.inner.live_changed.send_modify(|n| *n += 1);
             out
         });
         RunHandle {
@@ -552,11 +565,70 @@ impl Session {
     pub fn events(&self, run: &str, after: u64) -> Result<EventStream, SessionError> {
         let id = self.inner.store.resolve(run)?;
         if let Ok(live) = self.inner.live.lock()
-            && let Some(log) = live.get(&id)
+            && let Some(run) = live.get(&id)
         {
-            return Ok(log.subscribe(after));
+            return Ok(run.log.subscribe(after));
         }
         Ok(EventStream::stored(self.inner.store.clone(), &id, after))
+    }
+
+    /// True when `run` is going on in this process now.
+    pub fn is_live(&self, run: &str) -> bool {
+        self.inner
+            .live
+            .lock()
+            .map(|l| l.contains_key(run))
+            .unwrap_or(false)
+    }
+
+    /// How many runs are going on in this process.
+    pub fn live_count(&self) -> usize {
+        self.inner.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// A receiver told each time a run starts or ends in this process (e.g. to pick up a
+    /// parked run's events again once it resumes).
+    pub fn live_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.live_changed.subscribe()
+    }
+
+    /// Cancel a run going on in this process: running steps are killed and rolled back, the
+    /// run is marked cancelled. False when it is not running here.
+    pub fn cancel(&self, run: &str) -> Result<bool, SessionError> {
+        let id = self.inner.store.resolve(run)?;
+        let token = self
+            .inner
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&id).map(|r| r.cancel.clone()));
+        Ok(match token {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Cancel every run going on here and wait until each has ended (rolled back and
+    /// recorded). Parked runs are not running and stay parked.
+    pub async fn shutdown(&self) {
+        let mut changes = self.live_changes();
+        let tokens: Vec<CancellationToken> = self
+            .inner
+            .live
+            .lock()
+            .map(|l| l.values().map(|r| r.cancel.clone()).collect())
+            .unwrap_or_default();
+        for t in tokens {
+            t.cancel();
+        }
+        while self.live_count() > 0 {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
     }
 
     /// Every recorded run, oldest first.
@@ -763,7 +835,7 @@ impl Session {
             .live
             .lock()
             .ok()
-            .and_then(|l| l.get(run_id).cloned());
+            .and_then(|l| l.get(run_id).map(|r| r.log.clone()));
         let log = live.unwrap_or_else(|| {
             EventLog::new(
                 run_id,
@@ -916,6 +988,12 @@ impl Session {
                 source,
             })
     }
+}
+
+/// A run going on in this process.
+struct LiveRun {
+    log: EventLog,
+    cancel: CancellationToken,
 }
 
 /// What starts one run, besides what [`Session::prepare`] made for it.

@@ -25,6 +25,20 @@ pub mod kind {
     pub const RUN_PARKED: &str = "run_parked";
     /// A parked run continued.
     pub const RUN_RESUMED: &str = "run_resumed";
+    /// An account was created (by registration or by the operator).
+    pub const AUTH_REGISTERED: &str = "auth_registered";
+    /// A sign-in succeeded (`result.method`: password, totp).
+    pub const AUTH_LOGIN: &str = "auth_login";
+    /// A sign-in failed (`result.reason`: unknown user, bad password, bad code, replayed code).
+    pub const AUTH_LOGIN_FAILED: &str = "auth_login_failed";
+    /// An account or client address was locked out after repeated failures.
+    pub const AUTH_LOCKOUT: &str = "auth_lockout";
+    /// A session ended by sign-out or revocation.
+    pub const AUTH_LOGOUT: &str = "auth_logout";
+    /// Two-factor sign-in was turned on or off (`result.enabled`).
+    pub const AUTH_2FA_CHANGED: &str = "auth_2fa_changed";
+    /// A task was created from an instruction or a workflow.
+    pub const TASK_CREATED: &str = "task_created";
 }
 
 /// One ledger entry as stored, exported and MAC'd. Every field is always present (absent ones

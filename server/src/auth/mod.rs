@@ -1,0 +1,189 @@
+//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory.
+//!
+//! A token is accepted only while its session is in the in-memory table: logging out, revoking
+//! or restarting the server ends it, whatever its `exp` says.
+
+pub mod accounts;
+pub mod routes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub use accounts::{Account, Accounts};
+pub use routes::routes;
+pub use tokens::{Claims, Sessions, Tokens};
+
+/// The signed-in user a request acts for.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Identity {
+    pub user_id: String,
+    pub username: String,
+    pub admin: bool,
+    pub roles: Vec<String>,
+    /// The in-memory session the token belongs to.
+    #[serde(skip)]
+    pub session_id: String,
+}
+
+impl Identity {
+    /// The ledger's name for this user.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+
+    /// May this user see and act on something `owner` owns?
+    pub fn may_access(&self, owner: &str) -> bool {
+        self.admin || self.user_id == owner
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.admin || self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+impl FromRequestParts<AppState> for Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized("sign in first: send `Authorization: Bearer TOKEN`")
+                .with_hint("POST /api/v1/auth/login returns a token")
+        })?;
+        state.auth.authenticate(token).await
+    }
+}
+
+/// The client's address: the socket's, or the first untrusted hop of `X-Forwarded-For` when
+/// the socket is a proxy the operator trusts.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let socket = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        Ok(ClientAddr(client_ip(
+            socket,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
+
+/// Walk `X-Forwarded-For` from the right while the hop is a trusted proxy.
+pub fn client_ip(
+    socket: std::net::IpAddr,
+    headers: &HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    if !trusted.contains(&socket) {
+        return socket;
+    }
+    let hops: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut client = socket;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !trusted.contains(&hop) {
+            break;
+        }
+    }
+    client
+}
+
+/// Accounts, tokens and sessions together.
+pub struct Auth {
+    pub accounts: Accounts,
+    pub tokens: Tokens,
+    pub sessions: Sessions,
+}
+
+impl Auth {
+    /// The identity a token stands for, if its signature, expiry and session all hold.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
+        let claims = self.tokens.verify(token)?;
+        if !self.sessions.is_active(&claims.sid, &claims.sub) {
+            return Err(ApiError::unauthorized(
+                "this token's session has ended (signed out, revoked, or the server restarted)",
+            )
+            .with_hint("sign in again"));
+        }
+        let account = self
+            .accounts
+            .get(&claims.sub)?
+            .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+        Ok(Identity {
+            user_id: account.id,
+            username: account.username,
+            admin: account.admin,
+            roles: account.roles,
+            session_id: claims.sid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.1"),
+        );
+        // No trusted proxy: the header is ignored.
+        assert_eq!(client_ip(proxy, &h, &[]), proxy);
+        // Trusted: the first untrusted hop from the right.
+        assert_eq!(
+            client_ip(proxy, &h, &[proxy]).to_string(),
+            "203.0.113.9".to_string()
+        );
+        // A client that is not the proxy cannot spoof its address with the header.
+        let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(client_ip(other, &h, &[proxy]), other);
+    }
+
+    #[test]
+    fn bearer_needs_the_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
+}
