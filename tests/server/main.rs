@@ -1,4 +1,5 @@
 //! The HTTP API end to end: a real `secureclaw serve` on loopback, real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 mod harness;
 
