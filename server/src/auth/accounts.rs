@@ -102,8 +102,8 @@ impl Accounts {
         Ok(out)
     }
 
-    /// Create an account; `admin` is forced on for the first one. The ledger gets
-    /// `auth_registered` in the same commit.
+    /// Create an account with a TOTP secret ready to enable; `admin` is forced on for the
+    /// first one. The ledger gets `auth_registered` in the same commit.
     pub async fn create(
         &self,
         username: &str,
@@ -127,7 +127,7 @@ impl Accounts {
             admin: admin || first,
             roles: Vec::new(),
             created: now(),
-            totp: None,
+            totp: Some(super::totp::fresh_state()),
         };
         let mut batch = self.sealed_row(&account)?;
         batch

@@ -4,8 +4,14 @@
 //! or restarting the server ends it, whatever its `exp` says.
 
 pub mod accounts;
+pub mod admin;
+pub mod keys;
+pub mod limits;
 pub mod routes;
+pub mod tickets;
 pub mod tokens;
+pub mod totp;
+pub mod two_factor;
 
 use std::net::SocketAddr;
 
@@ -19,8 +25,17 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub use accounts::{Account, Accounts};
-pub use routes::routes;
+pub use limits::{AuthLimits, Throttle};
+pub use tickets::Tickets;
 pub use tokens::{Claims, Sessions, Tokens};
+
+/// Every route of this module: sign-in, sessions, 2FA, admin, the user's provider keys.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    routes::routes()
+        .merge(two_factor::routes())
+        .merge(admin::routes())
+        .merge(keys::routes())
+}
 
 /// The signed-in user a request acts for.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -119,14 +134,30 @@ pub fn client_ip(
     client
 }
 
-/// Accounts, tokens and sessions together.
+/// Accounts, tokens and sessions together, and the throttle in front of them.
 pub struct Auth {
     pub accounts: Accounts,
     pub tokens: Tokens,
     pub sessions: Sessions,
+    pub throttle: Throttle,
+    pub tickets: Tickets,
+    /// Held across every read-modify-write of an account, so two requests cannot both spend
+    /// the same TOTP code or lose each other's change.
+    pub account_writes: tokio::sync::Mutex<()>,
 }
 
 impl Auth {
+    pub fn new(accounts: Accounts, tokens: Tokens, limits: AuthLimits) -> Self {
+        Auth {
+            accounts,
+            tokens,
+            sessions: Sessions::default(),
+            tickets: Tickets::new(limits.ticket_ttl, limits.tracked_max),
+            throttle: Throttle::new(limits),
+            account_writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// The identity a token stands for, if its signature, expiry and session all hold.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
         let claims = self.tokens.verify(token)?;
