@@ -52,7 +52,8 @@ pub async fn signed_in(server: &Server, username: &str) -> Api {
     api
 }
 
-/// The server's whole ledger, read with `secureclaw ledger export` once it has stopped.
+/// The entries of a server's whole ledger, read with `secureclaw ledger export` once it has
+/// stopped.
 pub fn ledger_of(state_dir: &Path) -> Vec<Value> {
     let out_dir = tempfile::tempdir().unwrap();
     let file = out_dir.path().join("ledger.jsonl");
@@ -68,7 +69,7 @@ pub fn ledger_of(state_dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(&file)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["entry"].clone())
         .collect()
 }
 

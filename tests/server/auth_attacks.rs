@@ -144,9 +144,8 @@ async fn guessing_passwords_locks_the_account_even_for_the_right_password() {
         "locked_out"
     );
 
-    let state = server.state_dir();
-    server.stop();
-    let ledger = ledger_of(&state);
+    let dir = server.stop_keeping_data();
+    let ledger = ledger_of(&dir.path().join("data/state"));
     let of = |kind: &str, user: &str| {
         ledger
             .iter()

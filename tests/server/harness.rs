@@ -84,6 +84,14 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// Stop the server and keep its directory (`data/state` is the state dir), e.g. to read
+    /// its ledger with the CLI.
+    pub fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
+    }
+
     /// Stop the server and start a new one on the same data dir (sessions do not survive).
     pub fn restart(mut self, env: &[(&str, &str)], args: &[&str]) -> Server {
         drop(self.child.stdin.take());
