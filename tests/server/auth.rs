@@ -445,3 +445,91 @@ async fn an_admin_made_with_the_cli_manages_roles_and_others_get_403() {
         .await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test]
+async fn the_ledger_records_each_auth_event_without_its_secrets() {
+    let server = Server::start(&[], &[]);
+    let (ann, secret) = register(&server, "ann-ledger").await;
+    let second = signed_in(&server, "ann-ledger").await;
+    let key = "sk-ledger-test-key-0123456789";
+    let put = ann
+        .send(
+            ann.request(reqwest::Method::PUT, "/api/v1/me/keys/openai")
+                .json(&json!({"key": key})),
+        )
+        .await;
+    assert_eq!(put.status, 204);
+    let sessions = ann.get("/api/v1/auth/sessions").await;
+    let other = sessions
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoke = ann
+        .send(ann.request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/auth/sessions/{other}"),
+        ))
+        .await;
+    assert_eq!(revoke.status, 204);
+
+    let t = now();
+    let on = ann
+        .post(
+            "/api/v1/auth/2fa/enable",
+            json!({"code": code_at(&secret, t)}),
+        )
+        .await;
+    assert_eq!(on.status, 200);
+    let ticket = login(&server, "ann-ledger", PASSWORD).await.body["login_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let replay = server
+        .client()
+        .post(
+            "/api/v1/auth/login/totp",
+            json!({"login_token": ticket, "code": code_at(&secret, t)}),
+        )
+        .await;
+    assert_eq!(replay.code(), "invalid_code");
+    let off = ann
+        .post(
+            "/api/v1/auth/2fa/disable",
+            json!({"code": code_at(&secret, t + 30)}),
+        )
+        .await;
+    assert_eq!(off.status, 200, "{:?}", off.body);
+    assert_eq!(ann.post("/api/v1/auth/logout", json!({})).await.status, 204);
+
+    let first = ann.token.clone().unwrap();
+    let second = second.token.clone().unwrap();
+    let dir = server.stop_keeping_data();
+    let ledger = ledger_of(&dir.path().join("data/state"));
+    let kinds: Vec<&str> = ledger.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let count = |k: &str| kinds.iter().filter(|x| **x == k).count();
+    assert_eq!(count("auth_registered"), 1, "{kinds:?}");
+    assert_eq!(count("auth_login"), 2, "{kinds:?}");
+    assert_eq!(count("auth_login_failed"), 1, "{kinds:?}");
+    assert_eq!(count("auth_2fa_changed"), 2, "{kinds:?}");
+    assert_eq!(count("auth_logout"), 2, "{kinds:?}");
+    assert_eq!(count("auth_key_set"), 1, "{kinds:?}");
+    let of = |k: &'static str| ledger.iter().filter(move |e| e["kind"] == k);
+    assert_eq!(
+        of("auth_login_failed").next().unwrap()["result"]["reason"],
+        "replayed code"
+    );
+    let toggles: Vec<&Value> = of("auth_2fa_changed")
+        .map(|e| &e["result"]["enabled"])
+        .collect();
+    assert_eq!(toggles, [&json!(true), &json!(false)]);
+    let all = serde_json::to_string(&ledger).unwrap();
+    for s in [PASSWORD, key, &secret, &first, &second, &ticket] {
+        assert!(!all.contains(s), "the ledger holds a secret: {s}");
+    }
+}
