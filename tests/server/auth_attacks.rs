@@ -257,3 +257,98 @@ async fn registrations_per_address_are_capped_and_forwarded_for_is_not_believed(
     assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
     assert!(r.headers.contains_key("retry-after"));
 }
+
+#[tokio::test]
+async fn one_code_raced_on_four_tickets_signs_in_once() {
+    let server = Server::start(&[], &[]);
+    let (ann, secret) = register(&server, "ann-race").await;
+    let t = now();
+    let on = ann
+        .post(
+            "/api/v1/auth/2fa/enable",
+            json!({"code": code_at(&secret, t)}),
+        )
+        .await;
+    assert_eq!(on.status, 200);
+    let mut tickets = Vec::new();
+    for _ in 0..4 {
+        let r = login(&server, "ann-race", PASSWORD).await;
+        tickets.push(r.body["login_token"].as_str().unwrap().to_string());
+    }
+    let code = code_at(&secret, t + 30);
+    let attempts = tickets.into_iter().map(|ticket| {
+        let client = server.client();
+        let code = code.clone();
+        async move {
+            client
+                .post(
+                    "/api/v1/auth/login/totp",
+                    json!({"login_token": ticket, "code": code}),
+                )
+                .await
+                .status
+        }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        3,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_address_guessing_many_names_is_slowed() {
+    let server = Server::start(
+        &[
+            ("SECURECLAW_ADDR_BACKOFF_AFTER", "3"),
+            ("SECURECLAW_LOGIN_BACKOFF_BASE_SECONDS", "60"),
+        ],
+        &[],
+    );
+    register(&server, "ann-spray").await;
+    for i in 0..3 {
+        let r = login(&server, &format!("sprayed-{i}"), "password-spraying").await;
+        assert_eq!(r.status, 401);
+    }
+    // A name never tried before, even a real account with its right password: the address
+    // must wait.
+    let r = login(&server, "ann-spray", PASSWORD).await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_a_trusted_proxy() {
+    let server = Server::start(
+        &[
+            ("SECURECLAW_REGISTER_MAX_PER_WINDOW", "1"),
+            ("SECURECLAW_TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+        &[],
+    );
+    let client = server.client();
+    let register_from = |addr: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .send(
+                    client
+                        .request(reqwest::Method::POST, "/api/v1/auth/register")
+                        .header("x-forwarded-for", addr)
+                        .json(&json!({"username": unique("proxied"), "password": PASSWORD})),
+                )
+                .await
+        }
+    };
+    assert_eq!(register_from("203.0.113.1").await.status, 201);
+    let again = register_from("203.0.113.1").await;
+    assert_eq!((again.status, again.code()), (429, "rate_limited"));
+    // Another client behind the same proxy has its own allowance.
+    assert_eq!(register_from("203.0.113.2").await.status, 201);
+}

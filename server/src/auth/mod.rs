@@ -207,6 +207,37 @@ mod tests {
     }
 
     #[test]
+    fn the_api_document_lists_every_auth_route_and_which_need_a_token() {
+        let (_, doc) = crate::app::api_router().split_for_parts();
+        let doc = serde_json::to_value(&doc).unwrap();
+        let open = [
+            ("post", "/api/v1/auth/register"),
+            ("post", "/api/v1/auth/login"),
+            ("post", "/api/v1/auth/login/totp"),
+        ];
+        let signed_in = [
+            ("post", "/api/v1/auth/logout"),
+            ("get", "/api/v1/auth/me"),
+            ("get", "/api/v1/auth/sessions"),
+            ("delete", "/api/v1/auth/sessions/{id}"),
+            ("post", "/api/v1/auth/2fa/setup"),
+            ("post", "/api/v1/auth/2fa/enable"),
+            ("post", "/api/v1/auth/2fa/disable"),
+            ("get", "/api/v1/admin/users"),
+            ("post", "/api/v1/admin/users/{id}/roles"),
+            ("get", "/api/v1/me/keys"),
+            ("put", "/api/v1/me/keys/{provider}"),
+            ("delete", "/api/v1/me/keys/{provider}"),
+        ];
+        for (method, path) in open.iter().chain(&signed_in) {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} is not documented");
+            let wants_token = signed_in.contains(&(*method, *path));
+            assert_eq!(op["security"].is_array(), wants_token, "{method} {path}");
+        }
+    }
+
+    #[test]
     fn bearer_needs_the_scheme() {
         let mut h = HeaderMap::new();
         h.insert(
