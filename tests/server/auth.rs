@@ -239,6 +239,9 @@ async fn wrong_password_and_unknown_user_get_the_same_answer() {
     assert_eq!(wrong.status, unknown.status);
     assert_eq!(wrong.body, unknown.body);
     assert_eq!(wrong.content_type(), "application/problem+json");
+    // Names and passwords longer than any account's get the same answer too.
+    let huge = login(server, &"n".repeat(200_000), &"p".repeat(200_000)).await;
+    assert_eq!(huge.body, wrong.body);
 }
 
 #[tokio::test]

@@ -223,8 +223,13 @@ pub fn now() -> String {
     secureclaw_engine::record::now_rfc3339()
 }
 
+/// The longest username, in bytes.
+pub const MAX_USERNAME_LEN: usize = 64;
+/// The longest password, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
 fn check_username(name: &str) -> Result<(), ApiError> {
-    let ok = (3..=64).contains(&name.len())
+    let ok = (3..=MAX_USERNAME_LEN).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
@@ -239,7 +244,7 @@ fn check_username(name: &str) -> Result<(), ApiError> {
 }
 
 fn check_password(pw: &str) -> Result<(), ApiError> {
-    if pw.chars().count() < 10 || pw.len() > 1024 {
+    if pw.chars().count() < 10 || pw.len() > MAX_PASSWORD_LEN {
         return Err(
             ApiError::bad_request("weak_password", "a password is 10 to 1024 characters")
                 .with_hint("a passphrase of a few words is easy to remember and hard to guess"),

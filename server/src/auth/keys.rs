@@ -53,8 +53,8 @@ pub struct KeyInfo {
     pub set_at: String,
 }
 
-/// What a row holds, sealed.
-#[derive(Serialize, Deserialize)]
+/// What a row holds, sealed; wiped when dropped.
+#[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct StoredKey {
     key: String,
     set_at: String,
@@ -96,11 +96,7 @@ impl Auth {
             .map(|s| Zeroizing::new(s.key.clone())))
     }
 
-    fn stored_key(
-        &self,
-        user_id: &str,
-        provider: &str,
-    ) -> Result<Option<Zeroizing<StoredKeyBox>>, ApiError> {
+    fn stored_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>, ApiError> {
         let session = self.accounts.session();
         let Some(sealed) = session.app_get(AppTable::UserSecrets, &row_key(user_id, provider))?
         else {
@@ -112,25 +108,9 @@ impl Auth {
             )));
         };
         let plain = Zeroizing::new(plain);
-        let stored: StoredKey = serde_json::from_slice(&plain)
-            .map_err(|e| ApiError::internal(format!("the {provider} key of {user_id}: {e}")))?;
-        Ok(Some(Zeroizing::new(StoredKeyBox(stored))))
-    }
-}
-
-/// A decoded key that is wiped when dropped.
-struct StoredKeyBox(StoredKey);
-
-impl std::ops::Deref for StoredKeyBox {
-    type Target = StoredKey;
-    fn deref(&self) -> &StoredKey {
-        &self.0
-    }
-}
-
-impl zeroize::Zeroize for StoredKeyBox {
-    fn zeroize(&mut self) {
-        self.0.key.zeroize();
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("the {provider} key of {user_id}: {e}")))
     }
 }
 
@@ -182,13 +162,12 @@ pub async fn put_key(
             format!("a key is 1 to {MAX_KEY_LEN} printable characters"),
         ));
     }
-    let stored = Zeroizing::new(StoredKeyBox(StoredKey {
+    let stored = StoredKey {
         key: trimmed.to_string(),
         set_at: super::accounts::now(),
-    }));
-    let plain = Zeroizing::new(
-        serde_json::to_vec(&stored.0).map_err(|e| ApiError::internal(e.to_string()))?,
-    );
+    };
+    let plain =
+        Zeroizing::new(serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?);
     let session = state.auth.accounts.session();
     let sealed = session.seal_for_user(&who.user_id, &purpose(provider), &plain)?;
     let mut batch = AppBatch::default();

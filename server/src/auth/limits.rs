@@ -236,9 +236,30 @@ pub struct Throttle {
 }
 
 /// The key of an account in the throttle: the name as typed, folded, whether or not such an
-/// account exists (so unknown names behave exactly like known ones).
+/// account exists (so unknown names behave exactly like known ones). A name longer than any
+/// account's is kept as its hash, so each entry stays small.
 fn account_key(username: &str) -> String {
-    username.trim().to_lowercase()
+    let folded = username.trim().to_lowercase();
+    if folded.len() <= super::accounts::MAX_USERNAME_LEN {
+        return folded;
+    }
+    use sha2::Digest as _;
+    format!("#{}", hex::encode(sha2::Sha256::digest(folded.as_bytes())))
+}
+
+/// The key of a client address: IPv4 as is, IPv6 by its /64 (one host usually holds a whole
+/// /64, and could otherwise take a fresh address for each attempt).
+fn addr_key(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl Throttle {
@@ -270,7 +291,7 @@ impl Throttle {
             }
         }
         if let Ok(t) = self.addrs.lock()
-            && let Some(s) = t.entries.get(&addr.to_string())
+            && let Some(s) = t.entries.get(&addr_key(addr))
             && let Some(until) = s.wait_until.filter(|u| *u > now)
         {
             return Err(Refusal::Backoff(until - now));
@@ -283,7 +304,7 @@ impl Throttle {
         let now = Instant::now();
         let l = &self.limits;
         if let Ok(mut t) = self.addrs.lock() {
-            let s = strike(&mut t, addr.to_string(), now, l.window);
+            let s = strike(&mut t, addr_key(addr), now, l.window);
             s.wait_until = l.backoff(s.failures, l.addr_backoff_after).map(|d| now + d);
         }
         let Ok(mut t) = self.accounts.lock() else {
@@ -316,7 +337,7 @@ impl Throttle {
         let Ok(mut t) = self.registrations.lock() else {
             return Err(ApiError::internal("registration throttle unavailable"));
         };
-        let key = addr.to_string();
+        let key = addr_key(addr);
         if !t.entries.contains_key(&key) {
             t.make_room(
                 |(start, _)| now.duration_since(*start) >= window,
@@ -427,6 +448,25 @@ mod tests {
         assert_eq!(e.code, "rate_limited");
         assert!(e.retry_after.is_some());
         assert!(t.register(IpAddr::from([10, 0, 0, 1])).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_host_cannot_dodge_by_changing_address_within_its_64() {
+        let t = Throttle::new(AuthLimits {
+            register_max: 1,
+            ..small()
+        });
+        assert!(t.register("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(t.register("2001:db8:1:2:ffff::9".parse().unwrap()).is_err());
+        assert!(t.register("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        assert_eq!(addr_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+
+    #[test]
+    fn overlong_names_are_kept_as_short_keys() {
+        let long = "a".repeat(100_000);
+        assert_eq!(account_key(&long).len(), 65);
+        assert_eq!(account_key(" Ann "), "ann");
     }
 
     #[test]

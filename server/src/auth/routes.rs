@@ -138,17 +138,26 @@ pub async fn login(
         .check(&req.username, client.0)
         .map_err(|r| r.into_error())?;
     let accounts = &auth.accounts;
-    let account = accounts.find(&req.username)?;
+    // A name or password longer than any account's is wrong; it is not worth an index lookup
+    // or an Argon2id hash of a megabyte.
+    let plausible = req.username.len() <= super::accounts::MAX_USERNAME_LEN
+        && req.password.len() <= super::accounts::MAX_PASSWORD_LEN;
+    let account = if plausible {
+        accounts.find(&req.username)?
+    } else {
+        None
+    };
     let ok = match &account {
         Some(a) => {
             accounts
                 .verify_password(&a.password_hash, &req.password)
                 .await
         }
-        None => {
+        None if plausible => {
             accounts.verify_dummy(&req.password).await;
             false
         }
+        None => false,
     };
     let reason = if account.is_some() {
         "bad password"
@@ -261,6 +270,7 @@ pub async fn record_failure(
     during: &str,
 ) -> ApiResult<()> {
     let after = state.auth.throttle.fail(username, client.0);
+    let username = shown(username);
     let mut audits = vec![Audit::new(
         kind::AUTH_LOGIN_FAILED,
         format!("addr:{}", client.0),
@@ -288,6 +298,20 @@ pub async fn record_failure(
     }
     state.session.app_commit(batch).await?;
     Ok(())
+}
+
+/// A name as typed, for the ledger: at most a username's length (a longer one matches no
+/// account, and must not bloat the ledger).
+fn shown(username: &str) -> String {
+    let max = super::accounts::MAX_USERNAME_LEN;
+    if username.len() <= max {
+        return username.to_string();
+    }
+    let mut end = max;
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &username[..end])
 }
 
 /// Start a session and sign its token; the ledger records the sign-in.
