@@ -352,3 +352,50 @@ async fn forwarded_for_is_believed_from_a_trusted_proxy() {
     // Another client behind the same proxy has its own allowance.
     assert_eq!(register_from("203.0.113.2").await.status, 201);
 }
+
+#[tokio::test]
+async fn a_burst_of_parallel_guesses_cannot_outrun_the_lockout() {
+    let server = Server::start(
+        &[
+            ("SECURECLAW_LOGIN_MAX_FAILURES", "3"),
+            ("SECURECLAW_LOGIN_BACKOFF_AFTER", "100"),
+        ],
+        &[],
+    );
+    register(&server, "ann-burst").await;
+    let guesses = (0..12).map(|i| {
+        let server = &server;
+        async move {
+            login(server, "ann-burst", &format!("parallel-guess-{i}"))
+                .await
+                .status
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 3, "{checked} guesses were checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    // Then one guess at a time: exactly three guesses in all are ever checked, and after them
+    // even the right password is refused.
+    let mut total = checked;
+    let last = loop {
+        let r = login(&server, "ann-burst", "one-more-guess").await;
+        if r.status != 401 {
+            break r;
+        }
+        total += 1;
+        assert!(total <= 3, "a fourth guess was checked");
+    };
+    assert_eq!(
+        (last.status, last.code()),
+        (429, "locked_out"),
+        "{:?}",
+        last.body
+    );
+    assert_eq!(total, 3);
+    let r = login(&server, "ann-burst", PASSWORD).await;
+    assert_eq!((r.status, r.code()), (429, "locked_out"), "{:?}", r.body);
+}

@@ -2,7 +2,7 @@
 //! a cap on registrations per address. Everything is in memory with a bounded number of
 //! entries, so a flood of distinct names or addresses cannot grow it without limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -231,6 +231,9 @@ impl<V> Table<V> {
 pub struct Throttle {
     limits: AuthLimits,
     accounts: Mutex<Table<Strikes>>,
+    /// Account names with a password check under way: one at a time per name, or a burst of
+    /// parallel guesses would all pass the check before the first failure is counted.
+    checking: Mutex<HashSet<String>>,
     addrs: Mutex<Table<Strikes>>,
     registrations: Mutex<Table<(Instant, u32)>>,
 }
@@ -268,6 +271,7 @@ impl Throttle {
         Throttle {
             limits,
             accounts: Mutex::new(Table::new(cap)),
+            checking: Mutex::new(HashSet::new()),
             addrs: Mutex::new(Table::new(cap)),
             registrations: Mutex::new(Table::new(cap)),
         }
@@ -297,6 +301,24 @@ impl Throttle {
             return Err(Refusal::Backoff(until - now));
         }
         Ok(())
+    }
+
+    /// [`Throttle::check`], and claim the name's one password check until the guard drops;
+    /// a second check of the same name meanwhile must wait a second.
+    pub fn begin(&self, username: &str, addr: IpAddr) -> Result<Attempt<'_>, Refusal> {
+        self.check(username, addr)?;
+        let key = account_key(username);
+        let mut busy = self
+            .checking
+            .lock()
+            .map_err(|_| Refusal::Backoff(Duration::from_secs(1)))?;
+        if !busy.insert(key.clone()) {
+            return Err(Refusal::Backoff(Duration::from_secs(1)));
+        }
+        Ok(Attempt {
+            throttle: self,
+            key,
+        })
     }
 
     /// Count a failed password or code for `username` from `addr`.
@@ -362,6 +384,20 @@ impl Throttle {
     }
 }
 
+/// A password check under way for one account name (see [`Throttle::begin`]).
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    key: String,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.throttle.checking.lock() {
+            busy.remove(&self.key);
+        }
+    }
+}
+
 /// The strikes of `key`, with one more failure counted (a new window if the last one passed).
 fn strike(t: &mut Table<Strikes>, key: String, now: Instant, window: Duration) -> &mut Strikes {
     if !t.entries.contains_key(&key) {
@@ -407,6 +443,16 @@ mod tests {
         assert!(t.check("bob", ADDR).is_ok());
         t.succeed("ann");
         assert!(t.check("ann", ADDR).is_ok());
+    }
+
+    #[test]
+    fn one_password_check_per_name_at_a_time() {
+        let t = Throttle::new(small());
+        let first = t.begin("Ann", ADDR).unwrap();
+        assert!(matches!(t.begin("ann", ADDR), Err(Refusal::Backoff(_))));
+        assert!(t.begin("bob", ADDR).is_ok());
+        drop(first);
+        assert!(t.begin("ann", ADDR).is_ok());
     }
 
     #[test]

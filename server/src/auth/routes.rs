@@ -134,8 +134,9 @@ pub async fn login(
     JsonBody(req): JsonBody<Credentials>,
 ) -> ApiResult<Json<LoginResponse>> {
     let auth = &state.auth;
-    auth.throttle
-        .check(&req.username, client.0)
+    let _attempt = auth
+        .throttle
+        .begin(&req.username, client.0)
         .map_err(|r| r.into_error())?;
     let accounts = &auth.accounts;
     // A name or password longer than any account's is wrong; it is not worth an index lookup
@@ -206,19 +207,16 @@ pub async fn login_totp(
         )
         .with_hint("sign in with your password again"));
     };
-    let account = auth
-        .accounts
-        .get(&user_id)?
-        .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
-    auth.throttle
-        .check(&account.username, client.0)
-        .map_err(|r| r.into_error())?;
     let account = {
+        // Under the lock, so parallel guesses see each other's failures.
         let _writing = auth.account_writes.lock().await;
         let mut account = auth
             .accounts
             .get(&user_id)?
             .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+        auth.throttle
+            .check(&account.username, client.0)
+            .map_err(|r| r.into_error())?;
         check_code(&state, &mut account, &req.code, client, "login").await?;
         auth.accounts.save(&account, Vec::new()).await?;
         account

@@ -116,10 +116,10 @@ async fn change(
     enabled: bool,
 ) -> ApiResult<Json<TwoFactorStatus>> {
     let auth = &state.auth;
+    let _writing = auth.account_writes.lock().await;
     auth.throttle
         .check(&who.username, client.0)
         .map_err(|r| r.into_error())?;
-    let _writing = auth.account_writes.lock().await;
     let mut account = auth
         .accounts
         .get(&who.user_id)?
