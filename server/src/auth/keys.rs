@@ -216,3 +216,77 @@ pub async fn delete_key(
     session.app_commit(batch).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use secureclaw_engine::session::{Access, PassphraseSource, Session, SessionOptions};
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    fn who(user_id: &str) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            username: format!("name-{user_id}"),
+            admin: false,
+            roles: Vec::new(),
+            session_id: "s".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_reads_back_for_its_user_and_provider_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "keys-test-passphrase").unwrap();
+        let session = Session::open(SessionOptions {
+            state_dir: dir.path().join("state"),
+            passphrase: PassphraseSource::File(pass),
+            access: Access::Write { create: true },
+            actor: "test:keys".into(),
+        })
+        .unwrap();
+        let state = AppState::new(session.clone(), ServerConfig::defaults(dir.path().into()))
+            .await
+            .unwrap();
+        let status = put_key(
+            State(state.clone()),
+            who("u1"),
+            Path("openai".into()),
+            JsonBody(KeyRequest {
+                key: " sk-unit-test \n".into(),
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let auth = &state.auth;
+        assert_eq!(
+            auth.provider_key("u1", "openai")
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("sk-unit-test")
+        );
+        assert!(auth.provider_key("u2", "openai").unwrap().is_none());
+        assert!(auth.provider_key("u1", "anthropic").unwrap().is_none());
+
+        // The sealed row moved to another provider or another user does not open.
+        let row = session
+            .app_get(AppTable::UserSecrets, &row_key("u1", "openai"))
+            .unwrap()
+            .unwrap();
+        let mut batch = AppBatch::default();
+        batch
+            .put(
+                AppTable::UserSecrets,
+                row_key("u1", "anthropic"),
+                row.clone(),
+            )
+            .put(AppTable::UserSecrets, row_key("u2", "openai"), row);
+        session.app_commit(batch).await.unwrap();
+        assert!(auth.provider_key("u1", "anthropic").is_err());
+        assert!(auth.provider_key("u2", "openai").is_err());
+        session.shutdown().await;
+    }
+}
