@@ -60,7 +60,7 @@ impl AppState {
         let auth = Auth::new(
             Accounts::new(session.clone(), params),
             Tokens::new(&secret, config.jwt_expiry)?,
-            AuthLimits::from_env()?,
+            AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
         Ok(AppState {
             session,

@@ -39,6 +39,15 @@ pub struct AuthLimits {
     pub ticket_ttl: Duration,
 }
 
+/// A limit variable that does not hold a usable number.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: expected a whole number of at least {min}")]
+pub struct LimitError {
+    pub name: String,
+    pub value: String,
+    pub min: u64,
+}
+
 impl Default for AuthLimits {
     fn default() -> Self {
         AuthLimits {
@@ -58,22 +67,24 @@ impl Default for AuthLimits {
 }
 
 impl AuthLimits {
-    pub fn from_env() -> Result<Self, ApiError> {
+    pub fn from_env() -> Result<Self, LimitError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
     /// Defaults, then the variables `get` knows.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ApiError> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, LimitError> {
         let mut l = AuthLimits::default();
-        let num = |name: &str, min: u64| -> Result<Option<u64>, ApiError> {
+        let num = |name: &str, min: u64| -> Result<Option<u64>, LimitError> {
             let Some(v) = get(name).filter(|v| !v.trim().is_empty()) else {
                 return Ok(None);
             };
             match v.trim().parse::<u64>() {
                 Ok(n) if n >= min => Ok(Some(n)),
-                _ => Err(ApiError::internal(format!(
-                    "{name}={v:?}: expected a whole number of at least {min}"
-                ))),
+                _ => Err(LimitError {
+                    name: name.to_string(),
+                    value: v,
+                    min,
+                }),
             }
         };
         let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
@@ -522,6 +533,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(l.max_failures, 3);
-        assert!(AuthLimits::from_lookup(|_| Some("many".into())).is_err());
+        let e = AuthLimits::from_lookup(|k| {
+            (k == "SECURECLAW_LOCKOUT_SECONDS").then(|| "soon".to_string())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("SECURECLAW_LOCKOUT_SECONDS"), "{e}");
     }
 }

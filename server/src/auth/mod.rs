@@ -1,4 +1,6 @@
-//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory.
+//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory,
+//! TOTP two-factor sign-in with codes spent once, a throttle with backoff and lockout, roles,
+//! and each user's sealed provider keys. docs/auth.md describes the flows and the limits.
 //!
 //! A token is accepted only while its session is in the in-memory table: logging out, revoking
 //! or restarting the server ends it, whatever its `exp` says.
