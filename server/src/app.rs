@@ -10,7 +10,7 @@ use secureclaw_engine::session::{AppTable, Session, SessionError};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::{Accounts, Auth, Sessions, Tokens};
+use crate::auth::{Accounts, Auth, AuthLimits, Tokens};
 use crate::config::ServerConfig;
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
@@ -57,11 +57,11 @@ impl AppState {
         let secret = jwt_secret(&session, &config).await?;
         let params = secureclaw_engine::tools::vault::KdfParams::from_env()
             .map_err(|e| ServeError::Setup(format!("Argon2id parameters: {e}")))?;
-        let auth = Auth {
-            accounts: Accounts::new(session.clone(), params),
-            tokens: Tokens::new(&secret, config.jwt_expiry)?,
-            sessions: Sessions::default(),
-        };
+        let auth = Auth::new(
+            Accounts::new(session.clone(), params),
+            Tokens::new(&secret, config.jwt_expiry)?,
+            AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
+        );
         Ok(AppState {
             session,
             config: Arc::new(config),

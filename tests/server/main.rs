@@ -3,4 +3,6 @@
 
 mod harness;
 
+mod auth;
+mod auth_attacks;
 mod smoke;

@@ -102,8 +102,8 @@ impl Accounts {
         Ok(out)
     }
 
-    /// Create an account; `admin` is forced on for the first one. The ledger gets
-    /// `auth_registered` in the same commit.
+    /// Create an account with a TOTP secret ready to enable; `admin` is forced on for the
+    /// first one. The ledger gets `auth_registered` in the same commit.
     pub async fn create(
         &self,
         username: &str,
@@ -127,7 +127,7 @@ impl Accounts {
             admin: admin || first,
             roles: Vec::new(),
             created: now(),
-            totp: None,
+            totp: Some(super::totp::fresh_state()),
         };
         let mut batch = self.sealed_row(&account)?;
         batch
@@ -223,8 +223,13 @@ pub fn now() -> String {
     secureclaw_engine::record::now_rfc3339()
 }
 
+/// The longest username, in bytes.
+pub const MAX_USERNAME_LEN: usize = 64;
+/// The longest password, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
 fn check_username(name: &str) -> Result<(), ApiError> {
-    let ok = (3..=64).contains(&name.len())
+    let ok = (3..=MAX_USERNAME_LEN).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
@@ -239,7 +244,7 @@ fn check_username(name: &str) -> Result<(), ApiError> {
 }
 
 fn check_password(pw: &str) -> Result<(), ApiError> {
-    if pw.chars().count() < 10 || pw.len() > 1024 {
+    if pw.chars().count() < 10 || pw.len() > MAX_PASSWORD_LEN {
         return Err(
             ApiError::bad_request("weak_password", "a password is 10 to 1024 characters")
                 .with_hint("a passphrase of a few words is easy to remember and hard to guess"),

@@ -1,11 +1,19 @@
-//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory.
+//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory,
+//! TOTP two-factor sign-in with codes spent once, a throttle with backoff and lockout, roles,
+//! and each user's sealed provider keys. docs/auth.md describes the flows and the limits.
 //!
 //! A token is accepted only while its session is in the in-memory table: logging out, revoking
 //! or restarting the server ends it, whatever its `exp` says.
 
 pub mod accounts;
+pub mod admin;
+pub mod keys;
+pub mod limits;
 pub mod routes;
+pub mod tickets;
 pub mod tokens;
+pub mod totp;
+pub mod two_factor;
 
 use std::net::SocketAddr;
 
@@ -19,8 +27,17 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub use accounts::{Account, Accounts};
-pub use routes::routes;
+pub use limits::{AuthLimits, Throttle};
+pub use tickets::Tickets;
 pub use tokens::{Claims, Sessions, Tokens};
+
+/// Every route of this module: sign-in, sessions, 2FA, admin, the user's provider keys.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    routes::routes()
+        .merge(two_factor::routes())
+        .merge(admin::routes())
+        .merge(keys::routes())
+}
 
 /// The signed-in user a request acts for.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -119,14 +136,30 @@ pub fn client_ip(
     client
 }
 
-/// Accounts, tokens and sessions together.
+/// Accounts, tokens and sessions together, and the throttle in front of them.
 pub struct Auth {
     pub accounts: Accounts,
     pub tokens: Tokens,
     pub sessions: Sessions,
+    pub throttle: Throttle,
+    pub tickets: Tickets,
+    /// Held across every read-modify-write of an account, so two requests cannot both spend
+    /// the same TOTP code or lose each other's change.
+    pub account_writes: tokio::sync::Mutex<()>,
 }
 
 impl Auth {
+    pub fn new(accounts: Accounts, tokens: Tokens, limits: AuthLimits) -> Self {
+        Auth {
+            accounts,
+            tokens,
+            sessions: Sessions::default(),
+            tickets: Tickets::new(limits.ticket_ttl, limits.tracked_max),
+            throttle: Throttle::new(limits),
+            account_writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// The identity a token stands for, if its signature, expiry and session all hold.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
         let claims = self.tokens.verify(token)?;
@@ -173,6 +206,37 @@ mod tests {
         // A client that is not the proxy cannot spoof its address with the header.
         let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
         assert_eq!(client_ip(other, &h, &[proxy]), other);
+    }
+
+    #[test]
+    fn the_api_document_lists_every_auth_route_and_which_need_a_token() {
+        let (_, doc) = crate::app::api_router().split_for_parts();
+        let doc = serde_json::to_value(&doc).unwrap();
+        let open = [
+            ("post", "/api/v1/auth/register"),
+            ("post", "/api/v1/auth/login"),
+            ("post", "/api/v1/auth/login/totp"),
+        ];
+        let signed_in = [
+            ("post", "/api/v1/auth/logout"),
+            ("get", "/api/v1/auth/me"),
+            ("get", "/api/v1/auth/sessions"),
+            ("delete", "/api/v1/auth/sessions/{id}"),
+            ("post", "/api/v1/auth/2fa/setup"),
+            ("post", "/api/v1/auth/2fa/enable"),
+            ("post", "/api/v1/auth/2fa/disable"),
+            ("get", "/api/v1/admin/users"),
+            ("post", "/api/v1/admin/users/{id}/roles"),
+            ("get", "/api/v1/me/keys"),
+            ("put", "/api/v1/me/keys/{provider}"),
+            ("delete", "/api/v1/me/keys/{provider}"),
+        ];
+        for (method, path) in open.iter().chain(&signed_in) {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} is not documented");
+            let wants_token = signed_in.contains(&(*method, *path));
+            assert_eq!(op["security"].is_array(), wants_token, "{method} {path}");
+        }
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct SessionInfo {
     pub client: String,
 }
 
+/// Sessions one user may hold at once.
+pub const MAX_SESSIONS_PER_USER: usize = 32;
+
 /// Sessions held only in memory: a restart signs everyone out.
 #[derive(Default)]
 pub struct Sessions {
@@ -111,6 +114,18 @@ impl Sessions {
         };
         if let Ok(mut m) = self.by_id.lock() {
             m.retain(|_, s| s.expires > unix_now());
+            // A user signing in again and again keeps a bounded number of sessions: the oldest
+            // ends first.
+            loop {
+                let mine = m.values().filter(|s| s.user_id == user_id);
+                if mine.clone().count() < MAX_SESSIONS_PER_USER {
+                    break;
+                }
+                let Some(oldest) = mine.min_by_key(|s| s.created).map(|s| s.id.clone()) else {
+                    break;
+                };
+                m.remove(&oldest);
+            }
             m.insert(id.clone(), info);
         }
         id
@@ -153,6 +168,28 @@ impl Sessions {
                 before - m.len()
             })
             .unwrap_or(0)
+    }
+
+    /// End every session of a user but `keep` (the one making a 2FA change); how many ended.
+    pub fn end_others_of(&self, user_id: &str, keep: &str) -> usize {
+        self.by_id
+            .lock()
+            .map(|mut m| {
+                let before = m.len();
+                m.retain(|id, s| s.user_id != user_id || id == keep);
+                before - m.len()
+            })
+            .unwrap_or(0)
+    }
+
+    /// One session, if it belongs to `user_id` (someone else's is as absent as a missing one).
+    pub fn get_own(&self, sid: &str, user_id: &str) -> Option<SessionInfo> {
+        self.by_id
+            .lock()
+            .ok()?
+            .get(sid)
+            .filter(|s| s.user_id == user_id && s.expires > unix_now())
+            .cloned()
     }
 
     pub fn of_user(&self, user_id: &str) -> Vec<SessionInfo> {
