@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// A workspace tasks may name: NAME=/absolute/path (repeatable).
     #[arg(long = "workspace", value_name = "NAME=PATH")]
     pub workspaces: Vec<String>,
+    /// Print the OpenAPI document (as checked in at schemas/openapi.json) and exit.
+    #[arg(long)]
+    pub print_openapi: bool,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +87,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    if args.print_openapi {
+        print!("{}", secureclaw_server::docs::openapi_pretty()?);
+        return Ok(exit::OK);
+    }
     let mut config = config(args.data_dir)?;
     config.listen = args.listen;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
