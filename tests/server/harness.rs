@@ -28,7 +28,22 @@ pub struct Server {
 impl Server {
     /// Start a server with extra environment and flags; waits until it listens.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), env, args)
+    }
+
+    /// Stop this server gracefully and start another on the same data dir.
+    pub fn restart(mut self, env: &[(&str, &str)], args: &[&str]) -> Server {
+        drop(self.child.stdin.take());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "the server did not stop cleanly"
+        );
         let dir = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self._dir, dir);
+        Server::start_in(dir, env, args)
+    }
+
+    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], args: &[&str]) -> Server {
         let data_dir = dir.path().join("data");
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -168,6 +183,19 @@ impl Api {
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.send(self.request(reqwest::Method::POST, path).json(&body))
             .await
+    }
+
+    /// Sign in as `username` (no second factor) and keep the token.
+    pub async fn login(&mut self, username: &str) -> Reply {
+        let r = self
+            .post(
+                "/api/v1/auth/login",
+                json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "login {username}: {:?}", r.body);
+        self.token = r.body["access_token"].as_str().map(str::to_string);
+        r
     }
 
     /// Register `username` and keep the token.

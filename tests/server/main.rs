@@ -3,4 +3,6 @@
 
 mod harness;
 
+mod openapi;
+mod ops;
 mod smoke;
