@@ -258,11 +258,10 @@ pub fn render(m: &Metrics, c: &RecordCounts, live: usize) -> String {
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family("secureclaw_runs", "gauge", "Recorded runs by state.");
-    drop(family);
+    let _ = writeln!(
+        out,
+        "# HELP secureclaw_runs Recorded runs by state.\n# TYPE secureclaw_runs gauge"
+    );
     for (state, n) in &c.runs_by_state {
         let _ = writeln!(out, "secureclaw_runs{{state=\"{state}\"}} {n}");
     }

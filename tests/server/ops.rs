@@ -473,3 +473,92 @@ async fn admin_username(api: &Api) -> String {
     assert_eq!(r.body["admin"], true, "{:?}", r.body);
     r.body["username"].as_str().unwrap().to_string()
 }
+
+/// The variable names the sources read: string literals with one of the prefixes the project
+/// uses for its settings (`std::env::var("X")`, `env = "X"`, `const X_VAR: &str = "X"`).
+fn variables_read_by_the_code() -> std::collections::BTreeSet<String> {
+    const PREFIXES: &[&str] = &[
+        "SECURECLAW_",
+        "DOCKER_",
+        "ARGON2_",
+        "LLM_",
+        "OPENAI_",
+        "ANTHROPIC_",
+        "OLLAMA_",
+        "CLAUDE_",
+        "JWT_",
+        "TOTP_",
+        "PII_",
+        "PROMPT_",
+    ];
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for krate in [
+        "src",
+        "server/src",
+        "engine/src",
+        "sandbox/src",
+        "vault/src",
+        "llm/src",
+        "egress/src",
+        "risk/src",
+    ] {
+        walk(&root.join(krate), &mut files);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for quoted in text.split('"').skip(1).step_by(2) {
+            let is_name = PREFIXES.iter().any(|p| quoted.starts_with(p))
+                && quoted.len() > 4
+                && quoted
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if is_name {
+                names.insert(quoted.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_variable_the_code_reads_is_in_env_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let documented: std::collections::BTreeSet<&str> = example
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let read = variables_read_by_the_code();
+    assert!(read.contains("SECURECLAW_MAX_BODY_BYTES") && read.contains("JWT_SECRET"));
+    let missing: Vec<&String> = read
+        .iter()
+        .filter(|v| !documented.contains(v.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code but not in .env.example: {missing:?}"
+    );
+    // Each entry has a description on the line above it.
+    let lines: Vec<&str> = example.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with('#') && line.contains('=') {
+            assert!(
+                i > 0 && (lines[i - 1].starts_with('#') || lines[i - 1].contains('=')),
+                "{line} has no description"
+            );
+        }
+    }
+}
