@@ -55,7 +55,58 @@ impl Modify for BearerAuth {
 
 /// The whole document, as served at `/openapi.json` and checked in at `schemas/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::app::api_router().into_openapi()
+    let mut doc = crate::app::api_router().into_openapi();
+    add_common_problems(&mut doc);
+    doc
+}
+
+/// Answers any operation may give that its handler does not write itself: the body extractor's
+/// (`400` malformed, `413` too large, `415` not JSON) for operations that take a body, and
+/// `401` for operations that want a bearer token. An operation that documents one of these
+/// keeps its own.
+fn add_common_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let mut common = Vec::new();
+            if op.request_body.is_some() {
+                common.push(("400", "`malformed_json` or `invalid_body`"));
+                common.push(("413", "`body_too_large`"));
+                common.push(("415", "`unsupported_media_type`: send `Content-Type: application/json`"));
+            }
+            let wants_token = op
+                .security
+                .as_ref()
+                .is_some_and(|reqs| !reqs.is_empty());
+            if wants_token {
+                common.push(("401", "`unauthorized`: no token, or an expired or revoked one"));
+            }
+            for (status, what) in common {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| problem(what).into());
+            }
+        }
+    }
 }
 
 /// The document as checked in: pretty JSON with a final newline.
