@@ -90,14 +90,17 @@ fn add_common_problems(doc: &mut utoipa::openapi::OpenApi) {
             if op.request_body.is_some() {
                 common.push(("400", "`malformed_json` or `invalid_body`"));
                 common.push(("413", "`body_too_large`"));
-                common.push(("415", "`unsupported_media_type`: send `Content-Type: application/json`"));
+                common.push((
+                    "415",
+                    "`unsupported_media_type`: send `Content-Type: application/json`",
+                ));
             }
-            let wants_token = op
-                .security
-                .as_ref()
-                .is_some_and(|reqs| !reqs.is_empty());
+            let wants_token = op.security.as_ref().is_some_and(|reqs| !reqs.is_empty());
             if wants_token {
-                common.push(("401", "`unauthorized`: no token, or an expired or revoked one"));
+                common.push((
+                    "401",
+                    "`unauthorized`: no token, or an expired or revoked one",
+                ));
             }
             for (status, what) in common {
                 op.responses
