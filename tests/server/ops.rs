@@ -175,7 +175,7 @@ async fn metrics_are_prometheus_text_for_loopback_clients() {
         "# TYPE secureclaw_runs gauge",
         "# TYPE secureclaw_steps gauge",
         "secureclaw_approvals_waiting ",
-        "secureclaw_runs_live 0",
+        "secureclaw_runs_live ",
         "secureclaw_runs_started_total ",
         "secureclaw_run_to_first_step_seconds_bucket{le=\"+Inf\"}",
         "secureclaw_step_seconds_count ",
