@@ -94,7 +94,10 @@ pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
     let mut config = config(args.data_dir)?;
     config.listen = args.listen;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls = Some(TlsFiles { cert, key });
+        let files = TlsFiles { cert, key };
+        // Bad certificate files stop the start before a vault is created or unlocked.
+        secureclaw_server::tls::server_config(&files)?;
+        config.tls = Some(files);
     }
     for w in &args.workspaces {
         config.add_workspace(w)?;

@@ -320,6 +320,10 @@ fn serve_fails(args: &[&std::ffi::OsStr]) -> String {
         .unwrap();
     assert!(!out.status.success(), "serve started with bad TLS files");
     assert!(out.stdout.is_empty(), "a URL was printed");
+    assert!(
+        !dir.path().join("data/state").exists(),
+        "a vault was created before the TLS files were checked"
+    );
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
