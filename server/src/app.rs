@@ -179,8 +179,8 @@ pub fn too_large(max: usize) -> ApiError {
 /// How long requests in flight (streams included) may go on once the server is stopping.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serve until `shutdown` resolves; then stop taking requests, cancel running runs (their
-/// steps are rolled back) and return. `ready` is told the bound address.
+/// Serve until `shutdown` resolves; then stop taking requests, cancel running runs (what their
+/// steps changed stays recorded for revert) and return. `ready` is told the bound address.
 pub async fn serve(
     state: AppState,
     ready: impl FnOnce(SocketAddr),
@@ -205,7 +205,7 @@ pub async fn serve(
             stopping.cancel();
         }
     });
-    // Once stopping, running runs are cancelled at once (their steps roll back) while requests
+    // Once stopping, running runs are cancelled at once while requests
     // in flight get a grace period; a stream that outlives it is cut.
     let wind_down = {
         let stopping = stopping.clone();

