@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// A workspace tasks may name: NAME=/absolute/path (repeatable).
     #[arg(long = "workspace", value_name = "NAME=PATH")]
     pub workspaces: Vec<String>,
+    /// Print the OpenAPI document (as checked in at schemas/openapi.json) and exit.
+    #[arg(long)]
+    pub print_openapi: bool,
 }
 
 #[derive(Subcommand)]
@@ -84,10 +87,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    if args.print_openapi {
+        print!("{}", secureclaw_server::docs::openapi_pretty()?);
+        return Ok(exit::OK);
+    }
     let mut config = config(args.data_dir)?;
     config.listen = args.listen;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls = Some(TlsFiles { cert, key });
+        let files = TlsFiles { cert, key };
+        // Bad certificate files stop the start before a vault is created or unlocked.
+        secureclaw_server::tls::server_config(&files)?;
+        config.tls = Some(files);
     }
     for w in &args.workspaces {
         config.add_workspace(w)?;
@@ -139,7 +149,7 @@ async fn shutdown_signal() {
         () = term => {},
     }
     eprintln!(
-        "{} shutting down: running steps are cancelled and rolled back, parked runs stay parked",
+        "{} shutting down: running runs are cancelled (revert undoes what their steps changed), parked runs stay parked",
         style("serve").cyan().bold()
     );
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use secureclaw_engine::session::{AppTable, Session, SessionError};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +25,9 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub tasks: Arc<TaskService>,
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
+    /// it so the graceful shutdown need not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,7 @@ impl AppState {
             auth: Arc::new(auth),
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -103,41 +107,144 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             "/api/v1",
             OpenApiRouter::new()
                 .merge(crate::auth::routes())
-                .merge(crate::tasks::routes()),
+                .merge(crate::tasks::routes())
+                .merge(crate::workspaces::routes()),
         )
         .merge(crate::ops::routes())
 }
 
-/// The whole application.
+/// The whole application: the API, the offline docs, problem documents for unknown routes and
+/// methods, and the body limit in front of everything.
 pub fn router(state: AppState) -> Router {
     let max = state.config.max_body_bytes;
     let (api, _doc) = api_router().split_for_parts();
-    api.layer(DefaultBodyLimit::max(max))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(max))
+    api.merge(crate::docs::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(unknown_method)
+        // Extractors that read bodies (JsonBody) stop at the limit even when no length is
+        // announced (chunked bodies); `body_limit` refuses an announced length up front.
+        .layer(DefaultBodyLimit::max(max))
+        .layer(axum::middleware::from_fn_with_state(max, body_limit))
         .with_state(state)
 }
 
-/// Serve until `shutdown` resolves; then stop taking requests, cancel running runs (their
-/// steps are rolled back) and return. `ready` is told the bound address.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("route").with_hint(format!(
+        "{} is not part of the API; see /openapi.json or /docs",
+        uri.path()
+    ))
+}
+
+async fn unknown_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not answer {method}", uri.path()),
+    )
+    .with_hint("see /openapi.json for the methods each path takes")
+}
+
+/// Refuse a body whose announced length is over the limit before anything reads it, and cap
+/// the bytes any reader may take from it (a body without a length, or one that lies).
+async fn body_limit(
+    State(max): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return too_large(max).into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(http_body_util::Limited::new(body, max));
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+/// The 413 problem for a body over `max` bytes.
+pub fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the {max}-byte limit"),
+    )
+    .with_hint("SECURECLAW_MAX_BODY_BYTES sets the limit")
+}
+
+/// How long requests in flight (streams included) may go on once the server is stopping.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serve until `shutdown` resolves; then stop taking requests, cancel running runs (what their
+/// steps changed stays recorded for revert) and return. `ready` is told the bound address.
 pub async fn serve(
     state: AppState,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = state.config.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let tls = match &state.config.tls {
+        Some(files) => Some(crate::tls::server_config(files)?),
+        None => None,
+    };
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    ready(bound);
     let session = state.session.clone();
-    let app = router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let stopping = state.stopping.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
+    // Once stopping, running runs are cancelled at once while requests
+    // in flight get a grace period; a stream that outlives it is cut.
+    let wind_down = {
+        let stopping = stopping.clone();
+        let session = session.clone();
+        async move {
+            stopping.cancelled().await;
+            session.shutdown().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    match tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            ready(bound);
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(stopping.cancelled_owned());
+            tokio::select! {
+                done = server => done?,
+                () = wind_down => {}
+            }
+        }
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let server = axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )?
+            .handle(handle.clone());
+            ready(bound);
+            tokio::spawn(async move {
+                stopping.cancelled().await;
+                handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+            });
+            tokio::select! {
+                done = server.serve(app) => done?,
+                () = wind_down => {}
+            }
+        }
+    }
     session.shutdown().await;
     Ok(())
 }

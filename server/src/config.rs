@@ -42,6 +42,41 @@ pub struct ServerConfig {
     pub default_token_budget: u64,
     /// SSE heartbeat interval.
     pub heartbeat: Duration,
+    /// `SECURECLAW_METRICS_TOKEN`: when set, `/metrics` wants it as a bearer token; when not,
+    /// `/metrics` answers loopback clients only.
+    pub metrics_token: Option<String>,
+    /// Which LLM providers are set up (for `/health`; never the keys themselves).
+    pub llm: LlmProviders,
+}
+
+/// What `/health` may say about the LLM providers: configured or not, and which one goes
+/// first. Read from the same variables the planner reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmProviders {
+    /// `LLM_PROVIDER` as a vendor name (`anthropic`, `openai`, `ollama`); `anthropic` when
+    /// unset, as the planner does.
+    pub selected: String,
+    pub anthropic_key: bool,
+    pub openai_key: bool,
+    /// `OLLAMA_BASE_URL` was given (Ollama needs no key; its default URL is a guess).
+    pub ollama_url: bool,
+    pub anthropic_model: String,
+    pub openai_model: String,
+    pub ollama_model: String,
+}
+
+impl Default for LlmProviders {
+    fn default() -> Self {
+        LlmProviders {
+            selected: "anthropic".into(),
+            anthropic_key: false,
+            openai_key: false,
+            ollama_url: false,
+            anthropic_model: "claude-sonnet-4-6".into(),
+            openai_model: "gpt-4o".into(),
+            ollama_model: "mistral:7b".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +115,8 @@ impl ServerConfig {
             no_self_approval: false,
             default_token_budget: 100_000,
             heartbeat: Duration::from_secs(15),
+            metrics_token: None,
+            llm: LlmProviders::default(),
         }
     }
 
@@ -139,6 +176,37 @@ impl ServerConfig {
         }
         if let Some(v) = get("SECURECLAW_NO_SELF_APPROVAL") {
             c.no_self_approval = boolean(&v, "SECURECLAW_NO_SELF_APPROVAL")?;
+        }
+        if let Some(v) = get("SECURECLAW_METRICS_TOKEN") {
+            if v.len() < 16 {
+                return Err(err(
+                    "SECURECLAW_METRICS_TOKEN",
+                    "(hidden)",
+                    "must be at least 16 characters",
+                ));
+            }
+            c.metrics_token = Some(v);
+        }
+        if let Some(v) = get("LLM_PROVIDER") {
+            c.llm.selected = match v.trim().to_ascii_lowercase().as_str() {
+                "claude" | "anthropic" => "anthropic",
+                "openai" => "openai",
+                "ollama" => "ollama",
+                _ => return Err(err("LLM_PROVIDER", &v, "expected claude, openai or ollama")),
+            }
+            .into();
+        }
+        c.llm.anthropic_key = get("ANTHROPIC_API_KEY").is_some();
+        c.llm.openai_key = get("OPENAI_API_KEY").is_some();
+        c.llm.ollama_url = get("OLLAMA_BASE_URL").is_some();
+        if let Some(v) = get("CLAUDE_MODEL") {
+            c.llm.anthropic_model = v;
+        }
+        if let Some(v) = get("OPENAI_MODEL") {
+            c.llm.openai_model = v;
+        }
+        if let Some(v) = get("OLLAMA_MODEL") {
+            c.llm.ollama_model = v;
         }
         Ok(c)
     }
@@ -257,5 +325,15 @@ mod tests {
         assert!(c.add_workspace("nopath").is_err());
         assert!(c.add_workspace("../x=/srv").is_err());
         assert!(c.add_workspace("rel=srv").is_err());
+    }
+
+    #[test]
+    fn llm_providers_are_summarised_without_their_keys() {
+        let c = with(&[("LLM_PROVIDER", "claude"), ("OPENAI_API_KEY", "sk-x")]).unwrap();
+        assert_eq!(c.llm.selected, "anthropic");
+        assert!(c.llm.openai_key && !c.llm.anthropic_key && !c.llm.ollama_url);
+        assert!(!format!("{:?}", c.llm).contains("sk-x"));
+        assert!(with(&[("LLM_PROVIDER", "bard")]).is_err());
+        assert!(with(&[("SECURECLAW_METRICS_TOKEN", "short")]).is_err());
     }
 }

@@ -22,6 +22,8 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod tasks;
+pub mod tls;
+pub mod workspaces;
 
 pub use app::{AppState, ServeError, router, serve};
 pub use config::ServerConfig;

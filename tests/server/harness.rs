@@ -95,7 +95,10 @@ impl Server {
     /// Stop the server and start a new one on the same data dir (sessions do not survive).
     pub fn restart(mut self, env: &[(&str, &str)], args: &[&str]) -> Server {
         drop(self.child.stdin.take());
-        self.child.wait().unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "the server did not stop cleanly"
+        );
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
         Server::start_in(dir, env, args)
     }
@@ -192,6 +195,19 @@ impl Api {
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.send(self.request(reqwest::Method::POST, path).json(&body))
             .await
+    }
+
+    /// Sign in as `username` (no second factor) and keep the token.
+    pub async fn login(&mut self, username: &str) -> Reply {
+        let r = self
+            .post(
+                "/api/v1/auth/login",
+                json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "login {username}: {:?}", r.body);
+        self.token = r.body["access_token"].as_str().map(str::to_string);
+        r
     }
 
     /// Register `username` and keep the token.

@@ -5,4 +5,6 @@ mod harness;
 
 mod auth;
 mod auth_attacks;
+mod openapi;
+mod ops;
 mod smoke;
