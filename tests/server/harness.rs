@@ -28,22 +28,11 @@ pub struct Server {
 impl Server {
     /// Start a server with extra environment and flags; waits until it listens.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Server {
-        Server::start_in(tempfile::tempdir().unwrap(), env, args)
+        Self::start_in(tempfile::tempdir().unwrap(), env, args)
     }
 
-    /// Stop this server gracefully and start another on the same data dir.
-    pub fn restart(mut self, env: &[(&str, &str)], args: &[&str]) -> Server {
-        drop(self.child.stdin.take());
-        assert!(
-            self.child.wait().unwrap().success(),
-            "the server did not stop cleanly"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let dir = std::mem::replace(&mut self._dir, dir);
-        Server::start_in(dir, env, args)
-    }
-
-    fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], args: &[&str]) -> Server {
+    /// Start a server on `dir/data` (which may hold an earlier server's state).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], args: &[&str]) -> Server {
         let data_dir = dir.path().join("data");
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -57,6 +46,10 @@ impl Server {
             .env("ARGON2_ITERATIONS", "1")
             .env_remove("SECURECLAW_STATE_DIR")
             .env("HOME", dir.path())
+            // Every test signs in from loopback: lift the per-address limits unless a test sets
+            // its own.
+            .env("SECURECLAW_REGISTER_MAX_PER_WINDOW", "1000000")
+            .env("SECURECLAW_ADDR_BACKOFF_AFTER", "1000000")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -89,6 +82,22 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         drop(self.child.stdin.take());
         self.child.wait().unwrap()
+    }
+
+    /// Stop the server and keep its directory (`data/state` is the state dir), e.g. to read
+    /// its ledger with the CLI.
+    pub fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Stop the server and start a new one on the same data dir (sessions do not survive).
+    pub fn restart(mut self, env: &[(&str, &str)], args: &[&str]) -> Server {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Server::start_in(dir, env, args)
     }
 
     pub fn state_dir(&self) -> PathBuf {
