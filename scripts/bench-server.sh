@@ -68,12 +68,16 @@ steps:
 YAML
 LOAD first-step "$URL" "$WORK/first.yaml" "$RUNS" "$TOKEN"
 
-echo "== $CLIENTS SSE clients on one task"
+echo "== $CLIENTS SSE clients on one running task"
+# A first step that sleeps leaves time to connect every stream before the events that count.
 cat >"$WORK/slow.yaml" <<'YAML'
 version: 1
 name: fan-out
 steps:
+  - id: wait
+    shell: sleep 8
   - id: a
+    needs: [wait]
     write: { path: a.txt, content: "a\n" }
   - id: b
     needs: [a]
@@ -86,12 +90,11 @@ TASK=$(python3 -c 'import json,sys; print(json.dumps({"workflow": open(sys.argv[
   curl -sf "$URL/api/v1/tasks" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d @- |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 echo "RSS before the streams: $(rss)"
-LOAD sse "$URL" "$TASK" "$CLIENTS" 30 "$TOKEN" >"$WORK/sse.out" &
+curl -sf -X POST "$URL/api/v1/tasks/$TASK/run" -H "authorization: Bearer $TOKEN" >/dev/null
+LOAD sse "$URL" "$TASK" "$CLIENTS" 20 "$TOKEN" >"$WORK/sse.out" &
 LOAD_PID=$!
 for _ in $(seq 1 600); do grep -q "streams connected" "$WORK/sse.out" && break; sleep 0.1; done
 echo "RSS with $CLIENTS streams open: $(rss)"
-curl -sf -X POST "$URL/api/v1/tasks/$TASK/run" -H "authorization: Bearer $TOKEN" >/dev/null
-sleep 5
-echo "RSS after the run's events went out: $(rss)"
 wait "$LOAD_PID"
+echo "RSS after the run's events went out: $(rss)"
 cat "$WORK/sse.out"
