@@ -149,7 +149,7 @@ async fn shutdown_signal() {
         () = term => {},
     }
     eprintln!(
-        "{} shutting down: running runs are cancelled (revert undoes what their steps changed), parked runs stay parked",
+        "{} shutting down: running steps are cancelled and rolled back, parked runs stay parked",
         style("serve").cyan().bold()
     );
 }

@@ -295,7 +295,9 @@ pub(super) async fn capture_after(
     }
     // Hazards and uncapturable changes are never kept, `keep_on_failure` or not.
     let forced = !hazards.is_empty() || store_error.is_some();
-    let roll_back = f.state == StepState::Failed
+    // A cancelled step (Ctrl-C, a server shutting down, fail-fast) stopped half way: what it
+    // left is undone like a failed step's, so a stop never leaves a half-made change behind.
+    let roll_back = matches!(f.state, StepState::Failed | StepState::Cancelled)
         && (forced || !job.step.keep_on_failure)
         && !changes.is_empty();
     if roll_back {
