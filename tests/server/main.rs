@@ -4,3 +4,6 @@
 mod harness;
 
 mod smoke;
+mod taskkit;
+
+mod tasks;
