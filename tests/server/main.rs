@@ -6,4 +6,5 @@ mod harness;
 mod smoke;
 mod taskkit;
 
+mod authz;
 mod tasks;

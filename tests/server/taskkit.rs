@@ -72,13 +72,24 @@ pub struct Sse {
 
 impl Sse {
     pub async fn open(api: &Api, path: &str, last_event_id: Option<u64>) -> Sse {
-        let mut rb = api.request(reqwest::Method::GET, path);
+        // A connection of its own, as a browser's EventSource has.
+        let mut rb = reqwest::Client::new().get(api.url(path));
+        if let Some(t) = &api.token {
+            rb = rb.bearer_auth(t);
+        }
         if let Some(n) = last_event_id {
             rb = rb.header("Last-Event-ID", n.to_string());
         }
         let res = rb.send().await.unwrap();
+        let status = res.status().as_u16();
+        assert_eq!(
+            status,
+            200,
+            "{path}: {}",
+            res.text().await.unwrap_or_default()
+        );
         Sse {
-            status: res.status().as_u16(),
+            status,
             headers: res.headers().clone(),
             body: Box::pin(res.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
             buf: String::new(),
