@@ -7,4 +7,5 @@ mod smoke;
 mod taskkit;
 
 mod authz;
+mod instructions;
 mod tasks;
