@@ -68,6 +68,8 @@ pub struct Sse {
     buf: String,
     /// Comment lines seen (heartbeats).
     pub comments: Vec<String>,
+    /// The last event number received: a stream never goes back or repeats one.
+    last_seq: Option<u64>,
 }
 
 impl Sse {
@@ -94,6 +96,7 @@ impl Sse {
             body: Box::pin(res.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
             buf: String::new(),
             comments: Vec::new(),
+            last_seq: None,
         }
     }
 
@@ -133,11 +136,20 @@ impl Sse {
                 if !any {
                     continue;
                 }
-                return Some(SseEvent {
+                let e = SseEvent {
                     id,
                     event,
                     data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
-                });
+                };
+                if e.event != "resync"
+                    && let Some(seq) = e.id.as_deref().and_then(|i| i.parse::<u64>().ok())
+                {
+                    if let Some(last) = self.last_seq {
+                        assert!(seq > last, "event {seq} after {last}: {e:?}");
+                    }
+                    self.last_seq = Some(seq);
+                }
+                return Some(e);
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),

@@ -775,6 +775,10 @@ impl Session {
         }
         store.commit(batch).await?;
         self.append_events(&record.run_id, events);
+        // The events above are queued, not yet stored; a resume right after numbers its events
+        // from what is stored. The writer commits in order, so an empty commit returns once
+        // they (and the parked run's last events) are durable.
+        store.commit(Batch::default()).await?;
         Ok(out)
     }
 

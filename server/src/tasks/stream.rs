@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use secureclaw_engine::events::{EventEnvelope, RunEvent};
 use secureclaw_engine::record::RunState;
-use secureclaw_engine::session::Session;
+use secureclaw_engine::session::{AppBatch, Session};
 use tokio::sync::mpsc;
 
 use super::routes::{accessible_task, run_of};
@@ -159,6 +159,8 @@ async fn pump(
     behind: Arc<AtomicBool>,
 ) {
     let mut changes = session.live_changes();
+    // Whether the store has had a chance to catch up since the last read.
+    let mut settled = false;
     loop {
         changes.borrow_and_update();
         let Ok(mut events) = session.events(&run, after) else {
@@ -185,6 +187,13 @@ async fn pump(
         }
         // Out of events without the final one: the run is parked (or between stretches).
         if !session.is_live(&run) {
+            // A run's last events are queued for the store when it ends, not yet stored; the
+            // store commits in order, so once an empty commit returns they are: read again.
+            if !settled {
+                settled = true;
+                let _ = session.app_commit(AppBatch::default()).await;
+                continue;
+            }
             match session.show(&run) {
                 Ok(r) if r.state == RunState::AwaitingApproval => {}
                 // Ended without a final event this stream saw (e.g. interrupted): done.
@@ -197,6 +206,7 @@ async fn pump(
             _ = tx.closed() => return,
             _ = tokio::time::sleep(RECHECK) => {}
         }
+        settled = false;
     }
 }
 
