@@ -8,3 +8,8 @@ mod auth_attacks;
 mod openapi;
 mod ops;
 mod smoke;
+mod taskkit;
+
+mod authz;
+mod instructions;
+mod tasks;

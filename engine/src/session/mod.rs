@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventEnvelope, EventLog, EventStream, RunEvent, event_key};
 use crate::model::{Backend, Tier};
-use crate::park::{ParkState, StepDecision, decision_key};
+use crate::park::{ParkState, PendingApproval, StepDecision, decision_key};
 use crate::policy::{Approver, NoApprover, Policy};
 use crate::record::{RunRecord, RunState, RunStore, StoreError};
 use crate::revert::{RevertError, RevertPlan, RevertReport, RevertRequest};
@@ -563,13 +563,24 @@ impl Session {
 
     /// Events of a run after `after`: live if it runs in this process, else as stored.
     pub fn events(&self, run: &str, after: u64) -> Result<EventStream, SessionError> {
-        let id = self.inner.store.resolve(run)?;
+        // A run that just started may have no stored record to resolve yet: its full id is
+        // enough while it is live.
+        let id = match self.is_live(run) {
+            true => run.to_string(),
+            false => self.inner.store.resolve(run)?,
+        };
         if let Ok(live) = self.inner.live.lock()
             && let Some(run) = live.get(&id)
         {
             return Ok(run.log.subscribe(after));
         }
         Ok(EventStream::stored(self.inner.store.clone(), &id, after))
+    }
+
+    /// The number of the last event a run has stored (0: none yet); events after it are new.
+    pub fn last_event_seq(&self, run: &str) -> Result<u64, SessionError> {
+        let id = self.inner.store.resolve(run)?;
+        Ok(last_stored_seq(&self.inner.store, &id))
     }
 
     /// True when `run` is going on in this process now.
@@ -595,7 +606,10 @@ impl Session {
     /// Cancel a run going on in this process: running steps are killed and rolled back, the
     /// run is marked cancelled. False when it is not running here.
     pub fn cancel(&self, run: &str) -> Result<bool, SessionError> {
-        let id = self.inner.store.resolve(run)?;
+        let id = match self.is_live(run) {
+            true => run.to_string(),
+            false => self.inner.store.resolve(run)?,
+        };
         let token = self
             .inner
             .live
@@ -654,6 +668,25 @@ impl Session {
                 state: label(&record.state),
             }),
         }
+    }
+
+    /// The gates a parked run waits at, each with the decision already given for it, if any
+    /// (a decision counts only while its hash is the gate's).
+    pub fn gates(
+        &self,
+        run: &str,
+    ) -> Result<Vec<(PendingApproval, Option<StepDecision>)>, SessionError> {
+        let (record, park) = self.parked(run)?;
+        park.pending
+            .into_iter()
+            .map(|p| {
+                let d: Option<StepDecision> = self.inner.store.get_json(
+                    Table::Approvals,
+                    &decision_key(&record.run_id, &p.request.step),
+                )?;
+                Ok((p, d))
+            })
+            .collect()
     }
 
     /// Approve the gates of a parked run (`step`: one of them; `None`: all it waits at).
@@ -742,6 +775,10 @@ impl Session {
         }
         store.commit(batch).await?;
         self.append_events(&record.run_id, events);
+        // The events above are queued, not yet stored; a resume right after numbers its events
+        // from what is stored. The writer commits in order, so an empty commit returns once
+        // they (and the parked run's last events) are durable.
+        store.commit(Batch::default()).await?;
         Ok(out)
     }
 

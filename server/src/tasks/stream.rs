@@ -1,0 +1,231 @@
+//! `GET /tasks/{id}/stream`: a run's events as Server-Sent Events.
+//!
+//! Each event is `id: SEQ` (the engine's sequence number), `event: KIND`, `data: ENVELOPE`.
+//! `Last-Event-ID` (or `?after=`) resumes right after that number. The stream stays open
+//! while the run is parked and goes on when it resumes; it ends after the run's final
+//! `run_finished`.
+//!
+//! Each client gets a bounded queue. A client that leaves it full for longer than
+//! [`STALL`] is behind: it gets `event: resync` with the last number it was sent, and the
+//! stream closes, so it reconnects with that `Last-Event-ID` instead of the server holding an
+//! ever longer backlog for it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use secureclaw_engine::events::{EventEnvelope, RunEvent};
+use secureclaw_engine::record::RunState;
+use secureclaw_engine::session::{AppBatch, Session};
+use tokio::sync::mpsc;
+
+use super::routes::{accessible_task, run_of};
+use super::scrub::OutputScrubber;
+use crate::app::AppState;
+use crate::auth::Identity;
+use crate::error::{ApiError, ApiResult, Problem};
+
+/// Events queued for one client at most.
+pub const QUEUE: usize = 64;
+/// How long a full queue may stay full before the client is told to resync.
+pub const STALL: Duration = Duration::from_secs(5);
+/// How often a stream waiting on a parked run looks again without being told.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// An event ready to send, with its number.
+struct Outgoing {
+    seq: u64,
+    event: Event,
+}
+
+/// Follow the task's run live.
+#[utoipa::path(get, path = "/tasks/{id}/stream", tag = "tasks", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "task id (UUID)"),
+        ("after" = Option<u64>, Query, description = "start after this event number (as `Last-Event-ID`)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event number"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `id` = event number, `event` = kind, `data` = the JSON envelope; `event: resync` when the client fell behind", content_type = "text/event-stream", body = String),
+        (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the task has not run", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn stream_task(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let task = accessible_task(&state, &who, &id)?;
+    let run = run_of(&task)?.to_string();
+    let after = resume_point(&headers, q.get("after").map(String::as_str))?;
+    let scrub = OutputScrubber::new(state.config.pii_scrub)?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let behind = Arc::new(AtomicBool::new(false));
+    tokio::spawn(pump(
+        state.session.clone(),
+        run,
+        after,
+        tx,
+        scrub,
+        behind.clone(),
+    ));
+    let sse = Sse::new(body(rx, behind, after)).keep_alive(
+        KeepAlive::new()
+            .interval(state.config.heartbeat)
+            .text("heartbeat"),
+    );
+    let mut res = sse.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+/// `Last-Event-ID` wins over `?after=`; neither: from the start.
+fn resume_point(headers: &HeaderMap, after: Option<&str>) -> ApiResult<u64> {
+    let given = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().unwrap_or("x").trim().to_string()),
+        None => after.map(str::to_string),
+    };
+    match given {
+        None => Ok(0),
+        Some(text) if text.is_empty() => Ok(0),
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                "`Last-Event-ID` / `after` must be an event number",
+            )
+        }),
+    }
+}
+
+/// The response body: queued events until the pump ends; `resync` as soon as the pump says
+/// the client is behind.
+fn body(
+    rx: mpsc::Receiver<Outgoing>,
+    behind: Arc<AtomicBool>,
+    after: u64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct St {
+        rx: mpsc::Receiver<Outgoing>,
+        behind: Arc<AtomicBool>,
+        last: u64,
+        done: bool,
+    }
+    let st = St {
+        rx,
+        behind,
+        last: after,
+        done: false,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if !st.behind.load(Ordering::Acquire)
+            && let Some(out) = st.rx.recv().await
+        {
+            st.last = out.seq;
+            return Some((Ok(out.event), st));
+        }
+        if st.behind.load(Ordering::Acquire) {
+            st.done = true;
+            let resync = Event::default()
+                .id(st.last.to_string())
+                .event("resync")
+                .data(serde_json::json!({ "last_seq": st.last }).to_string());
+            return Some((Ok(resync), st));
+        }
+        None
+    })
+}
+
+/// Read the run's events and queue them for the client until the run's final
+/// `run_finished`, the client leaves, or it falls behind.
+async fn pump(
+    session: Session,
+    run: String,
+    mut after: u64,
+    tx: mpsc::Sender<Outgoing>,
+    scrub: OutputScrubber,
+    behind: Arc<AtomicBool>,
+) {
+    let mut changes = session.live_changes();
+    // Whether the store has had a chance to catch up since the last read.
+    let mut settled = false;
+    loop {
+        changes.borrow_and_update();
+        let Ok(mut events) = session.events(&run, after) else {
+            return;
+        };
+        while let Some(envelope) = events.next().await {
+            after = envelope.seq;
+            let last = is_final(&envelope);
+            let out = Outgoing {
+                seq: envelope.seq,
+                event: sse_event(envelope, &scrub),
+            };
+            match tx.send_timeout(out, STALL).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    behind.store(true, Ordering::Release);
+                    return;
+                }
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
+            }
+            if last {
+                return;
+            }
+        }
+        // Out of events without the final one: the run is parked (or between stretches).
+        if !session.is_live(&run) {
+            // A run's last events are queued for the store when it ends, not yet stored; the
+            // store commits in order, so once an empty commit returns they are: read again.
+            if !settled {
+                settled = true;
+                let _ = session.app_commit(AppBatch::default()).await;
+                continue;
+            }
+            match session.show(&run) {
+                Ok(r) if r.state == RunState::AwaitingApproval => {}
+                // Ended without a final event this stream saw (e.g. interrupted): done.
+                _ if session.is_live(&run) => continue,
+                _ => return,
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+        settled = false;
+    }
+}
+
+/// The run's last event: `run_finished` in any state but parked.
+fn is_final(e: &EventEnvelope) -> bool {
+    matches!(&e.event, RunEvent::RunFinished { state, .. } if *state != RunState::AwaitingApproval)
+}
+
+fn sse_event(envelope: EventEnvelope, scrub: &OutputScrubber) -> Event {
+    let seq = envelope.seq;
+    let mut data = serde_json::to_value(&envelope).unwrap_or_default();
+    scrub.event(&mut data);
+    let kind = data
+        .get("event")
+        .and_then(|k| k.as_str())
+        .unwrap_or("event")
+        .to_string();
+    Event::default()
+        .id(seq.to_string())
+        .event(kind)
+        .data(data.to_string())
+}
