@@ -57,6 +57,17 @@ impl AppState {
         }
         registered(self).ok()?.remove(name)
     }
+
+    /// Every workspace name a task may give: flags first, then registered ones.
+    pub fn workspace_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.config.workspaces.keys().cloned().collect();
+        for n in registered(self).unwrap_or_default().into_keys() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+    }
 }
 
 fn registered(state: &AppState) -> Result<BTreeMap<String, PathBuf>, ApiError> {

@@ -247,8 +247,8 @@ pub async fn create_task(
     };
     let inputs = resolve_inputs(&validated, req.inputs.as_ref())?;
     let (workspace_name, workspace) = match &req.workspace {
-        Some(name) => match state.config.workspaces.get(name) {
-            Some(path) => (Some(name.clone()), path.clone()),
+        Some(name) => match state.workspace(name) {
+            Some(path) => (Some(name.clone()), path),
             None => {
                 return Err(ApiError::bad_request(
                     "unknown_workspace",
@@ -256,13 +256,7 @@ pub async fn create_task(
                 )
                 .with_hint(format!(
                     "registered: {}",
-                    state
-                        .config
-                        .workspaces
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    state.workspace_names().join(", ")
                 )));
             }
         },

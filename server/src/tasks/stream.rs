@@ -77,7 +77,7 @@ pub async fn stream_task(
         scrub,
         behind.clone(),
     ));
-    let sse = Sse::new(body(rx, behind, after)).keep_alive(
+    let sse = Sse::new(body(rx, behind, after, state.stopping.clone())).keep_alive(
         KeepAlive::new()
             .interval(state.config.heartbeat)
             .text("heartbeat"),
@@ -108,33 +108,41 @@ fn resume_point(headers: &HeaderMap, after: Option<&str>) -> ApiResult<u64> {
 }
 
 /// The response body: queued events until the pump ends; `resync` as soon as the pump says
-/// the client is behind.
+/// the client is behind. A server that is stopping ends every stream at once (the client
+/// reconnects with `Last-Event-ID` and misses nothing).
 fn body(
     rx: mpsc::Receiver<Outgoing>,
     behind: Arc<AtomicBool>,
     after: u64,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     struct St {
         rx: mpsc::Receiver<Outgoing>,
         behind: Arc<AtomicBool>,
         last: u64,
         done: bool,
+        stopping: tokio_util::sync::CancellationToken,
     }
     let st = St {
         rx,
         behind,
         last: after,
         done: false,
+        stopping,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
         }
-        if !st.behind.load(Ordering::Acquire)
-            && let Some(out) = st.rx.recv().await
-        {
-            st.last = out.seq;
-            return Some((Ok(out.event), st));
+        if !st.behind.load(Ordering::Acquire) {
+            let next = tokio::select! {
+                out = st.rx.recv() => out,
+                () = st.stopping.cancelled() => return None,
+            };
+            if let Some(out) = next {
+                st.last = out.seq;
+                return Some((Ok(out.event), st));
+            }
         }
         if st.behind.load(Ordering::Acquire) {
             st.done = true;
