@@ -40,3 +40,34 @@ fn json_problem(r: &JsonRejection) -> ApiError {
     };
     ApiError::new(status, code, r.body_text())
 }
+
+/// A JSON body whose fields all have defaults: a request with no body at all (no
+/// `Content-Type`, no length or length 0) gets `T::default()`, so `curl -X POST URL` works.
+/// A body that is there must be JSON, as with [`JsonBody`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonOrDefault<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonOrDefault<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        use axum::http::header;
+        let h = req.headers();
+        let no_type = !h.contains_key(header::CONTENT_TYPE);
+        let no_length = match h.get(header::CONTENT_LENGTH) {
+            None => !h.contains_key(header::TRANSFER_ENCODING),
+            Some(v) => v.as_bytes() == b"0",
+        };
+        if no_type && no_length {
+            return Ok(JsonOrDefault(T::default()));
+        }
+        JsonBody::<T>::from_request(req, state)
+            .await
+            .map(|JsonBody(v)| JsonOrDefault(v))
+    }
+}

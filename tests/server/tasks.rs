@@ -616,3 +616,30 @@ steps:
         "the secret left in the task: {shown}"
     );
 }
+
+/// `curl -X POST .../revert` with no body at all takes the defaults (a real revert); a body
+/// that is there must still be JSON.
+#[tokio::test]
+async fn a_revert_without_a_body_takes_the_defaults() {
+    let api = Api::user(shared(), "nobody").await;
+    let (id, _) = started(&api, GREET).await;
+    wait_state(&api, &id, &["succeeded"]).await;
+    let path = format!("/api/v1/tasks/{id}/revert");
+    let garbled = api
+        .send(
+            api.request(reqwest::Method::POST, &path)
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(garbled.status, 400, "{:?}", garbled.body);
+    let r = api.send(api.request(reqwest::Method::POST, &path)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["outcome"], "applied");
+    let written = shared()
+        .data_dir
+        .join("workspaces")
+        .join(&id)
+        .join("out/hello.txt");
+    assert!(!written.exists(), "the revert left {}", written.display());
+}

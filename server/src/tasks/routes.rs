@@ -31,7 +31,7 @@ use super::views::{
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, JsonOrDefault};
 use crate::ops::Metrics;
 
 /// Repair rounds the planner may take after an invalid answer.
@@ -577,7 +577,7 @@ pub async fn revert_task(
     State(state): State<AppState>,
     who: Identity,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RevertTask>,
+    JsonOrDefault(req): JsonOrDefault<RevertTask>,
 ) -> ApiResult<Json<RevertReply>> {
     let task = accessible_task(&state, &who, &id)?;
     revert(
@@ -606,7 +606,7 @@ pub async fn revert_action(
     State(state): State<AppState>,
     who: Identity,
     Path(action): Path<String>,
-    JsonBody(req): JsonBody<RevertAction>,
+    JsonOrDefault(req): JsonOrDefault<RevertAction>,
 ) -> ApiResult<Json<RevertReply>> {
     let (task_id, step) = parse_action_id(&action)?;
     let task =
