@@ -73,7 +73,11 @@ impl Server {
     pub fn client(&self) -> Api {
         Api {
             base: self.url.clone(),
-            http: reqwest::Client::new(),
+            // A request that hangs fails its test instead of holding up the whole run.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(90))
+                .build()
+                .unwrap(),
             token: None,
         }
     }

@@ -11,13 +11,13 @@ use crate::harness::{Api, Server};
 use crate::taskkit::wait_state;
 
 /// A scripted Anthropic server: request n gets reply n (then 500s); bodies are recorded.
-struct Fake {
+pub struct Fake {
     base_url: String,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl Fake {
-    fn start(replies: Vec<String>) -> Self {
+    pub fn start(replies: Vec<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -45,12 +45,12 @@ impl Fake {
         Fake { base_url, requests }
     }
 
-    fn requests(&self) -> Vec<String> {
+    pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 
     /// A server whose planner talks to this fake only.
-    fn server(&self) -> Server {
+    pub fn server(&self) -> Server {
         Server::start(
             &[
                 ("ANTHROPIC_BASE_URL", self.base_url.as_str()),

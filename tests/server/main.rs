@@ -12,4 +12,5 @@ mod taskkit;
 
 mod authz;
 mod instructions;
+mod journey;
 mod tasks;
