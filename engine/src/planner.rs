@@ -123,6 +123,18 @@ impl PlanError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Injection { .. } | Self::EmptyInstruction)
     }
+
+    /// True when planning stopped at the caller's token budget: the caller's limit was too
+    /// small, no provider failed.
+    pub fn is_budget_exhausted(&self) -> bool {
+        matches!(
+            self,
+            Self::Llm {
+                source: LlmError::BudgetExhausted { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// Turns instructions into validated workflows.

@@ -311,6 +311,10 @@ async fn plan_instruction(
                     .with_hint("rephrase the instruction as a plain task; nothing was sent to a provider")
             }
             PlanError::EmptyInstruction => ApiError::bad_request("invalid_request", e.to_string()),
+            PlanError::Llm { .. } if e.is_budget_exhausted() => {
+                ApiError::bad_request("token_budget_exhausted", e.to_string())
+                    .with_hint("give a larger `token_budget` (the default is the server's)")
+            }
             PlanError::Llm { source, .. } => {
                 let err = ApiError::new(StatusCode::BAD_GATEWAY, "planner_failed", e.to_string());
                 if source.to_string().contains("no provider") {
@@ -542,7 +546,9 @@ pub async fn cancel_task(
     ),
     responses(
         (status = 200, description = "the diffs, in write order", body = DiffReply),
-        (status = 404, description = "no such task or step", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "the run has no such step", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such task, or a malformed step id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the task has not run (`not_started`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn task_diff(
     State(state): State<AppState>,

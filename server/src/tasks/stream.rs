@@ -44,6 +44,20 @@ struct Outgoing {
     event: Event,
 }
 
+/// One server-sent event as a client's parser sees it (for the API document).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the wire format; the handler writes the fields as SSE lines
+pub struct StreamEvent {
+    /// The engine's event number, from 1 without gaps (absent on heartbeats).
+    pub id: Option<String>,
+    /// The event kind: `run_started`, `step_finished`, ..., or `resync`.
+    pub event: Option<String>,
+    /// The JSON envelope `{run_id, seq, at, event, ...}`, as text.
+    pub data: String,
+    /// Reconnection delay hint in milliseconds, if the server sends one.
+    pub retry: Option<u64>,
+}
+
 /// Follow the task's run live.
 #[utoipa::path(get, path = "/tasks/{id}/stream", tag = "tasks", security(("bearer" = [])),
     params(
@@ -52,7 +66,8 @@ struct Outgoing {
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event number"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `id` = event number, `event` = kind, `data` = the JSON envelope; `event: resync` when the client fell behind", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `id` = event number, `event` = kind, `data` = the JSON envelope; `event: resync` when the client fell behind", content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, description = "`Last-Event-ID` or `after` is not an event number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the task has not run", body = Problem, content_type = "application/problem+json"),
     ))]
