@@ -2,108 +2,28 @@
 //! Messages API on loopback that replies from a script and records every request.
 
 use crate::common;
+use common::fake_anthropic::Fake;
 use common::text;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
 const SECRET: &str = "sk-ant-api03-PLANTESTdoNotLeak0123456789abcdefghijklmnopqrstuvwxyzABCD-xyzAA";
 
-/// A scripted Anthropic server: request n gets reply n (then 500s); bodies are recorded.
-struct Fake {
-    base_url: String,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Fake {
-    fn start(replies: Vec<String>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let reqs = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            let mut replies = replies.into_iter();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let Some(body) = read_body(&mut stream) else {
-                    continue;
-                };
-                reqs.lock().unwrap().push(body);
-                let (status, reply) = match replies.next() {
-                    Some(text) => (200, anthropic_ok(&text)),
-                    None => (500, r#"{"error":"script exhausted"}"#.to_string()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    reply.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(reply.as_bytes());
-            }
-        });
-        Fake { base_url, requests }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    /// The binary, pointed at this server only.
-    fn cmd(&self, dir: &Path) -> Command {
-        let mut c = common::secureclaw();
-        c.current_dir(dir)
-            .env("ANTHROPIC_BASE_URL", &self.base_url)
-            .env("ANTHROPIC_API_KEY", "test-key")
-            .env("LLM_PROVIDER", "claude")
-            .env("LLM_FALLBACK_ORDER", "claude")
-            .env("LLM_TIMEOUT_SECONDS", "20")
-            .env_remove("SECURECLAW_STATE_DIR")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("PII_SCRUB_ENABLED")
-            .env_remove("PROMPT_INJECTION_DETECT_ENABLED");
-        c
-    }
-}
-
-fn read_body(stream: &mut std::net::TcpStream) -> Option<String> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The real Messages API response shape.
-fn anthropic_ok(text: &str) -> String {
-    serde_json::json!({
-        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-sonnet-4-6",
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "stop_sequence": null,
-        "usage": {"input_tokens": 1200, "output_tokens": 80}
-    })
-    .to_string()
+/// The binary, pointed at `fake` only.
+fn cmd(fake: &Fake, dir: &Path) -> Command {
+    let mut c = common::secureclaw();
+    c.current_dir(dir)
+        .env("ANTHROPIC_BASE_URL", &fake.base_url)
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("LLM_PROVIDER", "claude")
+        .env("LLM_FALLBACK_ORDER", "claude")
+        .env("LLM_TIMEOUT_SECONDS", "20")
+        .env_remove("SECURECLAW_STATE_DIR")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("PII_SCRUB_ENABLED")
+        .env_remove("PROMPT_INJECTION_DETECT_ENABLED");
+    c
 }
 
 fn fenced(yaml: &str) -> String {
@@ -145,8 +65,7 @@ fn ledger(fake: &Fake, dir: &Path) -> Vec<serde_json::Value> {
     // Kept outside the workspace: a stray file there would make `revert` see foreign changes.
     let keep = tempfile::tempdir().unwrap();
     let file = keep.path().join("ledger.jsonl");
-    let out = fake
-        .cmd(dir)
+    let out = cmd(fake, dir)
         .args(["ledger", "export", "--out"])
         .arg(&file)
         .output()
@@ -166,8 +85,7 @@ fn ledger(fake: &Fake, dir: &Path) -> Vec<serde_json::Value> {
 fn good_plan_is_written_shown_and_ledgered() {
     let fake = Fake::start(vec![fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args(["plan", "write a greeting to out/hello.txt", "-o", "f.yaml"])
         .output()
         .unwrap();
@@ -193,8 +111,7 @@ fn good_plan_is_written_shown_and_ledgered() {
     assert!(stderr.contains("1 round"), "{stderr}");
 
     // The file is a valid workflow for the engine.
-    let v = fake
-        .cmd(dir.path())
+    let v = cmd(&fake, dir.path())
         .args(["validate", "f.yaml"])
         .output()
         .unwrap();
@@ -231,8 +148,7 @@ fn good_plan_is_written_shown_and_ledgered() {
 fn invalid_reply_is_repaired_with_the_located_errors() {
     let fake = Fake::start(vec![fenced(BAD), fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args(["plan", "write a greeting to out/hello.txt", "-o", "f.yaml"])
         .output()
         .unwrap();
@@ -259,8 +175,7 @@ fn invalid_reply_is_repaired_with_the_located_errors() {
 fn still_invalid_after_the_repairs_fails_listing_the_errors() {
     let fake = Fake::start(vec![fenced(BAD), fenced(BAD), fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args([
             "plan",
             "write a greeting",
@@ -289,8 +204,7 @@ fn still_invalid_after_the_repairs_fails_listing_the_errors() {
 fn refused_before_any_request(instruction: &str) -> String {
     let fake = Fake::start(vec![fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args(["plan", instruction, "-o", "f.yaml"])
         .output()
         .unwrap();
@@ -330,8 +244,7 @@ steps:
 ";
     let fake = Fake::start(vec![fenced(with_placeholder)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args([
             "plan",
             &format!("store the deploy key {SECRET} in config/key.txt"),
@@ -362,8 +275,7 @@ steps:
 fn run_instruction_plans_runs_records_and_reverts() {
     let fake = Fake::start(vec![fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args([
             "run",
             "--instruction",
@@ -393,8 +305,7 @@ fn run_instruction_plans_runs_records_and_reverts() {
         .unwrap();
     assert!(plan_at < first_step, "{kinds:?}");
 
-    let revert = fake
-        .cmd(dir.path())
+    let revert = cmd(&fake, dir.path())
         .args(["revert", "last"])
         .output()
         .unwrap();
@@ -423,8 +334,7 @@ fn run_needs_a_file_or_an_instruction() {
 fn plan_json_lists_steps_and_provenance() {
     let fake = Fake::start(vec![fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args(["plan", "write a greeting to out/hello.txt", "--json"])
         .output()
         .unwrap();
@@ -441,8 +351,7 @@ fn plan_json_lists_steps_and_provenance() {
 fn plan_without_out_prints_only_the_workflow_on_stdout() {
     let fake = Fake::start(vec![fenced(GOOD)]);
     let dir = tempfile::tempdir().unwrap();
-    let out = fake
-        .cmd(dir.path())
+    let out = cmd(&fake, dir.path())
         .args(["plan", "write a greeting to out/hello.txt"])
         .output()
         .unwrap();

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::auth::{code_at, now};
 use crate::harness::{PASSPHRASE, PASSWORD, unique};
-use crate::instructions::Fake;
+use crate::instructions::{Fake, server_for};
 use crate::taskkit::{Sse, assert_consecutive, kinds, wait_state};
 
 const PLANNED: &str = "version: 1
@@ -31,7 +31,7 @@ steps:
 #[tokio::test]
 async fn register_two_factor_plan_approve_stream_revert_and_verify() {
     let fake = Fake::start(vec![format!("```yaml\n{PLANNED}```\n")]);
-    let server = fake.server();
+    let server = server_for(&fake);
     let name = unique("journey");
 
     // Register: a token, and a TOTP setup that is not required yet.

@@ -1,6 +1,8 @@
 //! The HTTP API end to end: a real `secureclaw serve` on loopback, real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+#[path = "../common/fake_anthropic.rs"]
+mod fake_anthropic;
 mod harness;
 
 mod auth;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -637,6 +637,25 @@ pub async fn revert_action(
     .await
 }
 
+/// How long a revert waits for a run that is finishing (its last event already streamed, its
+/// record being saved) before calling it in progress.
+const FINISHING_GRACE: Duration = Duration::from_secs(2);
+
+/// True once `run` is not live here, waiting up to [`FINISHING_GRACE`] for it to end: a client
+/// that saw `run_finished` on the stream and reverts at once should not be told the run is
+/// still going on.
+async fn run_ends_soon(session: &Session, run: &str) -> bool {
+    let mut changes = session.live_changes();
+    let deadline = tokio::time::Instant::now() + FINISHING_GRACE;
+    while session.is_live(run) {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return !session.is_live(run),
+        }
+    }
+    true
+}
+
 async fn revert(
     state: &AppState,
     task: &Task,
@@ -644,7 +663,7 @@ async fn revert(
 ) -> ApiResult<Json<RevertReply>> {
     let run = run_of(task)?;
     let _guard = state.tasks.lock(&task.id).await;
-    if state.session.is_live(run) {
+    if !run_ends_soon(&state.session, run).await {
         return Err(ApiError::conflict(
             "run_in_progress",
             "the run is going on; cancel it or wait for it to end",
