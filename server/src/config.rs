@@ -177,6 +177,21 @@ impl ServerConfig {
         if let Some(v) = get("SECURECLAW_NO_SELF_APPROVAL") {
             c.no_self_approval = boolean(&v, "SECURECLAW_NO_SELF_APPROVAL")?;
         }
+        if let Some(v) = get("SECURECLAW_SSE_HEARTBEAT_SECONDS") {
+            let secs: u64 = parse(
+                &v,
+                "SECURECLAW_SSE_HEARTBEAT_SECONDS",
+                "a whole number of seconds",
+            )?;
+            if secs == 0 {
+                return Err(err(
+                    "SECURECLAW_SSE_HEARTBEAT_SECONDS",
+                    &v,
+                    "must be at least 1",
+                ));
+            }
+            c.heartbeat = Duration::from_secs(secs);
+        }
         if let Some(v) = get("SECURECLAW_METRICS_TOKEN") {
             if v.len() < 16 {
                 return Err(err(

@@ -114,6 +114,9 @@ impl Sse {
                 let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
                 let mut any = false;
                 for line in block.lines() {
+                    if line.is_empty() {
+                        continue;
+                    }
                     if let Some(c) = line.strip_prefix(':') {
                         self.comments.push(c.trim().to_string());
                         continue;

@@ -643,3 +643,42 @@ async fn a_revert_without_a_body_takes_the_defaults() {
         .join("out/hello.txt");
     assert!(!written.exists(), "the revert left {}", written.display());
 }
+
+/// An idle stream (the run is parked) carries heartbeat comments at the configured interval,
+/// with the headers that keep proxies from buffering or compressing it.
+#[tokio::test]
+async fn an_idle_stream_carries_heartbeats() {
+    let server = Server::start(&[("SECURECLAW_SSE_HEARTBEAT_SECONDS", "1")], &[]);
+    let api = Api::user(&server, "heartbeat").await;
+    let (id, _) = started(&api, GATED).await;
+    wait_state(&api, &id, &["awaiting_approval"]).await;
+    let mut sse = Sse::open(&api, &format!("/api/v1/tasks/{id}/stream"), None).await;
+    assert_eq!(
+        sse.headers.get("x-accel-buffering").unwrap(),
+        "no",
+        "{:?}",
+        sse.headers
+    );
+    assert_eq!(sse.headers.get("cache-control").unwrap(), "no-cache");
+    assert!(sse.headers.get("content-encoding").is_none());
+    // The parked stretch ends with `run_finished` in state `awaiting_approval`; the stream
+    // stays open for the resume.
+    let parked = sse.until("run_finished", Some("awaiting_approval")).await;
+    assert!(!parked.is_empty());
+    // Nothing happens while the run is parked: only heartbeats arrive. Ask for the next event
+    // with a short patience: it must time out having seen heartbeat comments.
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(3500), sse.next()).await;
+    assert!(
+        waited.is_err(),
+        "an event arrived on an idle stream: {waited:?}"
+    );
+    assert!(
+        sse.comments
+            .iter()
+            .filter(|c| c.contains("heartbeat"))
+            .count()
+            >= 2,
+        "heartbeats: {:?}",
+        sse.comments
+    );
+}
