@@ -3,14 +3,12 @@
 //! the plan, run it, approve its gate exactly as shown, follow it live, undo it, and verify the
 //! exported ledger offline.
 
-use std::path::Path;
-
 use serde_json::json;
 
 use crate::auth::{code_at, now};
-use crate::harness::{PASSPHRASE, PASSWORD, unique};
+use crate::harness::{PASSWORD, unique};
 use crate::instructions::{Fake, server_for};
-use crate::taskkit::{Sse, assert_consecutive, kinds, wait_state};
+use crate::taskkit::{Sse, assert_consecutive, kinds, verify_export, wait_state};
 
 const PLANNED: &str = "version: 1
 name: release-notes
@@ -155,17 +153,4 @@ async fn register_two_factor_plan_approve_stream_revert_and_verify() {
     for kind in ["run_started", "run_parked", "approval_given", "run_resumed"] {
         assert!(jsonl.contains(kind), "the export lacks {kind}");
     }
-}
-
-fn verify_export(file: &Path, head: &Path, state: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_secureclaw"))
-        .args(["ledger", "verify-export"])
-        .arg(file)
-        .arg("--head")
-        .arg(head)
-        .arg("--state-dir")
-        .arg(state)
-        .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
-        .output()
-        .unwrap()
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::harness::{Api, Server, shared, unique};
+use crate::taskkit::{GATED, started, wait_state};
 
 #[tokio::test]
 async fn health_says_which_llm_providers_are_configured_and_never_a_key() {
@@ -567,46 +568,11 @@ fn every_variable_the_code_reads_is_in_env_example() {
     }
 }
 
-/// Poll a task until its state is one of `states`.
-async fn task_reaches(api: &Api, id: &str, states: &[&str]) -> serde_json::Value {
-    for _ in 0..600 {
-        let r = api.get(&format!("/api/v1/tasks/{id}")).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        if states.contains(&r.body["state"].as_str().unwrap_or("")) {
-            return r.body;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("task {id} never reached {states:?}");
-}
-
-async fn start_task(api: &Api, yaml: &str) -> String {
-    let r = api.post("/api/v1/tasks", json!({ "workflow": yaml })).await;
-    assert_eq!(r.status, 201, "create: {:?}", r.body);
-    let id = r.body["id"].as_str().unwrap().to_string();
-    let r = api
-        .post(&format!("/api/v1/tasks/{id}/run"), json!({}))
-        .await;
-    assert_eq!(r.status, 202, "run: {:?}", r.body);
-    id
-}
-
 const LONG_STEP: &str = r#"version: 1
 name: long
 steps:
   - id: slow
     shell: echo started > started.txt && sleep 30
-"#;
-
-const PARKS: &str = r#"version: 1
-name: parks
-steps:
-  - id: prepare
-    write: { path: prep.txt, content: "prepared\n" }
-  - id: publish
-    needs: [prepare]
-    approve: true
-    write: { path: published.txt, content: "published\n" }
 "#;
 
 #[tokio::test]
@@ -616,9 +582,9 @@ async fn sigterm_cancels_and_rolls_back_running_runs_while_parked_runs_stay_park
     let mut api = server.client();
     api.register(&name).await;
 
-    let parked = start_task(&api, PARKS).await;
-    task_reaches(&api, &parked, &["awaiting_approval"]).await;
-    let running = start_task(&api, LONG_STEP).await;
+    let parked = started(&api, GATED).await.0;
+    wait_state(&api, &parked, &["awaiting_approval"]).await;
+    let running = started(&api, LONG_STEP).await.0;
     let started = server
         .data_dir
         .join("workspaces")
@@ -637,7 +603,7 @@ async fn sigterm_cancels_and_rolls_back_running_runs_while_parked_runs_stay_park
 
     let mut api = server.client();
     api.login(&name).await;
-    let task = task_reaches(
+    let task = wait_state(
         &api,
         &running,
         &["cancelled", "interrupted", "failed", "succeeded"],
@@ -649,7 +615,7 @@ async fn sigterm_cancels_and_rolls_back_running_runs_while_parked_runs_stay_park
         !started.exists(),
         "the cancelled step's write was not rolled back"
     );
-    let task = task_reaches(&api, &parked, &["awaiting_approval", "cancelled", "failed"]).await;
+    let task = wait_state(&api, &parked, &["awaiting_approval", "cancelled", "failed"]).await;
     assert_eq!(task["state"], "awaiting_approval", "{task}");
     let gates = api.get(&format!("/api/v1/tasks/{parked}/approvals")).await;
     assert_eq!(gates.status, 200, "{:?}", gates.body);

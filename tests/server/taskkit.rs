@@ -5,10 +5,44 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
-use crate::harness::Api;
+use crate::harness::{Api, PASSPHRASE};
 
 /// Longest wait for anything a tiny workflow does.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A gate first (`approve: true`), then a step that needs it.
+pub const GATED: &str = r#"version: 1
+name: gated
+steps:
+  - id: prepare
+    write: { path: prep.txt, content: "prepared\n" }
+  - id: publish
+    needs: [prepare]
+    approve: true
+    write: { path: published.txt, content: "published\n" }
+  - id: after
+    needs: [publish]
+    read: { path: published.txt }
+"#;
+
+/// `secureclaw ledger verify-export FILE --head HEAD --state-dir STATE` with the harness
+/// passphrase: how an auditor checks an export offline.
+pub fn verify_export(
+    file: &std::path::Path,
+    head: &std::path::Path,
+    state: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(["ledger", "verify-export"])
+        .arg(file)
+        .arg("--head")
+        .arg(head)
+        .arg("--state-dir")
+        .arg(state)
+        .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap()
+}
 
 /// Create a task from workflow YAML; asserts 201.
 pub async fn workflow_task(api: &Api, yaml: &str) -> Value {

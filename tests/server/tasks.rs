@@ -6,8 +6,10 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Api, PASSPHRASE, Server, shared};
-use crate::taskkit::{Sse, assert_consecutive, kinds, started, wait_state, workflow_task};
+use crate::harness::{Api, Server, shared};
+use crate::taskkit::{
+    GATED, Sse, assert_consecutive, kinds, started, verify_export, wait_state, workflow_task,
+};
 
 const GREET: &str = r#"version: 1
 name: greet
@@ -17,21 +19,6 @@ steps:
   - id: show
     needs: [greet]
     shell: cat out/hello.txt
-"#;
-
-/// A gate first (`approve: true`), then a step that needs it.
-const GATED: &str = r#"version: 1
-name: gated
-steps:
-  - id: prepare
-    write: { path: prep.txt, content: "prepared\n" }
-  - id: publish
-    needs: [prepare]
-    approve: true
-    write: { path: published.txt, content: "published\n" }
-  - id: after
-    needs: [publish]
-    read: { path: published.txt }
 "#;
 
 #[tokio::test]
@@ -537,18 +524,7 @@ async fn the_ledger_export_of_a_run_verifies_offline_with_the_cli() {
     let head = dir.path().join("run.head.json");
     std::fs::write(&file, jsonl).unwrap();
     std::fs::write(&head, serde_json::to_vec_pretty(&r.body["head"]).unwrap()).unwrap();
-    let verify = |file: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_secureclaw"))
-            .args(["ledger", "verify-export"])
-            .arg(file)
-            .arg("--head")
-            .arg(&head)
-            .arg("--state-dir")
-            .arg(server.state_dir())
-            .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
-            .output()
-            .unwrap()
-    };
+    let verify = |file: &Path| verify_export(file, &head, &server.state_dir());
     let out = verify(&file);
     assert!(
         out.status.success(),
