@@ -583,6 +583,13 @@ impl Session {
         Ok(last_stored_seq(&self.inner.store, &id))
     }
 
+    /// Wait until everything handed to the store before this call (events included) is
+    /// durable: the writer commits in order, so an empty commit returns once they are.
+    pub async fn sync(&self) -> Result<(), SessionError> {
+        self.inner.store.commit(Batch::default()).await?;
+        Ok(())
+    }
+
     /// True when `run` is going on in this process now.
     pub fn is_live(&self, run: &str) -> bool {
         self.inner
@@ -776,9 +783,8 @@ impl Session {
         store.commit(batch).await?;
         self.append_events(&record.run_id, events);
         // The events above are queued, not yet stored; a resume right after numbers its events
-        // from what is stored. The writer commits in order, so an empty commit returns once
-        // they (and the parked run's last events) are durable.
-        store.commit(Batch::default()).await?;
+        // from what is stored.
+        self.sync().await?;
         Ok(out)
     }
 

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use secureclaw_engine::events::{EventEnvelope, RunEvent};
 use secureclaw_engine::record::RunState;
-use secureclaw_engine::session::{AppBatch, Session};
+use secureclaw_engine::session::Session;
 use tokio::sync::mpsc;
 
 use super::routes::{accessible_task, run_of};
@@ -210,11 +210,11 @@ async fn pump(
         }
         // Out of events without the final one: the run is parked (or between stretches).
         if !session.is_live(&run) {
-            // A run's last events are queued for the store when it ends, not yet stored; the
-            // store commits in order, so once an empty commit returns they are: read again.
+            // A run's last events are queued for the store when it ends, not yet stored: wait
+            // until they are, then read again.
             if !settled {
                 settled = true;
-                let _ = session.app_commit(AppBatch::default()).await;
+                let _ = session.sync().await;
                 continue;
             }
             match session.show(&run) {
