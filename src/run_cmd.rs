@@ -236,6 +236,7 @@ fn settings(args: &RunArgs) -> RunSettings {
         fail_fast: args.fail_fast,
         disk_limit: args.disk_limit.clone(),
         read_only: args.read_only.clone(),
+        started_by: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn bench_run(c: &mut Criterion, name: &str, text: &str, samples: usize) {
         run_id: None,
         resume: None,
         request: serde_json::Value::Null,
+        started_by: None,
     };
     // A figure means something only if the run completes every step; the no-op backend
     // isolates nothing, and the run must be recorded so.

@@ -41,9 +41,126 @@ pub struct Workflow {
     /// Sandbox backend and limits for every step (steps may override limits).
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// What starts the workflow when no one is at a terminal: a signed webhook, a schedule, a
+    /// file change. Triggers take effect on a server that has the workflow in a registered source
+    /// (webhooks also need the operator to bind a name and a secret); the CLI ignores them.
+    #[serde(default, rename = "on", skip_serializing_if = "Triggers::is_empty")]
+    pub on: Triggers,
     /// The steps. Order in the file does not matter: `needs` defines the graph.
     #[schemars(length(min = 1))]
     pub steps: Vec<Step>,
+}
+
+/// The triggers a workflow declares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// Run on a signed HTTP delivery to `POST /api/v1/hooks/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTrigger>,
+    /// Run on a schedule: a cron expression, or an object with a time zone and a missed-run
+    /// policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Re-run when files matching these globs (relative to the workspace) change. `.gitignore`d
+    /// files, editor swap files and the run's own writes never trigger a run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<String>,
+}
+
+impl Triggers {
+    pub fn is_empty(&self) -> bool {
+        self.webhook.is_none() && self.schedule.is_none() && self.watch.is_empty()
+    }
+}
+
+/// How a webhook delivery is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPreset {
+    /// GitHub: `X-Hub-Signature-256: sha256=HEX`, de-duplicated on `X-GitHub-Delivery`.
+    Github,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,BASE64`
+    /// (HMAC-SHA256 over `id.timestamp.body`), within five minutes.
+    StandardWebhooks,
+    /// A hex HMAC-SHA256 of the body in one header (`header`, default `X-Signature-256`),
+    /// optionally prefixed `sha256=`.
+    Hmac,
+}
+
+/// A webhook trigger. The secret is never in the file: the operator sets it on the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTrigger {
+    /// Signature scheme (default `github`).
+    #[serde(default = "default_preset")]
+    pub preset: HookPreset,
+    /// For `hmac`: the header holding the signature (default `X-Signature-256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// For `github`: the `X-GitHub-Event` values that start a run (default: every event but
+    /// `ping`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Inputs taken from the JSON payload: input name → JSON pointer (RFC 6901), e.g.
+    /// `ref: /ref`. The value is checked against the input's declared type like a CLI input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+}
+
+fn default_preset() -> HookPreset {
+    HookPreset::Github
+}
+
+/// A schedule: `"0 3 * * *"` (UTC), or the object form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ScheduleSpec {
+    Cron(String),
+    Full(Schedule),
+}
+
+impl ScheduleSpec {
+    /// The object form, with defaults filled in for the short form.
+    pub fn full(&self) -> Schedule {
+        match self {
+            ScheduleSpec::Cron(cron) => Schedule {
+                cron: cron.clone(),
+                timezone: None,
+                missed: MissedRuns::default(),
+                overlap: false,
+            },
+            ScheduleSpec::Full(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// A cron expression: five fields (minute hour day-of-month month day-of-week), or six
+    /// with seconds first.
+    pub cron: String,
+    /// IANA time zone the expression is read in, e.g. `Europe/Paris` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// What to do about times missed while the server was down (default `skip`).
+    #[serde(default)]
+    pub missed: MissedRuns,
+    /// Start a run even while the previous one still runs (default: no, the time is skipped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap: bool,
+}
+
+/// Missed-run policy after downtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    /// Forget the missed times; wait for the next one.
+    #[default]
+    Skip,
+    /// Run once at start-up if any time was missed, however many.
+    RunOnce,
 }
 
 /// Declared type of an input.

@@ -159,6 +159,36 @@ pub struct RunRecord {
     /// Reverts of this run, oldest first; the last one may be in progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reverts: Vec<RevertSummary>,
+    /// Where the workflow came from in git, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+    /// Who or what started the run when not the session's actor: `trigger:NAME`,
+    /// `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+}
+
+/// The git origin of a workflow: enough to fetch exactly the text that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The repository as registered or found: a URL, or the path of its work tree.
+    pub repository: String,
+    /// The registered source's name, for a workflow the server took from a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The branch the commit was taken from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Full commit SHA.
+    pub commit: String,
+    /// The workflow file's path in the repository, `/`-separated.
+    pub path: String,
+    /// Git blob SHA of the file at that commit.
+    pub blob: String,
+    /// The file ran from a work tree whose content differs from the commit (the run's text is
+    /// then not exactly the blob's; `workflow_sha256` names what ran).
+    #[serde(default)]
+    pub dirty: bool,
 }
 
 /// One revert of a run, kept in the run record.

@@ -52,6 +52,8 @@ pub struct Validated {
     pub order: Vec<usize>,
     pub risk: Vec<NodeRisk>,
     pub inverse: Vec<InverseClass>,
+    /// The git origin of the text, set by whoever read it from a repository.
+    pub provenance: Option<crate::record::Provenance>,
 }
 
 /// Read and validate a workflow file.
@@ -139,6 +141,7 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
             order,
             risk,
             inverse,
+            provenance: None,
         }),
         _ => Err(diags),
     }

@@ -84,6 +84,7 @@ impl Fx {
                 run_id: None,
                 resume: None,
                 request: serde_json::Value::Null,
+                started_by: None,
             },
             tokio_util::sync::CancellationToken::new(),
         ))

@@ -466,6 +466,7 @@ async fn an_approval_binds_to_what_was_shown() {
                         by: "test".into(),
                     }),
                     request: serde_json::Value::Null,
+                    started_by: None,
                 },
                 tokio_util::sync::CancellationToken::new(),
             )

@@ -20,6 +20,7 @@ pub mod config;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod launch;
 pub mod ops;
 pub mod tasks;
 pub mod tls;

@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub resume: Option<Resume>,
     /// How the run was submitted, saved with the run if it parks.
     pub request: Value,
+    /// Who or what started the run, when not the session's actor (`trigger:NAME`, ...).
+    pub started_by: Option<String>,
 }
 
 /// A parked run to continue.
@@ -334,6 +336,8 @@ impl Engine {
                     "backend": record.backend,
                     "isolated": record.isolated,
                     "inputs_hmac": self.store.digest("inputs", &serde_json::to_vec(&record.inputs).unwrap_or_default()),
+                    "provenance": record.provenance,
+                    "started_by": record.started_by,
                 })),
         );
             if !record.approval.nodes.is_empty() {
@@ -867,6 +871,8 @@ impl Engine {
             inputs: secrets.recorded_inputs(&opts.inputs),
             approval: self.plan_approval(wf),
             risk_model: Some(opts.risk_model_status.clone()),
+            provenance: wf.provenance.clone(),
+            started_by: opts.started_by.clone(),
             steps: wf
                 .workflow
                 .steps

@@ -233,6 +233,10 @@ pub struct RunSettings {
     pub disk_limit: Option<String>,
     /// Host paths every isolated step may read.
     pub read_only: Vec<String>,
+    /// Who or what started the run when not the session's actor: `trigger:NAME`,
+    /// `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`. Recorded in the run and the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// A run going on: its id, its events, and a way to stop it.
@@ -398,6 +402,7 @@ impl Session {
                 workspace,
                 inputs: req.inputs,
                 fail_fast: req.settings.fail_fast,
+                started_by: req.settings.started_by.clone(),
                 resume: None,
                 request,
                 approver: req.approver,
@@ -414,6 +419,7 @@ impl Session {
             workspace,
             inputs,
             fail_fast,
+            started_by,
             resume,
             request,
             approver,
@@ -432,6 +438,7 @@ impl Session {
             run_id: Some(run_id.clone()),
             resume,
             request,
+            started_by,
         };
         let secrets = Arc::new(crate::inputs::Secrets::new(
             &workflow.workflow,
@@ -858,6 +865,7 @@ impl Session {
                 workspace,
                 inputs: park.inputs,
                 fail_fast: settings.fail_fast,
+                started_by: settings.started_by.clone(),
                 resume: Some(Resume {
                     record,
                     views: park.views,
@@ -1047,6 +1055,7 @@ struct Launch {
     workspace: PathBuf,
     inputs: BTreeMap<String, Value>,
     fail_fast: bool,
+    started_by: Option<String>,
     resume: Option<Resume>,
     request: Value,
     approver: Option<Arc<dyn Approver>>,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+use secureclaw_engine::record::Provenance;
 use secureclaw_engine::session::{AppBatch, AppTable, Audit, Session};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,6 +30,14 @@ pub enum Origin {
     Instruction,
     /// Posted as workflow YAML.
     Workflow,
+    /// Taken from a registered workflow source by a user.
+    Source,
+    /// Started by a signed webhook delivery.
+    Trigger,
+    /// Started by the workflow's schedule.
+    Schedule,
+    /// Started by a change to files the workflow watches.
+    Watch,
 }
 
 /// A task as stored (sealed).
@@ -56,6 +65,13 @@ pub struct Task {
     /// The full run id once the task ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Where the workflow came from in git (source, repository, commit, path, blob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<Provenance>,
+    /// What started it when not its owner by hand: `trigger:NAME`, `schedule:SOURCE/PATH`,
+    /// `watch:SOURCE/PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// The stored row: owner in the clear, the task sealed for that owner.

@@ -170,11 +170,11 @@ pub fn run_of(task: &Task) -> ApiResult<&str> {
     })
 }
 
-fn validate_text(yaml: &str) -> Result<Validated, secureclaw_engine::diag::Diagnostics> {
+pub(crate) fn validate_text(yaml: &str) -> Result<Validated, secureclaw_engine::diag::Diagnostics> {
     validate_bytes(FsPath::new(POSTED), yaml.as_bytes())
 }
 
-fn invalid_workflow(d: &secureclaw_engine::diag::Diagnostics) -> ApiError {
+pub(crate) fn invalid_workflow(d: &secureclaw_engine::diag::Diagnostics) -> ApiError {
     ApiError::bad_request(
         "invalid_workflow",
         format!("the workflow has {} error(s)", d.len()),
@@ -274,6 +274,8 @@ pub async fn create_task(
         workspace_name,
         workspace,
         run_id: None,
+        git: None,
+        started_by: None,
     };
     let audit = Audit::new(
         kind::TASK_CREATED,
@@ -331,7 +333,7 @@ async fn plan_instruction(
         })
 }
 
-fn resolve_inputs(
+pub(crate) fn resolve_inputs(
     v: &Validated,
     given: Option<&BTreeMap<String, Value>>,
 ) -> ApiResult<BTreeMap<String, Value>> {

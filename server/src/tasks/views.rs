@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use secureclaw_engine::diag::Diagnostics;
-use secureclaw_engine::record::{RunRecord, StepRecord};
+use secureclaw_engine::record::{Provenance, RunRecord, StepRecord};
 use secureclaw_engine::validate::Validated;
 use serde::Serialize;
 use serde_json::Value;
@@ -168,6 +168,14 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub provenance: Option<Value>,
+    /// Where the workflow came from in git: `source`, `repository`, `branch`, `commit`, `path`,
+    /// `blob`, `dirty`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub git: Option<Provenance>,
+    /// What started it when not its owner by hand (`trigger:NAME`, `schedule:…`, `watch:…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
     /// The workflow's `name`.
     pub name: String,
     /// The workflow YAML.
@@ -192,6 +200,8 @@ pub struct TaskSummary {
     pub owner: String,
     pub created: String,
     pub origin: Origin,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
     pub name: String,
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,6 +238,8 @@ pub fn task_view(
         origin: task.origin,
         instruction: task.instruction.clone(),
         provenance: task.provenance.clone(),
+        git: task.git.clone(),
+        started_by: task.started_by.clone(),
         name: validated
             .map(|v| v.workflow.name.clone())
             .unwrap_or_default(),
@@ -263,6 +275,7 @@ pub fn task_summary(task: &Task, name: String, run: Option<&RunRecord>) -> TaskS
         owner: task.owner.clone(),
         created: task.created.clone(),
         origin: task.origin,
+        started_by: task.started_by.clone(),
         name,
         state: state(task, run),
         run_id: task.run_id.clone(),

@@ -1,0 +1,121 @@
+//! Starting a run without a person at a terminal: a source's workflow run by hand, a webhook
+//! delivery, a schedule, a watched change. Each becomes a task of its owner (the operator who
+//! registered the source or bound the trigger) and starts at once; gates park it for approval
+//! in the API, exactly like a task a user created.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use secureclaw_engine::model::Tier;
+use secureclaw_engine::record::Provenance;
+use secureclaw_engine::session::{Audit, RunRequest, RunSettings};
+use secureclaw_engine::tools::vault::kind;
+use secureclaw_engine::validate::Validated;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::tasks::model::{Origin, Task, TaskStore};
+use crate::tasks::routes::{resolve_inputs, watch_step_times};
+
+/// A run to start.
+pub struct Launch {
+    /// The user id the task belongs to.
+    pub owner: String,
+    /// Who the ledger says acted (`user:alice`, `trigger:deploy`).
+    pub actor: String,
+    pub origin: Origin,
+    /// `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`; `None` when the owner
+    /// started it by hand.
+    pub started_by: Option<String>,
+    pub workflow: Validated,
+    /// Input values by name; strings are parsed to the declared type.
+    pub inputs: BTreeMap<String, Value>,
+    /// A registered workspace's name; `None`: the task gets its own empty directory.
+    pub workspace: Option<String>,
+    /// Tiers approved up front (only what the operator allowed for the trigger).
+    pub approve: Vec<Tier>,
+    /// When the request that asked for the run arrived: the time to the first step is
+    /// measured from here.
+    pub since: Instant,
+}
+
+/// A started run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct Launched {
+    pub task_id: String,
+    pub run_id: String,
+    /// Follow it at this URL (SSE).
+    pub stream: String,
+}
+
+/// Create the task and start its run.
+pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
+    let inputs = resolve_inputs(&l.workflow, Some(&l.inputs))?;
+    let id = TaskStore::new_id();
+    let workspace = match &l.workspace {
+        Some(name) => state.workspace(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_workspace",
+                format!("no workspace named `{name}` is registered"),
+            )
+        })?,
+        None => state.config.workspaces_dir().join(&id),
+    };
+    let git: Option<Provenance> = l.workflow.provenance.clone();
+    let mut task = Task {
+        id: id.clone(),
+        owner: l.owner.clone(),
+        created: secureclaw_engine::record::now_rfc3339(),
+        origin: l.origin,
+        instruction: None,
+        provenance: None,
+        workflow: l.workflow.source.to_string(),
+        inputs: inputs.clone(),
+        workspace_name: l.workspace.clone(),
+        workspace: workspace.clone(),
+        run_id: None,
+        git: git.clone(),
+        started_by: l.started_by.clone(),
+    };
+    let audit = Audit::new(
+        kind::TASK_CREATED,
+        l.actor.clone(),
+        json!({
+            "task": id,
+            "origin": l.origin,
+            "workflow": l.workflow.workflow.name,
+            "steps": l.workflow.workflow.steps.len(),
+            "started_by": l.started_by,
+            "provenance": git,
+        }),
+    );
+    let store = TaskStore::new(state.session.clone());
+    store.save(&task, vec![audit]).await?;
+    let handle = state.session.submit(RunRequest {
+        workflow: l.workflow,
+        inputs,
+        workspace,
+        settings: RunSettings {
+            // The server never runs steps without isolation.
+            forbid_host: true,
+            approve: l.approve,
+            started_by: l.started_by,
+            ..RunSettings::default()
+        },
+        approver: None,
+    })?;
+    let run_id = handle.id().to_string();
+    state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+    watch_step_times(state.metrics.clone(), handle.events(0), Some(l.since));
+    task.run_id = Some(run_id.clone());
+    store.save(&task, Vec::new()).await?;
+    Ok(Launched {
+        stream: format!("/api/v1/tasks/{id}/stream"),
+        task_id: id,
+        run_id,
+    })
+}
