@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod diag;
+pub mod git;
 pub mod events;
 pub mod inputs;
 pub mod keyring;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod record;
 pub mod revert;
 pub mod risk;
+pub mod schedule;
 pub mod scheduler;
 pub mod schema;
 pub mod session;

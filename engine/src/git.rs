@@ -1,0 +1,1 @@
+//! Workflows kept in git: registered sources, and the provenance of a file that runs.
