@@ -160,8 +160,17 @@ fn deref<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
 }
 
 fn allowed_keys(pointer: &str) -> Vec<String> {
+    let root: &Value = &SCHEMA;
     schema_for_instance(pointer)
-        .and_then(|n| n.get("properties"))
+        .and_then(|n| {
+            // A short-or-mapping value: the keys are those of its mapping form.
+            n.get("properties").or_else(|| {
+                n.get("anyOf")?
+                    .as_array()?
+                    .iter()
+                    .find_map(|b| deref(root, b).get("properties"))
+            })
+        })
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default()
@@ -371,6 +380,19 @@ fn describe(
                     "write a number of attempts (1-20), or `{attempts: 3, backoff: 2s}`",
                 ),
             );
+        }
+        // A value with a short and a mapping form (`schedule: "0 3 * * *"` or `schedule: {cron,
+        // timezone}`) given as a mapping: the mapping form's own errors (an unknown key, a bad
+        // enum) say what is wrong; "matches no alternative" does not.
+        ValidationErrorKind::AnyOf { context } if instance.is_object() => {
+            let is_wrong_type = |e: &ValidationError<'_>| {
+                matches!(e.kind(), ValidationErrorKind::Type { .. })
+                    && e.instance_path().as_str() == pointer
+            };
+            match context.iter().find(|errs| !errs.iter().any(is_wrong_type)) {
+                Some(errs) => errs.iter().for_each(|e| describe(e, doc, map, file, out)),
+                None => out.push(diag(format!("{}: {err}", what(&pointer)))),
+            }
         }
         ValidationErrorKind::PropertyNames { error } => {
             let name = error.instance().as_str().unwrap_or_default().to_string();

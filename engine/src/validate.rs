@@ -18,6 +18,9 @@ use crate::units::{DurationText, SizeText};
 use crate::workspace;
 use crate::yaml::{self, SourceMap, YamlLimits};
 
+mod triggers;
+pub use triggers::{check_header_name, check_json_pointer};
+
 /// How a step's effect is undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,6 +188,18 @@ impl<'a> Semantics<'a> {
         )
     }
 
+    /// Located at the key whose value is at `pointer` (for a value that is wrong because of its
+    /// name, or a block that is wrong as a whole).
+    fn at_key(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(
+            self.file,
+            self.map.key(pointer),
+            Layer::Semantic,
+            pointer,
+            message,
+        )
+    }
+
     fn run(&self, diags: &mut Diagnostics) -> Option<Analysis> {
         let index = self.ids(diags);
         let deps = self.needs(&index, diags);
@@ -192,6 +207,7 @@ impl<'a> Semantics<'a> {
         self.inputs(diags);
         self.units(diags);
         self.read_only_grants(diags);
+        self.triggers(diags);
         for (i, step) in self.wf.steps.iter().enumerate() {
             self.step_paths(i, step, diags);
             self.step_network(i, step, diags);

@@ -148,3 +148,62 @@ fn schema_command_prints_the_checked_in_schema() {
     let on_disk = std::fs::read(root().join("schemas/workflow.schema.json")).unwrap();
     assert_eq!(out.stdout, on_disk);
 }
+
+/// Every trigger form the format allows validates: the checks refuse mistakes, not features.
+#[test]
+fn every_valid_trigger_form_validates() {
+    let forms = [
+        // Short schedule, webhook mapping every required input (an empty pointer is the whole
+        // payload), GitHub events.
+        "inputs:\n  ref: { type: string }\n  payload: { type: object }\non:\n  webhook:\n    events: [push, pull_request, ping]\n    inputs: { ref: /ref, payload: \"\" }\n",
+        // Generic HMAC with its header; a pointer with both escapes.
+        "inputs:\n  id: { type: string, default: x }\non:\n  webhook: { preset: hmac, header: X-Signature-256, inputs: { id: \"/a~1b/~0c\" } }\n",
+        // Standard Webhooks, no inputs at all.
+        "on:\n  webhook: { preset: standard_webhooks }\n",
+        // The full schedule form with seconds, a time zone and both policies; watch globs.
+        "inputs:\n  days: { type: integer, default: 3 }\non:\n  schedule: { cron: \"30 0 3 * * Mon-Fri\", timezone: Asia/Tokyo, missed: run_once, overlap: true }\n  watch: [\"src/**/*.rs\", \"docs/*.md\", \"{a,b}/*.txt\", Cargo.toml]\n",
+        "on:\n  schedule: \"*/5 * * * *\"\n",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = forms
+        .iter()
+        .enumerate()
+        .map(|(i, on)| {
+            let p = dir.path().join(format!("form-{i}.yaml"));
+            std::fs::write(
+                &p,
+                format!("version: 1\nname: form-{i}\n{on}steps:\n  - id: a\n    shell: \"true\"\n"),
+            )
+            .unwrap();
+            p
+        })
+        .collect();
+    let out = bin().arg("validate").args(&files).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CLI checks `on:` and otherwise ignores it: the triggered example runs now, on the
+/// default native sandbox, with its inputs' defaults and a given one.
+#[test]
+fn triggered_example_runs_on_the_native_sandbox() {
+    let ws = common::Workspace::new(&["--sandbox", "native"]);
+    let out = ws.run(
+        &root().join("examples/triggered/workflow.yaml"),
+        &["--input", "commit=abc123"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = ws.show();
+    assert_eq!(rec["state"], "succeeded", "{rec}");
+    assert_eq!(
+        common::step(&rec, "show")["output"],
+        "refs/heads/main abc123\n"
+    );
+}
