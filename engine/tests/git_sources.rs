@@ -1,4 +1,5 @@
 //! Workflow sources read from real git repositories made here with the `git` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::Command;
