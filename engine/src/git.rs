@@ -18,6 +18,9 @@ use crate::record::Provenance;
 pub const MAX_WORKFLOW_BYTES: usize = 1024 * 1024;
 /// At most this many workflow files per source.
 pub const MAX_WORKFLOW_FILES: usize = 1000;
+/// A plain directory's walk stops after this many entries, so a source registered at too
+/// broad a directory is reported instead of read for minutes.
+pub const MAX_DIRECTORY_ENTRIES: usize = 100_000;
 
 /// Mirror ref that remembers the remote's default branch.
 const MIRROR_HEAD: &str = "refs/secureclaw/remote-head";
@@ -461,12 +464,23 @@ fn scan_directory(root: &Path, dir: Option<&str>) -> Result<Snapshot, GitError> 
     };
     let mut stack = vec![start];
     let mut found = Vec::new();
+    let mut seen = 0usize;
     while let Some(d) = stack.pop() {
+        if seen > MAX_DIRECTORY_ENTRIES {
+            snap.skipped.push((
+                d.strip_prefix(root)
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_default(),
+                format!("the directory holds more than {MAX_DIRECTORY_ENTRIES} entries: give a narrower `dir`"),
+            ));
+            break;
+        }
         let entries = std::fs::read_dir(&d).map_err(|source| GitError::Io {
             path: d.clone(),
             source,
         })?;
         for e in entries.flatten() {
+            seen += 1;
             let Ok(ft) = e.file_type() else { continue };
             let name = e.file_name().to_string_lossy().to_string();
             // Hidden entries (`.git`, `.secureclaw`) and symlinks (which could point anywhere)
