@@ -25,6 +25,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub tasks: Arc<TaskService>,
     pub metrics: Arc<Metrics>,
+    /// Registered workflow sources and their last scans.
+    pub sources: Arc<crate::sources::Sources>,
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -65,7 +67,9 @@ impl AppState {
             Tokens::new(&secret, config.jwt_expiry)?,
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
+        let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));
         Ok(AppState {
+            sources,
             session,
             config: Arc::new(config),
             auth: Arc::new(auth),
@@ -108,7 +112,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             OpenApiRouter::new()
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
-                .merge(crate::workspaces::routes()),
+                .merge(crate::workspaces::routes())
+                .merge(crate::sources::routes::routes()),
         )
         .merge(crate::ops::routes())
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod launch;
 pub mod ops;
+pub mod sources;
 pub mod tasks;
 pub mod tls;
 pub mod workspaces;
