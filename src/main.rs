@@ -5,11 +5,13 @@ mod guard_cmd;
 mod output;
 mod park_cmd;
 mod plan_cmd;
+mod rerun_cmd;
 mod revert_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod state;
 mod vault_cmds;
+mod workflows_cmd;
 
 /// What `vault_cmds` uses of the vault, through the engine.
 mod vault_api {
@@ -62,17 +64,25 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Turn an instruction into a validated workflow with the LLM planner; show its tiers.
     Plan(plan_cmd::PlanArgs),
+    /// Run a recorded run's workflow again, exactly as committed at the commit it ran from.
+    #[command(long_about = rerun_cmd::LONG_ABOUT)]
+    Rerun(rerun_cmd::RerunArgs),
     /// Re-run a workflow whenever its file (or a watched path) changes.
     Watch(run_cmd::WatchArgs),
     /// Check workflow files without running them; report every error with file:line:column.
     Validate(ValidateArgs),
+    /// List and check every workflow file of a git repository (at a commit) or a directory,
+    /// with its triggers.
+    #[command(long_about = workflows_cmd::LONG_ABOUT)]
+    Workflows(workflows_cmd::WorkflowsArgs),
     /// Print the JSON Schema of the workflow format (for editors and CI).
     Schema,
     /// Classify shell commands: tier and the rule that set it (args, or one per line on stdin).
     Risk(risk_cmd::RiskArgs),
     /// List recorded runs, newest last.
     Runs(StateArgs),
-    /// Show one run: its steps, states, outputs and enforcement.
+    /// Show one run: its steps, states, outputs, enforcement, and where its workflow came from
+    /// in git.
     Show(ShowArgs),
     /// Undo a run (or one step) from its recorded pre-images; stops on files edited since.
     Revert(revert_cmd::RevertArgs),
@@ -158,7 +168,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args, &pass),
         Command::Plan(args) => plan_cmd::plan(args, &pass),
+        Command::Rerun(args) => rerun_cmd::rerun(args, &pass),
         Command::Watch(args) => run_cmd::watch(args, &pass),
+        Command::Workflows(args) => workflows_cmd::workflows(args),
         Command::Validate(args) => output::validate(&args.files, args.explain, args.json),
         Command::Schema => {
             print!("{}", secureclaw_engine::model::workflow_schema_text());

@@ -199,6 +199,12 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
     println!("run       {}", style(&r.run_id).bold());
     println!("workflow  {} ({})", r.workflow, r.workflow_file.display());
     println!("workspace {}", r.workspace.display());
+    if let Some(p) = &r.provenance {
+        print_provenance(p);
+    }
+    if let Some(by) = &r.started_by {
+        println!("started by {by}");
+    }
     println!(
         "backend   {}{}",
         r.backend,
@@ -282,4 +288,28 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
         }
     }
     Ok(exit::OK)
+}
+
+/// Where the workflow that ran came from in git.
+fn print_provenance(p: &secureclaw_engine::record::Provenance) {
+    let source = p
+        .source
+        .as_deref()
+        .map(|s| format!(" (source {s})"))
+        .unwrap_or_default();
+    println!("git       {}{source}", p.repository);
+    println!(
+        "          commit {}{}{}",
+        p.commit,
+        p.branch
+            .as_deref()
+            .map(|b| format!(" on {b}"))
+            .unwrap_or_default(),
+        if p.dirty {
+            format!("  {}", style("(uncommitted changes)").yellow())
+        } else {
+            String::new()
+        }
+    );
+    println!("          path {}  blob {}", p.path, p.blob);
 }

@@ -1,6 +1,6 @@
 //! `run` and `watch`: build the engine from flags, show progress, ask for approvals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use secureclaw_engine::policy::{ApprovalRequest, Approver, Decision};
 use secureclaw_engine::record::{RunState, StepState};
 use secureclaw_engine::scheduler::EngineError;
 use secureclaw_engine::session::{
-    Access, PassphraseSource, RunHandle, RunRequest, RunSettings, SessionError, check_state_layout,
+    Access, PassphraseSource, RunHandle, RunRequest, RunSettings, Session, SessionError,
+    check_state_layout,
 };
 use secureclaw_engine::validate::{self, Validated};
 use tokio_util::sync::CancellationToken;
@@ -25,12 +26,20 @@ use crate::{exit, output, state_dir};
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// The workflow file.
+    /// The workflow file. Inside a git work tree, the run records its repository, commit,
+    /// path, blob and whether the tree had uncommitted changes (`show`, `rerun`).
     #[arg(required_unless_present = "instruction")]
     pub file: Option<PathBuf>,
     /// Plan the workflow from this instruction with the LLM planner, show it, then run it.
     #[arg(long, conflicts_with = "file")]
     pub instruction: Option<String>,
+    #[command(flatten)]
+    pub opts: RunOptions,
+}
+
+/// How to run a workflow, whichever way it was found (`run`, `watch`, `rerun`).
+#[derive(Args, Clone)]
+pub struct RunOptions {
     /// Set an input: `--input days=7` (repeatable). Values are parsed to the declared type.
     /// `NAME=@env:VAR` takes the value from the environment variable VAR, `NAME=@-` from stdin
     /// (keep secrets out of `ps`); `NAME=@@x` is the literal `@x`.
@@ -111,6 +120,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: RunArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    cancellable(|cancel| async move { run_once(&args, pass, cancel).await })
+}
+
+/// Run `body` on a fresh runtime; Ctrl-C cancels the token it is given.
+pub fn cancellable<F, Fut>(body: F) -> anyhow::Result<u8>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u8>>,
+{
     let rt = runtime()?;
     rt.block_on(async move {
         let cancel = CancellationToken::new();
@@ -124,7 +142,7 @@ pub fn run(args: RunArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
                 c.cancel();
             }
         });
-        run_once(&args, pass, cancel).await
+        body(cancel).await
     })
 }
 
@@ -151,37 +169,84 @@ async fn run_once(
     pass: &PassphraseSource,
     cancel: CancellationToken,
 ) -> anyhow::Result<u8> {
-    let workspace = match &args.workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir()?,
-    };
-    let state = state_dir(args.state_dir.as_ref(), &workspace);
-    // Checked before anything is created: a vault must never land where steps can reach it.
-    if let Err(why) = check_state_layout(&workspace, &state) {
-        eprintln!("{} {why}", style("error:").red().bold());
-        eprintln!(
-            "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
-            style("hint:").cyan()
-        );
+    let workspace = workspace_of(&args.opts)?;
+    let state = state_dir(args.opts.state_dir.as_ref(), &workspace);
+    if !state_layout_ok(&workspace, &state) {
         return Ok(exit::INVALID);
     }
-    let (wf, session) = match (&args.file, &args.instruction) {
+    let (workflow, session) = match (&args.file, &args.instruction) {
         (Some(f), _) => {
-            let Some(wf) = load(f) else {
+            let Some(mut wf) = load(f) else {
                 return Ok(exit::INVALID);
             };
+            wf.provenance = secureclaw_engine::git::provenance_of_file(f)
+                .with_context(|| format!("reading the git provenance of {}", f.display()))?;
             (wf, None)
         }
         (None, Some(instruction)) => {
             let session = crate::state::open(&state, pass, Access::Write { create: true })?;
-            match crate::plan_cmd::plan_for_run(&session, instruction, !args.json).await? {
+            match crate::plan_cmd::plan_for_run(&session, instruction, !args.opts.json).await? {
                 Ok(wf) => (wf, Some(session)),
                 Err(code) => return Ok(code),
             }
         }
         (None, None) => anyhow::bail!("give a workflow file or --instruction"),
     };
-    let inputs = match resolve_inputs(&wf.workflow, args) {
+    let start = Start {
+        workflow,
+        recorded_inputs: BTreeMap::new(),
+        workspace,
+        state,
+        started_by: None,
+    };
+    start_run(start, &args.opts, pass, session, cancel).await
+}
+
+/// The workspace the flags name, or the current directory.
+pub fn workspace_of(opts: &RunOptions) -> anyhow::Result<PathBuf> {
+    match &opts.workspace {
+        Some(w) => Ok(w.clone()),
+        None => Ok(std::env::current_dir()?),
+    }
+}
+
+/// Checked before anything is created: a vault must never land where steps can reach it.
+pub fn state_layout_ok(workspace: &Path, state: &Path) -> bool {
+    match check_state_layout(workspace, state) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{} {why}", style("error:").red().bold());
+            eprintln!(
+                "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
+                style("hint:").cyan()
+            );
+            false
+        }
+    }
+}
+
+/// A validated workflow ready to run, and where.
+pub struct Start {
+    pub workflow: Validated,
+    /// Values used where no `--input`/`--input-file` gives one, before the file's defaults
+    /// (a re-run's recorded inputs).
+    pub recorded_inputs: BTreeMap<String, serde_json::Value>,
+    pub workspace: PathBuf,
+    pub state: PathBuf,
+    pub started_by: Option<String>,
+}
+
+/// Resolve the inputs, submit the run and follow it to its end: the exit code says how it
+/// ended. `session` is an already open one on `start.state`, if the caller has it.
+pub async fn start_run(
+    start: Start,
+    opts: &RunOptions,
+    pass: &PassphraseSource,
+    session: Option<Session>,
+    cancel: CancellationToken,
+) -> anyhow::Result<u8> {
+    let with_recorded = with_defaults(&start.workflow.workflow, &start.recorded_inputs);
+    let inputs = match resolve_inputs(&with_recorded, opts) {
         Ok(i) => i,
         Err(errs) => {
             for e in errs {
@@ -192,21 +257,40 @@ async fn run_once(
     };
     let session = match session {
         Some(s) => s,
-        None => crate::state::open(&state, pass, Access::Write { create: true })?,
+        None => crate::state::open(&start.state, pass, Access::Write { create: true })?,
     };
+    if let Some(p) = &start.workflow.provenance
+        && !opts.json
+    {
+        eprintln!(
+            "{} {} at {} in {}{}",
+            style("git").dim(),
+            p.path,
+            &p.commit[..p.commit.len().min(12)],
+            p.repository,
+            if p.dirty {
+                " (uncommitted changes)"
+            } else {
+                ""
+            }
+        );
+    }
     let interactive =
-        !args.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let display = Display::new(args.json, std::io::stderr().is_terminal());
+        !opts.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let display = Display::new(opts.json, std::io::stderr().is_terminal());
     let approver: Option<Arc<dyn Approver>> = interactive.then(|| {
         Arc::new(TtyApprover {
             display: display.clone(),
         }) as Arc<dyn Approver>
     });
     let request = RunRequest {
-        workflow: wf,
+        workflow: start.workflow,
         inputs,
-        workspace,
-        settings: settings(args),
+        workspace: start.workspace,
+        settings: RunSettings {
+            started_by: start.started_by,
+            ..settings(opts)
+        },
         approver,
     };
     let handle = match session.submit(request) {
@@ -218,11 +302,28 @@ async fn run_once(
         Err(e) => return Err(e.into()),
     };
     crate::state::print_notices(&session);
-    follow(handle, display, cancel, args.json).await
+    follow(handle, display, cancel, opts.json).await
+}
+
+/// The workflow with `values` as the defaults of the inputs they name (values of the wrong
+/// type are left out: the file's own default, or the requirement, stays).
+fn with_defaults(
+    wf: &secureclaw_engine::model::Workflow,
+    values: &BTreeMap<String, serde_json::Value>,
+) -> secureclaw_engine::model::Workflow {
+    let mut wf = wf.clone();
+    for (name, spec) in wf.inputs.iter_mut() {
+        if let Some(v) = values.get(name)
+            && spec.kind.accepts(v)
+        {
+            spec.default = Some(v.clone());
+        }
+    }
+    wf
 }
 
 /// The run options the flags give.
-fn settings(args: &RunArgs) -> RunSettings {
+fn settings(args: &RunOptions) -> RunSettings {
     RunSettings {
         backend: args.sandbox.map(|b| match b {
             BackendArg::Native => Backend::Native,
@@ -324,7 +425,7 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 /// The run's inputs from `--input-file`, `--input` (with `@-` and `@env:`) and the defaults.
 fn resolve_inputs(
     wf: &secureclaw_engine::model::Workflow,
-    args: &RunArgs,
+    args: &RunOptions,
 ) -> Result<
     std::collections::BTreeMap<String, serde_json::Value>,
     Vec<secureclaw_engine::inputs::InputError>,
@@ -366,11 +467,8 @@ fn resolve_inputs(
 pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async move {
-        let workspace = match &args.run.workspace {
-            Some(w) => w.clone(),
-            None => std::env::current_dir()?,
-        };
-        let state = state_dir(args.run.state_dir.as_ref(), &workspace);
+        let workspace = workspace_of(&args.run.opts)?;
+        let state = state_dir(args.run.opts.state_dir.as_ref(), &workspace);
         check_state_layout(&workspace, &state).map_err(anyhow::Error::msg)?;
         let Some(file) = args.run.file.clone() else {
             anyhow::bail!("watch needs a workflow file (plan one first with `secureclaw plan -o`)");
