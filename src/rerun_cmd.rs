@@ -12,7 +12,7 @@ use secureclaw_engine::session::{Access, PassphraseSource};
 use secureclaw_engine::validate::{self, Validated};
 
 use crate::exit;
-use crate::run_cmd::{self, RunOptions, Start};
+use crate::run_cmd::{self, RunOptions, Start, sha256_hex};
 
 /// The long `--help` text (the subcommand's doc line is its short one).
 pub const LONG_ABOUT: &str = "Run a recorded run's workflow again, at exactly the commit it ran from.\n\n\
@@ -262,9 +262,4 @@ fn names(list: &[String]) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

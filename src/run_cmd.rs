@@ -179,7 +179,7 @@ async fn run_once(
             let Some(mut wf) = load(f) else {
                 return Ok(exit::INVALID);
             };
-            wf.provenance = secureclaw_engine::git::provenance_of_file(f)
+            wf.provenance = provenance(f, &wf)
                 .with_context(|| format!("reading the git provenance of {}", f.display()))?;
             (wf, None)
         }
@@ -200,6 +200,31 @@ async fn run_once(
         started_by: None,
     };
     start_run(start, &args.opts, pass, session, cancel).await
+}
+
+/// Where `file` comes from in git, if it is in a work tree. Dirty when the work tree has
+/// uncommitted changes, and also whenever the text validated is not exactly the committed blob
+/// (git's status was read after the text, or checkout filters such as `core.autocrlf` changed
+/// it): a re-run of the commit would not run the same text.
+fn provenance(
+    file: &Path,
+    wf: &Validated,
+) -> anyhow::Result<Option<secureclaw_engine::record::Provenance>> {
+    use secureclaw_engine::git;
+    let Some(mut p) = git::provenance_of_file(file)? else {
+        return Ok(None);
+    };
+    let committed = git::read_blob(Path::new(&p.repository), &p.commit, &p.path)?;
+    if sha256_hex(&committed.bytes) != wf.sha256 {
+        p.dirty = true;
+    }
+    Ok(Some(p))
+}
+
+/// SHA-256 as a workflow's identity is written: lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The workspace the flags name, or the current directory.

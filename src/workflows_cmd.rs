@@ -45,14 +45,22 @@ pub struct WorkflowsArgs {
 }
 
 pub fn workflows(args: WorkflowsArgs) -> anyhow::Result<u8> {
-    let location = local_or_url(&args.path)?;
+    let (location, dir) = if args.path.contains("://") {
+        (args.path.clone(), args.dir.clone())
+    } else {
+        let abs = PathBuf::from(&args.path)
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.path))?;
+        let (root, dir) = repository_and_dir(&abs, args.dir.as_deref());
+        (root.display().to_string(), dir)
+    };
     // Mirrors of file:// repositories live only as long as this command.
     let cache = tempfile::tempdir()?;
     let source = GitSource::open(
         SourceSpec {
             location: location.clone(),
             branch: args.rev.clone(),
-            dir: args.dir.clone(),
+            dir: dir.clone(),
             allow_network: false,
         },
         cache.path(),
@@ -65,6 +73,7 @@ pub fn workflows(args: WorkflowsArgs) -> anyhow::Result<u8> {
     if args.json {
         let doc = json!({
             "location": location,
+            "dir": dir,
             "branch": snapshot.branch,
             "commit": snapshot.commit,
             "files": listed.iter().map(Listed::to_json).collect::<Vec<_>>(),
@@ -77,17 +86,28 @@ pub fn workflows(args: WorkflowsArgs) -> anyhow::Result<u8> {
     Ok(if invalid > 0 { exit::FAILED } else { exit::OK })
 }
 
-/// A local path is made absolute (a source is never relative to a server's directory); URLs
-/// are passed as they are.
-fn local_or_url(path: &str) -> anyhow::Result<String> {
-    if path.contains("://") {
-        return Ok(path.to_string());
+/// A directory inside a git work tree is read from its repository's commit, limited to that
+/// directory (and `--dir` under it), as it would be registered: by the repository's root.
+fn repository_and_dir(abs: &Path, dir: Option<&str>) -> (PathBuf, Option<String>) {
+    let is_bare = abs.join("HEAD").is_file() && abs.join("objects").is_dir();
+    if abs.join(".git").exists() || is_bare {
+        return (abs.to_path_buf(), dir.map(str::to_string));
     }
-    let p = PathBuf::from(path);
-    let abs = p
-        .canonicalize()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-    Ok(abs.display().to_string())
+    for root in abs.ancestors().skip(1) {
+        if !root.join(".git").exists() {
+            continue;
+        }
+        let Ok(rel) = abs.strip_prefix(root) else {
+            break;
+        };
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        let dir = match dir {
+            Some(d) => format!("{rel}/{d}"),
+            None => rel,
+        };
+        return (root.to_path_buf(), Some(dir));
+    }
+    (abs.to_path_buf(), dir.map(str::to_string))
 }
 
 fn with_hint(e: secureclaw_engine::git::GitError) -> anyhow::Error {

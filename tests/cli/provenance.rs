@@ -210,6 +210,28 @@ fn a_run_from_a_work_tree_records_its_commit_in_show_and_the_ledger() {
 }
 
 #[test]
+fn a_text_that_is_not_exactly_the_committed_blob_is_recorded_dirty() {
+    let repo = Repo::new();
+    repo.commit("wf.yaml", &versioned("filtered"), "v1");
+    // A checkout filter rewrites the text in the work tree; git does not call it a change.
+    repo.git(&["config", "core.autocrlf", "true"]);
+    std::fs::remove_file(repo.path().join("wf.yaml")).unwrap();
+    repo.git(&["checkout", "--", "wf.yaml"]);
+    assert!(
+        std::fs::read_to_string(repo.path().join("wf.yaml"))
+            .unwrap()
+            .contains("\r\n")
+    );
+    assert_eq!(repo.git(&["status", "--porcelain"]), "");
+    let ws = Ws::new();
+    ok(&ws.run(&repo.path().join("wf.yaml"), &[]));
+    assert_eq!(ws.show("last")["provenance"]["dirty"], true);
+    // So a re-run needs --allow-dirty, and then finds the text that ran by its SHA-256.
+    refused(&ws.rerun("last", &[]), "uncommitted changes");
+    ok(&ws.rerun("last", &["--allow-dirty"]));
+}
+
+#[test]
 fn a_file_outside_git_runs_without_provenance_and_is_rerun_by_file_only() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("wf.yaml");

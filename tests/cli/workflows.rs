@@ -138,6 +138,19 @@ fn dir_and_rev_choose_what_is_read() {
     // main is untouched by the branch.
     assert_eq!(json(&[&location, "--dir", "flows"]).0, Some(1));
 
+    // Inside the work tree, a subdirectory is read from the repository's commit.
+    let out = bin()
+        .args(["workflows", "--json"])
+        .current_dir(repo.path().join("flows"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["location"], location);
+    assert_eq!(doc["dir"], "flows");
+    assert_eq!(doc["commit"], repo.git(&["rev-parse", "main"]));
+    assert_eq!(paths(&doc).len(), 2, "{doc}");
+
     let out = workflows(&[&location, "--rev", "no-such-branch"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let out = workflows(&[&location, "--dir", "../outside"]);

@@ -250,6 +250,13 @@ impl Semantics<'_> {
                     format!("watch glob `{glob}` reaches outside the workspace with `..`"),
                     "globs are relative to the workspace; only files inside it are watched",
                 ))
+            } else if components.iter().any(|c| *c == "." || c.is_empty()) {
+                Some((
+                    format!(
+                        "watch glob `{glob}` has an empty or `.` path component, so it never matches"
+                    ),
+                    "changed paths are matched as `dir/file`; write the glob the same way, e.g. `src/*.rs` for `./src/*.rs`",
+                ))
             } else if components.first() == Some(&STATE_DIR) {
                 Some((
                     format!("watch glob `{glob}` names the engine's state dir"),
