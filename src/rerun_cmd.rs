@@ -20,7 +20,8 @@ The run must have git provenance (its file was inside a git work tree). The file
 from the recorded commit, never from the work tree, and must be the recorded blob. The\n\
 recorded inputs are used again, except secret ones (never recorded: give them again);\n\
 `--input` and `--input-file` override them. The run happens in the recorded workspace unless\n\
-`--workspace` says otherwise, and is recorded as started by `rerun:RUN`.";
+`--workspace` says otherwise, and is recorded as started by `rerun:RUN`. The recorded run is\n\
+looked up in --state-dir (default ./.secureclaw), and the new run is recorded there too.";
 
 #[derive(Args)]
 #[command(

@@ -87,6 +87,14 @@ const GITHUB_EVENTS: &[&str] = &[
 /// The engine's state dir inside a workspace: never a trigger's business.
 const STATE_DIR: &str = ".secureclaw";
 
+/// Globs one workflow may watch: each is compiled and matched against every change, by the CLI
+/// and by the server, so a file cannot ask for a million of them.
+pub const MAX_WATCH_GLOBS: usize = 256;
+
+/// Misspelled names that get a "did you mean" (each costs a comparison with every candidate);
+/// past this, a hostile file's thousands of mistakes are reported without one.
+const SUGGESTIONS: usize = 32;
+
 impl Semantics<'_> {
     pub(super) fn triggers(&self, diags: &mut Diagnostics) {
         let on = &self.wf.on;
@@ -102,6 +110,7 @@ impl Semantics<'_> {
 
     fn webhook(&self, hook: &WebhookTrigger, diags: &mut Diagnostics) {
         let declared: Vec<&str> = self.wf.inputs.keys().map(String::as_str).collect();
+        let mut suggested = 0;
         for (name, pointer_text) in &hook.inputs {
             let at = format!("/on/webhook/inputs/{}", pointer_segment(name));
             if !self.wf.inputs.contains_key(name) {
@@ -109,14 +118,18 @@ impl Semantics<'_> {
                     &at,
                     format!("webhook maps undeclared input `{name}` from the payload"),
                 );
-                diags.push(match did_you_mean(name, declared.iter().copied()) {
+                suggested += 1;
+                let suggestion = (suggested <= SUGGESTIONS)
+                    .then(|| did_you_mean(name, declared.iter().copied()))
+                    .flatten();
+                diags.push(match suggestion {
                     Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                     None if declared.is_empty() => {
                         d.with_hint("declare it under `inputs:` with its type")
                     }
                     None => d.with_hint(format!(
                         "declare it under `inputs:`; declared: {}",
-                        declared.join(", ")
+                        super::abbreviate(&declared)
                     )),
                 });
             }
@@ -172,6 +185,20 @@ impl Semantics<'_> {
                 .with_hint("remove `events`, or set `preset: github`"),
             );
         }
+        if hook.events.len() > GITHUB_EVENTS.len() {
+            diags.push(
+                self.at_key(
+                    "/on/webhook/events",
+                    format!(
+                        "`events` lists {} names; GitHub sends about {} kinds of event",
+                        hook.events.len(),
+                        GITHUB_EVENTS.len()
+                    ),
+                )
+                .with_hint("list the few events that should start a run, e.g. `[push]`, or leave `events` out for all but `ping`"),
+            );
+            return;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (j, event) in hook.events.iter().enumerate() {
             let at = format!("/on/webhook/events/{j}");
@@ -226,6 +253,19 @@ impl Semantics<'_> {
 
     /// The same globs the watcher compiles (globset), relative to the workspace.
     fn watch_globs(&self, globs: &[String], diags: &mut Diagnostics) {
+        if globs.len() > MAX_WATCH_GLOBS {
+            diags.push(
+                self.at_key(
+                    "/on/watch",
+                    format!(
+                        "`watch` lists {} globs; at most {MAX_WATCH_GLOBS} are allowed",
+                        globs.len()
+                    ),
+                )
+                .with_hint("merge them: `src/**/*.rs` or `{docs,notes}/*.md` cover many files"),
+            );
+            return;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (j, glob) in globs.iter().enumerate() {
             let at = format!("/on/watch/{j}");
