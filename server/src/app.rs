@@ -28,6 +28,10 @@ pub struct AppState {
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Which source workflows declare schedules and watches.
+    pub feed: Arc<dyn crate::schedules::WorkflowFeed>,
+    /// The scheduler's view of each schedule, for the API.
+    pub schedules: Arc<crate::schedules::ScheduleBoard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,8 @@ impl AppState {
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
+            feed: Arc::new(crate::schedules::FixedFeed::default()),
+            schedules: Arc::default(),
         })
     }
 }
@@ -108,7 +114,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             OpenApiRouter::new()
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
-                .merge(crate::workspaces::routes()),
+                .merge(crate::workspaces::routes())
+                .merge(crate::schedules::routes()),
         )
         .merge(crate::ops::routes())
 }
@@ -197,6 +204,12 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let session = state.session.clone();
     let stopping = state.stopping.clone();
+    crate::schedules::spawn(
+        state.clone(),
+        state.feed.clone(),
+        Arc::new(crate::schedules::RealClock),
+    );
+    crate::watching::spawn(state.clone(), state.feed.clone());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn({
         let stopping = stopping.clone();

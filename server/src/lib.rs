@@ -22,8 +22,10 @@ pub mod error;
 pub mod extract;
 pub mod launch;
 pub mod ops;
+pub mod schedules;
 pub mod tasks;
 pub mod tls;
+pub mod watching;
 pub mod workspaces;
 
 pub use app::{AppState, ServeError, router, serve};
