@@ -421,30 +421,45 @@ impl CanonicalParent for PathBuf {
     }
 }
 
-/// Of the paths that changed while a run went on, those the run did not write: a path counts
-/// as the run's own when the run recorded a change to it and it is still as the run left it
-/// (`left` maps a path to its SHA-256 after the run, `None` when the run deleted it). A path
-/// that is gone and that the run never recorded was a scratch file made and removed during
-/// the run. A directory is never a change by itself (the files in it are). Whatever remains is
-/// someone else's change.
+/// What the watcher last saw in each path it has looked at: SHA-256 of the content, `None`
+/// when absent.
+pub type Seen = std::collections::HashMap<PathBuf, Option<String>>;
+
+/// SHA-256 of a file's content now, `None` when it cannot be read (gone).
+pub fn content_hash(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
+}
+
+/// Of the paths that changed while a run went on, those the run did not write.
+///
+/// - A path the run recorded changing is its own while it is still as the run left it (`left`
+///   maps a path to its SHA-256 after the run, `None` when the run deleted it).
+/// - A path the run did not record is nobody's change when it is gone (a scratch file made
+///   and removed during the run) or holds what the watcher saw there last (`seen`: a file
+///   written again with the same bytes).
+/// - A directory is never a change by itself (the files in it are).
+///
+/// Whatever remains is someone else's change. `seen` learns the current state of every path.
 pub fn foreign_changes(
     changed: &[PathBuf],
     left: &std::collections::BTreeMap<PathBuf, Option<String>>,
+    seen: &mut Seen,
 ) -> Vec<PathBuf> {
-    changed
-        .iter()
-        .filter(|p| !p.is_dir())
-        .filter(|p| {
-            let now = std::fs::read(p)
-                .ok()
-                .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)));
-            match left.get(*p) {
-                Some(after) => *after != now,
-                None => now.is_some(),
-            }
-        })
-        .cloned()
-        .collect()
+    let mut foreign = Vec::new();
+    for p in changed.iter().filter(|p| !p.is_dir()) {
+        let now = content_hash(p);
+        let theirs = match left.get(p) {
+            Some(after) => *after != now,
+            None => now.is_some() && seen.get(p) != Some(&now),
+        };
+        if theirs {
+            foreign.push(p.clone());
+        }
+        seen.insert(p.clone(), now);
+    }
+    foreign
 }
 
 #[cfg(test)]
@@ -514,13 +529,18 @@ mod tests {
 
     #[test]
     fn changes_the_run_left_as_it_wrote_them_are_its_own() {
+        use std::collections::BTreeMap;
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path();
         let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
         std::fs::write(ws.join("out.txt"), "run wrote this").unwrap();
         std::fs::write(ws.join("edited.txt"), "someone edited after the run").unwrap();
         std::fs::write(ws.join("user.txt"), "a user's file").unwrap();
-        let mut left = std::collections::BTreeMap::new();
+        std::fs::write(ws.join("same.txt"), "written again, same bytes").unwrap();
+        let mut seen = Seen::new();
+        seen.insert(ws.join("same.txt"), Some(sha(b"written again, same bytes")));
+        seen.insert(ws.join("user.txt"), Some(sha(b"what it held before")));
+        let mut left = BTreeMap::new();
         left.insert(ws.join("out.txt"), Some(sha(b"run wrote this")));
         left.insert(ws.join("edited.txt"), Some(sha(b"what the run wrote")));
         left.insert(ws.join("removed.txt"), None);

@@ -298,3 +298,25 @@ async fn a_changed_feed_is_read_again() {
     task.await.unwrap();
     state.session.shutdown().await;
 }
+
+#[test]
+fn clock_changes_neither_drop_nor_double_a_time() {
+    let s = secureclaw_engine::model::ScheduleSpec::Full(secureclaw_engine::model::Schedule {
+        cron: "30 2 * * *".into(),
+        timezone: Some("Europe/Paris".into()),
+        missed: MissedRuns::Skip,
+        overlap: false,
+    });
+    let cron = CronSchedule::parse(&s.full()).unwrap();
+    // 2026-03-29: Paris skips from 02:00 to 03:00; 02:30 does not exist that day.
+    // It runs at the first time that does: 03:00 CEST, 01:00 UTC.
+    assert_eq!(
+        cron.next_after(at("2026-03-28T12:00:00Z")),
+        Some(at("2026-03-29T01:00:00Z"))
+    );
+    // 2026-10-25: Paris goes from 03:00 back to 02:00; 02:30 happens twice and runs once
+    // (02:30 CEST, 00:30 UTC), then 02:30 CET the next day.
+    let autumn = cron.next_after(at("2026-10-24T12:00:00Z")).unwrap();
+    assert_eq!(autumn, at("2026-10-25T00:30:00Z"));
+    assert_eq!(cron.next_after(autumn), Some(at("2026-10-26T01:30:00Z")));
+}
