@@ -162,8 +162,8 @@ pub struct RunRecord {
     /// Where the workflow came from in git, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
-    /// Who or what started the run when not the session's actor: `trigger:NAME`,
-    /// `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`.
+    /// Who or what started the run, when the session's actor does not say it all: `user:NAME`,
+    /// `rerun:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
 }

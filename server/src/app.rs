@@ -25,10 +25,13 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub tasks: Arc<TaskService>,
     pub metrics: Arc<Metrics>,
+    /// Registered workflow sources and their last scans.
+    pub sources: Arc<crate::sources::Sources>,
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
-    /// Which source workflows declare schedules and watches.
+    /// Which source workflows declare schedules and watches (the sources; a fixed list in
+    /// tests).
     pub feed: Arc<dyn crate::schedules::WorkflowFeed>,
     /// The scheduler's view of each schedule, for the API.
     pub schedules: Arc<crate::schedules::ScheduleBoard>,
@@ -69,14 +72,16 @@ impl AppState {
             Tokens::new(&secret, config.jwt_expiry)?,
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
+        let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));
         Ok(AppState {
+            feed: sources.clone(),
+            sources,
             session,
             config: Arc::new(config),
             auth: Arc::new(auth),
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
-            feed: Arc::new(crate::schedules::FixedFeed::default()),
             schedules: Arc::default(),
         })
     }
@@ -115,6 +120,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
                 .merge(crate::workspaces::routes())
+                .merge(crate::sources::routes::routes())
                 .merge(crate::schedules::routes()),
         )
         .merge(crate::ops::routes())

@@ -28,8 +28,8 @@ pub struct Launch {
     /// Who the ledger says acted (`user:alice`, `trigger:deploy`).
     pub actor: String,
     pub origin: Origin,
-    /// `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`; `None` when the owner
-    /// started it by hand.
+    /// `user:NAME`, `rerun:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`,
+    /// `watch:SOURCE/PATH`.
     pub started_by: Option<String>,
     pub workflow: Validated,
     /// Input values by name; strings are parsed to the declared type.

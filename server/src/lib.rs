@@ -23,6 +23,7 @@ pub mod extract;
 pub mod launch;
 pub mod ops;
 pub mod schedules;
+pub mod sources;
 pub mod tasks;
 pub mod tls;
 pub mod watching;

@@ -3,6 +3,7 @@
 
 #[path = "../common/fake_anthropic.rs"]
 mod fake_anthropic;
+mod gitkit;
 mod harness;
 
 mod auth;
@@ -15,4 +16,5 @@ mod taskkit;
 mod authz;
 mod instructions;
 mod journey;
+mod sources;
 mod tasks;

@@ -233,8 +233,9 @@ pub struct RunSettings {
     pub disk_limit: Option<String>,
     /// Host paths every isolated step may read.
     pub read_only: Vec<String>,
-    /// Who or what started the run when not the session's actor: `trigger:NAME`,
-    /// `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`. Recorded in the run and the ledger.
+    /// Who or what started the run, when the session's actor does not say it all: `user:NAME`,
+    /// `rerun:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`. Recorded in
+    /// the run and the ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
 }

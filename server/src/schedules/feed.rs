@@ -67,3 +67,28 @@ impl WorkflowFeed for FixedFeed {
         self.changed.subscribe()
     }
 }
+
+/// The registered sources: their valid workflows that declare a trigger, as of their last
+/// fetch.
+#[async_trait::async_trait]
+impl WorkflowFeed for crate::sources::Sources {
+    async fn triggered(&self, state: &AppState) -> ApiResult<Vec<TriggeredWorkflow>> {
+        Ok(crate::sources::Sources::triggered(self, state)
+            .await?
+            .into_iter()
+            .filter_map(|w| {
+                Some(TriggeredWorkflow {
+                    validated: w.validated.ok()?.as_ref().clone(),
+                    source: w.source,
+                    path: w.path,
+                    owner: w.owner,
+                    workspace: w.workspace,
+                })
+            })
+            .collect())
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        crate::sources::Sources::changes(self)
+    }
+}

@@ -68,8 +68,8 @@ pub struct Task {
     /// Where the workflow came from in git (source, repository, commit, path, blob).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<Provenance>,
-    /// What started it when not its owner by hand: `trigger:NAME`, `schedule:SOURCE/PATH`,
-    /// `watch:SOURCE/PATH`.
+    /// Who or what started it, for tasks that start without a plan step: `user:NAME`,
+    /// `rerun:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
 }
