@@ -177,21 +177,21 @@ async fn start(
         .take(20)
         .map(|p| p.strip_prefix(workspace).unwrap_or(p).display().to_string())
         .collect();
-    let _ = state
-        .session
-        .audit(Audit::new(
-            kind::WATCH_FIRED,
-            actor,
-            json!({
-                "source": wf.source,
-                "path": wf.path,
-                "changed": changed,
-                "changed_count": batch.len(),
-                "task": launched.task_id,
-                "run": launched.run_id,
-            }),
-        ))
-        .await;
+    let mut audit = Audit::new(
+        kind::WATCH_FIRED,
+        actor,
+        json!({
+            "source": wf.source,
+            "path": wf.path,
+            "changed": changed,
+            "changed_count": batch.len(),
+            "task": launched.task_id,
+            "run": launched.run_id,
+        }),
+    );
+    // In the run's own ledger export too.
+    audit.run = Some(launched.run_id.clone());
+    let _ = state.session.audit(audit).await;
     Some(launched.run_id)
 }
 

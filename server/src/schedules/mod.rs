@@ -372,7 +372,7 @@ impl Scheduler {
             run: Some(launched.run_id.clone()),
             skipped: row.skipped,
         };
-        let audit = Audit::new(
+        let mut audit = Audit::new(
             kind::SCHEDULE_FIRED,
             actor,
             json!({
@@ -386,6 +386,8 @@ impl Scheduler {
                 "run": launched.run_id,
             }),
         );
+        // In the run's own ledger export too.
+        audit.run = Some(launched.run_id.clone());
         let _ = self.commit(key, &row, Some(audit)).await;
         self.state.schedules.update(key, |v| {
             v.last_fired = row.fired.clone();
