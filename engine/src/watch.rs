@@ -370,7 +370,7 @@ impl ChangeWatcher {
     /// workflow file itself. Returns true if the workflow file changed meanwhile.
     pub async fn drain_after_run(&mut self) -> bool {
         let changed = self.settle().await;
-        changed.iter().any(|p| *p == self.workflow_file)
+        changed.contains(&self.workflow_file)
     }
 
     fn write_fence(&self) -> Option<PathBuf> {
