@@ -550,14 +550,17 @@ mod tests {
             "user.txt",
             "removed.txt",
             "scratch",
+            "same.txt",
         ]
         .iter()
         .map(|n| ws.join(n))
         .collect();
         assert_eq!(
-            foreign_changes(&changed, &left),
+            foreign_changes(&changed, &left, &mut seen),
             vec![ws.join("edited.txt"), ws.join("user.txt")]
         );
+        // Now seen as they are: the same paths again, unchanged, are nobody's change.
+        assert!(foreign_changes(&changed, &BTreeMap::new(), &mut seen).is_empty());
     }
 
     #[tokio::test]
