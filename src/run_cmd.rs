@@ -528,7 +528,7 @@ pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             if args.max_runs.is_some_and(|m| runs >= m) {
                 return Ok(last);
             }
-            if watcher.drain_after_run() {
+            if watcher.drain_after_run().await {
                 trigger = "the workflow file changed during the last run".into();
                 continue;
             }

@@ -30,6 +30,11 @@ pub struct AppState {
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Which source workflows declare schedules and watches (the sources; a fixed list in
+    /// tests).
+    pub feed: Arc<dyn crate::schedules::WorkflowFeed>,
+    /// The scheduler's view of each schedule, for the API.
+    pub schedules: Arc<crate::schedules::ScheduleBoard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,7 @@ impl AppState {
         );
         let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));
         Ok(AppState {
+            feed: sources.clone(),
             sources,
             session,
             config: Arc::new(config),
@@ -76,6 +82,7 @@ impl AppState {
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
+            schedules: Arc::default(),
         })
     }
 }
@@ -113,7 +120,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
                 .merge(crate::workspaces::routes())
-                .merge(crate::sources::routes::routes()),
+                .merge(crate::sources::routes::routes())
+                .merge(crate::schedules::routes()),
         )
         .merge(crate::ops::routes())
 }
@@ -202,6 +210,12 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let session = state.session.clone();
     let stopping = state.stopping.clone();
+    crate::schedules::spawn(
+        state.clone(),
+        state.feed.clone(),
+        Arc::new(crate::schedules::RealClock),
+    );
+    crate::watching::spawn(state.clone(), state.feed.clone());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn({
         let stopping = stopping.clone();

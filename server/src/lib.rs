@@ -22,9 +22,11 @@ pub mod error;
 pub mod extract;
 pub mod launch;
 pub mod ops;
+pub mod schedules;
 pub mod sources;
 pub mod tasks;
 pub mod tls;
+pub mod watching;
 pub mod workspaces;
 
 pub use app::{AppState, ServeError, router, serve};

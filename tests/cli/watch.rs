@@ -83,3 +83,61 @@ fn watch_reruns_when_a_watched_file_changes() {
     assert!(stderr.matches("running").count() >= 3, "{stderr}");
     assert!(stderr.contains("changed:"), "{stderr}");
 }
+
+#[test]
+fn watch_skips_ignored_files_editor_leftovers_and_its_own_writes() {
+    let ws = tempfile::tempdir().unwrap();
+    let wf = ws.path().join("wf.yaml");
+    // The step writes inside the watched tree: that write must not start the next run.
+    std::fs::write(
+        &wf,
+        "version: 1\nname: w\nsteps:\n  - { id: copy, shell: 'cat src/input.txt > src/copy.txt; echo run >> runs.log' }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(ws.path().join("src/generated")).unwrap();
+    std::fs::write(ws.path().join(".gitignore"), "src/generated/\n*.bak\n").unwrap();
+    std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
+    let child = common::secureclaw()
+        .arg("watch")
+        .arg(&wf)
+        .arg("--workspace")
+        .arg(ws.path())
+        .args([
+            "--sandbox",
+            "host",
+            "--path",
+            "src/**",
+            "--debounce",
+            "100ms",
+            "--max-runs",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first run", Duration::from_secs(30), || {
+        runs(ws.path()) == 1
+    });
+    for (name, text) in [
+        ("src/generated/out.txt", "generated"),
+        ("src/input.bak", "backup"),
+        ("src/.input.txt.swp", "vim swap"),
+        ("src/input.txt~", "backup"),
+        ("src/4913", ""),
+    ] {
+        std::fs::write(ws.path().join(name), text).unwrap();
+    }
+    // Long enough for several debounce periods: none of those may start a run.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(runs(ws.path()), 1);
+
+    std::fs::write(ws.path().join("src/input.txt"), "two\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(runs(ws.path()), 2, "{stderr}");
+    let triggers: Vec<&str> = stderr.lines().filter(|l| l.contains("changed:")).collect();
+    assert_eq!(triggers.len(), 1, "{stderr}");
+    assert!(triggers[0].ends_with("input.txt)"), "{stderr}");
+}

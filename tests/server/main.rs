@@ -16,5 +16,7 @@ mod taskkit;
 mod authz;
 mod instructions;
 mod journey;
+mod schedules;
 mod sources;
 mod tasks;
+mod watch;

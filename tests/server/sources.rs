@@ -81,7 +81,10 @@ async fn a_repository_source_lists_its_files_runs_at_a_commit_and_reruns_exactly
     let (t, out) = said(&user, &task).await;
     assert_eq!(out, "one");
     assert_eq!(t["origin"], "source");
-    assert!(t["started_by"].as_str().unwrap().starts_with("user:runner"), "{t:?}");
+    assert!(
+        t["started_by"].as_str().unwrap().starts_with("user:runner"),
+        "{t:?}"
+    );
     let git = &t["git"];
     assert_eq!(git["commit"], first.as_str());
     assert_eq!(git["path"], "flows/say.yaml");

@@ -114,7 +114,7 @@ impl Sources {
         self.changed.subscribe()
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.changed.send_modify(|n| *n += 1);
     }
 

@@ -340,6 +340,9 @@ pub async fn register_source(
         json!({"name": rec.name, "location": rec.location, "branch": rec.branch, "dir": rec.dir, "commit": scan.commit, "workspace": rec.workspace, "allow_network": rec.allow_network}),
     ));
     state.session.app_commit(batch).await?;
+    // The scan told the listeners before the record was stored: tell them again now that
+    // the source is there to be read.
+    state.sources.notify();
     Ok((
         StatusCode::CREATED,
         Json(source_view(&state.sources, &scan)),

@@ -39,6 +39,13 @@ pub mod kind {
     pub const AUTH_2FA_CHANGED: &str = "auth_2fa_changed";
     /// A task was created from an instruction or a workflow.
     pub const TASK_CREATED: &str = "task_created";
+    /// A workflow's schedule started a run (`result`: source, path, due time, task, run).
+    pub const SCHEDULE_FIRED: &str = "schedule_fired";
+    /// A schedule's time passed without a run (`result.reason`: the previous run was still
+    /// going, the time was missed while the server was down, the run could not start).
+    pub const SCHEDULE_SKIPPED: &str = "schedule_skipped";
+    /// A change to watched files started a run (`result`: source, path, changed files).
+    pub const WATCH_FIRED: &str = "watch_fired";
 }
 
 /// One ledger entry as stored, exported and MAC'd. Every field is always present (absent ones
