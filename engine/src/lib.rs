@@ -6,8 +6,8 @@
 
 pub mod actions;
 pub mod diag;
-pub mod git;
 pub mod events;
+pub mod git;
 pub mod inputs;
 pub mod keyring;
 pub mod model;

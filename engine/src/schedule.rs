@@ -136,7 +136,14 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_refused_with_the_reason() {
-        for bad in ["", "* * *", "61 * * * *", "* * * * * * *", "0 3 31 2 *", "nonsense"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * *",
+            "0 3 31 2 *",
+            "nonsense",
+        ] {
             let e = CronSchedule::parse(&sched(bad, None)).unwrap_err();
             assert!(matches!(e, ScheduleError::Cron { .. }), "{bad:?}: {e}");
         }

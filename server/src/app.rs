@@ -25,6 +25,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub tasks: Arc<TaskService>,
     pub metrics: Arc<Metrics>,
+    /// Webhook triggers: the injection screen for payload inputs.
+    pub hooks: Arc<crate::hooks::HookService>,
+    /// `Idempotency-Key`s whose first request is still being answered.
+    pub idempotency: Arc<crate::idempotency::InFlight>,
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -65,12 +69,16 @@ impl AppState {
             Tokens::new(&secret, config.jwt_expiry)?,
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
+        let hooks =
+            crate::hooks::HookService::new(config.injection_detect).map_err(ServeError::Setup)?;
         Ok(AppState {
             session,
             config: Arc::new(config),
             auth: Arc::new(auth),
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
+            hooks: Arc::new(hooks),
+            idempotency: Arc::new(crate::idempotency::InFlight::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
@@ -108,7 +116,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             OpenApiRouter::new()
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
-                .merge(crate::workspaces::routes()),
+                .merge(crate::workspaces::routes())
+                .merge(crate::hooks::routes()),
         )
         .merge(crate::ops::routes())
 }
@@ -121,6 +130,11 @@ pub fn router(state: AppState) -> Router {
     api.merge(crate::docs::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_method)
+        // Acts only on the run-starting routes it lists, after routing (it reads the route).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::layer,
+        ))
         // Extractors that read bodies (JsonBody) stop at the limit even when no length is
         // announced (chunked bodies); `body_limit` refuses an announced length up front.
         .layer(DefaultBodyLimit::max(max))

@@ -22,6 +22,7 @@ use crate::app::AppState;
         (name = "auth", description = "Accounts, sign-in, two-factor"),
         (name = "tasks", description = "Tasks: plan, run, approve, stream, revert"),
         (name = "admin", description = "Server administration (admins only)"),
+        (name = "triggers", description = "Signed webhook triggers: bindings (admins only) and deliveries"),
         (name = "ops", description = "Health and metrics"),
     )
 )]

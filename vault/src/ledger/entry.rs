@@ -39,6 +39,14 @@ pub mod kind {
     pub const AUTH_2FA_CHANGED: &str = "auth_2fa_changed";
     /// A task was created from an instruction or a workflow.
     pub const TASK_CREATED: &str = "task_created";
+    /// A webhook trigger was bound to a workflow (never its secret).
+    pub const TRIGGER_BOUND: &str = "trigger_bound";
+    /// A webhook trigger was enabled, disabled or removed (`result.change`).
+    pub const TRIGGER_CHANGED: &str = "trigger_changed";
+    /// A webhook trigger's secret was replaced (`result.grace_until`: when the old one stops).
+    pub const TRIGGER_SECRET_ROTATED: &str = "trigger_secret_rotated";
+    /// A webhook delivery (`result.outcome`: accepted, duplicate, ignored, refused + reason).
+    pub const TRIGGER_DELIVERY: &str = "trigger_delivery";
 }
 
 /// One ledger entry as stored, exported and MAC'd. Every field is always present (absent ones
