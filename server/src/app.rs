@@ -25,6 +25,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub tasks: Arc<TaskService>,
     pub metrics: Arc<Metrics>,
+    /// Registered workflow sources and their last scans.
+    pub sources: Arc<crate::sources::Sources>,
     /// Webhook triggers: the injection screen for payload inputs.
     pub hooks: Arc<crate::hooks::HookService>,
     /// `Idempotency-Key`s whose first request is still being answered.
@@ -69,9 +71,11 @@ impl AppState {
             Tokens::new(&secret, config.jwt_expiry)?,
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
+        let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));
         let hooks =
             crate::hooks::HookService::new(config.injection_detect).map_err(ServeError::Setup)?;
         Ok(AppState {
+            sources,
             session,
             config: Arc::new(config),
             auth: Arc::new(auth),
@@ -117,6 +121,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
                 .merge(crate::auth::routes())
                 .merge(crate::tasks::routes())
                 .merge(crate::workspaces::routes())
+                .merge(crate::sources::routes::routes())
                 .merge(crate::hooks::routes()),
         )
         .merge(crate::ops::routes())

@@ -264,6 +264,11 @@ impl ServerConfig {
     }
 
     /// Where tasks without a registered workspace get their own.
+    /// Mirrors of the remote repositories of workflow sources.
+    pub fn sources_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("sources")
+    }
+
     pub fn workspaces_dir(&self) -> PathBuf {
         self.data_dir.join("workspaces")
     }

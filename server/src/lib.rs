@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod idempotency;
 pub mod launch;
 pub mod ops;
+pub mod sources;
 pub mod tasks;
 pub mod tls;
 pub mod workspaces;

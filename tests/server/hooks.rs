@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::auth::ledger_of;
+use crate::gitkit::{GitRepo, add_source, admin_server};
 use crate::harness::{Api, Reply, Server};
 use crate::taskkit::wait_state;
 
@@ -92,11 +93,13 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// A server with a source of workflows, and its admin (the first user).
+/// A server with a git repository of workflows registered as a source, and its admin.
 pub struct Hooked {
     pub server: Server,
     pub admin: Api,
-    pub dir: tempfile::TempDir,
+    pub repo: GitRepo,
+    /// The workspace the source's triggered runs use.
+    pub out: tempfile::TempDir,
 }
 
 /// The name the test source is registered under.
@@ -104,18 +107,38 @@ pub const SOURCE: &str = "flows";
 
 impl Hooked {
     pub async fn start(env: &[(&str, &str)]) -> Hooked {
-        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRepo::new();
         for (file, yaml) in [
             ("pushed.yml", PUSHED),
             ("standard.yml", STANDARD),
             ("plain.yml", PLAIN),
         ] {
-            std::fs::write(dir.path().join(file), yaml).unwrap();
+            repo.write(file, yaml);
         }
-        let spec = format!("{SOURCE}={}", dir.path().display());
-        let server = Server::start(env, &["--workspace", &spec]);
-        let admin = Api::user(&server, "admin").await;
-        Hooked { server, admin, dir }
+        repo.commit("workflows");
+        let out = tempfile::tempdir().unwrap();
+        let spec = format!("out={}", out.path().display());
+        let (server, admin) = admin_server(env, &["--workspace", &spec]).await;
+        add_source(
+            &admin,
+            SOURCE,
+            &repo.location(),
+            json!({"branch": "main", "workspace": "out"}),
+        )
+        .await;
+        Hooked {
+            server,
+            admin,
+            repo,
+            out,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--workspace".into(),
+            format!("out={}", self.out.path().display()),
+        ]
     }
 
     /// Bind `name` to `path`; returns the reply body (with the secret).
@@ -200,8 +223,8 @@ fn push(r#ref: &str) -> Vec<u8> {
 
 /// Where a triggered run of the test source writes: the source's workspace.
 fn workspace_of<'a>(h: &'a Hooked, task: &Value) -> &'a Path {
-    assert_eq!(task["workspace"], SOURCE, "{task}");
-    h.dir.path()
+    assert_eq!(task["workspace"], "out", "{task}");
+    h.out.path()
 }
 
 #[tokio::test]
@@ -608,13 +631,9 @@ async fn a_disabled_trigger_creates_nothing_and_seen_deliveries_survive_a_restar
     .await;
 
     // Seen ids are stored, not remembered: after a restart the redelivery still finds its run.
-    let server = h.server.restart(
-        &[],
-        &[
-            "--workspace",
-            &format!("{SOURCE}={}", h.dir.path().display()),
-        ],
-    );
+    let args = h.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = h.server.restart(&[], &args);
     let r = github(&server.client(), "gate", &body, Some(&sig), "g-1", "push").await;
     assert_eq!(
         (r.status, r.body["run_id"].as_str()),
@@ -689,4 +708,89 @@ async fn a_rotated_secret_verifies_until_its_grace_period_ends() {
     assert!(ledger.iter().any(|e| e["kind"] == "trigger_secret_rotated"));
     let dump = serde_json::to_string(&ledger).unwrap();
     assert!(!dump.contains(&old) && !dump.contains(&new));
+}
+
+#[tokio::test]
+async fn a_push_re_fetches_the_source_and_the_run_is_at_the_new_commit() {
+    let h = Hooked::start(&[]).await;
+    let secret = h.bind("ship", "pushed.yml", json!({})).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A push hook without a workflow only re-fetches the source.
+    let refetch = h
+        .admin
+        .post(
+            "/api/v1/triggers",
+            json!({"name": "refetch", "source": SOURCE, "secret": "a-push-hook-secret-123"}),
+        )
+        .await;
+    assert_eq!(refetch.status, 201, "{:?}", refetch.body);
+    assert_eq!(refetch.body["trigger"]["preset"], "github");
+
+    // A new commit, not yet fetched by the server.
+    h.repo.write(
+        "pushed.yml",
+        &PUSHED.replace("{{ inputs.ref }}", "v2 {{ inputs.ref }}"),
+    );
+    let second = h.repo.commit("second version");
+    let anyone = h.server.client();
+    let body = push("refs/heads/main");
+    let r = github(
+        &anyone,
+        "ship",
+        &body,
+        Some(&github_signature(&secret, &body)),
+        "p-1",
+        "push",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["commit"], second.as_str());
+    let task = wait_state(
+        &h.admin,
+        r.body["task_id"].as_str().unwrap(),
+        &["succeeded"],
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(workspace_of(&h, &task).join("ref.txt")).unwrap(),
+        "v2 refs/heads/main\n"
+    );
+    assert_eq!(task["git"]["commit"], second.as_str(), "{task}");
+    assert_eq!(task["git"]["path"], "pushed.yml");
+    assert_eq!(task["started_by"], "trigger:ship");
+
+    // The push hook: fetched, nothing run, the commit in its answer and its list.
+    let third = {
+        h.repo.write("notes.txt", "three\n");
+        h.repo.commit("third")
+    };
+    let r = github(
+        &anyone,
+        "refetch",
+        &body,
+        Some(&github_signature("a-push-hook-secret-123", &body)),
+        "p-2",
+        "push",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["outcome"].as_str()),
+        (202, Some("ignored")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.body["commit"], third.as_str());
+    let d = h.deliveries("refetch").await;
+    assert_eq!(
+        (d[0]["reason"].as_str(), d[0]["commit"].as_str()),
+        (Some("fetched"), Some(third.as_str()))
+    );
+    let listed = h.admin.get("/api/v1/workflows").await;
+    assert!(
+        listed.body.to_string().contains(&third),
+        "{:?}",
+        listed.body
+    );
 }

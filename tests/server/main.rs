@@ -3,6 +3,7 @@
 
 #[path = "../common/fake_anthropic.rs"]
 mod fake_anthropic;
+mod gitkit;
 mod harness;
 
 mod auth;
@@ -17,4 +18,5 @@ mod hooks;
 mod idempotency;
 mod instructions;
 mod journey;
+mod sources;
 mod tasks;

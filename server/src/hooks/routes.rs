@@ -223,7 +223,7 @@ pub async fn create_trigger(
             (hook.preset, hook.header)
         }
         None => {
-            source::refresh(&state, &req.source).await?;
+            source::exists(&state, &req.source)?;
             (HookPreset::Github, None)
         }
     };

@@ -1,17 +1,16 @@
-//! Where a trigger's workflow comes from: the workflow sources the operator registered.
-//!
-//! The one seam between triggers and sources: everything else in this module asks here.
+//! Where a trigger's workflow comes from: the workflow sources the operator registered
+//! (`state.sources`). The one seam between triggers and sources.
 
-use secureclaw_engine::validate::{Validated, validate_bytes};
+use secureclaw_engine::validate::Validated;
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 /// A bound workflow, ready to run.
 pub struct BoundWorkflow {
     /// With its provenance when the source is a git repository.
     pub validated: Validated,
-    /// The workspace the source's runs use, if it names one.
+    /// The workspace the source's triggered runs use, if it names one.
     pub workspace: Option<String>,
 }
 
@@ -21,34 +20,23 @@ pub async fn resolve(
     state: &AppState,
     source: &str,
     path: &str,
-    _fetch: bool,
+    fetch: bool,
 ) -> ApiResult<BoundWorkflow> {
-    let dir = state.workspace(source).ok_or_else(|| {
-        ApiError::bad_request("unknown_source", format!("no source named `{source}`"))
-    })?;
-    if path.split('/').any(|part| part == ".." || part.is_empty()) {
-        return Err(ApiError::bad_request(
-            "invalid_path",
-            "a workflow path is relative to its source, without `..`",
-        ));
-    }
-    let file = dir.join(path);
-    let bytes = tokio::fs::read(&file)
-        .await
-        .map_err(|e| ApiError::bad_request("unknown_workflow", format!("{source}/{path}: {e}")))?;
-    let validated = validate_bytes(std::path::Path::new(path), &bytes)
-        .map_err(|d| crate::tasks::routes::invalid_workflow(&d))?;
+    let resolved = state.sources.resolve(state, source, path, fetch).await?;
     Ok(BoundWorkflow {
-        validated,
-        workspace: Some(source.to_string()),
+        validated: resolved.validated,
+        workspace: resolved.workspace,
     })
 }
 
-/// Re-fetch `source` (a push hook without a workflow); the new head commit, if it is a git
+/// Fetch `source` (a push hook without a workflow): its new head commit, if it is a git
 /// repository.
 pub async fn refresh(state: &AppState, source: &str) -> ApiResult<Option<String>> {
-    state.workspace(source).ok_or_else(|| {
-        ApiError::bad_request("unknown_source", format!("no source named `{source}`"))
-    })?;
-    Ok(None)
+    let record = state.sources.record(state, source)?;
+    Ok(state.sources.scan(&record, true).await?.commit)
+}
+
+/// The source exists (binding a push hook must not fetch it yet).
+pub fn exists(state: &AppState, source: &str) -> ApiResult<()> {
+    state.sources.record(state, source).map(|_| ())
 }
