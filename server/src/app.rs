@@ -27,6 +27,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Registered workflow sources and their last scans.
     pub sources: Arc<crate::sources::Sources>,
+    /// Webhook triggers: the injection screen for payload inputs.
+    pub hooks: Arc<crate::hooks::HookService>,
+    /// `Idempotency-Key`s whose first request is still being answered.
+    pub idempotency: Arc<crate::idempotency::InFlight>,
     /// Cancelled when the server begins to stop: long-lived responses (event streams) end on
     /// it so the graceful shutdown need not wait for them.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -73,6 +77,8 @@ impl AppState {
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
         let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));
+        let hooks =
+            crate::hooks::HookService::new(config.injection_detect).map_err(ServeError::Setup)?;
         Ok(AppState {
             feed: sources.clone(),
             sources,
@@ -81,6 +87,8 @@ impl AppState {
             auth: Arc::new(auth),
             tasks: Arc::new(TaskService::default()),
             metrics: Arc::new(Metrics::default()),
+            hooks: Arc::new(hooks),
+            idempotency: Arc::new(crate::idempotency::InFlight::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
             schedules: Arc::default(),
         })
@@ -121,7 +129,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
                 .merge(crate::tasks::routes())
                 .merge(crate::workspaces::routes())
                 .merge(crate::sources::routes::routes())
-                .merge(crate::schedules::routes()),
+                .merge(crate::schedules::routes())
+                .merge(crate::hooks::routes()),
         )
         .merge(crate::ops::routes())
 }
@@ -134,6 +143,11 @@ pub fn router(state: AppState) -> Router {
     api.merge(crate::docs::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_method)
+        // Acts only on the run-starting routes it lists, after routing (it reads the route).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::layer,
+        ))
         // Extractors that read bodies (JsonBody) stop at the limit even when no length is
         // announced (chunked bodies); `body_limit` refuses an announced length up front.
         .layer(DefaultBodyLimit::max(max))

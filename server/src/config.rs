@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// Largest request body accepted, checked before anything else reads it.
     pub max_body_bytes: usize,
+    /// `SECURECLAW_HOOK_MAX_BODY_BYTES` (1 MiB): largest webhook delivery, checked before the
+    /// trigger is looked up or its signature checked (`max_body_bytes` still caps every body).
+    pub hook_max_body_bytes: usize,
     /// Only members of this role may approve gates (admins always may); `None`: any user who
     /// may see the task.
     pub approver_role: Option<String>,
@@ -111,6 +114,7 @@ impl ServerConfig {
             workspaces: BTreeMap::new(),
             trusted_proxies: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            hook_max_body_bytes: 1024 * 1024,
             approver_role: None,
             no_self_approval: false,
             default_token_budget: 100_000,
@@ -170,6 +174,10 @@ impl ServerConfig {
         }
         if let Some(v) = get("SECURECLAW_MAX_BODY_BYTES") {
             c.max_body_bytes = parse(&v, "SECURECLAW_MAX_BODY_BYTES", "a number of bytes")?;
+        }
+        if let Some(v) = get("SECURECLAW_HOOK_MAX_BODY_BYTES") {
+            c.hook_max_body_bytes =
+                parse(&v, "SECURECLAW_HOOK_MAX_BODY_BYTES", "a number of bytes")?;
         }
         if let Some(v) = get("SECURECLAW_APPROVER_ROLE") {
             c.approver_role = Some(v);

@@ -23,6 +23,7 @@ use crate::app::AppState;
         (name = "tasks", description = "Tasks: plan, run, approve, stream, revert"),
         (name = "admin", description = "Server administration (admins only)"),
         (name = "schedules", description = "Workflows that run at set times"),
+        (name = "triggers", description = "Signed webhook triggers: bindings (admins only) and deliveries"),
         (name = "ops", description = "Health and metrics"),
     )
 )]

@@ -20,6 +20,8 @@ pub mod config;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod hooks;
+pub mod idempotency;
 pub mod launch;
 pub mod ops;
 pub mod schedules;

@@ -14,6 +14,8 @@ mod smoke;
 mod taskkit;
 
 mod authz;
+mod hooks;
+mod idempotency;
 mod instructions;
 mod journey;
 mod schedules;

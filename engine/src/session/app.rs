@@ -25,6 +25,13 @@ pub enum AppTable {
     UserSecrets,
     /// Anything else a front end indexes, by its own keys.
     Index,
+    /// Webhook trigger bindings, by trigger name; each holds its secrets sealed.
+    Triggers,
+    /// Webhook deliveries: ids already seen (`seen/NAME/ID`) and each trigger's recent
+    /// deliveries (`log/NAME`).
+    TriggerDeliveries,
+    /// Stored responses of requests sent with an `Idempotency-Key`, by caller and key.
+    Idempotency,
 }
 
 impl AppTable {
@@ -35,6 +42,9 @@ impl AppTable {
             AppTable::Settings => "app_settings",
             AppTable::UserSecrets => "app_user_secrets",
             AppTable::Index => "app_index",
+            AppTable::Triggers => "app_triggers",
+            AppTable::TriggerDeliveries => "app_trigger_deliveries",
+            AppTable::Idempotency => "app_idempotency",
         }
     }
 }

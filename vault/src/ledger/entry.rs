@@ -46,6 +46,14 @@ pub mod kind {
     pub const SCHEDULE_SKIPPED: &str = "schedule_skipped";
     /// A change to watched files started a run (`result`: source, path, changed files).
     pub const WATCH_FIRED: &str = "watch_fired";
+    /// A webhook trigger was bound to a workflow (never its secret).
+    pub const TRIGGER_BOUND: &str = "trigger_bound";
+    /// A webhook trigger was enabled, disabled or removed (`result.change`).
+    pub const TRIGGER_CHANGED: &str = "trigger_changed";
+    /// A webhook trigger's secret was replaced (`result.grace_until`: when the old one stops).
+    pub const TRIGGER_SECRET_ROTATED: &str = "trigger_secret_rotated";
+    /// A webhook delivery (`result.outcome`: accepted, duplicate, ignored, refused + reason).
+    pub const TRIGGER_DELIVERY: &str = "trigger_delivery";
 }
 
 /// One ledger entry as stored, exported and MAC'd. Every field is always present (absent ones
