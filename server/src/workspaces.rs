@@ -167,6 +167,13 @@ pub async fn register_workspace(
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
+    check_label(name, "invalid_workspace", "a workspace")
+}
+
+/// A name an admin gives a server object (a workspace, a source): 1 to 64 letters, digits, `-`
+/// and `_`, so it is safe in paths, URLs and ledger entries. `code` is the problem code of a bad
+/// one, `what` says what it names.
+pub fn check_label(name: &str, code: &'static str, what: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -176,8 +183,8 @@ fn check_name(name: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            "invalid_workspace",
-            "a workspace name holds 1 to 64 letters, digits, '-' and '_'",
+            code,
+            format!("{what} name holds 1 to 64 letters, digits, '-' and '_'"),
         ))
     }
 }

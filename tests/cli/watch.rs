@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,30 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `secureclaw watch WF` on the host backend, re-running on changes under `src/`, stopping
+/// after `max_runs` runs; stderr piped for the test to read.
+fn watch_src(wf: &Path, workspace: &Path, max_runs: u32) -> std::process::Child {
+    common::secureclaw()
+        .arg("watch")
+        .arg(wf)
+        .arg("--workspace")
+        .arg(workspace)
+        .args([
+            "--sandbox",
+            "host",
+            "--path",
+            "src/**",
+            "--debounce",
+            "100ms",
+        ])
+        .arg("--max-runs")
+        .arg(max_runs.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn watch_reruns_when_a_watched_file_changes() {
     let ws = tempfile::tempdir().unwrap();
@@ -31,25 +56,7 @@ fn watch_reruns_when_a_watched_file_changes() {
     .unwrap();
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
-    let child = common::secureclaw()
-        .arg("watch")
-        .arg(&wf)
-        .arg("--workspace")
-        .arg(ws.path())
-        .args([
-            "--sandbox",
-            "host",
-            "--path",
-            "src/**",
-            "--debounce",
-            "100ms",
-            "--max-runs",
-            "3",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = watch_src(&wf, ws.path(), 3);
     wait_for("the first run", Duration::from_secs(30), || {
         std::fs::read_to_string(ws.path().join("copy.txt")).is_ok_and(|c| c == "one\n")
     });
@@ -97,25 +104,7 @@ fn watch_skips_ignored_files_editor_leftovers_and_its_own_writes() {
     std::fs::create_dir_all(ws.path().join("src/generated")).unwrap();
     std::fs::write(ws.path().join(".gitignore"), "src/generated/\n*.bak\n").unwrap();
     std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
-    let child = common::secureclaw()
-        .arg("watch")
-        .arg(&wf)
-        .arg("--workspace")
-        .arg(ws.path())
-        .args([
-            "--sandbox",
-            "host",
-            "--path",
-            "src/**",
-            "--debounce",
-            "100ms",
-            "--max-runs",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = watch_src(&wf, ws.path(), 2);
     wait_for("the first run", Duration::from_secs(30), || {
         runs(ws.path()) == 1
     });

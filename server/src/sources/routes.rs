@@ -152,19 +152,7 @@ fn require_admin(who: &Identity) -> ApiResult<()> {
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_source",
-            "a source name holds 1 to 64 letters, digits, '-' and '_'",
-        ))
-    }
+    crate::workspaces::check_label(name, "invalid_source", "a source")
 }
 
 /// Credentials in a URL would be stored and shown with the source.
