@@ -11,9 +11,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use secureclaw_engine::model::HookPreset;
-use secureclaw_server::hooks::signature::{
-    Scheme, github_signature, names, standard_signature,
-};
+use secureclaw_server::hooks::signature::{Scheme, github_signature, names, standard_signature};
 
 fn body() -> Vec<u8> {
     let mut text = String::from("{\"ref\":\"refs/heads/main\",\"pad\":\"");
@@ -69,8 +67,7 @@ fn bench(c: &mut Criterion) {
     );
     h.insert(
         names::STANDARD_SIGNATURE,
-        HeaderValue::from_str(&standard_signature(&key, "msg_1", &now.to_string(), &body))
-            .unwrap(),
+        HeaderValue::from_str(&standard_signature(&key, "msg_1", &now.to_string(), &body)).unwrap(),
     );
     let keys = vec![key];
     group.bench_function("standard_webhooks_1KiB", |b| {
