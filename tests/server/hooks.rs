@@ -794,3 +794,129 @@ async fn a_push_re_fetches_the_source_and_the_run_is_at_the_new_commit() {
         listed.body
     );
 }
+
+/// `secureclaw serve` with its stderr in a file, so a test can read everything it logged.
+struct Logged {
+    child: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Logged {
+    fn start(args: &[&str]) -> Logged {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("SECURECLAW_PASSPHRASE", crate::harness::PASSPHRASE)
+            .env("ARGON2_MEMORY_KB", "8192")
+            .env("ARGON2_ITERATIONS", "1")
+            .env_remove("SECURECLAW_STATE_DIR")
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("http"), "server did not start: {line:?}");
+        Logged {
+            child,
+            url: line.trim().to_string(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Stop it gracefully; everything it wrote to stderr.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap();
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn trigger_secrets_never_reach_the_servers_log() {
+    let repo = GitRepo::new();
+    repo.write("pushed.yml", PUSHED);
+    repo.commit("workflows");
+    let out = tempfile::tempdir().unwrap();
+    let spec = format!("out={}", out.path().display());
+    let server = Logged::start(&["--workspace", &spec]);
+    let mut admin = Api {
+        base: server.url.clone(),
+        http: reqwest::Client::new(),
+        token: None,
+    };
+    admin.register("admin").await;
+    add_source(
+        &admin,
+        SOURCE,
+        &repo.location(),
+        json!({"branch": "main", "workspace": "out"}),
+    )
+    .await;
+    let given = "a-secret-that-must-stay-hidden-42";
+    let r = admin
+        .post(
+            "/api/v1/triggers",
+            json!({"name": "quiet", "source": SOURCE, "path": "pushed.yml", "secret": given}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let rotated = admin
+        .post("/api/v1/triggers/quiet/rotate", json!({}))
+        .await
+        .body["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = push("refs/heads/main");
+    for (secret, delivery) in [
+        (given, "q-1"),
+        (rotated.as_str(), "q-2"),
+        ("wrong-secret-0123456789", "q-3"),
+    ] {
+        github(
+            &admin,
+            "quiet",
+            &body,
+            Some(&github_signature(secret, &body)),
+            delivery,
+            "push",
+        )
+        .await;
+    }
+    // A malformed bind echoes nothing of the secret either.
+    let r = admin
+        .post(
+            "/api/v1/triggers",
+            json!({"name": "Bad Name", "source": SOURCE, "path": "pushed.yml", "secret": given}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(!r.body.to_string().contains(given));
+    let log = server.stop();
+    assert!(log.contains("stopped"), "the log was not captured: {log}");
+    for secret in [given, rotated.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "a trigger secret is in the log:\n{log}"
+        );
+    }
+}

@@ -79,7 +79,10 @@ pub async fn receive(
     // Before anything else looks at the request.
     let body = axum::body::to_bytes(body, limit).await;
     let Ok(name) = parse_name(&name) else {
-        return ApiError::not_found("trigger").into_response();
+        return match body {
+            Ok(_) => ApiError::not_found("trigger").into_response(),
+            Err(_) => too_large(limit).into_response(),
+        };
     };
     let store = TriggerStore::new(state.session.clone());
     let binding = match store.get(&name) {
