@@ -192,6 +192,7 @@ fn lock_key(name: &str) -> String {
         (status = 400, description = "`invalid_name`, `no_webhook_trigger`, `invalid_secret`, `invalid_tiers`, an unknown source or workflow, an invalid workflow", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such source, or no such workflow in it", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`trigger_exists`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_trigger(

@@ -418,6 +418,9 @@ pub async fn list_workflows(
         (status = 202, description = "the run started", body = Launched),
         (status = 400, description = "the workflow does not validate, or bad inputs", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such source or file", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "the repository could not be read", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn run_workflow(
     State(state): State<AppState>,
@@ -466,7 +469,10 @@ pub async fn run_workflow(
     responses(
         (status = 202, description = "the new run started", body = Launched),
         (status = 404, description = "no such task, or its source is gone", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "the file at that commit is not the blob the run recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "the stored workflow or inputs no longer validate, or a malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the file at that commit is not the blob the run recorded, or a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "the repository could not be read", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rerun_task(
     State(state): State<AppState>,

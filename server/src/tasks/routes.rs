@@ -213,6 +213,8 @@ fn run_record(session: &Session, task: &Task) -> ApiResult<Option<RunRecord>> {
     responses(
         (status = 201, description = "the task, planned", body = TaskView),
         (status = 400, description = "invalid workflow or inputs, or a prompt injection", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "the planner failed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_task(
@@ -441,7 +443,9 @@ pub async fn get_task(
     responses(
         (status = 202, description = "the run started", body = RunStarted),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "the task already ran (`already_started`)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "a malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the task already ran (`already_started`), or a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn run_task(
     State(state): State<AppState>,
