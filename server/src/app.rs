@@ -39,6 +39,8 @@ pub struct AppState {
     pub feed: Arc<dyn crate::schedules::WorkflowFeed>,
     /// The scheduler's view of each schedule, for the API.
     pub schedules: Arc<crate::schedules::ScheduleBoard>,
+    /// The web UI's templates and CSRF key.
+    pub ui: Arc<crate::ui::Ui>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,7 @@ impl AppState {
             idempotency: Arc::new(crate::idempotency::InFlight::default()),
             stopping: tokio_util::sync::CancellationToken::new(),
             schedules: Arc::default(),
+            ui: Arc::new(crate::ui::Ui::new().map_err(ServeError::Setup)?),
         })
     }
 }
@@ -141,6 +144,7 @@ pub fn router(state: AppState) -> Router {
     let max = state.config.max_body_bytes;
     let (api, _doc) = api_router().split_for_parts();
     api.merge(crate::docs::routes())
+        .merge(crate::ui::routes(&state))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_method)
         // Acts only on the run-starting routes it lists, after routing (it reads the route).

@@ -28,6 +28,7 @@ pub mod schedules;
 pub mod sources;
 pub mod tasks;
 pub mod tls;
+pub mod ui;
 pub mod watching;
 pub mod workspaces;
 

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub run_to_first_step: Histogram,
     /// Seconds a step took from `step_started` to `step_finished`, sandbox spawn included.
     pub step_seconds: Histogram,
+    /// Content-Security-Policy violations browsers reported from UI pages.
+    pub ui_csp_violations: std::sync::atomic::AtomicU64,
     /// Counts read from the run records, refreshed at most every [`RECORDS_TTL`].
     records: std::sync::Mutex<Option<(std::time::Instant, Arc<RecordCounts>)>>,
 }
@@ -288,6 +290,11 @@ pub fn render(m: &Metrics, c: &RecordCounts, live: usize) -> String {
         out,
         "# HELP secureclaw_runs_started_total Runs started through the API since the server started.\n# TYPE secureclaw_runs_started_total counter\nsecureclaw_runs_started_total {}",
         m.runs_started.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP secureclaw_ui_csp_violations_total Content-Security-Policy violations browsers reported from UI pages.\n# TYPE secureclaw_ui_csp_violations_total counter\nsecureclaw_ui_csp_violations_total {}",
+        m.ui_csp_violations.load(Relaxed)
     );
     histogram(
         &mut out,

@@ -80,11 +80,35 @@ impl FromRequestParts<AppState> for Identity {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized("sign in first: send `Authorization: Bearer TOKEN`")
-                .with_hint("POST /api/v1/auth/login returns a token")
-        })?;
-        state.auth.authenticate(token).await
+        if let Some(token) = bearer(&parts.headers) {
+            return state.auth.authenticate(token).await;
+        }
+        // The web UI's pages call the API with their session cookie instead; a browser sends
+        // it by itself, so anything that changes state must carry the page's CSRF token too.
+        let Some(token) = crate::ui::csrf::cookie(&parts.headers, crate::ui::csrf::SESSION_COOKIE)
+        else {
+            return Err(ApiError::unauthorized(
+                "sign in first: send `Authorization: Bearer TOKEN`",
+            )
+            .with_hint("POST /api/v1/auth/login returns a token"));
+        };
+        let who = state.auth.authenticate(token).await?;
+        if !parts.method.is_safe() {
+            let given = parts
+                .headers
+                .get(crate::ui::csrf::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !state.ui.csrf.check_session(&who.session_id, given) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "csrf_token_invalid",
+                    "a request signed in by the session cookie needs the page's CSRF token",
+                )
+                .with_hint("send the token of the page's `csrf-token` meta tag as `X-CSRF-Token`, or use a bearer token"));
+            }
+        }
+        Ok(who)
     }
 }
 
