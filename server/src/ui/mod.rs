@@ -49,6 +49,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let pages = pages::routes()
         .route("/ui/static/{*file}", get(assets::serve))
         .route("/ui/csp-report", post(headers::csp_report))
+        // A mistyped UI address gets a page, not the API's problem document.
+        .route("/ui/{*rest}", axum::routing::any(no_such_page))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             headers::security_headers,
@@ -63,4 +65,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             get(|| async { axum::response::Redirect::to(pages::DASHBOARD) }),
         )
         .merge(pages)
+}
+
+async fn no_such_page() -> UiError {
+    UiError::Api(
+        crate::error::ApiError::not_found("page")
+            .with_hint("the menu at the top leads to every page"),
+    )
 }
