@@ -243,4 +243,30 @@ impl Session {
             .map_err(|source| self.vault_error(source))?;
         Ok((out, head))
     }
+
+    /// The ledger's entries (or one run's), oldest first. The chain is checked while it is
+    /// read, so a tampered ledger is an error rather than a partial list.
+    pub fn ledger_entries(
+        &self,
+        run: Option<&str>,
+    ) -> Result<Vec<secureclaw_vault::LedgerEntry>, SessionError> {
+        let run = match run {
+            Some(r) => Some(self.inner.store.resolve(r)?),
+            None => None,
+        };
+        let records = self
+            .inner
+            .store
+            .vault()
+            .ledger()
+            .entries(run.as_deref())
+            .map_err(|source| self.vault_error(source))?;
+        Ok(records.into_iter().map(|r| r.entry).collect())
+    }
+
+    /// Ids of the runs parked at approval gates. A listing of many tasks asks this first, so
+    /// it opens only the runs that wait rather than every run record.
+    pub fn parked_runs(&self) -> Result<Vec<String>, SessionError> {
+        Ok(self.inner.store.keys(Table::Parked)?)
+    }
 }

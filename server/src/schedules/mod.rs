@@ -12,7 +12,7 @@
 
 pub mod clock;
 pub mod feed;
-mod routes;
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

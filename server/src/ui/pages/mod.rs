@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod new_task;
+pub mod pager;
 pub mod settings;
 pub mod task;
 pub mod workflows;
