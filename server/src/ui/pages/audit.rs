@@ -1,7 +1,7 @@
 //! The audit page: ledger entries, newest first, filtered by task, user and kind.
 //!
-//! An admin sees every entry. Anyone else sees the entries they caused (actor `user:NAME`)
-//! and those about their own tasks (the runs of those tasks, and entries naming the task), the
+//! An admin sees every entry. Anyone else sees the entries they caused (actor `user:NAME`),
+//! those about their account (naming its `user_id`) and those about their own tasks (the runs of those tasks, and entries naming the task), the
 //! same line `Identity::may_access` draws for tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,6 +129,7 @@ pub fn audit_page(
         let task = entry_task(&entry, &task_of_run);
         let visible = who.admin
             || entry.actor == actor
+            || is_about_user(&entry, &who.user_id)
             || task.as_ref().is_some_and(|t| visible_tasks.contains(t));
         if !visible {
             continue;
@@ -179,6 +180,17 @@ fn entry_task(entry: &LedgerEntry, task_of_run: &BTreeMap<String, String>) -> Op
         .and_then(|r| r.get("task"))
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// Entries about an account (its registration, say, made by an address before the user had a
+/// name) name its `user_id`.
+fn is_about_user(entry: &LedgerEntry, user_id: &str) -> bool {
+    entry
+        .result
+        .as_ref()
+        .and_then(|r| r.get("user_id"))
+        .and_then(Value::as_str)
+        == Some(user_id)
 }
 
 /// Does the filter's `user` name this actor? Either the whole actor (`user:ada`, `engine`) or
