@@ -56,7 +56,7 @@ pub struct Dashboard {
     pub pager: Pager,
 }
 
-async fn dashboard(
+pub async fn dashboard(
     State(state): State<AppState>,
     viewer: Viewer,
     Query(q): Query<PageQuery>,
