@@ -133,7 +133,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
                 .merge(crate::workspaces::routes())
                 .merge(crate::sources::routes::routes())
                 .merge(crate::schedules::routes())
-                .merge(crate::hooks::routes()),
+                .merge(crate::hooks::routes())
+                .merge(crate::audit::routes()),
         )
         .merge(crate::ops::routes())
 }

@@ -15,6 +15,7 @@
 //! under that user's key.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod docs;

@@ -129,6 +129,16 @@ async fn the_dashboard_lists_own_tasks_waiting_ones_first_and_nobody_elses() {
         0
     );
 
+    // The API the page draws: the same entries and the same refusal.
+    let api = ada.get("/api/v1/audit?kind=task_created&limit=1").await;
+    assert_eq!(api.status, 200, "{:?}", api.body);
+    assert_eq!(api.body["total"], 2);
+    assert_eq!(api.body["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(api.body["entries"][0]["task"], gated.as_str());
+    let refused = bob.get(&format!("/api/v1/audit?task={gated}")).await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(bob.get("/api/v1/audit?limit=x").await.status, 400);
+
     let (_, everything) = page(&admin, "/ui/audit?user=").await;
     assert!(element(&everything, "table", "audit").contains(&gated));
 }

@@ -1,25 +1,21 @@
-//! The audit page: ledger entries, newest first, filtered by task, user and kind.
-//!
-//! An admin sees every entry. Anyone else sees the entries they caused (actor `user:NAME`),
-//! those about their account (naming its `user_id`) and those about their own tasks (the runs of those tasks, and entries naming the task), the
-//! same line `Identity::may_access` draws for tasks.
+//! The audit page: ledger entries, newest first, filtered by task, user and kind. It is
+//! `GET /api/v1/audit` (`crate::audit::list_audit`, called with the viewer's identity) drawn as
+//! a table, so it shows exactly the entries the API would.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use minijinja::context;
-use secureclaw_engine::session::LedgerEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AUDIT;
 use super::pager::{PER_PAGE, PageQuery, Pager};
 use crate::app::AppState;
-use crate::auth::Identity;
-use crate::error::ApiError;
-use crate::tasks::model::TaskStore;
+use crate::audit::{AuditList, list_audit};
 use crate::ui::{UiResult, Viewer};
 
 /// How much of an entry's outcome the table shows; the ledger export has all of it.
@@ -44,27 +40,16 @@ pub struct AuditFilter {
 
 /// One row of the table.
 #[derive(Debug, Serialize)]
-pub struct AuditRow {
-    pub seq: u64,
-    pub time: String,
-    pub kind: String,
-    pub actor: String,
-    pub run: Option<String>,
-    /// The task the entry is about, when known.
-    pub task: Option<String>,
-    pub step: Option<String>,
+struct AuditRow {
+    seq: u64,
+    time: String,
+    kind: String,
+    actor: String,
+    run: Option<String>,
+    task: Option<String>,
+    step: Option<String>,
     /// The outcome, as short JSON text.
-    pub detail: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AuditPage {
-    pub entries: Vec<AuditRow>,
-    pub pager: Pager,
-    /// Every kind among the entries the viewer may see, for the filter's list.
-    pub kinds: Vec<String>,
-    /// Why the list is empty when the filter itself was wrong (an unknown task).
-    pub notice: Option<String>,
+    detail: String,
 }
 
 async fn audit(
@@ -72,131 +57,74 @@ async fn audit(
     viewer: Viewer,
     Query(filter): Query<AuditFilter>,
 ) -> UiResult {
-    let page = audit_page(&state, &viewer.who, &filter)?;
-    viewer.page(
-        &state,
-        "audit.html",
-        "Audit",
-        context! {
-            entries => page.entries,
-            pager => page.pager,
-            kinds => page.kinds,
-            notice => page.notice,
-            filter => context! { task => filter.task.trim(), user => filter.user.trim(), kind => filter.kind.trim() },
-        },
-    )
-}
-
-/// The entries `who` may see that match `filter`, newest first, one page of them.
-pub fn audit_page(
-    state: &AppState,
-    who: &Identity,
-    filter: &AuditFilter,
-) -> Result<AuditPage, ApiError> {
+    let (task, user, kind) = (filter.task.trim(), filter.user.trim(), filter.kind.trim());
     let page = PageQuery {
         page: filter.page.clone(),
     }
     .number();
-    let (task_f, user_f, kind_f) = (filter.task.trim(), filter.user.trim(), filter.kind.trim());
-    let params = [("task", task_f), ("user", user_f), ("kind", kind_f)];
-
-    // Runs of the tasks the viewer may see, to name each run's task and to decide visibility.
-    let store = TaskStore::new(state.session.clone());
-    let mut task_of_run: BTreeMap<String, String> = BTreeMap::new();
-    let mut visible_tasks: BTreeSet<String> = BTreeSet::new();
-    for id in store.ids((!who.admin).then_some(who.user_id.as_str()))? {
-        let Some(task) = store.load(&id)? else {
-            continue;
-        };
-        if !who.may_access(&task.owner) {
-            continue;
+    let query = BTreeMap::from([
+        ("task".to_string(), task.to_string()),
+        ("user".to_string(), user.to_string()),
+        ("kind".to_string(), kind.to_string()),
+        ("limit".to_string(), PER_PAGE.to_string()),
+        ("offset".to_string(), Pager::offset(page).to_string()),
+    ]);
+    let (list, notice) = match list_audit(State(state.clone()), viewer.who.clone(), Query(query))
+        .await
+    {
+        Ok(axum::Json(list)) => (list, None),
+        // A task that is not the viewer's (or does not exist) is a filter to correct, not an
+        // error page.
+        Err(e) if e.status == StatusCode::NOT_FOUND && !task.is_empty() => {
+            let mut unfiltered = BTreeMap::new();
+            unfiltered.insert("limit".to_string(), "0".to_string());
+            let kinds = list_audit(State(state.clone()), viewer.who.clone(), Query(unfiltered))
+                .await
+                .map(|axum::Json(l)| l.kinds)
+                .unwrap_or_default();
+            let empty = AuditList {
+                entries: Vec::new(),
+                total: 0,
+                limit: PER_PAGE,
+                offset: 0,
+                kinds,
+            };
+            (empty, Some(format!("No task {task} of yours.")))
         }
-        if let Some(run) = task.run_id {
-            task_of_run.insert(run, task.id.clone());
-        }
-        visible_tasks.insert(task.id);
-    }
-
-    let mut notice = None;
-    if !task_f.is_empty() && !visible_tasks.contains(task_f) {
-        notice = Some(format!("No task {task_f} of yours."));
-    }
-
-    let actor = who.actor();
-    let mut kinds = BTreeSet::new();
-    let mut matching = Vec::new();
-    for entry in state.session.ledger_entries(None)?.into_iter().rev() {
-        let task = entry_task(&entry, &task_of_run);
-        let visible = who.admin
-            || entry.actor == actor
-            || is_about_user(&entry, &who.user_id)
-            || task.as_ref().is_some_and(|t| visible_tasks.contains(t));
-        if !visible {
-            continue;
-        }
-        kinds.insert(entry.kind.clone());
-        if notice.is_some()
-            || (!task_f.is_empty() && task.as_deref() != Some(task_f))
-            || (!user_f.is_empty() && !actor_is(&entry.actor, user_f))
-            || (!kind_f.is_empty() && entry.kind != kind_f)
-        {
-            continue;
-        }
-        matching.push((entry, task));
-    }
-
-    let pager = Pager::new(AUDIT, &params, page, matching.len());
-    let entries = matching
+        Err(e) => return Err(e.into()),
+    };
+    let pager = Pager::new(
+        AUDIT,
+        &[("task", task), ("user", user), ("kind", kind)],
+        page,
+        list.total,
+    );
+    let entries: Vec<AuditRow> = list
+        .entries
         .into_iter()
-        .skip(Pager::offset(page))
-        .take(PER_PAGE)
-        .map(|(e, task)| AuditRow {
+        .map(|e| AuditRow {
             detail: short_detail(e.result.as_ref()),
             seq: e.seq,
             time: e.time,
             kind: e.kind,
             actor: e.actor,
             run: e.run,
-            task,
+            task: e.task,
             step: e.step,
         })
         .collect();
-    Ok(AuditPage {
-        entries,
-        pager,
-        kinds: kinds.into_iter().collect(),
-        notice,
-    })
-}
-
-/// The task an entry is about: its run's task, or the task its outcome names.
-fn entry_task(entry: &LedgerEntry, task_of_run: &BTreeMap<String, String>) -> Option<String> {
-    if let Some(t) = entry.run.as_ref().and_then(|r| task_of_run.get(r)) {
-        return Some(t.clone());
-    }
-    entry
-        .result
-        .as_ref()
-        .and_then(|r| r.get("task"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// Entries about an account (its registration, say, made by an address before the user had a
-/// name) name its `user_id`.
-fn is_about_user(entry: &LedgerEntry, user_id: &str) -> bool {
-    entry
-        .result
-        .as_ref()
-        .and_then(|r| r.get("user_id"))
-        .and_then(Value::as_str)
-        == Some(user_id)
-}
-
-/// Does the filter's `user` name this actor? Either the whole actor (`user:ada`, `engine`) or
-/// a username.
-fn actor_is(actor: &str, user: &str) -> bool {
-    actor == user || actor.strip_prefix("user:") == Some(user)
+    viewer.page(
+        &state,
+        "audit.html",
+        "Audit",
+        context! {
+            entries => entries,
+            pager => pager,
+            kinds => list.kinds,
+            notice => notice,
+            filter => context! { task => task, user => user, kind => kind },
+        },
+    )
 }
 
 /// The outcome as one line of JSON, cut short.
@@ -220,45 +148,11 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_user_filter_takes_a_name_or_an_actor() {
-        assert!(actor_is("user:ada", "ada"));
-        assert!(actor_is("user:ada", "user:ada"));
-        assert!(actor_is("engine", "engine"));
-        assert!(!actor_is("user:adam", "ada"));
-        assert!(!actor_is("engine", "ada"));
-    }
-
-    #[test]
     fn long_details_are_cut() {
         assert_eq!(short_detail(None), "");
         assert_eq!(short_detail(Some(&json!({"a": 1}))), r#"{"a":1}"#);
         let long = short_detail(Some(&json!("x".repeat(500))));
         assert_eq!(long.chars().count(), DETAIL_CHARS + 1);
         assert!(long.ends_with('…'));
-    }
-
-    #[test]
-    fn entries_find_their_task_by_run_or_by_name() {
-        let mut e = LedgerEntry {
-            seq: 1,
-            time: String::new(),
-            actor: "engine".into(),
-            run: Some("r1".into()),
-            step: None,
-            kind: "run_started".into(),
-            tier: None,
-            enforcement: None,
-            pre_manifest: None,
-            post_manifest: None,
-            inverse: None,
-            result: None,
-        };
-        let runs = BTreeMap::from([("r1".to_string(), "t1".to_string())]);
-        assert_eq!(entry_task(&e, &runs).as_deref(), Some("t1"));
-        e.run = None;
-        e.result = Some(json!({"task": "t2"}));
-        assert_eq!(entry_task(&e, &runs).as_deref(), Some("t2"));
-        e.result = None;
-        assert_eq!(entry_task(&e, &runs), None);
     }
 }
