@@ -117,7 +117,10 @@ async fn run_and_wait(state: &AppState, who: &Identity, id: &str, until: &[&str]
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "task {id} never reached {until:?}");
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never reached {until:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -76,7 +76,10 @@ async fn the_dashboard_lists_own_tasks_waiting_ones_first_and_nobody_elses() {
     assert_eq!(status, 200);
     assert_eq!(title(&html), "(1) Tasks · secureclaw");
     let awaiting = element(&html, "table", "awaiting");
-    assert!(awaiting.contains(&format!("data-task=\"{gated}\"")), "{awaiting}");
+    assert!(
+        awaiting.contains(&format!("data-task=\"{gated}\"")),
+        "{awaiting}"
+    );
     assert!(!awaiting.contains(&planned));
     assert!(awaiting.contains("awaiting approval"));
     assert!(html.find("id=\"awaiting\"") < html.find("id=\"tasks\""));
@@ -93,7 +96,10 @@ async fn the_dashboard_lists_own_tasks_waiting_ones_first_and_nobody_elses() {
     // Another user sees neither task, and waits for nothing.
     let (_, other) = page(&bob, "/ui/").await;
     assert_eq!(title(&other), "Tasks · secureclaw");
-    assert!(!other.contains(&planned) && !other.contains(&gated), "{other}");
+    assert!(
+        !other.contains(&planned) && !other.contains(&gated),
+        "{other}"
+    );
 
     // An admin sees everyone's, with the owner named.
     let (_, all) = page(&admin, "/ui/").await;
@@ -118,7 +124,10 @@ async fn the_dashboard_lists_own_tasks_waiting_ones_first_and_nobody_elses() {
 
     let (_, theirs) = page(&bob, "/ui/audit").await;
     let table = element(&theirs, "table", "audit");
-    assert!(!table.contains(&planned) && !table.contains(&gated), "{table}");
+    assert!(
+        !table.contains(&planned) && !table.contains(&gated),
+        "{table}"
+    );
     assert!(!table.contains("user:ada-"), "{table}");
     assert!(table.contains("data-kind=\"auth_registered\""), "{table}");
     let (_, probing) = page(&bob, &format!("/ui/audit?task={gated}")).await;
@@ -154,12 +163,18 @@ async fn more_than_a_page_of_tasks_pages() {
     }
     let (_, first) = page(&api, "/ui/").await;
     assert_eq!(row_count(element(&first, "table", "tasks")), 50);
-    assert!(first.contains("<a rel=\"next\" href=\"/ui/?page=2\">"), "{first}");
+    assert!(
+        first.contains("<a rel=\"next\" href=\"/ui/?page=2\">"),
+        "{first}"
+    );
     assert!(!first.contains("rel=\"prev\""));
 
     let (_, second) = page(&api, "/ui/?page=2").await;
     assert_eq!(row_count(element(&second, "table", "tasks")), 1);
-    assert!(second.contains("<a rel=\"prev\" href=\"/ui/\">"), "{second}");
+    assert!(
+        second.contains("<a rel=\"prev\" href=\"/ui/\">"),
+        "{second}"
+    );
     assert!(!second.contains("rel=\"next\""));
 
     // A page number that is not one shows the first page.
@@ -190,7 +205,9 @@ async fn the_workflows_page_lists_sources_and_files_with_their_status() {
     assert!(sources.contains("main"));
 
     let files = element(&html, "table", "workflow-files");
-    let say = &files[files.find("flows/say.yaml").unwrap_or_else(|| panic!("{files}"))..];
+    let say = &files[files
+        .find("flows/say.yaml")
+        .unwrap_or_else(|| panic!("{files}"))..];
     let say = &say[..say.find("</tr>").unwrap()];
     assert!(say.contains(">valid<"), "{say}");
     assert!(
@@ -218,13 +235,12 @@ async fn the_workflows_page_lists_sources_and_files_with_their_status() {
 async fn the_pages_send_a_browser_without_a_session_to_sign_in() {
     let api = shared().client();
     for path in ["/ui/", "/ui/workflows", "/ui/audit"] {
-        let r = api
-            .http
-            .get(api.url(path))
-            .send()
-            .await
-            .unwrap();
+        let r = api.http.get(api.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
-        assert!(r.url().path().starts_with("/ui/login"), "{path}: {}", r.url());
+        assert!(
+            r.url().path().starts_with("/ui/login"),
+            "{path}: {}",
+            r.url()
+        );
     }
 }

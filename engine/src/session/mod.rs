@@ -43,9 +43,9 @@ use crate::validate::Validated;
 
 pub use app::{AppBatch, AppTable, Audit};
 pub use layout::check_state_layout;
-pub use secureclaw_vault::PassphraseSource;
 /// A ledger entry as [`Session::ledger_entries`] returns it.
 pub use secureclaw_vault::LedgerEntry;
+pub use secureclaw_vault::PassphraseSource;
 
 /// The default state dir of a workspace: `WORKSPACE/.secureclaw`, hidden from steps.
 pub fn default_state_dir(workspace: &Path) -> PathBuf {

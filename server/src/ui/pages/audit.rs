@@ -69,30 +69,29 @@ async fn audit(
         ("limit".to_string(), PER_PAGE.to_string()),
         ("offset".to_string(), Pager::offset(page).to_string()),
     ]);
-    let (list, notice) = match list_audit(State(state.clone()), viewer.who.clone(), Query(query))
-        .await
-    {
-        Ok(axum::Json(list)) => (list, None),
-        // A task that is not the viewer's (or does not exist) is a filter to correct, not an
-        // error page.
-        Err(e) if e.status == StatusCode::NOT_FOUND && !task.is_empty() => {
-            let mut unfiltered = BTreeMap::new();
-            unfiltered.insert("limit".to_string(), "0".to_string());
-            let kinds = list_audit(State(state.clone()), viewer.who.clone(), Query(unfiltered))
-                .await
-                .map(|axum::Json(l)| l.kinds)
-                .unwrap_or_default();
-            let empty = AuditList {
-                entries: Vec::new(),
-                total: 0,
-                limit: PER_PAGE,
-                offset: 0,
-                kinds,
-            };
-            (empty, Some(format!("No task {task} of yours.")))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (list, notice) =
+        match list_audit(State(state.clone()), viewer.who.clone(), Query(query)).await {
+            Ok(axum::Json(list)) => (list, None),
+            // A task that is not the viewer's (or does not exist) is a filter to correct, not an
+            // error page.
+            Err(e) if e.status == StatusCode::NOT_FOUND && !task.is_empty() => {
+                let mut unfiltered = BTreeMap::new();
+                unfiltered.insert("limit".to_string(), "0".to_string());
+                let kinds = list_audit(State(state.clone()), viewer.who.clone(), Query(unfiltered))
+                    .await
+                    .map(|axum::Json(l)| l.kinds)
+                    .unwrap_or_default();
+                let empty = AuditList {
+                    entries: Vec::new(),
+                    total: 0,
+                    limit: PER_PAGE,
+                    offset: 0,
+                    kinds,
+                };
+                (empty, Some(format!("No task {task} of yours.")))
+            }
+            Err(e) => return Err(e.into()),
+        };
     let pager = Pager::new(
         AUDIT,
         &[("task", task), ("user", user), ("kind", kind)],

@@ -81,7 +81,11 @@ pub async fn dashboard(
 }
 
 /// The rows of page `page` and every task waiting for approval, as `who` may see them.
-pub fn dashboard_data(state: &AppState, who: &Identity, page: usize) -> Result<Dashboard, ApiError> {
+pub fn dashboard_data(
+    state: &AppState,
+    who: &Identity,
+    page: usize,
+) -> Result<Dashboard, ApiError> {
     let store = TaskStore::new(state.session.clone());
     let ids = store.ids((!who.admin).then_some(who.user_id.as_str()))?;
     let mut names = OwnerNames::new(state, who);
@@ -218,7 +222,10 @@ mod tests {
             started_by(Some("schedule:repo/nightly.yml"), "ada"),
             "schedule repo/nightly.yml"
         );
-        assert_eq!(started_by(Some("watch:repo/w.yml"), "ada"), "watch repo/w.yml");
+        assert_eq!(
+            started_by(Some("watch:repo/w.yml"), "ada"),
+            "watch repo/w.yml"
+        );
         assert_eq!(
             started_by(Some("rerun:0192abcd-0000"), "ada"),
             "re-run of 0192abcd"

@@ -77,7 +77,12 @@ mod tests {
 
     #[test]
     fn links_either_side_keep_the_filters() {
-        let p = Pager::new("/ui/audit", &[("kind", "task_created"), ("user", "")], 2, 120);
+        let p = Pager::new(
+            "/ui/audit",
+            &[("kind", "task_created"), ("user", "")],
+            2,
+            120,
+        );
         assert_eq!(p.pages, 3);
         assert_eq!(p.prev.as_deref(), Some("/ui/audit?kind=task_created"));
         assert_eq!(

@@ -49,32 +49,31 @@ async fn workflows(State(state): State<AppState>, viewer: Viewer) -> UiResult {
         crate::schedules::routes::list_schedules(State(state.clone()), who.clone()).await?;
 
     // The API keeps triggers to admins; anyone else gets a sentence instead of an error page.
-    let triggers = match crate::hooks::routes::list_triggers(State(state.clone()), who.clone())
-        .await
-    {
-        Ok(Json(list)) => {
-            let mut rows = Vec::new();
-            for t in list {
-                let Json(mut d) = crate::hooks::routes::list_deliveries(
-                    State(state.clone()),
-                    who.clone(),
-                    Path(t.name.clone()),
-                )
-                .await?;
-                let older = d
-                    .deliveries
-                    .split_off(RECENT_DELIVERIES.min(d.deliveries.len()));
-                rows.push(TriggerRow {
-                    trigger: Value::from_serialize(&t),
-                    recent: d.deliveries,
-                    older,
-                });
+    let triggers =
+        match crate::hooks::routes::list_triggers(State(state.clone()), who.clone()).await {
+            Ok(Json(list)) => {
+                let mut rows = Vec::new();
+                for t in list {
+                    let Json(mut d) = crate::hooks::routes::list_deliveries(
+                        State(state.clone()),
+                        who.clone(),
+                        Path(t.name.clone()),
+                    )
+                    .await?;
+                    let older = d
+                        .deliveries
+                        .split_off(RECENT_DELIVERIES.min(d.deliveries.len()));
+                    rows.push(TriggerRow {
+                        trigger: Value::from_serialize(&t),
+                        recent: d.deliveries,
+                        older,
+                    });
+                }
+                Some(rows)
             }
-            Some(rows)
-        }
-        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => None,
-        Err(e) => return Err(e.into()),
-    };
+            Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => None,
+            Err(e) => return Err(e.into()),
+        };
 
     let file_rows = files
         .workflows
