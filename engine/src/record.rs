@@ -446,6 +446,18 @@ impl RunStore {
         Ok(rec)
     }
 
+    /// One run by its exact id, without resolving prefixes: `resolve` lists (and so opens)
+    /// every run, which a page of many runs cannot afford once per row.
+    pub fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let Some(mut rec) = self.get_json::<RunRecord>(Table::Runs, run_id)? else {
+            return Ok(None);
+        };
+        if self.is_read_only() {
+            mark_dead_run(&mut rec);
+        }
+        Ok(Some(rec))
+    }
+
     /// Accept a unique prefix of a run id, or `last` for the newest run.
     pub fn resolve(&self, run_id: &str) -> Result<String, StoreError> {
         let ids = self.ids()?;

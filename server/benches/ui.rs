@@ -154,7 +154,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(ids.len(), TASKS);
 
     let mut group = c.benchmark_group("ui_dashboard_1000_tasks");
-    group.sample_size(30);
+    group.sample_size(10);
     let page = |state: &AppState, viewer: &Viewer| {
         rt.block_on(dashboard(
             State(state.clone()),
@@ -164,6 +164,18 @@ fn bench(c: &mut Criterion) {
         .unwrap()
     };
 
+    let store = secureclaw_server::tasks::model::TaskStore::new(state.session.clone());
+    group.bench_function("task_ids_own", |b| {
+        b.iter(|| store.ids(Some(who.user_id.as_str())).unwrap())
+    });
+    group.bench_function("task_ids_admin", |b| b.iter(|| store.ids(None).unwrap()));
+    group.bench_function("open_50_tasks", |b| {
+        b.iter(|| {
+            for id in ids.iter().take(50) {
+                store.load(id).unwrap();
+            }
+        })
+    });
     group.bench_function("data_nothing_parked", |b| {
         b.iter(|| dashboard_data(&state, &who, 1).unwrap())
     });

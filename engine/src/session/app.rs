@@ -264,6 +264,15 @@ impl Session {
         Ok(records.into_iter().map(|r| r.entry).collect())
     }
 
+    /// One run by its exact id (no prefixes, no `last`); `None` when it has no record yet.
+    /// Cheap enough to call once per row of a list, unlike [`Session::show`].
+    pub fn run_record(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<crate::record::RunRecord>, SessionError> {
+        Ok(self.inner.store.get(run_id)?)
+    }
+
     /// Ids of the runs parked at approval gates. A listing of many tasks asks this first, so
     /// it opens only the runs that wait rather than every run record.
     pub fn parked_runs(&self) -> Result<Vec<String>, SessionError> {

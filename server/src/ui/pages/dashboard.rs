@@ -132,11 +132,12 @@ pub fn dashboard_data(
 }
 
 /// The task's run record, when it has one stored; a run too new to have one shows as running
-/// (as in `GET /api/v1/tasks`).
+/// (as in `GET /api/v1/tasks`). Looked up by its exact id: `Session::show` would resolve the id
+/// against every stored run, once per row.
 fn run_record(state: &AppState, task: &Task) -> Option<RunRecord> {
     task.run_id
         .as_deref()
-        .and_then(|r| state.session.show(r).ok())
+        .and_then(|r| state.session.run_record(r).ok().flatten())
 }
 
 fn row(task: &Task, run: Option<&RunRecord>, names: &mut OwnerNames<'_>) -> TaskRow {
