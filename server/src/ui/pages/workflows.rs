@@ -37,6 +37,8 @@ struct TriggerRow {
 struct FileRow {
     file: Value,
     run: Option<String>,
+    /// What starts it besides a user, in words (`webhook`, `schedule 0 3 * * * UTC`, `watch`).
+    starts_on: Vec<String>,
 }
 
 async fn workflows(State(state): State<AppState>, viewer: Viewer) -> UiResult {
@@ -85,6 +87,7 @@ async fn workflows(State(state): State<AppState>, viewer: Viewer) -> UiResult {
                 } else {
                     None
                 },
+                starts_on: starts_on(f.triggers.as_ref()),
                 file: Value::from_serialize(f),
             })
         })
@@ -104,9 +107,58 @@ async fn workflows(State(state): State<AppState>, viewer: Viewer) -> UiResult {
     )
 }
 
+/// The `on:` summary of a file (`{"webhook": .., "schedule": .., "watch": ..}`, absent ones
+/// null) as words.
+fn starts_on(triggers: Option<&serde_json::Value>) -> Vec<String> {
+    let Some(map) = triggers.and_then(serde_json::Value::as_object) else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match (k.as_str(), v.get("cron"), v.get("timezone")) {
+            ("schedule", Some(cron), Some(tz)) => format!(
+                "schedule {} {}",
+                cron.as_str().unwrap_or_default(),
+                tz.as_str().unwrap_or_default()
+            ),
+            _ => k.clone(),
+        })
+        .collect()
+}
+
 /// The run form's address for one file.
 fn run_link(source: &str, path: &str) -> Result<String, ApiError> {
     serde_html_form::to_string([("source", source), ("path", path)])
         .map(|q| format!("/ui/workflows/run?{q}"))
         .map_err(|e| ApiError::internal(format!("run link: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_triggers_a_file_has_are_named() {
+        assert!(starts_on(None).is_empty());
+        let on = json!({"webhook": {}, "schedule": null, "watch": null});
+        assert_eq!(starts_on(Some(&on)), ["webhook"]);
+        let on = json!({
+            "webhook": null,
+            "schedule": {"cron": "0 3 * * *", "timezone": "Europe/Paris"},
+            "watch": ["src/**"],
+        });
+        assert_eq!(
+            starts_on(Some(&on)),
+            ["schedule 0 3 * * * Europe/Paris", "watch"]
+        );
+    }
+
+    #[test]
+    fn run_links_carry_the_source_and_path_encoded() {
+        assert_eq!(
+            run_link("ops", "flows/a b.yml").unwrap(),
+            "/ui/workflows/run?source=ops&path=flows%2Fa+b.yml"
+        );
+    }
 }
