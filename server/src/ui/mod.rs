@@ -13,6 +13,7 @@
 
 pub mod assets;
 pub mod csrf;
+pub mod dag;
 pub mod filters;
 pub mod forms;
 pub mod headers;
