@@ -1,0 +1,1 @@
+//! A person's whole path through the web UI.
