@@ -202,6 +202,7 @@ where
     F: FnOnce(Browser) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let _ = std::fs::remove_file(screenshot_dir().join(format!("FAILED-{test}.png")));
     let browser = Browser::open(test, base).await;
     let outcome = AssertUnwindSafe(body(browser.clone())).catch_unwind().await;
     if outcome.is_err() {

@@ -114,6 +114,7 @@ async fn every_page_fits_360_px_and_every_field_has_a_label() {
             b.shot(&format!("layout-{label}")).await;
         }
         // The pages before sign-in, once signed out.
+        b.goto("/ui/").await;
         b.click("form.logout button[type=submit]").await;
         b.wait_path("/ui/login").await;
         for path in ["/ui/login", "/ui/register"] {
