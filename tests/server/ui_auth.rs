@@ -180,9 +180,16 @@ async fn register_turn_on_two_factor_and_sign_in_with_a_code() {
     // The setup page draws the QR code on the server and prints the secret.
     let setup = b.get("/ui/settings/2fa?new=1").await;
     assert_eq!(setup.status, 200, "{}", setup.body);
-    assert!(setup.body.contains(r#"<svg id="totp-qr""#), "{}", setup.body);
+    assert!(
+        setup.body.contains(r#"<svg id="totp-qr""#),
+        "{}",
+        setup.body
+    );
     assert!(setup.body.contains(r#"role="img""#));
-    assert!(!setup.body.contains("style="), "inline style breaks the CSP");
+    assert!(
+        !setup.body.contains("style="),
+        "inline style breaks the CSP"
+    );
     let secret = text_of(&setup.body, "totp-secret");
     assert!(secret.len() >= 16, "{secret}");
     assert!(setup.body.contains(r#"href="/ui/""#), "no way to skip");
@@ -199,7 +206,11 @@ async fn register_turn_on_two_factor_and_sign_in_with_a_code() {
         )
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
-    assert!(wrong.body.contains(r#"id="enable-error""#), "{}", wrong.body);
+    assert!(
+        wrong.body.contains(r#"id="enable-error""#),
+        "{}",
+        wrong.body
+    );
     assert_eq!(text_of(&wrong.body, "totp-secret"), secret);
 
     let t = now();
@@ -259,7 +270,7 @@ async fn register_turn_on_two_factor_and_sign_in_with_a_code() {
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert!(wrong.body.contains(r#"id="totp-error""#), "{}", wrong.body);
-    assert!(wrong.body.contains(r#"href="/ui/login""#), "{}", wrong.body);
+    assert!(wrong.body.contains(r#"id="login-again""#), "{}", wrong.body);
     assert!(!wrong.body.contains(r#"id="totp-submit""#));
     assert!(other.session().is_none());
 
@@ -316,7 +327,10 @@ async fn forms_without_their_csrf_token_are_refused() {
     b.get("/ui/register").await;
     let name = unique("ui-csrf");
     let none = b
-        .post("/ui/register", &[("username", &name), ("password", PASSWORD)])
+        .post(
+            "/ui/register",
+            &[("username", &name), ("password", PASSWORD)],
+        )
         .await;
     assert_eq!(none.status, 403, "{}", none.body);
     let forged = b
@@ -420,7 +434,10 @@ async fn a_stored_key_is_listed_but_never_shown() {
     let mut b = Browser::with_session(api.token.as_deref().unwrap());
     let page = b.get("/ui/settings").await;
     assert!(page.body.contains(r#"id="no-keys""#));
-    assert!(page.body.contains(r#"id="key-value" name="key" type="password""#));
+    assert!(
+        page.body
+            .contains(r#"id="key-value" name="key" type="password""#)
+    );
     let csrf = field(&page.body, "csrf");
 
     let saved = b
@@ -430,10 +447,17 @@ async fn a_stored_key_is_listed_but_never_shown() {
         )
         .await;
     assert_eq!(saved.status, 303, "{}", saved.body);
-    assert_eq!(saved.location.as_deref(), Some("/ui/settings?done=key-saved"));
+    assert_eq!(
+        saved.location.as_deref(),
+        Some("/ui/settings?done=key-saved")
+    );
     assert!(!saved.location.unwrap().contains(KEY));
     let page = b.get("/ui/settings?done=key-saved").await;
-    assert!(page.body.contains(r#"data-provider="openai""#), "{}", page.body);
+    assert!(
+        page.body.contains(r#"data-provider="openai""#),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("stored on "));
     assert!(page.body.contains(r#"class="delete-key"#));
     assert!(!page.body.contains(KEY), "the key is in the page");

@@ -62,7 +62,7 @@ pub fn svg(data: &str, id: &str, label: &str) -> Result<String, QrError> {
         concat!(
             r#"<svg id="{id}" class="qr" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{label}" "#,
             r#"viewBox="0 0 {side} {side}" width="{px}" height="{px}" shape-rendering="crispEdges">"#,
-            r#"<rect width="{side}" height="{side}" fill="#fff"/>"#,
+            r##"<rect width="{side}" height="{side}" fill="#fff"/>"##,
             r##"<path fill="#000" d="{path}"/></svg>"##
         ),
         id = attribute(id),
@@ -93,7 +93,8 @@ fn attribute(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const URL: &str = "otpauth://totp/secureclaw:ann?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=secureclaw";
+    const URL: &str =
+        "otpauth://totp/secureclaw:ann?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=secureclaw";
 
     #[test]
     fn the_svg_is_one_well_formed_element_without_style() {
@@ -116,7 +117,11 @@ mod tests {
     #[test]
     fn the_path_draws_the_codes_dark_modules() {
         let code = QrCode::with_error_correction_level(URL.as_bytes(), EcLevel::M).unwrap();
-        let dark = code.to_colors().iter().filter(|c| **c == Color::Dark).count();
+        let dark = code
+            .to_colors()
+            .iter()
+            .filter(|c| **c == Color::Dark)
+            .count();
         let s = svg(URL, "q", "x").unwrap();
         let d = s.split(r#" d=""#).nth(1).unwrap();
         let d = d.split('"').next().unwrap();

@@ -332,8 +332,7 @@ async fn revoke_session(
 ) -> UiResult {
     viewer.check_csrf(&state, &form.csrf)?;
     let current = id == viewer.who.session_id;
-    crate::auth::routes::revoke_session(State(state.clone()), viewer.who.clone(), Path(id))
-        .await?;
+    crate::auth::routes::revoke_session(State(state.clone()), viewer.who.clone(), Path(id)).await?;
     if current {
         return Ok(signed_out_redirect());
     }
@@ -384,8 +383,7 @@ async fn delete_key(
     UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     viewer.check_csrf(&state, &form.csrf)?;
-    crate::auth::keys::delete_key(State(state.clone()), viewer.who.clone(), Path(provider))
-        .await?;
+    crate::auth::keys::delete_key(State(state.clone()), viewer.who.clone(), Path(provider)).await?;
     Ok(done("key-deleted", None))
 }
 
@@ -395,8 +393,16 @@ mod tests {
 
     #[test]
     fn only_known_flags_show_a_message() {
-        assert!(done_message("2fa-on", Some(2)).unwrap().contains("2 other sessions"));
-        assert!(!done_message("2fa-off", Some(0)).unwrap().contains("session"));
+        assert!(
+            done_message("2fa-on", Some(2))
+                .unwrap()
+                .contains("2 other sessions")
+        );
+        assert!(
+            !done_message("2fa-off", Some(0))
+                .unwrap()
+                .contains("session")
+        );
         assert_eq!(done_message("<script>", None), None);
     }
 
