@@ -50,10 +50,10 @@ pub(crate) fn refusal_text(e: &ApiError) -> String {
 /// A page that answers a refused form: the API's status, and its `Retry-After` when it has one.
 pub(crate) fn with_refusal_status(mut res: Response, e: &ApiError) -> Response {
     *res.status_mut() = e.status;
-    if let Some(secs) = e.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
     }
     res
 }
