@@ -494,3 +494,68 @@ async fn settings_pages_need_a_session() {
     let setup = b.get("/ui/settings/2fa").await;
     assert_eq!(setup.status, 303);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_factor_off_and_set_up_again() {
+    let mut api = shared().client();
+    let r = api.register(&unique("ui-2fa-off")).await;
+    let secret = r.body["totp"]["secret"].as_str().unwrap().to_string();
+    let t = now();
+    let on = api
+        .post(
+            "/api/v1/auth/2fa/enable",
+            serde_json::json!({"code": code_at(&secret, t)}),
+        )
+        .await;
+    assert_eq!(on.status, 200, "{:?}", on.body);
+
+    let mut b = Browser::with_session(api.token.as_deref().unwrap());
+    // With 2FA on, the setup page shows no secret.
+    let setup = b.get("/ui/settings/2fa").await;
+    assert_eq!(setup.status, 200, "{}", setup.body);
+    assert!(!setup.body.contains("totp-qr"));
+    assert!(!setup.body.contains(&secret));
+
+    let page = b.get("/ui/settings").await;
+    assert_eq!(text_of(&page.body, "two-factor-status"), "on");
+    let off = b
+        .post(
+            "/ui/settings/2fa/disable",
+            &[
+                ("csrf", &field(&page.body, "csrf")),
+                ("code", &code_at(&secret, t + 30)),
+            ],
+        )
+        .await;
+    assert_eq!(off.status, 303, "{}", off.body);
+    assert_eq!(
+        off.location.as_deref(),
+        Some("/ui/settings?done=2fa-off&ended=0")
+    );
+    let page = b.get("/ui/settings?done=2fa-off&ended=0").await;
+    assert_eq!(text_of(&page.body, "two-factor-status"), "off");
+    assert!(page.body.contains(r#"id="setup-2fa""#));
+
+    // Off drops the secret: setting up again shows a new one, kept across reloads.
+    let setup = b.get("/ui/settings/2fa").await;
+    assert!(setup.body.contains(r#"<svg id="totp-qr""#));
+    let fresh = text_of(&setup.body, "totp-secret");
+    assert_ne!(fresh, secret);
+    let again = b.get("/ui/settings/2fa").await;
+    assert_eq!(text_of(&again.body, "totp-secret"), fresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_browsers_skip_the_sign_in_pages() {
+    let api = Api::user(shared(), "ui-skip").await;
+    let mut b = Browser::with_session(api.token.as_deref().unwrap());
+    for path in ["/ui/login", "/ui/register"] {
+        let page = b.get(path).await;
+        assert_eq!(page.status, 303, "{path}");
+        assert_eq!(page.location.as_deref(), Some("/ui/"), "{path}");
+    }
+    // The TOTP step exists only as the answer to a password.
+    let step = Browser::new().get("/ui/login/totp").await;
+    assert_eq!(step.status, 303);
+    assert_eq!(step.location.as_deref(), Some("/ui/login"));
+}

@@ -115,27 +115,30 @@ mod tests {
     }
 
     #[test]
-    fn the_path_draws_the_codes_dark_modules() {
+    fn the_path_draws_exactly_the_codes_dark_modules() {
         let code = QrCode::with_error_correction_level(URL.as_bytes(), EcLevel::M).unwrap();
-        let dark = code
-            .to_colors()
-            .iter()
-            .filter(|c| **c == Color::Dark)
-            .count();
+        let width = code.width();
         let s = svg(URL, "q", "x").unwrap();
         let d = s.split(r#" d=""#).nth(1).unwrap();
         let d = d.split('"').next().unwrap();
-        // Each rectangle is `M{x} {y}h{run}v1h-{run}z`; the runs add up to the dark modules.
-        let drawn: usize = d
-            .split('M')
-            .skip(1)
-            .map(|rect| {
-                let run = rect.split('h').nth(1).unwrap();
-                run.split('v').next().unwrap().parse::<usize>().unwrap()
-            })
-            .sum();
-        assert_eq!(drawn, dark);
         assert!(d.bytes().all(|b| b"0123456789Mhvz- ".contains(&b)), "{d}");
+        // Paint each `M{x} {y}h{run}v1h-{run}z` rectangle onto a grid and compare it with the
+        // code's own modules.
+        let mut painted = vec![false; width * width];
+        for rect in d.split('M').skip(1) {
+            let (xy, rest) = rect.split_once('h').unwrap();
+            let (x, y) = xy.split_once(' ').unwrap();
+            let (x, y): (usize, usize) = (x.parse().unwrap(), y.parse().unwrap());
+            let run: usize = rest.split('v').next().unwrap().parse().unwrap();
+            assert!(rest.ends_with(&format!("v1h-{run}z")), "{rect}");
+            for dx in 0..run {
+                let (mx, my) = (x + dx - QUIET_ZONE, y - QUIET_ZONE);
+                assert!(!painted[my * width + mx], "painted twice: {rect}");
+                painted[my * width + mx] = true;
+            }
+        }
+        let expected: Vec<bool> = code.to_colors().iter().map(|c| *c == Color::Dark).collect();
+        assert_eq!(painted, expected);
     }
 
     #[test]
