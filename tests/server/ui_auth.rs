@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::auth::{code_at, now};
-use crate::harness::{Api, PASSWORD, shared, unique};
+use crate::harness::{Api, PASSWORD, Server, shared, unique};
 
 /// A cookie-keeping client that does not follow redirects (the tests check each 303).
 struct Browser {
@@ -21,8 +21,12 @@ struct Page {
 
 impl Browser {
     fn new() -> Browser {
+        Browser::on(shared())
+    }
+
+    fn on(server: &Server) -> Browser {
         Browser {
-            base: shared().url.clone(),
+            base: server.url.clone(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(std::time::Duration::from_secs(90))
@@ -558,4 +562,24 @@ async fn signed_in_browsers_skip_the_sign_in_pages() {
     let step = Browser::new().get("/ui/login/totp").await;
     assert_eq!(step.status, 303);
     assert_eq!(step.location.as_deref(), Some("/ui/login"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_registration_says_when_to_try_again() {
+    let server = Server::start(&[("SECURECLAW_REGISTER_MAX_PER_WINDOW", "1")], &[]);
+    let mut first = Browser::on(&server);
+    assert_eq!(
+        register_by_form(&mut first, &unique("ui-first"))
+            .await
+            .status,
+        303
+    );
+    let mut b = Browser::on(&server);
+    let name = unique("ui-throttled");
+    let refused = register_by_form(&mut b, &name).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains(r#"id="register-error""#));
+    assert!(refused.body.contains("Try again in "), "{}", refused.body);
+    assert!(refused.body.contains(&format!(r#"value="{name}""#)));
+    assert!(b.session().is_none());
 }
