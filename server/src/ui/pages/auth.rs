@@ -79,7 +79,8 @@ async fn login_page(
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: it holds the password, which no log may print.
+#[derive(Deserialize)]
 pub struct LoginForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
     #[serde(default)]
@@ -140,7 +141,8 @@ async fn totp_step_page() -> Redirect {
     Redirect::to(LOGIN)
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: it holds the login ticket and code, which no log may print.
+#[derive(Deserialize)]
 pub struct TotpForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
     #[serde(default)]
@@ -215,7 +217,8 @@ async fn register_page(State(state): State<AppState>, anon: Anonymous) -> UiResu
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: it holds the password, which no log may print.
+#[derive(Deserialize)]
 pub struct RegisterForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
     #[serde(default)]

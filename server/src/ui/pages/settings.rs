@@ -246,7 +246,8 @@ async fn render_two_factor(
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: it holds a TOTP code, which no log may print.
+#[derive(Deserialize)]
 pub struct EnableForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
     #[serde(default)]
@@ -281,7 +282,8 @@ async fn enable_two_factor(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: it holds a TOTP code, which no log may print.
+#[derive(Deserialize)]
 pub struct CodeForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
     #[serde(default)]
@@ -339,7 +341,7 @@ async fn revoke_session(
     Ok(done("session-revoked", None))
 }
 
-/// The key form. Not `Debug`: it holds the key.
+/// Not `Debug`: it holds the key, which no log may print.
 #[derive(Deserialize)]
 pub struct KeyForm {
     /// Missing is the same as wrong: a 403, not a malformed form.
