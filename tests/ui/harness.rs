@@ -143,8 +143,9 @@ pub fn screenshot_dir() -> PathBuf {
     dir
 }
 
-/// chromedriver, started once for the whole binary. It runs under `sh`, which stops it when
-/// this process's end of its stdin closes (when the binary exits, however it exits).
+/// chromedriver, started once for the whole binary. It runs under `sh` in a session and
+/// process group of its own (`setsid`), with the browsers it starts; `sh` stops that whole group once this
+/// process's end of its stdin closes, so no browser outlives the binary, however it exits.
 struct Driver {
     url: String,
     _child: Child,
@@ -163,7 +164,7 @@ fn start_driver() -> Driver {
     let program = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
     let child = Command::new("sh")
         .arg("-c")
-        .arg(r#""$0" "$@" & pid=$!; read _ ; kill -TERM $pid; wait $pid"#)
+        .arg(r#"setsid "$0" "$@" & pid=$!; read _ ; kill -TERM -$pid; wait $pid"#)
         .arg(&program)
         .arg(format!("--port={port}"))
         .stdin(Stdio::piped())
