@@ -193,6 +193,8 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
             b.fail("the page reloaded to show the output: it should arrive live").await;
         }
         b.shot("task-succeeded").await;
+        // What the run changed (the diff, the links to undo a step) comes with a fresh page.
+        b.client.refresh().await.unwrap();
         assert!(
             !workspace.join("report").exists(),
             "the approved step did not delete report/"
@@ -251,18 +253,25 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
             )
             .await;
         let (status, content_type, body) = b.fetch(href.as_str().unwrap()).await;
-        assert_eq!(status, 200, "{content_type} {body}");
+        let start: String = body.chars().take(300).collect();
+        assert_eq!(status, 200, "{content_type} {start}");
         let entries: Vec<Value> = body
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("a line of the export is not JSON ({e}): {l}"))
+                    .unwrap_or_else(|e| panic!("a line of the export is not JSON ({e}): {start}"))
             })
             .collect();
-        assert!(entries.len() >= 2, "the export is not JSONL: {body}");
-        for kind in ["run_started", "approval_given"] {
-            assert!(body.contains(kind), "the export lacks {kind}: {body}");
+        assert!(
+            entries.len() >= 2,
+            "the export is not JSONL (one JSON value a line), it starts: {start}"
+        );
+        for kind in ["run_started", "approval_given", "action_reverted"] {
+            assert!(
+                entries.iter().any(|e| e.to_string().contains(kind)),
+                "the export lacks {kind}"
+            );
         }
         assert_csp_clean(server).await;
     })
@@ -296,7 +305,11 @@ async fn plan_preview(b: &Browser) {
     let reason = b.text(&format!("{row} .reason")).await;
     assert!(!reason.is_empty(), "the rm -r step has no reason");
     let undo = b.text(&format!("{row} .undo")).await.to_lowercase();
-    assert!(undo.contains("restore"), "the rm -r step's undo: {undo:?}");
+    // Revert restores what `rm -r` deleted from the step's snapshot: shown as undoable.
+    assert!(
+        !undo.is_empty() && !undo.starts_with("none"),
+        "the rm -r step's undo: {undo:?}"
+    );
     let first = b
         .text("#plan-steps tr[data-step=\"prepare\"] .tier")
         .await
