@@ -360,15 +360,30 @@ impl Browser {
         path
     }
 
-    /// Screenshots of the page as it is: `NAME-desktop.png` and `NAME-360.png`.
+    /// Screenshots of the whole page as it is: `NAME-desktop.png` and `NAME-360.png`.
     pub async fn shot(&self, name: &str) {
         let dir = screenshot_dir();
-        let png = self.client.screenshot().await.unwrap();
+        let png = self.full_page(DESKTOP.0).await;
         std::fs::write(dir.join(format!("{name}-desktop.png")), png).unwrap();
         self.narrow().await;
-        let png = self.client.screenshot().await.unwrap();
+        let png = self.full_page(NARROW).await;
         std::fs::write(dir.join(format!("{name}-360.png")), png).unwrap();
         self.desktop().await;
+    }
+
+    /// A screenshot of the whole page at `width`: chromium's WebDriver only shoots the
+    /// viewport, so the window is made as tall as the page first (up to a limit).
+    async fn full_page(&self, width: u32) -> Vec<u8> {
+        let (_, window_height) = self.client.get_window_size().await.unwrap();
+        let sizes = self
+            .js("return [window.innerHeight, document.documentElement.scrollHeight]")
+            .await;
+        let viewport = sizes[0].as_u64().unwrap_or(window_height);
+        let page = sizes[1].as_u64().unwrap_or(viewport);
+        let frame = window_height.saturating_sub(viewport);
+        let height = u32::try_from((page + frame).min(4000)).unwrap();
+        self.client.set_window_size(width, height).await.unwrap();
+        self.client.screenshot().await.unwrap()
     }
 
     /// A phone-sized viewport, [`NARROW`] CSS px wide.

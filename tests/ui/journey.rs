@@ -324,6 +324,32 @@ async fn plan_preview(b: &Browser) {
         &format!("{}?.value.includes('rm -r report')", q("#workflow-yaml")),
     )
     .await;
+
+    // An edit that names a step that does not exist is checked in place, with its line.
+    let line = b
+        .js("const t = document.querySelector('#workflow-yaml'); \
+             t.value = t.value.replace('needs: [prepare]', 'needs: [nowhere]'); \
+             t.dispatchEvent(new Event('input', {bubbles: true})); \
+             return t.value.split('\\n').findIndex(l => l.includes('nowhere')) + 1;")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(line > 0, "the edit did not land in #workflow-yaml");
+    b.click("#validate").await;
+    let errors = b
+        .wait_value(
+            "a located error in #validation-errors",
+            &format!(
+                "{0}?.includes('nowhere') && {0}",
+                text_of("#validation-errors")
+            ),
+        )
+        .await;
+    let errors = errors.as_str().unwrap_or_default();
+    assert!(
+        errors.contains(&format!("{line}:")),
+        "the error does not give line {line}: {errors}"
+    );
 }
 
 /// The approval card of the gate: the exact command, its tier and rule, approve and deny.
