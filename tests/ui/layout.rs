@@ -1,5 +1,5 @@
-//! Every signed-in page fits a 360 px wide screen without sideways scrolling, and every field
-//! on it has a label.
+//! Every signed-in page fits a 360 px wide screen without sideways scrolling, every field on
+//! it has a label, and a keyboard user sees where the focus is.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,15 @@ out.sort((a, b) => b[0] - a[0]);
 return [document.documentElement.scrollWidth, out.slice(0, 8)];
 ";
 
+/// The focused control and whether its focus can be seen (an outline or a ring).
+const FOCUSED: &str = "
+const e = document.activeElement;
+if (!e || e === document.body) return ['(nothing)', false];
+const cs = getComputedStyle(e);
+const seen = (cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) > 0) || cs.boxShadow !== 'none';
+return [e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + ' \"' + (e.textContent || e.value || '').trim().slice(0, 40) + '\"', seen];
+";
+
 /// Fields a person fills in that have no label (nor an aria-label).
 const UNLABELLED: &str = "
 const out = [];
@@ -41,7 +50,7 @@ return out;
 ";
 
 #[tokio::test]
-async fn every_page_fits_360_px_and_every_field_has_a_label() {
+async fn every_page_fits_360_px_labels_every_field_and_shows_focus() {
     let server = &shared().server;
     let (name, api) = account(server, "layout").await;
     let planned = api.post("/api/v1/tasks", json!({"workflow": PLAN})).await;
@@ -110,6 +119,14 @@ async fn every_page_fits_360_px_and_every_field_has_a_label() {
                 && !fields.is_empty()
             {
                 problems.push(format!("{path}: fields without a label: {fields:?}"));
+            }
+            // The first controls are reached with Tab, and show where the focus is.
+            for _ in 0..4 {
+                b.tab().await;
+                let focused = b.js(FOCUSED).await;
+                if focused[1] != json!(true) {
+                    problems.push(format!("{path}: focus not visible on {}", focused[0]));
+                }
             }
             b.shot(&format!("layout-{label}")).await;
         }
