@@ -88,6 +88,7 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
         b.wait_path("/ui/login").await;
         b.fill("#username", &name).await;
         b.fill("#password", PASSWORD).await;
+        b.shot("login").await;
         b.click("#login-submit").await;
         b.find("#code").await;
         b.shot("login-totp").await;
@@ -246,6 +247,8 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
             "#ledger-verified says {verified:?}"
         );
         b.shot("task-reverted").await;
+        // Every page on the way kept the CSP (the download below is no page).
+        assert_csp_clean(server).await;
         let href = b
             .wait_value(
                 "the href of #ledger-export",
@@ -273,7 +276,6 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
                 "the export lacks {kind}"
             );
         }
-        assert_csp_clean(server).await;
     })
     .await;
 }
