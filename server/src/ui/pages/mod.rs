@@ -8,6 +8,7 @@ pub mod new_task;
 pub mod settings;
 pub mod task;
 pub mod workflows;
+pub mod run_workflow;
 
 use axum::Router;
 
@@ -37,4 +38,5 @@ pub fn routes() -> Router<AppState> {
         .merge(task::routes())
         .merge(workflows::routes())
         .merge(audit::routes())
+        .merge(run_workflow::routes())
 }
