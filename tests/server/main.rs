@@ -21,4 +21,5 @@ mod journey;
 mod schedules;
 mod sources;
 mod tasks;
+mod ui_plan;
 mod watch;

@@ -5,10 +5,10 @@ pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod new_task;
+pub mod run_workflow;
 pub mod settings;
 pub mod task;
 pub mod workflows;
-pub mod run_workflow;
 
 use axum::Router;
 

@@ -209,13 +209,10 @@ async fn create_from_workflow(
 
 /// Create a task through the API's handler as the viewer; the new task's id.
 async fn create(state: &AppState, viewer: &Viewer, req: CreateTask) -> Result<String, ApiError> {
-    let res = crate::tasks::routes::create_task(
-        State(state.clone()),
-        viewer.who.clone(),
-        JsonBody(req),
-    )
-    .await?
-    .into_response();
+    let res =
+        crate::tasks::routes::create_task(State(state.clone()), viewer.who.clone(), JsonBody(req))
+            .await?
+            .into_response();
     let view: serde_json::Value = response_json(res).await?;
     view.get("id")
         .and_then(|v| v.as_str())
@@ -288,10 +285,7 @@ pub fn undo_of(api_undo: &str) -> (UndoClass, &'static str) {
             UndoClass::Compensatable,
             "revert runs the step's declared compensating action; the outside effect is undone by a new action, not erased",
         ),
-        "none" => (
-            UndoClass::None,
-            "nothing to undo: the step only reads",
-        ),
+        "none" => (UndoClass::None, "nothing to undo: the step only reads"),
         // `pivot`, and anything newer this page does not know: assume the worst.
         _ => (
             UndoClass::None,
@@ -488,12 +482,7 @@ async fn plan_page(
     plan_with(&state, &viewer, task, None).await
 }
 
-async fn plan_with(
-    state: &AppState,
-    viewer: &Viewer,
-    task: Task,
-    edit: Option<Edit>,
-) -> UiResult {
+async fn plan_with(state: &AppState, viewer: &Viewer, task: Task, edit: Option<Edit>) -> UiResult {
     // The API's view of the task: its plan, provenance and inputs with secrets masked, checked
     // against the viewer exactly as `GET /api/v1/tasks/{id}` does.
     let axum::Json(view): axum::Json<TaskView> = crate::tasks::routes::get_task(
@@ -730,7 +719,7 @@ inputs:
     secret: true
 steps:
   - id: call
-    run: curl -H \"Authorization: Bearer {{ inputs.api_token }}\" https://example.com
+    shell: printf %s {{ inputs.api_token }} > out/token.txt
   - id: note
     write:
       path: out/key.txt
@@ -751,13 +740,13 @@ steps:
         assert_eq!(planner.used_in, vec!["note: /write/content".to_string()]);
         let input = uses.iter().find(|u| u.kind == "input").expect("input");
         assert_eq!(input.placeholder, "[secret:api_token]");
-        assert_eq!(input.used_in, vec!["call: /run".to_string()]);
+        assert_eq!(input.used_in, vec!["call: /shell".to_string()]);
     }
 
     #[test]
     fn a_plan_without_secrets_has_none() {
         let v = crate::tasks::routes::validate_text(
-            "version: 1\nname: x\nsteps:\n  - id: a\n    run: echo hi\n",
+            "version: 1\nname: x\nsteps:\n  - id: a\n    shell: echo hi\n",
         )
         .expect("valid");
         assert!(secret_uses(&v, Some("say hi"), &[]).is_empty());

@@ -128,9 +128,12 @@ fn fields(v: &Validated, sent: Option<&BTreeMap<String, String>>) -> Vec<Field> 
 }
 
 /// The input values a submitted form carries, as the API takes them (strings are parsed to
-/// the declared type there). An empty field of an input with a default leaves the default;
-/// an unchecked box is `false`.
-fn values_of(v: &Validated, sent: &BTreeMap<String, String>) -> BTreeMap<String, serde_json::Value> {
+/// the declared type there). An empty field is not given (the default applies, or it is
+/// missing); an unchecked box is `false`.
+fn values_of(
+    v: &Validated,
+    sent: &BTreeMap<String, String>,
+) -> BTreeMap<String, serde_json::Value> {
     let mut out = BTreeMap::new();
     for (name, spec) in &v.workflow.inputs {
         let given = sent.get(&format!("{FIELD_PREFIX}{name}"));
@@ -138,9 +141,8 @@ fn values_of(v: &Validated, sent: &BTreeMap<String, String>) -> BTreeMap<String,
             (Control::Checkbox, g) => {
                 out.insert(name.clone(), serde_json::Value::Bool(g.is_some()));
             }
-            (_, Some(g)) if g.is_empty() && spec.kind != InputType::String => {}
-            (_, Some(g)) if g.is_empty() && spec.default.is_some() => {}
-            (_, Some(g)) if g.is_empty() && spec.secret => {}
+            // A field left empty is not given: the default applies, or it is missing.
+            (_, Some(g)) if g.is_empty() => {}
             (_, Some(g)) => {
                 out.insert(name.clone(), serde_json::Value::String(g.clone()));
             }
@@ -322,10 +324,19 @@ mod tests {
     #[test]
     fn each_type_gets_its_control() {
         assert_eq!(control_of(&spec(InputType::String, false)), Control::Text);
-        assert_eq!(control_of(&spec(InputType::String, true)), Control::Password);
-        assert_eq!(control_of(&spec(InputType::Integer, false)), Control::Integer);
+        assert_eq!(
+            control_of(&spec(InputType::String, true)),
+            Control::Password
+        );
+        assert_eq!(
+            control_of(&spec(InputType::Integer, false)),
+            Control::Integer
+        );
         assert_eq!(control_of(&spec(InputType::Number, false)), Control::Number);
-        assert_eq!(control_of(&spec(InputType::Boolean, false)), Control::Checkbox);
+        assert_eq!(
+            control_of(&spec(InputType::Boolean, false)),
+            Control::Checkbox
+        );
         assert_eq!(control_of(&spec(InputType::Array, false)), Control::Json);
         assert_eq!(control_of(&spec(InputType::Object, false)), Control::Json);
     }
@@ -348,7 +359,7 @@ inputs:
     default: abc
 steps:
   - id: a
-    run: echo {{ inputs.who }}
+    shell: echo {{ inputs.who }}
 ";
 
     #[test]
@@ -358,13 +369,23 @@ steps:
         let days = blank.iter().find(|f| f.name == "days").expect("days");
         assert_eq!((days.value.as_str(), days.required), ("7", false));
         assert!(blank.iter().find(|f| f.name == "dry").expect("dry").checked);
-        assert!(blank.iter().find(|f| f.name == "who").expect("who").required);
+        assert!(
+            blank
+                .iter()
+                .find(|f| f.name == "who")
+                .expect("who")
+                .required
+        );
         // A secret's default is never put into the page.
-        assert_eq!(blank.iter().find(|f| f.name == "token").expect("t").value, "");
+        assert_eq!(
+            blank.iter().find(|f| f.name == "token").expect("t").value,
+            ""
+        );
 
         let sent: BTreeMap<String, String> = [
             ("input.days", ""),
             ("input.who", "ann"),
+            ("input.extra", "ignored"),
             ("input.token", ""),
         ]
         .into_iter()
