@@ -21,5 +21,6 @@ mod journey;
 mod schedules;
 mod sources;
 mod tasks;
+mod ui_auth;
 mod ui_plan;
 mod watch;

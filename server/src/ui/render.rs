@@ -54,6 +54,11 @@ impl Templates {
     pub fn names() -> Vec<String> {
         Files::iter().map(|n| n.into_owned()).collect()
     }
+
+    /// A template's source text, as embedded.
+    pub fn source(name: &str) -> Option<String> {
+        Files::get(name).and_then(|f| String::from_utf8(f.data.into_owned()).ok())
+    }
 }
 
 /// What a UI handler returns on failure; shown as a page.
