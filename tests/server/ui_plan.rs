@@ -350,6 +350,15 @@ async fn approving_the_plan_starts_its_run() {
     let preview = b.get(&format!("/ui/tasks/{id}/plan")).await;
     let hash = attr_after(&preview.html, r#"name="plan_sha256" value=""#);
 
+    // Without the session's CSRF token nothing starts.
+    let forged = b
+        .post(
+            &format!("/ui/tasks/{id}/start"),
+            &[("csrf", "x"), ("plan_sha256", &hash)],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.html);
+
     // A hash of another plan is refused.
     let stale = b
         .post(

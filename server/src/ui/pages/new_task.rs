@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Redirect, Response};
 use axum::routing::{get, post};
@@ -69,8 +69,39 @@ struct RunnableWorkflow {
     href: String,
 }
 
-async fn new_task_page(State(state): State<AppState>, viewer: Viewer) -> UiResult {
-    new_task_form(&state, &viewer, NewTaskForm::default(), StatusCode::OK).await
+/// Source workflows listed per page of the new-task page.
+const WORKFLOWS_PER_PAGE: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    /// 1-based; anything unreadable is the first page.
+    #[serde(default)]
+    pub page: Option<String>,
+}
+
+/// The page number asked for, 1 when absent or not a number.
+fn page_number(q: &PageQuery) -> usize {
+    q.page
+        .as_deref()
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+async fn new_task_page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<PageQuery>,
+) -> UiResult {
+    let page = page_number(&q);
+    new_task_form(
+        &state,
+        &viewer,
+        NewTaskForm::default(),
+        StatusCode::OK,
+        page,
+    )
+    .await
 }
 
 async fn new_task_form(
@@ -78,8 +109,17 @@ async fn new_task_form(
     viewer: &Viewer,
     form: NewTaskForm,
     status: StatusCode,
+    page: usize,
 ) -> UiResult {
-    let (workflows, sources_error) = runnable_workflows(state, viewer).await;
+    let (all, sources_error) = runnable_workflows(state, viewer).await;
+    let skip = (page - 1).saturating_mul(WORKFLOWS_PER_PAGE);
+    let next_page = (all.len() > skip.saturating_add(WORKFLOWS_PER_PAGE)).then_some(page + 1);
+    let prev_page = (page > 1).then(|| page - 1);
+    let workflows: Vec<RunnableWorkflow> = all
+        .into_iter()
+        .skip(skip)
+        .take(WORKFLOWS_PER_PAGE)
+        .collect();
     let mut res = viewer.page(
         state,
         "new_task.html",
@@ -88,6 +128,8 @@ async fn new_task_form(
             form => Value::from_serialize(&form),
             workflows => Value::from_serialize(&workflows),
             sources_error => sources_error,
+            next_page => next_page,
+            prev_page => prev_page,
         },
     )?;
     *res.status_mut() = status;
@@ -160,6 +202,7 @@ async fn create_from_instruction(
                     ..NewTaskForm::default()
                 },
                 status,
+                1,
             )
             .await
         }
@@ -200,6 +243,7 @@ async fn create_from_workflow(
                     ..NewTaskForm::default()
                 },
                 status,
+                1,
             )
             .await
         }
@@ -701,6 +745,17 @@ mod tests {
         assert!(undo_of("none").1.contains("only reads"));
         // Unknown labels are treated as irreversible, never as undoable.
         assert_eq!(undo_of("something-new").0, UndoClass::None);
+    }
+
+    #[test]
+    fn page_numbers_start_at_one() {
+        let q = |p: &str| PageQuery {
+            page: Some(p.to_string()),
+        };
+        assert_eq!(page_number(&PageQuery::default()), 1);
+        assert_eq!(page_number(&q("3")), 3);
+        assert_eq!(page_number(&q("0")), 1);
+        assert_eq!(page_number(&q("x")), 1);
     }
 
     #[test]
