@@ -340,7 +340,7 @@ pub fn undo_of(api_undo: &str) -> (UndoClass, &'static str) {
 
 /// One row of the plan table.
 #[derive(Debug, Serialize)]
-struct PlanRow {
+pub(crate) struct PlanRow {
     id: String,
     action: String,
     tier: String,
@@ -353,7 +353,7 @@ struct PlanRow {
     undo_why: &'static str,
 }
 
-fn plan_rows(steps: &[PlanStep]) -> Vec<PlanRow> {
+pub(crate) fn plan_rows(steps: &[PlanStep]) -> Vec<PlanRow> {
     steps
         .iter()
         .map(|s| {
