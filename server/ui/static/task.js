@@ -135,7 +135,8 @@ function follow() {
   on('run_resumed', () => { setTaskState('running'); hideApprovals(); });
   on('step_started', (d) => setStepState(d.step, 'running'));
   on('step_finished', (d) => setStepState(d.step, d.state));
-  on('output', (d) => appendLog(d.step, d.text || ''));
+  // The `output` stream repeats stdout; the log is stdout and stderr, as the server shows it.
+  on('output', (d) => { if (d.stream !== 'output') appendLog(d.step, d.text || ''); });
   on('approval_needed', (d) => setStepState(d.step, 'waiting_approval'));
   on('run_parked', () => { setTaskState('awaiting_approval'); showApprovals(); });
   on('run_finished', (d) => {

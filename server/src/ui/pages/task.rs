@@ -175,6 +175,9 @@ async fn read_history(session: &Session, run: &str, scrub: &OutputScrubber) -> H
 
 fn apply_event(h: &mut History, event: &RunEvent, scrub: &OutputScrubber) {
     match event {
+        // A step's `output` stream repeats its stdout (or, for a failed request, the body its
+        // reason describes): the log is stdout and stderr, as the script follows it.
+        RunEvent::Output { stream, .. } if stream == "output" => {}
         RunEvent::Output { step, text, .. } => {
             h.logs
                 .entry(step.clone())
@@ -422,7 +425,13 @@ async fn task_page(
         .started_by
         .clone()
         .or_else(|| record.as_ref().and_then(|r| r.started_by.clone()))
-        .unwrap_or_else(|| format!("owner {}", view.owner));
+        .unwrap_or_else(|| {
+            if view.owner == viewer.who.user_id {
+                format!("user:{}", viewer.who.username)
+            } else {
+                format!("the user with id {}", view.owner)
+            }
+        });
     let title = if view.name.is_empty() {
         "Task".to_string()
     } else {

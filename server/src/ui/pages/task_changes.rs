@@ -36,6 +36,9 @@ pub fn routes() -> Router<AppState> {
 pub struct StepQuery {
     #[serde(default)]
     pub step: Option<String>,
+    /// `conflict`: a revert was refused because files changed since the run.
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 impl StepQuery {
@@ -117,6 +120,7 @@ async fn diff_page(
     let steps: Vec<StepDiffView> = reply
         .steps
         .into_iter()
+        .filter(|d| !d.diff.trim().is_empty())
         .map(|d| {
             let lines = diff_lines(&d.diff);
             StepDiffView {
@@ -238,6 +242,11 @@ fn drift_of(plan: &Value) -> Vec<DriftView> {
         .unwrap_or_default()
 }
 
+/// The revert page of the run or one step; always with a query, so more can be appended.
+fn revert_path(id: &str, step: Option<&str>) -> String {
+    format!("/ui/tasks/{id}/revert?step={}", step.unwrap_or_default())
+}
+
 /// Revert the whole run or one step (with what depends on it), as the API does.
 async fn revert(
     state: &AppState,
@@ -288,10 +297,7 @@ async fn revert_page(
         .and_then(Value::as_array)
         .map(|a| a.iter().map(text_of).collect())
         .unwrap_or_default();
-    let action = match &step {
-        Some(s) => format!("/ui/tasks/{id}/revert?step={s}"),
-        None => format!("/ui/tasks/{id}/revert"),
-    };
+    let action = revert_path(&id, step.as_deref());
     viewer.page(
         &state,
         "task_revert.html",
@@ -304,6 +310,7 @@ async fn revert_page(
             undo => undo_steps(&reply.detail),
             already => already,
             drift => drift_of(&reply.detail),
+            conflict => q.notice.as_deref() == Some("conflict"),
         },
     )
 }
@@ -328,15 +335,22 @@ async fn revert_confirm(
     let force = form.force.is_some_and(|f| !f.is_empty());
     let reply = revert(&state, &viewer, &id, step.as_deref(), false, force).await?;
     let summary = reply.detail.get("summary").cloned().unwrap_or_default();
-    let clean = ["failures", "manual_review"].iter().all(|k| {
-        summary
-            .get(*k)
-            .and_then(Value::as_array)
-            .is_none_or(|a| a.is_empty())
-    });
-    let notice = if clean { "reverted" } else { "revert-partial" };
+    let to = match summary.get("state").and_then(Value::as_str) {
+        // Nothing was undone: back to the preview, which lists the files in the way.
+        Some("conflict") => format!("{}&notice=conflict", revert_path(&id, step.as_deref())),
+        _ => {
+            let clean = ["failures", "manual_review"].iter().all(|k| {
+                summary
+                    .get(*k)
+                    .and_then(Value::as_array)
+                    .is_none_or(|a| a.is_empty())
+            });
+            let notice = if clean { "reverted" } else { "revert-partial" };
+            format!("{}?notice={notice}", task_path(&id))
+        }
+    };
     Ok(axum::response::IntoResponse::into_response(
-        axum::response::Redirect::to(&format!("{}?notice={notice}", task_path(&id))),
+        axum::response::Redirect::to(&to),
     ))
 }
 
