@@ -22,3 +22,4 @@ mod schedules;
 mod sources;
 mod tasks;
 mod watch;
+mod ui_task;
