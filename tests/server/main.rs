@@ -21,5 +21,5 @@ mod journey;
 mod schedules;
 mod sources;
 mod tasks;
-mod watch;
 mod ui_task;
+mod watch;

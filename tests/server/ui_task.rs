@@ -29,7 +29,7 @@ const SLOW: &str = r#"version: 1
 name: slow
 steps:
   - id: wait
-    shell: sleep 30
+    shell: echo started > started.txt && sleep 30
 "#;
 
 /// A browser of the UI: the session cookie of `api`'s user, redirects not followed.
@@ -119,9 +119,15 @@ async fn a_finished_task_shows_its_steps_logs_dag_and_ledger() {
     let p = b.get(&format!("/ui/tasks/{id}")).await;
     assert_eq!(p.status, 200, "{}", p.html);
     let h = &p.html;
-    assert!(h.contains(r#"id="task-state" class="badge state-succeeded""#), "{h}");
+    assert!(
+        h.contains(r#"id="task-state" class="badge state-succeeded""#),
+        "{h}"
+    );
     assert!(h.contains(r#"<svg id="dag""#));
-    assert!(h.contains(r#"data-step="greet" data-state="succeeded""#), "{h}");
+    assert!(
+        h.contains(r#"data-step="greet" data-state="succeeded""#),
+        "{h}"
+    );
     assert!(h.contains(r#"data-step="note" data-state="succeeded""#));
     // The step table: one row per step with state, tier, rule and undo class.
     assert!(h.contains(r#"<tr data-step="greet">"#));
@@ -169,7 +175,10 @@ async fn the_diff_page_marks_added_lines() {
         "{}",
         p.html
     );
-    assert!(p.html.contains(r#"<span class="diff-add">+second line</span>"#));
+    assert!(
+        p.html
+            .contains(r#"<span class="diff-add">+second line</span>"#)
+    );
     let one = b.get(&format!("/ui/tasks/{id}/diff?step=note")).await;
     assert_eq!(one.status, 200);
     assert!(one.html.contains("+first line"));
@@ -185,7 +194,10 @@ async fn a_parked_task_shows_its_card_and_the_form_approves_it() {
     let p = b.get(&format!("/ui/tasks/{id}")).await;
     assert_eq!(p.status, 200, "{}", p.html);
     let h = &p.html;
-    assert!(h.contains(r#"class="approval card" data-step="publish""#), "{h}");
+    assert!(
+        h.contains(r#"class="approval card" data-step="publish""#),
+        "{h}"
+    );
     assert!(h.contains(r#"<pre class="command">write published.txt</pre>"#));
     assert!(h.contains(r#"<span class="tier badge tier-low_write">low write</span>"#));
     assert!(h.contains(r#"class="rule mono">action:write<"#));
@@ -198,7 +210,11 @@ async fn a_parked_task_shows_its_card_and_the_form_approves_it() {
         .unwrap()
         .to_string();
     assert_eq!(
-        attr_after(h, r#"class="approval card" data-step="publish""#, "data-hash"),
+        attr_after(
+            h,
+            r#"class="approval card" data-step="publish""#,
+            "data-hash"
+        ),
         hash
     );
     let token = csrf(h);
@@ -211,7 +227,10 @@ async fn a_parked_task_shows_its_card_and_the_form_approves_it() {
     assert_eq!(forged.status, 403);
     // An answer to another version of the gate is refused, as by the API.
     let stale = b
-        .post(&action, &[("csrf", &token), ("request_hash", &"0".repeat(64))])
+        .post(
+            &action,
+            &[("csrf", &token), ("request_hash", &"0".repeat(64))],
+        )
         .await;
     assert_eq!(stale.status, 409, "{}", stale.html);
 
@@ -228,7 +247,10 @@ async fn a_parked_task_shows_its_card_and_the_form_approves_it() {
     let done = b.get(&ok.location).await;
     assert!(done.html.contains("Approved. The run goes on."));
     assert!(!done.html.contains(r#"class="approval card""#));
-    assert!(done.html.contains(r#"data-step="publish" data-state="succeeded""#));
+    assert!(
+        done.html
+            .contains(r#"data-step="publish" data-state="succeeded""#)
+    );
 }
 
 #[tokio::test]
@@ -330,12 +352,18 @@ async fn a_failed_task_offers_retry_which_starts_it_again() {
     let id = finished(&api, FAILS, &["failed"]).await;
     let b = Browser::of(&api);
     let p = b.get(&format!("/ui/tasks/{id}")).await;
-    assert!(p.html.contains(r#"id="task-state" class="badge state-failed""#));
+    assert!(
+        p.html
+            .contains(r#"id="task-state" class="badge state-failed""#)
+    );
     assert!(p.html.contains(r#"class="exit">3<"#), "{}", p.html);
     assert!(p.html.contains("about to fail"));
     assert!(p.html.contains(r#"id="retry""#));
     let r = b
-        .post(&format!("/ui/tasks/{id}/retry"), &[("csrf", &csrf(&p.html))])
+        .post(
+            &format!("/ui/tasks/{id}/retry"),
+            &[("csrf", &csrf(&p.html))],
+        )
         .await;
     assert_eq!(r.status, 303, "{}", r.html);
     let new_id = r.location.strip_prefix("/ui/tasks/").unwrap().to_string();
@@ -346,15 +374,28 @@ async fn a_failed_task_offers_retry_which_starts_it_again() {
 
 #[tokio::test]
 async fn a_running_task_can_be_cancelled_from_its_page() {
-    let api = Api::user(shared(), "ui-task-cancel").await;
+    let server = shared();
+    let api = Api::user(server, "ui-task-cancel").await;
     let (id, _) = started(&api, SLOW).await;
+    // Cancel once the step is under way, as a person watching it would.
+    let mark = workspace_file(server, &id, "started.txt");
+    for _ in 0..600 {
+        if mark.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(mark.exists(), "the step never started");
     let b = Browser::of(&api);
     let p = b.get(&format!("/ui/tasks/{id}")).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert!(p.html.contains(r#"id="cancel""#), "{}", p.html);
     assert!(p.html.contains(r#"id="live""#));
     let r = b
-        .post(&format!("/ui/tasks/{id}/cancel"), &[("csrf", &csrf(&p.html))])
+        .post(
+            &format!("/ui/tasks/{id}/cancel"),
+            &[("csrf", &csrf(&p.html))],
+        )
         .await;
     assert_eq!(r.status, 303, "{}", r.html);
     assert!(r.location.starts_with(&format!("/ui/tasks/{id}?notice=")));

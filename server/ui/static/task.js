@@ -51,7 +51,15 @@ function appendLog(step, text) {
       el('h3', { class: 'mono', text: step }), el('pre', { tabindex: '0' }));
     document.getElementById('logs').append(section);
   }
+  // A finished step's log came whole with the page (or from earlier events): its output
+  // events, if the stream replays them, are already shown.
+  if (section.dataset.complete) return;
   section.querySelector('pre').append(document.createTextNode(text));
+}
+
+function completeLog(step) {
+  const section = document.querySelector(`#logs section.step-log[data-step="${CSS.escape(step)}"]`);
+  if (section) section.dataset.complete = '1';
 }
 
 /** Show the cards of the gates the run waits at, built like the server's `_approval.html`. */
@@ -134,7 +142,7 @@ function follow() {
   on('run_started', () => setTaskState('running'));
   on('run_resumed', () => { setTaskState('running'); hideApprovals(); });
   on('step_started', (d) => setStepState(d.step, 'running'));
-  on('step_finished', (d) => setStepState(d.step, d.state));
+  on('step_finished', (d) => { setStepState(d.step, d.state); completeLog(d.step); });
   // The `output` stream repeats stdout; the log is stdout and stderr, as the server shows it.
   on('output', (d) => { if (d.stream !== 'output') appendLog(d.step, d.text || ''); });
   on('approval_needed', (d) => setStepState(d.step, 'waiting_approval'));

@@ -65,6 +65,14 @@ pub fn is_final_state(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled" | "interrupted")
 }
 
+/// Step states after which a step does nothing more (and its output is all there).
+fn is_final_step_state(state: &str) -> bool {
+    matches!(
+        state,
+        "succeeded" | "failed" | "skipped" | "cancelled" | "reverted"
+    )
+}
+
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
     /// Which fixed notice to show after a form's redirect (never free text).
@@ -78,11 +86,15 @@ pub fn notice_text(key: Option<&str>) -> Option<&'static str> {
         "approved" => "Approved. The run goes on.",
         "approved-waiting" => "Approved. The run goes on once every other gate has an answer.",
         "denied" => "Denied. The run goes on without the step and what needs it.",
-        "denied-waiting" => "Denied. The step and what needs it will be skipped once every other gate has an answer.",
+        "denied-waiting" => {
+            "Denied. The step and what needs it will be skipped once every other gate has an answer."
+        }
         "cancel-sent" => "The run was told to stop.",
         "not-running" => "The run was not going on; nothing was cancelled.",
         "reverted" => "Reverted. The workspace is back to what it was before.",
-        "revert-partial" => "The revert finished, but not everything could be undone: see the revert history below.",
+        "revert-partial" => {
+            "The revert finished, but not everything could be undone: see the revert history below."
+        }
         _ => return None,
     })
 }
@@ -104,6 +116,8 @@ struct StepRow {
     enforcement: Option<EnforcementView>,
     egress: Vec<EgressView>,
     log: String,
+    /// The log is the step's whole output: it finished (output comes at a step's end).
+    complete: bool,
     /// The step wrote to the workspace: it has a diff, and undoing it means something.
     changed: bool,
 }
@@ -223,10 +237,7 @@ fn enforcement_of(v: &serde_json::Value) -> Option<EnforcementView> {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     Some(EnforcementView {
         backend: o.get("backend").map(text).unwrap_or_default(),
-        isolated: o
-            .get("isolated")
-            .and_then(|b| b.as_bool())
-            .unwrap_or(false),
+        isolated: o.get("isolated").and_then(|b| b.as_bool()).unwrap_or(false),
         layers: o
             .get("layers")
             .and_then(|l| l.as_array())
@@ -298,12 +309,25 @@ fn step_rows(
         .map(|p| {
             let status = statuses.get(p.id.as_str());
             let rec = records.get(p.id.as_str());
-            let state = history
-                .step_states
-                .get(&p.id)
-                .cloned()
-                .or_else(|| status.map(|s| s.state.clone()))
-                .unwrap_or_else(|| "pending".into());
+            // The record and the stored events are saved apart, so either may be ahead: a
+            // step the record calls finished is shown with the record's full output, and the
+            // script ignores its output events (`data-complete`); otherwise the events say
+            // how far it got.
+            let recorded_final = status.is_some_and(|s| is_final_step_state(&s.state));
+            let from_events = history.logs.remove(&p.id).unwrap_or_default();
+            let (state, log) = match status {
+                Some(s) if recorded_final => (s.state.clone(), format!("{}{}", s.stdout, s.stderr)),
+                _ => (
+                    history
+                        .step_states
+                        .get(&p.id)
+                        .cloned()
+                        .or_else(|| status.map(|s| s.state.clone()))
+                        .unwrap_or_else(|| "pending".into()),
+                    from_events,
+                ),
+            };
+            let complete = is_final_step_state(&state);
             StepRow {
                 id: p.id.clone(),
                 action: p.action.clone(),
@@ -336,7 +360,8 @@ fn step_rows(
                             .collect()
                     })
                     .unwrap_or_default(),
-                log: history.logs.remove(&p.id).unwrap_or_default(),
+                complete,
+                log,
                 changed: rec
                     .and_then(|r| r.changes.as_ref())
                     .is_some_and(|c| !c.is_empty()),
@@ -370,12 +395,9 @@ async fn task_page(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> UiResult {
-    let Json(view) = crate::tasks::routes::get_task(
-        State(state.clone()),
-        viewer.who.clone(),
-        Path(id.clone()),
-    )
-    .await?;
+    let Json(view) =
+        crate::tasks::routes::get_task(State(state.clone()), viewer.who.clone(), Path(id.clone()))
+            .await?;
     let task = accessible_task(&state, &viewer.who, &id)?;
     let Some(run_id) = task.run_id.clone() else {
         return plan_preview(&state, &viewer, task).await;
@@ -389,10 +411,15 @@ async fn task_page(
     // Read the events before the record: the record is then at least as new as they are.
     let mut history = read_history(&state.session, &run_id, &scrub).await;
     let record = state.session.show(&run_id).ok();
-    let run_state = history
-        .run_state
-        .clone()
-        .unwrap_or_else(|| view.state.clone());
+    // A final state in the record is the last word; before that the events are the newer.
+    let run_state = if is_final_state(&view.state) {
+        view.state.clone()
+    } else {
+        history
+            .run_state
+            .clone()
+            .unwrap_or_else(|| view.state.clone())
+    };
     let steps = step_rows(&view, record.as_ref(), &mut history, &scrub);
 
     let states: HashMap<&str, &str> = steps

@@ -19,17 +19,20 @@ use minijinja::context;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ui::pages::task_path;
 use crate::app::AppState;
 use crate::extract::JsonOrDefault;
 use crate::tasks::model::{action_id, parse_step_id};
 use crate::tasks::routes::{RevertAction, RevertReply, RevertTask};
+use crate::ui::pages::task_path;
 use crate::ui::{UiForm, UiResult, Viewer};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/tasks/{id}/diff", get(diff_page))
-        .route("/ui/tasks/{id}/revert", get(revert_page).post(revert_confirm))
+        .route(
+            "/ui/tasks/{id}/revert",
+            get(revert_page).post(revert_confirm),
+        )
 }
 
 #[derive(Debug, Deserialize)]
