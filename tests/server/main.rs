@@ -22,4 +22,5 @@ mod schedules;
 mod sources;
 mod tasks;
 mod ui_auth;
+mod ui_task;
 mod watch;
