@@ -22,6 +22,6 @@ mod schedules;
 mod sources;
 mod tasks;
 mod ui_auth;
-mod ui_task;
 mod ui_plan;
+mod ui_task;
 mod watch;
