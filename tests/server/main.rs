@@ -23,4 +23,5 @@ mod sources;
 mod tasks;
 mod ui_auth;
 mod ui_plan;
+mod ui_task;
 mod watch;
