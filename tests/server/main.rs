@@ -22,4 +22,6 @@ mod schedules;
 mod sources;
 mod tasks;
 mod ui_auth;
+mod ui_plan;
+mod ui_task;
 mod watch;
