@@ -240,6 +240,8 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--no-first-run",
+                // A container's small /dev/shm would crash the renderer.
+                "--disable-dev-shm-usage",
                 "--hide-scrollbars",
                 format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
             ]}),
