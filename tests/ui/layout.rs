@@ -178,3 +178,66 @@ async fn every_page_fits_360_px_labels_every_field_and_shows_focus() {
     })
     .await;
 }
+
+/// Pairs of words in one box of the step graph that are drawn over each other.
+const DAG_OVERLAPS: &str = "
+const out = [];
+for (const g of document.querySelectorAll('#dag .dag-node')) {
+  const texts = [...g.querySelectorAll('text')].map(t => [t.textContent.trim(), t.getBoundingClientRect()]);
+  for (let i = 0; i < texts.length; i++) for (let j = i + 1; j < texts.length; j++) {
+    const [a, ra] = texts[i], [b, rb] = texts[j];
+    if (ra.left < rb.right && rb.left < ra.right && ra.top < rb.bottom && rb.top < ra.bottom) {
+      out.push(g.dataset.step + ': \"' + a + '\" over \"' + b + '\"');
+    }
+  }
+}
+return out;
+";
+
+/// The step graph prints each step's tier and state in words: the words must be readable,
+/// not drawn over each other (the longest pair: a destructive step waiting for approval).
+#[tokio::test]
+async fn the_step_graph_words_do_not_overlap() {
+    let server = &shared().server;
+    let (name, api) = account(server, "graph").await;
+    let task = api.post("/api/v1/tasks", json!({"workflow": PLAN})).await;
+    assert_eq!(task.status, 201, "{:?}", task.body);
+    let id = task.body["id"].as_str().unwrap().to_string();
+    let r = api
+        .post(&format!("/api/v1/tasks/{id}/run"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let deadline = Instant::now() + PATIENCE;
+    while api.get(&format!("/api/v1/tasks/{id}")).await.body["state"] != "awaiting_approval" {
+        assert!(
+            Instant::now() < deadline,
+            "the run never parked at its gate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    with_browser("graph", &server.url, |b| async move {
+        b.sign_in(&name).await;
+        b.goto(&format!("/ui/tasks/{id}")).await;
+        b.find("#dag .dag-node[data-step=\"remove\"]").await;
+        let mut problems = Vec::new();
+        for narrow in [false, true] {
+            if narrow {
+                b.narrow().await;
+            }
+            if let Value::Array(overlaps) = b.js(DAG_OVERLAPS).await
+                && !overlaps.is_empty()
+            {
+                let width = if narrow { "360 px" } else { "desktop" };
+                problems.push(format!("{width}: {overlaps:?}"));
+            }
+        }
+        b.desktop().await;
+        assert!(
+            problems.is_empty(),
+            "words drawn over each other in #dag: {}",
+            problems.join("; ")
+        );
+        assert_csp_clean(server).await;
+    })
+    .await;
+}
