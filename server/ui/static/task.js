@@ -44,6 +44,23 @@ function setStepState(step, state) {
   }
 }
 
+/** Fill in a step row's cells from its events (the server shows the same on a reload). */
+function setStepCells(step, cells) {
+  const row = document.querySelector(`#steps tr[data-step="${CSS.escape(step)}"]`);
+  if (!row) return;
+  for (const [cls, value] of Object.entries(cells)) {
+    const cell = row.querySelector(`.${cls}`);
+    if (cell && value !== undefined && value !== null) cell.textContent = String(value);
+  }
+}
+
+/** `850 ms`, `1.2 s`, `3 min 4 s`, as the server writes durations. */
+function duration(ms) {
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60000)} min ${Math.floor((ms % 60000) / 1000)} s`;
+}
+
 function appendLog(step, text) {
   let section = document.querySelector(`#logs section.step-log[data-step="${CSS.escape(step)}"]`);
   if (!section) {
@@ -141,8 +158,12 @@ function follow() {
   });
   on('run_started', () => setTaskState('running'));
   on('run_resumed', () => { setTaskState('running'); hideApprovals(); });
-  on('step_started', (d) => setStepState(d.step, 'running'));
-  on('step_finished', (d) => { setStepState(d.step, d.state); completeLog(d.step); });
+  on('step_started', (d) => { setStepState(d.step, 'running'); setStepCells(d.step, { attempts: d.attempt }); });
+  on('step_finished', (d) => {
+    setStepState(d.step, d.state);
+    setStepCells(d.step, { duration: duration(d.duration_ms || 0), exit: d.exit_code, reason: d.reason });
+    completeLog(d.step);
+  });
   // The `output` stream repeats stdout; the log is stdout and stderr, as the server shows it.
   on('output', (d) => { if (d.stream !== 'output') appendLog(d.step, d.text || ''); });
   on('approval_needed', (d) => setStepState(d.step, 'waiting_approval'));
