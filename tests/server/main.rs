@@ -21,5 +21,7 @@ mod journey;
 mod schedules;
 mod sources;
 mod tasks;
+mod ui_auth;
+mod ui_plan;
 mod ui_task;
 mod watch;

@@ -18,6 +18,7 @@ pub mod filters;
 pub mod forms;
 pub mod headers;
 pub mod pages;
+pub mod qr;
 pub mod render;
 pub mod viewer;
 

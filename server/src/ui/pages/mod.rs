@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod new_task;
+pub mod run_workflow;
 pub mod settings;
 pub mod task;
 pub mod workflows;
@@ -37,4 +38,5 @@ pub fn routes() -> Router<AppState> {
         .merge(task::routes())
         .merge(workflows::routes())
         .merge(audit::routes())
+        .merge(run_workflow::routes())
 }
