@@ -27,6 +27,7 @@ function setTaskState(state) {
   badge.dataset.state = state;
   badge.textContent = words(state);
   root.dataset.state = state;
+  setActions(state);
 }
 
 function setStepState(step, state) {
@@ -130,6 +131,15 @@ function hideApprovals() {
 }
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
+const RETRYABLE = new Set(['failed', 'cancelled', 'interrupted']);
+
+/** The header's buttons for a run in `state`, as the server renders them. */
+function setActions(state) {
+  const show = (id, on) => { const e = document.getElementById(id); if (e) e.hidden = !on; };
+  show('cancel-form', !FINAL.has(state));
+  show('retry-form', RETRYABLE.has(state));
+  show('revert-run', FINAL.has(state) || state === 'awaiting_approval');
+}
 
 function setLive(text, kind) {
   const live = document.getElementById('live');

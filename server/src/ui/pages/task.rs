@@ -272,17 +272,42 @@ fn egress_of(v: &serde_json::Value) -> EgressView {
         .and_then(|x| x.as_str())
         .unwrap_or("refused")
         .to_string();
-    let reason = match decision.get("reason") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
+    let reason = decision.get("reason").map(reason_words).unwrap_or_default();
     EgressView {
         method: text("method"),
         host: text("host"),
         port: v.get("port").and_then(|p| p.as_u64()).unwrap_or(0),
         verdict,
         reason,
+    }
+}
+
+/// A refusal reason in words: `{"kind": "not_allowed", "host": "x"}` → `not allowed (host x)`.
+fn reason_words(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.replace('_', " "),
+        serde_json::Value::Object(o) => {
+            let kind = o
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("refused")
+                .replace('_', " ");
+            let details: Vec<String> = o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "kind")
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k} {s}"),
+                    other => format!("{k} {other}"),
+                })
+                .collect();
+            if details.is_empty() {
+                kind
+            } else {
+                format!("{kind} ({})", details.join(", "))
+            }
+        }
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -645,10 +670,10 @@ mod tests {
     fn egress_attempts_say_allowed_or_refused() {
         let e = egress_of(&serde_json::json!({
             "method": "CONNECT", "host": "example.com", "port": 443,
-            "decision": {"verdict": "refused", "reason": {"not_allowed": {"host": "example.com"}}}
+            "decision": {"verdict": "refused", "reason": {"kind": "not_allowed", "host": "example.com"}}
         }));
         assert_eq!(e.verdict, "refused");
-        assert!(e.reason.contains("not_allowed"));
+        assert_eq!(e.reason, "not allowed (host example.com)");
         assert_eq!(e.port, 443);
     }
 }
