@@ -184,7 +184,13 @@ function follow() {
     hideApprovals();
     // The run is over: the stream ends, and EventSource must not reopen it.
     source.close();
-    setLive('finished: reload for the final details', 'off');
+    setLive('finished', 'off');
+    // Enforcement, egress and the ledger are written when the run ends: offer the full page
+    // rather than reloading under the reader.
+    const live = document.getElementById('live');
+    if (live && !document.getElementById('final-details')) {
+      live.after(' ', el('a', { id: 'final-details', href: location.pathname, text: 'Show the final details' }));
+    }
   });
   // The server says this page fell behind: reconnecting resumes after the last id it sent.
   source.addEventListener('resync', () => setLive('catching up…', 'off'));
