@@ -466,3 +466,37 @@ async fn a_network_step_is_approved_on_the_page_and_its_egress_is_shown() {
         .unwrap();
     assert!(done.html[at..].contains("layer-on"), "{}", &done.html[at..]);
 }
+
+#[tokio::test]
+async fn secret_inputs_stay_off_the_page() {
+    let api = Api::user(shared(), "ui-task-secret").await;
+    let yaml = r#"version: 1
+name: secretive
+inputs:
+  token: { type: string, secret: true }
+  who: { type: string, default: world }
+steps:
+  - id: say
+    shell: echo "token=$TOKEN who={{ inputs.who }}"
+    env: { TOKEN: "{{ inputs.token }}" }
+"#;
+    let secret = "s3cr3t-value-UI";
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            json!({"workflow": yaml, "inputs": {"token": secret}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let run = api
+        .post(&format!("/api/v1/tasks/{id}/run"), json!({}))
+        .await;
+    assert_eq!(run.status, 202);
+    wait_state(&api, &id, &["succeeded"]).await;
+    let p = Browser::of(&api).get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("who=world"), "{}", p.html);
+    assert!(p.html.contains("[secret:token]"));
+    assert!(!p.html.contains(secret), "the secret is on the page");
+}

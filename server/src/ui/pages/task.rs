@@ -502,6 +502,14 @@ async fn task_page(
                 started_by => started_by,
                 workspace => view.workspace,
                 origin => label(&view.origin),
+                // Secret inputs are already `[secret:NAME]` in the API's view.
+                inputs => view.inputs.iter().map(|(k, v)| {
+                    let shown = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), shown)
+                }).collect::<Vec<_>>(),
             },
             run => context! {
                 id => run_id,
