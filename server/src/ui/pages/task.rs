@@ -433,7 +433,8 @@ async fn task_page(
         ))
     })?;
     let scrub = OutputScrubber::new(state.config.pii_scrub)?;
-    // Read the events before the record: the record is then at least as new as they are.
+    // The task view was read before the events: whatever it calls finished stays finished, and
+    // for the rest the events are the newer word. The record (enforcement, egress) is read last.
     let mut history = read_history(&state.session, &run_id, &scrub).await;
     let record = state.session.show(&run_id).ok();
     // A final state in the record is the last word; before that the events are the newer.
