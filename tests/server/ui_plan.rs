@@ -158,6 +158,14 @@ async fn an_instruction_posted_by_the_form_becomes_a_plan_preview() {
     let sent = fake.requests();
     assert!(!sent[0].contains("AKIAIOSFODNN7EXAMPLE"), "{}", sent[0]);
 
+    // The task's own page shows the plan while the task has not run.
+    let task_page = b.get(&created.location).await;
+    assert_eq!(task_page.status, 200, "{}", task_page.html);
+    assert!(
+        task_page.html.contains(r#"id="approve-plan""#),
+        "{}",
+        task_page.html
+    );
     let preview = b.get(&format!("/ui/tasks/{id}/plan")).await;
     assert_eq!(preview.status, 200, "{}", preview.html);
     let html = &preview.html;

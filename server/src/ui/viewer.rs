@@ -204,7 +204,7 @@ fn nav_of(template: &str) -> &'static str {
     match stem {
         "dashboard" | "task" => "tasks",
         "new" => "new",
-        "workflows" => "workflows",
+        "workflows" | "run" => "workflows",
         "audit" => "audit",
         "settings" => "settings",
         _ => "",

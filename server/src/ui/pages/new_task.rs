@@ -48,8 +48,9 @@ pub fn plan_path(id: &str) -> String {
 
 // ---- new task --------------------------------------------------------------------------
 
-/// What the new-task page shows besides its forms.
-#[derive(Debug, Default, Serialize)]
+/// What the new-task page shows besides its forms. Not `Debug`: an instruction or a workflow
+/// may hold a secret, which no log may print.
+#[derive(Default, Serialize)]
 struct NewTaskForm {
     instruction: String,
     /// The planner's refusal or failure, in its words.
@@ -168,8 +169,11 @@ async fn runnable_workflows(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: the instruction may hold a secret, which no log may print.
+#[derive(Deserialize)]
 pub struct InstructionForm {
+    /// Missing is the same as wrong: a 403, not a malformed form.
+    #[serde(default)]
     pub csrf: String,
     pub instruction: String,
 }
@@ -210,8 +214,11 @@ async fn create_from_instruction(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: the workflow may hold a secret, which no log may print.
+#[derive(Deserialize)]
 pub struct WorkflowForm {
+    /// Missing is the same as wrong: a 403, not a malformed form.
+    #[serde(default)]
     pub csrf: String,
     pub workflow: String,
 }
@@ -340,7 +347,7 @@ pub fn undo_of(api_undo: &str) -> (UndoClass, &'static str) {
 
 /// One row of the plan table.
 #[derive(Debug, Serialize)]
-struct PlanRow {
+pub(crate) struct PlanRow {
     id: String,
     action: String,
     tier: String,
@@ -353,7 +360,7 @@ struct PlanRow {
     undo_why: &'static str,
 }
 
-fn plan_rows(steps: &[PlanStep]) -> Vec<PlanRow> {
+pub(crate) fn plan_rows(steps: &[PlanStep]) -> Vec<PlanRow> {
     steps
         .iter()
         .map(|s| {
@@ -498,8 +505,9 @@ fn collect_strings(
     }
 }
 
-/// An edit of the plan's YAML, shown again with its verdict.
-#[derive(Debug, Default, Serialize)]
+/// An edit of the plan's YAML, shown again with its verdict. Not `Debug`: the YAML may hold
+/// a secret.
+#[derive(Default, Serialize)]
 struct Edit {
     yaml: String,
     checked: bool,
@@ -622,8 +630,11 @@ async fn plan_with(state: &AppState, viewer: &Viewer, task: Task, edit: Option<E
     Ok(res)
 }
 
-#[derive(Debug, Deserialize)]
+/// Not `Debug`: the workflow may hold a secret, which no log may print.
+#[derive(Deserialize)]
 pub struct EditForm {
+    /// Missing is the same as wrong: a 403, not a malformed form.
+    #[serde(default)]
     pub csrf: String,
     pub workflow: String,
     /// `validate` (show the verdict) or `save` (a new task from the edit).
@@ -696,6 +707,8 @@ async fn edit_plan(
 
 #[derive(Debug, Deserialize)]
 pub struct StartForm {
+    /// Missing is the same as wrong: a 403, not a malformed form.
+    #[serde(default)]
     pub csrf: String,
     /// SHA-256 of the workflow the page showed: a different stored plan is not started.
     pub plan_sha256: String,

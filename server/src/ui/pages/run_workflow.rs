@@ -197,8 +197,9 @@ fn page(
     problem: Option<String>,
     status: StatusCode,
 ) -> UiResult {
-    let plan = crate::tasks::views::plan_steps(v);
-    let approvals = plan.iter().filter(|s| s.needs_approval).count();
+    let steps = crate::tasks::views::plan_steps(v);
+    let approvals = steps.iter().filter(|s| s.needs_approval).count();
+    let plan = super::new_task::plan_rows(&steps);
     let mut res = viewer.page(
         state,
         "run_workflow.html",
