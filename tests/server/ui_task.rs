@@ -32,6 +32,17 @@ steps:
     shell: echo started > started.txt && sleep 30
 "#;
 
+/// A step allowed one name that asks the egress proxy (inside its sandbox at 127.0.0.1:3128)
+/// for another: the attempt is refused and recorded.
+const EGRESS: &str = r#"version: 1
+name: egress
+steps:
+  - id: fetch
+    network: ["a.test"]
+    shell: |
+      bash -c 'exec 3<>/dev/tcp/127.0.0.1/3128; printf "GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n" >&3; head -c 12 <&3'
+"#;
+
 /// A browser of the UI: the session cookie of `api`'s user, redirects not followed.
 struct Browser {
     base: String,
@@ -132,7 +143,7 @@ async fn a_finished_task_shows_its_steps_logs_dag_and_ledger() {
     // The step table: one row per step with state, tier, rule and undo class.
     assert!(h.contains(r#"<tr data-step="greet">"#));
     assert!(h.contains(r#"class="badge tier tier-low_write">low write<"#));
-    assert!(h.contains(r#"class="rule mono">action:write<"#));
+    assert!(h.contains(r#"class="rule"><span class="mono">action:write</span>"#));
     assert!(h.contains(r#"class="revert-step" data-step="note""#));
     // Logs: the scrubbed output so far, once.
     let log_at = h.find(r#"class="step-log" data-step="greet""#).unwrap();
@@ -410,4 +421,82 @@ async fn a_task_that_has_not_run_shows_its_plan() {
     let p = Browser::of(&api).get(&format!("/ui/tasks/{id}")).await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert!(!p.html.contains(r#"id="task-state""#));
+}
+
+#[tokio::test]
+async fn a_network_step_is_approved_on_the_page_and_its_egress_is_shown() {
+    let api = Api::user(shared(), "ui-task-egress").await;
+    let id = finished(&api, EGRESS, &["awaiting_approval"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert!(
+        p.html
+            .contains(r#"<span class="tier badge tier-network_egress">network egress</span>"#),
+        "{}",
+        p.html
+    );
+    assert!(p.html.contains(r#"<dd class="network mono">a.test</dd>"#));
+    let hash = attr_after(
+        &p.html,
+        r#"class="approval card" data-step="fetch""#,
+        "data-hash",
+    );
+    let ok = b
+        .post(
+            &format!("/ui/tasks/{id}/steps/fetch/approve"),
+            &[("csrf", &csrf(&p.html)), ("request_hash", &hash)],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    wait_state(&api, &id, &["succeeded", "failed"]).await;
+    let done = b.get(&format!("/ui/tasks/{id}")).await;
+    let at = done
+        .html
+        .find(r#"class="egress" data-step="fetch""#)
+        .unwrap();
+    let egress = &done.html[at..];
+    assert!(
+        egress.contains(r#"<span class="badge verdict-refused">refused</span> <span class="mono">GET b.test:80</span>"#),
+        "{egress}"
+    );
+    assert!(egress.contains("not allowed"));
+    let at = done
+        .html
+        .find(r#"class="enforcement" data-step="fetch""#)
+        .unwrap();
+    assert!(done.html[at..].contains("layer-on"), "{}", &done.html[at..]);
+}
+
+#[tokio::test]
+async fn secret_inputs_stay_off_the_page() {
+    let api = Api::user(shared(), "ui-task-secret").await;
+    let yaml = r#"version: 1
+name: secretive
+inputs:
+  token: { type: string, secret: true }
+  who: { type: string, default: world }
+steps:
+  - id: say
+    shell: echo "token=$TOKEN who={{ inputs.who }}"
+    env: { TOKEN: "{{ inputs.token }}" }
+"#;
+    let secret = "s3cr3t-value-UI";
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            json!({"workflow": yaml, "inputs": {"token": secret}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let run = api
+        .post(&format!("/api/v1/tasks/{id}/run"), json!({}))
+        .await;
+    assert_eq!(run.status, 202);
+    wait_state(&api, &id, &["succeeded"]).await;
+    let p = Browser::of(&api).get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("who=world"), "{}", p.html);
+    assert!(p.html.contains("[secret:token]"));
+    assert!(!p.html.contains(secret), "the secret is on the page");
 }

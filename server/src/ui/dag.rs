@@ -15,7 +15,7 @@ use serde::Serialize;
 /// Width of a step's box, in SVG units.
 pub const NODE_WIDTH: u32 = 184;
 /// Height of a step's box.
-pub const NODE_HEIGHT: u32 = 46;
+pub const NODE_HEIGHT: u32 = 60;
 const GAP_X: u32 = 24;
 const GAP_Y: u32 = 40;
 const MARGIN: u32 = 8;

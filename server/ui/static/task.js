@@ -27,6 +27,7 @@ function setTaskState(state) {
   badge.dataset.state = state;
   badge.textContent = words(state);
   root.dataset.state = state;
+  setActions(state);
 }
 
 function setStepState(step, state) {
@@ -42,6 +43,23 @@ function setStepState(step, state) {
     setStateClass(cell, state);
     cell.textContent = words(state);
   }
+}
+
+/** Fill in a step row's cells from its events (the server shows the same on a reload). */
+function setStepCells(step, cells) {
+  const row = document.querySelector(`#steps tr[data-step="${CSS.escape(step)}"]`);
+  if (!row) return;
+  for (const [cls, value] of Object.entries(cells)) {
+    const cell = row.querySelector(`.${cls}`);
+    if (cell && value !== undefined && value !== null) cell.textContent = String(value);
+  }
+}
+
+/** `850 ms`, `1.2 s`, `3 min 4 s`, as the server writes durations. */
+function duration(ms) {
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60000)} min ${Math.floor((ms % 60000) / 1000)} s`;
 }
 
 function appendLog(step, text) {
@@ -113,6 +131,15 @@ function hideApprovals() {
 }
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
+const RETRYABLE = new Set(['failed', 'cancelled', 'interrupted']);
+
+/** The header's buttons for a run in `state`, as the server renders them. */
+function setActions(state) {
+  const show = (id, on) => { const e = document.getElementById(id); if (e) e.hidden = !on; };
+  show('cancel-form', !FINAL.has(state));
+  show('retry-form', RETRYABLE.has(state));
+  show('revert-run', FINAL.has(state) || state === 'awaiting_approval');
+}
 
 function setLive(text, kind) {
   const live = document.getElementById('live');
@@ -141,8 +168,12 @@ function follow() {
   });
   on('run_started', () => setTaskState('running'));
   on('run_resumed', () => { setTaskState('running'); hideApprovals(); });
-  on('step_started', (d) => setStepState(d.step, 'running'));
-  on('step_finished', (d) => { setStepState(d.step, d.state); completeLog(d.step); });
+  on('step_started', (d) => { setStepState(d.step, 'running'); setStepCells(d.step, { attempts: d.attempt }); });
+  on('step_finished', (d) => {
+    setStepState(d.step, d.state);
+    setStepCells(d.step, { duration: duration(d.duration_ms || 0), exit: d.exit_code, reason: d.reason });
+    completeLog(d.step);
+  });
   // The `output` stream repeats stdout; the log is stdout and stderr, as the server shows it.
   on('output', (d) => { if (d.stream !== 'output') appendLog(d.step, d.text || ''); });
   on('approval_needed', (d) => setStepState(d.step, 'waiting_approval'));
@@ -153,7 +184,13 @@ function follow() {
     hideApprovals();
     // The run is over: the stream ends, and EventSource must not reopen it.
     source.close();
-    setLive('finished: reload for the final details', 'off');
+    setLive('finished', 'off');
+    // Enforcement, egress and the ledger are written when the run ends: offer the full page
+    // rather than reloading under the reader.
+    const live = document.getElementById('live');
+    if (live && !document.getElementById('final-details')) {
+      live.after(' ', el('a', { id: 'final-details', href: location.pathname, text: 'Show the final details' }));
+    }
   });
   // The server says this page fell behind: reconnecting resumes after the last id it sent.
   source.addEventListener('resync', () => setLive('catching up…', 'off'));

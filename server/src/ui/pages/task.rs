@@ -272,17 +272,42 @@ fn egress_of(v: &serde_json::Value) -> EgressView {
         .and_then(|x| x.as_str())
         .unwrap_or("refused")
         .to_string();
-    let reason = match decision.get("reason") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
+    let reason = decision.get("reason").map(reason_words).unwrap_or_default();
     EgressView {
         method: text("method"),
         host: text("host"),
         port: v.get("port").and_then(|p| p.as_u64()).unwrap_or(0),
         verdict,
         reason,
+    }
+}
+
+/// A refusal reason in words: `{"kind": "not_allowed", "host": "x"}` → `not allowed (host x)`.
+fn reason_words(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.replace('_', " "),
+        serde_json::Value::Object(o) => {
+            let kind = o
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("refused")
+                .replace('_', " ");
+            let details: Vec<String> = o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "kind")
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k} {s}"),
+                    other => format!("{k} {other}"),
+                })
+                .collect();
+            if details.is_empty() {
+                kind
+            } else {
+                format!("{kind} ({})", details.join(", "))
+            }
+        }
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -408,7 +433,8 @@ async fn task_page(
         ))
     })?;
     let scrub = OutputScrubber::new(state.config.pii_scrub)?;
-    // Read the events before the record: the record is then at least as new as they are.
+    // The task view was read before the events: whatever it calls finished stays finished, and
+    // for the rest the events are the newer word. The record (enforcement, egress) is read last.
     let mut history = read_history(&state.session, &run_id, &scrub).await;
     let record = state.session.show(&run_id).ok();
     // A final state in the record is the last word; before that the events are the newer.
@@ -477,6 +503,14 @@ async fn task_page(
                 started_by => started_by,
                 workspace => view.workspace,
                 origin => label(&view.origin),
+                // Secret inputs are already `[secret:NAME]` in the API's view.
+                inputs => view.inputs.iter().map(|(k, v)| {
+                    let shown = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), shown)
+                }).collect::<Vec<_>>(),
             },
             run => context! {
                 id => run_id,
@@ -645,10 +679,10 @@ mod tests {
     fn egress_attempts_say_allowed_or_refused() {
         let e = egress_of(&serde_json::json!({
             "method": "CONNECT", "host": "example.com", "port": 443,
-            "decision": {"verdict": "refused", "reason": {"not_allowed": {"host": "example.com"}}}
+            "decision": {"verdict": "refused", "reason": {"kind": "not_allowed", "host": "example.com"}}
         }));
         assert_eq!(e.verdict, "refused");
-        assert!(e.reason.contains("not_allowed"));
+        assert_eq!(e.reason, "not allowed (host example.com)");
         assert_eq!(e.port, 443);
     }
 }
