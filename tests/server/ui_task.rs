@@ -144,6 +144,7 @@ async fn a_finished_task_shows_its_steps_logs_dag_and_ledger() {
     assert!(h.contains(r#"<tr data-step="greet">"#));
     assert!(h.contains(r#"class="badge tier tier-low_write">low write<"#));
     assert!(h.contains(r#"class="rule"><span class="mono">action:write</span>"#));
+    assert!(h.contains(r#"class="undo">exact<"#), "{h}");
     assert!(h.contains(r#"class="revert-step" data-step="note""#));
     // Logs: the scrubbed output so far, once.
     let log_at = h.find(r#"class="step-log" data-step="greet""#).unwrap();
