@@ -161,16 +161,22 @@ async fn a_finished_task_shows_its_steps_logs_dag_and_ledger() {
     assert!(badge.contains("ledger-ok"), "{badge}");
     assert!(h.contains("verified ("), "{h}");
     let export = attr_after(h, r#"id="ledger-export""#, "href").replace("&#x2f;", "/");
-    assert_eq!(export, format!("/api/v1/tasks/{id}/ledger/export"));
+    assert_eq!(export, format!("/ui/tasks/{id}/ledger.jsonl"));
     let e = b.get(&export).await;
     assert_eq!(e.status, 200, "{}", e.html);
-    let body: Value = serde_json::from_str(&e.html).unwrap();
-    let jsonl = body["jsonl"].as_str().unwrap();
-    assert!(jsonl.lines().count() > 0);
-    for line in jsonl.lines() {
+    assert!(e.html.lines().count() > 0);
+    for line in e.html.lines() {
         serde_json::from_str::<Value>(line).unwrap();
     }
-    assert!(body["head"].is_object());
+    let head = attr_after(h, r#"id="ledger-head""#, "href").replace("&#x2f;", "/");
+    assert_eq!(head, format!("{export}.head.json"));
+    let head = b.get(&head).await;
+    assert_eq!(head.status, 200, "{}", head.html);
+    let head: Value = serde_json::from_str(&head.html).unwrap();
+    assert_eq!(head["format"], "secureclaw-ledger-head", "{head}");
+    // Another user's download is the same 404 as the page.
+    let other = Browser::of(&Api::user(shared(), "ui-task-ledger-other").await);
+    assert_eq!(other.get(&export).await.status, 404);
 }
 
 #[tokio::test]
