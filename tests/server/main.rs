@@ -21,5 +21,8 @@ mod journey;
 mod schedules;
 mod sources;
 mod tasks;
+mod ui_auth;
 mod ui_pages;
+mod ui_plan;
+mod ui_task;
 mod watch;

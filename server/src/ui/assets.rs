@@ -55,3 +55,8 @@ pub fn names() -> Vec<String> {
 pub fn exists(name: &str) -> bool {
     Static::get(name).is_some()
 }
+
+/// A static file's text (tests read the scripts).
+pub fn text(name: &str) -> Option<String> {
+    Static::get(name).and_then(|f| String::from_utf8(f.data.into_owned()).ok())
+}

@@ -5,6 +5,17 @@ use minijinja::Environment;
 pub fn register(env: &mut Environment<'static>) {
     env.add_filter("when", when);
     env.add_filter("short_id", short_id);
+    env.add_filter("undo_class", undo_class);
+}
+
+/// The API's undo label (`restore`, `compensate`, `pivot`, `none`) in the words every page uses:
+/// exact, compensatable or none.
+fn undo_class(api_undo: String) -> &'static str {
+    match super::pages::new_task::undo_of(&api_undo).0 {
+        super::pages::new_task::UndoClass::Exact => "exact",
+        super::pages::new_task::UndoClass::Compensatable => "compensatable",
+        super::pages::new_task::UndoClass::None => "none",
+    }
 }
 
 /// An RFC 3339 time as `2026-12-04 08:30:12 UTC` (anything else as given).

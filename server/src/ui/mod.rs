@@ -13,10 +13,12 @@
 
 pub mod assets;
 pub mod csrf;
+pub mod dag;
 pub mod filters;
 pub mod forms;
 pub mod headers;
 pub mod pages;
+pub mod qr;
 pub mod render;
 pub mod viewer;
 
@@ -72,4 +74,104 @@ async fn no_such_page() -> UiError {
         crate::error::ApiError::not_found("page")
             .with_hint("the menu at the top leads to every page"),
     )
+}
+
+/// The pages' sources kept to what the strict CSP allows, so a violation is caught here and not
+/// by a user's browser: no inline script or style, no handler attributes, no `javascript:` URLs.
+#[cfg(test)]
+mod csp_rules {
+    use super::Templates;
+
+    fn offences(text: &str) -> Vec<String> {
+        let lower = text.to_ascii_lowercase();
+        let mut found = Vec::new();
+        for (i, _) in lower.match_indices("<script") {
+            let tag_end = lower[i..].find('>').map_or(lower.len(), |e| i + e);
+            let tag = &lower[i..tag_end];
+            let body_is_empty = lower[tag_end..]
+                .trim_start_matches('>')
+                .starts_with("</script>");
+            if !tag.contains(" src=") || !body_is_empty {
+                found.push(format!("inline script: {tag}"));
+            }
+        }
+        for needle in [" style=", "<style", "javascript:"] {
+            if lower.contains(needle) {
+                found.push(format!("has {needle:?}"));
+            }
+        }
+        // Event handler attributes: ` onclick=`, ` onload="` and the like.
+        let bytes = lower.as_bytes();
+        for (i, _) in lower.match_indices(" on") {
+            let name: String = lower[i + 3..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            if !name.is_empty() && bytes.get(i + 3 + name.len()) == Some(&b'=') {
+                found.push(format!("handler attribute on{name}="));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn templates_and_scripts_keep_to_the_csp() {
+        let mut bad = Vec::new();
+        for name in Templates::names() {
+            let text = Templates::source(&name).unwrap_or_default();
+            bad.extend(offences(&text).into_iter().map(|o| format!("{name}: {o}")));
+        }
+        for name in super::assets::names() {
+            if name.ends_with(".js") {
+                let text = super::assets::text(&name).unwrap_or_default();
+                // Scripts build elements with `el()` and `textContent`; markup from strings
+                // would bypass the escaping the templates do.
+                for needle in [
+                    "innerhtml",
+                    "outerhtml",
+                    "insertadjacenthtml",
+                    "document.write",
+                    "eval(",
+                ] {
+                    if text.to_ascii_lowercase().contains(needle) {
+                        bad.push(format!("{name}: uses {needle}"));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+
+    #[test]
+    fn every_static_file_a_template_names_is_served() {
+        let mut missing = Vec::new();
+        for name in Templates::names() {
+            let text = Templates::source(&name).unwrap_or_default();
+            for (i, _) in text.match_indices("/ui/static/") {
+                let file: String = text[i + "/ui/static/".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+                    .collect();
+                if !super::assets::exists(&file) {
+                    missing.push(format!("{name}: /ui/static/{file}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn the_rules_catch_what_they_are_for() {
+        assert!(!offences(r#"<script>alert(1)</script>"#).is_empty());
+        assert!(!offences(r#"<script src="/ui/static/a.js">x()</script>"#).is_empty());
+        assert!(!offences(r#"<p style="color:red">"#).is_empty());
+        assert!(!offences(r#"<button onclick="go()">"#).is_empty());
+        assert!(!offences(r#"<a href="javascript:go()">"#).is_empty());
+        assert!(
+            offences(
+                r#"<script type="module" src="/ui/static/a.js"></script><p>on the page: done</p>"#
+            )
+            .is_empty()
+        );
+    }
 }

@@ -40,19 +40,26 @@ impl Templates {
         Ok(Templates { env })
     }
 
-    /// Render `name` with `ctx`.
+    /// Render `name` with `ctx`. A failure names the template and the fault only: the error's
+    /// alternate form lists the context's values (the CSRF token among them), which must not
+    /// reach an error page.
     pub fn render(&self, name: &str, ctx: Value) -> Result<String, UiError> {
         let t = self
             .env
             .get_template(name)
-            .map_err(|e| UiError::Render(format!("{name}: {e:#}")))?;
+            .map_err(|e| UiError::Render(format!("{name}: {e}")))?;
         t.render(ctx)
-            .map_err(|e| UiError::Render(format!("{name}: {e:#}")))
+            .map_err(|e| UiError::Render(format!("{name}: {e}")))
     }
 
     /// Every template's name (tests render each).
     pub fn names() -> Vec<String> {
         Files::iter().map(|n| n.into_owned()).collect()
+    }
+
+    /// A template's source text, as embedded.
+    pub fn source(name: &str) -> Option<String> {
+        Files::get(name).and_then(|f| String::from_utf8(f.data.into_owned()).ok())
     }
 }
 
@@ -139,4 +146,21 @@ impl IntoResponse for UiError {
 /// An HTML response.
 pub fn html(body: String) -> Response {
     Html(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_render_error_does_not_show_the_context() {
+        let t = Templates::load().unwrap();
+        let ctx =
+            minijinja::context! { layout => minijinja::context! { csrf => "tok-SECRET-123" } };
+        let Err(UiError::Render(why)) = t.render("login.html", ctx) else {
+            panic!("login.html needs more than a CSRF token");
+        };
+        assert!(why.starts_with("login.html"), "{why}");
+        assert!(!why.contains("tok-SECRET-123"), "{why}");
+    }
 }

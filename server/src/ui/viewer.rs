@@ -44,11 +44,17 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = UiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, UiError> {
-        let next = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default();
+        // Back to the page after signing in; a form's POST address is no page to come back
+        // to, so a form sent after the session ended leads to the dashboard.
+        let next = if parts.method == axum::http::Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let Some(token) = csrf::cookie(&parts.headers, csrf::SESSION_COOKIE) else {
             return Err(UiError::SignIn { next });
         };
@@ -198,7 +204,7 @@ fn nav_of(template: &str) -> &'static str {
     match stem {
         "dashboard" | "task" => "tasks",
         "new" => "new",
-        "workflows" => "workflows",
+        "workflows" | "run" => "workflows",
         "audit" => "audit",
         "settings" => "settings",
         _ => "",

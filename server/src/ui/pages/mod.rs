@@ -4,8 +4,10 @@
 pub mod audit;
 pub mod auth;
 pub mod dashboard;
+pub mod ledger_download;
 pub mod new_task;
 pub mod pager;
+pub mod run_workflow;
 pub mod settings;
 pub mod task;
 pub mod workflows;
@@ -36,6 +38,8 @@ pub fn routes() -> Router<AppState> {
         .merge(dashboard::routes())
         .merge(new_task::routes())
         .merge(task::routes())
+        .merge(ledger_download::routes())
         .merge(workflows::routes())
         .merge(audit::routes())
+        .merge(run_workflow::routes())
 }

@@ -1,0 +1,509 @@
+//! The task page of the web UI, over HTTP with the session cookie, against a real server: what
+//! a finished, a parked and a failed run show, the approval form, revert with its dry run,
+//! the diff page, the ledger badge and export, and that another user's task is a 404 page.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Api, Server, shared};
+use crate::taskkit::{GATED, started, wait_state, workflow_task};
+
+/// A step that prints and one that writes, so there is a log and a diff.
+const WRITES: &str = r#"version: 1
+name: writes
+steps:
+  - id: greet
+    shell: echo hello from greet
+  - id: note
+    needs: [greet]
+    write: { path: note.txt, content: "first line\nsecond line\n" }
+"#;
+
+const FAILS: &str = r#"version: 1
+name: fails
+steps:
+  - id: boom
+    shell: echo about to fail >&2; exit 3
+"#;
+
+const SLOW: &str = r#"version: 1
+name: slow
+steps:
+  - id: wait
+    shell: echo started > started.txt && sleep 30
+"#;
+
+/// A step allowed one name that asks the egress proxy (inside its sandbox at 127.0.0.1:3128)
+/// for another: the attempt is refused and recorded.
+const EGRESS: &str = r#"version: 1
+name: egress
+steps:
+  - id: fetch
+    network: ["a.test"]
+    shell: |
+      bash -c 'exec 3<>/dev/tcp/127.0.0.1/3128; printf "GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n" >&3; head -c 12 <&3'
+"#;
+
+/// A browser of the UI: the session cookie of `api`'s user, redirects not followed.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookie: String,
+}
+
+struct Page {
+    status: u16,
+    location: String,
+    html: String,
+}
+
+impl Browser {
+    fn of(api: &Api) -> Browser {
+        Browser {
+            base: api.base.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: format!("sc_session={}", api.token.as_deref().unwrap()),
+        }
+    }
+
+    async fn answer(&self, rb: reqwest::RequestBuilder) -> Page {
+        let res = rb.header("cookie", &self.cookie).send().await.unwrap();
+        let status = res.status().as_u16();
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Page {
+            status,
+            location,
+            html: res.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.answer(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.answer(self.http.post(format!("{}{path}", self.base)).form(form))
+            .await
+    }
+}
+
+/// The value of the first `attr="..."` after `marker` in `html` (entities as the template
+/// escaped them).
+fn attr_after(html: &str, marker: &str, attr: &str) -> String {
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in the page"));
+    let rest = &html[at..];
+    let key = format!("{attr}=\"");
+    let start = rest.find(&key).unwrap() + key.len();
+    let end = rest[start..].find('"').unwrap();
+    rest[start..start + end].to_string()
+}
+
+fn csrf(html: &str) -> String {
+    attr_after(html, "name=\"csrf-token\"", "content")
+}
+
+fn workspace_file(server: &Server, task: &str, file: &str) -> std::path::PathBuf {
+    server.data_dir.join("workspaces").join(task).join(file)
+}
+
+async fn finished(api: &Api, yaml: &str, states: &[&str]) -> String {
+    let (id, _) = started(api, yaml).await;
+    wait_state(api, &id, states).await;
+    id
+}
+
+#[tokio::test]
+async fn a_finished_task_shows_its_steps_logs_dag_and_ledger() {
+    let api = Api::user(shared(), "ui-task-done").await;
+    let id = finished(&api, WRITES, &["succeeded"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    let h = &p.html;
+    assert!(
+        h.contains(r#"id="task-state" class="badge state-succeeded""#),
+        "{h}"
+    );
+    assert!(h.contains(r#"<svg id="dag""#));
+    assert!(
+        h.contains(r#"data-step="greet" data-state="succeeded""#),
+        "{h}"
+    );
+    assert!(h.contains(r#"data-step="note" data-state="succeeded""#));
+    // The step table: one row per step with state, tier, rule and undo class.
+    assert!(h.contains(r#"<tr data-step="greet">"#));
+    assert!(h.contains(r#"class="badge tier tier-low_write">low write<"#));
+    assert!(h.contains(r#"class="rule"><span class="mono">action:write</span>"#));
+    assert!(h.contains(r#"class="undo">exact<"#), "{h}");
+    assert!(h.contains(r#"class="revert-step" data-step="note""#));
+    // Logs: the scrubbed output so far, once.
+    let log_at = h.find(r#"class="step-log" data-step="greet""#).unwrap();
+    assert_eq!(h[log_at..].matches("hello from greet").count(), 1, "{h}");
+    // Enforcement and egress per step.
+    assert!(h.contains(r#"class="enforcement" data-step="greet""#));
+    assert!(h.contains(r#"class="egress" data-step="greet""#));
+    // Nothing left to follow: the script starts from what the page shows.
+    assert!(!h.contains(r#"id="live""#));
+    assert!(h.contains(r#"data-after=""#));
+    assert!(!h.contains(r#"id="cancel""#) && !h.contains(r#"id="retry""#));
+    // The ledger: checked, and an export the cookie may download.
+    let badge = attr_after(h, r#"id="ledger-verified""#, "class");
+    assert!(badge.contains("ledger-ok"), "{badge}");
+    assert!(h.contains("verified ("), "{h}");
+    let export = attr_after(h, r#"id="ledger-export""#, "href").replace("&#x2f;", "/");
+    assert_eq!(export, format!("/ui/tasks/{id}/ledger.jsonl"));
+    let e = b.get(&export).await;
+    assert_eq!(e.status, 200, "{}", e.html);
+    assert!(e.html.lines().count() > 0);
+    for line in e.html.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+    let head = attr_after(h, r#"id="ledger-head""#, "href").replace("&#x2f;", "/");
+    assert_eq!(head, format!("{export}.head.json"));
+    let head = b.get(&head).await;
+    assert_eq!(head.status, 200, "{}", head.html);
+    let head: Value = serde_json::from_str(&head.html).unwrap();
+    assert_eq!(head["format"], "secureclaw-ledger-head", "{head}");
+    // Another user's download is the same 404 as the page.
+    let other = Browser::of(&Api::user(shared(), "ui-task-ledger-other").await);
+    assert_eq!(other.get(&export).await.status, 404);
+}
+
+#[tokio::test]
+async fn the_diff_page_marks_added_lines() {
+    let api = Api::user(shared(), "ui-task-diff").await;
+    let id = finished(&api, WRITES, &["succeeded"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}/diff")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains(r#"<section id="diff">"#));
+    assert!(
+        p.html
+            .contains(r#"<span class="diff-add">+first line</span>"#),
+        "{}",
+        p.html
+    );
+    assert!(
+        p.html
+            .contains(r#"<span class="diff-add">+second line</span>"#)
+    );
+    let one = b.get(&format!("/ui/tasks/{id}/diff?step=note")).await;
+    assert_eq!(one.status, 200);
+    assert!(one.html.contains("+first line"));
+    let none = b.get(&format!("/ui/tasks/{id}/diff?step=greet")).await;
+    assert!(none.html.contains("No changes"), "{}", none.html);
+}
+
+#[tokio::test]
+async fn a_parked_task_shows_its_card_and_the_form_approves_it() {
+    let api = Api::user(shared(), "ui-task-gate").await;
+    let id = finished(&api, GATED, &["awaiting_approval"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    let h = &p.html;
+    assert!(
+        h.contains(r#"class="approval card" data-step="publish""#),
+        "{h}"
+    );
+    assert!(h.contains(r#"<pre class="command">write published.txt</pre>"#));
+    assert!(h.contains(r#"<span class="tier badge tier-low_write">low write</span>"#));
+    assert!(h.contains(r#"class="rule mono">action:write<"#));
+    assert!(h.contains(r#"class="approve primary""#) && h.contains(r#"class="deny danger""#));
+    assert!(h.contains(r#"id="cancel""#));
+    // The card binds to the gate as shown: the hash the API lists.
+    let gates = api.get(&format!("/api/v1/tasks/{id}/approvals")).await;
+    let hash = gates.body["gates"][0]["request_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        attr_after(
+            h,
+            r#"class="approval card" data-step="publish""#,
+            "data-hash"
+        ),
+        hash
+    );
+    let token = csrf(h);
+    let action = format!("/ui/tasks/{id}/steps/publish/approve");
+
+    // Without the form's token nothing happens.
+    let forged = b
+        .post(&action, &[("csrf", "nope"), ("request_hash", &hash)])
+        .await;
+    assert_eq!(forged.status, 403);
+    // An answer to another version of the gate is refused, as by the API.
+    let stale = b
+        .post(
+            &action,
+            &[("csrf", &token), ("request_hash", &"0".repeat(64))],
+        )
+        .await;
+    assert_eq!(stale.status, 409, "{}", stale.html);
+
+    // A reload shows the same card: it comes from the parked state.
+    let again = b.get(&format!("/ui/tasks/{id}")).await;
+    assert!(again.html.contains(r#"data-step="publish" data-hash=""#));
+
+    let ok = b
+        .post(&action, &[("csrf", &token), ("request_hash", &hash)])
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    assert_eq!(ok.location, format!("/ui/tasks/{id}?notice=approved"));
+    wait_state(&api, &id, &["succeeded"]).await;
+    let done = b.get(&ok.location).await;
+    assert!(done.html.contains("Approved. The run goes on."));
+    assert!(!done.html.contains(r#"class="approval card""#));
+    assert!(
+        done.html
+            .contains(r#"data-step="publish" data-state="succeeded""#)
+    );
+}
+
+#[tokio::test]
+async fn another_users_task_page_is_not_found() {
+    let owner = Api::user(shared(), "ui-task-owner").await;
+    let other = Api::user(shared(), "ui-task-other").await;
+    let id = finished(&owner, GATED, &["awaiting_approval"]).await;
+    let b = Browser::of(&other);
+    let token = csrf(&b.get("/ui/").await.html);
+    for path in [
+        format!("/ui/tasks/{id}"),
+        format!("/ui/tasks/{id}/diff"),
+        format!("/ui/tasks/{id}/revert"),
+    ] {
+        let p = b.get(&path).await;
+        assert_eq!(p.status, 404, "{path}: {}", p.html);
+        assert!(!p.html.contains("publish"), "{path} leaks the task");
+    }
+    for path in [
+        format!("/ui/tasks/{id}/cancel"),
+        format!("/ui/tasks/{id}/retry"),
+        format!("/ui/tasks/{id}/revert"),
+    ] {
+        let p = b.post(&path, &[("csrf", &token)]).await;
+        assert_eq!(p.status, 404, "{path}: {}", p.html);
+    }
+    let p = b
+        .post(
+            &format!("/ui/tasks/{id}/steps/publish/approve"),
+            &[("csrf", &token), ("request_hash", "x")],
+        )
+        .await;
+    assert_eq!(p.status, 404);
+    // Untouched: still parked for its owner.
+    wait_state(&owner, &id, &["awaiting_approval"]).await;
+    // A malformed id is a 404 page too.
+    assert_eq!(b.get("/ui/tasks/not-a-task").await.status, 404);
+}
+
+#[tokio::test]
+async fn revert_shows_the_dry_run_then_restores_on_confirm() {
+    let server = shared();
+    let api = Api::user(server, "ui-task-revert").await;
+    let id = finished(&api, WRITES, &["succeeded"]).await;
+    let file = workspace_file(server, &id, "note.txt");
+    assert!(file.exists());
+    let b = Browser::of(&api);
+
+    let page = b.get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(
+        attr_after(&page.html, r#"id="revert-run""#, "href").replace("&#x2f;", "/"),
+        format!("/ui/tasks/{id}/revert")
+    );
+
+    let p = b.get(&format!("/ui/tasks/{id}/revert?step=note")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains(r#"id="revert-preview""#));
+    assert!(p.html.contains("note.txt"), "{}", p.html);
+    assert!(p.html.contains("remove (the run created it)"));
+    assert!(p.html.contains(r#"id="revert-drift""#));
+    assert!(p.html.contains("No drift"));
+    assert!(p.html.contains(r#"id="revert-confirm""#));
+    // Looking changed nothing.
+    assert!(file.exists());
+
+    // A file changed since the run: the preview says so and a plain confirm undoes nothing.
+    std::fs::write(&file, "edited by hand\n").unwrap();
+    let drifted = b.get(&format!("/ui/tasks/{id}/revert")).await;
+    assert!(!drifted.html.contains("No drift"));
+    assert!(drifted.html.contains(r#"id="revert-force""#));
+    let token = csrf(&drifted.html);
+    let refused = b
+        .post(&format!("/ui/tasks/{id}/revert?step="), &[("csrf", &token)])
+        .await;
+    assert_eq!(refused.status, 303, "{}", refused.html);
+    assert!(refused.location.contains("notice=conflict"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "edited by hand\n");
+    let shown = b.get(&refused.location).await;
+    assert!(shown.html.contains("Nothing was undone"));
+
+    // Confirmed with the overwrite box: restored, and the task page says so.
+    let done = b
+        .post(
+            &format!("/ui/tasks/{id}/revert?step="),
+            &[("csrf", &token), ("force", "1")],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    assert_eq!(done.location, format!("/ui/tasks/{id}?notice=reverted"));
+    assert!(!file.exists());
+    let after = b.get(&done.location).await;
+    assert!(after.html.contains("Reverted."));
+    assert!(after.html.contains(r#"<ul id="reverts">"#));
+}
+
+#[tokio::test]
+async fn a_failed_task_offers_retry_which_starts_it_again() {
+    let api = Api::user(shared(), "ui-task-retry").await;
+    let id = finished(&api, FAILS, &["failed"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert!(
+        p.html
+            .contains(r#"id="task-state" class="badge state-failed""#)
+    );
+    assert!(p.html.contains(r#"class="exit">3<"#), "{}", p.html);
+    assert!(p.html.contains("about to fail"));
+    assert!(p.html.contains(r#"id="retry""#));
+    let r = b
+        .post(
+            &format!("/ui/tasks/{id}/retry"),
+            &[("csrf", &csrf(&p.html))],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.html);
+    let new_id = r.location.strip_prefix("/ui/tasks/").unwrap().to_string();
+    assert_ne!(new_id, id);
+    let again = wait_state(&api, &new_id, &["failed"]).await;
+    assert_eq!(again["started_by"], json!(format!("rerun:{id}")));
+}
+
+#[tokio::test]
+async fn a_running_task_can_be_cancelled_from_its_page() {
+    let server = shared();
+    let api = Api::user(server, "ui-task-cancel").await;
+    let (id, _) = started(&api, SLOW).await;
+    // Cancel once the step is under way, as a person watching it would.
+    let mark = workspace_file(server, &id, "started.txt");
+    for _ in 0..600 {
+        if mark.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(mark.exists(), "the step never started");
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains(r#"id="cancel""#), "{}", p.html);
+    assert!(p.html.contains(r#"id="live""#));
+    let r = b
+        .post(
+            &format!("/ui/tasks/{id}/cancel"),
+            &[("csrf", &csrf(&p.html))],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.html);
+    assert!(r.location.starts_with(&format!("/ui/tasks/{id}?notice=")));
+    wait_state(&api, &id, &["cancelled"]).await;
+}
+
+#[tokio::test]
+async fn a_task_that_has_not_run_shows_its_plan() {
+    let api = Api::user(shared(), "ui-task-plan").await;
+    let task = workflow_task(&api, WRITES).await;
+    let id = task["id"].as_str().unwrap();
+    let p = Browser::of(&api).get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(!p.html.contains(r#"id="task-state""#));
+}
+
+#[tokio::test]
+async fn a_network_step_is_approved_on_the_page_and_its_egress_is_shown() {
+    let api = Api::user(shared(), "ui-task-egress").await;
+    let id = finished(&api, EGRESS, &["awaiting_approval"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert!(
+        p.html
+            .contains(r#"<span class="tier badge tier-network_egress">network egress</span>"#),
+        "{}",
+        p.html
+    );
+    assert!(p.html.contains(r#"<dd class="network mono">a.test</dd>"#));
+    let hash = attr_after(
+        &p.html,
+        r#"class="approval card" data-step="fetch""#,
+        "data-hash",
+    );
+    let ok = b
+        .post(
+            &format!("/ui/tasks/{id}/steps/fetch/approve"),
+            &[("csrf", &csrf(&p.html)), ("request_hash", &hash)],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    wait_state(&api, &id, &["succeeded", "failed"]).await;
+    let done = b.get(&format!("/ui/tasks/{id}")).await;
+    let at = done
+        .html
+        .find(r#"class="egress" data-step="fetch""#)
+        .unwrap();
+    let egress = &done.html[at..];
+    assert!(
+        egress.contains(r#"<span class="badge verdict-refused">refused</span> <span class="mono">GET b.test:80</span>"#),
+        "{egress}"
+    );
+    assert!(egress.contains("not allowed"));
+    let at = done
+        .html
+        .find(r#"class="enforcement" data-step="fetch""#)
+        .unwrap();
+    assert!(done.html[at..].contains("layer-on"), "{}", &done.html[at..]);
+}
+
+#[tokio::test]
+async fn secret_inputs_stay_off_the_page() {
+    let api = Api::user(shared(), "ui-task-secret").await;
+    let yaml = r#"version: 1
+name: secretive
+inputs:
+  token: { type: string, secret: true }
+  who: { type: string, default: world }
+steps:
+  - id: say
+    shell: echo "token=$TOKEN who={{ inputs.who }}"
+    env: { TOKEN: "{{ inputs.token }}" }
+"#;
+    let secret = "s3cr3t-value-UI";
+    let r = api
+        .post(
+            "/api/v1/tasks",
+            json!({"workflow": yaml, "inputs": {"token": secret}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let run = api
+        .post(&format!("/api/v1/tasks/{id}/run"), json!({}))
+        .await;
+    assert_eq!(run.status, 202);
+    wait_state(&api, &id, &["succeeded"]).await;
+    let p = Browser::of(&api).get(&format!("/ui/tasks/{id}")).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("who=world"), "{}", p.html);
+    assert!(p.html.contains("[secret:token]"));
+    assert!(!p.html.contains(secret), "the secret is on the page");
+}
