@@ -115,14 +115,16 @@ fn starts_on(triggers: Option<&serde_json::Value>) -> Vec<String> {
     };
     map.iter()
         .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| match (k.as_str(), v.get("cron"), v.get("timezone")) {
-            ("schedule", Some(cron), Some(tz)) => format!(
-                "schedule {} {}",
-                cron.as_str().unwrap_or_default(),
-                tz.as_str().unwrap_or_default()
-            ),
-            _ => k.clone(),
-        })
+        .map(
+            |(k, v)| match (k.as_str(), v.get("cron"), v.get("timezone")) {
+                ("schedule", Some(cron), Some(tz)) => format!(
+                    "schedule {} {}",
+                    cron.as_str().unwrap_or_default(),
+                    tz.as_str().unwrap_or_default()
+                ),
+                _ => k.clone(),
+            },
+        )
         .collect()
 }
 
