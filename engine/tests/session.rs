@@ -494,3 +494,48 @@ async fn an_approval_binds_to_what_was_shown() {
         std::fs::remove_file(ws.join("c.txt")).ok();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_finds_parked_runs_reads_runs_by_exact_id_and_walks_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let session = open(&state, &pass);
+    assert!(session.parked_runs().unwrap().is_empty());
+    let rec = session
+        .submit(request(workflow(GATED), &dir.path().join("ws")))
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(rec.state, RunState::AwaitingApproval);
+    assert_eq!(session.parked_runs().unwrap(), vec![rec.run_id.clone()]);
+
+    let exact = session.run_record(&rec.run_id).unwrap().unwrap();
+    assert_eq!(exact.state, RunState::AwaitingApproval);
+    // Only the whole id: a prefix that `show` would resolve is nobody here.
+    assert!(session.run_record(&rec.run_id[..8]).unwrap().is_none());
+    assert!(session.show(&rec.run_id[..8]).is_ok());
+
+    let all = session.ledger_entries(None).unwrap();
+    let mine = session.ledger_entries(Some(&rec.run_id)).unwrap();
+    assert!(!mine.is_empty() && mine.len() <= all.len());
+    assert!(
+        mine.iter()
+            .all(|e| e.run.as_deref() == Some(rec.run_id.as_str()))
+    );
+    assert!(mine.iter().any(|e| e.kind == "run_parked"));
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+
+    session.approve(&rec.run_id, None, "alice").await.unwrap();
+    let done = session
+        .resume(&rec.run_id, false, None)
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert!(
+        session.parked_runs().unwrap().is_empty(),
+        "no longer parked"
+    );
+}
