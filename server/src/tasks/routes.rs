@@ -198,10 +198,12 @@ fn run_record(session: &Session, task: &Task) -> ApiResult<Option<RunRecord>> {
     let Some(run) = &task.run_id else {
         return Ok(None);
     };
-    match session.show(run) {
-        Ok(r) => Ok(Some(r)),
-        Err(SessionError::Store(StoreError::NotFound(_))) if session.is_live(run) => Ok(None),
-        Err(e) => Err(e.into()),
+    // The stored id is exact: read that one record rather than resolving a prefix against
+    // every run (a listing asks this once a row).
+    match session.run_record(run)? {
+        Some(r) => Ok(Some(r)),
+        None if session.is_live(run) => Ok(None),
+        None => Err(SessionError::Store(StoreError::NotFound(run.clone())).into()),
     }
 }
 
