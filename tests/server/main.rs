@@ -25,4 +25,5 @@ mod ui_auth;
 mod ui_pages;
 mod ui_plan;
 mod ui_task;
+mod uikit;
 mod watch;

@@ -9,87 +9,7 @@ use crate::gitkit::{GitRepo, add_source, admin_server};
 use crate::harness::{Api, Server};
 use crate::instructions::server_for;
 use crate::taskkit::wait_state;
-
-/// A browser signed in as `api`'s user: the session cookie, no redirects followed.
-struct Browser {
-    base: String,
-    http: reqwest::Client,
-    cookie: String,
-}
-
-struct Page {
-    status: u16,
-    location: String,
-    html: String,
-}
-
-impl Browser {
-    fn of(api: &Api) -> Browser {
-        Browser {
-            base: api.base.clone(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(std::time::Duration::from_secs(90))
-                .build()
-                .unwrap(),
-            cookie: format!("sc_session={}", api.token.clone().unwrap()),
-        }
-    }
-
-    async fn read(res: reqwest::Response) -> Page {
-        let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        Page {
-            status,
-            location,
-            html: res.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Page {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .await
-            .unwrap();
-        Self::read(res).await
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        Self::read(res).await
-    }
-
-    /// The CSRF token the pages of this session carry.
-    async fn csrf(&self) -> String {
-        let page = self.get("/ui/tasks/new").await;
-        assert_eq!(page.status, 200, "{}", page.html);
-        attr_after(&page.html, r#"name="csrf-token" content=""#)
-    }
-}
-
-/// The text from `marker` up to the next `"`.
-fn attr_after(html: &str, marker: &str) -> String {
-    let at = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no {marker} in {html}"))
-        + marker.len();
-    html[at..].split('"').next().unwrap().to_string()
-}
+use crate::uikit::{Browser, attr_after};
 
 /// The task id of a `/ui/tasks/{id}` redirect.
 fn task_of(location: &str) -> String {
@@ -356,7 +276,7 @@ async fn approving_the_plan_starts_its_run() {
     let csrf = b.csrf().await;
     let id = pasted(&b, &csrf).await;
     let preview = b.get(&format!("/ui/tasks/{id}/plan")).await;
-    let hash = attr_after(&preview.html, r#"name="plan_sha256" value=""#);
+    let hash = attr_after(&preview.html, r#"name="plan_sha256""#, "value");
 
     // Without the session's CSRF token nothing starts.
     let forged = b

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Api, Server, shared};
 use crate::taskkit::{GATED, started, wait_state, workflow_task};
+use crate::uikit::{Browser, attr_after, csrf};
 
 /// A step that prints and one that writes, so there is a log and a diff.
 const WRITES: &str = r#"version: 1
@@ -42,75 +43,6 @@ steps:
     shell: |
       bash -c 'exec 3<>/dev/tcp/127.0.0.1/3128; printf "GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n" >&3; head -c 12 <&3'
 "#;
-
-/// A browser of the UI: the session cookie of `api`'s user, redirects not followed.
-struct Browser {
-    base: String,
-    http: reqwest::Client,
-    cookie: String,
-}
-
-struct Page {
-    status: u16,
-    location: String,
-    html: String,
-}
-
-impl Browser {
-    fn of(api: &Api) -> Browser {
-        Browser {
-            base: api.base.clone(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            cookie: format!("sc_session={}", api.token.as_deref().unwrap()),
-        }
-    }
-
-    async fn answer(&self, rb: reqwest::RequestBuilder) -> Page {
-        let res = rb.header("cookie", &self.cookie).send().await.unwrap();
-        let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        Page {
-            status,
-            location,
-            html: res.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Page {
-        self.answer(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
-        self.answer(self.http.post(format!("{}{path}", self.base)).form(form))
-            .await
-    }
-}
-
-/// The value of the first `attr="..."` after `marker` in `html` (entities as the template
-/// escaped them).
-fn attr_after(html: &str, marker: &str, attr: &str) -> String {
-    let at = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no {marker:?} in the page"));
-    let rest = &html[at..];
-    let key = format!("{attr}=\"");
-    let start = rest.find(&key).unwrap() + key.len();
-    let end = rest[start..].find('"').unwrap();
-    rest[start..start + end].to_string()
-}
-
-fn csrf(html: &str) -> String {
-    attr_after(html, "name=\"csrf-token\"", "content")
-}
 
 fn workspace_file(server: &Server, task: &str, file: &str) -> std::path::PathBuf {
     server.data_dir.join("workspaces").join(task).join(file)

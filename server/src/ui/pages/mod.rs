@@ -10,6 +10,7 @@ pub mod pager;
 pub mod run_workflow;
 pub mod settings;
 pub mod task;
+pub mod task_changes;
 pub mod workflows;
 
 use axum::Router;
@@ -38,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .merge(dashboard::routes())
         .merge(new_task::routes())
         .merge(task::routes())
+        .merge(task_changes::routes())
         .merge(ledger_download::routes())
         .merge(workflows::routes())
         .merge(audit::routes())

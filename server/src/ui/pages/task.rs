@@ -42,10 +42,6 @@ use crate::tasks::views::{TaskView, label};
 use crate::ui::dag::{self, DagStep};
 use crate::ui::{UiForm, UiResult, Viewer};
 
-// Kept beside this file rather than listed in `pages/mod.rs`: it is part of this page.
-#[path = "task_changes.rs"]
-mod task_changes;
-
 /// How long the page waits for the stored events it counts on; a slower store gives a page
 /// with fewer lines, which the event stream then completes.
 const HISTORY_WAIT: Duration = Duration::from_secs(3);
@@ -57,7 +53,6 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/tasks/{id}/retry", post(retry))
         .route("/ui/tasks/{id}/steps/{step}/approve", post(approve))
         .route("/ui/tasks/{id}/steps/{step}/deny", post(deny))
-        .merge(task_changes::routes())
 }
 
 /// Run states after which nothing more happens (the script does not follow these).
