@@ -8,22 +8,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Api, PASSPHRASE, PASSWORD, Server, shared, unique};
 
-/// The code an authenticator app would show at `unix_time` for `secret` (base32).
-pub fn code_at(secret: &str, unix_time: u64) -> String {
-    totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
-        .build()
-        .unwrap()
-        .generate(unix_time)
-        .to_string()
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+// The other test modules take these from here.
+pub use crate::harness::{code_at, now};
 
 /// Register `username` and return the client (signed in) and the TOTP secret.
 pub async fn register(server: &Server, username: &str) -> (Api, String) {

@@ -234,3 +234,20 @@ impl Api {
         api
     }
 }
+
+/// The TOTP code of `secret` at `unix_time`, as an authenticator app computes it.
+pub fn code_at(secret: &str, unix_time: u64) -> String {
+    totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
+        .build()
+        .unwrap()
+        .generate(unix_time)
+        .to_string()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -132,22 +132,7 @@ pub async fn assert_csp_clean(server: &Server) {
     );
 }
 
-/// The current TOTP code of `secret` at `unix_time`.
-pub fn totp(secret: &str, unix_time: u64) -> String {
-    totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
-        .build()
-        .unwrap()
-        .generate(unix_time)
-        .to_string()
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use crate::server::{code_at as totp, now as unix_now};
 
 /// Where screenshots go: `target/ui-screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
