@@ -193,6 +193,12 @@ async fn register_two_factor_plan_approve_watch_revert_and_export() {
         if b.js("return window.stillTheSamePage === true").await != json!(true) {
             b.fail("the page reloaded to show the output: it should arrive live").await;
         }
+        // What the page said while the run was parked no longer stands once it has finished.
+        b.wait(
+            "the parked run's message to go once the run finished",
+            "!Array.from(document.querySelectorAll('.run-message, #steps .reason')).some(e => !e.closest('[hidden]') && !e.hidden && e.textContent.includes('parked'))",
+        )
+        .await;
         b.shot("task-succeeded").await;
         // What the run changed (the diff, the links to undo a step) comes with a fresh page.
         b.client.refresh().await.unwrap();

@@ -141,6 +141,25 @@ function setActions(state) {
   show('revert-run', FINAL.has(state) || state === 'awaiting_approval');
 }
 
+/** The run's message is about the state the page was drawn in (parked, say); once the run
+ * moves on it no longer holds. */
+function clearRunMessage() {
+  const message = document.querySelector('.run-message');
+  if (message) message.hidden = true;
+}
+
+/** The message the run ended (or parked) with, in place of the one the page was drawn with. */
+function setRunMessage(text) {
+  let message = document.querySelector('.run-message');
+  if (!text) { clearRunMessage(); return; }
+  if (!message) {
+    message = el('p', { class: 'run-message' });
+    document.getElementById('task-state')?.closest('p')?.after(message);
+  }
+  message.textContent = text;
+  message.hidden = false;
+}
+
 function setLive(text, kind) {
   const live = document.getElementById('live');
   if (!live) return;
@@ -167,11 +186,13 @@ function follow() {
     apply(data);
   });
   on('run_started', () => setTaskState('running'));
-  on('run_resumed', () => { setTaskState('running'); hideApprovals(); });
+  on('run_resumed', () => { setTaskState('running'); hideApprovals(); clearRunMessage(); });
   on('step_started', (d) => { setStepState(d.step, 'running'); setStepCells(d.step, { attempts: d.attempt }); });
   on('step_finished', (d) => {
     setStepState(d.step, d.state);
-    setStepCells(d.step, { duration: duration(d.duration_ms || 0), exit: d.exit_code, reason: d.reason });
+    // A step that finished without a reason clears what an earlier state said (a gate's
+    // "needs approval", say).
+    setStepCells(d.step, { duration: duration(d.duration_ms || 0), exit: d.exit_code, reason: d.reason || '' });
     completeLog(d.step);
   });
   // The `output` stream repeats stdout; the log is stdout and stderr, as the server shows it.
@@ -180,6 +201,7 @@ function follow() {
   on('run_parked', () => { setTaskState('awaiting_approval'); showApprovals(); });
   on('run_finished', (d) => {
     setTaskState(d.state);
+    setRunMessage(d.message);
     if (d.state === 'awaiting_approval') { showApprovals(); return; }
     hideApprovals();
     // The run is over: the stream ends, and EventSource must not reopen it.
