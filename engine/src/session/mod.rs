@@ -838,10 +838,7 @@ impl Session {
                 state: label(&record.state),
             });
         }
-        let kept: Option<ParkState> = self
-            .inner
-            .store
-            .get_json(Table::Retries, &record.run_id)?;
+        let kept: Option<ParkState> = self.inner.store.get_json(Table::Retries, &record.run_id)?;
         let Some(kept) = kept else {
             return Err(SessionError::invalid(
                 format!(
