@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use secureclaw_engine::events::{EventStream, RunEvent};
 use secureclaw_engine::planner::{PlanError, Planner};
-use secureclaw_engine::record::RunRecord;
+use secureclaw_engine::record::{RunRecord, RunState};
 use secureclaw_engine::session::{
     Audit, RevertOptions, RevertOutcome, RunRequest, RunSettings, Session, SessionError,
 };
@@ -209,6 +209,12 @@ fn run_record(session: &Session, task: &Task) -> ApiResult<Option<RunRecord>> {
     // The stored id is exact: read that one record rather than resolving a prefix against
     // every run (a listing asks this once a row).
     match session.run_record(run)? {
+        // A failed run retried here goes on under its stored record, which says `failed` until
+        // the engine saves it again: while it is live, it is running.
+        Some(mut r) if r.state == RunState::Failed && session.is_live(run) => {
+            r.state = RunState::Running;
+            Ok(Some(r))
+        }
         Some(r) => Ok(Some(r)),
         None if session.is_live(run) => Ok(None),
         None => Err(SessionError::Store(StoreError::NotFound(run.clone())).into()),
@@ -508,7 +514,8 @@ pub async fn run_task(
 /// Continue the task's failed run from its failed step, as the same run: the steps that
 /// succeeded stay done, the failed step and what did not run because of it run again.
 #[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "task id (UUID)")),
+    params(("id" = String, Path, description = "task id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key gives the same answer, and retries once")),
     request_body(content = Option<RetryTask>, description = "optional; `force` goes on over workspace changes"),
     responses(
         (status = 202, description = "the run goes on (same run id); follow it at `stream`", body = RunStarted),
