@@ -201,7 +201,7 @@ pub fn retry(args: RetryArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             Ok(n) => n,
             Err(e) => return report(e),
         };
-        let handle = match session.retry(&args.run, args.force, None) {
+        let handle = match session.retry(&args.run, args.force, None).await {
             Ok(h) => h,
             Err(e) => return report(e),
         };

@@ -583,7 +583,7 @@ async fn a_failed_run_is_retried_from_its_failed_step_and_reverts_whole() {
 
     // `go` is a change to the workspace since the failure: refused unless forced.
     std::fs::write(ws.join("go"), "").unwrap();
-    match session.retry(&id, false, None) {
+    match session.retry(&id, false, None).await {
         Err(SessionError::Drift { paths, .. }) => {
             assert_eq!(paths, vec!["go".to_string()]);
         }
@@ -595,7 +595,7 @@ async fn a_failed_run_is_retried_from_its_failed_step_and_reverts_whole() {
     drop(session);
     let session = open(&state, &pass);
     let before_retry = session.last_event_seq(&id).unwrap();
-    let handle = session.retry(&id, true, None).unwrap();
+    let handle = session.retry(&id, true, None).await.unwrap();
     assert_eq!(handle.id(), id, "a retry continues the same run");
     let rec = handle.wait().await.unwrap();
     assert_eq!(rec.state, RunState::Succeeded, "{rec:#?}");
@@ -635,7 +635,7 @@ async fn a_failed_run_is_retried_from_its_failed_step_and_reverts_whole() {
     assert!(kinds.contains(&"run_retried".to_string()), "{kinds:?}");
 
     // Succeeded: nothing more to retry.
-    match session.retry(&id, true, None) {
+    match session.retry(&id, true, None).await {
         Err(e @ SessionError::NotFailed { .. }) => {
             assert!(
                 e.to_string().contains("only a failed run can be retried"),
@@ -684,6 +684,7 @@ async fn a_run_that_fails_again_can_be_retried_again() {
     let id = session.submit(req).unwrap().wait().await.unwrap().run_id;
     let again = session
         .retry(&id, false, None)
+        .await
         .unwrap()
         .wait()
         .await
@@ -693,6 +694,7 @@ async fn a_run_that_fails_again_can_be_retried_again() {
     std::fs::write(ws.join("go"), "").unwrap();
     let done = session
         .retry(&id, true, None)
+        .await
         .unwrap()
         .wait()
         .await

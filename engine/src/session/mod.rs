@@ -825,12 +825,15 @@ impl Session {
     /// changes are in the workspace and their outputs feed later templates), the failed step
     /// and everything that did not run because of it run again, in the same run. Refuses when
     /// the workspace changed since the failure, unless `force`.
-    pub fn retry(
+    pub async fn retry(
         &self,
         run: &str,
         force: bool,
         approver: Option<Arc<dyn Approver>>,
     ) -> Result<RunHandle, SessionError> {
+        // The failure's last events may still be on their way to the store; the retry numbers
+        // its events after the stored ones, so they must all be there first.
+        self.sync().await?;
         let mut record = self.inner.store.load(run)?;
         if record.state != RunState::Failed {
             return Err(SessionError::NotFailed {

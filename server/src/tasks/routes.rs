@@ -533,11 +533,10 @@ pub async fn retry_task(
     let task = accessible_task(&state, &who, &id)?;
     let _guard = state.tasks.lock(&task.id).await;
     let run = run_of(&task)?.to_string();
-    // The failure's last events may still be on their way to the store; the retry numbers its
-    // events after what is stored, so they must be there first.
+    // Stored events only, as the retry numbers its own after them (it waits for the store).
     state.session.sync().await?;
     let after = state.session.last_event_seq(&run)?;
-    let handle = state.session.retry(&run, req.force, None)?;
+    let handle = state.session.retry(&run, req.force, None).await?;
     state
         .metrics
         .runs_started
