@@ -839,8 +839,9 @@ impl Engine {
             extra
                 .put_json(Table::Retries, record.run_id.clone(), &keep(Vec::new()))
                 .map_err(crate::record::StoreError::from)?;
-        } else if resumed.is_some() {
-            // A retried run that got past its failure needs no retry state any more.
+        } else if resumed.as_ref().is_some_and(|r| !r.retried.is_empty()) {
+            // A retried run that got past its failure needs no retry state any more. Only a
+            // retry has such a row to drop: other runs never touch the table.
             extra.deletes.push((Table::Retries, record.run_id.clone()));
         }
         if parked {
