@@ -705,3 +705,34 @@ async fn a_run_that_fails_again_can_be_retried_again() {
     assert_eq!(started(&events, "first"), 1);
     assert_eq!(started(&events, "second"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverted_failed_run_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let ws = dir.path().join("ws");
+    let session = open(&state, &pass);
+    let mut req = request(workflow(FAILS_UNTIL_GO), &ws);
+    req.settings.yes = true;
+    let id = session.submit(req).unwrap().wait().await.unwrap().run_id;
+    session
+        .revert(
+            &id,
+            secureclaw_engine::session::RevertOptions {
+                step: None,
+                cascade: false,
+                force: false,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!ws.join("first.txt").exists());
+    match session.retry(&id, true, None).await {
+        Err(e @ SessionError::Invalid { .. }) => {
+            assert!(e.to_string().contains("was reverted"), "{e}");
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a reverted run was retried"),
+    }
+}

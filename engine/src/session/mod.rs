@@ -851,6 +851,17 @@ impl Session {
                 Some("run the workflow again as a new run"),
             ));
         };
+        // The steps that succeeded are what a retry builds on; once undone, there is nothing
+        // to go on from.
+        if !record.reverts.is_empty() {
+            return Err(SessionError::invalid(
+                format!(
+                    "run `{}` was reverted since it failed; a retry would build on steps whose changes were undone",
+                    record.run_id
+                ),
+                Some("run the workflow again as a new run"),
+            ));
+        }
         let (workflow, settings) = self.reopen_checks(&record, &kept, force, "failed", "retry")?;
         let again: Vec<usize> = record
             .steps
