@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::{Api, Server, shared};
-use crate::taskkit::{GATED, started, wait_state, workflow_task};
+use crate::taskkit::{GATED, Sse, started, wait_state, workflow_task};
 use crate::uikit::{Browser, attr_after, csrf};
 
 /// A step that prints and one that writes, so there is a log and a diff.
@@ -389,6 +389,17 @@ async fn a_failed_task_retries_from_its_failed_step_in_place() {
         .cloned()
         .unwrap_or_else(|| panic!("{:?}", record.body));
     assert_eq!(first["attempts"], 1, "{first:#}");
+    // The run's stream from the start goes past the failure to the retry's end.
+    let mut sse = Sse::open(&api, &format!("/api/v1/tasks/{id}/stream"), None).await;
+    let all = sse.rest().await;
+    let kinds: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.contains(&"run_retried"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "run_finished").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(all.last().unwrap().data["state"], "succeeded", "{all:#?}");
 
     // Nothing left to retry.
     let r = api
