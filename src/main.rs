@@ -94,6 +94,9 @@ enum Command {
     Deny(park_cmd::DenyArgs),
     /// Continue a parked run (in this or any later process); refuses if the workspace changed.
     Resume(park_cmd::ResumeArgs),
+    /// Continue a failed run from its failed step: what succeeded stays done, the rest runs.
+    #[command(long_about = park_cmd::RETRY_LONG_ABOUT)]
+    Retry(park_cmd::RetryArgs),
     /// A run's events as JSON lines, from any sequence number on (`--after N`).
     Logs(park_cmd::LogsArgs),
     /// Sandbox backends: which isolation layers are really in force here (`check`), and the
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
         Command::Approve(args) => park_cmd::approve(args, &pass),
         Command::Deny(args) => park_cmd::deny(args, &pass),
         Command::Resume(args) => park_cmd::resume(args, &pass),
+        Command::Retry(args) => park_cmd::retry(args, &pass),
         Command::Logs(args) => park_cmd::logs(args, &pass),
         Command::Vault { command, state_dir } => cwd_state(state_dir.as_ref())
             .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass))

@@ -1,4 +1,5 @@
-//! `approve`, `deny`, `resume` and `logs`: parked runs and the event log.
+//! `approve`, `deny`, `resume`, `retry` and `logs`: parked and failed runs going on, and the
+//! event log.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -51,6 +52,35 @@ pub struct ResumeArgs {
 #[derive(Args, Clone)]
 pub struct ResumeFlags {
     /// Go on even though the workspace changed since the run parked.
+    #[arg(long)]
+    pub force: bool,
+    /// Print events as JSON lines instead of the progress display.
+    #[arg(long)]
+    pub json: bool,
+    /// Where run records live [default: ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The long `--help` text of `retry` (the subcommand's doc line is its short one).
+pub const RETRY_LONG_ABOUT: &str = "Continue a failed run from its failed step, as the same run.\n\n\
+The steps that succeeded stay done: they are not run again, their changes stay in the\n\
+workspace and their outputs still feed the templates of later steps. The failed step and\n\
+every step that did not run because of it (skipped, cancelled, never started) run again.\n\
+The run keeps its id, its events go on, and `secureclaw revert RUN` still undoes all of it,\n\
+both attempts included.\n\n\
+A failed step's changes were rolled back when it failed, so fix what made it fail (a missing\n\
+file, a service that was down) and retry. Changing the workspace is drift, though: retry\n\
+refuses and lists the changed paths, and `--force` goes on anyway. A run that fails again\n\
+can be retried again. To start over from the first step instead, run the workflow again\n\
+(`secureclaw rerun RUN`, or `secureclaw run FILE`).";
+
+#[derive(Args)]
+pub struct RetryArgs {
+    /// The failed run: id, unique prefix, or `last`.
+    pub run: String,
+    /// Go on even though the workspace changed since the run failed (e.g. you created the
+    /// file the failed step was missing).
     #[arg(long)]
     pub force: bool,
     /// Print events as JSON lines instead of the progress display.
@@ -158,6 +188,36 @@ fn resume_in(
             Ok(h) => h,
             Err(e) => return report(e),
         };
+        follow_here(session, handle, flags.json, 0).await
+    })
+}
+
+pub fn retry(args: RetryArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let after = match session.last_event_seq(&args.run) {
+            Ok(n) => n,
+            Err(e) => return report(e),
+        };
+        let handle = match session.retry(&args.run, args.force, None).await {
+            Ok(h) => h,
+            Err(e) => return report(e),
+        };
+        follow_here(&session, handle, args.json, after).await
+    })
+}
+
+/// Show a run going on in this process (its events after `after`) until it ends; Ctrl-C
+/// cancels it.
+async fn follow_here(
+    session: &secureclaw_engine::session::Session,
+    handle: secureclaw_engine::session::RunHandle,
+    json: bool,
+    after: u64,
+) -> anyhow::Result<u8> {
+    {
         crate::state::print_notices(session);
         let cancel = CancellationToken::new();
         let c = cancel.clone();
@@ -166,9 +226,9 @@ fn resume_in(
                 c.cancel();
             }
         });
-        let display = crate::run_cmd::Display::new(flags.json, std::io::stderr().is_terminal());
-        crate::run_cmd::follow(handle, display, cancel, flags.json).await
-    })
+        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal());
+        crate::run_cmd::follow_after(handle, display, cancel, json, after).await
+    }
 }
 
 pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {

@@ -373,7 +373,19 @@ pub async fn follow(
     cancel: CancellationToken,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut events = handle.events(0);
+    follow_after(handle, display, cancel, json, 0).await
+}
+
+/// [`follow`] from the events after `after`: a run that goes on again (a retry) shows what
+/// happens now, not its earlier stretch, which ended with its own `run_finished`.
+pub async fn follow_after(
+    handle: RunHandle,
+    display: Display,
+    cancel: CancellationToken,
+    json: bool,
+    after: u64,
+) -> anyhow::Result<u8> {
+    let mut events = handle.events(after);
     let shown = display.clone();
     let printer = tokio::spawn(async move {
         while let Some(ev) = events.next().await {
@@ -430,6 +442,13 @@ pub async fn follow(
         );
         if let Some(m) = &record.message {
             eprintln!("  {m}");
+        }
+        if record.state == RunState::Failed && !failed.is_empty() {
+            eprintln!(
+                "  {} fix what failed, then `secureclaw retry {}` goes on from the failed step",
+                style("next:").cyan(),
+                record.run_id
+            );
         }
     }
     Ok(match record.state {
@@ -687,6 +706,11 @@ impl Display {
             RunEvent::RunResumed { by } => self.line(format!(
                 "{} run {run_id} resumed by {by}",
                 style("▶").cyan()
+            )),
+            RunEvent::RunRetried { by, steps } => self.line(format!(
+                "{} run {run_id} retried by {by}: running again {}",
+                style("▶").cyan(),
+                steps.join(", ")
             )),
             RunEvent::ApprovalDecided { step, approved, by } if !approved => {
                 self.line(format!("  {} {step}: denied by {by}", style("✗").red()))

@@ -31,6 +31,12 @@ pub enum RunEvent {
     RunResumed {
         by: String,
     },
+    /// A failed run continues from its failed step: `steps` run again, the steps that
+    /// succeeded stay done.
+    RunRetried {
+        by: String,
+        steps: Vec<String>,
+    },
     StepStarted {
         step: String,
         attempt: u32,

@@ -328,6 +328,7 @@ impl Secrets {
             }
             RunEvent::RunStarted { .. }
             | RunEvent::RunResumed { .. }
+            | RunEvent::RunRetried { .. }
             | RunEvent::ApprovalDecided { .. }
             | RunEvent::RunParked { .. }
             | RunEvent::RevertStarted { .. }

@@ -24,6 +24,9 @@ pub enum Table {
     Events,
     /// What a parked run needs to resume, by run id.
     Parked,
+    /// What a failed run needs to be retried from its failed step, by run id (the same
+    /// [`crate::park::ParkState`] a parked run keeps, with no gates).
+    Retries,
     /// Approval decisions given while a run was parked, by `RUN/STEP`.
     Approvals,
     /// Front-end data kept beside the runs (accounts, tasks, settings), by the front end's
@@ -37,6 +40,7 @@ impl Table {
             Table::Runs => "runs",
             Table::Events => "events",
             Table::Parked => "parked",
+            Table::Retries => "retries",
             Table::Approvals => "approvals",
             Table::App(t) => t.name(),
         }

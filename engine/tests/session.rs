@@ -464,6 +464,7 @@ async fn an_approval_binds_to_what_was_shown() {
                         decisions: [("gate".to_string(), decision)].into(),
                         write_seq: park.write_seq,
                         by: "test".into(),
+                        retried: Vec::new(),
                     }),
                     request: serde_json::Value::Null,
                     started_by: None,
@@ -538,4 +539,200 @@ async fn a_list_finds_parked_runs_reads_runs_by_exact_id_and_walks_the_ledger() 
         session.parked_runs().unwrap().is_empty(),
         "no longer parked"
     );
+}
+
+/// `first` writes a file and prints a word; `second` fails until a file `go` exists; `third`
+/// needs `second` and writes what the two printed (the word of `first` comes from the first
+/// attempt's kept view).
+const FAILS_UNTIL_GO: &str = r#"version: 1
+name: fails-until-go
+steps:
+  - id: first
+    shell: "echo made > first.txt && echo hello"
+  - id: second
+    shell: "test -f go && echo ok"
+    needs: [first]
+  - id: third
+    write: { path: out/third.txt, content: "{{ steps.first.output | trim }} {{ steps.second.output | trim }}" }
+    needs: [second]
+"#;
+
+fn started(events: &[EventEnvelope], step: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(&e.event, RunEvent::StepStarted { step: s, .. } if s == step))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_retried_from_its_failed_step_and_reverts_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("kept.txt"), "there before").unwrap();
+    let session = open(&state, &pass);
+    let mut req = request(workflow(FAILS_UNTIL_GO), &ws);
+    req.settings.yes = true;
+    let failed = session.submit(req).unwrap().wait().await.unwrap();
+    let id = failed.run_id.clone();
+    assert_eq!(failed.state, RunState::Failed);
+    assert_eq!(failed.step("first").unwrap().state, StepState::Succeeded);
+    assert_eq!(failed.step("second").unwrap().state, StepState::Failed);
+    assert_eq!(failed.step("third").unwrap().state, StepState::Skipped);
+
+    // `go` is a change to the workspace since the failure: refused unless forced.
+    std::fs::write(ws.join("go"), "").unwrap();
+    match session.retry(&id, false, None).await {
+        Err(SessionError::Drift { paths, .. }) => {
+            assert_eq!(paths, vec!["go".to_string()]);
+        }
+        Err(e) => panic!("expected drift, got {e}"),
+        Ok(_) => panic!("expected drift, the run was retried"),
+    }
+    // A new session, as after a restart: what the retry needs was kept in the store.
+    session.sync().await.unwrap();
+    drop(session);
+    let session = open(&state, &pass);
+    let before_retry = session.last_event_seq(&id).unwrap();
+    let handle = session.retry(&id, true, None).await.unwrap();
+    assert_eq!(handle.id(), id, "a retry continues the same run");
+    let rec = handle.wait().await.unwrap();
+    assert_eq!(rec.state, RunState::Succeeded, "{rec:#?}");
+    assert_eq!(rec.step("first").unwrap().attempts, 1);
+    assert_eq!(rec.step("second").unwrap().state, StepState::Succeeded);
+    assert_eq!(rec.step("third").unwrap().state, StepState::Succeeded);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out/third.txt")).unwrap(),
+        "hello ok"
+    );
+
+    session.sync().await.unwrap();
+    let events = all_events(&session, &id, 0).await;
+    assert_numbered(&events, 1);
+    assert_eq!(
+        started(&events, "first"),
+        1,
+        "the step that succeeded ran once"
+    );
+    assert_eq!(started(&events, "second"), 2);
+    assert_eq!(started(&events, "third"), 1);
+    let retried = events
+        .iter()
+        .filter(|e| e.seq > before_retry)
+        .find_map(|e| match &e.event {
+            RunEvent::RunRetried { steps, .. } => Some(steps.clone()),
+            _ => None,
+        })
+        .expect("a run_retried event");
+    assert_eq!(retried, vec!["second".to_string(), "third".to_string()]);
+    let kinds: Vec<String> = session
+        .ledger_entries(Some(&id))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&"run_retried".to_string()), "{kinds:?}");
+
+    // Succeeded: nothing more to retry.
+    match session.retry(&id, true, None).await {
+        Err(e @ SessionError::NotFailed { .. }) => {
+            assert!(
+                e.to_string().contains("only a failed run can be retried"),
+                "{e}"
+            );
+            assert!(e.is_invalid_request());
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a succeeded run was retried"),
+    }
+
+    // Revert undoes both attempts' work: the first attempt's file and the retried steps'.
+    session
+        .revert(
+            &id,
+            secureclaw_engine::session::RevertOptions {
+                step: None,
+                cascade: false,
+                force: false,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&ws)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".secureclaw")
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["go".to_string(), "kept.txt".to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("kept.txt")).unwrap(),
+        "there before"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_again_can_be_retried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let ws = dir.path().join("ws");
+    let session = open(&state, &pass);
+    let mut req = request(workflow(FAILS_UNTIL_GO), &ws);
+    req.settings.yes = true;
+    let id = session.submit(req).unwrap().wait().await.unwrap().run_id;
+    let again = session
+        .retry(&id, false, None)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(again.state, RunState::Failed);
+    assert_eq!(again.step("first").unwrap().attempts, 1);
+    std::fs::write(ws.join("go"), "").unwrap();
+    let done = session
+        .retry(&id, true, None)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    session.sync().await.unwrap();
+    let events = all_events(&session, &id, 0).await;
+    assert_eq!(started(&events, "first"), 1);
+    assert_eq!(started(&events, "second"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverted_failed_run_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let ws = dir.path().join("ws");
+    let session = open(&state, &pass);
+    let mut req = request(workflow(FAILS_UNTIL_GO), &ws);
+    req.settings.yes = true;
+    let id = session.submit(req).unwrap().wait().await.unwrap().run_id;
+    session
+        .revert(
+            &id,
+            secureclaw_engine::session::RevertOptions {
+                step: None,
+                cascade: false,
+                force: false,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!ws.join("first.txt").exists());
+    match session.retry(&id, true, None).await {
+        Err(e @ SessionError::Invalid { .. }) => {
+            assert!(e.to_string().contains("was reverted"), "{e}");
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a reverted run was retried"),
+    }
 }

@@ -149,8 +149,12 @@ impl From<SessionError> for ApiError {
             SessionError::Store(StoreError::NotFound(_)) => ApiError::not_found("task"),
             SessionError::NotParked { .. } => ApiError::conflict("not_parked", e.to_string()),
             SessionError::NotWaiting { .. } => ApiError::conflict("not_waiting", e.to_string()),
-            SessionError::Drift { .. } => ApiError::conflict("workspace_drift", e.to_string())
-                .with_hint("resume with `force: true` to go on anyway"),
+            SessionError::Drift { verb, .. } => {
+                ApiError::conflict("workspace_drift", e.to_string())
+                    .with_hint(format!("{verb} with `force: true` to go on anyway"))
+            }
+            SessionError::NotFailed { .. } => ApiError::conflict("not_failed", e.to_string())
+                .with_hint("only a failed run goes on from its failed step; `POST /api/v1/tasks/{id}/rerun` runs the workflow again as a new task"),
             SessionError::Busy(_) => ApiError::conflict("busy", e.to_string()),
             SessionError::Invalid { message, hint } => {
                 let mut err = ApiError::bad_request("invalid_request", message.clone());

@@ -44,6 +44,7 @@ pub const RUN_CREATING: &[&str] = &[
     "/api/v1/hooks/{name}",
     "/api/v1/workflows/run",
     "/api/v1/tasks/{id}/rerun",
+    "/api/v1/tasks/{id}/retry",
 ];
 /// How long a stored answer is replayed: a day.
 pub const TTL_SECS: i64 = 24 * 60 * 60;

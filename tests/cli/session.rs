@@ -291,3 +291,65 @@ fn other_processes_read_the_state_while_twenty_runs_go_on() {
         }
     });
 }
+
+const FAILS_UNTIL_GO: &str = r#"version: 1
+name: fails-until-go
+sandbox: { backend: host }
+steps:
+  - id: made
+    write: { path: a.txt, content: "first" }
+  - id: check
+    needs: [made]
+    shell: "test -f go"
+  - id: after
+    needs: [check]
+    write: { path: c.txt, content: "last" }
+"#;
+
+#[test]
+fn a_failed_run_is_retried_from_its_failed_step_by_a_later_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let wf = dir.path().join("fails.yaml");
+    std::fs::write(&wf, FAILS_UNTIL_GO).unwrap();
+    let first = secureclaw()
+        .args(["run", wf.to_str().unwrap(), "-w", ws.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&first.stderr).to_string();
+    assert_eq!(first.status.code(), Some(1), "{said}");
+    assert!(said.contains("secureclaw retry"), "{said}");
+    let id = run_id(&first.stderr);
+    let state = ws.join(".secureclaw");
+    let st = state.to_str().unwrap();
+    std::fs::write(ws.join("go"), "").unwrap();
+    let drift = secureclaw()
+        .args(["retry", &id, "--state-dir", st])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&drift.stderr).to_string();
+    assert_eq!(drift.status.code(), Some(2), "{said}");
+    assert!(said.contains("changed: go"), "{said}");
+    let retried = secureclaw()
+        .args(["retry", &id, "--force", "--state-dir", st])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&retried.stderr).to_string();
+    assert!(retried.status.success(), "{said}");
+    assert!(said.contains("running again check, after"), "{said}");
+    assert_eq!(std::fs::read_to_string(ws.join("c.txt")).unwrap(), "last");
+    let show = secureclaw()
+        .args(["show", &id, "--json", "--state-dir", st])
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["steps"][0]["attempts"], 1, "{rec:#}");
+    let again = secureclaw()
+        .args(["retry", &id, "--state-dir", st])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stderr).to_string();
+    assert_eq!(again.status.code(), Some(2), "{said}");
+    assert!(said.contains("only a failed run can be retried"), "{said}");
+}

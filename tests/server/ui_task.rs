@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::{Api, Server, shared};
-use crate::taskkit::{GATED, started, wait_state, workflow_task};
+use crate::taskkit::{GATED, Sse, started, wait_state, workflow_task};
 use crate::uikit::{Browser, attr_after, csrf};
 
 /// A step that prints and one that writes, so there is a log and a diff.
@@ -24,6 +24,21 @@ name: fails
 steps:
   - id: boom
     shell: echo about to fail >&2; exit 3
+"#;
+
+/// Fails at `check` until a file `go` is in the workspace; `after` uses what `first` and
+/// `check` printed.
+const FAILS_UNTIL_GO: &str = r#"version: 1
+name: fails-until-go
+steps:
+  - id: first
+    shell: "echo made once > first.txt && echo made once"
+  - id: check
+    needs: [first]
+    shell: "test -f go && echo ok"
+  - id: after
+    needs: [check]
+    write: { path: after.txt, content: "{{ steps.first.output | trim }} {{ steps.check.output | trim }}" }
 "#;
 
 const SLOW: &str = r#"version: 1
@@ -222,6 +237,7 @@ async fn another_users_task_page_is_not_found() {
     for path in [
         format!("/ui/tasks/{id}/cancel"),
         format!("/ui/tasks/{id}/retry"),
+        format!("/ui/tasks/{id}/rerun"),
         format!("/ui/tasks/{id}/revert"),
     ] {
         let p = b.post(&path, &[("csrf", &token)]).await;
@@ -297,21 +313,122 @@ async fn revert_shows_the_dry_run_then_restores_on_confirm() {
 }
 
 #[tokio::test]
-async fn a_failed_task_offers_retry_which_starts_it_again() {
-    let api = Api::user(shared(), "ui-task-retry").await;
-    let id = finished(&api, FAILS, &["failed"]).await;
+async fn a_failed_task_retries_from_its_failed_step_in_place() {
+    let server = shared();
+    let api = Api::user(server, "ui-task-retry").await;
+    let id = finished(&api, FAILS_UNTIL_GO, &["failed"]).await;
     let b = Browser::of(&api);
     let p = b.get(&format!("/ui/tasks/{id}")).await;
     assert!(
         p.html
             .contains(r#"id="task-state" class="badge state-failed""#)
     );
-    assert!(p.html.contains(r#"class="exit">3<"#), "{}", p.html);
-    assert!(p.html.contains("about to fail"));
-    assert!(p.html.contains(r#"id="retry""#));
+    assert!(p.html.contains(r#"id="retry""#), "{}", p.html);
+    assert!(p.html.contains("Retry from the failed step"));
+    assert!(p.html.contains(r#"id="rerun""#));
+    assert!(!p.html.contains("Runs the workflow again as a new task"));
+    let token = csrf(&p.html);
+
+    // Another user's retry is the same 404 as for a task that does not exist, page and API.
+    let other = Api::user(server, "ui-task-retry-other").await;
+    let ob = Browser::of(&other);
+    let other_token = csrf(&ob.get("/ui/").await.html);
+    let r = ob
+        .post(&format!("/ui/tasks/{id}/retry"), &[("csrf", &other_token)])
+        .await;
+    assert_eq!(r.status, 404, "{}", r.html);
+    let r = other
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+
+    // What the failed step missed now exists: a change since the failure, refused unless forced.
+    std::fs::write(workspace_file(server, &id, "go"), "").unwrap();
+    let r = api
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["code"], "workspace_drift", "{:?}", r.body);
     let r = b
         .post(
             &format!("/ui/tasks/{id}/retry"),
+            &[("csrf", &token), ("force", "1")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.html);
+    assert_eq!(r.location, format!("/ui/tasks/{id}?notice=retried"));
+    let done = wait_state(&api, &id, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    let h = &p.html;
+    assert!(
+        h.contains(r#"id="task-state" class="badge state-succeeded""#),
+        "{h}"
+    );
+    assert!(
+        h.contains(r#"data-step="first" data-state="succeeded""#),
+        "{h}"
+    );
+    assert!(
+        h.contains(r#"data-step="check" data-state="succeeded""#),
+        "{h}"
+    );
+    assert!(
+        h.contains(r#"data-step="after" data-state="succeeded""#),
+        "{h}"
+    );
+    // The first step ran once: its file was written by the first attempt only.
+    assert_eq!(
+        std::fs::read_to_string(workspace_file(server, &id, "after.txt")).unwrap(),
+        "made once ok"
+    );
+    let record = api.get(&format!("/api/v1/tasks/{id}")).await;
+    let first = record.body["run"]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == "first"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{:?}", record.body));
+    assert_eq!(first["attempts"], 1, "{first:#}");
+    // The run's stream from the start goes past the failure to the retry's end.
+    let mut sse = Sse::open(&api, &format!("/api/v1/tasks/{id}/stream"), None).await;
+    let all = sse.rest().await;
+    let kinds: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.contains(&"run_retried"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "run_finished").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(all.last().unwrap().data["state"], "succeeded", "{all:#?}");
+
+    // Nothing left to retry.
+    let r = api
+        .post(&format!("/api/v1/tasks/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["code"], "not_failed", "{:?}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("only a failed run can be retried"),
+        "{:?}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn a_failed_task_can_still_run_again_as_a_new_task() {
+    let api = Api::user(shared(), "ui-task-rerun").await;
+    let id = finished(&api, FAILS, &["failed"]).await;
+    let b = Browser::of(&api);
+    let p = b.get(&format!("/ui/tasks/{id}")).await;
+    assert!(p.html.contains(r#"class="exit">3<"#), "{}", p.html);
+    assert!(p.html.contains("about to fail"));
+    assert!(p.html.contains(r#"id="rerun""#));
+    let r = b
+        .post(
+            &format!("/ui/tasks/{id}/rerun"),
             &[("csrf", &csrf(&p.html))],
         )
         .await;

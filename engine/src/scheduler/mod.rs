@@ -97,6 +97,9 @@ pub struct Resume {
     pub write_seq: u32,
     /// Who resumed it.
     pub by: String,
+    /// The steps a retry runs again (their record already reset to pending); empty when a
+    /// parked run resumes.
+    pub retried: Vec<String>,
 }
 
 pub struct Engine {
@@ -113,6 +116,7 @@ struct Resumed {
     decisions: BTreeMap<String, StepDecision>,
     write_seq: u32,
     by: String,
+    retried: Vec<String>,
 }
 
 /// A parked record going on: finished steps stay finished, gates and what never started
@@ -280,6 +284,7 @@ impl Engine {
                 decisions,
                 write_seq,
                 by,
+                retried,
             }) => (
                 reopened(record),
                 Some(Resumed {
@@ -287,6 +292,7 @@ impl Engine {
                     decisions,
                     write_seq,
                     by,
+                    retried,
                 }),
             ),
             None => (self.new_record(wf, &opts, &workspace, &secrets), None),
@@ -315,14 +321,18 @@ impl Engine {
         };
         let mut write_seq = resumed.as_ref().map(|r| r.write_seq).unwrap_or(0);
         if let Some(r) = &resumed {
-            self.store.record(
-                self.store
-                    .entry(kind::RUN_RESUMED)
-                    .run(record.run_id.clone())
-                    .result(
-                        json!({"by": r.by, "workflow_hmac": self.store.digest("workflow", source)}),
-                    ),
-            );
+            let entry = if r.retried.is_empty() {
+                self.store.entry(kind::RUN_RESUMED).result(
+                    json!({"by": r.by, "workflow_hmac": self.store.digest("workflow", source)}),
+                )
+            } else {
+                self.store.entry(kind::RUN_RETRIED).result(json!({
+                    "by": r.by,
+                    "steps": r.retried,
+                    "workflow_hmac": self.store.digest("workflow", source),
+                }))
+            };
+            self.store.record(entry.run(record.run_id.clone()));
         } else {
             self.store.record(
             self.store
@@ -351,7 +361,13 @@ impl Engine {
         }
         self.store.save_async(&record).await?;
         match &resumed {
-            Some(r) => (self.events)(&RunEvent::RunResumed { by: r.by.clone() }),
+            Some(r) if r.retried.is_empty() => {
+                (self.events)(&RunEvent::RunResumed { by: r.by.clone() })
+            }
+            Some(r) => (self.events)(&RunEvent::RunRetried {
+                by: r.by.clone(),
+                steps: r.retried.clone(),
+            }),
             None => (self.events)(&RunEvent::RunStarted {
                 workflow: record.workflow.clone(),
                 steps: n,
@@ -799,25 +815,37 @@ impl Engine {
             blocking(move || ctx.snap.save_cache(&ctx.last())).await?;
         }
         let parked = state == RunState::AwaitingApproval && !pending_gates.is_empty();
-        let mut extra = Batch::default();
-        if parked {
-            let views = results
+        // What the run leaves to go on from later: a parked run its gates, a failed one what a
+        // retry from the failed step needs. Both hold unscrubbed inputs and step views, so they
+        // live in sealed rows, never in the record.
+        let keep = |pending: Vec<PendingApproval>| ParkState {
+            run_id: record.run_id.clone(),
+            workflow_source: wf.source.to_string(),
+            workflow_file: wf.file.clone(),
+            inputs: opts.inputs.clone(),
+            views: results
                 .0
                 .read()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
-            let park = ParkState {
-                run_id: record.run_id.clone(),
-                workflow_source: wf.source.to_string(),
-                workflow_file: wf.file.clone(),
-                inputs: opts.inputs.clone(),
-                views,
-                pending: pending_gates.clone(),
-                manifest: snap.as_ref().map(|c| (*c.last()).clone()),
-                write_seq,
-                request: opts.request.clone(),
-                parked_at: now_rfc3339(),
-            };
+                .unwrap_or_default(),
+            pending,
+            manifest: snap.as_ref().map(|c| (*c.last()).clone()),
+            write_seq,
+            request: opts.request.clone(),
+            parked_at: now_rfc3339(),
+        };
+        let mut extra = Batch::default();
+        if state == RunState::Failed {
+            extra
+                .put_json(Table::Retries, record.run_id.clone(), &keep(Vec::new()))
+                .map_err(crate::record::StoreError::from)?;
+        } else if resumed.as_ref().is_some_and(|r| !r.retried.is_empty()) {
+            // A retried run that got past its failure needs no retry state any more. Only a
+            // retry has such a row to drop: other runs never touch the table.
+            extra.deletes.push((Table::Retries, record.run_id.clone()));
+        }
+        if parked {
+            let park = keep(pending_gates.clone());
             extra
                 .put_json(Table::Parked, record.run_id.clone(), &park)
                 .map_err(crate::record::StoreError::from)?;

@@ -34,7 +34,7 @@ use crate::events::{EventEnvelope, EventLog, EventStream, RunEvent, event_key};
 use crate::model::{Backend, Tier};
 use crate::park::{ParkState, PendingApproval, StepDecision, decision_key};
 use crate::policy::{Approver, NoApprover, Policy};
-use crate::record::{RunRecord, RunState, RunStore, StoreError};
+use crate::record::{RunRecord, RunState, RunStore, StepRecord, StepState, StoreError};
 use crate::revert::{RevertError, RevertPlan, RevertReport, RevertRequest};
 use crate::scheduler::{Engine, EngineError, Resume, RunOptions};
 use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
@@ -90,8 +90,17 @@ pub enum SessionError {
         step: String,
         waiting: Vec<String>,
     },
-    #[error("the workspace changed since run `{run}` parked ({} path(s): {}); resume with --force to go on anyway", paths.len(), paths.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
-    Drift { run: String, paths: Vec<String> },
+    #[error("the workspace changed since run `{run}` {stopped} ({} path(s): {}); {verb} with --force to go on anyway", paths.len(), paths.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    Drift {
+        run: String,
+        paths: Vec<String>,
+        /// How the run stopped: `parked` or `failed`.
+        stopped: &'static str,
+        /// What goes on with it: `resume` or `retry`.
+        verb: &'static str,
+    },
+    #[error("only a failed run can be retried; run `{run}` is {state}")]
+    NotFailed { run: String, state: String },
     #[error("run `{0}` is already running in this process")]
     Busy(String),
     #[error("the run task failed: {0}")]
@@ -114,6 +123,7 @@ impl SessionError {
                 | SessionError::Engine(EngineError::Policy(_))
                 | SessionError::NotParked { .. }
                 | SessionError::NotWaiting { .. }
+                | SessionError::NotFailed { .. }
         )
     }
 }
@@ -807,10 +817,125 @@ impl Session {
         approver: Option<Arc<dyn Approver>>,
     ) -> Result<RunHandle, SessionError> {
         let (record, park) = self.parked(run)?;
+        let (workflow, settings) = self.reopen_checks(&record, &park, force, "parked", "resume")?;
+        self.relaunch(record, park, workflow, settings, Vec::new(), approver)
+    }
+
+    /// Continue a failed run from its failed step: the steps that succeeded stay done (their
+    /// changes are in the workspace and their outputs feed later templates), the failed step
+    /// and everything that did not run because of it run again, in the same run. Refuses when
+    /// the workspace changed since the failure, unless `force`.
+    pub async fn retry(
+        &self,
+        run: &str,
+        force: bool,
+        approver: Option<Arc<dyn Approver>>,
+    ) -> Result<RunHandle, SessionError> {
+        // The failure's last events may still be on their way to the store; the retry numbers
+        // its events after the stored ones, so they must all be there first.
+        self.sync().await?;
+        let mut record = self.inner.store.load(run)?;
+        if record.state != RunState::Failed {
+            return Err(SessionError::NotFailed {
+                run: record.run_id.clone(),
+                state: label(&record.state),
+            });
+        }
+        let kept: Option<ParkState> = self.inner.store.get_json(Table::Retries, &record.run_id)?;
+        let Some(kept) = kept else {
+            return Err(SessionError::invalid(
+                format!(
+                    "run `{}` failed before any step ran, or before this version kept what a retry needs; it cannot be retried",
+                    record.run_id
+                ),
+                Some("run the workflow again as a new run"),
+            ));
+        };
+        // The steps that succeeded are what a retry builds on; once undone, there is nothing
+        // to go on from.
+        if !record.reverts.is_empty() {
+            return Err(SessionError::invalid(
+                format!(
+                    "run `{}` was reverted since it failed; a retry would build on steps whose changes were undone",
+                    record.run_id
+                ),
+                Some("run the workflow again as a new run"),
+            ));
+        }
+        let (workflow, settings) = self.reopen_checks(&record, &kept, force, "failed", "retry")?;
+        let again: Vec<usize> = record
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != StepState::Succeeded)
+            .map(|(i, _)| i)
+            .collect();
+        // A failed step that kept changes (`keep_on_failure: true`, or a rollback that failed)
+        // holds the only change set revert can undo them with; running it again would replace
+        // that change set, so the run could no longer be reverted whole.
+        if let Some(s) = again
+            .iter()
+            .map(|&i| &record.steps[i])
+            .find(|s| s.changes.as_ref().is_some_and(|c| !c.is_empty()))
+        {
+            return Err(SessionError::invalid(
+                format!(
+                    "step `{}` of run `{}` kept workspace changes when it failed; running it again would lose what undoes them",
+                    s.id, record.run_id
+                ),
+                Some("revert the run, then run the workflow again as a new run"),
+            ));
+        }
+        let mut retried = Vec::with_capacity(again.len());
+        for i in again {
+            let step = &mut record.steps[i];
+            retried.push(step.id.clone());
+            *step = StepRecord {
+                id: step.id.clone(),
+                kind: step.kind,
+                state: StepState::Pending,
+                tier: step.tier,
+                rule: step.rule.clone(),
+                inverse: step.inverse,
+                attempts: 0,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                rendered: None,
+                output: String::new(),
+                stdout: String::new(),
+                stderr: String::new(),
+                exit_code: None,
+                reason: None,
+                enforcement: None,
+                egress: Vec::new(),
+                approval: None,
+                needs: std::mem::take(&mut step.needs),
+                changes: None,
+                pre_manifest: None,
+                post_manifest: None,
+                write_seq: None,
+                compensate: step.compensate.take(),
+                network: std::mem::take(&mut step.network),
+            };
+        }
+        self.relaunch(record, kept, workflow, settings, retried, approver)
+    }
+
+    /// What resume and retry check before a stopped run goes on: it is not running here, its
+    /// workflow text is the one it ran, and (unless `force`) the workspace is as it left it.
+    fn reopen_checks(
+        &self,
+        record: &RunRecord,
+        park: &ParkState,
+        force: bool,
+        stopped: &'static str,
+        verb: &'static str,
+    ) -> Result<(Validated, RunSettings), SessionError> {
         if let Ok(live) = self.inner.live.lock()
             && live.contains_key(&record.run_id)
         {
-            return Err(SessionError::Busy(record.run_id));
+            return Err(SessionError::Busy(record.run_id.clone()));
         }
         let settings: RunSettings =
             serde_json::from_value(park.request.clone()).unwrap_or_default();
@@ -818,13 +943,13 @@ impl Session {
             crate::validate::validate_bytes(&park.workflow_file, park.workflow_source.as_bytes())
                 .map_err(|d| {
                 SessionError::invalid(
-                    format!("the parked workflow no longer validates: {d}"),
+                    format!("the {stopped} run's workflow no longer validates: {d}"),
                     None,
                 )
             })?;
         if workflow.sha256 != record.workflow_sha256 {
             return Err(SessionError::invalid(
-                "the parked workflow text does not match the run's recorded hash",
+                format!("the {stopped} run's workflow text does not match its recorded hash"),
                 None,
             ));
         }
@@ -842,9 +967,24 @@ impl Session {
                 return Err(SessionError::Drift {
                     run: record.run_id.clone(),
                     paths: drift.changes.iter().map(|c| c.path.display()).collect(),
+                    stopped,
+                    verb,
                 });
             }
         }
+        Ok((workflow, settings))
+    }
+
+    /// Start a stopped run again on its saved state (`retried`: the steps a retry runs again).
+    fn relaunch(
+        &self,
+        record: RunRecord,
+        park: ParkState,
+        workflow: Validated,
+        settings: RunSettings,
+        retried: Vec<String>,
+        approver: Option<Arc<dyn Approver>>,
+    ) -> Result<RunHandle, SessionError> {
         let mut decisions = BTreeMap::new();
         for s in &workflow.workflow.steps {
             let d: Option<StepDecision> = self
@@ -875,6 +1015,7 @@ impl Session {
                     decisions,
                     write_seq: park.write_seq,
                     by: self.inner.actor.clone(),
+                    retried,
                 }),
                 request: park.request,
                 approver,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! POST /tasks ─► planned ─► POST /tasks/{id}/run ─► running ─┬─► succeeded | failed | cancelled
-//!                                                            └─► awaiting_approval ─► approve/deny ─► running …
+//!                                                            ├─► awaiting_approval ─► approve/deny ─► running …
+//!                                                            └─► failed ─► POST /tasks/{id}/retry ─► running …
 //! ```
 //!
 //! Every endpoint answers `404 not_found` for a task of another user (unless the caller is an
@@ -51,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::create_task, routes::list_tasks))
         .routes(routes!(routes::get_task))
         .routes(routes!(routes::run_task))
+        .routes(routes!(routes::retry_task))
         .routes(routes!(routes::cancel_task))
         .routes(routes!(routes::task_diff))
         .routes(routes!(routes::revert_task))

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use secureclaw_engine::events::{EventStream, RunEvent};
 use secureclaw_engine::planner::{PlanError, Planner};
-use secureclaw_engine::record::RunRecord;
+use secureclaw_engine::record::{RunRecord, RunState};
 use secureclaw_engine::session::{
     Audit, RevertOptions, RevertOutcome, RunRequest, RunSettings, Session, SessionError,
 };
@@ -95,6 +95,14 @@ pub struct Cancelled {
     pub run_id: String,
     /// True when the run was going on and was told to stop.
     pub cancelled: bool,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryTask {
+    /// Go on even though the workspace changed since the run failed.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -201,6 +209,12 @@ fn run_record(session: &Session, task: &Task) -> ApiResult<Option<RunRecord>> {
     // The stored id is exact: read that one record rather than resolving a prefix against
     // every run (a listing asks this once a row).
     match session.run_record(run)? {
+        // A failed run retried here goes on under its stored record, which says `failed` until
+        // the engine saves it again: while it is live, it is running.
+        Some(mut r) if r.state == RunState::Failed && session.is_live(run) => {
+            r.state = RunState::Running;
+            Ok(Some(r))
+        }
         Some(r) => Ok(Some(r)),
         None if session.is_live(run) => Ok(None),
         None => Err(SessionError::Store(StoreError::NotFound(run.clone())).into()),
@@ -493,6 +507,47 @@ pub async fn run_task(
             stream: format!("/api/v1/tasks/{}/stream", task.id),
             task_id: task.id,
             run_id,
+        }),
+    ))
+}
+
+/// Continue the task's failed run from its failed step, as the same run: the steps that
+/// succeeded stay done, the failed step and what did not run because of it run again.
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "task id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key gives the same answer, and retries once")),
+    request_body(content = Option<RetryTask>, description = "optional; `force` goes on over workspace changes"),
+    responses(
+        (status = 202, description = "the run goes on (same run id); follow it at `stream`", body = RunStarted),
+        (status = 400, description = "the run cannot be retried (a failed step kept its changes, or it failed before any step ran), or a malformed `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the run is not failed (`not_failed`), has not run (`not_started`), the workspace changed since it failed (`workspace_drift`), or a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn retry_task(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+    JsonOrDefault(req): JsonOrDefault<RetryTask>,
+) -> ApiResult<impl IntoResponse> {
+    let task = accessible_task(&state, &who, &id)?;
+    let _guard = state.tasks.lock(&task.id).await;
+    let run = run_of(&task)?.to_string();
+    // Stored events only, as the retry numbers its own after them (it waits for the store).
+    state.session.sync().await?;
+    let after = state.session.last_event_seq(&run)?;
+    let handle = state.session.retry(&run, req.force, None).await?;
+    state
+        .metrics
+        .runs_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    watch_step_times(state.metrics.clone(), handle.events(after), None);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunStarted {
+            stream: format!("/api/v1/tasks/{}/stream", task.id),
+            task_id: task.id,
+            run_id: run,
         }),
     ))
 }

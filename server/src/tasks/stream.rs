@@ -204,7 +204,8 @@ async fn pump(
                 }
                 Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
             }
-            if last {
+            // A failure a retry went on from is not the end: later events follow it.
+            if last && !goes_on_after(&session, &run, after) {
                 return;
             }
         }
@@ -231,6 +232,11 @@ async fn pump(
         }
         settled = false;
     }
+}
+
+/// True when the run has events after `seq`, or runs here again (a retry of a failed run).
+fn goes_on_after(session: &Session, run: &str, seq: u64) -> bool {
+    session.is_live(run) || session.last_event_seq(run).is_ok_and(|last| last > seq)
 }
 
 /// The run's last event: `run_finished` in any state but parked.

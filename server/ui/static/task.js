@@ -131,13 +131,16 @@ function hideApprovals() {
 }
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
-const RETRYABLE = new Set(['failed', 'cancelled', 'interrupted']);
+// A failed run goes on from its failed step; any stopped run can start over as a new task.
+const RETRYABLE = new Set(['failed']);
+const RERUNNABLE = new Set(['failed', 'cancelled', 'interrupted']);
 
 /** The header's buttons for a run in `state`, as the server renders them. */
 function setActions(state) {
   const show = (id, on) => { const e = document.getElementById(id); if (e) e.hidden = !on; };
   show('cancel-form', !FINAL.has(state));
   show('retry-form', RETRYABLE.has(state));
+  show('rerun-form', RERUNNABLE.has(state));
   show('revert-run', FINAL.has(state) || state === 'awaiting_approval');
 }
 
@@ -187,6 +190,11 @@ function follow() {
   });
   on('run_started', () => setTaskState('running'));
   on('run_resumed', () => { setTaskState('running'); hideApprovals(); clearRunMessage(); });
+  on('run_retried', (d) => {
+    setTaskState('running');
+    clearRunMessage();
+    (d.steps || []).forEach((s) => setStepState(s, 'pending'));
+  });
   on('step_started', (d) => { setStepState(d.step, 'running'); setStepCells(d.step, { attempts: d.attempt }); });
   on('step_finished', (d) => {
     setStepState(d.step, d.state);

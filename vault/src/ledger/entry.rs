@@ -25,6 +25,8 @@ pub mod kind {
     pub const RUN_PARKED: &str = "run_parked";
     /// A parked run continued.
     pub const RUN_RESUMED: &str = "run_resumed";
+    /// A failed run continued from its failed step (`result.steps`: the steps run again).
+    pub const RUN_RETRIED: &str = "run_retried";
     /// An account was created (by registration or by the operator).
     pub const AUTH_REGISTERED: &str = "auth_registered";
     /// A sign-in succeeded (`result.method`: password, totp).

@@ -5,7 +5,8 @@
 //! ```text
 //! GET  /ui/tasks/{id}                        the page (server-rendered; task.js follows the run)
 //! POST /ui/tasks/{id}/cancel                 ─► cancel_task      ─► 303 back
-//! POST /ui/tasks/{id}/retry                  ─► rerun_task       ─► 303 to the new task
+//! POST /ui/tasks/{id}/retry                  ─► retry_task       ─► 303 back (the same run goes on)
+//! POST /ui/tasks/{id}/rerun                  ─► rerun_task       ─► 303 to the new task
 //! POST /ui/tasks/{id}/steps/{step}/approve   ─► approve_step     ─► 303 back
 //! POST /ui/tasks/{id}/steps/{step}/deny      ─► deny_step        ─► 303 back
 //! ```
@@ -51,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/tasks/{id}", get(task_page))
         .route("/ui/tasks/{id}/cancel", post(cancel))
         .route("/ui/tasks/{id}/retry", post(retry))
+        .route("/ui/tasks/{id}/rerun", post(rerun))
         .route("/ui/tasks/{id}/steps/{step}/approve", post(approve))
         .route("/ui/tasks/{id}/steps/{step}/deny", post(deny))
 }
@@ -85,6 +87,7 @@ pub fn notice_text(key: Option<&str>) -> Option<&'static str> {
             "Denied. The step and what needs it will be skipped once every other gate has an answer."
         }
         "cancel-sent" => "The run was told to stop.",
+        "retried" => "Retrying from the failed step. The steps that succeeded stay done.",
         "not-running" => "The run was not going on; nothing was cancelled.",
         "reverted" => "Reverted. The workspace is back to what it was before.",
         "revert-partial" => {
@@ -205,6 +208,12 @@ fn apply_event(h: &mut History, event: &RunEvent, scrub: &OutputScrubber) {
         }
         RunEvent::RunResumed { .. } | RunEvent::RunStarted { .. } => {
             h.run_state = Some("running".into());
+        }
+        RunEvent::RunRetried { steps, .. } => {
+            h.run_state = Some("running".into());
+            for step in steps {
+                h.step_states.insert(step.clone(), "pending".into());
+            }
         }
         RunEvent::RunParked { .. } => {
             h.run_state = Some("awaiting_approval".into());
@@ -432,14 +441,22 @@ async fn task_page(
     // for the rest the events are the newer word. The record (enforcement, egress) is read last.
     let mut history = read_history(&state.session, &run_id, &scrub).await;
     let record = state.session.show(&run_id).ok();
-    // A final state in the record is the last word; before that the events are the newer.
-    let run_state = if is_final_state(&view.state) {
+    // A final state in the record is the last word, unless the run goes on again here (a
+    // retry, whose record and events may not be stored yet); before that the events are the
+    // newer.
+    let live = state.session.is_live(&run_id);
+    let run_state = if is_final_state(&view.state) && !live {
         view.state.clone()
     } else {
-        history
+        let said = history
             .run_state
             .clone()
-            .unwrap_or_else(|| view.state.clone())
+            .unwrap_or_else(|| view.state.clone());
+        if live && is_final_state(&said) {
+            "running".to_string()
+        } else {
+            said
+        }
     };
     let steps = step_rows(&view, record.as_ref(), &mut history, &scrub);
 
@@ -512,7 +529,8 @@ async fn task_page(
                 state => run_state,
                 is_final => is_final_state(&run_state),
                 may_cancel => matches!(run_state.as_str(), "running" | "awaiting_approval"),
-                may_retry => matches!(run_state.as_str(), "failed" | "cancelled" | "interrupted"),
+                may_retry => run_state == "failed",
+                may_rerun => matches!(run_state.as_str(), "failed" | "cancelled" | "interrupted"),
                 started_at => run.map(|r| r.started_at.clone()),
                 finished_at => run.and_then(|r| r.finished_at.clone()),
                 message => run.and_then(|r| r.message.clone()),
@@ -571,9 +589,35 @@ async fn cancel(
     Ok(back_to(&id, notice))
 }
 
-/// The engine resumes only parked runs, so a failed run is retried by running its workflow
-/// again as a new task (the same inputs and workspace), from the first step.
+#[derive(Debug, Deserialize)]
+pub struct RetryForm {
+    pub csrf: String,
+    /// A checked box: go on even though the workspace changed since the failure.
+    #[serde(default)]
+    pub force: Option<String>,
+}
+
+/// Continue the failed run from its failed step, on this same page: the run goes on live.
 async fn retry(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    UiForm(form): UiForm<RetryForm>,
+) -> UiResult {
+    viewer.check_csrf(&state, &form.csrf)?;
+    let force = form.force.is_some_and(|v| !v.is_empty());
+    crate::tasks::routes::retry_task(
+        State(state.clone()),
+        viewer.who.clone(),
+        Path(id.clone()),
+        crate::extract::JsonOrDefault(crate::tasks::routes::RetryTask { force }),
+    )
+    .await?;
+    Ok(back_to(&id, "retried"))
+}
+
+/// Run the workflow again as a new task (the same inputs and workspace), from the first step.
+async fn rerun(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
