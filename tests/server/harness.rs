@@ -70,6 +70,22 @@ impl Server {
         }
     }
 
+    /// Register the first account, which is an admin who sees every user's tasks, so that
+    /// the users of tests sharing this server are plain users whatever order the tests start
+    /// in. (A thread of its own: this runs inside a test's runtime, which must not block.)
+    pub fn take_first_account(&self) {
+        let mut api = self.client();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move { api.register(&unique("first-admin")).await })
+        })
+        .join()
+        .unwrap();
+    }
+
     pub fn client(&self) -> Api {
         Api {
             base: self.url.clone(),
@@ -122,7 +138,11 @@ impl Drop for Server {
 /// The server this test binary shares.
 pub fn shared() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| Server::start(&[], &[]))
+    SERVER.get_or_init(|| {
+        let server = Server::start(&[], &[]);
+        server.take_first_account();
+        server
+    })
 }
 
 /// A unique username for one test.

@@ -55,19 +55,7 @@ pub fn shared() -> &'static Shared {
         // Tests run in any order and each may plan once: every answer is the same plan.
         let fake = Fake::start(vec![format!("```yaml\n{PLAN}```\n"); 32]);
         let server = server_with_planner(&fake);
-        // The first account is an admin, who sees every user's tasks: it is taken here, so
-        // that every test's users are plain users whatever order the tests start in. (A
-        // thread of its own: this runs inside a test's runtime, which must not be blocked on.)
-        let mut api = server.client();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move { api.register(&unique("admin")).await })
-        })
-        .join()
-        .unwrap();
+        server.take_first_account();
         Shared { server, fake }
     })
 }
