@@ -112,6 +112,47 @@ pub struct StepRecord {
     pub network: Vec<String>,
 }
 
+impl StepRecord {
+    /// A step that has not run: what the plan says of it, and nothing of a run. Its `needs`,
+    /// `compensate` and `network` start empty; callers fill them in.
+    pub fn pending(
+        id: String,
+        kind: crate::model::ActionKind,
+        tier: Tier,
+        rule: String,
+        inverse: InverseClass,
+    ) -> StepRecord {
+        StepRecord {
+            id,
+            kind,
+            state: StepState::Pending,
+            tier,
+            rule,
+            inverse,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            rendered: None,
+            output: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: None,
+            reason: None,
+            enforcement: None,
+            egress: Vec::new(),
+            approval: None,
+            needs: Vec::new(),
+            changes: None,
+            pre_manifest: None,
+            post_manifest: None,
+            write_seq: None,
+            compensate: None,
+            network: Vec::new(),
+        }
+    }
+}
+
 /// Exactly which nodes an up-front approval covers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PlanApproval {

@@ -891,32 +891,16 @@ impl Session {
             let step = &mut record.steps[i];
             retried.push(step.id.clone());
             *step = StepRecord {
-                id: step.id.clone(),
-                kind: step.kind,
-                state: StepState::Pending,
-                tier: step.tier,
-                rule: step.rule.clone(),
-                inverse: step.inverse,
-                attempts: 0,
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                rendered: None,
-                output: String::new(),
-                stdout: String::new(),
-                stderr: String::new(),
-                exit_code: None,
-                reason: None,
-                enforcement: None,
-                egress: Vec::new(),
-                approval: None,
                 needs: std::mem::take(&mut step.needs),
-                changes: None,
-                pre_manifest: None,
-                post_manifest: None,
-                write_seq: None,
                 compensate: step.compensate.take(),
                 network: std::mem::take(&mut step.network),
+                ..StepRecord::pending(
+                    step.id.clone(),
+                    step.kind,
+                    step.tier,
+                    std::mem::take(&mut step.rule),
+                    step.inverse,
+                )
             };
         }
         self.relaunch(record, kept, workflow, settings, retried, approver)
