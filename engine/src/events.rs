@@ -299,6 +299,14 @@ impl EventLog {
             return EventStream::empty();
         };
         let live = self.inner.live.subscribe();
+        // Nothing more comes live once the stretch's final event is out: `close` sets no
+        // signal a waiting subscriber would wake on, so one that starts after that event (a
+        // follower catching up between the final event and `close`) must not wait at all.
+        let over = st.closed
+            || st
+                .recent
+                .back()
+                .is_some_and(|e| e.event.is_terminal() && e.seq <= after);
         let first_in_memory = st.recent.front().map(|e| e.seq).unwrap_or(st.next_seq);
         let memory: VecDeque<EventEnvelope> = st
             .recent
@@ -311,7 +319,7 @@ impl EventLog {
             store: self.inner.store.clone(),
             from_store: (after + 1)..first_in_memory,
             memory,
-            live: (!st.closed).then_some(live),
+            live: (!over).then_some(live),
             next: after + 1,
             log: Some(self.clone()),
             ended: false,

@@ -185,6 +185,35 @@ async fn replay_from_a_middle_sequence_number_yields_exactly_the_tail() {
     assert_eq!(all_events(&again, &id, 20).await, full[20..].to_vec());
 }
 
+/// A follower that catches up after a stretch's final event, but before the log is closed,
+/// must find the stream over rather than wait for events that never come (a task's event
+/// stream hung on exactly that while a run parked).
+#[tokio::test]
+async fn a_subscriber_after_the_final_event_does_not_wait_for_close() {
+    let log = EventLog::new("run-y", 0, None);
+    log.emit(RunEvent::Warning {
+        message: "work".into(),
+    });
+    log.emit(RunEvent::RunFinished {
+        state: secureclaw_engine::record::RunState::AwaitingApproval,
+        message: None,
+    });
+    // Not closed yet: the run is still tidying up.
+    let mut late = log.subscribe(2);
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), late.next())
+        .await
+        .expect("a subscriber after the final event waited for more");
+    assert!(next.is_none(), "{next:?}");
+    // One that starts before the final event still gets it, and then ends.
+    let mut early = log.subscribe(1);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), early.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.seq, 2);
+    assert!(early.next().await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_log_keeps_bounded_memory_and_replays_old_events_from_the_store() {
     let dir = tempfile::tempdir().unwrap();

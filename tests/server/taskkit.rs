@@ -198,10 +198,13 @@ impl Sse {
     /// Every event until the stream ends.
     pub async fn rest(&mut self) -> Vec<SseEvent> {
         let mut out = Vec::new();
-        while let Some(e) = self.next().await {
-            out.push(e);
+        loop {
+            match tokio::time::timeout(PATIENCE, self.next_inner()).await {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return out,
+                Err(_) => panic!("no event within the patience; the stream had sent {out:#?}"),
+            }
         }
-        out
     }
 
     /// Events up to and including the first of kind `kind` (with `data.state == state` when

@@ -801,7 +801,7 @@ impl Session {
             out.push(d);
         }
         store.commit(batch).await?;
-        self.append_events(&record.run_id, events);
+        self.append_events(&record.run_id, events).await?;
         // The events above are queued, not yet stored; a resume right after numbers its events
         // from what is stored.
         self.sync().await?;
@@ -1008,24 +1008,33 @@ impl Session {
     }
 
     /// Append events to a run's stored log (a run not going on here).
-    fn append_events(&self, run_id: &str, events: Vec<RunEvent>) {
+    async fn append_events(&self, run_id: &str, events: Vec<RunEvent>) -> Result<(), SessionError> {
         let live = self
             .inner
             .live
             .lock()
             .ok()
             .and_then(|l| l.get(run_id).map(|r| r.log.clone()));
-        let log = live.unwrap_or_else(|| {
-            EventLog::new(
-                run_id,
-                last_stored_seq(&self.inner.store, run_id),
-                Some(self.inner.store.clone()),
-            )
-        });
+        let log = match live {
+            Some(log) => log,
+            None => {
+                // The run's last events (a stretch that just parked or ended, or an earlier
+                // append) are handed to the store before it stops being live, but may not be
+                // stored yet: numbering from what is stored before they are would reuse
+                // their numbers.
+                self.sync().await?;
+                EventLog::new(
+                    run_id,
+                    last_stored_seq(&self.inner.store, run_id),
+                    Some(self.inner.store.clone()),
+                )
+            }
+        };
         for e in events {
             log.emit(e);
         }
         log.flush();
+        Ok(())
     }
 
     // ---- revert and diff -------------------------------------------------------------
@@ -1059,7 +1068,8 @@ impl Session {
                 steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
                 dry_run: false,
             }],
-        );
+        )
+        .await?;
         let report = crate::revert::apply(store, &snap, &mut record, &plan, &req).await?;
         let mut events: Vec<RunEvent> = plan
             .steps
@@ -1074,7 +1084,7 @@ impl Session {
         events.push(RunEvent::RevertFinished {
             state: report.summary.state.clone(),
         });
-        self.append_events(&run_id, events);
+        self.append_events(&run_id, events).await?;
         Ok(RevertOutcome::Applied(report))
     }
 

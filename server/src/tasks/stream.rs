@@ -192,6 +192,7 @@ async fn pump(
         while let Some(envelope) = events.next().await {
             after = envelope.seq;
             let last = is_final(&envelope);
+            let envelope_state = final_state(&envelope);
             let out = Outgoing {
                 seq: envelope.seq,
                 event: sse_event(envelope, &scrub),
@@ -205,7 +206,7 @@ async fn pump(
                 Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
             }
             // A failure a retry went on from is not the end: later events follow it.
-            if last && !goes_on_after(&session, &run, after) {
+            if last && !(is_failure(&envelope_state) && went_on_after(&session, &run, after)) {
                 return;
             }
         }
@@ -234,9 +235,22 @@ async fn pump(
     }
 }
 
-/// True when the run has events after `seq`, or runs here again (a retry of a failed run).
-fn goes_on_after(session: &Session, run: &str, seq: u64) -> bool {
-    session.is_live(run) || session.last_event_seq(run).is_ok_and(|last| last > seq)
+/// True when a retry already continued the run past its failure at `seq`: the store holds
+/// later events. (Whether the run is live says nothing here: a run that just ended is still
+/// live for a moment after its final event, and a stream that waited on it would never end.)
+fn went_on_after(session: &Session, run: &str, seq: u64) -> bool {
+    session.last_event_seq(run).is_ok_and(|last| last > seq)
+}
+
+fn final_state(e: &EventEnvelope) -> Option<RunState> {
+    match &e.event {
+        RunEvent::RunFinished { state, .. } => Some(*state),
+        _ => None,
+    }
+}
+
+fn is_failure(state: &Option<RunState>) -> bool {
+    matches!(state, Some(RunState::Failed))
 }
 
 /// The run's last event: `run_finished` in any state but parked.

@@ -452,7 +452,9 @@ async fn task_page(
             .run_state
             .clone()
             .unwrap_or_else(|| view.state.clone());
-        if live && is_final_state(&said) {
+        // Only a failure can be stale this way: a retry continues a failed run. Any other
+        // final state of a run still live here is its real end, a moment before it leaves.
+        if live && said == "failed" {
             "running".to_string()
         } else {
             said
