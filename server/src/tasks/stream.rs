@@ -191,8 +191,7 @@ async fn pump(
         };
         while let Some(envelope) = events.next().await {
             after = envelope.seq;
-            let last = is_final(&envelope);
-            let envelope_state = final_state(&envelope);
+            let ended = end_state(&envelope);
             let out = Outgoing {
                 seq: envelope.seq,
                 event: sse_event(envelope, &scrub),
@@ -206,7 +205,9 @@ async fn pump(
                 Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
             }
             // A failure a retry went on from is not the end: later events follow it.
-            if last && !(is_failure(&envelope_state) && went_on_after(&session, &run, after)) {
+            if let Some(state) = ended
+                && !(state == RunState::Failed && went_on_after(&session, &run, after))
+            {
                 return;
             }
         }
@@ -219,8 +220,9 @@ async fn pump(
                 let _ = session.sync().await;
                 continue;
             }
-            match session.show(&run) {
-                Ok(r) if r.state == RunState::AwaitingApproval => {}
+            // `run` is the task's exact stored id: read that record alone.
+            match session.run_record(&run) {
+                Ok(Some(r)) if r.state == RunState::AwaitingApproval => {}
                 // Ended without a final event this stream saw (e.g. interrupted): done.
                 _ if session.is_live(&run) => continue,
                 _ => return,
@@ -242,20 +244,13 @@ fn went_on_after(session: &Session, run: &str, seq: u64) -> bool {
     session.last_event_seq(run).is_ok_and(|last| last > seq)
 }
 
-fn final_state(e: &EventEnvelope) -> Option<RunState> {
+/// The state the run ended in, when this is its last event: `run_finished` in any state but
+/// parked.
+fn end_state(e: &EventEnvelope) -> Option<RunState> {
     match &e.event {
-        RunEvent::RunFinished { state, .. } => Some(*state),
+        RunEvent::RunFinished { state, .. } if *state != RunState::AwaitingApproval => Some(*state),
         _ => None,
     }
-}
-
-fn is_failure(state: &Option<RunState>) -> bool {
-    matches!(state, Some(RunState::Failed))
-}
-
-/// The run's last event: `run_finished` in any state but parked.
-fn is_final(e: &EventEnvelope) -> bool {
-    matches!(&e.event, RunEvent::RunFinished { state, .. } if *state != RunState::AwaitingApproval)
 }
 
 fn sse_event(envelope: EventEnvelope, scrub: &OutputScrubber) -> Event {

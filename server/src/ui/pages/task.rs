@@ -440,7 +440,8 @@ async fn task_page(
     // The task view was read before the events: whatever it calls finished stays finished, and
     // for the rest the events are the newer word. The record (enforcement, egress) is read last.
     let mut history = read_history(&state.session, &run_id, &scrub).await;
-    let record = state.session.show(&run_id).ok();
+    // The stored id is exact: one record, not a resolution against every run.
+    let record = state.session.run_record(&run_id).ok().flatten();
     // A final state in the record is the last word, unless the run goes on again here (a
     // retry, whose record and events may not be stored yet); before that the events are the
     // newer.
