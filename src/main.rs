@@ -1,6 +1,7 @@
 //! The `secureclaw` command line: parses arguments and calls the engine. Nothing else lives here.
 
 mod agent_cmd;
+mod completions_cmd;
 mod guard_cmd;
 mod output;
 mod park_cmd;
@@ -127,6 +128,10 @@ enum Command {
     User(serve_cmd::UserCommand),
     #[command(flatten)]
     Agent(agent_cmd::AgentCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(completions_cmd::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per subcommand with `--out DIR`.
+    Man(completions_cmd::ManArgs),
 }
 
 mod risk_cmd;
@@ -200,6 +205,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::serve_cmd(args, &pass),
         Command::User(cmd) => serve_cmd::user_cmd(cmd, &pass),
         Command::Agent(cmd) => agent_cmd::run(cmd, &pass),
+        Command::Completions(args) => completions_cmd::completions(&args),
+        Command::Man(args) => completions_cmd::man(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

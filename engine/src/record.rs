@@ -578,20 +578,8 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// A new run id: sortable by start time, readable, unique enough for one state dir.
+/// A new run id: a UUIDv7, so ids sort by start time (millisecond first, then a counter the
+/// uuid crate keeps monotonic within the process) and stay unique without coordination.
 pub fn new_run_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let uuid = uuid::Uuid::new_v4().simple().to_string();
-    // Milliseconds keep `last` right for runs started within the same second.
-    format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:03}-{}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.millisecond(),
-        &uuid[..6]
-    )
+    uuid::Uuid::now_v7().to_string()
 }

@@ -8,6 +8,7 @@
 mod common;
 
 mod capture_attacks;
+mod conventions;
 mod docker_hardening;
 mod egress;
 mod escape;

@@ -522,6 +522,19 @@ fn canonical_json_sorts_keys_and_has_no_whitespace() {
     );
 }
 
+/// RFC 8785's own rules where a hand-written serialiser would drift: keys ordered by UTF-16 code
+/// units (U+FB01 sorts after U+1F600's surrogates), numbers in their ECMAScript form.
+#[test]
+fn canonical_json_is_rfc_8785() {
+    let v: serde_json::Value =
+        serde_json::from_str(r#"{"\ufb01": 1, "\ud83d\ude00": 2, "n": [1.0, 1e21, 0.5, -0.0]}"#)
+            .unwrap();
+    assert_eq!(
+        String::from_utf8(canonical_json(&v)).unwrap(),
+        "{\"n\":[1,1e+21,0.5,0],\"\u{1f600}\":2,\"\u{fb01}\":1}"
+    );
+}
+
 #[test]
 fn ledger_key_hex_parsing() {
     assert!(LedgerKey::from_hex("zz").is_err());

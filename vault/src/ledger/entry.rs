@@ -155,48 +155,19 @@ impl NewEntry {
     }
 }
 
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no insignificant whitespace,
-/// strings and numbers as serde_json writes them. Equal to RFC 8785 (JCS) for ASCII keys and
-/// integer numbers, which is all the ledger's own fields use.
+/// Canonical JSON as RFC 8785 (JCS) defines it: object keys sorted, no insignificant
+/// whitespace, strings and numbers in their one ECMAScript form, so any JCS implementation
+/// computes the same bytes (the ledger still refuses floats at append; see
+/// [`refuse_non_integers`]).
 pub fn canonical_json(v: &Value) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    write_canonical(v, &mut out);
-    out
+    // A `Value` holds only string keys and finite numbers, the two things JCS could refuse, so
+    // this cannot fail; were it to, the empty output matches no recorded MAC and verification
+    // refuses rather than passes.
+    serde_json_canonicalizer::to_vec(v).unwrap_or_default()
 }
 
 fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                if let Some(val) = map.get(k) {
-                    write_canonical(val, out);
-                }
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::String(s) => write_string(s, out),
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-    }
+    out.extend_from_slice(&canonical_json(v));
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
@@ -264,8 +235,9 @@ pub(crate) fn now_rfc3339() -> Result<String, VaultError> {
         .map_err(|e| VaultError::Crypto(format!("formatting the clock: {e}")))
 }
 
-/// Floats have no single printed form that every verifier shares (Python writes `1e+20`, serde_json
-/// `1e20`), so an entry carrying one could not be verified independently: refuse it at append.
+/// JCS gives a float one printed form, but a verifier without a JCS library (the standard-library
+/// Python verifier, `jq`) prints floats its own way (Python writes `1e+20`), so an entry carrying
+/// one could not be verified everywhere: the ledger stays integer-only and refuses it at append.
 pub(super) fn refuse_non_integers(e: &LedgerEntry) -> Result<(), VaultError> {
     fn first_float(v: &Value) -> Option<&serde_json::Number> {
         match v {
