@@ -2,6 +2,9 @@
 //! offline by the same code as `secureclaw sandbox build-image`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../tests/common/docker_skip.rs"]
+mod docker_skip;
+
 #[path = "support/docker_fixture.rs"]
 mod docker_fixture;
 
@@ -69,6 +72,9 @@ async fn wait_for_container(workspace: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_runs_hardened_and_its_container_is_removed() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let spec = ExecSpec::shell(
@@ -119,6 +125,9 @@ async fn a_step_runs_hardened_and_its_container_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_is_read_only_masked_paths_are_hidden_and_tmp_is_noexec() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let root = ws.path();
@@ -146,6 +155,9 @@ async fn git_is_read_only_masked_paths_are_hidden_and_tmp_is_noexec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_cancellation_kill_and_remove_the_container() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let mut spec = ExecSpec::shell("sleep 60", ws.path().to_path_buf());
@@ -178,6 +190,9 @@ async fn timeout_and_cancellation_kill_and_remove_the_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_output_limits_hold() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // busybox has no allocator bomb; a tmpfs-backed file would be capped by /tmp's size, so
@@ -204,6 +219,9 @@ async fn memory_and_output_limits_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");
     let ws = docker_fixture::workspace();
     let err = sb
@@ -219,6 +237,9 @@ async fn a_missing_image_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_dead_engine_are_swept() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let tag = image().await;
     let docker = DockerSandbox::docker().await.unwrap();
     // A container labelled with an engine that no longer exists (as after a kill -9).
@@ -253,6 +274,9 @@ async fn leftovers_of_a_dead_engine_are_swept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_engines_running_step_is_not_swept() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // The step waits for the test's go-ahead, so it is surely running during the sweep.
@@ -274,6 +298,9 @@ async fn a_live_engines_running_step_is_not_swept() {
 
 #[test]
 fn the_offline_dockerfile_is_from_scratch() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let text = secureclaw_sandbox::docker::image::DOCKERFILE_OFFLINE;
     assert!(text.lines().any(|l| l.trim() == "FROM scratch"));
     assert!(text.contains("USER 1000:1000"));
@@ -288,6 +315,9 @@ fn the_offline_dockerfile_is_from_scratch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workflows_image_wins_and_the_hardening_stays() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let tag = image().await;
     // A backend whose own default image does not exist: only `spec.image` can make this run.
     let sb = DockerSandbox::with_default_image("secureclaw-sandbox:does-not-exist");

@@ -3,6 +3,9 @@
 //! the masked state dir and root-owned workspaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../tests/common/docker_skip.rs"]
+mod docker_skip;
+
 #[path = "support/docker_fixture.rs"]
 mod docker_fixture;
 
@@ -59,6 +62,9 @@ const CONTROL: &str = "echo control > control.txt && cat control.txt; ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workspace_is_nosuid_and_nodev_from_inside() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let spec = ExecSpec::shell(
@@ -82,6 +88,9 @@ async fn the_workspace_is_nosuid_and_nodev_from_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setuid_file_planted_in_the_workspace_does_not_elevate_inside() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // A setuid-root program, as if a previous step or the host left it (root owns it, 4755;
@@ -110,6 +119,9 @@ async fn a_setuid_file_planted_in_the_workspace_does_not_elevate_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cgroup_namespace_is_private() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // The container's hostname is its short id: what the probes found in /proc/self/cgroup.
@@ -148,6 +160,9 @@ async fn the_cgroup_namespace_is_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_shm_and_dev_mqueue_are_closed() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // Each attempt prints a marker only if it worked; the control line proves the step ran
@@ -179,6 +194,9 @@ async fn dev_shm_and_dev_mqueue_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_owned_workspace_is_writable_and_stays_root_owned() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     // As `mktemp -d` or CI give it: owned by root, mode 0700.
     let ws = tempfile::tempdir().unwrap();
@@ -222,6 +240,9 @@ async fn a_root_owned_workspace_is_writable_and_stays_root_owned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_of_other_users_in_a_root_owned_workspace_stay_theirs() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = tempfile::tempdir().unwrap();
     // A file of uid 1000 (a real account on many machines) inside a root-owned workspace: the
@@ -250,6 +271,9 @@ async fn files_of_other_users_in_a_root_owned_workspace_stay_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_dir_is_an_empty_read_only_dir_that_find_and_tar_traverse() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     for root_owned in [false, true] {
         let ws = if root_owned {
@@ -305,6 +329,9 @@ async fn the_state_dir_is_an_empty_read_only_dir_that_find_and_tar_traverse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extra_read_only_paths_are_readable_and_not_writable() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let tools = tempfile::tempdir().unwrap();
@@ -334,6 +361,9 @@ fn file_len(p: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yes_into_a_file_stops_at_the_write_budget() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = TmpfsWorkspace::new("256m", 1000);
     let budget: u64 = 16 << 20;
@@ -363,6 +393,9 @@ async fn yes_into_a_file_stops_at_the_write_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_files_under_the_per_file_limit_still_stop_at_the_budget() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = TmpfsWorkspace::new("512m", 1000);
     let budget: u64 = 16 << 20;
@@ -387,6 +420,9 @@ async fn many_files_under_the_per_file_limit_still_stop_at_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_within_its_budget_is_not_stopped() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = TmpfsWorkspace::new("256m", 1000);
     let mut spec = ExecSpec::shell("head -c 4194304 /dev/zero > f; echo done", ws.path());
@@ -399,6 +435,9 @@ async fn a_step_within_its_budget_is_not_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // The forks beyond the limit fail inside a subshell; the step itself goes on and exits 0.
@@ -435,6 +474,9 @@ async fn a_fork_bomb_that_exits_0_is_reported_with_the_pids_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masked_file_reads_empty_and_cannot_be_written() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     let root = ws.path();
@@ -457,6 +499,9 @@ async fn a_masked_file_reads_empty_and_cannot_be_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_node_planted_in_the_workspace_cannot_be_opened_inside() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = sandbox().await;
     let ws = docker_fixture::workspace();
     // /dev/zero's numbers (1:5): a device the container's device cgroup allows, so only the

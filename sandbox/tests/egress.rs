@@ -3,6 +3,9 @@
 //! raw IP, not a direct socket that ignores the proxy, not DNS.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../tests/common/docker_skip.rs"]
+mod docker_skip;
+
 use std::sync::{Arc, Mutex};
 
 use secureclaw_egress::{Decision, EgressConfig};
@@ -154,6 +157,9 @@ async fn native_step_reaches_only_its_allowed_domain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_step_reaches_only_its_allowed_domain() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let tag = "secureclaw-sandbox:egress-test".to_string();
     let docker = DockerSandbox::docker().await.unwrap();
     build_image(docker, &ImageRecipe::new(tag.clone()), |_| {})

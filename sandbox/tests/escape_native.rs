@@ -3,6 +3,9 @@
 //! must succeed on `host` (they are real).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../tests/common/docker_skip.rs"]
+mod docker_skip;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -181,6 +184,9 @@ async fn escape_image() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_stops_every_attack() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     let sb = DockerSandbox::with_default_image(escape_image().await);
     assert_stops_every_attack(&sb).await;
 }

@@ -313,6 +313,9 @@ fn native_steps_leave_nothing_setid_or_device_on_the_host() {
 
 #[test]
 fn docker_steps_leave_nothing_setid_or_device_on_the_host() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     common::build_default_image();
     // The docker backend runs a step as the workspace's owner (see tests/common).
     sandboxed_steps_leave_nothing_privileged("docker", Some(1000));
@@ -581,6 +584,9 @@ fn native_steps_leaving_what_cannot_be_captured_are_rolled_back() {
 
 #[test]
 fn docker_steps_leaving_what_cannot_be_captured_are_rolled_back() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     common::build_default_image();
     sandboxed_leftovers_are_rolled_back("docker", Some(1000));
 }

@@ -50,6 +50,9 @@ fn root_owned_workspace() -> tempfile::TempDir {
 
 #[test]
 fn writing_steps_work_on_a_root_owned_workspace() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     let ws = root_owned_workspace();
     std::fs::create_dir(ws.path().join("src")).unwrap();
     std::fs::write(ws.path().join("src/lib.txt"), "old\n").unwrap();
@@ -102,6 +105,9 @@ steps:
 
 #[test]
 fn find_and_tar_traverse_the_workspace_and_never_see_the_state_dir() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     for owner in [None, Some(1000)] {
         let ws = root_owned_workspace();
         if let Some(id) = owner {
@@ -143,6 +149,9 @@ steps:
 
 #[test]
 fn the_probes_gaps_are_closed_inside_the_step() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     let ws = root_owned_workspace();
     common::chown_tree(ws.path(), 1000);
     // Every probe writes what it saw into the workspace; markers appear only if an attempt
@@ -201,6 +210,9 @@ steps:
 /// Prepared workspace mounts are gone once the run is over (none pile up on the host).
 #[test]
 fn no_prepared_mount_outlives_the_run() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     let ws = root_owned_workspace();
     let out = run(
         ws.path(),
@@ -244,6 +256,9 @@ fn prepared_mounts_of(pid: u32) -> Vec<PathBuf> {
 
 #[test]
 fn a_killed_engines_workspace_mount_is_detached_by_the_next_engine() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     let ws = root_owned_workspace();
     // The step's mount appears once the step starts.
@@ -292,6 +307,9 @@ fn as_docker_group_user(args: &[&std::ffi::OsStr]) -> Output {
 
 #[test]
 fn an_engine_that_cannot_idmap_a_root_owned_workspace_refuses_with_the_fix() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     let ws = root_owned_workspace();
     std::fs::set_permissions(
@@ -330,6 +348,9 @@ fn an_engine_that_cannot_idmap_a_root_owned_workspace_refuses_with_the_fix() {
 
 #[test]
 fn an_engine_that_cannot_prepare_a_nosuid_workspace_is_refused_unless_degraded() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     for degraded in [false, true] {
         let ws = tempfile::tempdir().unwrap();

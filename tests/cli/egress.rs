@@ -139,5 +139,8 @@ fn native_shell_step_reaches_exactly_its_allowlist() {
 
 #[test]
 fn docker_shell_step_reaches_exactly_its_allowlist() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     egress_through_the_cli("docker");
 }

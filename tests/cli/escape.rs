@@ -239,6 +239,9 @@ fn native_backend_stops_every_attack() {
 
 #[test]
 fn docker_backend_stops_every_attack() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     assert_stops_every_attack("docker");
 }
 

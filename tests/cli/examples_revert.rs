@@ -126,6 +126,9 @@ fn refactor_with_test_runs_isolated_and_reverts_exactly() {
 
 #[test]
 fn every_example_runs_in_docker_and_reverts_exactly() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     run_and_revert_on("examples/hello/workflow.yaml", None, "docker");
     run_and_revert_on("examples/rotate-logs/workflow.yaml", None, "docker");
     run_and_revert_on(

@@ -18,6 +18,9 @@ fn build_default_image() {
 
 #[test]
 fn check_reads_every_layer_back_from_native_and_docker() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     let out = secureclaw()
         .args([
@@ -101,7 +104,10 @@ fn check_fails_when_a_required_backend_is_unavailable() {
 }
 
 #[test]
-fn the_seeds_docker_variables_are_honoured_or_refused_loudly() {
+fn the_docker_variables_are_honoured_or_refused_loudly() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     // DOCKER_BASE_IMAGE names the default image.
     let out = secureclaw()
@@ -203,6 +209,9 @@ fn containers_of_engine(pid: u32) -> Vec<String> {
 
 #[test]
 fn a_killed_engines_container_is_removed_by_the_next_engine() {
+    if crate::common::docker_skip::skip_without_docker() {
+        return;
+    }
     build_default_image();
     let ws = tempfile::tempdir().unwrap();
     common::chown_tree(ws.path(), 1000);

@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: the real `secureclaw` binary with a throwaway vault setup.
 #![allow(dead_code)] // a test binary beside tests/cli (one not folded in yet) uses a subset
 
+pub mod docker_skip;
 pub mod fake_anthropic;
 
 use std::path::Path;
