@@ -7,6 +7,9 @@
 //! is checked on the host side.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../../tests/common/docker_skip.rs"]
+mod docker_skip;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use secureclaw_sandbox::{ExecSpec, NativeSandbox, Sandbox};
@@ -316,6 +319,9 @@ async fn file_capabilities_cannot_be_set() {
 /// are refused in a container (busybox tools of the offline image), next to the same controls.
 #[tokio::test]
 async fn docker_refuses_setuid_setgid_modes_and_device_nodes_too() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
     use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image};
     let tag = "secureclaw-sandbox:file-modes-test".to_string();
     let docker = DockerSandbox::docker()
