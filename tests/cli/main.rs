@@ -12,6 +12,7 @@ mod docker_hardening;
 mod egress;
 mod escape;
 mod examples_revert;
+mod failure_paths;
 mod guard;
 mod inputs;
 mod native;
