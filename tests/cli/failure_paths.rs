@@ -391,3 +391,59 @@ steps:
     let rec = ws.show();
     assert_eq!(step(&rec, "second")["needs"], serde_json::json!(["first"]));
 }
+
+const DESTRUCTIVE_CLEANUP: &str = r#"
+version: 1
+name: destructive-cleanup
+steps:
+  - id: build
+    shell: exit 1
+  - id: cleanup
+    needs: build
+    if: failure()
+    shell: rm -rf cache
+"#;
+
+#[test]
+fn a_failure_path_step_is_gated_like_any_other_step() {
+    let ws = Ws::new(&["--sandbox", "native"]);
+    std::fs::create_dir(ws.path().join("cache")).unwrap();
+    let wf = ws.workflow(DESTRUCTIVE_CLEANUP);
+    let out = ws.run(&wf, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(
+        ws.path().join("cache").exists(),
+        "the destructive cleanup ran without approval"
+    );
+    let rec = ws.show();
+    assert_eq!(rec["state"], "awaiting_approval");
+    assert_eq!(state_of(&rec, "cleanup"), "waiting_approval");
+    let out = ws.run(&wf, &["--approve", "destructive"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(!ws.path().join("cache").exists());
+    assert_eq!(state_of(&ws.show(), "cleanup"), "succeeded");
+}
+
+#[test]
+fn fail_fast_stops_the_run_before_any_failure_path() {
+    let ws = new_ws();
+    let wf = ws.workflow(
+        r#"
+version: 1
+name: fail-fast
+steps:
+  - id: build
+    shell: exit 1
+  - id: report
+    needs: build
+    if: always()
+    write: { path: report.txt, content: "x" }
+"#,
+    );
+    let out = ws.run(&wf, &["--fail-fast"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let rec = ws.show();
+    assert_eq!(rec["state"], "failed");
+    assert_eq!(state_of(&rec, "report"), "cancelled", "{rec:#}");
+    assert!(!ws.path().join("report.txt").exists());
+}
