@@ -415,13 +415,28 @@ fn a_failure_path_step_is_gated_like_any_other_step() {
         ws.path().join("cache").exists(),
         "the destructive cleanup ran without approval"
     );
+    let id = run_id(&out.stderr);
     let rec = ws.show();
     assert_eq!(rec["state"], "awaiting_approval");
     assert_eq!(state_of(&rec, "cleanup"), "waiting_approval");
-    let out = ws.run(&wf, &["--approve", "destructive"]);
+    // Approved and resumed, the failure path runs; the run still failed.
+    let out = bin()
+        .args([
+            "approve",
+            &id,
+            "--step",
+            "cleanup",
+            "--resume",
+            "--state-dir",
+        ])
+        .arg(ws.path().join(".secureclaw"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(!ws.path().join("cache").exists());
-    assert_eq!(state_of(&ws.show(), "cleanup"), "succeeded");
+    let rec = ws.show();
+    assert_eq!(state_of(&rec, "cleanup"), "succeeded");
+    assert_eq!(rec["state"], "failed", "{rec:#}");
 }
 
 #[test]

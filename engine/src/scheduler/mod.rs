@@ -448,7 +448,12 @@ impl Engine {
         let run_cancel = cancel.child_token();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut stop: Option<(RunState, String)> = None;
-        let mut failed_any = false;
+        // A parked run resumed after a failure (its failure path was waiting for approval)
+        // still failed, whatever comes next.
+        let mut failed_any = record
+            .steps
+            .iter()
+            .any(|s| s.state == StepState::Failed && !s.continued);
         let mut last_save = Instant::now();
 
         loop {
