@@ -33,10 +33,15 @@ pub struct Workflow {
     /// Typed parameters, set with `--input name=value`. Inputs without a default are required.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, InputSpec>,
-    /// Environment variables given to every step (values are templates). Only these names are
-    /// visible to templates as `env.NAME`; nothing is inherited from the engine's environment.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("propertyNames" = {"pattern": ENV_NAME_PATTERN}))]
+    /// Environment variables given to every step (values are templates; a number or a boolean
+    /// is taken as its text, `8080` or `true`). Only these names are visible to templates as
+    /// `env.NAME`; nothing is inherited from the engine's environment.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "env_values"
+    )]
+    #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
     /// Sandbox backend and limits for every step (steps may override limits).
     #[serde(default)]
@@ -301,15 +306,29 @@ pub struct Step {
     /// Human description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Steps that must succeed before this one starts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Steps that must finish before this one starts: one id (`needs: build`) or a list. By
+    /// default they must all have succeeded (`if: failure()` and `if: always()` change that).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    #[schemars(schema_with = "needs_schema")]
     pub needs: Vec<String>,
-    /// Condition (a template expression such as `inputs.days > 3`); the step is skipped when false.
+    /// Condition (a template expression such as `inputs.days > 3`); the step is skipped when
+    /// false. `success()` (the default), `failure()` and `always()` say which outcomes of the
+    /// steps upstream it runs after: `if: failure()` runs only when one of them failed, `if:
+    /// always()` whatever happened; combine them with `and`/`&&`, `or`/`||`, `not`/`!`.
     #[serde(default, rename = "if", skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
-    /// Extra environment variables for this step (values are templates).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("propertyNames" = {"pattern": ENV_NAME_PATTERN}))]
+    /// Extra environment variables for this step (values are templates; a number or a boolean
+    /// is taken as its text).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "env_values"
+    )]
+    #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
     /// Wall-clock limit for this step (overrides `sandbox.timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +351,11 @@ pub struct Step {
     /// Keep the step's workspace changes even if it fails (default: roll them back).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_on_failure: bool,
+    /// When the step fails, go on as if it had succeeded: its dependents run and the run does
+    /// not fail because of it (the step itself stays `failed`, marked continued). Its workspace
+    /// changes are still rolled back unless `keep_on_failure`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
     /// Per-step limit overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSettings>,
@@ -351,6 +375,85 @@ pub struct Step {
     /// Make an HTTP request (tier `network_egress`; its host must be listed in `network`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpAction>>,
+}
+
+/// `needs: build` is `needs: [build]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Ids;
+    impl<'de> serde::de::Visitor<'de> for Ids {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a step id or a list of step ids")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(id) = seq.next_element::<String>()? {
+                out.push(id);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Ids)
+}
+
+fn needs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // One `type` list rather than `anyOf`: a wrong value is reported as "must be a string or a
+    // list", at the value.
+    schemars::json_schema!({
+        "type": ["string", "array"],
+        "items": {"type": "string"}
+    })
+}
+
+/// Environment values as GitHub Actions reads them: `PORT: 8080` is `"8080"`, `DEBUG: true`
+/// is `"true"`. An empty value or a mapping stays an error.
+fn env_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Scalar;
+    impl serde::de::Visitor<'_> for Scalar {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string, a number or a boolean")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    struct EnvValue(String);
+    impl<'de> Deserialize<'de> for EnvValue {
+        fn deserialize<D2: serde::Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+            d.deserialize_any(Scalar).map(EnvValue)
+        }
+    }
+    let raw = BTreeMap::<String, EnvValue>::deserialize(d)?;
+    Ok(raw.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+fn env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": ["string", "number", "boolean"]},
+        "propertyNames": {"pattern": ENV_NAME_PATTERN}
+    })
 }
 
 /// `retry: 3` or `retry: {attempts: 3, backoff: 2s}`.
@@ -592,5 +695,71 @@ fn drop_null_from_options(schema: &mut schemars::Schema) {
                 obj.entry(k).or_insert(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::validate::validate_bytes;
+
+    #[test]
+    fn needs_may_be_one_id_and_env_values_may_be_numbers_or_booleans() {
+        let wf = validate_bytes(
+            Path::new("wf.yaml"),
+            b"version: 1\nname: n\nenv: { PORT: 8080, RATIO: 0.5, DEBUG: true, NAME: x }\nsteps:\n  - id: build\n    shell: make\n  - id: test\n    needs: build\n    env: { RETRIES: 3, QUIET: false }\n    shell: make test\n",
+        )
+        .unwrap();
+        let w = &wf.workflow;
+        assert_eq!(w.steps[1].needs, ["build"]);
+        assert_eq!(wf.deps[1], [0]);
+        let env: Vec<(&str, &str)> = w
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("DEBUG", "true"),
+                ("NAME", "x"),
+                ("PORT", "8080"),
+                ("RATIO", "0.5")
+            ]
+        );
+        assert_eq!(w.steps[1].env["RETRIES"], "3");
+        assert_eq!(w.steps[1].env["QUIET"], "false");
+        // The list form is what is written back.
+        let back = serde_json::to_value(&w.steps[1]).unwrap();
+        assert_eq!(back["needs"], serde_json::json!(["build"]));
+    }
+
+    #[test]
+    fn empty_or_nested_env_values_and_wrong_needs_are_located_errors() {
+        let err = validate_bytes(
+            Path::new("wf.yaml"),
+            b"version: 1\nname: n\nenv:\n  EMPTY:\n  NESTED: { a: 1 }\nsteps:\n  - id: a\n    needs: 3\n    shell: x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wf.yaml:4:"), "{err}");
+        assert!(err.contains("`EMPTY` must be "), "{err}");
+        assert!(err.contains("a number or a string, found null"), "{err}");
+        assert!(err.contains("wf.yaml:5:"), "{err}");
+        assert!(err.contains("found a mapping"), "{err}");
+        assert!(err.contains("wf.yaml:8:12"), "{err}");
+        assert!(
+            err.contains("`needs` must be a string or a list, found an integer"),
+            "{err}"
+        );
+        let err = validate_bytes(
+            Path::new("wf.yaml"),
+            b"version: 1\nname: n\nsteps:\n  - id: build\n    shell: x\n  - id: t\n    needs: biuld\n    shell: y\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wf.yaml:7:12"), "{err}");
+        assert!(err.contains("needs unknown step `biuld`"), "{err}");
     }
 }

@@ -82,6 +82,9 @@ pub struct StepRecord {
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// It failed and the run went on as if it had succeeded (`continue_on_error: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<EnforcementReport>,
     /// Every connection attempt the step made through the egress proxy, allowed or refused.
@@ -139,6 +142,7 @@ impl StepRecord {
             stderr: String::new(),
             exit_code: None,
             reason: None,
+            continued: false,
             enforcement: None,
             egress: Vec::new(),
             approval: None,

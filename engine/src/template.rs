@@ -23,6 +23,23 @@ pub struct StepView {
 
 pub const STEP_FIELDS: [&str; 4] = ["output", "stdout", "stderr", "exit_code"];
 
+/// The functions an `if:` condition may call to look at what happened upstream, as in GitHub
+/// Actions. `cancelled()` is always false: a cancelled run starts nothing more, so no condition
+/// is ever evaluated in one.
+pub const STATUS_FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
+
+/// Where a condition's context carries the [`UpstreamStatus`] its status functions read.
+const STATUS_VAR: &str = "__secureclaw_status";
+
+/// What the steps upstream of one step (transitively, through `needs`) came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpstreamStatus {
+    /// Every one of them succeeded (a failure let through by `continue_on_error` counts).
+    pub success: bool,
+    /// At least one of them failed (and was not let through by `continue_on_error`).
+    pub failure: bool,
+}
+
 /// A rendering or evaluation failure, positioned inside the template text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -115,6 +132,14 @@ impl Templates {
                 Ok(JinjaValue::from_safe_string(quoted.join(" ")))
             },
         );
+        env.add_function("always", |_: &minijinja::State<'_, '_>| true);
+        env.add_function("cancelled", |_: &minijinja::State<'_, '_>| false);
+        env.add_function("success", |state: &minijinja::State<'_, '_>| {
+            upstream_status(state, "success")
+        });
+        env.add_function("failure", |state: &minijinja::State<'_, '_>| {
+            upstream_status(state, "failure")
+        });
         bounded::register(&mut env);
         Templates { env }
     }
@@ -143,7 +168,27 @@ impl Templates {
 
     /// Evaluate an `if:` condition. Accepts a bare expression or one wrapped in `{{ }}`.
     pub fn eval_condition(&self, expr: &str, ctx: &JinjaValue) -> Result<bool, TemplateError> {
-        let expr = strip_braces(expr);
+        self.eval_condition_after(expr, ctx, None)
+    }
+
+    /// Evaluate an `if:` condition for a step whose upstream came to `status` (what
+    /// `success()` and `failure()` answer; without one, both are true).
+    pub fn eval_condition_after(
+        &self,
+        expr: &str,
+        ctx: &JinjaValue,
+        status: Option<UpstreamStatus>,
+    ) -> Result<bool, TemplateError> {
+        let expr = condition_expression(expr);
+        let expr = expr.as_ref();
+        let ctx = match status {
+            Some(s) => minijinja::context! {
+                __secureclaw_status => JinjaValue::from_serialize(s),
+                ..ctx.clone()
+            },
+            None => ctx.clone(),
+        };
+        let ctx = &ctx;
         // Syntax errors are reported against the expression as written.
         self.env
             .compile_expression(expr)
@@ -152,6 +197,31 @@ impl Templates {
         let v = bounded::render(&self.env, "<condition>", AutoEscape::None, &probe, ctx)
             .map_err(|e| to_error(&e, expr))?;
         Ok(v == "t")
+    }
+
+    /// The status functions (`success`, `failure`, `always`, `cancelled`) an `if:` condition
+    /// calls; empty when it calls none (it then runs only after success) or does not parse.
+    pub fn status_functions(&self, expr: &str) -> BTreeSet<&'static str> {
+        self.status_functions_in(expr, true)
+    }
+
+    /// The status functions a template (`is_expression`: an `if:` condition) calls.
+    pub fn status_functions_in(&self, text: &str, is_expression: bool) -> BTreeSet<&'static str> {
+        let source = if is_expression {
+            format!("{{{{ {} }}}}", condition_expression(text))
+        } else if Self::is_template(text) {
+            text.to_string()
+        } else {
+            return BTreeSet::new();
+        };
+        let Ok(tmpl) = self.env.template_from_str(&source) else {
+            return BTreeSet::new();
+        };
+        let used = tmpl.undeclared_variables(false);
+        STATUS_FUNCTIONS
+            .into_iter()
+            .filter(|f| used.contains(*f))
+            .collect()
     }
 
     /// Check a template's references against what is declared and upstream. Returns problems as
@@ -167,7 +237,7 @@ impl Templates {
         }
         let mut problems = Vec::new();
         let source = if is_expression {
-            format!("{{{{ {} }}}}", strip_braces(text))
+            format!("{{{{ {} }}}}", condition_expression(text))
         } else {
             text.to_string()
         };
@@ -248,7 +318,59 @@ fn is_builtin(name: &str) -> bool {
     matches!(
         name,
         "range" | "dict" | "namespace" | "loop" | "true" | "false" | "none"
-    )
+    ) || STATUS_FUNCTIONS.contains(&name)
+}
+
+/// `success()` or `failure()` of the step whose condition is evaluated. Outside a run (the
+/// validation probe) every outcome is possible, so both are true and the whole condition is
+/// looked at.
+fn upstream_status(state: &minijinja::State<'_, '_>, which: &str) -> bool {
+    state
+        .lookup(STATUS_VAR)
+        .and_then(|s| s.get_attr(which).ok())
+        .is_none_or(|v| v.is_undefined() || v.is_true())
+}
+
+/// An `if:` condition as minijinja reads it: without `{{ }}`, and with GitHub's `&&`, `||` and
+/// `!` spelled `and`, `or` and `not` (outside string literals; `!=` stays).
+fn condition_expression(expr: &str) -> std::borrow::Cow<'_, str> {
+    let expr = strip_braces(expr);
+    if !expr.contains(['&', '|', '!']) {
+        return expr.into();
+    }
+    let mut out = String::with_capacity(expr.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            '&' if chars.peek() == Some(&'&') => {
+                chars.next();
+                out.push_str(" and ");
+            }
+            '|' if chars.peek() == Some(&'|') => {
+                chars.next();
+                out.push_str(" or ");
+            }
+            '!' if chars.peek() != Some(&'=') => out.push_str(" not "),
+            _ => out.push(c),
+        }
+    }
+    out.into()
 }
 
 fn strip_braces(expr: &str) -> &str {
@@ -445,6 +567,77 @@ mod tests {
         assert!(t.render("{{ inputs.nope }}", &ctx).is_err());
         assert!(t.eval_condition("inputs.days > 3", &ctx).unwrap());
         assert!(!t.eval_condition("{{ inputs.days > 30 }}", &ctx).unwrap());
+    }
+
+    #[test]
+    fn status_functions_answer_what_happened_upstream() {
+        let t = Templates::new();
+        let ctx =
+            minijinja::context! { inputs => minijinja::context!{ notify => true, quiet => false } };
+        let failed = UpstreamStatus {
+            success: false,
+            failure: true,
+        };
+        let fine = UpstreamStatus {
+            success: true,
+            failure: false,
+        };
+        let skipped = UpstreamStatus {
+            success: false,
+            failure: false,
+        };
+        let eval =
+            |cond: &str, s: UpstreamStatus| t.eval_condition_after(cond, &ctx, Some(s)).unwrap();
+        for (cond, after_failure, after_success, after_skip) in [
+            ("failure()", true, false, false),
+            ("success()", false, true, false),
+            ("always()", true, true, true),
+            ("{{ failure() }}", true, false, false),
+            ("failure() && inputs.notify", true, false, false),
+            ("failure() and inputs.quiet", false, false, false),
+            ("success() || failure()", true, true, false),
+            ("!cancelled() && !success()", true, false, true),
+            ("not cancelled()", true, true, true),
+            ("always() && inputs.quiet != true", true, true, true),
+        ] {
+            assert_eq!(eval(cond, failed), after_failure, "{cond} after a failure");
+            assert_eq!(eval(cond, fine), after_success, "{cond} after success");
+            assert_eq!(eval(cond, skipped), after_skip, "{cond} after a skip");
+        }
+    }
+
+    #[test]
+    fn github_operators_are_translated_outside_string_literals_only() {
+        assert_eq!(
+            condition_expression("a && !b || c != d"),
+            "a  and   not b  or  c != d"
+        );
+        assert_eq!(
+            condition_expression(r#"x == "a && b" or y == 'it\'s !'"#),
+            r#"x == "a && b" or y == 'it\'s !'"#
+        );
+        let t = Templates::new();
+        let ctx = minijinja::context! { inputs => minijinja::context!{ s => "a && b" } };
+        assert!(
+            t.eval_condition(r#"inputs.s == "a && b" && !false"#, &ctx)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn status_functions_are_found_only_where_they_are_called() {
+        let t = Templates::new();
+        let found = |e: &str| t.status_functions(e).into_iter().collect::<Vec<_>>();
+        assert_eq!(found("failure() && inputs.notify"), ["failure"]);
+        assert_eq!(found("always()"), ["always"]);
+        assert_eq!(found("!cancelled() or success()"), ["cancelled", "success"]);
+        assert!(found("inputs.days > 3").is_empty());
+        assert!(found(r#"steps.a.output == "failure()""#).is_empty());
+        assert_eq!(
+            t.status_functions_in("echo {{ failure() }}", false).len(),
+            1
+        );
+        assert!(t.status_functions_in("echo failure()", false).is_empty());
     }
 
     #[test]

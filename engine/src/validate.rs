@@ -220,9 +220,52 @@ impl<'a> Semantics<'a> {
             .map(|(i, s)| self.risk(i, s, diags))
             .collect();
         let inverse = self.wf.steps.iter().map(inverse_class).collect();
+        self.status_conditions(diags);
         let order = order?;
         self.templates(&index, &deps, &order, diags);
         Some((index, deps, order, risk, inverse))
+    }
+
+    /// `success()`, `failure()`, `always()` and `cancelled()` look at the steps upstream of the
+    /// one whose `if:` they are in: nowhere else do they mean anything, and `failure()` in a
+    /// step with no `needs` (nothing upstream) could never be true.
+    fn status_conditions(&self, diags: &mut Diagnostics) {
+        let misplaced = |pointer: &str, fns: BTreeSet<&str>, diags: &mut Diagnostics| {
+            if let Some(f) = fns.first() {
+                diags.push(
+                    self.at(
+                        pointer,
+                        format!("`{f}()` can only be used in an `if:` condition"),
+                    )
+                    .with_hint(
+                        "status functions say whether a step runs; move it to the step's `if:`",
+                    ),
+                );
+            }
+        };
+        for (name, value) in &self.wf.env {
+            let fns = self.templates.status_functions_in(value, false);
+            misplaced(&format!("/env/{}", pointer_segment(name)), fns, diags);
+        }
+        for (i, step) in self.wf.steps.iter().enumerate() {
+            for (pointer, text, is_expr) in template_fields(step) {
+                let fns = self.templates.status_functions_in(text, is_expr);
+                if !is_expr {
+                    misplaced(&format!("/steps/{i}{pointer}"), fns, diags);
+                } else if fns.contains("failure") && step.needs.is_empty() {
+                    diags.push(
+                        self.at(
+                            &format!("/steps/{i}/if"),
+                            format!(
+                                "step `{}` has `failure()` in its `if:` but no `needs`: nothing runs before it, so no failure can be seen",
+                                step.id
+                            ),
+                        )
+                        .with_hint("list the steps it handles the failure of in `needs`: `failure()` is true when one of them, or a step they need, failed"),
+                    );
+                }
+            }
+        }
     }
 
     fn ids(&self, diags: &mut Diagnostics) -> HashMap<String, usize> {
@@ -255,8 +298,15 @@ impl<'a> Semantics<'a> {
             .map(|(i, step)| {
                 let mut seen = BTreeSet::new();
                 let mut out = Vec::new();
+                let list = format!("/steps/{i}/needs");
                 for (j, need) in step.needs.iter().enumerate() {
-                    let pointer = format!("/steps/{i}/needs/{j}");
+                    let item = format!("{list}/{j}");
+                    // `needs: build` has no item of its own: point at the value itself.
+                    let pointer = if self.map.value(&item) == self.map.value(&list) {
+                        list.clone()
+                    } else {
+                        item
+                    };
                     if !seen.insert(need) {
                         diags.push(
                             self.at(&pointer, format!("`{need}` is listed twice in `needs`"))

@@ -13,6 +13,7 @@ mod docker_hardening;
 mod egress;
 mod escape;
 mod examples_revert;
+mod failure_paths;
 mod guard;
 mod inputs;
 mod native;

@@ -3,7 +3,8 @@
 //! - at most `jobs` steps at once; steps that may write the workspace never overlap;
 //! - `if` conditions, per-step timeout, retry with exponential backoff;
 //! - a failed step skips its dependents while independent branches finish (`fail_fast`
-//!   cancels everything instead);
+//!   cancels everything instead); `if: failure()` / `if: always()` steps run after it, and a
+//!   failure of a `continue_on_error` step lets its dependents run as after a success;
 //! - a step needing approval that nobody gives stops the run: nothing starts after it;
 //! - cancellation (Ctrl-C) kills running steps and marks the run cancelled.
 
@@ -34,7 +35,7 @@ use crate::record::{
 };
 use crate::snapshot::{ChangeSet, SnapshotError, Snapshotter};
 use crate::storage::{Batch, Table};
-use crate::template::{StepView, Templates};
+use crate::template::{StepView, Templates, UpstreamStatus};
 use crate::validate::{NodeRisk, Validated};
 use crate::workspace::Confinement;
 
@@ -388,6 +389,10 @@ impl Engine {
             && let Ok(mut m) = results.0.write()
         {
             m.extend(std::mem::take(&mut r.views));
+            // A retried step's results from its failed attempt are not its results any more.
+            for id in &r.retried {
+                m.remove(id);
+            }
         }
         let steps_value = JinjaValue::from_dyn_object(results.clone());
         // Workflow env may use inputs only; render it once.
@@ -420,17 +425,18 @@ impl Engine {
             }
             p
         };
-        // On resume, what already finished releases its dependents and is not started again.
-        for (rec, needed_by) in record.steps.iter().zip(&dependents) {
-            if rec.state.is_final() {
-                for &d in needed_by {
-                    remaining_deps[d] -= 1;
-                }
-            }
-        }
-        let mut ready: Vec<usize> = (0..n)
-            .filter(|&i| remaining_deps[i] == 0 && !record.steps[i].state.is_final())
-            .collect();
+        // On resume, what already finished is not started again, but it still goes through the
+        // queue in graph order: a step that ran after a failure and stays done on a retry
+        // releases its dependents only once the retried steps it needs are final again.
+        let mut ready: Vec<usize> = (0..n).filter(|&i| remaining_deps[i] == 0).collect();
+        // What each step saw upstream when it was reached (for `success()`/`failure()`).
+        let mut upstream: Vec<UpstreamStatus> = vec![
+            UpstreamStatus {
+                success: true,
+                failure: false,
+            };
+            n
+        ];
         let decisions = resumed
             .as_mut()
             .map(|r| std::mem::take(&mut r.decisions))
@@ -442,7 +448,12 @@ impl Engine {
         let run_cancel = cancel.child_token();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut stop: Option<(RunState, String)> = None;
-        let mut failed_any = false;
+        // A parked run resumed after a failure (its failure path was waiting for approval)
+        // still failed, whatever comes next.
+        let mut failed_any = record
+            .steps
+            .iter()
+            .any(|s| s.state == StepState::Failed && !s.continued);
         let mut last_save = Instant::now();
 
         loop {
@@ -451,17 +462,19 @@ impl Engine {
             while stop.is_none() && !run_cancel.is_cancelled() {
                 let Some(i) = ready.pop() else { break };
                 let step = &wf.workflow.steps[i];
-                // Dependencies that did not succeed skip this step.
-                if let Some(blocker) = wf.deps[i]
-                    .iter()
-                    .find(|&&d| record.steps[d].state != StepState::Succeeded)
-                {
-                    let b = &record.steps[*blocker];
-                    let why = match b.state {
-                        StepState::Skipped => format!("needs `{}`, which was skipped", b.id),
-                        StepState::Cancelled => format!("needs `{}`, which was cancelled", b.id),
-                        _ => format!("needs `{}`, which failed", b.id),
-                    };
+                upstream[i] = upstream_status(&record, &wf.deps[i], &upstream);
+                if record.steps[i].state.is_final() {
+                    release(i, &mut ready, &mut remaining_deps, &dependents);
+                    continue;
+                }
+                // By default (`success()`) a step runs only when everything upstream succeeded;
+                // a condition that calls a status function decides for itself.
+                let decides = step
+                    .condition
+                    .as_deref()
+                    .is_some_and(|c| !templates.status_functions(c).is_empty());
+                if !upstream[i].success && !decides {
+                    let why = skip_reason(&record, &wf.deps[i], &upstream);
                     self.settle(
                         &mut record,
                         StepState::Skipped,
@@ -479,7 +492,7 @@ impl Engine {
                     env => JinjaValue::from_serialize(env_for(&wf_env, step, &templates, &inputs, &steps_value).unwrap_or_default()),
                 };
                 if let Some(cond) = &step.condition {
-                    match templates.eval_condition(cond, &ctx) {
+                    match templates.eval_condition_after(cond, &ctx, Some(upstream[i])) {
                         Ok(true) => {}
                         Ok(false) => {
                             self.settle(
@@ -494,10 +507,9 @@ impl Engine {
                             continue;
                         }
                         Err(e) => {
-                            failed_any = true;
-                            self.settle(
+                            failed_any |= self.settle_failed(
                                 &mut record,
-                                StepState::Failed,
+                                step,
                                 i,
                                 format!("`if` condition: {e}"),
                                 &mut ready,
@@ -512,17 +524,17 @@ impl Engine {
                     match render_step(step, &templates, &ctx, &wf_env, &inputs, &steps_value) {
                         Ok(r) => r,
                         Err(e) => {
-                            failed_any = true;
-                            self.settle(
+                            let fails_run = self.settle_failed(
                                 &mut record,
-                                StepState::Failed,
+                                step,
                                 i,
                                 format!("template error in step `{}`: {e}", step.id),
                                 &mut ready,
                                 &mut remaining_deps,
                                 &dependents,
                             );
-                            if opts.fail_fast {
+                            failed_any |= fails_run;
+                            if opts.fail_fast && fails_run {
                                 stop = Some((
                                     RunState::Failed,
                                     format!("step `{}` failed (--fail-fast)", step.id),
@@ -679,6 +691,10 @@ impl Engine {
             rec.stderr = secrets.scrub(&f.view.stderr);
             rec.exit_code = f.exit_code;
             rec.reason = f.reason.as_deref().map(|r| secrets.scrub(r));
+            if f.state == StepState::Failed && wf.workflow.steps[i].continue_on_error {
+                rec.continued = true;
+                rec.reason = Some(continued_reason(rec.reason.take(), f.exit_code));
+            }
             rec.enforcement = f.enforcement;
             rec.egress = f.egress;
             rec.attempts = f.attempts;
@@ -760,11 +776,14 @@ impl Engine {
                 exit_code: f.exit_code,
                 reason: rec.reason.clone(),
             });
-            if f.state == StepState::Succeeded {
-                if let Ok(mut m) = results.0.write() {
-                    m.insert(rec.id.clone(), f.view);
-                }
-            } else if f.state == StepState::Failed {
+            // A failed step's results are there for the steps that run after it (a failure
+            // path reporting its stderr, the dependents of a continued step).
+            if matches!(f.state, StepState::Succeeded | StepState::Failed)
+                && let Ok(mut m) = results.0.write()
+            {
+                m.insert(rec.id.clone(), f.view);
+            }
+            if f.state == StepState::Failed && !rec.continued {
                 failed_any = true;
                 if opts.fail_fast && stop.is_none() {
                     stop = Some((
@@ -774,12 +793,7 @@ impl Engine {
                     run_cancel.cancel();
                 }
             }
-            for &d in &dependents[i] {
-                remaining_deps[d] -= 1;
-                if remaining_deps[d] == 0 {
-                    ready.push(d);
-                }
-            }
+            release(i, &mut ready, &mut remaining_deps, &dependents);
             if wrote {
                 // A change set is what revert needs: make it durable now, not at the next tick.
                 self.store.save_async(&record).await?;
@@ -1111,12 +1125,105 @@ impl Engine {
             exit_code: None,
             reason: Some(why),
         });
-        for &d in &dependents[i] {
-            remaining[d] -= 1;
-            if remaining[d] == 0 {
-                ready.push(d);
-            }
+        release(i, ready, remaining, dependents);
+    }
+
+    /// Fail a step before it starts (its condition or its templates). Returns whether the
+    /// failure counts against the run: not when the step has `continue_on_error`.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_failed(
+        &self,
+        record: &mut RunRecord,
+        step: &Step,
+        i: usize,
+        why: String,
+        ready: &mut Vec<usize>,
+        remaining: &mut [usize],
+        dependents: &[Vec<usize>],
+    ) -> bool {
+        let why = if step.continue_on_error {
+            record.steps[i].continued = true;
+            continued_reason(Some(why), None)
+        } else {
+            why
+        };
+        self.settle(
+            record,
+            StepState::Failed,
+            i,
+            why,
+            ready,
+            remaining,
+            dependents,
+        );
+        !step.continue_on_error
+    }
+}
+
+/// A final step lets its dependents go once their other needs are final too.
+fn release(i: usize, ready: &mut Vec<usize>, remaining: &mut [usize], dependents: &[Vec<usize>]) {
+    for &d in &dependents[i] {
+        remaining[d] -= 1;
+        if remaining[d] == 0 {
+            ready.push(d);
         }
+    }
+}
+
+/// A step counts as having succeeded for what comes after it when it succeeded, or failed
+/// with `continue_on_error`.
+fn went_through(s: &StepRecord) -> bool {
+    s.state == StepState::Succeeded || (s.state == StepState::Failed && s.continued)
+}
+
+/// What the steps upstream of a step (its `needs`, transitively) came to, from the status each
+/// of its needs saw when it was reached: every step's own outcome folds in what was above it.
+fn upstream_status(record: &RunRecord, deps: &[usize], seen: &[UpstreamStatus]) -> UpstreamStatus {
+    let mut status = UpstreamStatus {
+        success: true,
+        failure: false,
+    };
+    for &d in deps {
+        let s = &record.steps[d];
+        status.success &= went_through(s) && seen[d].success;
+        status.failure |= (s.state == StepState::Failed && !s.continued) || seen[d].failure;
+    }
+    status
+}
+
+/// Why a step with the default `success()` does not run: the first need that did not go
+/// through, or the step upstream of a need that did.
+fn skip_reason(record: &RunRecord, deps: &[usize], seen: &[UpstreamStatus]) -> String {
+    if let Some(&d) = deps.iter().find(|&&d| !went_through(&record.steps[d])) {
+        let b = &record.steps[d];
+        return match b.state {
+            StepState::Skipped => format!("needs `{}`, which was skipped", b.id),
+            StepState::Cancelled => format!("needs `{}`, which was cancelled", b.id),
+            _ => format!("needs `{}`, which failed", b.id),
+        };
+    }
+    let via = deps
+        .iter()
+        .find(|&&d| !seen[d].success)
+        .map(|&d| record.steps[d].id.as_str())
+        .unwrap_or_default();
+    let what = if deps.iter().any(|&d| seen[d].failure) {
+        "failed"
+    } else {
+        "did not succeed"
+    };
+    format!(
+        "a step upstream of `{via}` {what} (only `if: failure()` or `if: always()` steps run after that)"
+    )
+}
+
+/// A failed step's reason once `continue_on_error` let the run go on.
+fn continued_reason(reason: Option<String>, exit_code: Option<i32>) -> String {
+    let note = "continued (`continue_on_error: true`): the run goes on as if it had succeeded";
+    match (reason, exit_code) {
+        (Some(r), _) => format!("{r}; {note}"),
+        (None, Some(c)) => format!("exit {c}; {note}"),
+        (None, None) => note.to_string(),
     }
 }
 

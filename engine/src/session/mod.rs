@@ -823,7 +823,8 @@ impl Session {
 
     /// Continue a failed run from its failed step: the steps that succeeded stay done (their
     /// changes are in the workspace and their outputs feed later templates), the failed step
-    /// and everything that did not run because of it run again, in the same run. Refuses when
+    /// and everything that did not run because of it run again, in the same run; conditions
+    /// are evaluated again on what the retried steps now come to. Refuses when
     /// the workspace changed since the failure, unless `force`.
     pub async fn retry(
         &self,
@@ -863,11 +864,14 @@ impl Session {
             ));
         }
         let (workflow, settings) = self.reopen_checks(&record, &kept, force, "failed", "retry")?;
+        // A step that ran stays done, whatever it ran after: a failure path that already ran
+        // (`if: failure()`, `if: always()`) is not run again nor undone, and a failure that
+        // `continue_on_error` let through was already accounted for.
         let again: Vec<usize> = record
             .steps
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state != StepState::Succeeded)
+            .filter(|(_, s)| s.state != StepState::Succeeded && !s.continued)
             .map(|(i, _)| i)
             .collect();
         // A failed step that kept changes (`keep_on_failure: true`, or a rollback that failed)
