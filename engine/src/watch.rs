@@ -797,6 +797,41 @@ steps:
     }
 
     #[tokio::test]
+    async fn new_directories_beside_the_workflow_file_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let wf = ws.join("wf.yaml");
+        std::fs::write(&wf, "x").unwrap();
+        let mut w = ChangeWatcher::new(&wf, &ws, &["**".into()], Vec::new()).unwrap();
+        std::fs::create_dir(ws.join("fresh")).unwrap();
+        let made = w.next_batch(Duration::from_millis(100)).await.unwrap();
+        assert_eq!(made, vec![ws.join("fresh")]);
+        std::fs::write(ws.join("fresh/new.txt"), "x").unwrap();
+        let written = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.next_batch(Duration::from_millis(100)),
+        )
+        .await;
+        assert_eq!(written.ok().flatten(), Some(vec![ws.join("fresh/new.txt")]));
+    }
+
+    #[tokio::test]
+    async fn set_globs_starts_watching_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let wf = ws.join("wf.yaml");
+        std::fs::write(&wf, "x").unwrap();
+        std::fs::create_dir(ws.join("src")).unwrap();
+        let mut w = ChangeWatcher::new(&wf, &ws, &[], Vec::new()).unwrap();
+        w.set_globs(&["src/*.rs".into()]).unwrap();
+        std::fs::write(ws.join("README.md"), "x").unwrap();
+        std::fs::write(ws.join("src/lib.rs"), "x").unwrap();
+        let batch = w.next_batch(Duration::from_millis(100)).await.unwrap();
+        assert_eq!(batch, vec![ws.join("src/lib.rs")]);
+        assert!(w.set_globs(&["src/[".into()]).is_err());
+    }
+
+    #[tokio::test]
     async fn ignored_and_leftover_files_do_not_make_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path().canonicalize().unwrap();

@@ -272,14 +272,16 @@ fn watch_says_when_it_watches_the_whole_workspace() {
         "version: 1\nname: w\nsteps:\n  - { id: build, shell: 'echo run >> runs.log' }\n",
     )
     .unwrap();
-    let child = watch(&wf, ws.path(), &["--max-runs", "2"]);
-    wait_for("the first run", Duration::from_secs(30), || {
-        runs(ws.path()) == 1
-    });
+    let mut child = watch(&wf, ws.path(), &["--max-runs", "2"]);
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    // Changes while a run goes on are the run's: change something once it is over.
+    let mut stderr = read_until(&mut lines, "waiting for changes");
     std::fs::write(ws.path().join("anything.txt"), "x").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    stderr.extend(lines.map(Result::unwrap));
+    let status = child.wait().unwrap();
+    let stderr = stderr.join("\n");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(runs(ws.path()), 2, "{stderr}");
     let start = stderr.lines().next().unwrap_or_default();
     assert!(
         start.contains(&format!(
@@ -373,4 +375,40 @@ fn watch_takes_a_workflow_file_not_an_instruction() {
     );
     // Nothing was planned or created.
     assert!(!ws.path().join(".secureclaw").exists());
+}
+
+#[test]
+fn an_edited_workflow_is_watched_by_what_it_declares_now() {
+    let ws = tempfile::tempdir().unwrap();
+    let wf = ws.path().join("wf.yaml");
+    std::fs::create_dir(ws.path().join("src")).unwrap();
+    std::fs::write(ws.path().join("src/input.txt"), "one\n").unwrap();
+    std::fs::write(ws.path().join("src/other.txt"), "other\n").unwrap();
+    std::fs::write(&wf, COPY_DECLARED).unwrap();
+    let child = watch(&wf, ws.path(), &["--max-runs", "3"]);
+    wait_for("the first run", Duration::from_secs(30), || {
+        runs(ws.path()) == 1
+    });
+    std::fs::write(&wf, COPY_DECLARED.replace("src/input.txt", "src/other.txt")).unwrap();
+    wait_for(
+        "the run of the edited workflow",
+        Duration::from_secs(30),
+        || runs(ws.path()) == 2,
+    );
+    // What the edited workflow no longer reads is no longer watched.
+    std::fs::write(ws.path().join("src/input.txt"), "two\n").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(runs(ws.path()), 2);
+    std::fs::write(ws.path().join("src/other.txt"), "changed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(runs(ws.path()), 3, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("copy.txt")).unwrap(),
+        "changed\n"
+    );
+    let watching: Vec<&str> = stderr.lines().filter(|l| l.contains("watching:")).collect();
+    assert_eq!(watching.len(), 2, "{stderr}");
+    assert!(watching[1].ends_with(", src/other.txt"), "{stderr}");
 }
