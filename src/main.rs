@@ -68,7 +68,7 @@ enum Command {
     /// Run a recorded run's workflow again, exactly as committed at the commit it ran from.
     #[command(long_about = rerun_cmd::LONG_ABOUT)]
     Rerun(rerun_cmd::RerunArgs),
-    /// Re-run a workflow whenever its file (or a watched path) changes.
+    /// Re-run a workflow whenever its file or its inputs change (watch mode).
     Watch(run_cmd::WatchArgs),
     /// Check workflow files without running them; report every error with file:line:column.
     Validate(ValidateArgs),

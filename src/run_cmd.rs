@@ -93,20 +93,40 @@ pub enum BackendArg {
     Docker,
 }
 
+/// `watch` takes a workflow file only: a planned workflow is saved first (`plan -o`), so that
+/// what is re-run is a file that can be read, edited and watched.
 #[derive(Args)]
+#[command(after_help = WATCH_AFTER_HELP)]
 pub struct WatchArgs {
+    /// The workflow file. Saving it always starts a run.
+    pub file: PathBuf,
     #[command(flatten)]
-    pub run: RunArgs,
-    /// Also re-run when files matching this glob (relative to the workspace) change (repeatable).
+    pub opts: RunOptions,
+    /// Watch files matching this glob (relative to the workspace) instead of the workflow's
+    /// declared inputs (repeatable).
     #[arg(long = "path", short = 'p', value_name = "GLOB")]
     pub paths: Vec<String>,
     /// Quiet period before a burst of changes triggers a run.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Stop after this many runs (for scripts and tests).
     #[arg(long, hide = true)]
     pub max_runs: Option<usize>,
 }
+
+const WATCH_AFTER_HELP: &str = "\
+What is watched, besides the workflow file: the paths given with --path, or else the inputs the
+workflow declares (its `on.watch` globs, the paths and globs of its `read` steps, the files its
+`patch` steps patch). A workflow with a shell step and no `on.watch`, or a templated path, is
+watched across the whole workspace. The list is printed at start.
+
+Never a change: paths .gitignore or .ignore ignore, .git, the state dir, editor swap and backup
+files (.x.swp, x~, 4913, .#x, #x#, x___jb_tmp___, ...), and the run's own writes.
+
+Ctrl-C cancels a run in progress (its changes are rolled back, as with `run`) and exits 130.
+
+To watch a workflow planned from an instruction, save it first:
+  secureclaw plan \"...\" -o workflow.yaml && secureclaw watch workflow.yaml";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     secureclaw_engine::units::parse_duration(s).map_err(|e| e.to_string())
@@ -511,71 +531,190 @@ fn resolve_inputs(
 pub fn watch(args: WatchArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async move {
-        let workspace = workspace_of(&args.run.opts)?;
-        let state = state_dir(args.run.opts.state_dir.as_ref(), &workspace);
-        check_state_layout(&workspace, &state).map_err(anyhow::Error::msg)?;
-        let Some(file) = args.run.file.clone() else {
-            anyhow::bail!("watch needs a workflow file (plan one first with `secureclaw plan -o`)");
-        };
-        let mut watcher = secureclaw_engine::watch::ChangeWatcher::new(
-            &file,
-            &workspace,
-            &args.paths,
-            vec![state],
-        )?;
-        let mut runs = 0usize;
-        let mut trigger = "start".to_string();
-        loop {
-            let cancel = CancellationToken::new();
-            eprintln!(
-                "{} [{}] running {} ({trigger})",
-                style("watch").cyan().bold(),
-                runs + 1,
-                file.display()
-            );
-            let run = run_once(&args.run, pass, cancel.clone());
-            tokio::pin!(run);
-            let last = tokio::select! {
-                r = &mut run => r?,
-                _ = tokio::signal::ctrl_c() => {
-                    cancel.cancel();
-                    let _ = run.await;
-                    return Ok(exit::CANCELLED);
+        // In place before anything else: from here on Ctrl-C is answered with 130, whether a
+        // run is going or the watch is idle, never with the signal's default death.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("handling Ctrl-C")?;
+        let interrupted = CancellationToken::new();
+        let on_sigint = interrupted.clone();
+        tokio::spawn(async move {
+            if sigint.recv().await.is_some() {
+                on_sigint.cancel();
+            }
+        });
+        watch_until_interrupted(&args, pass, &interrupted).await
+    })
+}
+
+async fn watch_until_interrupted(
+    args: &WatchArgs,
+    pass: &PassphraseSource,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<u8> {
+    use secureclaw_engine::watch::ChangeWatcher;
+    let heading = || style("watch").cyan().bold();
+    let workspace = workspace_of(&args.opts)?;
+    let state = state_dir(args.opts.state_dir.as_ref(), &workspace);
+    if !state_layout_ok(&workspace, &state) {
+        return Ok(exit::INVALID);
+    }
+    let file = &args.file;
+    let mut workflow = load(file);
+    let mut scope = watch_scope(args, workflow.as_ref());
+    let mut watcher = ChangeWatcher::new(file, &workspace, &scope.globs, vec![state.clone()])?;
+    eprintln!("{} watching: {}{}", heading(), file.display(), scope.shown);
+    let mut runs = 0usize;
+    let mut trigger = "start".to_string();
+    loop {
+        eprintln!(
+            "{} [{}] running {} ({trigger})",
+            heading(),
+            runs + 1,
+            file.display()
+        );
+        let last = match workflow.take() {
+            Some(wf) => {
+                let run = run_watched(wf, file, &workspace, &state, &args.opts, pass, interrupted);
+                tokio::pin!(run);
+                tokio::select! {
+                    code = &mut run => code?,
+                    () = interrupted.cancelled() => {
+                        eprintln!(
+                            "\n{} cancelling: stopping running steps…",
+                            style("^C").yellow()
+                        );
+                        // The run saw the same token: it ends cancelled, its changes rolled back.
+                        if let Err(e) = run.await {
+                            eprintln!("{} {e:#}", style("error:").red().bold());
+                        }
+                        return Ok(exit::CANCELLED);
+                    }
                 }
-            };
-            runs += 1;
-            if args.max_runs.is_some_and(|m| runs >= m) {
-                return Ok(last);
             }
-            if watcher.drain_after_run().await {
-                trigger = "the workflow file changed during the last run".into();
-                continue;
-            }
-            eprintln!(
-                "{} waiting for changes (Ctrl-C to stop)",
-                style("watch").cyan().bold()
-            );
+            None => exit::INVALID,
+        };
+        if interrupted.is_cancelled() {
+            return Ok(exit::CANCELLED);
+        }
+        runs += 1;
+        if args.max_runs.is_some_and(|m| runs >= m) {
+            return Ok(last);
+        }
+        let workflow_changed = tokio::select! {
+            changed = watcher.drain_after_run() => changed,
+            () = interrupted.cancelled() => return Ok(stopped()),
+        };
+        if workflow_changed {
+            trigger = "the workflow file changed during the last run".into();
+        } else {
+            eprintln!("{} waiting for changes (Ctrl-C to stop)", heading());
             let batch = tokio::select! {
-                b = watcher.next_batch(args.debounce) => b,
-                _ = tokio::signal::ctrl_c() => return Ok(last),
+                batch = watcher.next_batch(args.debounce) => batch,
+                () = interrupted.cancelled() => return Ok(stopped()),
             };
             let Some(batch) = batch else { return Ok(last) };
-            let names: Vec<String> = batch
-                .iter()
-                .take(3)
-                .map(|p| p.display().to_string())
-                .collect();
-            trigger = format!(
-                "changed: {}{}",
-                names.join(", "),
-                if batch.len() > 3 {
-                    format!(" and {} more", batch.len() - 3)
-                } else {
-                    String::new()
-                }
-            );
+            trigger = changed_paths(&batch, watcher.workspace());
         }
-    })
+        // The workflow as it is now decides both the run and what is watched next.
+        workflow = load(file);
+        let now = watch_scope(args, workflow.as_ref());
+        if now.shown != scope.shown {
+            match watcher.set_globs(&now.globs) {
+                Ok(()) => {
+                    scope = now;
+                    eprintln!("{} watching: {}{}", heading(), file.display(), scope.shown);
+                }
+                Err(e) => eprintln!(
+                    "{} {e}: still watching {}{}",
+                    style("warning:").yellow().bold(),
+                    file.display(),
+                    scope.shown
+                ),
+            }
+        }
+    }
+}
+
+/// Ctrl-C while waiting for changes: nothing to cancel.
+fn stopped() -> u8 {
+    eprintln!("\n{} stopped watching", style("^C").yellow());
+    exit::CANCELLED
+}
+
+/// What a watch matches under the workspace, and how that is shown after the workflow file.
+struct WatchedPaths {
+    globs: Vec<String>,
+    shown: String,
+}
+
+/// `--path` globs when given, else what the workflow declares; only the workflow file while it
+/// does not validate.
+fn watch_scope(args: &WatchArgs, workflow: Option<&Validated>) -> WatchedPaths {
+    use secureclaw_engine::watch::{WatchScope, declared_scope};
+    if !args.paths.is_empty() {
+        return WatchedPaths {
+            globs: args.paths.clone(),
+            shown: format!(", {}", args.paths.join(", ")),
+        };
+    }
+    let Some(wf) = workflow else {
+        return WatchedPaths {
+            globs: Vec::new(),
+            shown: " (its inputs are watched once it validates)".into(),
+        };
+    };
+    let scope = declared_scope(&wf.workflow);
+    let shown = match &scope {
+        WatchScope::Declared(paths) if paths.is_empty() => {
+            " (the workflow declares no workspace inputs)".to_string()
+        }
+        WatchScope::Declared(paths) => paths.iter().map(|p| format!(", {p}")).collect(),
+        WatchScope::Workspace { reason } => format!(", the whole workspace ({reason})"),
+    };
+    WatchedPaths {
+        globs: scope.globs(),
+        shown,
+    }
+}
+
+/// One run of a watched workflow, cancelled with `interrupted`.
+async fn run_watched(
+    mut workflow: Validated,
+    file: &Path,
+    workspace: &Path,
+    state: &Path,
+    opts: &RunOptions,
+    pass: &PassphraseSource,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<u8> {
+    workflow.provenance = provenance(file, &workflow)
+        .with_context(|| format!("reading the git provenance of {}", file.display()))?;
+    let start = Start {
+        workflow,
+        recorded_inputs: BTreeMap::new(),
+        workspace: workspace.to_path_buf(),
+        state: state.to_path_buf(),
+        started_by: None,
+    };
+    start_run(start, opts, pass, None, interrupted.child_token()).await
+}
+
+/// A trigger's changed paths, relative to the workspace, the first three by name.
+fn changed_paths(batch: &[PathBuf], workspace: &Path) -> String {
+    let names: Vec<String> = batch
+        .iter()
+        .take(3)
+        .map(|p| p.strip_prefix(workspace).unwrap_or(p).display().to_string())
+        .collect();
+    format!(
+        "changed: {}{}",
+        names.join(", "),
+        if batch.len() > 3 {
+            format!(" and {} more", batch.len() - 3)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// Progress: a live line per running step on a terminal, plain lines otherwise, JSON on request.

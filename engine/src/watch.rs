@@ -23,10 +23,22 @@ use tokio::sync::mpsc;
 
 /// File names editors leave beside the files they edit: vim swap files (`.x.swp`, `.x.swx`,
 /// `.x.swo`) and its write probe `4913`, backups (`x~`), Emacs lock and auto-save files
-/// (`.#x`, `#x#`), and the temporary files of atomic saves (`x.tmp`, and the
+/// (`.#x`, `#x#`), JetBrains IDEs' safe-write files (`x___jb_tmp___`, `x___jb_old___`), Kate's
+/// swap files (`.x.kate-swp`), and the temporary files of atomic saves (`x.tmp`, and the
 /// `.x.tmp.123` / `x.tmp.123` names some tools give them).
 pub const EDITOR_LEFTOVERS: &[&str] = &[
-    "*.swp", "*.swx", "*.swo", "*~", ".#*", "#*#", "4913", "*.tmp", "*.tmp.*",
+    "*.swp",
+    "*.swx",
+    "*.swo",
+    "*~",
+    ".#*",
+    "#*#",
+    "4913",
+    "*___jb_tmp___",
+    "*___jb_old___",
+    "*.kate-swp",
+    "*.tmp",
+    "*.tmp.*",
 ];
 
 /// Ignore files read in each directory, weakest first.
@@ -44,7 +56,7 @@ pub enum WatchError {
         #[source]
         source: notify::Error,
     },
-    #[error("invalid --path glob `{glob}`: {source}")]
+    #[error("invalid watch glob `{glob}`: {source}")]
     Glob {
         glob: String,
         #[source]
@@ -175,6 +187,8 @@ pub struct ChangeWatcher {
     rx: mpsc::UnboundedReceiver<PathBuf>,
     workflow_file: PathBuf,
     workspace: PathBuf,
+    /// Whether the workspace is watched (recursively) yet: only once there are globs to match.
+    workspace_watched: bool,
     ignore: Vec<PathBuf>,
     globs: GlobSet,
     rules: IgnoreRules,
@@ -199,12 +213,16 @@ impl ChangeWatcher {
             .parent()
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        w.watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Notify {
-                path: dir.clone(),
-                source,
-            })?;
+        // Inside a workspace watched recursively the directory is watched already; watching
+        // it again non-recursively would stop notify from following new subdirectories there.
+        if !(w.workspace_watched && dir.starts_with(&w.workspace)) {
+            w.watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError::Notify {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         w.workflow_file = workflow_file;
         Ok(w)
     }
@@ -234,25 +252,6 @@ impl ChangeWatcher {
         let workspace = workspace
             .canonicalize()
             .unwrap_or_else(|_| workspace.to_path_buf());
-        let mut builder = GlobSetBuilder::new();
-        for g in globs {
-            builder.add(Glob::new(g).map_err(|source| WatchError::Glob {
-                glob: g.clone(),
-                source,
-            })?);
-        }
-        let globs_set = builder.build().map_err(|source| WatchError::Glob {
-            glob: globs.join(", "),
-            source,
-        })?;
-        if !globs.is_empty() {
-            watcher
-                .watch(&workspace, RecursiveMode::Recursive)
-                .map_err(|source| WatchError::Notify {
-                    path: workspace.clone(),
-                    source,
-                })?;
-        }
         let fence_dir = make_fence_dir()?;
         // Without a fence the watcher still works; `settle` then waits out its timeout.
         let fence_dir = watcher
@@ -263,17 +262,47 @@ impl ChangeWatcher {
             .into_iter()
             .map(|p| p.canonicalize().unwrap_or(p))
             .collect();
-        Ok(ChangeWatcher {
+        let mut w = ChangeWatcher {
             watcher,
             rx,
             workflow_file: PathBuf::new(),
             rules: IgnoreRules::load(&workspace),
             workspace,
+            workspace_watched: false,
             ignore,
-            globs: globs_set,
+            globs: GlobSet::empty(),
             fence_dir,
             fences: AtomicU64::new(0),
-        })
+        };
+        w.set_globs(globs)?;
+        Ok(w)
+    }
+
+    /// Match changes under the workspace against `globs` from now on (the workflow file, if
+    /// any, still counts). On an error the previous globs stay.
+    pub fn set_globs(&mut self, globs: &[String]) -> Result<(), WatchError> {
+        let mut builder = GlobSetBuilder::new();
+        for g in globs {
+            builder.add(Glob::new(g).map_err(|source| WatchError::Glob {
+                glob: g.clone(),
+                source,
+            })?);
+        }
+        let set = builder.build().map_err(|source| WatchError::Glob {
+            glob: globs.join(", "),
+            source,
+        })?;
+        if !globs.is_empty() && !self.workspace_watched {
+            self.watcher
+                .watch(&self.workspace, RecursiveMode::Recursive)
+                .map_err(|source| WatchError::Notify {
+                    path: self.workspace.clone(),
+                    source,
+                })?;
+            self.workspace_watched = true;
+        }
+        self.globs = set;
+        Ok(())
     }
 
     /// Whether a change to `path` should start a run.
@@ -421,6 +450,114 @@ impl CanonicalParent for PathBuf {
     }
 }
 
+/// What watch mode watches under the workspace when it is not told (besides the workflow
+/// file itself, which always counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchScope {
+    /// The paths the workflow declares: its `on.watch` globs, the paths and globs its `read`
+    /// steps read and the files its `patch` steps patch. Empty when it declares none (only the
+    /// workflow file is watched then).
+    Declared(Vec<DeclaredPath>),
+    /// The whole workspace, because the workflow's inputs cannot all be known from the file;
+    /// `reason` says why.
+    Workspace { reason: String },
+}
+
+/// One workspace path a workflow declares, relative to the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeclaredPath {
+    /// One file, named literally.
+    File(String),
+    /// The files a glob matches.
+    Glob(String),
+}
+
+impl DeclaredPath {
+    /// The glob that matches it.
+    pub fn glob(&self) -> String {
+        match self {
+            DeclaredPath::File(path) => globset::escape(path),
+            DeclaredPath::Glob(glob) => glob.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for DeclaredPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeclaredPath::File(text) | DeclaredPath::Glob(text) => f.write_str(text),
+        }
+    }
+}
+
+impl WatchScope {
+    /// The globs to hand to [`ChangeWatcher::set_globs`].
+    pub fn globs(&self) -> Vec<String> {
+        match self {
+            WatchScope::Declared(paths) => paths.iter().map(DeclaredPath::glob).collect(),
+            WatchScope::Workspace { .. } => vec!["**".to_string()],
+        }
+    }
+}
+
+/// The workspace paths `wf` declares it depends on.
+///
+/// A shell step may read anything, so a workflow with one watches the whole workspace unless
+/// its `on.watch` says what matters. A `read` or `patch` path made from a template is only
+/// known at run time: the whole workspace again.
+pub fn declared_scope(wf: &crate::model::Workflow) -> WatchScope {
+    use crate::template::Templates;
+    let mut paths: Vec<DeclaredPath> = Vec::new();
+    let mut add = |p: DeclaredPath| {
+        if !paths.contains(&p) {
+            paths.push(p);
+        }
+    };
+    for g in &wf.on.watch {
+        add(DeclaredPath::Glob(relative(g).to_string()));
+    }
+    for step in &wf.steps {
+        let files = step
+            .read
+            .as_ref()
+            .and_then(|r| r.path.as_deref())
+            .into_iter()
+            .chain(step.patch.as_ref().map(|p| p.path.as_str()));
+        let pattern = step.read.as_ref().and_then(|r| r.glob.as_deref());
+        if files.clone().chain(pattern).any(Templates::is_template) {
+            return WatchScope::Workspace {
+                reason: format!("step `{}` names a path with a template", step.id),
+            };
+        }
+        for path in files {
+            add(DeclaredPath::File(relative(path).to_string()));
+        }
+        if let Some(pattern) = pattern {
+            add(DeclaredPath::Glob(relative(pattern).to_string()));
+        }
+    }
+    if wf.on.watch.is_empty()
+        && let Some(step) = wf.steps.iter().find(|s| s.shell.is_some())
+    {
+        return WatchScope::Workspace {
+            reason: format!(
+                "shell step `{}` declares no inputs: name them in `on.watch` or with --path",
+                step.id
+            ),
+        };
+    }
+    WatchScope::Declared(paths)
+}
+
+/// A workspace path as the watcher matches it: without a leading `./`.
+fn relative(path: &str) -> &str {
+    let mut p = path;
+    while let Some(rest) = p.strip_prefix("./") {
+        p = rest.trim_start_matches('/');
+    }
+    p
+}
+
 /// What the watcher last saw in each path it has looked at: SHA-256 of the content, `None`
 /// when absent.
 pub type Seen = std::collections::HashMap<PathBuf, Option<String>>;
@@ -478,6 +615,9 @@ mod tests {
             "4913",
             "notes.md.tmp",
             "notes.md.tmp.8812",
+            "notes.md___jb_tmp___",
+            "notes.md___jb_old___",
+            ".notes.md.kate-swp",
         ] {
             assert!(
                 is_editor_leftover(Path::new("src").join(name).as_path()),
@@ -487,6 +627,80 @@ mod tests {
         for name in ["notes.md", "swp", "4914", "tmp.md", "a#b", "template.rs"] {
             assert!(!is_editor_leftover(Path::new(name)), "{name}");
         }
+    }
+
+    fn workflow(yaml: &str) -> crate::model::Workflow {
+        match crate::validate::validate_bytes(Path::new("wf.yaml"), yaml.as_bytes()) {
+            Ok(v) => v.workflow,
+            Err(d) => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn declared_scope_lists_reads_patches_and_watch_globs() {
+        let wf = workflow(
+            r#"
+version: 1
+name: d
+on: { watch: ["docs/**"] }
+steps:
+  - { id: one, read: { path: "./src/[main].rs" } }
+  - { id: all, read: { glob: "src/**/*.rs" } }
+  - id: fix
+    patch: { path: Cargo.toml, diff: "--- a\n+++ b\n" }
+  - { id: again, read: { path: Cargo.toml } }
+  - { id: build, shell: make }
+"#,
+        );
+        let WatchScope::Declared(paths) = declared_scope(&wf) else {
+            panic!("{:?}", declared_scope(&wf));
+        };
+        let shown: Vec<String> = paths.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["docs/**", "src/[main].rs", "src/**/*.rs", "Cargo.toml"]
+        );
+        // A literal path matches itself only, brackets and all.
+        let globs = declared_scope(&wf).globs();
+        let set = {
+            let mut b = GlobSetBuilder::new();
+            for g in &globs {
+                b.add(Glob::new(g).unwrap());
+            }
+            b.build().unwrap()
+        };
+        assert!(set.is_match("src/[main].rs"));
+        let literal = Glob::new(&DeclaredPath::File("src/[main].rs".into()).glob())
+            .unwrap()
+            .compile_matcher();
+        assert!(literal.is_match("src/[main].rs"));
+        assert!(!literal.is_match("src/m.rs"));
+        assert!(set.is_match("Cargo.toml"));
+        assert!(!set.is_match("README.md"));
+    }
+
+    #[test]
+    fn shell_steps_or_templated_paths_widen_the_scope_to_the_workspace() {
+        let shell = workflow("version: 1\nname: s\nsteps:\n  - { id: build, shell: make }\n");
+        assert!(
+            matches!(&declared_scope(&shell), WatchScope::Workspace { reason } if reason.contains("`build`")),
+            "{:?}",
+            declared_scope(&shell)
+        );
+        let templated = workflow(
+            "version: 1\nname: t\ninputs: { f: { type: string } }\nsteps:\n  - { id: r, read: { path: '{{ inputs.f }}' } }\n",
+        );
+        assert!(matches!(
+            declared_scope(&templated),
+            WatchScope::Workspace { .. }
+        ));
+        let writes_only = workflow(
+            "version: 1\nname: w\nsteps:\n  - { id: w, write: { path: out.txt, content: x } }\n",
+        );
+        assert_eq!(
+            declared_scope(&writes_only),
+            WatchScope::Declared(Vec::new())
+        );
     }
 
     #[test]
@@ -580,6 +794,41 @@ mod tests {
         )
         .await;
         assert!(next.is_err(), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn new_directories_beside_the_workflow_file_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let wf = ws.join("wf.yaml");
+        std::fs::write(&wf, "x").unwrap();
+        let mut w = ChangeWatcher::new(&wf, &ws, &["**".into()], Vec::new()).unwrap();
+        std::fs::create_dir(ws.join("fresh")).unwrap();
+        let made = w.next_batch(Duration::from_millis(100)).await.unwrap();
+        assert_eq!(made, vec![ws.join("fresh")]);
+        std::fs::write(ws.join("fresh/new.txt"), "x").unwrap();
+        let written = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.next_batch(Duration::from_millis(100)),
+        )
+        .await;
+        assert_eq!(written.ok().flatten(), Some(vec![ws.join("fresh/new.txt")]));
+    }
+
+    #[tokio::test]
+    async fn set_globs_starts_watching_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let wf = ws.join("wf.yaml");
+        std::fs::write(&wf, "x").unwrap();
+        std::fs::create_dir(ws.join("src")).unwrap();
+        let mut w = ChangeWatcher::new(&wf, &ws, &[], Vec::new()).unwrap();
+        w.set_globs(&["src/*.rs".into()]).unwrap();
+        std::fs::write(ws.join("README.md"), "x").unwrap();
+        std::fs::write(ws.join("src/lib.rs"), "x").unwrap();
+        let batch = w.next_batch(Duration::from_millis(100)).await.unwrap();
+        assert_eq!(batch, vec![ws.join("src/lib.rs")]);
+        assert!(w.set_globs(&["src/[".into()]).is_err());
     }
 
     #[tokio::test]
