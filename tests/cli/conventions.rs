@@ -76,3 +76,72 @@ fn man_prints_the_main_page_and_writes_one_per_subcommand() {
     let run = std::fs::read_to_string(dir.path().join("secureclaw-run.1")).unwrap();
     assert!(run.contains("workspace"), "run's page lacks its flags");
 }
+
+/// The subcommands `secureclaw --help` lists (nested ones as `vault init`).
+fn subcommands(prefix: &[&str]) -> Vec<Vec<String>> {
+    let out = secureclaw().args(prefix).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let Some(list) = help.split("\nCommands:\n").nth(1) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for line in list.lines() {
+        if !line.starts_with("  ") || line.starts_with("   ") {
+            if line.trim().is_empty() || !line.starts_with(' ') {
+                break;
+            }
+            continue;
+        }
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name == "help" || name.is_empty() {
+            continue;
+        }
+        let mut path: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        path.push(name.to_string());
+        let as_str: Vec<&str> = path.iter().map(String::as_str).collect();
+        let nested = subcommands(&as_str);
+        found.push(path);
+        found.extend(nested);
+    }
+    found
+}
+
+/// docs/configuration.md names every variable in `.env.example` (itself checked against the code
+/// by the server tests) and every long flag of every subcommand, so the one table stays whole.
+#[test]
+fn the_configuration_page_names_every_variable_and_flag() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let mut missing = Vec::new();
+    for line in example.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, _)) = line.split_once('=')
+            && !page.contains(&format!("`{name}`"))
+        {
+            missing.push(name.to_string());
+        }
+    }
+    let commands = subcommands(&[]);
+    assert!(commands.len() > 20, "{commands:?}");
+    for path in commands {
+        let out = secureclaw().args(&path).arg("--help").output().unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        for word in help.split_whitespace() {
+            let flag = word.trim_end_matches([',', '.', ')']);
+            let flag = flag.split(['=', '[', '<']).next().unwrap_or_default();
+            if flag.starts_with("--")
+                && flag.len() > 3
+                && !["--help", "--version"].contains(&flag)
+                && !page.contains(&format!("`{flag}"))
+            {
+                missing.push(format!("{} {flag}", path.join(" ")));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks: {missing:?}"
+    );
+}
