@@ -62,6 +62,13 @@ pub enum SandboxCommand {
     },
 }
 
+impl SandboxCommand {
+    /// Whether machine-readable output was asked for.
+    pub fn json(&self) -> bool {
+        matches!(self, SandboxCommand::Check { json: true, .. })
+    }
+}
+
 pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -51,6 +51,13 @@ impl PassphraseArgs {
     }
 }
 
+impl VaultCommand {
+    /// Whether machine-readable output was asked for.
+    pub fn json(&self) -> bool {
+        matches!(self, VaultCommand::Status { json: true })
+    }
+}
+
 /// Environment variable read by `vault rekey` for the new passphrase (non-interactive use).
 pub const ENV_NEW_PASSPHRASE: &str = "SECURECLAW_NEW_PASSPHRASE";
 

@@ -8,12 +8,14 @@
 mod common;
 
 mod capture_attacks;
+mod conventions;
 mod docker_hardening;
 mod egress;
 mod escape;
 mod examples_revert;
 mod guard;
 mod inputs;
+mod logs;
 mod native;
 mod plan;
 mod provenance;

@@ -677,6 +677,7 @@ impl Engine {
             rec.output = secrets.scrub(&f.view.output);
             rec.stdout = secrets.scrub(&f.view.stdout);
             rec.stderr = secrets.scrub(&f.view.stderr);
+            rec.output_cut = f.output_cut;
             rec.exit_code = f.exit_code;
             rec.reason = f.reason.as_deref().map(|r| secrets.scrub(r));
             rec.enforcement = f.enforcement;
