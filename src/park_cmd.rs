@@ -181,10 +181,12 @@ pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
             d.step
         );
     }
-    let run = session.show(&args.run)?.run_id;
+    let record = session.show(&args.run)?;
+    let locate = crate::state::locate_flags(&dir, &record.workspace);
+    let run = record.run_id;
     if !args.resume {
         eprintln!(
-            "  {} `secureclaw resume {run}` runs it; the approval holds only while the step stays exactly as shown",
+            "  {} `secureclaw resume {run}{locate}` runs it; the approval holds only while the step stays exactly as shown",
             style("next:").cyan()
         );
         return Ok(exit::OK);
@@ -199,11 +201,20 @@ pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let by = crate::state::actor();
     match rt.block_on(session.deny(&args.run, &args.step, &by, args.reason.clone())) {
         Ok(_) => {
+            let run = session
+                .show(&args.run)
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r.run_id,
+                        crate::state::locate_flags(&dir, &r.workspace)
+                    )
+                })
+                .unwrap_or_else(|_| args.run.clone());
             eprintln!(
-                "{} denied step `{}`; `secureclaw resume {}` skips it and what needs it",
+                "{} denied step `{}`; `secureclaw resume {run}` skips it and what needs it",
                 style("✗").red(),
                 args.step,
-                args.run
             );
             Ok(exit::OK)
         }
@@ -267,7 +278,11 @@ async fn follow_here(
                 c.cancel();
             }
         });
-        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal());
+        let locate = session
+            .show(handle.id())
+            .map(|r| crate::state::locate_flags(session.state_dir(), &r.workspace))
+            .unwrap_or_default();
+        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal(), locate);
         crate::run_cmd::follow_after(handle, display, cancel, json, after, session.state_dir())
             .await
     }
@@ -346,9 +361,9 @@ pub fn step_streams(s: &StepRecord) -> Vec<(&'static str, &str)> {
         streams.push(("output", s.output.as_str()));
     }
     for (name, text) in [("stdout", &s.stdout), ("stderr", &s.stderr)] {
-        if !text.is_empty()
-            && !(name == "stdout" && s.kind != ActionKind::Shell && *text == s.output)
-        {
+        // Another action's stdout, when it has one, is usually its output again.
+        let said_as_output = name == "stdout" && s.kind != ActionKind::Shell && *text == s.output;
+        if !text.is_empty() && !said_as_output {
             streams.push((name, text.as_str()));
         }
     }

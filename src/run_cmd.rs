@@ -316,7 +316,11 @@ pub async fn start_run(
     }
     let interactive =
         !opts.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let display = Display::new(opts.json, std::io::stderr().is_terminal());
+    let display = Display::new(
+        opts.json,
+        std::io::stderr().is_terminal(),
+        crate::state::locate_flags(&start.state, &start.workspace),
+    );
     let approver: Option<Arc<dyn Approver>> = interactive.then(|| {
         Arc::new(TtyApprover {
             display: display.clone(),
@@ -647,15 +651,18 @@ pub struct Display {
 
 struct DisplayInner {
     json: bool,
+    /// The flags a follow-up command typed here needs to find the run (`--workspace DIR`).
+    locate: String,
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl Display {
-    pub fn new(json: bool, tty: bool) -> Self {
+    pub fn new(json: bool, tty: bool, locate: String) -> Self {
         Display {
             inner: Arc::new(DisplayInner {
                 json,
+                locate,
                 multi: (!json && tty).then(MultiProgress::new),
                 bars: Mutex::new(HashMap::new()),
             }),
@@ -776,11 +783,14 @@ impl Display {
             RunEvent::ApprovalDecided { step, approved, by } if !approved => {
                 self.line(format!("  {} {step}: denied by {by}", style("✗").red()))
             }
-            RunEvent::RunParked { steps } => self.line(format!(
-                "{} parked at {}: `secureclaw approve {run_id}` then `secureclaw resume {run_id}`",
-                style("⏸").yellow(),
-                steps.join(", ")
-            )),
+            RunEvent::RunParked { steps } => {
+                let run = format!("{run_id}{}", self.inner.locate);
+                self.line(format!(
+                    "{} parked at {}: `secureclaw approve {run}` then `secureclaw resume {run}`",
+                    style("⏸").yellow(),
+                    steps.join(", ")
+                ))
+            }
             RunEvent::Output { step, stream, text } if stream == "trace" => {
                 self.line(format!("  {} {step}: {text}", style("trace").dim()))
             }

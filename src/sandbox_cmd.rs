@@ -268,13 +268,21 @@ fn print_report(r: &Report) {
     if let Some(p) = &r.problem {
         println!("    {p}");
     }
+    let mut layers = crate::output::table(["", "LAYER", "DETAIL"]);
     for l in &r.layers {
         let mark = if l.active {
-            style("✓").green()
+            comfy_table::Cell::new("✓").fg(comfy_table::Color::Green)
         } else {
-            style("✗").red()
+            comfy_table::Cell::new("✗").fg(comfy_table::Color::Red)
         };
-        println!("    {mark} {:<22} {}", l.name, style(&l.detail).dim());
+        layers.add_row(vec![
+            mark,
+            comfy_table::Cell::new(&l.name),
+            comfy_table::Cell::new(&l.detail).add_attribute(comfy_table::Attribute::Dim),
+        ]);
+    }
+    if !r.layers.is_empty() {
+        crate::output::write_table(layers, "    ", &mut std::io::stdout().lock());
     }
     for m in &r.missing {
         println!("    {} {m}", style("missing:").red());
