@@ -312,3 +312,31 @@ steps:
             .unwrap_or_else(|| panic!("no `{want}` after byte {at} in:\n{all}"));
     }
 }
+
+#[test]
+fn a_retry_that_fails_again_shows_the_failed_step_output_too() {
+    let ws = Ws::new(&["--sandbox", "host"]);
+    let wf = ws.workflow(
+        r#"
+version: 1
+name: needs-a-file
+steps:
+  - id: check
+    shell: cat needed.txt || { echo "needed.txt is still missing" >&2; exit 1; }
+"#,
+    );
+    let first = ws.run(&wf, &[]);
+    assert_eq!(first.status.code(), Some(1), "{}", output_text(&first));
+    let retried = bin()
+        .args(["retry", "last", "--workspace"])
+        .arg(ws.path())
+        .output()
+        .unwrap();
+    assert_eq!(retried.status.code(), Some(1), "{}", output_text(&retried));
+    let said = stderr(&retried);
+    assert!(
+        said.lines()
+            .any(|l| l.trim() == "| needed.txt is still missing"),
+        "{said}"
+    );
+}
