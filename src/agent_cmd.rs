@@ -20,6 +20,16 @@ pub enum AgentCommand {
     Agent,
 }
 
+impl AgentCommand {
+    /// Where `unlock` reads the passphrase from (the other commands need none).
+    pub fn passphrase(&self) -> PassphraseSource {
+        match self {
+            AgentCommand::Unlock(args) => args.pass.source(),
+            AgentCommand::Lock | AgentCommand::Agent => PassphraseSource::auto(),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct UnlockArgs {
     /// Drop the key after this long without use (e.g. 90s, 15m, 2h).
@@ -31,6 +41,8 @@ pub struct UnlockArgs {
     /// Only show what the agent holds (vault ids and idle time left; never a key).
     #[arg(long)]
     status: bool,
+    #[command(flatten)]
+    pass: crate::vault_cmds::PassphraseArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -48,6 +48,16 @@ pub enum GuardCommand {
     },
 }
 
+impl GuardCommand {
+    /// Whether machine-readable output was asked for.
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            GuardCommand::Scan { json: true, .. } | GuardCommand::Models { json: true }
+        )
+    }
+}
+
 /// Exit code: 0 clean, 1 flagged.
 pub fn run(cmd: GuardCommand) -> anyhow::Result<u8> {
     let stdout = std::io::stdout();

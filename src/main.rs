@@ -55,8 +55,6 @@ Docs: README.md and docs/workflow-format.md in the repository."
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    pass: vault_cmds::PassphraseArgs,
 }
 
 #[derive(Subcommand)]
@@ -98,7 +96,8 @@ enum Command {
     /// Continue a failed run from its failed step: what succeeded stays done, the rest runs.
     #[command(long_about = park_cmd::RETRY_LONG_ABOUT)]
     Retry(park_cmd::RetryArgs),
-    /// A run's events as JSON lines, from any sequence number on (`--after N`).
+    /// A run's output: every step's, or one step's (`--step`); `--follow` streams a running
+    /// run; `--events` prints its events as JSON lines instead.
     Logs(park_cmd::LogsArgs),
     /// Sandbox backends: which isolation layers are really in force here (`check`), and the
     /// offline build of the Docker sandbox image (`build-image`).
@@ -113,6 +112,8 @@ enum Command {
         command: vault_cmds::VaultCommand,
         #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pass: vault_cmds::PassphraseArgs,
     },
     /// The tamper-evident action ledger: verify, export, verify an export offline.
     Ledger {
@@ -120,12 +121,18 @@ enum Command {
         command: vault_cmds::LedgerCommand,
         #[arg(long, env = "SECURECLAW_STATE_DIR", global = true)]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        pass: vault_cmds::PassphraseArgs,
     },
     /// Serve the HTTP API: accounts, tasks, approvals, live streams, revert, API docs.
     Serve(serve_cmd::ServeArgs),
     /// Accounts of the server (`user add NAME [--admin]`).
-    #[command(subcommand)]
-    User(serve_cmd::UserCommand),
+    User {
+        #[command(subcommand)]
+        command: serve_cmd::UserCommand,
+        #[command(flatten)]
+        pass: vault_cmds::PassphraseArgs,
+    },
     #[command(flatten)]
     Agent(agent_cmd::AgentCommand),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
@@ -152,12 +159,13 @@ struct ValidateArgs {
 
 #[derive(Args, Clone)]
 pub struct StateArgs {
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    locate: state::Locate,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pass: vault_cmds::PassphraseArgs,
 }
 
 #[derive(Args)]
@@ -172,12 +180,24 @@ fn main() -> ExitCode {
     // When re-executed as the sandbox helper, this never returns.
     secureclaw_engine::tools::sandbox::run_helper_if_requested();
     let cli = Cli::parse();
-    let pass = cli.pass.source();
+    output::set_json_errors(cli.command.json());
     let result = match cli.command {
-        Command::Run(args) => run_cmd::run(args, &pass),
-        Command::Plan(args) => plan_cmd::plan(args, &pass),
-        Command::Rerun(args) => rerun_cmd::rerun(args, &pass),
-        Command::Watch(args) => run_cmd::watch(args, &pass),
+        Command::Run(args) => {
+            let pass = args.opts.pass.source();
+            run_cmd::run(args, &pass)
+        }
+        Command::Plan(args) => {
+            let pass = args.pass.source();
+            plan_cmd::plan(args, &pass)
+        }
+        Command::Rerun(args) => {
+            let pass = args.opts.pass.source();
+            rerun_cmd::rerun(args, &pass)
+        }
+        Command::Watch(args) => {
+            let pass = args.opts.pass.source();
+            run_cmd::watch(args, &pass)
+        }
         Command::Workflows(args) => workflows_cmd::workflows(args),
         Command::Validate(args) => output::validate(&args.files, args.explain, args.json),
         Command::Schema => {
@@ -187,32 +207,102 @@ fn main() -> ExitCode {
         Command::Risk(args) => risk_cmd::run(args).map(|c| u8::try_from(c).unwrap_or(exit::FAILED)),
         Command::Guard(cmd) => guard_cmd::run(cmd),
         Command::Sandbox(cmd) => sandbox_cmd::run(cmd),
-        Command::Runs(args) => output::runs(&args, &pass),
-        Command::Show(args) => output::show(&args.run, &args.state, &pass),
-        Command::Revert(args) => revert_cmd::revert(args, &pass),
-        Command::Diff(args) => revert_cmd::diff(args, &pass),
-        Command::Approve(args) => park_cmd::approve(args, &pass),
-        Command::Deny(args) => park_cmd::deny(args, &pass),
-        Command::Resume(args) => park_cmd::resume(args, &pass),
-        Command::Retry(args) => park_cmd::retry(args, &pass),
-        Command::Logs(args) => park_cmd::logs(args, &pass),
-        Command::Vault { command, state_dir } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass))
+        Command::Runs(args) => output::runs(&args, &args.pass.source()),
+        Command::Show(args) => output::show(&args.run, &args.state, &args.state.pass.source()),
+        Command::Revert(args) => {
+            let pass = args.pass.source();
+            revert_cmd::revert(args, &pass)
+        }
+        Command::Diff(args) => {
+            let pass = args.pass.source();
+            revert_cmd::diff(args, &pass)
+        }
+        Command::Approve(args) => {
+            let pass = args.common.pass.source();
+            park_cmd::approve(args, &pass)
+        }
+        Command::Deny(args) => {
+            let pass = args.pass.source();
+            park_cmd::deny(args, &pass)
+        }
+        Command::Resume(args) => {
+            let pass = args.common.pass.source();
+            park_cmd::resume(args, &pass)
+        }
+        Command::Retry(args) => {
+            let pass = args.pass.source();
+            park_cmd::retry(args, &pass)
+        }
+        Command::Logs(args) => {
+            let pass = args.pass.source();
+            park_cmd::logs(args, &pass)
+        }
+        Command::Vault {
+            command,
+            state_dir,
+            pass,
+        } => cwd_state(state_dir.as_ref())
+            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass.source()))
             .map(exit_code),
-        Command::Ledger { command, state_dir } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass))
+        Command::Ledger {
+            command,
+            state_dir,
+            pass,
+        } => cwd_state(state_dir.as_ref())
+            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass.source()))
             .map(exit_code),
-        Command::Serve(args) => serve_cmd::serve_cmd(args, &pass),
-        Command::User(cmd) => serve_cmd::user_cmd(cmd, &pass),
-        Command::Agent(cmd) => agent_cmd::run(cmd, &pass),
+        Command::Serve(args) => {
+            let pass = args.pass.source();
+            serve_cmd::serve_cmd(args, &pass)
+        }
+        Command::User { command, pass } => serve_cmd::user_cmd(command, &pass.source()),
+        Command::Agent(cmd) => {
+            let pass = cmd.passphrase();
+            agent_cmd::run(cmd, &pass)
+        }
         Command::Completions(args) => completions_cmd::completions(&args),
         Command::Man(args) => completions_cmd::man(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::report_anyhow(&e);
             ExitCode::from(exit::INVALID)
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for machine-readable output: its failures are then
+    /// reported as one JSON error object on stdout.
+    fn json(&self) -> bool {
+        match self {
+            Command::Run(a) => a.opts.json,
+            Command::Rerun(a) => a.opts.json,
+            Command::Watch(a) => a.opts.json,
+            Command::Plan(a) => a.json,
+            Command::Validate(a) => a.json,
+            Command::Workflows(a) => a.json,
+            Command::Risk(a) => a.json,
+            Command::Runs(a) => a.json,
+            Command::Show(a) => a.state.json,
+            Command::Revert(a) => a.json,
+            Command::Approve(a) => a.common.json,
+            Command::Resume(a) => a.common.json,
+            Command::Retry(a) => a.json,
+            Command::Logs(a) => a.json_events(),
+            Command::Sandbox(c) => c.json(),
+            Command::Guard(c) => c.json(),
+            Command::Vault { command, .. } => command.json(),
+            Command::Schema
+            | Command::Diff(_)
+            | Command::Deny(_)
+            | Command::Ledger { .. }
+            | Command::Serve(_)
+            | Command::User { .. }
+            | Command::Agent(_)
+            | Command::Completions(_)
+            | Command::Man(_) => false,
         }
     }
 }

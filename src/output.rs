@@ -1,6 +1,7 @@
 //! `validate`, `runs` and `show`: reading and presenting, never running.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use console::style;
 use secureclaw_engine::record::{RunRecord, StepState};
@@ -8,7 +9,80 @@ use secureclaw_engine::session::{Access, PassphraseSource, Session};
 use secureclaw_engine::validate::{self, Validated};
 use serde_json::json;
 
-use crate::{StateArgs, exit, state_dir};
+use crate::{StateArgs, exit};
+
+/// Set once in `main` when the command was given `--json`: failures are then reported as one
+/// JSON object on stdout instead of text on stderr.
+static JSON_ERRORS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_json_errors(on: bool) {
+    JSON_ERRORS.store(on, Ordering::Relaxed);
+}
+
+pub fn json_errors() -> bool {
+    JSON_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The JSON error object every `--json` command prints on failure.
+pub fn error_json(kind: &str, message: &str, hint: Option<&str>) -> serde_json::Value {
+    json!({"error": {"message": message, "kind": kind, "hint": hint}})
+}
+
+/// Report a failure: `error: MESSAGE` (and `hint: …`) on stderr, or under `--json` one
+/// [`error_json`] object on stdout. The exit code is the caller's.
+pub fn report_error(kind: &str, message: &str, hint: Option<&str>) {
+    report_error_with(kind, message, hint, None);
+}
+
+/// [`report_error`] with more detail for the JSON object (e.g. the located diagnostics of an
+/// invalid workflow, which the text form prints on its own).
+pub fn report_error_with(
+    kind: &str,
+    message: &str,
+    hint: Option<&str>,
+    detail: Option<(&str, serde_json::Value)>,
+) {
+    if json_errors() {
+        let mut doc = error_json(kind, message, hint);
+        if let (Some((key, value)), Some(err)) = (detail, doc.get_mut("error"))
+            && let Some(obj) = err.as_object_mut()
+        {
+            obj.insert(key.to_string(), value);
+        }
+        println!("{doc}");
+        return;
+    }
+    eprintln!("{} {message}", style("error:").red().bold());
+    if let Some(hint) = hint {
+        eprintln!("  {} {hint}", style("hint:").cyan());
+    }
+}
+
+/// Report an error that ended a command: its whole chain, each cause once.
+pub fn report_anyhow(e: &anyhow::Error) {
+    use secureclaw_engine::session::SessionError;
+    let session = e.chain().find_map(|c| c.downcast_ref::<SessionError>());
+    let kind = session.map_or("error", SessionError::kind);
+    let hint = session.and_then(SessionError::hint);
+    report_error(kind, &chain_text(e), hint.as_deref());
+}
+
+/// An error and its causes on one line, `outer: inner`, each said once: many errors already
+/// name their cause in their own message, and printing it again as a cause would repeat it.
+pub fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
 
 pub fn validate(files: &[PathBuf], explain: bool, as_json: bool) -> anyhow::Result<u8> {
     let mut errors = 0;
@@ -101,53 +175,35 @@ pub fn print_explain(v: &Validated) {
 
 /// The per-step table: tier, the rule that set it, and how the step is undone.
 pub fn print_explain_to(v: &Validated, w: &mut dyn std::io::Write) {
-    let width = v
-        .workflow
-        .steps
-        .iter()
-        .map(|s| s.id.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let _ = writeln!(
-        w,
-        "  {:width$}  {:6}  {:14}  {:10}  RULE / WHY",
-        "STEP", "ACTION", "TIER", "UNDO"
-    );
+    use comfy_table::{Attribute, Cell, Color};
+    let mut t = table(["STEP", "ACTION", "TIER", "UNDO", "RULE / WHY"]);
     for &i in &v.order {
         let s = &v.workflow.steps[i];
         let r = &v.risk[i];
-        let tier = format!("{:14}", r.tier.as_str());
+        let tier = Cell::new(r.tier.as_str());
         let tier = if r.needs_approval() {
-            style(tier).yellow().bold()
+            tier.fg(Color::Yellow).add_attribute(Attribute::Bold)
         } else {
-            style(tier).green()
+            tier.fg(Color::Green)
         };
         let pause = if r.needs_approval() {
             " (pauses for approval)"
         } else {
             ""
         };
-        let _ = writeln!(
-            w,
-            "  {:width$}  {:6}  {}  {:10}  {}: {}{pause}",
-            s.id,
-            s.kind().as_str(),
+        t.add_row(vec![
+            Cell::new(&s.id),
+            Cell::new(s.kind().as_str()),
             tier,
-            serde_json::to_value(v.inverse[i])
-                .ok()
-                .and_then(|x| x.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            r.rule,
-            r.reason
-        );
+            Cell::new(state_label(&v.inverse[i])),
+            Cell::new(format!("{}: {}{pause}", r.rule, r.reason)),
+        ]);
     }
+    write_table(t, "  ", w);
 }
 
 fn session(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<Session> {
-    let cwd = std::env::current_dir()?;
-    let dir = state_dir(args.state_dir.as_ref(), &cwd);
-    crate::state::open(&dir, pass, Access::Read)
+    crate::state::open(&args.locate.dir()?, pass, Access::Read)
 }
 
 pub fn runs(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
@@ -162,25 +218,61 @@ pub fn runs(args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     }
     if runs.is_empty() {
         println!("no runs yet");
+        return Ok(exit::OK);
     }
+    let mut table = table(["RUN", "STATE", "WORKFLOW", "STEPS", "SANDBOX", "STARTED"]);
     for r in &runs {
         let done = r
             .steps
             .iter()
             .filter(|s| s.state == StepState::Succeeded)
             .count();
-        println!(
-            "{}  {:18}  {:22}  {}/{} steps  {}  {}",
-            r.run_id,
+        table.add_row([
+            r.run_id.clone(),
             state_label(&r.state),
-            r.workflow,
-            done,
-            r.steps.len(),
-            r.backend,
-            r.started_at
-        );
+            r.workflow.clone(),
+            format!("{done}/{}", r.steps.len()),
+            r.backend.clone(),
+            r.started_at.clone(),
+        ]);
     }
+    print_table(table);
     Ok(exit::OK)
+}
+
+/// A table for the terminal: borderless, columns aligned, fitted to the terminal's width when
+/// there is one; no colours or styling when `NO_COLOR` is set or stdout is not a terminal.
+pub fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    use comfy_table::{ContentArrangement, Table, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    if console::colors_enabled() {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
+    t
+}
+
+/// Print a [`table`] on stdout.
+pub fn print_table(t: comfy_table::Table) {
+    write_table(t, "", &mut std::io::stdout().lock());
+}
+
+/// Write a [`table`]: each line after `indent`, two spaces between columns, none at the line
+/// ends.
+pub fn write_table(mut t: comfy_table::Table, indent: &str, w: &mut dyn std::io::Write) {
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    for line in t.lines() {
+        // A reader that stopped reading (`| head`) ends the listing.
+        if writeln!(w, "{indent}{}", line.trim_end()).is_err() {
+            return;
+        }
+    }
 }
 
 fn state_label<T: serde::Serialize>(s: &T) -> String {
@@ -192,6 +284,7 @@ fn state_label<T: serde::Serialize>(s: &T) -> String {
 
 pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let r: RunRecord = session(args, pass)?.show(run)?;
+    let flags = crate::state::locate_flags(&args.locate.dir()?, &r.workspace);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(exit::OK);
@@ -283,9 +376,7 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
                 e.method, e.host, e.port
             );
         }
-        for line in s.output.lines().take(5) {
-            println!("           | {line}");
-        }
+        print_output_head(&format!("{}{flags}", r.run_id), s, SHOW_LINES);
     }
     Ok(exit::OK)
 }
@@ -312,4 +403,29 @@ fn print_provenance(p: &secureclaw_engine::record::Provenance) {
         }
     );
     println!("          path {}  blob {}", p.path, p.blob);
+}
+
+/// Lines of a step's output `show` prints; the rest is counted and `logs` has it all.
+const SHOW_LINES: usize = 5;
+
+/// The first `max` lines of a step's output, then how many more there are and where to read
+/// them.
+fn print_output_head(run: &str, s: &secureclaw_engine::record::StepRecord, max: usize) {
+    let text = &s.output;
+    let total = text.lines().count();
+    for line in text.lines().take(max) {
+        println!("           | {line}");
+    }
+    if total > max {
+        println!(
+            "           {}",
+            style(format!(
+                "… {} more line{} (secureclaw logs {run} --step {})",
+                total - max,
+                if total - max == 1 { "" } else { "s" },
+                s.id
+            ))
+            .dim()
+        );
+    }
 }

@@ -2,12 +2,14 @@
 //! event log.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
 use console::style;
-use secureclaw_engine::session::{Access, PassphraseSource, SessionError};
+use secureclaw_engine::events::{EventEnvelope, RunEvent};
+use secureclaw_engine::model::ActionKind;
+use secureclaw_engine::record::{RunRecord, RunState, StepRecord};
+use secureclaw_engine::session::{Access, PassphraseSource, Session, SessionError};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
@@ -36,9 +38,10 @@ pub struct DenyArgs {
     /// Why (recorded in the ledger).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 #[derive(Args)]
@@ -57,9 +60,10 @@ pub struct ResumeFlags {
     /// Print events as JSON lines instead of the progress display.
     #[arg(long)]
     pub json: bool,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 /// The long `--help` text of `retry` (the subcommand's doc line is its short one).
@@ -86,21 +90,47 @@ pub struct RetryArgs {
     /// Print events as JSON lines instead of the progress display.
     #[arg(long)]
     pub json: bool,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Output is as recorded: secret inputs scrubbed, each stream kept up to the \
+step's output cap (sandbox.output_cap, 1Mi by default; what the cap cut is said).\n\
+`--events` prints the run's events instead, one JSON object per line, numbered from 1."
+)]
 pub struct LogsArgs {
     /// Run id, unique prefix, or `last`.
     pub run: String,
-    /// Only events after this sequence number (what a reconnecting client last saw).
-    #[arg(long, default_value_t = 0)]
-    pub after: u64,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// Only this step's output [default: every step that ran, in the order they started].
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Keep printing a running run's output (the run may go on in another process) until it
+    /// ends or parks.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The run's events as JSON lines (each with its sequence number and time), instead of
+    /// the output.
+    #[arg(long, visible_alias = "json")]
+    pub events: bool,
+    /// Only events after this sequence number (what a reconnecting client last saw); implies
+    /// --events.
+    #[arg(long, value_name = "N")]
+    pub after: Option<u64>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
+}
+
+impl LogsArgs {
+    /// Whether the events are printed as JSON lines rather than the output as text.
+    pub fn json_events(&self) -> bool {
+        self.events || self.after.is_some()
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -113,11 +143,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Exit code of a session error: the caller's mistake (2) or a failure (reported as error).
 fn report(e: SessionError) -> anyhow::Result<u8> {
     if e.is_invalid_request() || matches!(e, SessionError::Drift { .. }) {
-        crate::state::print_error(&e);
-        if let SessionError::Drift { paths, .. } = &e {
-            for p in paths.iter().take(20) {
-                eprintln!("    changed: {p}");
+        match &e {
+            SessionError::Drift { paths, .. } if crate::output::json_errors() => {
+                crate::output::report_error_with(
+                    e.kind(),
+                    &e.to_string(),
+                    None,
+                    Some(("paths", serde_json::json!(paths))),
+                );
             }
+            SessionError::Drift { paths, .. } => {
+                crate::state::print_error(&e);
+                for p in paths.iter().take(20) {
+                    eprintln!("    changed: {p}");
+                }
+            }
+            _ => crate::state::print_error(&e),
         }
         return Ok(exit::INVALID);
     }
@@ -125,7 +166,7 @@ fn report(e: SessionError) -> anyhow::Result<u8> {
 }
 
 pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.common.state_dir.as_ref())?;
+    let dir = args.common.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
     let rt = runtime()?;
     let by = crate::state::actor();
@@ -140,10 +181,12 @@ pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
             d.step
         );
     }
-    let run = session.show(&args.run)?.run_id;
+    let record = session.show(&args.run)?;
+    let locate = crate::state::locate_flags(&dir, &record.workspace);
+    let run = record.run_id;
     if !args.resume {
         eprintln!(
-            "  {} `secureclaw resume {run}` runs it; the approval holds only while the step stays exactly as shown",
+            "  {} `secureclaw resume {run}{locate}` runs it; the approval holds only while the step stays exactly as shown",
             style("next:").cyan()
         );
         return Ok(exit::OK);
@@ -152,17 +195,26 @@ pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
 }
 
 pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let dir = args.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
     let rt = runtime()?;
     let by = crate::state::actor();
     match rt.block_on(session.deny(&args.run, &args.step, &by, args.reason.clone())) {
         Ok(_) => {
+            let run = session
+                .show(&args.run)
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r.run_id,
+                        crate::state::locate_flags(&dir, &r.workspace)
+                    )
+                })
+                .unwrap_or_else(|_| args.run.clone());
             eprintln!(
-                "{} denied step `{}`; `secureclaw resume {}` skips it and what needs it",
+                "{} denied step `{}`; `secureclaw resume {run}` skips it and what needs it",
                 style("✗").red(),
                 args.step,
-                args.run
             );
             Ok(exit::OK)
         }
@@ -171,7 +223,7 @@ pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
 }
 
 pub fn resume(args: ResumeArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.common.state_dir.as_ref())?;
+    let dir = args.common.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
     let rt = runtime()?;
     resume_in(&session, &rt, &args.run, &args.common)
@@ -193,7 +245,7 @@ fn resume_in(
 }
 
 pub fn retry(args: RetryArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let dir = args.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -226,25 +278,287 @@ async fn follow_here(
                 c.cancel();
             }
         });
-        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal());
-        crate::run_cmd::follow_after(handle, display, cancel, json, after).await
+        let locate = session
+            .show(handle.id())
+            .map(|r| crate::state::locate_flags(session.state_dir(), &r.workspace))
+            .unwrap_or_default();
+        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal(), locate);
+        crate::run_cmd::follow_after(handle, display, cancel, json, after, session.state_dir())
+            .await
     }
 }
 
 pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let dir = args.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Read)?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let mut events = session.events(&args.run, args.after)?;
-        let mut out = std::io::stdout().lock();
-        while let Some(e) = events.next().await {
-            // A reader that stopped reading (`| head`) ends the listing, not in a panic.
-            match writeln!(out, "{}", serde_json::to_string(&e)?) {
-                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => break,
-                other => other?,
-            }
+    let record = session.show(&args.run)?;
+    if let Some(step) = &args.step
+        && record.step(step).is_none()
+    {
+        return report(SessionError::Invalid {
+            message: format!("run `{}` has no step `{step}`", record.run_id),
+            hint: Some(format!(
+                "its steps: {}",
+                record
+                    .steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        });
+    }
+    let stdout = std::io::stdout();
+    let mut out = OutputPrinter::new(stdout.lock(), args.step.is_none());
+    let written = if args.json_events() {
+        let mut w = std::io::stdout().lock();
+        runtime()?.block_on(stream_events(
+            session,
+            &record.run_id,
+            args.after.unwrap_or(0),
+            args.follow,
+            |e| writeln!(w, "{}", serde_json::to_string(e).unwrap_or_default()),
+        ))
+    } else if args.follow {
+        let step = args.step.clone();
+        runtime()?.block_on(stream_events(
+            session,
+            &record.run_id,
+            0,
+            true,
+            |e| match &e.event {
+                RunEvent::Output {
+                    step: s,
+                    stream,
+                    text,
+                } if stream != "trace" && step.as_ref().is_none_or(|only| only == s) => {
+                    out.text(s, None, stream, text)
+                }
+                RunEvent::RunParked { steps } => out.note(&format!(
+                    "parked at {}: `secureclaw approve {}` then `secureclaw resume {}`",
+                    steps.join(", "),
+                    e.run_id,
+                    e.run_id
+                )),
+                _ => Ok(()),
+            },
+        ))
+    } else {
+        print_recorded(&record, args.step.as_deref(), &mut out)
+    };
+    match written {
+        // A reader that stopped reading (`| head`) ends the listing, not in a panic.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        other => other.map(|()| exit::OK).map_err(Into::into),
+    }
+}
+
+/// The streams of a step's recorded output that have anything in them, by name: a shell
+/// step's stdout and stderr; another action's output (what it read, the response body…).
+pub fn step_streams(s: &StepRecord) -> Vec<(&'static str, &str)> {
+    let mut streams = Vec::new();
+    if s.kind != ActionKind::Shell && !s.output.is_empty() {
+        streams.push(("output", s.output.as_str()));
+    }
+    for (name, text) in [("stdout", &s.stdout), ("stderr", &s.stderr)] {
+        // Another action's stdout, when it has one, is usually its output again.
+        let said_as_output = name == "stdout" && s.kind != ActionKind::Shell && *text == s.output;
+        if !text.is_empty() && !said_as_output {
+            streams.push((name, text.as_str()));
         }
-        Ok(exit::OK)
+    }
+    streams
+}
+
+/// What the output cap cut from a step's output, in words, if it cut anything.
+pub fn cut_note(s: &StepRecord) -> Option<String> {
+    let cut = s.output_cut?;
+    let mut parts = Vec::new();
+    for (name, kept, total) in [
+        ("stdout", s.stdout.len() as u64, cut.stdout_total),
+        ("stderr", s.stderr.len() as u64, cut.stderr_total),
+    ] {
+        if total > kept {
+            parts.push(format!("the first {kept} of {total} {name} bytes"));
+        }
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "the output cap kept {} (raise `sandbox.output_cap` to keep more)",
+            parts.join(" and ")
+        )
     })
+}
+
+/// Every step that ran (or `only`), in the order they started, each under a header.
+fn print_recorded(
+    record: &RunRecord,
+    only: Option<&str>,
+    out: &mut OutputPrinter<impl std::io::Write>,
+) -> std::io::Result<()> {
+    let mut steps: Vec<&StepRecord> = record
+        .steps
+        .iter()
+        .filter(|s| only.is_none_or(|id| id == s.id))
+        .filter(|s| s.started_at.is_some() || only.is_some())
+        .collect();
+    steps.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    if steps.is_empty() {
+        return out.note("no step of this run has run yet");
+    }
+    for s in steps {
+        let status = format!(
+            "{}{}",
+            label(&s.state),
+            s.exit_code
+                .filter(|c| *c != 0)
+                .map(|c| format!(", exit {c}"))
+                .unwrap_or_default()
+        );
+        let streams = step_streams(s);
+        out.header(&s.id, Some(&status))?;
+        if streams.is_empty() {
+            out.note(if s.started_at.is_some() {
+                "(no output)"
+            } else {
+                "(did not run)"
+            })?;
+        }
+        for (name, text) in streams {
+            out.text(&s.id, Some(&status), name, text)?;
+        }
+        if let Some(note) = cut_note(s) {
+            out.note(&format!("({note})"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints step output: a `==> STEP (state) <==` header when the step changes (unless only one
+/// step is shown) and `[stderr]`-style labels when a step wrote more than one stream.
+struct OutputPrinter<W: std::io::Write> {
+    w: W,
+    headers: bool,
+    step: Option<String>,
+    stream: Option<String>,
+    at_line_start: bool,
+}
+
+impl<W: std::io::Write> OutputPrinter<W> {
+    fn new(w: W, headers: bool) -> Self {
+        OutputPrinter {
+            w,
+            headers,
+            step: None,
+            stream: None,
+            at_line_start: true,
+        }
+    }
+
+    fn end_line(&mut self) -> std::io::Result<()> {
+        if !self.at_line_start {
+            writeln!(self.w)?;
+            self.at_line_start = true;
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, step: &str, status: Option<&str>) -> std::io::Result<()> {
+        self.end_line()?;
+        if self.headers {
+            if self.step.is_some() {
+                writeln!(self.w)?;
+            }
+            let status = status.map(|s| format!(" ({s})")).unwrap_or_default();
+            writeln!(
+                self.w,
+                "{}",
+                style(format!("==> {step}{status} <==")).bold()
+            )?;
+        }
+        self.step = Some(step.to_string());
+        self.stream = None;
+        Ok(())
+    }
+
+    fn text(
+        &mut self,
+        step: &str,
+        status: Option<&str>,
+        stream: &str,
+        text: &str,
+    ) -> std::io::Result<()> {
+        if self.step.as_deref() != Some(step) {
+            self.header(step, status)?;
+        }
+        // The first stream of a step is labelled only when it is not the usual one.
+        let first = self.stream.is_none();
+        if self.stream.as_deref() != Some(stream) && (!first || stream == "stderr") {
+            self.end_line()?;
+            writeln!(self.w, "{}", style(format!("[{stream}]")).dim())?;
+        }
+        self.stream = Some(stream.to_string());
+        if !text.is_empty() {
+            write!(self.w, "{text}")?;
+            self.at_line_start = text.ends_with('\n');
+        }
+        self.w.flush()
+    }
+
+    fn note(&mut self, text: &str) -> std::io::Result<()> {
+        self.end_line()?;
+        writeln!(self.w, "{}", style(text).dim())?;
+        self.w.flush()
+    }
+}
+
+/// How often `--follow` looks for what another process stored since.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A run's stored events after `after`, each handed to `each`; with `follow`, then the ones
+/// stored later (by whichever process runs it) until the run ends or parks.
+async fn stream_events(
+    mut session: Session,
+    run_id: &str,
+    mut after: u64,
+    follow: bool,
+    mut each: impl FnMut(&EventEnvelope) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    // Whether the last look found the run stopped: one more read then catches any event
+    // stored between that read and the look.
+    let mut stopped = false;
+    loop {
+        let mut events = session
+            .events(run_id, after)
+            .map_err(std::io::Error::other)?;
+        let mut ended = false;
+        while let Some(e) = events.next().await {
+            after = e.seq;
+            each(&e)?;
+            ended = match &e.event {
+                RunEvent::RunFinished { state, .. } => *state != RunState::AwaitingApproval,
+                RunEvent::RunParked { .. } => true,
+                RunEvent::RunResumed { .. } | RunEvent::RunRetried { .. } => false,
+                _ => ended,
+            };
+        }
+        if !follow || ended || stopped {
+            return Ok(());
+        }
+        let record = session.show(run_id).map_err(std::io::Error::other)?;
+        stopped = record.state != RunState::Running;
+        if !stopped {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+        session = session
+            .reopened_for_reading()
+            .map_err(std::io::Error::other)?;
+    }
+}
+
+fn label<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

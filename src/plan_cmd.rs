@@ -28,6 +28,8 @@ pub struct PlanArgs {
     /// Where the vault (ledger) lives [default: ./.secureclaw].
     #[arg(long, env = "SECURECLAW_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 /// Plan with the configured providers. `Ok(Err(code))` is a failure already reported.
@@ -42,7 +44,13 @@ pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Re
     match planner.plan(instruction, max_repairs).await {
         Ok(p) => Ok(Ok(p)),
         Err(e) => {
-            eprintln!("{} {e}", style("error:").red().bold());
+            let kind = match e {
+                PlanError::Injection { .. } => "injection",
+                PlanError::EmptyInstruction => "invalid",
+                PlanError::Invalid { .. } => "invalid_plan",
+                PlanError::Llm { .. } => "llm",
+            };
+            output::report_error(kind, &e.to_string(), None);
             Ok(Err(match e {
                 PlanError::Injection { .. } | PlanError::EmptyInstruction => exit::INVALID,
                 PlanError::Invalid { .. } | PlanError::Llm { .. } => exit::FAILED,

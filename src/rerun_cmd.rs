@@ -119,8 +119,7 @@ struct Refusal {
 
 impl Refusal {
     fn print(&self) {
-        eprintln!("{} {}", style("error:").red().bold(), self.why);
-        eprintln!("  {} {}", style("hint:").cyan(), self.hint);
+        crate::output::report_error("invalid", &self.why, Some(&self.hint));
     }
 }
 

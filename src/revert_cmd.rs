@@ -1,7 +1,6 @@
 //! `revert` and `diff`: undo a recorded run (or one step), and show what it changed.
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -29,12 +28,13 @@ pub struct RevertArgs {
     /// Overwrite paths edited since the run (drift) instead of stopping.
     #[arg(long)]
     pub force: bool,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 #[derive(Args)]
@@ -44,16 +44,17 @@ pub struct DiffArgs {
     /// Only this step's changes.
     #[arg(long)]
     pub step: Option<String>,
-    /// Where run records live [default: ./.secureclaw].
-    #[arg(long, env = "SECURECLAW_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub locate: crate::state::Locate,
     /// Colours: auto (on a terminal), always, never.
     #[arg(long, default_value = "auto")]
     pub color: String,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
-    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let dir = args.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Write { create: false })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +85,7 @@ pub fn revert(args: RevertArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
             });
         }
         Err(SessionError::Revert(e @ RevertError::NeedsCascade { .. })) => {
-            eprintln!("{} {e}", style("error:").red().bold());
+            crate::output::report_error("needs_cascade", &e.to_string(), None);
             return Ok(exit::FAILED);
         }
         Err(e) => return Err(e.into()),
@@ -198,7 +199,7 @@ fn print_plan(plan: &revert::RevertPlan) {
 
 pub fn diff(args: DiffArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     // Only reads: works on a read-only state dir (a backup being audited) like `show`.
-    let dir = crate::cwd_state(args.state_dir.as_ref())?;
+    let dir = args.locate.dir()?;
     let session = crate::state::open(&dir, pass, Access::Read)?;
     let (_, steps) = session.changes(&args.run, args.step.as_deref())?;
     let color = match args.color.as_str() {

@@ -84,6 +84,8 @@ pub struct RunOptions {
     /// (repeatable; absolute or `~/...`): toolchains such as `~/.cargo` and `~/.rustup`.
     #[arg(long = "read-only", value_name = "PATH")]
     pub read_only: Vec<String>,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -170,15 +172,20 @@ fn load(file: &Path) -> Option<Validated> {
     match validate::validate_file(file) {
         Ok(v) => Some(v),
         Err(diags) => {
+            let summary = format!("{} error(s): nothing was run", diags.len());
+            if output::json_errors() {
+                output::report_error_with(
+                    "invalid_workflow",
+                    &summary,
+                    None,
+                    Some(("diagnostics", serde_json::json!(diags.0))),
+                );
+                return None;
+            }
             for d in diags.iter() {
                 output::print_diagnostic(d);
             }
-            eprintln!(
-                "{}",
-                style(format!("{} error(s): nothing was run", diags.len()))
-                    .red()
-                    .bold()
-            );
+            eprintln!("{}", style(summary).red().bold());
             None
         }
     }
@@ -260,10 +267,12 @@ pub fn state_layout_ok(workspace: &Path, state: &Path) -> bool {
     match check_state_layout(workspace, state) {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("{} {why}", style("error:").red().bold());
-            eprintln!(
-                "  {} leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
-                style("hint:").cyan()
+            output::report_error(
+                "invalid",
+                &why.to_string(),
+                Some(
+                    "leave --state-dir out (the default `WORKSPACE/.secureclaw` is hidden from steps), or put it outside the workspace",
+                ),
             );
             false
         }
@@ -294,8 +303,13 @@ pub async fn start_run(
     let inputs = match resolve_inputs(&with_recorded, opts) {
         Ok(i) => i,
         Err(errs) => {
-            for e in errs {
-                eprintln!("{} {e}", style("error:").red().bold());
+            let messages: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            if output::json_errors() {
+                output::report_error("invalid_input", &messages.join("; "), None);
+            } else {
+                for m in &messages {
+                    output::report_error("invalid_input", m, None);
+                }
             }
             return Ok(exit::INVALID);
         }
@@ -322,7 +336,11 @@ pub async fn start_run(
     }
     let interactive =
         !opts.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let display = Display::new(opts.json, std::io::stderr().is_terminal());
+    let display = Display::new(
+        opts.json,
+        std::io::stderr().is_terminal(),
+        crate::state::locate_flags(&start.state, &start.workspace),
+    );
     let approver: Option<Arc<dyn Approver>> = interactive.then(|| {
         Arc::new(TtyApprover {
             display: display.clone(),
@@ -347,7 +365,7 @@ pub async fn start_run(
         Err(e) => return Err(e.into()),
     };
     crate::state::print_notices(&session);
-    follow(handle, display, cancel, opts.json).await
+    follow(handle, display, cancel, opts.json, session.state_dir()).await
 }
 
 /// The workflow with `values` as the defaults of the inputs they name (values of the wrong
@@ -387,13 +405,15 @@ fn settings(args: &RunOptions) -> RunSettings {
 }
 
 /// Show a run's events as they come, then its outcome; the exit code says how it ended.
+/// `state` is the state dir the run is recorded in (for the follow-up commands printed).
 pub async fn follow(
     handle: RunHandle,
     display: Display,
     cancel: CancellationToken,
     json: bool,
+    state: &Path,
 ) -> anyhow::Result<u8> {
-    follow_after(handle, display, cancel, json, 0).await
+    follow_after(handle, display, cancel, json, 0, state).await
 }
 
 /// [`follow`] from the events after `after`: a run that goes on again (a retry) shows what
@@ -404,6 +424,7 @@ pub async fn follow_after(
     cancel: CancellationToken,
     json: bool,
     after: u64,
+    state: &Path,
 ) -> anyhow::Result<u8> {
     let mut events = handle.events(after);
     let shown = display.clone();
@@ -423,7 +444,7 @@ pub async fn follow_after(
             relay.abort();
             let _ = printer.await;
             display.finish();
-            eprintln!("{} {msg}", style("error:").red().bold());
+            output::report_error("policy", &msg, None);
             return Ok(exit::INVALID);
         }
         Err(e) => return Err(e.into()),
@@ -432,6 +453,12 @@ pub async fn follow_after(
     let _ = printer.await;
     display.finish();
     if !json {
+        // What a follow-up command typed here needs to find this run.
+        let run = format!(
+            "{}{}",
+            record.run_id,
+            crate::state::locate_flags(state, &record.workspace)
+        );
         let failed: Vec<_> = record
             .steps
             .iter()
@@ -444,10 +471,7 @@ pub async fn follow_after(
                 s.id,
                 s.reason.as_deref().unwrap_or("unknown reason")
             );
-            let tail: Vec<&str> = s.stderr.lines().rev().take(10).collect();
-            for line in tail.into_iter().rev() {
-                eprintln!("    {}", style(line).dim());
-            }
+            print_output_tail(&run, s);
         }
         let summary = match record.state {
             RunState::Succeeded => style("succeeded".to_string()).green().bold(),
@@ -456,18 +480,14 @@ pub async fn follow_after(
                 .bold(),
             _ => style(label(&record.state)).red().bold(),
         };
-        eprintln!(
-            "run {} {summary}  (secureclaw show {})",
-            record.run_id, record.run_id
-        );
+        eprintln!("run {} {summary}  (secureclaw show {run})", record.run_id);
         if let Some(m) = &record.message {
             eprintln!("  {m}");
         }
         if record.state == RunState::Failed && !failed.is_empty() {
             eprintln!(
-                "  {} fix what failed, then `secureclaw retry {}` goes on from the failed step",
+                "  {} fix what failed, then `secureclaw retry {run}` goes on from the failed step",
                 style("next:").cyan(),
-                record.run_id
             );
         }
     }
@@ -477,6 +497,51 @@ pub async fn follow_after(
         RunState::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,
     })
+}
+
+/// Lines of a failed step's output shown under its failure line; `logs` has the rest.
+const FAILURE_TAIL_LINES: usize = 20;
+
+/// The last lines of a failed step's output, each stream it wrote under its name, with how
+/// many earlier lines were left out and the command that shows them. `run` is the run id with
+/// the flags that find it.
+fn print_output_tail(run: &str, s: &secureclaw_engine::record::StepRecord) {
+    let streams = crate::park_cmd::step_streams(s);
+    if streams.is_empty() {
+        return;
+    }
+    let lines: Vec<Vec<&str>> = streams.iter().map(|(_, t)| t.lines().collect()).collect();
+    // The budget goes to the last stream first (stderr: usually where the failure is said),
+    // never less than an even share for each stream, and what a stream leaves to the others.
+    let mut shown = vec![0; lines.len()];
+    let mut left = FAILURE_TAIL_LINES;
+    for i in (0..lines.len()).rev() {
+        let needed_before: usize = lines[..i].iter().map(Vec::len).sum();
+        let allowed = left.saturating_sub(needed_before).max(left / (i + 1));
+        shown[i] = lines[i].len().min(allowed);
+        left -= shown[i];
+    }
+    for (((name, _), lines), shown) in streams.iter().zip(&lines).zip(shown) {
+        let earlier = lines.len() - shown;
+        eprintln!("    {}", style(format!("{name}:")).dim());
+        if earlier > 0 {
+            eprintln!(
+                "    {}",
+                style(format!(
+                    "… {earlier} earlier line{} (secureclaw logs {run} --step {})",
+                    if earlier == 1 { "" } else { "s" },
+                    s.id
+                ))
+                .dim()
+            );
+        }
+        for line in &lines[earlier..] {
+            eprintln!("    | {line}");
+        }
+    }
+    if let Some(note) = crate::park_cmd::cut_note(s) {
+        eprintln!("    {}", style(format!("({note})")).dim());
+    }
 }
 
 fn label<T: serde::Serialize>(v: &T) -> String {
@@ -725,15 +790,18 @@ pub struct Display {
 
 struct DisplayInner {
     json: bool,
+    /// The flags a follow-up command typed here needs to find the run (`--workspace DIR`).
+    locate: String,
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl Display {
-    pub fn new(json: bool, tty: bool) -> Self {
+    pub fn new(json: bool, tty: bool, locate: String) -> Self {
         Display {
             inner: Arc::new(DisplayInner {
                 json,
+                locate,
                 multi: (!json && tty).then(MultiProgress::new),
                 bars: Mutex::new(HashMap::new()),
             }),
@@ -854,11 +922,14 @@ impl Display {
             RunEvent::ApprovalDecided { step, approved, by } if !approved => {
                 self.line(format!("  {} {step}: denied by {by}", style("✗").red()))
             }
-            RunEvent::RunParked { steps } => self.line(format!(
-                "{} parked at {}: `secureclaw approve {run_id}` then `secureclaw resume {run_id}`",
-                style("⏸").yellow(),
-                steps.join(", ")
-            )),
+            RunEvent::RunParked { steps } => {
+                let run = format!("{run_id}{}", self.inner.locate);
+                self.line(format!(
+                    "{} parked at {}: `secureclaw approve {run}` then `secureclaw resume {run}`",
+                    style("⏸").yellow(),
+                    steps.join(", ")
+                ))
+            }
             RunEvent::Output { step, stream, text } if stream == "trace" => {
                 self.line(format!("  {} {step}: {text}", style("trace").dim()))
             }

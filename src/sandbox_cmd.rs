@@ -62,6 +62,13 @@ pub enum SandboxCommand {
     },
 }
 
+impl SandboxCommand {
+    /// Whether machine-readable output was asked for.
+    pub fn json(&self) -> bool {
+        matches!(self, SandboxCommand::Check { json: true, .. })
+    }
+}
+
 pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -261,13 +268,21 @@ fn print_report(r: &Report) {
     if let Some(p) = &r.problem {
         println!("    {p}");
     }
+    let mut layers = crate::output::table(["", "LAYER", "DETAIL"]);
     for l in &r.layers {
         let mark = if l.active {
-            style("✓").green()
+            comfy_table::Cell::new("✓").fg(comfy_table::Color::Green)
         } else {
-            style("✗").red()
+            comfy_table::Cell::new("✗").fg(comfy_table::Color::Red)
         };
-        println!("    {mark} {:<22} {}", l.name, style(&l.detail).dim());
+        layers.add_row(vec![
+            mark,
+            comfy_table::Cell::new(&l.name),
+            comfy_table::Cell::new(&l.detail).add_attribute(comfy_table::Attribute::Dim),
+        ]);
+    }
+    if !r.layers.is_empty() {
+        crate::output::write_table(layers, "    ", &mut std::io::stdout().lock());
     }
     for m in &r.missing {
         println!("    {} {m}", style("missing:").red());

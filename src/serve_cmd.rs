@@ -39,6 +39,8 @@ pub struct ServeArgs {
     /// Print the OpenAPI document (as checked in at schemas/openapi.json) and exit.
     #[arg(long)]
     pub print_openapi: bool,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
 }
 
 #[derive(Subcommand)]

@@ -59,13 +59,62 @@ pub fn print_notices(session: &Session) {
     }
 }
 
-/// Print a session error the way the CLI prints errors: the message, then a hint.
+/// Print a session error the way the CLI prints errors: the message, then a hint (one JSON
+/// error object under `--json`).
 pub fn print_error(e: &SessionError) {
-    eprintln!("{} {e}", style("error:").red().bold());
-    if let SessionError::Invalid {
-        hint: Some(hint), ..
-    } = e
-    {
-        eprintln!("  {} {hint}", style("hint:").cyan());
+    crate::output::report_error(e.kind(), &e.to_string(), e.hint().as_deref());
+}
+
+/// Where a command that reads recorded runs finds them: `--state-dir`, or the state dir of
+/// `--workspace`, or `./.secureclaw`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Locate {
+    /// Where run records live [default: WORKSPACE/.secureclaw with --workspace, else
+    /// ./.secureclaw].
+    #[arg(long, env = "SECURECLAW_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// The workspace the runs worked in (`run --workspace DIR`): its runs are recorded in
+    /// DIR/.secureclaw. `--state-dir` wins when both are given.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workspace: Option<std::path::PathBuf>,
+}
+
+impl Locate {
+    /// The state dir these flags name.
+    pub fn dir(&self) -> anyhow::Result<std::path::PathBuf> {
+        match (&self.state_dir, &self.workspace) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, Some(ws)) => Ok(crate::state_dir(None, ws)),
+            (None, None) => crate::cwd_state(None),
+        }
     }
+}
+
+/// The flags that make a follow-up command (`show`, `logs`, `revert`…) typed in the current
+/// directory find the runs in `state`: none when it is `./.secureclaw`, `--workspace WS` when
+/// it is the default one of `workspace`, else `--state-dir STATE`. Starts with a space when
+/// not empty; paths are quoted for a POSIX shell.
+pub fn locate_flags(state: &Path, workspace: &Path) -> String {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if let Ok(cwd) = std::env::current_dir()
+        && same(state, &crate::state_dir(None, &cwd))
+    {
+        return String::new();
+    }
+    if same(state, &crate::state_dir(None, workspace)) {
+        format!(" --workspace {}", shell_quote(workspace))
+    } else {
+        format!(" --state-dir {}", shell_quote(state))
+    }
+}
+
+/// A path as a POSIX shell word (quoted only when it needs to be).
+pub fn shell_quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    shlex::try_quote(&text)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", text.replace('\'', r"'\''")))
 }

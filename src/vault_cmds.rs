@@ -4,13 +4,13 @@
 //!
 //! ```ignore
 //! mod vault_cmds;
-//! // in the top-level Cli: #[command(flatten)] pass: vault_cmds::PassphraseArgs,
+//! // in each subcommand that opens the vault: #[command(flatten)] pass: vault_cmds::PassphraseArgs,
 //! // in the Command enum:
 //! //   #[command(subcommand)] Vault(vault_cmds::VaultCommand),
 //! //   #[command(subcommand)] Ledger(vault_cmds::LedgerCommand),
 //! // dispatch:
-//! //   Command::Vault(c) => vault_cmds::run_vault(c, &state_dir, &cli.pass.source()),
-//! //   Command::Ledger(c) => vault_cmds::run_ledger(c, &state_dir, &cli.pass.source()),
+//! //   Command::Vault(c) => vault_cmds::run_vault(c, &state_dir, &pass.source()),
+//! //   Command::Ledger(c) => vault_cmds::run_ledger(c, &state_dir, &pass.source()),
 //! ```
 //!
 //! Both return the process exit code: 0 success, 1 an integrity check failed (the message says
@@ -27,7 +27,8 @@ use crate::vault_api::{
     parse_export_head, verify_export,
 };
 
-/// Where the vault passphrase comes from; flatten into the top-level CLI.
+/// Where the vault passphrase comes from; flatten into each command that opens the vault (its
+/// subcommands inherit the flags), so commands that never do not offer them.
 ///
 /// Default: `SECURECLAW_PASSPHRASE` if set, else a prompt on the terminal.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -48,6 +49,13 @@ pub struct PassphraseArgs {
 impl PassphraseArgs {
     pub fn source(&self) -> PassphraseSource {
         PassphraseSource::from_flags(self.passphrase_file.clone(), self.passphrase_fd)
+    }
+}
+
+impl VaultCommand {
+    /// Whether machine-readable output was asked for.
+    pub fn json(&self) -> bool {
+        matches!(self, VaultCommand::Status { json: true })
     }
 }
 

@@ -214,6 +214,7 @@ impl EventLog {
     /// Number, keep and publish one event.
     pub fn emit(&self, event: RunEvent) {
         let terminal = event.is_terminal();
+        let step_done = matches!(event, RunEvent::StepFinished { .. });
         let Ok(mut st) = self.inner.state.lock() else {
             return;
         };
@@ -228,7 +229,10 @@ impl EventLog {
         st.unsent.push(env.clone());
         // Sent under the lock, so a subscriber that registered under it sees no gap.
         let _ = self.inner.live.send(env);
-        if terminal || st.unsent.len() >= FLUSH_EVERY {
+        // A step's output events come just before its `step_finished`: stored with it, a
+        // reader in another process (`logs --follow`) sees each step's output when it ends,
+        // not only at the next record save, which a long step after it may hold off.
+        if terminal || step_done || st.unsent.len() >= FLUSH_EVERY {
             self.flush_locked(&mut st);
         }
         self.trim(&mut st);

@@ -77,6 +77,10 @@ pub struct StepRecord {
     pub stdout: String,
     #[serde(default)]
     pub stderr: String,
+    /// Set when the output cap (`sandbox.output_cap`) cut the output: `stdout` and `stderr`
+    /// hold the first bytes of each, and this says how many bytes the step really wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cut: Option<OutputCut>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Why it failed or was skipped.
@@ -115,6 +119,13 @@ pub struct StepRecord {
     pub network: Vec<String>,
 }
 
+/// How much a step wrote when the output cap kept less (kept: the length of the recorded text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputCut {
+    pub stdout_total: u64,
+    pub stderr_total: u64,
+}
+
 impl StepRecord {
     /// A step that has not run: what the plan says of it, and nothing of a run. Its `needs`,
     /// `compensate` and `network` start empty; callers fill them in.
@@ -140,6 +151,7 @@ impl StepRecord {
             output: String::new(),
             stdout: String::new(),
             stderr: String::new(),
+            output_cut: None,
             exit_code: None,
             reason: None,
             continued: false,
@@ -275,10 +287,17 @@ pub enum StoreError {
     Ambiguous(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// Not `#[from]`: that would make the storage error the source as well as the message.
     #[error("saving run state: {0}")]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     #[error("reading {what}: {message}")]
     Decode { what: String, message: String },
+}
+
+impl From<StorageError> for StoreError {
+    fn from(e: StorageError) -> Self {
+        StoreError::Storage(e)
+    }
 }
 
 /// Run records, events, parked runs and the ledger, behind a [`StateBackend`] (sealed in the

@@ -1,147 +1,308 @@
-//! Completion scripts and manual pages come from the parser's own definition: every shell gets a
-//! script naming the subcommands, bash accepts its script, and every subcommand has a page.
+//! Conventions every command follows: `--json` failures are one JSON object, an error line says
+//! each cause once, passphrase flags appear where a vault is opened, and the commands that read
+//! runs find them from where `run` was typed.
 
-use crate::common::secureclaw;
+use crate::common;
 
-const SUBCOMMANDS: [&str; 6] = ["run", "validate", "revert", "logs", "completions", "man"];
+use std::path::Path;
+use std::process::Output;
+
+use common::{output_text, secureclaw as bin, secureclaw_with_passphrase, stderr, text};
+
+type Ws = common::Workspace;
+
+const HELLO: &str = r#"
+version: 1
+name: hello
+steps:
+  - id: greet
+    write: { path: greeting.txt, content: "hi\n" }
+"#;
+
+/// A workspace with one recorded run.
+fn ran() -> (Ws, Output) {
+    let ws = Ws::new(&["--sandbox", "host"]);
+    let wf = ws.workflow(HELLO);
+    let out = ws.run(&wf, &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    (ws, out)
+}
+
+/// The one JSON error object a `--json` command printed on stdout.
+fn json_error(out: &Output) -> serde_json::Value {
+    let stdout = text(&out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", output_text(out)));
+    assert!(doc["error"]["message"].is_string(), "{doc}");
+    assert!(doc["error"]["kind"].is_string(), "{doc}");
+    doc
+}
 
 #[test]
-fn completions_name_every_subcommand_in_each_shell() {
-    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
-        let out = secureclaw().args(["completions", shell]).output().unwrap();
-        assert!(out.status.success(), "{shell}: {out:?}");
-        let script = String::from_utf8(out.stdout).unwrap();
-        for sub in SUBCOMMANDS {
-            assert!(script.contains(sub), "{shell} script lacks `{sub}`");
-        }
+fn json_commands_report_a_failure_as_one_json_error_object() {
+    let (ws, _) = ran();
+    let state = ws.path().join(".secureclaw");
+    let nowhere = ws.path().join("no-such-dir");
+
+    let wrong = secureclaw_with_passphrase("not the passphrase")
+        .args(["runs", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert_eq!(json_error(&wrong)["error"]["kind"], "wrong_passphrase");
+
+    let unknown = bin()
+        .args(["show", "no-such-run", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    let doc = json_error(&unknown);
+    assert_eq!(doc["error"]["kind"], "run_not_found");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-run")
+    );
+
+    let no_vault = bin()
+        .args(["show", "last", "--json", "--state-dir"])
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    let doc = json_error(&no_vault);
+    assert_eq!(doc["error"]["kind"], "no_vault");
+    assert!(
+        doc["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--workspace")
+    );
+
+    // Before anything runs: an invalid workflow, with its located errors.
+    let bad = ws.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nname: bad\nsteps:\n  - id: a\n    shel: ls\n",
+    )
+    .unwrap();
+    let invalid = bin()
+        .arg("run")
+        .arg(&bad)
+        .args(["--json", "--sandbox", "host", "--workspace"])
+        .arg(ws.path())
+        .output()
+        .unwrap();
+    assert_eq!(invalid.status.code(), Some(2));
+    let doc = json_error(&invalid);
+    assert_eq!(doc["error"]["kind"], "invalid_workflow");
+    assert_eq!(doc["error"]["diagnostics"][0]["location"]["line"], 5);
+
+    // The planner refuses before any provider is called.
+    let plan = bin()
+        .args(["plan", "", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2));
+    assert_eq!(json_error(&plan)["error"]["kind"], "invalid");
+
+    // A parked run answered wrongly.
+    let gate = bin()
+        .args(["resume", "last", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(gate.status.code(), Some(2));
+    assert_eq!(json_error(&gate)["error"]["kind"], "not_parked");
+}
+
+/// The `error:` line of a failed command, split at `: `; no part may come twice.
+fn assert_each_cause_once(out: &Output) {
+    let said = stderr(out);
+    let line = said
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("no error line: {said}"));
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "`{p}` said twice in: {line}");
+    }
+}
+
+#[test]
+fn an_error_line_says_each_cause_once() {
+    let (ws, _) = ran();
+    let state = ws.path().join(".secureclaw");
+    let wrong = secureclaw_with_passphrase("not the passphrase")
+        .args(["show", "last", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        stderr(&wrong).contains("wrong passphrase"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert_each_cause_once(&wrong);
+
+    let unknown = bin()
+        .args(["logs", "no-such-run", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("no-such-run"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_each_cause_once(&unknown);
+
+    // A workspace that is a file: the vault cannot be made in it.
+    let file = ws.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad_ws = bin()
+        .arg("run")
+        .arg(ws.path().join("wf.yaml"))
+        .args(["--sandbox", "host", "--workspace"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(bad_ws.status.code(), Some(2));
+    assert!(
+        stderr(&bad_ws).contains("Not a directory"),
+        "{}",
+        stderr(&bad_ws)
+    );
+    assert_each_cause_once(&bad_ws);
+}
+
+fn help(command: &str) -> String {
+    let out = bin().args([command, "--help"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    text(&out.stdout)
+}
+
+#[test]
+fn passphrase_flags_are_offered_only_by_commands_that_open_the_vault() {
+    for command in [
+        "validate",
+        "schema",
+        "risk",
+        "workflows",
+        "sandbox",
+        "guard",
+    ] {
         assert!(
-            script.contains("workspace"),
-            "{shell} script lacks run's flags"
+            !help(command).contains("--passphrase"),
+            "{command}: {}",
+            help(command)
         );
     }
-}
-
-#[test]
-fn bash_accepts_the_bash_completion_script() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("secureclaw.bash");
-    let out = secureclaw().args(["completions", "bash"]).output().unwrap();
-    std::fs::write(&path, &out.stdout).unwrap();
-    let check = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source {} && complete -p secureclaw",
-            path.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{check:?}");
-    assert!(String::from_utf8_lossy(&check.stdout).contains("secureclaw"));
-}
-
-#[test]
-fn an_unknown_shell_is_refused_with_the_known_ones() {
-    let out = secureclaw().args(["completions", "tcsh"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bash") && err.contains("zsh"), "{err}");
-}
-
-#[test]
-fn man_prints_the_main_page_and_writes_one_per_subcommand() {
-    let out = secureclaw().arg("man").output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let page = String::from_utf8(out.stdout).unwrap();
-    assert!(page.contains(".TH secureclaw 1"), "{page}");
-    for sub in SUBCOMMANDS {
-        assert!(page.contains(sub), "main page lacks `{sub}`");
-    }
-
-    let dir = tempfile::tempdir().unwrap();
-    let out = secureclaw()
-        .args(["man", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    for name in [
-        "secureclaw.1",
-        "secureclaw-run.1",
-        "secureclaw-vault-init.1",
-        "secureclaw-ledger-verify-export.1",
+    for command in [
+        "run", "plan", "rerun", "watch", "runs", "show", "revert", "diff", "approve", "deny",
+        "resume", "retry", "logs", "serve", "unlock",
     ] {
-        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
-        assert!(text.starts_with(".ie") || text.contains(".TH"), "{name}");
+        assert!(
+            help(command).contains("--passphrase-file"),
+            "{command}: {}",
+            help(command)
+        );
     }
-    let run = std::fs::read_to_string(dir.path().join("secureclaw-run.1")).unwrap();
-    assert!(run.contains("workspace"), "run's page lacks its flags");
+
+    // After the subcommand, without the environment variable.
+    let (ws, _) = ran();
+    let pass_file = ws.path().join("pass");
+    std::fs::write(&pass_file, format!("{}\n", common::TEST_PASSPHRASE)).unwrap();
+    for args in [
+        vec!["runs"],
+        vec!["ledger", "verify"],
+        vec!["vault", "status"],
+    ] {
+        let out = bin()
+            .env_remove("SECURECLAW_PASSPHRASE")
+            .args(&args)
+            .arg("--passphrase-file")
+            .arg(&pass_file)
+            .arg("--state-dir")
+            .arg(ws.path().join(".secureclaw"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    }
 }
 
-/// The subcommands `secureclaw --help` lists (nested ones as `vault init`).
-fn subcommands(prefix: &[&str]) -> Vec<Vec<String>> {
-    let out = secureclaw().args(prefix).arg("--help").output().unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    let Some(list) = help.split("\nCommands:\n").nth(1) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for line in list.lines() {
-        if !line.starts_with("  ") || line.starts_with("   ") {
-            if line.trim().is_empty() || !line.starts_with(' ') {
-                break;
-            }
-            continue;
-        }
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if name == "help" || name.is_empty() {
-            continue;
-        }
-        let mut path: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-        path.push(name.to_string());
-        let as_str: Vec<&str> = path.iter().map(String::as_str).collect();
-        let nested = subcommands(&as_str);
-        found.push(path);
-        found.extend(nested);
-    }
-    found
-}
-
-/// docs/configuration.md names every variable in `.env.example` (itself checked against the code
-/// by the server tests) and every long flag of every subcommand, so the one table stays whole.
 #[test]
-fn the_configuration_page_names_every_variable_and_flag() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let page = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
-    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
-    let mut missing = Vec::new();
-    for line in example.lines().filter(|l| !l.starts_with('#')) {
-        if let Some((name, _)) = line.split_once('=')
-            && !page.contains(&format!("`{name}`"))
-        {
-            missing.push(name.to_string());
-        }
-    }
-    let commands = subcommands(&[]);
-    assert!(commands.len() > 20, "{commands:?}");
-    for path in commands {
-        let out = secureclaw().args(&path).arg("--help").output().unwrap();
-        let help = String::from_utf8(out.stdout).unwrap();
-        for word in help.split_whitespace() {
-            let flag = word.trim_end_matches([',', '.', ')']);
-            let flag = flag.split(['=', '[', '<']).next().unwrap_or_default();
-            if flag.starts_with("--")
-                && flag.len() > 3
-                && !["--help", "--version"].contains(&flag)
-                && !page.contains(&format!("`{flag}"))
-            {
-                missing.push(format!("{} {flag}", path.join(" ")));
-            }
-        }
-    }
-    missing.sort();
-    missing.dedup();
+fn runs_are_found_from_where_run_was_typed() {
+    let here = tempfile::tempdir().unwrap();
+    let ws = here.path().join("elsewhere").join("ws");
+    let wf = here.path().join("wf.yaml");
+    std::fs::write(&wf, HELLO).unwrap();
+    let in_here = |args: &[&str]| bin().current_dir(here.path()).args(args).output().unwrap();
+    let out = in_here(&[
+        "run",
+        "wf.yaml",
+        "--sandbox",
+        "host",
+        "--workspace",
+        "elsewhere/ws",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(ws.join("greeting.txt").exists());
+
+    // Without flags, `show` looks in ./.secureclaw and says where else to look.
+    let plain = in_here(&["show", "last"]);
+    assert_eq!(plain.status.code(), Some(2));
     assert!(
-        missing.is_empty(),
-        "docs/configuration.md lacks: {missing:?}"
+        stderr(&plain).contains("--workspace DIR"),
+        "{}",
+        stderr(&plain)
     );
+
+    // The command `run` printed, typed as it is, works from here.
+    let said = stderr(&out);
+    let hint = said
+        .lines()
+        .find_map(|l| l.split("(secureclaw ").nth(1))
+        .unwrap_or_else(|| panic!("no follow-up command: {said}"));
+    let args = shlex::split(hint.trim_end_matches(')')).unwrap();
+    assert_eq!(args[0], "show");
+    assert!(args.contains(&"--workspace".to_string()), "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let shown = in_here(&args);
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    assert!(
+        text(&shown.stdout).contains("greet"),
+        "{}",
+        output_text(&shown)
+    );
+
+    // The other commands that read runs take the same `--workspace`.
+    let ws_arg = "elsewhere/ws";
+    for args in [
+        vec!["show", "last", "--workspace", ws_arg],
+        vec!["runs", "--workspace", ws_arg],
+        vec!["logs", "last", "--workspace", ws_arg],
+        vec!["diff", "last", "--workspace", ws_arg],
+        vec!["revert", "last", "--dry-run", "--workspace", ws_arg],
+    ] {
+        let out = in_here(&args);
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    }
+    let listed = in_here(&["runs", "-w", ws_arg]);
+    assert!(
+        text(&listed.stdout).contains("hello"),
+        "{}",
+        output_text(&listed)
+    );
+    assert_no_state_in(here.path());
+}
+
+/// Nothing was created where the commands were typed.
+fn assert_no_state_in(dir: &Path) {
+    assert!(!dir.join(".secureclaw").exists());
 }

@@ -8,6 +8,7 @@
 mod common;
 
 mod capture_attacks;
+mod completions;
 mod conventions;
 mod docker_hardening;
 mod egress;
@@ -16,6 +17,7 @@ mod examples_revert;
 mod failure_paths;
 mod guard;
 mod inputs;
+mod logs;
 mod native;
 mod plan;
 mod provenance;

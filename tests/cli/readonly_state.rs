@@ -87,7 +87,7 @@ impl Setup {
         self.ws.path().join(".secureclaw")
     }
 
-    /// The reading commands (`runs`, `show`, `diff`, `ledger`, `vault status`) with what each must
+    /// The reading commands (`runs`, `show`, `diff`, `logs`, `ledger`, `vault status`) with what each must
     /// print. Exports go outside the state dir.
     fn reading_commands(&self, out_dir: &Path) -> Vec<(Vec<String>, String)> {
         let s = self.state().display().to_string();

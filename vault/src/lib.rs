@@ -338,6 +338,14 @@ impl Vault {
         }
     }
 
+    /// A new read-only handle on this vault with the keys this one holds (no passphrase, no
+    /// Argon2id): a reader following what another process writes opens it again to see the
+    /// writes since (a handle on a database another process holds reads a snapshot).
+    pub fn reopen_for_reading(&self) -> Result<Self, VaultError> {
+        let hdr = header::read(&self.inner.dir)?;
+        Self::open_read_only_unwrapped(&self.inner.dir, &hdr, self.inner.keys.root().clone())
+    }
+
     /// Whether this handle was opened with [`Vault::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         matches!(self.inner.db, Db::ReadOnly(_) | Db::Remote(_))

@@ -689,6 +689,7 @@ impl Engine {
             rec.output = secrets.scrub(&f.view.output);
             rec.stdout = secrets.scrub(&f.view.stdout);
             rec.stderr = secrets.scrub(&f.view.stderr);
+            rec.output_cut = f.output_cut;
             rec.exit_code = f.exit_code;
             rec.reason = f.reason.as_deref().map(|r| secrets.scrub(r));
             if f.state == StepState::Failed && wf.workflow.steps[i].continue_on_error {

@@ -27,6 +27,8 @@ pub(super) struct Finished {
     pub(super) index: usize,
     pub(super) state: StepState,
     pub(super) view: StepView,
+    /// How much the step wrote, when the output cap kept less.
+    pub(super) output_cut: Option<crate::record::OutputCut>,
     pub(super) exit_code: Option<i32>,
     pub(super) reason: Option<String>,
     pub(super) enforcement: Option<secureclaw_sandbox::EnforcementReport>,
@@ -146,6 +148,7 @@ pub(super) fn finished(
         index: job.index,
         state,
         view,
+        output_cut: None,
         exit_code,
         reason,
         enforcement: None,
@@ -345,9 +348,9 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                     None => note,
                 });
             }
-            if out.stdout_total > out.stdout.len() as u64
-                || out.stderr_total > out.stderr.len() as u64
-            {
+            let cut = out.stdout_total > out.stdout.len() as u64
+                || out.stderr_total > out.stderr.len() as u64;
+            if cut {
                 let note = format!(
                     "output truncated: kept {} of {} stdout bytes, {} of {} stderr bytes",
                     out.stdout.len(),
@@ -369,6 +372,10 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                     stderr,
                     exit_code: code,
                 },
+                output_cut: cut.then_some(crate::record::OutputCut {
+                    stdout_total: out.stdout_total,
+                    stderr_total: out.stderr_total,
+                }),
                 exit_code: Some(code),
                 reason,
                 enforcement: Some(out.enforcement),

@@ -220,7 +220,7 @@ impl Session {
     pub(super) fn vault_error(&self, source: secureclaw_vault::VaultError) -> SessionError {
         SessionError::Vault {
             dir: self.inner.state_dir.clone(),
-            source,
+            cause: source,
         }
     }
 

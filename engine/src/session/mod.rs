@@ -62,10 +62,12 @@ pub enum SessionError {
     NoVault { dir: PathBuf },
     #[error("wrong passphrase for the vault in {} (nothing was read or written)", dir.display())]
     WrongPassphrase { dir: PathBuf },
-    #[error("{0}")]
+    #[error(transparent)]
     Passphrase(#[from] PassphraseError),
-    #[error("the vault in {}: {source}", dir.display())]
-    Vault { dir: PathBuf, source: VaultError },
+    /// The message names the vault error itself, so it is not also given as the source (a
+    /// report that prints causes would say it twice).
+    #[error("the vault in {}: {cause}", dir.display())]
+    Vault { dir: PathBuf, cause: VaultError },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -112,6 +114,41 @@ impl SessionError {
         SessionError::Invalid {
             message: message.into(),
             hint: hint.map(str::to_string),
+        }
+    }
+
+    /// The kind of failure, for machine-readable error reports (`no_vault`, `invalid`…).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::NoVault { .. } => "no_vault",
+            SessionError::WrongPassphrase { .. } => "wrong_passphrase",
+            SessionError::Passphrase(_) => "passphrase",
+            SessionError::Vault { .. } => "vault",
+            SessionError::Store(StoreError::NotFound(_)) => "run_not_found",
+            SessionError::Store(_) => "store",
+            SessionError::Engine(EngineError::Policy(_)) => "policy",
+            SessionError::Engine(_) => "engine",
+            SessionError::Revert(_) => "revert",
+            SessionError::Snapshot(_) => "snapshot",
+            SessionError::Invalid { .. } => "invalid",
+            SessionError::NotParked { .. } => "not_parked",
+            SessionError::NotWaiting { .. } => "not_waiting",
+            SessionError::Drift { .. } => "drift",
+            SessionError::NotFailed { .. } => "not_failed",
+            SessionError::Busy(_) => "busy",
+            SessionError::Task(_) => "task",
+        }
+    }
+
+    /// What to do about it, when the message alone does not say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SessionError::Invalid { hint, .. } => hint.clone(),
+            SessionError::NoVault { .. } => Some(
+                "runs started with `--workspace DIR` are recorded in DIR/.secureclaw: pass the same `--workspace DIR` (or `--state-dir DIR/.secureclaw`)"
+                    .into(),
+            ),
+            _ => None,
         }
     }
 
@@ -309,9 +346,9 @@ impl Session {
         let mut notices = Vec::new();
         let vault_err = |source: VaultError| match source {
             VaultError::WrongPassphrase => SessionError::WrongPassphrase { dir: dir.clone() },
-            source => SessionError::Vault {
+            cause => SessionError::Vault {
                 dir: dir.clone(),
-                source,
+                cause,
             },
         };
         let vault = if Vault::exists(&dir) {
@@ -365,6 +402,31 @@ impl Session {
 
     pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
+    }
+
+    /// A new read-only session on the same state with the keys this one holds: what a reader
+    /// following runs of another process opens again to see what that process stored since.
+    pub fn reopened_for_reading(&self) -> Result<Session, SessionError> {
+        let vault = self
+            .inner
+            .store
+            .vault()
+            .reopen_for_reading()
+            .map_err(|cause| SessionError::Vault {
+                dir: self.inner.state_dir.clone(),
+                cause,
+            })?;
+        Ok(Session {
+            inner: Arc::new(Inner {
+                state_dir: self.inner.state_dir.clone(),
+                store: Arc::new(RunStore::new(vault, self.inner.actor.clone())),
+                actor: self.inner.actor.clone(),
+                notices: Mutex::new(Vec::new()),
+                live: Mutex::new(HashMap::new()),
+                live_changed: tokio::sync::watch::channel(0).0,
+                risk_model: OnceLock::new(),
+            }),
+        })
     }
 
     pub fn actor(&self) -> &str {
@@ -1176,9 +1238,9 @@ impl Session {
             .vault()
             .ledger()
             .verify()
-            .map_err(|source| SessionError::Vault {
+            .map_err(|cause| SessionError::Vault {
                 dir: self.inner.state_dir.clone(),
-                source,
+                cause,
             })
     }
 }
