@@ -43,6 +43,13 @@ pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Re
         Ok(p) => Ok(Ok(p)),
         Err(e) => {
             eprintln!("{} {e}", style("error:").red().bold());
+            if matches!(e, PlanError::Llm { .. })
+                && let Some(hint) = secureclaw_llm::config::LlmConfig::from_env()
+                    .ok()
+                    .and_then(|c| c.setup_hint())
+            {
+                eprintln!("  {} {hint}", style("hint:").cyan());
+            }
             Ok(Err(match e {
                 PlanError::Injection { .. } | PlanError::EmptyInstruction => exit::INVALID,
                 PlanError::Invalid { .. } | PlanError::Llm { .. } => exit::FAILED,

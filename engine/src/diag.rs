@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use annotate_snippets::{AnnotationKind, Element, Group, Level, Renderer, Snippet};
 use serde::Serialize;
 
 /// A position in a source file. Lines and columns are 1-based, as editors show them.
@@ -31,6 +32,10 @@ pub enum Layer {
 pub struct Diagnostic {
     pub file: PathBuf,
     pub location: Location,
+    /// Where the offending text ends (just past it), when known; the snippet underlines
+    /// `location..end`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<Location>,
     pub layer: Layer,
     /// JSON pointer to the offending value (`/steps/2/needs/0`), empty for the whole document.
     pub path: String,
@@ -50,6 +55,7 @@ impl Diagnostic {
         Diagnostic {
             file: file.to_path_buf(),
             location,
+            end: None,
             layer,
             path: path.into(),
             message: message.into(),
@@ -61,6 +67,102 @@ impl Diagnostic {
         self.hint = Some(hint.into());
         self
     }
+
+    /// `file:line:col: error: message`, then the offending source line with the span
+    /// underlined and the hint beneath it. With `color`, ANSI styles as rustc uses them.
+    pub fn render(&self, source: &str, color: bool) -> String {
+        let header = format!(
+            "{}:{}:{}: {} {}",
+            self.file.display(),
+            self.location.line,
+            self.location.column,
+            paint(color, "1;31", "error:"),
+            paint(color, "1", &self.message)
+        );
+        let (start, end) = byte_span(source, self.location, self.end);
+        let mut elements: Vec<Element<'_>> = Vec::new();
+        if start <= source.len() && !source.is_empty() {
+            let label = (!self.path.is_empty()).then(|| format!("at {}", self.path));
+            let mut annotation = AnnotationKind::Primary.span(start..end);
+            if let Some(l) = label {
+                annotation = annotation.label(l);
+            }
+            elements.push(Snippet::source(source).annotation(annotation).into());
+        } else if !self.path.is_empty() {
+            elements.push(
+                Level::NOTE
+                    .with_name(Some("at"))
+                    .message(self.path.clone())
+                    .into(),
+            );
+        }
+        if let Some(hint) = &self.hint {
+            elements.push(
+                Level::HELP
+                    .with_name(Some("hint"))
+                    .message(hint.clone())
+                    .into(),
+            );
+        }
+        if elements.is_empty() {
+            return header;
+        }
+        let renderer = if color {
+            Renderer::styled()
+        } else {
+            Renderer::plain()
+        };
+        let report = [Group::with_level(Level::ERROR).elements(elements)];
+        format!("{header}\n{}", renderer.render(&report))
+    }
+}
+
+fn paint(color: bool, sgr: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[{sgr}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Byte offset of a 1-based line and column (columns count characters).
+fn byte_offset(source: &str, at: Location) -> Option<usize> {
+    let line_start = if at.line <= 1 {
+        0
+    } else {
+        source
+            .match_indices('\n')
+            .nth(at.line - 2)
+            .map(|(i, _)| i + 1)?
+    };
+    let line = &source[line_start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let column = line
+        .char_indices()
+        .nth(at.column.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i);
+    Some(line_start + column)
+}
+
+/// The span to underline: `start..end` on the start's line. A span that is empty, unknown or
+/// runs onto later lines (a block) is shortened to the word at the start.
+fn byte_span(source: &str, start: Location, end: Option<Location>) -> (usize, usize) {
+    let Some(from) = byte_offset(source, start) else {
+        return (source.len() + 1, source.len() + 1);
+    };
+    let line_end = source[from..].find('\n').map_or(source.len(), |i| from + i);
+    let to = end
+        .filter(|e| e.line == start.line && *e > start)
+        .and_then(|e| byte_offset(source, e))
+        .map(|to| to.min(line_end));
+    let to = to.unwrap_or_else(|| {
+        let rest = &source[from..line_end];
+        let word = rest
+            .find(|c: char| c.is_whitespace() || c == ':' || c == ',')
+            .unwrap_or(rest.len());
+        from + word.max(rest.chars().next().map_or(0, char::len_utf8))
+    });
+    (from, to.max(from))
 }
 
 impl fmt::Display for Diagnostic {
@@ -106,6 +208,16 @@ impl Diagnostics {
     }
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter()
+    }
+
+    /// Every diagnostic with its source snippet (see [`Diagnostic::render`]), separated by
+    /// blank lines.
+    pub fn render(&self, source: &str, color: bool) -> String {
+        self.0
+            .iter()
+            .map(|d| d.render(source, color))
+            .collect::<Vec<_>>()
+            .join("\n\n")
     }
 }
 

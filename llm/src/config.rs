@@ -108,6 +108,23 @@ pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o";
 pub const DEFAULT_OLLAMA_MODEL: &str = "mistral:7b";
 
 impl LlmConfig {
+    /// What to set when no hosted provider has a key, so the planner depends on a local Ollama
+    /// alone: a failure to reach it is then a missing configuration, and the message says so.
+    pub fn setup_hint(&self) -> Option<String> {
+        if self.providers.iter().any(|p| p.api_key.is_some()) {
+            return None;
+        }
+        let ollama = self
+            .providers
+            .iter()
+            .find(|p| p.kind == ProviderKind::Ollama)
+            .map_or(DEFAULT_OLLAMA_BASE_URL, |p| p.base_url.as_str());
+        Some(format!(
+            "no LLM provider is configured: set ANTHROPIC_API_KEY (Claude) or OPENAI_API_KEY, \
+             or run Ollama and set OLLAMA_BASE_URL to its address (now {ollama})"
+        ))
+    }
+
     /// Read the process environment.
     pub fn from_env() -> Result<Self, LlmError> {
         Self::from_lookup(|k| std::env::var(k).ok())
