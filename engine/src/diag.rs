@@ -250,3 +250,89 @@ pub fn did_you_mean<'a>(
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diagnostic(line: usize, column: usize, end: Option<Location>) -> Diagnostic {
+        let mut d = Diagnostic::new(
+            Path::new("wf.yaml"),
+            Location { line, column },
+            Layer::Schema,
+            "/steps/0/timeout",
+            "durations need a unit: `5s`",
+        )
+        .with_hint("write `5s`");
+        d.end = end;
+        d
+    }
+
+    const SOURCE: &str = "steps:\n  - id: é\n    timeout: 5\n";
+
+    #[test]
+    fn renders_the_header_the_line_a_caret_under_the_span_and_the_hint() {
+        let d = diagnostic(
+            3,
+            14,
+            Some(Location {
+                line: 3,
+                column: 15,
+            }),
+        );
+        let text = d.render(SOURCE, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "wf.yaml:3:14: error: durations need a unit: `5s`");
+        let shown = lines
+            .iter()
+            .position(|l| l.ends_with("    timeout: 5"))
+            .unwrap();
+        let caret = lines[shown + 1];
+        assert_eq!(caret.find('^'), Some("3 | ".len() + 13), "{text}");
+        assert_eq!(caret.matches('^').count(), 1, "{text}");
+        assert!(caret.contains("at /steps/0/timeout"), "{text}");
+        assert!(text.contains("hint: write `5s`"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn colour_is_only_added_when_asked_for() {
+        let d = diagnostic(3, 14, None);
+        assert!(d.render(SOURCE, true).contains('\x1b'));
+    }
+
+    #[test]
+    fn columns_count_characters_and_unknown_ends_underline_the_word() {
+        // Column 9 of line 2 is `é`, two bytes long: the caret must not split it.
+        let d = diagnostic(2, 9, None);
+        let text = d.render(SOURCE, false);
+        let caret = text.lines().find(|l| l.contains('^')).unwrap();
+        assert_eq!(caret.matches('^').count(), 1, "{text}");
+        // A span ending on a later line (a block) is cut at the end of its first line.
+        let d = diagnostic(2, 5, Some(Location { line: 3, column: 1 }));
+        let text = d.render(SOURCE, false);
+        let caret = text.lines().find(|l| l.contains('^')).unwrap();
+        assert_eq!(caret.matches('^').count(), 2, "`id` is underlined: {text}");
+    }
+
+    #[test]
+    fn a_diagnostic_without_source_keeps_its_hint() {
+        let d = diagnostic(1, 1, None);
+        let text = d.render("", false);
+        assert!(text.starts_with("wf.yaml:1:1: error: "), "{text}");
+        assert!(
+            text.contains("/steps/0/timeout") && text.contains("write `5s`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn diagnostics_render_in_order_separated_by_blank_lines() {
+        let ds = Diagnostics(vec![diagnostic(2, 5, None), diagnostic(3, 14, None)]);
+        let text = ds.render(SOURCE, false);
+        let headers: Vec<&str> = text.lines().filter(|l| l.contains(": error: ")).collect();
+        assert_eq!(headers.len(), 2);
+        assert!(headers[0].starts_with("wf.yaml:2:5") && headers[1].starts_with("wf.yaml:3:14"));
+        assert!(text.contains("\n\n"));
+    }
+}

@@ -643,6 +643,38 @@ mod tests {
         assert!(p[0].0.contains("not upstream"), "{p:?}");
     }
 
+    #[test]
+    fn unknown_filters_and_tests_are_found_in_every_branch() {
+        let t = Templates::new();
+        let inputs = BTreeMap::new();
+        let all = BTreeSet::new();
+        let cx = scope(&inputs, &all);
+        // Known ones, the engine's own included, pass.
+        assert!(
+            t.check(
+                "{{ 'a' | upper | quote }} {{ 'a b' | words }} {% if 1 is odd %}{% endif %}",
+                false,
+                &cx
+            )
+            .is_empty()
+        );
+        let p = t.check("{% if false %}{{ 'x' | lenght }}{% endif %}", false, &cx);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].0.contains("unknown template filter `lenght`"), "{p:?}");
+        assert_eq!(p[0].1, "did you mean `length`?");
+        // No far-fetched suggestion: the known names are listed instead.
+        let p = t.check("{{ 'x' | shout }}", false, &cx);
+        assert!(
+            p[0].1.starts_with("known filters: ") && p[0].1.contains("quote"),
+            "{p:?}"
+        );
+        let p = t.check("1 is fancy", true, &cx);
+        assert!(p[0].0.contains("unknown template test `fancy`"), "{p:?}");
+        // A macro's body is compiled apart from the template: it is searched too.
+        let p = t.check("{% macro m() %}{{ 1 | nope }}{% endmacro %}", false, &cx);
+        assert!(p.iter().any(|(m, _)| m.contains("`nope`")), "{p:?}");
+    }
+
     /// Every argument `sh` receives for the rendered command, bracketed.
     fn shell_args(command: &str) -> String {
         let out = std::process::Command::new("/bin/sh")

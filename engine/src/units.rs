@@ -199,6 +199,32 @@ mod tests {
     }
 
     #[test]
+    fn fractions_spaces_and_every_unit_read_as_documented() {
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
+        assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
+        // humantime knows months and years; the format does not.
+        for bad in ["1M", "1y", "1min", ".5s", "5.s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("64M").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1.5Ki").unwrap(), 1536);
+        assert_eq!(parse_size("2 KiB").unwrap(), 2048);
+        assert_eq!(parse_size("1T").unwrap(), 1_000_000_000_000);
+        assert!(matches!(
+            parse_size("99999999999Ti"),
+            Err(UnitError::Overflow(_))
+        ));
+        for bad in ["1Pi", "1.2.3M", "5.", "M5"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn patterns_agree_with_parsers() {
         let d = regex_lite(DURATION_PATTERN);
         let s = regex_lite(SIZE_PATTERN);

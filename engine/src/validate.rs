@@ -204,6 +204,23 @@ fn salvage(doc: &Value, refused: &[&str]) -> Option<(Workflow, Vec<bool>)> {
     if !top.get("name").is_some_and(Value::is_string) {
         top.insert("name".into(), Value::from("workflow"));
     }
+    // A refused input or env entry stays declared (as a plain string), so templates using it
+    // are not also reported as using something undeclared.
+    for (section, stand_in) in [
+        ("inputs", serde_json::json!({"type": "string"})),
+        ("env", Value::from("")),
+    ] {
+        if let Some(Value::Object(entries)) = top.get_mut(section) {
+            for (name, entry) in entries.iter_mut() {
+                let alone = serde_json::json!({
+                    "version": 1, "name": "workflow", "steps": [], section: {name.clone(): entry.clone()}
+                });
+                if serde_json::from_value::<Workflow>(alone).is_err() {
+                    *entry = stand_in.clone();
+                }
+            }
+        }
+    }
     let keys: Vec<String> = top.keys().cloned().collect();
     for key in keys {
         if matches!(key.as_str(), "version" | "name" | "steps") {
@@ -647,7 +664,11 @@ impl<'a> Semantics<'a> {
                 diags.push(
                     self.at(
                         &format!("/steps/{i}/patch/diff"),
-                        format!("`diff` is not a valid unified diff: {e}"),
+                        format!(
+                            "`diff` is not a valid unified diff: {}",
+                            // diffy's message starts with what this one already says.
+                            e.to_string().trim_start_matches("error parsing patch: ")
+                        ),
                     )
                     .with_hint("produce it with `diff -u old new` or `git diff`"),
                 );
@@ -677,7 +698,7 @@ impl<'a> Semantics<'a> {
             } else if let Err(e) = globset::Glob::new(g) {
                 diags.push(self.at(
                     &format!("/steps/{i}/read/glob"),
-                    format!("invalid glob `{g}`: {e}"),
+                    format!("invalid glob `{g}`: {}", e.kind()),
                 ));
             }
         }

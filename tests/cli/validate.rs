@@ -230,9 +230,11 @@ fn printed_diagnostics(stderr: &str) -> Vec<Printed<'_>> {
     out
 }
 
-/// Workflows as a newcomer writes them, with every mistake each one holds, in file order:
-/// (file, [(line, column, message, hint)]).
-const NEWCOMER_MISTAKES: &[(&str, &[(usize, usize, &str, &str)])] = &[
+/// One expected error: line, column, (part of) its message, (part of) its hint.
+type Mistake = (usize, usize, &'static str, &'static str);
+
+/// Workflows as a newcomer writes them, with every mistake each one holds, in file order.
+const NEWCOMER_MISTAKES: &[(&str, &[Mistake])] = &[
     (
         "greet.yaml",
         &[
@@ -492,4 +494,32 @@ fn plan_without_a_provider_names_the_variables_to_set() {
         );
     }
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+/// An input the schema refuses is still declared for the template checks: the one mistake is
+/// reported once, not again at every template that uses the input.
+#[test]
+fn a_refused_input_is_not_reported_again_where_it_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: w\ninputs:\n  days: { type: integr }\nsteps:\n  - id: a\n    shell: echo {{ inputs.days }} {{ inputs.dayz }}\n",
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let headers: Vec<&str> = printed_diagnostics(&stderr)
+        .iter()
+        .map(|p| p.header)
+        .collect();
+    assert_eq!(headers.len(), 2, "{stderr}");
+    assert!(
+        headers[0].contains(":4:17: error: `type` is \"integr\""),
+        "{stderr}"
+    );
+    assert!(
+        headers[1].contains(":7:12: error: input `dayz` is not declared"),
+        "{stderr}"
+    );
 }
