@@ -71,6 +71,11 @@ impl Diagnostic {
     /// `file:line:col: error: message`, then the offending source line with the span
     /// underlined and the hint beneath it. With `color`, ANSI styles as rustc uses them.
     pub fn render(&self, source: &str, color: bool) -> String {
+        self.render_lines(source, &line_starts(source), color)
+    }
+
+    /// [`Diagnostic::render`] with the source's line starts computed once for many diagnostics.
+    fn render_lines(&self, source: &str, starts: &[usize], color: bool) -> String {
         let header = format!(
             "{}:{}:{}: {} {}",
             self.file.display(),
@@ -79,22 +84,28 @@ impl Diagnostic {
             paint(color, "1;31", "error:"),
             paint(color, "1", &self.message)
         );
-        let (start, end) = byte_span(source, self.location, self.end);
         let mut elements: Vec<Element<'_>> = Vec::new();
-        if start <= source.len() && !source.is_empty() {
-            let label = (!self.path.is_empty()).then(|| format!("at {}", self.path));
-            let mut annotation = AnnotationKind::Primary.span(start..end);
-            if let Some(l) = label {
-                annotation = annotation.label(l);
+        match source_line(source, starts, self.location.line) {
+            Some(line) if !source.is_empty() => {
+                let span = underline(line, self.location, self.end);
+                let mut annotation = AnnotationKind::Primary.span(span);
+                if !self.path.is_empty() {
+                    annotation = annotation.label(format!("at {}", self.path));
+                }
+                elements.push(
+                    Snippet::source(line)
+                        .line_start(self.location.line)
+                        .annotation(annotation)
+                        .into(),
+                );
             }
-            elements.push(Snippet::source(source).annotation(annotation).into());
-        } else if !self.path.is_empty() {
-            elements.push(
+            _ if !self.path.is_empty() => elements.push(
                 Level::NOTE
                     .with_name(Some("at"))
                     .message(self.path.clone())
                     .into(),
-            );
+            ),
+            _ => {}
         }
         if let Some(hint) = &self.hint {
             elements.push(
@@ -125,44 +136,43 @@ fn paint(color: bool, sgr: &str, text: &str) -> String {
     }
 }
 
-/// Byte offset of a 1-based line and column (columns count characters).
-fn byte_offset(source: &str, at: Location) -> Option<usize> {
-    let line_start = if at.line <= 1 {
-        0
-    } else {
-        source
-            .match_indices('\n')
-            .nth(at.line - 2)
-            .map(|(i, _)| i + 1)?
-    };
-    let line = &source[line_start..];
-    let line = &line[..line.find('\n').unwrap_or(line.len())];
-    let column = line
-        .char_indices()
-        .nth(at.column.saturating_sub(1))
-        .map_or(line.len(), |(i, _)| i);
-    Some(line_start + column)
+/// Byte offsets where each line of `source` starts.
+fn line_starts(source: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
 }
 
-/// The span to underline: `start..end` on the start's line. A span that is empty, unknown or
-/// runs onto later lines (a block) is shortened to the word at the start.
-fn byte_span(source: &str, start: Location, end: Option<Location>) -> (usize, usize) {
-    let Some(from) = byte_offset(source, start) else {
-        return (source.len() + 1, source.len() + 1);
-    };
-    let line_end = source[from..].find('\n').map_or(source.len(), |i| from + i);
+/// The text of 1-based line `line`, without its line break.
+fn source_line<'s>(source: &'s str, starts: &[usize], line: usize) -> Option<&'s str> {
+    let start = *starts.get(line.checked_sub(1)?)?;
+    let rest = source.get(start..)?;
+    let text = &rest[..rest.find('\n').unwrap_or(rest.len())];
+    Some(text.strip_suffix('\r').unwrap_or(text))
+}
+
+/// Byte offset in `line` of 1-based character column `column` (the line's end past it).
+fn column_offset(line: &str, column: usize) -> usize {
+    line.char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i)
+}
+
+/// The bytes of `line` to underline: `start..end`. A span that is empty, unknown or runs onto
+/// later lines (a block) is shortened to the word at the start.
+fn underline(line: &str, start: Location, end: Option<Location>) -> std::ops::Range<usize> {
+    let from = column_offset(line, start.column);
     let to = end
         .filter(|e| e.line == start.line && *e > start)
-        .and_then(|e| byte_offset(source, e))
-        .map(|to| to.min(line_end));
+        .map(|e| column_offset(line, e.column));
     let to = to.unwrap_or_else(|| {
-        let rest = &source[from..line_end];
+        let rest = &line[from..];
         let word = rest
             .find(|c: char| c.is_whitespace() || c == ':' || c == ',')
             .unwrap_or(rest.len());
         from + word.max(rest.chars().next().map_or(0, char::len_utf8))
     });
-    (from, to.max(from))
+    from..to.max(from)
 }
 
 impl fmt::Display for Diagnostic {
@@ -213,9 +223,10 @@ impl Diagnostics {
     /// Every diagnostic with its source snippet (see [`Diagnostic::render`]), separated by
     /// blank lines.
     pub fn render(&self, source: &str, color: bool) -> String {
+        let starts = line_starts(source);
         self.0
             .iter()
-            .map(|d| d.render(source, color))
+            .map(|d| d.render_lines(source, &starts, color))
             .collect::<Vec<_>>()
             .join("\n\n")
     }
