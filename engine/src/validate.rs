@@ -140,7 +140,7 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
             }
         }
     };
-    let v = Semantics::new(file, &workflow, &doc.map, &partial).run(&mut diags);
+    let v = Semantics::new(file, text, &workflow, &doc.map, &partial).run(&mut diags);
     locate_ends(&mut diags, &doc.map);
     diags.sort();
     match v {
@@ -295,6 +295,8 @@ type Analysis = (
 
 struct Semantics<'a> {
     file: &'a Path,
+    /// The file's text, to point template problems at the `{{ … }}` they are about.
+    source: &'a str,
     wf: &'a Workflow,
     map: &'a SourceMap,
     /// Steps the schema refused as a whole, kept as `id` and `needs` only: only the graph
@@ -304,9 +306,16 @@ struct Semantics<'a> {
 }
 
 impl<'a> Semantics<'a> {
-    fn new(file: &'a Path, wf: &'a Workflow, map: &'a SourceMap, partial: &'a [bool]) -> Self {
+    fn new(
+        file: &'a Path,
+        source: &'a str,
+        wf: &'a Workflow,
+        map: &'a SourceMap,
+        partial: &'a [bool],
+    ) -> Self {
         Semantics {
             file,
+            source,
             wf,
             map,
             partial,
@@ -820,8 +829,10 @@ impl<'a> Semantics<'a> {
         for (name, value) in &self.wf.env {
             for (msg, hint) in self.templates.check(value, false, &wf_scope) {
                 diags.push(
-                    self.at(&format!("/env/{}", pointer_segment(name)), msg)
-                        .with_hint(hint),
+                    self.in_template(
+                        self.at(&format!("/env/{}", pointer_segment(name)), msg)
+                            .with_hint(hint),
+                    ),
                 );
             }
         }
@@ -875,8 +886,10 @@ impl<'a> Semantics<'a> {
             for (pointer, text, is_expr) in template_fields(step) {
                 for (msg, hint) in self.templates.check(text, is_expr, &scope) {
                     diags.push(
-                        self.at(&format!("/steps/{v}{pointer}"), msg)
-                            .with_hint(hint),
+                        self.in_template(
+                            self.at(&format!("/steps/{v}{pointer}"), msg)
+                                .with_hint(hint),
+                        ),
                     );
                 }
             }
@@ -885,6 +898,47 @@ impl<'a> Semantics<'a> {
 }
 
 impl Semantics<'_> {
+    /// A template problem located at its value, moved to the `{{ … }}` or `{% … %}` on the
+    /// value's first line that holds the name the message is about (its first `` `name` ``).
+    /// A value on later lines (a block scalar) keeps the value's location.
+    fn in_template(&self, mut d: Diagnostic) -> Diagnostic {
+        let Some(name) = d.message.split('`').nth(1).filter(|n| !n.is_empty()) else {
+            return d;
+        };
+        let Some(line) = self.source.lines().nth(d.location.line.saturating_sub(1)) else {
+            return d;
+        };
+        let from = line
+            .char_indices()
+            .nth(d.location.column.saturating_sub(1))
+            .map_or(line.len(), |(i, _)| i);
+        let rest = &line[from..];
+        let mut at = 0;
+        while let Some(open) = rest[at..].find("{{").or_else(|| rest[at..].find("{%")) {
+            let open = at + open;
+            let close = if rest[open..].starts_with("{{") {
+                "}}"
+            } else {
+                "%}"
+            };
+            let Some(len) = rest[open..].find(close).map(|i| i + close.len()) else {
+                break;
+            };
+            let segment = &rest[open..open + len];
+            if segment.contains(name) {
+                let column = d.location.column + rest[..open].chars().count();
+                d.location.column = column;
+                d.end = Some(Location {
+                    line: d.location.line,
+                    column: column + segment.chars().count(),
+                });
+                break;
+            }
+            at = open + len;
+        }
+        d
+    }
+
     /// The ancestors of `v` (a step in topological order) from its parents' sets; a parent's
     /// set is dropped once its last dependent has used it.
     fn ancestors(

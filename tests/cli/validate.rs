@@ -238,7 +238,7 @@ const NEWCOMER_MISTAKES: &[(&str, &[Mistake])] = &[
     (
         "greet.yaml",
         &[
-            (8, 12, "unknown template filter `shout`", "known filters"),
+            (8, 24, "unknown template filter `shout`", "known filters"),
             (9, 14, "durations need a unit: `5s`", "write `5s`"),
             (
                 11,
@@ -271,13 +271,13 @@ const NEWCOMER_MISTAKES: &[(&str, &[Mistake])] = &[
             ),
             (
                 10,
-                12,
+                23,
                 "unknown template variable `input`",
                 "did you mean `inputs`?",
             ),
             (
                 13,
-                12,
+                18,
                 "unknown template filter `lenght`",
                 "did you mean `length`?",
             ),
@@ -305,7 +305,7 @@ const NEWCOMER_MISTAKES: &[(&str, &[Mistake])] = &[
                 "step `remove` needs unknown step `find_old`",
                 "did you mean `find-old`?",
             ),
-            (13, 9, "unknown template test `fancy`", "known tests"),
+            (13, 10, "unknown template test `fancy`", "known tests"),
             (
                 15,
                 5,
@@ -432,7 +432,7 @@ fn a_cycle_or_a_schema_error_does_not_hide_the_other_checks() {
         .collect();
     let expected = [
         ":5:12: error: dependency cycle",
-        ":6:12: error: unknown step `nope` in template",
+        ":6:17: error: unknown step `nope` in template",
         ":8:16: error: step `b` needs unknown step `ghost`",
         ":9:5: error: unknown key `shel`",
     ];
@@ -519,7 +519,7 @@ fn a_refused_input_is_not_reported_again_where_it_is_used() {
         "{stderr}"
     );
     assert!(
-        headers[1].contains(":7:12: error: input `dayz` is not declared"),
+        headers[1].contains(":7:35: error: input `dayz` is not declared"),
         "{stderr}"
     );
 }
