@@ -297,6 +297,8 @@ struct Semantics<'a> {
     file: &'a Path,
     /// The file's text, to point template problems at the `{{ … }}` they are about.
     source: &'a str,
+    /// Where each line of `source` starts, found once for the first template problem.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     wf: &'a Workflow,
     map: &'a SourceMap,
     /// Steps the schema refused as a whole, kept as `id` and `needs` only: only the graph
@@ -316,6 +318,7 @@ impl<'a> Semantics<'a> {
         Semantics {
             file,
             source,
+            line_starts: std::cell::OnceCell::new(),
             wf,
             map,
             partial,
@@ -905,7 +908,19 @@ impl Semantics<'_> {
         let Some(name) = d.message.split('`').nth(1).filter(|n| !n.is_empty()) else {
             return d;
         };
-        let Some(line) = self.source.lines().nth(d.location.line.saturating_sub(1)) else {
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.source.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let Some(line) = d
+            .location
+            .line
+            .checked_sub(1)
+            .and_then(|i| starts.get(i))
+            .and_then(|&start| self.source.get(start..))
+            .and_then(|rest| rest.lines().next())
+        else {
             return d;
         };
         let from = line
@@ -914,8 +929,11 @@ impl Semantics<'_> {
             .map_or(line.len(), |(i, _)| i);
         let rest = &line[from..];
         let mut at = 0;
-        while let Some(open) = rest[at..].find("{{").or_else(|| rest[at..].find("{%")) {
-            let open = at + open;
+        while let Some(open) = rest[at..]
+            .match_indices('{')
+            .map(|(i, _)| at + i)
+            .find(|&i| rest[i..].starts_with("{{") || rest[i..].starts_with("{%"))
+        {
             let close = if rest[open..].starts_with("{{") {
                 "}}"
             } else {
