@@ -260,6 +260,20 @@ mod tests {
     }
 
     #[test]
+    fn the_setup_hint_names_the_variables_only_when_no_key_is_set() {
+        let hint = cfg(&[("OLLAMA_BASE_URL", "http://127.0.0.1:9")])
+            .unwrap()
+            .setup_hint()
+            .unwrap();
+        for variable in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OLLAMA_BASE_URL"] {
+            assert!(hint.contains(variable), "{hint}");
+        }
+        assert!(hint.contains("http://127.0.0.1:9"), "{hint}");
+        let keyed = cfg(&[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert_eq!(keyed.setup_hint(), None);
+    }
+
+    #[test]
     fn llm_provider_goes_first_and_keys_are_redacted() {
         let c = cfg(&[
             ("LLM_PROVIDER", "ollama"),
