@@ -344,7 +344,9 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     // URLs may carry tokens in their query; the message names the failure, not the URL.
     if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<url>");
+        s = s
+            .replace(&format!(" for url ({u})"), "")
+            .replace(u.as_str(), "<url>");
     }
     s
 }

@@ -466,6 +466,11 @@ fn http_step_failure_names_the_underlying_cause() {
         shown.contains("Connection refused"),
         "the cause is missing:\n{shown}\n{step}"
     );
+    // The URL (it may carry a token in its query) is not part of the error.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("error sending request for url"),
+        "{shown}"
+    );
 }
 
 /// `plan` with no provider configured says which variables would configure one, besides the
