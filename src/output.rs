@@ -109,9 +109,8 @@ pub fn validate(files: &[PathBuf], explain: bool, as_json: bool) -> anyhow::Resu
                 if as_json {
                     reports.push(json!({"file": file, "valid": false, "errors": diags.0}));
                 } else {
-                    for d in diags.iter() {
-                        print_diagnostic(d);
-                    }
+                    let source = read_source(file);
+                    eprintln!("{}\n", diags.render(&source, colors_on_stderr()));
                 }
             }
         }
@@ -132,21 +131,21 @@ pub fn validate(files: &[PathBuf], explain: bool, as_json: bool) -> anyhow::Resu
     Ok(if errors > 0 { exit::FAILED } else { exit::OK })
 }
 
+/// ANSI styles only for a terminal, and never under `NO_COLOR`.
+fn colors_on_stderr() -> bool {
+    console::colors_enabled_stderr()
+}
+
+/// The text a diagnostic points into; a file that cannot be read shows no snippet.
+fn read_source(file: &std::path::Path) -> String {
+    std::fs::read(file)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// One diagnostic with the source line it points at.
 pub fn print_diagnostic(d: &secureclaw_engine::diag::Diagnostic) {
-    eprintln!(
-        "{}:{}:{}: {} {}",
-        d.file.display(),
-        d.location.line,
-        d.location.column,
-        style("error:").red().bold(),
-        style(&d.message).bold()
-    );
-    if !d.path.is_empty() {
-        eprintln!("  {} {}", style("at:").dim(), d.path);
-    }
-    if let Some(h) = &d.hint {
-        eprintln!("  {} {h}", style("hint:").cyan());
-    }
+    eprintln!("{}\n", d.render(&read_source(&d.file), colors_on_stderr()));
 }
 
 fn explain_json(v: &Validated) -> serde_json::Value {

@@ -50,7 +50,15 @@ pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Re
                 PlanError::Invalid { .. } => "invalid_plan",
                 PlanError::Llm { .. } => "llm",
             };
-            output::report_error(kind, &e.to_string(), None);
+            // With no provider configured, the failure names the variables that would set one.
+            let hint = matches!(e, PlanError::Llm { .. })
+                .then(|| {
+                    secureclaw_llm::config::LlmConfig::from_env()
+                        .ok()
+                        .and_then(|c| c.setup_hint())
+                })
+                .flatten();
+            output::report_error(kind, &e.to_string(), hint.as_deref());
             Ok(Err(match e {
                 PlanError::Injection { .. } | PlanError::EmptyInstruction => exit::INVALID,
                 PlanError::Invalid { .. } | PlanError::Llm { .. } => exit::FAILED,

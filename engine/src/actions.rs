@@ -328,11 +328,25 @@ pub async fn http(call: HttpCall<'_>) -> Result<HttpResult, ActionError> {
     Ok(HttpResult { status, body })
 }
 
+/// The error and its causes (`error sending request: … tcp connect error: Connection refused`):
+/// reqwest's own message names only the stage that failed, the causes say why. A cause whose
+/// text the message already holds is not repeated.
 fn without_url(e: &reqwest::Error) -> String {
-    // URLs may carry tokens in their query; the message names the failure, not the URL.
     let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    // URLs may carry tokens in their query; the message names the failure, not the URL.
     if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<url>");
+        s = s
+            .replace(&format!(" for url ({u})"), "")
+            .replace(u.as_str(), "<url>");
     }
     s
 }

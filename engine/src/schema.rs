@@ -57,6 +57,15 @@ pub fn check(doc: &Value, map: &SourceMap, file: &Path, out: &mut Diagnostics) {
     }
 }
 
+/// The unit pattern ([`DURATION_PATTERN`] or [`SIZE_PATTERN`]) of the value at `pointer`, if it
+/// is a duration or a size.
+fn unit_pattern(pointer: &str) -> Option<&'static str> {
+    let pattern = schema_for_instance(pointer)?.get("pattern")?.as_str()?;
+    [DURATION_PATTERN, SIZE_PATTERN]
+        .into_iter()
+        .find(|p| *p == pattern)
+}
+
 fn type_words(t: &str) -> &'static str {
     match t {
         "array" => "a list",
@@ -296,6 +305,26 @@ fn describe(
                 );
             }
             // Exactly one present: the real problem is inside it and is reported on its own.
+        }
+        ValidationErrorKind::Type { .. }
+            if instance.is_number() && unit_pattern(&pointer).is_some() =>
+        {
+            let number = instance.to_string();
+            let (message, hint) = match unit_pattern(&pointer) {
+                Some(DURATION_PATTERN) => (
+                    format!("durations need a unit: `{number}s`"),
+                    format!(
+                        "write `{number}s` for {number} seconds, or another unit: `250ms`, `5m`, `1h30m`"
+                    ),
+                ),
+                _ => (
+                    format!("sizes need a unit: `{number}Mi`"),
+                    format!(
+                        "write `{number}Mi` for {number} MiB, or another unit: `64Ki`, `1Gi` (binary), `64M`, `1G` (decimal)"
+                    ),
+                ),
+            };
+            out.push(diag(message).with_hint(hint));
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {

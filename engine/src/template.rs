@@ -253,6 +253,7 @@ impl Templates {
                 return problems;
             }
         };
+        self.check_filters_and_tests(&source, &mut problems);
         for var in tmpl.undeclared_variables(true) {
             let mut parts = var.split('.');
             let root = parts.next().unwrap_or_default();
@@ -265,7 +266,10 @@ impl Templates {
                 ("steps" | "inputs" | "env", None) => {}
                 (other, _) if !is_builtin(other) => problems.push((
                     format!("unknown template variable `{other}`"),
-                    "templates can use `inputs.NAME`, `steps.ID.output` (or stdout, stderr, exit_code) and `env.NAME`".into(),
+                    match closest_name(other, &["inputs", "steps", "env"]) {
+                        Some(s) => format!("did you mean `{s}`? templates can use `inputs.NAME`, `steps.ID.output` (or stdout, stderr, exit_code) and `env.NAME`"),
+                        None => "templates can use `inputs.NAME`, `steps.ID.output` (or stdout, stderr, exit_code) and `env.NAME`".into(),
+                    },
                 )),
                 _ => {}
             }
@@ -299,6 +303,162 @@ impl Templates {
         problems.dedup();
         problems
     }
+}
+
+/// Filter names a template may meet: minijinja's own and this engine's. Only the ones the
+/// environment really has are offered as suggestions.
+const FILTER_NAMES: &[&str] = &[
+    "abs",
+    "attr",
+    "batch",
+    "bool",
+    "capitalize",
+    "chain",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "format",
+    "groupby",
+    "indent",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "pprint",
+    "quote",
+    "raw",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "tojson",
+    "trim",
+    "unique",
+    "upper",
+    "urlencode",
+    "words",
+    "zip",
+];
+
+/// Test names (`x is NAME`), as [`FILTER_NAMES`].
+const TEST_NAMES: &[&str] = &[
+    "boolean",
+    "defined",
+    "divisibleby",
+    "endingwith",
+    "eq",
+    "equalto",
+    "escaped",
+    "even",
+    "false",
+    "filter",
+    "float",
+    "ge",
+    "greaterthan",
+    "gt",
+    "in",
+    "int",
+    "integer",
+    "iterable",
+    "le",
+    "lessthan",
+    "lower",
+    "lt",
+    "mapping",
+    "ne",
+    "none",
+    "number",
+    "odd",
+    "safe",
+    "sameas",
+    "sequence",
+    "startingwith",
+    "string",
+    "test",
+    "true",
+    "undefined",
+    "upper",
+];
+
+impl Templates {
+    /// Whether the environment has a filter (`is_filter`) or a test (`!is_filter`) by this name.
+    fn knows(&self, name: &str, is_filter: bool) -> bool {
+        let probe = if is_filter {
+            "name is filter"
+        } else {
+            "name is test"
+        };
+        self.env
+            .compile_expression(probe)
+            .and_then(|e| e.eval(minijinja::context! { name => name }))
+            .is_ok_and(|v| v.is_true())
+    }
+
+    /// Unknown filters and tests, found in the compiled template so that names in branches a
+    /// check rendering would not take are seen too (minijinja itself only notices at run time).
+    fn check_filters_and_tests(&self, source: &str, problems: &mut Vec<(String, String)>) {
+        for (is_filter, name) in bounded::filter_and_test_names(source) {
+            if self.knows(&name, is_filter) {
+                continue;
+            }
+            let (what, names) = if is_filter {
+                ("filter", FILTER_NAMES)
+            } else {
+                ("test", TEST_NAMES)
+            };
+            let known: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| self.knows(n, is_filter))
+                .collect();
+            let usage = if is_filter {
+                format!("`| {name}`")
+            } else {
+                format!("`is {name}`")
+            };
+            problems.push((
+                format!("unknown template {what} `{name}` in {usage}"),
+                match closest_name(&name, &known) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("known {what}s: {}", known.join(", ")),
+                },
+            ));
+        }
+    }
+}
+
+/// A known name one or two edits away from a misspelt one (`lenght` → `length`). Filter names
+/// are short, so a similarity score would offer `sort` for `shout`; an edit distance does not.
+fn closest_name<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let allowed = (name.chars().count() / 4).max(1);
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(name, k), *k))
+        .filter(|(d, _)| *d <= allowed)
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// One POSIX shell word that stands for exactly `text` (quoted only when it has to be).
@@ -674,6 +834,38 @@ mod tests {
         assert!(p[0].0.contains("syntax"), "{p:?}");
         let p = t.check("steps.later.exit_code == 0", true, &cx);
         assert!(p[0].0.contains("not upstream"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_are_found_in_every_branch() {
+        let t = Templates::new();
+        let inputs = BTreeMap::new();
+        let all = BTreeSet::new();
+        let cx = scope(&inputs, &all);
+        // Known ones, the engine's own included, pass.
+        assert!(
+            t.check(
+                "{{ 'a' | upper | quote }} {{ 'a b' | words }} {% if 1 is odd %}{% endif %}",
+                false,
+                &cx
+            )
+            .is_empty()
+        );
+        let p = t.check("{% if false %}{{ 'x' | lenght }}{% endif %}", false, &cx);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].0.contains("unknown template filter `lenght`"), "{p:?}");
+        assert_eq!(p[0].1, "did you mean `length`?");
+        // No far-fetched suggestion: the known names are listed instead.
+        let p = t.check("{{ 'x' | shout }}", false, &cx);
+        assert!(
+            p[0].1.starts_with("known filters: ") && p[0].1.contains("quote"),
+            "{p:?}"
+        );
+        let p = t.check("1 is fancy", true, &cx);
+        assert!(p[0].0.contains("unknown template test `fancy`"), "{p:?}");
+        // A macro's body is compiled apart from the template: it is searched too.
+        let p = t.check("{% macro m() %}{{ 1 | nope }}{% endmacro %}", false, &cx);
+        assert!(p.iter().any(|(m, _)| m.contains("`nope`")), "{p:?}");
     }
 
     /// Every argument `sh` receives for the rendered command, bracketed.
@@ -1094,6 +1286,37 @@ mod bounded {
     }
 
     const NO_FOLD: &str = "__secureclaw_nofold";
+
+    /// Every filter (`true`) and test (`false`) a template applies, by name, in the order the
+    /// template names them; empty when it does not parse (its syntax error is reported apart).
+    pub fn filter_and_test_names(source: &str) -> Vec<(bool, String)> {
+        let Ok(ast) = minijinja::machinery::parse(
+            source,
+            "<check>",
+            minijinja::syntax::SyntaxConfig,
+            whitespace(),
+        ) else {
+            return Vec::new();
+        };
+        let mut generator = CodeGenerator::new("<check>", source);
+        generator.compile_stmt(&ast);
+        let (instructions, blocks) = generator.finish();
+        let mut names: Vec<(bool, String)> = Vec::new();
+        for list in std::iter::once(&instructions).chain(blocks.values()) {
+            for i in 0..list.len() {
+                let Ok(idx) = u32::try_from(i) else { break };
+                let found = match list.get(idx) {
+                    Some(Instruction::ApplyFilter(name, _, _)) => (true, name.to_string()),
+                    Some(Instruction::PerformTest(name, _, _)) => (false, name.to_string()),
+                    _ => continue,
+                };
+                if !names.contains(&found) {
+                    names.push(found);
+                }
+            }
+        }
+        names
+    }
 
     fn whitespace() -> WhitespaceConfig {
         WhitespaceConfig {

@@ -67,74 +67,81 @@ impl fmt::Display for SizeText {
     }
 }
 
+/// A duration in the syntax of [`DURATION_PATTERN`], read by `humantime`: one or more numbers
+/// (fractions allowed) each with a unit, optionally separated by spaces.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.is_empty() || compact.starts_with(|c: char| !c.is_ascii_digit()) {
+    if !matches_pattern(&compact, DURATION_UNITS) {
         return Err(UnitError::Duration(text.to_string()));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = compact.as_str();
+    humantime::parse_duration(&compact).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => UnitError::Overflow(text.to_string()),
+        _ => UnitError::Duration(text.to_string()),
+    })
+}
+
+/// A size in the syntax of [`SIZE_PATTERN`], read by `parse-size`: `Ki`/`Mi`/`Gi`/`Ti` are
+/// binary, `k`/`M`/`G`/`T` decimal, an optional `B`, bytes without a unit.
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let unit_start = compact
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(compact.len());
+    let (number, unit) = compact.split_at(unit_start);
+    let known_unit = unit.is_empty()
+        || SIZE_UNITS.contains(&unit)
+        || unit
+            .strip_suffix(['b', 'B'])
+            .is_some_and(|u| SIZE_UNITS.contains(&u));
+    if number.is_empty() || number.ends_with('.') || number.matches('.').count() > 1 || !known_unit
+    {
+        return Err(UnitError::Size(text.to_string()));
+    }
+    parse_size::Config::new()
+        .parse_size(&compact)
+        .map_err(|e| match e {
+            parse_size::Error::PosOverflow => UnitError::Overflow(text.to_string()),
+            _ => UnitError::Size(text.to_string()),
+        })
+}
+
+/// The units [`DURATION_PATTERN`] accepts (`humantime` knows more, such as months and years).
+const DURATION_UNITS: &[&str] = &["ns", "us", "ms", "s", "m", "h", "d"];
+
+/// The unit prefixes [`SIZE_PATTERN`] accepts before an optional `B`.
+const SIZE_UNITS: &[&str] = &[
+    "b", "B", "k", "K", "ki", "Ki", "m", "M", "mi", "Mi", "g", "G", "gi", "Gi", "t", "T", "ti",
+    "Ti",
+];
+
+/// Whether `compact` (no whitespace) is one or more `NUMBER UNIT` parts with known units.
+fn matches_pattern(compact: &str, units: &[&str]) -> bool {
+    let mut rest = compact;
+    if rest.is_empty() {
+        return false;
+    }
     while !rest.is_empty() {
-        let num_len = rest
+        let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| UnitError::Duration(text.to_string()))?;
-        let (num, tail) = rest.split_at(num_len);
+            .unwrap_or(rest.len());
+        let number = &rest[..number_len];
+        if number.is_empty()
+            || number.starts_with('.')
+            || number.ends_with('.')
+            || number.matches('.').count() > 1
+        {
+            return false;
+        }
+        let tail = &rest[number_len..];
         let unit_len = tail
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| UnitError::Duration(text.to_string()))?;
-        let seconds = match unit {
-            "ns" => value / 1e9,
-            "us" => value / 1e6,
-            "ms" => value / 1e3,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            "d" => value * 86400.0,
-            _ => return Err(UnitError::Duration(text.to_string())),
-        };
-        let part = Duration::try_from_secs_f64(seconds)
-            .map_err(|_| UnitError::Overflow(text.to_string()))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| UnitError::Overflow(text.to_string()))?;
-        rest = next;
+        if !units.contains(&&tail[..unit_len]) {
+            return false;
+        }
+        rest = &tail[unit_len..];
     }
-    Ok(total)
-}
-
-pub fn parse_size(text: &str) -> Result<u64, UnitError> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| UnitError::Size(text.to_string()))?;
-    let unit = unit.trim();
-    let unit = unit
-        .strip_suffix(['b', 'B'])
-        .filter(|u| !u.is_empty())
-        .unwrap_or(unit);
-    let multiplier: f64 = match unit {
-        "" | "b" | "B" => 1.0,
-        "k" | "K" => 1e3,
-        "Ki" | "ki" => 1024.0,
-        "m" | "M" => 1e6,
-        "Mi" | "mi" => 1024.0 * 1024.0,
-        "g" | "G" => 1e9,
-        "Gi" | "gi" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "T" => 1e12,
-        "Ti" | "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(UnitError::Size(text.to_string())),
-    };
-    let bytes = value * multiplier;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(UnitError::Overflow(text.to_string()));
-    }
-    Ok(bytes as u64)
+    true
 }
 
 impl JsonSchema for DurationText {
@@ -187,6 +194,32 @@ mod tests {
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         for bad in ["", "Mi", "12 parsecs", "1e999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fractions_spaces_and_every_unit_read_as_documented() {
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
+        assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
+        // humantime knows months and years; the format does not.
+        for bad in ["1M", "1y", "1min", ".5s", "5.s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("64M").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1.5Ki").unwrap(), 1536);
+        assert_eq!(parse_size("2 KiB").unwrap(), 2048);
+        assert_eq!(parse_size("1T").unwrap(), 1_000_000_000_000);
+        assert!(matches!(
+            parse_size("99999999999Ti"),
+            Err(UnitError::Overflow(_))
+        ));
+        for bad in ["1Pi", "1.2.3M", "5.", "M5"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

@@ -1,6 +1,8 @@
-//! Validation in layers: input → YAML syntax → JSON Schema → semantics. Every layer reports all
-//! of its problems (a later layer runs only when the earlier ones passed, since its input would
-//! be meaningless), each located at file:line:column with a hint.
+//! Validation in layers: input → YAML syntax → JSON Schema → semantics, all reported in one
+//! pass. Only a file that yields no document (unreadable, not YAML, not a mapping) stops early;
+//! when the schema refuses parts of a document, the semantic checks still run on the parts that
+//! are well-formed, and a dependency cycle does not stop the template checks. Every problem is
+//! located at file:line:column with a hint.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -108,26 +110,38 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
         return Err(diags);
     }
     crate::schema::check(&doc.value, &doc.map, file, &mut diags);
-    if !diags.is_empty() {
-        diags.sort();
-        return Err(diags);
-    }
-    // The document is not needed after this: moving it (not cloning) keeps a 100,000-step
-    // file from holding two copies at once.
-    let workflow: Workflow = match serde_json::from_value(doc.value) {
-        Ok(w) => w,
-        Err(e) => {
-            diags.push(Diagnostic::new(
-                file,
-                Location { line: 1, column: 1 },
-                Layer::Schema,
-                "",
-                format!("{e}"),
-            ));
-            return Err(diags);
+    let (workflow, partial) = if diags.is_empty() {
+        // The document is not needed after this: moving it (not cloning) keeps a 100,000-step
+        // file from holding two copies at once.
+        match serde_json::from_value::<Workflow>(doc.value) {
+            Ok(w) => {
+                let partial = vec![false; w.steps.len()];
+                (w, partial)
+            }
+            Err(e) => {
+                diags.push(Diagnostic::new(
+                    file,
+                    Location { line: 1, column: 1 },
+                    Layer::Schema,
+                    "",
+                    format!("{e}"),
+                ));
+                return Err(diags);
+            }
+        }
+    } else {
+        let refused: Vec<&str> = diags.iter().map(|d| d.path.as_str()).collect();
+        match salvage(&doc.value, &refused) {
+            Some(w) => w,
+            None => {
+                locate_ends(&mut diags, &doc.map);
+                diags.sort();
+                return Err(diags);
+            }
         }
     };
-    let v = Semantics::new(file, &workflow, &doc.map).run(&mut diags);
+    let v = Semantics::new(file, text, &workflow, &doc.map, &partial).run(&mut diags);
+    locate_ends(&mut diags, &doc.map);
     diags.sort();
     match v {
         Some((index, deps, order, risk, inverse)) if diags.is_empty() => Ok(Validated {
@@ -150,6 +164,124 @@ pub fn validate_bytes(file: &Path, bytes: &[u8]) -> Result<Validated, Diagnostic
     }
 }
 
+/// Give each diagnostic the end of the node it points at, so its snippet underlines all of it.
+fn locate_ends(diags: &mut Diagnostics, map: &SourceMap) {
+    for d in &mut diags.0 {
+        if d.end.is_none() {
+            d.end = map.end_of(&d.path, d.location);
+        }
+    }
+}
+
+/// The well-formed parts of a document the schema refused, as a workflow the semantic checks
+/// can run on: each refused value is removed; a step that still does not read as a step is
+/// kept as its `id` and `needs` only (marked in the returned list, so step checks skip it),
+/// keeping every step at its index so diagnostics point at the right one; a top-level section
+/// that still does not read is left out. `None` when not even that makes a workflow.
+fn salvage(doc: &Value, refused: &[&str]) -> Option<(Workflow, Vec<bool>)> {
+    let mut value = doc.clone();
+    let mut pointers: Vec<&str> = refused
+        .iter()
+        .copied()
+        // The document, the step list and whole steps are kept: they are dealt with below.
+        .filter(|p| {
+            let segments: Vec<&str> = p.split('/').skip(1).collect();
+            !(segments.is_empty() || (segments[0] == "steps" && segments.len() <= 2))
+        })
+        .collect();
+    // Deepest first, so removing a value never shifts one still to be removed.
+    pointers.sort_by(|a, b| b.cmp(a));
+    pointers.dedup();
+    for p in pointers {
+        remove_at(&mut value, p);
+    }
+    let top = value.as_object_mut()?;
+    let steps_value = top.remove("steps");
+    top.insert("steps".into(), Value::Array(Vec::new()));
+    if top.get("version").and_then(Value::as_u64) != Some(1) {
+        top.insert("version".into(), Value::from(1));
+    }
+    if !top.get("name").is_some_and(Value::is_string) {
+        top.insert("name".into(), Value::from("workflow"));
+    }
+    // A refused input or env entry stays declared (as a plain string), so templates using it
+    // are not also reported as using something undeclared.
+    for (section, stand_in) in [
+        ("inputs", serde_json::json!({"type": "string"})),
+        ("env", Value::from("")),
+    ] {
+        if let Some(Value::Object(entries)) = top.get_mut(section) {
+            for (name, entry) in entries.iter_mut() {
+                let alone = serde_json::json!({
+                    "version": 1, "name": "workflow", "steps": [], section: {name.clone(): entry.clone()}
+                });
+                if serde_json::from_value::<Workflow>(alone).is_err() {
+                    *entry = stand_in.clone();
+                }
+            }
+        }
+    }
+    let keys: Vec<String> = top.keys().cloned().collect();
+    for key in keys {
+        if matches!(key.as_str(), "version" | "name" | "steps") {
+            continue;
+        }
+        let alone = serde_json::json!({
+            "version": 1, "name": "workflow", "steps": [], key.clone(): top[&key].clone()
+        });
+        if serde_json::from_value::<Workflow>(alone).is_err() {
+            top.remove(&key);
+        }
+    }
+    let mut workflow: Workflow = serde_json::from_value(value).ok()?;
+    let steps = match steps_value {
+        Some(Value::Array(steps)) => steps,
+        _ => Vec::new(),
+    };
+    let mut partial = Vec::with_capacity(steps.len());
+    for step in steps {
+        match serde_json::from_value::<Step>(step.clone()) {
+            Ok(s) => {
+                workflow.steps.push(s);
+                partial.push(false);
+            }
+            Err(_) => {
+                let id = step.get("id").and_then(Value::as_str).unwrap_or_default();
+                let needs: Vec<&str> = step
+                    .get("needs")
+                    .and_then(Value::as_array)
+                    .map(|n| n.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let stub = serde_json::json!({"id": id, "needs": needs, "read": {"path": "."}});
+                workflow.steps.push(serde_json::from_value(stub).ok()?);
+                partial.push(true);
+            }
+        }
+    }
+    Some((workflow, partial))
+}
+
+/// Remove the value at a JSON pointer, if there is one.
+fn remove_at(value: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match value.pointer_mut(parent) {
+        Some(Value::Object(o)) => {
+            o.remove(&last);
+        }
+        Some(Value::Array(a)) => {
+            if let Ok(i) = last.parse::<usize>()
+                && i < a.len()
+            {
+                a.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Links of a dependency cycle spelled out in its diagnostic.
 const CYCLE_LINKS_SHOWN: usize = 20;
 
@@ -163,19 +295,39 @@ type Analysis = (
 
 struct Semantics<'a> {
     file: &'a Path,
+    /// The file's text, to point template problems at the `{{ … }}` they are about.
+    source: &'a str,
+    /// Where each line of `source` starts, found once for the first template problem.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     wf: &'a Workflow,
     map: &'a SourceMap,
+    /// Steps the schema refused as a whole, kept as `id` and `needs` only: only the graph
+    /// checks look at them.
+    partial: &'a [bool],
     templates: Templates,
 }
 
 impl<'a> Semantics<'a> {
-    fn new(file: &'a Path, wf: &'a Workflow, map: &'a SourceMap) -> Self {
+    fn new(
+        file: &'a Path,
+        source: &'a str,
+        wf: &'a Workflow,
+        map: &'a SourceMap,
+        partial: &'a [bool],
+    ) -> Self {
         Semantics {
             file,
+            source,
+            line_starts: std::cell::OnceCell::new(),
             wf,
             map,
+            partial,
             templates: Templates::new(),
         }
+    }
+
+    fn is_partial(&self, i: usize) -> bool {
+        self.partial.get(i).copied().unwrap_or(false)
     }
 
     fn at(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
@@ -203,12 +355,15 @@ impl<'a> Semantics<'a> {
     fn run(&self, diags: &mut Diagnostics) -> Option<Analysis> {
         let index = self.ids(diags);
         let deps = self.needs(&index, diags);
-        let order = self.acyclic_order(&deps, diags);
+        let (order, ordered) = self.acyclic_order(&deps, diags);
         self.inputs(diags);
         self.units(diags);
         self.read_only_grants(diags);
         self.triggers(diags);
         for (i, step) in self.wf.steps.iter().enumerate() {
+            if self.is_partial(i) {
+                continue;
+            }
             self.step_paths(i, step, diags);
             self.step_network(i, step, diags);
         }
@@ -221,9 +376,8 @@ impl<'a> Semantics<'a> {
             .collect();
         let inverse = self.wf.steps.iter().map(inverse_class).collect();
         self.status_conditions(diags);
-        let order = order?;
-        self.templates(&index, &deps, &order, diags);
-        Some((index, deps, order, risk, inverse))
+        self.templates(&index, &deps, &order, ordered, diags);
+        (ordered == order.len()).then_some((index, deps, order, risk, inverse))
     }
 
     /// `success()`, `failure()`, `always()` and `cancelled()` look at the steps upstream of the
@@ -271,6 +425,9 @@ impl<'a> Semantics<'a> {
     fn ids(&self, diags: &mut Diagnostics) -> HashMap<String, usize> {
         let mut index = HashMap::new();
         for (i, step) in self.wf.steps.iter().enumerate() {
+            if self.is_partial(i) && step.id.is_empty() {
+                continue;
+            }
             if let Some(first) = index.insert(step.id.clone(), i) {
                 index.insert(step.id.clone(), first);
                 let first_loc = self.map.value(&format!("/steps/{first}/id"));
@@ -337,10 +494,11 @@ impl<'a> Semantics<'a> {
             .collect()
     }
 
-    /// A topological order, or a diagnostic per cycle with the cycle's path. Both passes are
+    /// A topological order, and a diagnostic per cycle with the cycle's path. Both passes are
     /// iterative (Kahn's algorithm, then Kosaraju on what it could not order): a chain of
-    /// 100,000 `needs` must not cost one stack frame per step.
-    fn acyclic_order(&self, deps: &[Vec<usize>], diags: &mut Diagnostics) -> Option<Vec<usize>> {
+    /// 100,000 `needs` must not cost one stack frame per step. Returns every step and how many
+    /// of them, from the front, are in topological order; the rest are on or behind a cycle.
+    fn acyclic_order(&self, deps: &[Vec<usize>], diags: &mut Diagnostics) -> (Vec<usize>, usize) {
         let n = deps.len();
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut waiting: Vec<usize> = vec![0; n];
@@ -362,11 +520,13 @@ impl<'a> Semantics<'a> {
                 }
             }
         }
-        if order.len() == n {
-            return Some(order);
+        let ordered = order.len();
+        if ordered == n {
+            return (order, ordered);
         }
         // Only steps on or behind a cycle are left; find the cycles among them.
         let left: Vec<usize> = (0..n).filter(|&i| waiting[i] > 0).collect();
+        order.extend(&left);
         let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(left.len(), 0);
         let mut node = HashMap::with_capacity(left.len());
         for &i in &left {
@@ -414,7 +574,7 @@ impl<'a> Semantics<'a> {
                 ),
             );
         }
-        None
+        (order, ordered)
     }
 
     fn inputs(&self, diags: &mut Diagnostics) {
@@ -566,7 +726,11 @@ impl<'a> Semantics<'a> {
                 diags.push(
                     self.at(
                         &format!("/steps/{i}/patch/diff"),
-                        format!("`diff` is not a valid unified diff: {e}"),
+                        format!(
+                            "`diff` is not a valid unified diff: {}",
+                            // diffy's message starts with what this one already says.
+                            e.to_string().trim_start_matches("error parsing patch: ")
+                        ),
                     )
                     .with_hint("produce it with `diff -u old new` or `git diff`"),
                 );
@@ -596,7 +760,7 @@ impl<'a> Semantics<'a> {
             } else if let Err(e) = globset::Glob::new(g) {
                 diags.push(self.at(
                     &format!("/steps/{i}/read/glob"),
-                    format!("invalid glob `{g}`: {e}"),
+                    format!("invalid glob `{g}`: {}", e.kind()),
                 ));
             }
         }
@@ -683,9 +847,17 @@ impl<'a> Semantics<'a> {
         index: &HashMap<String, usize>,
         deps: &[Vec<usize>],
         order: &[usize],
+        ordered: usize,
         diags: &mut Diagnostics,
     ) {
         let n = self.wf.steps.len();
+        // A step on or behind a cycle has no well-defined upstream: its templates are checked
+        // with every other step counted as upstream, so all their other problems still show.
+        let on_cycle: std::sync::Arc<FixedBitSet> = {
+            let mut all = FixedBitSet::with_capacity(n);
+            all.insert_range(..);
+            std::sync::Arc::new(all)
+        };
         let needs_templates: Vec<bool> = self
             .wf
             .steps
@@ -710,8 +882,10 @@ impl<'a> Semantics<'a> {
         for (name, value) in &self.wf.env {
             for (msg, hint) in self.templates.check(value, false, &wf_scope) {
                 diags.push(
-                    self.at(&format!("/env/{}", pointer_segment(name)), msg)
-                        .with_hint(hint),
+                    self.in_template(
+                        self.at(&format!("/env/{}", pointer_segment(name)), msg)
+                            .with_hint(hint),
+                    ),
                 );
             }
         }
@@ -735,26 +909,18 @@ impl<'a> Semantics<'a> {
             }
         }
         let mut anc: Vec<Option<std::sync::Arc<FixedBitSet>>> = vec![None; n];
-        for &v in order {
+        for (position, &v) in order.iter().enumerate() {
             if !wanted[v] {
                 continue;
             }
-            let mut set = FixedBitSet::with_capacity(n);
-            for &p in &deps[v] {
-                set.insert(p);
-                if let Some(a) = &anc[p] {
-                    set.union_with(a);
-                }
-                dependents_left[p] -= 1;
-                if dependents_left[p] == 0 {
-                    anc[p] = None;
-                }
-            }
-            let set = std::sync::Arc::new(set);
-            if dependents_left[v] > 0 {
-                anc[v] = Some(set.clone());
-            }
-            if !needs_templates[v] {
+            let set = if position >= ordered {
+                let mut all = (*on_cycle).clone();
+                all.set(v, false);
+                std::sync::Arc::new(all)
+            } else {
+                self.ancestors(v, deps, &mut anc, &mut dependents_left, n)
+            };
+            if !needs_templates[v] || self.is_partial(v) {
                 continue;
             }
             let step = &self.wf.steps[v];
@@ -773,12 +939,100 @@ impl<'a> Semantics<'a> {
             for (pointer, text, is_expr) in template_fields(step) {
                 for (msg, hint) in self.templates.check(text, is_expr, &scope) {
                     diags.push(
-                        self.at(&format!("/steps/{v}{pointer}"), msg)
-                            .with_hint(hint),
+                        self.in_template(
+                            self.at(&format!("/steps/{v}{pointer}"), msg)
+                                .with_hint(hint),
+                        ),
                     );
                 }
             }
         }
+    }
+}
+
+impl Semantics<'_> {
+    /// A template problem located at its value, moved to the `{{ … }}` or `{% … %}` on the
+    /// value's first line that holds the name the message is about (its first `` `name` ``).
+    /// A value on later lines (a block scalar) keeps the value's location.
+    fn in_template(&self, mut d: Diagnostic) -> Diagnostic {
+        let Some(name) = d.message.split('`').nth(1).filter(|n| !n.is_empty()) else {
+            return d;
+        };
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.source.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let Some(line) = d
+            .location
+            .line
+            .checked_sub(1)
+            .and_then(|i| starts.get(i))
+            .and_then(|&start| self.source.get(start..))
+            .and_then(|rest| rest.lines().next())
+        else {
+            return d;
+        };
+        let from = line
+            .char_indices()
+            .nth(d.location.column.saturating_sub(1))
+            .map_or(line.len(), |(i, _)| i);
+        let rest = &line[from..];
+        let mut at = 0;
+        while let Some(open) = rest[at..]
+            .match_indices('{')
+            .map(|(i, _)| at + i)
+            .find(|&i| rest[i..].starts_with("{{") || rest[i..].starts_with("{%"))
+        {
+            let close = if rest[open..].starts_with("{{") {
+                "}}"
+            } else {
+                "%}"
+            };
+            let Some(len) = rest[open..].find(close).map(|i| i + close.len()) else {
+                break;
+            };
+            let segment = &rest[open..open + len];
+            if segment.contains(name) {
+                let column = d.location.column + rest[..open].chars().count();
+                d.location.column = column;
+                d.end = Some(Location {
+                    line: d.location.line,
+                    column: column + segment.chars().count(),
+                });
+                break;
+            }
+            at = open + len;
+        }
+        d
+    }
+
+    /// The ancestors of `v` (a step in topological order) from its parents' sets; a parent's
+    /// set is dropped once its last dependent has used it.
+    fn ancestors(
+        &self,
+        v: usize,
+        deps: &[Vec<usize>],
+        anc: &mut [Option<std::sync::Arc<FixedBitSet>>],
+        dependents_left: &mut [usize],
+        n: usize,
+    ) -> std::sync::Arc<FixedBitSet> {
+        let mut set = FixedBitSet::with_capacity(n);
+        for &p in &deps[v] {
+            set.insert(p);
+            if let Some(a) = &anc[p] {
+                set.union_with(a);
+            }
+            dependents_left[p] -= 1;
+            if dependents_left[p] == 0 {
+                anc[p] = None;
+            }
+        }
+        let set = std::sync::Arc::new(set);
+        if dependents_left[v] > 0 {
+            anc[v] = Some(set.clone());
+        }
+        set
     }
 }
 

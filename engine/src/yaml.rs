@@ -35,7 +35,14 @@ impl Default for YamlLimits {
 /// The source map's keys are the document's own JSON pointers, not attacker-chosen in a way a
 /// collision could exploit beyond the file's own size limit: a fast hasher keeps a 100,000-step
 /// file's map from dominating validation.
-type PointerMap = HashMap<String, Location, foldhash::fast::RandomState>;
+type PointerMap = HashMap<String, SourceSpan, foldhash::fast::RandomState>;
+
+/// Where a node starts and where it ends (just past its last character).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceSpan {
+    pub start: Location,
+    pub end: Location,
+}
 
 /// Where each node of the document came from, keyed by JSON pointer.
 #[derive(Debug, Default, Clone)]
@@ -47,15 +54,18 @@ pub struct SourceMap {
 impl SourceMap {
     /// The location of the value at `pointer`, or of its nearest located ancestor.
     pub fn value(&self, pointer: &str) -> Location {
+        self.value_span(pointer)
+            .map_or(Location { line: 1, column: 1 }, |s| s.start)
+    }
+
+    /// The span of the value at `pointer`, or of its nearest located ancestor.
+    pub fn value_span(&self, pointer: &str) -> Option<SourceSpan> {
         let mut p = pointer;
         loop {
-            if let Some(loc) = self.values.get(p) {
-                return *loc;
+            if let Some(span) = self.values.get(p) {
+                return Some(*span);
             }
-            match p.rfind('/') {
-                Some(i) => p = &p[..i],
-                None => return Location { line: 1, column: 1 },
-            }
+            p = &p[..p.rfind('/')?];
         }
     }
 
@@ -63,8 +73,24 @@ impl SourceMap {
     pub fn key(&self, pointer: &str) -> Location {
         self.keys
             .get(pointer)
-            .copied()
+            .map(|s| s.start)
             .unwrap_or_else(|| self.value(pointer))
+    }
+
+    /// Where the node that a diagnostic at `start` about `pointer` points at ends: the key or
+    /// value of `pointer` (or of an ancestor) that starts there.
+    pub fn end_of(&self, pointer: &str, start: Location) -> Option<Location> {
+        let mut p = pointer;
+        loop {
+            for map in [&self.keys, &self.values] {
+                if let Some(span) = map.get(p)
+                    && span.start == start
+                {
+                    return Some(span.end);
+                }
+            }
+            p = &p[..p.rfind('/')?];
+        }
     }
 }
 
@@ -85,6 +111,13 @@ fn loc(m: Marker) -> Location {
     Location {
         line: m.line(),
         column: m.col() + 1,
+    }
+}
+
+fn source_span(span: Span) -> SourceSpan {
+    SourceSpan {
+        start: loc(span.start),
+        end: loc(span.end),
     }
 }
 
@@ -195,7 +228,7 @@ impl Builder {
                     }
                     seen.insert(key.clone(), loc(span.start));
                     *pending = Some(key);
-                    self.map.keys.insert(key_pointer, loc(span.start));
+                    self.map.keys.insert(key_pointer, source_span(span));
                     return true;
                 }
                 let Some(pointer) = self.child_pointer() else {
@@ -211,7 +244,7 @@ impl Builder {
                         Value::Null
                     }
                 };
-                self.map.values.insert(pointer, loc(span.start));
+                self.map.values.insert(pointer, source_span(span));
                 if anchor != 0 {
                     self.anchors.insert(anchor, (value.clone(), 1));
                 }
@@ -249,7 +282,7 @@ impl Builder {
                 if !self.count(size, span) {
                     return false;
                 }
-                self.map.values.insert(pointer, loc(span.start));
+                self.map.values.insert(pointer, source_span(span));
                 self.attach(value);
                 true
             }
@@ -306,7 +339,7 @@ impl Builder {
         if !self.count(1, span) {
             return false;
         }
-        self.map.values.insert(pointer.clone(), loc(span.start));
+        self.map.values.insert(pointer.clone(), source_span(span));
         let nodes_at_start = self.nodes;
         self.stack.push(if is_map {
             Frame::Map {

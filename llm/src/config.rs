@@ -108,6 +108,23 @@ pub const DEFAULT_OPENAI_MODEL: &str = "gpt-4o";
 pub const DEFAULT_OLLAMA_MODEL: &str = "mistral:7b";
 
 impl LlmConfig {
+    /// What to set when no hosted provider has a key, so the planner depends on a local Ollama
+    /// alone: a failure to reach it is then a missing configuration, and the message says so.
+    pub fn setup_hint(&self) -> Option<String> {
+        if self.providers.iter().any(|p| p.api_key.is_some()) {
+            return None;
+        }
+        let ollama = self
+            .providers
+            .iter()
+            .find(|p| p.kind == ProviderKind::Ollama)
+            .map_or(DEFAULT_OLLAMA_BASE_URL, |p| p.base_url.as_str());
+        Some(format!(
+            "no LLM provider is configured: set ANTHROPIC_API_KEY (Claude) or OPENAI_API_KEY, \
+             or run Ollama and set OLLAMA_BASE_URL to its address (now {ollama})"
+        ))
+    }
+
     /// Read the process environment.
     pub fn from_env() -> Result<Self, LlmError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -240,6 +257,20 @@ mod tests {
         assert_eq!(c.providers[2].model, "mistral:7b");
         assert_eq!(c.providers[2].base_url, "http://localhost:11434");
         assert!(c.pii_scrub && c.injection_detect);
+    }
+
+    #[test]
+    fn the_setup_hint_names_the_variables_only_when_no_key_is_set() {
+        let hint = cfg(&[("OLLAMA_BASE_URL", "http://127.0.0.1:9")])
+            .unwrap()
+            .setup_hint()
+            .unwrap();
+        for variable in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OLLAMA_BASE_URL"] {
+            assert!(hint.contains(variable), "{hint}");
+        }
+        assert!(hint.contains("http://127.0.0.1:9"), "{hint}");
+        let keyed = cfg(&[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert_eq!(keyed.setup_hint(), None);
     }
 
     #[test]

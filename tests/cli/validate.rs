@@ -207,3 +207,324 @@ fn triggered_example_runs_on_the_native_sandbox() {
         "refs/heads/main abc123\n"
     );
 }
+
+/// One diagnostic as printed: its `file:line:col: error: message` line and the lines under it.
+struct Printed<'a> {
+    header: &'a str,
+    body: Vec<&'a str>,
+}
+
+/// Split human `validate` output into its diagnostics.
+fn printed_diagnostics(stderr: &str) -> Vec<Printed<'_>> {
+    let mut out: Vec<Printed<'_>> = Vec::new();
+    for line in stderr.lines() {
+        if line.contains(": error: ") {
+            out.push(Printed {
+                header: line,
+                body: Vec::new(),
+            });
+        } else if let Some(last) = out.last_mut() {
+            last.body.push(line);
+        }
+    }
+    out
+}
+
+/// One expected error: line, column, (part of) its message, (part of) its hint.
+type Mistake = (usize, usize, &'static str, &'static str);
+
+/// Workflows as a newcomer writes them, with every mistake each one holds, in file order.
+const NEWCOMER_MISTAKES: &[(&str, &[Mistake])] = &[
+    (
+        "greet.yaml",
+        &[
+            (8, 24, "unknown template filter `shout`", "known filters"),
+            (9, 14, "durations need a unit: `5s`", "write `5s`"),
+            (
+                11,
+                13,
+                "step `save` needs unknown step `helo`",
+                "did you mean `hello`?",
+            ),
+            (
+                13,
+                7,
+                "`write` is missing the required key `content`",
+                "add `content:`",
+            ),
+            (
+                14,
+                7,
+                "unknown key `contnet` in `write`",
+                "did you mean `content`?",
+            ),
+        ],
+    ),
+    (
+        "build-and-test.yaml",
+        &[
+            (
+                6,
+                12,
+                "dependency cycle: `build` needs `test`, `test` needs `build`",
+                "a workflow is a DAG",
+            ),
+            (
+                10,
+                23,
+                "unknown template variable `input`",
+                "did you mean `inputs`?",
+            ),
+            (
+                13,
+                18,
+                "unknown template filter `lenght`",
+                "did you mean `length`?",
+            ),
+            (
+                14,
+                5,
+                "unknown key `retires` in step #3",
+                "did you mean `retry`?",
+            ),
+        ],
+    ),
+    (
+        "cleanup.yaml",
+        &[
+            (7, 11, "sizes need a unit: `512Mi`", "write `512Mi`"),
+            (
+                10,
+                12,
+                "template syntax error: unexpected `}`",
+                "check `{{ }}`",
+            ),
+            (
+                12,
+                13,
+                "step `remove` needs unknown step `find_old`",
+                "did you mean `find-old`?",
+            ),
+            (13, 10, "unknown template test `fancy`", "known tests"),
+            (
+                15,
+                5,
+                "unknown key `timout` in step #2",
+                "did you mean `timeout`?",
+            ),
+        ],
+    ),
+];
+
+/// One `validate` run reports every mistake of a newcomer's workflow, whichever layer finds it,
+/// each with the offending source line, a caret line under it and its hint, in file order.
+#[test]
+fn newcomer_mistakes_are_all_reported_in_one_run_with_snippets() {
+    let mut kinds = std::collections::BTreeSet::new();
+    for (name, mistakes) in NEWCOMER_MISTAKES {
+        let file = root().join("tests/newcomer").join(name);
+        let source = std::fs::read_to_string(&file).unwrap();
+        let out = bin().arg("validate").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains('\x1b'),
+            "no colour when stderr is not a terminal: {stderr}"
+        );
+        let printed = printed_diagnostics(&stderr);
+        assert_eq!(
+            printed.len(),
+            mistakes.len(),
+            "{name}: expected exactly these errors: {mistakes:#?}\n--- got ---\n{stderr}"
+        );
+        for (p, &(line, column, message, hint)) in printed.iter().zip(mistakes.iter()) {
+            let prefix = format!("{}:{line}:{column}: error: ", file.display());
+            assert!(
+                p.header.starts_with(&prefix) && p.header.contains(message),
+                "{name}: expected `{prefix}{message}`, got `{}`\n--- all ---\n{stderr}",
+                p.header
+            );
+            let source_line = source.lines().nth(line - 1).unwrap();
+            let shown = p
+                .body
+                .iter()
+                .position(|l| l.starts_with(&format!("{line} |")) && l.ends_with(source_line))
+                .unwrap_or_else(|| panic!("{name}:{line}: source line not shown:\n{stderr}"));
+            // The caret sits under the reported column of the shown line.
+            let caret_line = p.body[shown + 1];
+            let gutter = format!("{line} | ").len();
+            assert_eq!(
+                caret_line.find('^'),
+                Some(gutter + column - 1),
+                "{name}:{line}:{column}: caret misplaced:\n{}\n{caret_line}",
+                p.body[shown]
+            );
+            assert!(
+                p.body
+                    .iter()
+                    .any(|l| l.contains("hint: ") && l.contains(hint)),
+                "{name}:{line}: expected hint `{hint}`:\n{stderr}"
+            );
+            kinds.insert(
+                message
+                    .split([':', '`'])
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    // Together the files hold each kind of mistake a newcomer makes first.
+    for kind in [
+        "unknown key",
+        "step",
+        "unknown template variable",
+        "template syntax error",
+        "durations need a unit",
+        "dependency cycle",
+        "unknown template filter",
+        "unknown template test",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no newcomer file shows `{kind}`: {kinds:?}"
+        );
+    }
+}
+
+/// The JSON form of a newcomer's mistakes: every one, with where its offending text ends.
+#[test]
+fn json_output_reports_every_mistake_with_its_span() {
+    let out = bin()
+        .args(["validate", "--json"])
+        .arg(root().join("tests/newcomer/greet.yaml"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = v[0]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 5, "{v:#}");
+    let timeout = &errors[1];
+    assert_eq!(timeout["path"], "/steps/0/timeout");
+    assert_eq!(
+        timeout["location"],
+        serde_json::json!({"line": 9, "column": 14})
+    );
+    assert_eq!(timeout["end"], serde_json::json!({"line": 9, "column": 15}));
+}
+
+/// With a dependency cycle the templates of the steps on it are still checked, and a step the
+/// schema refuses still has its `needs` checked.
+#[test]
+fn a_cycle_or_a_schema_error_does_not_hide_the_other_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: w\nsteps:\n  - id: a\n    needs: [b]\n    shell: echo {{ steps.nope.output }}\n  - id: b\n    needs: [a, ghost]\n    shel: make\n",
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let headers: Vec<&str> = printed_diagnostics(&stderr)
+        .iter()
+        .map(|p| p.header)
+        .collect();
+    let expected = [
+        ":5:12: error: dependency cycle",
+        ":6:17: error: unknown step `nope` in template",
+        ":8:16: error: step `b` needs unknown step `ghost`",
+        ":9:5: error: unknown key `shel`",
+    ];
+    assert_eq!(headers.len(), expected.len(), "{stderr}");
+    for (h, e) in headers.iter().zip(expected) {
+        assert!(h.contains(e), "expected `{e}` in `{h}`\n{stderr}");
+    }
+}
+
+/// A port on loopback that nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A failed `http` step says why the request failed (the connection was refused), not only
+/// that sending it failed.
+#[test]
+fn http_step_failure_names_the_underlying_cause() {
+    let ws = common::Workspace::new(&["--sandbox", "native"]);
+    let port = closed_port();
+    let wf = ws.workflow(&format!(
+        "version: 1\nname: notify\nsteps:\n  - id: ping\n    http: {{ method: GET, url: \"http://hook.test:{port}/ping\" }}\n    network: [\"hook.test:{port}\"]\n"
+    ));
+    let out = ws.run(&wf, &["--approve", "network_egress"]);
+    assert!(!out.status.success());
+    let rec = ws.show();
+    let step = common::step(&rec, "ping");
+    let shown = format!("{}\n{rec}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        shown.contains("Connection refused"),
+        "the cause is missing:\n{shown}\n{step}"
+    );
+    // The URL (it may carry a token in its query) is not part of the error.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("error sending request for url"),
+        "{shown}"
+    );
+}
+
+/// `plan` with no provider configured says which variables would configure one, besides the
+/// connection failure to the local Ollama it fell back to.
+#[test]
+fn plan_without_a_provider_names_the_variables_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["plan", "list the files"])
+        .env("OLLAMA_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("LLM_PROVIDER")
+        .env_remove("LLM_FALLBACK_ORDER")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    for variable in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OLLAMA_BASE_URL"] {
+        assert!(
+            stderr.contains(variable),
+            "`{variable}` not named:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+/// An input the schema refuses is still declared for the template checks: the one mistake is
+/// reported once, not again at every template that uses the input.
+#[test]
+fn a_refused_input_is_not_reported_again_where_it_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: w\ninputs:\n  days: { type: integr }\nsteps:\n  - id: a\n    shell: echo {{ inputs.days }} {{ inputs.dayz }}\n",
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let headers: Vec<&str> = printed_diagnostics(&stderr)
+        .iter()
+        .map(|p| p.header)
+        .collect();
+    assert_eq!(headers.len(), 2, "{stderr}");
+    assert!(
+        headers[0].contains(":4:17: error: `type` is \"integr\""),
+        "{stderr}"
+    );
+    assert!(
+        headers[1].contains(":7:35: error: input `dayz` is not declared"),
+        "{stderr}"
+    );
+}

@@ -304,7 +304,7 @@ impl Semantics<'_> {
                 ))
             } else if let Err(e) = globset::Glob::new(glob) {
                 Some((
-                    format!("invalid watch glob `{}`: {e}", glob.escape_debug()),
+                    format!("invalid watch glob `{}`: {}", glob.escape_debug(), e.kind()),
                     "e.g. `src/**/*.rs`, `docs/*.md` or `{a,b}/*.txt`",
                 ))
             } else if !seen.insert(glob.as_str()) {
