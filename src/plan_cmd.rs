@@ -52,11 +52,7 @@ pub async fn make_plan(instruction: &str, max_repairs: u32) -> anyhow::Result<Re
             };
             // With no provider configured, the failure names the variables that would set one.
             let hint = matches!(e, PlanError::Llm { .. })
-                .then(|| {
-                    secureclaw_llm::config::LlmConfig::from_env()
-                        .ok()
-                        .and_then(|c| c.setup_hint())
-                })
+                .then(secureclaw_engine::planner::provider_setup_hint)
                 .flatten();
             output::report_error(kind, &e.to_string(), hint.as_deref());
             Ok(Err(match e {

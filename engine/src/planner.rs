@@ -313,6 +313,14 @@ fn describe_findings(findings: &[Finding]) -> String {
         .join("\n")
 }
 
+/// What to set when no LLM provider is configured (the variables, and the Ollama address that
+/// was tried); `None` when a provider key is set or the configuration cannot be read.
+pub fn provider_setup_hint() -> Option<String> {
+    secureclaw_llm::config::LlmConfig::from_env()
+        .ok()
+        .and_then(|c| c.setup_hint())
+}
+
 /// The YAML in a reply: the first ```yaml (or ```yml) block, else the first fenced block, else
 /// the whole reply (a bare document, minus any prose before `version:` or `---`).
 pub fn extract_yaml(reply: &str) -> String {

@@ -127,12 +127,26 @@ fn the_configuration_page_names_every_variable_and_flag() {
     for path in commands {
         let out = secureclaw().args(&path).arg("--help").output().unwrap();
         let help = String::from_utf8(out.stdout).unwrap();
-        for word in help.split_whitespace() {
-            let flag = word.trim_end_matches([',', '.', ')']);
-            let flag = flag.split(['=', '[', '<']).next().unwrap_or_default();
-            if flag.starts_with("--")
-                && flag.len() > 3
-                && !["--help", "--version"].contains(&flag)
+        // Option lines only (`  -w, --workspace <DIR>  …`), not flags quoted in prose.
+        for line in help.lines() {
+            let indent = line.len() - line.trim_start().len();
+            if !(2..=6).contains(&indent) {
+                continue;
+            }
+            let line = line.trim_start();
+            let line = match line.split_once(", ") {
+                Some((short, rest)) if short.len() == 2 && short.starts_with('-') => rest,
+                _ => line,
+            };
+            let Some(rest) = line.strip_prefix("--") else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let flag = format!("--{name}");
+            if !["--help", "--version"].contains(&flag.as_str())
                 && !page.contains(&format!("`{flag}"))
             {
                 missing.push(format!("{} {flag}", path.join(" ")));
