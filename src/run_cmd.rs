@@ -465,9 +465,14 @@ pub async fn follow_after(
             .filter(|s| s.state == StepState::Failed)
             .collect();
         for s in &failed {
+            // A failure `continue_on_error` let through did not fail the run: not marked as one.
+            let mark = if s.continued {
+                style("!").yellow()
+            } else {
+                style("✗").red()
+            };
             eprintln!(
-                "{} step `{}` failed: {}",
-                style("✗").red(),
+                "{mark} step `{}` failed: {}",
                 s.id,
                 s.reason.as_deref().unwrap_or("unknown reason")
             );

@@ -248,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_seed() {
+    fn defaults_are_the_documented_ones() {
         let c = cfg(&[]).unwrap();
         let kinds: Vec<_> = c.providers.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, ProviderKind::ALL);

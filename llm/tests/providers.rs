@@ -441,7 +441,7 @@ async fn token_budget_caps_max_tokens_and_refuses_when_spent() {
 }
 
 #[tokio::test]
-async fn config_from_seed_variables_drives_the_chain() {
+async fn config_from_the_documented_variables_drives_the_chain() {
     let a = FakeServer::start(vec![Reply::json(401, json!({}))]).await;
     let o = FakeServer::start(vec![openai_ok("configured", 1, 1)]).await;
     let vars: HashMap<&str, String> = HashMap::from([

@@ -285,7 +285,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_variables_set_the_default_limits() {
+    fn docker_variables_set_the_default_limits() {
         let env = |k: &str| match k {
             "DOCKER_MEMORY_LIMIT" => Some("256m".to_string()),
             "DOCKER_CPU_LIMIT" => Some("0.5".to_string()),
