@@ -3,7 +3,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use regex::Regex;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -70,10 +73,11 @@ impl fmt::Display for SizeText {
 /// A duration in the syntax of [`DURATION_PATTERN`], read by `humantime`: one or more numbers
 /// (fractions allowed) each with a unit, optionally separated by spaces.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if !matches_pattern(&compact, DURATION_UNITS) {
+    // The pattern first: `humantime` also knows months, years and words such as `min`.
+    if !matches(&DURATION_RE, text) {
         return Err(UnitError::Duration(text.to_string()));
     }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     humantime::parse_duration(&compact).map_err(|e| match e {
         humantime::DurationError::NumberOverflow => UnitError::Overflow(text.to_string()),
         _ => UnitError::Duration(text.to_string()),
@@ -83,20 +87,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 /// A size in the syntax of [`SIZE_PATTERN`], read by `parse-size`: `Ki`/`Mi`/`Gi`/`Ti` are
 /// binary, `k`/`M`/`G`/`T` decimal, an optional `B`, bytes without a unit.
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    let unit_start = compact
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(compact.len());
-    let (number, unit) = compact.split_at(unit_start);
-    let known_unit = unit.is_empty()
-        || SIZE_UNITS.contains(&unit)
-        || unit
-            .strip_suffix(['b', 'B'])
-            .is_some_and(|u| SIZE_UNITS.contains(&u));
-    if number.is_empty() || number.ends_with('.') || number.matches('.').count() > 1 || !known_unit
-    {
+    if !matches(&SIZE_RE, text) {
         return Err(UnitError::Size(text.to_string()));
     }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     parse_size::Config::new()
         .parse_size(&compact)
         .map_err(|e| match e {
@@ -105,43 +99,14 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         })
 }
 
-/// The units [`DURATION_PATTERN`] accepts (`humantime` knows more, such as months and years).
-const DURATION_UNITS: &[&str] = &["ns", "us", "ms", "s", "m", "h", "d"];
+static DURATION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(DURATION_PATTERN).ok());
+static SIZE_RE: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(SIZE_PATTERN).ok());
 
-/// The unit prefixes [`SIZE_PATTERN`] accepts before an optional `B`.
-const SIZE_UNITS: &[&str] = &[
-    "b", "B", "k", "K", "ki", "Ki", "m", "M", "mi", "Mi", "g", "G", "gi", "Gi", "t", "T", "ti",
-    "Ti",
-];
-
-/// Whether `compact` (no whitespace) is one or more `NUMBER UNIT` parts with known units.
-fn matches_pattern(compact: &str, units: &[&str]) -> bool {
-    let mut rest = compact;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..number_len];
-        if number.is_empty()
-            || number.starts_with('.')
-            || number.ends_with('.')
-            || number.matches('.').count() > 1
-        {
-            return false;
-        }
-        let tail = &rest[number_len..];
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        if !units.contains(&&tail[..unit_len]) {
-            return false;
-        }
-        rest = &tail[unit_len..];
-    }
-    true
+/// Whether `text` has the syntax the schema's `pattern` gives, so the parsers accept exactly
+/// what the schema documents. The patterns are constants a unit test compiles; were one not to
+/// compile, nothing would match and every value would be refused, never let through.
+fn matches(re: &LazyLock<Option<Regex>>, text: &str) -> bool {
+    re.as_ref().is_some_and(|re| re.is_match(text))
 }
 
 impl JsonSchema for DurationText {
@@ -234,6 +199,11 @@ mod tests {
         for ok in ["512Mi", "64m", "1GiB", "4096"] {
             assert!(s(ok) && parse_size(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_patterns_compile() {
+        assert!(DURATION_RE.is_some() && SIZE_RE.is_some());
     }
 
     fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
