@@ -262,6 +262,19 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// A known name one or two edits away from a misspelt one (`lenght` → `length`). Filter names
+/// are short, so [`did_you_mean`]'s similarity score would offer `sort` for `shout`; an edit
+/// distance does not.
+pub fn closest_by_edits<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let allowed = (name.chars().count() / 4).max(1);
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(name, k), *k))
+        .filter(|(d, _)| *d <= allowed)
+        .min()
+        .map(|(_, k)| k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

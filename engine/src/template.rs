@@ -9,7 +9,7 @@ use minijinja::value::{Object, Value as JinjaValue, ValueKind};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::diag::did_you_mean;
+use crate::diag::{closest_by_edits, did_you_mean};
 use crate::model::{InputSpec, InputType};
 
 /// What templates see of a finished step.
@@ -266,7 +266,7 @@ impl Templates {
                 ("steps" | "inputs" | "env", None) => {}
                 (other, _) if !is_builtin(other) => problems.push((
                     format!("unknown template variable `{other}`"),
-                    match closest_name(other, &["inputs", "steps", "env"]) {
+                    match closest_by_edits(other, &["inputs", "steps", "env"]) {
                         Some(s) => format!("did you mean `{s}`? templates can use `inputs.NAME`, `steps.ID.output` (or stdout, stderr, exit_code) and `env.NAME`"),
                         None => "templates can use `inputs.NAME`, `steps.ID.output` (or stdout, stderr, exit_code) and `env.NAME`".into(),
                     },
@@ -440,25 +440,13 @@ impl Templates {
             };
             problems.push((
                 format!("unknown template {what} `{name}` in {usage}"),
-                match closest_name(&name, &known) {
+                match closest_by_edits(&name, &known) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("known {what}s: {}", known.join(", ")),
                 },
             ));
         }
     }
-}
-
-/// A known name one or two edits away from a misspelt one (`lenght` → `length`). Filter names
-/// are short, so a similarity score would offer `sort` for `shout`; an edit distance does not.
-fn closest_name<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
-    let allowed = (name.chars().count() / 4).max(1);
-    known
-        .iter()
-        .map(|k| (strsim::osa_distance(name, k), *k))
-        .filter(|(d, _)| *d <= allowed)
-        .min()
-        .map(|(_, k)| k)
 }
 
 /// One POSIX shell word that stands for exactly `text` (quoted only when it has to be).

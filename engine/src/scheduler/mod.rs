@@ -450,10 +450,7 @@ impl Engine {
         let mut stop: Option<(RunState, String)> = None;
         // A parked run resumed after a failure (its failure path was waiting for approval)
         // still failed, whatever comes next.
-        let mut failed_any = record
-            .steps
-            .iter()
-            .any(|s| s.state == StepState::Failed && !s.continued);
+        let mut failed_any = record.steps.iter().any(failed_the_run);
         let mut last_save = Instant::now();
 
         loop {
@@ -1177,6 +1174,11 @@ fn went_through(s: &StepRecord) -> bool {
     s.state == StepState::Succeeded || (s.state == StepState::Failed && s.continued)
 }
 
+/// A step failed and `continue_on_error` did not let it through: the run fails because of it.
+fn failed_the_run(s: &StepRecord) -> bool {
+    s.state == StepState::Failed && !s.continued
+}
+
 /// What the steps upstream of a step (its `needs`, transitively) came to, from the status each
 /// of its needs saw when it was reached: every step's own outcome folds in what was above it.
 fn upstream_status(record: &RunRecord, deps: &[usize], seen: &[UpstreamStatus]) -> UpstreamStatus {
@@ -1187,7 +1189,7 @@ fn upstream_status(record: &RunRecord, deps: &[usize], seen: &[UpstreamStatus]) 
     for &d in deps {
         let s = &record.steps[d];
         status.success &= went_through(s) && seen[d].success;
-        status.failure |= (s.state == StepState::Failed && !s.continued) || seen[d].failure;
+        status.failure |= failed_the_run(s) || seen[d].failure;
     }
     status
 }
