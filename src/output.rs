@@ -274,7 +274,8 @@ pub fn write_table(mut t: comfy_table::Table, indent: &str, w: &mut dyn std::io:
     }
 }
 
-fn state_label<T: serde::Serialize>(s: &T) -> String {
+/// A state (or any unit enum) as its serialised name: `succeeded`, `awaiting_approval`.
+pub fn state_label<T: serde::Serialize>(s: &T) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -283,7 +284,7 @@ fn state_label<T: serde::Serialize>(s: &T) -> String {
 
 pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let r: RunRecord = session(args, pass)?.show(run)?;
-    let flags = crate::state::locate_flags(&args.locate.dir()?, &r.workspace);
+    let run_ref = crate::state::run_ref(&args.locate.dir()?, &r);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(exit::OK);
@@ -375,7 +376,7 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
                 e.method, e.host, e.port
             );
         }
-        print_output_head(&format!("{}{flags}", r.run_id), s, SHOW_LINES);
+        print_output_head(&run_ref, s, SHOW_LINES);
     }
     Ok(exit::OK)
 }

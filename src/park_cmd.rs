@@ -182,16 +182,15 @@ pub fn approve(args: ApproveArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
         );
     }
     let record = session.show(&args.run)?;
-    let locate = crate::state::locate_flags(&dir, &record.workspace);
-    let run = record.run_id;
     if !args.resume {
         eprintln!(
-            "  {} `secureclaw resume {run}{locate}` runs it; the approval holds only while the step stays exactly as shown",
-            style("next:").cyan()
+            "  {} `secureclaw resume {}` runs it; the approval holds only while the step stays exactly as shown",
+            style("next:").cyan(),
+            crate::state::run_ref(&dir, &record)
         );
         return Ok(exit::OK);
     }
-    resume_in(&session, &rt, &run, &args.common)
+    resume_in(&session, &rt, &record.run_id, &args.common)
 }
 
 pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
@@ -203,13 +202,7 @@ pub fn deny(args: DenyArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
         Ok(_) => {
             let run = session
                 .show(&args.run)
-                .map(|r| {
-                    format!(
-                        "{}{}",
-                        r.run_id,
-                        crate::state::locate_flags(&dir, &r.workspace)
-                    )
-                })
+                .map(|r| crate::state::run_ref(&dir, &r))
                 .unwrap_or_else(|_| args.run.clone());
             eprintln!(
                 "{} denied step `{}`; `secureclaw resume {run}` skips it and what needs it",
@@ -269,23 +262,20 @@ async fn follow_here(
     json: bool,
     after: u64,
 ) -> anyhow::Result<u8> {
-    {
-        crate::state::print_notices(session);
-        let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                c.cancel();
-            }
-        });
-        let locate = session
-            .show(handle.id())
-            .map(|r| crate::state::locate_flags(session.state_dir(), &r.workspace))
-            .unwrap_or_default();
-        let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal(), locate);
-        crate::run_cmd::follow_after(handle, display, cancel, json, after, session.state_dir())
-            .await
-    }
+    crate::state::print_notices(session);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            c.cancel();
+        }
+    });
+    let locate = session
+        .show(handle.id())
+        .map(|r| crate::state::locate_flags(session.state_dir(), &r.workspace))
+        .unwrap_or_default();
+    let display = crate::run_cmd::Display::new(json, std::io::stderr().is_terminal(), locate);
+    crate::run_cmd::follow_after(handle, display, cancel, json, after, session.state_dir()).await
 }
 
 pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
@@ -409,7 +399,7 @@ fn print_recorded(
     for s in steps {
         let status = format!(
             "{}{}",
-            label(&s.state),
+            crate::output::state_label(&s.state),
             s.exit_code
                 .filter(|c| *c != 0)
                 .map(|c| format!(", exit {c}"))
@@ -554,11 +544,4 @@ async fn stream_events(
             .reopened_for_reading()
             .map_err(std::io::Error::other)?;
     }
-}
-
-fn label<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

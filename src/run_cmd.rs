@@ -454,11 +454,7 @@ pub async fn follow_after(
     display.finish();
     if !json {
         // What a follow-up command typed here needs to find this run.
-        let run = format!(
-            "{}{}",
-            record.run_id,
-            crate::state::locate_flags(state, &record.workspace)
-        );
+        let run = crate::state::run_ref(state, &record);
         let failed: Vec<_> = record
             .steps
             .iter()
@@ -483,7 +479,9 @@ pub async fn follow_after(
             RunState::AwaitingApproval => style("stopped: awaiting approval (parked)".to_string())
                 .yellow()
                 .bold(),
-            _ => style(label(&record.state)).red().bold(),
+            _ => style(crate::output::state_label(&record.state))
+                .red()
+                .bold(),
         };
         eprintln!("run {} {summary}  (secureclaw show {run})", record.run_id);
         if let Some(m) = &record.message {
@@ -547,13 +545,6 @@ fn print_output_tail(run: &str, s: &secureclaw_engine::record::StepRecord) {
     if let Some(note) = crate::park_cmd::cut_note(s) {
         eprintln!("    {}", style(format!("({note})")).dim());
     }
-}
-
-fn label<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The run's inputs from `--input-file`, `--input` (with `@-` and `@env:`) and the defaults.
@@ -912,7 +903,7 @@ impl Display {
                 };
                 self.line(format!(
                     "  {mark} {step}  {}  {duration_ms} ms{extra}",
-                    label(state)
+                    crate::output::state_label(state)
                 ));
             }
             RunEvent::RunResumed { by } => self.line(format!(

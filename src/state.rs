@@ -111,6 +111,16 @@ pub fn locate_flags(state: &Path, workspace: &Path) -> String {
     }
 }
 
+/// A recorded run as a follow-up command names it: its id, then the [`locate_flags`] that find
+/// it from the current directory.
+pub fn run_ref(state: &Path, record: &secureclaw_engine::record::RunRecord) -> String {
+    format!(
+        "{}{}",
+        record.run_id,
+        locate_flags(state, &record.workspace)
+    )
+}
+
 /// A path as a POSIX shell word (quoted only when it needs to be).
 pub fn shell_quote(path: &Path) -> String {
     let text = path.to_string_lossy();
