@@ -65,11 +65,29 @@ impl Confusion {
     fn recall(&self) -> f64 {
         self.tp as f64 / (self.tp + self.fn_).max(1) as f64
     }
+    fn f1(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
 }
 
 struct Report {
     destructive: Confusion,
     network: Confusion,
+    /// Per top tier (in `Tier::ALL` order): labelled with it and predicted as it.
+    tiers: [Confusion; 4],
+}
+
+impl Report {
+    /// Share of the commands labelled with this top tier that got it.
+    fn accuracy(&self, tier: Tier) -> f64 {
+        let i = Tier::ALL.iter().position(|t| *t == tier).unwrap_or(0);
+        self.tiers[i].recall()
+    }
 }
 
 fn evaluate(name: &str, cases: &[Case]) -> Report {
@@ -116,25 +134,42 @@ fn evaluate(name: &str, cases: &[Case]) -> Report {
             ));
         }
     }
+    let mut tiers: [Confusion; 4] = Default::default();
+    for (t, conf) in tiers.iter_mut().enumerate() {
+        for (e, row) in matrix.iter().enumerate() {
+            for (p, n) in row.iter().enumerate() {
+                match (e == t, p == t) {
+                    (true, true) => conf.tp += n,
+                    (false, true) => conf.fp += n,
+                    (true, false) => conf.fn_ += n,
+                    (false, false) => conf.tn += n,
+                }
+            }
+        }
+    }
     println!("{name}: {} commands", cases.len());
-    println!(
-        "destructive: tp={} fp={} fn={} tn={} precision={:.3} recall={:.3}",
-        destructive.tp,
-        destructive.fp,
-        destructive.fn_,
-        destructive.tn,
-        destructive.precision(),
-        destructive.recall()
-    );
-    println!(
-        "network_egress: tp={} fp={} fn={} tn={} precision={:.3} recall={:.3}",
-        network.tp,
-        network.fp,
-        network.fn_,
-        network.tn,
-        network.precision(),
-        network.recall()
-    );
+    for (label, c) in [("destructive", &destructive), ("network_egress", &network)] {
+        println!(
+            "{label} (has tier): tp={} fp={} fn={} tn={} precision={:.3} recall={:.3} f1={:.3}",
+            c.tp,
+            c.fp,
+            c.fn_,
+            c.tn,
+            c.precision(),
+            c.recall(),
+            c.f1()
+        );
+    }
+    for (t, c) in Tier::ALL.iter().zip(tiers.iter()) {
+        println!(
+            "top tier {:<15} n={:>3} precision={:.3} recall={:.3} f1={:.3}",
+            t.as_str(),
+            c.tp + c.fn_,
+            c.precision(),
+            c.recall(),
+            c.f1()
+        );
+    }
     println!(
         "top tier (rows expected, columns predicted: read_only low_write destructive network_egress):"
     );
@@ -160,6 +195,7 @@ fn evaluate(name: &str, cases: &[Case]) -> Report {
     Report {
         destructive,
         network,
+        tiers,
     }
 }
 
@@ -216,4 +252,35 @@ fn holdout_precision_and_recall() {
         "network recall {:.3}",
         r.network.recall()
     );
+}
+
+/// A second held-out set, written before the rules for destruction without `rm`, commands run
+/// through another tool's options and help/dry-run queries, and never used to tune them.
+#[test]
+fn holdout2_destructive_f1_and_tier_accuracy() {
+    let cases = load(include_str!("holdout2.tsv"));
+    assert!(
+        cases.len() >= 120,
+        "holdout2 has only {} commands",
+        cases.len()
+    );
+    let r = evaluate("holdout2", &cases);
+    assert!(
+        r.destructive.f1() >= 0.97,
+        "destructive f1 {:.3}",
+        r.destructive.f1()
+    );
+    assert!(r.network.f1() >= 0.95, "network f1 {:.3}", r.network.f1());
+    for (tier, min) in [
+        (Tier::ReadOnly, 0.95),
+        (Tier::LowWrite, 0.9),
+        (Tier::Destructive, 0.95),
+        (Tier::NetworkEgress, 0.95),
+    ] {
+        assert!(
+            r.accuracy(tier) >= min,
+            "{tier} accuracy {:.3} < {min}",
+            r.accuracy(tier)
+        );
+    }
 }
