@@ -15,7 +15,7 @@ use brush_parser::ast::{
     SubshellCommand,
 };
 
-use crate::rules::{CodeRunner, Rule, RuleSet, Scope, Wrapper};
+use crate::rules::{CodeRunner, OptionCode, Rule, RuleSet, Scope, Wrapper};
 use crate::words::{self, Arg, Cwd, UNKNOWN};
 use crate::{RuleHit, Tier};
 
@@ -29,6 +29,8 @@ enum Stdin {
     Inherited,
     Pipe,
     File,
+    /// `< /dev/null`: nothing.
+    Null,
     /// Static text from a heredoc or here-string.
     Code(String),
     /// A heredoc or here-string with expansions we cannot resolve.
@@ -122,6 +124,51 @@ fn parse_args<'a>(
         options,
         positionals,
     }
+}
+
+/// Shell builtins and tools whose `NAME=value` arguments set environment variables.
+const ASSIGNING_COMMANDS: &[&str] = &["env", "export", "declare", "typeset", "local", "readonly"];
+
+/// The help and version options GNU-style tools answer without doing anything else.
+const HELP_OPTIONS: &[&str] = &["--help", "--version"];
+
+/// The value an option word carries for `opt`, and whether it is the next word:
+/// `--opt=value`, `--opt value`, `-o value`, `-ovalue`, `-xvo value` (a cluster ending in the
+/// letter) and, for one-character options such as vim's `+`, `+value`.
+fn option_value(word: &str, opt: &str) -> Option<Option<String>> {
+    if word == opt {
+        return Some(None);
+    }
+    if opt.starts_with("--") {
+        return word
+            .strip_prefix(opt)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(|v| Some(v.to_string()));
+    }
+    if opt.chars().count() == 1 {
+        return word
+            .strip_prefix(opt)
+            .filter(|v| !v.is_empty())
+            .map(|v| Some(v.to_string()));
+    }
+    if let Some(rest) = word.strip_prefix(opt)
+        && !rest.is_empty()
+        && opt.chars().count() == 2
+    {
+        return Some(Some(rest.to_string()));
+    }
+    let letter = opt.strip_prefix('-').filter(|l| l.chars().count() == 1)?;
+    let cluster = word.strip_prefix('-').filter(|c| !c.starts_with('-'))?;
+    (cluster.ends_with(letter) && cluster.chars().all(|c| c.is_ascii_alphanumeric()))
+        .then_some(None)
+}
+
+/// Remove the first of `prefixes` that starts `text`, ignoring case.
+fn strip_prefix_nocase<'t>(text: &'t str, prefixes: &[String]) -> Option<&'t str> {
+    prefixes.iter().find_map(|p| {
+        let head = text.get(..p.len())?;
+        head.eq_ignore_ascii_case(p).then(|| &text[p.len()..])
+    })
 }
 
 fn is_assignment(text: &str) -> bool {
@@ -368,7 +415,9 @@ impl<'a> Analyzer<'a> {
                 }
                 CommandPrefixOrSuffixItem::AssignmentWord(_, w) => {
                     let arg = self.expand(&w.value);
-                    if !in_prefix {
+                    if in_prefix {
+                        self.env_code(&arg);
+                    } else {
                         argv.push(arg);
                     }
                 }
@@ -430,16 +479,29 @@ impl<'a> Analyzer<'a> {
                         None => Stdin::DynamicCode,
                     };
                 }
-                IoRedirect::File(fd, IoFileRedirectKind::Read, _) if fd.unwrap_or(0) == 0 => {
-                    stdin = Stdin::File;
+                IoRedirect::File(fd, IoFileRedirectKind::Read, target) if fd.unwrap_or(0) == 0 => {
+                    let null = matches!(target, IoFileRedirectTarget::Filename(w)
+                        if words::expand(&w.value, &self.options, self.rules).static_text()
+                            == Some("/dev/null"));
+                    stdin = if null { Stdin::Null } else { Stdin::File };
                 }
                 _ => {}
             }
         }
 
+        // A redirection whose command writes nothing (`: > f`, `cat /dev/null > f`,
+        // `echo -n > f`) only empties the file.
         let bare = match argv.first() {
             None => true,
-            Some(a) => !a.dynamic && self.rules.noop_commands.contains(a.text.as_str()),
+            Some(a) => {
+                (!a.dynamic && self.rules.noop_commands.contains(a.text.as_str()))
+                    || self.rules.empty_output_commands.iter().any(|c| {
+                        c.len() == argv.len()
+                            && c.iter()
+                                .zip(&argv)
+                                .all(|(want, got)| got.static_text() == Some(want.as_str()))
+                    })
+            }
         };
         if !argv.is_empty() {
             let elevated = self.elevated;
@@ -576,6 +638,23 @@ impl<'a> Analyzer<'a> {
         self.invoked.push(name.clone());
         let before = self.hits.len();
 
+        // Options and variables whose value is a command the tool runs count whatever else the
+        // command does, even next to `--help`.
+        if let Some(entries) = rules.option_code.get(name.as_str()) {
+            for entry in entries {
+                self.option_code(entry, argv);
+            }
+        }
+        if ASSIGNING_COMMANDS.contains(&name.as_str()) {
+            for arg in &argv[1..] {
+                self.env_code(arg);
+            }
+        }
+        if self.help_query(&name, argv) {
+            self.builtin("help-query", &shown, None);
+            return;
+        }
+
         let wrapped = rules
             .wrappers
             .get(name.as_str())
@@ -642,7 +721,7 @@ impl<'a> Analyzer<'a> {
                 }
             }
         }
-        let matched = self.match_rules(&name, argv, &shown);
+        let matched = self.match_rules(&name, argv, stdin, &shown);
         if !matched && !handled {
             self.builtin("default", &shown, None);
         }
@@ -651,6 +730,110 @@ impl<'a> Analyzer<'a> {
             if worst.is_some_and(|t| t >= Tier::LowWrite) {
                 self.builtin("elevated-write", &shown, None);
             }
+        }
+    }
+
+    /// `CMD --help` or `CMD --version` before any operand (or after the subcommand of a tool
+    /// in `subcommand_tools`) only prints. An operand before the option could be a script or
+    /// a package the tool runs with `--help` as its argument (`python3 app.py --help`,
+    /// `npx pkg --help`), and with `POSIXLY_CORRECT` set a later `--help` is an operand too.
+    fn help_query(&self, name: &str, argv: &[Arg]) -> bool {
+        let allowed = usize::from(self.rules.subcommand_tools.contains(name));
+        let value_options = self.rules.value_options.get(name);
+        let mut operands = 0;
+        let mut i = 1;
+        while let Some(arg) = argv.get(i) {
+            i += 1;
+            let Some(text) = arg.static_text() else {
+                operands += 1;
+                continue;
+            };
+            if text == "--" {
+                return false;
+            }
+            if HELP_OPTIONS.contains(&text) {
+                return operands <= allowed;
+            }
+            if is_option(arg) {
+                if value_options.is_some_and(|v| v.contains(text)) {
+                    i += 1;
+                }
+                continue;
+            }
+            operands += 1;
+        }
+        false
+    }
+
+    /// Analyse the value of every option of `entry` that carries a command.
+    fn option_code(&mut self, entry: &OptionCode, argv: &[Arg]) {
+        let mut i = 1;
+        while let Some(arg) = argv.get(i) {
+            i += 1;
+            for opt in &entry.options {
+                let value = match option_value(&arg.text, opt) {
+                    None => continue,
+                    Some(Some(attached)) => Arg {
+                        text: attached,
+                        ..arg.clone()
+                    },
+                    Some(None) => match argv.get(i) {
+                        Some(next) => {
+                            i += 1;
+                            next.clone()
+                        }
+                        None => continue,
+                    },
+                };
+                self.code_value(entry, &value, &arg.display());
+                break;
+            }
+        }
+    }
+
+    fn code_value(&mut self, entry: &OptionCode, value: &Arg, option: &str) {
+        let mut text = value.text.as_str();
+        if let Some(keys) = &entry.keys {
+            let Some((key, rest)) = text.split_once('=') else {
+                return;
+            };
+            if key.contains(UNKNOWN) || !keys.is_match(key) {
+                return;
+            }
+            text = rest;
+        }
+        if !entry.prefixes.is_empty() {
+            match strip_prefix_nocase(text, &entry.prefixes) {
+                Some(rest) => text = rest,
+                None => return,
+            }
+        }
+        if let Some(rest) = strip_prefix_nocase(text, &entry.strip) {
+            text = rest;
+        }
+        let shown = format!("{option} {}", text.replace(UNKNOWN, "…"));
+        if text.contains(UNKNOWN) {
+            self.builtin("dynamic-shell-code", &shown, None);
+        } else {
+            let code = text.to_string();
+            self.nested(&code);
+        }
+    }
+
+    /// `NAME=value` where the variable names a command a tool will run (`GIT_SSH_COMMAND`,
+    /// `PAGER`, `LESSOPEN`): the value is analysed as shell code.
+    fn env_code(&mut self, arg: &Arg) {
+        let Some((name, value)) = arg.text.split_once('=') else {
+            return;
+        };
+        if !self.rules.code_env_vars.contains(name) {
+            return;
+        }
+        let code = value.trim_start_matches('|').to_string();
+        if code.contains(UNKNOWN) {
+            self.builtin("dynamic-shell-code", &arg.display(), None);
+        } else {
+            self.nested(&code);
         }
     }
 
@@ -812,33 +995,63 @@ impl<'a> Analyzer<'a> {
             Stdin::Pipe => self.builtin("pipe-to-shell", shown, None),
             Stdin::DynamicCode => self.builtin("dynamic-shell-code", shown, None),
             Stdin::Code(text) if runner.shell => self.nested(text),
-            Stdin::Code(_) | Stdin::File => self.builtin("run-script", shown, None),
+            Stdin::Code(_) | Stdin::File | Stdin::Null => self.builtin("run-script", shown, None),
             Stdin::Inherited => return false,
         }
         true
     }
 
     /// Apply the command rules for `name`; true if any matched.
-    fn match_rules(&mut self, name: &str, argv: &[Arg], shown: &str) -> bool {
+    /// Apply the command rules for `name`; true if any matched. When an `exclusive` rule
+    /// matches (a dry run, a listing), only the exclusive rules that match count.
+    fn match_rules(&mut self, name: &str, argv: &[Arg], stdin: &Stdin, shown: &str) -> bool {
         let rules = self.rules;
         let Some(indices) = rules.by_command.get(name) else {
             return false;
         };
         let parsed = parse_args(argv, rules.value_options.get(name));
-        let mut matched = false;
-        for idx in indices {
-            let Some(rule) = rules.rules.get(*idx) else {
-                continue;
-            };
-            if self.rule_matches(rule, argv, &parsed) {
+        let matching: Vec<&Rule> = indices
+            .iter()
+            .filter_map(|idx| rules.rules.get(*idx))
+            .filter(|rule| self.rule_matches(rule, argv, &parsed, stdin))
+            .collect();
+        let exclusive = matching.iter().any(|r| r.exclusive);
+        for rule in &matching {
+            if rule.exclusive || !exclusive {
                 self.hit(rule, shown);
-                matched = true;
             }
         }
-        matched
+        !matching.is_empty()
     }
 
-    fn rule_matches(&self, rule: &Rule, argv: &[Arg], parsed: &ParsedArgs<'_>) -> bool {
+    fn rule_matches(
+        &self,
+        rule: &Rule,
+        argv: &[Arg],
+        parsed: &ParsedArgs<'_>,
+        stdin: &Stdin,
+    ) -> bool {
+        if !rule.stdin.is_empty() {
+            let kind = match stdin {
+                Stdin::Null => "null",
+                Stdin::Pipe => "pipe",
+                Stdin::File => "file",
+                Stdin::Code(_) | Stdin::DynamicCode => "text",
+                Stdin::Inherited => "",
+            };
+            if !rule.stdin.iter().any(|k| k == kind) {
+                return false;
+            }
+        }
+        if let Some(globs) = &rule.not_args
+            && argv
+                .iter()
+                .skip(1)
+                .filter_map(Arg::static_text)
+                .any(|t| globs.is_match(t))
+        {
+            return false;
+        }
         let mut positionals: &[&Arg] = &parsed.positionals;
         if !rule.subcommand.is_empty() {
             let Some((sub, rest)) = positionals.split_first() else {
@@ -851,6 +1064,24 @@ impl<'a> Analyzer<'a> {
                 return false;
             }
             positionals = rest;
+            if !rule.action.is_empty() {
+                let Some((action, rest)) = positionals.split_first() else {
+                    return false;
+                };
+                if !action
+                    .static_text()
+                    .is_some_and(|t| rule.action.iter().any(|a| a == t))
+                {
+                    return false;
+                }
+                positionals = rest;
+            }
+        }
+        if rule
+            .max_positionals
+            .is_some_and(|max| positionals.len() > max)
+        {
+            return false;
         }
         if !rule.flags.is_empty()
             && !parsed

@@ -24,6 +24,7 @@ pub(crate) const BUILTIN_IDS: &[&str] = &[
     "elevated-write",
     "recursive-function",
     "run-script",
+    "help-query",
 ];
 
 /// Argument classes a rule may ask for (see `docs/risk.md`).
@@ -38,6 +39,9 @@ pub(crate) const ARG_CLASSES: &[&str] = &[
     "remote",
     "existing",
 ];
+
+/// Where a command's standard input may come from, for the `stdin` condition.
+pub(crate) const STDIN_KINDS: &[&str] = &["null", "pipe", "file", "text"];
 
 const REDIRECT_KINDS: &[&str] = &[
     "write",
@@ -86,6 +90,19 @@ pub enum RulesError {
         "rule `{rule}`: unknown redirect kind `{kind}` (expected write, append, clobber, readwrite, read, duplicate)"
     )]
     UnknownRedirect { rule: String, kind: String },
+    #[error("rule `{rule}`: unknown stdin kind `{kind}` (expected null, pipe, file, text)")]
+    UnknownStdin { rule: String, kind: String },
+    #[error("rule `{0}`: `action` needs `subcommand`")]
+    ActionWithoutSubcommand(String),
+    #[error("option_code entry #{index}: bad key pattern `{pattern}`: {source}")]
+    BadKeyPattern {
+        index: usize,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("option_code entry #{index} has no options")]
+    NoCodeOptions { index: usize },
     #[error("rule `{rule}`: unknown scope `{scope}` (expected all, last, not_first)")]
     UnknownScope { rule: String, scope: String },
     #[error("rule `{rule}`: flag `{flag}` must start with `-`")]
@@ -121,7 +138,15 @@ struct RawFile {
     #[serde(default)]
     trusted_code_generators: Vec<String>,
     #[serde(default)]
+    empty_output_commands: Vec<Vec<String>>,
+    #[serde(default)]
+    code_env_vars: Vec<String>,
+    #[serde(default)]
+    subcommand_tools: Vec<String>,
+    #[serde(default)]
     wrapper: Vec<RawWrapper>,
+    #[serde(default)]
+    option_code: Vec<RawOptionCode>,
     #[serde(default)]
     code_runner: Vec<RawCodeRunner>,
     #[serde(default)]
@@ -182,6 +207,25 @@ struct RawExecOption {
     placeholder: String,
 }
 
+/// An option whose value is a command line the tool runs (`tar --to-command=CMD`,
+/// `git -c core.pager=CMD`, `ssh -o ProxyCommand=CMD`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOptionCode {
+    names: Vec<String>,
+    options: Vec<String>,
+    /// The value is code only when it starts with one of these (compared without case), which
+    /// is removed first (`exec=`, `ProxyCommand=`, `:!`). Empty: every value is code.
+    #[serde(default)]
+    prefixes: Vec<String>,
+    /// `key=value` values: only keys matching these globs (compared without case) carry code.
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Removed from the start of the code (`!` of a git alias, `|` of `LESSOPEN`).
+    #[serde(default)]
+    strip: Vec<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCommand {
@@ -209,6 +253,16 @@ struct RawRule {
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
+    not_args: Vec<String>,
+    #[serde(default)]
+    action: Vec<String>,
+    #[serde(default)]
+    max_positionals: Option<usize>,
+    #[serde(default)]
+    stdin: Vec<String>,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
     arg_class: Vec<String>,
     #[serde(default)]
     scope: Option<String>,
@@ -234,6 +288,11 @@ pub(crate) struct Rule {
     pub flags: Vec<String>,
     pub not_flags: Vec<String>,
     pub args: Option<GlobSet>,
+    pub not_args: Option<GlobSet>,
+    pub action: Vec<String>,
+    pub max_positionals: Option<usize>,
+    pub stdin: Vec<String>,
+    pub exclusive: bool,
     pub arg_class: BTreeSet<String>,
     pub scope: Scope,
     pub redirect: Vec<String>,
@@ -262,6 +321,14 @@ pub(crate) struct CodeRunner {
 }
 
 #[derive(Debug, Clone)]
+pub(crate) struct OptionCode {
+    pub options: Vec<String>,
+    pub prefixes: Vec<String>,
+    pub keys: Option<GlobSet>,
+    pub strip: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
 pub(crate) struct ExecOption {
     pub options: Vec<String>,
     pub terminators: Vec<String>,
@@ -278,7 +345,11 @@ pub(crate) struct RuleSet {
     pub workspace_vars: HashSet<String>,
     pub noop_commands: HashSet<String>,
     pub trusted_code_generators: HashSet<String>,
+    pub empty_output_commands: Vec<Vec<String>>,
+    pub code_env_vars: HashSet<String>,
+    pub subcommand_tools: HashSet<String>,
     pub wrappers: HashMap<String, Wrapper>,
+    pub option_code: HashMap<String, Vec<OptionCode>>,
     pub code_runners: HashMap<String, CodeRunner>,
     pub exec_options: HashMap<String, ExecOption>,
     pub value_options: HashMap<String, HashSet<String>>,
@@ -297,6 +368,30 @@ fn names_of(
         return Err(RulesError::EmptyNames { section, index });
     }
     Ok(names)
+}
+
+fn glob_set(
+    patterns: &[String],
+    case_insensitive: bool,
+) -> Result<Option<GlobSet>, (String, globset::Error)> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        // Literal separators off: `*` must match across `/` in arguments like `of=/dev/sda`.
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .case_insensitive(case_insensitive)
+            .build()
+            .map_err(|e| (pattern.clone(), e))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| (patterns.join(", "), e))
 }
 
 fn check_flags(rule: &str, flags: &[String]) -> Result<(), RulesError> {
@@ -348,6 +443,27 @@ impl RuleSet {
                 code_runners.insert(name, runner.clone());
             }
         }
+        let mut option_code: HashMap<String, Vec<OptionCode>> = HashMap::new();
+        for (index, o) in raw.option_code.into_iter().enumerate() {
+            if o.options.is_empty() {
+                return Err(RulesError::NoCodeOptions { index });
+            }
+            let keys =
+                glob_set(&o.keys, true).map_err(|(pattern, source)| RulesError::BadKeyPattern {
+                    index,
+                    pattern,
+                    source,
+                })?;
+            let entry = OptionCode {
+                options: o.options,
+                prefixes: o.prefixes,
+                keys,
+                strip: o.strip,
+            };
+            for name in names_of(o.names, "option_code", index)? {
+                option_code.entry(name).or_default().push(entry.clone());
+            }
+        }
         let mut exec_options = HashMap::new();
         for (i, e) in raw.exec_option.into_iter().enumerate() {
             let opt = ExecOption {
@@ -394,6 +510,11 @@ impl RuleSet {
                 || !r.flags.is_empty()
                 || !r.not_flags.is_empty()
                 || !r.args.is_empty()
+                || !r.not_args.is_empty()
+                || !r.action.is_empty()
+                || r.max_positionals.is_some()
+                || !r.stdin.is_empty()
+                || r.exclusive
                 || !r.arg_class.is_empty()
                 || r.scope.is_some()
                 || r.bare.is_some();
@@ -432,6 +553,15 @@ impl RuleSet {
                     kind: kind.clone(),
                 });
             }
+            if let Some(kind) = r.stdin.iter().find(|k| !STDIN_KINDS.contains(&k.as_str())) {
+                return Err(RulesError::UnknownStdin {
+                    rule: r.id,
+                    kind: kind.clone(),
+                });
+            }
+            if !r.action.is_empty() && r.subcommand.is_empty() {
+                return Err(RulesError::ActionWithoutSubcommand(r.id));
+            }
             let scope = match r.scope.as_deref() {
                 None | Some("all") => Scope::All,
                 Some("last") => Scope::Last,
@@ -443,30 +573,13 @@ impl RuleSet {
                     });
                 }
             };
-            let args = if r.args.is_empty() {
-                None
-            } else {
-                let mut builder = GlobSetBuilder::new();
-                for pattern in &r.args {
-                    // Literal separators off: `*` must match across `/` in arguments like
-                    // `of=/dev/sda`.
-                    let glob = globset::GlobBuilder::new(pattern)
-                        .literal_separator(false)
-                        .backslash_escape(true)
-                        .build()
-                        .map_err(|source| RulesError::BadPattern {
-                            rule: r.id.clone(),
-                            pattern: pattern.clone(),
-                            source,
-                        })?;
-                    builder.add(glob);
-                }
-                Some(builder.build().map_err(|source| RulesError::BadPattern {
-                    rule: r.id.clone(),
-                    pattern: r.args.join(", "),
-                    source,
-                })?)
+            let pattern_error = |(pattern, source)| RulesError::BadPattern {
+                rule: r.id.clone(),
+                pattern,
+                source,
             };
+            let args = glob_set(&r.args, false).map_err(pattern_error)?;
+            let not_args = glob_set(&r.not_args, false).map_err(pattern_error)?;
             let idx = rules.len();
             if r.builtin {
                 builtins.insert(r.id.clone(), idx);
@@ -485,6 +598,11 @@ impl RuleSet {
                 flags: r.flags,
                 not_flags: r.not_flags,
                 args,
+                not_args,
+                action: r.action,
+                max_positionals: r.max_positionals,
+                stdin: r.stdin,
+                exclusive: r.exclusive,
                 arg_class: r.arg_class.into_iter().collect(),
                 scope,
                 redirect: r.redirect,
@@ -508,7 +626,11 @@ impl RuleSet {
             workspace_vars: raw.workspace_vars.into_iter().collect(),
             noop_commands: raw.noop_commands.into_iter().collect(),
             trusted_code_generators: raw.trusted_code_generators.into_iter().collect(),
+            empty_output_commands: raw.empty_output_commands,
+            code_env_vars: raw.code_env_vars.into_iter().collect(),
+            subcommand_tools: raw.subcommand_tools.into_iter().collect(),
             wrappers,
+            option_code,
             code_runners,
             exec_options,
             value_options,

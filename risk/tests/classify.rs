@@ -96,11 +96,13 @@ fn combined_flags() {
     ] {
         assert_eq!(classify_shell(cmd).rule, "rm-recursive", "{cmd}");
     }
-    assert_eq!(tier("rm -f notes.txt"), Tier::LowWrite);
+    // Deleting is the purpose, so named files inside the workspace are destructive too.
+    assert_eq!(classify_shell("rm -f notes.txt").rule, "rm-file");
+    assert_eq!(tier("rm -f notes.txt"), Tier::Destructive);
     assert_eq!(tier("rm -f *.txt"), Tier::Destructive);
     assert_eq!(
-        tier("rm -- -rf"),
-        Tier::LowWrite,
+        classify_shell("rm -- -rf").rule,
+        "rm-file",
         "`-rf` after `--` is a file name"
     );
 }
@@ -143,10 +145,11 @@ fn tempdir() -> std::path::PathBuf {
 
 #[test]
 fn cd_changes_what_relative_paths_mean() {
-    assert_eq!(tier("cd /etc && rm passwd"), Tier::Destructive);
-    assert_eq!(tier("cd src && rm old.rs"), Tier::LowWrite);
+    assert_eq!(tier("cd /etc && touch passwd"), Tier::Destructive);
+    assert_eq!(classify_shell("cd /etc && rm passwd").rule, "rm-outside");
+    assert_eq!(tier("cd src && touch old.rs"), Tier::LowWrite);
     assert_eq!(
-        tier("(cd /etc) && rm notes.txt"),
+        tier("(cd /etc) && touch notes.txt"),
         Tier::LowWrite,
         "cd in a subshell does not leak"
     );
@@ -384,6 +387,11 @@ id = "run-script"
 builtin = true
 tier = "low_write"
 reason = "script"
+[[rule]]
+id = "help-query"
+builtin = true
+tier = "read_only"
+reason = "help"
 [[rule]]
 id = "frob-danger"
 tier = "destructive"
