@@ -247,10 +247,20 @@ fn looks_remote(text: &str) -> bool {
             !host.is_empty()
                 && !host.starts_with('-')
                 && !host.contains(['/', '=', UNKNOWN, ' '])
-                && host.chars().any(|c| c.is_ascii_alphabetic())
+                && (host.chars().any(|c| c.is_ascii_alphabetic()) || is_ipv4(host))
         }
         None => false,
     }
+}
+
+/// `user@1.2.3.4` or `1.2.3.4`: a host given by address (a bare `12:30` is not one).
+fn is_ipv4(host: &str) -> bool {
+    let addr = host.rsplit('@').next().unwrap_or(host);
+    let parts: Vec<&str> = addr.split('.').collect();
+    parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Classify an absolute, normalised path (components below `/`).
@@ -394,5 +404,8 @@ mod tests {
         assert!(looks_remote("https://example.com/x"));
         assert!(!looks_remote("/etc/hosts"));
         assert!(!looks_remote("a=b:c"));
+        assert!(looks_remote("127.0.0.1:/dev/null"));
+        assert!(looks_remote("root@10.0.0.2:/srv"));
+        assert!(!looks_remote("12:30"));
     }
 }

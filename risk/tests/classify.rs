@@ -315,6 +315,42 @@ fn bad_rules_are_refused() {
         with_rule(unknown_field),
         Err(RulesError::Syntax(_))
     ));
+    let stdin = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"tee\"]\nstdin = [\"socket\"]";
+    assert!(matches!(
+        with_rule(stdin),
+        Err(RulesError::UnknownStdin { .. })
+    ));
+
+    let action = "[[rule]]\nid = \"t\"\ntier = \"read_only\"\nreason = \"x\"\ncommand = [\"git\"]\naction = [\"list\"]";
+    assert!(matches!(
+        with_rule(action),
+        Err(RulesError::ActionWithoutSubcommand(_))
+    ));
+
+    let not_args = "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\ncommand = [\"rm\"]\nnot_args = [\"[\"]";
+    assert!(matches!(
+        with_rule(not_args),
+        Err(RulesError::BadPattern { .. })
+    ));
+
+    let no_options = "[[option_code]]\nnames = [\"frob\"]\noptions = []";
+    assert!(matches!(
+        with_rule(no_options),
+        Err(RulesError::NoCodeOptions { .. })
+    ));
+
+    let bad_key = "[[option_code]]\nnames = [\"frob\"]\noptions = [\"-c\"]\nkeys = [\"[\"]";
+    assert!(matches!(
+        with_rule(bad_key),
+        Err(RulesError::BadKeyPattern { .. })
+    ));
+
+    let exclusive_only =
+        "[[rule]]\nid = \"t\"\ntier = \"low_write\"\nreason = \"x\"\nexclusive = true";
+    assert!(matches!(
+        with_rule(exclusive_only),
+        Err(RulesError::NoCondition(_))
+    ));
 }
 
 #[test]
@@ -478,5 +514,229 @@ fn privilege_raising_files_are_destructive() {
         "chmod 644 s",
     ] {
         assert_eq!(tier(cmd), Tier::LowWrite, "{cmd}");
+    }
+}
+
+fn assert_destructive(cmds: &[&str]) {
+    for cmd in cmds {
+        let a = classify_shell(cmd);
+        assert!(
+            a.has_tier(Tier::Destructive),
+            "{cmd}: {:?} {:?}",
+            a.tier,
+            rules_of(&a)
+        );
+    }
+}
+
+fn assert_tier(cases: &[(&str, Tier)]) {
+    for (cmd, want) in cases {
+        let a = classify_shell(cmd);
+        assert_eq!(a.tier, *want, "{cmd}: {:?}", rules_of(&a));
+    }
+}
+
+/// Deleting, emptying, force-overwriting and discarding uncommitted changes destroy data
+/// without any `rm -r`: each spelling is destructive, and the modifying look-alikes are not.
+#[test]
+fn destruction_without_rm() {
+    assert_destructive(&[
+        "unlink app.sock",
+        "rm notes.txt",
+        "cp /dev/null app.log",
+        "install /dev/null src/gen.rs",
+        "truncate -s 0 app.log",
+        "shred -u key.pem",
+        ": > out.txt",
+        "cat /dev/null > app.log",
+        "echo > app.log",
+        "printf '' > app.log",
+        "tee data.csv < /dev/null",
+        "dd of=data.bin if=/dev/zero count=1",
+        "sed -i d notes.txt",
+        "sed -i '1,$d' notes.txt",
+        "sed -i.bak '/.*/d' notes.txt",
+        "sed -ni 's/a/b/' notes.txt",
+        "perl -i -ne '' config.yaml",
+        "perl -ni -e 's/a/b/' config.yaml",
+        "mv -f new.db data.db",
+        "mv --force a b",
+        "git checkout -- .",
+        "git checkout HEAD -- src/lib.rs",
+        "git restore src/lib.rs",
+        "git restore --worktree src/",
+        "git restore --staged --worktree src/",
+        "git switch --discard-changes main",
+        "git reset --hard",
+        "git clean -fdx",
+        "git stash drop",
+        "git stash clear",
+        "git branch -D old",
+        "find . -name '*.o' -delete",
+        "rsync -a --delete a/ b/",
+        "vi -c ':%d|wq' notes.txt",
+        "vim +'%d|wq' notes.txt",
+        "echo 'rm -rf x' | at now",
+    ]);
+    assert_tier(&[
+        ("rmdir build/empty", Tier::LowWrite),
+        ("sed -i '/^#/d' config.ini", Tier::LowWrite),
+        ("sed -n -i '/keep/p' notes.txt", Tier::LowWrite),
+        ("perl -pi -e 's/a/b/' src/lib.rs", Tier::LowWrite),
+        ("perl -ni -e 'print if /x/' notes.txt", Tier::LowWrite),
+        ("mv a.rs b.rs", Tier::LowWrite),
+        ("tee -a log.txt < /dev/null", Tier::LowWrite),
+        ("echo hi > greeting.txt", Tier::LowWrite),
+        ("git checkout main", Tier::LowWrite),
+        ("git checkout -b feature", Tier::LowWrite),
+        ("git restore --staged src/lib.rs", Tier::LowWrite),
+        ("git switch main", Tier::LowWrite),
+        ("git stash", Tier::LowWrite),
+        ("vim +10 notes.txt", Tier::LowWrite),
+    ]);
+}
+
+/// Tools that run another command through an option or an environment variable: the inner
+/// command is analysed (so its own tier shows, network included), and a value only known at
+/// run time is dynamic code.
+#[test]
+fn commands_hidden_in_options() {
+    assert_destructive(&[
+        "tar -xf a.tar --to-command='rm -rf src'",
+        "tar --to-command 'rm -rf src' -xf a.tar",
+        "tar -cf /dev/null . --checkpoint=1 --checkpoint-action=exec='rm -rf src'",
+        "tar -I 'rm -rf src' -xf a.tar",
+        "tar --use-compress-program='rm -rf src' -xf a.tar",
+        "vim -c ':!rm -rf src' -c ':q!'",
+        "vim '+:!rm -rf src'",
+        "git -c core.pager='rm -rf src' log",
+        "git -c core.fsmonitor='rm -rf src' status",
+        "git -c CORE.PAGER='rm -rf src' log",
+        "git -c alias.x='!rm -rf src' x",
+        "git -c core.hooksPath=/tmp/hooks commit -m x",
+        "git -c core.pager=\"$P\" log",
+        "GIT_PAGER='rm -rf src' git log",
+        "LESSOPEN='|rm -rf src %s' less README.md",
+        "export PAGER='rm -rf src'",
+        "env EDITOR='rm -rf src' git commit",
+        "awk 'BEGIN{system(\"rm -rf src\")}'",
+        "man -P 'rm -rf src' ls",
+        "man --pager='rm -rf src' ls",
+        "env -S 'rm -rf src'",
+        "zip out.zip README.md -T -TT 'rm -rf src #'",
+        "sed -n '1e rm -rf src' README.md",
+        "sed 's/.*/rm -rf src/e' list.txt",
+        "make -f <(echo 'all:;rm -rf src')",
+        "echo 'all:;rm -rf src' | make -f -",
+        "make --eval='all:;rm -rf src'",
+        "flock /tmp/l -c 'rm -rf src'",
+        "script -qc 'rm -rf src' /dev/null",
+        "busybox rm -rf src",
+        "hyperfine 'rm -rf src'",
+        "strace -f -o t.txt rm -rf target",
+        "timeout -s KILL 5 rm -rf target",
+        "nohup rm -rf logs &",
+        "watch -n 5 rm -f tmp/lock",
+        "find . -execdir rm {} \\;",
+        "ls | xargs -I{} rm -rf {}",
+    ]);
+    for cmd in [
+        "ssh -o ProxyCommand='rm -rf src' host",
+        "ssh -oProxyCommand='rm -rf src' host",
+        "ssh -o 'proxycommand rm -rf src' host",
+        "scp -S 'rm -rf src' a host:b",
+        "rsync -e 'sh -c \"rm -rf src\"' x:/a b",
+        "rsync -avze 'rm -rf src' a host:b",
+        "git -c core.sshCommand='rm -rf src' fetch",
+        "GIT_SSH_COMMAND='rm -rf src' git pull",
+        "git ls-remote --upload-pack='rm -rf src' origin",
+        "git clone --upload-pack='rm -rf src' host:repo",
+    ] {
+        let a = classify_shell(cmd);
+        assert!(
+            a.tier == Tier::NetworkEgress && a.has_tier(Tier::Destructive),
+            "{cmd}: {:?} {:?}",
+            a.tier,
+            rules_of(&a)
+        );
+    }
+    // The inner command's own tier shows through: a download in a pager is network egress.
+    assert_eq!(
+        tier("git -c core.pager='curl -s http://x' log"),
+        Tier::NetworkEgress
+    );
+    // Options that carry no command leave the tool's own tier.
+    assert_tier(&[
+        ("git -c user.name=me log", Tier::ReadOnly),
+        ("tar --checkpoint-action=dot -xf a.tar", Tier::LowWrite),
+        ("tar -xzf a.tar.gz", Tier::LowWrite),
+        ("GIT_AUTHOR_NAME=me git log", Tier::ReadOnly),
+        ("sed 's/name/value/g' f", Tier::ReadOnly),
+    ]);
+}
+
+/// `--help`/`--version` before any operand only prints; after an operand it may be an argument
+/// of a script or a package the tool runs, so the tool's own rules apply.
+#[test]
+fn help_and_dry_runs_are_read_only() {
+    assert_tier(&[
+        ("rm --help", Tier::ReadOnly),
+        ("shred --help", Tier::ReadOnly),
+        ("rm -rf --help", Tier::ReadOnly),
+        ("tar --version", Tier::ReadOnly),
+        ("sudo --help", Tier::ReadOnly),
+        ("git push --help", Tier::ReadOnly),
+        ("docker run --help", Tier::ReadOnly),
+        ("npm install --help", Tier::ReadOnly),
+        ("git stash list", Tier::ReadOnly),
+        ("git stash show -p", Tier::ReadOnly),
+        ("git worktree list", Tier::ReadOnly),
+        ("git branch", Tier::ReadOnly),
+        ("git tag", Tier::ReadOnly),
+        ("git clean -n", Tier::ReadOnly),
+        ("git clean -fdn", Tier::ReadOnly),
+        ("git clean --dry-run -x", Tier::ReadOnly),
+        ("git add -n .", Tier::ReadOnly),
+        ("git commit --dry-run", Tier::ReadOnly),
+        ("rsync -avn --delete a/ b/", Tier::ReadOnly),
+        ("rsync -a --dry-run --delete a/ b/", Tier::ReadOnly),
+        ("docker system df", Tier::ReadOnly),
+        ("docker image ls", Tier::ReadOnly),
+        ("docker compose ps", Tier::ReadOnly),
+        ("make -n install", Tier::ReadOnly),
+        ("apt-get -s install nginx", Tier::ReadOnly),
+        ("shellcheck scripts/*.sh", Tier::ReadOnly),
+        ("tar -tzf a.tgz", Tier::ReadOnly),
+        ("kubectl version --client", Tier::ReadOnly),
+        // Dry runs against a cluster still talk to it.
+        (
+            "kubectl apply -f x.yaml --dry-run=client",
+            Tier::NetworkEgress,
+        ),
+        ("rsync -an --delete a/ host:b/", Tier::NetworkEgress),
+        // Not a help query: an operand comes first, or --help is after `--`.
+        ("python3 app.py --help", Tier::LowWrite),
+        ("bash deploy.sh --help", Tier::LowWrite),
+        ("cargo run -- --help", Tier::LowWrite),
+        ("npx cowsay --help", Tier::NetworkEgress),
+        ("docker run img --help", Tier::NetworkEgress),
+        ("git commit -n -m x", Tier::LowWrite),
+        ("git branch feature", Tier::LowWrite),
+        ("git stash push -m list", Tier::LowWrite),
+    ]);
+    for cmd in [
+        "rm -rf build --help",
+        "rm -- --help",
+        "git -c alias.x='!rm -rf x' x --help",
+        "make -n -f <(echo 'all:;+rm -rf x')",
+        "kubectl apply -f x.yaml --dry-run=none",
+        "docker system prune -af",
+        "rsync -a --delete a/ host:b/",
+    ] {
+        assert!(
+            classify_shell(cmd).has_tier(Tier::Destructive),
+            "{cmd}: {:?}",
+            rules_of(&classify_shell(cmd))
+        );
     }
 }
