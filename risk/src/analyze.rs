@@ -734,10 +734,20 @@ impl<'a> Analyzer<'a> {
     }
 
     /// `CMD --help` or `CMD --version` before any operand (or after the subcommand of a tool
-    /// in `subcommand_tools`) only prints. An operand before the option could be a script or
+    /// in `subcommand_tools`) only prints, for the tools the rules know. An operand before the option could be a script or
     /// a package the tool runs with `--help` as its argument (`python3 app.py --help`,
     /// `npx pkg --help`), and with `POSIXLY_CORRECT` set a later `--help` is an operand too.
+    /// Only tools the rules know: a project script (`./cleanup.sh --help`) may ignore the
+    /// option and run anyway.
     fn help_query(&self, name: &str, argv: &[Arg]) -> bool {
+        let rules = self.rules;
+        let known = rules.by_command.contains_key(name)
+            || rules.wrappers.contains_key(name)
+            || rules.code_runners.contains_key(name)
+            || rules.option_code.contains_key(name);
+        if !known {
+            return false;
+        }
         let allowed = usize::from(self.rules.subcommand_tools.contains(name));
         let value_options = self.rules.value_options.get(name);
         let mut operands = 0;

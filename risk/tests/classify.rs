@@ -716,6 +716,8 @@ fn help_and_dry_runs_are_read_only() {
         ("rsync -an --delete a/ host:b/", Tier::NetworkEgress),
         // Not a help query: an operand comes first, or --help is after `--`.
         ("python3 app.py --help", Tier::LowWrite),
+        ("./cleanup.sh --help", Tier::LowWrite),
+        ("frobnicate --version", Tier::LowWrite),
         ("bash deploy.sh --help", Tier::LowWrite),
         ("cargo run -- --help", Tier::LowWrite),
         ("npx cowsay --help", Tier::NetworkEgress),
