@@ -25,6 +25,13 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    c.bench_function("classify hidden: tar --checkpoint-action + git -c core.pager", |b| {
+        b.iter(|| {
+            classify_shell(black_box(
+                "tar -cf /dev/null . --checkpoint=1 --checkpoint-action=exec='rm -rf src' && git -c core.pager='less -R' log --help",
+            ))
+        })
+    });
     c.bench_function("load and validate rules file", |b| {
         b.iter(|| Classifier::from_rules(black_box(EMBEDDED_RULES)))
     });

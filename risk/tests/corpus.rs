@@ -1,7 +1,7 @@
 //! The labelled corpus: real-world commands with the tier a careful reviewer would give them.
 //!
 //! Run with `cargo test -p secureclaw-risk --test corpus -- --nocapture` to see the figures
-//! reported in docs/perf-risk.md.
+//! reported in docs/performance.md.
 
 use secureclaw_risk::{Tier, classify_shell};
 
