@@ -43,7 +43,7 @@ const POSITIVES: &[(&str, &str, PiiKind)] = &[
     ),
     (
         "GH_TOKEN={}",
-        "github_pat_11AAAAAAA0abcdefghijkl_mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefg",
+        "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3",
         PiiKind::Secret,
     ),
     (
