@@ -548,3 +548,16 @@ fn holdout_recall_and_benign_altered() {
         sc.altered
     );
 }
+
+/// The tuning set: measured once untouched, then tuned against; a regression guard here.
+#[test]
+fn train_recall_and_benign_altered() {
+    let sc = score("secrets-train.tsv", include_str!("data/secrets-train.tsv"));
+    assert!(sc.recall >= 0.95, "recall {}: {:#?}", sc.recall, sc.misses);
+    assert!(
+        sc.benign_altered <= 0.03,
+        "benign altered {}: {:#?}",
+        sc.benign_altered,
+        sc.altered
+    );
+}
