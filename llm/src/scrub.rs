@@ -313,7 +313,7 @@ impl Scrubber {
     fn accept(&self, p: &PiiPattern, value: &str) -> Option<usize> {
         let ok = match p.check {
             None => true,
-            Some(Check::Luhn) => luhn_valid(value),
+            Some(Check::Luhn) => luhn_valid(value) && !periodic_digits(value),
             Some(Check::Entropy) => {
                 value.bytes().any(|b| b.is_ascii_digit()) && shannon_entropy(value) >= p.min_entropy
             }
@@ -697,15 +697,15 @@ fn plausible_phone(v: &str) -> bool {
 /// The leading part of `value` that is a valid IBAN (ISO 13616: known country, its length,
 /// mod-97 == 1), as a byte length; spaces between groups allowed.
 fn iban_prefix(value: &str, lengths: &BTreeMap<String, usize>) -> Option<usize> {
-    let country = value.get(..2)?;
-    let want = *lengths.get(country)?;
+    let country = value.get(..2)?.to_ascii_uppercase();
+    let want = *lengths.get(&country)?;
     let mut alnum = String::with_capacity(want);
     let mut end = None;
     for (i, c) in value.char_indices() {
         if c == ' ' {
             continue;
         }
-        alnum.push(c);
+        alnum.push(c.to_ascii_uppercase());
         if alnum.len() == want {
             end = Some(i + c.len_utf8());
             break;
@@ -729,6 +729,12 @@ fn iban_prefix(value: &str, lengths: &BTreeMap<String, usize>) -> Option<usize> 
         };
     }
     (rem == 1).then_some(end)
+}
+
+/// `4242 4242 4242 4242`, `5555…`: a short block repeated is a published test number.
+fn periodic_digits(s: &str) -> bool {
+    let d: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
+    (1..=4).any(|p| d.len() > p && d.iter().skip(p).zip(&d).all(|(a, b)| a == b))
 }
 
 /// Luhn checksum over the digits of `s` (separators ignored), 13-19 digits.
