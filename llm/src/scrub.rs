@@ -841,6 +841,36 @@ mod tests {
     }
 
     #[test]
+    fn key_body_drops_vendor_prefixes_only() {
+        assert_eq!(key_body("sk-ant-api03-XXXX"), "XXXX");
+        assert_eq!(key_body("ghp_Ab12Cd34"), "Ab12Cd34");
+        assert_eq!(key_body("AKIAXXXXXXXXXXXXXXXX"), "AKIAXXXXXXXXXXXXXXXX");
+        assert_eq!(key_body("dGVzdDp0ZXN0=="), "dGVzdDp0ZXN0");
+        // A long first segment is part of the key, not a prefix.
+        assert_eq!(key_body("123456789012-abc"), "123456789012-abc");
+    }
+
+    #[test]
+    fn test_card_numbers_are_periodic() {
+        assert!(periodic_digits("4242 4242 4242 4242"));
+        assert!(periodic_digits("5555555555555555"));
+        assert!(!periodic_digits("4111 1111 1111 1111"));
+        assert!(!periodic_digits("5500-0000-0000-0004"));
+    }
+
+    #[test]
+    fn iban_prefix_stops_on_a_group_boundary() {
+        let s = Scrubber::builtin().unwrap();
+        let v = "DE89 3704 0044 0532 0130 00 BIC";
+        assert_eq!(iban_prefix(v, &s.iban_lengths), Some(27));
+        assert_eq!(
+            iban_prefix("DE89370400440532013000AB", &s.iban_lengths),
+            None
+        );
+        assert_eq!(iban_prefix("ZZ89370400440532013000", &s.iban_lengths), None);
+    }
+
+    #[test]
     fn luhn() {
         assert!(luhn_valid("4111 1111 1111 1111"));
         assert!(!luhn_valid("4111 1111 1111 1112"));

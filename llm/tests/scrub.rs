@@ -561,3 +561,140 @@ fn train_recall_and_benign_altered() {
         sc.altered
     );
 }
+
+/// Real keys that happen to contain placeholder-looking pieces (`XX`, `Xx`, `000`, `test`, a
+/// short run) are still scrubbed: the placeholder rules look at the whole random part.
+#[test]
+fn placeholder_looking_real_keys_are_still_scrubbed() {
+    let s = Scrubber::builtin().unwrap();
+    let keys = [
+        "ghp_MR32bAEFKBPFHEEFXXBu36Rz30XxXLcYmDbL",
+        "AKIA6M5UEWXXLTTCNMCU",
+        "sk-proj-Tq9XXXv2Lm000Rz8Kp3Wn5Yb7Hd1Fj4Gs6Ue0AoIiQwErTyUiOpAsDfGhJkLz",
+        "sk_test_51Hq8ZrX3vLw9Nb2Ty7Kp4Sd6Hj1Fg0Ae5Wc8Vu",
+        "glpat-xX9kQ2mZ7rT4vB1nL8wP",
+        "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",
+        "xoxb-2471828390-4839201938475-XXe5Gh7Jk9Mn1Pq3St5Vx",
+        "npm_aaaaa7F3kL9pQ2wX7zC4vB6nM1jH5gT0rY3u",
+    ];
+    for key in keys {
+        for text in [
+            format!("token: {key}"),
+            format!("export KEY={key}"),
+            format!("see {key}"),
+        ] {
+            let (out, _) = s.scrub(&text);
+            assert!(!out.contains(key), "{text:?} -> {out:?}");
+        }
+    }
+    // Generic assignments and passwords: hex with a run of zeros, a password with `xx`.
+    for (text, value) in [
+        (
+            "api_key: 7f3a9c2e1b8d0000f6a0e5c9b3d7a1f8",
+            "7f3a9c2e1b8d0000f6a0e5c9b3d7a1f8",
+        ),
+        ("password: xXr7!kq2", "xXr7!kq2"),
+        ("DB_PASSWORD=Xx0!kq2Zp", "Xx0!kq2Zp"),
+    ] {
+        let (out, _) = s.scrub(text);
+        assert!(!out.contains(value), "{text:?} -> {out:?}");
+    }
+}
+
+/// Documentation placeholders stay readable.
+#[test]
+fn documentation_placeholders_are_left_alone() {
+    let s = Scrubber::builtin().unwrap();
+    for text in [
+        "ANTHROPIC_API_KEY=sk-ant-...",
+        "OPENAI_API_KEY=sk-proj-...",
+        "export OPENAI_API_KEY=\"sk-...\"",
+        "GITHUB_TOKEN=ghp_XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "GITHUB_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "token: ghp_************",
+        "aws_access_key_id = AKIAXXXXXXXXXXXXXXXX",
+        "aws_access_key_id = AKIAIOSFODNN7EXAMPLE",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "API_KEY=your-api-key-here",
+        "Authorization: Bearer <token>",
+        "password: xxxxxxxx",
+        "SECRET_KEY=0000000000",
+        "SECRET_KEY=1234567890abcdef1234567890abcdef",
+        "api_key = abcdefghijklmnopqrstuvwxyz0123456789",
+        "STRIPE_KEY=sk_live_REPLACE_ME_WITH_YOUR_KEY",
+        "postgres://user:${PASS}@10.0.0.5/db",
+        "postgres://user:<password>@10.0.0.5/db",
+        "postgres://user:****@10.0.0.5/db",
+        "IBAN: DE00 0000 0000 0000 0000 00",
+        "card 4242 4242 4242 4242",
+    ] {
+        let (out, _) = s.scrub(text);
+        assert_eq!(out, text);
+    }
+}
+
+/// IBAN: mod-97 catches every single-character substitution, spaced and unspaced forms are
+/// replaced whole, and the check digits alone decide (a wrong length for the country fails).
+#[test]
+fn iban_checksum_and_forms() {
+    let s = Scrubber::builtin().unwrap();
+    let good = "DE89370400440532013000";
+    for text in [
+        format!("IBAN {good}"),
+        "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX".to_owned(),
+        "iban: gb29 nwbk 6016 1331 9268 19".to_owned(),
+    ] {
+        let (out, r) = s.scrub(&text);
+        assert!(out.contains("<IBAN_1>"), "{text:?} -> {out:?}");
+        assert!(!out.contains("3704") && !out.contains("1331"), "{out:?}");
+        assert_eq!(r.restore(&out), text);
+    }
+    let mut caught = 0;
+    for i in 4..good.len() {
+        for d in b'0'..=b'9' {
+            if good.as_bytes()[i] == d {
+                continue;
+            }
+            let mut bad = good.as_bytes().to_vec();
+            bad[i] = d;
+            let bad = String::from_utf8(bad).unwrap();
+            if s.scrub(&format!("IBAN {bad}")).0.contains("<IBAN_") {
+                caught += 1;
+            }
+        }
+    }
+    assert_eq!(caught, 0, "single-digit errors must fail mod-97");
+    // Right checksum scheme, wrong length for CH (21).
+    assert!(!s.scrub("CH80 0076 2011 6238 5295").0.contains("<IBAN_"));
+}
+
+/// Phone words make bare national numbers safe to scrub; dates, IPs and versions after them are
+/// not phones.
+#[test]
+fn national_phones_need_shape_or_context() {
+    let s = Scrubber::builtin().unwrap();
+    for (text, value) in [
+        ("Tél. 06 12 34 56 78", "06 12 34 56 78"),
+        ("携帯: 090-1234-5678", "090-1234-5678"),
+        ("ph (02) 9876 5432", "(02) 9876 5432"),
+        ("Telefon: 030 12345678", "030 12345678"),
+        ("call Ravi on 98765 43210", "98765 43210"),
+        ("mobile 07700 900123", "07700 900123"),
+    ] {
+        let (out, _) = s.scrub(text);
+        assert!(!out.contains(value), "{text:?} -> {out:?}");
+        assert!(out.contains("<PHONE_1>"), "{text:?} -> {out:?}");
+    }
+    for text in [
+        "call 2026-03-02 at noon",
+        "contact 192.168.100.200",
+        "mobile build 2026.03.15.1",
+        "version 06.12.34.56.78",
+        "phone: 3 devices, tablet: 2",
+        "tel 2001:db8::1",
+        "30 12345678",
+        "98765 43210",
+    ] {
+        assert_eq!(s.scrub(text).0, text);
+    }
+}
