@@ -131,6 +131,9 @@ struct RawPattern {
     /// Words that, right before the value, make it something else (`version 06.12.34.56.78`).
     #[serde(default)]
     not_after: Vec<String>,
+    /// Endings of the assigned name that make the value a setting (`TOKEN_URL=`).
+    #[serde(default)]
+    not_names: Vec<String>,
     #[serde(default)]
     examples: Vec<String>,
     #[serde(default)]
@@ -145,6 +148,7 @@ struct PiiPattern {
     min_entropy: f64,
     placeholders: Option<PlaceholderMode>,
     not_after: Vec<String>,
+    not_names: Vec<String>,
 }
 
 /// One secret found in a text: where, which pattern, which family. Never holds the value.
@@ -225,6 +229,7 @@ impl Scrubber {
                 min_entropy: raw.min_entropy.unwrap_or(0.0),
                 placeholders: raw.placeholders,
                 not_after: raw.not_after.iter().map(|w| w.to_lowercase()).collect(),
+                not_names: raw.not_names.iter().map(|w| w.to_uppercase()).collect(),
             });
         }
         let mut rules = file.placeholders;
@@ -296,6 +301,12 @@ impl Scrubber {
                 return None;
             }
             if !p.not_after.is_empty() && preceded_by(&text[..m.start()], &p.not_after) {
+                return None;
+            }
+            if !p.not_names.is_empty()
+                && let Some(whole) = caps.get(0)
+                && assigned_name_ends_with(&text[whole.start()..m.start()], &p.not_names)
+            {
                 return None;
             }
             if let Some(mode) = p.placeholders
@@ -663,6 +674,18 @@ fn preceded_by(before: &str, words: &[String]) -> bool {
     !word.is_empty() && words.contains(&word)
 }
 
+/// The name in `context` (`export TOKEN_URL=`, `"token_url": "`) ends with one of `endings`
+/// (upper case).
+fn assigned_name_ends_with(context: &str, endings: &[String]) -> bool {
+    let t = context
+        .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '=' | ':' | '"' | '\'' | '>'));
+    let start = t
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = t[start..].to_ascii_uppercase();
+    endings.iter().any(|e| name.ends_with(e.as_str()))
+}
+
 /// 8-15 digits, not a date (`2026.03.15`), not a filler number (`000-0000`, `1111111111`).
 fn plausible_phone(v: &str) -> bool {
     let digits: Vec<u8> = v.bytes().filter(u8::is_ascii_digit).collect();
@@ -684,14 +707,21 @@ fn plausible_phone(v: &str) -> bool {
     {
         return false;
     }
-    let year_first = groups
-        .first()
-        .is_some_and(|g| g.len() == 4 && (g.starts_with("19") || g.starts_with("20")));
-    let month_second = groups
-        .get(1)
-        .and_then(|g| g.parse::<u32>().ok())
-        .is_some_and(|m| (1..=12).contains(&m));
-    !(year_first && month_second && !v.starts_with('+'))
+    if v.starts_with('+') {
+        return true;
+    }
+    // Dates first: 2026.03.15, 2026-03-02, 20260302 (YYYYMMDD), 20260302 1200.
+    let year = |g: &str| g.starts_with("19") || g.starts_with("20");
+    let month = |g: &str| g.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m));
+    let date = match groups.as_slice() {
+        [g, ..] if g.len() == 8 => year(g) && month(&g[4..6]),
+        [g, m, ..] if g.len() == 4 => year(g) && month(m),
+        _ => false,
+    };
+    // Unix times in seconds or milliseconds: 1717171717, 1717171717123.
+    let epoch =
+        matches!(groups.as_slice(), [g] if (g.len() == 10 || g.len() == 13) && g.starts_with('1'));
+    !(date || epoch)
 }
 
 /// The leading part of `value` that is a valid IBAN (ISO 13616: known country, its length,
