@@ -725,14 +725,14 @@ fn plausible_phone(v: &str) -> bool {
 }
 
 /// The leading part of `value` that is a valid IBAN (ISO 13616: known country, its length,
-/// mod-97 == 1), as a byte length; spaces between groups allowed.
+/// mod-97 == 1), as a byte length; spaces or dashes between groups allowed.
 fn iban_prefix(value: &str, lengths: &BTreeMap<String, usize>) -> Option<usize> {
     let country = value.get(..2)?.to_ascii_uppercase();
     let want = *lengths.get(&country)?;
     let mut alnum = String::with_capacity(want);
     let mut end = None;
     for (i, c) in value.char_indices() {
-        if c == ' ' {
+        if c == ' ' || c == '-' {
             continue;
         }
         alnum.push(c.to_ascii_uppercase());
