@@ -851,7 +851,7 @@ mod tests {
     #[test]
     fn builtin_patterns_load_and_self_test() {
         let s = Scrubber::builtin().unwrap();
-        assert!(s.pattern_ids().count() >= 18);
+        assert!(s.pattern_ids().count() >= 40);
     }
 
     #[test]
