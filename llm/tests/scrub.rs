@@ -576,6 +576,8 @@ fn placeholder_looking_real_keys_are_still_scrubbed() {
         "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",
         "xoxb-2471828390-4839201938475-XXe5Gh7Jk9Mn1Pq3St5Vx",
         "npm_aaaaa7F3kL9pQ2wX7zC4vB6nM1jH5gT0rY3u",
+        // A made-up key that borrows ascending runs but is not made of them.
+        "sk-ant-api03-PLANTESTdoNotLeak0123456789abcdefghijklmnopqrstuvwxyzABCD-xyzAA",
     ];
     for key in keys {
         for text in [
