@@ -3,9 +3,11 @@
 //!
 //! Patterns are data (`patterns/pii.toml`), embedded at build time and self-tested at load: every
 //! pattern's `examples` must be scrubbed and its `not` list left alone, so a broken edit fails at
-//! startup rather than leaking silently.
+//! startup rather than leaking silently. Obvious documentation placeholders (`ghp_XXXX…`,
+//! `AKIAIOSFODNN7EXAMPLE`, `your-api-key-here`) are recognised by rules that are data too
+//! (`[placeholders]` in the same file), as is the IBAN country-length table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -28,6 +30,8 @@ pub enum PiiKind {
     Email,
     Phone,
     Card,
+    Iban,
+    NationalId,
 }
 
 impl PiiKind {
@@ -37,6 +41,8 @@ impl PiiKind {
             Self::Email => "EMAIL",
             Self::Phone => "PHONE",
             Self::Card => "CARD",
+            Self::Iban => "IBAN",
+            Self::NationalId => "NATIONAL_ID",
         }
     }
 }
@@ -50,13 +56,67 @@ enum Check {
     Password,
     Email,
     Phone,
+    Iban,
+    /// A `.env`/settings value: `password` rules, and short plain numbers (`TTL=3600`) are
+    /// settings, not secrets.
+    Setting,
+}
+
+/// Which placeholder rules a pattern's value is tested against.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PlaceholderMode {
+    /// Free text (passwords): only whole-value placeholders and marker words.
+    Text,
+    /// Machine-made keys: also filler runs, repeats, ascending sequences, low entropy.
+    Key,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatternFile {
     version: u32,
+    #[serde(default)]
+    placeholders: PlaceholderRules,
+    /// ISO 13616 country code -> IBAN length.
+    #[serde(default)]
+    iban_lengths: BTreeMap<String, usize>,
     pattern: Vec<RawPattern>,
+}
+
+/// What makes a value an obvious placeholder rather than a secret (see `[placeholders]` in
+/// `pii.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceholderRules {
+    markers: Vec<String>,
+    words: Vec<String>,
+    references: Vec<String>,
+    filler: String,
+    max_filler_share: f64,
+    max_run: usize,
+    max_sequential_share: f64,
+    min_body_entropy: f64,
+    entropy_min_len: usize,
+    stats_min_len: usize,
+}
+
+impl Default for PlaceholderRules {
+    /// No placeholder rules at all: for pattern files without a `[placeholders]` table.
+    fn default() -> Self {
+        Self {
+            markers: Vec::new(),
+            words: Vec::new(),
+            references: Vec::new(),
+            filler: String::new(),
+            max_filler_share: f64::INFINITY,
+            max_run: usize::MAX,
+            max_sequential_share: f64::INFINITY,
+            min_body_entropy: 0.0,
+            entropy_min_len: usize::MAX,
+            stats_min_len: usize::MAX,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -67,6 +127,13 @@ struct RawPattern {
     regex: String,
     check: Option<Check>,
     min_entropy: Option<f64>,
+    placeholders: Option<PlaceholderMode>,
+    /// Words that, right before the value, make it something else (`version 06.12.34.56.78`).
+    #[serde(default)]
+    not_after: Vec<String>,
+    /// Endings of the assigned name that make the value a setting (`TOKEN_URL=`).
+    #[serde(default)]
+    not_names: Vec<String>,
     #[serde(default)]
     examples: Vec<String>,
     #[serde(default)]
@@ -79,6 +146,9 @@ struct PiiPattern {
     regex: Regex,
     check: Option<Check>,
     min_entropy: f64,
+    placeholders: Option<PlaceholderMode>,
+    not_after: Vec<String>,
+    not_names: Vec<String>,
 }
 
 /// One secret found in a text: where, which pattern, which family. Never holds the value.
@@ -94,6 +164,8 @@ pub struct PiiMatch {
 /// The compiled pattern set. Cheap to share (`Scrubber::builtin()` is a process-wide static).
 pub struct Scrubber {
     patterns: Vec<PiiPattern>,
+    rules: PlaceholderRules,
+    iban_lengths: BTreeMap<String, usize>,
 }
 
 impl fmt::Debug for Scrubber {
@@ -155,9 +227,22 @@ impl Scrubber {
                 regex,
                 check: raw.check,
                 min_entropy: raw.min_entropy.unwrap_or(0.0),
+                placeholders: raw.placeholders,
+                not_after: raw.not_after.iter().map(|w| w.to_lowercase()).collect(),
+                not_names: raw.not_names.iter().map(|w| w.to_uppercase()).collect(),
             });
         }
-        let scrubber = Self { patterns };
+        let mut rules = file.placeholders;
+        for list in [&mut rules.markers, &mut rules.words, &mut rules.references] {
+            for w in list.iter_mut() {
+                *w = w.to_lowercase();
+            }
+        }
+        let scrubber = Self {
+            patterns,
+            rules,
+            iban_lengths: file.iban_lengths,
+        };
         let mut failures = Vec::new();
         for (i, examples, not) in tests {
             let p = &scrubber.patterns[i];
@@ -215,8 +300,49 @@ impl Scrubber {
             if value.starts_with('<') && value.ends_with('>') && is_placeholder(value) {
                 return None;
             }
-            passes(p.check, p.min_entropy, value).then_some((m.start(), m.end()))
+            if !p.not_after.is_empty() && preceded_by(&text[..m.start()], &p.not_after) {
+                return None;
+            }
+            if !p.not_names.is_empty()
+                && let Some(whole) = caps.get(0)
+                && assigned_name_ends_with(&text[whole.start()..m.start()], &p.not_names)
+            {
+                return None;
+            }
+            if let Some(mode) = p.placeholders
+                && self.rules.is_placeholder(value, mode)
+            {
+                return None;
+            }
+            let len = self.accept(p, value)?;
+            Some((m.start(), m.start() + len))
         })
+    }
+
+    /// Byte length of the part of `value` that passes the pattern's check, if any. Every check
+    /// but `iban` takes the whole value or nothing.
+    fn accept(&self, p: &PiiPattern, value: &str) -> Option<usize> {
+        let ok = match p.check {
+            None => true,
+            Some(Check::Luhn) => luhn_valid(value) && !periodic_digits(value),
+            Some(Check::Entropy) => {
+                value.bytes().any(|b| b.is_ascii_digit()) && shannon_entropy(value) >= p.min_entropy
+            }
+            Some(Check::Mixed) => {
+                value.bytes().any(|b| b.is_ascii_digit())
+                    && value.bytes().any(|b| b.is_ascii_alphabetic())
+            }
+            Some(Check::Password) => plausible_password(value) && !self.rules.is_reference(value),
+            Some(Check::Setting) => {
+                plausible_password(value)
+                    && !self.rules.is_reference(value)
+                    && !(value.len() <= 6 && value.bytes().all(|b| b.is_ascii_digit()))
+            }
+            Some(Check::Email) => plausible_email(value),
+            Some(Check::Phone) => plausible_phone(value),
+            Some(Check::Iban) => return iban_prefix(value, &self.iban_lengths),
+        };
+        ok.then_some(value.len())
     }
 
     /// All secrets in `text`, non-overlapping, in text order.
@@ -432,7 +558,7 @@ fn is_placeholder(v: &str) -> bool {
     let inner = &v[1..v.len() - 1];
     match inner.rsplit_once('_') {
         Some((label, n)) => {
-            ["SECRET", "EMAIL", "PHONE", "CARD"].contains(&label)
+            ["SECRET", "EMAIL", "PHONE", "CARD", "IBAN", "NATIONAL_ID"].contains(&label)
                 && !n.is_empty()
                 && n.bytes().all(|b| b.is_ascii_digit())
         }
@@ -440,24 +566,205 @@ fn is_placeholder(v: &str) -> bool {
     }
 }
 
-fn passes(check: Option<Check>, min_entropy: f64, value: &str) -> bool {
-    match check {
-        None => true,
-        Some(Check::Luhn) => luhn_valid(value),
-        Some(Check::Entropy) => {
-            value.bytes().any(|b| b.is_ascii_digit()) && shannon_entropy(value) >= min_entropy
+impl PlaceholderRules {
+    /// `value` is documentation or a template, not a secret.
+    fn is_placeholder(&self, value: &str, mode: PlaceholderMode) -> bool {
+        let lower = value.to_lowercase();
+        if self.markers.iter().any(|m| lower.contains(m.as_str())) {
+            return true;
         }
-        Some(Check::Mixed) => {
-            value.bytes().any(|b| b.is_ascii_digit())
-                && value.bytes().any(|b| b.is_ascii_alphabetic())
+        let body = key_body(value);
+        if !self.filler.is_empty()
+            && body
+                .chars()
+                .all(|c| self.filler.contains(c) || c == '-' || c == '_')
+        {
+            return true;
         }
-        Some(Check::Password) => plausible_password(value),
-        Some(Check::Email) => plausible_email(value),
-        Some(Check::Phone) => {
-            let digits = value.bytes().filter(u8::is_ascii_digit).count();
-            (8..=15).contains(&digits)
+        // `your-api-key-here`, `REPLACE_WITH_TOKEN`, `changeme`: nothing but template words.
+        let mut parts = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .peekable();
+        if parts.peek().is_some()
+            && parts
+                .all(|w| self.words.iter().any(|x| x == w) || w.bytes().all(|b| b.is_ascii_digit()))
+            && lower.bytes().any(|b| b.is_ascii_alphabetic())
+        {
+            return true;
+        }
+        if mode == PlaceholderMode::Text {
+            return false;
+        }
+        let chars: Vec<char> = body.chars().filter(|&c| c != '-' && c != '_').collect();
+        // Statistics on a handful of characters say nothing.
+        if chars.len() < self.stats_min_len {
+            return false;
+        }
+        let n = chars.len() as f64;
+        let filler = chars.iter().filter(|&&c| self.filler.contains(c)).count() as f64;
+        if filler / n >= self.max_filler_share {
+            return true;
+        }
+        let mut run = 1usize;
+        let mut longest = 1usize;
+        let mut ascending = 0usize;
+        for w in chars.windows(2) {
+            run = if w[0] == w[1] { run + 1 } else { 1 };
+            longest = longest.max(run);
+            let (a, b) = (u32::from(w[0]), u32::from(w[1]));
+            if b == a + 1 || (w[0] == '9' && w[1] == '0') {
+                ascending += 1;
+            }
+        }
+        if longest >= self.max_run {
+            return true;
+        }
+        if chars.len() > 1 && ascending as f64 / (n - 1.0) >= self.max_sequential_share {
+            return true;
+        }
+        chars.len() >= self.entropy_min_len
+            && shannon_entropy(&chars.iter().collect::<String>()) < self.min_body_entropy
+    }
+
+    /// `os.environ["X"]`, `process.env.X`, `getenv("X")`: where a secret lives, not the secret.
+    fn is_reference(&self, value: &str) -> bool {
+        let lower = value.trim().to_lowercase();
+        if self
+            .references
+            .iter()
+            .any(|r| lower.starts_with(r.as_str()))
+        {
+            return true;
+        }
+        // An identifier immediately followed by a call or an index.
+        let ident = lower
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .map_or(lower.as_str(), |i| &lower[..i]);
+        !ident.is_empty()
+            && ident.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && matches!(lower[ident.len()..].chars().next(), Some('(' | '['))
+    }
+}
+
+/// The random part of a key: vendor prefix segments (`sk-ant-api03-`, `ghp_`, `SG.`) and base64
+/// padding removed.
+fn key_body(value: &str) -> &str {
+    let mut rest = value.trim_end_matches('=');
+    for _ in 0..3 {
+        let seg = rest
+            .char_indices()
+            .find(|&(_, c)| !c.is_ascii_alphanumeric())
+            .filter(|&(i, c)| (1..=8).contains(&i) && matches!(c, '-' | '_' | '.'));
+        match seg {
+            Some((i, _)) if rest.len() > i + 1 => rest = &rest[i + 1..],
+            _ => break,
         }
     }
+    rest
+}
+
+/// The last word of `before` (ignoring spaces and `:#`) is one of `words`.
+fn preceded_by(before: &str, words: &[String]) -> bool {
+    let t = before.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '#'));
+    let start = t
+        .rfind(|c: char| !c.is_alphanumeric())
+        .map_or(0, |i| i + t[i..].chars().next().map_or(1, char::len_utf8));
+    let word = t[start..].to_lowercase();
+    !word.is_empty() && words.contains(&word)
+}
+
+/// The name in `context` (`export TOKEN_URL=`, `"token_url": "`) ends with one of `endings`
+/// (upper case).
+fn assigned_name_ends_with(context: &str, endings: &[String]) -> bool {
+    let t = context
+        .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '=' | ':' | '"' | '\'' | '>'));
+    let start = t
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = t[start..].to_ascii_uppercase();
+    endings.iter().any(|e| name.ends_with(e.as_str()))
+}
+
+/// 8-15 digits, not a date (`2026.03.15`), not a filler number (`000-0000`, `1111111111`).
+fn plausible_phone(v: &str) -> bool {
+    let digits: Vec<u8> = v.bytes().filter(u8::is_ascii_digit).collect();
+    if !(8..=15).contains(&digits.len()) {
+        return false;
+    }
+    let zeros = digits.iter().filter(|&&d| d == b'0').count();
+    if zeros * 2 > digits.len() || digits.iter().all(|&d| d == digits[0]) {
+        return false;
+    }
+    let groups: Vec<&str> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    // 192.168.100.200
+    if groups.len() == 4
+        && groups.iter().all(|g| g.len() <= 3)
+        && v.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        return false;
+    }
+    if v.starts_with('+') {
+        return true;
+    }
+    // Dates first: 2026.03.15, 2026-03-02, 20260302 (YYYYMMDD), 20260302 1200.
+    let year = |g: &str| g.starts_with("19") || g.starts_with("20");
+    let month = |g: &str| g.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m));
+    let date = match groups.as_slice() {
+        [g, ..] if g.len() == 8 => year(g) && month(&g[4..6]),
+        [g, m, ..] if g.len() == 4 => year(g) && month(m),
+        _ => false,
+    };
+    // Unix times in seconds or milliseconds: 1717171717, 1717171717123.
+    let epoch =
+        matches!(groups.as_slice(), [g] if (g.len() == 10 || g.len() == 13) && g.starts_with('1'));
+    !(date || epoch)
+}
+
+/// The leading part of `value` that is a valid IBAN (ISO 13616: known country, its length,
+/// mod-97 == 1), as a byte length; spaces or dashes between groups allowed.
+fn iban_prefix(value: &str, lengths: &BTreeMap<String, usize>) -> Option<usize> {
+    let country = value.get(..2)?.to_ascii_uppercase();
+    let want = *lengths.get(&country)?;
+    let mut alnum = String::with_capacity(want);
+    let mut end = None;
+    for (i, c) in value.char_indices() {
+        if c == ' ' || c == '-' {
+            continue;
+        }
+        alnum.push(c.to_ascii_uppercase());
+        if alnum.len() == want {
+            end = Some(i + c.len_utf8());
+            break;
+        }
+    }
+    let end = end?;
+    // The value must stop on a group boundary: `DE89 3704 ... 00` and not in the middle of the
+    // next word.
+    let next = value[end..].chars().next();
+    if next.is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let rearranged = alnum[4..].chars().chain(alnum[..4].chars());
+    let mut rem: u32 = 0;
+    for c in rearranged {
+        let d = c.to_digit(36)?;
+        rem = if d >= 10 {
+            (rem * 100 + d) % 97
+        } else {
+            (rem * 10 + d) % 97
+        };
+    }
+    (rem == 1).then_some(end)
+}
+
+/// `4242 4242 4242 4242`, `5555…`: a short block repeated is a published test number.
+fn periodic_digits(s: &str) -> bool {
+    let d: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
+    (1..=4).any(|p| d.len() > p && d.iter().skip(p).zip(&d).all(|(a, b)| a == b))
 }
 
 /// Luhn checksum over the digits of `s` (separators ignored), 13-19 digits.
@@ -544,7 +851,7 @@ mod tests {
     #[test]
     fn builtin_patterns_load_and_self_test() {
         let s = Scrubber::builtin().unwrap();
-        assert!(s.pattern_ids().count() >= 18);
+        assert!(s.pattern_ids().count() >= 40);
     }
 
     #[test]
@@ -561,6 +868,36 @@ mod tests {
             "to b@example.org cc a@example.com <EMAIL_7>"
         );
         assert!(!format!("{r:?}").contains("example"));
+    }
+
+    #[test]
+    fn key_body_drops_vendor_prefixes_only() {
+        assert_eq!(key_body("sk-ant-api03-XXXX"), "XXXX");
+        assert_eq!(key_body("ghp_Ab12Cd34"), "Ab12Cd34");
+        assert_eq!(key_body("AKIAXXXXXXXXXXXXXXXX"), "AKIAXXXXXXXXXXXXXXXX");
+        assert_eq!(key_body("dGVzdDp0ZXN0=="), "dGVzdDp0ZXN0");
+        // A long first segment is part of the key, not a prefix.
+        assert_eq!(key_body("123456789012-abc"), "123456789012-abc");
+    }
+
+    #[test]
+    fn test_card_numbers_are_periodic() {
+        assert!(periodic_digits("4242 4242 4242 4242"));
+        assert!(periodic_digits("5555555555555555"));
+        assert!(!periodic_digits("4111 1111 1111 1111"));
+        assert!(!periodic_digits("5500-0000-0000-0004"));
+    }
+
+    #[test]
+    fn iban_prefix_stops_on_a_group_boundary() {
+        let s = Scrubber::builtin().unwrap();
+        let v = "DE89 3704 0044 0532 0130 00 BIC";
+        assert_eq!(iban_prefix(v, &s.iban_lengths), Some(27));
+        assert_eq!(
+            iban_prefix("DE89370400440532013000AB", &s.iban_lengths),
+            None
+        );
+        assert_eq!(iban_prefix("ZZ89370400440532013000", &s.iban_lengths), None);
     }
 
     #[test]
