@@ -343,7 +343,7 @@ impl Engine {
         let step_grants = resolve_grants(wf, &opts, &state_dir, self.sandbox.isolated())?;
         let templates = Arc::new(Templates::new());
         // Values of `secret: true` inputs never reach the record, the ledger or the events.
-        let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
+        let secrets = Arc::new(crate::inputs::Secrets::new(&wf.workflow, &opts.inputs));
         let n = wf.workflow.steps.len();
         let source = wf.source.as_bytes();
         let (mut record, mut resumed) = match opts.resume.take() {
@@ -721,6 +721,7 @@ impl Engine {
                     tier: risk.tier,
                     summary,
                 });
+                let kind = step.kind();
                 let job = StepJob {
                     index: i,
                     step: step.clone(),
@@ -735,7 +736,7 @@ impl Engine {
                     cancel: run_cancel.child_token(),
                     snap: snap.clone(),
                 };
-                let (jobs, writer) = (jobs.clone(), writer.clone());
+                let (jobs, writer, secrets) = (jobs.clone(), writer.clone(), secrets.clone());
                 running.spawn(async move {
                     let _permit = jobs.acquire_owned().await;
                     let _write_guard = if job.step.kind().may_write() {
@@ -743,7 +744,14 @@ impl Engine {
                     } else {
                         None
                     };
-                    execute(job).await
+                    let mut f = execute(job).await;
+                    // Screened here, beside the other steps, not in the scheduler loop: with the
+                    // semantic layer a long output takes a noticeable time.
+                    if matches!(f.state, StepState::Succeeded | StepState::Failed) {
+                        let streams = recorded_streams(kind, &f.view, &secrets);
+                        f.screening = blocking_screen(streams).await;
+                    }
+                    f
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
@@ -761,7 +769,7 @@ impl Engine {
                     continue;
                 }
             };
-            let Some(Ok(f)) = done else { continue };
+            let Some(Ok(mut f)) = done else { continue };
             let i = f.index;
             let rec = &mut record.steps[i];
             rec.state = f.state;
@@ -781,9 +789,7 @@ impl Engine {
             rec.egress = f.egress;
             rec.attempts = f.attempts;
             // What the step brought back is untrusted: screened once, as recorded (scrubbed).
-            if matches!(f.state, StepState::Succeeded | StepState::Failed) {
-                rec.screening = screen_step(rec);
-            }
+            rec.screening = f.screening.take();
             let flagged = rec.screening.as_ref().filter(|sc| sc.flagged);
             if let Some(sc) = flagged {
                 results.1.flag(&rec.id);
@@ -1285,18 +1291,34 @@ impl Engine {
     }
 }
 
-/// Screen what a finished step brought back, each stream once: a shell step's stdout and
-/// stderr, another action's output (a file read, an HTTP response body) and its stderr.
-fn screen_step(rec: &StepRecord) -> Option<crate::screen::Screening> {
-    let mut streams: Vec<(&str, &str)> = Vec::with_capacity(3);
-    if rec.kind != ActionKind::Shell {
-        streams.push(("output", &rec.output));
+/// What a finished step brought back, as it will be recorded (secret inputs scrubbed), by
+/// stream: a shell step's stdout and stderr, another action's output (a file read, an HTTP
+/// response body), its stdout when that differs, and its stderr.
+fn recorded_streams(
+    kind: ActionKind,
+    view: &StepView,
+    secrets: &crate::inputs::Secrets,
+) -> Vec<(&'static str, String)> {
+    let mut streams = Vec::with_capacity(3);
+    if kind != ActionKind::Shell {
+        streams.push(("output", secrets.scrub(&view.output)));
     }
-    if rec.kind == ActionKind::Shell || rec.stdout != rec.output {
-        streams.push(("stdout", &rec.stdout));
+    if kind == ActionKind::Shell || view.stdout != view.output {
+        streams.push(("stdout", secrets.scrub(&view.stdout)));
     }
-    streams.push(("stderr", &rec.stderr));
-    crate::screen::Screener::shared().screen_streams(&streams)
+    streams.push(("stderr", secrets.scrub(&view.stderr)));
+    streams
+}
+
+/// Screen the streams once each, off the async threads.
+async fn blocking_screen(streams: Vec<(&'static str, String)>) -> Option<crate::screen::Screening> {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<(&str, &str)> = streams.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        crate::screen::Screener::shared().screen_streams(&refs)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// What the ledger keeps of a screening: the verdict and the pattern ids, no text; the score
