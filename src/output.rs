@@ -315,6 +315,9 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
     if let Some(m) = &r.risk_model {
         println!("risk      {m}");
     }
+    if let Some(m) = &r.screening {
+        println!("screening {m}");
+    }
     if !r.approval.nodes.is_empty() {
         let nodes: Vec<String> = r
             .approval
@@ -342,6 +345,15 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
         );
         if let Some(reason) = &s.reason {
             println!("           {}", style(reason).dim());
+        }
+        if let Some(w) = screening_warning(s) {
+            println!("           {}", style(w).yellow().bold());
+        }
+        if !s.untrusted_inputs.is_empty() {
+            println!(
+                "           took flagged content: {}",
+                s.untrusted_inputs.join(", ")
+            );
         }
         if let Some(a) = &s.approval {
             println!("           approved by {a}");
@@ -379,6 +391,18 @@ pub fn show(run: &str, args: &StateArgs, pass: &PassphraseSource) -> anyhow::Res
         print_output_head(&run_ref, s, SHOW_LINES);
     }
     Ok(exit::OK)
+}
+
+/// The warning line for a step whose output the injection detector flagged: the step, the
+/// strongest finding and the score.
+pub fn screening_warning(s: &secureclaw_engine::record::StepRecord) -> Option<String> {
+    let sc = s.screening.as_ref().filter(|sc| sc.flagged)?;
+    Some(format!(
+        "warning: untrusted content: step `{}` output looks like a prompt injection ({}, score {:.2}); steps that use it wait for approval",
+        s.id,
+        sc.headline(),
+        sc.score
+    ))
 }
 
 /// Where the workflow that ran came from in git.

@@ -324,6 +324,24 @@ pub fn logs(args: LogsArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
                 } if stream != "trace" && step.as_ref().is_none_or(|only| only == s) => {
                     out.text(s, None, stream, text)
                 }
+                RunEvent::UntrustedContentFlagged {
+                    step: s,
+                    stream,
+                    layer,
+                    pattern,
+                    score,
+                } if step.as_ref().is_none_or(|only| only == s) => {
+                    out.flush()?;
+                    eprintln!(
+                        "{}",
+                        style(format!(
+                            "warning: untrusted content: step `{s}` output looks like a prompt injection ({stream}: {pattern} ({layer}), score {score:.2}); steps that use it wait for approval"
+                        ))
+                        .yellow()
+                        .bold()
+                    );
+                    Ok(())
+                }
                 RunEvent::RunParked { steps } => out.note(&format!(
                     "parked at {}: `secureclaw approve {}` then `secureclaw resume {}`",
                     steps.join(", "),
@@ -407,6 +425,11 @@ fn print_recorded(
         );
         let streams = step_streams(s);
         out.header(&s.id, Some(&status))?;
+        // On stderr: what `logs` prints on stdout stays exactly the step's output.
+        if let Some(w) = crate::output::screening_warning(s) {
+            out.flush()?;
+            eprintln!("{}", style(w).yellow().bold());
+        }
         if streams.is_empty() {
             out.note(if s.started_at.is_some() {
                 "(no output)"
@@ -492,6 +515,12 @@ impl<W: std::io::Write> OutputPrinter<W> {
             write!(self.w, "{text}")?;
             self.at_line_start = text.ends_with('\n');
         }
+        self.w.flush()
+    }
+
+    /// End the line and flush, before something else writes to the terminal.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.end_line()?;
         self.w.flush()
     }
 

@@ -926,6 +926,16 @@ impl Display {
                     steps.join(", ")
                 ))
             }
+            RunEvent::UntrustedContentFlagged {
+                step,
+                stream,
+                layer,
+                pattern,
+                score,
+            } => self.line(format!(
+                "  {} {step}: its {stream} looks like a prompt injection ({pattern}, {layer}, score {score:.2}); steps that use it wait for approval",
+                style("warning:").yellow().bold()
+            )),
             RunEvent::Output { step, stream, text } if stream == "trace" => {
                 self.line(format!("  {} {step}: {text}", style("trace").dim()))
             }

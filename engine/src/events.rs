@@ -73,6 +73,15 @@ pub enum RunEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The injection detector flagged what a step brought back: a step that takes a value
+    /// from it waits for approval. `pattern` is the strongest finding, `stream` where it is.
+    UntrustedContentFlagged {
+        step: String,
+        stream: String,
+        layer: String,
+        pattern: String,
+        score: f32,
+    },
     ApprovalNeeded {
         step: String,
         tier: Tier,

@@ -330,6 +330,7 @@ impl Secrets {
             | RunEvent::RunResumed { .. }
             | RunEvent::RunRetried { .. }
             | RunEvent::ApprovalDecided { .. }
+            | RunEvent::UntrustedContentFlagged { .. }
             | RunEvent::RunParked { .. }
             | RunEvent::RevertStarted { .. }
             | RunEvent::RevertFinished { .. } => {}

@@ -20,6 +20,7 @@ pub mod risk;
 pub mod schedule;
 pub mod scheduler;
 pub mod schema;
+pub mod screen;
 pub mod session;
 pub mod snapshot;
 pub mod storage;

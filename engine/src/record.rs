@@ -117,6 +117,15 @@ pub struct StepRecord {
     pub compensate: Option<crate::model::Compensate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
+    /// The injection detector's verdict on what the step brought back (its recorded stdout,
+    /// stderr, an action's output such as an HTTP response body), screened once when it
+    /// finished. Absent: nothing to screen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screening: Option<crate::screen::Screening>,
+    /// Values the step took from flagged output (`steps.fetch.stdout`): it waited for approval
+    /// before it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untrusted_inputs: Vec<String>,
 }
 
 /// How much a step wrote when the output cap kept less (kept: the length of the recorded text).
@@ -165,6 +174,8 @@ impl StepRecord {
             write_seq: None,
             compensate: None,
             network: Vec::new(),
+            screening: None,
+            untrusted_inputs: Vec::new(),
         }
     }
 }
@@ -210,6 +221,9 @@ pub struct RunRecord {
     /// ("heuristic tiers only").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk_model: Option<String>,
+    /// The detector layers that screened the steps' output in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screening: Option<String>,
     /// Workspace manifest hash before the run (set when a step may write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_manifest: Option<String>,

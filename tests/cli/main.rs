@@ -29,6 +29,7 @@ mod run;
 mod sandbox;
 mod session;
 mod state_dir_attacks;
+mod untrusted;
 mod validate;
 mod vault;
 mod vault_access;

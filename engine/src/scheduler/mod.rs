@@ -12,7 +12,7 @@ mod capture;
 mod render;
 mod step;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -154,12 +154,80 @@ enum Approval {
 
 /// Results of finished steps, as templates see them.
 #[derive(Debug, Default)]
-struct Results(RwLock<HashMap<String, StepView>>);
+struct Results(RwLock<HashMap<String, StepView>>, Taint);
+
+/// Which steps' output the detector flagged, and which of their text fields templates read
+/// since the last [`Taint::take`]. The scheduler renders one step at a time, so what was read
+/// between two takes is what that step's condition, env and action took.
+#[derive(Debug, Default)]
+struct Taint {
+    flagged: RwLock<HashSet<String>>,
+    read: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Taint {
+    fn flag(&self, step: &str) {
+        if let Ok(mut f) = self.flagged.write() {
+            f.insert(step.to_string());
+        }
+    }
+
+    fn is_flagged(&self, step: &str) -> bool {
+        self.flagged.read().is_ok_and(|f| f.contains(step))
+    }
+
+    /// `steps.X.FIELD` read from flagged output since the last call.
+    fn take(&self) -> Vec<String> {
+        self.read
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r).into_iter().collect())
+            .unwrap_or_default()
+    }
+}
 
 impl Object for Results {
     fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        let id = key.as_str()?;
         let map = self.0.read().ok()?;
-        map.get(key.as_str()?).map(JinjaValue::from_serialize)
+        let view = map.get(id)?;
+        if self.1.is_flagged(id) {
+            return Some(JinjaValue::from_object(TaintedView {
+                id: id.to_string(),
+                view: view.clone(),
+                results: self.clone(),
+            }));
+        }
+        Some(JinjaValue::from_serialize(view))
+    }
+}
+
+/// A flagged step's results: reading a text field marks the step rendering now as taking
+/// untrusted content. `exit_code` carries no text and is read freely.
+#[derive(Debug)]
+struct TaintedView {
+    id: String,
+    view: StepView,
+    results: Arc<Results>,
+}
+
+impl Object for TaintedView {
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        let field = key.as_str()?;
+        let text = match field {
+            "output" => &self.view.output,
+            "stdout" => &self.view.stdout,
+            "stderr" => &self.view.stderr,
+            "exit_code" => return Some(JinjaValue::from(self.view.exit_code)),
+            _ => return None,
+        };
+        if let Ok(mut r) = self.results.1.read.lock() {
+            r.insert(format!("steps.{}.{field}", self.id));
+        }
+        Some(JinjaValue::from(text.as_str()))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Str(&crate::template::STEP_FIELDS)
     }
 }
 
@@ -275,7 +343,7 @@ impl Engine {
         let step_grants = resolve_grants(wf, &opts, &state_dir, self.sandbox.isolated())?;
         let templates = Arc::new(Templates::new());
         // Values of `secret: true` inputs never reach the record, the ledger or the events.
-        let secrets = crate::inputs::Secrets::new(&wf.workflow, &opts.inputs);
+        let secrets = Arc::new(crate::inputs::Secrets::new(&wf.workflow, &opts.inputs));
         let n = wf.workflow.steps.len();
         let source = wf.source.as_bytes();
         let (mut record, mut resumed) = match opts.resume.take() {
@@ -394,6 +462,12 @@ impl Engine {
                 m.remove(id);
             }
         }
+        // What was flagged before the run parked stays flagged: its verdict is in the record.
+        for s in &record.steps {
+            if s.screening.as_ref().is_some_and(|sc| sc.flagged) {
+                results.1.flag(&s.id);
+            }
+        }
         let steps_value = JinjaValue::from_dyn_object(results.clone());
         // Workflow env may use inputs only; render it once.
         let base_ctx = minijinja::context! { inputs => inputs.clone() };
@@ -483,6 +557,8 @@ impl Engine {
                     );
                     continue;
                 }
+                // What this step reads of flagged output, from here to its rendered action.
+                results.1.take();
                 let ctx = minijinja::context! {
                     inputs => inputs.clone(),
                     steps => steps_value.clone(),
@@ -547,9 +623,19 @@ impl Engine {
                 record.steps[i].rule = risk.rule.clone();
                 // What the approval prompt and the events show: secrets already scrubbed.
                 let summary = secrets.scrub(&rendered.summary());
-                if risk.needs_approval() {
+                let untrusted = results.1.take();
+                let taint = (!untrusted.is_empty()).then(|| taint_reason(&record, &untrusted));
+                record.steps[i].untrusted_inputs = untrusted;
+                if risk.needs_approval() || taint.is_some() {
                     let decision = self
-                        .approve(&record, &risk, step, &summary, decisions.get(&step.id))
+                        .approve(
+                            &record,
+                            &risk,
+                            step,
+                            &summary,
+                            decisions.get(&step.id),
+                            taint.as_deref(),
+                        )
                         .await;
                     let entry = self
                         .store
@@ -560,9 +646,7 @@ impl Engine {
                     match decision {
                         Approval::Given(by) => {
                             self.store
-                                .record(entry.result(
-                                    json!({"approved": true, "by": by, "rule": risk.rule}),
-                                ));
+                                .record(entry.result(json!({"approved": true, "by": by, "rule": risk.rule, "untrusted_inputs": record.steps[i].untrusted_inputs})));
                             (self.events)(&RunEvent::ApprovalDecided {
                                 step: step.id.clone(),
                                 approved: true,
@@ -637,6 +721,7 @@ impl Engine {
                     tier: risk.tier,
                     summary,
                 });
+                let kind = step.kind();
                 let job = StepJob {
                     index: i,
                     step: step.clone(),
@@ -651,7 +736,7 @@ impl Engine {
                     cancel: run_cancel.child_token(),
                     snap: snap.clone(),
                 };
-                let (jobs, writer) = (jobs.clone(), writer.clone());
+                let (jobs, writer, secrets) = (jobs.clone(), writer.clone(), secrets.clone());
                 running.spawn(async move {
                     let _permit = jobs.acquire_owned().await;
                     let _write_guard = if job.step.kind().may_write() {
@@ -659,7 +744,14 @@ impl Engine {
                     } else {
                         None
                     };
-                    execute(job).await
+                    let mut f = execute(job).await;
+                    // Screened here, beside the other steps, not in the scheduler loop: with the
+                    // semantic layer a long output takes a noticeable time.
+                    if matches!(f.state, StepState::Succeeded | StepState::Failed) {
+                        let streams = recorded_streams(kind, &f.view, &secrets);
+                        f.screening = blocking_screen(streams).await;
+                    }
+                    f
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
@@ -677,7 +769,7 @@ impl Engine {
                     continue;
                 }
             };
-            let Some(Ok(f)) = done else { continue };
+            let Some(Ok(mut f)) = done else { continue };
             let i = f.index;
             let rec = &mut record.steps[i];
             rec.state = f.state;
@@ -696,6 +788,21 @@ impl Engine {
             rec.enforcement = f.enforcement;
             rec.egress = f.egress;
             rec.attempts = f.attempts;
+            // What the step brought back is untrusted: screened once, as recorded (scrubbed).
+            rec.screening = f.screening.take();
+            let flagged = rec.screening.as_ref().filter(|sc| sc.flagged);
+            if let Some(sc) = flagged {
+                results.1.flag(&rec.id);
+                if let Some(top) = sc.top() {
+                    (self.events)(&RunEvent::UntrustedContentFlagged {
+                        step: rec.id.clone(),
+                        stream: top.stream.clone(),
+                        layer: top.layer.clone(),
+                        pattern: top.pattern_id.clone(),
+                        score: sc.score,
+                    });
+                }
+            }
             let mut inverse = json!({"class": rec.inverse});
             if let Some(c) = f.capture {
                 write_seq += 1;
@@ -734,7 +841,7 @@ impl Engine {
                     .enforcement(rec.enforcement.as_ref().map(|e| json!(e)).unwrap_or(Value::Null))
                     .manifests(rec.pre_manifest.clone(), rec.post_manifest.clone())
                     .inverse(inverse)
-                    .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts, "egress": egress_summary(&rec.egress)})),
+                    .result(json!({"state": rec.state, "exit_code": rec.exit_code, "reason": rec.reason, "duration_ms": rec.duration_ms, "attempts": rec.attempts, "egress": egress_summary(&rec.egress), "screening": screening_summary(rec.screening.as_ref())})),
             );
             for (stream, text) in [
                 ("output", &rec.output),
@@ -911,6 +1018,7 @@ impl Engine {
             inputs: secrets.recorded_inputs(&opts.inputs),
             approval: self.plan_approval(wf),
             risk_model: Some(opts.risk_model_status.clone()),
+            screening: Some(crate::screen::Screener::shared().status().to_string()),
             provenance: wf.provenance.clone(),
             started_by: opts.started_by.clone(),
             steps: wf
@@ -1000,20 +1108,43 @@ impl Engine {
         step: &Step,
         summary: &str,
         given: Option<&StepDecision>,
+        taint: Option<&str>,
     ) -> Approval {
-        let covered = record
-            .approval
-            .nodes
-            .iter()
-            .any(|n| n.id == step.id && n.tier >= risk.tier);
+        // Untrusted content is not a tier an up-front `--approve TIER` covers: only `--yes`
+        // (which also covers `approve: true`) or a decision lets it through.
+        let covered = match taint {
+            Some(_) => self.policy.approve_forced,
+            None => record
+                .approval
+                .nodes
+                .iter()
+                .any(|n| n.id == step.id && n.tier >= risk.tier),
+        };
         if covered {
-            return Approval::Given(record.approval.by.clone());
+            return Approval::Given(if taint.is_some() {
+                "command line (--yes)".into()
+            } else {
+                record.approval.by.clone()
+            });
         }
+        let risk = &match taint {
+            Some(why) => NodeRisk {
+                tier: risk.tier,
+                rule: UNTRUSTED_RULE.into(),
+                reason: if risk.needs_approval() {
+                    format!("{why}; and {}: {}", risk.rule, risk.reason)
+                } else {
+                    why.to_string()
+                },
+                forced_approval: true,
+            },
+            None => risk.clone(),
+        };
         let request = ApprovalRequest {
             step: step.id.clone(),
             tier: risk.tier,
             rule: risk.rule.clone(),
-            reason: if risk.forced_approval && !risk.tier.needs_approval() {
+            reason: if taint.is_none() && risk.forced_approval && !risk.tier.needs_approval() {
                 "the step is marked `approve: true`".into()
             } else {
                 risk.reason.clone()
@@ -1070,7 +1201,7 @@ impl Engine {
             },
             Decision::Unavailable => Approval::Parked {
                 why: format!(
-                    "step `{}` is {} ({}: {}) and needs approval; the run is parked: `secureclaw approve {} --step {}` then `secureclaw resume {}` (or re-run with --approve {})",
+                    "step `{}` is {} ({}: {}) and needs approval; the run is parked: `secureclaw approve {} --step {}` then `secureclaw resume {}` (or re-run with {})",
                     step.id,
                     risk.tier,
                     risk.rule,
@@ -1078,10 +1209,12 @@ impl Engine {
                     record.run_id,
                     step.id,
                     record.run_id,
-                    if risk.tier.needs_approval() {
-                        risk.tier.as_str()
+                    if taint.is_some() {
+                        "--yes".to_string()
+                    } else if risk.tier.needs_approval() {
+                        format!("--approve {}", risk.tier.as_str())
                     } else {
-                        "<tier> --yes"
+                        "--approve <tier> --yes".to_string()
                     }
                 ),
                 request,
@@ -1156,6 +1289,76 @@ impl Engine {
         );
         !step.continue_on_error
     }
+}
+
+/// What a finished step brought back, as it will be recorded (secret inputs scrubbed), by
+/// stream: a shell step's stdout and stderr, another action's output (a file read, an HTTP
+/// response body), its stdout when that differs, and its stderr.
+fn recorded_streams(
+    kind: ActionKind,
+    view: &StepView,
+    secrets: &crate::inputs::Secrets,
+) -> Vec<(&'static str, String)> {
+    let mut streams = Vec::with_capacity(3);
+    if kind != ActionKind::Shell {
+        streams.push(("output", secrets.scrub(&view.output)));
+    }
+    if kind == ActionKind::Shell || view.stdout != view.output {
+        streams.push(("stdout", secrets.scrub(&view.stdout)));
+    }
+    streams.push(("stderr", secrets.scrub(&view.stderr)));
+    streams
+}
+
+/// Screen the streams once each, off the async threads.
+async fn blocking_screen(streams: Vec<(&'static str, String)>) -> Option<crate::screen::Screening> {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<(&str, &str)> = streams.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        crate::screen::Screener::shared().screen_streams(&refs)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// What the ledger keeps of a screening: the verdict and the pattern ids, no text; the score
+/// in thousandths (ledger entries carry integers only).
+fn screening_summary(sc: Option<&crate::screen::Screening>) -> Value {
+    match sc {
+        None => Value::Null,
+        Some(sc) => json!({
+            "flagged": sc.flagged,
+            "score_permille": crate::screen::permille(sc.score),
+            "patterns": sc.findings.iter().map(|f| format!("{}:{}", f.stream, f.pattern_id)).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// The rule an approval gate names when a step takes a value from flagged output.
+const UNTRUSTED_RULE: &str = "untrusted-content";
+
+/// Why a step that reads flagged output waits: each source and the finding that flagged it.
+fn taint_reason(record: &RunRecord, read: &[String]) -> String {
+    let sources: Vec<String> = read
+        .iter()
+        .map(|r| {
+            let step = r
+                .strip_prefix("steps.")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .map(|(id, _)| id)
+                .unwrap_or_default();
+            let finding = record
+                .step(step)
+                .and_then(|s| s.screening.as_ref())
+                .map(|sc| sc.headline())
+                .unwrap_or_else(|| "flagged".into());
+            format!("`{r}` ({finding})")
+        })
+        .collect();
+    format!(
+        "takes untrusted content the prompt-injection detector flagged: {}",
+        sources.join(", ")
+    )
 }
 
 /// A final step lets its dependents go once their other needs are final too.

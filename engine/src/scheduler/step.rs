@@ -40,6 +40,9 @@ pub(super) struct Finished {
     pub(super) refused: bool,
     /// What the step changed in the workspace (steps that may write).
     pub(super) capture: Option<Capture>,
+    /// The injection detector's verdict on what it brought back (filled in by the task that
+    /// ran it, once the step finished).
+    pub(super) screening: Option<crate::screen::Screening>,
 }
 
 /// Everything a step task needs, owned.
@@ -157,6 +160,7 @@ pub(super) fn finished(
         duration: Duration::ZERO,
         refused: false,
         capture: None,
+        screening: None,
     }
 }
 
@@ -384,6 +388,7 @@ async fn run_shell(job: &StepJob, command: &str, env: &BTreeMap<String, String>)
                 duration: out.duration,
                 refused: false,
                 capture: None,
+                screening: None,
             }
         }
         Err(e) => {

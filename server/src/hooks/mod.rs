@@ -31,9 +31,18 @@ pub struct HookService {
 }
 
 impl HookService {
+    /// The process's one detector (the engine's screener: unicode and regex layers, and the
+    /// semantic layer when this build has it and the model is installed, loaded once), shared
+    /// with the runs that screen step output.
     pub fn new(injection_detect: bool) -> Result<Self, String> {
         let detector = if injection_detect {
-            Some(Detector::builtin().map_err(|e| format!("the injection patterns: {e}"))?)
+            let screener = secureclaw_engine::screen::Screener::shared();
+            Some(
+                screener
+                    .detector()
+                    .cloned()
+                    .ok_or_else(|| format!("the injection detector: {}", screener.status()))?,
+            )
         } else {
             None
         };

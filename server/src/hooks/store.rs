@@ -211,6 +211,24 @@ pub struct DeliveryRecord {
     /// The commit the source was at (re-fetched), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// What the injection detector made of the strings the payload mapped to inputs (a
+    /// flagged one refuses the delivery with 422; an accepted one keeps its sub-threshold
+    /// findings here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screening: Option<PayloadScreening>,
+}
+
+/// The screening of one delivery's mapped inputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PayloadScreening {
+    /// How many strings were scanned.
+    pub strings: usize,
+    /// The highest score of any of them, 0..1.
+    pub score: f32,
+    pub flagged: bool,
+    /// `INPUT: PATTERN (LAYER, SCORE)` of each finding, at most eight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 /// Bindings and deliveries over one session.
@@ -315,6 +333,13 @@ impl TriggerStore {
                 "task": record.task_id,
                 "run": record.run_id,
                 "commit": record.commit,
+                // Ledger entries carry integers only: the score in thousandths.
+                "screening": record.screening.as_ref().map(|s| serde_json::json!({
+                    "strings": s.strings,
+                    "flagged": s.flagged,
+                    "score_permille": secureclaw_engine::screen::permille(s.score),
+                    "findings": s.findings,
+                })),
             }),
         );
         let mut batch = AppBatch::default();
