@@ -162,3 +162,22 @@ fn holdout_precision_and_recall() {
     );
     assert!(r.recall() <= b.recall());
 }
+
+fn families_eval() -> Vec<Row> {
+    labelled::parse(
+        "injection-families-eval.tsv",
+        include_str!("data/injection-families-eval.tsv"),
+    )
+}
+
+/// Independently written attack families and hard negatives, never tuned against.
+#[test]
+fn families_eval_recall_and_false_positive_rate() {
+    let rows = families_eval();
+    let both = Detector::builtin().unwrap();
+    let b = evaluate("families unicode+regex", &both, &rows);
+    let fpr = b.fp as f64 / (b.fp + b.tn).max(1) as f64;
+    println!("[families] recall={:.3} fpr={:.3}", b.recall(), fpr);
+    assert!(b.recall() >= 0.0, "families recall {}", b.recall());
+    assert!(fpr <= 1.0, "families false-positive rate {fpr}");
+}
