@@ -181,3 +181,22 @@ fn families_eval_recall_and_false_positive_rate() {
     assert!(b.recall() >= 0.0, "families recall {}", b.recall());
     assert!(fpr <= 1.0, "families false-positive rate {fpr}");
 }
+
+fn families_train() -> Vec<Row> {
+    labelled::parse(
+        "injection-families-train.tsv",
+        include_str!("../data/injection-families-train.tsv"),
+    )
+}
+
+/// The set the family patterns were tuned against.
+#[test]
+fn families_train_recall_and_false_positive_rate() {
+    let rows = families_train();
+    let both = Detector::builtin().unwrap();
+    let b = evaluate("families-train unicode+regex", &both, &rows);
+    let fpr = b.fp as f64 / (b.fp + b.tn).max(1) as f64;
+    println!("[families-train] recall={:.3} fpr={:.3}", b.recall(), fpr);
+    assert!(b.recall() >= 0.0, "families-train recall {}", b.recall());
+    assert!(fpr <= 1.0, "families-train false-positive rate {fpr}");
+}
