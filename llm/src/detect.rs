@@ -206,10 +206,6 @@ const SPLIT_KEYWORDS: &[&str] = &[
     "assistant",
 ];
 
-/// Zero-width characters inside ASCII words (each alone scores low) from this many on are a
-/// deliberate spread, not a stray copy-paste artefact.
-const SPREAD_SPLITS: usize = 3;
-
 fn is_emojiish(c: char) -> bool {
     matches!(c as u32,
         0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x20E3 | 0x2122 | 0x2139
@@ -378,9 +374,9 @@ fn judge_run(
                 '\u{200C}' | '\u{200E}' | '\u{200F}' if script_context || !ascii_inside => 0.0,
                 // Line-break hint in CJK/Thai text, after a slash in a long URL...
                 '\u{200B}' if !ascii_inside => 0.0,
-                '\u{200B}' => 0.3,
+                // Nothing in Latin script needs an invisible character between two letters.
+                _ if ascii_inside => 0.55,
                 '\u{2061}'..='\u{2064}' => 0.5,
-                _ if ascii_inside => 0.5,
                 _ => 0.0,
             };
             if score > 0.0 {
@@ -455,12 +451,8 @@ impl DetectorLayer for UnicodeLayer {
 
     fn scan(&self, original: &str, input: &Normalized) -> Vec<Finding> {
         let mut out = Vec::new();
-        let mut low_splits: Vec<Range<usize>> = Vec::new();
         for run in &input.invisible {
             for (id, score, detail) in judge_run(original, run, input) {
-                if id == "unicode-smuggling-zero-width" && score < 0.5 {
-                    low_splits.push(run.span.clone());
-                }
                 out.push(Finding {
                     layer: self.name().into(),
                     pattern_id: id.into(),
@@ -470,20 +462,6 @@ impl DetectorLayer for UnicodeLayer {
                     detail,
                 });
             }
-        }
-        if low_splits.len() >= SPREAD_SPLITS {
-            let span = low_splits[0].start..low_splits[low_splits.len() - 1].end;
-            out.push(Finding {
-                layer: self.name().into(),
-                pattern_id: "unicode-smuggling-zero-width-spread".into(),
-                matched: escape_invisible(original.get(span.clone()).unwrap_or_default()),
-                span,
-                score: 0.7,
-                detail: Some(format!(
-                    "{} zero-width characters inside words",
-                    low_splits.len()
-                )),
-            });
         }
         for span in &input.homoglyph_words {
             out.push(Finding {
@@ -700,6 +678,18 @@ impl DetectorLayer for RegexLayer {
             )
             .map(|(span, how, text)| (span, how, normalize(&text).text))
             .collect();
+        // Several fake subdivision flags can spell one word each: read them together too.
+        let mut hidden = hidden;
+        if input.tag_payloads.len() >= 2 {
+            let joined: Vec<&str> = input.tag_payloads.iter().map(|(_, t)| t.as_str()).collect();
+            let first = input.tag_payloads[0].0.start;
+            let last = input.tag_payloads[input.tag_payloads.len() - 1].0.end;
+            hidden.push((
+                first..last,
+                "tag characters, all runs".to_owned(),
+                normalize(&joined.join(" ")).text,
+            ));
+        }
         for p in &self.patterns {
             let mut plain: Vec<Range<usize>> = Vec::new();
             for m in p.regex.find_iter(&input.text) {
@@ -808,6 +798,10 @@ fn is_mention(text: &str, r: Range<usize>) -> bool {
     let before = &text[line_start..r.start];
     let after = &text[r.end..line_end];
     if before.matches('`').count() % 2 == 1 && after.contains('`') {
+        return true;
+    }
+    // "curl ... | sh", "[INST] … [/INST]": an elided example, not a payload.
+    if text[r.clone()].contains("...") || text[r.clone()].contains('…') {
         return true;
     }
     if let Some(q) = before

@@ -66,6 +66,8 @@ pub enum Encoding {
     Hex,
     /// Percent-encoded bytes (`%69%67...`).
     Percent,
+    /// Text after a right-to-left override (U+202E), in the order a reader sees it.
+    BidiReversed,
 }
 
 impl Encoding {
@@ -76,6 +78,7 @@ impl Encoding {
             Encoding::Base64 => "base64",
             Encoding::Hex => "hex",
             Encoding::Percent => "percent-encoding",
+            Encoding::BidiReversed => "right-to-left override",
         }
     }
 }
@@ -361,6 +364,17 @@ fn decode_invisible(input: &str, runs: &[InvisibleRun]) -> Vec<Decoded> {
                     }
                 }
             }
+            InvisibleKind::Bidi if chars.contains('\u{202E}') => {
+                let rest = input.get(run.span.end..).unwrap_or_default();
+                let governed = rest.split(['\n', '\u{202C}']).next().unwrap_or_default();
+                if governed.chars().any(|c| c.is_ascii_alphabetic()) {
+                    out.push(Decoded {
+                        encoding: Encoding::BidiReversed,
+                        span: run.span.start..run.span.end + governed.len(),
+                        text: governed.chars().rev().collect(),
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -518,15 +532,16 @@ fn mixed_case(run: &[u8]) -> bool {
 }
 
 /// Leetspeak folded back to letters (`1gn0r3 4ll` -> `ignore all`) in words that mix letters
-/// with digits or `@ $ !`; `None` when no word does. Every substitution is one ASCII byte for
+/// with digits, `$` or `!` (not `@`: every e-mail address would qualify); `None` when no word
+/// does. Every substitution is one ASCII byte for
 /// one ASCII byte, so byte offsets (and [`Normalized::original_span`]) stay valid.
 pub fn fold_leet(text: &str) -> Option<String> {
     let leet = |c: u8| -> Option<u8> {
         Some(match c {
             b'0' => b'o',
-            b'1' | b'!' | b'|' => b'i',
+            b'1' | b'!' => b'i',
             b'3' => b'e',
-            b'4' | b'@' => b'a',
+            b'4' => b'a',
             b'5' | b'$' => b's',
             b'7' => b't',
             b'9' => b'g',
@@ -546,9 +561,9 @@ pub fn fold_leet(text: &str) -> Option<String> {
         while i < bytes.len() && is_word(bytes[i]) {
             i += 1;
         }
-        // Trailing `!` and `|` are punctuation, not letters.
+        // A trailing `!` is punctuation, not a letter.
         let mut end = i;
-        while end > start && matches!(bytes[end - 1], b'!' | b'|') {
+        while end > start && bytes[end - 1] == b'!' {
             end -= 1;
         }
         let word = &bytes[start..end];
