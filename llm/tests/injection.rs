@@ -7,17 +7,22 @@ use std::sync::Arc;
 
 use secureclaw_llm::{Detector, RegexLayer, UnicodeLayer};
 
-// Measured 0.52 recall, 0.93 precision when the holdout was first run (untuned); 0.60 / 0.94
-// once the family patterns were added (still never tuned against): paraphrases are what the
-// semantic layer is for.
+// Measured 0.60 recall, 0.94 precision on the holdout (never tuned against): paraphrases are
+// what the semantic layer is for.
 const THRESH_HOLDOUT_RECALL: f64 = 0.55;
 const THRESH_HOLDOUT_PRECISION: f64 = 0.90;
 
-// Families eval (112 attacks, 136 hard negatives): 0.232 recall at 0.176 false-positive rate
-// before the family patterns and the unicode rework, 0.991 at 0.007 after. The rows were written
-// before the patterns but by the same hand, so these are upper bounds (see docs/llm.md).
+// Families eval (112 attacks, 136 hard negatives): measured 0.991 recall at 0.007 false-positive
+// rate. The rows were written before the patterns but by the same hand, so read these as upper
+// bounds (docs/llm.md).
 const THRESH_FAMILIES_RECALL: f64 = 0.95;
 const THRESH_FAMILIES_FPR: f64 = 0.01;
+
+// Families holdout (32 attacks, 21 benign), written after the family patterns were frozen and
+// never tuned against: the honest estimate for unseen text in these families. Measured 0.719
+// recall, 0.048 false-positive rate (1 of 21).
+const THRESH_FAMILIES_HOLDOUT_RECALL: f64 = 0.70;
+const THRESH_FAMILIES_HOLDOUT_FPR: f64 = 0.05;
 
 mod labelled;
 
@@ -258,6 +263,7 @@ fn families_sets_are_no_near_copies_across_the_split() {
         .collect();
     let eval: Vec<Row> = families_eval()
         .into_iter()
+        .chain(families_holdout())
         .chain(labelled::parse(
             "injection-holdout.tsv",
             include_str!("data/injection-holdout.tsv"),
@@ -471,4 +477,31 @@ fn encoded_payloads_are_decoded_and_scanned() {
         let v = d.scan(benign);
         assert!(!v.flagged, "{benign}: {:?}", v.findings);
     }
+}
+
+fn families_holdout() -> Vec<Row> {
+    labelled::parse(
+        "injection-families-holdout.tsv",
+        include_str!("data/injection-families-holdout.tsv"),
+    )
+}
+
+/// Written after the family patterns were frozen; never tuned against.
+#[test]
+fn families_holdout_recall_and_false_positive_rate() {
+    let rows = families_holdout();
+    assert!(rows.len() >= 50, "{}", rows.len());
+    let both = Detector::builtin().unwrap();
+    let b = evaluate("families-holdout unicode+regex", &both, &rows);
+    let fpr = b.fp as f64 / (b.fp + b.tn).max(1) as f64;
+    println!("[families-holdout] recall={:.3} fpr={:.3}", b.recall(), fpr);
+    assert!(
+        b.recall() >= THRESH_FAMILIES_HOLDOUT_RECALL,
+        "families holdout recall {}",
+        b.recall()
+    );
+    assert!(
+        fpr <= THRESH_FAMILIES_HOLDOUT_FPR,
+        "families holdout false-positive rate {fpr}"
+    );
 }
