@@ -172,39 +172,30 @@ impl Detector {
 #[derive(Debug, Clone, Copy)]
 pub struct UnicodeLayer;
 
-/// Subdivision flags in Unicode's recommended emoji set (🏴 + these tag letters + U+E007F).
-const RGI_SUBDIVISION_FLAGS: &[&str] = &["gbeng", "gbsct", "gbwls"];
+/// The `[unicode]` table of `injection.toml`: the words and flags the unicode layer judges by.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnicodeConfig {
+    subdivision_flags: Vec<String>,
+    split_keywords: Vec<String>,
+}
 
-/// Words whose spelling matters to the patterns: a zero-width character inside one of them is
-/// there to slip it past a filter.
-const SPLIT_KEYWORDS: &[&str] = &[
-    "ignore",
-    "ignoring",
-    "disregard",
-    "forget",
-    "bypass",
-    "override",
-    "instructions",
-    "instruction",
-    "previous",
-    "system",
-    "prompt",
-    "jailbreak",
-    "developer",
-    "password",
-    "passwords",
-    "secret",
-    "secrets",
-    "token",
-    "credentials",
-    "reveal",
-    "execute",
-    "admin",
-    "restrictions",
-    "rules",
-    "unrestricted",
-    "assistant",
-];
+/// Reads only the `[unicode]` table, so the unicode layer keeps its lists even when a pattern
+/// elsewhere in the file is broken (which `RegexLayer::builtin` then reports).
+#[derive(Deserialize)]
+struct UnicodeSection {
+    unicode: Option<UnicodeConfig>,
+}
+
+fn unicode_config() -> &'static UnicodeConfig {
+    static CELL: OnceLock<UnicodeConfig> = OnceLock::new();
+    CELL.get_or_init(|| {
+        toml::from_str::<UnicodeSection>(INJECTION_PATTERNS_TOML)
+            .ok()
+            .and_then(|s| s.unicode)
+            .unwrap_or_default()
+    })
+}
 
 fn is_emojiish(c: char) -> bool {
     matches!(c as u32,
@@ -297,7 +288,7 @@ fn judge_run(
                 .get(..run.span.start)
                 .is_some_and(|b| b.ends_with('\u{1F3F4}'));
             if let (true, Some(code)) = (after_black_flag, flag_body) {
-                if RGI_SUBDIVISION_FLAGS.contains(&code) {
+                if unicode_config().subdivision_flags.iter().any(|f| f == code) {
                     return Vec::new();
                 }
                 let well_formed = code.len() >= 3
@@ -344,7 +335,7 @@ fn judge_run(
             let word = joined_word(original, &run.span);
             let inside_word =
                 prev.is_some_and(char::is_alphabetic) && next.is_some_and(char::is_alphabetic);
-            if inside_word && SPLIT_KEYWORDS.contains(&word.as_str()) {
+            if inside_word && unicode_config().split_keywords.contains(&word) {
                 return vec![(
                     "unicode-split-keyword",
                     0.75,
@@ -481,6 +472,7 @@ impl DetectorLayer for UnicodeLayer {
 #[serde(deny_unknown_fields)]
 struct PatternFile {
     version: u32,
+    unicode: Option<UnicodeConfig>,
     pattern: Vec<RawPattern>,
 }
 
@@ -547,6 +539,26 @@ impl RegexLayer {
                 file: FILE,
                 found: file.version,
             });
+        }
+        if let Some(u) = &file.unicode {
+            let bad_flag = u.subdivision_flags.iter().find(|f| {
+                !(3..=6).contains(&f.len())
+                    || !f.bytes().take(2).all(|b| b.is_ascii_lowercase())
+                    || !f
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+            let bad_word = u
+                .split_keywords
+                .iter()
+                .find(|w| w.is_empty() || !w.chars().all(|c| c.is_lowercase()));
+            if let Some(bad) = bad_flag.or(bad_word) {
+                return Err(PatternError::Invalid {
+                    file: FILE,
+                    id: "[unicode]".into(),
+                    message: format!("`{bad}` is not a lower-case subdivision code or word"),
+                });
+            }
         }
         let mut seen = HashSet::new();
         let mut patterns = Vec::new();
@@ -856,6 +868,15 @@ mod tests {
     fn builtin_loads_with_enough_patterns() {
         let l = RegexLayer::builtin().unwrap();
         assert!(l.patterns().count() >= 20, "{}", l.patterns().count());
+    }
+
+    #[test]
+    fn unicode_lists_load_from_the_pattern_file() {
+        let u = unicode_config();
+        assert!(u.subdivision_flags.iter().any(|f| f == "gbsct"));
+        assert!(u.split_keywords.len() >= 20, "{}", u.split_keywords.len());
+        let bad = INJECTION_PATTERNS_TOML.replace("\"gbsct\"", "\"GB-SCT\"");
+        assert!(RegexLayer::from_toml(&bad).is_err());
     }
 
     #[test]
