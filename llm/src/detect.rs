@@ -812,6 +812,10 @@ fn is_mention(text: &str, r: Range<usize>) -> bool {
     if before.matches('`').count() % 2 == 1 && after.contains('`') {
         return true;
     }
+    // Markup that opens a line or ends one is in use, whatever words stand around it.
+    if before.trim().is_empty() || after.trim().is_empty() {
+        return false;
+    }
     // "curl ... | sh", "[INST] … [/INST]": an elided example, not a payload.
     if text[r.clone()].contains("...") || text[r.clone()].contains('…') {
         return true;

@@ -493,20 +493,32 @@ fn decode_visible(input: &str, out: &mut Vec<Decoded>) {
         }
         i = end.max(start + 1);
     }
-    // Percent-encoding: decode the whole text once it holds a few escapes.
-    let escapes = (0..b.len().saturating_sub(2))
-        .filter(|&k| b[k] == b'%' && b[k + 1].is_ascii_hexdigit() && b[k + 2].is_ascii_hexdigit())
-        .collect::<Vec<_>>();
-    if escapes.len() >= 3 {
-        let mut bytes = Vec::with_capacity(b.len());
-        let mut k = 0;
-        while k < b.len() {
+    // Percent-encoding: each whitespace-free token with a few escapes, decoded on its own.
+    let is_escape = |k: usize| {
+        b[k] == b'%'
+            && b.get(k + 1..k + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    let mut start = 0;
+    while start < b.len() {
+        let end = b[start..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(b.len(), |p| start + p);
+        let token = start..end;
+        start = end + 1;
+        if token.clone().filter(|&k| is_escape(k)).count() < 3 {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(token.len());
+        let mut k = token.start;
+        while k < token.end {
             let hex = b
                 .get(k + 1..k + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             match (b[k], hex) {
-                (b'%', Some(v)) => {
+                (b'%', Some(v)) if k + 3 <= token.end => {
                     bytes.push(v);
                     k += 3;
                 }
@@ -516,13 +528,10 @@ fn decode_visible(input: &str, out: &mut Vec<Decoded>) {
                 }
             }
         }
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let first = escapes.first().copied().unwrap_or(0);
-        let last = escapes.last().map_or(b.len(), |&k| k + 3);
         out.push(Decoded {
             encoding: Encoding::Percent,
-            span: first..last,
-            text,
+            span: token,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         });
     }
 }
