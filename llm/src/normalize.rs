@@ -46,6 +46,50 @@ pub struct Normalized {
     pub tag_payloads: Vec<(Range<usize>, String)>,
     /// Words that mixed Latin letters with Cyrillic/Greek look-alikes (original spans).
     pub homoglyph_words: Vec<Range<usize>>,
+    /// Text hidden in other encodings (variation-selector bytes, zero-width bits, base64, hex,
+    /// percent-encoding), decoded so the pattern layers can read it. Tag characters stay in
+    /// `tag_payloads`.
+    pub decoded: Vec<Decoded>,
+}
+
+/// How a hidden payload was encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// One byte per variation selector: U+FE00..FE0F are 0..15, U+E0100..E01EF are 16..255.
+    VariationSelectors,
+    /// One bit per zero-width character, two distinct characters alternating, 8 bits a byte.
+    ZeroWidthBits,
+    /// Standard or URL-safe base64, also when it starts in the middle of a word.
+    Base64,
+    /// At least eight hex byte pairs, optionally separated by spaces, colons or commas.
+    Hex,
+    /// Percent-encoded bytes (`%69%67...`).
+    Percent,
+    /// Text after a right-to-left override (U+202E), in the order a reader sees it.
+    BidiReversed,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::VariationSelectors => "variation selectors",
+            Encoding::ZeroWidthBits => "zero-width bits",
+            Encoding::Base64 => "base64",
+            Encoding::Hex => "hex",
+            Encoding::Percent => "percent-encoding",
+            Encoding::BidiReversed => "right-to-left override",
+        }
+    }
+}
+
+/// Readable text decoded from an encoded part of the input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decoded {
+    pub encoding: Encoding,
+    /// Byte range of the encoded run in the original text.
+    pub span: Range<usize>,
+    pub text: String,
 }
 
 impl Normalized {
@@ -224,13 +268,346 @@ pub fn normalize(input: &str) -> Normalized {
             }
         }
     }
+    let mut decoded = decode_invisible(input, &invisible);
+    decode_visible(input, &mut decoded);
     Normalized {
         text,
         origin,
         invisible,
         tag_payloads,
         homoglyph_words,
+        decoded,
     }
+}
+
+/// Shortest decoded text worth scanning: shorter fragments turn up by chance in random bytes.
+const MIN_DECODED_CHARS: usize = 8;
+/// Shortest base64 run tried (12 bytes once decoded).
+const MIN_BASE64_RUN: usize = 16;
+/// Fewest hex digits tried (8 bytes once decoded).
+const MIN_HEX_DIGITS: usize = 16;
+/// Fewest zero-width characters read as bits (one byte).
+const MIN_ZERO_WIDTH_BITS: usize = 8;
+
+/// `bytes` as text when they read as text: valid UTF-8 that is mostly printable with some
+/// letters, or failing that the printable ASCII stretches of at least [`MIN_DECODED_CHARS`].
+fn text_like(bytes: &[u8]) -> Option<String> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        let n = s.chars().count();
+        let printable = s
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+            .count();
+        let letters = s.chars().filter(|c| c.is_alphabetic()).count();
+        if n >= MIN_DECODED_CHARS / 2 && printable * 10 >= n * 9 && letters * 2 >= n {
+            return Some(s.to_owned());
+        }
+    }
+    let mut out = String::new();
+    for run in bytes.split(|b| !(b.is_ascii_graphic() || *b == b' ')) {
+        let letters = run.iter().filter(|b| b.is_ascii_alphabetic()).count();
+        if run.len() >= MIN_DECODED_CHARS && letters * 2 >= run.len() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.extend(run.iter().map(|&b| b as char));
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Payloads spelled by variation-selector runs and zero-width bit runs.
+fn decode_invisible(input: &str, runs: &[InvisibleRun]) -> Vec<Decoded> {
+    let mut out = Vec::new();
+    for run in runs {
+        let Some(chars) = input.get(run.span.clone()) else {
+            continue;
+        };
+        match run.kind {
+            InvisibleKind::VariationSelector if run.count >= 2 => {
+                let bytes: Vec<u8> = chars
+                    .chars()
+                    .filter_map(|c| match c as u32 {
+                        v @ 0xFE00..=0xFE0F => u8::try_from(v - 0xFE00).ok(),
+                        v @ 0xE0100..=0xE01EF => u8::try_from(v - 0xE0100 + 16).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(text) = text_like(&bytes) {
+                    out.push(Decoded {
+                        encoding: Encoding::VariationSelectors,
+                        span: run.span.clone(),
+                        text,
+                    });
+                }
+            }
+            InvisibleKind::ZeroWidth if run.count >= MIN_ZERO_WIDTH_BITS => {
+                let mut symbols: Vec<char> = chars.chars().collect();
+                symbols.sort_unstable();
+                symbols.dedup();
+                if symbols.len() != 2 {
+                    continue;
+                }
+                for one in [symbols[1], symbols[0]] {
+                    let bits: Vec<u8> = chars.chars().map(|c| u8::from(c == one)).collect();
+                    let bytes: Vec<u8> = bits
+                        .chunks_exact(8)
+                        .map(|b| b.iter().fold(0u8, |acc, bit| (acc << 1) | bit))
+                        .collect();
+                    if let Some(text) = text_like(&bytes) {
+                        out.push(Decoded {
+                            encoding: Encoding::ZeroWidthBits,
+                            span: run.span.clone(),
+                            text,
+                        });
+                        break;
+                    }
+                }
+            }
+            InvisibleKind::Bidi if chars.contains('\u{202E}') => {
+                let rest = input.get(run.span.end..).unwrap_or_default();
+                let governed = rest.split(['\n', '\u{202C}']).next().unwrap_or_default();
+                if governed.chars().any(|c| c.is_ascii_alphabetic()) {
+                    out.push(Decoded {
+                        encoding: Encoding::BidiReversed,
+                        span: run.span.start..run.span.end + governed.len(),
+                        text: governed.chars().rev().collect(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn base64_value(b: u8) -> Option<u8> {
+    Some(match b {
+        b'A'..=b'Z' => b - b'A',
+        b'a'..=b'z' => b - b'a' + 26,
+        b'0'..=b'9' => b - b'0' + 52,
+        b'+' | b'-' => 62,
+        b'/' | b'_' => 63,
+        _ => return None,
+    })
+}
+
+/// Decode base64 digits (no padding), four at a time; a trailing group of 2 or 3 gives 1 or 2
+/// bytes.
+fn base64_decode(digits: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let v: Vec<u32> = chunk
+            .iter()
+            .filter_map(|&b| base64_value(b).map(u32::from))
+            .collect();
+        if v.len() < 2 {
+            break;
+        }
+        let n = v
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(4)
+            .fold(0u32, |acc, x| (acc << 6) | x);
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..v.len()]);
+    }
+    out
+}
+
+/// Base64, hex and percent-encoded runs of the visible text that decode to readable text.
+fn decode_visible(input: &str, out: &mut Vec<Decoded>) {
+    let b = input.as_bytes();
+    // Base64. A payload glued to the end of an ordinary word ("config=xyzSWdub3Jl...") starts at
+    // an unknown offset, so each of the four alignments is tried and the longest text wins.
+    let mut i = 0;
+    while i < b.len() {
+        if base64_value(b[i]).is_none() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && base64_value(b[i]).is_some() {
+            i += 1;
+        }
+        let run = &b[start..i];
+        if run.len() < MIN_BASE64_RUN || !run.iter().any(u8::is_ascii_digit) && !mixed_case(run) {
+            continue;
+        }
+        let best = (0..4)
+            .filter_map(|off| text_like(&base64_decode(&run[off..])))
+            .max_by_key(String::len);
+        if let Some(text) = best {
+            out.push(Decoded {
+                encoding: Encoding::Base64,
+                span: start..i,
+                text,
+            });
+        }
+    }
+    // Hex byte pairs, optionally separated by single spaces, colons or commas.
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_hexdigit() || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut digits = Vec::new();
+        let mut end = i;
+        let mut j = i;
+        loop {
+            let run_start = j;
+            while j < b.len() && b[j].is_ascii_hexdigit() {
+                j += 1;
+            }
+            if (j - run_start) % 2 == 1 || j == run_start {
+                break;
+            }
+            digits.extend_from_slice(&b[run_start..j]);
+            end = j;
+            if j + 1 < b.len() && matches!(b[j], b' ' | b':' | b',') && b[j + 1].is_ascii_hexdigit()
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let ends_word = end >= b.len() || !b[end].is_ascii_alphanumeric();
+        if digits.len() >= MIN_HEX_DIGITS && ends_word {
+            let bytes: Vec<u8> = digits
+                .chunks_exact(2)
+                .filter_map(|p| {
+                    std::str::from_utf8(p)
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect();
+            if let Some(text) = text_like(&bytes) {
+                out.push(Decoded {
+                    encoding: Encoding::Hex,
+                    span: start..end,
+                    text,
+                });
+            }
+        }
+        i = end.max(start + 1);
+    }
+    // Percent-encoding: each whitespace-free token with a few escapes, decoded on its own.
+    let is_escape = |k: usize| {
+        b[k] == b'%'
+            && b.get(k + 1..k + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    let mut start = 0;
+    while start < b.len() {
+        let end = b[start..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(b.len(), |p| start + p);
+        let token = start..end;
+        start = end + 1;
+        if token.clone().filter(|&k| is_escape(k)).count() < 3 {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(token.len());
+        let mut k = token.start;
+        while k < token.end {
+            let hex = b
+                .get(k + 1..k + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (b[k], hex) {
+                (b'%', Some(v)) if k + 3 <= token.end => {
+                    bytes.push(v);
+                    k += 3;
+                }
+                (c, _) => {
+                    bytes.push(c);
+                    k += 1;
+                }
+            }
+        }
+        out.push(Decoded {
+            encoding: Encoding::Percent,
+            span: token,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+}
+
+fn mixed_case(run: &[u8]) -> bool {
+    run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase)
+}
+
+/// Leetspeak folded back to letters (`1gn0r3 4ll` -> `ignore all`) in words that mix letters
+/// with digits, `$` or `!` (not `@`: every e-mail address would qualify); `None` when no word
+/// does. Every substitution is one ASCII byte for
+/// one ASCII byte, so byte offsets (and [`Normalized::original_span`]) stay valid.
+pub fn fold_leet(text: &str) -> Option<String> {
+    let leet = |c: u8| -> Option<u8> {
+        Some(match c {
+            b'0' => b'o',
+            b'1' | b'!' => b'i',
+            b'3' => b'e',
+            b'4' => b'a',
+            b'5' | b'$' => b's',
+            b'7' => b't',
+            b'9' => b'g',
+            _ => return None,
+        })
+    };
+    let bytes = text.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let is_word = |c: u8| c.is_ascii_alphanumeric() || leet(c).is_some();
+        if !is_word(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_word(bytes[i]) {
+            i += 1;
+        }
+        // A trailing `!` is punctuation, not a letter.
+        let mut end = i;
+        while end > start && bytes[end - 1] == b'!' {
+            end -= 1;
+        }
+        let word = &bytes[start..end];
+        let letters = word.iter().filter(|c| c.is_ascii_alphabetic()).count();
+        let subs = word.iter().filter(|c| leet(**c).is_some()).count();
+        if letters == 0 || subs == 0 {
+            continue;
+        }
+        let buf = out.get_or_insert_with(|| bytes.to_vec());
+        for k in start..end {
+            if let Some(l) = leet(bytes[k]) {
+                buf[k] = l;
+            }
+        }
+    }
+    out.and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Fold the non-ASCII literals of a pattern the way [`normalize`] folds text (NFKD, combining
+/// marks dropped, lower case), so patterns can be written in natural spelling ("すべて",
+/// "이전") and still meet the normalised text. ASCII, and so all regex syntax, is unchanged.
+pub fn fold_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if c.is_ascii() {
+            out.push(c);
+            continue;
+        }
+        for d in std::iter::once(c).nfkd() {
+            if !is_combining_mark(d) {
+                out.extend(d.to_lowercase());
+            }
+        }
+    }
+    out
 }
 
 /// Rewrite `\b` as the ASCII word boundary `(?-u:\b)`. A Unicode `\b` makes the regex crate's
