@@ -336,7 +336,14 @@ fn an_http_response_carrying_an_injection_is_flagged_and_its_use_parked() {
         serde_json::json!(["output"]),
         "{sc:#}"
     );
-    assert_eq!(sc["findings"][0]["pattern_id"], "html-comment-instructions");
+    let patterns: Vec<&str> = sc["findings"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x["pattern_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        patterns.contains(&"html-comment-instructions"),
+        "the hidden comment is named among the findings: {sc:#}"
+    );
     assert_parked_on(&rec, "save", "steps.page.output");
     assert!(!ws.path().join("page.txt").exists());
     let ev = flagged_events(&ws);
