@@ -119,6 +119,8 @@ fn lossy(bytes: Vec<u8>) -> String {
 pub struct Layers {
     unicode: &'static str,
     regex: &'static str,
+    /// The n-gram model: a layer of its own, or the first stage of the semantic cascade.
+    lexical: &'static str,
     semantic: String,
 }
 
@@ -127,6 +129,11 @@ impl Layers {
         Self {
             unicode: "active",
             regex: "active",
+            lexical: if semantic.active {
+                "in the semantic cascade"
+            } else {
+                "active"
+            },
             semantic: semantic.summary(),
         }
     }
@@ -214,8 +221,8 @@ pub fn scan(
     if !json {
         writeln!(
             out,
-            "layers: unicode {}, regex {}, semantic {}",
-            layers.unicode, layers.regex, layers.semantic
+            "layers: unicode {}, regex {}, lexical {}, semantic {}",
+            layers.unicode, layers.regex, layers.lexical, layers.semantic
         )?;
     }
     for (line, unit) in units {
@@ -301,8 +308,8 @@ mod tests {
         assert_eq!(
             lines.next(),
             Some(
-                "layers: unicode active, regex active, semantic unavailable (built without the \
-                 `ml` feature: rebuild with --features ml)"
+                "layers: unicode active, regex active, lexical active, semantic unavailable \
+                 (built without the `ml` feature: rebuild with --features ml)"
             )
         );
         assert!(lines.next().unwrap().starts_with("t:1: clean"), "{out}");

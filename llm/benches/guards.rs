@@ -52,7 +52,7 @@ fn percentiles(name: &str, iters: usize, f: impl FnMut()) {
 }
 
 fn benches(c: &mut Criterion) {
-    let detector = Detector::builtin().unwrap();
+    let detector = Detector::rules().unwrap();
     let regex_only = Detector::empty().with_layer(RegexLayer::builtin().unwrap());
     let scrubber = Scrubber::builtin().unwrap();
     let guards = Guards::builtin().unwrap();

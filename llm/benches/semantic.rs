@@ -1,6 +1,13 @@
 //! Semantic layer cost (feature `ml`, model from scripts/setup-models.sh):
 //!
-//! - one full 256-token window (254 tokens + [CLS]/[SEP]) through MiniLM: target p50 < 15 ms;
+//! - the shipped cascade (n-gram model, then the fine-tuned MiniLM-L6 classifier for what it does
+//!   not dismiss) on 256-token windows: of benign prose (the project's docs, cut into windows),
+//!   of the held-out test split's texts run together (about half attacks), and one window of
+//!   plain prose; target p50 < 15 ms per window;
+//! - the classifier alone on one full 256-token window and one 130-token unit;
+//! - the lexical model alone on one 256-token window;
+//! - the embedding layer (all-MiniLM-L6-v2 + logistic head, the previous default) for comparison:
+//! - one full 256-token window (254 tokens + [CLS]/[SEP]) through MiniLM;
 //! - one 130-token unit (the longest the layer embeds whole);
 //! - the semantic layer alone on a 300-character instruction and on 4 KB of prose;
 //! - the whole detector (unicode + regex + semantic) on the instruction;
@@ -18,7 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use secureclaw_llm::cascade::CascadeLayer;
+use secureclaw_llm::classifier::InjectionClassifier;
 use secureclaw_llm::embed::{Embedder, MAX_TOKENS};
+use secureclaw_llm::lexical::LexicalModel;
 use secureclaw_llm::semantic::{DEFAULT_METHOD, SemanticLayer};
 use secureclaw_llm::{CommandRiskModel, Detector, DetectorLayer, normalize};
 
@@ -65,6 +75,7 @@ fn benches(c: &mut Criterion) {
             return;
         }
     };
+    cascade_benches(&embedder);
     let layer = SemanticLayer::new(Arc::clone(&embedder), DEFAULT_METHOD).unwrap();
     let detector = Detector::builtin().unwrap().with_layer(Arc::new(
         SemanticLayer::new(Arc::clone(&embedder), DEFAULT_METHOD).unwrap(),
@@ -121,6 +132,102 @@ fn benches(c: &mut Criterion) {
         b.iter(|| layer.scan(&t4k, black_box(&n_4k)))
     });
     g.finish();
+}
+
+/// Cut `text` into consecutive windows of `tokens` MiniLM tokens (the last, shorter one dropped).
+fn token_windows(e: &Embedder, text: &str, tokens: usize) -> Vec<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut n = 0;
+    for w in words {
+        let wt = e.count_tokens(w).unwrap();
+        if n + wt > tokens {
+            out.push(std::mem::take(&mut current));
+            n = 0;
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(w);
+        n += wt;
+    }
+    out
+}
+
+fn cascade_benches(embedder: &Embedder) {
+    let cascade = match CascadeLayer::builtin() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cascade bench skipped: {e}");
+            return;
+        }
+    };
+    let classifier = InjectionClassifier::shared().unwrap();
+    let lexical = LexicalModel::builtin().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut docs = String::new();
+    for f in [
+        "README.md",
+        "docs/workflow-format.md",
+        "docs/sandbox.md",
+        "docs/revert.md",
+    ] {
+        docs.push_str(&std::fs::read_to_string(format!("{root}/{f}")).unwrap());
+        docs.push('\n');
+    }
+    let doc_windows = token_windows(embedder, &docs, MAX_TOKENS - 2);
+    let split =
+        std::fs::read_to_string(format!("{root}/llm/tests/data/injection-split/test.tsv")).unwrap();
+    let mixed: String = split
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.splitn(4, '\t').nth(3))
+        .map(|t| format!("{t}\n"))
+        .collect();
+    let mixed_windows = token_windows(embedder, &mixed, MAX_TOKENS - 2);
+    let prose = text_of_tokens(embedder, MAX_TOKENS - 2);
+    let unit = text_of_tokens(embedder, 128);
+
+    let per_window = |name: &str, windows: &[String]| {
+        let normalized: Vec<_> = windows.iter().map(|w| normalize(w)).collect();
+        let mut asked = 0usize;
+        let mut units = 0usize;
+        for n in &normalized {
+            for u in cascade
+                .unit_scores(&n.text, lexical.dismiss_below())
+                .unwrap()
+            {
+                units += 1;
+                asked += usize::from(u.model.is_some());
+            }
+        }
+        eprintln!(
+            "{name}: {} windows of 256 tokens, {units} units, {asked} given to the transformer",
+            windows.len()
+        );
+        let mut i = 0;
+        percentiles(name, normalized.len().max(1), || {
+            let k = i % windows.len();
+            i += 1;
+            black_box(cascade.scan(&windows[k], black_box(&normalized[k])));
+        });
+    };
+    per_window("cascade_per_256_token_window_docs", &doc_windows);
+    per_window("cascade_per_256_token_window_test_split", &mixed_windows);
+    let n_prose = normalize(&prose);
+    percentiles("cascade_one_256_token_window_prose", 200, || {
+        black_box(cascade.scan(&prose, black_box(&n_prose)));
+    });
+    percentiles("classifier_one_256_token_window", 100, || {
+        black_box(classifier.probability(black_box(&prose)).unwrap());
+    });
+    percentiles("classifier_one_130_token_unit", 100, || {
+        black_box(classifier.probability(black_box(&unit)).unwrap());
+    });
+    percentiles("lexical_one_256_token_window", 500, || {
+        black_box(lexical.logit(black_box(&n_prose.text)));
+    });
 }
 
 criterion_group! {

@@ -11,8 +11,9 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::Tensor;
 use tokenizers::Tokenizer;
 
@@ -89,40 +90,8 @@ impl Embedder {
     /// Load the runtime, model and tokenizer from `files`. Prefer [`Embedder::shared`]: a second
     /// call in one process reuses the runtime library loaded by the first.
     pub fn load(files: &ModelFiles) -> Result<Self, ModelError> {
-        let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        // The shipped tokenizer.json pads and truncates to 128; we window long texts ourselves and
-        // pad per batch, so both are switched off here.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let special = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| ModelError::Tokenizer(format!("no {t} token in the vocabulary")))
-        };
-        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
-
-        let env = ort::init_from(&files.runtime)
-            .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", files.runtime.display())))?
-            .with_name("secureclaw")
-            .with_telemetry(false)
-            .build()
-            .map_err(rt)?;
-        let threads = threads_from(std::env::var(THREADS_VAR).ok().as_deref());
-        let session = Session::builder(&env)
-            .map_err(rt)?
-            // `All` rather than `Level3`: older runtimes reject Level3.
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(rt)?
-            .with_intra_threads(threads)
-            .map_err(rt)?
-            // Spinning workers help a dedicated server; on a shared 2-core machine they fight
-            // the rest of the engine (measured: 2 spinning threads 148 ms vs 1 thread 78 ms per
-            // 256-token window under load).
-            .with_intra_op_spinning(false)
-            .map_err(rt)?
+        let (tokenizer, cls, sep) = load_tokenizer(files)?;
+        let session = session_builder(files)?
             .commit_from_file(&files.model)
             .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", files.model.display())))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
@@ -185,53 +154,14 @@ impl Embedder {
         width: usize,
         overlap: usize,
     ) -> Result<Vec<Chunk>, ModelError> {
-        let limit = MAX_TOKENS - 2;
-        let (whole, width) = (whole.clamp(1, limit), width.clamp(1, limit));
-        let mut rows: Vec<(Range<usize>, Vec<u32>)> = Vec::new();
-        for span in spans {
-            let Some(part) = text.get(span.clone()) else {
-                continue;
-            };
-            let (ids, offsets) = self.token_ids(part)?;
-            let ws = if ids.len() <= whole {
-                windows(ids.len(), whole, 0)
-            } else {
-                windows(ids.len(), width, overlap)
-            };
-            for w in ws {
-                let bytes = span.start + offsets[w.start].0..span.start + offsets[w.end - 1].1;
-                rows.push((bytes, ids[w].to_vec()));
-            }
-        }
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].1.len());
-        let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
-        // A batch is padded to its longest row, so only rows of similar length share one: a
-        // 20-token sentence padded to 70 would cost 3.5 times its own work.
-        let mut start = 0;
-        while start < order.len() {
-            let shortest = rows[order[start]].1.len();
-            let mut end = start + 1;
-            while end < order.len()
-                && end - start < BATCH
-                && rows[order[end]].1.len() * 4 <= shortest * 5 + 8
-            {
-                end += 1;
-            }
-            let batch = &order[start..end];
-            let slices: Vec<&[u32]> = batch.iter().map(|&i| rows[i].1.as_slice()).collect();
-            for (&i, e) in batch.iter().zip(self.run(&slices)?) {
-                embeddings[i] = Some(e);
-            }
-            start = end;
-        }
-        rows.into_iter()
+        let rows = token_rows(&self.tokenizer, text, spans, whole, width, overlap)?;
+        let (spans, ids): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.span, r.ids)).unzip();
+        let embeddings = run_batched(&ids, |batch| self.run(batch))?;
+        Ok(spans
+            .into_iter()
             .zip(embeddings)
-            .map(|((span, _), e)| {
-                e.map(|embedding| Chunk { span, embedding })
-                    .ok_or_else(|| ModelError::Output("a window got no embedding".into()))
-            })
-            .collect()
+            .map(|(span, embedding)| Chunk { span, embedding })
+            .collect())
     }
 
     /// Number of tokens of `text` (special tokens excluded).
@@ -251,19 +181,7 @@ impl Embedder {
     /// One ONNX call over `[CLS] window [SEP]` rows, right-padded to the longest row.
     fn run(&self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let batch = rows.len();
-        let seq = rows.iter().map(|r| r.len() + 2).max().unwrap_or(2);
-        let mut ids = vec![0i64; batch * seq];
-        let mut mask = vec![0i64; batch * seq];
-        for (b, row) in rows.iter().enumerate() {
-            let base = b * seq;
-            let tokens = std::iter::once(self.cls)
-                .chain(row.iter().copied())
-                .chain(std::iter::once(self.sep));
-            for (i, t) in tokens.enumerate() {
-                ids[base + i] = i64::from(t);
-                mask[base + i] = 1;
-            }
-        }
+        let (seq, ids, mask) = padded_batch(rows, self.cls, self.sep);
         let shape = [batch as i64, seq as i64];
         let mut inputs: Vec<(&str, ort::session::SessionInputValue<'_>)> = vec![
             (
@@ -340,6 +258,154 @@ impl Embedder {
     }
 }
 
+/// The WordPiece tokenizer of `files` with padding and truncation off (the shipped
+/// tokenizer.json pads and truncates to 128; the layers window long texts themselves and pad per
+/// batch), and its `[CLS]` and `[SEP]` ids.
+pub(crate) fn load_tokenizer(files: &ModelFiles) -> Result<(Tokenizer, u32, u32), ModelError> {
+    let mut tokenizer =
+        Tokenizer::from_file(&files.tokenizer).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let special = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| ModelError::Tokenizer(format!("no {t} token in the vocabulary")))
+    };
+    let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+    Ok((tokenizer, cls, sep))
+}
+
+/// ONNX Runtime's library can be loaded once per process: the first outcome is kept and every
+/// model of the process (embedder, injection classifier) runs in that environment.
+fn environment(files: &ModelFiles) -> Result<Environment, ModelError> {
+    static ENV: OnceLock<Result<Environment, ModelError>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        ort::init_from(&files.runtime)
+            .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", files.runtime.display())))?
+            .with_name("secureclaw")
+            .with_telemetry(false)
+            .build()
+            .map_err(rt)
+    })
+    .clone()
+}
+
+/// A session builder with the settings every model here uses.
+pub(crate) fn session_builder(files: &ModelFiles) -> Result<SessionBuilder, ModelError> {
+    let env = environment(files)?;
+    let threads = threads_from(std::env::var(THREADS_VAR).ok().as_deref());
+    Session::builder(&env)
+        .map_err(rt)?
+        // `All` rather than `Level3`: older runtimes reject Level3.
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(rt)?
+        .with_intra_threads(threads)
+        .map_err(rt)?
+        // Spinning workers help a dedicated server; on a shared 2-core machine they fight
+        // the rest of the engine (measured: 2 spinning threads 148 ms vs 1 thread 78 ms per
+        // 256-token window under load).
+        .with_intra_op_spinning(false)
+        .map_err(rt)
+}
+
+/// One row of tokens: which of the requested spans it belongs to, and its byte range in the text.
+pub(crate) struct TokenRow {
+    pub unit: usize,
+    pub span: Range<usize>,
+    pub ids: Vec<u32>,
+}
+
+/// Token rows of parts of a text: each span of at most `whole` tokens is one row, a longer one is
+/// cut into rows of `width` tokens sharing `overlap`. Each row keeps its byte range in `text`.
+pub(crate) fn token_rows(
+    tokenizer: &Tokenizer,
+    text: &str,
+    spans: &[Range<usize>],
+    whole: usize,
+    width: usize,
+    overlap: usize,
+) -> Result<Vec<TokenRow>, ModelError> {
+    let limit = MAX_TOKENS - 2;
+    let (whole, width) = (whole.clamp(1, limit), width.clamp(1, limit));
+    let mut rows = Vec::new();
+    for (unit, span) in spans.iter().enumerate() {
+        let Some(part) = text.get(span.clone()) else {
+            continue;
+        };
+        let enc = tokenizer
+            .encode(part, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let (ids, offsets) = (enc.get_ids(), enc.get_offsets());
+        let ws = if ids.len() <= whole {
+            windows(ids.len(), whole, 0)
+        } else {
+            windows(ids.len(), width, overlap)
+        };
+        for w in ws {
+            let bytes = span.start + offsets[w.start].0..span.start + offsets[w.end - 1].1;
+            rows.push(TokenRow {
+                unit,
+                span: bytes,
+                ids: ids[w].to_vec(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Run `run` over `rows` in batches of rows of similar length (a batch is padded to its longest
+/// row, so a 20-token sentence padded to 70 would cost 3.5 times its own work); results in the
+/// order of `rows`.
+pub(crate) fn run_batched<T>(
+    rows: &[Vec<u32>],
+    mut run: impl FnMut(&[&[u32]]) -> Result<Vec<T>, ModelError>,
+) -> Result<Vec<T>, ModelError> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].len());
+    let mut out: Vec<Option<T>> = (0..rows.len()).map(|_| None).collect();
+    let mut start = 0;
+    while start < order.len() {
+        let shortest = rows[order[start]].len();
+        let mut end = start + 1;
+        while end < order.len()
+            && end - start < BATCH
+            && rows[order[end]].len() * 4 <= shortest * 5 + 8
+        {
+            end += 1;
+        }
+        let batch = &order[start..end];
+        let slices: Vec<&[u32]> = batch.iter().map(|&i| rows[i].as_slice()).collect();
+        for (&i, r) in batch.iter().zip(run(&slices)?) {
+            out[i] = Some(r);
+        }
+        start = end;
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| ModelError::Output("a window got no result".into())))
+        .collect()
+}
+
+/// `[CLS] row [SEP]` rows right-padded to the longest: ids and attention mask, row-major.
+pub(crate) fn padded_batch(rows: &[&[u32]], cls: u32, sep: u32) -> (usize, Vec<i64>, Vec<i64>) {
+    let batch = rows.len();
+    let seq = rows.iter().map(|r| r.len() + 2).max().unwrap_or(2);
+    let mut ids = vec![0i64; batch * seq];
+    let mut mask = vec![0i64; batch * seq];
+    for (b, row) in rows.iter().enumerate() {
+        let base = b * seq;
+        let tokens = std::iter::once(cls)
+            .chain(row.iter().copied())
+            .chain(std::iter::once(sep));
+        for (i, t) in tokens.enumerate() {
+            ids[base + i] = i64::from(t);
+            mask[base + i] = 1;
+        }
+    }
+    (seq, ids, mask)
+}
+
 /// Token windows of `width` over `len` tokens, consecutive ones sharing `overlap` tokens; the last
 /// window ends at `len` (so it may overlap its predecessor by more).
 pub fn windows(len: usize, width: usize, overlap: usize) -> Vec<Range<usize>> {
@@ -373,38 +439,7 @@ pub fn normalize_l2(v: &mut [f32]) {
     }
 }
 
-/// Byte ranges of the sentences of `text`: split after `.`, `!`, `?`, `;`, `:` followed by
-/// white space, after CJK full stops, and at line breaks; trimmed, empty ones dropped.
-pub fn sentences(text: &str) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        let next_is_space = chars.peek().is_none_or(|(_, n)| n.is_whitespace());
-        let end_here = match c {
-            '\n' => true,
-            '.' | '!' | '?' | ';' | ':' => next_is_space,
-            '。' | '！' | '？' | '；' => true,
-            _ => false,
-        };
-        if end_here {
-            push_trimmed(text, start..i + c.len_utf8(), &mut out);
-            start = i + c.len_utf8();
-        }
-    }
-    push_trimmed(text, start..text.len(), &mut out);
-    out
-}
-
-fn push_trimmed(text: &str, r: Range<usize>, out: &mut Vec<Range<usize>>) {
-    let part = &text[r.clone()];
-    let lead = part.len() - part.trim_start().len();
-    let trimmed = part.trim();
-    if !trimmed.is_empty() {
-        let s = r.start + lead;
-        out.push(s..s + trimmed.len());
-    }
-}
+pub use crate::units::sentences;
 
 /// Dot product; the cosine for unit vectors.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -421,24 +456,6 @@ mod tests {
         assert_eq!(threads_from(Some("4")), 4);
         assert_eq!(threads_from(Some("0")), 1);
         assert_eq!(threads_from(Some("lots")), 1);
-    }
-
-    #[test]
-    fn sentences_split_and_trim() {
-        let t = "Hello there. Version 1.2 is out!\nNext: line  \n\n 忽略规则。然后";
-        let parts: Vec<&str> = sentences(t).into_iter().map(|r| &t[r]).collect();
-        assert_eq!(
-            parts,
-            [
-                "Hello there.",
-                "Version 1.2 is out!",
-                "Next:",
-                "line",
-                "忽略规则。",
-                "然后"
-            ]
-        );
-        assert!(sentences("  ").is_empty());
     }
 
     #[test]

@@ -15,25 +15,32 @@
 //! - [`CommandRiskModel`] (feature `ml`): may raise, never lower, the engine's command risk tiers.
 //! - [`Guards`] bundles the pre-call checks the planner runs on an instruction.
 
+#[cfg(feature = "ml")]
+pub mod cascade;
 pub mod chain;
+#[cfg(feature = "ml")]
+pub mod classifier;
 pub mod config;
 pub mod detect;
 #[cfg(feature = "ml")]
 pub mod embed;
 pub mod error;
 pub mod guards;
+pub mod lexical;
 pub mod models;
 pub mod normalize;
 pub mod provider;
 pub mod risk_model;
 pub mod scrub;
 pub mod semantic;
+pub mod units;
 
 pub use chain::{Attempt, AttemptOutcome, ChainResult, FallbackChain, TokenBudget, scrub_request};
 pub use config::{ApiKey, LlmConfig, ProviderConfig, ProviderKind};
 pub use detect::{Detector, DetectorLayer, Finding, RegexLayer, UnicodeLayer, Verdict};
 pub use error::{LlmError, PatternError, ProviderError};
 pub use guards::{Guards, PreparedInput};
+pub use lexical::{LexicalLayer, LexicalModel};
 pub use models::{ModelError, ModelFiles};
 pub use normalize::{Normalized, normalize};
 pub use provider::{ChatRequest, Completion, HttpProvider, Message, Provider, Role, Usage};

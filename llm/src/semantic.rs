@@ -60,10 +60,17 @@ impl SemanticStatus {
     }
 }
 
+/// The method name of the layer [`attach`] adds: the n-gram model, then the fine-tuned
+/// transformer for what it does not dismiss.
+pub const CASCADE_METHOD: &str = "cascade";
+
 impl SemanticStatus {
-    /// `active (classifier, ...)` or `unavailable (reason)`: the part after `semantic: `.
+    /// `active (cascade, ...)` or `unavailable (reason)`: the part after `semantic: `.
     pub fn summary(&self) -> String {
         match (self.active, self.method, &self.reason) {
+            (true, Some(CASCADE_METHOD), _) => {
+                "active (cascade: n-gram model, then fine-tuned MiniLM-L6 int8)".to_owned()
+            }
             (true, Some(m), _) => format!("active ({m}, all-MiniLM-L6-v2 int8)"),
             (_, _, Some(r)) => format!("unavailable ({r})"),
             _ => "unavailable".to_owned(),
@@ -83,14 +90,18 @@ impl fmt::Display for SemanticStatus {
 pub fn attach(detector: Detector) -> (Detector, SemanticStatus) {
     #[cfg(feature = "ml")]
     {
-        match SemanticLayer::builtin() {
+        match crate::cascade::CascadeLayer::builtin() {
             Ok(layer) => {
                 let status = SemanticStatus {
                     active: true,
-                    method: Some(layer.method().as_str()),
+                    method: Some(CASCADE_METHOD),
                     reason: None,
                 };
-                (detector.with_layer(std::sync::Arc::new(layer)), status)
+                // The cascade's first stage is the lexical model: one layer reads it, not two.
+                let detector = detector
+                    .without_layer("lexical")
+                    .with_layer(std::sync::Arc::new(layer));
+                (detector, status)
             }
             Err(e) => (detector, SemanticStatus::unavailable(&e)),
         }
@@ -129,7 +140,7 @@ mod status_tests {
     #[test]
     fn without_ml_the_detector_is_unchanged_and_says_why() {
         let (d, s) = attach(Detector::builtin().unwrap());
-        assert_eq!(d.layer_names(), ["unicode", "regex"]);
+        assert_eq!(d.layer_names(), ["unicode", "regex", "lexical"]);
         assert!(
             s.to_string().contains("built without the `ml` feature"),
             "{s}"
@@ -147,9 +158,10 @@ mod ml {
     use serde::{Deserialize, Serialize};
 
     use crate::detect::{DetectorLayer, Finding, escape_invisible};
-    use crate::embed::{DIM, Embedder, dot, normalize_l2, sentences};
+    use crate::embed::{DIM, Embedder, dot, normalize_l2};
     use crate::models::ModelError;
     use crate::normalize::Normalized;
+    use crate::units::{prefix, scan_units};
 
     pub const BANK_FILE: &str = "llm/data/semantic-bank.json";
     pub const CLASSIFIER_FILE: &str = "llm/data/semantic-classifier.json";
@@ -175,17 +187,6 @@ mod ml {
     /// so (the unicode and regex layers still scan everything). [`SemanticLayer::with_max_bytes`].
     pub const MAX_SCAN_BYTES: usize = 32 * 1024;
 
-    /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-    fn prefix(text: &str, max: usize) -> &str {
-        let mut end = max.min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        &text[..end]
-    }
-
-    /// Texts up to this size are also embedded whole, as the labelled prompts were.
-    const WHOLE_TEXT_BYTES: usize = 512;
     /// Units up to this many tokens are embedded whole (the length MiniLM was trained on);
     /// longer ones in [`SCAN_WINDOW`] windows.
     const WHOLE_UNIT_TOKENS: usize = 128;
@@ -476,27 +477,10 @@ mod ml {
             (raw, nearest, cos)
         }
 
-        /// The parts of a text that are embedded: the whole text when it is short (like the
-        /// labelled prompts the thresholds were tuned on), every sentence, and every pair of
-        /// adjacent sentences (an instruction may take two). Mean pooling over a long window would
-        /// dilute one injected sentence among benign ones below any threshold (measured: 0.35 in
-        /// a 64-token window of filler vs 0.78 alone, threshold 0.64), so long text is never
-        /// embedded whole.
+        /// The parts of a text that are embedded ([`scan_units`]: long text is never embedded
+        /// whole, so one injected sentence is not diluted by the rest).
         fn units(&self, text: &str) -> Vec<Range<usize>> {
-            let s = sentences(text);
-            let mut units = Vec::with_capacity(2 * s.len() + 1);
-            if text.len() <= WHOLE_TEXT_BYTES || s.len() <= 1 {
-                units.push(0..text.len());
-            }
-            if s.len() > 1 {
-                for (i, r) in s.iter().enumerate() {
-                    units.push(r.clone());
-                    if let Some(next) = s.get(i + 1) {
-                        units.push(r.start..next.end);
-                    }
-                }
-            }
-            units
+            scan_units(text)
         }
 
         /// Score every unit of the normalised text and of any text hidden in tag characters.

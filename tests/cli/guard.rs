@@ -127,7 +127,9 @@ fn scan_without_model_files_says_semantic_is_unavailable_and_still_flags() {
     let out = stdout(&o);
     let first = out.lines().next().unwrap();
     assert!(
-        first.starts_with("layers: unicode active, regex active, semantic unavailable ("),
+        first.starts_with(
+            "layers: unicode active, regex active, lexical active, semantic unavailable ("
+        ),
         "{out}"
     );
     assert!(
@@ -209,13 +211,18 @@ fn scan_uses_the_semantic_layer_when_available() {
             .starts_with("active ("),
         "{v}"
     );
-    let f = &v["findings"][0];
-    assert_eq!(f["layer"], "semantic", "{v}");
+    assert_eq!(v["layers"]["lexical"], "in the semantic cascade", "{v}");
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["layer"] == "semantic")
+        .unwrap_or_else(|| panic!("no semantic finding: {v}"));
     assert!(
         f["detail"]
             .as_str()
             .unwrap()
-            .contains("nearest known injection"),
+            .contains("fine-tuned MiniLM p="),
         "{v}"
     );
 }

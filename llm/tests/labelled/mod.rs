@@ -145,3 +145,28 @@ pub fn recall_at_fpr_combined(
     };
     (flagged(attacks), flagged(benign), t)
 }
+
+/// A split of the merged injection data (`tests/data/injection-split/{val,test}.tsv`, written by
+/// `scripts/train_injection_model.py data`): openly licensed sets and the project's own files,
+/// near copies of a training text removed. Read at run time (hundreds of kilobytes).
+pub fn split(name: &str) -> Vec<Row> {
+    let path = format!(
+        "{}/tests/data/injection-split/{name}.tsv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    parse(&format!("injection-split/{name}.tsv"), &raw)
+}
+
+/// The lowest score that flags at most `max_fpr` of `benign` together with `pre_flagged`
+/// benign texts that other layers already flag (flag when `score >= t`).
+pub fn threshold_with_others(benign_scores: &[f32], pre_flagged: usize, max_fpr: f64) -> f32 {
+    let total = benign_scores.len() + pre_flagged;
+    let allowed = ((max_fpr * total as f64).floor() as usize).saturating_sub(pre_flagged);
+    let mut sorted = benign_scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    match sorted.get(allowed) {
+        Some(s) => s + 1e-4,
+        None => f32::NEG_INFINITY,
+    }
+}

@@ -1,0 +1,224 @@
+//! The semantic layer's cascade (feature `ml`): the n-gram model ([`crate::lexical`]) reads every
+//! unit of a text in microseconds, and only a unit it does not find clearly benign goes to the
+//! fine-tuned transformer ([`crate::classifier`]), which decides.
+//!
+//! The dismissal bound was chosen on the validation split so that at most 0.2 % of its attacks
+//! fall below it; most benign prose does, which keeps the per-window cost of the layer small
+//! (figures in docs/performance.md).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::classifier::InjectionClassifier;
+use crate::detect::{DetectorLayer, Finding, escape_invisible};
+use crate::lexical::{LexicalModel, excerpt, probability};
+use crate::models::ModelError;
+use crate::normalize::Normalized;
+use crate::units::{hidden_texts, prefix};
+
+/// The layer embeds at most this much of a normalised text; past it a `semantic-truncated`
+/// finding with score 0 says so (the other layers read everything).
+pub const MAX_SCAN_BYTES: usize = 32 * 1024;
+
+/// One scored unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitScore {
+    /// Byte range in the normalised text.
+    pub span: Range<usize>,
+    /// The n-gram model's logit.
+    pub lexical: f32,
+    /// The transformer's probability, when the unit was not dismissed.
+    pub model: Option<f32>,
+}
+
+/// The cascade [`DetectorLayer`] (named `semantic`).
+#[derive(Debug)]
+pub struct CascadeLayer {
+    lexical: LexicalModel,
+    classifier: Arc<InjectionClassifier>,
+    max_bytes: usize,
+}
+
+impl CascadeLayer {
+    /// The shipped models; fails when the runtime or tokenizer is not installed.
+    pub fn builtin() -> Result<Self, ModelError> {
+        let lexical = LexicalModel::builtin().map_err(|e| ModelError::Data {
+            file: e.file,
+            message: e.message,
+        })?;
+        Ok(Self {
+            lexical,
+            classifier: InjectionClassifier::shared()?,
+            max_bytes: MAX_SCAN_BYTES,
+        })
+    }
+
+    /// Read at most the first `bytes` of a text (see [`MAX_SCAN_BYTES`]).
+    pub fn with_max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.classifier.threshold()
+    }
+
+    pub fn classifier(&self) -> &InjectionClassifier {
+        &self.classifier
+    }
+
+    /// Every unit of `text` (normalised) with both scores; units whose n-gram logit is below
+    /// `dismiss_below` are not given to the transformer.
+    pub fn unit_scores(
+        &self,
+        text: &str,
+        dismiss_below: f32,
+    ) -> Result<Vec<UnitScore>, ModelError> {
+        let units = self.lexical.units(text);
+        let asked: Vec<Range<usize>> = units
+            .iter()
+            .filter(|(_, l)| *l >= dismiss_below)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut probs = self.classifier.classify_spans(text, &asked)?.into_iter();
+        let mut out = Vec::with_capacity(units.len());
+        for (span, lexical) in units {
+            if lexical < dismiss_below {
+                out.push(UnitScore {
+                    span,
+                    lexical,
+                    model: None,
+                });
+                continue;
+            }
+            // A long unit comes back as several windows: each is scored on its own span.
+            let windows = probs.next().unwrap_or_default();
+            if windows.is_empty() {
+                out.push(UnitScore {
+                    span,
+                    lexical,
+                    model: Some(0.0),
+                });
+            }
+            for (window, p) in windows {
+                out.push(UnitScore {
+                    span: window,
+                    lexical,
+                    model: Some(p),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest transformer probability over the units of `text` as the layer reads it
+    /// (dismissed units count as 0): what the evaluation ranks by.
+    pub fn max_probability(&self, text: &str) -> Result<f32, ModelError> {
+        let n = crate::normalize::normalize(text);
+        let text = prefix(&n.text, self.max_bytes);
+        let mut best = 0f32;
+        for u in self.unit_scores(text, self.lexical.dismiss_below())? {
+            best = best.max(u.model.unwrap_or(0.0));
+        }
+        for (_, hidden) in hidden_texts(&n) {
+            for u in self.unit_scores(&hidden, self.lexical.dismiss_below())? {
+                best = best.max(u.model.unwrap_or(0.0));
+            }
+        }
+        Ok(best)
+    }
+
+    fn findings(
+        &self,
+        original: &str,
+        input: &Normalized,
+        text: &str,
+        hidden_span: Option<&Range<usize>>,
+    ) -> Result<Vec<Finding>, ModelError> {
+        let threshold = self.threshold();
+        let mut best: Option<UnitScore> = None;
+        for u in self.unit_scores(text, self.lexical.dismiss_below())? {
+            if u.model.unwrap_or(0.0) >= threshold
+                && best
+                    .as_ref()
+                    .is_none_or(|b| u.model.unwrap_or(0.0) > b.model.unwrap_or(0.0))
+            {
+                best = Some(u);
+            }
+        }
+        let Some(u) = best else {
+            return Ok(Vec::new());
+        };
+        let p = u.model.unwrap_or(0.0);
+        let span = match hidden_span {
+            Some(s) => s.clone(),
+            None => input.original_span(&u.span),
+        };
+        Ok(vec![Finding {
+            layer: "semantic".into(),
+            pattern_id: "semantic-classifier".into(),
+            matched: escape_invisible(&excerpt(original.get(span.clone()).unwrap_or(""), 200)),
+            span,
+            score: 0.5
+                + 0.5 * ((p - threshold) / (1.0 - threshold).max(f32::EPSILON)).clamp(0.0, 1.0),
+            detail: Some(format!(
+                "fine-tuned MiniLM p={p:.3} >= {threshold:.3}; n-gram p={:.3}{}",
+                probability(u.lexical),
+                if hidden_span.is_some() {
+                    "; text hidden in tag characters"
+                } else {
+                    ""
+                }
+            )),
+        }])
+    }
+}
+
+impl DetectorLayer for CascadeLayer {
+    fn name(&self) -> &str {
+        "semantic"
+    }
+
+    fn scan(&self, original: &str, input: &Normalized) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let text = prefix(&input.text, self.max_bytes);
+        if text.len() < input.text.len() {
+            let cut = input.original_span(&(0..text.len()));
+            out.push(Finding {
+                layer: "semantic".into(),
+                pattern_id: "semantic-truncated".into(),
+                span: cut.end..original.len(),
+                matched: String::new(),
+                score: 0.0,
+                detail: Some(format!(
+                    "the semantic layer read the first {} of {} bytes; the unicode and regex \
+                     layers read all of them",
+                    self.max_bytes,
+                    input.text.len()
+                )),
+            });
+        }
+        let mut result = self.findings(original, input, text, None);
+        for (span, hidden) in hidden_texts(input) {
+            let hidden = prefix(&hidden, self.max_bytes).to_owned();
+            result = result.and_then(|mut found| {
+                found.extend(self.findings(original, input, &hidden, Some(&span))?);
+                Ok(found)
+            });
+        }
+        match result {
+            Ok(found) => out.extend(found),
+            // Fail closed: text the model cannot read is suspect, and an attacker must not be
+            // able to switch the layer off with input that makes inference fail.
+            Err(e) => out.push(Finding {
+                layer: "semantic".into(),
+                pattern_id: "semantic-error".into(),
+                span: 0..original.len(),
+                matched: String::new(),
+                score: 0.5,
+                detail: Some(format!("the semantic layer failed on this text: {e}")),
+            }),
+        }
+        out
+    }
+}
