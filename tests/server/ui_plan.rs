@@ -65,7 +65,7 @@ async fn an_instruction_posted_by_the_form_becomes_a_plan_preview() {
     assert_eq!(forged.status, 403);
     assert!(fake.requests().is_empty());
 
-    let instruction = "store the key AKIAIOSFODNN7EXAMPLE in out/key.txt, then wipe build/";
+    let instruction = "store the key AKIAZ7XQ3LM9PQ2RST4U in out/key.txt, then wipe build/";
     let created = b
         .post(
             "/ui/tasks/new",
@@ -76,7 +76,7 @@ async fn an_instruction_posted_by_the_form_becomes_a_plan_preview() {
     let id = task_of(&created.location);
     // The provider saw the placeholder, never the key.
     let sent = fake.requests();
-    assert!(!sent[0].contains("AKIAIOSFODNN7EXAMPLE"), "{}", sent[0]);
+    assert!(!sent[0].contains("AKIAZ7XQ3LM9PQ2RST4U"), "{}", sent[0]);
 
     // The task's own page shows the plan while the task has not run.
     let task_page = b.get(&created.location).await;
@@ -118,7 +118,7 @@ async fn an_instruction_posted_by_the_form_becomes_a_plan_preview() {
         secrets.contains("note: &#x2f;write&#x2f;content"),
         "{secrets}"
     );
-    assert!(!secrets.contains("AKIAIOSFODNN7EXAMPLE"), "{secrets}");
+    assert!(!secrets.contains("AKIAZ7XQ3LM9PQ2RST4U"), "{secrets}");
     assert!(html.contains(r#"id="workflow-yaml""#));
     assert!(html.contains(r#"id="validate""#));
     assert!(html.contains(r#"id="approve-plan""#));

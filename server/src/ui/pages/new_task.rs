@@ -791,13 +791,13 @@ steps:
   - id: note
     write:
       path: out/key.txt
-      content: \"AKIAIOSFODNN7EXAMPLE\\n\"
+      content: \"AKIAZ7XQ3LM9PQ2RST4U\\n\"
 ";
 
     #[test]
     fn secrets_are_traced_to_the_steps_that_use_them() {
         let v = crate::tasks::routes::validate_text(WITH_SECRET).expect("valid");
-        let instruction = "store the key AKIAIOSFODNN7EXAMPLE in out/key.txt";
+        let instruction = "store the key AKIAZ7XQ3LM9PQ2RST4U in out/key.txt";
         let scrubber = secureclaw_engine::tools::guard::Scrubber::builtin().expect("scrubber");
         let (_, restorer) = scrubber.scrub(instruction);
         let sent = restorer.placeholders();
