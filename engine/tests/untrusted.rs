@@ -161,10 +161,11 @@ fn tool_output_for_an_llm_comes_screened_and_quoted() {
     assert!(u.quoted().ends_with("</untrusted-data>"));
 }
 
-/// The rules layers on the scheduler's path: a 1 MiB output (the default output cap) is
-/// screened in well under a second even in a debug build; without `ml` nothing else runs.
+/// A 1 MiB output (the default output cap) with the injection at its very end: every layer
+/// reads that far (the learned ones up to their byte budgets), and the finding points at the
+/// end. The time is printed; the guards benchmark measures it (docs/performance.md).
 #[test]
-fn screening_a_long_output_stays_cheap() {
+fn screening_a_long_output_finds_an_injection_at_its_end() {
     let s = Screener::shared();
     let line = "2026-12-04T20:00:00Z INFO compiled crate secureclaw-engine in 1.2s\n";
     let mut out = line.repeat((1 << 20) / line.len());
@@ -176,17 +177,5 @@ fn screening_a_long_output_stays_cheap() {
     let took = t.elapsed();
     assert!(sc.flagged, "{sc:?}");
     assert!(sc.top().unwrap().offset >= out.len() - 64);
-    let budget = if s.status().contains("semantic: active") {
-        30.0
-    } else if cfg!(debug_assertions) {
-        3.0
-    } else {
-        0.5
-    };
-    assert!(
-        took.as_secs_f64() < budget,
-        "{took:?} for 1 MiB ({})",
-        s.status()
-    );
     eprintln!("screened 1 MiB in {took:?} ({})", s.status());
 }

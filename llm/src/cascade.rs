@@ -10,11 +10,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::classifier::InjectionClassifier;
-use crate::detect::{DetectorLayer, Finding, escape_invisible};
-use crate::lexical::{LexicalModel, excerpt, probability};
+use crate::detect::{DetectorLayer, Finding, escape_invisible, excerpt};
+use crate::lexical::{LexicalModel, probability};
 use crate::models::ModelError;
 use crate::normalize::Normalized;
-use crate::units::{hidden_texts, prefix};
+use crate::units::{hidden_texts, learned_score, prefix, truncation_finding};
 
 /// The layer embeds at most this much of a normalised text; past it a `semantic-truncated`
 /// finding with score 0 says so (the other layers read everything).
@@ -159,8 +159,7 @@ impl CascadeLayer {
             pattern_id: "semantic-classifier".into(),
             matched: escape_invisible(&excerpt(original.get(span.clone()).unwrap_or(""), 200)),
             span,
-            score: 0.5
-                + 0.5 * ((p - threshold) / (1.0 - threshold).max(f32::EPSILON)).clamp(0.0, 1.0),
+            score: learned_score((p - threshold) / (1.0 - threshold).max(f32::EPSILON)),
             detail: Some(format!(
                 "fine-tuned MiniLM p={p:.3} >= {threshold:.3}; n-gram p={:.3}{}",
                 probability(u.lexical),
@@ -182,22 +181,7 @@ impl DetectorLayer for CascadeLayer {
     fn scan(&self, original: &str, input: &Normalized) -> Vec<Finding> {
         let mut out = Vec::new();
         let text = prefix(&input.text, self.max_bytes);
-        if text.len() < input.text.len() {
-            let cut = input.original_span(&(0..text.len()));
-            out.push(Finding {
-                layer: "semantic".into(),
-                pattern_id: "semantic-truncated".into(),
-                span: cut.end..original.len(),
-                matched: String::new(),
-                score: 0.0,
-                detail: Some(format!(
-                    "the semantic layer read the first {} of {} bytes; the unicode and regex \
-                     layers read all of them",
-                    self.max_bytes,
-                    input.text.len()
-                )),
-            });
-        }
+        out.extend(truncation_finding("semantic", original, input, text.len()));
         let mut result = self.findings(original, input, text, None);
         for (span, hidden) in hidden_texts(input) {
             let hidden = prefix(&hidden, self.max_bytes).to_owned();

@@ -33,6 +33,9 @@ pub const SCAN_WINDOW: usize = 64;
 /// inside one window.
 pub const SCAN_OVERLAP: usize = 32;
 
+/// One window of a unit: its byte range in the text and P(injection).
+pub type WindowProbability = (Range<usize>, f32);
+
 /// `llm/data/injection-classifier.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ClassifierMeta {
@@ -118,7 +121,7 @@ impl InjectionClassifier {
         &self,
         text: &str,
         spans: &[Range<usize>],
-    ) -> Result<Vec<Vec<(Range<usize>, f32)>>, ModelError> {
+    ) -> Result<Vec<Vec<WindowProbability>>, ModelError> {
         let rows = token_rows(
             &self.tokenizer,
             text,
@@ -141,7 +144,7 @@ impl InjectionClassifier {
     /// P(injection) of one text, read as one unit (its first window when longer).
     pub fn probability(&self, text: &str) -> Result<f32, ModelError> {
         Ok(self
-            .classify_spans(text, &[0..text.len()])?
+            .classify_spans(text, std::slice::from_ref(&(0..text.len())))?
             .into_iter()
             .flatten()
             .map(|(_, p)| p)

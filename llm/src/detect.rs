@@ -444,7 +444,8 @@ fn judge_run(
 /// Zero-width runs at least this long read as bits, whether or not they decode.
 const MIN_BITS_RUN: usize = 8;
 
-fn excerpt(s: &str, max_chars: usize) -> String {
+/// At most `max_chars` characters of `s`, with an ellipsis when cut.
+pub(crate) fn excerpt(s: &str, max_chars: usize) -> String {
     let mut out: String = s.chars().take(max_chars).collect();
     if s.chars().nth(max_chars).is_some() {
         out.push('…');

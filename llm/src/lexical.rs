@@ -22,9 +22,9 @@ use base64::Engine as _;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{DetectorLayer, Finding, escape_invisible};
+use crate::detect::{DetectorLayer, Finding, escape_invisible, excerpt};
 use crate::normalize::Normalized;
-use crate::units::{hidden_texts, prefix, scan_units};
+use crate::units::{hidden_texts, learned_score, prefix, scan_units, truncation_finding};
 
 /// Where the shipped weights live in the repository (named in errors).
 pub const LEXICAL_FILE: &str = "llm/data/injection-lexical.json";
@@ -232,20 +232,10 @@ impl LexicalLayer {
     }
 }
 
-/// A unit's logit at or above `threshold` mapped onto 0.5..1 (0.5 at the threshold, 1 four
-/// logits above it), so one finding flags under the detector's default threshold.
+/// A unit's logit at or above `threshold` as a finding score ([`learned_score`]: full strength
+/// four logits above it).
 pub(crate) fn logit_score(logit: f32, threshold: f32) -> f32 {
-    0.5 + 0.5 * ((logit - threshold) / 4.0).clamp(0.0, 1.0)
-}
-
-pub(crate) fn excerpt(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
-    }
+    learned_score((logit - threshold) / 4.0)
 }
 
 impl DetectorLayer for LexicalLayer {
@@ -256,21 +246,7 @@ impl DetectorLayer for LexicalLayer {
     fn scan(&self, original: &str, input: &Normalized) -> Vec<Finding> {
         let text = prefix(&input.text, self.max_bytes);
         let mut out = Vec::new();
-        if text.len() < input.text.len() {
-            let cut = input.original_span(&(0..text.len()));
-            out.push(Finding {
-                layer: "lexical".into(),
-                pattern_id: "lexical-truncated".into(),
-                span: cut.end..original.len(),
-                matched: String::new(),
-                score: 0.0,
-                detail: Some(format!(
-                    "the lexical layer read the first {} of {} bytes",
-                    self.max_bytes,
-                    input.text.len()
-                )),
-            });
-        }
+        out.extend(truncation_finding("lexical", original, input, text.len()));
         let threshold = self.model.threshold;
         let mut scored = self.model.units(text);
         for (_, hidden) in hidden_texts(input) {
@@ -325,6 +301,6 @@ mod tests {
     #[test]
     fn score_is_half_at_the_threshold() {
         assert_eq!(logit_score(1.0, 1.0), 0.5);
-        assert_eq!(logit_score(9.0, 1.0), 1.0);
+        assert_eq!(logit_score(9.0, 1.0), crate::units::LEARNED_MAX_SCORE);
     }
 }

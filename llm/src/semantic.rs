@@ -157,11 +157,11 @@ mod ml {
     use base64::Engine as _;
     use serde::{Deserialize, Serialize};
 
-    use crate::detect::{DetectorLayer, Finding, escape_invisible};
+    use crate::detect::{DetectorLayer, Finding, escape_invisible, excerpt};
     use crate::embed::{DIM, Embedder, dot, normalize_l2};
     use crate::models::ModelError;
     use crate::normalize::Normalized;
-    use crate::units::{prefix, scan_units};
+    use crate::units::{prefix, scan_units, truncation_finding};
 
     pub const BANK_FILE: &str = "llm/data/semantic-bank.json";
     pub const CLASSIFIER_FILE: &str = "llm/data/semantic-classifier.json";
@@ -544,16 +544,6 @@ mod ml {
         0.5 + 0.5 * ((raw - threshold) / span).clamp(0.0, 1.0)
     }
 
-    fn excerpt(s: &str, max: usize) -> String {
-        if s.chars().count() <= max {
-            s.to_owned()
-        } else {
-            let mut t: String = s.chars().take(max).collect();
-            t.push('…');
-            t
-        }
-    }
-
     impl DetectorLayer for SemanticLayer {
         fn name(&self) -> &str {
             "semantic"
@@ -562,22 +552,8 @@ mod ml {
         fn scan(&self, original: &str, input: &Normalized) -> Vec<Finding> {
             let threshold = self.threshold();
             let mut out = Vec::new();
-            if input.text.len() > self.max_bytes {
-                let cut = input.original_span(&(0..prefix(&input.text, self.max_bytes).len()));
-                out.push(Finding {
-                    layer: "semantic".into(),
-                    pattern_id: "semantic-truncated".into(),
-                    span: cut.end..original.len(),
-                    matched: String::new(),
-                    score: 0.0,
-                    detail: Some(format!(
-                        "the semantic layer read the first {} of {} bytes; the unicode and regex \
-                         layers read all of them",
-                        self.max_bytes,
-                        input.text.len()
-                    )),
-                });
-            }
+            let read = prefix(&input.text, self.max_bytes).len();
+            out.extend(truncation_finding("semantic", original, input, read));
             out.extend(match self.windows(input) {
                 Ok(windows) => windows
                     .into_iter()

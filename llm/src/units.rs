@@ -11,11 +11,38 @@
 
 use std::ops::Range;
 
+use crate::detect::Finding;
+use crate::normalize::Normalized;
+
 /// Texts up to this size are also scored whole, as the labelled prompts were.
 pub const WHOLE_TEXT_BYTES: usize = 512;
 
+/// Units shorter than this many characters (white space trimmed) are not scored: no labelled
+/// text that short exists to learn from (the shortest in the splits has 12), and a model that
+/// has never seen one scores a lone word like `run` or `other` as it pleases (measured: the
+/// n-gram model gave `run` p = 0.985). The rule layers still read them.
+pub const MIN_UNIT_CHARS: usize = 12;
+
+/// The highest score a learned layer's finding gets, at four logits (n-gram) or the top of the
+/// probability range (transformer) above its threshold. It stays below the rules that name an
+/// attack (0.9–0.95): at equal strength the finding that says what the attack is explains a
+/// verdict better than a model's confidence, so that is the one a warning line shows.
+pub const LEARNED_MAX_SCORE: f32 = 0.85;
+
+/// A learned layer's finding score for `strength` in 0..1 above its threshold: 0.5 at the
+/// threshold (one finding flags under the detector's default threshold) up to
+/// [`LEARNED_MAX_SCORE`].
+pub(crate) fn learned_score(strength: f32) -> f32 {
+    0.5 + (LEARNED_MAX_SCORE - 0.5) * strength.clamp(0.0, 1.0)
+}
+
+fn long_enough(text: &str) -> bool {
+    text.trim().chars().nth(MIN_UNIT_CHARS - 1).is_some()
+}
+
 /// The units of `text` (byte ranges): the whole text when it is at most [`WHOLE_TEXT_BYTES`] or
 /// has at most one sentence; otherwise every sentence and every pair of adjacent sentences.
+/// Units shorter than [`MIN_UNIT_CHARS`] are left out.
 pub fn scan_units(text: &str) -> Vec<Range<usize>> {
     let s = sentences(text);
     let mut units = Vec::with_capacity(2 * s.len() + 1);
@@ -29,6 +56,7 @@ pub fn scan_units(text: &str) -> Vec<Range<usize>> {
             }
         }
     }
+    units.retain(|r| text.get(r.clone()).is_some_and(long_enough));
     units
 }
 
@@ -73,7 +101,7 @@ pub fn hidden_texts(input: &crate::normalize::Normalized) -> Vec<(Range<usize>, 
     input
         .tag_payloads
         .iter()
-        .filter(|(_, p)| !flag_like(p))
+        .filter(|(_, p)| !flag_like(p) && long_enough(p))
         .map(|(span, p)| (span.clone(), p.to_lowercase()))
         .collect()
 }
@@ -93,6 +121,32 @@ pub fn prefix(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// When a layer read only the first `read` bytes of the normalised text, the finding (score 0)
+/// that says so, spanning the unread rest of the original text.
+pub(crate) fn truncation_finding(
+    layer: &str,
+    original: &str,
+    input: &Normalized,
+    read: usize,
+) -> Option<Finding> {
+    if read >= input.text.len() {
+        return None;
+    }
+    let cut = input.original_span(&(0..read));
+    Some(Finding {
+        layer: layer.into(),
+        pattern_id: format!("{layer}-truncated"),
+        span: cut.end..original.len(),
+        matched: String::new(),
+        score: 0.0,
+        detail: Some(format!(
+            "the {layer} layer read the first {read} of {} bytes; the unicode and regex layers \
+             read all of them",
+            input.text.len()
+        )),
+    })
 }
 
 #[cfg(test)]
@@ -122,12 +176,31 @@ mod tests {
         let t = "One. Two. Three.";
         let units: Vec<&str> = scan_units(t).into_iter().map(|r| &t[r]).collect();
         assert_eq!(units, ["One. Two. Three."]);
-        let long = format!("{}. Two. Three.", "one ".repeat(200).trim_end());
+        let long = format!(
+            "{}. The second one. The third one.",
+            "one ".repeat(200).trim_end()
+        );
         let units: Vec<&str> = scan_units(&long).into_iter().map(|r| &long[r]).collect();
         assert_eq!(units.len(), 5, "{units:?}");
-        assert_eq!(units[3], "Two. Three.");
+        assert_eq!(units[3], "The second one. The third one.");
         let long = "word ".repeat(200) + ". And more. The end.";
         assert!(!scan_units(&long).contains(&(0..long.len())));
+    }
+
+    #[test]
+    fn units_too_short_to_judge_are_left_out() {
+        for t in ["run", "other\n", "x", "  eleven ch  ", ""] {
+            assert!(scan_units(t).is_empty(), "{t:?}");
+        }
+        assert_eq!(scan_units("twelve chars"), vec![0..12usize]);
+        // A long text keeps its long sentences and the pairs that reach the minimum.
+        let long = format!(
+            "{}. Ok. Fine. The end of it.",
+            "word ".repeat(120).trim_end()
+        );
+        let units: Vec<&str> = scan_units(&long).into_iter().map(|r| &long[r]).collect();
+        assert!(!units.contains(&"Ok."), "{units:?}");
+        assert!(units.contains(&"Fine. The end of it."), "{units:?}");
     }
 
     #[test]

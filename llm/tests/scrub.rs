@@ -4,6 +4,7 @@
 //! in the corpus reaches a (fake) provider.
 
 mod common;
+mod labelled;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -388,30 +389,6 @@ struct LabelledRow {
     text: String,
 }
 
-/// `\n`, `\t`, `\\` and `\u{HEX}`, as documented at the top of the data files.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('\\') => out.push('\\'),
-            Some('u') => {
-                assert_eq!(chars.next(), Some('{'), "bad escape in {s:?}");
-                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
-            }
-            other => panic!("bad escape \\{other:?} in {s:?}"),
-        }
-    }
-    out
-}
-
 fn labelled(raw: &str) -> Vec<LabelledRow> {
     let mut rows = Vec::new();
     let mut header = false;
@@ -436,8 +413,8 @@ fn labelled(raw: &str) -> Vec<LabelledRow> {
             line: i + 1,
             label: cols[0].to_owned(),
             kind: cols[1].to_owned(),
-            value: unescape(cols[2]),
-            text: unescape(cols[3]),
+            value: labelled::unescape(cols[2]),
+            text: labelled::unescape(cols[3]),
         };
         if row.label == "benign" {
             assert_eq!(row.value, "-", "line {}", row.line);

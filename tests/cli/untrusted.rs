@@ -88,8 +88,15 @@ fn an_injection_in_a_steps_output_is_flagged_and_the_step_using_it_is_parked() {
     assert_eq!(sc["flagged"], true, "{sc:#}");
     assert!(sc["score"].as_f64().unwrap() >= 0.5, "{sc:#}");
     assert_eq!(sc["flagged_streams"], serde_json::json!(["stdout"]));
-    let top = &sc["findings"][0];
-    assert_eq!(top["pattern_id"], "ignore-previous-instructions", "{sc:#}");
+    // The learned layers may score the same text as high; the rule's finding is the one whose
+    // offset this test checks.
+    let top = sc["findings"]
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|x| x["pattern_id"] == "ignore-previous-instructions")
+        })
+        .unwrap_or_else(|| panic!("the override rule is among the findings: {sc:#}"));
     assert_eq!(top["stream"], "stdout");
     // The offset points at the injection in the recorded stdout.
     let stdout = step(&rec, "fetch")["stdout"].as_str().unwrap();
@@ -124,7 +131,8 @@ fn an_injection_in_a_steps_output_is_flagged_and_the_step_using_it_is_parked() {
         line.contains("`fetch`") && line.contains("ignore-previous-instructions"),
         "{line}"
     );
-    assert!(line.contains("score 0.9"), "{line}");
+    let score = sc["score"].as_f64().unwrap();
+    assert!(line.contains(&format!("score {score:.2}")), "{line}");
     assert!(
         shown.contains("took flagged content: steps.fetch.stdout"),
         "{shown}"
