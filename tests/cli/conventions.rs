@@ -306,3 +306,146 @@ fn runs_are_found_from_where_run_was_typed() {
 fn assert_no_state_in(dir: &Path) {
     assert!(!dir.join(".secureclaw").exists());
 }
+
+/// The references `docs/threat-model.md` gives as proof: `path/to/file.rs::test_name` (a file of
+/// the repository that has a test of that name) and `scripts/NAME.sh` (a script that exists).
+fn proof_references(doc: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let path_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '.' | '-');
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut tests = Vec::new();
+    for (at, _) in doc.match_indices(".rs::") {
+        let start = doc[..at]
+            .rfind(|c: char| !path_char(c))
+            .map_or(0, |i| i + 1);
+        let rest = &doc[at + ".rs::".len()..];
+        let name: String = rest.chars().take_while(|c| name_char(*c)).collect();
+        tests.push((format!("{}.rs", &doc[start..at]), name));
+    }
+    let mut scripts = Vec::new();
+    for (at, _) in doc.match_indices("scripts/") {
+        let word: String = doc[at..].chars().take_while(|c| path_char(*c)).collect();
+        let word = word.trim_end_matches('.');
+        if word.ends_with(".sh") {
+            scripts.push(word.to_string());
+        }
+    }
+    (tests, scripts)
+}
+
+/// Whether `source` declares `fn name(` under a test attribute (`#[test]`, `#[tokio::test]`...).
+fn declares_test(source: &str, name: &str) -> bool {
+    let lines: Vec<&str> = source.lines().collect();
+    let decl = format!("fn {name}(");
+    lines.iter().enumerate().any(|(i, line)| {
+        let t = line.trim_start();
+        if !(t.starts_with(&decl) || t.starts_with(&format!("async {decl}"))) {
+            return false;
+        }
+        lines[..i]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with("#[") || l.starts_with("//"))
+            .any(|l| l.starts_with("#[") && l.contains("test"))
+    })
+}
+
+/// The cells of a markdown table row, trimmed.
+fn cells(row: &str) -> Vec<String> {
+    row.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+/// The markdown tables of `doc`: header cells (lowercase) and body rows (each row's raw line).
+fn tables(doc: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut block: Vec<&str> = Vec::new();
+    for line in doc.lines().chain(std::iter::once("")) {
+        if line.trim_start().starts_with('|') {
+            block.push(line);
+            continue;
+        }
+        if block.len() >= 2 {
+            let header = cells(block[0]).iter().map(|c| c.to_lowercase()).collect();
+            out.push((header, block[2..].iter().map(|l| l.to_string()).collect()));
+        }
+        block.clear();
+    }
+    out
+}
+
+#[test]
+fn threat_model_references_name_real_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/threat-model.md")).unwrap();
+    let (tests, scripts) = proof_references(&doc);
+    assert!(tests.len() >= 50, "only {} test references", tests.len());
+    let mut wrong = Vec::new();
+    for (file, name) in &tests {
+        match std::fs::read_to_string(root.join(file)) {
+            Err(e) => wrong.push(format!("{file}::{name}: {e}")),
+            Ok(source) if name.is_empty() || !declares_test(&source, name) => {
+                wrong.push(format!("{file}::{name}: no test of that name in the file"));
+            }
+            Ok(_) => {}
+        }
+    }
+    for script in &scripts {
+        if !root.join(script).is_file() {
+            wrong.push(format!("{script}: no such script"));
+        }
+    }
+    assert!(wrong.is_empty(), "docs/threat-model.md: {wrong:#?}");
+
+    // Every row of a table with a test column proves itself or says it is not proven; the OWASP
+    // tables (those with a status column) say covered, partly or not, one row per risk.
+    let proven = |row: &str| {
+        let script = |w: &str| w.starts_with("scripts/") && w.ends_with(".sh");
+        row.contains(".rs::")
+            || row.to_lowercase().contains("no test")
+            || row.split(['`', ' ']).any(script)
+    };
+    let mut rows = 0;
+    let mut ids = Vec::new();
+    for (header, body) in tables(&doc) {
+        if !header.iter().any(|h| h == "test" || h == "tests") {
+            continue;
+        }
+        let status = header.iter().position(|h| h == "status");
+        for row in body {
+            rows += 1;
+            assert!(proven(&row), "neither a test nor \"no test\": {row}");
+            if let Some(col) = status {
+                let row_cells = cells(&row);
+                let word = row_cells.get(col).map_or("", String::as_str);
+                assert!(
+                    ["covered", "partly", "not"].contains(&word),
+                    "status {word:?} is not covered, partly or not: {row}"
+                );
+                ids.push(row_cells[0].clone());
+            }
+        }
+    }
+    assert!(rows >= 60, "only {rows} rows in the threat tables");
+    for n in 1..=10 {
+        for prefix in ["LLM", "ASI"] {
+            let id = format!("{prefix}{n:02}");
+            assert!(ids.contains(&id), "no row for {id} in {ids:?}");
+        }
+    }
+    for surface in [
+        "Sandbox escape",
+        "Credential theft",
+        "Prompt injection",
+        "Unauthorised revert or approval",
+        "API data leakage",
+        "Supply chain",
+        "Running the server in a container",
+    ] {
+        let heading = |l: &&str| l.starts_with('#') && l.contains(surface);
+        assert!(doc.lines().any(|l| heading(&l)), "no section on {surface}");
+    }
+}
