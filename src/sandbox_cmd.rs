@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use console::style;
-use secureclaw_engine::tools::sandbox::{BACKENDS, ExecSpec, Layer, by_name};
+use secureclaw_engine::tools::sandbox::{ACCEPTED_MARK, BACKENDS, ExecSpec, Layer, by_name};
 use secureclaw_engine::tools::sandbox::{
     DockerSandbox, ImageRecipe, LATEST_IMAGE, build_image, versioned_image,
 };
@@ -42,7 +42,15 @@ pub enum SandboxCommand {
     /// `--security-opt no-new-privileges` and `--cap-drop ALL` (the profile denies `capset`, so
     /// runc must install it after dropping capabilities, which it does only with
     /// no-new-privileges).
-    SeccompProfile,
+    ///
+    /// With --server: the profile of the container that runs `secureclaw serve` with the native
+    /// sandbox inside (docker/seccomp-server.json), generated from the same step policy plus
+    /// `sandbox/policy/seccomp-server.toml`.
+    SeccompProfile {
+        /// The server container's profile instead of the step containers'.
+        #[arg(long)]
+        server: bool,
+    },
     /// Build the docker backend's image offline (no registry).
     ///
     /// The image is Debian's static busybox (and any --include'd host programs with their
@@ -76,7 +84,12 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
         .build()?;
     match cmd {
         SandboxCommand::Check { required, json } => rt.block_on(check(required, json)),
-        SandboxCommand::SeccompProfile => {
+        SandboxCommand::SeccompProfile { server: true } => {
+            let profile = secureclaw_engine::tools::sandbox::server_profile_pretty()?;
+            print!("{profile}");
+            Ok(exit::OK)
+        }
+        SandboxCommand::SeccompProfile { server: false } => {
             let profile = secureclaw_engine::tools::sandbox::repository_profile()
                 .map_err(anyhow::Error::msg)?;
             let value: serde_json::Value = serde_json::from_str(profile)?;
@@ -121,6 +134,16 @@ struct Report {
     missing: Vec<String>,
 }
 
+impl Report {
+    /// The missing layers the operator did not accept (SECURECLAW_SANDBOX_ACCEPT_MISSING).
+    fn refused(&self) -> Vec<&String> {
+        self.missing
+            .iter()
+            .filter(|m| !m.ends_with(ACCEPTED_MARK))
+            .collect()
+    }
+}
+
 async fn check(required: Vec<String>, as_json: bool) -> anyhow::Result<u8> {
     let required = if required.is_empty() {
         vec![secureclaw_engine::tools::sandbox::DEFAULT_BACKEND.to_string()]
@@ -138,7 +161,7 @@ async fn check(required: Vec<String>, as_json: bool) -> anyhow::Result<u8> {
         reports.push(probe(name, workspace.path().to_path_buf()).await);
     }
     let failed = reports.iter().any(|r| {
-        required.contains(&r.backend) && (!r.available || (r.isolated && !r.missing.is_empty()))
+        required.contains(&r.backend) && (!r.available || (r.isolated && !r.refused().is_empty()))
     });
     if as_json {
         let doc: Vec<_> = reports
@@ -191,6 +214,23 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
     };
     let mut layers = outcome.enforcement.layers;
     let mut missing = outcome.enforcement.missing;
+    if missing.iter().any(|m| m.starts_with("proc:")) {
+        // An empty /proc (a container refused a fresh one): the kernel's own view cannot be
+        // read from inside; the `proc` line already says so, and the layers above stand.
+        layers.push(Layer {
+            name: "kernel view".into(),
+            active: false,
+            detail: "not readable: the step's /proc is empty".into(),
+        });
+        return Report {
+            backend: name.to_string(),
+            available: true,
+            problem: None,
+            isolated: sandbox.isolated(),
+            layers,
+            missing,
+        };
+    }
     if !outcome.exit.success() {
         missing.push(format!(
             "probe step {}: {}",
@@ -261,6 +301,10 @@ fn print_report(r: &Report) {
         style("available, NOT isolated").yellow().to_string()
     } else if r.missing.is_empty() {
         style("available, all layers in force").green().to_string()
+    } else if r.refused().is_empty() {
+        style("available, missing layers accepted by the operator")
+            .yellow()
+            .to_string()
     } else {
         style("available, DEGRADED").red().to_string()
     };
@@ -285,7 +329,11 @@ fn print_report(r: &Report) {
         crate::output::write_table(layers, "    ", &mut std::io::stdout().lock());
     }
     for m in &r.missing {
-        println!("    {} {m}", style("missing:").red());
+        if m.ends_with(ACCEPTED_MARK) {
+            println!("    {} {m}", style("accepted:").yellow());
+        } else {
+            println!("    {} {m}", style("missing:").red());
+        }
     }
 }
 

@@ -22,9 +22,11 @@ pub mod risk {
 /// point the binary must call first.
 pub mod sandbox {
     pub use secureclaw_sandbox::docker::profile::repository_profile;
+    pub use secureclaw_sandbox::docker::server_profile::server_profile_pretty;
     pub use secureclaw_sandbox::docker::{
         DockerSandbox, ImageRecipe, build_image, image::LATEST_IMAGE, versioned_image,
     };
+    pub use secureclaw_sandbox::native::accept::ACCEPTED_MARK;
     pub use secureclaw_sandbox::{
         BACKENDS, DEFAULT_BACKEND, ExecSpec, Layer, by_name, run_helper_if_requested,
     };

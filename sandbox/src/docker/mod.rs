@@ -16,6 +16,7 @@
 
 pub mod image;
 pub mod profile;
+pub mod server_profile;
 pub mod workspace;
 
 use std::collections::HashMap;

@@ -1102,13 +1102,36 @@ fn build_sandbox(
     let r_proc = root.join("proc");
     fs::create_dir(&r_proc).map_err(|e| format!("mkdir proc: {e}"))?;
     // Read-only: with a writable procfs, /proc/sys and /proc/sysrq-trigger are host-wide.
-    mount(
+    let fresh_proc = mount(
         c"proc",
         &r_proc,
         Some(c"proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
         None,
-    )?;
+    );
+    if let Err(why) = fresh_proc {
+        // Inside a container whose own /proc has masked entries (Docker's default), the kernel
+        // refuses a new procfs in a user namespace. Binding the container's /proc instead would
+        // show the step the server and every other step; an empty /proc hides everything and
+        // only breaks programs that read it, so it is the fallback, and only when accepted.
+        if !(config.allow_degraded || config.accept_empty_proc) {
+            return Err(format!(
+                "{why}: the kernel refuses a fresh /proc here (inside a container that masks parts of its own /proc); \
+                 run the container with `--security-opt systempaths=unconfined`, or accept an empty /proc for every step \
+                 with SECURECLAW_SANDBOX_ACCEPT_MISSING=proc"
+            ));
+        }
+        mount(
+            c"tmpfs",
+            &r_proc,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            Some(c"mode=0555,size=4k"),
+        )?;
+        rep.send(&InnerMsg::Missing {
+            what: format!("proc: {why}; /proc is an empty read-only directory"),
+        });
+    }
 
     let r_tmp = root.join("tmp");
     fs::create_dir(&r_tmp).map_err(|e| format!("mkdir tmp: {e}"))?;

@@ -6,6 +6,7 @@
 //! control socket as fd 3, enforces the wall clock and kills the whole tree. The helper side
 //! is in `helper.rs`; the policy compiler in `policy.rs`; cgroups in `cgroup.rs`.
 
+pub mod accept;
 pub(crate) mod bpf;
 mod cgroup;
 pub(crate) mod helper;
@@ -198,11 +199,15 @@ impl NativeSandbox {
                 detail: format!("{:?}", p.cgroups),
             });
         }
+        let missing = missing_layers(p);
         EnforcementReport {
             backend: NAME.into(),
             isolated: true,
             layers,
-            missing: missing_layers(p),
+            missing: match accept::Accepted::from_env() {
+                Ok(accepted) => accepted.mark(missing),
+                Err(_) => missing,
+            },
         }
     }
 }
@@ -260,9 +265,15 @@ impl Sandbox for NativeSandbox {
         crate::require_argv(spec)?;
         let workspace = std::fs::canonicalize(&spec.workspace)?;
         let p = probe();
+        let accepted =
+            accept::Accepted::from_env().map_err(|reason| SandboxError::Unavailable {
+                backend: NAME.into(),
+                reason,
+            })?;
         let mut missing = missing_layers(p);
-        if !missing.is_empty() && !spec.allow_degraded {
-            return Err(degraded(missing, Vec::new()));
+        let refused = accepted.refused(&missing);
+        if !refused.is_empty() && !spec.allow_degraded {
+            return Err(degraded(refused, Vec::new()));
         }
 
         let start = Instant::now();
@@ -273,8 +284,9 @@ impl Sandbox for NativeSandbox {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     missing.push(format!("cgroups: cannot create the step's cgroup: {e}"));
-                    if !spec.allow_degraded {
-                        return Err(degraded(missing, Vec::new()));
+                    let refused = accepted.refused(&missing);
+                    if !refused.is_empty() && !spec.allow_degraded {
+                        return Err(degraded(refused, Vec::new()));
                     }
                     None
                 }
@@ -440,6 +452,7 @@ impl NativeSandbox {
             outside_gid: self.outside_gid,
             idmap_workspace: self.idmap_workspace,
             allow_degraded: spec.allow_degraded,
+            accept_empty_proc: accept::Accepted::from_env().is_ok_and(|a| a.proc()),
             tmp_size_bytes: TMP_SIZE_BYTES,
             seccomp: p.seccomp.clone().unwrap_or_default(),
             landlock_abi: p.landlock_abi,
@@ -590,6 +603,10 @@ impl NativeSandbox {
         missing.extend(r.missing);
         missing.sort();
         missing.dedup();
+        let missing = match accept::Accepted::from_env() {
+            Ok(accepted) => accepted.mark(missing),
+            Err(_) => missing,
+        };
 
         let exit = match ended {
             Ended::DiskBudget => ExitReason::DiskBudget,

@@ -31,6 +31,10 @@ pub struct HelperConfig {
     pub idmap_workspace: bool,
     /// Accept running with a missing layer (the result reports it).
     pub allow_degraded: bool,
+    /// Accept an empty read-only /proc when the kernel refuses a fresh procfs (the operator
+    /// accepted `proc` with SECURECLAW_SANDBOX_ACCEPT_MISSING).
+    #[serde(default)]
+    pub accept_empty_proc: bool,
     pub tmp_size_bytes: u64,
     /// Seccomp programs in installation order; empty when seccomp is unavailable (degraded).
     pub seccomp: Vec<Vec<Insn>>,
