@@ -88,6 +88,18 @@ expect "seccomp default action" "$(docker inspect -f '{{json .HostConfig.Securit
 expect "pids limit" "$(docker inspect -f '{{.HostConfig.PidsLimit}}' "$CID")" "512"
 expect "passphrase not in the environment" "$(docker inspect -f '{{json .Config.Env}}' "$CID" | jq -r 'map(select(test("PASSPHRASE=")) ) | length')" "0"
 expect "the process runs as" "$(docker exec "$CID" /bin/id -u)" "10001"
+expect "memory limit" "$(docker inspect -f '{{.HostConfig.Memory}}' "$CID")" "2147483648"
+expect "published on" "$(docker port "$CID" 8080 | head -1)" "127.0.0.1:$PORT"
+expect "Docker socket mounts" "$(docker inspect -f '{{json .Mounts}}' "$CID" | grep -c docker.sock || true)" "0"
+expect "health" "$(docker inspect -f '{{.State.Health.Status}}' "$CID")" "healthy"
+# From inside: every native layer in force but the two the operator accepted.
+check=$(docker exec "$CID" secureclaw sandbox check --json) || fail "sandbox check failed: $check"
+expect "native layers missing and not accepted" \
+  "$(jq -r '[.[] | select(.backend == "native") | .missing[] | select(endswith("(accepted by SECURECLAW_SANDBOX_ACCEPT_MISSING)") | not)] | length' <<<"$check")" "0"
+for layer in namespaces seccomp landlock no-new-privs capabilities readonly-root network; do
+  expect "native layer $layer" \
+    "$(jq -r --arg l "$layer" '.[] | select(.backend == "native") | .layers[] | select(.name == $l) | .active' <<<"$check")" "true"
+done
 
 step "register, submit a workflow with a shell step, run it"
 PASSWORD="compose-test-$(head -c 9 /dev/urandom | base64 | tr -d '/+=')"
