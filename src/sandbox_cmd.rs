@@ -222,29 +222,22 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
             active: false,
             detail: "not readable: the step's /proc is empty".into(),
         });
-        return Report {
-            backend: name.to_string(),
-            available: true,
-            problem: None,
-            isolated: sandbox.isolated(),
-            layers,
-            missing,
-        };
-    }
-    if !outcome.exit.success() {
-        missing.push(format!(
-            "probe step {}: {}",
-            outcome.exit.describe(),
-            String::from_utf8_lossy(&outcome.stderr).trim()
-        ));
-    }
-    let status = String::from_utf8_lossy(&outcome.stdout).into_owned();
-    if sandbox.isolated() {
-        for layer in kernel_view(&status) {
-            if !layer.active {
-                missing.push(format!("{}: {}", layer.name, layer.detail));
+    } else {
+        if !outcome.exit.success() {
+            missing.push(format!(
+                "probe step {}: {}",
+                outcome.exit.describe(),
+                String::from_utf8_lossy(&outcome.stderr).trim()
+            ));
+        }
+        let status = String::from_utf8_lossy(&outcome.stdout).into_owned();
+        if sandbox.isolated() {
+            for layer in kernel_view(&status) {
+                if !layer.active {
+                    missing.push(format!("{}: {}", layer.name, layer.detail));
+                }
+                layers.push(layer);
             }
-            layers.push(layer);
         }
     }
     Report {
