@@ -748,6 +748,21 @@ impl Snapshotter {
         self.root.join(p.as_path())
     }
 
+    /// Whether a parent of `p` is not a real directory (gone, a file, or a symlink): then `p`
+    /// does not exist in the tree, whatever a lookup that follows the symlink would find (a
+    /// step can replace `d/` by `d -> elsewhere`, or by the loop `d -> d`).
+    fn under_a_non_directory(&self, p: &RelPath) -> bool {
+        let bytes = &p.0;
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .any(|(i, _)| {
+                let parent = RelPath(bytes[..i].to_vec());
+                !fs::symlink_metadata(self.abs(&parent)).is_ok_and(|m| m.file_type().is_dir())
+            })
+    }
+
     fn is_excluded(&self, p: &RelPath) -> bool {
         self.excluded.contains(p)
     }
@@ -1246,6 +1261,9 @@ impl Snapshotter {
         known: Option<&Entry>,
     ) -> Result<Option<Entry>, SnapshotError> {
         let path = self.abs(p);
+        if self.under_a_non_directory(p) {
+            return Ok(None);
+        }
         let md = match fs::symlink_metadata(&path) {
             Ok(m) => m,
             // A parent that is no longer a directory (a step replaced `d/` by a file `d`)

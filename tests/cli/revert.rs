@@ -503,3 +503,31 @@ fn a_directory_replaced_by_a_file_is_put_back() {
     assert!(!out.status.success());
     assert_eq!(ws.tree(), before);
 }
+
+/// A directory replaced by a symlink is put back without looking through the symlink: the
+/// paths under the old directory are absent, whether the link loops (`d -> d`, where a lookup
+/// of `d/e` fails with ELOOP) or points at another directory holding a file of the same name.
+#[test]
+fn a_directory_replaced_by_a_symlink_is_put_back() {
+    for (name, swap) in [
+        ("loop", "rm -rf d && ln -sfn d d"),
+        (
+            "elsewhere",
+            "rm -rf d && mkdir o && echo other > o/e && ln -s o d",
+        ),
+    ] {
+        let ws = Ws::new();
+        ws.write("d/e", "inner\n");
+        let before = ws.tree();
+        let out = ws.run(&format!(
+            "version: 1\nname: {name}\nsteps:\n  - {{ id: swap, shell: '{swap}' }}\n"
+        ));
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(ws.path().join("d").is_symlink(), "{name}");
+        let id = run_id(&out);
+        let out = ws.cmd(&["revert", &id]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(ws.tree(), before, "{name}");
+        assert_eq!(ws.read("d/e"), "inner\n", "{name}");
+    }
+}
