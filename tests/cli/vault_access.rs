@@ -89,12 +89,14 @@ fn reading_commands_work_while_a_run_holds_the_state() {
     // Wait until the first step is recorded and the run sits in the second.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // `runs` lists the run as soon as it starts; `show` says when step `a` is recorded.
         let out = cli(xdg.path())
-            .args(["runs", "--state-dir"])
+            .args(["show", "last", "--state-dir"])
             .arg(&state)
             .output()
             .unwrap();
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("running") {
+        let shown = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && shown.contains("running") && shown.contains("succeeded  a") {
             break;
         }
         assert!(
