@@ -52,6 +52,15 @@ pub enum VaultError {
     )]
     ForeignDatabase,
     #[error(
+        "{dir} holds vault {local}, but the shared store belongs to vault {shared}: give this \
+         node an empty state directory (it copies the shared header) or the store of its own vault"
+    )]
+    OtherVault {
+        dir: PathBuf,
+        local: String,
+        shared: String,
+    },
+    #[error(
         "sealed value {what} failed authentication: it was modified, moved from another row, \
          or comes from another vault"
     )]

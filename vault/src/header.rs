@@ -161,7 +161,24 @@ pub(crate) fn read(dir: &Path) -> Result<Parsed, VaultError> {
         }
         Err(e) => return Err(VaultError::io(format!("reading {}", p.display()), e)),
     };
-    let raw = strict_json::parse(&bytes, strict_json::Numbers::Any)
+    parse(dir, &bytes)
+}
+
+/// The header file's bytes as they are on disk.
+pub(crate) fn read_bytes(dir: &Path) -> Result<Vec<u8>, VaultError> {
+    let p = path(dir);
+    read_bounded(&p).map_err(|e| VaultError::io(format!("reading {}", p.display()), e))
+}
+
+/// Parses a header's bytes; errors name `dir` as the place the header belongs to.
+pub(crate) fn parse(dir: &Path, bytes: &[u8]) -> Result<Parsed, VaultError> {
+    if bytes.len() as u64 > MAX_HEADER_BYTES {
+        return Err(corrupt(
+            dir,
+            format!("larger than {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    let raw = strict_json::parse(bytes, strict_json::Numbers::Any)
         .map_err(|e| corrupt(dir, e.to_string()))?;
     // Every KDF number is checked, by name, before the typed parse (whose errors do not name
     // the field) and long before any Argon2 work.
@@ -280,13 +297,19 @@ pub(crate) fn unlock_master(
 
 /// Writes the header atomically: a crash leaves either the old or the new file, never a mix.
 pub(crate) fn write(dir: &Path, h: &Header) -> Result<(), VaultError> {
-    let bytes = serde_json::to_vec_pretty(h).map_err(|e| VaultError::json("vault header", e))?;
+    let mut bytes =
+        serde_json::to_vec_pretty(h).map_err(|e| VaultError::json("vault header", e))?;
+    bytes.push(b'\n');
+    write_bytes(dir, &bytes)
+}
+
+/// Writes header bytes atomically (a shared copy's, already parsed and unlocked, as they are).
+pub(crate) fn write_bytes(dir: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let final_path = path(dir);
     let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.write_all(b"\n")?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &final_path)?;
         fs::File::open(dir)?.sync_all()

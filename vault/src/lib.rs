@@ -31,6 +31,7 @@ mod ledger;
 mod params;
 mod passphrase;
 mod remote;
+mod shared;
 mod store;
 mod strict_json;
 
@@ -41,8 +42,9 @@ pub use blobs::{BlobId, Blobs, GcReport};
 pub use error::{BreakReason, LedgerError, PassphraseError, VaultError};
 pub use keys::DEFAULT_ROTATE_AFTER;
 pub use ledger::{
-    ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead, LedgerKey, LedgerRecord,
-    NewEntry, VerifyReport, canonical_json, kind, parse_export_head, verify_export,
+    ChainedEntries, ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead,
+    LedgerKey, LedgerRecord, LedgerSource, NewEntry, VerifyReport, canonical_json, kind,
+    parse_export_head, verify_export,
 };
 pub use params::{
     ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams, MAX_COST_KIB_PASSES,
@@ -50,6 +52,7 @@ pub use params::{
 };
 pub use passphrase::{ENV_PASSPHRASE, PassphraseSource};
 pub use remote::{SOCKET_FILE as READ_SOCKET_FILE, is_stale_socket};
+pub use shared::SharedName;
 pub use store::WriteTx;
 
 use error::storage;

@@ -27,18 +27,18 @@ pub(crate) fn meta_domain(name: &str) -> Vec<u8> {
 
 /// The AAD of a store value: its table and its row (the row hash is a keyed function of the
 /// table and key, so binding it binds both, and it is known when listing a table).
-fn store_domain(table: &str, row: &[u8]) -> Vec<u8> {
+pub(crate) fn store_domain(table: &str, row: &[u8]) -> Vec<u8> {
     [DOMAIN_STORE, &lp(table.as_bytes()), &lp(row)].concat()
 }
 
 /// Table names and row keys are keyed hashes, so the database file does not reveal run ids,
 /// step names or credential names.
-fn table_name(inner: &Inner, table: &str) -> String {
+pub(crate) fn table_name(inner: &Inner, table: &str) -> String {
     let h = inner.keys.name(&[b"table\0", table.as_bytes()]);
     format!("t_{}", hex::encode(&h[..16]))
 }
 
-fn row_key(inner: &Inner, table: &str, key: &str) -> [u8; 32] {
+pub(crate) fn row_key(inner: &Inner, table: &str, key: &str) -> [u8; 32] {
     inner
         .keys
         .name(&[b"row\0", &lp(table.as_bytes()), key.as_bytes()])
@@ -201,7 +201,12 @@ impl WriteTx<'_> {
     }
 }
 
-fn open_row(inner: &Inner, table: &str, key: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+pub(crate) fn open_row(
+    inner: &Inner,
+    table: &str,
+    key: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>, VaultError> {
     let tampered = || VaultError::Tampered {
         what: format!("{table}/{key}"),
     };
@@ -218,8 +223,36 @@ fn open_row(inner: &Inner, table: &str, key: &str, sealed: &[u8]) -> Result<Vec<
     Ok(plain.split_off(start))
 }
 
+/// The key sealed in `row` of `table`, checked against the row it sits in.
+pub(crate) fn key_of_row(
+    inner: &Inner,
+    table: &str,
+    row: &[u8],
+    sealed: &[u8],
+) -> Result<String, VaultError> {
+    let tampered = || VaultError::Tampered {
+        what: format!("{table}/<row {}>", hex::encode(&row[..row.len().min(8)])),
+    };
+    let plain = zeroize::Zeroizing::new(
+        inner
+            .keys
+            .open(&store_domain(table, row), sealed)
+            .ok_or_else(tampered)?,
+    );
+    let (key_bytes, _) = split_row(&plain).ok_or_else(tampered)?;
+    let key = std::str::from_utf8(key_bytes)
+        .map_err(|_| tampered())?
+        .to_owned();
+    // The sealed key must hash to the row it sits in (defence in depth: the AAD already binds
+    // the row).
+    if row_key(inner, table, &key).as_slice() != row {
+        return Err(tampered());
+    }
+    Ok(key)
+}
+
 /// Splits `lp(key) || value`, returning the key and the value's offset.
-fn split_row(plain: &[u8]) -> Option<(&[u8], usize)> {
+pub(crate) fn split_row(plain: &[u8]) -> Option<(&[u8], usize)> {
     let len = u64::from_le_bytes(plain.get(..8)?.try_into().ok()?);
     let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
     Some((plain.get(8..end)?, end))
@@ -310,25 +343,7 @@ impl Vault {
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| inner.storage(e))? {
             let (k, v) = row.map_err(|e| inner.storage(e))?;
-            let row = k.value();
-            let tampered = || VaultError::Tampered {
-                what: format!("{table}/<row {}>", hex::encode(&row[..row.len().min(8)])),
-            };
-            let plain = zeroize::Zeroizing::new(
-                inner
-                    .keys
-                    .open(&store_domain(table, row), v.value())
-                    .ok_or_else(tampered)?,
-            );
-            let (key_bytes, _) = split_row(&plain).ok_or_else(tampered)?;
-            let key = std::str::from_utf8(key_bytes)
-                .map_err(|_| tampered())?
-                .to_owned();
-            // The sealed key must hash to the row it sits in (defence in depth: the AAD
-            // already binds the row).
-            if row_key(inner, table, &key).as_slice() != row {
-                return Err(tampered());
-            }
+            let key = key_of_row(inner, table, k.value(), v.value())?;
             out.push(key);
         }
         out.sort();

@@ -126,15 +126,47 @@ pub(crate) fn append_in(
     entries: Vec<NewEntry>,
 ) -> Result<Vec<LedgerRecord>, VaultError> {
     let mut meta = txn.open_table(META).map_err(|e| inner.storage(e))?;
-    let mut head = {
-        let sealed = meta
-            .get(META_LEDGER_HEAD)
-            .map_err(|e| inner.storage(e))?
-            .map(|v| v.value().to_vec());
-        read_head(inner, sealed.as_deref())?
-    };
+    let sealed_head = meta
+        .get(META_LEDGER_HEAD)
+        .map_err(|e| inner.storage(e))?
+        .map(|v| v.value().to_vec());
+    let chained = chain_after(inner, sealed_head.as_deref(), entries)?;
     let mut table = txn.open_table(LEDGER).map_err(|e| inner.storage(e))?;
+    for (seq, sealed) in &chained.sealed {
+        table
+            .insert(*seq, sealed.as_slice())
+            .map_err(|e| inner.storage(e))?;
+    }
+    meta.insert(META_LEDGER_HEAD, chained.sealed_head.as_slice())
+        .map_err(|e| inner.storage(e))?;
+    Ok(chained.records)
+}
+
+/// Entries chained after a ledger head: what a store writes, in the transaction that read
+/// the head, to append them.
+#[derive(Debug)]
+pub struct ChainedEntries {
+    /// `(seq, sealed record)` to store, in order.
+    pub sealed: Vec<(u64, Vec<u8>)>,
+    /// The new head, sealed, to store in place of the old one.
+    pub sealed_head: Vec<u8>,
+    /// The new head.
+    pub head: LedgerHead,
+    /// The entries as appended.
+    pub records: Vec<LedgerRecord>,
+}
+
+/// Chains `entries` after the head sealed in `sealed_head` (`None`: an empty ledger). Pure: the
+/// caller stores the result in the same transaction that read the head, under a lock that keeps
+/// any other append out until it commits, or the chain forks.
+pub(crate) fn chain_after(
+    inner: &Inner,
+    sealed_head: Option<&[u8]>,
+    entries: Vec<NewEntry>,
+) -> Result<ChainedEntries, VaultError> {
+    let mut head = read_head(inner, sealed_head)?;
     let time = now_rfc3339()?;
+    let mut sealed_out = Vec::with_capacity(entries.len());
     let mut out = Vec::with_capacity(entries.len());
     for new in entries {
         let seq = head
@@ -159,10 +191,7 @@ pub(crate) fn append_in(
         let canonical = entry_canonical(&entry)?;
         let mac = crypto::hmac_sha256(inner.keys.mac_key.as_ref(), &[&head.last_mac, &canonical]);
         let record = zeroize::Zeroizing::new([&mac[..], &canonical].concat());
-        let sealed = inner.keys.seal(&ledger_domain(seq), &record)?;
-        table
-            .insert(seq, sealed.as_slice())
-            .map_err(|e| inner.storage(e))?;
+        sealed_out.push((seq, inner.keys.seal(&ledger_domain(seq), &record)?));
         out.push(LedgerRecord {
             entry,
             mac,
@@ -177,9 +206,26 @@ pub(crate) fn append_in(
     let sealed_head = inner
         .keys
         .seal(&meta_domain(META_LEDGER_HEAD), &head_plain)?;
-    meta.insert(META_LEDGER_HEAD, sealed_head.as_slice())
-        .map_err(|e| inner.storage(e))?;
-    Ok(out)
+    Ok(ChainedEntries {
+        sealed: sealed_out,
+        sealed_head,
+        head,
+        records: out,
+    })
+}
+
+/// Where a ledger's sealed records live when not in the vault's own database (a database
+/// several machines share). The vault seals, chains and verifies; the source only stores.
+pub trait LedgerSource: Send + Sync {
+    /// Calls `visit` with every stored record, `(seq, sealed)`, in ascending `seq`, then returns
+    /// the sealed head; records and head must come from one consistent snapshot.
+    fn read_ledger(
+        &self,
+        visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VaultError>,
+    ) -> Result<Option<Vec<u8>>, VaultError>;
+
+    /// The sealed head alone.
+    fn read_head(&self) -> Result<Option<Vec<u8>>, VaultError>;
 }
 
 #[derive(Deserialize)]
@@ -187,14 +233,25 @@ struct SeqProbe {
     seq: u64,
 }
 
-/// A handle on the vault's ledger.
+/// A handle on the vault's ledger, stored in the vault's database or in a [`LedgerSource`].
 pub struct Ledger<'v> {
     pub(super) inner: &'v Inner,
+    source: Option<&'v dyn LedgerSource>,
 }
 
 impl<'v> Ledger<'v> {
     pub(crate) fn new(inner: &'v Inner) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            source: None,
+        }
+    }
+
+    pub(crate) fn in_source(inner: &'v Inner, source: &'v dyn LedgerSource) -> Self {
+        Self {
+            inner,
+            source: Some(source),
+        }
     }
 
     /// Appends one entry in its own durable transaction.
@@ -206,6 +263,12 @@ impl<'v> Ledger<'v> {
 
     /// Appends entries in one durable transaction (one fsync for the whole batch).
     pub fn append_batch(&self, entries: Vec<NewEntry>) -> Result<Vec<LedgerRecord>, VaultError> {
+        if self.source.is_some() {
+            // The store that holds the source appends, in its own transactions.
+            return Err(VaultError::ReadOnly {
+                dir: self.inner.dir.clone(),
+            });
+        }
         let inner = self.inner;
         let txn = inner.begin_write()?;
         let out = append_in(inner, &txn, entries)?;
@@ -216,6 +279,9 @@ impl<'v> Ledger<'v> {
     /// The current end of the ledger, from its sealed head.
     pub fn head(&self) -> Result<LedgerHead, VaultError> {
         let inner = self.inner;
+        if let Some(source) = self.source {
+            return read_head(inner, source.read_head()?.as_deref());
+        }
         let txn = inner.db.begin_read().map_err(|e| inner.storage(e))?;
         let meta = txn.open_table(META).map_err(|e| inner.storage(e))?;
         let sealed = meta
@@ -232,72 +298,24 @@ impl<'v> Ledger<'v> {
         mut visit: impl FnMut(&[u8], &[u8; 32], &[u8; 32], u64) -> Result<(), VaultError>,
     ) -> Result<LedgerHead, VaultError> {
         let inner = self.inner;
+        let mut walker = Walker::new(inner);
+        if let Some(source) = self.source {
+            let sealed_head =
+                source.read_ledger(&mut |seq, sealed| walker.step(seq, sealed, &mut visit))?;
+            return walker.finish(sealed_head.as_deref());
+        }
         let txn = inner.db.begin_read().map_err(|e| inner.storage(e))?;
         let table = txn.open_table(LEDGER).map_err(|e| inner.storage(e))?;
         let meta = txn.open_table(META).map_err(|e| inner.storage(e))?;
-        let mut prev = GENESIS_MAC;
-        let mut expected = 1u64;
-        let broken = |seq: u64, reason: BreakReason| -> VaultError {
-            LedgerError::Broken { seq, reason }.into()
-        };
         for row in table.iter().map_err(|e| inner.storage(e))? {
             let (k, v) = row.map_err(|e| inner.storage(e))?;
-            let seq = k.value();
-            if seq != expected {
-                return Err(broken(
-                    expected,
-                    BreakReason::Missing {
-                        expected,
-                        found: seq,
-                    },
-                ));
-            }
-            let record = inner
-                .keys
-                .open(&ledger_domain(seq), v.value())
-                .ok_or_else(|| broken(seq, BreakReason::Unsealable))?;
-            if record.len() < 32 {
-                return Err(broken(
-                    seq,
-                    BreakReason::Malformed("record too short".into()),
-                ));
-            }
-            let (mac, canonical) = record.split_at(32);
-            let calc = crypto::hmac_sha256(inner.keys.mac_key.as_ref(), &[&prev, canonical]);
-            if !crypto::mac_eq(&calc, mac) {
-                return Err(broken(seq, BreakReason::MacMismatch));
-            }
-            let probe: SeqProbe = serde_json::from_slice(canonical)
-                .map_err(|e| broken(seq, BreakReason::Malformed(e.to_string())))?;
-            if probe.seq != seq {
-                return Err(broken(
-                    seq,
-                    BreakReason::SeqMismatch {
-                        outer: seq,
-                        inner: probe.seq,
-                    },
-                ));
-            }
-            visit(canonical, &calc, &prev, seq)?;
-            prev = calc;
-            expected += 1;
+            walker.step(k.value(), v.value(), &mut visit)?;
         }
-        let last = expected - 1;
         let sealed = meta
             .get(META_LEDGER_HEAD)
             .map_err(|e| inner.storage(e))?
             .map(|v| v.value().to_vec());
-        let head = read_head(inner, sealed.as_deref())?;
-        if head.count != last || (last > 0 && head.last_mac != prev) {
-            return Err(broken(
-                last.min(head.count) + 1,
-                BreakReason::HeadMismatch {
-                    last,
-                    head_count: head.count,
-                },
-            ));
-        }
-        Ok(head)
+        walker.finish(sealed.as_deref())
     }
 
     /// Checks the whole chain; on failure names the first bad entry.
@@ -335,5 +353,91 @@ impl<'v> Ledger<'v> {
     /// The ledger MAC key, for an auditor who verifies exports offline.
     pub fn key(&self) -> LedgerKey {
         LedgerKey(self.inner.keys.mac_key.clone())
+    }
+}
+
+/// Checks stored records one by one against the chain, wherever they are stored.
+struct Walker<'v> {
+    inner: &'v Inner,
+    prev: [u8; 32],
+    expected: u64,
+}
+
+fn broken(seq: u64, reason: BreakReason) -> VaultError {
+    LedgerError::Broken { seq, reason }.into()
+}
+
+impl<'v> Walker<'v> {
+    fn new(inner: &'v Inner) -> Self {
+        Self {
+            inner,
+            prev: GENESIS_MAC,
+            expected: 1,
+        }
+    }
+
+    fn step(
+        &mut self,
+        seq: u64,
+        sealed: &[u8],
+        visit: &mut impl FnMut(&[u8], &[u8; 32], &[u8; 32], u64) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let expected = self.expected;
+        if seq != expected {
+            return Err(broken(
+                expected,
+                BreakReason::Missing {
+                    expected,
+                    found: seq,
+                },
+            ));
+        }
+        let record = self
+            .inner
+            .keys
+            .open(&ledger_domain(seq), sealed)
+            .ok_or_else(|| broken(seq, BreakReason::Unsealable))?;
+        if record.len() < 32 {
+            return Err(broken(
+                seq,
+                BreakReason::Malformed("record too short".into()),
+            ));
+        }
+        let (mac, canonical) = record.split_at(32);
+        let calc = crypto::hmac_sha256(self.inner.keys.mac_key.as_ref(), &[&self.prev, canonical]);
+        if !crypto::mac_eq(&calc, mac) {
+            return Err(broken(seq, BreakReason::MacMismatch));
+        }
+        let probe: SeqProbe = serde_json::from_slice(canonical)
+            .map_err(|e| broken(seq, BreakReason::Malformed(e.to_string())))?;
+        if probe.seq != seq {
+            return Err(broken(
+                seq,
+                BreakReason::SeqMismatch {
+                    outer: seq,
+                    inner: probe.seq,
+                },
+            ));
+        }
+        visit(canonical, &calc, &self.prev, seq)?;
+        self.prev = calc;
+        self.expected += 1;
+        Ok(())
+    }
+
+    /// The walk is complete: the sealed head must name the last record walked.
+    fn finish(self, sealed_head: Option<&[u8]>) -> Result<LedgerHead, VaultError> {
+        let last = self.expected - 1;
+        let head = read_head(self.inner, sealed_head)?;
+        if head.count != last || (last > 0 && head.last_mac != self.prev) {
+            return Err(broken(
+                last.min(head.count) + 1,
+                BreakReason::HeadMismatch {
+                    last,
+                    head_count: head.count,
+                },
+            ));
+        }
+        Ok(head)
     }
 }

@@ -13,8 +13,10 @@ mod export;
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests;
 
-pub(crate) use chain::append_in;
-pub use chain::{Ledger, LedgerHead, LedgerKey, LedgerRecord, VerifyReport};
+pub use chain::{
+    ChainedEntries, Ledger, LedgerHead, LedgerKey, LedgerRecord, LedgerSource, VerifyReport,
+};
+pub(crate) use chain::{append_in, chain_after};
 pub(crate) use entry::now_rfc3339;
 pub use entry::{LedgerEntry, NewEntry, canonical_json, kind};
 pub use export::{ExportHead, ExportLine, ExportReport, parse_export_head, verify_export};
