@@ -1,0 +1,40 @@
+use secureclaw_vault::VaultError;
+
+/// What can go wrong talking to the shared store.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("connecting to PostgreSQL at {url}: {source}")]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the shared store's schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the shared store's schema is version {found}, newer than this build understands \
+         ({supported}): upgrade secureclaw on this node before starting it"
+    )]
+    SchemaTooNew { found: i32, supported: i32 },
+    #[error("PostgreSQL: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "the shared store has no vault yet and this node has none to publish: create one with \
+         `secureclaw init` (or start a node whose state directory holds one) first"
+    )]
+    NoVault,
+    #[error("the shared store's background runtime stopped")]
+    RuntimeGone,
+    #[error("starting the shared store's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl PgError {
+    /// The shared store's errors as the engine's storage errors (the trait's error type).
+    pub(crate) fn into_storage(self) -> secureclaw_engine::storage::StorageError {
+        secureclaw_engine::storage::StorageError::Backend(self.to_string())
+    }
+}

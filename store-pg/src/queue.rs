@@ -1,0 +1,328 @@
+//! The work queue: runs submitted on any server replica, claimed by any worker.
+//!
+//! A claim is one statement (`UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT
+//! 1)`): concurrent workers never claim the same job, and never wait on each other's locks. The
+//! claim is a lease that the worker renews with heartbeats; a lease that lapses makes the job
+//! `interrupted` ([`Queue::expire_leases`], run by every node), and a worker that finds its
+//! lease gone ([`Lost`]) stops. Enqueueing notifies `sc_jobs`, so idle workers wake at once
+//! rather than at their next poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secureclaw_vault::Vault;
+use uuid::Uuid;
+
+use crate::error::PgError;
+use crate::store::PgStore;
+
+/// The notification channel enqueueing signals.
+const CHANNEL: &str = "sc_jobs";
+
+/// What a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// A workflow run to execute.
+    Run,
+    /// A run to roll back on the worker that holds its workspace.
+    Revert,
+}
+
+impl JobKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Run => "run",
+            JobKind::Revert => "revert",
+        }
+    }
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    /// Its worker's lease lapsed while it ran.
+    Interrupted,
+}
+
+impl JobState {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "done" => JobState::Done,
+            "interrupted" => JobState::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// A job this worker holds the lease of.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub kind: String,
+    /// The payload as submitted (opened: the database holds it sealed).
+    pub payload: Vec<u8>,
+    /// Claims so far, this one included.
+    pub attempts: i32,
+}
+
+/// The lease on a job is no longer this worker's: it lapsed (the job was marked interrupted)
+/// or the job finished elsewhere. The worker must stop working on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost;
+
+/// The queue as one worker (or server replica) sees it.
+#[derive(Clone)]
+pub struct Queue {
+    store: PgStore,
+    vault: Vault,
+    owner: String,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Queue {
+    pub(crate) fn new(store: PgStore, vault: Vault) -> Self {
+        Self {
+            store,
+            vault,
+            // Random: the database learns nothing about the machine from it.
+            owner: format!("w-{}", Uuid::new_v4().simple()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// This queue handle's worker id, as lease owner.
+    pub fn worker_id(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs `fut` on the store's runtime (where the pool's connections live) and awaits it
+    /// from any runtime.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, PgError> {
+        self.store
+            .bridge
+            .handle()
+            .spawn(fut)
+            .await
+            .map_err(|_| PgError::RuntimeGone)?
+    }
+
+    /// Queues `payload`; with a `dedup` key, the same key queued before (by any replica) makes
+    /// this a no-op that returns `None`. The key is stored as a keyed hash.
+    pub async fn enqueue(
+        &self,
+        kind: JobKind,
+        payload: &[u8],
+        dedup: Option<&str>,
+    ) -> Result<Option<Uuid>, PgError> {
+        let id = Uuid::now_v7();
+        let sealed = self.vault.seal_shared("jobs", &id.to_string(), payload)?;
+        let dedup = dedup.map(|d| {
+            self.vault
+                .keyed_digest("job-dedup", d.as_bytes())
+                .into_bytes()
+        });
+        let (store, vault) = (self.store.clone(), self.vault.clone());
+        self.on_store(async move {
+            let mut tx = store.pool.begin().await?;
+            crate::backend::lock_counter(&mut tx, &vault).await?;
+            let inserted: Option<(Uuid,)> = sqlx::query_as(
+                "INSERT INTO sc_jobs (id, kind, payload, dedup) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (dedup) DO NOTHING RETURNING id",
+            )
+            .bind(id)
+            .bind(kind.as_str())
+            .bind(sealed)
+            .bind(dedup)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+            crate::backend::store_counter(&mut tx, &vault).await?;
+            tx.commit().await?;
+            Ok(inserted.map(|r| r.0))
+        })
+        .await
+    }
+
+    /// Claims the oldest queued job, with a lease of `lease`; `None` when none is queued.
+    pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, PgError> {
+        let (store, owner) = (self.store.clone(), self.owner.clone());
+        let row: Option<(Uuid, String, Vec<u8>, i32)> = self
+            .on_store(async move {
+                Ok(sqlx::query_as(
+                    "UPDATE sc_jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
+                     lease_until = now() + make_interval(secs => $2), claimed_at = now() \
+                     WHERE id = (SELECT id FROM sc_jobs WHERE state = 'queued' \
+                                 ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
+                     RETURNING id, kind, payload, attempts",
+                )
+                .bind(owner)
+                .bind(secs(lease))
+                .fetch_optional(&store.pool)
+                .await?)
+            })
+            .await?;
+        let Some((id, kind, sealed, attempts)) = row else {
+            return Ok(None);
+        };
+        let payload = self.vault.open_shared("jobs", &id.to_string(), &sealed)?;
+        Ok(Some(Claimed {
+            id,
+            kind,
+            payload,
+            attempts,
+        }))
+    }
+
+    /// Renews the lease on `id` for `lease` from now. [`Lost`] when it already lapsed or is
+    /// not this worker's: the worker must stop, another node may be rolling the job back.
+    pub async fn heartbeat(&self, id: Uuid, lease: Duration) -> Result<Result<(), Lost>, PgError> {
+        let (store, owner) = (self.store.clone(), self.owner.clone());
+        let renewed: Option<(Uuid,)> = self
+            .on_store(async move {
+                Ok(sqlx::query_as(
+                    "UPDATE sc_jobs SET lease_until = now() + make_interval(secs => $3) \
+                     WHERE id = $1 AND owner = $2 AND state = 'running' AND lease_until > now() \
+                     RETURNING id",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(secs(lease))
+                .fetch_optional(&store.pool)
+                .await?)
+            })
+            .await?;
+        Ok(renewed.map(|_| ()).ok_or(Lost))
+    }
+
+    /// Marks `id` done. [`Lost`] when the job is no longer this worker's (its lease lapsed
+    /// and it was marked interrupted first).
+    pub async fn finish(&self, id: Uuid) -> Result<Result<(), Lost>, PgError> {
+        let (store, owner) = (self.store.clone(), self.owner.clone());
+        let done: Option<(Uuid,)> = self
+            .on_store(async move {
+                Ok(sqlx::query_as(
+                    "UPDATE sc_jobs SET state = 'done', finished_at = now(), lease_until = NULL \
+                     WHERE id = $1 AND owner = $2 AND state = 'running' RETURNING id",
+                )
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(&store.pool)
+                .await?)
+            })
+            .await?;
+        Ok(done.map(|_| ()).ok_or(Lost))
+    }
+
+    /// Marks every job whose lease lapsed `interrupted`; returns each with the worker that held
+    /// it (whose disk holds what crash recovery needs to roll the job's step back).
+    pub async fn expire_leases(&self) -> Result<Vec<(Uuid, String)>, PgError> {
+        let store = self.store.clone();
+        self.on_store(async move {
+            let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+                "UPDATE sc_jobs SET state = 'interrupted', finished_at = now() \
+                 WHERE state = 'running' AND lease_until < now() RETURNING id, owner",
+            )
+            .fetch_all(&store.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, owner)| (id, owner.unwrap_or_default()))
+                .collect())
+        })
+        .await
+    }
+
+    /// Queues an interrupted job again (a run whose policy allows a retry elsewhere).
+    pub async fn requeue(&self, id: Uuid) -> Result<bool, PgError> {
+        let store = self.store.clone();
+        self.on_store(async move {
+            let r = sqlx::query(
+                "UPDATE sc_jobs SET state = 'queued', owner = NULL, lease_until = NULL, \
+                 finished_at = NULL WHERE id = $1 AND state = 'interrupted'",
+            )
+            .bind(id)
+            .execute(&store.pool)
+            .await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&store.pool)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Where `id` stands, its lease owner and its claims so far.
+    pub async fn state(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(JobState, Option<String>, i32)>, PgError> {
+        let store = self.store.clone();
+        let row: Option<(String, Option<String>, i32)> = self
+            .on_store(async move {
+                Ok(
+                    sqlx::query_as("SELECT state, owner, attempts FROM sc_jobs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&store.pool)
+                        .await?,
+                )
+            })
+            .await?;
+        Ok(row.and_then(|(s, owner, attempts)| {
+            JobState::parse(&s).map(|state| (state, owner, attempts))
+        }))
+    }
+
+    /// Starts following `sc_jobs` notifications: after this, [`Queue::wait_for_work`] returns
+    /// as soon as any replica queues a job.
+    pub async fn listen(&self) -> Result<(), PgError> {
+        let pool = self.store.pool.clone();
+        let mut listener = self
+            .on_store(async move {
+                let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok(l)
+            })
+            .await?;
+        let wake = Arc::downgrade(&self.wake);
+        self.store.bridge.handle().spawn(async move {
+            // `recv` reconnects by itself after a lost connection; it errs only when it cannot.
+            while let Ok(_note) = listener.recv().await {
+                match wake.upgrade() {
+                    Some(w) => w.notify_one(),
+                    None => break,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until a job may be queued: a notification, or `poll` elapsed (a missed
+    /// notification costs at most one poll interval).
+    pub async fn wait_for_work(&self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.wake.notified()).await;
+    }
+}

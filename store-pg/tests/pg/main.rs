@@ -1,0 +1,398 @@
+//! The shared store against a real PostgreSQL: rows sealed like the vault's, one ledger chain
+//! however many nodes append, a queue that never hands one job to two workers, and a dump that
+//! reveals nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secureclaw_engine::storage::{Batch, StateBackend, Table};
+use secureclaw_store_pg::{JobKind, JobState, Lost, PgError, PgStore};
+use secureclaw_vault::{KdfParams, NewEntry, Vault};
+
+const FAST: KdfParams = KdfParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+    salt_len: 16,
+};
+
+/// A fresh database and the first node's vault, published to it.
+fn first_node() -> (String, tempfile::TempDir, PgStore, Vault) {
+    let url = server::server().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    Vault::create(dir.path(), "pw", &FAST).unwrap();
+    let store = PgStore::connect(&url).unwrap();
+    let vault = store.join_vault(dir.path(), "pw").unwrap();
+    (url, dir, store, vault)
+}
+
+fn put(batch: &mut Batch, table: Table, key: &str, value: &str) {
+    batch
+        .puts
+        .push((table, key.to_string(), value.as_bytes().to_vec()));
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new(server::server_bin("psql"))
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-Atqc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn rows_and_ledger_round_trip_and_a_second_node_reads_them() {
+    let (url, _dir, store, vault) = first_node();
+    let a = store.backend(vault);
+    let mut batch = Batch::default();
+    put(&mut batch, Table::Runs, "run-1", "{\"state\":\"running\"}");
+    put(&mut batch, Table::Runs, "run-2", "{\"state\":\"done\"}");
+    batch
+        .entries
+        .push(NewEntry::new("node-a", "run_start").run("run-1"));
+    a.commit(&[batch]).unwrap();
+    // Put then delete in one group commit: the delete wins; put twice: the last wins.
+    let mut b1 = Batch::default();
+    put(&mut b1, Table::Parked, "run-1", "x");
+    put(&mut b1, Table::Runs, "run-2", "{\"state\":\"reverted\"}");
+    let mut b2 = Batch::default();
+    b2.deletes.push((Table::Parked, "run-1".into()));
+    a.commit(&[b1, b2]).unwrap();
+
+    // A second node, with an empty state directory, joins the vault from the database.
+    let node_b = tempfile::tempdir().unwrap();
+    let store_b = PgStore::connect(&url).unwrap();
+    let vault_b = store_b
+        .join_vault(&node_b.path().join("state"), "pw")
+        .unwrap();
+    let b = store_b.backend(vault_b.clone());
+    assert_eq!(
+        b.get(Table::Runs, "run-2").unwrap().unwrap(),
+        b"{\"state\":\"reverted\"}"
+    );
+    assert_eq!(b.get(Table::Parked, "run-1").unwrap(), None);
+    assert_eq!(b.keys(Table::Runs).unwrap(), ["run-1", "run-2"]);
+    assert!(b.keys(Table::Approvals).unwrap().is_empty());
+    let mut batch = Batch::default();
+    batch
+        .entries
+        .push(NewEntry::new("node-b", "run_end").run("run-1"));
+    b.commit(&[batch]).unwrap();
+    for backend in [&a, &b] {
+        let ledger = backend.vault().ledger_in(backend);
+        assert_eq!(ledger.verify().unwrap().entries, 2);
+        let actors: Vec<_> = ledger
+            .entries(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.actor)
+            .collect();
+        assert_eq!(actors, ["node-a", "node-b"]);
+    }
+    // A wrong passphrase never opens the shared vault.
+    let node_c = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        store_b.join_vault(node_c.path(), "not it"),
+        Err(PgError::Vault(
+            secureclaw_vault::VaultError::WrongPassphrase
+        ))
+    ));
+    let _ = url;
+}
+
+#[test]
+fn four_nodes_appending_at_once_keep_one_unforked_chain() {
+    let (url, _dir, store, vault) = first_node();
+    let nodes: Vec<_> = (0..4)
+        .map(|i| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = PgStore::connect(&url).unwrap();
+            let v = s.join_vault(&dir.path().join("n"), "pw").unwrap();
+            (dir, Arc::new(s.backend(v)), i)
+        })
+        .collect();
+    let per_node = 50;
+    std::thread::scope(|scope| {
+        for (_, backend, i) in &nodes {
+            let backend = backend.clone();
+            scope.spawn(move || {
+                for n in 0..per_node {
+                    let mut batch = Batch::default();
+                    let run = format!("run-{i}-{n}");
+                    put(&mut batch, Table::Runs, &run, "{}");
+                    batch
+                        .entries
+                        .push(NewEntry::new(format!("node-{i}"), "step_end").run(&run));
+                    batch
+                        .entries
+                        .push(NewEntry::new(format!("node-{i}"), "run_end").run(&run));
+                    backend.commit(&[batch]).unwrap();
+                }
+            });
+        }
+    });
+    let backend = store.backend(vault);
+    let report = backend.vault().ledger_in(&backend).verify().unwrap();
+    assert_eq!(report.entries, 4 * per_node * 2);
+    assert_eq!(
+        backend.keys(Table::Runs).unwrap().len(),
+        4 * per_node as usize
+    );
+    // Each run's two entries are adjacent: a commit's entries are never interleaved.
+    let entries = backend.vault().ledger_in(&backend).entries(None).unwrap();
+    for pair in entries.chunks(2) {
+        assert_eq!(pair[0].entry.run, pair[1].entry.run);
+        assert_eq!(pair[0].entry.kind, "step_end");
+    }
+    assert_eq!(
+        psql(&url, "SELECT count(*), max(seq) FROM sc_ledger").trim(),
+        "400|400"
+    );
+}
+
+#[test]
+fn a_dump_of_the_database_reveals_no_name_or_value() {
+    let (url, _dir, store, vault) = first_node();
+    let backend = store.backend(vault);
+    let mut batch = Batch::default();
+    put(
+        &mut batch,
+        Table::Runs,
+        "run-SECRETRUNID",
+        "{\"output\":\"AKIA-SECRET-OUTPUT\"}",
+    );
+    batch.entries.push(
+        NewEntry::new("alice-SECRETACTOR", "step_end")
+            .run("run-SECRETRUNID")
+            .step("SECRETSTEP"),
+    );
+    backend.commit(&[batch]).unwrap();
+    let q = store.queue(backend.vault().clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(q.enqueue(
+        JobKind::Run,
+        b"workflow SECRETWORKFLOW",
+        Some("delivery-SECRETID"),
+    ))
+    .unwrap();
+    let dump = std::process::Command::new(server::server_bin("pg_dump"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        text.contains("sc_rows") && text.contains("sc_ledger"),
+        "a real dump"
+    );
+    for secret in ["SECRET", "runs", "step_end", "alice", "delivery"] {
+        assert!(!text.contains(secret), "the dump shows {secret:?}");
+    }
+}
+
+#[test]
+fn a_tampered_or_moved_row_and_a_deleted_ledger_record_are_caught() {
+    let (url, _dir, store, vault) = first_node();
+    let backend = store.backend(vault);
+    let mut batch = Batch::default();
+    put(&mut batch, Table::Runs, "run-1", "one");
+    put(&mut batch, Table::Runs, "run-2", "two");
+    for k in ["a", "b", "c"] {
+        batch.entries.push(NewEntry::new("n", k));
+    }
+    backend.commit(&[batch]).unwrap();
+    // Swap the two runs' sealed values: each is bound to its row.
+    psql(
+        &url,
+        "WITH r AS (SELECT array_agg(value ORDER BY row_key) v FROM sc_rows) \
+         UPDATE sc_rows SET value = CASE WHEN row_key = (SELECT row_key FROM sc_rows ORDER BY row_key LIMIT 1) \
+         THEN (SELECT v[2] FROM r) ELSE (SELECT v[1] FROM r) END",
+    );
+    assert!(backend.get(Table::Runs, "run-1").is_err());
+    assert!(backend.keys(Table::Runs).is_err());
+    // Flip one byte of a ledger record.
+    psql(
+        &url,
+        "UPDATE sc_ledger SET record = set_byte(record, 30, get_byte(record, 30) # 1) WHERE seq = 2",
+    );
+    let ledger = backend.vault().ledger_in(&backend);
+    let err = ledger.verify().unwrap_err().to_string();
+    assert!(err.contains("2"), "{err}");
+    // Delete the last record: the sealed head catches the truncation.
+    psql(&url, "DELETE FROM sc_ledger WHERE seq >= 2");
+    assert!(ledger.verify().is_err());
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_the_version() {
+    let url = server::server().fresh_database();
+    PgStore::connect(&url).unwrap();
+    psql(&url, "UPDATE sc_schema SET version = 99");
+    let err = PgStore::connect(&url).unwrap_err();
+    assert!(
+        matches!(err, PgError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade secureclaw"), "{err}");
+}
+
+#[test]
+fn a_store_with_no_vault_and_a_node_with_none_says_how_to_start() {
+    let url = server::server().fresh_database();
+    let store = PgStore::connect(&url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = store.join_vault(dir.path(), "pw").unwrap_err();
+    assert!(matches!(err, PgError::NoVault), "{err}");
+    // A node whose state directory belongs to another vault is refused.
+    let (url2, _d, store2, _v) = first_node();
+    let other = tempfile::tempdir().unwrap();
+    Vault::create(other.path(), "pw", &FAST).unwrap();
+    let err = store2.join_vault(other.path(), "pw").unwrap_err();
+    assert!(err.to_string().contains("holds vault"), "{err}");
+    let _ = url2;
+    // A bad URL names the server without its password.
+    let err = PgStore::connect("postgres://u:hunter2@127.0.0.1:1/x").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        !msg.contains("hunter2") && msg.contains("127.0.0.1:1"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_never_claim_one_job_twice() {
+    let (url, _dir, store, vault) = first_node();
+    let submitter = store.queue(vault.clone());
+    let jobs = 120;
+    for n in 0..jobs {
+        submitter
+            .enqueue(JobKind::Run, format!("job {n}").as_bytes(), None)
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let s = PgStore::connect(&url).unwrap();
+        let q = s.queue(vault.clone());
+        handles.push(tokio::spawn(async move {
+            let _keep = s;
+            let mut got = Vec::new();
+            while let Some(job) = q.claim(Duration::from_secs(30)).await.unwrap() {
+                got.push(String::from_utf8(job.payload.clone()).unwrap());
+                q.finish(job.id).await.unwrap().unwrap();
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a job was claimed twice");
+    assert_eq!(all.len(), jobs);
+    assert_eq!(
+        psql(&url, "SELECT count(*) FROM sc_jobs WHERE state = 'done'").trim(),
+        "120"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_interrupts_the_job_and_its_worker_learns_it_lost() {
+    let (_url, _dir, store, vault) = first_node();
+    let worker = store.queue(vault.clone());
+    let other = store.queue(vault.clone());
+    let id = worker
+        .enqueue(JobKind::Run, b"run", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let job = worker
+        .claim(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.id, id);
+    assert_eq!(
+        worker
+            .heartbeat(id, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // Nobody else can renew or finish it.
+    assert_eq!(
+        other.heartbeat(id, Duration::from_secs(5)).await.unwrap(),
+        Err(Lost)
+    );
+    assert_eq!(other.finish(id).await.unwrap(), Err(Lost));
+    assert!(
+        other.expire_leases().await.unwrap().is_empty(),
+        "the lease is live"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let expired = other.expire_leases().await.unwrap();
+    assert_eq!(expired, vec![(id, worker.worker_id().to_string())]);
+    let (state, owner, attempts) = other.state(id).await.unwrap().unwrap();
+    assert_eq!(state, JobState::Interrupted);
+    assert_eq!(owner.as_deref(), Some(worker.worker_id()));
+    assert_eq!(attempts, 1);
+    // The worker that was cut off learns it at its next heartbeat, and cannot finish.
+    assert_eq!(
+        worker.heartbeat(id, Duration::from_secs(5)).await.unwrap(),
+        Err(Lost)
+    );
+    assert_eq!(worker.finish(id).await.unwrap(), Err(Lost));
+    // A retry elsewhere: queued again, claimed by the other worker.
+    assert!(other.requeue(id).await.unwrap());
+    let again = other.claim(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (id, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_queued_by_two_replicas_is_queued_once_and_wakes_a_listener() {
+    let (url, _dir, store, vault) = first_node();
+    let replica_a = store.queue(vault.clone());
+    let store_b = PgStore::connect(&url).unwrap();
+    let replica_b = store_b.queue(vault.clone());
+    let worker = store.queue(vault.clone());
+    worker.listen().await.unwrap();
+    let a = replica_a.enqueue(JobKind::Run, b"push", Some("gh-delivery-1"));
+    let b = replica_b.enqueue(JobKind::Run, b"push", Some("gh-delivery-1"));
+    let (a, b) = tokio::join!(a, b);
+    let ids: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(ids.len(), 1, "one of the two is a duplicate");
+    // The notification arrived: waiting returns long before the poll interval.
+    let started = std::time::Instant::now();
+    worker.wait_for_work(Duration::from_secs(60)).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        worker
+            .claim(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        worker
+            .claim(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
