@@ -10,6 +10,7 @@ mod rerun_cmd;
 mod revert_cmd;
 mod run_cmd;
 mod serve_cmd;
+mod shared_store;
 mod state;
 mod vault_cmds;
 mod workflows_cmd;
@@ -123,6 +124,8 @@ enum Command {
         state_dir: Option<PathBuf>,
         #[command(flatten)]
         pass: vault_cmds::PassphraseArgs,
+        #[command(flatten)]
+        store: shared_store::StoreArgs,
     },
     /// Serve the HTTP API: accounts, tasks, approvals, live streams, revert, API docs.
     Serve(serve_cmd::ServeArgs),
@@ -248,8 +251,9 @@ fn main() -> ExitCode {
             command,
             state_dir,
             pass,
+            store,
         } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass.source()))
+            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass.source(), &store))
             .map(exit_code),
         Command::Serve(args) => {
             let pass = args.pass.source();

@@ -41,6 +41,8 @@ pub struct ServeArgs {
     pub print_openapi: bool,
     #[command(flatten)]
     pub pass: crate::vault_cmds::PassphraseArgs,
+    #[command(flatten)]
+    pub store: crate::shared_store::StoreArgs,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +63,8 @@ pub struct UserAddArgs {
     /// [default: $XDG_DATA_HOME/secureclaw].
     #[arg(long, env = "SECURECLAW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: crate::shared_store::StoreArgs,
 }
 
 fn config(data_dir: Option<PathBuf>) -> anyhow::Result<ServerConfig> {
@@ -69,10 +73,17 @@ fn config(data_dir: Option<PathBuf>) -> anyhow::Result<ServerConfig> {
     )?)
 }
 
-fn open(config: &ServerConfig, pass: &PassphraseSource) -> anyhow::Result<Session> {
+fn open(
+    config: &ServerConfig,
+    pass: &PassphraseSource,
+    store: &crate::shared_store::StoreArgs,
+) -> anyhow::Result<Session> {
     let state = config.state_dir();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    if let Some(url) = store.url()? {
+        return crate::shared_store::open_session(url, &state, pass, "server".into());
+    }
     crate::state::open_as(
         &state,
         pass,
@@ -107,7 +118,7 @@ pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
     let rt = runtime()?;
     // The session's background work (the store writer, runs) needs the runtime's context.
     let _guard = rt.enter();
-    let session = open(&config, pass)?;
+    let session = open(&config, pass, &args.store)?;
     let data_dir = config.data_dir.clone();
     rt.block_on(async move {
         let state = AppState::new(session, config).await?;
@@ -169,7 +180,7 @@ pub fn user_cmd(cmd: UserCommand, pass: &PassphraseSource) -> anyhow::Result<u8>
             };
             let rt = runtime()?;
             let _guard = rt.enter();
-            let session = open(&config, pass)?;
+            let session = open(&config, pass, &args.store)?;
             let account = rt.block_on(async {
                 let state = AppState::new(session, config).await?;
                 let a = state

@@ -138,8 +138,22 @@ pub fn run_ledger(
     cmd: LedgerCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
+    store: &crate::shared_store::StoreArgs,
 ) -> anyhow::Result<i32> {
-    run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
+    match store.url()? {
+        // An export is verified offline, wherever the ledger was.
+        _ if matches!(cmd, LedgerCommand::VerifyExport { .. }) => {
+            run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
+        }
+        // The shared ledger: this node's state directory holds the vault's header, the
+        // database the chain (made from the store's header when the directory is new).
+        Some(url) => {
+            let joined = crate::shared_store::join(url, state_dir, pass, false)?;
+            let ledger = joined.vault.ledger_in(&*joined.backend);
+            ledger_to(cmd, &ledger, &mut std::io::stdout().lock())
+        }
+        None => run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock()),
+    }
 }
 
 /// For `status`, `ledger verify` and `ledger export`: no write lock, nothing written, so they
@@ -282,73 +296,9 @@ pub fn run_ledger_to(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     match cmd {
-        LedgerCommand::Verify { head } => {
+        LedgerCommand::Verify { .. } | LedgerCommand::Export { .. } => {
             let v = open_reading(state_dir, pass)?;
-            let r = match head {
-                Some(h) => read_head(&h)?.and_then(|h| v.ledger().verify_with_head(&h)),
-                None => v.ledger().verify(),
-            };
-            integrity(
-                r.map(|rep| {
-                    format!(
-                        "ledger OK: {} entries, chain intact{}, head mac {}",
-                        rep.entries,
-                        if rep.head_checked {
-                            ", extends the exported head"
-                        } else {
-                            ""
-                        },
-                        rep.last_mac
-                    )
-                }),
-                out,
-            )
-        }
-        LedgerCommand::Export {
-            run,
-            out: file,
-            head_out,
-            key_out,
-        } => {
-            let head_path = match (&head_out, &file) {
-                (Some(h), _) => h.clone(),
-                (None, Some(f)) => {
-                    let mut s = f.clone().into_os_string();
-                    s.push(".head.json");
-                    PathBuf::from(s)
-                }
-                (None, None) => bail!("--head-out is required when exporting to stdout"),
-            };
-            let v = open_reading(state_dir, pass)?;
-            let head = match &file {
-                Some(f) => {
-                    let fh = std::fs::File::create(f)
-                        .with_context(|| format!("creating {}", f.display()))?;
-                    let mut w = std::io::BufWriter::new(fh);
-                    let head = v.ledger().export(run.as_deref(), &mut w)?;
-                    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                    head
-                }
-                None => v
-                    .ledger()
-                    .export(run.as_deref(), &mut std::io::stdout().lock())?,
-            };
-            std::fs::write(&head_path, serde_json::to_string_pretty(&head)? + "\n")
-                .with_context(|| format!("writing {}", head_path.display()))?;
-            if let Some(k) = key_out {
-                let hexkey = v.ledger().key().to_hex();
-                write_private(&k, format!("{}\n", hexkey.as_str()).as_bytes())?;
-            }
-            if file.is_some() {
-                writeln!(
-                    out,
-                    "exported {} entries (ledger has {}), head {}",
-                    head.exported_count,
-                    head.ledger_count,
-                    head_path.display()
-                )?;
-            }
-            Ok(0)
+            ledger_to(cmd, &v.ledger(), out)
         }
         LedgerCommand::VerifyExport {
             file,
@@ -394,6 +344,83 @@ pub fn run_ledger_to(
                 }),
                 out,
             )
+        }
+    }
+}
+
+/// `ledger verify` and `ledger export` on `ledger`, wherever it is stored.
+fn ledger_to(
+    cmd: LedgerCommand,
+    ledger: &crate::vault_api::Ledger<'_>,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    match cmd {
+        LedgerCommand::Verify { head } => {
+            let r = match head {
+                Some(h) => read_head(&h)?.and_then(|h| ledger.verify_with_head(&h)),
+                None => ledger.verify(),
+            };
+            integrity(
+                r.map(|rep| {
+                    format!(
+                        "ledger OK: {} entries, chain intact{}, head mac {}",
+                        rep.entries,
+                        if rep.head_checked {
+                            ", extends the exported head"
+                        } else {
+                            ""
+                        },
+                        rep.last_mac
+                    )
+                }),
+                out,
+            )
+        }
+        LedgerCommand::Export {
+            run,
+            out: file,
+            head_out,
+            key_out,
+        } => {
+            let head_path = match (&head_out, &file) {
+                (Some(h), _) => h.clone(),
+                (None, Some(f)) => {
+                    let mut s = f.clone().into_os_string();
+                    s.push(".head.json");
+                    PathBuf::from(s)
+                }
+                (None, None) => bail!("--head-out is required when exporting to stdout"),
+            };
+            let head = match &file {
+                Some(f) => {
+                    let fh = std::fs::File::create(f)
+                        .with_context(|| format!("creating {}", f.display()))?;
+                    let mut w = std::io::BufWriter::new(fh);
+                    let head = ledger.export(run.as_deref(), &mut w)?;
+                    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    head
+                }
+                None => ledger.export(run.as_deref(), &mut std::io::stdout().lock())?,
+            };
+            std::fs::write(&head_path, serde_json::to_string_pretty(&head)? + "\n")
+                .with_context(|| format!("writing {}", head_path.display()))?;
+            if let Some(k) = key_out {
+                let hexkey = ledger.key().to_hex();
+                write_private(&k, format!("{}\n", hexkey.as_str()).as_bytes())?;
+            }
+            if file.is_some() {
+                writeln!(
+                    out,
+                    "exported {} entries (ledger has {}), head {}",
+                    head.exported_count,
+                    head.ledger_count,
+                    head_path.display()
+                )?;
+            }
+            Ok(0)
+        }
+        LedgerCommand::VerifyExport { .. } => {
+            bail!("verify-export reads an export file, not a ledger")
         }
     }
 }

@@ -213,6 +213,10 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub pid: u32,
+    /// The node that ran it, when the state is shared by several machines (`pid` means
+    /// something only there); `None` on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub inputs: BTreeMap<String, Value>,
     #[serde(default)]
     pub approval: PlanApproval,
@@ -323,6 +327,8 @@ pub struct RunStore {
     backend: Arc<dyn StateBackend>,
     writer: Option<Writer>,
     actor: String,
+    /// This node's id when the state is shared: only this node's dead runs are its to mark.
+    node: Option<String>,
     /// Queued ledger entries by run (`None`: entries of no run): a run's record save takes
     /// its own, so concurrent runs never commit each other's entries ahead of their records.
     pending: Mutex<BTreeMap<Option<String>, Vec<NewEntry>>>,
@@ -362,12 +368,24 @@ impl RunStore {
             backend,
             writer,
             actor: actor.into(),
+            node: None,
             pending: Mutex::new(BTreeMap::new()),
         }
     }
 
     pub fn vault(&self) -> &Vault {
         &self.vault
+    }
+
+    /// Runs started here are recorded as `node`'s, and [`RunStore::mark_interrupted`] looks
+    /// only at those: on a shared store another node's run is not this node's to judge.
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     pub fn actor(&self) -> &str {
@@ -575,6 +593,9 @@ impl RunStore {
             return Ok(marked);
         }
         for mut rec in self.list()? {
+            if rec.node != self.node {
+                continue;
+            }
             if mark_dead_run(&mut rec) {
                 self.record(
                     self.entry(kind::RUN_FINISHED)

@@ -41,7 +41,7 @@ pub mod egress {
 /// rekey, status, ledger export and offline verification of an export).
 pub mod vault {
     pub use secureclaw_vault::{
-        ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError, kind,
-        parse_export_head, verify_export,
+        ExportHead, KdfParams, Ledger, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
+        kind, parse_export_head, verify_export,
     };
 }

@@ -18,6 +18,7 @@ mod hooks;
 mod idempotency;
 mod instructions;
 mod journey;
+mod scaling;
 mod schedules;
 mod sources;
 mod tasks;

@@ -122,11 +122,12 @@ struct Resumed {
 
 /// A parked record going on: finished steps stay finished, gates and what never started
 /// become pending again.
-fn reopened(mut record: RunRecord) -> RunRecord {
+fn reopened(mut record: RunRecord, node: Option<&str>) -> RunRecord {
     record.state = RunState::Running;
     record.message = None;
     record.finished_at = None;
     record.pid = std::process::id();
+    record.node = node.map(str::to_owned);
     for s in &mut record.steps {
         if matches!(s.state, StepState::WaitingApproval | StepState::Pending) {
             s.state = StepState::Pending;
@@ -355,7 +356,7 @@ impl Engine {
                 by,
                 retried,
             }) => (
-                reopened(record),
+                reopened(record, self.store.node()),
                 Some(Resumed {
                     views,
                     decisions,
@@ -1015,6 +1016,7 @@ impl Engine {
             state: RunState::Running,
             message: None,
             pid: std::process::id(),
+            node: self.store.node().map(str::to_owned),
             inputs: secrets.recorded_inputs(&opts.inputs),
             approval: self.plan_approval(wf),
             risk_model: Some(opts.risk_model_status.clone()),

@@ -235,9 +235,6 @@ impl Session {
         };
         let mut out = Vec::new();
         let head = self
-            .inner
-            .store
-            .vault()
             .ledger()
             .export(run.as_deref(), &mut out)
             .map_err(|source| self.vault_error(source))?;
@@ -255,9 +252,6 @@ impl Session {
             None => None,
         };
         let records = self
-            .inner
-            .store
-            .vault()
             .ledger()
             .entries(run.as_deref())
             .map_err(|source| self.vault_error(source))?;

@@ -105,6 +105,16 @@ pub enum SessionError {
     NotFailed { run: String, state: String },
     #[error("run `{0}` is already running in this process")]
     Busy(String),
+    /// On a shared store: the run's workspace and pre-images are on the node that ran it.
+    #[error(
+        "run `{run}` ran on node {node}, whose disk holds its workspace and the pre-images that \
+         undo it; this is node {here}"
+    )]
+    OtherNode {
+        run: String,
+        node: String,
+        here: String,
+    },
     #[error("the run task failed: {0}")]
     Task(String),
 }
@@ -136,6 +146,7 @@ impl SessionError {
             SessionError::Drift { .. } => "drift",
             SessionError::NotFailed { .. } => "not_failed",
             SessionError::Busy(_) => "busy",
+            SessionError::OtherNode { .. } => "other_node",
             SessionError::Task(_) => "task",
         }
     }
@@ -144,6 +155,9 @@ impl SessionError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SessionError::Invalid { hint, .. } => hint.clone(),
+            SessionError::OtherNode { node, .. } => Some(format!(
+                "send the request to node {node} (revert, resume and retry go to the node that ran the run)"
+            )),
             SessionError::NoVault { .. } => Some(
                 "runs started with `--workspace DIR` are recorded in DIR/.secureclaw: pass the same `--workspace DIR` (or `--state-dir DIR/.secureclaw`)"
                     .into(),
@@ -230,6 +244,17 @@ pub struct SessionOptions {
     pub actor: String,
 }
 
+/// Run state kept in a store several machines share (docs/scaling.md), ready to use: this
+/// node's vault opened for that store, the store's backend and ledger, and this node's id.
+pub struct SharedState {
+    pub vault: Vault,
+    pub backend: Arc<dyn crate::storage::StateBackend>,
+    pub ledger: Arc<dyn secureclaw_vault::LedgerSource>,
+    /// A stable id of this node (kept in its state directory): runs it starts carry it, and
+    /// only its own runs are its to mark interrupted after a crash.
+    pub node: String,
+}
+
 /// An open session. Cheap to clone; every clone is the same session.
 #[derive(Clone)]
 pub struct Session {
@@ -239,6 +264,8 @@ pub struct Session {
 struct Inner {
     state_dir: PathBuf,
     store: Arc<RunStore>,
+    /// Where the ledger lives when the state is shared; `None`: the vault's own database.
+    shared_ledger: Option<Arc<dyn secureclaw_vault::LedgerSource>>,
     actor: String,
     notices: Mutex<Vec<Notice>>,
     /// Runs going on in this process, by id.
@@ -384,20 +411,70 @@ impl Session {
             return Err(SessionError::NoVault { dir });
         };
         let store = Arc::new(RunStore::new(vault, opts.actor.clone()));
+        Self::start(dir, store, None, opts.actor, notices)
+    }
+
+    /// A session on state shared by several machines: `opts.state_dir` is this node's own
+    /// directory (its blobs), `shared` the store every node reads and writes.
+    pub fn open_shared(opts: SessionOptions, shared: SharedState) -> Result<Session, SessionError> {
+        let store = Arc::new(
+            RunStore::with_backend(shared.vault, shared.backend, opts.actor.clone())
+                .with_node(shared.node),
+        );
+        Self::start(
+            opts.state_dir,
+            store,
+            Some(shared.ledger),
+            opts.actor,
+            Vec::new(),
+        )
+    }
+
+    /// The session over `store`, after marking the runs its node left running as interrupted.
+    fn start(
+        state_dir: PathBuf,
+        store: Arc<RunStore>,
+        shared_ledger: Option<Arc<dyn secureclaw_vault::LedgerSource>>,
+        actor: String,
+        mut notices: Vec<Notice>,
+    ) -> Result<Session, SessionError> {
         for run_id in store.mark_interrupted()? {
             notices.push(Notice::Interrupted { run_id });
         }
         Ok(Session {
             inner: Arc::new(Inner {
-                state_dir: dir,
+                state_dir,
                 store,
-                actor: opts.actor,
+                shared_ledger,
+                actor,
                 notices: Mutex::new(notices),
                 live: Mutex::new(HashMap::new()),
                 live_changed: tokio::sync::watch::channel(0).0,
                 risk_model: OnceLock::new(),
             }),
         })
+    }
+
+    /// On a shared store, refuses a run another node ran: only that node's disk has its
+    /// workspace and the pre-images that undo it (docs/scaling.md, placement).
+    fn require_here(&self, record: &RunRecord) -> Result<(), SessionError> {
+        match (self.inner.store.node(), &record.node) {
+            (Some(here), Some(node)) if here != node => Err(SessionError::OtherNode {
+                run: record.run_id.clone(),
+                node: node.clone(),
+                here: here.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The ledger, wherever this session's state keeps it.
+    fn ledger(&self) -> secureclaw_vault::Ledger<'_> {
+        let vault = self.inner.store.vault();
+        match &self.inner.shared_ledger {
+            Some(source) => vault.ledger_in(&**source),
+            None => vault.ledger(),
+        }
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -407,6 +484,10 @@ impl Session {
     /// A new read-only session on the same state with the keys this one holds: what a reader
     /// following runs of another process opens again to see what that process stored since.
     pub fn reopened_for_reading(&self) -> Result<Session, SessionError> {
+        if self.inner.shared_ledger.is_some() {
+            // A shared store has no snapshot to renew: every read sees the latest commit.
+            return Ok(self.clone());
+        }
         let vault = self
             .inner
             .store
@@ -420,6 +501,7 @@ impl Session {
             inner: Arc::new(Inner {
                 state_dir: self.inner.state_dir.clone(),
                 store: Arc::new(RunStore::new(vault, self.inner.actor.clone())),
+                shared_ledger: None,
                 actor: self.inner.actor.clone(),
                 notices: Mutex::new(Vec::new()),
                 live: Mutex::new(HashMap::new()),
@@ -982,6 +1064,7 @@ impl Session {
         stopped: &'static str,
         verb: &'static str,
     ) -> Result<(Validated, RunSettings), SessionError> {
+        self.require_here(record)?;
         if let Ok(live) = self.inner.live.lock()
             && live.contains_key(&record.run_id)
         {
@@ -1113,6 +1196,7 @@ impl Session {
     ) -> Result<RevertOutcome, SessionError> {
         let store = &self.inner.store;
         let mut record = store.load(run)?;
+        self.require_here(&record)?;
         let snap = Snapshotter::new(
             store.vault().clone(),
             &record.workspace,
@@ -1233,15 +1317,10 @@ impl Session {
 
     /// Check the whole ledger chain in place.
     pub fn ledger_verify(&self) -> Result<secureclaw_vault::VerifyReport, SessionError> {
-        self.inner
-            .store
-            .vault()
-            .ledger()
-            .verify()
-            .map_err(|cause| SessionError::Vault {
-                dir: self.inner.state_dir.clone(),
-                cause,
-            })
+        self.ledger().verify().map_err(|cause| SessionError::Vault {
+            dir: self.inner.state_dir.clone(),
+            cause,
+        })
     }
 }
 

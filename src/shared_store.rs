@@ -1,0 +1,107 @@
+//! `--store postgres://...`: state several servers and workers share (docs/scaling.md). Without
+//! the flag every command keeps its state in its own state directory, as on one machine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::vault_api::{KdfParams, Vault};
+use anyhow::Context as _;
+use secureclaw_engine::session::{PassphraseSource, Session, SessionOptions, SharedState};
+use secureclaw_store_pg::{PgBackend, PgError, PgStore};
+
+/// The flag, shared by the commands that can use a shared store.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// Keep run state, accounts and the ledger in this PostgreSQL database, shared with other
+    /// servers and workers (`postgres://USER:PASSWORD@HOST:PORT/DB`; see docs/scaling.md).
+    /// The state directory then holds only this node's own files. Default: the state
+    /// directory's embedded store.
+    #[arg(long, env = "SECURECLAW_STORE", value_name = "URL", global = true)]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    /// The URL, checked to name PostgreSQL.
+    pub fn url(&self) -> anyhow::Result<Option<&str>> {
+        match self.store.as_deref() {
+            None | Some("") => Ok(None),
+            Some(url) if secureclaw_store_pg::is_postgres_url(url) => Ok(Some(url)),
+            Some(other) => anyhow::bail!(
+                "--store takes a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB), not \
+                 {other:?}; leave it out to keep the state in the state directory"
+            ),
+        }
+    }
+}
+
+/// This node's vault, opened for the shared store, and the store's backend.
+pub struct Joined {
+    pub vault: Vault,
+    pub backend: Arc<PgBackend>,
+}
+
+/// Connects to `url` and opens this node's state directory for the vault it keeps. With
+/// `create`, a store without a vault gets this node's (made first when the directory has none).
+pub fn join(
+    url: &str,
+    state_dir: &Path,
+    pass: &PassphraseSource,
+    create: bool,
+) -> anyhow::Result<Joined> {
+    let store = PgStore::connect(url)?;
+    let secret = pass.resolve()?;
+    let vault = match store.join_vault(state_dir, &secret) {
+        Err(PgError::NoVault) if create => {
+            let params = KdfParams::from_env()?;
+            Vault::create(state_dir, &secret, &params)
+                .with_context(|| format!("creating the vault in {}", state_dir.display()))?;
+            store.join_vault(state_dir, &secret)?
+        }
+        other => other?,
+    };
+    let backend = Arc::new(store.backend(vault.clone()));
+    Ok(Joined { vault, backend })
+}
+
+/// A session on the shared store for a node whose own files are in `state_dir`.
+pub fn open_session(
+    url: &str,
+    state_dir: &Path,
+    pass: &PassphraseSource,
+    actor: String,
+) -> anyhow::Result<Session> {
+    let joined = join(url, state_dir, pass, true)?;
+    let node = node_id(state_dir)?;
+    let session = Session::open_shared(
+        SessionOptions {
+            state_dir: state_dir.to_path_buf(),
+            passphrase: pass.clone(),
+            access: secureclaw_engine::session::Access::Write { create: false },
+            actor,
+        },
+        SharedState {
+            vault: joined.vault,
+            backend: joined.backend.clone(),
+            ledger: joined.backend,
+            node,
+        },
+    )?;
+    crate::state::print_notices(&session);
+    Ok(session)
+}
+
+/// This node's id: random, made once and kept in its state directory (`node-id`), so runs it
+/// started are known as its own after a restart.
+fn node_id(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}

@@ -1,0 +1,194 @@
+//! Several servers on one shared PostgreSQL store: accounts, tasks, runs and one ledger seen
+//! from every replica, the ledger verified and exported from yet another node.
+
+use std::process::Command;
+
+use crate::harness::{PASSPHRASE, Server, unique};
+use crate::taskkit::{started, wait_state};
+
+#[path = "../../store-pg/tests/pg/server.rs"]
+mod pg;
+
+const WRITE: &str = r#"version: 1
+name: shared
+steps:
+  - id: hello
+    write: { path: hello.txt, content: "hi\n" }
+"#;
+
+fn cli(args: &[&str], data: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(args)
+        .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
+        .env("ARGON2_MEMORY_KB", "8192")
+        .env("ARGON2_ITERATIONS", "1")
+        .env("HOME", data)
+        .env_remove("SECURECLAW_STATE_DIR")
+        .env_remove("SECURECLAW_STORE")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
+    let url = pg::server().fresh_database();
+    let store = ["--store", url.as_str()];
+    let a = Server::start(&[], &store);
+    let b = Server::start(&[], &store);
+
+    // An account made on replica A signs in on replica B.
+    let name = unique("shared");
+    let mut on_a = a.client();
+    on_a.register(&name).await;
+    let mut on_b = b.client();
+    on_b.login(&name).await;
+
+    // A task run on A is seen, with its run, on B; one run on B too.
+    let (task_a, run_a) = started(&on_a, WRITE).await;
+    wait_state(&on_a, &task_a, &["succeeded"]).await;
+    let seen = wait_state(&on_b, &task_a, &["succeeded"]).await;
+    assert_eq!(seen["id"], task_a.as_str(), "{seen}");
+    let ledger = on_b
+        .get(&format!("/api/v1/tasks/{task_a}/ledger/export"))
+        .await;
+    assert_eq!(ledger.status, 200, "{:?}", ledger.body);
+    assert!(
+        ledger.body.to_string().contains(&run_a),
+        "{:?}",
+        ledger.body
+    );
+    // Reverting it is A's to do: B has neither its workspace nor the pre-images.
+    let refused = on_b
+        .post(
+            &format!("/api/v1/tasks/{task_a}/revert"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{:?}", refused.body);
+    assert_eq!(refused.code(), "other_node", "{:?}", refused.body);
+    assert!(std::fs::read_dir(&a.data_dir).is_ok());
+    let reverted = on_a
+        .post(
+            &format!("/api/v1/tasks/{task_a}/revert"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(reverted.status, 200, "{:?}", reverted.body);
+    assert_eq!(
+        reverted.body["detail"]["summary"]["verified"], true,
+        "{:?}",
+        reverted.body
+    );
+    let (task_b, _) = started(&on_b, WRITE).await;
+    wait_state(&on_b, &task_b, &["succeeded"]).await;
+
+    // An account added from a third node (the server need not run there).
+    let node_c = tempfile::tempdir().unwrap();
+    let pw = node_c.path().join("pw");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    let data_c = node_c.path().join("data");
+    let out = cli(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--data-dir",
+            data_c.to_str().unwrap(),
+            "--store",
+            &url,
+        ],
+        node_c.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let r = a
+        .client()
+        .post(
+            "/api/v1/auth/login",
+            serde_json::json!({"username": "carol", "password": "correct horse battery staple"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // One chain holds both replicas' runs: verified and exported from a fourth node.
+    let node_d = tempfile::tempdir().unwrap();
+    let state_d = node_d.path().join("state");
+    let out = cli(
+        &[
+            "ledger",
+            "verify",
+            "--store",
+            &url,
+            "--state-dir",
+            state_d.to_str().unwrap(),
+        ],
+        node_d.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("chain intact"), "{}", text(&out));
+    let export = node_d.path().join("ledger.jsonl");
+    let out = cli(
+        &[
+            "ledger",
+            "export",
+            "--store",
+            &url,
+            "--state-dir",
+            state_d.to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+        ],
+        node_d.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = std::fs::read_to_string(&export).unwrap();
+    let runs: std::collections::BTreeSet<String> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["entry"]["run"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        runs.len() >= 2,
+        "both replicas' runs are in one ledger: {runs:?}"
+    );
+    assert!(runs.contains(&run_a), "{runs:?}");
+    let head = node_d.path().join("ledger.jsonl.head.json");
+    let out = crate::taskkit::verify_export(&export, &head, &state_d);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A wrong passphrase on a new node is refused before anything is written there.
+    let node_e = tempfile::tempdir().unwrap();
+    let state_e = node_e.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(["ledger", "verify", "--store", &url, "--state-dir"])
+        .arg(&state_e)
+        .env("SECURECLAW_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!state_e.join("vault.redb").exists());
+
+    // The store's URL must be PostgreSQL.
+    let out = cli(
+        &[
+            "ledger",
+            "verify",
+            "--store",
+            "mysql://x",
+            "--state-dir",
+            state_d.to_str().unwrap(),
+        ],
+        node_d.path(),
+    );
+    assert!(text(&out).contains("PostgreSQL URL"), "{}", text(&out));
+    drop((a, b));
+}
