@@ -13,6 +13,7 @@ mod serve_cmd;
 mod shared_store;
 mod state;
 mod vault_cmds;
+mod worker_cmd;
 mod workflows_cmd;
 
 /// What `vault_cmds` uses of the vault, through the engine.
@@ -129,6 +130,9 @@ enum Command {
     },
     /// Serve the HTTP API: accounts, tasks, approvals, live streams, revert, API docs.
     Serve(serve_cmd::ServeArgs),
+    /// Run the work that servers queue on a shared store (`serve --store URL --workers`);
+    /// see docs/scaling.md.
+    Worker(worker_cmd::WorkerArgs),
     /// Accounts of the server (`user add NAME [--admin]`).
     User {
         #[command(subcommand)]
@@ -259,6 +263,10 @@ fn main() -> ExitCode {
             let pass = args.pass.source();
             serve_cmd::serve_cmd(args, &pass)
         }
+        Command::Worker(args) => {
+            let pass = args.pass.source();
+            worker_cmd::worker_cmd(args, &pass)
+        }
         Command::User { command, pass } => serve_cmd::user_cmd(command, &pass.source()),
         Command::Agent(cmd) => {
             let pass = cmd.passphrase();
@@ -303,6 +311,7 @@ impl Command {
             | Command::Deny(_)
             | Command::Ledger { .. }
             | Command::Serve(_)
+            | Command::Worker(_)
             | Command::User { .. }
             | Command::Agent(_)
             | Command::Completions(_)

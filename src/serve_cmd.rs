@@ -43,6 +43,10 @@ pub struct ServeArgs {
     pub pass: crate::vault_cmds::PassphraseArgs,
     #[command(flatten)]
     pub store: crate::shared_store::StoreArgs,
+    /// Queue the runs this server starts for `secureclaw worker` processes on the same
+    /// --store instead of running them here (see docs/scaling.md).
+    #[arg(long, requires = "store", env = "SECURECLAW_RUN_ON_WORKERS")]
+    pub workers: bool,
 }
 
 #[derive(Subcommand)]
@@ -78,21 +82,32 @@ fn open(
     pass: &PassphraseSource,
     store: &crate::shared_store::StoreArgs,
 ) -> anyhow::Result<Session> {
+    Ok(open_node(config, pass, store)?.0)
+}
+
+/// The server's session, and on a shared store the node (for the work queue).
+fn open_node(
+    config: &ServerConfig,
+    pass: &PassphraseSource,
+    store: &crate::shared_store::StoreArgs,
+) -> anyhow::Result<(Session, Option<crate::shared_store::Node>)> {
     let state = config.state_dir();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     if let Some(url) = store.url()? {
-        return crate::shared_store::open_session(url, &state, pass, "server".into());
+        let node = crate::shared_store::open_node(url, &state, pass, "server".into())?;
+        return Ok((node.session.clone(), Some(node)));
     }
-    crate::state::open_as(
+    let session = crate::state::open_as(
         &state,
         pass,
         Access::Write { create: true },
         "server".into(),
-    )
+    )?;
+    Ok((session, None))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,10 +133,17 @@ pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
     let rt = runtime()?;
     // The session's background work (the store writer, runs) needs the runtime's context.
     let _guard = rt.enter();
-    let session = open(&config, pass, &args.store)?;
+    let (session, node) = open_node(&config, pass, &args.store)?;
     let data_dir = config.data_dir.clone();
+    let workers = args.workers;
     rt.block_on(async move {
-        let state = AppState::new(session, config).await?;
+        let mut state = AppState::new(session, config).await?;
+        if let (true, Some(node)) = (workers, node) {
+            let queue = node.store.queue_as(node.vault.clone(), node.id.clone());
+            state = state.with_dispatch(std::sync::Arc::new(crate::shared_store::QueueDispatch(
+                queue,
+            )));
+        }
         let url_of = state.config.clone();
         serve(
             state,
@@ -145,7 +167,7 @@ pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

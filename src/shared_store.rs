@@ -63,15 +63,24 @@ pub fn join(
     Ok(Joined { vault, backend })
 }
 
-/// A session on the shared store for a node whose own files are in `state_dir`.
-pub fn open_session(
+/// A node of the shared store: its session, the store, its vault and its id.
+pub struct Node {
+    pub session: Session,
+    pub store: PgStore,
+    pub vault: Vault,
+    pub id: String,
+}
+
+/// A session on the shared store for a node whose own files are in `state_dir`, with the
+/// store and the vault (a worker also uses the queue).
+pub fn open_node(
     url: &str,
     state_dir: &Path,
     pass: &PassphraseSource,
     actor: String,
-) -> anyhow::Result<Session> {
+) -> anyhow::Result<Node> {
     let joined = join(url, state_dir, pass, true)?;
-    let node = node_id(state_dir)?;
+    let id = node_id(state_dir)?;
     let session = Session::open_shared(
         SessionOptions {
             state_dir: state_dir.to_path_buf(),
@@ -80,14 +89,38 @@ pub fn open_session(
             actor,
         },
         SharedState {
-            vault: joined.vault,
+            vault: joined.vault.clone(),
             backend: joined.backend.clone(),
-            ledger: joined.backend,
-            node,
+            ledger: joined.backend.clone(),
+            node: id.clone(),
         },
     )?;
     crate::state::print_notices(&session);
-    Ok(session)
+    Ok(Node {
+        session,
+        store: joined.backend.store().clone(),
+        vault: joined.vault,
+        id,
+    })
+}
+
+/// Queues the runs a server starts for `secureclaw worker` processes.
+pub struct QueueDispatch(pub secureclaw_store_pg::Queue);
+
+#[async_trait::async_trait]
+impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
+    async fn enqueue(
+        &self,
+        run: &secureclaw_server::dispatch::QueuedRun,
+        dedup: Option<&str>,
+    ) -> Result<bool, String> {
+        let payload = serde_json::to_vec(run).map_err(|e| e.to_string())?;
+        self.0
+            .enqueue(secureclaw_store_pg::JobKind::Run, &payload, dedup)
+            .await
+            .map(|id| id.is_some())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// This node's id: random, made once and kept in its state directory (`node-id`), so runs it

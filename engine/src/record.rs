@@ -610,20 +610,65 @@ impl RunStore {
     }
 }
 
+impl RunStore {
+    /// On a shared store: marks `run_id` interrupted when its node lost the lease on it (the
+    /// node died or was cut off). Returns the steps that were in flight; `None` when the run
+    /// was no longer running (it finished first) or has no record yet.
+    pub fn mark_lease_lost(
+        &self,
+        run_id: &str,
+        node: &str,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(mut rec) = self.get(run_id)? else {
+            return Ok(None);
+        };
+        if rec.state != RunState::Running {
+            return Ok(None);
+        }
+        let in_flight: Vec<String> = rec
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Running)
+            .map(|s| s.id.clone())
+            .collect();
+        interrupt(
+            &mut rec,
+            &format!("node {node} lost its lease on this run (it stopped or was cut off)"),
+        );
+        self.record(
+            self.entry(kind::RUN_FINISHED)
+                .run(rec.run_id.clone())
+                .result(serde_json::json!({
+                    "state": "interrupted",
+                    "lease_lost_by": node,
+                    "in_flight": in_flight,
+                })),
+        );
+        self.save(&rec)?;
+        Ok(Some(in_flight))
+    }
+}
+
 /// Marks a run whose engine is gone as interrupted; true if it was one.
 fn mark_dead_run(rec: &mut RunRecord) -> bool {
     if rec.state != RunState::Running || process_alive(rec.pid) {
         return false;
     }
+    interrupt(rec, "the engine stopped while this run was in progress");
+    true
+}
+
+/// Marks `rec` interrupted, and the steps it was running failed (their pre-state is kept on
+/// the disk of the node that ran them, which rolls them back).
+fn interrupt(rec: &mut RunRecord, why: &str) {
     rec.state = RunState::Interrupted;
-    rec.message = Some("the engine stopped while this run was in progress".into());
+    rec.message = Some(why.to_string());
     for s in &mut rec.steps {
         if s.state == StepState::Running {
             s.state = StepState::Failed;
             s.reason = Some("interrupted: the engine stopped during this step".into());
         }
     }
-    true
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub schedules: Arc<crate::schedules::ScheduleBoard>,
     /// The web UI's templates and CSRF key.
     pub ui: Arc<crate::ui::Ui>,
+    /// Where started runs go when workers execute them (`None`: this process runs them).
+    pub dispatch: Option<Arc<dyn crate::dispatch::Dispatch>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,14 @@ impl AppState {
             stopping: tokio_util::sync::CancellationToken::new(),
             schedules: Arc::default(),
             ui: Arc::new(crate::ui::Ui::new().map_err(ServeError::Setup)?),
+            dispatch: None,
         })
+    }
+
+    /// Queue the runs this server starts with `dispatch` instead of running them here.
+    pub fn with_dispatch(mut self, dispatch: Arc<dyn crate::dispatch::Dispatch>) -> Self {
+        self.dispatch = Some(dispatch);
+        self
     }
 }
 

@@ -95,22 +95,14 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
     );
     let store = TaskStore::new(state.session.clone());
     store.save(&task, vec![audit]).await?;
-    let handle = state.session.submit(RunRequest {
-        workflow: l.workflow,
-        inputs,
-        workspace,
-        settings: RunSettings {
-            // The server never runs steps without isolation.
-            forbid_host: true,
-            approve: l.approve,
-            started_by: l.started_by,
-            ..RunSettings::default()
-        },
-        approver: None,
-    })?;
-    let run_id = handle.id().to_string();
-    state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-    watch_step_times(state.metrics.clone(), handle.events(0), Some(l.since));
+    let settings = RunSettings {
+        // The server never runs steps without isolation.
+        forbid_host: true,
+        approve: l.approve,
+        started_by: l.started_by,
+        ..RunSettings::default()
+    };
+    let run_id = start_run(state, &task, l.workflow, settings, l.since).await?;
     task.run_id = Some(run_id.clone());
     store.save(&task, Vec::new()).await?;
     Ok(Launched {
@@ -118,4 +110,41 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
         task_id: id,
         run_id,
     })
+}
+
+/// Start `task`'s run: here, or queued for a worker when the server dispatches runs. Returns
+/// the run's id either way.
+pub async fn start_run(
+    state: &AppState,
+    task: &Task,
+    workflow: Validated,
+    settings: RunSettings,
+    since: Instant,
+) -> ApiResult<String> {
+    if let Some(dispatch) = &state.dispatch {
+        let run = crate::dispatch::QueuedRun {
+            run_id: secureclaw_engine::record::new_run_id(),
+            task_id: task.id.clone(),
+            workflow: workflow.source.to_string(),
+            inputs: task.inputs.clone(),
+            workspace_name: task.workspace_name.clone(),
+            settings,
+        };
+        dispatch
+            .enqueue(&run, None)
+            .await
+            .map_err(|e| ApiError::internal(format!("queueing the run for a worker: {e}")))?;
+        state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+        return Ok(run.run_id);
+    }
+    let handle = state.session.submit(RunRequest {
+        workflow,
+        inputs: task.inputs.clone(),
+        workspace: task.workspace.clone(),
+        settings,
+        approver: None,
+    })?;
+    state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+    watch_step_times(state.metrics.clone(), handle.events(0), Some(since));
+    Ok(handle.id().to_string())
 }

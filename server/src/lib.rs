@@ -18,6 +18,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod dispatch;
 pub mod docs;
 pub mod error;
 pub mod extract;

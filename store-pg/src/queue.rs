@@ -70,6 +70,16 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
+/// A job whose lease lapsed, now `interrupted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub id: Uuid,
+    /// The worker that held the lease.
+    pub owner: String,
+    /// The payload as submitted (opened).
+    pub payload: Vec<u8>,
+}
+
 /// The lease on a job is no longer this worker's: it lapsed (the job was marked interrupted)
 /// or the job finished elsewhere. The worker must stop working on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +107,12 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl Queue {
-    pub(crate) fn new(store: PgStore, vault: Vault) -> Self {
+    pub(crate) fn new(store: PgStore, vault: Vault, owner: Option<String>) -> Self {
         Self {
             store,
             vault,
-            // Random: the database learns nothing about the machine from it.
-            owner: format!("w-{}", Uuid::new_v4().simple()),
+            // Random when not given: the database learns nothing about the machine from it.
+            owner: owner.unwrap_or_else(|| format!("w-{}", Uuid::new_v4().simple())),
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -238,21 +248,28 @@ impl Queue {
 
     /// Marks every job whose lease lapsed `interrupted`; returns each with the worker that held
     /// it (whose disk holds what crash recovery needs to roll the job's step back).
-    pub async fn expire_leases(&self) -> Result<Vec<(Uuid, String)>, PgError> {
+    pub async fn expire_leases(&self) -> Result<Vec<Expired>, PgError> {
         let store = self.store.clone();
-        self.on_store(async move {
-            let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
-                "UPDATE sc_jobs SET state = 'interrupted', finished_at = now() \
-                 WHERE state = 'running' AND lease_until < now() RETURNING id, owner",
-            )
-            .fetch_all(&store.pool)
+        let rows: Vec<(Uuid, Option<String>, Vec<u8>)> = self
+            .on_store(async move {
+                Ok(sqlx::query_as(
+                    "UPDATE sc_jobs SET state = 'interrupted', finished_at = now() \
+                     WHERE state = 'running' AND lease_until < now() \
+                     RETURNING id, owner, payload",
+                )
+                .fetch_all(&store.pool)
+                .await?)
+            })
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, owner)| (id, owner.unwrap_or_default()))
-                .collect())
-        })
-        .await
+        rows.into_iter()
+            .map(|(id, owner, sealed)| {
+                Ok(Expired {
+                    id,
+                    owner: owner.unwrap_or_default(),
+                    payload: self.vault.open_shared("jobs", &id.to_string(), &sealed)?,
+                })
+            })
+            .collect()
     }
 
     /// Queues an interrupted job again (a run whose policy allows a retry elsewhere).

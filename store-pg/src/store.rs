@@ -169,9 +169,16 @@ impl PgStore {
         PgBackend::new(self.clone(), vault)
     }
 
-    /// The work queue on this store, sealing payloads with `vault`.
+    /// The work queue on this store, sealing payloads with `vault`, as a worker with a random
+    /// id.
     pub fn queue(&self, vault: Vault) -> Queue {
-        Queue::new(self.clone(), vault)
+        Queue::new(self.clone(), vault, None)
+    }
+
+    /// The work queue as the worker `owner` (a node's stable id: after a restart it knows
+    /// which interrupted jobs were its own).
+    pub fn queue_as(&self, vault: Vault, owner: impl Into<String>) -> Queue {
+        Queue::new(self.clone(), vault, Some(owner.into()))
     }
 }
 

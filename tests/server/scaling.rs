@@ -192,3 +192,149 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
     assert!(text(&out).contains("PostgreSQL URL"), "{}", text(&out));
     drop((a, b));
 }
+
+/// A `secureclaw worker` process on the shared store, killed when dropped.
+struct Worker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(url: &str, data: &std::path::Path) -> Worker {
+        std::fs::create_dir_all(data).unwrap();
+        let log = data.join("worker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+            .args([
+                "worker",
+                "--store",
+                url,
+                "--lease",
+                "2s",
+                "--poll",
+                "300ms",
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
+            .env("HOME", data)
+            .env_remove("SECURECLAW_STATE_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to cancel, roll back or give up its leases.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + crate::taskkit::PATIENCE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+const SLOW: &str = r#"version: 1
+name: slow
+steps:
+  - id: partial
+    shell: "echo started > partial.txt && sleep 60"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_returns() {
+    let url = pg::server().fresh_database();
+    let server = Server::start(&[], &["--store", url.as_str(), "--workers"]);
+    let api = crate::harness::Api::user(&server, "queued").await;
+    let nodes = tempfile::tempdir().unwrap();
+    let one = nodes.path().join("one");
+    let w1 = Worker::start(&url, &one);
+
+    // Queued by the replica, run by the worker, in the worker's own workspace.
+    let (task, _run) = started(&api, WRITE).await;
+    let done = wait_state(&api, &task, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", w1.log());
+    assert!(
+        one.join("workspaces")
+            .join(&task)
+            .join("hello.txt")
+            .is_file()
+    );
+    assert!(!server.data_dir.join("workspaces").join(&task).exists());
+
+    // Killed mid-step: the partial write stays on its disk until it comes back.
+    let (slow, slow_run) = started(&api, SLOW).await;
+    let partial = one.join("workspaces").join(&slow).join("partial.txt");
+    until("the step's first write", async || {
+        partial.is_file().then_some(())
+    })
+    .await;
+    w1.kill();
+    let two = nodes.path().join("two");
+    let w2 = Worker::start(&url, &two);
+    let interrupted = wait_state(&api, &slow, &["interrupted"]).await;
+    assert!(
+        interrupted.to_string().contains("lost its lease"),
+        "{interrupted}\n{}",
+        w2.log()
+    );
+    assert!(
+        partial.is_file(),
+        "nobody but its worker touches its workspace"
+    );
+    assert!(w2.log().contains(&slow_run), "{}", w2.log());
+
+    // Back: it rolls its interrupted run back, byte for byte, once.
+    let w1 = Worker::start(&url, &one);
+    until("the rollback", async || (!partial.exists()).then_some(())).await;
+    let rolled = until("the revert on record", async || {
+        let r = api.get(&format!("/api/v1/tasks/{slow}")).await;
+        let reverts = r.body["run"]["reverts"].as_array().map_or(0, Vec::len);
+        (reverts > 0).then_some(r.body)
+    })
+    .await;
+    assert_eq!(rolled["state"], "interrupted", "{rolled}");
+    let revert = &rolled["run"]["reverts"][0];
+    assert_eq!(revert["state"], "completed", "{rolled}");
+    assert_eq!(revert["verified"], true, "{rolled}");
+    assert_eq!(rolled["run"]["steps"][0]["state"], "reverted", "{rolled}");
+    assert!(w1.log().contains("rolled back run"), "{}", w1.log());
+    drop((w1, w2));
+    let w1_again = Worker::start(&url, &one);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !w1_again.log().contains("rolled back run"),
+        "once: {}",
+        w1_again.log()
+    );
+    let r = api.get(&format!("/api/v1/tasks/{slow}")).await;
+    assert_eq!(
+        r.body["run"]["reverts"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        r.body
+    );
+}

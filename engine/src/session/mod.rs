@@ -468,6 +468,22 @@ impl Session {
         }
     }
 
+    /// On a shared store: `run` was being run by `node`, whose lease on it lapsed. Marks it
+    /// interrupted (the steps in flight are rolled back when that node is back); returns
+    /// them, or `None` when the run was no longer running.
+    pub fn mark_lease_lost(
+        &self,
+        run: &str,
+        node: &str,
+    ) -> Result<Option<Vec<String>>, SessionError> {
+        Ok(self.inner.store.mark_lease_lost(run, node)?)
+    }
+
+    /// This node's id on a shared store.
+    pub fn node(&self) -> Option<&str> {
+        self.inner.store.node()
+    }
+
     /// The ledger, wherever this session's state keeps it.
     fn ledger(&self) -> secureclaw_vault::Ledger<'_> {
         let vault = self.inner.store.vault();
@@ -545,8 +561,16 @@ impl Session {
 
     /// Start a run. It goes on in the background; the handle gives its events and record.
     pub fn submit(&self, req: RunRequest) -> Result<RunHandle, SessionError> {
+        self.submit_as(req, crate::record::new_run_id())
+    }
+
+    /// [`Session::submit`] under a given run id: a worker running a run a server queued,
+    /// under the id the server already gave the task.
+    pub fn submit_as(&self, req: RunRequest, run_id: String) -> Result<RunHandle, SessionError> {
+        if self.is_live(&run_id) || self.inner.store.get(&run_id)?.is_some() {
+            return Err(SessionError::Busy(run_id));
+        }
         let workspace = prepare_workspace(self, &req.workspace)?;
-        let run_id = crate::record::new_run_id();
         let request = serde_json::to_value(&req.settings).unwrap_or_default();
         let prepared = self.prepare(&req.workflow, &req.settings, &workspace)?;
         let log = EventLog::new(run_id.clone(), 0, Some(self.inner.store.clone()));

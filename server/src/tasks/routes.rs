@@ -14,7 +14,7 @@ use secureclaw_engine::events::{EventStream, RunEvent};
 use secureclaw_engine::planner::{PlanError, Planner};
 use secureclaw_engine::record::{RunRecord, RunState};
 use secureclaw_engine::session::{
-    Audit, RevertOptions, RevertOutcome, RunRequest, RunSettings, Session, SessionError,
+    Audit, RevertOptions, RevertOutcome, RunSettings, Session, SessionError,
 };
 use secureclaw_engine::tools::vault::kind;
 use secureclaw_engine::validate::{Validated, validate_bytes};
@@ -217,6 +217,8 @@ fn run_record(session: &Session, task: &Task) -> ApiResult<Option<RunRecord>> {
         }
         Some(r) => Ok(Some(r)),
         None if session.is_live(run) => Ok(None),
+        // On a shared store the run may wait in the queue, or be starting on another node.
+        None if session.node().is_some() => Ok(None),
         None => Err(SessionError::Store(StoreError::NotFound(run.clone())).into()),
     }
 }
@@ -480,23 +482,12 @@ pub async fn run_task(
     }
     let workflow = stored_workflow(&task)?;
     let started = Instant::now();
-    let handle = state.session.submit(RunRequest {
-        workflow,
-        inputs: task.inputs.clone(),
-        workspace: task.workspace.clone(),
-        settings: RunSettings {
-            // The server never runs steps without isolation.
-            forbid_host: true,
-            ..RunSettings::default()
-        },
-        approver: None,
-    })?;
-    let run_id = handle.id().to_string();
-    state
-        .metrics
-        .runs_started
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    watch_step_times(state.metrics.clone(), handle.events(0), Some(started));
+    let settings = RunSettings {
+        // The server never runs steps without isolation.
+        forbid_host: true,
+        ..RunSettings::default()
+    };
+    let run_id = crate::launch::start_run(&state, &task, workflow, settings, started).await?;
     task.run_id = Some(run_id.clone());
     TaskStore::new(state.session.clone())
         .save(&task, Vec::new())

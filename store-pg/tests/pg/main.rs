@@ -347,7 +347,10 @@ async fn a_lapsed_lease_interrupts_the_job_and_its_worker_learns_it_lost() {
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let expired = other.expire_leases().await.unwrap();
-    assert_eq!(expired, vec![(id, worker.worker_id().to_string())]);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, id);
+    assert_eq!(expired[0].owner, worker.worker_id());
+    assert_eq!(expired[0].payload, b"run");
     let (state, owner, attempts) = other.state(id).await.unwrap().unwrap();
     assert_eq!(state, JobState::Interrupted);
     assert_eq!(owner.as_deref(), Some(worker.worker_id()));

@@ -1,0 +1,333 @@
+//! `secureclaw worker`: runs the work servers queue on a shared store (docs/scaling.md).
+//!
+//! A worker claims one queued run at a time per free slot (`FOR UPDATE SKIP LOCKED`: no two
+//! workers get the same run), runs it in its own workspace under the run id the server gave
+//! the task, and renews its lease while it runs. A worker that cannot renew its lease (its
+//! lease lapsed and another node marked the run interrupted, or it cannot reach the database
+//! for a whole lease) cancels the run, which rolls its running steps back. Every worker also
+//! marks the runs of workers whose leases lapsed as interrupted, and when it starts, rolls
+//! back its own runs that were interrupted while it was away.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use console::style;
+use secureclaw_engine::record::RunState;
+use secureclaw_engine::session::{PassphraseSource, RevertOptions, RunRequest, Session};
+use secureclaw_engine::validate::validate_bytes;
+use secureclaw_server::dispatch::QueuedRun;
+use secureclaw_store_pg::{Claimed, Queue};
+
+use crate::exit;
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub store: crate::shared_store::StoreArgs,
+    /// This worker's own files: its state directory (the pre-images of the runs it executes)
+    /// and the tasks' workspaces [default: $XDG_DATA_HOME/secureclaw].
+    #[arg(long, env = "SECURECLAW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A workspace queued runs may name: NAME=/absolute/path (repeatable).
+    #[arg(long = "workspace", value_name = "NAME=PATH")]
+    pub workspaces: Vec<String>,
+    /// Runs at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// How long a claim holds without a heartbeat: a worker silent for longer loses its runs
+    /// (they are marked interrupted). Renewed every third of it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// Look for work at least this often, even without a notification.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    #[command(flatten)]
+    pub pass: crate::vault_cmds::PassphraseArgs,
+}
+
+struct Worker {
+    session: Session,
+    queue: Queue,
+    data_dir: PathBuf,
+    workspaces: BTreeMap<String, PathBuf>,
+    lease: Duration,
+}
+
+pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
+    let Some(url) = args.store.url()?.map(str::to_owned) else {
+        anyhow::bail!(
+            "a worker needs the shared store: pass --store postgres://USER:PASSWORD@HOST:PORT/DB \
+             (or set SECURECLAW_STORE), the same one the servers use"
+        );
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(secureclaw_server::config::default_data_dir);
+    let mut workspaces = BTreeMap::new();
+    for spec in &args.workspaces {
+        let (name, path) = spec
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && std::path::Path::new(p).is_absolute())
+            .with_context(|| format!("--workspace {spec}: expected NAME=/absolute/path"))?;
+        workspaces.insert(name.to_string(), PathBuf::from(path));
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let rt = crate::serve_cmd::runtime()?;
+    // The session's background work (the store writer, runs) needs the runtime's context.
+    let _guard = rt.enter();
+    let node =
+        crate::shared_store::open_node(&url, &data_dir.join("state"), pass, "worker".into())?;
+    let worker = Arc::new(Worker {
+        queue: node.store.queue_as(node.vault.clone(), node.id.clone()),
+        session: node.session,
+        data_dir,
+        workspaces,
+        lease: args.lease,
+    });
+    eprintln!(
+        "{} {} on {} ({} at once, lease {})",
+        style("worker").cyan().bold(),
+        node.id,
+        node.store.url(),
+        args.jobs,
+        humantime::format_duration(args.lease)
+    );
+    rt.block_on(worker.clone().serve(usize::from(args.jobs), args.poll))?;
+    eprintln!("{} stopped", style("worker").cyan().bold());
+    Ok(exit::OK)
+}
+
+impl Worker {
+    async fn serve(self: Arc<Self>, slots: usize, poll: Duration) -> anyhow::Result<()> {
+        self.recover().await;
+        self.queue.listen().await?;
+        // Told each time a run of this worker ends: a slot is free.
+        let freed = Arc::new(tokio::sync::Notify::new());
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        while !stop.is_cancelled() {
+            self.expire_others().await;
+            let mut claimed_any = false;
+            while running.load(std::sync::atomic::Ordering::SeqCst) < slots {
+                let job = match self.queue.claim(self.lease).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("{} claiming work: {e}", style("worker").yellow());
+                        break;
+                    }
+                };
+                claimed_any = true;
+                running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (me, freed, running) = (self.clone(), freed.clone(), running.clone());
+                tokio::spawn(async move {
+                    me.execute(job).await;
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    freed.notify_one();
+                });
+            }
+            if claimed_any {
+                continue;
+            }
+            tokio::select! {
+                () = self.queue.wait_for_work(poll) => {}
+                () = freed.notified() => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        eprintln!(
+            "{} stopping: running steps are cancelled and rolled back",
+            style("worker").cyan().bold()
+        );
+        self.session.shutdown().await;
+        Ok(())
+    }
+
+    /// Marks the runs whose workers' leases lapsed interrupted.
+    async fn expire_others(&self) {
+        let expired = match self.queue.expire_leases().await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("{} expiring leases: {e}", style("worker").yellow());
+                return;
+            }
+        };
+        for job in expired {
+            let Ok(run) = serde_json::from_slice::<QueuedRun>(&job.payload) else {
+                continue;
+            };
+            match self.session.mark_lease_lost(&run.run_id, &job.owner) {
+                Ok(Some(steps)) => eprintln!(
+                    "{} run {} of {} interrupted: its lease lapsed (in flight: {})",
+                    style("worker").yellow(),
+                    run.run_id,
+                    job.owner,
+                    if steps.is_empty() {
+                        "none".into()
+                    } else {
+                        steps.join(", ")
+                    }
+                ),
+                Ok(None) => {}
+                Err(e) => eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id),
+            }
+        }
+    }
+
+    /// Rolls back this node's runs that were interrupted while it was away (crash recovery:
+    /// their pre-images are on this node's disk).
+    async fn recover(&self) {
+        let Ok(runs) = self.session.runs() else {
+            return;
+        };
+        let mine = self.session.node().map(str::to_owned);
+        for run in runs {
+            if run.node != mine || run.state != RunState::Interrupted || !run.reverts.is_empty() {
+                continue;
+            }
+            let outcome = self
+                .session
+                .revert(
+                    &run.run_id,
+                    RevertOptions {
+                        step: None,
+                        cascade: true,
+                        force: false,
+                        dry_run: false,
+                    },
+                )
+                .await;
+            match outcome {
+                Ok(_) => eprintln!(
+                    "{} rolled back run {} (interrupted while this worker was away)",
+                    style("worker").cyan(),
+                    run.run_id
+                ),
+                Err(e) => eprintln!(
+                    "{} could not roll back run {}: {e}",
+                    style("worker").yellow(),
+                    run.run_id
+                ),
+            }
+        }
+    }
+
+    /// Runs one claimed job to its end, renewing the lease; finishes the job unless the lease
+    /// was lost.
+    async fn execute(&self, job: Claimed) {
+        let run: QueuedRun = match serde_json::from_slice(&job.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "{} job {}: unreadable payload: {e}",
+                    style("worker").red(),
+                    job.id
+                );
+                let _ = self.queue.finish(job.id).await;
+                return;
+            }
+        };
+        match self.start(&run) {
+            Ok(handle) => self.follow(&job, &run, handle).await,
+            Err(e) => {
+                eprintln!("{} run {}: {e}", style("worker").red(), run.run_id);
+                let _ = self.queue.finish(job.id).await;
+            }
+        }
+    }
+
+    fn start(&self, run: &QueuedRun) -> anyhow::Result<secureclaw_engine::session::RunHandle> {
+        let workflow = validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
+            .map_err(|d| anyhow::anyhow!("the queued workflow does not validate: {d}"))?;
+        let workspace = match &run.workspace_name {
+            Some(name) => self.workspaces.get(name).cloned().with_context(|| {
+                format!("no workspace named `{name}` on this worker (start it with --workspace {name}=PATH)")
+            })?,
+            None => self.data_dir.join("workspaces").join(&run.task_id),
+        };
+        std::fs::create_dir_all(&workspace)
+            .with_context(|| format!("creating {}", workspace.display()))?;
+        Ok(self.session.submit_as(
+            RunRequest {
+                workflow,
+                inputs: run.inputs.clone(),
+                workspace,
+                settings: run.settings.clone(),
+                approver: None,
+            },
+            run.run_id.clone(),
+        )?)
+    }
+
+    async fn follow(
+        &self,
+        job: &Claimed,
+        run: &QueuedRun,
+        handle: secureclaw_engine::session::RunHandle,
+    ) {
+        let cancel = handle.cancel_token();
+        let mut done = std::pin::pin!(handle.wait());
+        let beat = self.lease / 3;
+        let mut confirmed = Instant::now();
+        let mut lost = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut done => break r,
+                () = tokio::time::sleep(beat) => {}
+            }
+            match self.queue.heartbeat(job.id, self.lease).await {
+                Ok(Ok(())) => confirmed = Instant::now(),
+                Ok(Err(_lost)) => {
+                    lost = true;
+                    cancel.cancel();
+                }
+                // The database is out of reach: past a whole lease another node may already
+                // have marked the run interrupted, so stop it by this worker's own clock.
+                Err(_) if confirmed.elapsed() >= self.lease => {
+                    lost = true;
+                    cancel.cancel();
+                }
+                Err(_) => {}
+            }
+        };
+        match &result {
+            Ok(rec) => eprintln!(
+                "{} run {} {}",
+                style("worker").cyan(),
+                run.run_id,
+                crate::output::state_label(&rec.state)
+            ),
+            Err(e) => eprintln!("{} run {}: {e}", style("worker").red(), run.run_id),
+        }
+        if !lost {
+            let _ = self.queue.finish(job.id).await;
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
