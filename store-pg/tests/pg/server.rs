@@ -224,6 +224,7 @@ pub fn server() -> &'static Server {
 }
 
 /// The path of one of the server's programs (`pg_dump`, `psql`).
+#[allow(dead_code)] // each test binary that includes this file uses what it needs
 pub fn server_bin(program: &str) -> PathBuf {
     server().bin.join(program)
 }
