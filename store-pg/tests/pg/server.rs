@@ -134,8 +134,14 @@ impl Server {
             .arg("-o")
             .arg(format!(
                 "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
-                 -c fsync=off -c max_connections=200",
-                server.port
+                 -c fsync={} -c max_connections=200",
+                server.port,
+                // Tests need no durability; the benchmarks measure with it.
+                if std::env::var_os("SECURECLAW_TEST_PG_FSYNC").is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
             ))
             .stdout(Stdio::null())
             .output()
