@@ -273,8 +273,15 @@ async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_
     let one = nodes.path().join("one");
     let w1 = Worker::start(&url, &one);
 
-    // Queued by the replica, run by the worker, in the worker's own workspace.
+    // Queued by the replica, run by the worker, in the worker's own workspace; the replica
+    // streams every event of it.
     let (task, _run) = started(&api, WRITE).await;
+    let mut stream =
+        crate::taskkit::Sse::open(&api, &format!("/api/v1/tasks/{task}/stream"), None).await;
+    let events = stream.until("run_finished", Some("succeeded")).await;
+    crate::taskkit::assert_consecutive(&events, 1);
+    let kinds = crate::taskkit::kinds(&events);
+    assert!(kinds.contains(&"step_finished"), "{kinds:?}");
     let done = wait_state(&api, &task, &["succeeded", "failed"]).await;
     assert_eq!(done["state"], "succeeded", "{done}\n{}", w1.log());
     assert!(

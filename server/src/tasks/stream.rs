@@ -37,6 +37,8 @@ pub const QUEUE: usize = 64;
 pub const STALL: Duration = Duration::from_secs(5);
 /// How often a stream waiting on a parked run looks again without being told.
 const RECHECK: Duration = Duration::from_secs(2);
+/// How often a stream on a run queued for a worker (shared store) looks for its first events.
+const QUEUED_RECHECK: Duration = Duration::from_millis(250);
 
 /// An event ready to send, with its number.
 struct Outgoing {
@@ -186,8 +188,16 @@ async fn pump(
     let mut settled = false;
     loop {
         changes.borrow_and_update();
-        let Ok(mut events) = session.events(&run, after) else {
-            return;
+        let mut events = match session.events(&run, after) {
+            Ok(events) => events,
+            // On a shared store a queued run has no record until a worker starts it.
+            Err(_) if session.node().is_some() && matches!(session.run_record(&run), Ok(None)) => {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(QUEUED_RECHECK) => continue,
+                }
+            }
+            Err(_) => return,
         };
         while let Some(envelope) = events.next().await {
             after = envelope.seq;
@@ -223,6 +233,10 @@ async fn pump(
             // `run` is the task's exact stored id: read that record alone.
             match session.run_record(&run) {
                 Ok(Some(r)) if r.state == RunState::AwaitingApproval => {}
+                // On a shared store the run may be going on on another node, or wait in the
+                // queue: its events arrive in the store.
+                Ok(Some(r)) if r.state == RunState::Running && session.node().is_some() => {}
+                Ok(None) if session.node().is_some() => {}
                 // Ended without a final event this stream saw (e.g. interrupted): done.
                 _ if session.is_live(&run) => continue,
                 _ => return,
