@@ -88,40 +88,64 @@ impl PgBackend {
     }
 }
 
-/// Locks the shared encryption counter for this transaction and brings the vault's up to it;
-/// [`store_counter`] writes the vault's back before commit.
+/// Locks the shared encryption counter for this transaction and brings the vault's up to it,
+/// adding what this node encrypted since it last wrote the count (blob chunks, sealed on its own
+/// disk between commits): the shared count is the sum over nodes, never just the largest.
+/// [`store_counter`] writes the vault's back; [`counted`] records it once committed.
 pub(crate) async fn lock_counter(
     tx: &mut Transaction<'static, Postgres>,
+    store: &PgStore,
     vault: &Vault,
 ) -> Result<(), PgError> {
     let (epoch, used): (i64, i64) = sqlx::query_as("SELECT epoch, used FROM sc_counter FOR UPDATE")
         .fetch_one(&mut **tx)
         .await?;
-    vault.raise_encryption_counter(
+    let shared = (
         u32::try_from(epoch).unwrap_or(u32::MAX),
         u64::try_from(used).unwrap_or(0),
     );
+    let local = vault.encryption_counter();
+    let synced = *store.synced.lock().unwrap_or_else(|p| p.into_inner());
+    // Before the first commit nothing local was counted: counting it all over-counts, which
+    // only rotates the data key sooner.
+    let own = match synced {
+        Some((e, u)) if e == local.0 => local.1.saturating_sub(u),
+        _ => local.1,
+    };
+    let target = if local.0 > shared.0 {
+        local
+    } else {
+        (shared.0, shared.1.saturating_add(own))
+    };
+    vault.raise_encryption_counter(target.0, target.1);
     Ok(())
 }
 
+/// Writes the vault's counter as the shared one, in the commit's transaction.
 pub(crate) async fn store_counter(
     tx: &mut Transaction<'static, Postgres>,
     vault: &Vault,
-) -> Result<(), PgError> {
+) -> Result<(u32, u64), PgError> {
     let (epoch, used) = vault.encryption_counter();
     sqlx::query("UPDATE sc_counter SET epoch = $1, used = $2")
         .bind(i64::from(epoch))
         .bind(i64::try_from(used).unwrap_or(i64::MAX))
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok((epoch, used))
+}
+
+/// The count written by a transaction that committed: this node's encryptions up to it are in
+/// the shared count.
+pub(crate) fn counted(store: &PgStore, written: (u32, u64)) {
+    *store.synced.lock().unwrap_or_else(|p| p.into_inner()) = Some(written);
 }
 
 async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgError> {
     let mut tx = store.pool.begin().await?;
     // Every commit of every node takes this lock first: sealing and appending are serialised
     // cluster-wide, so the counter is exact and the ledger head cannot be read twice.
-    lock_counter(&mut tx, &vault).await?;
+    lock_counter(&mut tx, &store, &vault).await?;
     let (mut put_t, mut put_r, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
     let (mut del_t, mut del_r) = (Vec::new(), Vec::new());
     for (table, key, value) in &commit.rows {
@@ -186,8 +210,9 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
         .execute(&mut *tx)
         .await?;
     }
-    store_counter(&mut tx, &vault).await?;
+    let written = store_counter(&mut tx, &vault).await?;
     tx.commit().await?;
+    counted(&store, written);
     Ok(())
 }
 

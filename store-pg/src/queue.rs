@@ -154,7 +154,7 @@ impl Queue {
         let (store, vault) = (self.store.clone(), self.vault.clone());
         self.on_store(async move {
             let mut tx = store.pool.begin().await?;
-            crate::backend::lock_counter(&mut tx, &vault).await?;
+            crate::backend::lock_counter(&mut tx, &store, &vault).await?;
             let inserted: Option<(Uuid,)> = sqlx::query_as(
                 "INSERT INTO sc_jobs (id, kind, payload, dedup) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (dedup) DO NOTHING RETURNING id",
@@ -169,8 +169,9 @@ impl Queue {
                 .bind(CHANNEL)
                 .execute(&mut *tx)
                 .await?;
-            crate::backend::store_counter(&mut tx, &vault).await?;
+            let written = crate::backend::store_counter(&mut tx, &vault).await?;
             tx.commit().await?;
+            crate::backend::counted(&store, written);
             Ok(inserted.map(|r| r.0))
         })
         .await

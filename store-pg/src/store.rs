@@ -50,6 +50,9 @@ pub struct PgStore {
     pub(crate) bridge: Arc<Bridge>,
     pub(crate) pool: PgPool,
     url: String,
+    /// The encryption count this node last wrote to the shared counter (see
+    /// `backend::lock_counter`).
+    pub(crate) synced: Arc<std::sync::Mutex<Option<(u32, u64)>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -86,6 +89,7 @@ impl PgStore {
             bridge,
             pool,
             url: shown,
+            synced: Arc::default(),
         })
     }
 

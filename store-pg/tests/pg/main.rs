@@ -399,3 +399,37 @@ async fn a_delivery_queued_by_two_replicas_is_queued_once_and_wakes_a_listener()
             .is_none()
     );
 }
+
+#[test]
+fn the_shared_encryption_count_is_the_sum_over_nodes() {
+    let (url, _dir, store, vault) = first_node();
+    let a = store.backend(vault);
+    let node_b = tempfile::tempdir().unwrap();
+    let store_b = PgStore::connect(&url).unwrap();
+    let b = store_b.backend(store_b.join_vault(node_b.path(), "pw").unwrap());
+    let one = |backend: &secureclaw_store_pg::PgBackend, key: &str| {
+        let mut batch = Batch::default();
+        put(&mut batch, Table::Runs, key, "{}");
+        backend.commit(&[batch]).unwrap();
+    };
+    let shared = || -> u64 {
+        psql(&url, "SELECT used FROM sc_counter")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    one(&a, "a-0");
+    let before = shared();
+    // A seals 500 values on its own (as blob chunks are) while B commits 100 rows.
+    for n in 0..500 {
+        a.vault()
+            .seal_shared("local", &n.to_string(), b"x")
+            .unwrap();
+    }
+    for n in 0..100 {
+        one(&b, &format!("b-{n}"));
+    }
+    one(&a, "a-1");
+    // Every encryption of both nodes is counted: 500 + 100 + A's last row at least.
+    assert!(shared() >= before + 601, "{} < {} + 601", shared(), before);
+}
