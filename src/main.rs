@@ -116,6 +116,8 @@ enum Command {
         state_dir: Option<PathBuf>,
         #[command(flatten)]
         pass: vault_cmds::PassphraseArgs,
+        #[command(flatten)]
+        store: shared_store::StoreArgs,
     },
     /// The tamper-evident action ledger: verify, export, verify an export offline.
     Ledger {
@@ -248,8 +250,9 @@ fn main() -> ExitCode {
             command,
             state_dir,
             pass,
+            store,
         } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass.source()))
+            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass.source(), &store))
             .map(exit_code),
         Command::Ledger {
             command,

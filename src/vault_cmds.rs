@@ -130,8 +130,9 @@ pub fn run_vault(
     cmd: VaultCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
+    store: &crate::shared_store::StoreArgs,
 ) -> anyhow::Result<i32> {
-    run_vault_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
+    run_vault_to(cmd, state_dir, pass, store, &mut std::io::stdout().lock())
 }
 
 pub fn run_ledger(
@@ -171,6 +172,7 @@ pub fn run_vault_to(
     cmd: VaultCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
+    store: &crate::shared_store::StoreArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     match cmd {
@@ -198,7 +200,14 @@ pub fn run_vault_to(
             update_kdf,
         } => {
             // Changing the passphrase takes the current one, never the agent's key.
-            let v = Vault::open(state_dir, &pass.resolve()?)?;
+            let shared = match store.url()? {
+                Some(url) => Some(crate::shared_store::join(url, state_dir, pass, false)?),
+                None => None,
+            };
+            let v = match &shared {
+                Some(joined) => joined.vault.clone(),
+                None => Vault::open(state_dir, &pass.resolve()?)?,
+            };
             let new_source = match (new_passphrase_file, new_passphrase_fd) {
                 (Some(f), _) => PassphraseSource::File(f),
                 (None, Some(fd)) => PassphraseSource::Fd(fd),
@@ -215,6 +224,14 @@ pub fn run_vault_to(
             };
             v.rekey(&new, params.as_ref())?;
             writeln!(out, "passphrase changed for vault {}", v.vault_id())?;
+            if let Some(joined) = shared {
+                joined.backend.store().publish_rekeyed_header(&v)?;
+                writeln!(
+                    out,
+                    "the shared store holds the new header: every node takes it at its next start, \
+                     with the new passphrase"
+                )?;
+            }
             Ok(0)
         }
         VaultCommand::Status { json } => {

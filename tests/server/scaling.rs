@@ -191,6 +191,49 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
     );
     assert!(text(&out).contains("PostgreSQL URL"), "{}", text(&out));
     drop((a, b));
+
+    // Passphrase rotation with every node stopped: the shared header changes in place, and a
+    // node opens it only with the new passphrase.
+    let out = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(["vault", "rekey", "--store", &url, "--state-dir"])
+        .arg(&state_d)
+        .env("SECURECLAW_PASSPHRASE", PASSPHRASE)
+        .env("SECURECLAW_NEW_PASSPHRASE", "rotated passphrase")
+        .env("ARGON2_MEMORY_KB", "8192")
+        .env("ARGON2_ITERATIONS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("next start"), "{}", text(&out));
+    let node_f = tempfile::tempdir().unwrap();
+    let verify_as = |pass: &str| {
+        Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+            .args(["ledger", "verify", "--store", &url, "--state-dir"])
+            .arg(node_f.path().join("state"))
+            .env("SECURECLAW_PASSPHRASE", pass)
+            .output()
+            .unwrap()
+    };
+    let old = verify_as(PASSPHRASE);
+    assert!(!old.status.success(), "{}", text(&old));
+    assert!(text(&old).contains("wrong passphrase"), "{}", text(&old));
+    let new = verify_as("rotated passphrase");
+    assert!(new.status.success(), "{}", text(&new));
+    // Node C (`user add` above) holds the old header: it takes the new one with the new
+    // passphrase.
+    let state_c = data_c.join("state");
+    let before = std::fs::read(state_c.join("vault.header.json")).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_secureclaw"))
+        .args(["ledger", "verify", "--store", &url, "--state-dir"])
+        .arg(&state_c)
+        .env("SECURECLAW_PASSPHRASE", "rotated passphrase")
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert_ne!(
+        std::fs::read(state_c.join("vault.header.json")).unwrap(),
+        before
+    );
 }
 
 /// A `secureclaw worker` process on the shared store, killed when dropped.
