@@ -41,6 +41,10 @@ pub struct Launch {
     /// When the request that asked for the run arrived: the time to the first step is
     /// measured from here.
     pub since: Instant,
+    /// What makes this start unique across server replicas (a schedule's fire time, a
+    /// webhook delivery id): when runs are queued for workers, a second replica queueing the
+    /// same one starts nothing.
+    pub once: Option<String>,
 }
 
 /// A started run.
@@ -94,7 +98,6 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
         }),
     );
     let store = TaskStore::new(state.session.clone());
-    store.save(&task, vec![audit]).await?;
     let settings = RunSettings {
         // The server never runs steps without isolation.
         forbid_host: true,
@@ -102,9 +105,25 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
         started_by: l.started_by,
         ..RunSettings::default()
     };
-    let run_id = start_run(state, &task, l.workflow, settings, l.since).await?;
-    task.run_id = Some(run_id.clone());
-    store.save(&task, Vec::new()).await?;
+    let run_id = if state.dispatch.is_some() {
+        // Queued first: when another replica already queued this start, no task is made.
+        let run = queued_run(&task, &l.workflow, settings);
+        if !enqueue(state, &run, l.once.as_deref()).await? {
+            return Err(ApiError::conflict(
+                "duplicate",
+                "another server replica already started this run",
+            ));
+        }
+        task.run_id = Some(run.run_id.clone());
+        store.save(&task, vec![audit]).await?;
+        run.run_id
+    } else {
+        store.save(&task, vec![audit]).await?;
+        let run_id = start_run(state, &task, l.workflow, settings, l.since).await?;
+        task.run_id = Some(run_id.clone());
+        store.save(&task, Vec::new()).await?;
+        run_id
+    };
     Ok(Launched {
         stream: format!("/api/v1/tasks/{id}/stream"),
         task_id: id,
@@ -121,20 +140,9 @@ pub async fn start_run(
     settings: RunSettings,
     since: Instant,
 ) -> ApiResult<String> {
-    if let Some(dispatch) = &state.dispatch {
-        let run = crate::dispatch::QueuedRun {
-            run_id: secureclaw_engine::record::new_run_id(),
-            task_id: task.id.clone(),
-            workflow: workflow.source.to_string(),
-            inputs: task.inputs.clone(),
-            workspace_name: task.workspace_name.clone(),
-            settings,
-        };
-        dispatch
-            .enqueue(&run, None)
-            .await
-            .map_err(|e| ApiError::internal(format!("queueing the run for a worker: {e}")))?;
-        state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+    if state.dispatch.is_some() {
+        let run = queued_run(task, &workflow, settings);
+        enqueue(state, &run, None).await?;
         return Ok(run.run_id);
     }
     let handle = state.session.submit(RunRequest {
@@ -147,4 +155,39 @@ pub async fn start_run(
     state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
     watch_step_times(state.metrics.clone(), handle.events(0), Some(since));
     Ok(handle.id().to_string())
+}
+
+/// `task`'s run as queued for a worker, under a new run id.
+fn queued_run(
+    task: &Task,
+    workflow: &Validated,
+    settings: RunSettings,
+) -> crate::dispatch::QueuedRun {
+    crate::dispatch::QueuedRun {
+        run_id: secureclaw_engine::record::new_run_id(),
+        task_id: task.id.clone(),
+        workflow: workflow.source.to_string(),
+        inputs: task.inputs.clone(),
+        workspace_name: task.workspace_name.clone(),
+        settings,
+    }
+}
+
+/// Queues `run` for a worker; false when `once` was queued before.
+async fn enqueue(
+    state: &AppState,
+    run: &crate::dispatch::QueuedRun,
+    once: Option<&str>,
+) -> ApiResult<bool> {
+    let Some(dispatch) = &state.dispatch else {
+        return Ok(false);
+    };
+    let queued = dispatch
+        .enqueue(run, once)
+        .await
+        .map_err(|e| ApiError::internal(format!("queueing the run for a worker: {e}")))?;
+    if queued {
+        state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(queued)
 }

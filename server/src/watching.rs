@@ -168,6 +168,7 @@ async fn start(
             // Nobody is there to approve: gates park the run for the API.
             approve: Vec::new(),
             since: Instant::now(),
+            once: None,
         },
     )
     .await

@@ -279,6 +279,10 @@ async fn deliver(
             workspace: bound.workspace,
             approve: binding.approve.clone(),
             since,
+            once: verified
+                .delivery
+                .as_ref()
+                .map(|id| format!("hook:{name}:{id}")),
         },
     )
     .await

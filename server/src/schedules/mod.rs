@@ -354,6 +354,8 @@ impl Scheduler {
                 // Nobody is there to approve: gates park the run for the API.
                 approve: Vec::new(),
                 since: Instant::now(),
+                // One start per fire time, however many replicas evaluate the schedule.
+                once: Some(format!("schedule:{key}@{}", rfc3339(due))),
             },
         )
         .await;

@@ -454,6 +454,7 @@ pub async fn run_workflow(
             workspace: req.workspace.or(resolved.workspace),
             approve: Vec::new(),
             since,
+            once: None,
         },
     )
     .await?;
@@ -515,6 +516,7 @@ pub async fn rerun_task(
             workspace: task.workspace_name.clone(),
             approve: Vec::new(),
             since,
+            once: None,
         },
     )
     .await?;
