@@ -175,6 +175,13 @@ pub fn run_vault_to(
     store: &crate::shared_store::StoreArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
+    if store.url()?.is_some() && !matches!(cmd, VaultCommand::Rekey { .. }) {
+        bail!(
+            "--store applies to `vault rekey` only: a node's vault comes from the shared store \
+             when it first starts (`serve`/`worker --store`), and `vault status` shows a state \
+             directory"
+        );
+    }
     match cmd {
         VaultCommand::Init => {
             if Vault::exists(state_dir) {

@@ -517,6 +517,7 @@ fn variables_read_by_the_code() -> std::collections::BTreeSet<String> {
         "llm/src",
         "egress/src",
         "risk/src",
+        "store-pg/src",
     ] {
         walk(&root.join(krate), &mut files);
     }
