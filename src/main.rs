@@ -252,7 +252,10 @@ fn main() -> ExitCode {
             pass,
             store,
         } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_vault(command, &dir, &pass.source(), &store))
+            .and_then(|dir| match store.url()? {
+                Some(url) => shared_store::run_vault(command, &dir, &pass.source(), url),
+                None => vault_cmds::run_vault(command, &dir, &pass.source()),
+            })
             .map(exit_code),
         Command::Ledger {
             command,
@@ -260,7 +263,10 @@ fn main() -> ExitCode {
             pass,
             store,
         } => cwd_state(state_dir.as_ref())
-            .and_then(|dir| vault_cmds::run_ledger(command, &dir, &pass.source(), &store))
+            .and_then(|dir| match store.url()? {
+                Some(url) => shared_store::run_ledger(command, &dir, &pass.source(), url),
+                None => vault_cmds::run_ledger(command, &dir, &pass.source()),
+            })
             .map(exit_code),
         Command::Serve(args) => {
             let pass = args.pass.source();

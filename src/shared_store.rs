@@ -138,3 +138,61 @@ fn node_id(state_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
+
+/// `secureclaw vault ... --store URL`: `rekey` rotates the shared header; the others work on a
+/// state directory and refuse the flag rather than ignore it.
+pub fn run_vault(
+    cmd: crate::vault_cmds::VaultCommand,
+    state_dir: &Path,
+    pass: &PassphraseSource,
+    url: &str,
+) -> anyhow::Result<i32> {
+    let crate::vault_cmds::VaultCommand::Rekey {
+        new_passphrase_file,
+        new_passphrase_fd,
+        update_kdf,
+    } = cmd
+    else {
+        anyhow::bail!(
+            "--store applies to `vault rekey` only: a node's vault comes from the shared store \
+             when it first starts (`serve`/`worker --store`), and `vault status` shows a state \
+             directory"
+        );
+    };
+    let joined = join(url, state_dir, pass, false)?;
+    let out = &mut std::io::stdout().lock();
+    let code = crate::vault_cmds::rekey(
+        &joined.vault,
+        new_passphrase_file,
+        new_passphrase_fd,
+        update_kdf,
+        out,
+    )?;
+    joined
+        .backend
+        .store()
+        .publish_rekeyed_header(&joined.vault)?;
+    use std::io::Write as _;
+    writeln!(
+        out,
+        "the shared store holds the new header: every node takes it at its next start, with the \
+         new passphrase"
+    )?;
+    Ok(code)
+}
+
+/// `secureclaw ledger verify|export --store URL`: the shared ledger, through this node's state
+/// directory (made from the store's header when new). `verify-export` reads a file offline.
+pub fn run_ledger(
+    cmd: crate::vault_cmds::LedgerCommand,
+    state_dir: &Path,
+    pass: &PassphraseSource,
+    url: &str,
+) -> anyhow::Result<i32> {
+    if matches!(cmd, crate::vault_cmds::LedgerCommand::VerifyExport { .. }) {
+        return crate::vault_cmds::run_ledger(cmd, state_dir, pass);
+    }
+    let joined = join(url, state_dir, pass, false)?;
+    let ledger = joined.vault.ledger_in(&*joined.backend);
+    crate::vault_cmds::ledger_to(cmd, &ledger, &mut std::io::stdout().lock())
+}

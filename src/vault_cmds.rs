@@ -130,31 +130,16 @@ pub fn run_vault(
     cmd: VaultCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
-    store: &crate::shared_store::StoreArgs,
 ) -> anyhow::Result<i32> {
-    run_vault_to(cmd, state_dir, pass, store, &mut std::io::stdout().lock())
+    run_vault_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
 }
 
 pub fn run_ledger(
     cmd: LedgerCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
-    store: &crate::shared_store::StoreArgs,
 ) -> anyhow::Result<i32> {
-    match store.url()? {
-        // An export is verified offline, wherever the ledger was.
-        _ if matches!(cmd, LedgerCommand::VerifyExport { .. }) => {
-            run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
-        }
-        // The shared ledger: this node's state directory holds the vault's header, the
-        // database the chain (made from the store's header when the directory is new).
-        Some(url) => {
-            let joined = crate::shared_store::join(url, state_dir, pass, false)?;
-            let ledger = joined.vault.ledger_in(&*joined.backend);
-            ledger_to(cmd, &ledger, &mut std::io::stdout().lock())
-        }
-        None => run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock()),
-    }
+    run_ledger_to(cmd, state_dir, pass, &mut std::io::stdout().lock())
 }
 
 /// For `status`, `ledger verify` and `ledger export`: no write lock, nothing written, so they
@@ -172,16 +157,8 @@ pub fn run_vault_to(
     cmd: VaultCommand,
     state_dir: &Path,
     pass: &PassphraseSource,
-    store: &crate::shared_store::StoreArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    if store.url()?.is_some() && !matches!(cmd, VaultCommand::Rekey { .. }) {
-        bail!(
-            "--store applies to `vault rekey` only: a node's vault comes from the shared store \
-             when it first starts (`serve`/`worker --store`), and `vault status` shows a state \
-             directory"
-        );
-    }
     match cmd {
         VaultCommand::Init => {
             if Vault::exists(state_dir) {
@@ -207,39 +184,8 @@ pub fn run_vault_to(
             update_kdf,
         } => {
             // Changing the passphrase takes the current one, never the agent's key.
-            let shared = match store.url()? {
-                Some(url) => Some(crate::shared_store::join(url, state_dir, pass, false)?),
-                None => None,
-            };
-            let v = match &shared {
-                Some(joined) => joined.vault.clone(),
-                None => Vault::open(state_dir, &pass.resolve()?)?,
-            };
-            let new_source = match (new_passphrase_file, new_passphrase_fd) {
-                (Some(f), _) => PassphraseSource::File(f),
-                (None, Some(fd)) => PassphraseSource::Fd(fd),
-                (None, None) if std::env::var_os(ENV_NEW_PASSPHRASE).is_some() => {
-                    PassphraseSource::Env(ENV_NEW_PASSPHRASE.into())
-                }
-                (None, None) => PassphraseSource::Prompt,
-            };
-            let new = new_source.resolve_new()?;
-            let params = if update_kdf {
-                Some(KdfParams::from_env()?)
-            } else {
-                None
-            };
-            v.rekey(&new, params.as_ref())?;
-            writeln!(out, "passphrase changed for vault {}", v.vault_id())?;
-            if let Some(joined) = shared {
-                joined.backend.store().publish_rekeyed_header(&v)?;
-                writeln!(
-                    out,
-                    "the shared store holds the new header: every node takes it at its next start, \
-                     with the new passphrase"
-                )?;
-            }
-            Ok(0)
+            let v = Vault::open(state_dir, &pass.resolve()?)?;
+            rekey(&v, new_passphrase_file, new_passphrase_fd, update_kdf, out)
         }
         VaultCommand::Status { json } => {
             let v = open_reading(state_dir, pass)?;
@@ -373,7 +319,7 @@ pub fn run_ledger_to(
 }
 
 /// `ledger verify` and `ledger export` on `ledger`, wherever it is stored.
-fn ledger_to(
+pub fn ledger_to(
     cmd: LedgerCommand,
     ledger: &crate::vault_api::Ledger<'_>,
     out: &mut dyn Write,
@@ -447,4 +393,31 @@ fn ledger_to(
             bail!("verify-export reads an export file, not a ledger")
         }
     }
+}
+
+/// `vault rekey` on an open vault: a new passphrase from the flags, the environment or a prompt.
+pub fn rekey(
+    v: &Vault,
+    new_passphrase_file: Option<PathBuf>,
+    new_passphrase_fd: Option<i32>,
+    update_kdf: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let new_source = match (new_passphrase_file, new_passphrase_fd) {
+        (Some(f), _) => PassphraseSource::File(f),
+        (None, Some(fd)) => PassphraseSource::Fd(fd),
+        (None, None) if std::env::var_os(ENV_NEW_PASSPHRASE).is_some() => {
+            PassphraseSource::Env(ENV_NEW_PASSPHRASE.into())
+        }
+        (None, None) => PassphraseSource::Prompt,
+    };
+    let new = new_source.resolve_new()?;
+    let params = if update_kdf {
+        Some(KdfParams::from_env()?)
+    } else {
+        None
+    };
+    v.rekey(&new, params.as_ref())?;
+    writeln!(out, "passphrase changed for vault {}", v.vault_id())?;
+    Ok(0)
 }

@@ -324,7 +324,7 @@ async fn stream_ledger(
 impl LedgerSource for PgBackend {
     fn read_ledger(
         &self,
-        visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VaultError>,
+        visit: &mut secureclaw_vault::VisitRecord<'_>,
     ) -> Result<Option<Vec<u8>>, VaultError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let store = self.store.clone();

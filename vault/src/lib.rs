@@ -43,8 +43,8 @@ pub use error::{BreakReason, LedgerError, PassphraseError, VaultError};
 pub use keys::DEFAULT_ROTATE_AFTER;
 pub use ledger::{
     ChainedEntries, ExportHead, ExportLine, ExportReport, Ledger, LedgerEntry, LedgerHead,
-    LedgerKey, LedgerRecord, LedgerSource, NewEntry, VerifyReport, canonical_json, kind,
-    parse_export_head, verify_export,
+    LedgerKey, LedgerRecord, LedgerSource, NewEntry, VerifyReport, VisitRecord, canonical_json,
+    kind, parse_export_head, verify_export,
 };
 pub use params::{
     ENV_ITERATIONS, ENV_MEMORY_KB, ENV_PARALLELISM, ENV_SALT_BYTES, KdfParams, MAX_COST_KIB_PASSES,

@@ -209,7 +209,7 @@ mod tests {
     impl LedgerSource for Memory {
         fn read_ledger(
             &self,
-            visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VaultError>,
+            visit: &mut crate::VisitRecord<'_>,
         ) -> Result<Option<Vec<u8>>, VaultError> {
             for (seq, sealed) in self.records.lock().unwrap().iter() {
                 visit(*seq, sealed)?;

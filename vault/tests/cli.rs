@@ -6,7 +6,7 @@
 /// The names `vault_cmds` imports (the engine re-exports them to the binary).
 mod vault_api {
     pub use secureclaw_vault::{
-        ExportHead, KdfParams, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
+        ExportHead, KdfParams, Ledger, LedgerError, LedgerKey, PassphraseSource, Vault, VaultError,
         parse_export_head, verify_export,
     };
 }

@@ -163,6 +163,8 @@ impl Server {
             pid = pidfile.display(),
             dir = dir.display()
         );
+        // Never waited for: it must outlive this process (then init reaps it).
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())

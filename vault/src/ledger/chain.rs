@@ -214,15 +214,15 @@ pub(crate) fn chain_after(
     })
 }
 
+/// What a [`LedgerSource`] calls with each stored record, `(seq, sealed)`.
+pub type VisitRecord<'a> = dyn FnMut(u64, &[u8]) -> Result<(), VaultError> + 'a;
+
 /// Where a ledger's sealed records live when not in the vault's own database (a database
 /// several machines share). The vault seals, chains and verifies; the source only stores.
 pub trait LedgerSource: Send + Sync {
     /// Calls `visit` with every stored record, `(seq, sealed)`, in ascending `seq`, then returns
     /// the sealed head; records and head must come from one consistent snapshot.
-    fn read_ledger(
-        &self,
-        visit: &mut dyn FnMut(u64, &[u8]) -> Result<(), VaultError>,
-    ) -> Result<Option<Vec<u8>>, VaultError>;
+    fn read_ledger(&self, visit: &mut VisitRecord<'_>) -> Result<Option<Vec<u8>>, VaultError>;
 
     /// The sealed head alone.
     fn read_head(&self) -> Result<Option<Vec<u8>>, VaultError>;

@@ -15,6 +15,7 @@ mod tests;
 
 pub use chain::{
     ChainedEntries, Ledger, LedgerHead, LedgerKey, LedgerRecord, LedgerSource, VerifyReport,
+    VisitRecord,
 };
 pub(crate) use chain::{append_in, chain_after};
 pub(crate) use entry::now_rfc3339;
