@@ -285,6 +285,20 @@ wait_worker() { # wait_worker NAME [COUNT]
   fail "worker $name did not start within 60 s: $(log_of "$name" | tail -3)"
 }
 
+# A worker is ready once it listens for work (after rolling back its own interrupted runs):
+# its LISTEN connection shows in pg_stat_activity, from its address on the network.
+wait_listening() { # wait_listening NAME
+  local ip
+  for _ in $(seq 1 240); do
+    ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$(cname "$1")" 2>/dev/null || true)
+    if [ -n "$ip" ] && [ "$(sql "select count(*) from pg_stat_activity where client_addr = '$ip' and query like 'LISTEN %'")" -ge 1 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  fail "worker $1 is not listening for work 120 s after its start: $(log_of "$1" | tail -3)"
+}
+
 # ---------------------------------------------------------------------------------------------
 stage "replicas s1 (publishes the vault header), then s2; workers w1 w2 w3 (lease $LEASE)"
 start_replica s1
@@ -301,7 +315,8 @@ for w in w1 w2 w3; do start_worker "$w"; done
 for w in w1 w2 w3; do
   NODE_ID[$w]=$(wait_worker "$w")
   WORKER_OF[${NODE_ID[$w]}]=$w
-  ok "$w is ${NODE_ID[$w]}"
+  wait_listening "$w"
+  ok "$w is ${NODE_ID[$w]}, listening for work"
 done
 [ "${#WORKER_OF[@]}" = 3 ] || fail "the workers' node ids are not distinct"
 for node in $NODES; do
@@ -531,9 +546,11 @@ done
 [ "$(running_of "${NODE_ID[w1]}")" = 0 ] || fail "w1's runs were not marked interrupted within 30 s of its death"
 ok "[$(secs $(($(now_ms) - T0)))] w1's leases lapsed: $(sql "select count(*) from sc_jobs where state = 'interrupted' and owner = '${NODE_ID[w1]}'") job(s) interrupted, $(secs $(($(now_ms) - KILL_MS))) after the kill"
 docker start "$(cname w1)" >/dev/null
+t=$(now_ms)
 again=$(wait_worker w1 2)
 [ "$again" = "${NODE_ID[w1]}" ] || fail "w1 came back as $again, not ${NODE_ID[w1]}: its state directory was not kept"
-ok "[$(secs $(($(now_ms) - T0)))] docker start w1: back as ${NODE_ID[w1]} (same volume)"
+wait_listening w1
+ok "[$(secs $(($(now_ms) - T0)))] docker start w1: back as ${NODE_ID[w1]} (same volume), listening for work after $(secs $(($(now_ms) - t)))"
 
 left=$((CUT_MS + PARTITION_SECONDS * 1000 - $(now_ms)))
 [ "$left" -le 0 ] || sleep "$(printf '%d.%03d' $((left / 1000)) $((left % 1000)))"
@@ -753,9 +770,12 @@ YAML
       STARTS[$w]=$(log_of "$w" | grep -c '^worker node-[0-9a-f]* on ' || true)
       docker start "$(cname "$w")" >/dev/null
     done
+    t=$(now_ms)
     for w in $(printf 'w%d ' $(seq 1 "$k")); do
       wait_worker "$w" $((STARTS[$w] + 1)) >/dev/null
+      wait_listening "$w"
     done
+    note "$k worker(s) listening for work $(secs $(($(now_ms) - t))) after docker start"
     dir="$WORK/scale-$k"
     mkdir -p "$dir"
     first=$(($(now_ms) + 200))
