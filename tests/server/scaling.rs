@@ -234,6 +234,20 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
         std::fs::read(state_c.join("vault.header.json")).unwrap(),
         before
     );
+    // A flag that would be ignored is refused instead.
+    let out = cli(
+        &[
+            "vault",
+            "status",
+            "--store",
+            &url,
+            "--state-dir",
+            state_c.to_str().unwrap(),
+        ],
+        node_c.path(),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("`vault rekey` only"), "{}", text(&out));
 }
 
 /// A `secureclaw worker` process on the shared store, killed when dropped.
