@@ -167,7 +167,7 @@ pub fn serve_cmd(args: ServeArgs, pass: &PassphraseSource) -> anyhow::Result<u8>
 }
 
 /// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -183,6 +183,11 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// [`stop_signal`], then say what stopping does.
+async fn shutdown_signal() {
+    stop_signal().await;
     eprintln!(
         "{} shutting down: running steps are cancelled and rolled back, parked runs stay parked",
         style("serve").cyan().bold()

@@ -113,7 +113,7 @@ impl Worker {
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = stop.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::serve_cmd::stop_signal().await;
             signal.cancel();
         });
         while !stop.is_cancelled() {
@@ -313,21 +313,5 @@ impl Worker {
         if !lost {
             let _ = self.queue.finish(job.id).await;
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
     }
 }

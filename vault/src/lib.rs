@@ -147,23 +147,7 @@ impl Vault {
         if passphrase.is_empty() {
             return Err(PassphraseError::Empty("the new passphrase".into()).into());
         }
-        let fresh_dir = !state_dir.exists();
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| VaultError::io(format!("creating {}", state_dir.display()), e))?;
-        // Everything inside is ciphertext, but sizes and counts are not: keep a directory we
-        // created private to its owner (an existing one is left as the user set it).
-        #[cfg(unix)]
-        if fresh_dir {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| VaultError::io(format!("restricting {}", state_dir.display()), e))?;
-        }
-        let db_path = state_dir.join(DB_FILE);
-        if Self::exists(state_dir) || db_path.exists() {
-            return Err(VaultError::AlreadyExists {
-                dir: state_dir.to_path_buf(),
-            });
-        }
+        let db_path = prepare_new_dir(state_dir)?;
         let mut vault_id = [0u8; 16];
         crypto::random_bytes(&mut vault_id)?;
         let mut root = zeroize::Zeroizing::new([0u8; crypto::KEY_LEN]);
@@ -172,16 +156,7 @@ impl Vault {
         let hdr = header::build(vault_id, created, &root, passphrase, params)?;
 
         let keys = KeyRing::new(vault_id, root, opts.rotate_after)?;
-        let db = Db::Writable(redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?);
-        let inner = Inner {
-            owner: std::sync::OnceLock::new(),
-            dir: state_dir.to_path_buf(),
-            db_path,
-            db,
-            keys,
-            blob_lock: Mutex::new(()),
-        };
-        inner.init_db()?;
+        let inner = new_database(state_dir, db_path, keys)?;
         // The header goes last: until it exists the directory is not a vault, so a crash here
         // leaves an unusable database that `create` refuses to overwrite rather than a vault
         // with a missing key.
@@ -432,6 +407,49 @@ impl Vault {
             blob_bytes,
         })
     }
+}
+
+/// Makes `state_dir` for a new vault (private to its owner when this creates it; an existing
+/// one is left as the user set it) and checks no vault is there yet; the database's path.
+pub(crate) fn prepare_new_dir(state_dir: &Path) -> Result<PathBuf, VaultError> {
+    let fresh_dir = !state_dir.exists();
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| VaultError::io(format!("creating {}", state_dir.display()), e))?;
+    // Everything inside is ciphertext, but sizes and counts are not.
+    #[cfg(unix)]
+    if fresh_dir {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| VaultError::io(format!("restricting {}", state_dir.display()), e))?;
+    }
+    let db_path = state_dir.join(DB_FILE);
+    if Vault::exists(state_dir) || db_path.exists() {
+        return Err(VaultError::AlreadyExists {
+            dir: state_dir.to_path_buf(),
+        });
+    }
+    Ok(db_path)
+}
+
+/// A new database at `db_path`, initialised under `keys`. The caller writes the header after
+/// it: until the header exists the directory is not a vault, so a crash in between leaves an
+/// unusable database that is refused rather than a vault with a missing key.
+pub(crate) fn new_database(
+    state_dir: &Path,
+    db_path: PathBuf,
+    keys: KeyRing,
+) -> Result<Inner, VaultError> {
+    let db = Db::Writable(redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?);
+    let inner = Inner {
+        owner: std::sync::OnceLock::new(),
+        dir: state_dir.to_path_buf(),
+        db_path,
+        db,
+        keys,
+        blob_lock: Mutex::new(()),
+    };
+    inner.init_db()?;
+    Ok(inner)
 }
 
 /// The database, opened for writing or (for reading commands on a read-only state dir) not.

@@ -14,7 +14,7 @@ use crate::error::{PassphraseError, VaultError};
 use crate::keys::KeyRing;
 use crate::ledger::{ChainedEntries, Ledger, LedgerSource, NewEntry, chain_after};
 use crate::store::{key_of_row, open_row, row_key, store_domain, table_name};
-use crate::{DB_FILE, Db, Inner, VaultOptions, header};
+use crate::{VaultOptions, header};
 
 /// Where a row of the shared store lives: both parts are keyed hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,35 +136,9 @@ impl Vault {
             return Self::open(state_dir, passphrase);
         }
         let root = header::unlock(state_dir, &shared, passphrase)?;
-        let fresh_dir = !state_dir.exists();
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| VaultError::io(format!("creating {}", state_dir.display()), e))?;
-        #[cfg(unix)]
-        if fresh_dir {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| VaultError::io(format!("restricting {}", state_dir.display()), e))?;
-        }
-        let db_path = state_dir.join(DB_FILE);
-        if db_path.exists() {
-            return Err(VaultError::AlreadyExists {
-                dir: state_dir.to_path_buf(),
-            });
-        }
-        let opts = VaultOptions::default();
-        let keys = KeyRing::new(shared.vault_id, root, opts.rotate_after)?;
-        let db = Db::Writable(
-            redb::Database::create(&db_path).map_err(|e| crate::error::storage(&db_path, e))?,
-        );
-        let inner = Inner {
-            owner: std::sync::OnceLock::new(),
-            dir: state_dir.to_path_buf(),
-            db_path,
-            db,
-            keys,
-            blob_lock: std::sync::Mutex::new(()),
-        };
-        inner.init_db()?;
+        let db_path = crate::prepare_new_dir(state_dir)?;
+        let keys = KeyRing::new(shared.vault_id, root, VaultOptions::default().rotate_after)?;
+        let inner = crate::new_database(state_dir, db_path, keys)?;
         // Last, as in `create`: until the header exists the directory is not a vault.
         header::write_bytes(state_dir, shared_header)?;
         Ok(Self::serving(inner))
@@ -337,7 +311,10 @@ mod tests {
             Vault::join(&state, &shared, "wrong"),
             Err(VaultError::WrongPassphrase)
         ));
-        assert!(!state.join(DB_FILE).exists(), "nothing written on refusal");
+        assert!(
+            !state.join(crate::DB_FILE).exists(),
+            "nothing written on refusal"
+        );
         let other = Vault::create(other_dir.path(), "pw", &FAST).unwrap();
         assert!(matches!(
             Vault::join(other_dir.path(), &shared, "pw"),
