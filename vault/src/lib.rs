@@ -236,14 +236,7 @@ impl Vault {
             });
         }
         let db = Db::Writable(open_db(state_dir, &db_path, opts.check_integrity_on_open)?);
-        let inner = Inner {
-            owner: std::sync::OnceLock::new(),
-            dir: state_dir.to_path_buf(),
-            db_path,
-            db,
-            keys,
-            blob_lock: Mutex::new(()),
-        };
+        let inner = Inner::new(state_dir, db_path, db, keys);
         inner.check_db()?;
         Ok(Self::serving(inner))
     }
@@ -287,14 +280,7 @@ impl Vault {
             }
             other => Db::ReadOnly(other?),
         };
-        let inner = Inner {
-            owner: std::sync::OnceLock::new(),
-            dir: state_dir.to_path_buf(),
-            db_path,
-            db,
-            keys,
-            blob_lock: Mutex::new(()),
-        };
+        let inner = Inner::new(state_dir, db_path, db, keys);
         inner.check_db()?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -440,14 +426,7 @@ pub(crate) fn new_database(
     keys: KeyRing,
 ) -> Result<Inner, VaultError> {
     let db = Db::Writable(redb::Database::create(&db_path).map_err(|e| storage(&db_path, e))?);
-    let inner = Inner {
-        owner: std::sync::OnceLock::new(),
-        dir: state_dir.to_path_buf(),
-        db_path,
-        db,
-        keys,
-        blob_lock: Mutex::new(()),
-    };
+    let inner = Inner::new(state_dir, db_path, db, keys);
     inner.init_db()?;
     Ok(inner)
 }
@@ -517,6 +496,17 @@ fn open_db_read_only(db_path: &Path) -> Result<redb::ReadOnlyDatabase, VaultErro
 }
 
 impl Inner {
+    fn new(state_dir: &Path, db_path: PathBuf, db: Db, keys: KeyRing) -> Self {
+        Inner {
+            owner: std::sync::OnceLock::new(),
+            dir: state_dir.to_path_buf(),
+            db_path,
+            db,
+            keys,
+            blob_lock: Mutex::new(()),
+        }
+    }
+
     pub(crate) fn storage(&self, e: impl Into<redb::Error>) -> VaultError {
         storage(&self.db_path, e)
     }
