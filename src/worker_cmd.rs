@@ -55,7 +55,16 @@ struct Worker {
     data_dir: PathBuf,
     workspaces: BTreeMap<String, PathBuf>,
     lease: Duration,
+    /// Runs whose lease this worker lost while running them: the cluster holds them
+    /// interrupted, so what their steps did is rolled back here once they have ended (and
+    /// once the database is reachable again), with the tries left.
+    owed: std::sync::Mutex<BTreeMap<String, u8>>,
 }
+
+/// How often a worker looks for runs of its own to roll back.
+const RECOVER_EVERY: Duration = Duration::from_secs(5);
+/// Attempts at rolling a run back before the worker leaves it to an operator.
+const ROLLBACK_TRIES: u8 = 5;
 
 pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u8> {
     let Some(url) = args.store.url()?.map(str::to_owned) else {
@@ -89,6 +98,7 @@ pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u
         data_dir,
         workspaces,
         lease: args.lease,
+        owed: std::sync::Mutex::new(BTreeMap::new()),
     });
     eprintln!(
         "{} {} on {} ({} at once, lease {})",
@@ -116,7 +126,12 @@ impl Worker {
             crate::serve_cmd::stop_signal().await;
             signal.cancel();
         });
+        let mut recovered = Instant::now();
         while !stop.is_cancelled() {
+            if recovered.elapsed() >= RECOVER_EVERY {
+                self.recover().await;
+                recovered = Instant::now();
+            }
             self.expire_others().await;
             let mut claimed_any = false;
             while running.load(std::sync::atomic::Ordering::SeqCst) < slots {
@@ -185,15 +200,23 @@ impl Worker {
         }
     }
 
-    /// Rolls back this node's runs that were interrupted while it was away (crash recovery:
-    /// their pre-images are on this node's disk).
+    /// Rolls back this node's runs that the cluster holds interrupted: those interrupted while
+    /// it was away (crash recovery: their pre-images are on this node's disk), and those whose
+    /// lease it lost while running them. Each is rolled back once; a run still going on here
+    /// waits for its end.
     async fn recover(&self) {
         let Ok(runs) = self.session.runs() else {
             return;
         };
         let mine = self.session.node().map(str::to_owned);
         for run in runs {
-            if run.node != mine || run.state != RunState::Interrupted || !run.reverts.is_empty() {
+            let owed = self.owed_tries(&run.run_id).is_some();
+            let interrupted = run.node == mine && run.state == RunState::Interrupted;
+            if !(owed || interrupted) || self.session.is_live(&run.run_id) {
+                continue;
+            }
+            if !run.reverts.is_empty() {
+                self.settle(&run.run_id);
                 continue;
             }
             let outcome = self
@@ -209,17 +232,49 @@ impl Worker {
                 )
                 .await;
             match outcome {
-                Ok(_) => eprintln!(
-                    "{} rolled back run {} (interrupted while this worker was away)",
-                    style("worker").cyan(),
-                    run.run_id
-                ),
-                Err(e) => eprintln!(
-                    "{} could not roll back run {}: {e}",
-                    style("worker").yellow(),
-                    run.run_id
-                ),
+                Ok(_) => {
+                    self.settle(&run.run_id);
+                    eprintln!(
+                        "{} rolled back run {} (the cluster holds it interrupted)",
+                        style("worker").cyan(),
+                        run.run_id
+                    );
+                }
+                Err(e) => {
+                    let left = self.owed_tries(&run.run_id).unwrap_or(ROLLBACK_TRIES);
+                    if left <= 1 {
+                        self.settle(&run.run_id);
+                        eprintln!(
+                            "{} gave up rolling back run {}: {e} (revert it on this node by hand)",
+                            style("worker").red(),
+                            run.run_id
+                        );
+                    } else {
+                        self.owe(&run.run_id, left - 1);
+                        eprintln!(
+                            "{} could not roll back run {} yet: {e}",
+                            style("worker").yellow(),
+                            run.run_id
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    fn owed_tries(&self, run: &str) -> Option<u8> {
+        self.owed.lock().ok()?.get(run).copied()
+    }
+
+    fn owe(&self, run: &str, tries: u8) {
+        if let Ok(mut owed) = self.owed.lock() {
+            owed.insert(run.to_string(), tries);
+        }
+    }
+
+    fn settle(&self, run: &str) {
+        if let Ok(mut owed) = self.owed.lock() {
+            owed.remove(run);
         }
     }
 
@@ -310,7 +365,11 @@ impl Worker {
             ),
             Err(e) => eprintln!("{} run {}: {e}", style("worker").red(), run.run_id),
         }
-        if !lost {
+        if lost {
+            // The cluster holds the run interrupted; what its finished steps did is undone by
+            // the next recovery pass.
+            self.owe(&run.run_id, ROLLBACK_TRIES);
+        } else {
             let _ = self.queue.finish(job.id).await;
         }
     }
