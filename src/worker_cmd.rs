@@ -182,6 +182,25 @@ impl Worker {
             let Ok(run) = serde_json::from_slice::<QueuedRun>(&job.payload) else {
                 continue;
             };
+            // No record: its worker lost the lease before the run's start was stored, and no
+            // step runs before that. Nothing to roll back, so it runs elsewhere.
+            if let Ok(None) = self.session.run_record(&run.run_id) {
+                match self.queue.requeue(job.id).await {
+                    Ok(true) => eprintln!(
+                        "{} run {} of {} had not started: queued again",
+                        style("worker").yellow(),
+                        run.run_id,
+                        job.owner
+                    ),
+                    Ok(false) => {}
+                    Err(e) => eprintln!(
+                        "{} requeueing {}: {e}",
+                        style("worker").yellow(),
+                        run.run_id
+                    ),
+                }
+                continue;
+            }
             match self.session.mark_lease_lost(&run.run_id, &job.owner) {
                 Ok(Some(steps)) => eprintln!(
                     "{} run {} of {} interrupted: its lease lapsed (in flight: {})",
@@ -209,6 +228,11 @@ impl Worker {
             return;
         };
         let mine = self.session.node().map(str::to_owned);
+        // A lost run with no record never started (no step runs before its record is stored):
+        // nothing to roll back.
+        if let Ok(mut owed) = self.owed.lock() {
+            owed.retain(|id, _| runs.iter().any(|r| &r.run_id == id));
+        }
         for run in runs {
             let owed = self.owed_tries(&run.run_id).is_some();
             let interrupted = run.node == mine && run.state == RunState::Interrupted;
