@@ -183,21 +183,26 @@ impl Worker {
                 continue;
             };
             // No record: its worker lost the lease before the run's start was stored, and no
-            // step runs before that. Nothing to roll back, so it runs elsewhere.
+            // step runs before that. It is not run elsewhere: that worker may still store the
+            // start late (then it finds its lease gone and cancels), and a step must not run on
+            // two workers.
             if let Ok(None) = self.session.run_record(&run.run_id) {
-                match self.queue.requeue(job.id).await {
+                let name =
+                    validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
+                        .map(|w| w.workflow.name.clone())
+                        .unwrap_or_default();
+                match self
+                    .session
+                    .mark_lost_before_start(&run.run_id, &name, &job.owner)
+                {
                     Ok(true) => eprintln!(
-                        "{} run {} of {} had not started: queued again",
+                        "{} run {} of {} interrupted before it started: its lease lapsed",
                         style("worker").yellow(),
                         run.run_id,
                         job.owner
                     ),
                     Ok(false) => {}
-                    Err(e) => eprintln!(
-                        "{} requeueing {}: {e}",
-                        style("worker").yellow(),
-                        run.run_id
-                    ),
+                    Err(e) => eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id),
                 }
                 continue;
             }
@@ -237,6 +242,11 @@ impl Worker {
             let owed = self.owed_tries(&run.run_id).is_some();
             let interrupted = run.node == mine && run.state == RunState::Interrupted;
             if !(owed || interrupted) || self.session.is_live(&run.run_id) {
+                continue;
+            }
+            // Interrupted before it started: nothing ran, nothing to roll back.
+            if run.steps.is_empty() {
+                self.settle(&run.run_id);
                 continue;
             }
             if !run.reverts.is_empty() {

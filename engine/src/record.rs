@@ -582,7 +582,15 @@ impl RunStore {
     }
 
     pub fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.ids()?.iter().map(|id| self.load(id)).collect()
+        // Exact ids: resolving each would list every run again, once per run.
+        Ok(self
+            .ids()?
+            .iter()
+            .map(|id| self.get(id))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// Mark runs whose engine process is gone as interrupted. Returns their ids.
@@ -611,6 +619,60 @@ impl RunStore {
 }
 
 impl RunStore {
+    /// On a shared store: records `run_id` interrupted when `node` lost the lease on it before
+    /// the run's start was stored (no step runs before that), so its task ends. Nothing when a
+    /// record exists; a start stored late by that node replaces this record, and then the
+    /// node, which has lost the lease, cancels the run.
+    pub fn mark_lost_before_start(
+        &self,
+        run_id: &str,
+        workflow: &str,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        if self.get(run_id)?.is_some() {
+            return Ok(false);
+        }
+        let now = now_rfc3339();
+        let rec = RunRecord {
+            run_id: run_id.to_string(),
+            workflow: workflow.to_string(),
+            workflow_file: PathBuf::new(),
+            workflow_sha256: String::new(),
+            workspace: PathBuf::new(),
+            backend: String::new(),
+            isolated: true,
+            started_at: now.clone(),
+            finished_at: Some(now),
+            state: RunState::Interrupted,
+            message: Some(format!(
+                "node {node} lost its lease on this run before it started (it stopped or was cut off); no step ran"
+            )),
+            pid: 0,
+            node: Some(node.to_string()),
+            inputs: BTreeMap::new(),
+            approval: PlanApproval::default(),
+            steps: Vec::new(),
+            risk_model: None,
+            screening: None,
+            pre_manifest: None,
+            reverts: Vec::new(),
+            provenance: None,
+            started_by: None,
+        };
+        self.record(
+            self.entry(kind::RUN_FINISHED)
+                .run(run_id.to_string())
+                .result(serde_json::json!({
+                    "state": "interrupted",
+                    "lease_lost_by": node,
+                    "in_flight": [],
+                    "started": false,
+                })),
+        );
+        self.save(&rec)?;
+        Ok(true)
+    }
+
     /// On a shared store: marks `run_id` interrupted when its node lost the lease on it (the
     /// node died or was cut off). Returns the steps that were in flight; `None` when the run
     /// was no longer running (it finished first) or has no record yet.

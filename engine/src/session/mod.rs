@@ -479,6 +479,20 @@ impl Session {
         Ok(self.inner.store.mark_lease_lost(run, node)?)
     }
 
+    /// On a shared store: `node` lost the lease on `run` before its start was stored; records
+    /// it interrupted (see [`crate::record::RunStore::mark_lost_before_start`]).
+    pub fn mark_lost_before_start(
+        &self,
+        run: &str,
+        workflow: &str,
+        node: &str,
+    ) -> Result<bool, SessionError> {
+        Ok(self
+            .inner
+            .store
+            .mark_lost_before_start(run, workflow, node)?)
+    }
+
     /// This node's id on a shared store.
     pub fn node(&self) -> Option<&str> {
         self.inner.store.node()
