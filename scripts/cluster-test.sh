@@ -9,24 +9,26 @@
 #
 #   - every run submitted reaches a final state (no run lost, none stuck), most succeed, and
 #     each that did not says why (interrupted: "node ... lost its lease"; cancelled, failed);
-#   - each interrupted run of w1 has exactly one completed revert once w1 is back, and every
-#     run that did not succeed left nothing in the workspace of the worker that held it;
+#   - each interrupted run of w1 has exactly one completed revert once w1 is back (none when it
+#     was interrupted before its start was stored: no step ran), and every run that did not
+#     succeed left nothing in the workspace of the worker that held it;
 #   - the queue: one job per run, each claimed once, none left queued or running;
 #   - the shared ledger verifies (`ledger verify --store`) and its export shows, for every
 #     (run, step), no step started again before it ended, one `run_started` per run, and no
 #     run finished by two workers (the ledger's actor is `worker` for every worker, so which
 #     worker held a run comes from the workers' logs and the runs' messages);
-#   - throughput: runs per second from the first submit to the last final state, and the p50
-#     and p99 from the API's 202 to the first step's start.
+#   - throughput: runs per second from the first submit to the last run's end, and the p50 and
+#     p99 from the POST that starts a run to its first step's start.
 #
-# With --scaling it then stops the workers and submits bursts of one-step runs (60 by default)
-# with 1, 2 and 3 workers and no faults, printing runs/s and the p50/p99 for each. Everything
-# the test made carries its project label and is removed at the end, which is checked. Prints
-# how long each stage took.
+# With --scaling it then submits bursts of one-step runs (60 by default, --scaling-runs) with 1,
+# 2 and 3 workers and no faults (the others paused), printing runs/s and the p50/p99 for each.
+# Everything the test made carries its project label and is removed at the end, which is
+# checked. Prints how long each stage took.
 #
 #   scripts/cluster-test.sh                                  # builds target/release/secureclaw
 #   SECURECLAW_BIN=target/debug/secureclaw scripts/cluster-test.sh [--runs 200] [--scaling]
 #
+# The images are built for the run (tag cluster-test-PID) and removed after it;
 # SECURECLAW_CLUSTER_REUSE_IMAGES=1 keeps secureclaw:cluster-test and
 # secureclaw-postgres:cluster-test between runs and does not build them again when they exist.
 # SECURECLAW_CLUSTER_WAIT bounds the wait for every run to end (seconds, default 600).
@@ -59,10 +61,13 @@ for tool in curl jq; do
   command -v "$tool" >/dev/null 2>&1 || { echo "cluster-test.sh: needs $tool" >&2; exit 1; }
 done
 
+REUSE="${SECURECLAW_CLUSTER_REUSE_IMAGES:-0}"
+# Images of this run's own, unless they are kept between runs: two runs at once must not
+# replace or remove each other's.
 TAG="cluster-test"
+[ "$REUSE" = 1 ] || TAG="cluster-test-$$"
 IMAGE="secureclaw:$TAG"
 PG_IMAGE="secureclaw-postgres:$TAG"
-REUSE="${SECURECLAW_CLUSTER_REUSE_IMAGES:-0}"
 WAIT_FINAL="${SECURECLAW_CLUSTER_WAIT:-600}"
 PROJECT="secureclaw-cluster-test-$$"
 LABEL="secureclaw.test.project=$PROJECT"
@@ -122,6 +127,7 @@ left_behind() {
   echo "containers [${c//$'\n'/ }] volumes [${v//$'\n'/ }] networks [${n//$'\n'/ }]"
 }
 down() {
+  docker ps -q --filter "label=$LABEL" --filter status=paused | xargs -r docker unpause >/dev/null 2>&1 || true
   # -v: also any anonymous volume a container made (the images declare VOLUMEs).
   docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -fv >/dev/null 2>&1 || true
   docker network rm "$NET" >/dev/null 2>&1 || true
@@ -358,9 +364,10 @@ call() { # call OUT REPLICA METHOD PATH [JSON]: prints the HTTP status (000: no 
 }
 # submit_one DIR I WORKFLOW_FILE START_MS PACE_MS: creates a task and starts its run on s1 (odd I)
 # or s2 (even I), at START_MS + I * PACE_MS, retrying through a replica's restart; writes
-# "I REPLICA TASK RUN SUBMIT_MS ACCEPTED_MS TRIES" to DIR/I.
+# "I REPLICA TASK RUN SUBMIT_MS ACCEPTED_MS TRIES RUN_POSTED_MS" to DIR/I (RUN_POSTED_MS: when
+# the POST /run that got the 202 was sent).
 submit_one() {
-  local dir=$1 i=$2 wf=$3 start=$4 pace=$5 replica=s2 task="" run="" code t0 tries=0 body out
+  local dir=$1 i=$2 wf=$3 start=$4 pace=$5 replica=s2 task="" run="" code t0 tries=0 body out posted=0
   [ $((i % 2)) = 1 ] && replica=s1
   local due=$((start + i * pace)) now
   now=$(date +%s%3N)
@@ -379,6 +386,7 @@ submit_one() {
       esac
       [ -n "$task" ] || { sleep 0.5; continue; }
     fi
+    posted=$(date +%s%3N)
     code=$(call "$out" "$replica" POST "/tasks/$task/run")
     case "$code" in
       202) run=$(jq -r '.run_id // empty' "$out"); [ -n "$run" ] && break ;;
@@ -399,13 +407,15 @@ submit_one() {
     echo "$i $replica ${task:-none} none $t0 0 $tries" >"$dir/$i.failed"
     return 1
   fi
-  echo "$i $replica $task $run $t0 $(date +%s%3N) $tries" >"$dir/$i"
+  echo "$i $replica $task $run $t0 $(date +%s%3N) $tries $posted" >"$dir/$i"
 }
 export -f login call submit_one
 
 login s2 || fail "signing in on s2 with the account made on s1 failed"
 ok "signed in on s2 with the account made on s1"
 
+# jq: RFC 3339 with nanoseconds to epoch milliseconds.
+JQ_TS='def ms: capture("^(?<s>[^.Z]+)(\\.(?<f>[0-9]+))?Z$") | ((.s + "Z" | fromdateiso8601) * 1000 + (("0." + (.f // "0")) | tonumber * 1000)) | floor;'
 # Counts of a batch's tasks by state, polled through the replica given (a page at a time).
 # Writes ID STATE lines to OUT; prints "STATE=N ..." for the batch's ids.
 poll_states() { # poll_states REPLICA IDS_FILE OUT
@@ -449,6 +459,10 @@ wait_final() { # wait_final IDS_FILE LIMIT_SECONDS
             call "$WORK/stuck.json" s1 GET "/tasks/$id" >/dev/null
             echo "       task $id: $(jq -c '{state, run_id, run}' "$WORK/stuck.json" 2>/dev/null)"
           done
+          echo "       interrupted jobs (worker, claimed, marked interrupted):"
+          sql "select owner, to_char(claimed_at, 'HH24:MI:SS.MS'), to_char(finished_at, 'HH24:MI:SS.MS') from sc_jobs where state = 'interrupted' order by claimed_at" |
+            while read -r owner claimed marked; do echo "         ${WORKER_OF[$owner]:-$owner} claimed $claimed, interrupted $marked"; done
+          [ -z "${KILL_MS:-}" ] || echo "       w1 killed at $(date -u -d "@$((KILL_MS / 1000))" +%T).$(printf '%03d' $((KILL_MS % 1000))), w2 cut off at $(date -u -d "@$((CUT_MS / 1000))" +%T).$(printf '%03d' $((CUT_MS % 1000)))"
           fail "$((want - n_final)) runs will never be final ($(count_states "$states")); jobs: $(sql "select state || '=' || count(*) from sc_jobs group by state" | tr '\n' ' ')"
         fi
       else
@@ -626,6 +640,15 @@ stage "rollback: w1's interrupted runs reverted once; nothing left by runs that 
 w1_runs=$(awk '$3 == "w1" { print $1 }' "$WORK/interrupted-by")
 for run in $w1_runs; do
   task=$(awk -v r="$run" '$1 == r { print $2 }' "$WORK/interrupted-by")
+  # Killed between its claim and storing the run's start: no step ran, nothing to roll back.
+  fetch_one "$TASKS" s1 "$task" || true
+  if jq -e '(.run.steps | length) == 0 and ((.run.message // "") | test("before it started"))' \
+    "$TASKS/$task.json" >/dev/null; then
+    verdict "$(jq -r '.run.reverts | length | select(. != 0)' "$TASKS/$task.json")" \
+      "$run (w1): interrupted before it started (no step ran), no revert needed" \
+      "a run that never started has reverts"
+    continue
+  fi
   reverts=""
   # w1 rolls its runs back as it starts; give it a minute.
   for _ in $(seq 1 60); do
@@ -725,22 +748,27 @@ verdict "$bad" "every interrupted run: run_finished 'interrupted' with lease_los
 jq -r 'select(.state != "succeeded") | .run' "$WORK/runs.jsonl" | while read -r run; do
   echo "   $run: $(jq -r --arg r "$run" 'select(.entry.run == $r) | "\(.entry.kind)\(if .entry.step then "(" + .entry.step + ")" else "" end)"' "$WORK/ledger.jsonl" | tr '\n' ' ')"
 done
+# How long a run's record took to reach the store: from the record's start (the worker began
+# the run) to its run_started entry, which is committed with the first save of the record.
+# Until then a run has no record, and a worker lost in that window leaves nothing to mark.
+jq -rn --slurpfile r "$WORK/runs.jsonl" --slurpfile l <(jq -c 'select(.entry.kind == "run_started") | {run: .entry.run, time: .entry.time}' "$WORK/ledger.jsonl") "$JQ_TS"'
+  ($l | map({key: .run, value: (.time | ms)}) | from_entries) as $saved
+  | [$r[] | select($saved[.run] != null and .started_at != null) | $saved[.run] - (.started_at | ms)] | sort as $d
+  | "   ..  run started on its worker → its first save committed (run_started entry): p50 \($d[(($d | length) * 0.5 | ceil) - 1]) ms, p99 \($d[(($d | length) * 0.99 | ceil) - 1]) ms, max \($d[-1]) ms"'
 note "not checkable from the ledger: which worker wrote an entry (the actor of every worker is 'worker'); the workers' logs stand in for it above"
 
 # ---------------------------------------------------------------------------------------------
 stage "throughput and latency under faults"
-# jq: RFC 3339 with nanoseconds to epoch milliseconds.
-JQ_TS='def ms: capture("^(?<s>[^.Z]+)(\\.(?<f>[0-9]+))?Z$") | ((.s + "Z" | fromdateiso8601) * 1000 + (("0." + (.f // "0")) | tonumber * 1000)) | floor;'
 report_latency() { # report_latency SUBMITTED RUNS_JSONL LABEL FIRST_MS FINAL_MS
   local submitted=$1 runs=$2 label=$3 first=$4 final=$5 n last
   n=$(wc -l <"$submitted")
   jq -rn --slurpfile r "$runs" --rawfile s "$submitted" "$JQ_TS"'
-    ($s | split("\n") | map(select(. != "") | split(" ") | {key: .[3], value: (.[5] | tonumber)}) | from_entries) as $accepted
+    ($s | split("\n") | map(select(. != "") | split(" ") | {key: .[3], value: (.[7] | tonumber)}) | from_entries) as $posted
     | [$r[] | select(.state == "succeeded" and .steps[0].started_at != null)
-        | (.steps[0].started_at | ms) - $accepted[.run]] | sort as $d
+        | (.steps[0].started_at | ms) - $posted[.run]] | sort as $d
     | [$r[] | select(.state == "succeeded") | (.started_at | ms) - (.created | ms)] | sort as $c
     | def pct(a; p): if (a | length) == 0 then null else a[((a | length) * p | ceil) - 1] end;
-      "   202 → first step started: p50 \(pct($d; 0.5)) ms, p99 \(pct($d; 0.99)) ms, max \($d[-1]) ms (\($d | length) runs)",
+      "   POST /run sent → first step started: p50 \(pct($d; 0.5)) ms, p99 \(pct($d; 0.99)) ms, max \($d[-1]) ms (\($d | length) runs)",
       "   task created → run started (record): p50 \(pct($c; 0.5)) ms, p99 \(pct($c; 0.99)) ms"'
   last=$(jq -rn --slurpfile r "$runs" "$JQ_TS"'[$r[] | select(.finished_at != null) | .finished_at | ms] | max // 0')
   [ "$last" -gt "$first" ] || last=$final
@@ -761,39 +789,62 @@ steps:
     shell: echo $RANDOM > out.txt
 YAML
   stage "scaling: $SCALING_RUNS one-step runs each with 1, 2 and 3 workers, no faults"
-  docker stop "$(cname w1)" "$(cname w2)" "$(cname w3)" >/dev/null
-  ok "workers stopped"
+  # Idle workers are paused (frozen, holding no run) rather than stopped: a worker's start reads
+  # every run in the store, which would make each round mostly a measure of start-up. Two
+  # bursts per size: "live", submitted to running workers (latency from the POST that starts a
+  # run to its first step; runs/s is then bounded by the submitters), and "drain", submitted
+  # while the workers are paused and then released (runs/s is the workers' own).
+  docker pause "$(cname w1)" "$(cname w2)" "$(cname w3)" >/dev/null
   SCALE_REPORT=()
-  declare -A STARTS
-  for k in 1 2 3; do
-    for w in $(printf 'w%d ' $(seq 1 "$k")); do
-      STARTS[$w]=$(log_of "$w" | grep -c '^worker node-[0-9a-f]* on ' || true)
-      docker start "$(cname "$w")" >/dev/null
-    done
-    t=$(now_ms)
-    for w in $(printf 'w%d ' $(seq 1 "$k")); do
-      wait_worker "$w" $((STARTS[$w] + 1)) >/dev/null
-      wait_listening "$w"
-    done
-    note "$k worker(s) listening for work $(secs $(($(now_ms) - t))) after docker start"
-    dir="$WORK/scale-$k"
+  burst() { # burst K MODE: submits $SCALING_RUNS runs, waits until all are final; sets BURST_DIR, BURST_FIRST
+    local k=$1 mode=$2 dir="$WORK/scale-$1-$2"
     mkdir -p "$dir"
-    first=$(($(now_ms) + 200))
+    BURST_DIR=$dir
+    BURST_FIRST=$(($(now_ms) + 200))
     # shellcheck disable=SC2016 # expanded by the inner bash; xargs appends the run's number as $4
     seq 1 "$SCALING_RUNS" | xargs -P 8 -n 1 bash -c 'submit_one "$1" "$4" "$2" "$3" 0' \
-      _ "$dir" "$WORK/one-step.yaml" "$first" >"$dir.log" 2>&1 || fail "scaling with $k worker(s): submissions failed ($(tail -3 "$dir.log"))"
+      _ "$dir" "$WORK/one-step.yaml" "$BURST_FIRST" >"$dir.log" 2>&1 || fail "scaling ($k worker(s), $mode): submissions failed ($(tail -3 "$dir.log"))"
     cat "$dir"/[0-9]* | sort -n >"$dir.submitted"
     awk '{ print $3 }' "$dir.submitted" >"$dir.ids"
-    wait_final "$dir.ids" "$WAIT_FINAL"
-    final=$FINAL_MS
+  }
+  collect() { # collect K MODE: the burst's runs, checked
+    local k=$1 mode=$2 dir=$BURST_DIR
     fetch_tasks "$dir.ids" "$dir/tasks"
     jq -s -c '.[] | {task: .id, run: .run.run_id, state: .run.state, steps: [.run.steps[] | {id, state, started_at}], created, started_at: .run.started_at, finished_at: .run.finished_at}' "$dir"/tasks/*.json >"$dir.runs"
-    not_ok=$(jq -r 'select(.state != "succeeded") | "\(.run) \(.state)"' "$dir.runs")
-    [ -z "$not_ok" ] || problem "scaling with $k worker(s), no faults: runs that did not succeed: $not_ok"
-    line=$(report_latency "$dir.submitted" "$dir.runs" "$k worker(s)" "$first" "$final")
+    verdict "$(jq -r 'select(.state != "succeeded") | "\(.run)=\(.state)"' "$dir.runs" | tr '\n' ' ')" \
+      "$k worker(s), $mode: all $SCALING_RUNS succeeded" "scaling with $k worker(s) ($mode), no faults: runs that did not succeed"
+  }
+  for k in 1 2 3; do
+    workers=()
+    for i in $(seq 1 "$k"); do workers+=("$(cname "w$i")"); done
+    docker unpause "$(cname "w$k")" >/dev/null
+    # live
+    burst "$k" live
+    wait_final "$BURST_DIR.ids" "$WAIT_FINAL"
+    collect "$k" live
+    per=$(sql "select string_agg(n::text, '/') from (select count(*) n from sc_jobs where claimed_at >= to_timestamp($BURST_FIRST / 1000.0) group by owner order by 1 desc) c")
+    line="$(report_latency "$BURST_DIR.submitted" "$BURST_DIR.runs" "$k worker(s), live" "$BURST_FIRST" "$FINAL_MS" | sed '2d') [runs per worker: $per]"
     echo "$line"
     SCALE_REPORT+=("$line")
-    for w in $(printf 'w%d ' $(seq 1 "$k")); do cname "$w"; done | xargs docker stop >/dev/null
+    # drain
+    docker pause "${workers[@]}" >/dev/null
+    burst "$k" drain
+    [ "$(sql "select count(*) from sc_jobs where state = 'queued'")" = "$SCALING_RUNS" ] || fail "scaling: the drain burst is not all queued"
+    released=$(now_ms)
+    docker unpause "${workers[@]}" >/dev/null
+    wait_final "$BURST_DIR.ids" "$WAIT_FINAL"
+    collect "$k" drain
+    per=$(sql "select string_agg(n::text, '/') from (select count(*) n from sc_jobs where claimed_at >= to_timestamp($BURST_FIRST / 1000.0) group by owner order by 1 desc) c")
+    read -r first_start last dur <<<"$(jq -rn --slurpfile r "$BURST_DIR.runs" "$JQ_TS"'
+      [$r[] | {s: (.started_at | ms), f: (.finished_at | ms)}] as $x
+      | ($x | map(.f - .s) | sort) as $d
+      | "\($x | map(.s) | min) \($x | map(.f) | max) \($d[($d | length) / 2 | floor])"')"
+    verdict "$([ "$first_start" -ge "$released" ] || echo "a run started $((released - first_start)) ms before the workers were released")" \
+      "$k worker(s), drain: no run started before the workers were released" "scaling with $k worker(s) (drain)"
+    line=$(awk -v n="$SCALING_RUNS" -v ms=$((last - released)) -v k="$k" -v per="$per" -v dur="$dur" 'BEGIN {
+      printf "   %d worker(s), drain: %d queued runs done %.1f s after the workers were released: %.2f runs/s (a run: p50 %d ms) [runs per worker: %s]", k, n, ms / 1000, n / (ms / 1000), dur, per }')
+    echo "$line"
+    SCALE_REPORT+=("$line")
   done
 fi
 
