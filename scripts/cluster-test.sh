@@ -525,14 +525,23 @@ seq 1 "$RUNS" | xargs -P 8 -n 1 bash -c 'submit_one "$1" "$5" "$2" "$3" "$4"' \
 SUBMITTER=$!
 
 running_of() { sql "select count(*) from sc_jobs where state = 'running' and owner = '$1'"; }
-wait_running() { # wait_running WORKER: until it holds at least one run
-  for _ in $(seq 1 100); do
-    [ "$(running_of "${NODE_ID[$1]}")" -ge 1 ] && return 0
-    sleep 0.2
+# The fault strikes when the worker holds a run in flight whose start is stored: its workspace
+# has out.txt (the write step began, which it does only after the run's first save) and the run
+# is not final yet (the write step sleeps 2 s). The rollback of a step in flight is then
+# exercised; the worker's other slot may hold a run just claimed, lost before its start is stored.
+wait_running() { # wait_running WORKER
+  local mine
+  for _ in $(seq 1 60); do
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    mine=$(docker exec "$(cname "$1")" /bin/sh -c 'for d in /data/workspaces/*; do [ -e "$d/out.txt" ] && echo "${d##*/}"; done' 2>/dev/null || true)
+    if [ -n "$mine" ] && poll_states s1 <(printf '%s\n' "$mine") "$WORK/inflight-$1" 2>/dev/null &&
+      [ -n "$(awk '$2 == "running"' "$WORK/inflight-$1")" ]; then
+      return 0
+    fi
+    sleep 0.3
   done
-  fail "$1 claimed no run within 20 s"
+  fail "$1 held no run in its first step within about 30 s"
 }
-
 wait_running w1
 held=$(running_of "${NODE_ID[w1]}")
 docker kill "$(cname w1)" >/dev/null
@@ -627,6 +636,12 @@ while read -r run task message; do
 done <"$WORK/interrupted"
 verdict "$bad" "$(wc -l <"$WORK/interrupted") interrupted, each 'node ... lost its lease on this run' naming a worker: $(awk '{ n[$3]++ } END { for (w in n) printf "%s=%d ", w, n[w] }' "$WORK/interrupted-by")" \
   "interrupted runs whose message does not name a worker that lost its lease"
+# Which windows the faults hit: a run whose start was stored (its steps are in the record) has
+# something to roll back; one lost before that has none.
+while read -r run task w; do
+  echo "$w $(jq -r --arg r "$run" 'select(.run == $r) | if (.steps | length) > 0 then "after-start" else "before-start" end' "$WORK/runs.jsonl")"
+done <"$WORK/interrupted-by" | sort | uniq -c | awk '{ printf "%s %s=%s  ", $2, $3, $1 } END { print "" }' >"$WORK/windows"
+note "interrupted, by worker and window: $(cat "$WORK/windows")"
 verdict "$(awk '$3 == "w3" { printf "%s ", $1 }' "$WORK/interrupted-by")" "no run of w3 (no fault) interrupted" \
   "runs of w3, which no fault touched, were interrupted"
 # Cancelled or failed: a message or a step's reason says why.

@@ -375,7 +375,12 @@ impl Worker {
                 r = &mut done => break r,
                 () = tokio::time::sleep(beat) => {}
             }
-            match self.queue.heartbeat(job.id, self.lease).await {
+            // Bounded by the beat: a database out of reach must not hold the worker past its
+            // lease in the pool's connect timeout.
+            let renewed = tokio::time::timeout(beat, self.queue.heartbeat(job.id, self.lease))
+                .await
+                .unwrap_or(Err(secureclaw_store_pg::PgError::Timeout(beat)));
+            match renewed {
                 Ok(Ok(())) => confirmed = Instant::now(),
                 Ok(Err(_lost)) => {
                     lost = true;

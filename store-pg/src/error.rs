@@ -28,6 +28,8 @@ pub enum PgError {
     NoVault,
     #[error("the shared store's background runtime stopped")]
     RuntimeGone,
+    #[error("the shared store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("starting the shared store's runtime: {0}")]
     Runtime(std::io::Error),
 }
