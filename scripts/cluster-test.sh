@@ -727,9 +727,10 @@ echo "   kinds (entries):"
 jq -r '.entry.kind' "$WORK/ledger.jsonl" | sort | uniq -c | sort -rn | sed 's/^/     /'
 echo "   actors of the entries of runs:"
 jq -r 'select(.entry.run != null) | .entry.actor' "$WORK/ledger.jsonl" | sort | uniq -c | sed 's/^/     /'
-# Every (run, step): started and ended in turn, in seq order. (An entry's time is when it was
-# committed, and a step's start is committed with a later save, often with its end: overlap in
-# time cannot be read from the times.)
+# Every (run, step): started and ended in turn, in seq order; a step in flight when its run was
+# interrupted ends with the `step_failed` the interruption recorded. (An entry's time is when it
+# was committed: a worker commits each step's start before the step runs, but its end with a
+# later save, so overlap in time is read from the order, not the times.)
 overlaps=$(jq -r 'select(.entry.step != null and (.entry.kind | test("^step_(started|finished|failed)$"))) | [.entry.run, .entry.step, .entry.seq, .entry.kind] | @tsv' "$WORK/ledger.jsonl" |
   sort -k1,1 -k2,2 -k3,3n |
   awk -F'\t' '{ k = $1 " " $2; if ($4 == "step_started") { if (open[k]) printf "%s started again at seq %s before it ended; ", k, $3; open[k] = 1 } else { if (!open[k]) printf "%s ended at seq %s without a start; ", k, $3; open[k] = 0 } }

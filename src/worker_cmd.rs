@@ -4,9 +4,11 @@
 //! workers get the same run), runs it in its own workspace under the run id the server gave
 //! the task, and renews its lease while it runs. A worker that cannot renew its lease (its
 //! lease lapsed and another node marked the run interrupted, or it cannot reach the database
-//! for a whole lease) cancels the run, which rolls its running steps back. Every worker also
-//! marks the runs of workers whose leases lapsed as interrupted, and when it starts, rolls
-//! back its own runs that were interrupted while it was away.
+//! for a whole lease) cancels the run, which rolls its running steps back. Every save of the
+//! run carries the lease and is refused once it lapsed, so a worker cut off and back cannot
+//! overwrite what the cluster recorded meanwhile. Every worker also marks the runs of workers
+//! whose leases lapsed as interrupted, and rolls back its own runs that the cluster holds
+//! interrupted (at start and every few seconds).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,10 +57,9 @@ struct Worker {
     data_dir: PathBuf,
     workspaces: BTreeMap<String, PathBuf>,
     lease: Duration,
-    /// Runs whose lease this worker lost while running them: the cluster holds them
-    /// interrupted, so what their steps did is rolled back here once they have ended (and
-    /// once the database is reachable again), with the tries left.
-    owed: std::sync::Mutex<BTreeMap<String, u8>>,
+    /// Failed attempts at rolling back an interrupted run of this node, by run: the worker
+    /// gives up after [`ROLLBACK_TRIES`] and leaves the run to an operator.
+    rollback_failures: std::sync::Mutex<BTreeMap<String, u8>>,
 }
 
 /// How often a worker looks for runs of its own to roll back.
@@ -98,7 +99,7 @@ pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u
         data_dir,
         workspaces,
         lease: args.lease,
-        owed: std::sync::Mutex::new(BTreeMap::new()),
+        rollback_failures: std::sync::Mutex::new(BTreeMap::new()),
     });
     eprintln!(
         "{} {} on {} ({} at once, lease {})",
@@ -195,16 +196,22 @@ impl Worker {
                     .session
                     .mark_lost_before_start(&run.run_id, &name, &job.owner)
                 {
-                    Ok(true) => eprintln!(
-                        "{} run {} of {} interrupted before it started: its lease lapsed",
-                        style("worker").yellow(),
-                        run.run_id,
-                        job.owner
-                    ),
+                    Ok(true) => {
+                        eprintln!(
+                            "{} run {} of {} interrupted before it started: its lease lapsed",
+                            style("worker").yellow(),
+                            run.run_id,
+                            job.owner
+                        );
+                        continue;
+                    }
+                    // Its start was stored in between (before the lease was taken away).
                     Ok(false) => {}
-                    Err(e) => eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id),
+                    Err(e) => {
+                        eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
+                        continue;
+                    }
                 }
-                continue;
             }
             match self.session.mark_lease_lost(&run.run_id, &job.owner) {
                 Ok(Some(steps)) => eprintln!(
@@ -218,7 +225,13 @@ impl Worker {
                         steps.join(", ")
                     }
                 ),
-                Ok(None) => {}
+                // The run ended before its lease lapsed (its worker was cut off before
+                // finishing the job): the job ends as the run did.
+                Ok(None) => {
+                    if let Err(e) = self.queue.settle_interrupted(job.id).await {
+                        eprintln!("{} settling job {}: {e}", style("worker").yellow(), job.id);
+                    }
+                }
                 Err(e) => eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id),
             }
         }
@@ -226,31 +239,26 @@ impl Worker {
 
     /// Rolls back this node's runs that the cluster holds interrupted: those interrupted while
     /// it was away (crash recovery: their pre-images are on this node's disk), and those whose
-    /// lease it lost while running them. Each is rolled back once; a run still going on here
-    /// waits for its end.
+    /// lease it lost while running them (their saves failed from then on, so the record shows
+    /// the steps as the cluster last knew them, every started step included). Each is rolled
+    /// back once; a run still going on here waits for its end.
     async fn recover(&self) {
         let Ok(runs) = self.session.runs() else {
             return;
         };
         let mine = self.session.node().map(str::to_owned);
-        // A lost run with no record never started (no step runs before its record is stored):
-        // nothing to roll back.
-        if let Ok(mut owed) = self.owed.lock() {
-            owed.retain(|id, _| runs.iter().any(|r| &r.run_id == id));
-        }
         for run in runs {
-            let owed = self.owed_tries(&run.run_id).is_some();
-            let interrupted = run.node == mine && run.state == RunState::Interrupted;
-            if !(owed || interrupted) || self.session.is_live(&run.run_id) {
+            if run.node != mine
+                || run.state != RunState::Interrupted
+                // Interrupted before it started: nothing ran. Reverted: done.
+                || run.steps.is_empty()
+                || !run.reverts.is_empty()
+                || self.session.is_live(&run.run_id)
+            {
                 continue;
             }
-            // Interrupted before it started: nothing ran, nothing to roll back.
-            if run.steps.is_empty() {
-                self.settle(&run.run_id);
-                continue;
-            }
-            if !run.reverts.is_empty() {
-                self.settle(&run.run_id);
+            let failed = self.failed_rollbacks(&run.run_id);
+            if failed >= ROLLBACK_TRIES {
                 continue;
             }
             let outcome = self
@@ -266,49 +274,42 @@ impl Worker {
                 )
                 .await;
             match outcome {
-                Ok(_) => {
-                    self.settle(&run.run_id);
+                Ok(_) => eprintln!(
+                    "{} rolled back run {} (the cluster holds it interrupted)",
+                    style("worker").cyan(),
+                    run.run_id
+                ),
+                Err(e) if failed + 1 >= ROLLBACK_TRIES => {
+                    self.count_failed_rollback(&run.run_id);
                     eprintln!(
-                        "{} rolled back run {} (the cluster holds it interrupted)",
-                        style("worker").cyan(),
+                        "{} gave up rolling back run {}: {e} (revert it on this node by hand)",
+                        style("worker").red(),
                         run.run_id
                     );
                 }
                 Err(e) => {
-                    let left = self.owed_tries(&run.run_id).unwrap_or(ROLLBACK_TRIES);
-                    if left <= 1 {
-                        self.settle(&run.run_id);
-                        eprintln!(
-                            "{} gave up rolling back run {}: {e} (revert it on this node by hand)",
-                            style("worker").red(),
-                            run.run_id
-                        );
-                    } else {
-                        self.owe(&run.run_id, left - 1);
-                        eprintln!(
-                            "{} could not roll back run {} yet: {e}",
-                            style("worker").yellow(),
-                            run.run_id
-                        );
-                    }
+                    self.count_failed_rollback(&run.run_id);
+                    eprintln!(
+                        "{} could not roll back run {} yet: {e}",
+                        style("worker").yellow(),
+                        run.run_id
+                    );
                 }
             }
         }
     }
 
-    fn owed_tries(&self, run: &str) -> Option<u8> {
-        self.owed.lock().ok()?.get(run).copied()
+    fn failed_rollbacks(&self, run: &str) -> u8 {
+        self.rollback_failures
+            .lock()
+            .ok()
+            .and_then(|f| f.get(run).copied())
+            .unwrap_or(0)
     }
 
-    fn owe(&self, run: &str, tries: u8) {
-        if let Ok(mut owed) = self.owed.lock() {
-            owed.insert(run.to_string(), tries);
-        }
-    }
-
-    fn settle(&self, run: &str) {
-        if let Ok(mut owed) = self.owed.lock() {
-            owed.remove(run);
+    fn count_failed_rollback(&self, run: &str) {
+        if let Ok(mut f) = self.rollback_failures.lock() {
+            *f.entry(run.to_string()).or_default() += 1;
         }
     }
 
@@ -327,7 +328,7 @@ impl Worker {
                 return;
             }
         };
-        match self.start(&run) {
+        match self.start(&job, &run) {
             Ok(handle) => self.follow(&job, &run, handle).await,
             Err(e) => {
                 eprintln!("{} run {}: {e}", style("worker").red(), run.run_id);
@@ -336,7 +337,11 @@ impl Worker {
         }
     }
 
-    fn start(&self, run: &QueuedRun) -> anyhow::Result<secureclaw_engine::session::RunHandle> {
+    fn start(
+        &self,
+        job: &Claimed,
+        run: &QueuedRun,
+    ) -> anyhow::Result<secureclaw_engine::session::RunHandle> {
         let workflow = validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
             .map_err(|d| anyhow::anyhow!("the queued workflow does not validate: {d}"))?;
         let workspace = match &run.workspace_name {
@@ -347,7 +352,7 @@ impl Worker {
         };
         std::fs::create_dir_all(&workspace)
             .with_context(|| format!("creating {}", workspace.display()))?;
-        Ok(self.session.submit_as(
+        Ok(self.session.submit_leased(
             RunRequest {
                 workflow,
                 inputs: run.inputs.clone(),
@@ -356,6 +361,7 @@ impl Worker {
                 approver: None,
             },
             run.run_id.clone(),
+            self.queue.lease_token(job),
         )?)
     }
 
@@ -405,11 +411,15 @@ impl Worker {
             Err(e) => eprintln!("{} run {}: {e}", style("worker").red(), run.run_id),
         }
         if lost {
-            // The cluster holds the run interrupted; what its finished steps did is undone by
-            // the next recovery pass.
-            self.owe(&run.run_id, ROLLBACK_TRIES);
-        } else {
-            let _ = self.queue.finish(job.id).await;
+            eprintln!(
+                "{} run {}: stopped, its lease is lost; once the cluster holds it interrupted, \
+                 the next recovery pass rolls back what its steps did",
+                style("worker").yellow(),
+                run.run_id
+            );
         }
+        // Refused (the lease is gone) when another node took the job away: the run is then the
+        // cluster's to mark interrupted, and this node's to roll back.
+        let _ = self.queue.finish(job.id).await;
     }
 }

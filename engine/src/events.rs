@@ -262,7 +262,10 @@ impl EventLog {
         let Some(store) = &self.inner.store else {
             return;
         };
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            lease: store.lease_of(&self.inner.run_id),
+            ..Batch::default()
+        };
         let upto = events.last().map(|e| e.seq).unwrap_or_default();
         for e in &events {
             if batch

@@ -332,6 +332,9 @@ pub struct RunStore {
     /// Queued ledger entries by run (`None`: entries of no run): a run's record save takes
     /// its own, so concurrent runs never commit each other's entries ahead of their records.
     pending: Mutex<BTreeMap<Option<String>, Vec<NewEntry>>>,
+    /// The leases runs executed here hold, by run id (a shared store's work queue): every
+    /// save of such a run carries its lease, and fails once the lease is gone.
+    leases: Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for RunStore {
@@ -370,6 +373,7 @@ impl RunStore {
             actor: actor.into(),
             node: None,
             pending: Mutex::new(BTreeMap::new()),
+            leases: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -442,10 +446,30 @@ impl RunStore {
         }
     }
 
+    /// From now until [`RunStore::release_lease`], every save of `run_id` (its record, its
+    /// ledger entries, its events) carries `lease` and fails once the backend finds it lapsed.
+    pub fn hold_lease(&self, run_id: &str, lease: String) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.insert(run_id.to_string(), lease);
+        }
+    }
+
+    pub fn release_lease(&self, run_id: &str) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.remove(run_id);
+        }
+    }
+
+    /// The lease `run_id` is executed under here, if any.
+    pub fn lease_of(&self, run_id: &str) -> Option<String> {
+        self.leases.lock().ok()?.get(run_id).cloned()
+    }
+
     /// A batch with the record and every queued ledger entry.
     fn record_batch(&self, record: &RunRecord) -> Result<Batch, StoreError> {
         let mut batch = Batch {
             entries: self.take_pending(Some(&record.run_id)),
+            lease: self.lease_of(&record.run_id),
             ..Batch::default()
         };
         batch.put_json(Table::Runs, record.run_id.clone(), record)?;
@@ -604,7 +628,9 @@ impl RunStore {
             if rec.node != self.node {
                 continue;
             }
+            let running = running_steps(&rec);
             if mark_dead_run(&mut rec) {
+                self.record_steps_interrupted(&rec, &running);
                 self.record(
                     self.entry(kind::RUN_FINISHED)
                         .run(rec.run_id.clone())
@@ -687,16 +713,13 @@ impl RunStore {
         if rec.state != RunState::Running {
             return Ok(None);
         }
-        let in_flight: Vec<String> = rec
-            .steps
-            .iter()
-            .filter(|s| s.state == StepState::Running)
-            .map(|s| s.id.clone())
-            .collect();
+        let running = running_steps(&rec);
+        let in_flight: Vec<String> = running.iter().map(|&i| rec.steps[i].id.clone()).collect();
         interrupt(
             &mut rec,
             &format!("node {node} lost its lease on this run (it stopped or was cut off)"),
         );
+        self.record_steps_interrupted(&rec, &running);
         self.record(
             self.entry(kind::RUN_FINISHED)
                 .run(rec.run_id.clone())
@@ -709,6 +732,37 @@ impl RunStore {
         self.save(&rec)?;
         Ok(Some(in_flight))
     }
+}
+
+impl RunStore {
+    /// Ledger entries for the steps an interruption failed (`steps`: their indexes in `rec`,
+    /// already marked): every `step_started` in the ledger is followed by its end.
+    fn record_steps_interrupted(&self, rec: &RunRecord, steps: &[usize]) {
+        for &i in steps {
+            let step = &rec.steps[i];
+            self.record(
+                self.entry(kind::STEP_FAILED)
+                    .run(rec.run_id.clone())
+                    .step(step.id.clone())
+                    .tier(serde_json::json!(step.tier))
+                    .result(serde_json::json!({
+                        "state": step.state,
+                        "reason": step.reason,
+                        "message": rec.message,
+                    })),
+            );
+        }
+    }
+}
+
+/// The indexes of the steps `rec` records as running.
+fn running_steps(rec: &RunRecord) -> Vec<usize> {
+    rec.steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.state == StepState::Running)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Marks a run whose engine is gone as interrupted; true if it was one.

@@ -53,6 +53,11 @@ pub struct Batch {
     pub puts: Vec<(Table, String, Vec<u8>)>,
     pub deletes: Vec<(Table, String)>,
     pub entries: Vec<NewEntry>,
+    /// The lease the batch's run is executed under, when a work queue hands runs out (an
+    /// opaque token of the backend's queue): the commit fails with
+    /// [`StorageError::LeaseLost`] once that lease is no longer held, so a node cut off from
+    /// the cluster cannot overwrite what another node recorded after the lease lapsed.
+    pub lease: Option<String>,
 }
 
 impl Batch {
@@ -76,6 +81,9 @@ impl Batch {
         self.puts.extend(other.puts);
         self.deletes.extend(other.deletes);
         self.entries.extend(other.entries);
+        if self.lease.is_none() {
+            self.lease = other.lease;
+        }
     }
 }
 
@@ -89,6 +97,11 @@ pub enum StorageError {
     ReadOnly,
     #[error("the store's writer stopped; nothing more can be saved in this process")]
     WriterGone,
+    #[error(
+        "this node no longer holds the lease on the run: the cluster holds it interrupted, so \
+         nothing more of it is saved here (its steps are rolled back on this node)"
+    )]
+    LeaseLost,
 }
 
 impl From<VaultError> for StorageError {
@@ -103,7 +116,10 @@ impl From<VaultError> for StorageError {
 /// A place to keep run state. Implementations must make [`StateBackend::commit`] atomic and
 /// durable when it returns, and keep ledger entries in commit order.
 pub trait StateBackend: Send + Sync + 'static {
-    /// Commit `batches`, in order, as one transaction: all of them or none.
+    /// Commit `batches`, in order, as one transaction: all of them or none. A batch with a
+    /// [`Batch::lease`] the backend finds lapsed fails the commit with
+    /// [`StorageError::LeaseLost`]; a backend without a work queue (one machine) has no leases
+    /// and ignores them.
     fn commit(&self, batches: &[Batch]) -> Result<(), StorageError>;
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// All keys of a table (small tables only: runs, parked runs).

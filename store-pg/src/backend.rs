@@ -32,6 +32,8 @@ impl std::fmt::Debug for PgBackend {
 struct Commit {
     rows: Vec<(&'static str, String, Option<Vec<u8>>)>,
     entries: Vec<NewEntry>,
+    /// The leases the batches were written under, each once.
+    leases: Vec<String>,
 }
 
 impl Commit {
@@ -63,7 +65,14 @@ impl Commit {
             .iter()
             .flat_map(|b| b.entries.iter().cloned())
             .collect();
-        Commit { rows, entries }
+        let mut leases: Vec<String> = batches.iter().filter_map(|b| b.lease.clone()).collect();
+        leases.sort();
+        leases.dedup();
+        Commit {
+            rows,
+            entries,
+            leases,
+        }
     }
 }
 
@@ -146,6 +155,9 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
     // Every commit of every node takes this lock first: sealing and appending are serialised
     // cluster-wide, so the counter is exact and the ledger head cannot be read twice.
     lock_counter(&mut tx, &store, &vault).await?;
+    for lease in &commit.leases {
+        crate::queue::check_lease(&mut tx, lease).await?;
+    }
     let (mut put_t, mut put_r, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
     let (mut del_t, mut del_r) = (Vec::new(), Vec::new());
     for (table, key, value) in &commit.rows {

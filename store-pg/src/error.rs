@@ -32,11 +32,20 @@ pub enum PgError {
     Timeout(std::time::Duration),
     #[error("starting the shared store's runtime: {0}")]
     Runtime(std::io::Error),
+    /// A commit carried a lease this node no longer holds.
+    #[error("this node no longer holds the lease on the run")]
+    LeaseLost,
+    #[error("not a lease of this store: {0:?}")]
+    BadLease(String),
 }
 
 impl PgError {
     /// The shared store's errors as the engine's storage errors (the trait's error type).
     pub(crate) fn into_storage(self) -> secureclaw_engine::storage::StorageError {
-        secureclaw_engine::storage::StorageError::Backend(self.to_string())
+        use secureclaw_engine::storage::StorageError;
+        match self {
+            PgError::LeaseLost => StorageError::LeaseLost,
+            other => StorageError::Backend(other.to_string()),
+        }
     }
 }

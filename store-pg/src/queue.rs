@@ -228,6 +228,30 @@ impl Queue {
         Ok(renewed.map(|_| ()).ok_or(Lost))
     }
 
+    /// The token a run executed under `job`'s lease carries in its saves
+    /// (`secureclaw_engine::storage::Batch::lease`): each commit checks, under a row lock, that
+    /// this worker still holds the job, so a save made after the lease lapsed (a worker cut
+    /// off and back) fails instead of overwriting what another node recorded meanwhile.
+    pub fn lease_token(&self, job: &Claimed) -> String {
+        format!("{}/{}", job.id, self.owner)
+    }
+
+    /// Marks an interrupted job done: its run had ended before its lease lapsed (its worker was
+    /// cut off between the run's last save and finishing the job).
+    pub async fn settle_interrupted(&self, id: Uuid) -> Result<bool, PgError> {
+        let store = self.store.clone();
+        self.on_store(async move {
+            let r = sqlx::query(
+                "UPDATE sc_jobs SET state = 'done' WHERE id = $1 AND state = 'interrupted'",
+            )
+            .bind(id)
+            .execute(&store.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+
     /// Marks `id` done. [`Lost`] when the job is no longer this worker's (its lease lapsed
     /// and it was marked interrupted first).
     pub async fn finish(&self, id: Uuid) -> Result<Result<(), Lost>, PgError> {
@@ -343,4 +367,26 @@ impl Queue {
     pub async fn wait_for_work(&self, poll: Duration) {
         let _ = tokio::time::timeout(poll, self.wake.notified()).await;
     }
+}
+
+/// Fails the transaction with [`PgError::LeaseLost`] unless the lease `token`
+/// ([`Queue::lease_token`]) is still held. The job's row stays share-locked until the commit
+/// ends, so [`Queue::expire_leases`] cannot mark it interrupted in between: a commit either
+/// lands before the lease is taken away or not at all.
+pub(crate) async fn check_lease(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    token: &str,
+) -> Result<(), PgError> {
+    let (id, owner) = token
+        .split_once('/')
+        .and_then(|(id, owner)| Some((Uuid::parse_str(id).ok()?, owner)))
+        .ok_or_else(|| PgError::BadLease(token.to_string()))?;
+    let held: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM sc_jobs WHERE id = $1 AND owner = $2 AND state = 'running' FOR SHARE",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(&mut **tx)
+    .await?;
+    held.map(|_| ()).ok_or(PgError::LeaseLost)
 }

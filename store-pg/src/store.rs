@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secureclaw_vault::Vault;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::backend::PgBackend;
 use crate::bridge::Bridge;
@@ -15,6 +15,11 @@ use crate::queue::Queue;
 
 /// The schema version this build writes and reads (`sc_schema.version`).
 pub const SCHEMA_VERSION: i32 = 1;
+
+/// How long the server keeps a session that stopped talking inside a transaction (a node cut
+/// off mid-commit) before ending it and releasing its locks. A commit's statements follow each
+/// other in milliseconds; this only ends sessions whose node is gone.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -70,13 +75,25 @@ impl PgStore {
     pub fn connect(url: &str) -> Result<Self, PgError> {
         let bridge = Arc::new(Bridge::start()?);
         let shown = redacted(url);
-        let owned = url.to_string();
+        let options = url
+            .parse::<PgConnectOptions>()
+            .map_err(|source| PgError::Connect {
+                url: shown.clone(),
+                source,
+            })?
+            // A node cut off in the middle of a commit holds the lock every commit takes: the
+            // server ends such a session once it has been idle in its transaction this long,
+            // so one lost node stalls the others for seconds, not until TCP gives up.
+            .options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )]);
         let pool = bridge
             .wait(async move {
                 PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(15))
-                    .connect(&owned)
+                    .connect_with(options)
                     .await
             })?
             .map_err(|source| PgError::Connect {

@@ -527,6 +527,8 @@ impl Engine {
         // still failed, whatever comes next.
         let mut failed_any = record.steps.iter().any(failed_the_run);
         let mut last_save = Instant::now();
+        // The first save that failed mid-run: the run stops and ends with it.
+        let mut halted: Option<crate::record::StoreError> = None;
 
         loop {
             // Start everything that is ready, in topological order, unless the run is stopping.
@@ -701,7 +703,10 @@ impl Engine {
                         }
                     }
                     // An approval is worth persisting at once.
-                    self.store.save_async(&record).await?;
+                    if let Err(e) = self.store.save_async(&record).await {
+                        halt(&mut halted, &mut stop, &run_cancel, e);
+                        break;
+                    }
                     last_save = Instant::now();
                 }
                 let (limits, allow_degraded, image) =
@@ -716,6 +721,19 @@ impl Engine {
                         .tier(json!(risk.tier))
                         .result(json!({"rule": risk.rule, "action": record.steps[i].rendered})),
                 );
+                // A run executed under a lease (a shared store's work queue) stores each step's
+                // start, checking the lease in the same commit, before the step runs: a node
+                // cut off from the cluster starts nothing the cluster does not know about, and
+                // the node that rolls the run back sees every step that may have changed files.
+                if self.store.lease_of(&record.run_id).is_some() {
+                    if let Err(e) = self.store.save_async(&record).await {
+                        record.steps[i].state = StepState::Pending;
+                        record.steps[i].started_at = None;
+                        halt(&mut halted, &mut stop, &run_cancel, e);
+                        break;
+                    }
+                    last_save = Instant::now();
+                }
                 (self.events)(&RunEvent::StepStarted {
                     step: step.id.clone(),
                     attempt: 1,
@@ -756,7 +774,9 @@ impl Engine {
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
-                self.store.save_async(&record).await?;
+                if let Err(e) = self.store.save_async(&record).await {
+                    halt(&mut halted, &mut stop, &run_cancel, e);
+                }
                 last_save = Instant::now();
             }
             if running.is_empty() {
@@ -902,7 +922,9 @@ impl Engine {
             release(i, &mut ready, &mut remaining_deps, &dependents);
             if wrote {
                 // A change set is what revert needs: make it durable now, not at the next tick.
-                self.store.save_async(&record).await?;
+                if let Err(e) = self.store.save_async(&record).await {
+                    halt(&mut halted, &mut stop, &run_cancel, e);
+                }
                 last_save = Instant::now();
             }
         }
@@ -928,6 +950,9 @@ impl Engine {
         record.message = message;
         // Backend cleanup still in flight (docker removes containers off the critical path).
         self.sandbox.flush().await;
+        if let Some(e) = halted {
+            return Err(e.into());
+        }
         if let Some(ctx) = &snap {
             // The last manifest becomes the stat cache of the next run; the in-flight record is
             // no longer needed once the step results are saved with the run.
@@ -1313,6 +1338,20 @@ fn recorded_streams(
 }
 
 /// Screen the streams once each, off the async threads.
+/// A save failed in the middle of a run: nothing more may run unrecorded, so the run stops
+/// (its running steps are cancelled, which rolls them back) and ends with the first such error
+/// once they have.
+fn halt(
+    halted: &mut Option<crate::record::StoreError>,
+    stop: &mut Option<(RunState, String)>,
+    run_cancel: &CancellationToken,
+    e: crate::record::StoreError,
+) {
+    stop.get_or_insert((RunState::Failed, e.to_string()));
+    run_cancel.cancel();
+    halted.get_or_insert(e);
+}
+
 async fn blocking_screen(streams: Vec<(&'static str, String)>) -> Option<crate::screen::Screening> {
     tokio::task::spawn_blocking(move || {
         let refs: Vec<(&str, &str)> = streams.iter().map(|(n, t)| (*n, t.as_str())).collect();

@@ -164,6 +164,7 @@ impl Session {
                 .map(|(t, k)| (Table::App(t), k))
                 .collect(),
             entries: batch.audits.into_iter().map(Audit::into_entry).collect(),
+            lease: None,
         };
         self.inner.store.commit(out).await?;
         Ok(())

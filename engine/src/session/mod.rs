@@ -605,6 +605,27 @@ impl Session {
         ))
     }
 
+    /// [`Session::submit_as`] for a run handed out by a shared store's work queue under
+    /// `lease` (the queue's token): every save of the run carries the lease and fails once it
+    /// lapsed, which stops the run (its running steps are rolled back) with
+    /// [`crate::storage::StorageError::LeaseLost`].
+    pub fn submit_leased(
+        &self,
+        req: RunRequest,
+        run_id: String,
+        lease: String,
+    ) -> Result<RunHandle, SessionError> {
+        if self.is_live(&run_id) {
+            return Err(SessionError::Busy(run_id));
+        }
+        self.inner.store.hold_lease(&run_id, lease);
+        let handle = self.submit_as(req, run_id.clone());
+        if handle.is_err() {
+            self.inner.store.release_lease(&run_id);
+        }
+        handle
+    }
+
     /// Start a run (new or resumed) on a task of its own, registered as live until it ends.
     fn spawn(&self, prepared: Prepared, launch: Launch) -> RunHandle {
         let Launch {
@@ -660,6 +681,8 @@ impl Session {
         let (me, log2, c2, id2) = (self.clone(), log.clone(), cancel.clone(), run_id.clone());
         let join = tokio::spawn(async move {
             let out = engine.run(&workflow, opts, c2).await;
+            // Before the run stops being live: what comes after it (a revert) holds no lease.
+            me.inner.store.release_lease(&id2);
             if let Err(e) = &out {
                 // A run that could not start still ends its event stream.
                 log2.emit(RunEvent::RunFinished {

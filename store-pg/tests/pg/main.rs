@@ -8,7 +8,7 @@ mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secureclaw_engine::storage::{Batch, StateBackend, Table};
+use secureclaw_engine::storage::{Batch, StateBackend, StorageError, Table, Writer};
 use secureclaw_store_pg::{JobKind, JobState, Lost, PgError, PgStore};
 use secureclaw_vault::{KdfParams, NewEntry, Vault};
 
@@ -365,6 +365,82 @@ async fn a_lapsed_lease_interrupts_the_job_and_its_worker_learns_it_lost() {
     assert!(other.requeue(id).await.unwrap());
     let again = other.claim(Duration::from_secs(5)).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (id, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_under_a_lapsed_lease_is_refused_and_leaves_what_the_cluster_recorded() {
+    let (_url, _dir, store, vault) = first_node();
+    let backend = Arc::new(store.backend(vault.clone()));
+    let worker = store.queue(vault.clone());
+    let other = store.queue(vault.clone());
+    worker.enqueue(JobKind::Run, b"run", None).await.unwrap();
+    let job = worker
+        .claim(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = worker.lease_token(&job);
+    let save = |state: &str, lease: Option<String>| {
+        let mut b = Batch {
+            lease,
+            ..Batch::default()
+        };
+        put(&mut b, Table::Runs, "run-1", state);
+        b.entries
+            .push(NewEntry::new("worker", "step_started").run("run-1"));
+        b
+    };
+    let commit = |batches: Vec<Batch>| {
+        let backend = backend.clone();
+        async move {
+            tokio::task::spawn_blocking(move || backend.commit(&batches))
+                .await
+                .unwrap()
+        }
+    };
+    // While the lease is held, the worker's saves land.
+    commit(vec![save("running", Some(lease.clone()))])
+        .await
+        .unwrap();
+    // A lease another worker would claim to hold is refused.
+    let forged = other.lease_token(&job);
+    assert!(matches!(
+        commit(vec![save("forged", Some(forged))]).await,
+        Err(StorageError::LeaseLost)
+    ));
+    // The lease lapses; another node marks the run interrupted.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(other.expire_leases().await.unwrap().len(), 1);
+    commit(vec![save("interrupted", None)]).await.unwrap();
+    // The worker comes back and saves late: refused, with everything else in that commit.
+    let late = commit(vec![
+        save("interrupted", None),
+        save("succeeded", Some(lease.clone())),
+    ])
+    .await;
+    assert!(matches!(late, Err(StorageError::LeaseLost)), "{late:?}");
+    assert_eq!(
+        backend.get(Table::Runs, "run-1").unwrap().as_deref(),
+        Some(&b"interrupted"[..])
+    );
+    // Two commits landed, each with one entry: the refused ones appended nothing.
+    let ledger = vault.ledger_in(&*backend);
+    assert_eq!(ledger.verify().unwrap().entries, 2);
+    // The writer retries a refused group batch by batch: only the late save fails.
+    let writer = Writer::start(backend.clone()).unwrap();
+    let (a, b) = (
+        writer.commit(save("interrupted", None)),
+        writer.commit(save("succeeded", Some(lease))),
+    );
+    let (a, b) = tokio::join!(a, b);
+    a.unwrap();
+    assert!(matches!(b, Err(StorageError::LeaseLost)), "{b:?}");
+    // A job whose run had ended before the lease lapsed ends done.
+    assert!(other.settle_interrupted(job.id).await.unwrap());
+    assert_eq!(
+        other.state(job.id).await.unwrap().unwrap().0,
+        JobState::Done
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
