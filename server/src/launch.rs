@@ -56,6 +56,9 @@ pub struct Launched {
     pub stream: String,
 }
 
+/// The error code of a start that another server replica already made (the same `once` key).
+pub const DUPLICATE_START: &str = "duplicate";
+
 /// Create the task and start its run.
 pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
     let inputs = resolve_inputs(&l.workflow, Some(&l.inputs))?;
@@ -110,7 +113,7 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
         let run = queued_run(&task, &l.workflow, settings);
         if !enqueue(state, &run, l.once.as_deref()).await? {
             return Err(ApiError::conflict(
-                "duplicate",
+                DUPLICATE_START,
                 "another server replica already started this run",
             ));
         }

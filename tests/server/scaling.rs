@@ -402,3 +402,126 @@ async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_
         r.body
     );
 }
+
+/// Every two seconds, runs side by side: each fire time is one run, whatever else is going.
+const TICK: &str = r#"version: 1
+name: tick
+on:
+  schedule: { cron: "*/2 * * * * *", overlap: true }
+steps:
+  - id: mark
+    write: { path: tick.txt, content: "tick\n" }
+"#;
+
+/// The ledger of the shared store, exported from a node of its own.
+fn export_ledger(url: &str, node: &std::path::Path) -> Vec<serde_json::Value> {
+    let state = node.join("state");
+    let export = node.join("ledger.jsonl");
+    let out = cli(
+        &[
+            "ledger",
+            "export",
+            "--store",
+            url,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+        ],
+        node,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_evaluating_one_schedule_start_each_time_once() {
+    let url = pg::server().fresh_database();
+    let args = ["--store", url.as_str(), "--workers"];
+    let repo = crate::gitkit::GitRepo::new();
+    repo.write("flows/tick.yaml", TICK);
+    repo.commit("tick");
+    let a = Server::start(&[], &args);
+    let b = Server::start(&[], &args);
+    let name = unique("admin");
+    let mut admin = a.client();
+    admin.register(&name).await;
+    let mut on_b = b.client();
+    on_b.login(&name).await;
+    // Registered through A: B reads the sources again by itself and evaluates the same
+    // schedule.
+    crate::gitkit::add_source(
+        &admin,
+        "repo",
+        &repo.location(),
+        serde_json::json!({"dir": "flows"}),
+    )
+    .await;
+    for (replica, api) in [("a", &admin), ("b", &on_b)] {
+        until(&format!("the schedule listed on {replica}"), async || {
+            let r = api.get("/api/v1/schedules").await;
+            (r.body["schedules"].as_array().map_or(0, Vec::len) == 1).then_some(())
+        })
+        .await;
+    }
+    let nodes = tempfile::tempdir().unwrap();
+    let worker = Worker::start(&url, &nodes.path().join("w"));
+
+    // Let several times come while both replicas run it.
+    let scheduled = async |api: &crate::harness::Api| -> Vec<serde_json::Value> {
+        let r = api.get("/api/v1/tasks?limit=200").await;
+        r.body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["origin"] == "schedule")
+            .cloned()
+            .collect()
+    };
+    until("four scheduled runs succeeded", async || {
+        let done = scheduled(&admin)
+            .await
+            .iter()
+            .filter(|t| t["state"] == "succeeded")
+            .count();
+        (done >= 4).then_some(())
+    })
+    .await;
+    drop(b);
+    drop(a);
+    drop(worker);
+
+    // One task per fire time, one `schedule_fired` each, and no replica recorded a time as
+    // skipped because the other had started it.
+    let ledger = export_ledger(&url, &nodes.path().join("audit"));
+    let of_kind = |k: &str| -> Vec<&serde_json::Value> {
+        ledger
+            .iter()
+            .filter(|e| e["entry"]["kind"] == k)
+            .map(|e| &e["entry"])
+            .collect()
+    };
+    let fired = of_kind("schedule_fired");
+    let skipped = of_kind("schedule_skipped");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let dues: std::collections::BTreeSet<&str> = fired
+        .iter()
+        .map(|e| e["result"]["due"].as_str().unwrap())
+        .collect();
+    assert_eq!(dues.len(), fired.len(), "a time fired twice: {fired:?}");
+    let created = of_kind("task_created")
+        .into_iter()
+        .filter(|e| e["result"]["origin"] == "schedule")
+        .count();
+    assert_eq!(created, fired.len(), "{fired:?}");
+    let started = of_kind("run_started").len();
+    assert!(
+        started >= 4 && started <= fired.len(),
+        "{started} runs for {} fire times",
+        fired.len()
+    );
+}

@@ -36,6 +36,14 @@ use crate::app::AppState;
 use crate::launch::{Launch, launch};
 use crate::tasks::model::Origin;
 
+/// How often a replica on a shared store reads the sources again for schedules registered
+/// through another replica.
+const SHARED_REREAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On a shared store, a time this recent that a replica finds unconsidered when it first sees
+/// a schedule is one another replica is firing now, not one missed while every replica was down.
+const SHARED_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
 /// Settings key prefix of the rows that remember each schedule's last considered time.
 const LAST_KEY: &str = "schedules/last/";
 
@@ -191,11 +199,20 @@ impl Scheduler {
                         false => std::future::pending().await,
                     }
                 };
+                // On a shared store another replica may register or remove a source: this
+                // one's feed is told only of its own changes, so it reads again now and then.
+                let reread = async {
+                    match self.state.session.node() {
+                        Some(_) => tokio::time::sleep(SHARED_REREAD).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     open = changed => {
                         feed_open = open;
                         break;
                     }
+                    () = reread => break,
                     () = wake => self.fire_due(&mut entries).await,
                 }
             }
@@ -289,6 +306,15 @@ impl Scheduler {
                 let _ = self.commit(key, &row, None).await;
             }
             (Some(_), None) => {}
+            // On a shared store another replica fires the times as they come, and records
+            // each: a time only just past is being fired, not missed. This replica fires it
+            // too, and the start another replica made first wins.
+            (Some(_), Some(first))
+                if self.state.session.node().is_some() && now - first < SHARED_GRACE =>
+            {
+                e.next = Some(first);
+                return;
+            }
             (Some(_), Some(first)) => match e.spec.missed {
                 MissedRuns::Skip => {
                     self.skip(
@@ -302,8 +328,10 @@ impl Scheduler {
                     )
                     .await;
                 }
+                // Fired as the first missed time: replicas that catch up at once compute the
+                // same time, so the missed times run once across them too.
                 MissedRuns::RunOnce => {
-                    self.fire(key, e, now, Some(first)).await;
+                    self.fire(key, e, first, Some(first)).await;
                 }
             },
         }
@@ -361,6 +389,9 @@ impl Scheduler {
         .await;
         let launched = match started {
             Ok(l) => l,
+            // Another replica evaluating the same schedule started this time first: its start
+            // is the one, and it records the firing.
+            Err(err) if err.code == crate::launch::DUPLICATE_START => return,
             Err(err) => {
                 self.skip(key, e, due, format!("the run could not start: {err}"))
                     .await;
@@ -368,7 +399,11 @@ impl Scheduler {
             }
         };
         let row = LastRow {
-            considered: rfc3339(due),
+            // A catch-up start stands for every time missed up to now.
+            considered: rfc3339(match missed {
+                Some(_) => self.clock.now().max(due),
+                None => due,
+            }),
             fired: Some(rfc3339(due)),
             task: Some(launched.task_id.clone()),
             run: Some(launched.run_id.clone()),
