@@ -10,7 +10,7 @@ use secureclaw_engine::session::{AppTable, Session, SessionError};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::{Accounts, Auth, AuthLimits, Tokens};
+use crate::auth::{Accounts, Auth, AuthLimits, Sessions, Tokens};
 use crate::config::ServerConfig;
 use crate::docs::ApiDoc;
 use crate::error::ApiError;
@@ -75,9 +75,16 @@ impl AppState {
         let secret = jwt_secret(&session, &config).await?;
         let params = secureclaw_engine::tools::vault::KdfParams::from_env()
             .map_err(|e| ServeError::Setup(format!("Argon2id parameters: {e}")))?;
+        // Replicas sharing a store share the sign-in sessions too: any replica accepts a token
+        // any other issued, and a sign-out ends the session on every one.
+        let sessions = match session.node() {
+            Some(_) => Sessions::shared(session.clone()),
+            None => Sessions::default(),
+        };
         let auth = Auth::new(
             Accounts::new(session.clone(), params),
             Tokens::new(&secret, config.jwt_expiry)?,
+            sessions,
             AuthLimits::from_env().map_err(|e| ServeError::Setup(e.to_string()))?,
         );
         let sources = Arc::new(crate::sources::Sources::new(config.sources_cache_dir()));

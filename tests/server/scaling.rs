@@ -51,6 +51,37 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
     let mut on_b = b.client();
     on_b.login(&name).await;
 
+    // Sign-in sessions are shared: A's token is good on B, both sessions are listed on either
+    // replica, and signing out on B ends the session on A too.
+    let a_token_on_b = crate::harness::Api {
+        base: b.client().base,
+        ..on_a.clone()
+    };
+    let me = a_token_on_b.get("/api/v1/auth/me").await;
+    assert_eq!(me.status, 200, "{:?}", me.body);
+    let listed = on_a.get("/api/v1/auth/sessions").await;
+    assert_eq!(
+        listed.body.as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        listed.body
+    );
+    let mut second = a.client();
+    second.login(&name).await;
+    let second_on_b = crate::harness::Api {
+        base: b.client().base,
+        ..second.clone()
+    };
+    assert_eq!(
+        second_on_b
+            .post("/api/v1/auth/logout", serde_json::json!({}))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(second.get("/api/v1/auth/me").await.status, 401);
+    assert_eq!(on_a.get("/api/v1/auth/me").await.status, 200);
+
     // A task run on A is seen, with its run, on B; one run on B too.
     let (task_a, run_a) = started(&on_a, WRITE).await;
     wait_state(&on_a, &task_a, &["succeeded"]).await;

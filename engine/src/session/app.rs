@@ -32,6 +32,9 @@ pub enum AppTable {
     TriggerDeliveries,
     /// Stored responses of requests sent with an `Idempotency-Key`, by caller and key.
     Idempotency,
+    /// Sign-in sessions, by `USER/SESSION`, kept only on a store several server replicas share
+    /// (one server holds them in memory).
+    SignIns,
 }
 
 impl AppTable {
@@ -45,6 +48,7 @@ impl AppTable {
             AppTable::Triggers => "app_triggers",
             AppTable::TriggerDeliveries => "app_trigger_deliveries",
             AppTable::Idempotency => "app_idempotency",
+            AppTable::SignIns => "app_sign_ins",
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions held only in memory,
+//! Accounts and sign-in: Argon2id passwords, HS256 JWTs bound to sessions (held in memory, or
+//! in the store when several server replicas share one),
 //! TOTP two-factor sign-in with codes spent once, a throttle with backoff and lockout, roles,
 //! and each user's sealed provider keys. docs/auth.md describes the flows and the limits.
 //!
-//! A token is accepted only while its session is in the in-memory table: logging out, revoking
-//! or restarting the server ends it, whatever its `exp` says.
+//! A token is accepted only while its session is in the session table: logging out or revoking
+//! ends it, whatever its `exp` says, and so does restarting a server that holds its sessions in
+//! memory (one with no shared store).
 
 pub mod accounts;
 pub mod admin;
@@ -173,11 +175,11 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(accounts: Accounts, tokens: Tokens, limits: AuthLimits) -> Self {
+    pub fn new(accounts: Accounts, tokens: Tokens, sessions: Sessions, limits: AuthLimits) -> Self {
         Auth {
             accounts,
             tokens,
-            sessions: Sessions::default(),
+            sessions,
             tickets: Tickets::new(limits.ticket_ttl, limits.tracked_max),
             throttle: Throttle::new(limits),
             account_writes: tokio::sync::Mutex::new(()),

@@ -320,11 +320,11 @@ pub async fn sign_in(
     method: &str,
 ) -> ApiResult<TokenResponse> {
     let auth = &state.auth;
-    let sid = auth
-        .sessions
-        .start(&account.id, u64::MAX, client.0.to_string());
+    let sid = crate::auth::Sessions::new_id();
     let (access_token, expires_at) = auth.tokens.issue(&account.id, &sid)?;
-    auth.sessions.set_expiry(&sid, expires_at);
+    auth.sessions
+        .start(&sid, &account.id, expires_at, client.0.to_string())
+        .await?;
     state
         .session
         .audit(Audit::new(
@@ -359,7 +359,11 @@ pub async fn sign_in(
         (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn logout(State(state): State<AppState>, who: Identity) -> ApiResult<StatusCode> {
-    state.auth.sessions.end(&who.session_id);
+    state
+        .auth
+        .sessions
+        .end(&who.session_id, &who.user_id)
+        .await?;
     state
         .session
         .audit(Audit::new(
@@ -437,7 +441,7 @@ pub async fn revoke_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let sessions = &state.auth.sessions;
-    if sessions.get_own(&id, &who.user_id).is_none() || !sessions.end(&id) {
+    if sessions.get_own(&id, &who.user_id).is_none() || !sessions.end(&id, &who.user_id).await? {
         return Err(ApiError::not_found("session"));
     }
     state

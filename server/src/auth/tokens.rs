@@ -1,4 +1,4 @@
-//! HS256 JWTs and the in-memory session table they are bound to.
+//! HS256 JWTs and the session table they are bound to (in memory, or in a shared store).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use secureclaw_engine::session::{AppBatch, AppTable};
+
 use crate::error::ApiError;
 
 /// What a token says.
@@ -14,7 +16,7 @@ use crate::error::ApiError;
 pub struct Claims {
     /// User id.
     pub sub: String,
-    /// Session id (in memory only).
+    /// Session id.
     pub sid: String,
     pub iat: u64,
     pub exp: u64,
@@ -84,7 +86,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// One signed-in session.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub id: String,
     pub user_id: String,
@@ -96,26 +98,69 @@ pub struct SessionInfo {
 /// Sessions one user may hold at once.
 pub const MAX_SESSIONS_PER_USER: usize = 32;
 
-/// Sessions held only in memory: a restart signs everyone out.
+/// The sign-in sessions tokens are bound to. One server holds them in memory only (a restart
+/// signs everyone out). Server replicas sharing a store keep them there instead, as sealed
+/// rows: a token issued by one replica is good on every other, and signing out on one ends
+/// the session on all of them at once.
 #[derive(Default)]
 pub struct Sessions {
     by_id: Mutex<HashMap<String, SessionInfo>>,
+    shared: Option<secureclaw_engine::session::Session>,
+}
+
+fn shared_key(user_id: &str, sid: &str) -> String {
+    format!("{user_id}/{sid}")
 }
 
 impl Sessions {
-    pub fn start(&self, user_id: &str, expires: u64, client: String) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
+    /// Sessions kept in the shared store `session` writes to.
+    pub fn shared(session: secureclaw_engine::session::Session) -> Self {
+        Sessions {
+            by_id: Mutex::default(),
+            shared: Some(session),
+        }
+    }
+
+    /// A new session id, for the token to carry before the session is started.
+    pub fn new_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Start session `sid` of `user_id` until `expires` (Unix seconds). A user signing in again
+    /// and again keeps a bounded number of sessions: the oldest ends first.
+    pub async fn start(
+        &self,
+        sid: &str,
+        user_id: &str,
+        expires: u64,
+        client: String,
+    ) -> Result<(), ApiError> {
         let info = SessionInfo {
-            id: id.clone(),
+            id: sid.to_string(),
             user_id: user_id.to_string(),
             created: unix_now(),
             expires,
             client,
         };
+        if let Some(store) = &self.shared {
+            let mut batch = AppBatch::default();
+            let mut mine = self.stored_of(store, user_id)?;
+            // Ended by expiry: swept here, each user's at their next sign-in.
+            for s in mine.iter().filter(|s| s.expires <= unix_now()) {
+                batch.delete(AppTable::SignIns, shared_key(user_id, &s.id));
+            }
+            mine.retain(|s| s.expires > unix_now());
+            mine.sort_by_key(|s| s.created);
+            let excess = (mine.len() + 1).saturating_sub(MAX_SESSIONS_PER_USER);
+            for s in mine.iter().take(excess) {
+                batch.delete(AppTable::SignIns, shared_key(user_id, &s.id));
+            }
+            batch.put_json(AppTable::SignIns, shared_key(user_id, sid), &info)?;
+            store.app_commit(batch).await?;
+            return Ok(());
+        }
         if let Ok(mut m) = self.by_id.lock() {
             m.retain(|_, s| s.expires > unix_now());
-            // A user signing in again and again keeps a bounded number of sessions: the oldest
-            // ends first.
             loop {
                 let mine = m.values().filter(|s| s.user_id == user_id);
                 if mine.clone().count() < MAX_SESSIONS_PER_USER {
@@ -126,82 +171,119 @@ impl Sessions {
                 };
                 m.remove(&oldest);
             }
-            m.insert(id.clone(), info);
+            m.insert(sid.to_string(), info);
         }
-        id
+        Ok(())
     }
 
-    /// Set a session's expiry once its token is signed.
-    pub fn set_expiry(&self, sid: &str, expires: u64) {
-        if let Ok(mut m) = self.by_id.lock()
-            && let Some(s) = m.get_mut(sid)
-        {
-            s.expires = expires;
+    /// Every stored session of `user_id`, expired ones included.
+    fn stored_of(
+        &self,
+        store: &secureclaw_engine::session::Session,
+        user_id: &str,
+    ) -> Result<Vec<SessionInfo>, ApiError> {
+        let prefix = format!("{user_id}/");
+        let mut out = Vec::new();
+        for key in store.app_keys(AppTable::SignIns)? {
+            if key.starts_with(&prefix)
+                && let Some(s) = store.app_get_json::<SessionInfo>(AppTable::SignIns, &key)?
+            {
+                out.push(s);
+            }
         }
+        Ok(out)
+    }
+
+    /// The session, if it is `user_id`'s and has not expired.
+    fn lookup(&self, sid: &str, user_id: &str) -> Option<SessionInfo> {
+        let found = match &self.shared {
+            // A store that cannot be read signs nobody in.
+            Some(store) => store
+                .app_get_json::<SessionInfo>(AppTable::SignIns, &shared_key(user_id, sid))
+                .ok()
+                .flatten(),
+            None => self.by_id.lock().ok()?.get(sid).cloned(),
+        };
+        found.filter(|s| s.user_id == user_id && s.expires > unix_now())
     }
 
     pub fn is_active(&self, sid: &str, user_id: &str) -> bool {
-        self.by_id
+        self.lookup(sid, user_id).is_some()
+    }
+
+    /// End one session of `user_id`; true if it existed.
+    pub async fn end(&self, sid: &str, user_id: &str) -> Result<bool, ApiError> {
+        if let Some(store) = &self.shared {
+            let key = shared_key(user_id, sid);
+            if store
+                .app_get_json::<SessionInfo>(AppTable::SignIns, &key)?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let mut batch = AppBatch::default();
+            batch.delete(AppTable::SignIns, key);
+            store.app_commit(batch).await?;
+            return Ok(true);
+        }
+        Ok(self
+            .by_id
             .lock()
-            .map(|m| {
-                m.get(sid)
-                    .is_some_and(|s| s.user_id == user_id && s.expires > unix_now())
+            .map(|mut m| {
+                m.get(sid).is_some_and(|s| s.user_id == user_id) && m.remove(sid).is_some()
             })
-            .unwrap_or(false)
+            .unwrap_or(false))
     }
 
-    /// End one session; true if it existed.
-    pub fn end(&self, sid: &str) -> bool {
-        self.by_id
-            .lock()
-            .map(|mut m| m.remove(sid).is_some())
-            .unwrap_or(false)
-    }
-
-    /// End every session of a user (password or 2FA change); how many ended.
-    pub fn end_all_of(&self, user_id: &str) -> usize {
-        self.by_id
+    /// End every session of a user but `keep` (the one making a 2FA change; `None`: all of
+    /// them); how many ended.
+    pub async fn end_others_of(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> Result<usize, ApiError> {
+        if let Some(store) = &self.shared {
+            let mut batch = AppBatch::default();
+            let mut ended = 0;
+            for s in self.stored_of(store, user_id)? {
+                if Some(s.id.as_str()) != keep {
+                    batch.delete(AppTable::SignIns, shared_key(user_id, &s.id));
+                    ended += 1;
+                }
+            }
+            if ended > 0 {
+                store.app_commit(batch).await?;
+            }
+            return Ok(ended);
+        }
+        Ok(self
+            .by_id
             .lock()
             .map(|mut m| {
                 let before = m.len();
-                m.retain(|_, s| s.user_id != user_id);
+                m.retain(|id, s| s.user_id != user_id || Some(id.as_str()) == keep);
                 before - m.len()
             })
-            .unwrap_or(0)
-    }
-
-    /// End every session of a user but `keep` (the one making a 2FA change); how many ended.
-    pub fn end_others_of(&self, user_id: &str, keep: &str) -> usize {
-        self.by_id
-            .lock()
-            .map(|mut m| {
-                let before = m.len();
-                m.retain(|id, s| s.user_id != user_id || id == keep);
-                before - m.len()
-            })
-            .unwrap_or(0)
+            .unwrap_or(0))
     }
 
     /// One session, if it belongs to `user_id` (someone else's is as absent as a missing one).
     pub fn get_own(&self, sid: &str, user_id: &str) -> Option<SessionInfo> {
-        self.by_id
-            .lock()
-            .ok()?
-            .get(sid)
-            .filter(|s| s.user_id == user_id && s.expires > unix_now())
-            .cloned()
+        self.lookup(sid, user_id)
     }
 
     pub fn of_user(&self, user_id: &str) -> Vec<SessionInfo> {
-        self.by_id
-            .lock()
-            .map(|m| {
-                m.values()
-                    .filter(|s| s.user_id == user_id && s.expires > unix_now())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let all = match &self.shared {
+            Some(store) => self.stored_of(store, user_id).unwrap_or_default(),
+            None => self
+                .by_id
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+        };
+        all.into_iter()
+            .filter(|s| s.user_id == user_id && s.expires > unix_now())
+            .collect()
     }
 }
 
@@ -219,13 +301,17 @@ mod tests {
         assert!(other.verify(&tok).is_err());
     }
 
-    #[test]
-    fn sessions_end_on_logout() {
+    #[tokio::test]
+    async fn sessions_end_on_logout() {
         let s = Sessions::default();
-        let id = s.start("u1", unix_now() + 60, "127.0.0.1".into());
+        let id = Sessions::new_id();
+        s.start(&id, "u1", unix_now() + 60, "127.0.0.1".into())
+            .await
+            .unwrap();
         assert!(s.is_active(&id, "u1"));
         assert!(!s.is_active(&id, "u2"));
-        assert!(s.end(&id));
+        assert!(!s.end(&id, "u2").await.unwrap(), "another user's session");
+        assert!(s.end(&id, "u1").await.unwrap());
         assert!(!s.is_active(&id, "u1"));
     }
 }

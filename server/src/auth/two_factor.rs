@@ -151,7 +151,10 @@ async fn change(
         account.totp = None;
     }
     auth.tickets.forget_user(&who.user_id);
-    let ended = auth.sessions.end_others_of(&who.user_id, &who.session_id);
+    let ended = auth
+        .sessions
+        .end_others_of(&who.user_id, Some(&who.session_id))
+        .await?;
     auth.accounts
         .save(
             &account,
