@@ -55,7 +55,8 @@ pub struct RunOptions {
     #[arg(long, env = "SECURECLAW_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Sandbox backend, overriding the file's `sandbox.backend` [default: native].
-    /// `host` runs steps with NO isolation and must be chosen explicitly.
+    /// `host` runs steps with NO isolation and must be chosen explicitly; `gvisor` runs each
+    /// step under gVisor's user-space kernel (`runsc`, root engine) for the least trusted code.
     #[arg(long, value_enum)]
     pub sandbox: Option<BackendArg>,
     /// Pre-approve these tiers for the whole run (comma-separated): destructive, network_egress.
@@ -93,6 +94,7 @@ pub enum BackendArg {
     Native,
     Host,
     Docker,
+    Gvisor,
 }
 
 /// `watch` takes a workflow file only: a planned workflow is saved first (`plan -o`), so that
@@ -392,6 +394,7 @@ fn settings(args: &RunOptions) -> RunSettings {
             BackendArg::Native => Backend::Native,
             BackendArg::Host => Backend::Host,
             BackendArg::Docker => Backend::Docker,
+            BackendArg::Gvisor => Backend::Gvisor,
         }),
         approve: args.approve.clone(),
         yes: args.yes,

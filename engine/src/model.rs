@@ -233,6 +233,8 @@ pub enum Backend {
     Native,
     /// An ephemeral hardened Docker container per step.
     Docker,
+    /// gVisor's user-space kernel (`runsc`) per step: for the code you trust least.
+    Gvisor,
 }
 
 impl Backend {
@@ -241,6 +243,7 @@ impl Backend {
             Backend::Host => "host",
             Backend::Native => "native",
             Backend::Docker => "docker",
+            Backend::Gvisor => "gvisor",
         }
     }
 }

@@ -14,6 +14,8 @@ mod capture;
 pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod egress;
+#[cfg(target_os = "linux")]
+pub mod gvisor;
 pub mod grants;
 mod host;
 #[cfg(target_os = "linux")]
@@ -24,6 +26,8 @@ pub use capture::{CappedOutput, read_capped};
 #[cfg(target_os = "linux")]
 pub use docker::DockerSandbox;
 pub use host::HostSandbox;
+#[cfg(target_os = "linux")]
+pub use gvisor::GvisorSandbox;
 #[cfg(target_os = "linux")]
 pub use native::NativeSandbox;
 pub use secureclaw_egress::EgressEvent;
@@ -74,7 +78,8 @@ impl SandboxError {
 /// cancellation before returning.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
-    /// Short stable name used in workflow files and run records (`host`, `native`, `docker`).
+    /// Short stable name used in workflow files and run records (`host`, `native`, `docker`,
+    /// `gvisor`).
     fn name(&self) -> &'static str;
 
     /// Whether this backend isolates the step at all (`host` does not).
@@ -94,7 +99,7 @@ pub trait Sandbox: Send + Sync {
 }
 
 /// Backend names accepted by [`by_name`], in the order `sandbox check` lists them.
-pub const BACKENDS: &[&str] = &["native", "docker", "host"];
+pub const BACKENDS: &[&str] = &["native", "docker", "gvisor", "host"];
 
 /// PATH of a step whose environment does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -114,8 +119,10 @@ pub fn by_name(name: &str) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> 
         "docker" => Ok(std::sync::Arc::new(
             DockerSandbox::new().with_egress_pins(egress::pins_from_env()?),
         )),
+        #[cfg(target_os = "linux")]
+        "gvisor" => Ok(std::sync::Arc::new(GvisorSandbox::new()?)),
         #[cfg(not(target_os = "linux"))]
-        "native" | "docker" => Err(SandboxError::Unavailable {
+        "native" | "docker" | "gvisor" => Err(SandboxError::Unavailable {
             backend: name.into(),
             reason: "this backend needs Linux".into(),
         }),
@@ -137,7 +144,10 @@ pub fn run_helper_if_requested() {
 /// Called once at engine start; best effort, reports what it removed.
 pub fn sweep_leftovers() -> Vec<String> {
     #[cfg(target_os = "linux")]
-    return native::sweep_leftovers();
+    return native::sweep_leftovers()
+        .into_iter()
+        .chain(gvisor::sweep_leftovers())
+        .collect();
     #[cfg(not(target_os = "linux"))]
     Vec::new()
 }

@@ -123,7 +123,7 @@ async fn client() -> Result<&'static Docker, SandboxError> {
 }
 
 /// `pid:starttime` of this process: a pid alone could be reused by an unrelated process.
-fn engine_id() -> String {
+pub(crate) fn engine_id() -> String {
     let pid = std::process::id();
     format!("{pid}:{}", process_start(pid).unwrap_or_default())
 }
@@ -135,7 +135,7 @@ fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn engine_alive(id: &str) -> bool {
+pub(crate) fn engine_alive(id: &str) -> bool {
     let Some((pid, start)) = id.split_once(':') else {
         return false;
     };
@@ -296,19 +296,19 @@ impl DockerSandbox {
 }
 
 /// How the step gets the workspace.
-struct Plan {
+pub(crate) struct Plan {
     /// uid:gid the step runs as.
-    user: (u32, u32),
+    pub(crate) user: (u32, u32),
     /// The workspace's owner on disk is shown as the step's ids through an idmapped mount
     /// (root-owned workspace: the step runs as 1000:1000, never as root).
-    idmap: Option<workspace::IdMap>,
+    pub(crate) idmap: Option<workspace::IdMap>,
 }
 
 /// The uid:gid the step runs as: the workspace's owner, so files the step creates belong to
 /// the user who owns the workspace, except root, which is never used: a root-owned workspace
 /// is idmapped so that its owner appears as the default 1000:1000 inside, and what the step
 /// creates is written to disk as root.
-fn plan(workspace: &Path) -> Result<Plan, SandboxError> {
+pub(crate) fn plan(workspace: &Path) -> Result<Plan, SandboxError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(workspace)?;
     Ok(if meta.uid() == 0 {
@@ -324,7 +324,7 @@ fn plan(workspace: &Path) -> Result<Plan, SandboxError> {
     })
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 

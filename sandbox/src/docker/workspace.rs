@@ -86,25 +86,37 @@ fn os_error(what: &str) -> String {
 
 /// A user namespace whose only mapping is the given one, as an fd; cached per mapping (the
 /// namespace lives as long as its fd).
-fn idmap_userns(map: IdMap) -> Result<RawFd, String> {
-    static CACHE: Mutex<Option<HashMap<IdMap, OwnedFd>>> = Mutex::new(None);
+fn idmap_userns(map: IdMap, swap: bool) -> Result<RawFd, String> {
+    static CACHE: Mutex<Option<HashMap<(IdMap, bool), OwnedFd>>> = Mutex::new(None);
     let mut cache = CACHE
         .lock()
         .map_err(|_| "idmap cache poisoned".to_string())?;
     let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(fd) = cache.get(&map) {
+    if let Some(fd) = cache.get(&(map, swap)) {
         return Ok(fd.as_raw_fd());
     }
-    let fd = new_userns(map)?;
+    let fd = new_userns(map, swap)?;
     let raw = fd.as_raw_fd();
-    cache.insert(map, fd);
+    cache.insert((map, swap), fd);
     Ok(raw)
 }
 
-fn new_userns(((disk_uid, step_uid), (disk_gid, step_gid)): IdMap) -> Result<OwnedFd, String> {
+fn new_userns(
+    ((disk_uid, step_uid), (disk_gid, step_gid)): IdMap,
+    swap: bool,
+) -> Result<OwnedFd, String> {
     // The mount shows on-disk `disk_uid` as `step_uid`: inside (the mount's view) is the disk
-    // id, outside is the id the kernel gives the step's files.
-    crate::native::helper::idmap_userns((disk_uid, step_uid), (disk_gid, step_gid))
+    // id, outside is the id the kernel gives the step's files. `swap` also maps the other way
+    // round, so that a file server running as the disk id (gVisor's gofer runs as root) can
+    // create files before it gives them to the step's uid.
+    let line = |inside: u32, outside: u32| {
+        if swap && inside != outside {
+            format!("{inside} {outside} 1\n{outside} {inside} 1\n")
+        } else {
+            format!("{inside} {outside} 1\n")
+        }
+    };
+    crate::native::helper::idmap_userns_maps(&line(disk_uid, step_uid), &line(disk_gid, step_gid))
 }
 
 /// Clone the mount tree at `workspace`, make it `nosuid,nodev` (and idmapped with `idmap`), and
@@ -112,6 +124,17 @@ fn new_userns(((disk_uid, step_uid), (disk_gid, step_gid)): IdMap) -> Result<Own
 pub fn prepare(
     workspace: &Path,
     idmap: Option<IdMap>,
+    name: &str,
+) -> Result<PreparedWorkspace, String> {
+    prepare_mapped(workspace, idmap, false, name)
+}
+
+/// [`prepare`], with the idmapping also mapping the step's ids back to the disk's when `swap`
+/// (for a runtime whose file server creates files as root before handing them over).
+pub fn prepare_mapped(
+    workspace: &Path,
+    idmap: Option<IdMap>,
+    swap: bool,
     name: &str,
 ) -> Result<PreparedWorkspace, String> {
     let root = Path::new(MOUNT_ROOT);
@@ -145,7 +168,7 @@ pub fn prepare(
         let (set, userns_fd) = match idmap {
             Some(map) => (
                 MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_IDMAP,
-                idmap_userns(map)?,
+                idmap_userns(map, swap)?,
             ),
             None => (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0),
         };

@@ -327,6 +327,14 @@ impl StepCgroup {
         }
     }
 
+    /// The cgroup's path below each hierarchy's root (`/secureclaw/<name>`), the form an OCI
+    /// runtime takes as `cgroupsPath`.
+    pub fn relative_path(&self) -> Option<PathBuf> {
+        let (_, dir) = self.dirs.first()?;
+        let name = dir.file_name()?;
+        Some(Path::new("/").join(BASE).join(name))
+    }
+
     /// The `cgroup.procs` files the helper writes the sandbox's init pid into.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs

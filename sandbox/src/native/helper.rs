@@ -445,6 +445,14 @@ fn open_grant(path: &Path) -> Result<OwnedFd, String> {
 /// Used by the native helper and by the docker backend's workspace mount (a multi-threaded
 /// engine): the clone's child only makes async-signal-safe calls.
 pub(crate) fn idmap_userns(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, String> {
+    idmap_userns_maps(
+        &format!("{} {} 1\n", uid.0, uid.1),
+        &format!("{} {} 1\n", gid.0, gid.1),
+    )
+}
+
+/// A user namespace with the given `uid_map` and `gid_map` contents, as an fd.
+pub(crate) fn idmap_userns_maps(uid_map: &str, gid_map: &str) -> Result<OwnedFd, String> {
     let (hold_r, hold_w) = pipe()?;
     // SAFETY: fork-like clone; the child only closes, reads and exits (async-signal-safe).
     let pid = unsafe {
@@ -473,10 +481,8 @@ pub(crate) fn idmap_userns(uid: (u32, u32), gid: (u32, u32)) -> Result<OwnedFd, 
     let pid = pid as libc::pid_t;
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let res = (|| {
-        fs::write(dir.join("uid_map"), format!("{} {} 1\n", uid.0, uid.1))
-            .map_err(|e| format!("idmap uid_map: {e}"))?;
-        fs::write(dir.join("gid_map"), format!("{} {} 1\n", gid.0, gid.1))
-            .map_err(|e| format!("idmap gid_map: {e}"))?;
+        fs::write(dir.join("uid_map"), uid_map).map_err(|e| format!("idmap uid_map: {e}"))?;
+        fs::write(dir.join("gid_map"), gid_map).map_err(|e| format!("idmap gid_map: {e}"))?;
         fs::File::open(dir.join("ns/user"))
             .map(OwnedFd::from)
             .map_err(|e| format!("idmap userns: {e}"))
@@ -833,9 +839,9 @@ fn mount(
 }
 
 /// System directories the step may read and execute (absent ones are skipped).
-const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"];
+pub(crate) const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"];
 /// Files and directories of `/etc` programs commonly need; nothing secret.
-const ETC_ENTRIES: &[&str] = &[
+pub(crate) const ETC_ENTRIES: &[&str] = &[
     "ld.so.cache",
     "ld.so.conf",
     "ld.so.conf.d",

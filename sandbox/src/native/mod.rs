@@ -8,7 +8,7 @@
 
 pub mod accept;
 pub(crate) mod bpf;
-mod cgroup;
+pub(crate) mod cgroup;
 pub(crate) mod helper;
 pub mod policy;
 mod protocol;
@@ -384,7 +384,7 @@ async fn egress_netns() -> Result<std::os::fd::OwnedFd, SandboxError> {
     })
 }
 
-struct CgroupGuard(Option<cgroup::StepCgroup>);
+pub(crate) struct CgroupGuard(pub(crate) Option<cgroup::StepCgroup>);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
