@@ -199,7 +199,13 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
         Ok(s) => s,
         Err(e) => return unavailable(e.to_string()),
     };
-    let mut spec = ExecSpec::shell("cat /proc/self/status", workspace);
+    // Under gVisor the probe also reads the kernel it runs on: its own version and log.
+    let command = if name == "gvisor" {
+        format!("cat /proc/self/status; echo {KERNEL_MARK}; cat /proc/version")
+    } else {
+        "cat /proc/self/status".to_string()
+    };
+    let mut spec = ExecSpec::shell(&command, workspace);
     // Run even with a missing layer, so the report can say which one.
     spec.allow_degraded = true;
     spec.limits.timeout = std::time::Duration::from_secs(30);
@@ -230,9 +236,19 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
                 String::from_utf8_lossy(&outcome.stderr).trim()
             ));
         }
-        let status = String::from_utf8_lossy(&outcome.stdout).into_owned();
+        let stdout = String::from_utf8_lossy(&outcome.stdout).into_owned();
+        let (status, kernel) = stdout
+            .split_once(KERNEL_MARK)
+            .unwrap_or((stdout.as_str(), ""));
+        let mut view = kernel_view(status);
+        if name == "gvisor" {
+            // gVisor's kernel applies the seccomp filter and no_new_privs itself; its
+            // /proc/self/status has no line for either (the bundle's layers say they are set).
+            view.retain(|l| l.name != "kernel: seccomp" && l.name != "kernel: no_new_privs");
+            view.push(gvisor_kernel(kernel));
+        }
         if sandbox.isolated() {
-            for layer in kernel_view(&status) {
+            for layer in view {
                 if !layer.active {
                     missing.push(format!("{}: {}", layer.name, layer.detail));
                 }
@@ -247,6 +263,22 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
         isolated: sandbox.isolated(),
         layers,
         missing,
+    }
+}
+
+/// Separates `/proc/self/status` from the kernel's own words in the gVisor probe's output.
+const KERNEL_MARK: &str = "--- kernel ---";
+
+/// Whether the probe ran on gVisor's kernel, not the host's: the `/proc/version` it read is
+/// gVisor's, not the host's. (`dmesg` would show gVisor's banner, but the seccomp policy refuses
+/// `syslog` to every step.)
+fn gvisor_kernel(seen: &str) -> Layer {
+    let host = std::fs::read_to_string("/proc/version").unwrap_or_default();
+    let version = seen.trim().lines().next().unwrap_or_default().trim();
+    Layer {
+        name: "kernel: gVisor".into(),
+        active: !version.is_empty() && version != host.trim(),
+        detail: format!("/proc/version inside: {version} (the host's: {})", host.trim()),
     }
 }
 

@@ -246,6 +246,14 @@ fn docker_backend_stops_every_attack() {
 }
 
 #[test]
+fn gvisor_backend_stops_every_attack() {
+    if crate::common::docker_skip::skip_without_gvisor() {
+        return;
+    }
+    assert_stops_every_attack("gvisor");
+}
+
+#[test]
 fn host_backend_lets_the_attacks_through() {
     let root = running_as_root();
     let started = Instant::now();

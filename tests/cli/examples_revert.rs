@@ -1,4 +1,4 @@
-//! Every example runs (in the default native sandbox, and in the docker backend) and reverts
+//! Every example runs (in the default native sandbox, in the docker backend and under gVisor) and reverts
 //! with the workspace byte-identical afterwards: content, modes, symlinks, empty directories.
 
 use crate::common;
@@ -121,6 +121,22 @@ fn refactor_with_test_runs_isolated_and_reverts_exactly() {
     run_and_revert(
         "examples/refactor-with-test/workflow.yaml",
         Some("examples/refactor-with-test/workspace"),
+    );
+}
+
+/// Under gVisor the workspace stays root-owned: the step writes as 1000 through an idmapped
+/// mount, and what it makes belongs to root on disk.
+#[test]
+fn every_example_runs_under_gvisor_and_reverts_exactly() {
+    if crate::common::docker_skip::skip_without_gvisor() {
+        return;
+    }
+    run_and_revert_on("examples/hello/workflow.yaml", None, "gvisor");
+    run_and_revert_on("examples/rotate-logs/workflow.yaml", None, "gvisor");
+    run_and_revert_on(
+        "examples/refactor-with-test/workflow.yaml",
+        Some("examples/refactor-with-test/workspace"),
+        "gvisor",
     );
 }
 

@@ -61,6 +61,12 @@ pub const EAGAIN: &str = "Resource temporarily unavailable";
 pub const ECONNREFUSED: &str = "Connection refused";
 #[allow(dead_code)]
 pub const ENETUNREACH: &str = "unreachable";
+/// gVisor's network stack answers an address it has no route to with EHOSTUNREACH.
+#[allow(dead_code)]
+pub const EHOSTUNREACH: &str = "No route to host";
+/// gVisor's kernel has no `security.*` extended attributes at all.
+#[allow(dead_code)]
+pub const EOPNOTSUPP: &str = "Operation not supported";
 
 /// A syscall the seccomp policy refuses (or a capability the step does not hold).
 const POLICY: &[&str] = &[EPERM, ENOSYS];
@@ -197,8 +203,9 @@ pub const CASES: &[Case] = &[
     case("write-system-dir", "modify a system directory (/usr)", &["touch"],
         Blocked::Error(&[EROFS, EACCES, EPERM]),
         "touch /usr/.secureclaw-escape && rm -f /usr/.secureclaw-escape && touch PWNED"),
+    // ENOENT: gVisor's kernel has no such sysctl to read or write.
     case("write-sysctl", "write a global sysctl (same value back)", NONE,
-        Blocked::Error(&[EROFS, EACCES, EPERM]),
+        Blocked::Error(&[EROFS, EACCES, EPERM, ENOENT]),
         "v=$(cat /proc/sys/vm/overcommit_ratio) && echo \"$v\" > /proc/sys/vm/overcommit_ratio && touch PWNED"),
     case("git-hooks", "plant a git hook in the workspace's .git", NONE,
         Blocked::Error(&[EROFS, EACCES, EPERM]),
@@ -256,10 +263,11 @@ pub const CASES: &[Case] = &[
         "perl -e 'open(my $f, \">\", \"fsuid\") or die \"open: $!\\n\"; chmod(04755, $f) or die \"fchmod: $!\\n\"; (stat \"fsuid\")[2] & 04000 or die \"fchmod: setuid bit not kept\\n\"' && touch PWNED"),
     plant("file-capability-setcap", "give a workspace binary a file capability (setcap)", &["cp", "setcap"],
         "cp /bin/sh ./capbin && setcap cap_net_raw+ep ./capbin && touch PWNED"),
-    plant("file-capability-xattr", "write security.capability with setxattr", PERL,
-        "echo > capfile && perl -e 'my ($p, $n) = (\"capfile\", \"security.capability\"); my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(188, $p, $n, $v, length $v, 0) == 0 or die \"setxattr: $!\\n\"' && touch PWNED"),
-    plant("file-capability-fsetxattr", "write security.capability through an open file (fsetxattr)", PERL,
-        "echo > capfd && perl -e 'open(my $f, \"<\", \"capfd\") or die \"open: $!\\n\"; my $n = \"security.capability\"; my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(190, fileno($f), $n, $v, length $v, 0) == 0 or die \"fsetxattr: $!\\n\"' && touch PWNED"),
+    // EOPNOTSUPP: gVisor's kernel keeps no `security.*` attributes.
+    Case { blocked: Blocked::Error(&[EPERM, EOPNOTSUPP]), ..plant("file-capability-xattr", "write security.capability with setxattr", PERL,
+        "echo > capfile && perl -e 'my ($p, $n) = (\"capfile\", \"security.capability\"); my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(188, $p, $n, $v, length $v, 0) == 0 or die \"setxattr: $!\\n\"' && touch PWNED") },
+    Case { blocked: Blocked::Error(&[EPERM, EOPNOTSUPP]), ..plant("file-capability-fsetxattr", "write security.capability through an open file (fsetxattr)", PERL,
+        "echo > capfd && perl -e 'open(my $f, \"<\", \"capfd\") or die \"open: $!\\n\"; my $n = \"security.capability\"; my $v = pack(\"L<5\", 0x02000001, 0x2000, 0, 0, 0); syscall(190, fileno($f), $n, $v, length $v, 0) == 0 or die \"fsetxattr: $!\\n\"' && touch PWNED") },
     plant("mknod-char", "create a character device node in the workspace (mknod c 1 3)", &["mknod"],
         "mknod ./n c 1 3 && touch PWNED"),
     plant("mknod-block", "create a block device node in the workspace (mknod b 7 0)", &["mknod"],
@@ -336,10 +344,10 @@ pub const CASES: &[Case] = &[
         "perl -e 'syscall(16, 0, 0x100005412, 0); $!+0 == 25 or die \"tiocsti: $!\\n\"' < /dev/null && touch PWNED"),
     // --- network ---
     case("tcp-host-loopback", "connect to a service on the host's loopback", PERL,
-        Blocked::Error(&[ECONNREFUSED, ENETUNREACH]),
+        Blocked::Error(&[ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, EPERM]),
         "perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"127.0.0.1:{PORT}\", Timeout => 2) or die \"connect: $!\\n\"' && touch PWNED"),
     Case { host_safe: false, ..case("tcp-outside", "connect to an outside address (TEST-NET 192.0.2.1)", PERL,
-        Blocked::Error(&[ENETUNREACH, ECONNREFUSED]),
+        Blocked::Error(&[ENETUNREACH, ECONNREFUSED, EHOSTUNREACH, EPERM]),
         "perl -MIO::Socket::INET -e 'IO::Socket::INET->new(PeerAddr => \"192.0.2.1:80\", Timeout => 2) or die \"connect: $!\\n\"' && touch PWNED") },
     Case { host_safe: false, ..case("dns", "resolve a public name", PERL,
         Blocked::Error(&["Temporary failure in name resolution", "Name or service not known", "No address associated", ENETUNREACH]),

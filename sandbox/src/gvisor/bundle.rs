@@ -36,6 +36,8 @@ pub(crate) struct BundleSpec {
     pub fsize: u64,
     /// The cgroup the engine created for the sandbox (relative to each hierarchy's root).
     pub cgroups_path: Option<String>,
+    /// The step's seccomp filter in OCI form, applied by gVisor's kernel inside the sandbox.
+    pub seccomp: Option<Value>,
 }
 
 /// Options of every read-only bind of a host system path.
@@ -126,6 +128,9 @@ pub(crate) fn config(spec: &BundleSpec) -> Value {
     });
     if let Some(path) = &spec.cgroups_path {
         linux["cgroupsPath"] = json!(path);
+    }
+    if let Some(seccomp) = &spec.seccomp {
+        linux["seccomp"] = seccomp.clone();
     }
     json!({
         "ociVersion": "1.0.0",
@@ -226,6 +231,7 @@ mod tests {
             nproc: 64,
             fsize: 1 << 20,
             cgroups_path: Some("/secureclaw/1-0".into()),
+            seccomp: Some(json!({"defaultAction": "SCMP_ACT_ERRNO"})),
         }
     }
 
@@ -267,6 +273,7 @@ mod tests {
         assert_eq!(c["root"]["readonly"], true);
         assert_eq!(c["linux"]["cgroupsPath"], "/secureclaw/1-0");
         assert!(c["linux"].get("resources").is_none());
+        assert_eq!(c["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let namespaces: Vec<&str> = c["linux"]["namespaces"]
             .as_array()
             .unwrap()

@@ -336,6 +336,7 @@ impl Sandbox for GvisorSandbox {
             nproc: spec.limits.pids,
             fsize: spec.limits.disk_bytes,
             cgroups_path,
+            seccomp: Some(seccomp_profile()?),
         };
         let bundle_dir = bundles_dir().join(&id);
         let bundle = BundleDir(bundle_dir.clone());
@@ -354,6 +355,7 @@ impl Sandbox for GvisorSandbox {
             .runsc()
             .arg(format!("--platform={}", self.platform))
             .arg("--network=none")
+            .arg("--oci-seccomp")
             .arg("--log-format=json")
             .arg("--log")
             .arg(bundle_dir.join("runsc.log"))
@@ -453,6 +455,21 @@ impl Sandbox for GvisorSandbox {
     }
 }
 
+/// The native backend's reviewed seccomp policy (`sandbox/policy/seccomp.toml`) in OCI form,
+/// parsed once per process. gVisor applies it to the step inside the sandbox (`--oci-seccomp`):
+/// the step is refused the same calls as on the other backends (setuid modes, file
+/// capabilities, namespaces), and what it may call is then served by the Sentry.
+fn seccomp_profile() -> Result<serde_json::Value, SandboxError> {
+    static CELL: OnceLock<Result<serde_json::Value, String>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let policy = crate::native::policy::Policy::parse(crate::native::policy::POLICY_TOML)
+            .map_err(|e| e.to_string())?;
+        crate::docker::profile::docker_profile(&policy).map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|e| unavailable(format!("the seccomp policy: {e}")))
+}
+
 fn layer(name: &str, active: bool, detail: impl Into<String>) -> Layer {
     Layer {
         name: name.into(),
@@ -478,6 +495,11 @@ fn contract_layers(
                 sandbox.version(),
                 sandbox.platform
             ),
+        ),
+        layer(
+            "seccomp",
+            true,
+            "the reviewed policy (sandbox/policy/seccomp.toml), default deny, applied inside gVisor (--oci-seccomp)",
         ),
         layer(
             "read-only-root",
