@@ -199,8 +199,12 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
         Ok(s) => s,
         Err(e) => return unavailable(e.to_string()),
     };
-    // Under gVisor the probe also reads the kernel it runs on: its own version and log.
-    let command = if name == "gvisor" {
+    // Under gVisor the probe also reads the kernel it runs on.
+    let under_gvisor = name == "gvisor"
+        || (name == "docker"
+            && std::env::var(secureclaw_engine::tools::sandbox::DOCKER_RUNTIME_VAR)
+                .is_ok_and(|r| r.trim() == "runsc"));
+    let command = if under_gvisor {
         format!("cat /proc/self/status; echo {KERNEL_MARK}; cat /proc/version")
     } else {
         "cat /proc/self/status".to_string()
@@ -241,7 +245,7 @@ async fn probe(name: &str, workspace: PathBuf) -> Report {
             .split_once(KERNEL_MARK)
             .unwrap_or((stdout.as_str(), ""));
         let mut view = kernel_view(status);
-        if name == "gvisor" {
+        if under_gvisor {
             // gVisor's kernel applies the seccomp filter and no_new_privs itself; its
             // /proc/self/status has no line for either (the bundle's layers say they are set).
             view.retain(|l| l.name != "kernel: seccomp" && l.name != "kernel: no_new_privs");
@@ -278,7 +282,10 @@ fn gvisor_kernel(seen: &str) -> Layer {
     Layer {
         name: "kernel: gVisor".into(),
         active: !version.is_empty() && version != host.trim(),
-        detail: format!("/proc/version inside: {version} (the host's: {})", host.trim()),
+        detail: format!(
+            "/proc/version inside: {version} (the host's: {})",
+            host.trim()
+        ),
     }
 }
 

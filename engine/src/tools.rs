@@ -24,7 +24,8 @@ pub mod sandbox {
     pub use secureclaw_sandbox::docker::profile::repository_profile;
     pub use secureclaw_sandbox::docker::server_profile::server_profile_pretty;
     pub use secureclaw_sandbox::docker::{
-        DockerSandbox, ImageRecipe, build_image, image::LATEST_IMAGE, versioned_image,
+        DockerSandbox, ImageRecipe, RUNTIME_VAR as DOCKER_RUNTIME_VAR, build_image,
+        image::LATEST_IMAGE, versioned_image,
     };
     pub use secureclaw_sandbox::native::accept::ACCEPTED_MARK;
     pub use secureclaw_sandbox::{

@@ -14,9 +14,9 @@ mod capture;
 pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod egress;
+pub mod grants;
 #[cfg(target_os = "linux")]
 pub mod gvisor;
-pub mod grants;
 mod host;
 #[cfg(target_os = "linux")]
 pub mod native;
@@ -25,9 +25,9 @@ mod spec;
 pub use capture::{CappedOutput, read_capped};
 #[cfg(target_os = "linux")]
 pub use docker::DockerSandbox;
-pub use host::HostSandbox;
 #[cfg(target_os = "linux")]
 pub use gvisor::GvisorSandbox;
+pub use host::HostSandbox;
 #[cfg(target_os = "linux")]
 pub use native::NativeSandbox;
 pub use secureclaw_egress::EgressEvent;

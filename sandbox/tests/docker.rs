@@ -335,3 +335,80 @@ async fn the_workflows_image_wins_and_the_hardening_stays() {
     );
     assert!(out.enforcement.missing.is_empty());
 }
+
+/// Set where the daemon has gVisor registered as `runsc` (CI registers it): the test then fails
+/// instead of skipping when the runtime is missing.
+const REQUIRE_RUNSC_VAR: &str = "SECURECLAW_TEST_REQUIRE_DOCKER_RUNSC";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runtime_runsc_runs_the_step_on_gvisors_kernel() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
+    let docker = DockerSandbox::docker().await.unwrap();
+    let info = docker.info().await.unwrap();
+    let has_runsc = info
+        .runtimes
+        .as_ref()
+        .is_some_and(|r| r.contains_key("runsc"));
+    if !has_runsc {
+        assert!(
+            std::env::var_os(REQUIRE_RUNSC_VAR).is_none(),
+            "{REQUIRE_RUNSC_VAR} is set but the daemon has no `runsc` runtime"
+        );
+        docker_skip::skip_because("the Docker daemon has no `runsc` runtime");
+        return;
+    }
+    let sandbox = sandbox().await.with_runtime(Some("runsc".into()));
+    // A user's workspace, and a root-owned one (idmapped: root owns what the step makes).
+    let users = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(users.path(), Some(1000), Some(1000)).unwrap();
+    let roots = tempfile::tempdir().unwrap();
+    for (ws, owner) in [(&users, 1000), (&roots, 0)] {
+        let spec = ExecSpec::shell("echo made > made.txt", ws.path().into());
+        let outcome = sandbox.run(&spec, CancellationToken::new()).await.unwrap();
+        assert!(
+            outcome.exit.success(),
+            "{}",
+            String::from_utf8_lossy(&outcome.stderr)
+        );
+        let made = ws.path().join("made.txt");
+        assert_eq!(std::fs::read_to_string(&made).unwrap(), "made\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&made).unwrap().uid(), owner);
+    }
+    let ws = users;
+    let spec = ExecSpec::shell("cat /proc/version; echo made > made.txt", ws.path().into());
+    let outcome = sandbox.run(&spec, CancellationToken::new()).await.unwrap();
+    sandbox.flush().await;
+    let out = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    assert!(
+        outcome.exit.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&outcome.stderr)
+    );
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    assert!(
+        !out.contains(host.trim()),
+        "the step saw the host kernel: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("made.txt")).unwrap(),
+        "made\n"
+    );
+    let runtime = outcome
+        .enforcement
+        .layers
+        .iter()
+        .find(|l| l.name == "runtime")
+        .expect("a runtime layer");
+    assert!(
+        runtime.active && runtime.detail.contains("gVisor"),
+        "{runtime:?}"
+    );
+    assert!(
+        outcome.enforcement.missing.is_empty(),
+        "{:?}",
+        outcome.enforcement.missing
+    );
+}

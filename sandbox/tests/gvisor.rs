@@ -103,7 +103,12 @@ async fn a_step_runs_on_gvisors_kernel_unprivileged_and_writes_only_the_workspac
         .filter(|l| l.active)
         .map(|l| l.name.as_str())
         .collect();
-    for name in ["user-space-kernel", "cgroups", "workspace-nosuid", "no-network"] {
+    for name in [
+        "user-space-kernel",
+        "cgroups",
+        "workspace-nosuid",
+        "no-network",
+    ] {
         assert!(layers.contains(&name), "{name} not in {layers:?}");
     }
     assert!(outcome.enforcement.missing.is_empty());
@@ -131,7 +136,12 @@ async fn the_state_dir_is_hidden_and_git_is_read_only() {
     spec.masked = vec![ws.path().join(".secureclaw")];
     let outcome = run(&spec).await.unwrap();
     let out = text(&outcome.stdout);
-    for expected in ["state: hidden", "state: read-only", "git: read-only", "[core]"] {
+    for expected in [
+        "state: hidden",
+        "state: read-only",
+        "git: read-only",
+        "[core]",
+    ] {
         assert!(out.contains(expected), "{expected}\n{out}");
     }
     assert!(!out.contains("secret-material"));
@@ -205,7 +215,10 @@ async fn the_process_limit_holds_inside_the_sandbox() {
     let started: u32 = std::fs::read_to_string(ws.path().join("started"))
         .map(|s| s.trim().parse().unwrap())
         .unwrap_or(0);
-    assert!(started < 12, "{started} sleepers started under a limit of 12");
+    assert!(
+        started < 12,
+        "{started} sleepers started under a limit of 12"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,10 +26,15 @@ fn skip_when_set(var: &str, why: &str) -> bool {
     if std::env::var_os(var).is_none_or(|v| v.is_empty() || v == "0") {
         return false;
     }
+    skip_because(&format!("{why} ({var} is set)"))
+}
+
+/// Skip this test, saying `why` on stderr and in the skip log (the caller returns at once).
+pub fn skip_because(why: &str) -> bool {
     // libtest runs each test on a thread named after it.
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("a test");
-    eprintln!("skipped {test}: {why} ({var} is set)");
+    eprintln!("skipped {test}: {why}");
     if let Some(log) = std::env::var_os(LOG_VAR)
         && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

@@ -259,6 +259,8 @@ impl Drop for Removal {
 pub struct DockerSandbox {
     default_image: String,
     egress_pins: crate::egress::Pins,
+    /// The daemon's OCI runtime for step containers (`None`: the daemon's default).
+    runtime: Option<String>,
 }
 
 impl Default for DockerSandbox {
@@ -266,21 +268,38 @@ impl Default for DockerSandbox {
         DockerSandbox {
             default_image: default_image(),
             egress_pins: Default::default(),
+            runtime: None,
         }
     }
 }
 
+/// The variable naming the daemon's OCI runtime for step containers, e.g. `runsc` where the
+/// daemon has gVisor registered (`runtimes` in `/etc/docker/daemon.json`).
+pub const RUNTIME_VAR: &str = "DOCKER_RUNTIME";
+
 impl DockerSandbox {
+    /// The backend as the environment configures it ([`RUNTIME_VAR`]).
     pub fn new() -> Self {
-        Self::default()
+        Self::default().with_runtime(
+            std::env::var(RUNTIME_VAR)
+                .ok()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty()),
+        )
     }
 
     /// Use `image` for steps whose workflow names none.
     pub fn with_default_image(image: impl Into<String>) -> Self {
         DockerSandbox {
             default_image: image.into(),
-            egress_pins: Default::default(),
+            ..Self::default()
         }
+    }
+
+    /// Run step containers under the daemon's runtime `runtime` (`None`: its default).
+    pub fn with_runtime(mut self, runtime: Option<String>) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// Operator pins for the egress proxy (name → address, like curl's `--resolve`).
@@ -334,6 +353,7 @@ pub(crate) fn is_root() -> bool {
 fn prepare_workspace(
     workspace: &Path,
     plan: &Plan,
+    runtime: Option<&str>,
     name: &str,
 ) -> Result<(Option<workspace::PreparedWorkspace>, Option<String>), SandboxError> {
     let refuse = |why: String| {
@@ -357,7 +377,10 @@ fn prepare_workspace(
             Some("the engine is not root, so it cannot prepare a nosuid,nodev mount of the workspace for the daemon (run the engine as root)".into()),
         ));
     }
-    match workspace::prepare(workspace, plan.idmap, name) {
+    // gVisor's file server creates files as root before handing them to the step's uid: the
+    // idmapping must map root too.
+    let swap = runtime == Some("runsc");
+    match workspace::prepare_mapped(workspace, plan.idmap, swap, name) {
         Ok(prepared) => Ok((Some(prepared), None)),
         Err(e) if plan.idmap.is_some() => refuse(e),
         Err(e) => Ok((None, Some(e))),
@@ -399,6 +422,8 @@ struct Expected {
     masked: Vec<(String, Result<PathBuf, String>)>,
     /// Extra host paths bound read-only at the same path.
     read_only: Vec<PathBuf>,
+    /// The OCI runtime asked of the daemon (`None`: its default).
+    runtime: Option<String>,
 }
 
 /// `/dev/mqueue`: an empty read-only tmpfs over Docker's writable mqueue mount.
@@ -449,6 +474,7 @@ fn container_body(
             format!("seccomp={profile}"),
         ]),
         readonly_rootfs: Some(true),
+        runtime: expected.runtime.clone(),
         network_mode: Some(expected.network_mode.clone()),
         memory: Some(expected.memory),
         memory_swap: Some(expected.memory),
@@ -586,6 +612,18 @@ fn layers_from_inspect(
         ),
     ];
     let mut checks = checks;
+    if let Some(runtime) = &expected.runtime {
+        checks.push((
+            "runtime",
+            hc.runtime.as_deref() == Some(runtime.as_str()),
+            match hc.runtime.as_deref() {
+                Some("runsc") => {
+                    "runsc: gVisor's user-space kernel serves the step's system calls".into()
+                }
+                other => format!("OCI runtime {}", other.unwrap_or("(the daemon's default)")),
+            },
+        ));
+    }
     let mounts = hc.mounts.clone().unwrap_or_default();
     let tmpfs = hc.tmpfs.clone().unwrap_or_default();
     let bound = |target: &str, source: &Path, read_only: bool| {
@@ -759,12 +797,21 @@ impl Sandbox for DockerSandbox {
         // Named after the engine (pid and start time) so that the next engine can tell the
         // mounts of a dead one from those of a live one.
         let mount_name = format!("{}-{n}", engine_id().replace(':', "-"));
-        let (prepared, not_prepared) = prepare_workspace(&workspace, &plan, &mount_name)?;
+        let (prepared, not_prepared) =
+            prepare_workspace(&workspace, &plan, self.runtime.as_deref(), &mount_name)?;
         let (uid, gid) = plan.user;
 
         let mut spec = spec.clone();
         let egress = match &spec.network {
             NetworkPolicy::None => None,
+            NetworkPolicy::Domains(_) if self.runtime.as_deref() == Some("runsc") => {
+                return Err(SandboxError::Unsupported {
+                    backend: NAME.into(),
+                    feature: format!(
+                        "network egress (`network:` allow-lists) with {RUNTIME_VAR}=runsc: gVisor's network stack cannot share the egress proxy's namespace; run steps that need the network with the default runtime"
+                    ),
+                });
+            }
             NetworkPolicy::Domains(domains) => {
                 let holder = egress::Holder::start(docker, &self.default_image, profile).await?;
                 let session = match holder.proxy(domains, &self.egress_pins).await {
@@ -813,6 +860,7 @@ impl Sandbox for DockerSandbox {
                 })
                 .collect(),
             read_only: spec.read_only.clone(),
+            runtime: self.runtime.clone(),
         };
         let result = self
             .run_container(
@@ -858,7 +906,12 @@ impl DockerSandbox {
                 body,
             )
             .await
-            .map_err(|e| docker_error(&format!("create a container from image `{image}`"), e))?;
+            .map_err(|e| match &expected.runtime {
+                Some(runtime) if e.to_string().contains("runtime") => unavailable(format!(
+                    "{RUNTIME_VAR}={runtime}: the daemon refused the runtime ({e}); register it in /etc/docker/daemon.json `runtimes` (for gVisor: `runsc install`) and reload dockerd (SIGHUP)"
+                )),
+                _ => docker_error(&format!("create a container from image `{image}`"), e),
+            })?;
         let removal = Removal {
             docker,
             id: Some(created.id.clone()),
@@ -1338,6 +1391,7 @@ mod tests {
                 Ok("/run/secureclaw/empty".into()),
             )],
             read_only: Vec::new(),
+            runtime: None,
         };
         let spec = ExecSpec::shell("true", "/tmp".into());
         let profile = "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}";
@@ -1353,6 +1407,29 @@ mod tests {
         let good = as_inspected(body.host_config.clone().unwrap());
         let (_, missing) = layers_from_inspect(&good, &expected, profile);
         assert!(missing.is_empty(), "{missing:?}");
+
+        // DOCKER_RUNTIME=runsc asked for and the daemon running the container under runc.
+        let under_gvisor = Expected {
+            runtime: Some("runsc".into()),
+            ..expected_like(&expected)
+        };
+        let body_runsc = container_body(&spec, Path::new("/tmp"), "img", &under_gvisor, profile);
+        assert_eq!(
+            body_runsc.host_config.as_ref().unwrap().runtime.as_deref(),
+            Some("runsc")
+        );
+        let (layers, missing) = layers_from_inspect(
+            &as_inspected(body_runsc.host_config.clone().unwrap()),
+            &under_gvisor,
+            profile,
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+        assert!(layers.iter().any(|l| l.name == "runtime" && l.active));
+        let mut hc = body_runsc.host_config.clone().unwrap();
+        hc.runtime = Some("runc".into());
+        let (_, missing) = layers_from_inspect(&as_inspected(hc), &under_gvisor, profile);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].starts_with("runtime:"), "{missing:?}");
 
         // Another default-deny profile is not ours (it could allow ptrace): refused too.
         let mut hc = body.host_config.clone().unwrap();
@@ -1444,6 +1521,7 @@ mod tests {
             idmapped: e.idmapped,
             masked: e.masked.clone(),
             read_only: e.read_only.clone(),
+            runtime: e.runtime.clone(),
         }
     }
 

@@ -60,8 +60,15 @@ fn bind(source: &Path, target: &str, options: &[&str]) -> Value {
 /// directory or file, a symlink recreated in the root for a symlink (merged-`/usr` systems link
 /// `/bin` to `usr/bin`).
 enum HostEntry {
-    Bind { host: PathBuf, target: String, dir: bool },
-    Link { target: String, points_to: PathBuf },
+    Bind {
+        host: PathBuf,
+        target: String,
+        dir: bool,
+    },
+    Link {
+        target: String,
+        points_to: PathBuf,
+    },
 }
 
 fn host_entries() -> Vec<HostEntry> {
@@ -119,7 +126,11 @@ pub(crate) fn config(spec: &BundleSpec) -> Value {
         ));
     }
     for (target, cover) in &spec.masked {
-        mounts.push(bind(cover, target, &["bind", "ro", "nosuid", "nodev", "noexec"]));
+        mounts.push(bind(
+            cover,
+            target,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        ));
     }
     let mut linux = json!({
         "namespaces": [
@@ -260,7 +271,13 @@ mod tests {
         let p = &c["process"];
         assert_eq!(p["user"]["uid"], 1000);
         assert_eq!(p["noNewPrivileges"], true);
-        for set in ["bounding", "effective", "inheritable", "permitted", "ambient"] {
+        for set in [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ] {
             assert_eq!(p["capabilities"][set], json!([]), "{set}");
         }
         let nproc = p["rlimits"]

@@ -96,8 +96,7 @@ impl GvisorSandbox {
                 runsc.display()
             )));
         }
-        let platform =
-            std::env::var(PLATFORM_VAR).unwrap_or_else(|_| DEFAULT_PLATFORM.to_string());
+        let platform = std::env::var(PLATFORM_VAR).unwrap_or_else(|_| DEFAULT_PLATFORM.to_string());
         Self::with(runsc, &platform)
     }
 
@@ -345,7 +344,13 @@ impl Sandbox for GvisorSandbox {
         std::fs::create_dir(&bundle_dir)?;
         bundle::write(&bundle_dir, &bundle_spec)?;
 
-        layers.extend(contract_layers(self, spec, plan.user, git_read_only, &masked));
+        layers.extend(contract_layers(
+            self,
+            spec,
+            plan.user,
+            git_read_only,
+            &masked,
+        ));
         if !missing.is_empty() && !spec.allow_degraded {
             return Err(SandboxError::degraded(NAME, missing, layers));
         }
@@ -372,8 +377,14 @@ impl Sandbox for GvisorSandbox {
                 source,
             })?;
         let cap = spec.limits.output_cap;
-        let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s, cap)));
-        let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s, cap)));
+        let out = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_capped(s, cap)));
 
         let ended = {
             let deadline = tokio::time::sleep(spec.limits.timeout);
