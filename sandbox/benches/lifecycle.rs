@@ -1,6 +1,8 @@
 //! Container lifecycle of the docker backend (bollard: create → inspect → attach → start →
 //! wait → remove, full hardening) for `true`, side by side with the `docker run --rm` CLI with
-//! the same hardening and with the native backend, in the same run.
+//! the same hardening, the native backend and the gvisor backend (runsc), in the same run; and
+//! the docker backend under the daemon's `runsc` runtime where it has one
+//! (`scripts/docker-register-runsc.sh`).
 //!
 //! `cargo bench -p secureclaw-sandbox --bench lifecycle` (env: `BENCH_RUNS`, default 100).
 //! Needs the Docker daemon; the image is built offline first (same code as
@@ -11,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secureclaw_sandbox::docker::{DockerSandbox, ImageRecipe, build_image, profile};
-use secureclaw_sandbox::{ExecSpec, NativeSandbox, Sandbox};
+use secureclaw_sandbox::{ExecSpec, GvisorSandbox, NativeSandbox, Sandbox};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -46,6 +48,14 @@ fn main() {
     };
 
     let docker_sb = DockerSandbox::with_default_image(image.clone());
+    let gvisor = GvisorSandbox::new().unwrap();
+    let has_runsc = rt.block_on(async {
+        let info = DockerSandbox::docker().await.unwrap().info().await.unwrap();
+        info.runtimes.is_some_and(|r| r.contains_key("runsc"))
+    });
+    let docker_runsc = has_runsc.then(|| {
+        DockerSandbox::with_default_image(image.clone()).with_runtime(Some("runsc".into()))
+    });
     let native = NativeSandbox::with_helper(env!("CARGO_BIN_EXE_secureclaw-sandbox-helper").into());
     // Warm up both (first daemon contact, first helper exec).
     rt.block_on(async {
@@ -56,6 +66,11 @@ fn main() {
                 .unwrap();
             assert!(o.exit.success() && o.enforcement.missing.is_empty());
             native.run(&spec, CancellationToken::new()).await.unwrap();
+            let o = gvisor.run(&spec, CancellationToken::new()).await.unwrap();
+            assert!(o.exit.success() && o.enforcement.missing.is_empty());
+            if let Some(d) = &docker_runsc {
+                d.run(&spec, CancellationToken::new()).await.unwrap();
+            }
         }
     });
 
@@ -106,6 +121,7 @@ fn main() {
 
     // Interleave the three so load changes hit them alike.
     let (mut bollard_t, mut cli_t, mut native_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gvisor_t, mut docker_runsc_t) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let t = Instant::now();
         let o = rt
@@ -127,14 +143,35 @@ fn main() {
         if let Some(trace) = &o.trace {
             eprintln!("{trace}");
         }
+        let t = Instant::now();
+        let o = rt
+            .block_on(gvisor.run(&spec, CancellationToken::new()))
+            .unwrap();
+        gvisor_t.push(t.elapsed());
+        assert!(o.exit.success());
+        if let Some(d) = &docker_runsc {
+            let t = Instant::now();
+            let o = rt.block_on(d.run(&spec, CancellationToken::new())).unwrap();
+            docker_runsc_t.push(t.elapsed());
+            assert!(o.exit.success());
+        }
     }
     println!("runs: {runs} each, `true`, full hardening (median / p95)");
-    println!("| docker backend (bollard) | docker run --rm (CLI) | native backend |");
-    println!("|---|---|---|");
     println!(
-        "| {} | {} | {} |",
+        "| docker backend (bollard) | docker run --rm (CLI) | native backend | gvisor backend ({}) | docker backend, runtime runsc |",
+        gvisor.platform()
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} |",
         stats(bollard_t),
         stats(cli_t),
-        stats(native_t)
+        stats(native_t),
+        stats(gvisor_t),
+        if docker_runsc_t.is_empty() {
+            "(the daemon has no runsc runtime)".to_string()
+        } else {
+            stats(docker_runsc_t)
+        }
     );
 }

@@ -1,5 +1,5 @@
 //! The escape battery (`tests/escape/cases.rs`) run through the `Sandbox` trait: every attack
-//! must be refused on `native` and on `docker` the way its case declares, and the same attacks
+//! must be refused on `native`, `docker` and `gvisor` the way its case declares, and the same attacks
 //! must succeed on `host` (they are real).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -188,6 +188,15 @@ async fn docker_stops_every_attack() {
         return;
     }
     let sb = DockerSandbox::with_default_image(escape_image().await);
+    assert_stops_every_attack(&sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_stops_every_attack() {
+    if docker_skip::skip_without_gvisor() {
+        return;
+    }
+    let sb = secureclaw_sandbox::GvisorSandbox::new().unwrap();
     assert_stops_every_attack(&sb).await;
 }
 
