@@ -3,7 +3,8 @@
 //! - the shipped cascade (n-gram model, then the fine-tuned MiniLM-L6 classifier for what it does
 //!   not dismiss) on 256-token windows: of benign prose (the project's docs, cut into windows),
 //!   of the held-out test split's texts run together (about half attacks), and one window of
-//!   plain prose; target p50 < 15 ms per window;
+//!   plain prose; target p50 < 15 ms per window; and the same windows with every pair of
+//!   sentences read (the cascade without its pair bound);
 //! - the classifier alone on one full 256-token window and one 130-token unit;
 //! - the lexical model alone on one 256-token window;
 //! - the embedding layer (all-MiniLM-L6-v2 + logistic head, the previous default) for comparison:
@@ -215,6 +216,25 @@ fn cascade_benches(embedder: &Embedder) {
     };
     per_window("cascade_per_256_token_window_docs", &doc_windows);
     per_window("cascade_per_256_token_window_test_split", &mixed_windows);
+    // The same windows with every pair of sentences read (the cascade before PAIR_BOUND).
+    let every_pair = |name: &str, windows: &[String]| {
+        let normalized: Vec<_> = windows.iter().map(|w| normalize(w)).collect();
+        let mut i = 0;
+        percentiles(name, normalized.len().max(1), || {
+            let k = i % windows.len();
+            i += 1;
+            black_box(
+                cascade
+                    .unit_scores_with(&normalized[k].text, lexical.dismiss_below(), 0.0)
+                    .unwrap(),
+            );
+        });
+    };
+    every_pair("cascade_every_pair_per_256_token_window_docs", &doc_windows);
+    every_pair(
+        "cascade_every_pair_per_256_token_window_test_split",
+        &mixed_windows,
+    );
     let n_prose = normalize(&prose);
     percentiles("cascade_one_256_token_window_prose", 200, || {
         black_box(cascade.scan(&prose, black_box(&n_prose)));

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::classifier::InjectionClassifier;
+use crate::classifier::{InjectionClassifier, WindowProbability};
 use crate::detect::{DetectorLayer, Finding, escape_invisible, excerpt};
 use crate::lexical::{LexicalModel, probability};
 use crate::models::ModelError;
@@ -19,6 +19,13 @@ use crate::units::{hidden_texts, learned_score, prefix, truncation_finding};
 /// The layer embeds at most this much of a normalised text; past it a `semantic-truncated`
 /// finding with score 0 says so (the other layers read everything).
 pub const MAX_SCAN_BYTES: usize = 32 * 1024;
+
+/// A pair of adjacent sentences goes to the transformer only when one of its two sentences
+/// scored at least this on its own (a sentence the n-gram model dismissed counts as 0). Pairs
+/// are two thirds of the tokens of a long text; an instruction split over two sentences leaves
+/// a trace in at least one of them, and on benign prose neither sentence comes near this.
+/// Chosen on the validation split (docs/llm.md, "Cost").
+pub const PAIR_BOUND: f32 = 0.05;
 
 /// One scored unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,25 +81,74 @@ impl CascadeLayer {
         text: &str,
         dismiss_below: f32,
     ) -> Result<Vec<UnitScore>, ModelError> {
+        self.unit_scores_with(text, dismiss_below, PAIR_BOUND)
+    }
+
+    /// [`Self::unit_scores`] with the pair bound given ([`PAIR_BOUND`]; 0 scores every pair).
+    pub fn unit_scores_with(
+        &self,
+        text: &str,
+        dismiss_below: f32,
+        pair_bound: f32,
+    ) -> Result<Vec<UnitScore>, ModelError> {
         let units = self.lexical.units(text);
-        let asked: Vec<Range<usize>> = units
+        let sentences = crate::units::sentences(text);
+        // A pair spans more than one sentence; the whole of a short text is not a pair.
+        let covered = |span: &Range<usize>| {
+            sentences
+                .iter()
+                .filter(|s| s.start >= span.start && s.end <= span.end)
+                .count()
+        };
+        let is_pair: Vec<bool> = units
             .iter()
-            .filter(|(_, l)| *l >= dismiss_below)
-            .map(|(r, _)| r.clone())
+            .map(|(span, _)| units.len() > 1 && covered(span) > 1)
             .collect();
-        let mut probs = self.classifier.classify_spans(text, &asked)?.into_iter();
+        // First the sentences (and whole texts) the n-gram model does not dismiss.
+        let first: Vec<usize> = (0..units.len())
+            .filter(|&i| !is_pair[i] && units[i].1 >= dismiss_below)
+            .collect();
+        let spans: Vec<Range<usize>> = first.iter().map(|&i| units[i].0.clone()).collect();
+        let mut windows: Vec<Option<Vec<WindowProbability>>> = vec![None; units.len()];
+        for (i, w) in first
+            .iter()
+            .zip(self.classifier.classify_spans(text, &spans)?)
+        {
+            windows[*i] = Some(w);
+        }
+        // Then the pairs one of whose sentences was unsure on its own.
+        let sentence_max = |span: &Range<usize>| {
+            units
+                .iter()
+                .zip(&windows)
+                .filter(|((s, _), _)| s.start >= span.start && s.end <= span.end)
+                .filter_map(|(_, w)| w.as_ref())
+                .flat_map(|w| w.iter().map(|(_, p)| *p))
+                .fold(0f32, f32::max)
+        };
+        let second: Vec<usize> = (0..units.len())
+            .filter(|&i| {
+                is_pair[i] && units[i].1 >= dismiss_below && sentence_max(&units[i].0) >= pair_bound
+            })
+            .collect();
+        let spans: Vec<Range<usize>> = second.iter().map(|&i| units[i].0.clone()).collect();
+        for (i, w) in second
+            .iter()
+            .zip(self.classifier.classify_spans(text, &spans)?)
+        {
+            windows[*i] = Some(w);
+        }
         let mut out = Vec::with_capacity(units.len());
-        for (span, lexical) in units {
-            if lexical < dismiss_below {
+        for ((span, lexical), windows) in units.into_iter().zip(windows) {
+            let Some(windows) = windows else {
                 out.push(UnitScore {
                     span,
                     lexical,
                     model: None,
                 });
                 continue;
-            }
+            };
             // A long unit comes back as several windows: each is scored on its own span.
-            let windows = probs.next().unwrap_or_default();
             if windows.is_empty() {
                 out.push(UnitScore {
                     span,
