@@ -177,6 +177,38 @@ pub(crate) fn masked_relative(
         .collect()
 }
 
+/// How a step whose init is the step itself ended, from its exit status as a container runtime
+/// reports it (docker, runsc): a signal death shows as 128+n.
+#[cfg(target_os = "linux")]
+pub(crate) fn container_exit(code: i32, oom: bool, over_budget: bool) -> ExitReason {
+    if oom {
+        ExitReason::OutOfMemory
+    } else if code == 128 + libc::SIGXFSZ || (code != 0 && over_budget) {
+        // A process killed at RLIMIT_FSIZE (the budget), or a step that failed after filling
+        // its budget (a step that is pid 1 gets EFBIG instead of SIGXFSZ).
+        ExitReason::DiskBudget
+    } else if code > 128 && code < 128 + 65 {
+        ExitReason::Signaled { signal: code - 128 }
+    } else if over_budget {
+        ExitReason::DiskBudget
+    } else {
+        ExitReason::Exited { code }
+    }
+}
+
+/// The step's environment as `KEY=value` lines, with `PATH` and `HOME` (`/tmp`) when it sets
+/// none, for backends that start the step through a runtime.
+#[cfg(target_os = "linux")]
+pub(crate) fn step_env(spec: &ExecSpec) -> Vec<String> {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for (k, v) in [("PATH", DEFAULT_PATH), ("HOME", "/tmp")] {
+        if !spec.env.contains_key(k) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    env
+}
+
 /// Every backend refuses an empty command the same way.
 pub(crate) fn require_argv(spec: &ExecSpec) -> Result<(), SandboxError> {
     if spec.argv.is_empty() {
@@ -186,4 +218,43 @@ pub(crate) fn require_argv(spec: &ExecSpec) -> Result<(), SandboxError> {
         });
     }
     Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtimes_exit_status_says_how_the_step_ended() {
+        assert_eq!(
+            container_exit(0, false, false),
+            ExitReason::Exited { code: 0 }
+        );
+        assert_eq!(
+            container_exit(3, false, false),
+            ExitReason::Exited { code: 3 }
+        );
+        assert_eq!(
+            container_exit(137, false, false),
+            ExitReason::Signaled { signal: 9 }
+        );
+        // The memory cgroup's OOM counter outranks the SIGKILL it caused.
+        assert_eq!(container_exit(137, true, false), ExitReason::OutOfMemory);
+        assert_eq!(
+            container_exit(128 + libc::SIGXFSZ, false, false),
+            ExitReason::DiskBudget
+        );
+        assert_eq!(container_exit(1, false, true), ExitReason::DiskBudget);
+        assert_eq!(container_exit(0, false, true), ExitReason::DiskBudget);
+    }
+
+    #[test]
+    fn a_steps_environment_gets_path_and_home_only_where_it_sets_none() {
+        let mut spec = ExecSpec::shell("true", "/tmp".into());
+        assert!(step_env(&spec).contains(&format!("PATH={DEFAULT_PATH}")));
+        spec.env.insert("HOME".into(), "/workspace".into());
+        let env = step_env(&spec);
+        assert!(env.contains(&"HOME=/workspace".to_string()));
+        assert!(!env.contains(&"HOME=/tmp".to_string()));
+    }
 }

@@ -436,12 +436,7 @@ fn container_body(
     expected: &Expected,
     profile: &str,
 ) -> ContainerCreateBody {
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    for (k, v) in [("PATH", crate::DEFAULT_PATH), ("HOME", "/tmp")] {
-        if !spec.env.contains_key(k) {
-            env.push(format!("{k}={v}"));
-        }
-    }
+    let env = crate::step_env(spec);
     let source = &expected.workspace_source;
     let mut mounts = vec![bind(source, "/workspace", false)];
     if workspace.join(".git").is_dir() {
@@ -1018,22 +1013,7 @@ impl DockerSandbox {
         let over_budget = disk.as_ref().is_some_and(|d| d.exceeded());
         let exit = match ended {
             Ended::Exited(code) => {
-                let code = i32::try_from(code).unwrap_or(-1);
-                if oom {
-                    ExitReason::OutOfMemory
-                } else if code == 128 + libc::SIGXFSZ || (code != 0 && over_budget) {
-                    // A process killed at RLIMIT_FSIZE (the budget), or a step that failed
-                    // after filling its budget (a step that is pid 1 gets EFBIG instead of
-                    // SIGXFSZ).
-                    ExitReason::DiskBudget
-                } else if code > 128 && code < 128 + 65 {
-                    // The container's init is the step itself: a signal death shows as 128+n.
-                    ExitReason::Signaled { signal: code - 128 }
-                } else if over_budget {
-                    ExitReason::DiskBudget
-                } else {
-                    ExitReason::Exited { code }
-                }
+                crate::container_exit(i32::try_from(code).unwrap_or(-1), oom, over_budget)
             }
             Ended::DiskBudget => ExitReason::DiskBudget,
             Ended::TimedOut => ExitReason::TimedOut,

@@ -317,12 +317,7 @@ impl Sandbox for GvisorSandbox {
                 }
             })
             .collect::<Vec<_>>();
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for (k, v) in [("PATH", crate::DEFAULT_PATH), ("HOME", "/tmp")] {
-            if !spec.env.contains_key(k) {
-                env.push(format!("{k}={v}"));
-            }
-        }
+        let env = crate::step_env(spec);
         let git_read_only = workspace.join(".git").is_dir();
         let bundle_spec = bundle::BundleSpec {
             argv: spec.argv.clone(),
@@ -429,15 +424,7 @@ impl Sandbox for GvisorSandbox {
                 {
                     return Err(unavailable(format!("runsc failed: {message}")));
                 }
-                if oom {
-                    ExitReason::OutOfMemory
-                } else if code == 128 + libc::SIGXFSZ || (code != 0 && over_budget) {
-                    ExitReason::DiskBudget
-                } else if code > 128 && code < 128 + 65 {
-                    ExitReason::Signaled { signal: code - 128 }
-                } else {
-                    ExitReason::Exited { code }
-                }
+                crate::container_exit(code, oom, over_budget)
             }
             Ended::TimedOut => ExitReason::TimedOut,
             Ended::Cancelled => ExitReason::Cancelled,
