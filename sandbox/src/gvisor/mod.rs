@@ -47,10 +47,17 @@ pub const PLATFORM_VAR: &str = "SECURECLAW_GVISOR_PLATFORM";
 pub const DEFAULT_PLATFORM: &str = "ptrace";
 pub const PLATFORMS: &[&str] = &["ptrace", "systrap", "kvm"];
 
-/// Host tasks the runtime itself needs (the Sentry's and the gofer's threads, a stub process per
-/// guest address space on `ptrace`), on top of the step's own process limit. The host cgroup's
-/// pids limit is only a backstop; the step's limit is enforced inside gVisor.
-const RUNTIME_TASKS: u32 = 256;
+/// The host cgroup's pids limit is only a backstop (the step's own limit is `RLIMIT_NPROC`,
+/// enforced inside gVisor): on `ptrace` every guest task is a host thread of a stub process and
+/// has a Sentry thread tracing it, and the Sentry's Go runtime starts more threads under load.
+/// A Sentry that cannot start a thread dies (`fatal error: newosproc`), so the backstop is
+/// generous: four host tasks per guest task plus this many for the runtime itself.
+const RUNTIME_TASKS: u32 = 512;
+
+/// The host pids limit of a sandbox whose step may have `pids` processes.
+fn host_pids(pids: u32) -> u32 {
+    pids.saturating_mul(4).saturating_add(RUNTIME_TASKS)
+}
 
 /// How often the write budget is sampled while a step runs.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
@@ -273,7 +280,7 @@ impl Sandbox for GvisorSandbox {
         let (layout, cgroup_missing) = cgroups();
         missing.extend(cgroup_missing.iter().cloned());
         let host_limits = Limits {
-            pids: spec.limits.pids.saturating_add(RUNTIME_TASKS),
+            pids: host_pids(spec.limits.pids),
             ..spec.limits.clone()
         };
         let guard = match cgroup::StepCgroup::create(layout, &host_limits) {
@@ -409,6 +416,8 @@ impl Sandbox for GvisorSandbox {
         }
         self.destroy(&id).await;
         let oom = guard.0.as_ref().is_some_and(|cg| cg.oom_killed());
+        // The backstop reached: the Sentry could not start a thread and died with the step.
+        let host_pids_hit = guard.0.as_ref().is_some_and(|cg| cg.pids_limited());
         drop(guard);
         let (out, err) = (collect(out).await, collect(err).await);
         let runsc_error = runsc_error(&bundle_dir.join("runsc.log"));
@@ -424,7 +433,11 @@ impl Sandbox for GvisorSandbox {
                 {
                     return Err(unavailable(format!("runsc failed: {message}")));
                 }
-                crate::container_exit(code, oom, over_budget)
+                if code != 0 && !oom && host_pids_hit {
+                    ExitReason::PidsLimit
+                } else {
+                    crate::container_exit(code, oom, over_budget)
+                }
             }
             Ended::TimedOut => ExitReason::TimedOut,
             Ended::Cancelled => ExitReason::Cancelled,
@@ -523,8 +536,9 @@ fn contract_layers(
             "pids",
             true,
             format!(
-                "RLIMIT_NPROC {} inside gVisor; the host cgroup allows {} more tasks for the runtime itself",
-                spec.limits.pids, RUNTIME_TASKS
+                "RLIMIT_NPROC {} inside gVisor; the sandbox's host cgroup allows {} tasks (the runtime's threads count there)",
+                spec.limits.pids,
+                host_pids(spec.limits.pids)
             ),
         ),
     ];
