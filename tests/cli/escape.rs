@@ -348,6 +348,98 @@ fn killed_engine_leaves_nothing_running_and_the_next_start_sweeps() {
     assert!(left.is_empty(), "not swept: {left:?}");
 }
 
+/// The engine is SIGKILLed in the middle of a gvisor step: `runsc run`, its Sentry and its gofer
+/// die with it, the step never finishes, and the next engine start deletes the bundle and the
+/// cgroup the dead engine left.
+#[test]
+fn killed_engine_takes_its_gvisor_sandbox_along_and_the_next_start_sweeps() {
+    if crate::common::docker_skip::skip_without_gvisor() {
+        return;
+    }
+    let env = setup();
+    let case = &CASES[0];
+    let file = env.base.join("slow.yaml");
+    let script = "touch started; sleep 4; touch survived";
+    std::fs::write(&file, workflow("slow", "gvisor", case, script, "")).unwrap();
+    let mut engine = secureclaw(&env, &file, "gvisor", Some(&env.state))
+        .spawn()
+        .unwrap();
+    let pid = engine.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !env.ws.join("started").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.ws.join("started").exists(), "the step never started");
+    assert!(
+        !gvisor_processes_of(pid).is_empty(),
+        "no runsc process of engine {pid} while its step runs"
+    );
+    let killed = Instant::now();
+    engine.kill().unwrap();
+    let _ = engine.wait();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !gvisor_processes_of(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gvisor_processes_of(pid),
+        Vec::<String>::new(),
+        "the sandbox outlived the killed engine"
+    );
+    // Past the step's own end: it never got there.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed()));
+    assert!(
+        !env.ws.join("survived").exists(),
+        "the step outlived the killed engine"
+    );
+    let bundles = || -> Vec<String> {
+        std::fs::read_dir("/run/secureclaw/gvisor/bundles")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("secureclaw-{pid}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !bundles().is_empty(),
+        "the killed engine left no bundle to sweep"
+    );
+    let quick = env.base.join("quick.yaml");
+    std::fs::write(&quick, workflow("quick", "native", case, "true", "")).unwrap();
+    let out = secureclaw(&env, &quick, "native", Some(&env.state))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bundles().is_empty(), "not swept: {:?}", bundles());
+    let left: Vec<_> = step_cgroups_of(pid)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "not swept: {left:?}");
+}
+
+/// Host processes of gVisor sandboxes an engine started (runsc and its Sentry and gofer name
+/// the sandbox id, which starts with the engine's pid).
+fn gvisor_processes_of(engine: u32) -> Vec<String> {
+    let id = format!("secureclaw-{engine}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&id).then_some(cmdline)
+        })
+        .collect()
+}
+
 /// Host processes running the killed-engine case's `sleep 3.217`.
 fn step_sleepers() -> usize {
     std::fs::read_dir("/proc")

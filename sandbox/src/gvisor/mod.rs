@@ -13,6 +13,8 @@
 //! cancellation or the write budget the sandbox is killed and deleted; the OOM counter of the
 //! cgroup says whether memory ended it.
 
+#![allow(unsafe_code)] // one prctl between fork and exec (parent-death signal); its block says why it is sound
+
 mod bundle;
 
 use std::path::{Path, PathBuf};
@@ -358,8 +360,23 @@ impl Sandbox for GvisorSandbox {
         }
 
         let disk = crate::budget::DiskWatch::start(&workspace, spec.limits.disk_bytes).ok();
-        let mut child = self
-            .runsc()
+        let mut command = self.runsc();
+        // The sandbox dies with the engine: `runsc run` gets SIGKILL when the thread that
+        // started it ends (a runtime worker thread, which lives as long as the engine), and
+        // runsc's own sandbox and gofer processes die with it. A killed engine's bundle and
+        // cgroup are then swept at the next start.
+        // SAFETY: between fork and exec only prctl runs, which is async-signal-safe and
+        // touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command
             .arg(format!("--platform={}", self.platform))
             .arg("--network=none")
             .arg("--oci-seccomp")
