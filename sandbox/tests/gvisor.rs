@@ -66,6 +66,7 @@ async fn a_step_runs_on_gvisors_kernel_unprivileged_and_writes_only_the_workspac
         dmesg >/dev/null 2>&1 && echo "syslog: allowed" || echo "syslog: refused"
         echo "uid: $(id -u)"
         grep CapEff /proc/self/status
+        grep Seccomp: /proc/self/status
         touch /usr/planted 2>/dev/null && echo "root: writable" || echo "root: read-only"
         echo x > /etc/planted 2>/dev/null && echo "etc: writable" || echo "etc: read-only"
         cp /bin/true /tmp/t && /tmp/t 2>/dev/null && echo "tmp: exec" || echo "tmp: noexec"
@@ -86,6 +87,7 @@ async fn a_step_runs_on_gvisors_kernel_unprivileged_and_writes_only_the_workspac
     assert!(out.contains("syslog: refused"), "{out}");
     assert!(out.contains("uid: 1000"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
     for expected in ["root: read-only", "etc: read-only", "tmp: noexec"] {
         assert!(out.contains(expected), "{expected}\n{out}");
     }
