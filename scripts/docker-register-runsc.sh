@@ -39,7 +39,8 @@ if [ -z "$pid" ]; then
 fi
 kill -HUP $pid
 for _ in $(seq 1 20); do
-  if docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; then
+  runtimes="$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)"
+  if [[ "$runtimes" == *'"runsc"'* ]]; then
     echo "docker-register-runsc: the daemon runs step containers under runsc --platform=$platform with DOCKER_RUNTIME=runsc"
     exit 0
   fi
