@@ -374,6 +374,22 @@ fn killed_engine_takes_its_gvisor_sandbox_along_and_the_next_start_sweeps() {
         !gvisor_processes_of(pid).is_empty(),
         "no runsc process of engine {pid} while its step runs"
     );
+    // What the sweep must remove (checked now: once the engine is dead, any other test's
+    // engine starting in parallel may sweep it first).
+    let bundles = || -> Vec<String> {
+        std::fs::read_dir("/run/secureclaw/gvisor/bundles")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("secureclaw-{pid}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !bundles().is_empty(),
+        "no bundle of engine {pid} while its step runs"
+    );
     let killed = Instant::now();
     engine.kill().unwrap();
     let _ = engine.wait();
@@ -391,20 +407,6 @@ fn killed_engine_takes_its_gvisor_sandbox_along_and_the_next_start_sweeps() {
     assert!(
         !env.ws.join("survived").exists(),
         "the step outlived the killed engine"
-    );
-    let bundles = || -> Vec<String> {
-        std::fs::read_dir("/run/secureclaw/gvisor/bundles")
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("secureclaw-{pid}-")))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    assert!(
-        !bundles().is_empty(),
-        "the killed engine left no bundle to sweep"
     );
     let quick = env.base.join("quick.yaml");
     std::fs::write(&quick, workflow("quick", "native", case, "true", "")).unwrap();
