@@ -22,7 +22,7 @@ use secureclaw_engine::record::RunState;
 use secureclaw_engine::session::{PassphraseSource, RevertOptions, RunRequest, Session};
 use secureclaw_engine::validate::validate_bytes;
 use secureclaw_server::dispatch::QueuedRun;
-use secureclaw_store_pg::{Claimed, Queue};
+use secureclaw_store_pg::{Claimed, Expired, LeaseKeeper, Queue};
 
 use crate::exit;
 
@@ -64,6 +64,9 @@ struct Worker {
 
 /// How often a worker looks for runs of its own to roll back.
 const RECOVER_EVERY: Duration = Duration::from_secs(5);
+/// The least time a job whose lease lapsed stays with the node that expired it before another
+/// node records its run interrupted in its place (at least one lease).
+const MIN_RECORD_WAIT: Duration = Duration::from_secs(5);
 /// Attempts at rolling a run back before the worker leaves it to an operator.
 const ROLLBACK_TRIES: u8 = 5;
 
@@ -145,10 +148,12 @@ impl Worker {
                     }
                 };
                 claimed_any = true;
+                // From the claim on, before anything else: a slow start must not cost the lease.
+                let lease = self.queue.keep_lease(&job, self.lease);
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (me, freed, running) = (self.clone(), freed.clone(), running.clone());
                 tokio::spawn(async move {
-                    me.execute(job).await;
+                    me.execute(job, lease).await;
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     freed.notify_one();
                 });
@@ -170,51 +175,70 @@ impl Worker {
         Ok(())
     }
 
-    /// Marks the runs whose workers' leases lapsed interrupted.
+    /// Marks the runs whose workers' leases lapsed interrupted: those this node just expired,
+    /// and those another node expired but did not get to record (it failed or died between
+    /// the two writes).
     async fn expire_others(&self) {
-        let expired = match self.queue.expire_leases().await {
+        let mut expired = match self.queue.expire_leases().await {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("{} expiring leases: {e}", style("worker").yellow());
-                return;
+                Vec::new()
             }
         };
+        match self.queue.unrecorded(self.lease.max(MIN_RECORD_WAIT)).await {
+            Ok(left) => {
+                let left: Vec<_> = left.into_iter().filter(|l| !expired.contains(l)).collect();
+                expired.extend(left);
+            }
+            Err(e) => eprintln!("{} listing unrecorded jobs: {e}", style("worker").yellow()),
+        }
         for job in expired {
-            let Ok(run) = serde_json::from_slice::<QueuedRun>(&job.payload) else {
-                continue;
+            let recorded = match serde_json::from_slice::<QueuedRun>(&job.payload) {
+                Ok(run) => self.record_interrupted(&job, &run).await,
+                // Nothing to record: no run can come of it.
+                Err(_) => true,
             };
-            // No record: its worker lost the lease before the run's start was stored, and no
-            // step runs before that. It is not run elsewhere: that worker may still store the
-            // start late (then it finds its lease gone and cancels), and a step must not run on
-            // two workers.
-            if let Ok(None) = self.session.run_record(&run.run_id) {
-                let name =
-                    validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
-                        .map(|w| w.workflow.name.clone())
-                        .unwrap_or_default();
-                match self
-                    .session
-                    .mark_lost_before_start(&run.run_id, &name, &job.owner)
-                {
-                    Ok(true) => {
-                        eprintln!(
-                            "{} run {} of {} interrupted before it started: its lease lapsed",
-                            style("worker").yellow(),
-                            run.run_id,
-                            job.owner
-                        );
-                        continue;
-                    }
-                    // Its start was stored in between (before the lease was taken away).
-                    Ok(false) => {}
-                    Err(e) => {
-                        eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
-                        continue;
-                    }
+            if recorded && let Err(e) = self.queue.recorded(job.id).await {
+                eprintln!("{} noting job {}: {e}", style("worker").yellow(), job.id);
+            }
+        }
+    }
+
+    /// Records the run of `job`, whose lease lapsed, interrupted; false when that failed (the
+    /// job stays unrecorded, and the next pass of any node tries again).
+    async fn record_interrupted(&self, job: &Expired, run: &QueuedRun) -> bool {
+        // No record: its worker lost the lease before the run's start was stored, and no step
+        // runs before that. It is not run elsewhere: that worker may still be starting it
+        // (its late start is refused, which stops it), and a step must not run on two workers.
+        if let Ok(None) = self.session.run_record(&run.run_id) {
+            let name = validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
+                .map(|w| w.workflow.name.clone())
+                .unwrap_or_default();
+            match self
+                .session
+                .mark_lost_before_start(&run.run_id, &name, &job.owner)
+            {
+                Ok(true) => {
+                    eprintln!(
+                        "{} run {} of {} interrupted before it started: its lease lapsed",
+                        style("worker").yellow(),
+                        run.run_id,
+                        job.owner
+                    );
+                    return true;
+                }
+                // Its start was stored in between (before the lease was taken away).
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
+                    return false;
                 }
             }
-            match self.session.mark_lease_lost(&run.run_id, &job.owner) {
-                Ok(Some(steps)) => eprintln!(
+        }
+        match self.session.mark_lease_lost(&run.run_id, &job.owner) {
+            Ok(Some(steps)) => {
+                eprintln!(
                     "{} run {} of {} interrupted: its lease lapsed (in flight: {})",
                     style("worker").yellow(),
                     run.run_id,
@@ -224,15 +248,25 @@ impl Worker {
                     } else {
                         steps.join(", ")
                     }
-                ),
-                // The run ended before its lease lapsed (its worker was cut off before
-                // finishing the job): the job ends as the run did.
-                Ok(None) => {
-                    if let Err(e) = self.queue.settle_interrupted(job.id).await {
-                        eprintln!("{} settling job {}: {e}", style("worker").yellow(), job.id);
-                    }
+                );
+                true
+            }
+            // Already interrupted (a pass that did not get to note it), or it ended before its
+            // lease lapsed (its worker was cut off before finishing the job): then the job
+            // ends as the run did.
+            Ok(None) => {
+                let ended = matches!(
+                    self.session.run_record(&run.run_id),
+                    Ok(Some(r)) if r.state != RunState::Interrupted && r.state != RunState::Running
+                );
+                if ended && let Err(e) = self.queue.settle_interrupted(job.id).await {
+                    eprintln!("{} settling job {}: {e}", style("worker").yellow(), job.id);
                 }
-                Err(e) => eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id),
+                true
+            }
+            Err(e) => {
+                eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
+                false
             }
         }
     }
@@ -313,9 +347,9 @@ impl Worker {
         }
     }
 
-    /// Runs one claimed job to its end, renewing the lease; finishes the job unless the lease
-    /// was lost.
-    async fn execute(&self, job: Claimed) {
+    /// Runs one claimed job to its end under `lease` (renewed since the claim); finishes the
+    /// job unless the lease was lost.
+    async fn execute(self: Arc<Self>, job: Claimed, lease: LeaseKeeper) {
         let run: QueuedRun = match serde_json::from_slice(&job.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -328,8 +362,15 @@ impl Worker {
                 return;
             }
         };
-        match self.start(&job, &run) {
-            Ok(handle) => self.follow(&job, &run, handle).await,
+        // Starting saves the run's first record and makes its workspace: blocking work, kept
+        // off the threads that run the steps.
+        let me = self.clone();
+        let (claimed, queued) = (job.clone(), run.clone());
+        let started = tokio::task::spawn_blocking(move || me.start(&claimed, &queued))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("starting the run: {e}")));
+        match started {
+            Ok(handle) => self.follow(&job, &run, handle, &lease).await,
             Err(e) => {
                 eprintln!("{} run {}: {e}", style("worker").red(), run.run_id);
                 let _ = self.queue.finish(job.id).await;
@@ -370,37 +411,18 @@ impl Worker {
         job: &Claimed,
         run: &QueuedRun,
         handle: secureclaw_engine::session::RunHandle,
+        lease: &LeaseKeeper,
     ) {
         let cancel = handle.cancel_token();
         let mut done = std::pin::pin!(handle.wait());
-        let beat = self.lease / 3;
-        let mut confirmed = Instant::now();
-        let mut lost = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut done => break r,
-                () = tokio::time::sleep(beat) => {}
-            }
-            // Bounded by the beat: a database out of reach must not hold the worker past its
-            // lease in the pool's connect timeout.
-            let renewed = tokio::time::timeout(beat, self.queue.heartbeat(job.id, self.lease))
-                .await
-                .unwrap_or(Err(secureclaw_store_pg::PgError::Timeout(beat)));
-            match renewed {
-                Ok(Ok(())) => confirmed = Instant::now(),
-                Ok(Err(_lost)) => {
-                    lost = true;
-                    cancel.cancel();
-                }
-                // The database is out of reach: past a whole lease another node may already
-                // have marked the run interrupted, so stop it by this worker's own clock.
-                Err(_) if confirmed.elapsed() >= self.lease => {
-                    lost = true;
-                    cancel.cancel();
-                }
-                Err(_) => {}
+        let result = tokio::select! {
+            r = &mut done => r,
+            () = lease.lost() => {
+                cancel.cancel();
+                done.await
             }
         };
+        let lost = lease.is_lost();
         match &result {
             Ok(rec) => eprintln!(
                 "{} run {} {}",

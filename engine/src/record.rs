@@ -647,8 +647,8 @@ impl RunStore {
 impl RunStore {
     /// On a shared store: records `run_id` interrupted when `node` lost the lease on it before
     /// the run's start was stored (no step runs before that), so its task ends. Nothing when a
-    /// record exists; a start stored late by that node replaces this record, and then the
-    /// node, which has lost the lease, cancels the run.
+    /// record exists. That node's late start carries the lapsed lease and is refused, which
+    /// stops its run before any step.
     pub fn mark_lost_before_start(
         &self,
         run_id: &str,
@@ -685,17 +685,16 @@ impl RunStore {
             provenance: None,
             started_by: None,
         };
-        self.record(
-            self.entry(kind::RUN_FINISHED)
-                .run(run_id.to_string())
-                .result(serde_json::json!({
-                    "state": "interrupted",
-                    "lease_lost_by": node,
-                    "in_flight": [],
-                    "started": false,
-                })),
-        );
-        self.save(&rec)?;
+        let finished = self
+            .entry(kind::RUN_FINISHED)
+            .run(run_id.to_string())
+            .result(serde_json::json!({
+                "state": "interrupted",
+                "lease_lost_by": node,
+                "in_flight": [],
+                "started": false,
+            }));
+        self.save_for_cluster(&rec, vec![finished])?;
         Ok(true)
     }
 
@@ -719,8 +718,8 @@ impl RunStore {
             &mut rec,
             &format!("node {node} lost its lease on this run (it stopped or was cut off)"),
         );
-        self.record_steps_interrupted(&rec, &running);
-        self.record(
+        let mut entries = self.steps_interrupted(&rec, &running);
+        entries.push(
             self.entry(kind::RUN_FINISHED)
                 .run(rec.run_id.clone())
                 .result(serde_json::json!({
@@ -729,18 +728,41 @@ impl RunStore {
                     "in_flight": in_flight,
                 })),
         );
-        self.save(&rec)?;
+        self.save_for_cluster(&rec, entries)?;
         Ok(Some(in_flight))
+    }
+
+    /// Saves what the cluster records about a run whose lease lapsed, with `entries` and under
+    /// no lease: the node marking it may be the one that lost the lease (its own lease would
+    /// refuse the mark, and the run would stay `running` with no node left to end it). The
+    /// run's own queued entries stay for its next save, which its lost lease refuses.
+    fn save_for_cluster(&self, rec: &RunRecord, entries: Vec<NewEntry>) -> Result<(), StoreError> {
+        let mut batch = Batch {
+            entries,
+            lease: None,
+            ..Batch::default()
+        };
+        batch.put_json(Table::Runs, rec.run_id.clone(), rec)?;
+        self.writer()?.commit_blocking(batch)?;
+        Ok(())
     }
 }
 
 impl RunStore {
-    /// Ledger entries for the steps an interruption failed (`steps`: their indexes in `rec`,
-    /// already marked): every `step_started` in the ledger is followed by its end.
+    /// Queues ledger entries for the steps an interruption failed (`steps`: their indexes in
+    /// `rec`, already marked): every `step_started` in the ledger is followed by its end.
     fn record_steps_interrupted(&self, rec: &RunRecord, steps: &[usize]) {
-        for &i in steps {
-            let step = &rec.steps[i];
-            self.record(
+        for entry in self.steps_interrupted(rec, steps) {
+            self.record(entry);
+        }
+    }
+
+    /// The ledger entries of [`RunStore::record_steps_interrupted`].
+    fn steps_interrupted(&self, rec: &RunRecord, steps: &[usize]) -> Vec<NewEntry> {
+        steps
+            .iter()
+            .map(|&i| {
+                let step = &rec.steps[i];
                 self.entry(kind::STEP_FAILED)
                     .run(rec.run_id.clone())
                     .step(step.id.clone())
@@ -749,9 +771,9 @@ impl RunStore {
                         "state": step.state,
                         "reason": step.reason,
                         "message": rec.message,
-                    })),
-            );
-        }
+                    }))
+            })
+            .collect()
     }
 }
 

@@ -23,6 +23,6 @@ mod store;
 
 pub use backend::PgBackend;
 pub use error::PgError;
-pub use queue::{Claimed, Expired, JobKind, JobState, Lost, Queue};
+pub use queue::{Claimed, Expired, JobKind, JobState, LeaseKeeper, Lost, Queue};
 pub use secureclaw_vault::LedgerSource;
 pub use store::{PgStore, SCHEMA_VERSION, is_postgres_url};

@@ -8,7 +8,7 @@
 //! rather than at their next poll.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secureclaw_vault::Vault;
 use uuid::Uuid;
@@ -63,6 +63,9 @@ impl JobState {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: Uuid,
+    /// When the claim was sent: the lease runs from the database's clock a moment later, so
+    /// a deadline counted from here is never later than the database's.
+    pub sent: Instant,
     pub kind: String,
     /// The payload as submitted (opened: the database holds it sealed).
     pub payload: Vec<u8>,
@@ -84,6 +87,35 @@ pub struct Expired {
 /// or the job finished elsewhere. The worker must stop working on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lost;
+
+/// A claimed job's lease, renewed in the background ([`Queue::keep_lease`]) until dropped.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    lost: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    /// Returns once the lease is lost; never while it is held.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        if lost.wait_for(|l| *l).await.is_err() {
+            // The heartbeats stopped without losing the lease: the store's runtime is gone,
+            // and with it every save, which then fails the run by itself.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// The queue as one worker (or server replica) sees it.
 #[derive(Clone)]
@@ -180,6 +212,7 @@ impl Queue {
     /// Claims the oldest queued job, with a lease of `lease`; `None` when none is queued.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, PgError> {
         let (store, owner) = (self.store.clone(), self.owner.clone());
+        let sent = Instant::now();
         let row: Option<(Uuid, String, Vec<u8>, i32)> = self
             .on_store(async move {
                 Ok(sqlx::query_as(
@@ -201,6 +234,7 @@ impl Queue {
         let payload = self.vault.open_shared("jobs", &id.to_string(), &sealed)?;
         Ok(Some(Claimed {
             id,
+            sent,
             kind,
             payload,
             attempts,
@@ -228,6 +262,33 @@ impl Queue {
         Ok(renewed.map(|_| ()).ok_or(Lost))
     }
 
+    /// Renews `job`'s lease every third of `lease` until the returned keeper is dropped. The
+    /// heartbeats run on the store's own runtime, so engine work that holds up the caller's
+    /// threads (a slow start, a blocking save) cannot let the lease lapse. The keeper reports
+    /// the lease lost when a heartbeat finds it taken away, or when none got through for a
+    /// whole lease (the database out of reach: another node may already have taken it).
+    pub fn keep_lease(&self, job: &Claimed, lease: Duration) -> LeaseKeeper {
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let (me, id, mut confirmed) = (self.clone(), job.id, job.sent);
+        let beat = lease / 3;
+        let task = self.store.bridge.handle().spawn(async move {
+            loop {
+                tokio::time::sleep(beat).await;
+                let sent = Instant::now();
+                // Bounded by the beat: a database out of reach must not hold the loop past
+                // the lease in the pool's connect timeout.
+                match tokio::time::timeout(beat, me.heartbeat(id, lease)).await {
+                    Ok(Ok(Ok(()))) => confirmed = sent,
+                    Ok(Ok(Err(Lost))) => break,
+                    _ if confirmed.elapsed() >= lease => break,
+                    _ => {}
+                }
+            }
+            let _ = lost_tx.send(true);
+        });
+        LeaseKeeper { lost, task }
+    }
+
     /// The token a run executed under `job`'s lease carries in its saves
     /// (`secureclaw_engine::storage::Batch::lease`): each commit checks, under a row lock, that
     /// this worker still holds the job, so a save made after the lease lapsed (a worker cut
@@ -242,7 +303,8 @@ impl Queue {
         let store = self.store.clone();
         self.on_store(async move {
             let r = sqlx::query(
-                "UPDATE sc_jobs SET state = 'done' WHERE id = $1 AND state = 'interrupted'",
+                "UPDATE sc_jobs SET state = 'done', recorded = true \
+                 WHERE id = $1 AND state = 'interrupted'",
             )
             .bind(id)
             .execute(&store.pool)
@@ -272,13 +334,16 @@ impl Queue {
     }
 
     /// Marks every job whose lease lapsed `interrupted`; returns each with the worker that held
-    /// it (whose disk holds what crash recovery needs to roll the job's step back).
+    /// it (whose disk holds what crash recovery needs to roll the job's step back). The caller
+    /// records each run interrupted, then calls [`Queue::recorded`]; what it leaves unrecorded
+    /// (it failed or died in between), [`Queue::unrecorded`] hands to the next node.
     pub async fn expire_leases(&self) -> Result<Vec<Expired>, PgError> {
         let store = self.store.clone();
         let rows: Vec<(Uuid, Option<String>, Vec<u8>)> = self
             .on_store(async move {
                 Ok(sqlx::query_as(
-                    "UPDATE sc_jobs SET state = 'interrupted', finished_at = now() \
+                    "UPDATE sc_jobs SET state = 'interrupted', finished_at = now(), \
+                     recorded = false \
                      WHERE state = 'running' AND lease_until < now() \
                      RETURNING id, owner, payload",
                 )
@@ -286,6 +351,43 @@ impl Queue {
                 .await?)
             })
             .await?;
+        self.opened(rows)
+    }
+
+    /// Interrupted jobs whose runs no node recorded interrupted although their leases lapsed
+    /// more than `after` ago: the node that expired them failed or died before it did.
+    pub async fn unrecorded(&self, after: Duration) -> Result<Vec<Expired>, PgError> {
+        let store = self.store.clone();
+        let rows: Vec<(Uuid, Option<String>, Vec<u8>)> = self
+            .on_store(async move {
+                Ok(sqlx::query_as(
+                    "SELECT id, owner, payload FROM sc_jobs \
+                     WHERE state = 'interrupted' AND NOT recorded \
+                     AND finished_at < now() - make_interval(secs => $1) \
+                     ORDER BY finished_at LIMIT 100",
+                )
+                .bind(secs(after))
+                .fetch_all(&store.pool)
+                .await?)
+            })
+            .await?;
+        self.opened(rows)
+    }
+
+    /// Notes that the run of interrupted job `id` is recorded interrupted (or had ended).
+    pub async fn recorded(&self, id: Uuid) -> Result<(), PgError> {
+        let store = self.store.clone();
+        self.on_store(async move {
+            sqlx::query("UPDATE sc_jobs SET recorded = true WHERE id = $1")
+                .bind(id)
+                .execute(&store.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn opened(&self, rows: Vec<(Uuid, Option<String>, Vec<u8>)>) -> Result<Vec<Expired>, PgError> {
         rows.into_iter()
             .map(|(id, owner, sealed)| {
                 Ok(Expired {

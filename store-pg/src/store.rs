@@ -14,7 +14,7 @@ use crate::error::PgError;
 use crate::queue::Queue;
 
 /// The schema version this build writes and reads (`sc_schema.version`).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How long the server keeps a session that stopped talking inside a transaction (a node cut
 /// off mid-commit) before ending it and releasing its locks. A commit's statements follow each

@@ -8,6 +8,7 @@ mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secureclaw_engine::record::{RunState, RunStore};
 use secureclaw_engine::storage::{Batch, StateBackend, StorageError, Table, Writer};
 use secureclaw_store_pg::{JobKind, JobState, Lost, PgError, PgStore};
 use secureclaw_vault::{KdfParams, NewEntry, Vault};
@@ -440,6 +441,127 @@ async fn a_save_under_a_lapsed_lease_is_refused_and_leaves_what_the_cluster_reco
     assert_eq!(
         other.state(job.id).await.unwrap().unwrap().0,
         JobState::Done
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_kept_from_the_claim_while_the_caller_is_blocked_and_lost_once_taken() {
+    let (url, _dir, store, vault) = first_node();
+    let worker = store.queue(vault.clone());
+    let other = store.queue(vault.clone());
+    worker.enqueue(JobKind::Run, b"run", None).await.unwrap();
+    let lease = Duration::from_millis(600);
+    let job = worker.claim(lease).await.unwrap().unwrap();
+    let keeper = worker.keep_lease(&job, lease);
+    // The caller's thread is held up for three leases (a slow start): the heartbeats run on
+    // the store's runtime, so the lease holds.
+    std::thread::sleep(lease * 3);
+    assert!(
+        other.expire_leases().await.unwrap().is_empty(),
+        "the lease lapsed while its keeper was alive"
+    );
+    assert!(!keeper.is_lost());
+    // Another node takes the job away (as expiring does): the keeper learns it at its next
+    // heartbeat.
+    psql(&url, "UPDATE sc_jobs SET state = 'interrupted'");
+    tokio::time::timeout(lease * 2, keeper.lost())
+        .await
+        .expect("the keeper did not report the lease lost");
+    assert!(keeper.is_lost());
+    // A keeper dropped stops renewing: the lease lapses.
+    psql(
+        &url,
+        "UPDATE sc_jobs SET state = 'running', lease_until = now() + interval '600 milliseconds'",
+    );
+    let keeper = worker.keep_lease(&job, lease);
+    drop(keeper);
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(other.expire_leases().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_job_left_unrecorded_is_handed_to_the_next_node_until_recorded() {
+    let (_url, _dir, store, vault) = first_node();
+    let worker = store.queue(vault.clone());
+    let other = store.queue(vault.clone());
+    let id = worker
+        .enqueue(JobKind::Run, b"run", None)
+        .await
+        .unwrap()
+        .unwrap();
+    worker
+        .claim(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The node that expires it dies before recording its run.
+    assert_eq!(other.expire_leases().await.unwrap().len(), 1);
+    let wait = Duration::from_millis(500);
+    assert!(
+        other.unrecorded(wait).await.unwrap().is_empty(),
+        "handed out while the node that expired it may still record it"
+    );
+    tokio::time::sleep(wait * 2).await;
+    let left = other.unrecorded(wait).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].id, left[0].owner.as_str()),
+        (id, worker.worker_id())
+    );
+    assert_eq!(left[0].payload, b"run");
+    other.recorded(id).await.unwrap();
+    assert!(other.unrecorded(wait).await.unwrap().is_empty());
+    assert_eq!(
+        other.state(id).await.unwrap().unwrap().0,
+        JobState::Interrupted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_that_lost_a_lease_can_still_record_its_run_interrupted() {
+    let (_url, _dir, store, vault) = first_node();
+    let backend = Arc::new(store.backend(vault.clone()));
+    let runs = RunStore::with_backend(vault.clone(), backend.clone(), "worker").with_node("node-a");
+    let worker = store.queue_as(vault.clone(), "node-a");
+    worker.enqueue(JobKind::Run, b"run", None).await.unwrap();
+    let job = worker
+        .claim(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    // This node starts the run under the lease, slowly: the lease lapses and this same node
+    // expires it before the run's start is stored.
+    runs.hold_lease("run-1", worker.lease_token(&job));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(worker.expire_leases().await.unwrap().len(), 1);
+    let (runs, marked) = tokio::task::spawn_blocking(move || {
+        let marked = runs.mark_lost_before_start("run-1", "wf", "node-a");
+        (runs, marked)
+    })
+    .await
+    .unwrap();
+    assert!(
+        marked.unwrap(),
+        "the cluster's mark was refused by the lost lease"
+    );
+    let rec = runs
+        .get("run-1")
+        .unwrap()
+        .expect("no record: the run would never end");
+    assert_eq!(rec.state, RunState::Interrupted);
+    // Its ledger entry landed with it.
+    assert_eq!(vault.ledger_in(&*backend).verify().unwrap().entries, 1);
+    // The run's own late save still carries the lapsed lease, and is refused.
+    let mut late = rec.clone();
+    late.state = RunState::Running;
+    assert!(
+        runs.save(&late).is_err(),
+        "a save under the lost lease landed"
+    );
+    assert_eq!(
+        runs.get("run-1").unwrap().unwrap().state,
+        RunState::Interrupted
     );
 }
 
