@@ -17,6 +17,7 @@
 #     (run, step), no step started again before it ended, one `run_started` per run, and no
 #     run finished by two workers (the ledger's actor is `worker` for every worker, so which
 #     worker held a run comes from the workers' logs and the runs' messages);
+#   - a revert of a run of w3 asked of replica s2 is performed by w3, on its disk;
 #   - throughput: runs per second from the first submit to the last run's end, and the p50 and
 #     p99 from the POST that starts a run to its first step's start.
 #
@@ -772,6 +773,29 @@ jq -rn --slurpfile r "$WORK/runs.jsonl" --slurpfile l <(jq -c 'select(.entry.kin
   | [$r[] | select($saved[.run] != null and .started_at != null) | $saved[.run] - (.started_at | ms)] | sort as $d
   | "   ..  run started on its worker → its first save committed (run_started entry): p50 \($d[(($d | length) * 0.5 | ceil) - 1]) ms, p99 \($d[(($d | length) * 0.99 | ceil) - 1]) ms, max \($d[-1]) ms"'
 note "not checkable from the ledger: which worker wrote an entry (the actor of every worker is 'worker'); the workers' logs stand in for it above"
+
+# ---------------------------------------------------------------------------------------------
+stage "a revert asked of s2 runs on the worker that ran the run (w3)"
+# Only w3's disk holds its runs' pre-images: the replica routes the revert there and answers
+# with w3's reply.
+routed=$(awk '$2 == "w3" { print $1 }' "$WORK/ran-by" | head -1)
+if [ -z "$routed" ]; then
+  problem "w3 reported no run to revert"
+else
+  task=$(jq -r --arg r "$routed" 'select(.run == $r) | .task' "$WORK/runs.jsonl")
+  on_w3() { docker exec "$(cname w3)" /bin/ls -A "/data/workspaces/$task" 2>/dev/null | tr '\n' ' ' || true; }
+  before=$(on_w3)
+  code=$(call "$WORK/revert.json" s2 POST "/tasks/$task/revert" '{}')
+  after=$(on_w3)
+  bad=""
+  [ "$code" = 200 ] || bad="HTTP $code: $(head -c 300 "$WORK/revert.json");"
+  [ "$(jq -r '.outcome + "/" + .detail.summary.state' "$WORK/revert.json" 2>/dev/null)" = applied/completed ] ||
+    bad="$bad answer $(head -c 300 "$WORK/revert.json");"
+  [ -n "$before" ] || bad="$bad its workspace on w3 was already empty;"
+  [ -z "$after" ] || bad="$bad its workspace on w3 still holds $after;"
+  grep -q "^worker revert of run $routed: applied" <<<"$(log_of w3)" || bad="$bad w3's log does not say it reverted it"
+  verdict "$bad" "$routed reverted through s2 by w3: its workspace there held ${before}and is empty" "routed revert of $routed"
+fi
 
 # ---------------------------------------------------------------------------------------------
 stage "throughput and latency under faults"

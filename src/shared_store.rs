@@ -121,6 +121,50 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
             .map(|id| id.is_some())
             .map_err(|e| e.to_string())
     }
+
+    async fn revert_on(
+        &self,
+        node: &str,
+        revert: &secureclaw_server::dispatch::RoutedRevert,
+        wait: std::time::Duration,
+    ) -> Result<Option<secureclaw_server::dispatch::RevertAnswer>, String> {
+        use secureclaw_store_pg::{JobKind, JobState};
+        let payload = serde_json::to_vec(revert).map_err(|e| e.to_string())?;
+        let queue = &self.0;
+        let id = queue
+            .enqueue_on(JobKind::Revert, &payload, node)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match queue.outcome(id).await.map_err(|e| e.to_string())? {
+                Some((JobState::Done, Some(answer))) => {
+                    return serde_json::from_slice(&answer)
+                        .map(Some)
+                        .map_err(|e| format!("the node's answer does not read: {e}"));
+                }
+                Some((JobState::Done, None)) => {
+                    return Err("the job ended with no answer".into());
+                }
+                Some((JobState::Interrupted, _)) => {
+                    return Err(format!(
+                        "node {node} stopped in the middle of the revert (its lease lapsed); the \
+                         run's reverts show how far it got"
+                    ));
+                }
+                None => return Err("the job is gone from the queue".into()),
+                Some((JobState::Queued, _))
+                    if std::time::Instant::now() >= deadline
+                        && queue.withdraw(id).await.map_err(|e| e.to_string())? =>
+                {
+                    return Ok(None);
+                }
+                // Queued, or taken: a revert that started is awaited to its end.
+                Some(_) => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// This node's id: random, made once and kept in its state directory (`node-id`), so runs it

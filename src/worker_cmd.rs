@@ -22,7 +22,7 @@ use secureclaw_engine::record::RunState;
 use secureclaw_engine::session::{PassphraseSource, RevertOptions, RunRequest, Session};
 use secureclaw_engine::validate::validate_bytes;
 use secureclaw_server::dispatch::QueuedRun;
-use secureclaw_store_pg::{Claimed, Expired, LeaseKeeper, Queue};
+use secureclaw_store_pg::{Claimed, Expired, JobKind, LeaseKeeper, Queue};
 
 use crate::exit;
 
@@ -153,7 +153,11 @@ impl Worker {
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (me, freed, running) = (self.clone(), freed.clone(), running.clone());
                 tokio::spawn(async move {
-                    me.execute(job, lease).await;
+                    if job.kind == JobKind::Revert.as_str() {
+                        me.revert(job, lease).await;
+                    } else {
+                        me.execute(job, lease).await;
+                    }
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     freed.notify_one();
                 });
@@ -194,10 +198,14 @@ impl Worker {
             Err(e) => eprintln!("{} listing unrecorded jobs: {e}", style("worker").yellow()),
         }
         for job in expired {
-            let recorded = match serde_json::from_slice::<QueuedRun>(&job.payload) {
-                Ok(run) => self.record_interrupted(&job, &run).await,
-                // Nothing to record: no run can come of it.
-                Err(_) => true,
+            let run = (job.kind == JobKind::Run.as_str())
+                .then(|| serde_json::from_slice::<QueuedRun>(&job.payload).ok())
+                .flatten();
+            let recorded = match run {
+                Some(run) => self.record_interrupted(&job, &run).await,
+                // No run of its own to record: a routed revert (its replica reports it), or a
+                // payload no run can come of.
+                None => true,
             };
             if recorded && let Err(e) = self.queue.recorded(job.id).await {
                 eprintln!("{} noting job {}: {e}", style("worker").yellow(), job.id);
@@ -344,6 +352,51 @@ impl Worker {
     fn count_failed_rollback(&self, run: &str) {
         if let Ok(mut f) = self.rollback_failures.lock() {
             *f.entry(run.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Performs a revert a replica routed to this node (the run ran here: its workspace and
+    /// pre-images are on this disk) and hands the answer back through the queue.
+    /// The lease is held (renewed) until the answer is stored.
+    async fn revert(&self, job: Claimed, _lease: LeaseKeeper) {
+        use secureclaw_server::dispatch::{RoutedProblem, RoutedRevert, revert_here};
+        let answer = match serde_json::from_slice::<RoutedRevert>(&job.payload) {
+            Ok(revert) => {
+                let answer = revert_here(&self.session, &revert).await;
+                eprintln!(
+                    "{} revert of run {}{}: {}",
+                    style("worker").cyan(),
+                    revert.run_id,
+                    if revert.dry_run { " (dry run)" } else { "" },
+                    match &answer {
+                        Ok(reply) => reply.outcome.clone(),
+                        Err(p) => format!("refused ({})", p.code),
+                    }
+                );
+                answer
+            }
+            Err(e) => Err(RoutedProblem {
+                status: 500,
+                code: "internal".into(),
+                detail: Some(format!("the revert request does not read: {e}")),
+                hint: None,
+            }),
+        };
+        let bytes = match serde_json::to_vec(&answer) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("{} job {}: {e}", style("worker").red(), job.id);
+                return;
+            }
+        };
+        match self.queue.finish_with(job.id, &bytes).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_lost)) => eprintln!(
+                "{} job {}: the lease lapsed before the answer was stored",
+                style("worker").yellow(),
+                job.id
+            ),
+            Err(e) => eprintln!("{} job {}: {e}", style("worker").yellow(), job.id),
         }
     }
 

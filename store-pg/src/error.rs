@@ -37,6 +37,10 @@ pub enum PgError {
     LeaseLost,
     #[error("not a lease of this store: {0:?}")]
     BadLease(String),
+    /// A row the queue wrote reads back as nothing this build knows (a job state, an insert
+    /// that returned no id).
+    #[error("the work queue holds an unexpected row: {0}")]
+    Unexpected(&'static str),
 }
 
 impl PgError {

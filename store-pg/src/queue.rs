@@ -29,7 +29,7 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Run => "run",
             JobKind::Revert => "revert",
@@ -77,6 +77,8 @@ pub struct Claimed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
     pub id: Uuid,
+    /// What the job was ([`JobKind`]'s name).
+    pub kind: String,
     /// The worker that held the lease.
     pub owner: String,
     /// The payload as submitted (opened).
@@ -176,6 +178,31 @@ impl Queue {
         payload: &[u8],
         dedup: Option<&str>,
     ) -> Result<Option<Uuid>, PgError> {
+        self.insert(kind, payload, dedup, None).await
+    }
+
+    /// Queues `payload` for the workers of `node` alone (a revert needs the disk of the node
+    /// that ran the run); [`Queue::outcome`] reads its answer.
+    pub async fn enqueue_on(
+        &self,
+        kind: JobKind,
+        payload: &[u8],
+        node: &str,
+    ) -> Result<Uuid, PgError> {
+        self.insert(kind, payload, None, Some(node.to_string()))
+            .await?
+            .ok_or(PgError::Unexpected(
+                "a job with no dedup key was not inserted",
+            ))
+    }
+
+    async fn insert(
+        &self,
+        kind: JobKind,
+        payload: &[u8],
+        dedup: Option<&str>,
+        target: Option<String>,
+    ) -> Result<Option<Uuid>, PgError> {
         let id = Uuid::now_v7();
         let sealed = self.vault.seal_shared("jobs", &id.to_string(), payload)?;
         let dedup = dedup.map(|d| {
@@ -188,13 +215,15 @@ impl Queue {
             let mut tx = store.pool.begin().await?;
             crate::backend::lock_counter(&mut tx, &store, &vault).await?;
             let inserted: Option<(Uuid,)> = sqlx::query_as(
-                "INSERT INTO sc_jobs (id, kind, payload, dedup) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO sc_jobs (id, kind, payload, dedup, target) \
+                 VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (dedup) DO NOTHING RETURNING id",
             )
             .bind(id)
             .bind(kind.as_str())
             .bind(sealed)
             .bind(dedup)
+            .bind(target)
             .fetch_optional(&mut *tx)
             .await?;
             sqlx::query("SELECT pg_notify($1, '')")
@@ -209,7 +238,8 @@ impl Queue {
         .await
     }
 
-    /// Claims the oldest queued job, with a lease of `lease`; `None` when none is queued.
+    /// Claims the oldest queued job this worker may do (any node's, or one for its node), with
+    /// a lease of `lease`; `None` when none is queued.
     pub async fn claim(&self, lease: Duration) -> Result<Option<Claimed>, PgError> {
         let (store, owner) = (self.store.clone(), self.owner.clone());
         let sent = Instant::now();
@@ -219,6 +249,7 @@ impl Queue {
                     "UPDATE sc_jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
                      lease_until = now() + make_interval(secs => $2), claimed_at = now() \
                      WHERE id = (SELECT id FROM sc_jobs WHERE state = 'queued' \
+                                 AND (target IS NULL OR target = $1) \
                                  ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
                      RETURNING id, kind, payload, attempts",
                 )
@@ -333,19 +364,89 @@ impl Queue {
         Ok(done.map(|_| ()).ok_or(Lost))
     }
 
+    /// Marks `id` done with `answer` (sealed), for the replica waiting on [`Queue::outcome`].
+    /// [`Lost`] when the job is no longer this worker's.
+    pub async fn finish_with(&self, id: Uuid, answer: &[u8]) -> Result<Result<(), Lost>, PgError> {
+        let sealed = self
+            .vault
+            .seal_shared("job-results", &id.to_string(), answer)?;
+        let (store, vault, owner) = (self.store.clone(), self.vault.clone(), self.owner.clone());
+        let done: Option<(Uuid,)> = self
+            .on_store(async move {
+                let mut tx = store.pool.begin().await?;
+                crate::backend::lock_counter(&mut tx, &store, &vault).await?;
+                let done = sqlx::query_as(
+                    "UPDATE sc_jobs SET state = 'done', finished_at = now(), lease_until = NULL, \
+                     result = $3 WHERE id = $1 AND owner = $2 AND state = 'running' RETURNING id",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(sealed)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let written = crate::backend::store_counter(&mut tx, &vault).await?;
+                tx.commit().await?;
+                crate::backend::counted(&store, written);
+                Ok(done)
+            })
+            .await?;
+        Ok(done.map(|_| ()).ok_or(Lost))
+    }
+
+    /// Where job `id` stands, with its answer once a worker finished it with one
+    /// ([`Queue::finish_with`]); `None` when there is no such job.
+    pub async fn outcome(&self, id: Uuid) -> Result<Option<(JobState, Option<Vec<u8>>)>, PgError> {
+        let store = self.store.clone();
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .on_store(async move {
+                Ok(
+                    sqlx::query_as("SELECT state, result FROM sc_jobs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&store.pool)
+                        .await?,
+                )
+            })
+            .await?;
+        let Some((state, sealed)) = row else {
+            return Ok(None);
+        };
+        let state = JobState::parse(&state).ok_or(PgError::Unexpected("an unknown job state"))?;
+        let answer = sealed
+            .map(|s| self.vault.open_shared("job-results", &id.to_string(), &s))
+            .transpose()?;
+        Ok(Some((state, answer)))
+    }
+
+    /// Takes back job `id` if no worker claimed it yet (it ends `done` with no answer); false
+    /// when a worker already has it.
+    pub async fn withdraw(&self, id: Uuid) -> Result<bool, PgError> {
+        let store = self.store.clone();
+        self.on_store(async move {
+            let r = sqlx::query(
+                "UPDATE sc_jobs SET state = 'done', finished_at = now() \
+                 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(id)
+            .execute(&store.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+
     /// Marks every job whose lease lapsed `interrupted`; returns each with the worker that held
     /// it (whose disk holds what crash recovery needs to roll the job's step back). The caller
     /// records each run interrupted, then calls [`Queue::recorded`]; what it leaves unrecorded
     /// (it failed or died in between), [`Queue::unrecorded`] hands to the next node.
     pub async fn expire_leases(&self) -> Result<Vec<Expired>, PgError> {
         let store = self.store.clone();
-        let rows: Vec<(Uuid, Option<String>, Vec<u8>)> = self
+        let rows: Vec<(Uuid, String, Option<String>, Vec<u8>)> = self
             .on_store(async move {
                 Ok(sqlx::query_as(
                     "UPDATE sc_jobs SET state = 'interrupted', finished_at = now(), \
                      recorded = false \
                      WHERE state = 'running' AND lease_until < now() \
-                     RETURNING id, owner, payload",
+                     RETURNING id, kind, owner, payload",
                 )
                 .fetch_all(&store.pool)
                 .await?)
@@ -358,10 +459,10 @@ impl Queue {
     /// more than `after` ago: the node that expired them failed or died before it did.
     pub async fn unrecorded(&self, after: Duration) -> Result<Vec<Expired>, PgError> {
         let store = self.store.clone();
-        let rows: Vec<(Uuid, Option<String>, Vec<u8>)> = self
+        let rows: Vec<(Uuid, String, Option<String>, Vec<u8>)> = self
             .on_store(async move {
                 Ok(sqlx::query_as(
-                    "SELECT id, owner, payload FROM sc_jobs \
+                    "SELECT id, kind, owner, payload FROM sc_jobs \
                      WHERE state = 'interrupted' AND NOT recorded \
                      AND finished_at < now() - make_interval(secs => $1) \
                      ORDER BY finished_at LIMIT 100",
@@ -387,11 +488,16 @@ impl Queue {
         .await
     }
 
-    fn opened(&self, rows: Vec<(Uuid, Option<String>, Vec<u8>)>) -> Result<Vec<Expired>, PgError> {
+    #[allow(clippy::type_complexity)] // one row as sqlx reads it
+    fn opened(
+        &self,
+        rows: Vec<(Uuid, String, Option<String>, Vec<u8>)>,
+    ) -> Result<Vec<Expired>, PgError> {
         rows.into_iter()
-            .map(|(id, owner, sealed)| {
+            .map(|(id, kind, owner, sealed)| {
                 Ok(Expired {
                     id,
+                    kind,
                     owner: owner.unwrap_or_default(),
                     payload: self.vault.open_shared("jobs", &id.to_string(), &sealed)?,
                 })

@@ -434,6 +434,116 @@ async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_asked_of_a_replica_runs_on_the_worker_that_ran_the_run() {
+    let url = pg::server().fresh_database();
+    let server = Server::start(&[], &["--store", url.as_str(), "--workers"]);
+    let api = crate::harness::Api::user(&server, "routed").await;
+    let nodes = tempfile::tempdir().unwrap();
+    let (one, two) = (nodes.path().join("one"), nodes.path().join("two"));
+    // Two workers: a revert that any worker could take would land on the wrong disk half the
+    // time.
+    let (w1, w2) = (Worker::start(&url, &one), Worker::start(&url, &two));
+    let (task, run) = started(&api, WRITE).await;
+    let done = wait_state(&api, &task, &["succeeded", "failed"]).await;
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}\n{}\n{}",
+        w1.log(),
+        w2.log()
+    );
+    let file = |data: &std::path::Path| data.join("workspaces").join(&task).join("hello.txt");
+    let (ran, other, ran_log) = match (file(&one).is_file(), file(&two).is_file()) {
+        (true, false) => (one.clone(), two.clone(), &w1),
+        (false, true) => (two.clone(), one.clone(), &w2),
+        found => panic!("the run's file on ({found:?}): expected on exactly one worker"),
+    };
+
+    // The dry run is the node's: it reads the pre-images on its disk.
+    let dry = api
+        .post(
+            &format!("/api/v1/tasks/{task}/revert"),
+            serde_json::json!({"dry_run": true}),
+        )
+        .await;
+    assert_eq!(dry.status, 200, "{:?}\n{}", dry.body, ran_log.log());
+    assert_eq!(dry.body["outcome"], "planned", "{:?}", dry.body);
+    assert_eq!(
+        dry.body["detail"]["steps"][0]["id"], "hello",
+        "{:?}",
+        dry.body
+    );
+    assert!(file(&ran).is_file(), "a dry run changed the workspace");
+
+    // The node's drift check is the one that counts: the file changed after the run, and the
+    // revert stops on it, exactly as on one machine.
+    std::fs::write(file(&ran), "edited by hand\n").unwrap();
+    let drift = api
+        .post(
+            &format!("/api/v1/tasks/{task}/revert"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(drift.status, 200, "{:?}", drift.body);
+    assert_eq!(
+        drift.body["detail"]["summary"]["state"], "conflict",
+        "{:?}",
+        drift.body
+    );
+    assert_eq!(
+        drift.body["detail"]["conflicts"][0]["path"], "hello.txt",
+        "{:?}",
+        drift.body
+    );
+    assert_eq!(
+        std::fs::read_to_string(file(&ran)).unwrap(),
+        "edited by hand\n",
+        "a revert stopped by drift changed the workspace"
+    );
+
+    let applied = api
+        .post(
+            &format!("/api/v1/tasks/{task}/revert"),
+            serde_json::json!({"force": true}),
+        )
+        .await;
+    assert_eq!(applied.status, 200, "{:?}\n{}", applied.body, ran_log.log());
+    assert_eq!(applied.body["outcome"], "applied", "{:?}", applied.body);
+    assert!(
+        !file(&ran).exists(),
+        "the revert did not reach the worker's disk"
+    );
+    assert!(!other.join("workspaces").join(&task).exists());
+    let log = ran_log.log();
+    assert!(
+        log.contains(&format!("revert of run {run} (dry run): planned")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("revert of run {run}: applied")),
+        "{log}"
+    );
+    let view = api.get(&format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(
+        (
+            &view.body["run"]["reverts"][0]["state"],
+            &view.body["run"]["reverts"][1]["state"]
+        ),
+        (
+            &serde_json::json!("conflict"),
+            &serde_json::json!("completed")
+        ),
+        "{:?}",
+        view.body
+    );
+    assert_eq!(
+        view.body["run"]["steps"][0]["state"], "reverted",
+        "{:?}",
+        view.body
+    );
+}
+
 /// Every two seconds, runs side by side: each fire time is one run, whatever else is going.
 const TICK: &str = r#"version: 1
 name: tick

@@ -129,7 +129,7 @@ pub struct RevertAction {
 }
 
 /// What a revert did (`applied`) or would do (`planned`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RevertReply {
     /// `planned` (dry run) or `applied`.
     pub outcome: String,
@@ -632,6 +632,7 @@ pub async fn task_diff(
         (status = 200, description = "the plan or what was undone", body = RevertReply),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is going on, or the workspace drifted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`); nothing was reverted", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revert_task(
     State(state): State<AppState>,
@@ -661,6 +662,7 @@ pub async fn revert_task(
         (status = 200, description = "the plan or what was undone", body = RevertReply),
         (status = 404, description = "no such action", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is going on, or the workspace drifted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`); nothing was reverted", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revert_action(
     State(state): State<AppState>,
@@ -723,14 +725,52 @@ async fn revert(
             "the run is going on; cancel it or wait for it to end",
         ));
     }
-    let (outcome, detail) = match state.session.revert(run, opts).await? {
+    // Only the node that ran the run holds its workspace and pre-images: a run of a worker
+    // is reverted there, whoever asks.
+    if let Some(dispatch) = &state.dispatch
+        && let Some(node) = state.session.run_record(run)?.and_then(|r| r.node)
+        && Some(node.as_str()) != state.session.node()
+    {
+        let routed = crate::dispatch::RoutedRevert::new(run, &opts);
+        return match dispatch.revert_on(&node, &routed, ROUTED_REVERT_WAIT).await {
+            Ok(Some(answer)) => Ok(Json(answer?)),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_unavailable",
+                format!(
+                    "run {run} ran on node {node}, whose disk holds its workspace and the \
+                     pre-images that undo it, and no worker of that node took the revert within \
+                     {} s; nothing was reverted",
+                    ROUTED_REVERT_WAIT.as_secs()
+                ),
+            )
+            .with_hint("start that node's worker again (same data directory), then retry")),
+            Err(e) => Err(ApiError::internal(format!(
+                "sending the revert to node {node}: {e}"
+            ))),
+        };
+    }
+    Ok(Json(revert_run(&state.session, run, opts).await?))
+}
+
+/// How long a revert of another node's run waits for a worker of that node to take it.
+const ROUTED_REVERT_WAIT: Duration = Duration::from_secs(30);
+
+/// Reverts `run` on this node, whose disk holds its workspace (the replica's own runs, or a
+/// worker's through [`crate::dispatch::revert_here`]).
+pub(crate) async fn revert_run(
+    session: &Session,
+    run: &str,
+    opts: RevertOptions,
+) -> ApiResult<RevertReply> {
+    let (outcome, detail) = match session.revert(run, opts).await? {
         RevertOutcome::Planned(p) => ("planned", serde_json::to_value(p)),
         RevertOutcome::Applied(r) => ("applied", serde_json::to_value(r)),
     };
-    Ok(Json(RevertReply {
+    Ok(RevertReply {
         outcome: outcome.to_string(),
         detail: detail.map_err(|e| ApiError::internal(e.to_string()))?,
-    }))
+    })
 }
 
 // ---- ledger ----------------------------------------------------------------------------
