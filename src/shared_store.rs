@@ -128,17 +128,42 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
         revert: &secureclaw_server::dispatch::RoutedRevert,
         wait: std::time::Duration,
     ) -> Result<Option<secureclaw_server::dispatch::RevertAnswer>, String> {
-        use secureclaw_store_pg::{JobKind, JobState};
-        let payload = serde_json::to_vec(revert).map_err(|e| e.to_string())?;
+        self.on_node(secureclaw_store_pg::JobKind::Revert, node, revert, wait)
+            .await
+    }
+
+    async fn continue_on(
+        &self,
+        node: &str,
+        cont: &secureclaw_server::dispatch::RoutedContinue,
+        wait: std::time::Duration,
+    ) -> Result<Option<secureclaw_server::dispatch::ContinueAnswer>, String> {
+        self.on_node(secureclaw_store_pg::JobKind::Continue, node, cont, wait)
+            .await
+    }
+}
+
+impl QueueDispatch {
+    /// Queues `request` for the workers of `node` and waits for their answer; `None` when none
+    /// took it within `wait` (it is taken back).
+    async fn on_node<A: serde::de::DeserializeOwned>(
+        &self,
+        kind: secureclaw_store_pg::JobKind,
+        node: &str,
+        request: &impl serde::Serialize,
+        wait: std::time::Duration,
+    ) -> Result<Option<A>, String> {
+        use secureclaw_store_pg::JobState;
+        let payload = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         let queue = &self.0;
         let id = queue
-            .enqueue_on(JobKind::Revert, &payload, node)
+            .enqueue_on(kind, &payload, node)
             .await
             .map_err(|e| e.to_string())?;
         let deadline = std::time::Instant::now() + wait;
         loop {
             match queue.outcome(id).await.map_err(|e| e.to_string())? {
-                Some((JobState::Done, Some(answer))) => {
+                Some((_, Some(answer))) => {
                     return serde_json::from_slice(&answer)
                         .map(Some)
                         .map_err(|e| format!("the node's answer does not read: {e}"));
@@ -146,20 +171,20 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
                 Some((JobState::Done, None)) => {
                     return Err("the job ended with no answer".into());
                 }
-                Some((JobState::Interrupted, _)) => {
+                Some((JobState::Interrupted, None)) => {
                     return Err(format!(
-                        "node {node} stopped in the middle of the revert (its lease lapsed); the \
-                         run's reverts show how far it got"
+                        "node {node} stopped before it answered (its lease lapsed); the run's \
+                         record shows how far it got"
                     ));
                 }
                 None => return Err("the job is gone from the queue".into()),
-                Some((JobState::Queued, _))
+                Some((JobState::Queued, None))
                     if std::time::Instant::now() >= deadline
                         && queue.withdraw(id).await.map_err(|e| e.to_string())? =>
                 {
                     return Ok(None);
                 }
-                // Queued, or taken: a revert that started is awaited to its end.
+                // Queued, or taken: a request a worker took is awaited to its answer.
                 Some(_) => {}
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

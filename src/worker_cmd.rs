@@ -19,9 +19,11 @@ use anyhow::Context as _;
 use clap::Args;
 use console::style;
 use secureclaw_engine::record::RunState;
-use secureclaw_engine::session::{PassphraseSource, RevertOptions, RunRequest, Session};
+use secureclaw_engine::session::{
+    PassphraseSource, RevertOptions, RunRequest, Session, SessionError,
+};
 use secureclaw_engine::validate::validate_bytes;
-use secureclaw_server::dispatch::QueuedRun;
+use secureclaw_server::dispatch::{ContinueAnswer, QueuedRun, RoutedContinue, RoutedProblem};
 use secureclaw_store_pg::{Claimed, Expired, JobKind, LeaseKeeper, Queue};
 
 use crate::exit;
@@ -155,6 +157,8 @@ impl Worker {
                 tokio::spawn(async move {
                     if job.kind == JobKind::Revert.as_str() {
                         me.revert(job, lease).await;
+                    } else if job.kind == JobKind::Continue.as_str() {
+                        me.go_on(job, lease).await;
                     } else {
                         me.execute(job, lease).await;
                     }
@@ -198,13 +202,25 @@ impl Worker {
             Err(e) => eprintln!("{} listing unrecorded jobs: {e}", style("worker").yellow()),
         }
         for job in expired {
-            let run = (job.kind == JobKind::Run.as_str())
-                .then(|| serde_json::from_slice::<QueuedRun>(&job.payload).ok())
-                .flatten();
+            // The run the job was executing: a queued run, or one resumed or retried here.
+            let run = if job.kind == JobKind::Run.as_str() {
+                serde_json::from_slice::<QueuedRun>(&job.payload)
+                    .ok()
+                    .map(|r| (r.run_id, Some(r.workflow)))
+            } else if job.kind == JobKind::Continue.as_str() {
+                serde_json::from_slice::<RoutedContinue>(&job.payload)
+                    .ok()
+                    .map(|c| (c.run_id, None))
+            } else {
+                None
+            };
             let recorded = match run {
-                Some(run) => self.record_interrupted(&job, &run).await,
-                // No run of its own to record: a routed revert (its replica reports it), or a
-                // payload no run can come of.
+                Some((run, workflow)) => {
+                    self.record_interrupted(&job, &run, workflow.as_deref())
+                        .await
+                }
+                // No run to record: a routed revert (its replica reports it), or a payload no
+                // run can come of.
                 None => true,
             };
             if recorded && let Err(e) = self.queue.recorded(job.id).await {
@@ -213,25 +229,24 @@ impl Worker {
         }
     }
 
-    /// Records the run of `job`, whose lease lapsed, interrupted; false when that failed (the
-    /// job stays unrecorded, and the next pass of any node tries again).
-    async fn record_interrupted(&self, job: &Expired, run: &QueuedRun) -> bool {
+    /// Records `run`, whose job's lease lapsed, interrupted (`workflow`: the queued text, when
+    /// the job was to start it); false when that failed (the job stays unrecorded, and the
+    /// next pass of any node tries again).
+    async fn record_interrupted(&self, job: &Expired, run: &str, workflow: Option<&str>) -> bool {
         // No record: its worker lost the lease before the run's start was stored, and no step
         // runs before that. It is not run elsewhere: that worker may still be starting it
         // (its late start is refused, which stops it), and a step must not run on two workers.
-        if let Ok(None) = self.session.run_record(&run.run_id) {
-            let name = validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
+        if let Ok(None) = self.session.run_record(run) {
+            let name = workflow
+                .and_then(|w| validate_bytes(std::path::Path::new("(queued)"), w.as_bytes()).ok())
                 .map(|w| w.workflow.name.clone())
                 .unwrap_or_default();
-            match self
-                .session
-                .mark_lost_before_start(&run.run_id, &name, &job.owner)
-            {
+            match self.session.mark_lost_before_start(run, &name, &job.owner) {
                 Ok(true) => {
                     eprintln!(
                         "{} run {} of {} interrupted before it started: its lease lapsed",
                         style("worker").yellow(),
-                        run.run_id,
+                        run,
                         job.owner
                     );
                     return true;
@@ -239,17 +254,17 @@ impl Worker {
                 // Its start was stored in between (before the lease was taken away).
                 Ok(false) => {}
                 Err(e) => {
-                    eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
+                    eprintln!("{} marking {}: {e}", style("worker").yellow(), run);
                     return false;
                 }
             }
         }
-        match self.session.mark_lease_lost(&run.run_id, &job.owner) {
+        match self.session.mark_lease_lost(run, &job.owner) {
             Ok(Some(steps)) => {
                 eprintln!(
                     "{} run {} of {} interrupted: its lease lapsed (in flight: {})",
                     style("worker").yellow(),
-                    run.run_id,
+                    run,
                     job.owner,
                     if steps.is_empty() {
                         "none".into()
@@ -264,7 +279,7 @@ impl Worker {
             // ends as the run did.
             Ok(None) => {
                 let ended = matches!(
-                    self.session.run_record(&run.run_id),
+                    self.session.run_record(run),
                     Ok(Some(r)) if r.state != RunState::Interrupted && r.state != RunState::Running
                 );
                 if ended && let Err(e) = self.queue.settle_interrupted(job.id).await {
@@ -273,7 +288,7 @@ impl Worker {
                 true
             }
             Err(e) => {
-                eprintln!("{} marking {}: {e}", style("worker").yellow(), run.run_id);
+                eprintln!("{} marking {}: {e}", style("worker").yellow(), run);
                 false
             }
         }
@@ -359,7 +374,7 @@ impl Worker {
     /// pre-images are on this disk) and hands the answer back through the queue.
     /// The lease is held (renewed) until the answer is stored.
     async fn revert(&self, job: Claimed, _lease: LeaseKeeper) {
-        use secureclaw_server::dispatch::{RoutedProblem, RoutedRevert, revert_here};
+        use secureclaw_server::dispatch::{RoutedRevert, revert_here};
         let answer = match serde_json::from_slice::<RoutedRevert>(&job.payload) {
             Ok(revert) => {
                 let answer = revert_here(&self.session, &revert).await;
@@ -375,21 +390,71 @@ impl Worker {
                 );
                 answer
             }
-            Err(e) => Err(RoutedProblem {
-                status: 500,
-                code: "internal".into(),
-                detail: Some(format!("the revert request does not read: {e}")),
-                hint: None,
-            }),
+            Err(e) => Err(RoutedProblem::unreadable(e)),
         };
-        let bytes = match serde_json::to_vec(&answer) {
+        self.answer(&job, &answer, true).await;
+    }
+
+    /// Resumes or retries a run of this node that a replica routed here, answers whether it
+    /// started, and follows it to its end under `lease` as a run of its own.
+    async fn go_on(self: Arc<Self>, job: Claimed, lease: LeaseKeeper) {
+        let cont: RoutedContinue = match serde_json::from_slice(&job.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let problem = RoutedProblem::unreadable(e);
+                self.answer(&job, &ContinueAnswer::Err(problem), true).await;
+                return;
+            }
+        };
+        let me = self.clone();
+        let (token, run) = (self.queue.lease_token(&job), cont.run_id.clone());
+        let started = if cont.retry {
+            self.session.retry_leased(&run, cont.force, token).await
+        } else {
+            // Resuming checks the workspace against the parked manifest: blocking work.
+            tokio::task::spawn_blocking(move || me.session.resume_leased(&run, cont.force, token))
+                .await
+                .unwrap_or_else(|e| Err(SessionError::Task(e.to_string())))
+        };
+        let verb = if cont.retry { "retry" } else { "resume" };
+        match started {
+            Ok(handle) => {
+                eprintln!(
+                    "{} {verb} of run {}: started",
+                    style("worker").cyan(),
+                    cont.run_id
+                );
+                self.answer(&job, &ContinueAnswer::Ok(()), false).await;
+                self.follow(&job, &cont.run_id, handle, &lease).await;
+            }
+            Err(e) => {
+                let problem = RoutedProblem::from(secureclaw_server::error::ApiError::from(e));
+                eprintln!(
+                    "{} {verb} of run {}: refused ({})",
+                    style("worker").yellow(),
+                    cont.run_id,
+                    problem.code
+                );
+                self.answer(&job, &ContinueAnswer::Err(problem), true).await;
+            }
+        }
+    }
+
+    /// Stores `answer` for the replica that routed `job` here; `finish`: the job ends with it.
+    async fn answer(&self, job: &Claimed, answer: &impl serde::Serialize, finish: bool) {
+        let bytes = match serde_json::to_vec(answer) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("{} job {}: {e}", style("worker").red(), job.id);
                 return;
             }
         };
-        match self.queue.finish_with(job.id, &bytes).await {
+        let stored = if finish {
+            self.queue.finish_with(job.id, &bytes).await
+        } else {
+            self.queue.answer(job.id, &bytes).await
+        };
+        match stored {
             Ok(Ok(())) => {}
             Ok(Err(_lost)) => eprintln!(
                 "{} job {}: the lease lapsed before the answer was stored",
@@ -423,7 +488,7 @@ impl Worker {
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("starting the run: {e}")));
         match started {
-            Ok(handle) => self.follow(&job, &run, handle, &lease).await,
+            Ok(handle) => self.follow(&job, &run.run_id, handle, &lease).await,
             Err(e) => {
                 eprintln!("{} run {}: {e}", style("worker").red(), run.run_id);
                 let _ = self.queue.finish(job.id).await;
@@ -462,7 +527,7 @@ impl Worker {
     async fn follow(
         &self,
         job: &Claimed,
-        run: &QueuedRun,
+        run: &str,
         handle: secureclaw_engine::session::RunHandle,
         lease: &LeaseKeeper,
     ) {
@@ -480,17 +545,17 @@ impl Worker {
             Ok(rec) => eprintln!(
                 "{} run {} {}",
                 style("worker").cyan(),
-                run.run_id,
+                run,
                 crate::output::state_label(&rec.state)
             ),
-            Err(e) => eprintln!("{} run {}: {e}", style("worker").red(), run.run_id),
+            Err(e) => eprintln!("{} run {}: {e}", style("worker").red(), run),
         }
         if lost {
             eprintln!(
                 "{} run {}: stopped, its lease is lost; once the cluster holds it interrupted, \
                  the next recovery pass rolls back what its steps did",
                 style("worker").yellow(),
-                run.run_id
+                run
             );
         }
         // Refused (the lease is gone) when another node took the job away: the run is then the

@@ -44,6 +44,56 @@ pub trait Dispatch: Send + Sync {
         revert: &RoutedRevert,
         wait: Duration,
     ) -> Result<Option<RevertAnswer>, String>;
+
+    /// Has a worker of `node` resume or retry a run, and waits until it started there (the run
+    /// then goes on under that worker's lease, its events through the store) or was refused.
+    /// `Ok(None)` when no worker of the node took it within `wait`: nothing was started.
+    async fn continue_on(
+        &self,
+        node: &str,
+        cont: &RoutedContinue,
+        wait: Duration,
+    ) -> Result<Option<ContinueAnswer>, String>;
+}
+
+/// A stopped run to go on, sent to the node that ran it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutedContinue {
+    pub run_id: String,
+    /// Retry from the failed step; else resume after the approvals.
+    pub retry: bool,
+    pub force: bool,
+}
+
+/// The node's answer to a [`RoutedContinue`]: it started, or its problem.
+pub type ContinueAnswer = Result<(), RoutedProblem>;
+
+/// How long a request about another node's run waits for a worker of that node to take it.
+pub const ROUTED_WAIT: Duration = Duration::from_secs(30);
+
+/// The answer when no worker of `node` took a request about `run` within [`ROUTED_WAIT`].
+pub fn node_unavailable(node: &str, run: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "node_unavailable",
+        format!(
+            "run {run} ran on node {node}, whose disk holds its workspace and the pre-images \
+             that undo it, and no worker of that node took the {what} within {} s; nothing was \
+             done",
+            ROUTED_WAIT.as_secs()
+        ),
+    )
+    .with_hint("start that node's worker again (same data directory), then retry")
+}
+
+/// The node `run` must be handled on when it is not this one and this replica hands work to
+/// workers; `None`: handle it here.
+pub fn elsewhere(state: &crate::app::AppState, run: &str) -> Result<Option<String>, ApiError> {
+    if state.dispatch.is_none() {
+        return Ok(None);
+    }
+    let node = state.session.run_record(run)?.and_then(|r| r.node);
+    Ok(node.filter(|n| Some(n.as_str()) != state.session.node()))
 }
 
 /// A revert sent to the node that ran the run: only that node's disk holds the run's
@@ -90,10 +140,13 @@ pub struct RoutedProblem {
     pub hint: Option<String>,
 }
 
-/// The codes a revert's problems carry ([`ApiError::from`] a session error, and the revert's
-/// own); any other is answered as `node_error`.
-const REVERT_CODES: &[&str] = &[
+/// The codes a routed request's problems carry ([`ApiError::from`] a session error, and the
+/// request's own); any other is answered as `node_error`.
+const ROUTED_CODES: &[&str] = &[
     "not_found",
+    "not_parked",
+    "not_waiting",
+    "not_failed",
     "workspace_drift",
     "busy",
     "other_node",
@@ -102,6 +155,18 @@ const REVERT_CODES: &[&str] = &[
     "run_in_progress",
     "internal",
 ];
+
+impl RoutedProblem {
+    /// A request whose payload this node cannot read (a replica of another version).
+    pub fn unreadable(e: impl std::fmt::Display) -> Self {
+        RoutedProblem {
+            status: 500,
+            code: "internal".into(),
+            detail: Some(format!("the routed request does not read here: {e}")),
+            hint: Some("run the same secureclaw version on every node".into()),
+        }
+    }
+}
 
 impl From<ApiError> for RoutedProblem {
     fn from(e: ApiError) -> Self {
@@ -116,7 +181,7 @@ impl From<ApiError> for RoutedProblem {
 
 impl From<RoutedProblem> for ApiError {
     fn from(p: RoutedProblem) -> Self {
-        let code = REVERT_CODES
+        let code = ROUTED_CODES
             .iter()
             .find(|c| **c == p.code)
             .copied()

@@ -26,6 +26,9 @@ pub enum JobKind {
     Run,
     /// A run to roll back on the worker that holds its workspace.
     Revert,
+    /// A stopped run to go on (resumed after its approvals, or retried) on the worker that
+    /// holds its workspace.
+    Continue,
 }
 
 impl JobKind {
@@ -33,6 +36,7 @@ impl JobKind {
         match self {
             JobKind::Run => "run",
             JobKind::Revert => "revert",
+            JobKind::Continue => "continue",
         }
     }
 }
@@ -367,30 +371,51 @@ impl Queue {
     /// Marks `id` done with `answer` (sealed), for the replica waiting on [`Queue::outcome`].
     /// [`Lost`] when the job is no longer this worker's.
     pub async fn finish_with(&self, id: Uuid, answer: &[u8]) -> Result<Result<(), Lost>, PgError> {
+        self.store_answer(id, answer, true).await
+    }
+
+    /// Stores `answer` for the replica waiting on [`Queue::outcome`] while the job goes on (a
+    /// resumed run: the answer is that it started). [`Lost`] when the job is no longer this
+    /// worker's.
+    pub async fn answer(&self, id: Uuid, answer: &[u8]) -> Result<Result<(), Lost>, PgError> {
+        self.store_answer(id, answer, false).await
+    }
+
+    async fn store_answer(
+        &self,
+        id: Uuid,
+        answer: &[u8],
+        finish: bool,
+    ) -> Result<Result<(), Lost>, PgError> {
         let sealed = self
             .vault
             .seal_shared("job-results", &id.to_string(), answer)?;
         let (store, vault, owner) = (self.store.clone(), self.vault.clone(), self.owner.clone());
-        let done: Option<(Uuid,)> = self
+        let sql = if finish {
+            "UPDATE sc_jobs SET state = 'done', finished_at = now(), lease_until = NULL, \
+             result = $3 WHERE id = $1 AND owner = $2 AND state = 'running' RETURNING id"
+        } else {
+            "UPDATE sc_jobs SET result = $3 \
+             WHERE id = $1 AND owner = $2 AND state = 'running' RETURNING id"
+        };
+        let stored: Option<(Uuid,)> = self
             .on_store(async move {
+                // Sealing counted an encryption: the shared count takes it in this transaction.
                 let mut tx = store.pool.begin().await?;
                 crate::backend::lock_counter(&mut tx, &store, &vault).await?;
-                let done = sqlx::query_as(
-                    "UPDATE sc_jobs SET state = 'done', finished_at = now(), lease_until = NULL, \
-                     result = $3 WHERE id = $1 AND owner = $2 AND state = 'running' RETURNING id",
-                )
-                .bind(id)
-                .bind(owner)
-                .bind(sealed)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let stored = sqlx::query_as(sql)
+                    .bind(id)
+                    .bind(owner)
+                    .bind(sealed)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 let written = crate::backend::store_counter(&mut tx, &vault).await?;
                 tx.commit().await?;
                 crate::backend::counted(&store, written);
-                Ok(done)
+                Ok(stored)
             })
             .await?;
-        Ok(done.map(|_| ()).ok_or(Lost))
+        Ok(stored.map(|_| ()).ok_or(Lost))
     }
 
     /// Where job `id` stands, with its answer once a worker finished it with one

@@ -416,7 +416,11 @@ async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_
     assert_eq!(revert["state"], "completed", "{rolled}");
     assert_eq!(revert["verified"], true, "{rolled}");
     assert_eq!(rolled["run"]["steps"][0]["state"], "reverted", "{rolled}");
-    assert!(w1.log().contains("rolled back run"), "{}", w1.log());
+    // It says so once the revert returns, a moment after the revert is on record.
+    until("w1 saying it rolled the run back", async || {
+        w1.log().contains("rolled back run").then_some(())
+    })
+    .await;
     drop((w1, w2));
     let w1_again = Worker::start(&url, &one);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -541,6 +545,96 @@ async fn a_revert_asked_of_a_replica_runs_on_the_worker_that_ran_the_run() {
         view.body["run"]["steps"][0]["state"], "reverted",
         "{:?}",
         view.body
+    );
+}
+
+/// Fails until a file named `go` is in its workspace.
+const FLAKY: &str = r#"version: 1
+name: flaky
+steps:
+  - id: check
+    shell: "[ -f go ] || exit 3; echo went > went.txt"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_parked_or_failed_on_a_worker_goes_on_there_when_approved_or_retried_via_a_replica() {
+    let url = pg::server().fresh_database();
+    let server = Server::start(&[], &["--store", url.as_str(), "--workers"]);
+    let api = crate::harness::Api::user(&server, "goes-on").await;
+    let data = tempfile::tempdir().unwrap();
+    let w = Worker::start(&url, data.path());
+    let workspace = |task: &str| data.path().join("workspaces").join(task);
+
+    // Parked at its gate on the worker; approved through the replica, it goes on there.
+    let (gated, gated_run) = started(&api, crate::taskkit::GATED).await;
+    wait_state(&api, &gated, &["awaiting_approval"]).await;
+    let gates = api.get(&format!("/api/v1/tasks/{gated}/approvals")).await;
+    assert_eq!(gates.status, 200, "{:?}", gates.body);
+    let hash = gates.body["gates"][0]["request_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let approved = api
+        .post(
+            &format!("/api/v1/tasks/{gated}/steps/publish/approve"),
+            serde_json::json!({"request_hash": hash}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{:?}\n{}", approved.body, w.log());
+    assert_eq!(approved.body["resumed"], true, "{:?}", approved.body);
+    let done = wait_state(&api, &gated, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", w.log());
+    assert_eq!(
+        std::fs::read_to_string(workspace(&gated).join("published.txt")).unwrap(),
+        "published\n"
+    );
+    assert!(
+        w.log()
+            .contains(&format!("resume of run {gated_run}: started")),
+        "{}",
+        w.log()
+    );
+
+    // Failed on the worker; retried through the replica, it goes on there. The workspace
+    // changed since the failure: the worker's drift check refuses, and says so through the
+    // replica, until the retry is forced.
+    let (flaky, flaky_run) = started(&api, FLAKY).await;
+    let failed = wait_state(&api, &flaky, &["succeeded", "failed"]).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    std::fs::write(workspace(&flaky).join("go"), "").unwrap();
+    let drift = api
+        .post(
+            &format!("/api/v1/tasks/{flaky}/retry"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(drift.status, 409, "{:?}\n{}", drift.body, w.log());
+    assert_eq!(drift.body["code"], "workspace_drift", "{:?}", drift.body);
+    let retried = api
+        .post(
+            &format!("/api/v1/tasks/{flaky}/retry"),
+            serde_json::json!({"force": true}),
+        )
+        .await;
+    assert_eq!(retried.status, 202, "{:?}\n{}", retried.body, w.log());
+    assert_eq!(retried.body["run_id"], flaky_run.as_str());
+    let done = wait_state(&api, &flaky, &["succeeded"]).await;
+    assert_eq!(
+        done["run"]["run_id"],
+        flaky_run.as_str(),
+        "the same run went on"
+    );
+    assert!(workspace(&flaky).join("went.txt").is_file());
+    let log = w.log();
+    assert!(
+        log.contains(&format!(
+            "retry of run {flaky_run}: refused (workspace_drift)"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("retry of run {flaky_run}: started")),
+        "{log}"
     );
 }
 

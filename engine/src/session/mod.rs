@@ -626,6 +626,49 @@ impl Session {
         handle
     }
 
+    /// [`Session::resume`] for a run handed out by a shared store's work queue under `lease`
+    /// (as [`Session::submit_leased`]): the parked run goes on here, its saves fenced by the
+    /// lease.
+    pub fn resume_leased(
+        &self,
+        run: &str,
+        force: bool,
+        lease: String,
+    ) -> Result<RunHandle, SessionError> {
+        let run = self.leasable(run)?;
+        self.inner.store.hold_lease(&run, lease);
+        let handle = self.resume(&run, force, None);
+        if handle.is_err() {
+            self.inner.store.release_lease(&run);
+        }
+        handle
+    }
+
+    /// [`Session::retry`] under `lease` (see [`Session::resume_leased`]).
+    pub async fn retry_leased(
+        &self,
+        run: &str,
+        force: bool,
+        lease: String,
+    ) -> Result<RunHandle, SessionError> {
+        let run = self.leasable(run)?;
+        self.inner.store.hold_lease(&run, lease);
+        let handle = self.retry(&run, force, None).await;
+        if handle.is_err() {
+            self.inner.store.release_lease(&run);
+        }
+        handle
+    }
+
+    /// `run`'s full id, when no run of that id is going on here (its lease must stay its own).
+    fn leasable(&self, run: &str) -> Result<String, SessionError> {
+        let id = self.inner.store.resolve(run)?;
+        if self.is_live(&id) {
+            return Err(SessionError::Busy(id));
+        }
+        Ok(id)
+    }
+
     /// Start a run (new or resumed) on a task of its own, registered as live until it ends.
     fn spawn(&self, prepared: Prepared, launch: Launch) -> RunHandle {
         let Launch {

@@ -138,6 +138,7 @@ pub async fn list_approvals(
         (status = 403, description = "not an approver, or approving one's own run", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`stale_approval`, `not_parked` or `not_waiting`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn approve_step(
     State(state): State<AppState>,
@@ -160,6 +161,7 @@ pub async fn approve_step(
         (status = 403, description = "not an approver, or answering one's own run", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`stale_approval`, `not_parked` or `not_waiting`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn deny_step(
     State(state): State<AppState>,
@@ -238,7 +240,35 @@ async fn decide(
         .map(|(p, _)| p.request.step)
         .collect();
     let resumed = open.is_empty();
-    if resumed {
+    if resumed
+        && let (Some(dispatch), Some(node)) =
+            (&state.dispatch, crate::dispatch::elsewhere(state, &run)?)
+    {
+        // Parked on a worker: it goes on there, where its workspace is.
+        let cont = crate::dispatch::RoutedContinue {
+            run_id: run.clone(),
+            retry: false,
+            force: false,
+        };
+        match dispatch
+            .continue_on(&node, &cont, crate::dispatch::ROUTED_WAIT)
+            .await
+        {
+            Ok(Some(answer)) => answer?,
+            Ok(None) => {
+                return Err(crate::dispatch::node_unavailable(&node, &run, "resume"));
+            }
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "sending the resume to node {node}: {e}"
+                )));
+            }
+        }
+        state
+            .metrics
+            .runs_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else if resumed {
         let after = state.session.last_event_seq(&run)?;
         let handle = state.session.resume(&run, false, None)?;
         state

@@ -30,6 +30,7 @@ use super::views::{
 };
 use crate::app::AppState;
 use crate::auth::Identity;
+use crate::dispatch::{ROUTED_WAIT, RoutedContinue, elsewhere, node_unavailable};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, JsonOrDefault};
 use crate::ops::Metrics;
@@ -514,6 +515,7 @@ pub async fn run_task(
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is not failed (`not_failed`), has not run (`not_started`), the workspace changed since it failed (`workspace_drift`), or a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the retry within 30 s (`node_unavailable`); nothing was started", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn retry_task(
     State(state): State<AppState>,
@@ -524,15 +526,33 @@ pub async fn retry_task(
     let task = accessible_task(&state, &who, &id)?;
     let _guard = state.tasks.lock(&task.id).await;
     let run = run_of(&task)?.to_string();
-    // Stored events only, as the retry numbers its own after them (it waits for the store).
-    state.session.sync().await?;
-    let after = state.session.last_event_seq(&run)?;
-    let handle = state.session.retry(&run, req.force, None).await?;
+    if let (Some(dispatch), Some(node)) = (&state.dispatch, elsewhere(&state, &run)?) {
+        // The node that ran it holds its workspace: the retry goes on there.
+        let cont = RoutedContinue {
+            run_id: run.clone(),
+            retry: true,
+            force: req.force,
+        };
+        match dispatch.continue_on(&node, &cont, ROUTED_WAIT).await {
+            Ok(Some(answer)) => answer?,
+            Ok(None) => return Err(node_unavailable(&node, &run, "retry")),
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "sending the retry to node {node}: {e}"
+                )));
+            }
+        }
+    } else {
+        // Stored events only, as the retry numbers its own after them (it waits for the store).
+        state.session.sync().await?;
+        let after = state.session.last_event_seq(&run)?;
+        let handle = state.session.retry(&run, req.force, None).await?;
+        watch_step_times(state.metrics.clone(), handle.events(after), None);
+    }
     state
         .metrics
         .runs_started
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    watch_step_times(state.metrics.clone(), handle.events(after), None);
     Ok((
         StatusCode::ACCEPTED,
         Json(RunStarted {
@@ -727,24 +747,11 @@ async fn revert(
     }
     // Only the node that ran the run holds its workspace and pre-images: a run of a worker
     // is reverted there, whoever asks.
-    if let Some(dispatch) = &state.dispatch
-        && let Some(node) = state.session.run_record(run)?.and_then(|r| r.node)
-        && Some(node.as_str()) != state.session.node()
-    {
+    if let (Some(dispatch), Some(node)) = (&state.dispatch, elsewhere(state, run)?) {
         let routed = crate::dispatch::RoutedRevert::new(run, &opts);
-        return match dispatch.revert_on(&node, &routed, ROUTED_REVERT_WAIT).await {
+        return match dispatch.revert_on(&node, &routed, ROUTED_WAIT).await {
             Ok(Some(answer)) => Ok(Json(answer?)),
-            Ok(None) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node_unavailable",
-                format!(
-                    "run {run} ran on node {node}, whose disk holds its workspace and the \
-                     pre-images that undo it, and no worker of that node took the revert within \
-                     {} s; nothing was reverted",
-                    ROUTED_REVERT_WAIT.as_secs()
-                ),
-            )
-            .with_hint("start that node's worker again (same data directory), then retry")),
+            Ok(None) => Err(node_unavailable(&node, run, "revert")),
             Err(e) => Err(ApiError::internal(format!(
                 "sending the revert to node {node}: {e}"
             ))),
@@ -752,9 +759,6 @@ async fn revert(
     }
     Ok(Json(revert_run(&state.session, run, opts).await?))
 }
-
-/// How long a revert of another node's run waits for a worker of that node to take it.
-const ROUTED_REVERT_WAIT: Duration = Duration::from_secs(30);
 
 /// Reverts `run` on this node, whose disk holds its workspace (the replica's own runs, or a
 /// worker's through [`crate::dispatch::revert_here`]).
