@@ -10,7 +10,7 @@
 //! whose leases lapsed as interrupted, and rolls back its own runs that the cluster holds
 //! interrupted (at start and every few seconds).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use console::style;
-use secureclaw_engine::record::RunState;
+use secureclaw_engine::record::{RunRecord, RunState};
 use secureclaw_engine::session::{
     PassphraseSource, RevertOptions, RunRequest, Session, SessionError,
 };
@@ -62,10 +62,14 @@ struct Worker {
     /// Failed attempts at rolling back an interrupted run of this node, by run: the worker
     /// gives up after [`ROLLBACK_TRIES`] and leaves the run to an operator.
     rollback_failures: std::sync::Mutex<BTreeMap<String, u8>>,
+    /// Runs of this node the recovery pass looks at ([`Worker::recover`]).
+    suspects: std::sync::Mutex<BTreeSet<String>>,
 }
 
-/// How often a worker looks for runs of its own to roll back.
+/// How often a worker looks at its suspect runs, to roll back those the cluster interrupted.
 const RECOVER_EVERY: Duration = Duration::from_secs(5);
+/// How often it reads every run instead (a safety net: the suspects should hold them all).
+const RECOVER_ALL_EVERY: Duration = Duration::from_secs(600);
 /// The least time a job whose lease lapsed stays with the node that expired it before another
 /// node records its run interrupted in its place (at least one lease).
 const MIN_RECORD_WAIT: Duration = Duration::from_secs(5);
@@ -105,6 +109,7 @@ pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u
         workspaces,
         lease: args.lease,
         rollback_failures: std::sync::Mutex::new(BTreeMap::new()),
+        suspects: std::sync::Mutex::new(BTreeSet::new()),
     });
     eprintln!(
         "{} {} on {} ({} at once, lease {})",
@@ -121,7 +126,7 @@ pub fn worker_cmd(args: WorkerArgs, pass: &PassphraseSource) -> anyhow::Result<u
 
 impl Worker {
     async fn serve(self: Arc<Self>, slots: usize, poll: Duration) -> anyhow::Result<()> {
-        self.recover().await;
+        self.recover(true).await;
         self.queue.listen().await?;
         // Told each time a run of this worker ends: a slot is free.
         let freed = Arc::new(tokio::sync::Notify::new());
@@ -132,11 +137,15 @@ impl Worker {
             crate::serve_cmd::stop_signal().await;
             signal.cancel();
         });
-        let mut recovered = Instant::now();
+        let (mut recovered, mut recovered_all) = (Instant::now(), Instant::now());
         while !stop.is_cancelled() {
             if recovered.elapsed() >= RECOVER_EVERY {
-                self.recover().await;
+                let full = recovered_all.elapsed() >= RECOVER_ALL_EVERY;
+                self.recover(full).await;
                 recovered = Instant::now();
+                if full {
+                    recovered_all = recovered;
+                }
             }
             self.expire_others().await;
             let mut claimed_any = false;
@@ -298,60 +307,108 @@ impl Worker {
     /// it was away (crash recovery: their pre-images are on this node's disk), and those whose
     /// lease it lost while running them (their saves failed from then on, so the record shows
     /// the steps as the cluster last knew them, every started step included). Each is rolled
-    /// back once; a run still going on here waits for its end.
-    async fn recover(&self) {
-        let Ok(runs) = self.session.runs() else {
-            return;
+    /// back once; a run still going on here waits for its end. `full` reads every run (at
+    /// start, and now and then); otherwise only the suspects: runs that ended here, and runs
+    /// of this node still `running` in the store that no process here is running (the
+    /// cluster has yet to mark them).
+    async fn recover(&self, full: bool) {
+        let runs: Vec<(String, Option<RunRecord>)> = if full {
+            match self.session.runs() {
+                Ok(runs) => runs
+                    .into_iter()
+                    .map(|r| (r.run_id.clone(), Some(r)))
+                    .collect(),
+                Err(_) => return,
+            }
+        } else {
+            let ids: Vec<String> = match self.suspects.lock() {
+                Ok(s) => s.iter().cloned().collect(),
+                Err(_) => return,
+            };
+            ids.into_iter()
+                .filter_map(|id| match self.session.run_record(&id) {
+                    Ok(rec) => Some((id, rec)),
+                    // Unreadable for now: looked at again next time.
+                    Err(_) => None,
+                })
+                .collect()
         };
         let mine = self.session.node().map(str::to_owned);
-        for run in runs {
-            if run.node != mine
-                || run.state != RunState::Interrupted
-                // Interrupted before it started: nothing ran. Reverted: done.
-                || run.steps.is_empty()
-                || !run.reverts.is_empty()
-                || self.session.is_live(&run.run_id)
-            {
-                continue;
+        for (id, run) in runs {
+            let again = match &run {
+                Some(run) if run.node == mine => self.recover_one(run).await,
+                // Another node's, or never stored (lost before it started: nothing ran).
+                _ => false,
+            };
+            if let Ok(mut s) = self.suspects.lock() {
+                if again {
+                    s.insert(id);
+                } else {
+                    s.remove(&id);
+                }
             }
-            let failed = self.failed_rollbacks(&run.run_id);
-            if failed >= ROLLBACK_TRIES {
-                continue;
-            }
-            let outcome = self
-                .session
-                .revert(
-                    &run.run_id,
-                    RevertOptions {
-                        step: None,
-                        cascade: true,
-                        force: false,
-                        dry_run: false,
-                    },
-                )
-                .await;
-            match outcome {
-                Ok(_) => eprintln!(
+        }
+    }
+
+    /// Rolls back `run`, one of this node's, if the cluster holds it interrupted; true while it
+    /// must be looked at again (the cluster has yet to mark it, or a rollback may still work).
+    async fn recover_one(&self, run: &RunRecord) -> bool {
+        if self.session.is_live(&run.run_id) {
+            // Going on here: its end makes it a suspect again.
+            return false;
+        }
+        if run.state == RunState::Running {
+            return true;
+        }
+        if run.state != RunState::Interrupted
+            // Interrupted before it started: nothing ran. Reverted: done.
+            || run.steps.is_empty()
+            || !run.reverts.is_empty()
+        {
+            return false;
+        }
+        let failed = self.failed_rollbacks(&run.run_id);
+        if failed >= ROLLBACK_TRIES {
+            return false;
+        }
+        let outcome = self
+            .session
+            .revert(
+                &run.run_id,
+                RevertOptions {
+                    step: None,
+                    cascade: true,
+                    force: false,
+                    dry_run: false,
+                },
+            )
+            .await;
+        match outcome {
+            Ok(_) => {
+                eprintln!(
                     "{} rolled back run {} (the cluster holds it interrupted)",
                     style("worker").cyan(),
                     run.run_id
-                ),
-                Err(e) if failed + 1 >= ROLLBACK_TRIES => {
-                    self.count_failed_rollback(&run.run_id);
-                    eprintln!(
-                        "{} gave up rolling back run {}: {e} (revert it on this node by hand)",
-                        style("worker").red(),
-                        run.run_id
-                    );
-                }
-                Err(e) => {
-                    self.count_failed_rollback(&run.run_id);
-                    eprintln!(
-                        "{} could not roll back run {} yet: {e}",
-                        style("worker").yellow(),
-                        run.run_id
-                    );
-                }
+                );
+                false
+            }
+            Err(e) if failed + 1 >= ROLLBACK_TRIES => {
+                self.count_failed_rollback(&run.run_id);
+                eprintln!(
+                    "{} gave up rolling back run {}: {e} (revert it on this node by hand)",
+                    style("worker").red(),
+                    run.run_id
+                );
+                false
+            }
+            Err(e) => {
+                self.count_failed_rollback(&run.run_id);
+                eprintln!(
+                    "{} could not roll back run {} yet: {e}",
+                    style("worker").yellow(),
+                    run.run_id
+                );
+                true
             }
         }
     }
@@ -561,5 +618,9 @@ impl Worker {
         // Refused (the lease is gone) when another node took the job away: the run is then the
         // cluster's to mark interrupted, and this node's to roll back.
         let _ = self.queue.finish(job.id).await;
+        // Ended here: the recovery pass looks at it until the store shows it final.
+        if let Ok(mut s) = self.suspects.lock() {
+            s.insert(run.to_string());
+        }
     }
 }

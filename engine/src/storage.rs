@@ -51,6 +51,9 @@ impl Table {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub puts: Vec<(Table, String, Vec<u8>)>,
+    /// Rows written only where none exists yet: of several nodes creating one row at once
+    /// (a generated secret), one wins and every node reads the winner's value back.
+    pub creates: Vec<(Table, String, Vec<u8>)>,
     pub deletes: Vec<(Table, String)>,
     pub entries: Vec<NewEntry>,
     /// The lease the batch's run is executed under, when a work queue hands runs out (an
@@ -79,6 +82,7 @@ impl Batch {
     /// Add `other`'s rows and entries after this batch's own.
     pub fn absorb(&mut self, other: Batch) {
         self.puts.extend(other.puts);
+        self.creates.extend(other.creates);
         self.deletes.extend(other.deletes);
         self.entries.extend(other.entries);
         if self.lease.is_none() {
@@ -137,6 +141,11 @@ impl StateBackend for VaultBackend {
             for batch in batches {
                 for (table, key, bytes) in &batch.puts {
                     tx.put(table.name(), key, bytes)?;
+                }
+                for (table, key, bytes) in &batch.creates {
+                    if tx.get(table.name(), key)?.is_none() {
+                        tx.put(table.name(), key, bytes)?;
+                    }
                 }
                 for (table, key) in &batch.deletes {
                     tx.delete(table.name(), key)?;

@@ -185,6 +185,31 @@ async fn replay_from_a_middle_sequence_number_yields_exactly_the_tail() {
     assert_eq!(all_events(&again, &id, 20).await, full[20..].to_vec());
 }
 
+/// A row created twice keeps the first value (the embedded store, like the shared one).
+#[tokio::test]
+async fn a_created_row_is_never_overwritten_by_a_second_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state_dir, pass) = state(dir.path());
+    let session = open(&state_dir, &pass);
+    let table = secureclaw_engine::session::AppTable::Settings;
+    let first = session
+        .app_create(table, "generated", b"first".to_vec())
+        .await
+        .unwrap();
+    let second = session
+        .app_create(table, "generated", b"second".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.as_slice(), second.as_slice()),
+        (&b"first"[..], &b"first"[..])
+    );
+    assert_eq!(
+        session.app_get(table, "generated").unwrap().unwrap(),
+        b"first"
+    );
+}
+
 /// A follower that catches up after a stretch's final event, but before the log is closed,
 /// must find the stream over rather than wait for events that never come (a task's event
 /// stream hung on exactly that while a run parked).

@@ -130,12 +130,14 @@ async fn jwt_secret(
     if let Some(s) = session.app_get(AppTable::Settings, JWT_SECRET_KEY)? {
         return Ok(zeroize::Zeroizing::new(s));
     }
-    let mut fresh = vec![0u8; 32];
+    let mut fresh = zeroize::Zeroizing::new(vec![0u8; 32]);
     getrandom::fill(&mut fresh).map_err(|e| ServeError::Setup(e.to_string()))?;
-    let mut batch = secureclaw_engine::session::AppBatch::default();
-    batch.put(AppTable::Settings, JWT_SECRET_KEY, fresh.clone());
-    session.app_commit(batch).await?;
-    Ok(zeroize::Zeroizing::new(fresh))
+    // Created, not put: replicas of a shared store starting together for the first time all
+    // sign with the one secret that won, so each accepts the others' tokens.
+    let stored = session
+        .app_create(AppTable::Settings, JWT_SECRET_KEY, fresh.to_vec())
+        .await?;
+    Ok(zeroize::Zeroizing::new(stored))
 }
 
 /// Every documented route, without state (the OpenAPI document comes from here).

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use secureclaw_engine::model::Tier;
 use secureclaw_engine::record::Provenance;
-use secureclaw_engine::session::{Audit, RunRequest, RunSettings};
+use secureclaw_engine::session::{AppTable, Audit, RunRequest, RunSettings};
 use secureclaw_engine::tools::vault::kind;
 use secureclaw_engine::validate::Validated;
 use serde::Serialize;
@@ -121,6 +121,24 @@ pub async fn launch(state: &AppState, l: Launch) -> ApiResult<Launched> {
         store.save(&task, vec![audit]).await?;
         run.run_id
     } else {
+        // On a store other replicas share, the start is claimed first: when another replica
+        // already made it (the same schedule time, the same delivery), no task is made here.
+        if let (Some(once), Some(_)) = (&l.once, state.session.node()) {
+            let claimed = state
+                .session
+                .app_create(
+                    AppTable::Index,
+                    &format!("once/{once}"),
+                    id.as_bytes().to_vec(),
+                )
+                .await?;
+            if claimed != id.as_bytes() {
+                return Err(ApiError::conflict(
+                    DUPLICATE_START,
+                    "another server replica already started this run",
+                ));
+            }
+        }
         store.save(&task, vec![audit]).await?;
         let run_id = start_run(state, &task, l.workflow, settings, l.since).await?;
         task.run_id = Some(run_id.clone());

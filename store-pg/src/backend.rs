@@ -31,6 +31,8 @@ impl std::fmt::Debug for PgBackend {
 /// and the ledger entries in order.
 struct Commit {
     rows: Vec<(&'static str, String, Option<Vec<u8>>)>,
+    /// Rows written only where none exists ([`Batch::creates`]).
+    creates: Vec<(&'static str, String, Vec<u8>)>,
     entries: Vec<NewEntry>,
     /// The leases the batches were written under, each once.
     leases: Vec<String>,
@@ -65,11 +67,17 @@ impl Commit {
             .iter()
             .flat_map(|b| b.entries.iter().cloned())
             .collect();
+        let creates = batches
+            .iter()
+            .flat_map(|b| b.creates.iter())
+            .map(|(t, k, v)| (t.name(), k.clone(), v.clone()))
+            .collect();
         let mut leases: Vec<String> = batches.iter().filter_map(|b| b.lease.clone()).collect();
         leases.sort();
         leases.dedup();
         Commit {
             rows,
+            creates,
             entries,
             leases,
         }
@@ -186,6 +194,25 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
         .execute(&mut *tx)
         .await?;
     }
+    if !commit.creates.is_empty() {
+        let (mut new_t, mut new_r, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
+        for (table, key, value) in &commit.creates {
+            let name = vault.shared_name(table, key);
+            new_v.push(vault.seal_shared(table, key, value)?);
+            new_t.push(name.table);
+            new_r.push(name.row.to_vec());
+        }
+        sqlx::query(
+            "INSERT INTO sc_rows (tbl, row_key, value) \
+             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
+             ON CONFLICT (tbl, row_key) DO NOTHING",
+        )
+        .bind(new_t)
+        .bind(new_r)
+        .bind(new_v)
+        .execute(&mut *tx)
+        .await?;
+    }
     if !del_t.is_empty() {
         sqlx::query(
             "DELETE FROM sc_rows r USING UNNEST($1::text[], $2::bytea[]) AS d(tbl, row_key) \
@@ -231,7 +258,7 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
 impl StateBackend for PgBackend {
     fn commit(&self, batches: &[Batch]) -> Result<(), StorageError> {
         let c = Commit::of(batches);
-        if c.rows.is_empty() && c.entries.is_empty() {
+        if c.rows.is_empty() && c.creates.is_empty() && c.entries.is_empty() {
             return Ok(());
         }
         let (store, vault) = (self.store.clone(), self.vault.clone());

@@ -675,8 +675,21 @@ fn export_ledger(url: &str, node: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_evaluating_one_schedule_start_each_time_once() {
+    one_schedule_on_two_replicas(true).await;
+}
+
+/// Without workers each replica runs what it starts: the claim of a fire time is the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_running_their_own_runs_start_each_time_of_a_schedule_once() {
+    one_schedule_on_two_replicas(false).await;
+}
+
+async fn one_schedule_on_two_replicas(workers: bool) {
     let url = pg::server().fresh_database();
-    let args = ["--store", url.as_str(), "--workers"];
+    let mut args = vec!["--store", url.as_str()];
+    if workers {
+        args.push("--workers");
+    }
     let repo = crate::gitkit::GitRepo::new();
     repo.write("flows/tick.yaml", TICK);
     repo.commit("tick");
@@ -704,7 +717,7 @@ async fn two_replicas_evaluating_one_schedule_start_each_time_once() {
         .await;
     }
     let nodes = tempfile::tempdir().unwrap();
-    let worker = Worker::start(&url, &nodes.path().join("w"));
+    let worker = workers.then(|| Worker::start(&url, &nodes.path().join("w")));
 
     // Let several times come while both replicas run it.
     let scheduled = async |api: &crate::harness::Api| -> Vec<serde_json::Value> {

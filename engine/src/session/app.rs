@@ -168,10 +168,31 @@ impl Session {
                 .map(|(t, k)| (Table::App(t), k))
                 .collect(),
             entries: batch.audits.into_iter().map(Audit::into_entry).collect(),
-            lease: None,
+            ..Batch::default()
         };
         self.inner.store.commit(out).await?;
         Ok(())
+    }
+
+    /// Writes `bytes` at `key` unless a row is there already, and returns the row as stored:
+    /// of several nodes of a shared store creating it at once, every one gets the same value.
+    pub async fn app_create(
+        &self,
+        table: AppTable,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, SessionError> {
+        let batch = Batch {
+            creates: vec![(Table::App(table), key.to_string(), bytes)],
+            ..Batch::default()
+        };
+        self.inner.store.commit(batch).await?;
+        self.app_get(table, key)?.ok_or_else(|| {
+            SessionError::Store(crate::record::StoreError::NotFound(format!(
+                "{}/{key}",
+                table.name()
+            )))
+        })
     }
 
     /// Append one ledger entry (an auth event, say) and wait until it is durable.

@@ -111,6 +111,50 @@ fn rows_and_ledger_round_trip_and_a_second_node_reads_them() {
 }
 
 #[test]
+fn nodes_creating_one_row_at_once_all_read_back_the_one_that_won() {
+    let (url, _dir, store, vault) = first_node();
+    let key = "jwt_secret";
+    let table = Table::App(secureclaw_engine::session::AppTable::Settings);
+    // Four nodes, each with a secret of its own, create the row at the same moment.
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, vault, start) = (url.clone(), vault.clone(), start.clone());
+            std::thread::spawn(move || {
+                let node = PgStore::connect(&url).unwrap().backend(vault);
+                let mut batch = Batch::default();
+                batch
+                    .creates
+                    .push((table, key.to_string(), format!("secret-{i}").into_bytes()));
+                start.wait();
+                node.commit(&[batch]).unwrap();
+                node.get(table, key).unwrap().unwrap()
+            })
+        })
+        .collect();
+    let seen: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "nodes read different values back: {:?}",
+        seen.iter()
+            .map(|v| String::from_utf8_lossy(v))
+            .collect::<Vec<_>>()
+    );
+    // A create never overwrites; a put does.
+    let backend = store.backend(vault);
+    let mut again = Batch::default();
+    again
+        .creates
+        .push((table, key.to_string(), b"latecomer".to_vec()));
+    backend.commit(&[again]).unwrap();
+    assert_eq!(backend.get(table, key).unwrap().unwrap(), seen[0]);
+    let mut put_it = Batch::default();
+    put(&mut put_it, table, key, "replaced");
+    backend.commit(&[put_it]).unwrap();
+    assert_eq!(backend.get(table, key).unwrap().unwrap(), b"replaced");
+}
+
+#[test]
 fn four_nodes_appending_at_once_keep_one_unforked_chain() {
     let (url, _dir, store, vault) = first_node();
     let nodes: Vec<_> = (0..4)
