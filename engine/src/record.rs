@@ -400,6 +400,11 @@ impl RunStore {
         self.backend.is_read_only()
     }
 
+    /// See [`crate::storage::StateBackend::event_commits`].
+    pub fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.backend.event_commits()
+    }
+
     /// Queue a ledger entry; it is committed with the next [`RunStore::save`]. Manifest hashes
     /// (plain SHA-256 over paths and contents) are replaced by keyed digests here, so no entry,
     /// and no export of one, can be used to confirm a guessed workspace.

@@ -2,17 +2,20 @@
 //! `secureclaw worker` processes on it), a replica does not execute the runs it starts: it
 //! queues them, and the worker that claims one runs it under the id given here, so the task
 //! names its run at once and every replica reads the run's record and events from the store.
+//! What only the node that ran a run can do (revert it from the pre-images on its disk, resume
+//! or retry it in its workspace) is routed to that node's workers, and their answer is the
+//! replica's.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use secureclaw_engine::session::{RevertOptions, RunSettings, Session};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::tasks::routes::RevertReply;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// A run as queued for a worker: everything needed to start it, nothing that names this
 /// replica's disk (the worker makes the workspace on its own).

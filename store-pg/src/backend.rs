@@ -223,6 +223,17 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
         .execute(&mut *tx)
         .await?;
     }
+    // Followers of a run on other nodes read its new events at once (delivered at commit).
+    if commit
+        .rows
+        .iter()
+        .any(|(table, _, value)| *table == Table::Events.name() && value.is_some())
+    {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::store::EVENTS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
     if !commit.entries.is_empty() {
         let head: Option<(Vec<u8>,)> = sqlx::query_as("SELECT head FROM sc_ledger_head FOR UPDATE")
             .fetch_optional(&mut *tx)
@@ -308,6 +319,10 @@ impl StateBackend for PgBackend {
 
     fn is_read_only(&self) -> bool {
         false
+    }
+
+    fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.store.event_commits())
     }
 }
 

@@ -35,7 +35,8 @@ use crate::error::{ApiError, ApiResult, Problem};
 pub const QUEUE: usize = 64;
 /// How long a full queue may stay full before the client is told to resync.
 pub const STALL: Duration = Duration::from_secs(5);
-/// How often a stream waiting on a parked run looks again without being told.
+/// How often a stream waiting on a parked run (or on a run another node executes, should a
+/// notification be lost) looks again without being told.
 const RECHECK: Duration = Duration::from_secs(2);
 /// How often a stream on a run queued for a worker (shared store) looks for its first events.
 const QUEUED_RECHECK: Duration = Duration::from_millis(250);
@@ -184,16 +185,22 @@ async fn pump(
     behind: Arc<AtomicBool>,
 ) {
     let mut changes = session.live_changes();
+    // Events other nodes commit (a shared store), told at once rather than at the next poll.
+    let mut elsewhere = session.event_commits();
     // Whether the store has had a chance to catch up since the last read.
     let mut settled = false;
     loop {
         changes.borrow_and_update();
+        if let Some(e) = &mut elsewhere {
+            e.borrow_and_update();
+        }
         let mut events = match session.events(&run, after) {
             Ok(events) => events,
             // On a shared store a queued run has no record until a worker starts it.
             Err(_) if session.node().is_some() && matches!(session.run_record(&run), Ok(None)) => {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    () = committed(&mut elsewhere) => continue,
                     _ = tokio::time::sleep(QUEUED_RECHECK) => continue,
                 }
             }
@@ -244,11 +251,22 @@ async fn pump(
         }
         tokio::select! {
             _ = changes.changed() => {}
+            () = committed(&mut elsewhere) => {}
             _ = tx.closed() => return,
             _ = tokio::time::sleep(RECHECK) => {}
         }
         settled = false;
     }
+}
+
+/// Returns when another node committed run events; never without a shared store.
+async fn committed(elsewhere: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(e) = elsewhere
+        && e.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// True when a retry already continued the run past its failure at `seq`: the store holds

@@ -154,6 +154,46 @@ fn nodes_creating_one_row_at_once_all_read_back_the_one_that_won() {
     assert_eq!(backend.get(table, key).unwrap().unwrap(), b"replaced");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_is_told_when_another_node_commits_run_events() {
+    let (url, _dir, store, vault) = first_node();
+    let mut told = store.event_commits();
+    let other = Arc::new(PgStore::connect(&url).unwrap().backend(vault));
+    let commit = |table: Table| {
+        let other = other.clone();
+        async move {
+            let mut batch = Batch::default();
+            put(&mut batch, table, "run-1/1", "{}");
+            tokio::task::spawn_blocking(move || other.commit(&[batch]))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    };
+    // A run's record alone: nothing to tell.
+    commit(Table::Runs).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), told.changed())
+            .await
+            .is_err(),
+        "told of a commit without events"
+    );
+    // Its events: told (the bound only keeps a broken test from hanging).
+    commit(Table::Events).await;
+    tokio::time::timeout(Duration::from_secs(10), told.changed())
+        .await
+        .expect("no notification of the events commit")
+        .unwrap();
+    // Every follower of this node shares the one listener.
+    let mut second = store.event_commits();
+    second.borrow_and_update();
+    commit(Table::Events).await;
+    tokio::time::timeout(Duration::from_secs(10), second.changed())
+        .await
+        .expect("no notification for the second follower")
+        .unwrap();
+}
+
 #[test]
 fn four_nodes_appending_at_once_keep_one_unforked_chain() {
     let (url, _dir, store, vault) = first_node();
