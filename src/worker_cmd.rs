@@ -24,6 +24,8 @@ use secureclaw_engine::session::{
 };
 use secureclaw_engine::validate::validate_bytes;
 use secureclaw_server::dispatch::{ContinueAnswer, QueuedRun, RoutedContinue, RoutedProblem};
+use secureclaw_server::lost_worker;
+use secureclaw_server::tasks::model::TaskStore;
 use secureclaw_store_pg::{Claimed, Expired, JobKind, LeaseKeeper, Queue};
 
 use crate::exit;
@@ -212,10 +214,11 @@ impl Worker {
         }
         for job in expired {
             // The run the job was executing: a queued run, or one resumed or retried here.
-            let run = if job.kind == JobKind::Run.as_str() {
-                serde_json::from_slice::<QueuedRun>(&job.payload)
-                    .ok()
-                    .map(|r| (r.run_id, Some(r.workflow)))
+            let queued = (job.kind == JobKind::Run.as_str())
+                .then(|| serde_json::from_slice::<QueuedRun>(&job.payload).ok())
+                .flatten();
+            let run = if let Some(q) = &queued {
+                Some((q.run_id.clone(), Some(q.workflow.as_str())))
             } else if job.kind == JobKind::Continue.as_str() {
                 serde_json::from_slice::<RoutedContinue>(&job.payload)
                     .ok()
@@ -225,8 +228,11 @@ impl Worker {
             };
             let recorded = match run {
                 Some((run, workflow)) => {
-                    self.record_interrupted(&job, &run, workflow.as_deref())
-                        .await
+                    self.record_interrupted(&job, &run, workflow).await
+                        && match &queued {
+                            Some(q) => self.rerun_if_asked(q).await,
+                            None => true,
+                        }
                 }
                 // No run to record: a routed revert (its replica reports it), or a payload no
                 // run can come of.
@@ -234,6 +240,85 @@ impl Worker {
             };
             if recorded && let Err(e) = self.queue.recorded(job.id).await {
                 eprintln!("{} noting job {}: {e}", style("worker").yellow(), job.id);
+            }
+        }
+    }
+
+    /// Queues the rerun of `lost`, a run its worker lost and the cluster holds interrupted, when
+    /// its workflow asks for one (`on_worker_lost: rerun`), as a new task of its owner; false
+    /// when the store failed (the job stays unrecorded and the next pass tries again). Queued
+    /// once however many nodes get here: the queue drops a second rerun of the same run.
+    async fn rerun_if_asked(&self, lost: &QueuedRun) -> bool {
+        if lost_worker::rerun_wanted(lost).is_err() {
+            return true;
+        }
+        // Only a run the cluster holds interrupted: one that ended before its lease lapsed
+        // (its worker was cut off before finishing the job) is not run again.
+        match self.session.run_record(&lost.run_id) {
+            Ok(Some(r)) if r.state == RunState::Interrupted => {}
+            Ok(_) => return true,
+            Err(e) => {
+                eprintln!("{} reading {}: {e}", style("worker").yellow(), lost.run_id);
+                return false;
+            }
+        }
+        let tasks = TaskStore::new(self.session.clone());
+        let node = self.session.node().unwrap_or("worker").to_string();
+        let rerun = match lost_worker::rerun_of(&tasks, lost, &node) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!(
+                    "{} run {} is not run again: {why}",
+                    style("worker").yellow(),
+                    lost.run_id
+                );
+                return true;
+            }
+        };
+        let payload = match serde_json::to_vec(&rerun.run) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{} rerun of {}: {e}", style("worker").red(), lost.run_id);
+                return true;
+            }
+        };
+        // Queued before the task is stored, as a replica does: a second node's rerun of the
+        // same run is dropped here, and leaves no task behind.
+        let key = lost_worker::dedup_key(&lost.run_id);
+        match self.queue.enqueue(JobKind::Run, &payload, Some(&key)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+            Err(e) => {
+                eprintln!(
+                    "{} queueing the rerun of {}: {e}",
+                    style("worker").yellow(),
+                    lost.run_id
+                );
+                return false;
+            }
+        }
+        match tasks.save(&rerun.task, vec![rerun.audit]).await {
+            Ok(()) => {
+                eprintln!(
+                    "{} run {} runs again as task {} (run {}, attempt {}): its workflow asks \
+                     for a rerun when its worker is lost",
+                    style("worker").cyan(),
+                    lost.run_id,
+                    rerun.task.id,
+                    rerun.run.run_id,
+                    rerun.run.attempt
+                );
+                true
+            }
+            Err(e) => {
+                // Its run is queued and will run; only the task that lists it is missing.
+                eprintln!(
+                    "{} storing task {} for the rerun of {}: {e}",
+                    style("worker").red(),
+                    rerun.task.id,
+                    lost.run_id
+                );
+                true
             }
         }
     }
@@ -558,8 +643,10 @@ impl Worker {
         job: &Claimed,
         run: &QueuedRun,
     ) -> anyhow::Result<secureclaw_engine::session::RunHandle> {
-        let workflow = validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
-            .map_err(|d| anyhow::anyhow!("the queued workflow does not validate: {d}"))?;
+        let mut workflow =
+            validate_bytes(std::path::Path::new("(queued)"), run.workflow.as_bytes())
+                .map_err(|d| anyhow::anyhow!("the queued workflow does not validate: {d}"))?;
+        workflow.provenance = run.provenance.clone();
         let workspace = match &run.workspace_name {
             Some(name) => self.workspaces.get(name).cloned().with_context(|| {
                 format!("no workspace named `{name}` on this worker (start it with --workspace {name}=PATH)")

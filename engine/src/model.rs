@@ -51,9 +51,33 @@ pub struct Workflow {
     /// (webhooks also need the operator to bind a name and a secret); the CLI ignores them.
     #[serde(default, rename = "on", skip_serializing_if = "Triggers::is_empty")]
     pub on: Triggers,
+    /// What a cluster does when the worker running this workflow is lost mid-run (its lease
+    /// lapsed, the run is marked interrupted): `stay` leaves the run interrupted until its
+    /// worker returns and rolls it back; `rerun` also starts the workflow again, from the same
+    /// commit, as a new task on any worker (only for a workflow from a registered git source,
+    /// at most twice in a row). One machine has no other worker and ignores it.
+    #[serde(default, skip_serializing_if = "WorkerLost::is_stay")]
+    pub on_worker_lost: WorkerLost,
     /// The steps. Order in the file does not matter: `needs` defines the graph.
     #[schemars(length(min = 1))]
     pub steps: Vec<Step>,
+}
+
+/// What happens to a run whose worker is lost mid-run (see `Workflow::on_worker_lost`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerLost {
+    /// The run stays interrupted; its worker rolls it back when it returns.
+    #[default]
+    Stay,
+    /// The run stays interrupted, and the workflow starts again as a new task on any worker.
+    Rerun,
+}
+
+impl WorkerLost {
+    pub fn is_stay(&self) -> bool {
+        *self == WorkerLost::Stay
+    }
 }
 
 /// The triggers a workflow declares.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use secureclaw_engine::record::Provenance;
 use secureclaw_engine::session::{RevertOptions, RunSettings, Session};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,6 +31,17 @@ pub struct QueuedRun {
     /// worker gives the task an empty directory of its own.
     pub workspace_name: Option<String>,
     pub settings: RunSettings,
+    /// Where the workflow came from in git, for the run's record (and a rerun after a lost
+    /// worker: [`crate::lost_worker`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+    /// 1 for a task's run; one more for each rerun after a lost worker.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Where runs go instead of this process.

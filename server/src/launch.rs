@@ -191,6 +191,8 @@ fn queued_run(
         inputs: task.inputs.clone(),
         workspace_name: task.workspace_name.clone(),
         settings,
+        provenance: workflow.provenance.clone(),
+        attempt: 1,
     }
 }
 

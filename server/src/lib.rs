@@ -25,6 +25,7 @@ pub mod extract;
 pub mod hooks;
 pub mod idempotency;
 pub mod launch;
+pub mod lost_worker;
 pub mod ops;
 pub mod schedules;
 pub mod sources;

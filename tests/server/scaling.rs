@@ -649,6 +649,136 @@ steps:
 "#;
 
 /// The ledger of the shared store, exported from a node of its own.
+/// Killed mid-step on its worker, then rerun elsewhere because its file says so.
+const RERUN_IF_LOST: &str = r#"version: 1
+name: rerun-if-lost
+on_worker_lost: rerun
+steps:
+  - id: partial
+    shell: "echo started > partial.txt && sleep 6"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_sourced_run_whose_worker_is_lost_runs_again_on_another_worker_when_its_file_says_so()
+{
+    let url = pg::server().fresh_database();
+    let repo = crate::gitkit::GitRepo::new();
+    repo.write("flows/lost.yaml", RERUN_IF_LOST);
+    let commit = repo.commit("rerun if lost");
+    let (_server, admin) =
+        crate::gitkit::admin_server(&[], &["--store", url.as_str(), "--workers"]).await;
+    crate::gitkit::add_source(
+        &admin,
+        "repo",
+        &repo.location(),
+        serde_json::json!({"dir": "flows"}),
+    )
+    .await;
+    let nodes = tempfile::tempdir().unwrap();
+    let one = nodes.path().join("one");
+    let w1 = Worker::start(&url, &one);
+    let r = admin
+        .post(
+            "/api/v1/workflows/run",
+            serde_json::json!({"source": "repo", "path": "flows/lost.yaml"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let (task, run) = (
+        r.body["task_id"].as_str().unwrap().to_string(),
+        r.body["run_id"].as_str().unwrap().to_string(),
+    );
+    let partial = one.join("workspaces").join(&task).join("partial.txt");
+    until("the step's first write", async || {
+        partial.is_file().then_some(())
+    })
+    .await;
+    w1.kill();
+    // Two workers left: the run is marked once and rerun once, whichever of them sees it.
+    let (two, three) = (nodes.path().join("two"), nodes.path().join("three"));
+    let (w2, w3) = (Worker::start(&url, &two), Worker::start(&url, &three));
+    let interrupted = wait_state(&admin, &task, &["interrupted"]).await;
+    assert!(
+        interrupted.to_string().contains("lost its lease"),
+        "{interrupted}"
+    );
+
+    // A new task of the same owner, from the same commit, that ran to its end elsewhere.
+    let rerun = until("the rerun's task", async || {
+        let r = admin.get("/api/v1/tasks?limit=50").await;
+        r.body["tasks"]
+            .as_array()?
+            .iter()
+            .find(|t| t["started_by"] == format!("lost-worker:{task}").as_str())
+            .cloned()
+    })
+    .await;
+    let rerun_task = rerun["id"].as_str().unwrap().to_string();
+    let done = wait_state(&admin, &rerun_task, &["succeeded", "failed", "interrupted"]).await;
+    let logs = format!("w2:\n{}\nw3:\n{}", w2.log(), w3.log());
+    assert_eq!(done["state"], "succeeded", "{done}\n{logs}");
+    assert_eq!(done["git"]["commit"], commit.as_str(), "{done}");
+    assert_ne!(done["run"]["run_id"], run.as_str(), "{done}");
+    let ran_on: Vec<bool> = [&two, &three]
+        .iter()
+        .map(|n| {
+            n.join("workspaces")
+                .join(&rerun_task)
+                .join("partial.txt")
+                .is_file()
+        })
+        .collect();
+    assert_eq!(
+        ran_on.iter().filter(|&&b| b).count(),
+        1,
+        "one worker ran it: {ran_on:?}\n{logs}"
+    );
+    assert!(
+        partial.is_file(),
+        "the lost run's workspace waits for its worker"
+    );
+    let r = admin.get("/api/v1/tasks?limit=50").await;
+    let reruns = r.body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["started_by"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("lost-worker:"))
+        })
+        .count();
+    assert_eq!(reruns, 1, "{:?}\n{logs}", r.body);
+    // A rerun is not rerun: it ended. And the old run is still the old worker's to roll back.
+    let w1 = Worker::start(&url, &one);
+    until("the rollback", async || (!partial.exists()).then_some(())).await;
+    drop((w1, w2, w3));
+
+    // The ledger says who started the rerun and why, and both runs name the commit.
+    let ledger = export_ledger(&url, &nodes.path().join("audit"));
+    let created: Vec<&serde_json::Value> = ledger
+        .iter()
+        .map(|e| &e["entry"])
+        .filter(|e| e["kind"] == "task_created" && e["result"]["rerun_of"] == run.as_str())
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(
+        created[0]["actor"].as_str().unwrap().starts_with("node:"),
+        "{created:?}"
+    );
+    assert_eq!(created[0]["result"]["attempt"], 2, "{created:?}");
+    let started: Vec<&serde_json::Value> = ledger
+        .iter()
+        .map(|e| &e["entry"])
+        .filter(|e| e["kind"] == "run_started")
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    for s in started {
+        assert_eq!(s["result"]["provenance"]["commit"], commit.as_str(), "{s}");
+        assert_eq!(s["result"]["provenance"]["path"], "flows/lost.yaml", "{s}");
+    }
+}
+
 fn export_ledger(url: &str, node: &std::path::Path) -> Vec<serde_json::Value> {
     let state = node.join("state");
     let export = node.join("ledger.jsonl");

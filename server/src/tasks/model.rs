@@ -69,7 +69,8 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<Provenance>,
     /// Who or what started it, for tasks that start without a plan step: `user:NAME`,
-    /// `rerun:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`.
+    /// `rerun:TASK`, `lost-worker:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`,
+    /// `watch:SOURCE/PATH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
 }

@@ -173,8 +173,8 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub git: Option<Provenance>,
-    /// Who or what started it (`user:NAME`, `rerun:TASK`, `trigger:NAME`, `schedule:…`,
-    /// `watch:…`).
+    /// Who or what started it (`user:NAME`, `rerun:TASK`, `lost-worker:TASK`, `trigger:NAME`,
+    /// `schedule:…`, `watch:…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
     /// The workflow's `name`.

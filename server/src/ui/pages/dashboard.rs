@@ -167,12 +167,16 @@ fn row(task: &Task, run: Option<&RunRecord>, names: &mut OwnerNames<'_>) -> Task
 }
 
 /// Who or what started a task, in words, from its `started_by` (`user:NAME`, `rerun:TASK`,
-/// `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`); a task without one was
-/// created by its owner.
+/// `lost-worker:TASK`, `trigger:NAME`, `schedule:SOURCE/PATH`, `watch:SOURCE/PATH`); a task
+/// without one was created by its owner.
 pub fn started_by(started_by: Option<&str>, owner: &str) -> String {
     match started_by.and_then(|s| s.split_once(':')) {
         Some(("user", name)) => name.to_string(),
         Some(("rerun", task)) => format!("re-run of {}", task.chars().take(8).collect::<String>()),
+        Some(("lost-worker", task)) => format!(
+            "re-run of {} (its worker was lost)",
+            task.chars().take(8).collect::<String>()
+        ),
         Some(("trigger", name)) => format!("trigger {name}"),
         Some(("schedule", what)) => format!("schedule {what}"),
         Some(("watch", what)) => format!("watch {what}"),
@@ -230,6 +234,10 @@ mod tests {
         assert_eq!(
             started_by(Some("rerun:0192abcd-0000"), "ada"),
             "re-run of 0192abcd"
+        );
+        assert_eq!(
+            started_by(Some("lost-worker:0192abcd-0000"), "ada"),
+            "re-run of 0192abcd (its worker was lost)"
         );
         assert_eq!(started_by(Some("odd"), "ada"), "odd");
     }
