@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::vault_api::{KdfParams, Vault};
 use anyhow::Context as _;
 use secureclaw_engine::session::{PassphraseSource, Session, SessionOptions, SharedState};
+use secureclaw_server::dispatch::Routed;
 use secureclaw_store_pg::{PgBackend, PgError, PgStore};
 
 /// The flag, shared by the commands that can use a shared store.
@@ -127,7 +128,7 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
         node: &str,
         revert: &secureclaw_server::dispatch::RoutedRevert,
         wait: std::time::Duration,
-    ) -> Result<Option<secureclaw_server::dispatch::RevertAnswer>, String> {
+    ) -> Result<Routed<secureclaw_server::dispatch::RevertAnswer>, String> {
         self.on_node(secureclaw_store_pg::JobKind::Revert, node, revert, wait)
             .await
     }
@@ -137,22 +138,22 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
         node: &str,
         cont: &secureclaw_server::dispatch::RoutedContinue,
         wait: std::time::Duration,
-    ) -> Result<Option<secureclaw_server::dispatch::ContinueAnswer>, String> {
+    ) -> Result<Routed<secureclaw_server::dispatch::ContinueAnswer>, String> {
         self.on_node(secureclaw_store_pg::JobKind::Continue, node, cont, wait)
             .await
     }
 }
 
 impl QueueDispatch {
-    /// Queues `request` for the workers of `node` and waits for their answer; `None` when none
-    /// took it within `wait` (it is taken back).
+    /// Queues `request` for the workers of `node` and waits for their answer, or until none
+    /// took it within `wait` (it is taken back), or the one that took it lost its lease.
     async fn on_node<A: serde::de::DeserializeOwned>(
         &self,
         kind: secureclaw_store_pg::JobKind,
         node: &str,
         request: &impl serde::Serialize,
         wait: std::time::Duration,
-    ) -> Result<Option<A>, String> {
+    ) -> Result<Routed<A>, String> {
         use secureclaw_store_pg::JobState;
         let payload = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         let queue = &self.0;
@@ -165,24 +166,19 @@ impl QueueDispatch {
             match queue.outcome(id).await.map_err(|e| e.to_string())? {
                 Some((_, Some(answer))) => {
                     return serde_json::from_slice(&answer)
-                        .map(Some)
+                        .map(Routed::Answered)
                         .map_err(|e| format!("the node's answer does not read: {e}"));
                 }
                 Some((JobState::Done, None)) => {
                     return Err("the job ended with no answer".into());
                 }
-                Some((JobState::Interrupted, None)) => {
-                    return Err(format!(
-                        "node {node} stopped before it answered (its lease lapsed); the run's \
-                         record shows how far it got"
-                    ));
-                }
+                Some((JobState::Interrupted, None)) => return Ok(Routed::Lost),
                 None => return Err("the job is gone from the queue".into()),
                 Some((JobState::Queued, None))
                     if std::time::Instant::now() >= deadline
                         && queue.withdraw(id).await.map_err(|e| e.to_string())? =>
                 {
-                    return Ok(None);
+                    return Ok(Routed::NotTaken);
                 }
                 // Queued, or taken: a request a worker took is awaited to its answer.
                 Some(_) => {}

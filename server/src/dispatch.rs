@@ -51,24 +51,60 @@ pub trait Dispatch: Send + Sync {
     /// this return `Ok(false)` and queue nothing.
     async fn enqueue(&self, run: &QueuedRun, dedup: Option<&str>) -> Result<bool, String>;
 
-    /// Has a worker of `node` perform `revert` and waits for its answer. `Ok(None)` when none
-    /// took it within `wait`: it is taken back, and nothing was reverted.
+    /// Has a worker of `node` perform `revert` and waits for its answer.
     async fn revert_on(
         &self,
         node: &str,
         revert: &RoutedRevert,
         wait: Duration,
-    ) -> Result<Option<RevertAnswer>, String>;
+    ) -> Result<Routed<RevertAnswer>, String>;
 
     /// Has a worker of `node` resume or retry a run, and waits until it started there (the run
     /// then goes on under that worker's lease, its events through the store) or was refused.
-    /// `Ok(None)` when no worker of the node took it within `wait`: nothing was started.
     async fn continue_on(
         &self,
         node: &str,
         cont: &RoutedContinue,
         wait: Duration,
-    ) -> Result<Option<ContinueAnswer>, String>;
+    ) -> Result<Routed<ContinueAnswer>, String>;
+}
+
+/// What became of a request sent to another node's workers.
+#[derive(Debug)]
+pub enum Routed<A> {
+    /// A worker of the node answered.
+    Answered(A),
+    /// No worker of the node took it within the wait: it was taken back, nothing was done.
+    NotTaken,
+    /// A worker took it and lost its lease before answering (it died, or was cut off from the
+    /// store): some of it may have been done.
+    Lost,
+}
+
+/// The replica's answer to `what` (`revert`, `retry`, `resume`) of `run`, sent to `node`:
+/// the node's own answer, or why there is none.
+pub fn routed_answer<A>(
+    sent: Result<Routed<Result<A, RoutedProblem>>, String>,
+    node: &str,
+    run: &str,
+    what: &str,
+) -> Result<A, ApiError> {
+    match sent {
+        Ok(Routed::Answered(answer)) => Ok(answer?),
+        Ok(Routed::NotTaken) => Err(node_unavailable(node, run, what)),
+        Ok(Routed::Lost) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_lost",
+            format!(
+                "a worker of node {node} took the {what} of run {run} and stopped before it \
+                 answered (it died, or lost the store); some of it may have been done"
+            ),
+        )
+        .with_hint("read the run's record (its steps and reverts) before asking again")),
+        Err(e) => Err(ApiError::internal(format!(
+            "sending the {what} to node {node}: {e}"
+        ))),
+    }
 }
 
 /// A stopped run to go on, sent to the node that ran it.
@@ -242,5 +278,40 @@ mod tests {
             (odd.status, odd.code),
             (StatusCode::BAD_GATEWAY, "node_error")
         );
+    }
+
+    #[test]
+    fn a_request_no_worker_answered_says_whether_anything_may_have_been_done() {
+        let answer = |sent: Result<Routed<Result<u8, RoutedProblem>>, String>| {
+            routed_answer(sent, "node-w1", "run-1", "revert")
+        };
+        assert_eq!(answer(Ok(Routed::Answered(Ok(7)))).unwrap(), 7);
+        let refused = RoutedProblem::from(ApiError::conflict("run_in_progress", "going on"));
+        let e = answer(Ok(Routed::Answered(Err(refused)))).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::CONFLICT, "run_in_progress")
+        );
+        // Not taken: nothing was done, and the operator is told which node to start.
+        let e = answer(Ok(Routed::NotTaken)).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "node_unavailable")
+        );
+        assert!(e.detail.unwrap().contains("nothing was done"));
+        // Taken and lost: some of it may have been done, and the answer says so.
+        let e = answer(Ok(Routed::Lost)).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "node_lost")
+        );
+        let detail = e.detail.unwrap();
+        assert!(
+            detail.contains("node-w1") && detail.contains("run-1"),
+            "{detail}"
+        );
+        assert!(detail.contains("may have been done"), "{detail}");
+        let e = answer(Err("connection refused".into())).unwrap_err();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -138,7 +138,7 @@ pub async fn list_approvals(
         (status = 403, description = "not an approver, or approving one's own run", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`stale_approval`, `not_parked` or `not_waiting`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`), or the worker that took it stopped before answering (`node_lost`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn approve_step(
     State(state): State<AppState>,
@@ -161,7 +161,7 @@ pub async fn approve_step(
         (status = 403, description = "not an approver, or answering one's own run", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`stale_approval`, `not_parked` or `not_waiting`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the decision is recorded, but the run is parked on a worker node (`serve --workers`) none of whose workers took the resume within 30 s (`node_unavailable`), or the worker that took it stopped before answering (`node_lost`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn deny_step(
     State(state): State<AppState>,
@@ -250,20 +250,10 @@ async fn decide(
             retry: false,
             force: false,
         };
-        match dispatch
+        let sent = dispatch
             .continue_on(&node, &cont, crate::dispatch::ROUTED_WAIT)
-            .await
-        {
-            Ok(Some(answer)) => answer?,
-            Ok(None) => {
-                return Err(crate::dispatch::node_unavailable(&node, &run, "resume"));
-            }
-            Err(e) => {
-                return Err(ApiError::internal(format!(
-                    "sending the resume to node {node}: {e}"
-                )));
-            }
-        }
+            .await;
+        crate::dispatch::routed_answer(sent, &node, &run, "resume")?;
         state
             .metrics
             .runs_started

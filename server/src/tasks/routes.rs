@@ -30,7 +30,7 @@ use super::views::{
 };
 use crate::app::AppState;
 use crate::auth::Identity;
-use crate::dispatch::{ROUTED_WAIT, RoutedContinue, elsewhere, node_unavailable};
+use crate::dispatch::{ROUTED_WAIT, RoutedContinue, elsewhere, routed_answer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, JsonOrDefault};
 use crate::ops::Metrics;
@@ -515,7 +515,7 @@ pub async fn run_task(
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is not failed (`not_failed`), has not run (`not_started`), the workspace changed since it failed (`workspace_drift`), or a request with the same `Idempotency-Key` is in flight", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`Idempotency-Key` reused with another request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the retry within 30 s (`node_unavailable`); nothing was started", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the retry within 30 s (`node_unavailable`: nothing was started), or the worker that took it stopped before answering (`node_lost`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn retry_task(
     State(state): State<AppState>,
@@ -533,15 +533,8 @@ pub async fn retry_task(
             retry: true,
             force: req.force,
         };
-        match dispatch.continue_on(&node, &cont, ROUTED_WAIT).await {
-            Ok(Some(answer)) => answer?,
-            Ok(None) => return Err(node_unavailable(&node, &run, "retry")),
-            Err(e) => {
-                return Err(ApiError::internal(format!(
-                    "sending the retry to node {node}: {e}"
-                )));
-            }
-        }
+        let sent = dispatch.continue_on(&node, &cont, ROUTED_WAIT).await;
+        routed_answer(sent, &node, &run, "retry")?;
     } else {
         // Stored events only, as the retry numbers its own after them (it waits for the store).
         state.session.sync().await?;
@@ -652,7 +645,7 @@ pub async fn task_diff(
         (status = 200, description = "the plan or what was undone", body = RevertReply),
         (status = 404, description = "no such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is going on, or the workspace drifted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`); nothing was reverted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`: nothing was reverted), or the worker that took it stopped before answering (`node_lost`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revert_task(
     State(state): State<AppState>,
@@ -682,7 +675,7 @@ pub async fn revert_task(
         (status = 200, description = "the plan or what was undone", body = RevertReply),
         (status = 404, description = "no such action", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "the run is going on, or the workspace drifted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`); nothing was reverted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the run ran on a worker node (`serve --workers`) none of whose workers took the revert within 30 s (`node_unavailable`: nothing was reverted), or the worker that took it stopped before answering (`node_lost`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revert_action(
     State(state): State<AppState>,
@@ -749,13 +742,8 @@ async fn revert(
     // is reverted there, whoever asks.
     if let (Some(dispatch), Some(node)) = (&state.dispatch, elsewhere(state, run)?) {
         let routed = crate::dispatch::RoutedRevert::new(run, &opts);
-        return match dispatch.revert_on(&node, &routed, ROUTED_WAIT).await {
-            Ok(Some(answer)) => Ok(Json(answer?)),
-            Ok(None) => Err(node_unavailable(&node, run, "revert")),
-            Err(e) => Err(ApiError::internal(format!(
-                "sending the revert to node {node}: {e}"
-            ))),
-        };
+        let sent = dispatch.revert_on(&node, &routed, ROUTED_WAIT).await;
+        return routed_answer(sent, &node, run, "revert").map(Json);
     }
     Ok(Json(revert_run(&state.session, run, opts).await?))
 }
