@@ -75,6 +75,11 @@ const RECOVER_ALL_EVERY: Duration = Duration::from_secs(600);
 /// The least time a job whose lease lapsed stays with the node that expired it before another
 /// node records its run interrupted in its place (at least one lease).
 const MIN_RECORD_WAIT: Duration = Duration::from_secs(5);
+/// How long a finished job is kept (its dedup key with it: a redelivered webhook or a schedule
+/// time is recognised for this long, as long as the servers remember delivery ids).
+const KEEP_FINISHED_JOBS: Duration = secureclaw_server::retention::KEEP_FOR;
+/// How often a worker deletes older finished jobs.
+const SWEEP_JOBS_EVERY: Duration = Duration::from_secs(3600);
 /// Attempts at rolling a run back before the worker leaves it to an operator.
 const ROLLBACK_TRIES: u8 = 5;
 
@@ -140,7 +145,15 @@ impl Worker {
             signal.cancel();
         });
         let (mut recovered, mut recovered_all) = (Instant::now(), Instant::now());
+        let mut swept: Option<Instant> = None;
         while !stop.is_cancelled() {
+            if swept.is_none_or(|at| at.elapsed() >= SWEEP_JOBS_EVERY) {
+                // Any worker may: a job deleted twice is deleted once.
+                if let Err(e) = self.queue.sweep_finished(KEEP_FINISHED_JOBS).await {
+                    eprintln!("{} sweeping finished jobs: {e}", style("worker").yellow());
+                }
+                swept = Some(Instant::now());
+            }
             if recovered.elapsed() >= RECOVER_EVERY {
                 let full = recovered_all.elapsed() >= RECOVER_ALL_EVERY;
                 self.recover(full).await;

@@ -253,6 +253,7 @@ pub async fn serve(
         Arc::new(crate::schedules::RealClock),
     );
     crate::watching::spawn(state.clone(), state.feed.clone());
+    crate::retention::spawn(state.clone());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn({
         let stopping = stopping.clone();

@@ -27,6 +27,7 @@ pub mod idempotency;
 pub mod launch;
 pub mod lost_worker;
 pub mod ops;
+pub mod retention;
 pub mod schedules;
 pub mod sources;
 pub mod tasks;

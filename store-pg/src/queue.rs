@@ -530,22 +530,20 @@ impl Queue {
             .collect()
     }
 
-    /// Queues an interrupted job again (a run whose policy allows a retry elsewhere).
-    pub async fn requeue(&self, id: Uuid) -> Result<bool, PgError> {
+    /// Deletes the jobs that ended more than `older_than` ago and need nothing more (done, or
+    /// interrupted with their run recorded); how many. Their dedup keys go with them: a
+    /// delivery id or a schedule time older than that is not recognised again.
+    pub async fn sweep_finished(&self, older_than: Duration) -> Result<u64, PgError> {
         let store = self.store.clone();
         self.on_store(async move {
             let r = sqlx::query(
-                "UPDATE sc_jobs SET state = 'queued', owner = NULL, lease_until = NULL, \
-                 finished_at = NULL WHERE id = $1 AND state = 'interrupted'",
+                "DELETE FROM sc_jobs WHERE state IN ('done', 'interrupted') AND recorded \
+                 AND finished_at < now() - make_interval(secs => $1)",
             )
-            .bind(id)
+            .bind(secs(older_than))
             .execute(&store.pool)
             .await?;
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&store.pool)
-                .await?;
-            Ok(r.rows_affected() == 1)
+            Ok(r.rows_affected())
         })
         .await
     }

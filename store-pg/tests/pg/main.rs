@@ -446,10 +446,87 @@ async fn a_lapsed_lease_interrupts_the_job_and_its_worker_learns_it_lost() {
         Err(Lost)
     );
     assert_eq!(worker.finish(id).await.unwrap(), Err(Lost));
-    // A retry elsewhere: queued again, claimed by the other worker.
-    assert!(other.requeue(id).await.unwrap());
-    let again = other.claim(Duration::from_secs(5)).await.unwrap().unwrap();
-    assert_eq!((again.id, again.attempts), (id, 2));
+    // Never claimed again: a run is executed by the worker that claimed it, or not at all.
+    assert!(other.claim(Duration::from_secs(5)).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_swept_once_old_and_nothing_that_still_needs_a_node_is() {
+    let (_url, _dir, store, vault) = first_node();
+    let q = store.queue(vault.clone());
+    let lease = Duration::from_millis(200);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let key = format!("delivery-{n}");
+        ids.push(
+            q.enqueue(JobKind::Run, b"run", Some(&key))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // done; interrupted and recorded; interrupted, its run not yet recorded; running; queued.
+    let mut claimed = Vec::new();
+    for n in 0..4 {
+        let held = if n == 3 {
+            Duration::from_secs(60)
+        } else {
+            lease
+        };
+        claimed.push(q.claim(held).await.unwrap().unwrap().id);
+    }
+    assert_eq!(claimed, ids[..4]);
+    assert_eq!(q.finish(ids[0]).await.unwrap(), Ok(()));
+    tokio::time::sleep(lease * 2).await;
+    let expired: Vec<_> = q
+        .expire_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(expired, ids[1..3]);
+    q.recorded(ids[1]).await.unwrap();
+
+    assert_eq!(
+        q.sweep_finished(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "swept before its time"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(q.sweep_finished(Duration::ZERO).await.unwrap(), 2);
+    let left: Vec<Option<JobState>> = states_of(&q, &ids).await;
+    assert_eq!(
+        left,
+        [
+            None,
+            None,
+            Some(JobState::Interrupted),
+            Some(JobState::Running),
+            Some(JobState::Queued)
+        ]
+    );
+    // A swept job's dedup key is free again; a kept one's still holds.
+    assert!(
+        q.enqueue(JobKind::Run, b"run", Some("delivery-0"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        q.enqueue(JobKind::Run, b"run", Some("delivery-2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn states_of(q: &secureclaw_store_pg::Queue, ids: &[uuid::Uuid]) -> Vec<Option<JobState>> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(q.state(*id).await.unwrap().map(|s| s.0));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
