@@ -156,11 +156,11 @@ impl From<SessionError> for ApiError {
             SessionError::NotFailed { .. } => ApiError::conflict("not_failed", e.to_string())
                 .with_hint("only a failed run goes on from its failed step; `POST /api/v1/tasks/{id}/rerun` runs the workflow again as a new task"),
             SessionError::Busy(_) => ApiError::conflict("busy", e.to_string()),
-            SessionError::OtherNode { .. } => {
-                let mut err = ApiError::conflict("other_node", e.to_string());
-                err.hint = e.hint();
-                err
-            }
+            SessionError::OtherNode { node, .. } => ApiError::conflict("other_node", e.to_string())
+                .with_hint(format!(
+                    "send the request to the replica that is node {node}: a replica without \
+                     --workers reverts, resumes and retries only the runs it ran"
+                )),
             SessionError::Invalid { message, hint } => {
                 let mut err = ApiError::bad_request("invalid_request", message.clone());
                 err.hint = hint.clone();

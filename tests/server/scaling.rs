@@ -105,6 +105,8 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
         .await;
     assert_eq!(refused.status, 409, "{:?}", refused.body);
     assert_eq!(refused.code(), "other_node", "{:?}", refused.body);
+    let hint = refused.body["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("the replica that is node"), "{:?}", refused.body);
     assert!(std::fs::read_dir(&a.data_dir).is_ok());
     let reverted = on_a
         .post(
@@ -667,13 +669,7 @@ async fn a_git_sourced_run_whose_worker_is_lost_runs_again_on_another_worker_whe
     let commit = repo.commit("rerun if lost");
     let (_server, admin) =
         crate::gitkit::admin_server(&[], &["--store", url.as_str(), "--workers"]).await;
-    crate::gitkit::add_source(
-        &admin,
-        "repo",
-        &repo.location(),
-        serde_json::json!({"dir": "flows"}),
-    )
-    .await;
+    add_flows(&admin, &repo).await;
     let nodes = tempfile::tempdir().unwrap();
     let one = nodes.path().join("one");
     let w1 = Worker::start(&url, &one);
@@ -779,6 +775,17 @@ async fn a_git_sourced_run_whose_worker_is_lost_runs_again_on_another_worker_whe
     }
 }
 
+/// Registers `repo`'s `flows` directory as the source `repo`.
+async fn add_flows(admin: &crate::harness::Api, repo: &crate::gitkit::GitRepo) {
+    crate::gitkit::add_source(
+        admin,
+        "repo",
+        &repo.location(),
+        serde_json::json!({"dir": "flows"}),
+    )
+    .await;
+}
+
 fn export_ledger(url: &str, node: &std::path::Path) -> Vec<serde_json::Value> {
     let state = node.join("state");
     let export = node.join("ledger.jsonl");
@@ -832,13 +839,7 @@ async fn one_schedule_on_two_replicas(workers: bool) {
     on_b.login(&name).await;
     // Registered through A: B reads the sources again by itself and evaluates the same
     // schedule.
-    crate::gitkit::add_source(
-        &admin,
-        "repo",
-        &repo.location(),
-        serde_json::json!({"dir": "flows"}),
-    )
-    .await;
+    add_flows(&admin, &repo).await;
     for (replica, api) in [("a", &admin), ("b", &on_b)] {
         until(&format!("the schedule listed on {replica}"), async || {
             let r = api.get("/api/v1/schedules").await;

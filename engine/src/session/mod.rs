@@ -156,7 +156,7 @@ impl SessionError {
         match self {
             SessionError::Invalid { hint, .. } => hint.clone(),
             SessionError::OtherNode { node, .. } => Some(format!(
-                "send the request to node {node} (revert, resume and retry go to the node that ran the run)"
+                "ask a server replica (`POST /api/v1/tasks/ID/revert`, `/retry`, or the approval), which has a worker of node {node} do it, or run this command on node {node} with its --data-dir"
             )),
             SessionError::NoVault { .. } => Some(
                 "runs started with `--workspace DIR` are recorded in DIR/.secureclaw: pass the same `--workspace DIR` (or `--state-dir DIR/.secureclaw`)"
