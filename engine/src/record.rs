@@ -401,8 +401,8 @@ impl RunStore {
     }
 
     /// See [`crate::storage::StateBackend::event_commits`].
-    pub fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.backend.event_commits()
+    pub fn event_commits(&self, run: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.backend.event_commits(run)
     }
 
     /// Queue a ledger entry; it is committed with the next [`RunStore::save`]. Manifest hashes

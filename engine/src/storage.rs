@@ -129,9 +129,10 @@ pub trait StateBackend: Send + Sync + 'static {
     /// All keys of a table (small tables only: runs, parked runs).
     fn keys(&self, table: Table) -> Result<Vec<String>, StorageError>;
     fn is_read_only(&self) -> bool;
-    /// Changes each time some process commits run events to this store, for followers of a
-    /// run another process executes; `None` (the default) where this process alone writes.
-    fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    /// Changes each time some process commits events of `run` to this store, for followers
+    /// of a run another process executes; `None` (the default) where this process alone
+    /// writes.
+    fn event_commits(&self, _run: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 }

@@ -224,13 +224,16 @@ async fn commit(store: PgStore, vault: Vault, commit: Commit) -> Result<(), PgEr
         .await?;
     }
     // Followers of a run on other nodes read its new events at once (delivered at commit).
-    if commit
+    let runs: Vec<&str> = commit
         .rows
         .iter()
-        .any(|(table, _, value)| *table == Table::Events.name() && value.is_some())
-    {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(crate::store::EVENTS_CHANNEL)
+        .filter(|(table, _, value)| *table == Table::Events.name() && value.is_some())
+        .filter_map(|(_, key, _)| key.split_once('/').map(|(run, _)| run))
+        .collect();
+    if !runs.is_empty() {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::notify::EVENTS_CHANNEL)
+            .bind(crate::notify::payload(&vault, runs))
             .execute(&mut *tx)
             .await?;
     }
@@ -321,8 +324,11 @@ impl StateBackend for PgBackend {
         false
     }
 
-    fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.store.event_commits())
+    fn event_commits(&self, run: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(
+            self.store
+                .event_commits(crate::notify::run_tag(&self.vault, run)),
+        )
     }
 }
 

@@ -18,6 +18,7 @@
 mod backend;
 mod bridge;
 mod error;
+mod notify;
 mod queue;
 mod store;
 

@@ -58,13 +58,10 @@ pub struct PgStore {
     /// The encryption count this node last wrote to the shared counter (see
     /// `backend::lock_counter`).
     pub(crate) synced: Arc<std::sync::Mutex<Option<(u32, u64)>>>,
-    /// Bumped on each `NOTIFY` of [`EVENTS_CHANNEL`] (any node committed run events); the
+    /// Followers of runs' events, woken by `NOTIFY` (any node committed run events); the
     /// listener starts with the first follower ([`PgStore::event_commits`]).
-    events: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
+    events: Arc<std::sync::OnceLock<Arc<crate::notify::Followers>>>,
 }
-
-/// The channel a commit that stores run events notifies (with an empty payload).
-pub(crate) const EVENTS_CHANNEL: &str = "sc_events";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,26 +114,27 @@ impl PgStore {
         })
     }
 
-    /// Changes each time any node commits run events, so a stream of a run another node
-    /// executes reads them at once rather than at its next poll. Listening has started when
-    /// this returns: a commit made after it is seen. A lost connection is re-made (a
-    /// notification sent meanwhile is lost: followers still poll, more slowly).
-    pub fn event_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// Changes each time any node commits events of the run tagged `tag` (see
+    /// [`PgBackend`]'s `event_commits`), so a stream of a run another node executes reads them
+    /// at once rather than at its next poll. Listening has started when this returns: a commit
+    /// made after it is seen. A lost connection is re-made (a notification sent meanwhile is
+    /// lost: followers still poll, more slowly).
+    pub(crate) fn event_commits(&self, tag: String) -> tokio::sync::watch::Receiver<u64> {
         self.events
             .get_or_init(|| {
-                let (tx, _) = tokio::sync::watch::channel(0);
+                let followers = Arc::new(crate::notify::Followers::default());
                 let pool = self.pool.clone();
                 let first = self
                     .bridge
-                    .wait(listen_for_events(pool.clone()))
+                    .wait(crate::notify::listen(pool.clone()))
                     .ok()
                     .and_then(Result::ok);
                 self.bridge
                     .handle()
-                    .spawn(follow_events(pool, first, tx.clone()));
-                tx
+                    .spawn(crate::notify::follow(pool, first, followers.clone()));
+                followers
             })
-            .subscribe()
+            .follow(tag)
     }
 
     /// The URL with its password hidden.
@@ -229,32 +227,6 @@ impl PgStore {
     /// which interrupted jobs were its own).
     pub fn queue_as(&self, vault: Vault, owner: impl Into<String>) -> Queue {
         Queue::new(self.clone(), vault, Some(owner.into()))
-    }
-}
-
-async fn listen_for_events(pool: PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-    listener.listen(EVENTS_CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Bumps `tx` on each notification, for as long as the store's runtime lives.
-async fn follow_events(
-    pool: PgPool,
-    mut listener: Option<sqlx::postgres::PgListener>,
-    tx: tokio::sync::watch::Sender<u64>,
-) {
-    loop {
-        if let Some(l) = &mut listener {
-            // `recv` re-connects by itself; it errs only when it cannot.
-            while l.recv().await.is_ok() {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        listener = listen_for_events(pool.clone()).await.ok();
-        // Events may have been committed while nobody listened.
-        tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -106,7 +106,11 @@ async fn two_replicas_share_accounts_tasks_runs_and_one_ledger() {
     assert_eq!(refused.status, 409, "{:?}", refused.body);
     assert_eq!(refused.code(), "other_node", "{:?}", refused.body);
     let hint = refused.body["hint"].as_str().unwrap_or_default();
-    assert!(hint.contains("the replica that is node"), "{:?}", refused.body);
+    assert!(
+        hint.contains("the replica that is node"),
+        "{:?}",
+        refused.body
+    );
     assert!(std::fs::read_dir(&a.data_dir).is_ok());
     let reverted = on_a
         .post(

@@ -878,10 +878,10 @@ impl Session {
         self.inner.live_changed.subscribe()
     }
 
-    /// On a shared store: a receiver told each time any node commits run events (a run another
-    /// node executes has new events to read). `None` where this process alone writes.
-    pub fn event_commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.inner.store.event_commits()
+    /// On a shared store: a receiver told each time any node commits events of `run` (a run
+    /// another node executes has new events to read). `None` where this process alone writes.
+    pub fn event_commits(&self, run: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.store.event_commits(run)
     }
 
     /// Cancel a run going on in this process: running steps are killed and rolled back, the

@@ -185,8 +185,9 @@ async fn pump(
     behind: Arc<AtomicBool>,
 ) {
     let mut changes = session.live_changes();
-    // Events other nodes commit (a shared store), told at once rather than at the next poll.
-    let mut elsewhere = session.event_commits();
+    // This run's events other nodes commit (a shared store), told at once rather than at the
+    // next poll.
+    let mut elsewhere = session.event_commits(&run);
     // Whether the store has had a chance to catch up since the last read.
     let mut settled = false;
     loop {

@@ -155,15 +155,17 @@ fn nodes_creating_one_row_at_once_all_read_back_the_one_that_won() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_is_told_when_another_node_commits_run_events() {
+async fn a_follower_is_told_when_another_node_commits_its_runs_events_and_only_then() {
     let (url, _dir, store, vault) = first_node();
-    let mut told = store.event_commits();
+    let here = store.backend(vault.clone());
+    let mut told = here.event_commits("run-1").unwrap();
+    let other_run = here.event_commits("run-2").unwrap();
     let other = Arc::new(PgStore::connect(&url).unwrap().backend(vault));
     let commit = |table: Table| {
         let other = other.clone();
         async move {
             let mut batch = Batch::default();
-            put(&mut batch, table, "run-1/1", "{}");
+            put(&mut batch, table, "run-1/000000000001", "{}");
             tokio::task::spawn_blocking(move || other.commit(&[batch]))
                 .await
                 .unwrap()
@@ -178,20 +180,68 @@ async fn a_follower_is_told_when_another_node_commits_run_events() {
             .is_err(),
         "told of a commit without events"
     );
-    // Its events: told (the bound only keeps a broken test from hanging).
+    // Its events: told (the bound only keeps a broken test from hanging), and the follower of
+    // another run is not, by the same notification.
     commit(Table::Events).await;
     tokio::time::timeout(Duration::from_secs(10), told.changed())
         .await
         .expect("no notification of the events commit")
         .unwrap();
+    assert!(
+        !other_run.has_changed().unwrap(),
+        "woken by another run's events"
+    );
     // Every follower of this node shares the one listener.
-    let mut second = store.event_commits();
+    let mut second = here.event_commits("run-1").unwrap();
     second.borrow_and_update();
     commit(Table::Events).await;
     tokio::time::timeout(Duration::from_secs(10), second.changed())
         .await
         .expect("no notification for the second follower")
         .unwrap();
+    assert!(!other_run.has_changed().unwrap());
+}
+
+#[test]
+fn a_notification_names_runs_only_as_keyed_tags() {
+    let (url, _dir, store, vault) = first_node();
+    let backend = store.backend(vault);
+    // Caught by a plain LISTEN, as any client of the database could.
+    let listen = std::process::Command::new(server::server_bin("psql"))
+        .args([
+            url.as_str(),
+            "-q",
+            "-X",
+            "-c",
+            "LISTEN sc_events",
+            "-c",
+            "SELECT pg_sleep(2)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut batch = Batch::default();
+    put(
+        &mut batch,
+        Table::Events,
+        "run-secret-name/000000000001",
+        "{}",
+    );
+    backend.commit(&[batch]).unwrap();
+    let out = listen.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("sc_events"), "no notification seen: {said}");
+    assert!(!said.contains("run-secret-name"), "{said}");
+    let payload = said
+        .split("payload \"")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .unwrap_or_default();
+    assert_eq!(payload.len(), 16, "{said}");
+    assert!(payload.bytes().all(|b| b.is_ascii_hexdigit()), "{said}");
 }
 
 #[test]
