@@ -156,7 +156,7 @@ impl SessionError {
         match self {
             SessionError::Invalid { hint, .. } => hint.clone(),
             SessionError::OtherNode { node, .. } => Some(format!(
-                "ask a server replica (`POST /api/v1/tasks/ID/revert`, `/retry`, or the approval), which has a worker of node {node} do it, or run this command on node {node} with its --data-dir"
+                "ask a server replica with --workers (`POST /api/v1/tasks/ID/revert`, `/retry`, or the approval): it has a worker of node {node} do it"
             )),
             SessionError::NoVault { .. } => Some(
                 "runs started with `--workspace DIR` are recorded in DIR/.secureclaw: pass the same `--workspace DIR` (or `--state-dir DIR/.secureclaw`)"
