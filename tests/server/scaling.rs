@@ -654,7 +654,6 @@ steps:
     write: { path: tick.txt, content: "tick\n" }
 "#;
 
-/// The ledger of the shared store, exported from a node of its own.
 /// Killed mid-step on its worker, then rerun elsewhere because its file says so.
 const RERUN_IF_LOST: &str = r#"version: 1
 name: rerun-if-lost
@@ -790,6 +789,7 @@ async fn add_flows(admin: &crate::harness::Api, repo: &crate::gitkit::GitRepo) {
     .await;
 }
 
+/// The ledger of the shared store, exported from a node of its own.
 fn export_ledger(url: &str, node: &std::path::Path) -> Vec<serde_json::Value> {
     let state = node.join("state");
     let export = node.join("ledger.jsonl");
