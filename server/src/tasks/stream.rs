@@ -40,6 +40,10 @@ pub const STALL: Duration = Duration::from_secs(5);
 const RECHECK: Duration = Duration::from_secs(2);
 /// How often a stream on a run queued for a worker (shared store) looks for its first events.
 const QUEUED_RECHECK: Duration = Duration::from_millis(250);
+/// How long a stream of a run another node executed waits for the run's last events once its
+/// record says it ended: that node commits the final record just before them. A run that ends
+/// with no final event (interrupted by the cluster) ends its stream after this.
+const FINAL_EVENTS_WAIT: Duration = Duration::from_secs(3);
 
 /// An event ready to send, with its number.
 struct Outgoing {
@@ -190,6 +194,9 @@ async fn pump(
     let mut elsewhere = session.event_commits(&run);
     // Whether the store has had a chance to catch up since the last read.
     let mut settled = false;
+    // Once the record of a run another node executed says it ended: until when its last
+    // events are waited for.
+    let mut final_by: Option<tokio::time::Instant> = None;
     loop {
         changes.borrow_and_update();
         if let Some(e) = &mut elsewhere {
@@ -245,16 +252,29 @@ async fn pump(
                 // queue: its events arrive in the store.
                 Ok(Some(r)) if r.state == RunState::Running && session.node().is_some() => {}
                 Ok(None) if session.node().is_some() => {}
-                // Ended without a final event this stream saw (e.g. interrupted): done.
                 _ if session.is_live(&run) => continue,
+                // Ended on another node: its last events follow the record's commit there.
+                Ok(Some(_)) if session.node().is_some() => {
+                    let by = *final_by
+                        .get_or_insert_with(|| tokio::time::Instant::now() + FINAL_EVENTS_WAIT);
+                    if tokio::time::Instant::now() >= by {
+                        return;
+                    }
+                }
+                // Ended without a final event this stream saw (e.g. interrupted): done.
                 _ => return,
             }
         }
+        let recheck = if final_by.is_some() {
+            QUEUED_RECHECK
+        } else {
+            RECHECK
+        };
         tokio::select! {
             _ = changes.changed() => {}
             () = committed(&mut elsewhere) => {}
             _ = tx.closed() => return,
-            _ = tokio::time::sleep(RECHECK) => {}
+            _ = tokio::time::sleep(recheck) => {}
         }
         settled = false;
     }
