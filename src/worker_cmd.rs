@@ -262,9 +262,20 @@ impl Worker {
     /// when the store failed (the job stays unrecorded and the next pass tries again). Queued
     /// once however many nodes get here: the queue drops a second rerun of the same run.
     async fn rerun_if_asked(&self, lost: &QueuedRun) -> bool {
-        if lost_worker::rerun_wanted(lost).is_err() {
-            return true;
-        }
+        let tasks = TaskStore::new(self.session.clone());
+        let node = self.session.node().unwrap_or("worker").to_string();
+        let rerun = match lost_worker::rerun_of(&tasks, lost, &node) {
+            Ok(r) => r,
+            Err(lost_worker::NoRerun::NotAsked) => return true,
+            Err(why) => {
+                eprintln!(
+                    "{} run {} is not run again: {why}",
+                    style("worker").yellow(),
+                    lost.run_id
+                );
+                return true;
+            }
+        };
         // Only a run the cluster holds interrupted: one that ended before its lease lapsed
         // (its worker was cut off before finishing the job) is not run again.
         match self.session.run_record(&lost.run_id) {
@@ -275,19 +286,6 @@ impl Worker {
                 return false;
             }
         }
-        let tasks = TaskStore::new(self.session.clone());
-        let node = self.session.node().unwrap_or("worker").to_string();
-        let rerun = match lost_worker::rerun_of(&tasks, lost, &node) {
-            Ok(r) => r,
-            Err(why) => {
-                eprintln!(
-                    "{} run {} is not run again: {why}",
-                    style("worker").yellow(),
-                    lost.run_id
-                );
-                return true;
-            }
-        };
         let payload = match serde_json::to_vec(&rerun.run) {
             Ok(p) => p,
             Err(e) => {

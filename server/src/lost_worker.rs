@@ -54,8 +54,9 @@ pub fn dedup_key(run: &str) -> String {
 }
 
 /// Checks whether `lost` (the payload of a job whose lease lapsed) is to be started again,
-/// without reading the store.
-pub fn rerun_wanted(lost: &QueuedRun) -> Result<(), NoRerun> {
+/// without reading the store. [`NoRerun::NotAsked`] comes first: any other refusal is of a
+/// workflow that asked.
+fn rerun_wanted(lost: &QueuedRun) -> Result<(), NoRerun> {
     let validated = validate_bytes(std::path::Path::new("(queued)"), lost.workflow.as_bytes())
         .map_err(|d| NoRerun::Invalid(d.to_string()))?;
     if validated.workflow.on_worker_lost != WorkerLost::Rerun {
