@@ -1,11 +1,11 @@
 //! Semantic layer cost (feature `ml`, model from scripts/setup-models.sh):
 //!
-//! - the shipped cascade (n-gram model, then the fine-tuned MiniLM-L6 classifier for what it does
-//!   not dismiss) on 256-token windows: of benign prose (the project's docs, cut into windows),
-//!   of the held-out test split's texts run together (about half attacks), and one window of
-//!   plain prose; target p50 < 15 ms per window; and the same windows with every pair of
-//!   sentences read (the cascade without its pair bound);
-//! - the classifier alone on one full 256-token window and one 130-token unit;
+//! - the shipped cascade (n-gram model, then the two-layer student, then the six-layer classifier
+//!   for what neither dismissed) on 256-token windows: of benign prose (the project's docs, cut
+//!   into windows), of the held-out test split's texts run together (about half attacks), and
+//!   one window of plain prose; target p50 < 15 ms per window; and the same windows with the
+//!   student passing everything on (the cascade without it);
+//! - each classifier alone on one full 256-token window and one 130-token unit;
 //! - the lexical model alone on one 256-token window;
 //! - the embedding layer (all-MiniLM-L6-v2 + logistic head, the previous default) for comparison:
 //! - one full 256-token window (254 tokens + [CLS]/[SEP]) through MiniLM;
@@ -190,21 +190,27 @@ fn cascade_benches(embedder: &Embedder) {
     let prose = text_of_tokens(embedder, MAX_TOKENS - 2);
     let unit = text_of_tokens(embedder, 128);
 
-    let per_window = |name: &str, windows: &[String]| {
+    let per_window = |name: &str, cascade: &CascadeLayer, windows: &[String]| {
         let normalized: Vec<_> = windows.iter().map(|w| normalize(w)).collect();
-        let mut asked = 0usize;
-        let mut units = 0usize;
+        let (mut units, mut read, mut asked) = (0usize, 0usize, 0usize);
+        let flagged = windows
+            .iter()
+            .zip(&normalized)
+            .filter(|(w, n)| cascade.scan(w, n).iter().any(|f| f.score >= 0.5))
+            .count();
         for n in &normalized {
             for u in cascade
                 .unit_scores(&n.text, lexical.dismiss_below())
                 .unwrap()
             {
                 units += 1;
+                read += usize::from(u.student.is_some());
                 asked += usize::from(u.model.is_some());
             }
         }
         eprintln!(
-            "{name}: {} windows of 256 tokens, {units} units, {asked} given to the transformer",
+            "{name}: {} windows of 256 tokens ({flagged} flagged), {units} units, {read} read by \
+             the student, {asked} given to the full model",
             windows.len()
         );
         let mut i = 0;
@@ -214,25 +220,22 @@ fn cascade_benches(embedder: &Embedder) {
             black_box(cascade.scan(&windows[k], black_box(&normalized[k])));
         });
     };
-    per_window("cascade_per_256_token_window_docs", &doc_windows);
-    per_window("cascade_per_256_token_window_test_split", &mixed_windows);
-    // The same windows with every pair of sentences read (the cascade before PAIR_BOUND).
-    let every_pair = |name: &str, windows: &[String]| {
-        let normalized: Vec<_> = windows.iter().map(|w| normalize(w)).collect();
-        let mut i = 0;
-        percentiles(name, normalized.len().max(1), || {
-            let k = i % windows.len();
-            i += 1;
-            black_box(
-                cascade
-                    .unit_scores_with(&normalized[k].text, lexical.dismiss_below(), 0.0)
-                    .unwrap(),
-            );
-        });
-    };
-    every_pair("cascade_every_pair_per_256_token_window_docs", &doc_windows);
-    every_pair(
-        "cascade_every_pair_per_256_token_window_test_split",
+    per_window("cascade_per_256_token_window_docs", &cascade, &doc_windows);
+    per_window(
+        "cascade_per_256_token_window_test_split",
+        &cascade,
+        &mixed_windows,
+    );
+    // The same windows with the student passing everything on (the cascade without it).
+    let without_student = CascadeLayer::builtin().unwrap().with_student_bound(0.0);
+    per_window(
+        "cascade_without_student_per_256_token_window_docs",
+        &without_student,
+        &doc_windows,
+    );
+    per_window(
+        "cascade_without_student_per_256_token_window_test_split",
+        &without_student,
         &mixed_windows,
     );
     let n_prose = normalize(&prose);
@@ -244,6 +247,13 @@ fn cascade_benches(embedder: &Embedder) {
     });
     percentiles("classifier_one_130_token_unit", 100, || {
         black_box(classifier.probability(black_box(&unit)).unwrap());
+    });
+    let student = InjectionClassifier::shared_student().unwrap();
+    percentiles("student_one_256_token_window", 100, || {
+        black_box(student.probability(black_box(&prose)).unwrap());
+    });
+    percentiles("student_one_130_token_unit", 100, || {
+        black_box(student.probability(black_box(&unit)).unwrap());
     });
     percentiles("lexical_one_256_token_window", 500, || {
         black_box(lexical.logit(black_box(&n_prose.text)));

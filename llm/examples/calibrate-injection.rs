@@ -5,9 +5,14 @@
 //!   most 1 % of the validation benign texts together with the unicode and regex layers;
 //!   `dismiss_below`: the n-gram logit under which at most 0.2 % of the validation attacks lie
 //!   (the cascade does not ask the transformer below it);
-//! - `data/injection-classifier.json` (with `--features ml`): the transformer's probability
-//!   threshold for at most 1 % validation false positives together with the rule layers, and the
-//!   SHA-256 of the model it was chosen for.
+//! - `data/injection-student.json` (with `--features ml`): the student's dismissal bound: of the
+//!   validation attacks only the full model catches, at most 0.2 % are caught by units the
+//!   student scores below it;
+//! - `data/injection-classifier.json` (with `--features ml`): the full model's probability
+//!   threshold, with the student in front of it, for at most 1 % validation false positives
+//!   together with the rule layers.
+//!
+//! Each file records the SHA-256 of the model it was chosen for.
 //!
 //! `cargo run -p secureclaw-llm --release --example calibrate-injection [--features ml]`
 //! (the ml part needs scripts/setup-models.sh). The test split is never read here.
@@ -23,7 +28,8 @@ use secureclaw_llm::{Detector, normalize};
 
 /// The false-positive budget of the whole detector on validation.
 const MAX_FPR: f64 = 0.01;
-/// The share of validation attacks the cascade may leave to the n-gram model alone.
+/// The share of validation attacks the cascade may leave to the n-gram model alone, and the share
+/// the student may dismiss of those it reads.
 const MAX_DISMISSED_ATTACKS: f64 = 0.002;
 
 fn lexical_max(model: &LexicalModel, text: &str) -> f32 {
@@ -38,6 +44,13 @@ fn lexical_max(model: &LexicalModel, text: &str) -> f32 {
         }
     }
     best
+}
+
+/// The score under which at most [`MAX_DISMISSED_ATTACKS`] of `attack_scores` lie.
+fn dismissal_bound(mut attack_scores: Vec<f32>) -> f32 {
+    attack_scores.sort_by(f32::total_cmp);
+    let k = (MAX_DISMISSED_ATTACKS * attack_scores.len() as f64).floor() as usize;
+    attack_scores.get(k).copied().unwrap_or(0.0) - 1e-4
 }
 
 fn main() {
@@ -61,15 +74,13 @@ fn main() {
         .filter(|(r, f)| !r.attack && **f)
         .count();
     let threshold = labelled::threshold_with_others(&benign_rest, rules_fp, MAX_FPR);
-    let mut attack_scores: Vec<f32> = val
+    let attack_scores: Vec<f32> = val
         .iter()
         .zip(&lex)
         .filter(|(r, _)| r.attack)
         .map(|(_, l)| *l)
         .collect();
-    attack_scores.sort_by(f32::total_cmp);
-    let k = (MAX_DISMISSED_ATTACKS * attack_scores.len() as f64).floor() as usize;
-    let dismiss_below = attack_scores.get(k).copied().unwrap_or(0.0) - 1e-4;
+    let dismiss_below = dismissal_bound(attack_scores);
     let benign_n = val.iter().filter(|r| !r.attack).count();
     let dismissed = benign_rest.iter().filter(|&&l| l < dismiss_below).count();
     println!(
@@ -108,28 +119,33 @@ fn main() {
     calibrate_classifier(root, &val, &flagged_by_rules, dismiss_below);
 }
 
+/// The student's and the full model's probabilities of every unit of `text` as `cascade` reads
+/// it (0 for a unit a stage did not read).
 #[cfg(feature = "ml")]
-fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismiss_below: f32) {
-    use secureclaw_llm::cascade::CascadeLayer;
-
-    let cascade = CascadeLayer::builtin().unwrap();
-    let mut probs = Vec::with_capacity(val.len());
-    for r in val {
-        let n = normalize(&r.text);
-        let mut best = 0f32;
-        for u in cascade.unit_scores(&n.text, dismiss_below).unwrap() {
-            best = best.max(u.model.unwrap_or(0.0));
+fn unit_probabilities(
+    cascade: &secureclaw_llm::cascade::CascadeLayer,
+    text: &str,
+    dismiss_below: f32,
+) -> Vec<(f32, f32)> {
+    let n = normalize(text);
+    let mut texts = vec![n.text.clone()];
+    texts.extend(hidden_texts(&n).into_iter().map(|(_, t)| t));
+    let mut out = Vec::new();
+    for t in &texts {
+        for u in cascade.unit_scores(t, dismiss_below).unwrap() {
+            out.push((u.student.unwrap_or(0.0), u.model.unwrap_or(0.0)));
         }
-        for (_, hidden) in hidden_texts(&n) {
-            for u in cascade.unit_scores(&hidden, dismiss_below).unwrap() {
-                best = best.max(u.model.unwrap_or(0.0));
-            }
-        }
-        probs.push(best);
     }
+    out
+}
+
+/// The full model's threshold for at most [`MAX_FPR`] validation false positives together with
+/// the rules, given each text's highest full-model probability; and the recall it gives.
+#[cfg(feature = "ml")]
+fn full_threshold(val: &[labelled::Row], full: &[f32], rules: &[bool]) -> (f32, f64) {
     let benign_rest: Vec<f32> = val
         .iter()
-        .zip(&probs)
+        .zip(full)
         .zip(rules)
         .filter(|((r, _), f)| !r.attack && !**f)
         .map(|((_, p), _)| *p)
@@ -142,21 +158,98 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
     let threshold = labelled::threshold_with_others(&benign_rest, rules_fp, MAX_FPR).max(0.5);
     let recall = val
         .iter()
-        .zip(&probs)
+        .zip(full)
         .zip(rules)
         .filter(|((r, _), _)| r.attack)
         .filter(|((_, p), f)| **f || **p >= threshold)
         .count() as f64
         / val.iter().filter(|r| r.attack).count() as f64;
+    (threshold, recall)
+}
+
+#[cfg(feature = "ml")]
+fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismiss_below: f32) {
+    use secureclaw_llm::cascade::CascadeLayer;
+
+    let max_full = |units: &[(f32, f32)]| units.iter().map(|u| u.1).fold(0f32, f32::max);
+    // Every unit the n-gram model passes on read by both models: which attacks the full model
+    // catches on its own, and how the student scored the units that caught them.
+    let every = CascadeLayer::uncalibrated()
+        .unwrap()
+        .with_student_bound(0.0);
+    let units: Vec<Vec<(f32, f32)>> = val
+        .iter()
+        .map(|r| unit_probabilities(&every, &r.text, dismiss_below))
+        .collect();
+    let full: Vec<f32> = units.iter().map(|u| max_full(u)).collect();
+    let (alone, alone_recall) = full_threshold(val, &full, rules);
+    // The student's bound: it may lose at most MAX_DISMISSED_ATTACKS of the attacks only the full
+    // model catches (an attack the rules flag, or that the full model misses anyway, does not
+    // depend on it).
+    let caught: Vec<f32> = val
+        .iter()
+        .zip(&units)
+        .zip(rules)
+        .filter(|((r, _), rule)| r.attack && !**rule)
+        .filter_map(|((_, u), _)| {
+            u.iter()
+                .filter(|(_, f)| *f >= alone)
+                .map(|(s, _)| *s)
+                .reduce(f32::max)
+        })
+        .collect();
+    let student_bound = dismissal_bound(caught);
+    write_meta(
+        root,
+        "injection-student",
+        student_bound,
+        &format!(
+            "the first 2 layers of all-MiniLM-L6-v2 fine-tuned with a mean-pooled linear head by \
+             scripts/train_injection_model.py on the train split; int8 dynamic quantisation; \
+             threshold = dismissal bound, chosen by examples/calibrate-injection.rs on the \
+             validation split: of its attacks that only the full model catches, <= {:.1} % are \
+             caught by units the student scores below it",
+            MAX_DISMISSED_ATTACKS * 100.0
+        ),
+    );
+    println!(
+        "full model alone: threshold {alone:.4}, validation recall {alone_recall:.4}; student \
+         dismisses below {student_bound:.4}"
+    );
+
+    let cascade = CascadeLayer::uncalibrated()
+        .unwrap()
+        .with_student_bound(student_bound);
+    let full: Vec<f32> = val
+        .iter()
+        .map(|r| max_full(&unit_probabilities(&cascade, &r.text, dismiss_below)))
+        .collect();
+    let (threshold, recall) = full_threshold(val, &full, rules);
     println!("classifier threshold {threshold:.4}: validation recall {recall:.4} with the rules");
 
-    let model_path = format!("{root}/models/injection-classifier.onnx");
-    let sha = sha256_hex(&std::fs::read(&model_path).unwrap());
-    let meta_path = format!("{root}/data/injection-classifier.json");
-    let mut meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
-    meta["model_sha256"] = sha.into();
-    meta["threshold"] = threshold.into();
+    write_meta(
+        root,
+        "injection-classifier",
+        threshold,
+        "all-MiniLM-L6-v2 (6 layers) fine-tuned with a mean-pooled linear head by \
+         scripts/train_injection_model.py on the train split; int8 dynamic quantisation; \
+         threshold chosen by examples/calibrate-injection.rs on the validation split, with the \
+         student in front: <= 1 % of its benign texts flagged together with the unicode and \
+         regex layers",
+    );
+}
+
+/// Record `threshold` and the SHA-256 of `models/NAME.onnx` in `data/NAME.json`.
+#[cfg(feature = "ml")]
+fn write_meta(root: &str, name: &str, threshold: f32, tuning: &str) {
+    let sha = sha256_hex(&std::fs::read(format!("{root}/models/{name}.onnx")).unwrap());
+    let meta_path = format!("{root}/data/{name}.json");
+    let meta = serde_json::json!({
+        "format": 1,
+        "model_sha256": sha,
+        "threshold": threshold,
+        "tuning": tuning,
+    });
     std::fs::write(
         &meta_path,
         serde_json::to_string_pretty(&meta).unwrap() + "\n",

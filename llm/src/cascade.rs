@@ -1,15 +1,18 @@
-//! The semantic layer's cascade (feature `ml`): the n-gram model ([`crate::lexical`]) reads every
-//! unit of a text in microseconds, and only a unit it does not find clearly benign goes to the
-//! fine-tuned transformer ([`crate::classifier`]), which decides.
+//! The semantic layer's cascade (feature `ml`), cheapest reader first:
 //!
-//! The dismissal bound was chosen on the validation split so that at most 0.2 % of its attacks
-//! fall below it; most benign prose does, which keeps the per-window cost of the layer small
+//! 1. the n-gram model ([`crate::lexical`]) reads every unit of a text in microseconds;
+//! 2. a unit it does not find clearly benign goes to the two-layer student transformer
+//!    ([`crate::classifier`], [`ClassifierKind::Student`]);
+//! 3. a unit the student does not find clearly benign goes to the six-layer model, which decides.
+//!
+//! Both dismissal bounds were chosen on the validation split so that few of its attacks fall
+//! below them; most benign prose does, which keeps the per-window cost of the layer small
 //! (figures in docs/performance.md).
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::classifier::{InjectionClassifier, WindowProbability};
+use crate::classifier::{ClassifierKind, InjectionClassifier};
 use crate::detect::{DetectorLayer, Finding, escape_invisible, excerpt};
 use crate::lexical::{LexicalModel, probability};
 use crate::models::ModelError;
@@ -20,10 +23,11 @@ use crate::units::{hidden_texts, learned_score, prefix, truncation_finding};
 /// finding with score 0 says so (the other layers read everything).
 pub const MAX_SCAN_BYTES: usize = 32 * 1024;
 
-/// A pair of adjacent sentences goes to the transformer only when one of its two sentences
-/// scored at least this on its own (a sentence the n-gram model dismissed counts as 0). Pairs
-/// are two thirds of the tokens of a long text; an instruction split over two sentences leaves
-/// a trace in at least one of them, and on benign prose neither sentence comes near this.
+/// A pair of adjacent sentences is read only when one of its two sentences scored at least this
+/// on its own with the full model (a sentence the n-gram model or the student dismissed counts
+/// as 0). Pairs are two thirds of the tokens of a long text; an instruction split over two
+/// sentences leaves a trace in at least one of them, and on benign prose neither sentence comes
+/// near this.
 /// Chosen on the validation split (docs/llm.md, "Cost").
 pub const PAIR_BOUND: f32 = 0.05;
 
@@ -34,30 +38,79 @@ pub struct UnitScore {
     pub span: Range<usize>,
     /// The n-gram model's logit.
     pub lexical: f32,
-    /// The transformer's probability, when the unit was not dismissed.
+    /// The student's probability, when the n-gram model did not dismiss the unit.
+    pub student: Option<f32>,
+    /// The full model's probability, when neither the n-gram model nor the student dismissed
+    /// the unit.
     pub model: Option<f32>,
 }
+
+/// One window the student read: its span, the student's probability, and the full model's when
+/// the student passed it on.
+type Read = (Range<usize>, f32, Option<f32>);
 
 /// The cascade [`DetectorLayer`] (named `semantic`).
 #[derive(Debug)]
 pub struct CascadeLayer {
     lexical: LexicalModel,
+    student: Arc<InjectionClassifier>,
     classifier: Arc<InjectionClassifier>,
+    /// The student's dismissal bound (its calibrated threshold unless set).
+    student_bound: f32,
     max_bytes: usize,
 }
 
 impl CascadeLayer {
     /// The shipped models; fails when the runtime or tokenizer is not installed.
     pub fn builtin() -> Result<Self, ModelError> {
+        Self::with_models(
+            InjectionClassifier::shared_student()?,
+            InjectionClassifier::shared()?,
+        )
+    }
+
+    /// The shipped models whatever their calibration was made for (the calibration's own view;
+    /// see [`InjectionClassifier::load_uncalibrated`]).
+    pub fn uncalibrated() -> Result<Self, ModelError> {
+        let files = crate::models::ModelFiles::locate()?;
+        Self::with_models(
+            Arc::new(InjectionClassifier::load_uncalibrated(
+                &files,
+                ClassifierKind::Student,
+            )?),
+            Arc::new(InjectionClassifier::load_uncalibrated(
+                &files,
+                ClassifierKind::Full,
+            )?),
+        )
+    }
+
+    fn with_models(
+        student: Arc<InjectionClassifier>,
+        classifier: Arc<InjectionClassifier>,
+    ) -> Result<Self, ModelError> {
         let lexical = LexicalModel::builtin().map_err(|e| ModelError::Data {
             file: e.file,
             message: e.message,
         })?;
         Ok(Self {
             lexical,
-            classifier: InjectionClassifier::shared()?,
+            student_bound: student.threshold(),
+            student,
+            classifier,
             max_bytes: MAX_SCAN_BYTES,
         })
+    }
+
+    /// Pass on every unit the student scores at least `bound` (0 passes everything: the
+    /// cascade without its student, as the calibration and the bench read it).
+    pub fn with_student_bound(mut self, bound: f32) -> Self {
+        self.student_bound = bound;
+        self
+    }
+
+    pub fn student_bound(&self) -> f32 {
+        self.student_bound
     }
 
     /// Read at most the first `bytes` of a text (see [`MAX_SCAN_BYTES`]).
@@ -74,8 +127,12 @@ impl CascadeLayer {
         &self.classifier
     }
 
-    /// Every unit of `text` (normalised) with both scores; units whose n-gram logit is below
-    /// `dismiss_below` are not given to the transformer.
+    pub fn student(&self) -> &InjectionClassifier {
+        &self.student
+    }
+
+    /// Every unit of `text` (normalised) with the scores of the stages that read it; units whose
+    /// n-gram logit is below `dismiss_below` go to neither transformer.
     pub fn unit_scores(
         &self,
         text: &str,
@@ -108,22 +165,16 @@ impl CascadeLayer {
         let first: Vec<usize> = (0..units.len())
             .filter(|&i| !is_pair[i] && units[i].1 >= dismiss_below)
             .collect();
-        let spans: Vec<Range<usize>> = first.iter().map(|&i| units[i].0.clone()).collect();
-        let mut windows: Vec<Option<Vec<WindowProbability>>> = vec![None; units.len()];
-        for (i, w) in first
-            .iter()
-            .zip(self.classifier.classify_spans(text, &spans)?)
-        {
-            windows[*i] = Some(w);
-        }
+        let mut reads: Vec<Option<Vec<Read>>> = vec![None; units.len()];
+        self.read_units(text, &units, &first, &mut reads)?;
         // Then the pairs one of whose sentences was unsure on its own.
         let sentence_max = |span: &Range<usize>| {
             units
                 .iter()
-                .zip(&windows)
+                .zip(&reads)
                 .filter(|((s, _), _)| s.start >= span.start && s.end <= span.end)
-                .filter_map(|(_, w)| w.as_ref())
-                .flat_map(|w| w.iter().map(|(_, p)| *p))
+                .filter_map(|(_, r)| r.as_ref())
+                .flat_map(|r| r.iter().filter_map(|(_, _, p)| *p))
                 .fold(0f32, f32::max)
         };
         let second: Vec<usize> = (0..units.len())
@@ -131,43 +182,80 @@ impl CascadeLayer {
                 is_pair[i] && units[i].1 >= dismiss_below && sentence_max(&units[i].0) >= pair_bound
             })
             .collect();
-        let spans: Vec<Range<usize>> = second.iter().map(|&i| units[i].0.clone()).collect();
-        for (i, w) in second
-            .iter()
-            .zip(self.classifier.classify_spans(text, &spans)?)
-        {
-            windows[*i] = Some(w);
-        }
+        self.read_units(text, &units, &second, &mut reads)?;
         let mut out = Vec::with_capacity(units.len());
-        for ((span, lexical), windows) in units.into_iter().zip(windows) {
-            let Some(windows) = windows else {
+        for ((span, lexical), read) in units.into_iter().zip(reads) {
+            let Some(read) = read else {
                 out.push(UnitScore {
                     span,
                     lexical,
+                    student: None,
                     model: None,
                 });
                 continue;
             };
-            // A long unit comes back as several windows: each is scored on its own span.
-            if windows.is_empty() {
+            // A unit without tokens was read and found empty.
+            if read.is_empty() {
                 out.push(UnitScore {
                     span,
                     lexical,
-                    model: Some(0.0),
+                    student: Some(0.0),
+                    model: None,
                 });
             }
-            for (window, p) in windows {
+            // A long unit comes back as several windows: each is scored on its own span.
+            for (window, student, model) in read {
                 out.push(UnitScore {
                     span: window,
                     lexical,
-                    model: Some(p),
+                    student: Some(student),
+                    model,
                 });
             }
         }
         Ok(out)
     }
 
-    /// The highest transformer probability over the units of `text` as the layer reads it
+    /// The student reads the units `which` of `units`; the windows it does not dismiss go on to
+    /// the full model. Both read their units in batches.
+    fn read_units(
+        &self,
+        text: &str,
+        units: &[(Range<usize>, f32)],
+        which: &[usize],
+        reads: &mut [Option<Vec<Read>>],
+    ) -> Result<(), ModelError> {
+        let spans: Vec<Range<usize>> = which.iter().map(|&i| units[i].0.clone()).collect();
+        let student = self.student.classify_spans(text, &spans)?;
+        let passed: Vec<Range<usize>> = student
+            .iter()
+            .flatten()
+            .filter(|(_, p)| *p >= self.student_bound)
+            .map(|(span, _)| span.clone())
+            .collect();
+        // One list per passed window, in the order they were passed.
+        let mut full = self.classifier.classify_spans(text, &passed)?.into_iter();
+        for (&i, windows) in which.iter().zip(student) {
+            let mut read = Vec::with_capacity(windows.len());
+            for (span, p) in windows {
+                let model = if p >= self.student_bound {
+                    let window = full.next().ok_or_else(|| {
+                        ModelError::Output("the full model skipped a window".into())
+                    })?;
+                    Some(window.into_iter().map(|(_, q)| q).fold(0f32, f32::max))
+                } else {
+                    None
+                };
+                read.push((span, p, model));
+            }
+            if let Some(slot) = reads.get_mut(i) {
+                *slot = Some(read);
+            }
+        }
+        Ok(())
+    }
+
+    /// The highest full-model probability over the units of `text` as the layer reads it
     /// (dismissed units count as 0): what the evaluation ranks by.
     pub fn max_probability(&self, text: &str) -> Result<f32, ModelError> {
         let n = crate::normalize::normalize(text);
@@ -217,7 +305,8 @@ impl CascadeLayer {
             span,
             score: learned_score((p - threshold) / (1.0 - threshold).max(f32::EPSILON)),
             detail: Some(format!(
-                "fine-tuned MiniLM p={p:.3} >= {threshold:.3}; n-gram p={:.3}{}",
+                "fine-tuned MiniLM p={p:.3} >= {threshold:.3}; student p={:.3}; n-gram p={:.3}{}",
+                u.student.unwrap_or(0.0),
                 probability(u.lexical),
                 if hidden_span.is_some() {
                     "; text hidden in tag characters"

@@ -1,9 +1,15 @@
-//! The fine-tuned injection classifier (feature `ml`): all-MiniLM-L6-v2 (6 layers, 384 wide) with
-//! a mean-pooled linear head, fine-tuned on injection data and quantised to int8 (`scripts/train_injection_model.py`; data, licences and figures in docs/llm.md).
+//! The fine-tuned injection classifiers (feature `ml`): MiniLM-L6 transformers with a mean-pooled
+//! linear head, fine-tuned on injection data and quantised to int8
+//! (`scripts/train_injection_model.py`; data, licences and figures in docs/llm.md).
 //!
-//! The model is compiled into the binary (`llm/models/injection-classifier.onnx`), so it always
-//! matches the thresholds shipped beside it; the ONNX Runtime library and the tokenizer come from
-//! the models directory, as for the embedder.
+//! Two ship: the **full** model (all six layers of all-MiniLM-L6-v2) decides, and a **student**
+//! (its first two layers, fine-tuned the same way) reads first in the cascade and passes on only
+//! what it does not find clearly benign: a third of the cost per token, so most benign prose never
+//! reaches the full model.
+//!
+//! Both are compiled into the binary (`llm/models/`), so a model always matches the threshold
+//! shipped beside it; the ONNX Runtime library and the tokenizer come from the models directory,
+//! as for the embedder.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,12 +22,51 @@ use tokenizers::Tokenizer;
 use crate::embed::{load_tokenizer, padded_batch, run_batched, session_builder, token_rows};
 use crate::models::{ModelError, ModelFiles};
 
-/// The ONNX file, as the repository holds it.
+/// Which of the shipped classifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifierKind {
+    /// Six layers: its threshold flags a unit as an injection.
+    Full,
+    /// Two layers: its threshold is the bound below which a unit is dismissed as benign.
+    Student,
+}
+
+impl ClassifierKind {
+    /// The ONNX file, as the repository holds it.
+    pub fn model_file(self) -> &'static str {
+        match self {
+            Self::Full => "llm/models/injection-classifier.onnx",
+            Self::Student => "llm/models/injection-student.onnx",
+        }
+    }
+
+    /// Its calibration (chosen on the validation split).
+    pub fn meta_file(self) -> &'static str {
+        match self {
+            Self::Full => "llm/data/injection-classifier.json",
+            Self::Student => "llm/data/injection-student.json",
+        }
+    }
+
+    fn model_bytes(self) -> &'static [u8] {
+        match self {
+            Self::Full => include_bytes!("../models/injection-classifier.onnx"),
+            Self::Student => include_bytes!("../models/injection-student.onnx"),
+        }
+    }
+
+    fn meta_json(self) -> &'static str {
+        match self {
+            Self::Full => include_str!("../data/injection-classifier.json"),
+            Self::Student => include_str!("../data/injection-student.json"),
+        }
+    }
+}
+
+/// The full model's ONNX file.
 pub const CLASSIFIER_MODEL_FILE: &str = "llm/models/injection-classifier.onnx";
-const MODEL_BYTES: &[u8] = include_bytes!("../models/injection-classifier.onnx");
-/// Its calibration: the decision threshold chosen on the validation split.
+/// The full model's calibration.
 pub const CLASSIFIER_META_FILE: &str = "llm/data/injection-classifier.json";
-const META_JSON: &str = include_str!("../data/injection-classifier.json");
 
 /// Units up to this many tokens are classified whole (the length the model was trained on);
 /// longer ones in [`SCAN_WINDOW`]-token windows sharing [`SCAN_OVERLAP`].
@@ -36,13 +81,14 @@ pub const SCAN_OVERLAP: usize = 32;
 /// One window of a unit: its byte range in the text and P(injection).
 pub type WindowProbability = (Range<usize>, f32);
 
-/// `llm/data/injection-classifier.json`.
+/// `llm/data/injection-classifier.json` and `llm/data/injection-student.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ClassifierMeta {
     pub format: u32,
     /// SHA-256 of the ONNX file it was calibrated for.
     pub model_sha256: String,
-    /// Probability at or above which a unit is an injection.
+    /// Probability at or above which a unit is an injection (full model) or is passed on to the
+    /// full model (student).
     pub threshold: f32,
     /// How the model and threshold were made (free text for reviewers).
     pub tuning: String,
@@ -56,14 +102,43 @@ pub struct InjectionClassifier {
     cls: u32,
     sep: u32,
     meta: ClassifierMeta,
+    kind: ClassifierKind,
 }
 
 impl std::fmt::Debug for InjectionClassifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InjectionClassifier")
+            .field("kind", &self.kind)
             .field("threshold", &self.meta.threshold)
             .finish_non_exhaustive()
     }
+}
+
+/// Why `meta` cannot be used with `model`: it was chosen for another file.
+fn calibration_mismatch(
+    kind: ClassifierKind,
+    meta: &ClassifierMeta,
+    model: &[u8],
+) -> Option<ModelError> {
+    let digest = sha256_hex(model);
+    (digest != meta.model_sha256).then(|| ModelError::Data {
+        file: kind.meta_file(),
+        message: format!(
+            "its threshold was chosen for a model with SHA-256 {}, but {} has {digest}; run \
+             `cargo run -p secureclaw-llm --release --features ml --example calibrate-injection` \
+             after replacing a model",
+            meta.model_sha256,
+            kind.model_file()
+        ),
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn rt(e: impl std::fmt::Display) -> ModelError {
@@ -71,22 +146,43 @@ fn rt(e: impl std::fmt::Display) -> ModelError {
 }
 
 impl InjectionClassifier {
-    /// The process-wide classifier (loaded once: ~0.1 s).
+    /// The process-wide full model (loaded once: ~0.1 s).
     pub fn shared() -> Result<Arc<Self>, ModelError> {
         static CELL: OnceLock<Result<Arc<InjectionClassifier>, ModelError>> = OnceLock::new();
-        CELL.get_or_init(|| Self::load(&ModelFiles::locate()?).map(Arc::new))
+        CELL.get_or_init(|| Self::load(&ModelFiles::locate()?, ClassifierKind::Full).map(Arc::new))
             .clone()
     }
 
-    pub fn load(files: &ModelFiles) -> Result<Self, ModelError> {
+    /// The process-wide student (loaded once).
+    pub fn shared_student() -> Result<Arc<Self>, ModelError> {
+        static CELL: OnceLock<Result<Arc<InjectionClassifier>, ModelError>> = OnceLock::new();
+        CELL.get_or_init(|| {
+            Self::load(&ModelFiles::locate()?, ClassifierKind::Student).map(Arc::new)
+        })
+        .clone()
+    }
+
+    /// Load a shipped model; refused when its calibration was made for another model file.
+    pub fn load(files: &ModelFiles, kind: ClassifierKind) -> Result<Self, ModelError> {
+        let classifier = Self::load_uncalibrated(files, kind)?;
+        match calibration_mismatch(kind, &classifier.meta, kind.model_bytes()) {
+            Some(e) => Err(e),
+            None => Ok(classifier),
+        }
+    }
+
+    /// Load a shipped model whatever its calibration was made for: for the calibration, which
+    /// reads probabilities only.
+    pub fn load_uncalibrated(files: &ModelFiles, kind: ClassifierKind) -> Result<Self, ModelError> {
+        let meta_file = kind.meta_file();
         let meta: ClassifierMeta =
-            serde_json::from_str(META_JSON).map_err(|e| ModelError::Data {
-                file: CLASSIFIER_META_FILE,
+            serde_json::from_str(kind.meta_json()).map_err(|e| ModelError::Data {
+                file: meta_file,
                 message: e.to_string(),
             })?;
         if meta.format != 1 || !(0.0..1.0).contains(&meta.threshold) {
             return Err(ModelError::Data {
-                file: CLASSIFIER_META_FILE,
+                file: meta_file,
                 message: format!(
                     "format {} threshold {} (expected format 1, 0 <= threshold < 1)",
                     meta.format, meta.threshold
@@ -95,15 +191,20 @@ impl InjectionClassifier {
         }
         let (tokenizer, cls, sep) = load_tokenizer(files)?;
         let session = session_builder(files)?
-            .commit_from_memory(MODEL_BYTES)
-            .map_err(|e| ModelError::Runtime(format!("loading {CLASSIFIER_MODEL_FILE}: {e}")))?;
+            .commit_from_memory(kind.model_bytes())
+            .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", kind.model_file())))?;
         Ok(Self {
             session: Mutex::new(session),
             tokenizer,
             cls,
             sep,
             meta,
+            kind,
         })
+    }
+
+    pub fn kind(&self) -> ClassifierKind {
+        self.kind
     }
 
     pub fn threshold(&self) -> f32 {
@@ -185,5 +286,44 @@ impl InjectionClassifier {
             )));
         }
         Ok(data.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(kind: ClassifierKind) -> ClassifierMeta {
+        serde_json::from_str(kind.meta_json()).unwrap()
+    }
+
+    #[test]
+    fn each_shipped_model_matches_the_calibration_beside_it() {
+        for kind in [ClassifierKind::Full, ClassifierKind::Student] {
+            assert!(
+                calibration_mismatch(kind, &meta(kind), kind.model_bytes()).is_none(),
+                "{kind:?}: run examples/calibrate-injection after training"
+            );
+        }
+    }
+
+    #[test]
+    fn a_threshold_chosen_for_another_model_is_refused() {
+        // The student's calibration with the full model's file, and a file changed by one byte.
+        let student = meta(ClassifierKind::Student);
+        let e = calibration_mismatch(
+            ClassifierKind::Student,
+            &student,
+            ClassifierKind::Full.model_bytes(),
+        )
+        .unwrap();
+        assert!(e.to_string().contains("calibrate-injection"), "{e}");
+        let mut changed = ClassifierKind::Full.model_bytes().to_vec();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        assert!(
+            calibration_mismatch(ClassifierKind::Full, &meta(ClassifierKind::Full), &changed)
+                .is_some()
+        );
     }
 }

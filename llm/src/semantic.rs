@@ -69,7 +69,8 @@ impl SemanticStatus {
     pub fn summary(&self) -> String {
         match (self.active, self.method, &self.reason) {
             (true, Some(CASCADE_METHOD), _) => {
-                "active (cascade: n-gram model, then fine-tuned MiniLM-L6 int8)".to_owned()
+                "active (cascade: n-gram model, two-layer student, fine-tuned MiniLM-L6; int8)"
+                    .to_owned()
             }
             (true, Some(m), _) => format!("active ({m}, all-MiniLM-L6-v2 int8)"),
             (_, _, Some(r)) => format!("unavailable ({r})"),

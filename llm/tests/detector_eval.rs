@@ -167,13 +167,13 @@ fn ml_build_recall_and_false_positives_on_the_test_split() {
     }
     assert_eq!(detector.layer_names(), ["unicode", "regex", "semantic"]);
     let c = measure(
-        "unicode + regex + cascade (n-gram, fine-tuned MiniLM-L6)",
+        "unicode + regex + cascade (n-gram, student, fine-tuned MiniLM-L6)",
         &detector,
     );
-    assert!(c.fpr() <= 0.019, "FPR {:.4}", c.fpr());
-    assert!(c.recall() >= 0.91, "recall {:.4}", c.recall());
+    assert!(c.fpr() <= 0.016, "FPR {:.4}", c.fpr());
+    assert!(c.recall() >= 0.89, "recall {:.4}", c.recall());
     let p = public_confusion(&detector);
     println!("public sets: recall {:.4} FPR {:.4}", p.recall(), p.fpr());
     assert!(p.fpr() <= 0.01, "public FPR {:.4}", p.fpr());
-    assert!(p.recall() >= 0.90, "public recall {:.4}", p.recall());
+    assert!(p.recall() >= 0.885, "public recall {:.4}", p.recall());
 }

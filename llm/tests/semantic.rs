@@ -108,10 +108,13 @@ mod ml {
     use super::labelled;
 
     const MAX_FPR: f64 = 0.01;
-    /// Floors measured on the hand-written evaluation set (docs/llm.md); the 95 % / 1 % target
-    /// is asserted on the whole test split in `detector_eval.rs`.
-    const CASCADE_MIN_RECALL_OWN: f64 = 0.93;
-    const CASCADE_MAX_FPR_OWN: f64 = 0.06;
+    /// Floors measured on the hand-written evaluation set (docs/llm.md: 0.907 and 0.063); the
+    /// 95 % / 1 % target is asserted on the whole test split in `detector_eval.rs`. The full model
+    /// trained with technical prose gave up a little here (0.93 / 0.06 before) for far fewer
+    /// false alarms on documentation (22 of 145 windows of this project's docs flagged, 109
+    /// before).
+    const CASCADE_MIN_RECALL_OWN: f64 = 0.90;
+    const CASCADE_MAX_FPR_OWN: f64 = 0.065;
 
     /// The shared model, or `None` after printing why (fails instead when models are required).
     fn model() -> Option<Arc<Embedder>> {
@@ -349,9 +352,24 @@ mod ml {
             .dismiss_below();
         let units = cascade.unit_scores(&n.text, dismiss).unwrap();
         assert!(units.len() >= 100, "{} units", units.len());
+        let read = units.iter().filter(|u| u.student.is_some()).count();
         let asked = units.iter().filter(|u| u.model.is_some()).count();
-        // How many the n-gram model left to the transformer is a cost, measured by the bench.
-        println!("{} units, {asked} given to the transformer", units.len());
+        // How many units each stage passed on is a cost, measured by the bench; that the full
+        // model reads only what the student passed on is the cascade's contract.
+        println!(
+            "{} units, {read} read by the student, {asked} given to the full model",
+            units.len()
+        );
+        let bound = cascade.student_bound();
+        for u in &units {
+            match (u.student, u.model) {
+                (Some(s), Some(_)) => assert!(s >= bound, "{u:?}"),
+                (Some(s), None) => assert!(s < bound, "{u:?}"),
+                // Dismissed by the n-gram model, or a pair neither of whose sentences was unsure.
+                (None, m) => assert!(m.is_none(), "{u:?}"),
+            }
+        }
+        assert!(asked < read, "the student dismissed none of the filler");
         let best = units
             .iter()
             .max_by(|a, b| a.model.unwrap_or(0.0).total_cmp(&b.model.unwrap_or(0.0)))
@@ -426,7 +444,7 @@ mod ml {
                 .iter()
                 .filter(|s| inside(&u.span, s))
                 .any(|s| sentence_p(s) >= PAIR_BOUND);
-            if u.model.is_some() {
+            if u.student.is_some() {
                 asked += 1;
                 assert!(unsure, "a pair of sure sentences was read: {u:?}");
             } else if u.lexical >= dismiss {
@@ -443,7 +461,7 @@ mod ml {
             every
                 .iter()
                 .filter(|u| is_pair(&u.span) && u.lexical >= dismiss)
-                .all(|u| u.model.is_some())
+                .all(|u| u.student.is_some())
         );
         let best = |v: &[secureclaw_llm::cascade::UnitScore]| {
             v.iter().filter_map(|u| u.model).fold(0f32, f32::max)
