@@ -63,11 +63,6 @@ impl ClassifierKind {
     }
 }
 
-/// The full model's ONNX file.
-pub const CLASSIFIER_MODEL_FILE: &str = "llm/models/injection-classifier.onnx";
-/// The full model's calibration.
-pub const CLASSIFIER_META_FILE: &str = "llm/data/injection-classifier.json";
-
 /// Units up to this many tokens are classified whole (the length the model was trained on);
 /// longer ones in [`SCAN_WINDOW`]-token windows sharing [`SCAN_OVERLAP`].
 pub const WHOLE_UNIT_TOKENS: usize = 128;
