@@ -29,7 +29,7 @@ use secureclaw_llm::{Detector, normalize};
 /// The false-positive budget of the whole detector on validation.
 const MAX_FPR: f64 = 0.01;
 /// The share of validation attacks the cascade may leave to the n-gram model alone, and the share
-/// the student may dismiss of those it reads.
+/// of those only the full model catches that the student may dismiss.
 const MAX_DISMISSED_ATTACKS: f64 = 0.002;
 
 fn lexical_max(model: &LexicalModel, text: &str) -> f32 {
@@ -127,16 +127,12 @@ fn unit_probabilities(
     text: &str,
     dismiss_below: f32,
 ) -> Vec<(f32, f32)> {
-    let n = normalize(text);
-    let mut texts = vec![n.text.clone()];
-    texts.extend(hidden_texts(&n).into_iter().map(|(_, t)| t));
-    let mut out = Vec::new();
-    for t in &texts {
-        for u in cascade.unit_scores(t, dismiss_below).unwrap() {
-            out.push((u.student.unwrap_or(0.0), u.model.unwrap_or(0.0)));
-        }
-    }
-    out
+    cascade
+        .text_scores(text, dismiss_below)
+        .unwrap()
+        .iter()
+        .map(|u| (u.student.unwrap_or(0.0), u.model.unwrap_or(0.0)))
+        .collect()
 }
 
 /// The full model's threshold for at most [`MAX_FPR`] validation false positives together with
@@ -170,6 +166,7 @@ fn full_threshold(val: &[labelled::Row], full: &[f32], rules: &[bool]) -> (f32, 
 #[cfg(feature = "ml")]
 fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismiss_below: f32) {
     use secureclaw_llm::cascade::CascadeLayer;
+    use secureclaw_llm::classifier::ClassifierKind;
 
     let max_full = |units: &[(f32, f32)]| units.iter().map(|u| u.1).fold(0f32, f32::max);
     // Every unit the n-gram model passes on read by both models: which attacks the full model
@@ -201,7 +198,7 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
     let student_bound = dismissal_bound(caught);
     write_meta(
         root,
-        "injection-student",
+        ClassifierKind::Student,
         student_bound,
         &format!(
             "the first 2 layers of all-MiniLM-L6-v2 fine-tuned with a mean-pooled linear head by \
@@ -217,9 +214,7 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
          dismisses below {student_bound:.4}"
     );
 
-    let cascade = CascadeLayer::uncalibrated()
-        .unwrap()
-        .with_student_bound(student_bound);
+    let cascade = every.with_student_bound(student_bound);
     let full: Vec<f32> = val
         .iter()
         .map(|r| max_full(&unit_probabilities(&cascade, &r.text, dismiss_below)))
@@ -229,7 +224,7 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
 
     write_meta(
         root,
-        "injection-classifier",
+        ClassifierKind::Full,
         threshold,
         "all-MiniLM-L6-v2 (6 layers) fine-tuned with a mean-pooled linear head by \
          scripts/train_injection_model.py on the train split; int8 dynamic quantisation; \
@@ -239,14 +234,23 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
     );
 }
 
-/// Record `threshold` and the SHA-256 of `models/NAME.onnx` in `data/NAME.json`.
+/// Record `threshold` and the SHA-256 of the model it was chosen for in the calibration file of
+/// `kind`.
 #[cfg(feature = "ml")]
-fn write_meta(root: &str, name: &str, threshold: f32, tuning: &str) {
-    let sha = sha256_hex(&std::fs::read(format!("{root}/models/{name}.onnx")).unwrap());
-    let meta_path = format!("{root}/data/{name}.json");
+fn write_meta(
+    root: &str,
+    kind: secureclaw_llm::classifier::ClassifierKind,
+    threshold: f32,
+    tuning: &str,
+) {
+    // `root` is the crate's directory; the file names are the repository's.
+    let meta_path = std::path::Path::new(root)
+        .parent()
+        .unwrap()
+        .join(kind.meta_file());
     let meta = serde_json::json!({
         "format": 1,
-        "model_sha256": sha,
+        "model_sha256": kind.model_sha256(),
         "threshold": threshold,
         "tuning": tuning,
     });
@@ -255,14 +259,5 @@ fn write_meta(root: &str, name: &str, threshold: f32, tuning: &str) {
         serde_json::to_string_pretty(&meta).unwrap() + "\n",
     )
     .unwrap();
-    println!("wrote {meta_path}");
-}
-
-#[cfg(feature = "ml")]
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    println!("wrote {}", meta_path.display());
 }

@@ -255,21 +255,30 @@ impl CascadeLayer {
         Ok(())
     }
 
+    /// Every unit of `text` as the layer reads it (normalised, cut at its byte budget), then the
+    /// units of any text hidden in tag characters (their spans are in that hidden text); units
+    /// whose n-gram logit is below `dismiss_below` go to neither transformer.
+    pub fn text_scores(
+        &self,
+        text: &str,
+        dismiss_below: f32,
+    ) -> Result<Vec<UnitScore>, ModelError> {
+        let n = crate::normalize::normalize(text);
+        let mut out = self.unit_scores(prefix(&n.text, self.max_bytes), dismiss_below)?;
+        for (_, hidden) in hidden_texts(&n) {
+            out.extend(self.unit_scores(&hidden, dismiss_below)?);
+        }
+        Ok(out)
+    }
+
     /// The highest full-model probability over the units of `text` as the layer reads it
     /// (dismissed units count as 0): what the evaluation ranks by.
     pub fn max_probability(&self, text: &str) -> Result<f32, ModelError> {
-        let n = crate::normalize::normalize(text);
-        let text = prefix(&n.text, self.max_bytes);
-        let mut best = 0f32;
-        for u in self.unit_scores(text, self.lexical.dismiss_below())? {
-            best = best.max(u.model.unwrap_or(0.0));
-        }
-        for (_, hidden) in hidden_texts(&n) {
-            for u in self.unit_scores(&hidden, self.lexical.dismiss_below())? {
-                best = best.max(u.model.unwrap_or(0.0));
-            }
-        }
-        Ok(best)
+        Ok(self
+            .text_scores(text, self.lexical.dismiss_below())?
+            .iter()
+            .map(|u| u.model.unwrap_or(0.0))
+            .fold(0f32, f32::max))
     }
 
     fn findings(

@@ -55,6 +55,11 @@ impl ClassifierKind {
         }
     }
 
+    /// SHA-256 (hex) of the model compiled into this binary: what its calibration must record.
+    pub fn model_sha256(self) -> String {
+        sha256_hex(self.model_bytes())
+    }
+
     fn meta_json(self) -> &'static str {
         match self {
             Self::Full => include_str!("../data/injection-classifier.json"),
@@ -196,10 +201,6 @@ impl InjectionClassifier {
             meta,
             kind,
         })
-    }
-
-    pub fn kind(&self) -> ClassifierKind {
-        self.kind
     }
 
     pub fn threshold(&self) -> f32 {
