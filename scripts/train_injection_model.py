@@ -403,7 +403,8 @@ def read_split(path: Path) -> list[dict]:
     return read_own(path, path.stem)
 
 
-def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: float) -> None:
+def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: float,
+                technical_weight: float, train_embeddings: bool) -> None:
     import numpy as np
     import torch
     from safetensors.torch import load_file
@@ -433,14 +434,20 @@ def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: f
     labels = np.array([r["label"] == "attack" for r in rows], dtype=np.float32)
     # The project's own rows are few but hold the hard cases (indirect instructions, agent
     # attacks, benign text that mentions chat markup); weighting them keeps them from drowning.
-    weights = np.array([own_weight if r["source"].startswith("handwritten") else 1.0 for r in rows],
-                       dtype=np.float32)
+    # Technical text is a third of the rows; a lower weight keeps its imperative sentences
+    # ("Return a list of views") from outvoting the short attack probes that read the same way.
+    def weight(r: dict) -> float:
+        if r["source"].startswith("handwritten"):
+            return own_weight
+        return technical_weight if r["category"] == "technical-docs" else 1.0
+
+    weights = np.array([weight(r) for r in rows], dtype=np.float32)
     enc = [encode(tok, t) for t in texts]
     pos = labels.mean()
     log(f"training on {len(rows)} rows ({pos:.3f} attacks), {layers} layers, {epochs} epochs")
-    # The word-embedding table is most of the parameters and the slowest to update; the vocabulary
-    # does not need to move for this task.
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    # The word-embedding table is most of the parameters and the slowest to update; by default the
+    # vocabulary does not move for this task.
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(train_embeddings)
     head_params = list(model.head.parameters())
     body = [p for p in model.bert.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -479,7 +486,8 @@ def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: f
                 log(f"step {step}/{total} loss {loss.item():.4f} {time.time() - t0:.0f}s")
     torch.save(model.state_dict(), work / "classifier.pt")
     (work / "train-config.json").write_text(
-        json.dumps(dict(layers=layers, epochs=epochs, seed=seed, own_weight=own_weight)))
+        json.dumps(dict(layers=layers, epochs=epochs, seed=seed, own_weight=own_weight,
+                        technical_weight=technical_weight, train_embeddings=train_embeddings)))
     log(f"trained in {time.time() - t0:.0f}s")
 
 
@@ -702,6 +710,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--own-weight", type=float, default=1.0,
                     help="loss weight of the project's own hand-written rows")
+    ap.add_argument("--technical-weight", type=float, default=1.0,
+                    help="loss weight of the benign technical text (docstrings, READMEs)")
+    ap.add_argument("--train-embeddings", action="store_true",
+                    help="fine-tune the word-embedding table too")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("data", "all"):
@@ -709,7 +721,8 @@ def main() -> None:
     if args.stage in ("lexical", "all"):
         stage_lexical(args.work, ROOT / "llm/data/injection-lexical.json")
     if args.stage in ("train", "all"):
-        stage_train(args.work, args.layers, args.epochs, args.seed, args.own_weight)
+        stage_train(args.work, args.layers, args.epochs, args.seed, args.own_weight,
+                    args.technical_weight, args.train_embeddings)
     if args.stage in ("export", "all"):
         stage_export(args.work, args.out)
 

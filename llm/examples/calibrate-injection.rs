@@ -10,7 +10,8 @@
 //!   student scores below it;
 //! - `data/injection-classifier.json` (with `--features ml`): the full model's probability
 //!   threshold, with the student in front of it, for at most 1 % validation false positives
-//!   together with the rule layers.
+//!   together with the rule layers; and `threshold_at_two_percent`, the same for 2 %, which the
+//!   test-split evaluation reports beside it.
 //!
 //! Each file records the SHA-256 of the model it was chosen for.
 //!
@@ -28,6 +29,9 @@ use secureclaw_llm::{Detector, normalize};
 
 /// The false-positive budget of the whole detector on validation.
 const MAX_FPR: f64 = 0.01;
+/// A second operating point of the full model, reported beside the shipped one.
+#[cfg(feature = "ml")]
+const SECOND_FPR: f64 = 0.02;
 /// The share of validation attacks the cascade may leave to the n-gram model alone, and the share
 /// of those only the full model catches that the student may dismiss.
 const MAX_DISMISSED_ATTACKS: f64 = 0.002;
@@ -135,10 +139,10 @@ fn unit_probabilities(
         .collect()
 }
 
-/// The full model's threshold for at most [`MAX_FPR`] validation false positives together with
+/// The full model's threshold for at most `max_fpr` validation false positives together with
 /// the rules, given each text's highest full-model probability; and the recall it gives.
 #[cfg(feature = "ml")]
-fn full_threshold(val: &[labelled::Row], full: &[f32], rules: &[bool]) -> (f32, f64) {
+fn full_threshold(val: &[labelled::Row], full: &[f32], rules: &[bool], max_fpr: f64) -> (f32, f64) {
     let benign_rest: Vec<f32> = val
         .iter()
         .zip(full)
@@ -151,7 +155,7 @@ fn full_threshold(val: &[labelled::Row], full: &[f32], rules: &[bool]) -> (f32, 
         .zip(rules)
         .filter(|(r, f)| !r.attack && **f)
         .count();
-    let threshold = labelled::threshold_with_others(&benign_rest, rules_fp, MAX_FPR).max(0.5);
+    let threshold = labelled::threshold_with_others(&benign_rest, rules_fp, max_fpr).max(0.5);
     let recall = val
         .iter()
         .zip(full)
@@ -179,7 +183,7 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
         .map(|r| unit_probabilities(&every, &r.text, dismiss_below))
         .collect();
     let full: Vec<f32> = units.iter().map(|u| max_full(u)).collect();
-    let (alone, alone_recall) = full_threshold(val, &full, rules);
+    let (alone, alone_recall) = full_threshold(val, &full, rules, MAX_FPR);
     // The student's bound: it may lose at most MAX_DISMISSED_ATTACKS of the attacks only the full
     // model catches (an attack the rules flag, or that the full model misses anyway, does not
     // depend on it).
@@ -200,6 +204,7 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
         root,
         ClassifierKind::Student,
         student_bound,
+        None,
         &format!(
             "the first 2 layers of all-MiniLM-L6-v2 fine-tuned with a mean-pooled linear head by \
              scripts/train_injection_model.py on the train split; int8 dynamic quantisation; \
@@ -219,18 +224,24 @@ fn calibrate_classifier(root: &str, val: &[labelled::Row], rules: &[bool], dismi
         .iter()
         .map(|r| max_full(&unit_probabilities(&cascade, &r.text, dismiss_below)))
         .collect();
-    let (threshold, recall) = full_threshold(val, &full, rules);
+    let (threshold, recall) = full_threshold(val, &full, rules, MAX_FPR);
     println!("classifier threshold {threshold:.4}: validation recall {recall:.4} with the rules");
+    let (second, second_recall) = full_threshold(val, &full, rules, SECOND_FPR);
+    println!(
+        "at {:.0} % validation false positives: threshold {second:.4}, recall {second_recall:.4}",
+        SECOND_FPR * 100.0
+    );
 
     write_meta(
         root,
         ClassifierKind::Full,
         threshold,
+        Some(second),
         "all-MiniLM-L6-v2 (6 layers) fine-tuned with a mean-pooled linear head by \
          scripts/train_injection_model.py on the train split; int8 dynamic quantisation; \
          threshold chosen by examples/calibrate-injection.rs on the validation split, with the \
          student in front: <= 1 % of its benign texts flagged together with the unicode and \
-         regex layers",
+         regex layers (`threshold_at_two_percent`: the same for 2 %, reported, not used)",
     );
 }
 
@@ -241,6 +252,7 @@ fn write_meta(
     root: &str,
     kind: secureclaw_llm::classifier::ClassifierKind,
     threshold: f32,
+    threshold_at_two_percent: Option<f32>,
     tuning: &str,
 ) {
     // `root` is the crate's directory; the file names are the repository's.
@@ -248,12 +260,15 @@ fn write_meta(
         .parent()
         .unwrap()
         .join(kind.meta_file());
-    let meta = serde_json::json!({
+    let mut meta = serde_json::json!({
         "format": 1,
         "model_sha256": kind.model_sha256(),
         "threshold": threshold,
         "tuning": tuning,
     });
+    if let Some(t) = threshold_at_two_percent {
+        meta["threshold_at_two_percent"] = serde_json::json!(t);
+    }
     std::fs::write(
         &meta_path,
         serde_json::to_string_pretty(&meta).unwrap() + "\n",

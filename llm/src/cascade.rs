@@ -57,6 +57,8 @@ pub struct CascadeLayer {
     classifier: Arc<InjectionClassifier>,
     /// The student's dismissal bound (its calibrated threshold unless set).
     student_bound: f32,
+    /// The full model's threshold (its calibrated one unless set).
+    threshold: f32,
     max_bytes: usize,
 }
 
@@ -96,6 +98,7 @@ impl CascadeLayer {
         Ok(Self {
             lexical,
             student_bound: student.threshold(),
+            threshold: classifier.threshold(),
             student,
             classifier,
             max_bytes: MAX_SCAN_BYTES,
@@ -119,8 +122,16 @@ impl CascadeLayer {
         self
     }
 
+    /// Flag a unit the full model scores at least `threshold` (an operating point other than the
+    /// shipped one, as the evaluation reads it; see
+    /// [`InjectionClassifier::threshold_at_two_percent`]).
+    pub fn with_threshold(mut self, threshold: f32) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
     pub fn threshold(&self) -> f32 {
-        self.classifier.threshold()
+        self.threshold
     }
 
     pub fn classifier(&self) -> &InjectionClassifier {

@@ -90,6 +90,10 @@ pub struct ClassifierMeta {
     /// Probability at or above which a unit is an injection (full model) or is passed on to the
     /// full model (student).
     pub threshold: f32,
+    /// The full model's threshold for at most 2 % validation false positives: a second operating
+    /// point, reported on the test split beside the shipped one, never used to flag.
+    #[serde(default)]
+    pub threshold_at_two_percent: Option<f32>,
     /// How the model and threshold were made (free text for reviewers).
     pub tuning: String,
 }
@@ -205,6 +209,11 @@ impl InjectionClassifier {
 
     pub fn threshold(&self) -> f32 {
         self.meta.threshold
+    }
+
+    /// See [`ClassifierMeta::threshold_at_two_percent`].
+    pub fn threshold_at_two_percent(&self) -> Option<f32> {
+        self.meta.threshold_at_two_percent
     }
 
     pub fn meta(&self) -> &ClassifierMeta {

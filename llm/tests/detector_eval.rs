@@ -170,10 +170,27 @@ fn ml_build_recall_and_false_positives_on_the_test_split() {
         "unicode + regex + cascade (n-gram, student, fine-tuned MiniLM-L6)",
         &detector,
     );
-    assert!(c.fpr() <= 0.016, "FPR {:.4}", c.fpr());
-    assert!(c.recall() >= 0.89, "recall {:.4}", c.recall());
+    assert!(c.fpr() <= 0.012, "FPR {:.4}", c.fpr());
+    assert!(c.recall() >= 0.895, "recall {:.4}", c.recall());
     let p = public_confusion(&detector);
     println!("public sets: recall {:.4} FPR {:.4}", p.recall(), p.fpr());
     assert!(p.fpr() <= 0.01, "public FPR {:.4}", p.fpr());
     assert!(p.recall() >= 0.885, "public recall {:.4}", p.recall());
+
+    // The second operating point chosen on validation: at most 2 % false positives there.
+    let cascade = secureclaw_llm::cascade::CascadeLayer::builtin().unwrap();
+    let second = cascade
+        .classifier()
+        .threshold_at_two_percent()
+        .expect("the calibration records the 2 % operating point");
+    let at_two = Detector::builtin()
+        .unwrap()
+        .without_layer("lexical")
+        .with_layer(std::sync::Arc::new(cascade.with_threshold(second)));
+    let c2 = measure(
+        &format!("the same at the 2 % validation operating point (p >= {second:.4})"),
+        &at_two,
+    );
+    assert!(c2.fpr() <= 0.025, "FPR {:.4}", c2.fpr());
+    assert!(c2.recall() >= 0.92, "recall {:.4}", c2.recall());
 }
