@@ -11,7 +11,7 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{collect, read_capped};
+use crate::capture::{capture_in_background, collect};
 use crate::{EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Sandbox, SandboxError};
 
 /// How long to wait for output pipes after the process tree was killed.
@@ -81,14 +81,8 @@ impl Sandbox for HostSandbox {
             })?;
         let pid = child.id();
         let cap = spec.limits.output_cap;
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let stdout = child.stdout.take().map(|s| capture_in_background(s, cap));
+        let stderr = child.stderr.take().map(|s| capture_in_background(s, cap));
 
         let exit = tokio::select! {
             status = child.wait() => {

@@ -186,13 +186,19 @@ async fn the_wall_clock_kills_the_whole_sandbox() {
     let _one = ONE_AT_A_TIME.lock().await;
     let ws = tempfile::tempdir().unwrap();
     let mut spec = ExecSpec::shell(
-        "(sleep 60; echo late > late.txt) & sleep 60",
+        "echo printed-before-the-limit; (sleep 60; echo late > late.txt) & sleep 60",
         ws.path().to_path_buf(),
     );
     spec.limits.timeout = Duration::from_secs(2);
     let started = std::time::Instant::now();
     let outcome = run(&spec).await.unwrap();
     assert_eq!(outcome.exit, ExitReason::TimedOut);
+    // What the step printed before it was ended is kept, however slowly the sandbox goes away.
+    assert!(
+        text(&outcome.stdout).contains("printed-before-the-limit"),
+        "stdout {:?}",
+        text(&outcome.stdout)
+    );
     assert!(started.elapsed() < Duration::from_secs(50));
     assert!(leftovers().is_empty(), "{:?}", leftovers());
     assert!(!ws.path().join("late.txt").exists());

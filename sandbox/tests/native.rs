@@ -329,13 +329,16 @@ async fn timeout_kills_the_whole_tree() {
     let live = token_of(&ws);
     let mut spec = ExecSpec::shell(
         &format!(
-            ": {live}; (trap '' TERM; sleep 2; touch survived) & setsid sh -c ': {live}; sleep 2; touch daemon' & sleep 30"
+            ": {live}; echo printed-before-the-limit; (trap '' TERM; sleep 2; touch survived) & setsid sh -c ': {live}; sleep 2; touch daemon' & sleep 30"
         ),
         ws.clone(),
     );
     spec.limits.timeout = Duration::from_millis(300);
     let out = run(&spec).await;
     assert_eq!(out.exit, ExitReason::TimedOut);
+    // What the step printed before it was ended is kept.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("printed-before-the-limit"), "{stdout:?}");
     wait_until_gone(&live).await;
     assert!(!ws.join("survived").exists());
     assert!(!ws.join("daemon").exists());

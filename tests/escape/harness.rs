@@ -292,8 +292,8 @@ fn proof_of_attack(case: &Case, seen: &Observed) -> Option<String> {
     if seen.stderr.contains(PROBE_MISSING) {
         return Some(format!("{}: a tool is missing, the attack never ran", case.id));
     }
-    // A step ended for writing past its budget ran and wrote its workspace, whatever it printed:
-    // gVisor can lose the output of a sandbox it ends at the budget while the machine is busy.
+    // A step ended for writing past its budget ran and wrote its workspace: that is the proof,
+    // whatever it printed before the backend ended it.
     let wrote_past_budget = matches!(case.blocked, Blocked::Limit(Limit::DiskBudget))
         && seen.limit == Some(Limit::DiskBudget);
     if !wrote_past_budget && !seen.stdout.contains(&control_text(case)) {

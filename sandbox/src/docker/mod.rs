@@ -38,9 +38,10 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::SharedOutput;
 use crate::{
-    CappedOutput, EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy,
-    Sandbox, SandboxError,
+    EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy, Sandbox,
+    SandboxError,
 };
 pub use image::{ImageRecipe, build_image, default_image, versioned_image};
 
@@ -939,7 +940,8 @@ impl DockerSandbox {
             .await
             .map_err(|e| docker_error("attach to the step's container", e))?;
         let cap = spec.limits.output_cap;
-        let reader = tokio::spawn(read_streams(attached.output, cap));
+        let (out, err) = (SharedOutput::default(), SharedOutput::default());
+        let reader = tokio::spawn(read_streams(attached.output, cap, out.clone(), err.clone()));
         trace.mark("attach");
 
         // The baseline of the write budget, taken before the step can write.
@@ -1006,10 +1008,8 @@ impl DockerSandbox {
         };
         removal.soon();
         let trace = trace.report();
-        let (out, err) = match tokio::time::timeout(crate::capture::DRAIN_GRACE, reader).await {
-            Ok(Ok(streams)) => streams,
-            _ => (CappedOutput::default(), CappedOutput::default()),
-        };
+        crate::capture::drain(reader).await;
+        let (out, err) = (out.take(), err.take());
         let over_budget = disk.as_ref().is_some_and(|d| d.exceeded());
         let exit = match ended {
             Ended::Exited(code) => {
@@ -1196,18 +1196,18 @@ async fn read_streams(
         >,
     >,
     cap: usize,
-) -> (CappedOutput, CappedOutput) {
-    let (mut out, mut err) = (CappedOutput::default(), CappedOutput::default());
+    out: SharedOutput,
+    err: SharedOutput,
+) {
     while let Some(Ok(chunk)) = stream.next().await {
         let (target, bytes) = match chunk {
-            bollard::container::LogOutput::StdOut { message } => (&mut out, message),
-            bollard::container::LogOutput::StdErr { message } => (&mut err, message),
-            bollard::container::LogOutput::Console { message } => (&mut out, message),
+            bollard::container::LogOutput::StdOut { message } => (&out, message),
+            bollard::container::LogOutput::StdErr { message } => (&err, message),
+            bollard::container::LogOutput::Console { message } => (&out, message),
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
         target.push(&bytes, cap);
     }
-    (out, err)
 }
 
 mod egress {

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{collect, read_capped};
+use crate::capture::{capture_in_background, collect};
 use crate::docker::workspace;
 use crate::native::cgroup;
 use crate::{
@@ -396,14 +396,8 @@ impl Sandbox for GvisorSandbox {
                 source,
             })?;
         let cap = spec.limits.output_cap;
-        let out = child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
-        let err = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let out = child.stdout.take().map(|s| capture_in_background(s, cap));
+        let err = child.stderr.take().map(|s| capture_in_background(s, cap));
 
         let ended = {
             let deadline = tokio::time::sleep(spec.limits.timeout);

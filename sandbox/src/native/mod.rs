@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{collect, read_capped};
+use crate::capture::{capture_in_background, collect};
 use crate::{
     CappedOutput, EnforcementReport, ExecOutcome, ExecSpec, ExitReason, Layer, NetworkPolicy,
     Sandbox, SandboxError,
@@ -490,14 +490,8 @@ impl NativeSandbox {
         control.write_all(&line[sent..]).await?;
 
         let cap = spec.limits.output_cap;
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(read_capped(s, cap)));
+        let stdout = child.stdout.take().map(|s| capture_in_background(s, cap));
+        let stderr = child.stderr.take().map(|s| capture_in_background(s, cap));
 
         let ended = {
             let (read_half, _write_half) = control.split();
