@@ -98,11 +98,7 @@ pub fn attach(detector: Detector) -> (Detector, SemanticStatus) {
                     method: Some(CASCADE_METHOD),
                     reason: None,
                 };
-                // The cascade's first stage is the lexical model: one layer reads it, not two.
-                let detector = detector
-                    .without_layer("lexical")
-                    .with_layer(std::sync::Arc::new(layer));
-                (detector, status)
+                (attach_cascade(detector, layer), status)
             }
             Err(e) => (detector, SemanticStatus::unavailable(&e)),
         }
@@ -111,6 +107,16 @@ pub fn attach(detector: Detector) -> (Detector, SemanticStatus) {
     {
         (detector, SemanticStatus::unavailable(&ModelError::NotBuilt))
     }
+}
+
+/// Put `cascade` in place of the detector's lexical layer: the cascade's first stage is the
+/// lexical model, so one layer reads it, not two. [`attach`] uses it with the shipped cascade;
+/// evaluations use it with the same cascade at another operating point.
+#[cfg(feature = "ml")]
+pub fn attach_cascade(detector: Detector, cascade: crate::cascade::CascadeLayer) -> Detector {
+    detector
+        .without_layer("lexical")
+        .with_layer(std::sync::Arc::new(cascade))
 }
 
 #[cfg(test)]

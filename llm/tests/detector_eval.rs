@@ -183,10 +183,10 @@ fn ml_build_recall_and_false_positives_on_the_test_split() {
         .classifier()
         .threshold_at_two_percent()
         .expect("the calibration records the 2 % operating point");
-    let at_two = Detector::builtin()
-        .unwrap()
-        .without_layer("lexical")
-        .with_layer(std::sync::Arc::new(cascade.with_threshold(second)));
+    let at_two = secureclaw_llm::semantic::attach_cascade(
+        Detector::builtin().unwrap(),
+        cascade.with_threshold(second),
+    );
     let c2 = measure(
         &format!("the same at the 2 % validation operating point (p >= {second:.4})"),
         &at_two,
