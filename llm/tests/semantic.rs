@@ -108,10 +108,10 @@ mod ml {
     use super::labelled;
 
     const MAX_FPR: f64 = 0.01;
-    /// Floors measured on the hand-written evaluation set (docs/llm.md: 0.924 and 0.047); the
-    /// 95 % / 1 % target is asserted on the whole test split in `detector_eval.rs`.
+    /// Bounds from what was measured on the hand-written evaluation set (docs/llm.md: 0.924 and
+    /// 0.031); the bounds on the whole test split are in `detector_eval.rs`.
     const CASCADE_MIN_RECALL_OWN: f64 = 0.91;
-    const CASCADE_MAX_FPR_OWN: f64 = 0.055;
+    const CASCADE_MAX_FPR_OWN: f64 = 0.045;
 
     /// The shared model, or `None` after printing why (fails instead when models are required).
     fn model() -> Option<Arc<Embedder>> {
