@@ -65,16 +65,20 @@ pub(crate) struct BackgroundCapture {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Start reading `reader` in the background, keeping at most `cap` bytes.
-pub(crate) fn capture_in_background<R>(reader: R, cap: usize) -> BackgroundCapture
+/// Start reading `reader` in the background to its end, keeping at most `cap` bytes: a chatty
+/// step cannot grow our memory.
+pub(crate) fn capture_in_background<R>(mut reader: R, cap: usize) -> BackgroundCapture
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let read = SharedOutput::default();
     let sink = read.clone();
     let task = tokio::spawn(async move {
-        // A read error ends the stream: what came before it is kept.
-        let _ = pump(reader, |bytes| sink.push(bytes, cap)).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        // The end of the stream or a read error ends the task: what came before is kept.
+        while let Ok(n @ 1..) = reader.read(&mut buf).await {
+            sink.push(&buf[..n], cap);
+        }
     });
     BackgroundCapture { read, task }
 }
@@ -87,31 +91,6 @@ pub(crate) async fn collect(capture: Option<BackgroundCapture>) -> CappedOutput 
     };
     drain(task).await;
     read.take()
-}
-
-/// Read a stream to its end, keeping at most `cap` bytes: a chatty step cannot grow our memory.
-pub async fn read_capped<R: AsyncRead + Unpin>(
-    reader: R,
-    cap: usize,
-) -> std::io::Result<CappedOutput> {
-    let mut out = CappedOutput::default();
-    pump(reader, |bytes| out.push(bytes, cap)).await?;
-    Ok(out)
-}
-
-/// Hand every chunk of `reader` to `push` until the stream ends.
-async fn pump<R: AsyncRead + Unpin>(
-    mut reader: R,
-    mut push: impl FnMut(&[u8]),
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        push(&buf[..n]);
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ mod host;
 pub mod native;
 mod spec;
 
-pub use capture::{CappedOutput, read_capped};
+pub use capture::CappedOutput;
 #[cfg(target_os = "linux")]
 pub use docker::DockerSandbox;
 #[cfg(target_os = "linux")]
