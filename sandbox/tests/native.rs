@@ -74,11 +74,12 @@ async fn live_processes_are_found_by_their_token() {
         .args(["-c", &format!(": {live}; sleep 30; :")])
         .spawn()
         .unwrap();
-    // Until the child has exec'd the shell its command line is this test binary's: look
-    // again (bounded) rather than race the exec.
+    // Until the child has exec'd the shell its command line is this test binary's, and while
+    // the shell forks `sleep` the fork shows the shell's command line too: look again (bounded)
+    // rather than race either exec.
     let mut found = live_processes(&live);
     for _ in 0..500 {
-        if !found.is_empty() {
+        if found.len() == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -368,6 +368,11 @@ pub const CASES: &[Case] = &[
     Case { disk_mib: 16, ..case("disk-budget-many-files", "write 64 MiB as 256 files under a 16 MiB write budget", &["head"],
         Blocked::Limit(Limit::DiskBudget),
         "i=0; while [ $i -lt 256 ]; do head -c 262144 /dev/zero > f$i || exit 1; i=$((i+1)); done; touch PWNED") },
+    // Seven files unlinked while held open: no walk of the workspace sees them, yet they fill
+    // its disk (8 MiB each, under the per-file limit).
+    Case { disk_mib: 16, ..case("disk-budget-unlinked", "write 56 MiB into 7 workspace files unlinked while held open, under a 16 MiB write budget", &["head", "rm", "sleep"],
+        Blocked::Limit(Limit::DiskBudget),
+        "exec 3>u3 4>u4 5>u5 6>u6 7>u7 8>u8 9>u9 && rm u3 u4 u5 u6 u7 u8 u9 && head -c 8388608 /dev/zero >&3 && head -c 8388608 /dev/zero >&4 && head -c 8388608 /dev/zero >&5 && head -c 8388608 /dev/zero >&6 && head -c 8388608 /dev/zero >&7 && head -c 8388608 /dev/zero >&8 && head -c 8388608 /dev/zero >&9 && sleep 2 && touch PWNED") },
     // `yes > big` itself would fill the disk of a machine without the budget (the host, a
     // backend before the fix); 256 MiB is as good a breach of a 16 MiB budget and stays bounded.
     Case { disk_mib: 16, ..case("disk-budget-yes", "`yes` into a file under a 16 MiB write budget (256 MiB, bounded by head)", &["yes", "head"],

@@ -945,7 +945,16 @@ impl DockerSandbox {
         trace.mark("attach");
 
         // The baseline of the write budget, taken before the step can write.
-        let disk = crate::budget::DiskWatch::start(workspace, spec.limits.disk_bytes).ok();
+        let disk = crate::budget::DiskWatch::start(
+            workspace,
+            crate::masked_relative(spec, workspace),
+            spec.limits.disk_bytes,
+        )
+        .await
+        .ok();
+        if let Some(disk) = &disk {
+            disk.watch_processes(container_cgroup_files(id, "cgroup.procs"));
+        }
         let mut pids = PidsEvents::new(id);
         docker
             .start_container(id, None)
@@ -958,6 +967,8 @@ impl DockerSandbox {
             tokio::pin!(deadline);
             let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
             sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let over_budget = crate::budget::reached(disk.as_ref(), SAMPLE_INTERVAL);
+            tokio::pin!(over_budget);
             loop {
                 tokio::select! {
                     item = wait.next() => break match item {
@@ -970,12 +981,8 @@ impl DockerSandbox {
                     },
                     _ = &mut deadline => break Ended::TimedOut,
                     _ = cancel.cancelled() => break Ended::Cancelled,
-                    _ = sample.tick() => {
-                        pids.sample();
-                        if disk.as_ref().is_some_and(|d| d.exceeded()) {
-                            break Ended::DiskBudget;
-                        }
-                    }
+                    _ = &mut over_budget => break Ended::DiskBudget,
+                    _ = sample.tick() => pids.sample(),
                 }
             }
         };
@@ -1010,7 +1017,10 @@ impl DockerSandbox {
         let trace = trace.report();
         crate::capture::drain(reader).await;
         let (out, err) = (out.take(), err.take());
-        let over_budget = disk.as_ref().is_some_and(|d| d.exceeded());
+        let over_budget = match &disk {
+            Some(d) => d.exceeded().await,
+            None => false,
+        };
         let exit = match ended {
             Ended::Exited(code) => {
                 crate::container_exit(i32::try_from(code).unwrap_or(-1), oom, over_budget)
@@ -1029,7 +1039,7 @@ impl DockerSandbox {
             name: "write-budget".into(),
             active: disk.is_some(),
             detail: format!(
-                "{} bytes on the workspace's filesystem, sampled every {:?} (statvfs)",
+                "{} bytes: the workspace's growth and the container's unlinked open files, sampled every {:?} or more",
                 spec.limits.disk_bytes, SAMPLE_INTERVAL
             ),
         });
@@ -1054,6 +1064,21 @@ impl DockerSandbox {
 
 /// How often a running step's write budget and pids events are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A file of the container's cgroup, under each of the daemon's usual layouts (cgroupfs or
+/// systemd driver, cgroup v1 through the pids hierarchy, or v2); at most one exists.
+fn container_cgroup_files(id: &str, file: &str) -> Vec<PathBuf> {
+    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .flat_map(|root| {
+            [
+                format!("{root}/docker/{id}/{file}"),
+                format!("{root}/system.slice/docker-{id}.scope/{file}"),
+            ]
+        })
+        .map(PathBuf::from)
+        .collect()
+}
 
 /// Forks the pids limit refused. The container's cgroup goes away with the container (before
 /// the wait returns), so its `pids.events` counter is sampled while the step runs; a step that
@@ -1083,16 +1108,7 @@ impl PidsEvents {
         .filter(|fd| rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).is_ok());
         PidsEvents {
             id: id.to_string(),
-            candidates: vec![
-                PathBuf::from(format!("/sys/fs/cgroup/pids/docker/{id}/pids.events")),
-                PathBuf::from(format!(
-                    "/sys/fs/cgroup/pids/system.slice/docker-{id}.scope/pids.events"
-                )),
-                PathBuf::from(format!("/sys/fs/cgroup/docker/{id}/pids.events")),
-                PathBuf::from(format!(
-                    "/sys/fs/cgroup/system.slice/docker-{id}.scope/pids.events"
-                )),
-            ],
+            candidates: container_cgroup_files(id, "pids.events"),
             found: None,
             max: 0,
             kmsg,

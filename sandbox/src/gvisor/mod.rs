@@ -359,7 +359,17 @@ impl Sandbox for GvisorSandbox {
             return Err(SandboxError::degraded(NAME, missing, layers));
         }
 
-        let disk = crate::budget::DiskWatch::start(&workspace, spec.limits.disk_bytes).ok();
+        let disk = crate::budget::DiskWatch::start(
+            &workspace,
+            crate::masked_relative(spec, &workspace),
+            spec.limits.disk_bytes,
+        )
+        .await
+        .ok();
+        if let (Some(disk), Some(cg)) = (&disk, &guard.0) {
+            // The Sentry and the gofer hold the host files the step opens.
+            disk.watch_processes(cg.procs_files());
+        }
         let mut command = self.runsc();
         // The sandbox dies with the engine: `runsc run` gets SIGKILL when the thread that
         // started it ends (a runtime worker thread, which lives as long as the engine), and
@@ -400,21 +410,12 @@ impl Sandbox for GvisorSandbox {
         let err = child.stderr.take().map(|s| capture_in_background(s, cap));
 
         let ended = {
-            let deadline = tokio::time::sleep(spec.limits.timeout);
-            tokio::pin!(deadline);
-            let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
-            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    status = child.wait() => break Ended::Exited(status?),
-                    _ = &mut deadline => break Ended::TimedOut,
-                    _ = cancel.cancelled() => break Ended::Cancelled,
-                    _ = sample.tick() => {
-                        if disk.as_ref().is_some_and(|d| d.exceeded()) {
-                            break Ended::DiskBudget;
-                        }
-                    }
-                }
+            let over_budget = crate::budget::reached(disk.as_ref(), SAMPLE_INTERVAL);
+            tokio::select! {
+                status = child.wait() => Ended::Exited(status?),
+                _ = tokio::time::sleep(spec.limits.timeout) => Ended::TimedOut,
+                _ = cancel.cancelled() => Ended::Cancelled,
+                _ = over_budget => Ended::DiskBudget,
             }
         };
         if !matches!(ended, Ended::Exited(_)) {
@@ -435,7 +436,10 @@ impl Sandbox for GvisorSandbox {
         drop(bundle);
         drop(prepared);
 
-        let over_budget = disk.as_ref().is_some_and(|d| d.exceeded());
+        let over_budget = match &disk {
+            Some(d) => d.exceeded().await,
+            None => false,
+        };
         let exit = match ended {
             Ended::Exited(status) => {
                 let code = status.code().unwrap_or(-1);
@@ -463,7 +467,7 @@ impl Sandbox for GvisorSandbox {
             "write-budget",
             disk.is_some(),
             format!(
-                "{} bytes on the workspace's filesystem, sampled every {SAMPLE_INTERVAL:?} (statvfs); RLIMIT_FSIZE at the same size",
+                "{} bytes: the workspace's growth and the sandbox's unlinked open files, sampled every {SAMPLE_INTERVAL:?} or more; RLIMIT_FSIZE at the same size",
                 spec.limits.disk_bytes
             ),
         ));

@@ -307,14 +307,21 @@ impl Sandbox for NativeSandbox {
                 (Some(netns), Some(session))
             }
         };
-        // The budget is sampled against the free space of the workspace's filesystem from
-        // before the helper starts.
+        // The baseline of the write budget, taken before the helper starts.
         // A budget of 0 means none (callers of the library only: the engine refuses 0).
         let budget = match spec.limits.disk_bytes {
             0 => u64::MAX,
             b => b,
         };
-        let disk = crate::budget::DiskWatch::start(&workspace, budget)?;
+        let disk = crate::budget::DiskWatch::start(
+            &workspace,
+            crate::masked_relative(&spec, &workspace),
+            budget,
+        )
+        .await?;
+        if let Some(cg) = &guard.0 {
+            disk.watch_processes(cg.procs_files());
+        }
         let result = self
             .run_in(&spec, &workspace, p, guard.0.as_ref(), netns, &disk, cancel)
             .await;
@@ -349,13 +356,13 @@ impl Sandbox for NativeSandbox {
         let mut outcome = outcome;
         // A last sample: a step that wrote past its budget between two samples and ended does
         // not succeed (the engine rolls its changes back).
-        if outcome.exit != ExitReason::Cancelled && disk.exceeded() {
+        if outcome.exit != ExitReason::Cancelled && disk.exceeded().await {
             outcome.exit = ExitReason::DiskBudget;
         }
         if outcome.exit == ExitReason::DiskBudget {
             outcome.warnings.push(format!(
                 "write budget: the step wrote at least {} bytes (its `disk` limit is {} bytes)",
-                disk.written().unwrap_or(0).max(disk.budget()),
+                disk.written().await.unwrap_or(0).max(disk.budget()),
                 disk.budget()
             ));
         }
@@ -502,14 +509,7 @@ impl NativeSandbox {
                 let _ = child.wait().await;
                 line
             };
-            let over_budget = async {
-                loop {
-                    tokio::time::sleep(DISK_POLL).await;
-                    if disk.exceeded() {
-                        return;
-                    }
-                }
-            };
+            let over_budget = disk.reached(DISK_POLL);
             tokio::select! {
                 line = wait => Ended::Finished(line),
                 _ = tokio::time::sleep(spec.limits.timeout) => Ended::TimedOut,
@@ -590,7 +590,7 @@ impl NativeSandbox {
             name: "write-budget".into(),
             active: true,
             detail: format!(
-                "{} bytes: RLIMIT_FSIZE per file, free space of the workspace's filesystem sampled every {:?}",
+                "{} bytes: RLIMIT_FSIZE per file, the workspace's growth and the step's unlinked open files sampled every {:?} or more",
                 spec.limits.disk_bytes, DISK_POLL
             ),
         });
