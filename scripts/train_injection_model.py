@@ -706,13 +706,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "target/injection-model")
     ap.add_argument("--out", type=Path, default=ROOT / "target/injection-model/injection-classifier.onnx")
     ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--epochs", type=float, default=2.0)
+    # The defaults are the shipped full model's recipe; the student's differs only in
+    # `--layers 2 --technical-weight 1` (docs/llm.md, "Training and calibration").
+    ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--own-weight", type=float, default=1.0,
+    ap.add_argument("--own-weight", type=float, default=4.0,
                     help="loss weight of the project's own hand-written rows")
-    ap.add_argument("--technical-weight", type=float, default=1.0,
+    ap.add_argument("--technical-weight", type=float, default=0.5,
                     help="loss weight of the benign technical text (docstrings, READMEs)")
-    ap.add_argument("--train-embeddings", action="store_true",
+    ap.add_argument("--train-embeddings", action=argparse.BooleanOptionalAction, default=True,
                     help="fine-tune the word-embedding table too")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
