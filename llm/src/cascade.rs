@@ -267,7 +267,7 @@ impl CascadeLayer {
     }
 
     /// Every unit of `text` as the layer reads it (normalised, cut at its byte budget), then the
-    /// units of any text hidden in tag characters (their spans are in that hidden text); units
+    /// units of any hidden text (tag characters, decoded payloads; their spans are in that hidden text); units
     /// whose n-gram logit is below `dismiss_below` go to neither transformer.
     pub fn text_scores(
         &self,
@@ -329,7 +329,7 @@ impl CascadeLayer {
                 u.student.unwrap_or(0.0),
                 probability(u.lexical),
                 if hidden_span.is_some() {
-                    "; text hidden in tag characters"
+                    "; hidden text (tag characters or an encoding)"
                 } else {
                     ""
                 }

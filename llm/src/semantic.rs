@@ -490,7 +490,8 @@ mod ml {
             scan_units(text)
         }
 
-        /// Score every unit of the normalised text and of any text hidden in tag characters.
+        /// Score every unit of the normalised text and of any hidden text
+        /// ([`crate::units::hidden_texts`]: tag characters, decoded payloads).
         pub fn windows(&self, input: &Normalized) -> Result<Vec<WindowScore>, ModelError> {
             let mut out = Vec::new();
             let mut score = |chunks: Vec<crate::embed::Chunk>, span: Option<&Range<usize>>| {
@@ -518,9 +519,8 @@ mod ml {
                 )?,
                 None,
             );
-            for (span, payload) in &input.tag_payloads {
-                let lower = payload.to_lowercase();
-                let hidden = prefix(&lower, self.max_bytes);
+            for (span, payload) in crate::units::hidden_texts(input) {
+                let hidden = prefix(&payload, self.max_bytes);
                 let units = self.units(hidden);
                 score(
                     self.embedder.embed_spans(
@@ -530,7 +530,7 @@ mod ml {
                         self.window,
                         self.overlap,
                     )?,
-                    Some(span),
+                    Some(&span),
                 );
             }
             Ok(out)
