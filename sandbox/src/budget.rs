@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// How a sample's walk cost stretches the pause before the next one.
 const BACKOFF: u32 = 4;
+/// The budget of a watch that has none.
+const NONE: u64 = u64::MAX;
 
 /// The step's writes, measured against the workspace as it was before the step.
 #[derive(Debug, Clone)]
@@ -115,7 +117,8 @@ fn unlinked_open(lists: &[PathBuf], devices: &HashSet<u64>) -> u64 {
 
 impl DiskWatch {
     /// Take the baseline now, before the step starts: a walk of `root` that skips `masked`
-    /// (paths relative to `root` the step cannot see). Runs in a blocking thread.
+    /// (paths relative to `root` the step cannot see). Runs in a blocking thread. A budget of 0
+    /// means none (library callers only: the engine refuses 0), and then nothing is walked.
     pub async fn start(
         root: &Path,
         masked: Vec<PathBuf>,
@@ -129,7 +132,16 @@ impl DiskWatch {
     }
 
     fn start_blocking(root: PathBuf, skip: Vec<PathBuf>, budget: u64) -> std::io::Result<Self> {
-        let usage = tree_usage(&root, &skip)?;
+        let (budget, usage) = match budget {
+            0 | NONE => (
+                NONE,
+                TreeUsage {
+                    bytes: 0,
+                    devices: HashSet::new(),
+                },
+            ),
+            b => (b, tree_usage(&root, &skip)?),
+        };
         Ok(DiskWatch {
             inner: Arc::new(Inner {
                 root,
@@ -156,6 +168,9 @@ impl DiskWatch {
 
     fn measure(&self) -> std::io::Result<u64> {
         let inner = &self.inner;
+        if inner.budget == NONE {
+            return Ok(0);
+        }
         let now = tree_usage(&inner.root, &inner.skip)?;
         let lists = inner
             .processes
@@ -185,8 +200,11 @@ impl DiskWatch {
     }
 
     /// Resolves once the step has added its budget: samples every `interval`, or four times
-    /// the last walk's duration when that is longer.
+    /// the last walk's duration when that is longer. Without a budget, never.
     pub async fn reached(&self, interval: Duration) {
+        if self.inner.budget == NONE {
+            return std::future::pending().await;
+        }
         let mut pause = interval;
         loop {
             tokio::time::sleep(pause).await;
@@ -287,6 +305,15 @@ mod tests {
         let written = watch.written().await.unwrap();
         assert!(written < 4 * MIB, "{written}");
         assert!(!watch.exceeded().await);
+    }
+
+    #[tokio::test]
+    async fn a_budget_of_zero_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = DiskWatch::start(dir.path(), Vec::new(), 0).await.unwrap();
+        write_synced(&dir.path().join("big"), 2 * MIB);
+        assert!(!watch.exceeded().await);
+        assert_eq!(watch.budget(), u64::MAX);
     }
 
     #[tokio::test]

@@ -308,15 +308,10 @@ impl Sandbox for NativeSandbox {
             }
         };
         // The baseline of the write budget, taken before the helper starts.
-        // A budget of 0 means none (callers of the library only: the engine refuses 0).
-        let budget = match spec.limits.disk_bytes {
-            0 => u64::MAX,
-            b => b,
-        };
         let disk = crate::budget::DiskWatch::start(
             &workspace,
             crate::masked_relative(&spec, &workspace),
-            budget,
+            spec.limits.disk_bytes,
         )
         .await?;
         if let Some(cg) = &guard.0 {
