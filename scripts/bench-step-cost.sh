@@ -8,7 +8,8 @@
 #     `bwrap --unshare-all --ro-bind / / true`;
 #   * capture: a 1-step `write` run on a 10k- and a 100k-file workspace minus the same run on
 #     an empty workspace (the stat cache is warm: each tree was run once before timing), next
-#     to `git status --porcelain` on the same tree.
+#     to `git status --porcelain` on the same tree; and the same for a 1-step `shell: "true"`
+#     run, which also pays the sandbox's write-budget walks.
 #
 # Usage: scripts/bench-step-cost.sh [REPS]   (default 7; medians are reported)
 # Env:   BENCH_DIR (default /tmp/secureclaw-bench), STEPS (default 21), SKIP_BUILD=1,
@@ -121,6 +122,7 @@ f=os.open("'"$BENCH_DIR"'/fsync-probe",os.O_WRONLY|os.O_CREAT)
 t=time.perf_counter_ns(); os.pwrite(f,b"x"*4096,0); os.fdatasync(f); print((time.perf_counter_ns()-t)//1000)') "
     for n in $SIZES; do
         T[ws$n]+="$(time_ms run_wf "${TREES[$n]}" "$W1" native) "
+        T[ss$n]+="$(time_ms run_wf "${TREES[$n]}" "$S1" native) "
         T[git$n]+="$(time_ms git -C "${TREES[$n]}" status --porcelain) "
     done
 done
@@ -142,4 +144,6 @@ echo "one 4 KiB write + fdatasync:         $(med fsync) ms"
 for n in $SIZES; do
     extra=$(awk -v a="$(med ws$n)" -v b="$(med w1)" 'BEGIN {printf "%.2f", a-b}')
     echo "1-step write run, $n files: $(med ws$n) ms (+$extra ms over empty); git status: $(med git$n) ms"
+    extra=$(awk -v a="$(med ss$n)" -v b="$(med s1)" 'BEGIN {printf "%.2f", a-b}')
+    echo "1-step shell run, $n files: $(med ss$n) ms (+$extra ms over empty)"
 done
