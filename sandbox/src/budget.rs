@@ -230,6 +230,14 @@ pub async fn reached(watch: Option<&DiskWatch>, interval: Duration) {
     }
 }
 
+/// [`DiskWatch::exceeded`] for a watch that may be missing: without one, no.
+pub async fn exceeded(watch: Option<&DiskWatch>) -> bool {
+    match watch {
+        Some(watch) => watch.exceeded().await,
+        None => false,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {

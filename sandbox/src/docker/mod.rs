@@ -1017,12 +1017,10 @@ impl DockerSandbox {
         let trace = trace.report();
         crate::capture::drain(reader).await;
         let (out, err) = (out.take(), err.take());
-        let over_budget = match &disk {
-            Some(d) => d.exceeded().await,
-            None => false,
-        };
         let exit = match ended {
             Ended::Exited(code) => {
+                // A last sample, for a step that exited (the other endings are final).
+                let over_budget = crate::budget::exceeded(disk.as_ref()).await;
                 crate::container_exit(i32::try_from(code).unwrap_or(-1), oom, over_budget)
             }
             Ended::DiskBudget => ExitReason::DiskBudget,

@@ -436,10 +436,6 @@ impl Sandbox for GvisorSandbox {
         drop(bundle);
         drop(prepared);
 
-        let over_budget = match &disk {
-            Some(d) => d.exceeded().await,
-            None => false,
-        };
         let exit = match ended {
             Ended::Exited(status) => {
                 let code = status.code().unwrap_or(-1);
@@ -451,6 +447,8 @@ impl Sandbox for GvisorSandbox {
                 if code != 0 && !oom && host_pids_hit {
                     ExitReason::PidsLimit
                 } else {
+                    // A last sample, for a step that exited (the other endings are final).
+                    let over_budget = crate::budget::exceeded(disk.as_ref()).await;
                     crate::container_exit(code, oom, over_budget)
                 }
             }

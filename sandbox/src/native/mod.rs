@@ -351,13 +351,18 @@ impl Sandbox for NativeSandbox {
         let mut outcome = outcome;
         // A last sample: a step that wrote past its budget between two samples and ended does
         // not succeed (the engine rolls its changes back).
-        if outcome.exit != ExitReason::Cancelled && disk.exceeded().await {
+        // One walk serves both the verdict and the figure in the warning.
+        let written = match outcome.exit {
+            ExitReason::Cancelled => None,
+            _ => disk.written().await.ok(),
+        };
+        if written.is_some_and(|w| w >= disk.budget()) {
             outcome.exit = ExitReason::DiskBudget;
         }
         if outcome.exit == ExitReason::DiskBudget {
             outcome.warnings.push(format!(
                 "write budget: the step wrote at least {} bytes (its `disk` limit is {} bytes)",
-                disk.written().await.unwrap_or(0).max(disk.budget()),
+                written.unwrap_or(0).max(disk.budget()),
                 disk.budget()
             ));
         }
