@@ -217,6 +217,34 @@ async fn memory_and_output_limits_hold() {
     assert_eq!(out.stderr_total, 10);
 }
 
+/// A write budget of 0 is none, as on every backend: no sampling and no `fsize` ulimit of 0,
+/// which would stop the step at its first byte. The hardening check still reads the ulimit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_budget_of_zero_lets_a_file_grow() {
+    if docker_skip::skip_without_docker() {
+        return;
+    }
+    let sb = sandbox().await;
+    let ws = docker_fixture::workspace();
+    let mut spec = ExecSpec::shell(
+        "head -c 3000000 /dev/zero > /workspace/grown && echo written",
+        ws.path().to_path_buf(),
+    );
+    spec.limits.disk_bytes = 0;
+    let out = sb.run(&spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        out.exit,
+        ExitReason::Exited { code: 0 },
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "written");
+    assert_eq!(
+        std::fs::metadata(ws.path().join("grown")).unwrap().len(),
+        3_000_000
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error() {
     if docker_skip::skip_without_docker() {

@@ -245,3 +245,32 @@ async fn network_steps_are_refused_with_the_backends_that_allow_them() {
         "{text}"
     );
 }
+
+/// A write budget of 0 is none, as on every backend: no sampling and no RLIMIT_FSIZE of 0, which
+/// would stop the step at its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_budget_of_zero_lets_a_file_grow() {
+    if docker_skip::skip_without_gvisor() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = ExecSpec::shell(
+        "head -c 3000000 /dev/zero > /workspace/grown && echo written",
+        ws.path().to_path_buf(),
+    );
+    spec.limits.disk_bytes = 0;
+    let outcome = run(&spec).await.unwrap();
+    assert_eq!(
+        outcome.exit,
+        ExitReason::Exited { code: 0 },
+        "stderr {}",
+        text(&outcome.stderr)
+    );
+    assert_eq!(text(&outcome.stdout).trim(), "written");
+    assert_eq!(
+        std::fs::metadata(ws.path().join("grown")).unwrap().len(),
+        3_000_000
+    );
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
+}

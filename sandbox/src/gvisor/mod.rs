@@ -337,7 +337,11 @@ impl Sandbox for GvisorSandbox {
             masked: masked.clone(),
             read_only: spec.read_only.clone(),
             nproc: spec.limits.pids,
-            fsize: spec.limits.disk_bytes,
+            // A budget of 0 is none (as on every backend): u64::MAX is RLIM_INFINITY.
+            fsize: match spec.limits.disk_bytes {
+                0 => u64::MAX,
+                bytes => bytes,
+            },
             cgroups_path,
             seccomp: Some(seccomp_profile()?),
         };
