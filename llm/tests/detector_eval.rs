@@ -193,4 +193,52 @@ fn ml_build_recall_and_false_positives_on_the_test_split() {
     );
     assert!(c2.fpr() <= 0.025, "FPR {:.4}", c2.fpr());
     assert!(c2.recall() >= 0.92, "recall {:.4}", c2.recall());
+
+    // How well the cascade ranks, apart from where validation put its threshold: recall at
+    // exactly 1 % and 2 % false positives of the test split itself. A threshold read off the test
+    // split is never shipped; this figure only compares models. A retrained model that gains
+    // recall at its validation threshold only by flagging more test benign texts shows no gain
+    // here.
+    let cascade = secureclaw_llm::cascade::CascadeLayer::builtin().unwrap();
+    let rules = Detector::rules().unwrap();
+    let rows = labelled::split("test");
+    let scored: Vec<(bool, bool, f32)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.attack,
+                rules.scan(&r.text).flagged,
+                cascade.max_probability(&r.text).unwrap(),
+            )
+        })
+        .collect();
+    let at_one = recall_at_test_fpr(&scored, 0.01);
+    let at_two = recall_at_test_fpr(&scored, 0.02);
+    println!(
+        "ranking: recall {at_one:.4} at 1 % and {at_two:.4} at 2 % of the test split's benign texts flagged (thresholds read off the test split, for comparing models only)"
+    );
+    assert!(at_one >= 0.893, "recall at 1 % test FPR {at_one:.4}");
+    assert!(at_two >= 0.92, "recall at 2 % test FPR {at_two:.4}");
+}
+
+/// Recall when the threshold on the score flags exactly `fpr` of the benign rows (with the rules'
+/// false positives counted first); each row is `(attack, flagged by the rules, score)`.
+#[cfg(feature = "ml")]
+fn recall_at_test_fpr(rows: &[(bool, bool, f32)], fpr: f64) -> f64 {
+    let benign = rows.iter().filter(|r| !r.0).count();
+    let budget = (fpr * benign as f64).floor() as usize;
+    let rules_fp = rows.iter().filter(|r| !r.0 && r.1).count();
+    let mut rest: Vec<f32> = rows.iter().filter(|r| !r.0 && !r.1).map(|r| r.2).collect();
+    rest.sort_by(|a, b| b.total_cmp(a));
+    // Flag what scores above the benign score at the budget's position: ties stay unflagged.
+    let threshold = budget
+        .checked_sub(rules_fp)
+        .and_then(|i| rest.get(i).copied())
+        .unwrap_or(f32::INFINITY);
+    let attacks = rows.iter().filter(|r| r.0).count();
+    let caught = rows
+        .iter()
+        .filter(|r| r.0 && (r.1 || r.2 > threshold))
+        .count();
+    caught as f64 / attacks.max(1) as f64
 }
