@@ -123,6 +123,23 @@ impl secureclaw_server::dispatch::Dispatch for QueueDispatch {
             .map_err(|e| e.to_string())
     }
 
+    async fn queued_under(
+        &self,
+        dedup: &str,
+    ) -> Result<Option<secureclaw_server::dispatch::QueuedRun>, String> {
+        let Some(payload) = self
+            .0
+            .queued_under(dedup)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&payload)
+            .map(Some)
+            .map_err(|e| format!("a queued run that does not read back: {e}"))
+    }
+
     async fn revert_on(
         &self,
         node: &str,

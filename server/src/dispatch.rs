@@ -51,6 +51,9 @@ pub trait Dispatch: Send + Sync {
     /// this return `Ok(false)` and queue nothing.
     async fn enqueue(&self, run: &QueuedRun, dedup: Option<&str>) -> Result<bool, String>;
 
+    /// The run queued before under `dedup` (by any replica), while its job is kept.
+    async fn queued_under(&self, dedup: &str) -> Result<Option<QueuedRun>, String>;
+
     /// Has a worker of `node` perform `revert` and waits for its answer.
     async fn revert_on(
         &self,

@@ -161,10 +161,23 @@ pub async fn start_run(
     settings: RunSettings,
     since: Instant,
 ) -> ApiResult<String> {
-    if state.dispatch.is_some() {
+    if let Some(dispatch) = &state.dispatch {
+        // Keyed by the task, which runs once: a start whose answer was lost (the replica
+        // stopped after queueing the run, before recording it on the task) and is asked again,
+        // or the same start asked of two replicas at once, finds the run queued the first time
+        // instead of queueing a second.
+        let key = task_run_key(&task.id);
         let run = queued_run(task, &workflow, settings);
-        enqueue(state, &run, None).await?;
-        return Ok(run.run_id);
+        if enqueue(state, &run, Some(&key)).await? {
+            return Ok(run.run_id);
+        }
+        let earlier = dispatch
+            .queued_under(&key)
+            .await
+            .map_err(|e| ApiError::internal(format!("reading the run queued before: {e}")))?;
+        return earlier.map(|r| r.run_id).ok_or_else(|| {
+            ApiError::internal("this task's run was queued before, and its job is gone")
+        });
     }
     let handle = state.session.submit(RunRequest {
         workflow,
@@ -176,6 +189,12 @@ pub async fn start_run(
     state.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
     watch_step_times(state.metrics.clone(), handle.events(0), Some(since));
     Ok(handle.id().to_string())
+}
+
+/// The dedup key of the run a task starts with (a task runs once; a retry or a resume goes to
+/// the node that ran it).
+fn task_run_key(task: &str) -> String {
+    format!("task-run/{task}")
 }
 
 /// `task`'s run as queued for a worker, under a new run id.

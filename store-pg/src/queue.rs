@@ -185,6 +185,29 @@ impl Queue {
         self.insert(kind, payload, dedup, None).await
     }
 
+    /// The payload queued under `dedup` by any replica, while its job is kept: what a start
+    /// whose answer was lost had queued. `None` when nothing was queued under it.
+    pub async fn queued_under(&self, dedup: &str) -> Result<Option<Vec<u8>>, PgError> {
+        let key = self
+            .vault
+            .keyed_digest("job-dedup", dedup.as_bytes())
+            .into_bytes();
+        let store = self.store.clone();
+        let row: Option<(Uuid, Vec<u8>)> = self
+            .on_store(async move {
+                Ok(
+                    sqlx::query_as("SELECT id, payload FROM sc_jobs WHERE dedup = $1")
+                        .bind(key)
+                        .fetch_optional(&store.pool)
+                        .await?,
+                )
+            })
+            .await?;
+        Ok(row
+            .map(|(id, sealed)| self.vault.open_shared("jobs", &id.to_string(), &sealed))
+            .transpose()?)
+    }
+
     /// Queues `payload` for the workers of `node` alone (a revert needs the disk of the node
     /// that ran the run); [`Queue::outcome`] reads its answer.
     pub async fn enqueue_on(

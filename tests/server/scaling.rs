@@ -358,6 +358,66 @@ steps:
     shell: "echo started > partial.txt && sleep 60"
 "#;
 
+/// A task runs once however its start is asked: the same start asked of two replicas at once
+/// (each holds only its own per-task lock), or asked again after a replica stopped between
+/// queueing the run and recording it on the task, queues one run, and every 202 names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_run_started_on_two_replicas_at_once_is_queued_once() {
+    const TASKS: usize = 12;
+    let url = pg::server().fresh_database();
+    let a = Server::start(&[], &["--store", url.as_str(), "--workers"]);
+    let b = Server::start(&[], &["--store", url.as_str(), "--workers"]);
+    let on_a = crate::harness::Api::user(&a, "once").await;
+    let on_b = crate::harness::Api {
+        base: b.client().base,
+        ..on_a.clone()
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let task = crate::taskkit::workflow_task(&on_a, WRITE).await;
+        tasks.push(task["id"].as_str().unwrap().to_string());
+    }
+    // No worker runs them: every run stays queued, one job each.
+    let starts = tasks.iter().map(|task| {
+        let path = format!("/api/v1/tasks/{task}/run");
+        let (on_a, on_b) = (&on_a, &on_b);
+        async move {
+            let (x, y) = tokio::join!(
+                on_a.post(&path, serde_json::json!({})),
+                on_b.post(&path, serde_json::json!({}))
+            );
+            (task.clone(), [x, y])
+        }
+    });
+    for (task, replies) in futures_util::future::join_all(starts).await {
+        // A run a worker has not taken yet is named by the answers alone.
+        let run = replies
+            .iter()
+            .find(|r| r.status == 202)
+            .and_then(|r| r.body["run_id"].as_str())
+            .unwrap_or_else(|| panic!("neither start of {task} was accepted: {replies:?}"))
+            .to_string();
+        for r in &replies {
+            match r.status {
+                202 => assert_eq!(r.body["run_id"], run.as_str(), "{:?}", r.body),
+                409 => assert!(r.body.to_string().contains(&run), "{:?}", r.body),
+                other => panic!("starting {task}: {other} {:?}", r.body),
+            }
+        }
+    }
+    let jobs = std::process::Command::new(pg::server_bin("psql"))
+        .arg(&url)
+        .args(["-Atqc", "SELECT count(*) FROM sc_jobs"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&jobs.stdout).trim(),
+        TASKS.to_string(),
+        "{}",
+        String::from_utf8_lossy(&jobs.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_what_replicas_queue_and_a_killed_worker_rolls_back_when_it_returns() {
     let url = pg::server().fresh_database();
