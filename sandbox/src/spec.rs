@@ -26,6 +26,14 @@ fn default_disk_bytes() -> u64 {
     DEFAULT_DISK_BYTES
 }
 
+impl Limits {
+    /// The write budget as the size limit of any one file (`RLIMIT_FSIZE`): `None` for a budget
+    /// of 0, which means none on every backend.
+    pub fn file_size_limit(&self) -> Option<u64> {
+        (self.disk_bytes > 0).then_some(self.disk_bytes)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -103,6 +103,31 @@ async fn many_small_files_past_the_budget_end_as_disk_budget() {
     assert!(files >= 15, "{files} files");
 }
 
+/// A write budget of 0 is none, as on the container backends: no RLIMIT_FSIZE at all.
+#[tokio::test]
+async fn a_write_budget_of_zero_sets_no_file_size_limit() {
+    let _serial = SERIAL.lock().await;
+    let tmp = TmpfsWorkspace::new("256m", 0);
+    let ws = tmp.path();
+    let mut spec = ExecSpec::shell(
+        "head -c 3000000 /dev/zero > grown && ulimit -f && ulimit -H -f",
+        ws.clone(),
+    );
+    spec.limits.disk_bytes = 0;
+    let out = run(&spec).await;
+    assert_eq!(
+        out.exit,
+        ExitReason::Exited { code: 0 },
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "unlimited\nunlimited\n");
+    assert_eq!(
+        std::fs::metadata(ws.join("grown")).unwrap().len(),
+        3_000_000
+    );
+}
+
 #[tokio::test]
 async fn a_step_within_its_budget_is_untouched() {
     let _serial = SERIAL.lock().await;

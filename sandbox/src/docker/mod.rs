@@ -830,11 +830,11 @@ impl Sandbox for DockerSandbox {
             memory: i64::try_from(spec.limits.memory_bytes).unwrap_or(i64::MAX),
             nano_cpus: (spec.limits.cpus * 1e9).round() as i64,
             pids: i64::from(spec.limits.pids),
-            // A budget of 0 is none (as on every backend): Docker's -1 is RLIM_INFINITY.
-            fsize: match spec.limits.disk_bytes {
-                0 => -1,
-                bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
-            },
+            // Docker's -1 is RLIM_INFINITY.
+            fsize: spec
+                .limits
+                .file_size_limit()
+                .map_or(-1, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
             workspace_source: prepared
                 .as_ref()
                 .map(|p| p.path().to_path_buf())

@@ -337,11 +337,8 @@ impl Sandbox for GvisorSandbox {
             masked: masked.clone(),
             read_only: spec.read_only.clone(),
             nproc: spec.limits.pids,
-            // A budget of 0 is none (as on every backend): u64::MAX is RLIM_INFINITY.
-            fsize: match spec.limits.disk_bytes {
-                0 => u64::MAX,
-                bytes => bytes,
-            },
+            // u64::MAX is RLIM_INFINITY.
+            fsize: spec.limits.file_size_limit().unwrap_or(u64::MAX),
             cgroups_path,
             seccomp: Some(seccomp_profile()?),
         };

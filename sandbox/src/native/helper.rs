@@ -1406,12 +1406,12 @@ fn step_lockdown(config: &HelperConfig, rep: &Reporter) -> Result<(), String> {
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &zero);
-        if config.file_size_limit > 0 {
+        if let Some(limit) = config.file_size_limit {
             // The write budget bounds every single file in the kernel: past it, write() raises
             // SIGXFSZ (or fails with EFBIG). Soft and hard, so the step cannot raise it.
             let fsize = libc::rlimit {
-                rlim_cur: config.file_size_limit,
-                rlim_max: config.file_size_limit,
+                rlim_cur: limit,
+                rlim_max: limit,
             };
             libc::setrlimit(libc::RLIMIT_FSIZE, &fsize);
         }

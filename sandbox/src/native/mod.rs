@@ -464,7 +464,7 @@ impl NativeSandbox {
             seccomp: p.seccomp.clone().unwrap_or_default(),
             landlock_abi: p.landlock_abi,
             hidden: crate::masked_relative(spec, workspace),
-            file_size_limit: spec.limits.disk_bytes,
+            file_size_limit: spec.limits.file_size_limit(),
             grants,
             grant_masks,
         };

@@ -43,9 +43,9 @@ pub struct HelperConfig {
     /// Paths (relative to the workspace) hidden behind an empty read-only tmpfs.
     #[serde(default)]
     pub hidden: Vec<PathBuf>,
-    /// RLIMIT_FSIZE of the step (the write budget bounds every single file); 0 = none.
+    /// RLIMIT_FSIZE of the step (the write budget bounds every single file); `None` = none.
     #[serde(default)]
-    pub file_size_limit: u64,
+    pub file_size_limit: Option<u64>,
     /// Extra host paths (absolute) mounted read-only at the same path.
     #[serde(default)]
     pub grants: Vec<PathBuf>,
