@@ -202,43 +202,24 @@ fn ml_build_recall_and_false_positives_on_the_test_split() {
     let cascade = secureclaw_llm::cascade::CascadeLayer::builtin().unwrap();
     let rules = Detector::rules().unwrap();
     let rows = labelled::split("test");
-    let scored: Vec<(bool, bool, f32)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.attack,
-                rules.scan(&r.text).flagged,
-                cascade.max_probability(&r.text).unwrap(),
-            )
-        })
-        .collect();
-    let at_one = recall_at_test_fpr(&scored, 0.01);
-    let at_two = recall_at_test_fpr(&scored, 0.02);
+    let mut attacks = Vec::new();
+    let mut benign = Vec::new();
+    for r in &rows {
+        let scored = (
+            rules.scan(&r.text).flagged,
+            cascade.max_probability(&r.text).unwrap(),
+        );
+        if r.attack {
+            attacks.push(scored);
+        } else {
+            benign.push(scored);
+        }
+    }
+    let at_one = labelled::recall_at_fpr_combined(&attacks, &benign, 0.01).0;
+    let at_two = labelled::recall_at_fpr_combined(&attacks, &benign, 0.02).0;
     println!(
         "ranking: recall {at_one:.4} at 1 % and {at_two:.4} at 2 % of the test split's benign texts flagged (thresholds read off the test split, for comparing models only)"
     );
     assert!(at_one >= 0.893, "recall at 1 % test FPR {at_one:.4}");
     assert!(at_two >= 0.92, "recall at 2 % test FPR {at_two:.4}");
-}
-
-/// Recall when the threshold on the score flags exactly `fpr` of the benign rows (with the rules'
-/// false positives counted first); each row is `(attack, flagged by the rules, score)`.
-#[cfg(feature = "ml")]
-fn recall_at_test_fpr(rows: &[(bool, bool, f32)], fpr: f64) -> f64 {
-    let benign = rows.iter().filter(|r| !r.0).count();
-    let budget = (fpr * benign as f64).floor() as usize;
-    let rules_fp = rows.iter().filter(|r| !r.0 && r.1).count();
-    let mut rest: Vec<f32> = rows.iter().filter(|r| !r.0 && !r.1).map(|r| r.2).collect();
-    rest.sort_by(|a, b| b.total_cmp(a));
-    // Flag what scores above the benign score at the budget's position: ties stay unflagged.
-    let threshold = budget
-        .checked_sub(rules_fp)
-        .and_then(|i| rest.get(i).copied())
-        .unwrap_or(f32::INFINITY);
-    let attacks = rows.iter().filter(|r| r.0).count();
-    let caught = rows
-        .iter()
-        .filter(|r| r.0 && (r.1 || r.2 > threshold))
-        .count();
-    caught as f64 / attacks.max(1) as f64
 }
