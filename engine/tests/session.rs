@@ -790,3 +790,110 @@ async fn a_reverted_failed_run_is_not_retried() {
         Ok(_) => panic!("a reverted run was retried"),
     }
 }
+
+/// A store whose every commit lands `delay` late, as on a loaded database server.
+struct SlowStore {
+    inner: secureclaw_engine::storage::VaultBackend,
+    delay: std::time::Duration,
+}
+
+impl secureclaw_engine::storage::StateBackend for SlowStore {
+    fn commit(
+        &self,
+        batches: &[secureclaw_engine::storage::Batch],
+    ) -> Result<(), secureclaw_engine::storage::StorageError> {
+        std::thread::sleep(self.delay);
+        self.inner.commit(batches)
+    }
+    fn get(
+        &self,
+        table: secureclaw_engine::storage::Table,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, secureclaw_engine::storage::StorageError> {
+        self.inner.get(table, key)
+    }
+    fn keys(
+        &self,
+        table: secureclaw_engine::storage::Table,
+    ) -> Result<Vec<String>, secureclaw_engine::storage::StorageError> {
+        self.inner.keys(table)
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
+
+/// No ledger to read back: the test reads the run's events, not its ledger.
+struct NoLedger;
+
+impl secureclaw_vault::LedgerSource for NoLedger {
+    fn read_ledger(
+        &self,
+        _visit: &mut secureclaw_vault::VisitRecord<'_>,
+    ) -> Result<Option<Vec<u8>>, secureclaw_vault::VaultError> {
+        Ok(None)
+    }
+    fn read_head(&self) -> Result<Option<Vec<u8>>, secureclaw_vault::VaultError> {
+        Ok(None)
+    }
+}
+
+/// A worker gives its job back (ending the lease the run's commits are made under) as soon as
+/// the run's handle says it ended: the run's last events must be in the store by then, or a
+/// slow store commits them after the lease is gone and refuses them, and a follower on another
+/// node never sees `run_finished`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_last_events_are_stored_when_its_handle_says_it_ended() {
+    use secureclaw_engine::storage::{StateBackend, Table, VaultBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let (state, pass) = state(dir.path());
+    let vault = Vault::open(&state, PASS).unwrap();
+    let store = Arc::new(SlowStore {
+        inner: VaultBackend(vault.clone()),
+        delay: std::time::Duration::from_millis(150),
+    });
+    let session = Session::open_shared(
+        SessionOptions {
+            state_dir: state.clone(),
+            passphrase: PassphraseSource::File(pass),
+            access: Access::Write { create: false },
+            actor: "test:session".into(),
+        },
+        secureclaw_engine::session::SharedState {
+            vault,
+            backend: store.clone(),
+            ledger: Arc::new(NoLedger),
+            node: "node-a".into(),
+        },
+    )
+    .unwrap();
+    let handle = session
+        .submit(request(workflow(&chain(2)), &dir.path().join("ws")))
+        .unwrap();
+    let run = handle.id().to_string();
+    let mut emitted = handle.events(0);
+    let rec = handle.wait().await.unwrap();
+    assert_eq!(rec.state, RunState::Succeeded, "{:?}", rec.message);
+    // Read straight from the store, as another node would, not from this session's memory.
+    let prefix = format!("{run}/");
+    let stored = store
+        .keys(Table::Events)
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.starts_with(&prefix))
+        .count();
+    let mut all = Vec::new();
+    while let Some(e) = emitted.next().await {
+        all.push(e);
+    }
+    assert!(matches!(
+        all.last().unwrap().event,
+        RunEvent::RunFinished { .. }
+    ));
+    assert_eq!(
+        stored,
+        all.len(),
+        "the store holds {stored} of the run's {} events when its handle returns",
+        all.len()
+    );
+}
