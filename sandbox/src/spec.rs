@@ -32,6 +32,20 @@ impl Limits {
     pub fn file_size_limit(&self) -> Option<u64> {
         (self.disk_bytes > 0).then_some(self.disk_bytes)
     }
+
+    /// Whether a write budget holds the step at all.
+    pub fn has_write_budget(&self) -> bool {
+        self.file_size_limit().is_some()
+    }
+
+    /// The write budget as a hardening report states it: its size and `how` it is enforced, or
+    /// that there is none.
+    pub fn write_budget_detail(&self, how: &str) -> String {
+        match self.file_size_limit() {
+            Some(bytes) => format!("{bytes} bytes: {how}"),
+            None => "none: a write budget of 0 sets no limit".to_string(),
+        }
+    }
 }
 
 impl Default for Limits {

@@ -243,6 +243,18 @@ async fn a_write_budget_of_zero_lets_a_file_grow() {
         std::fs::metadata(ws.path().join("grown")).unwrap().len(),
         3_000_000
     );
+    // The report says there is no budget, and the container's file size limit is unlimited.
+    let layer = |name: &str| out.enforcement.layers.iter().find(|l| l.name == name);
+    let budget = layer("write-budget");
+    assert!(
+        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
+        "{budget:?}"
+    );
+    let file_size = layer("file-size");
+    assert!(
+        file_size.is_some_and(|l| l.active && l.detail.contains("unlimited")),
+        "{file_size:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

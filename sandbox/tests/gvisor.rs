@@ -272,5 +272,14 @@ async fn a_write_budget_of_zero_lets_a_file_grow() {
         std::fs::metadata(ws.path().join("grown")).unwrap().len(),
         3_000_000
     );
+    let budget = outcome
+        .enforcement
+        .layers
+        .iter()
+        .find(|l| l.name == "write-budget");
+    assert!(
+        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
+        "{budget:?}"
+    );
     assert!(leftovers().is_empty(), "{:?}", leftovers());
 }

@@ -126,6 +126,16 @@ async fn a_write_budget_of_zero_sets_no_file_size_limit() {
         std::fs::metadata(ws.join("grown")).unwrap().len(),
         3_000_000
     );
+    // The report says so rather than claiming a budget of 0 bytes.
+    let budget = out
+        .enforcement
+        .layers
+        .iter()
+        .find(|l| l.name == "write-budget");
+    assert!(
+        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
+        "{budget:?}"
+    );
 }
 
 #[tokio::test]

@@ -691,10 +691,13 @@ fn layers_from_inspect(
         fsize
             .as_ref()
             .is_some_and(|u| u.soft == Some(expected.fsize) && u.hard == Some(expected.fsize)),
-        format!(
-            "RLIMIT_FSIZE {} bytes (the write budget bounds any one file)",
-            fsize.and_then(|u| u.hard).unwrap_or_default()
-        ),
+        match fsize.and_then(|u| u.hard) {
+            Some(-1) => "RLIMIT_FSIZE unlimited (no write budget)".to_string(),
+            Some(bytes) => {
+                format!("RLIMIT_FSIZE {bytes} bytes (the write budget bounds any one file)")
+            }
+            None => "RLIMIT_FSIZE not set".to_string(),
+        },
     ));
     if !expected.masked.is_empty() {
         checks.push((
@@ -1039,11 +1042,10 @@ impl DockerSandbox {
         });
         layers.push(Layer {
             name: "write-budget".into(),
-            active: disk.is_some(),
-            detail: format!(
-                "{} bytes: the workspace's growth and the container's unlinked open files, sampled every {:?} or more",
-                spec.limits.disk_bytes, SAMPLE_INTERVAL
-            ),
+            active: disk.is_some() && spec.limits.has_write_budget(),
+            detail: spec.limits.write_budget_detail(&format!(
+                "the workspace's growth and the container's unlinked open files, sampled every {SAMPLE_INTERVAL:?} or more"
+            )),
         });
         // `run` sets the duration: it also covers the egress holder.
         let mut outcome = ExecOutcome::new(

@@ -464,11 +464,10 @@ impl Sandbox for GvisorSandbox {
         ));
         layers.push(layer(
             "write-budget",
-            disk.is_some(),
-            format!(
-                "{} bytes: the workspace's growth and the sandbox's unlinked open files, sampled every {SAMPLE_INTERVAL:?} or more; RLIMIT_FSIZE at the same size",
-                spec.limits.disk_bytes
-            ),
+            disk.is_some() && spec.limits.has_write_budget(),
+            spec.limits.write_budget_detail(&format!(
+                "the workspace's growth and the sandbox's unlinked open files, sampled every {SAMPLE_INTERVAL:?} or more; RLIMIT_FSIZE at the same size"
+            )),
         ));
         Ok(ExecOutcome::new(
             exit,

@@ -588,11 +588,10 @@ impl NativeSandbox {
         });
         layers.push(Layer {
             name: "write-budget".into(),
-            active: true,
-            detail: format!(
-                "{} bytes: RLIMIT_FSIZE per file, the workspace's growth and the step's unlinked open files sampled every {:?} or more",
-                spec.limits.disk_bytes, DISK_POLL
-            ),
+            active: spec.limits.has_write_budget(),
+            detail: spec.limits.write_budget_detail(&format!(
+                "RLIMIT_FSIZE per file, the workspace's growth and the step's unlinked open files sampled every {DISK_POLL:?} or more"
+            )),
         });
         missing.extend(r.missing);
         missing.sort();
