@@ -7,6 +7,8 @@ mod docker_skip;
 
 #[path = "support/docker_fixture.rs"]
 mod docker_fixture;
+#[path = "support/report.rs"]
+mod report;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -244,13 +246,8 @@ async fn a_write_budget_of_zero_lets_a_file_grow() {
         3_000_000
     );
     // The report says there is no budget, and the container's file size limit is unlimited.
-    let layer = |name: &str| out.enforcement.layers.iter().find(|l| l.name == name);
-    let budget = layer("write-budget");
-    assert!(
-        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
-        "{budget:?}"
-    );
-    let file_size = layer("file-size");
+    report::assert_no_write_budget(&out);
+    let file_size = report::layer(&out, "file-size");
     assert!(
         file_size.is_some_and(|l| l.active && l.detail.contains("unlimited")),
         "{file_size:?}"

@@ -5,6 +5,8 @@
 #[path = "../../tests/common/docker_skip.rs"]
 #[allow(dead_code)] // the Docker half is for the other test binaries
 mod docker_skip;
+#[path = "support/report.rs"]
+mod report;
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
@@ -272,14 +274,6 @@ async fn a_write_budget_of_zero_lets_a_file_grow() {
         std::fs::metadata(ws.path().join("grown")).unwrap().len(),
         3_000_000
     );
-    let budget = outcome
-        .enforcement
-        .layers
-        .iter()
-        .find(|l| l.name == "write-budget");
-    assert!(
-        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
-        "{budget:?}"
-    );
+    report::assert_no_write_budget(&outcome);
     assert!(leftovers().is_empty(), "{:?}", leftovers());
 }

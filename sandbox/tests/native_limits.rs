@@ -5,6 +5,8 @@
 //! process, so no other step may be running while it looks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+#[path = "support/report.rs"]
+mod report;
 #[path = "support/tmpfs_workspace.rs"]
 mod tmpfs_workspace;
 use tmpfs_workspace::TmpfsWorkspace;
@@ -126,16 +128,7 @@ async fn a_write_budget_of_zero_sets_no_file_size_limit() {
         std::fs::metadata(ws.join("grown")).unwrap().len(),
         3_000_000
     );
-    // The report says so rather than claiming a budget of 0 bytes.
-    let budget = out
-        .enforcement
-        .layers
-        .iter()
-        .find(|l| l.name == "write-budget");
-    assert!(
-        budget.is_some_and(|l| !l.active && l.detail.starts_with("none")),
-        "{budget:?}"
-    );
+    report::assert_no_write_budget(&out);
 }
 
 #[tokio::test]
