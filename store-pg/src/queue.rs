@@ -188,10 +188,7 @@ impl Queue {
     /// The payload queued under `dedup` by any replica, while its job is kept: what a start
     /// whose answer was lost had queued. `None` when nothing was queued under it.
     pub async fn queued_under(&self, dedup: &str) -> Result<Option<Vec<u8>>, PgError> {
-        let key = self
-            .vault
-            .keyed_digest("job-dedup", dedup.as_bytes())
-            .into_bytes();
+        let key = self.dedup_key(dedup);
         let store = self.store.clone();
         let row: Option<(Uuid, Vec<u8>)> = self
             .on_store(async move {
@@ -223,6 +220,13 @@ impl Queue {
             ))
     }
 
+    /// A dedup key as the table stores it: a keyed hash, so the database never sees the key.
+    fn dedup_key(&self, dedup: &str) -> Vec<u8> {
+        self.vault
+            .keyed_digest("job-dedup", dedup.as_bytes())
+            .into_bytes()
+    }
+
     async fn insert(
         &self,
         kind: JobKind,
@@ -232,11 +236,7 @@ impl Queue {
     ) -> Result<Option<Uuid>, PgError> {
         let id = Uuid::now_v7();
         let sealed = self.vault.seal_shared("jobs", &id.to_string(), payload)?;
-        let dedup = dedup.map(|d| {
-            self.vault
-                .keyed_digest("job-dedup", d.as_bytes())
-                .into_bytes()
-        });
+        let dedup = dedup.map(|d| self.dedup_key(d));
         let (store, vault) = (self.store.clone(), self.vault.clone());
         self.on_store(async move {
             let mut tx = store.pool.begin().await?;

@@ -736,10 +736,9 @@ impl Session {
             log2.close();
             // The run's last events were only handed to the store's writer: a caller told the
             // run ended (a worker that then gives its job back, which ends the lease those
-            // events are committed under) must find them durable. The writer commits in
-            // order, so an empty commit returns once they are. (It fails only when the store
-            // does, and then there is nothing left to wait for.)
-            let _ = me.inner.store.commit(Batch::default()).await;
+            // events are committed under) must find them durable. (It fails only when the
+            // store does, and then there is nothing left to wait for.)
+            let _ = me.sync().await;
             if let Ok(mut live) = me.inner.live.lock() {
                 live.remove(&id2);
             }
